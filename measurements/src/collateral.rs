@@ -1,0 +1,195 @@
+//! Quote collateral: the Intel-signed documents a verifier needs besides the quote.
+//!
+//! The format is dcap-qvl's `QuoteCollateralV3` (as a PCCS returns it: PCK CRL and its issuer
+//! chain, root CA CRL, TCB info + signature + issuer chain, QE identity + signature + issuer
+//! chain). Collateral may come from an untrusted source: every signature in it chains to the
+//! root the policy pins. This module only parses it and reads its validity dates so that
+//! expiry is reported with a named reason before the cryptographic checks run.
+
+use serde::Deserialize;
+
+pub use dcap_qvl::QuoteCollateralV3;
+
+/// Collateral parse errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollateralError {
+    #[error("collateral json: {0}")]
+    Json(String),
+    #[error("collateral {item}: {detail}")]
+    Field { item: &'static str, detail: String },
+}
+
+/// Parsed collateral plus the validity windows of its dated items.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collateral {
+    pub raw: QuoteCollateralV3,
+    /// `(item, issued_at, next_update)` in Unix seconds for TCB info, QE identity and the two CRLs.
+    pub windows: Vec<ValidityWindow>,
+}
+
+/// The validity window of one collateral item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValidityWindow {
+    pub item: &'static str,
+    pub issued_at: u64,
+    pub next_update: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Dated {
+    issue_date: String,
+    next_update: String,
+}
+
+impl Collateral {
+    /// Parses collateral JSON (dcap-qvl `QuoteCollateralV3`, binary fields hex-encoded).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, CollateralError> {
+        let raw: QuoteCollateralV3 =
+            serde_json::from_slice(bytes).map_err(|e| CollateralError::Json(e.to_string()))?;
+        Self::new(raw)
+    }
+
+    /// Serializes the collateral as JSON (the format [`Collateral::from_json`] reads).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.raw).unwrap_or_default()
+    }
+
+    /// Wraps already-decoded collateral, reading its validity windows.
+    pub fn new(raw: QuoteCollateralV3) -> Result<Self, CollateralError> {
+        let windows = vec![
+            json_window("tcb_info", &raw.tcb_info)?,
+            json_window("qe_identity", &raw.qe_identity)?,
+            crl_window("root_ca_crl", &raw.root_ca_crl)?,
+            crl_window("pck_crl", &raw.pck_crl)?,
+        ];
+        Ok(Self { raw, windows })
+    }
+
+    /// The earliest `next_update` over all dated items: the collateral is stale after it.
+    pub fn expires_at(&self) -> u64 {
+        self.windows
+            .iter()
+            .map(|w| w.next_update)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The latest issue time over all dated items.
+    pub fn issued_at(&self) -> u64 {
+        self.windows.iter().map(|w| w.issued_at).max().unwrap_or(0)
+    }
+}
+
+fn json_window(item: &'static str, json: &str) -> Result<ValidityWindow, CollateralError> {
+    let d: Dated = serde_json::from_str(json).map_err(|e| CollateralError::Field {
+        item,
+        detail: e.to_string(),
+    })?;
+    Ok(ValidityWindow {
+        item,
+        issued_at: rfc3339(item, &d.issue_date)?,
+        next_update: rfc3339(item, &d.next_update)?,
+    })
+}
+
+fn crl_window(item: &'static str, der: &[u8]) -> Result<ValidityWindow, CollateralError> {
+    use x509_parser::prelude::FromDer;
+    let (_, crl) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(der).map_err(|e| {
+            CollateralError::Field {
+                item,
+                detail: e.to_string(),
+            }
+        })?;
+    let issued_at = crl.last_update().timestamp();
+    let next_update = crl
+        .next_update()
+        .map(|t| t.timestamp())
+        .ok_or(CollateralError::Field {
+            item,
+            detail: "crl has no nextUpdate".into(),
+        })?;
+    Ok(ValidityWindow {
+        item,
+        issued_at: u64::try_from(issued_at).unwrap_or(0),
+        next_update: u64::try_from(next_update).unwrap_or(0),
+    })
+}
+
+/// Parses the `YYYY-MM-DDTHH:MM:SSZ` timestamps Intel's PCS uses (fractional seconds and
+/// numeric offsets tolerated) into Unix seconds.
+pub fn rfc3339(item: &'static str, s: &str) -> Result<u64, CollateralError> {
+    let bad = || CollateralError::Field {
+        item,
+        detail: format!("bad timestamp {s:?}"),
+    };
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, CollateralError> {
+        s.get(r)
+            .filter(|x| x.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(bad)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
+            let oh: i64 = r[1..3].parse().map_err(|_| bad())?;
+            let om: i64 = r[4..6].parse().map_err(|_| bad())?;
+            let sign = if r.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return Err(bad()),
+    };
+    // Days from civil (Howard Hinnant's algorithm, proleptic Gregorian).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + h * 3600 + mi * 60 + se - offset;
+    u64::try_from(secs).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(rfc3339("t", "1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(rfc3339("t", "2025-07-19T10:00:34Z").unwrap(), 1752919234);
+        assert_eq!(
+            rfc3339("t", "2025-07-19T12:00:34+02:00").unwrap(),
+            1752919234
+        );
+        assert_eq!(
+            rfc3339("t", "2024-02-29T00:00:00.123Z").unwrap(),
+            1709164800
+        );
+        for bad in [
+            "",
+            "2025-13-01T00:00:00Z",
+            "2025-07-19 10:00:34Z",
+            "2025-07-19T10:00:34",
+            "é025-07-19T10:00:34Z",
+        ] {
+            assert!(rfc3339("t", bad).is_err(), "{bad}");
+        }
+    }
+}
