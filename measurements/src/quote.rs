@@ -46,6 +46,10 @@ pub struct ParsedQuote {
     pub report: TdReport,
     /// Length of the signature data that follows the body.
     pub signature_data_len: u32,
+    /// Total length of the quote structure. Bytes after it (real quotes carry zero padding,
+    /// one real test vector carries text) are ignored, as Intel's QVL ignores them: nothing
+    /// that follows the signature data is covered by a signature or interpreted.
+    pub len: usize,
 }
 
 struct Reader<'a> {
@@ -149,6 +153,7 @@ impl ParsedQuote {
             qe_vendor_id,
             report,
             signature_data_len,
+            len: r.pos + signature_data_len as usize,
         })
     }
 }

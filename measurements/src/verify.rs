@@ -25,6 +25,8 @@ use crate::QuoteError;
 pub enum Rejection {
     #[error("malformed quote: {0}")]
     Malformed(#[from] QuoteError),
+    #[error("quote header: {detail}")]
+    QuoteHeader { detail: String },
     #[error("malformed collateral: {0}")]
     MalformedCollateral(String),
     #[error("untrusted root: the quote's pck chain ends at a root with sha256 {fingerprint}, which the policy does not trust")]
@@ -95,6 +97,7 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Malformed(_) => "malformed_quote",
+            Self::QuoteHeader { .. } => "quote_header",
             Self::MalformedCollateral(_) => "malformed_collateral",
             Self::UntrustedRoot { .. } => "untrusted_root",
             Self::CollateralExpired { .. } => "collateral_expired",
@@ -233,36 +236,32 @@ impl Verifier {
     }
 }
 
-/// Picks the trusted root the quote's embedded PCK chain ends at. A chain whose self-signed
-/// top certificate is not among `roots` is rejected as [`Rejection::UntrustedRoot`]. If the
-/// quote carries no root certificate, the first root is tried (dcap-qvl then reports a chain
-/// failure if it does not fit).
+/// Picks the trusted root the quote's embedded PCK chain ends at. The last certificate of the
+/// chain must be byte-identical to a root of the policy; otherwise the quote is rejected as
+/// [`Rejection::UntrustedRoot`] (a simulated quote under production policy ends here). If the
+/// quote carries no PEM chain, the first root is used and dcap-qvl reports chain failures.
 fn select_root<'a>(quote: &[u8], roots: &'a [TrustRoot]) -> Result<&'a TrustRoot, Rejection> {
     let first = roots.first().ok_or(Rejection::UntrustedRoot {
         fingerprint: "none (policy trusts no root)".into(),
     })?;
-    let Some(top) = embedded_root(quote) else {
+    let Some(chain) = embedded_chain(quote) else {
         return Ok(first);
     };
-    let fp: [u8; 32] = Sha256::digest(&top).into();
-    roots
-        .iter()
-        .find(|r| r.fingerprint() == fp)
-        .ok_or(Rejection::UntrustedRoot {
-            fingerprint: hex::encode(fp),
+    let top = chain.last().map(|der| Sha256::digest(der).into());
+    top.and_then(|fp: [u8; 32]| roots.iter().find(|r| r.fingerprint() == fp))
+        .ok_or_else(|| Rejection::UntrustedRoot {
+            fingerprint: top
+                .map(hex::encode)
+                .unwrap_or_else(|| "none (empty chain)".into()),
         })
 }
 
-/// The self-signed certificate at the top of the quote's embedded PCK chain, if any.
-pub fn embedded_root(quote: &[u8]) -> Option<Vec<u8>> {
+/// The DER certificates of the quote's embedded PCK chain (certification data type 5), leaf
+/// first, or `None` if the quote carries no PEM chain.
+pub fn embedded_chain(quote: &[u8]) -> Option<Vec<Vec<u8>>> {
     let q = dcap_qvl::quote::Quote::parse(quote).ok()?;
     let pem = q.raw_cert_chain().ok()?;
-    pem_certs(pem).into_iter().rev().find(|der| {
-        use x509_parser::prelude::FromDer;
-        x509_parser::certificate::X509Certificate::from_der(der)
-            .map(|(_, c)| c.subject() == c.issuer())
-            .unwrap_or(false)
-    })
+    Some(pem_certs(pem))
 }
 
 /// Decodes every `CERTIFICATE` PEM block in `bytes` (invalid blocks are skipped).
@@ -282,8 +281,15 @@ pub fn pem_certs(bytes: &[u8]) -> Vec<Vec<u8>> {
 pub fn classify(err: &anyhow::Error) -> Rejection {
     let msg = format!("{err:#}");
     let has = |s: &str| msg.contains(s);
-    if has("Failed to decode quote") || has("Unsupported DCAP quote version") {
-        Rejection::Verification(format!("quote structure: {msg}"))
+    if has("Failed to decode quote")
+        || has("quote version")
+        || has("QE vendor ID")
+        || has("attestation key type")
+        || has("TEE type")
+    {
+        Rejection::QuoteHeader { detail: msg }
+    } else if has("PCK certificate") || has("PCK CA") {
+        Rejection::CertificateChain { detail: msg }
     } else if has("Failed to parse root CA CRL")
         || has("Failed to parse PCK CRL")
         || has("Failed to decode TcbInfo")
