@@ -35,6 +35,19 @@ pub struct ValidityWindow {
     pub next_update: u64,
 }
 
+impl ValidityWindow {
+    /// The last second at which the item is valid. TCB info and QE identity are valid up to and
+    /// including `nextUpdate` (Intel QVL); a CRL is expired from its `nextUpdate` on (RFC 5280
+    /// as webpki implements it).
+    pub fn last_valid_second(&self) -> u64 {
+        if self.item.ends_with("crl") {
+            self.next_update.saturating_sub(1)
+        } else {
+            self.next_update
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Dated {
@@ -66,11 +79,11 @@ impl Collateral {
         Ok(Self { raw, windows })
     }
 
-    /// The earliest `next_update` over all dated items: the collateral is stale after it.
+    /// The last second at which every dated item is still valid: the collateral is stale after it.
     pub fn expires_at(&self) -> u64 {
         self.windows
             .iter()
-            .map(|w| w.next_update)
+            .map(ValidityWindow::last_valid_second)
             .min()
             .unwrap_or(0)
     }

@@ -173,7 +173,7 @@ pub fn verify_evidence(
                 now,
             });
         }
-        if now > w.next_update {
+        if now > w.last_valid_second() {
             return Err(Rejection::CollateralExpired {
                 item: w.item,
                 next_update: w.next_update,
