@@ -1,0 +1,280 @@
+//! Verifying a peer's RA-TLS certificate: structure, channel binding, evidence, policy.
+//!
+//! [`verify_peer`] is the whole check, with `now` passed in:
+//!
+//! 1. [`crate::evidence::parse_cert_at`]: well-formed, self-signed Ed25519, valid at `now`.
+//! 2. The report_data binding: the quote must carry
+//!    `SHA-512("cocoon/ratls/v1\0" || SPKI || SHA-256(claims))` of *this* certificate
+//!    ([`measurements::Rejection::ReportDataMismatch`] otherwise). Checked on the parsed quote
+//!    before any signature work (cheap rejection), and again on the verified evidence.
+//! 3. Collateral: the certificate's embedded collateral if any (untrusted bytes are fine: all
+//!    of it chains to a root the policy pins), else the caller's [`CollateralSource`].
+//! 4. [`measurements::verify::verify_evidence`] (PCK chain, CRLs, TCB info, QE identity,
+//!    signatures) — skipped on an [`AttestationCache`] hit — then
+//!    [`measurements::Policy::check`] on every use.
+//!
+//! Every rejection of the evidence is a [`RatlsError::Attestation`] carrying the named
+//! [`measurements::Rejection`].
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use measurements::verify::{verify_evidence, Evidence};
+use measurements::{Collateral, ImageHash, ParsedQuote, Policy, Rejection};
+
+use crate::cache::{sha256, AttestationCache};
+use crate::clock::Clock;
+use crate::evidence::{parse_cert_at, PeerEvidence};
+use crate::{Claims, RatlsError, Role};
+
+/// Where a verifier gets collateral for a quote whose certificate embeds none (files, a
+/// PCCS-compatible endpoint, a cache). Collateral from an untrusted source is fine: its
+/// signatures chain to the roots the policy pins.
+pub trait CollateralSource: Send + Sync + std::fmt::Debug {
+    /// Collateral for `quote` (the FMSPC and CA type are read from its PCK certificate).
+    fn collateral_for(&self, quote: &[u8]) -> Result<Collateral, String>;
+}
+
+/// A fixed collateral document, whatever the quote (tests, single-platform deployments).
+#[derive(Clone, Debug)]
+pub struct StaticCollateral(pub Collateral);
+
+impl CollateralSource for StaticCollateral {
+    fn collateral_for(&self, _quote: &[u8]) -> Result<Collateral, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A peer whose certificate and evidence passed.
+#[derive(Clone, Debug)]
+pub struct VerifiedPeer {
+    /// What the certificate carried.
+    pub evidence: PeerEvidence,
+    /// The verified quote (registers, TCB status, root, validity).
+    pub attestation: Evidence,
+    /// Whether the evidence came from the attestation cache.
+    pub cache_hit: bool,
+}
+
+impl VerifiedPeer {
+    /// The peer's image hash.
+    pub fn image_hash(&self) -> ImageHash {
+        self.attestation.image_hash()
+    }
+
+    /// The peer's claims (bound into its quote).
+    pub fn claims(&self) -> &Claims {
+        &self.evidence.claims
+    }
+}
+
+/// Verifies a peer certificate at `now` against `policy` (see the module docs).
+pub fn verify_peer(
+    cert_der: &[u8],
+    now: u64,
+    policy: &Policy,
+    collateral_source: Option<&dyn CollateralSource>,
+    cache: Option<&AttestationCache>,
+) -> Result<VerifiedPeer, RatlsError> {
+    let peer = parse_cert_at(cert_der, now)?;
+    verify_parsed(peer, now, policy, collateral_source, cache)
+}
+
+/// [`verify_peer`] for an already parsed certificate (the validity window is not rechecked).
+pub fn verify_parsed(
+    peer: PeerEvidence,
+    now: u64,
+    policy: &Policy,
+    collateral_source: Option<&dyn CollateralSource>,
+    cache: Option<&AttestationCache>,
+) -> Result<VerifiedPeer, RatlsError> {
+    let expected = peer.expected_report_data();
+    // Cheap rejection before signature work; the unverified value is only used to reject.
+    let parsed = ParsedQuote::parse(&peer.quote).map_err(Rejection::from)?;
+    check_binding(&parsed.report.report_data, &expected)?;
+
+    let quote_hash = sha256(&peer.quote);
+    let embedded_hash = peer.collateral.as_ref().map(|(json, _)| sha256(json));
+    let cached = cache.and_then(|c| c.get(&quote_hash, embedded_hash.as_ref(), now));
+    let cache_hit = cached.is_some();
+    let attestation = match cached {
+        Some(ev) => ev,
+        None => {
+            let (collateral, collateral_hash): (Cow<'_, Collateral>, [u8; 32]) =
+                match (&peer.collateral, embedded_hash) {
+                    (Some((_, c)), Some(h)) => (Cow::Borrowed(c), h),
+                    _ => {
+                        let source = collateral_source.ok_or_else(|| {
+                            RatlsError::CollateralUnavailable(
+                                "certificate embeds none and no collateral source is configured"
+                                    .into(),
+                            )
+                        })?;
+                        let c = source
+                            .collateral_for(&peer.quote)
+                            .map_err(RatlsError::CollateralUnavailable)?;
+                        let h = sha256(&c.to_json());
+                        (Cow::Owned(c), h)
+                    }
+                };
+            let ev = verify_evidence(&peer.quote, &collateral, now, &policy.roots)?;
+            if let Some(c) = cache {
+                c.insert(quote_hash, collateral_hash, ev.clone(), now);
+            }
+            ev
+        }
+    };
+    check_binding(&attestation.report.report_data, &expected)?;
+    apply_policy(policy, &attestation, &expected, now)?;
+    Ok(VerifiedPeer {
+        evidence: peer,
+        attestation,
+        cache_hit,
+    })
+}
+
+fn check_binding(got: &[u8; 64], expected: &[u8; 64]) -> Result<(), Rejection> {
+    if got != expected {
+        return Err(Rejection::ReportDataMismatch {
+            expected: hex::encode(expected),
+            got: hex::encode(got),
+        });
+    }
+    Ok(())
+}
+
+/// `policy.check`, with the policy's `required_report_data` (if it names one) replaced by the
+/// certificate's binding: for RA-TLS the binding is the only meaningful value.
+fn apply_policy(
+    policy: &Policy,
+    ev: &Evidence,
+    expected: &[u8; 64],
+    now: u64,
+) -> Result<(), Rejection> {
+    match policy.required_report_data {
+        Some(r) if &r != expected => {
+            let mut p = policy.clone();
+            p.required_report_data = Some(*expected);
+            p.check(ev, now)
+        }
+        _ => policy.check(ev, now),
+    }
+}
+
+/// A verifier with its policy, clock, collateral source and cache; shared by the rustls
+/// verifiers in [`crate::tls`], and usable directly after a handshake to read the peer's
+/// verified evidence ([`PeerVerifier::peer_of`]).
+#[derive(Debug)]
+pub struct PeerVerifier {
+    policy: RwLock<Arc<Policy>>,
+    clock: Arc<dyn Clock>,
+    source: Option<Arc<dyn CollateralSource>>,
+    cache: Option<Arc<AttestationCache>>,
+    allowed_roles: Option<BTreeSet<Role>>,
+}
+
+impl PeerVerifier {
+    /// A verifier with a default [`AttestationCache`] and no collateral source (peers must
+    /// embed collateral).
+    pub fn new(policy: Policy, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            policy: RwLock::new(Arc::new(policy)),
+            clock,
+            source: None,
+            cache: Some(Arc::new(AttestationCache::default())),
+            allowed_roles: None,
+        }
+    }
+
+    /// Uses `source` for certificates that embed no collateral.
+    pub fn with_collateral_source(mut self, source: Arc<dyn CollateralSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Uses `cache` (which may be shared with other verifiers).
+    pub fn with_cache(mut self, cache: Arc<AttestationCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Verifies every certificate fully, without a cache.
+    pub fn without_cache(mut self) -> Self {
+        self.cache = None;
+        self
+    }
+
+    /// Accepts only peers claiming one of `roles`.
+    pub fn with_roles(mut self, roles: impl IntoIterator<Item = Role>) -> Self {
+        self.allowed_roles = Some(roles.into_iter().collect());
+        self
+    }
+
+    /// Replaces the policy; applies to the next verification (also on cache hits).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The cache, if any.
+    pub fn cache(&self) -> Option<&Arc<AttestationCache>> {
+        self.cache.as_ref()
+    }
+
+    /// The clock's current time.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Verifies `cert_der` at the clock's current time.
+    pub fn verify(&self, cert_der: &[u8]) -> Result<VerifiedPeer, RatlsError> {
+        self.verify_at(cert_der, self.clock.now())
+    }
+
+    /// Verifies `cert_der` at `now`.
+    pub fn verify_at(&self, cert_der: &[u8], now: u64) -> Result<VerifiedPeer, RatlsError> {
+        let peer = parse_cert_at(cert_der, now)?;
+        if let Some(allowed) = &self.allowed_roles {
+            if !allowed.contains(&peer.claims.role) {
+                return Err(RatlsError::RoleNotAllowed {
+                    got: peer.claims.role,
+                    allowed: allowed
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        let policy = self.policy();
+        let result = verify_parsed(
+            peer,
+            now,
+            &policy,
+            self.source.as_deref(),
+            self.cache.as_deref(),
+        );
+        if let Err(e) = &result {
+            tracing::debug!(reason = %e, "ra-tls peer rejected");
+        }
+        result
+    }
+
+    /// The verified evidence of the peer of an established connection (its end-entity
+    /// certificate, verified again at the clock's time; normally a cache hit).
+    pub fn peer_of(&self, conn: &rustls::CommonState) -> Result<VerifiedPeer, RatlsError> {
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(RatlsError::NoPeerCertificate)?;
+        self.verify(cert.as_ref())
+    }
+}
