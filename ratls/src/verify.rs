@@ -17,8 +17,8 @@
 //! [`measurements::Rejection`].
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use measurements::verify::{verify_evidence, Evidence};
 use measurements::{Collateral, ImageHash, ParsedQuote, Policy, Rejection};
@@ -50,7 +50,7 @@ impl CollateralSource for StaticCollateral {
 #[derive(Clone, Debug)]
 pub struct VerifiedPeer {
     /// What the certificate carried.
-    pub evidence: PeerEvidence,
+    pub evidence: Arc<PeerEvidence>,
     /// The verified quote (registers, TCB status, root, validity).
     pub attestation: Evidence,
     /// Whether the evidence came from the attestation cache.
@@ -89,20 +89,58 @@ pub fn verify_parsed(
     collateral_source: Option<&dyn CollateralSource>,
     cache: Option<&AttestationCache>,
 ) -> Result<VerifiedPeer, RatlsError> {
-    let expected = peer.expected_report_data();
-    // Cheap rejection before signature work; the unverified value is only used to reject.
-    let parsed = ParsedQuote::parse(&peer.quote).map_err(Rejection::from)?;
-    check_binding(&parsed.report.report_data, &expected)?;
+    let digests = CertDigests::of(&peer)?;
+    verify_with_digests(
+        Arc::new(peer),
+        &digests,
+        now,
+        policy,
+        collateral_source,
+        cache,
+    )
+}
 
-    let quote_hash = sha256(&peer.quote);
-    let embedded_hash = peer.collateral.as_ref().map(|(json, _)| sha256(json));
-    let cached = cache.and_then(|c| c.get(&quote_hash, embedded_hash.as_ref(), now));
+/// What verification derives from a certificate's bytes alone, computed once per certificate.
+#[derive(Debug)]
+struct CertDigests {
+    /// The report_data this certificate's key and claims require.
+    expected_report_data: [u8; 64],
+    /// SHA-256 of the quote (the attestation cache key).
+    quote: [u8; 32],
+    /// SHA-256 of the embedded collateral JSON, if any.
+    collateral: Option<[u8; 32]>,
+}
+
+impl CertDigests {
+    fn of(peer: &PeerEvidence) -> Result<Self, RatlsError> {
+        let expected_report_data = peer.expected_report_data();
+        // Cheap rejection before signature work; the unverified value is only used to reject.
+        let parsed = ParsedQuote::parse(&peer.quote).map_err(Rejection::from)?;
+        check_binding(&parsed.report.report_data, &expected_report_data)?;
+        Ok(Self {
+            expected_report_data,
+            quote: sha256(&peer.quote),
+            collateral: peer.collateral.as_ref().map(|(json, _)| sha256(json)),
+        })
+    }
+}
+
+fn verify_with_digests(
+    peer: Arc<PeerEvidence>,
+    digests: &CertDigests,
+    now: u64,
+    policy: &Policy,
+    collateral_source: Option<&dyn CollateralSource>,
+    cache: Option<&AttestationCache>,
+) -> Result<VerifiedPeer, RatlsError> {
+    let expected = &digests.expected_report_data;
+    let cached = cache.and_then(|c| c.get(&digests.quote, digests.collateral.as_ref(), now));
     let cache_hit = cached.is_some();
     let attestation = match cached {
         Some(ev) => ev,
         None => {
             let (collateral, collateral_hash): (Cow<'_, Collateral>, [u8; 32]) =
-                match (&peer.collateral, embedded_hash) {
+                match (&peer.collateral, digests.collateral) {
                     (Some((_, c)), Some(h)) => (Cow::Borrowed(c), h),
                     _ => {
                         let source = collateral_source.ok_or_else(|| {
@@ -120,13 +158,13 @@ pub fn verify_parsed(
                 };
             let ev = verify_evidence(&peer.quote, &collateral, now, &policy.roots)?;
             if let Some(c) = cache {
-                c.insert(quote_hash, collateral_hash, ev.clone(), now);
+                c.insert(digests.quote, collateral_hash, ev.clone(), now);
             }
             ev
         }
     };
-    check_binding(&attestation.report.report_data, &expected)?;
-    apply_policy(policy, &attestation, &expected, now)?;
+    check_binding(&attestation.report.report_data, expected)?;
+    apply_policy(policy, &attestation, expected, now)?;
     Ok(VerifiedPeer {
         evidence: peer,
         attestation,
@@ -172,7 +210,16 @@ pub struct PeerVerifier {
     source: Option<Arc<dyn CollateralSource>>,
     cache: Option<Arc<AttestationCache>>,
     allowed_roles: Option<BTreeSet<Role>>,
+    /// Parsed certificates by SHA-256 of their DER, kept while a cache is in use: the same
+    /// bytes always parse to the same result, so a repeat only rechecks what depends on time
+    /// (validity window, collateral expiry, policy). Cleared when it reaches its capacity.
+    parsed: Mutex<HashMap<[u8; 32], ParsedCert>>,
 }
+
+/// Capacity of the parsed-certificate memo.
+const PARSED_CERTS_CAPACITY: usize = 1024;
+
+type ParsedCert = (Arc<PeerEvidence>, Arc<CertDigests>);
 
 impl PeerVerifier {
     /// A verifier with a default [`AttestationCache`] and no collateral source (peers must
@@ -184,6 +231,7 @@ impl PeerVerifier {
             source: None,
             cache: Some(Arc::new(AttestationCache::default())),
             allowed_roles: None,
+            parsed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -241,7 +289,7 @@ impl PeerVerifier {
 
     /// Verifies `cert_der` at `now`.
     pub fn verify_at(&self, cert_der: &[u8], now: u64) -> Result<VerifiedPeer, RatlsError> {
-        let peer = parse_cert_at(cert_der, now)?;
+        let (peer, digests) = self.parse_memoized(cert_der, now)?;
         if let Some(allowed) = &self.allowed_roles {
             if !allowed.contains(&peer.claims.role) {
                 return Err(RatlsError::RoleNotAllowed {
@@ -255,8 +303,9 @@ impl PeerVerifier {
             }
         }
         let policy = self.policy();
-        let result = verify_parsed(
+        let result = verify_with_digests(
             peer,
+            &digests,
             now,
             &policy,
             self.source.as_deref(),
@@ -266,6 +315,36 @@ impl PeerVerifier {
             tracing::debug!(reason = %e, "ra-tls peer rejected");
         }
         result
+    }
+
+    /// Parses `cert_der` (valid at `now`), reusing an earlier parse of the same bytes when a
+    /// cache is in use.
+    fn parse_memoized(&self, cert_der: &[u8], now: u64) -> Result<ParsedCert, RatlsError> {
+        if self.cache.is_none() {
+            let peer = parse_cert_at(cert_der, now)?;
+            let digests = CertDigests::of(&peer)?;
+            return Ok((Arc::new(peer), Arc::new(digests)));
+        }
+        let key = sha256(cert_der);
+        let memo = self
+            .parsed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some((peer, digests)) = memo {
+            peer.check_validity(now)?;
+            return Ok((peer, digests));
+        }
+        let peer = parse_cert_at(cert_der, now)?;
+        let digests = CertDigests::of(&peer)?;
+        let entry = (Arc::new(peer), Arc::new(digests));
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if parsed.len() >= PARSED_CERTS_CAPACITY {
+            parsed.clear();
+        }
+        parsed.insert(key, entry.clone());
+        Ok(entry)
     }
 
     /// The verified evidence of the peer of an established connection (its end-entity

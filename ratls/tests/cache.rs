@@ -187,3 +187,25 @@ fn concurrent_verification_shares_the_cache() {
     }
     assert_eq!(v.cache().unwrap().stats().hits, 4);
 }
+
+#[test]
+fn repeated_certificate_still_checks_its_validity_window_and_binding() {
+    let c = cert(registers(), Role::Worker);
+    let v = verifier(policy(), clock(NOW));
+    v.verify_at(&c.cert_der, NOW).unwrap();
+    assert!(v.verify_at(&c.cert_der, NOW + 1).unwrap().cache_hit);
+    // Same bytes, later than not_after: rejected although the parse is remembered.
+    let err = v.verify_at(&c.cert_der, NOW + 7 * 3600).unwrap_err();
+    assert!(matches!(err, RatlsError::Cert(_)), "{err}");
+    // Before not_before too.
+    assert!(matches!(
+        v.verify_at(&c.cert_der, NOW - 3600).unwrap_err(),
+        RatlsError::Cert(_)
+    ));
+    // A lifted quote is rejected on every attempt, not only the first.
+    let lifted = lifted_quote_cert(Role::Worker);
+    for _ in 0..2 {
+        let err = v.verify_at(&lifted.cert_der, NOW).unwrap_err();
+        assert_eq!(rejection_code(&err), "report_data_mismatch");
+    }
+}

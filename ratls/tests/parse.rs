@@ -216,3 +216,16 @@ fn only_ed25519_is_accepted() {
     assert!(matches!(err, CertError::SignatureAlgorithm { .. }), "{err}");
     assert!(err.to_string().contains("1.2.840.10045.4.3.2"), "{err}");
 }
+
+/// Writes real RA-TLS certificates as fuzz seeds when `COCOON_WRITE_FUZZ_SEEDS=1`.
+#[test]
+fn write_fuzz_seeds() {
+    if std::env::var("COCOON_WRITE_FUZZ_SEEDS").as_deref() != Ok("1") {
+        return;
+    }
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/ratls_cert_parse");
+    std::fs::create_dir_all(&dir).unwrap();
+    let issued = cert(registers(), Role::Worker);
+    std::fs::write(dir.join("worker_with_collateral.der"), &issued.cert_der).unwrap();
+}
