@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): formatting, lints, every test, fuzz smoke run.
+# The project's test command (README, .ci/run): formatting, lints, every test, the main job,
+# fuzz smoke run.
 # Needs only a Rust toolchain; installs cargo-fuzz itself when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (workspace)"
 cargo test --workspace --locked
+
+step "main job (ci/demo.sh)"
+ci/demo.sh
 
 if [ "${COCOON_SKIP_FUZZ:-0}" != 1 ]; then
   step "fuzz smoke run"
