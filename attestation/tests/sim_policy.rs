@@ -147,3 +147,26 @@ fn expired_simulated_collateral() {
     );
     verify_quote(&quote, &collateral(&p), end - 1, &sim_policy(&p)).unwrap();
 }
+
+#[test]
+fn quote_format_v5_verifies_like_v4() {
+    let p = platform();
+    let q4 = p.quote(&regs(), &[3; 64]).unwrap();
+    let q5 = p.quote_v5(&regs(), &[3; 64]).unwrap();
+    assert_eq!(q5.len(), q4.len() + 6);
+    let policy = sim_policy(&p).with_images([regs().image_hash()]);
+    let ev4 = verify_quote(&q4, &collateral(&p), NOW, &policy).unwrap();
+    let ev5 = verify_quote(&q5, &collateral(&p), NOW, &policy).unwrap();
+    assert_eq!((ev4.quote_version, ev5.quote_version), (4, 5));
+    assert_eq!(ev4.report, ev5.report);
+    // The body descriptor is signed: changing it breaks the quote.
+    let mut bad = q5.clone();
+    bad[48] = 3;
+    assert!(verify_quote(&bad, &collateral(&p), NOW, &policy).is_err());
+    let mut flipped = q5;
+    flipped[100] ^= 1;
+    assert_eq!(
+        verify_quote(&flipped, &collateral(&p), NOW, &policy).unwrap_err(),
+        Rejection::QuoteSignature
+    );
+}

@@ -205,3 +205,98 @@ pub fn decode_quote_input(bytes: &[u8], hex_text: bool) -> Result<Vec<u8>, Quote
     let compact: String = trimmed.chars().filter(|c| !c.is_whitespace()).collect();
     hex::decode(&compact).map_err(|e| QuoteError::Hex(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A structurally valid quote: `version`, v5 body type, body filled with a pattern,
+    /// `sig` bytes of signature data.
+    fn synthetic(version: u16, body_type: u16, sig: &[u8]) -> Vec<u8> {
+        let mut q = Vec::new();
+        q.extend_from_slice(&version.to_le_bytes());
+        q.extend_from_slice(&ATT_KEY_TYPE_ECDSA_P256.to_le_bytes());
+        q.extend_from_slice(&TEE_TYPE_TDX.to_le_bytes());
+        q.extend_from_slice(&[0; 40]);
+        let len = match body_type {
+            3 => TD_REPORT15_LEN,
+            4 => TD_REPORT15_EX_LEN,
+            _ => TD_REPORT10_LEN,
+        };
+        if version == 5 {
+            q.extend_from_slice(&body_type.to_le_bytes());
+            q.extend_from_slice(&(len as u32).to_le_bytes());
+        }
+        q.extend((0..len).map(|i| (i % 251) as u8));
+        q.extend_from_slice(&(sig.len() as u32).to_le_bytes());
+        q.extend_from_slice(sig);
+        q
+    }
+
+    #[test]
+    fn v4_and_v5_bodies_give_the_same_fields() {
+        let v4 = ParsedQuote::parse(&synthetic(4, 2, b"sig")).unwrap();
+        for body_type in [2, 3, 4] {
+            let q = synthetic(5, body_type, b"sig");
+            let v5 = ParsedQuote::parse(&q).unwrap();
+            assert_eq!(v5.version, 5);
+            assert_eq!(v5.body_type, body_type);
+            assert_eq!(v5.report, v4.report, "body type {body_type}");
+            assert_eq!(v5.len, q.len());
+        }
+        // Field offsets of the TDX 1.0 body: mrtd at 136, report_data at 520.
+        assert_eq!(v4.report.registers.mrtd[0], 136);
+        assert_eq!(v4.report.report_data[0], (520 % 251) as u8);
+        assert_eq!(V4_REPORT_DATA_OFFSET, 48 + 520);
+    }
+
+    #[test]
+    fn structural_errors_are_typed() {
+        let mut bad_version = synthetic(4, 2, b"");
+        bad_version[0] = 3;
+        assert_eq!(
+            ParsedQuote::parse(&bad_version),
+            Err(QuoteError::UnsupportedVersion(3))
+        );
+        let mut sgx = synthetic(4, 2, b"");
+        sgx[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(ParsedQuote::parse(&sgx), Err(QuoteError::NotTdx(0)));
+        let mut body = synthetic(5, 2, b"");
+        body[48] = 9;
+        assert_eq!(
+            ParsedQuote::parse(&body),
+            Err(QuoteError::UnsupportedBodyType(9))
+        );
+        let mut size = synthetic(5, 2, b"");
+        size[50] = 0;
+        assert!(matches!(
+            ParsedQuote::parse(&size),
+            Err(QuoteError::BodySize { .. })
+        ));
+        let full = synthetic(4, 2, b"signature");
+        for cut in [0, 10, 47, 48, 300, 632, 635, full.len() - 1] {
+            assert!(
+                matches!(
+                    ParsedQuote::parse(&full[..cut]),
+                    Err(QuoteError::Truncated { .. })
+                ),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn hex_input() {
+        let q = synthetic(4, 2, b"s");
+        let text = format!("0x{}\n", hex::encode(&q));
+        assert_eq!(decode_quote_input(text.as_bytes(), true).unwrap(), q);
+        assert!(matches!(
+            decode_quote_input(b"zz", true),
+            Err(QuoteError::Hex(_))
+        ));
+        assert_eq!(
+            decode_quote_input(&[0xff, 0xfe], true),
+            Err(QuoteError::HexNotUtf8)
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! Assembly of simulated TDX quotes, version 4.
+//! Assembly of simulated TDX quotes, version 4 (and version 5 with a TDX 1.0 body).
 //!
 //! Layout per the Intel TDX DCAP Quoting Library API, "Quote Format" (v4):
 //!
@@ -78,15 +78,38 @@ impl SimPlatform {
         registers: &TdRegisters,
         report_data: &[u8; 64],
     ) -> Result<Vec<u8>, SimError> {
-        let mut quote = Vec::with_capacity(SIGNED_LEN + 4 + 64 + self.signature_tail.len());
+        self.quote_version(QUOTE_VERSION, registers, report_data)
+    }
+
+    /// The same quote in format version 5: the header is followed by a body descriptor
+    /// (type 2 = TDX 1.0 TD report, size 584), which the signature also covers.
+    pub fn quote_v5(
+        &self,
+        registers: &TdRegisters,
+        report_data: &[u8; 64],
+    ) -> Result<Vec<u8>, SimError> {
+        self.quote_version(5, registers, report_data)
+    }
+
+    fn quote_version(
+        &self,
+        version: u16,
+        registers: &TdRegisters,
+        report_data: &[u8; 64],
+    ) -> Result<Vec<u8>, SimError> {
+        let mut quote = Vec::with_capacity(SIGNED_LEN + 10 + 64 + self.signature_tail.len());
         // Header.
-        quote.extend_from_slice(&QUOTE_VERSION.to_le_bytes());
+        quote.extend_from_slice(&version.to_le_bytes());
         quote.extend_from_slice(&ATT_KEY_TYPE_ECDSA_P256.to_le_bytes());
         quote.extend_from_slice(&TEE_TYPE_TDX.to_le_bytes());
         quote.extend_from_slice(&[0u8; 4]);
         quote.extend_from_slice(&dcap_qvl::INTEL_QE_VENDOR_ID);
         quote.extend_from_slice(&self.qe_id);
         quote.extend_from_slice(&[0u8; 4]);
+        if version == 5 {
+            quote.extend_from_slice(&2u16.to_le_bytes());
+            quote.extend_from_slice(&584u32.to_le_bytes());
+        }
         // TD report body (TDX 1.0 layout).
         quote.extend_from_slice(&self.params.tee_tcb_svn);
         quote.extend_from_slice(&self.params.mrseam);
