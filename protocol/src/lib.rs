@@ -1,0 +1,54 @@
+//! cocoon-protocol: what clients, proxies and workers say to each other. Pure: types,
+//! encoders and parsers over bytes and header maps; no I/O, no clock.
+//!
+//! # Connections
+//! * client → proxy: HTTP/2 or HTTP/1.1 over TLS 1.3; the proxy presents RA-TLS evidence,
+//!   the client an Ed25519 account certificate. OpenAI-style requests with cocoon metadata in
+//!   headers ([`meta`]); the body is passed through untouched.
+//! * worker → proxy: the worker dials out, mutual RA-TLS, then HTTP/2 with the **proxy as the
+//!   HTTP/2 client** (roles reversed), so the proxy opens many request streams on one attested
+//!   connection. The first exchange is [`register::Hello`] → [`register::Registration`].
+//!
+//! # Responses
+//! Between proxy and worker, and between proxy and client, responses always stream as
+//! server-sent events ([`sse`]): OpenAI `chat.completion.chunk` / `text_completion` objects as
+//! `data:` events, then one `event: cocoon-usage` with the token counts ([`usage::Usage`]),
+//! then `data: [DONE]`. A failure after the first byte is an `event: cocoon-error` with an
+//! [`error::ApiError`]. The client library turns the stream into a single JSON response when
+//! its caller did not ask for streaming, and strips cocoon events.
+//!
+//! # Versions
+//! [`PROTOCOL_VERSION`] is sent in every request (`cocoon-protocol-version`) and negotiated at
+//! registration ([`register::negotiate`]). A peer refuses versions it does not support with a
+//! typed error naming both sides' versions.
+
+pub mod error;
+pub mod meta;
+pub mod register;
+pub mod sse;
+pub mod usage;
+
+pub use error::{ApiError, ErrorKind};
+pub use meta::{Endpoint, RequestId, RequestMeta};
+pub use register::{Hello, ModelAdvert, Registration};
+pub use usage::Usage;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Versions this build accepts from peers.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// Paths on the worker's HTTP/2 service (requested by the proxy).
+pub mod paths {
+    /// Registration: the proxy POSTs a [`crate::Hello`], the worker answers a
+    /// [`crate::Registration`].
+    pub const HELLO: &str = "/cocoon/v1/hello";
+    /// Liveness probe from the proxy.
+    pub const PING: &str = "/cocoon/v1/ping";
+    /// OpenAI chat completions.
+    pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+    /// OpenAI legacy completions.
+    pub const COMPLETIONS: &str = "/v1/completions";
+    /// Model list (client → proxy).
+    pub const MODELS: &str = "/v1/models";
+}

@@ -1,0 +1,259 @@
+//! Request metadata carried in headers, so that the proxy routes and bills without parsing the
+//! body (which can later be end-to-end encrypted to the worker).
+//!
+//! | header | meaning | set by |
+//! |---|---|---|
+//! | `cocoon-protocol-version` | [`crate::PROTOCOL_VERSION`] of the sender | client library, proxy |
+//! | `cocoon-request-id` | 1–64 chars of `[A-Za-z0-9_-]`, unique per request | client library |
+//! | `cocoon-model` | model name (1–128 printable ASCII chars) | client library |
+//! | `cocoon-max-tokens` | completion tokens the client pays for at most (1..=1_000_000) | client library; the proxy rewrites it to its reservation |
+//! | `cocoon-max-prompt-tokens` | prompt tokens the proxy reserved for (proxy → worker) | proxy |
+//! | `cocoon-price-cap` | most the client will pay for this request, nano-TON (optional) | client library |
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::{ApiError, ErrorKind};
+
+pub const H_VERSION: &str = "cocoon-protocol-version";
+pub const H_REQUEST_ID: &str = "cocoon-request-id";
+pub const H_MODEL: &str = "cocoon-model";
+pub const H_MAX_TOKENS: &str = "cocoon-max-tokens";
+pub const H_MAX_PROMPT_TOKENS: &str = "cocoon-max-prompt-tokens";
+pub const H_PRICE_CAP: &str = "cocoon-price-cap";
+
+/// Upper bound for `cocoon-max-tokens`.
+pub const MAX_TOKENS_LIMIT: u32 = 1_000_000;
+
+/// The two OpenAI endpoints cocoon serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+}
+
+impl Endpoint {
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            crate::paths::CHAT_COMPLETIONS => Some(Self::ChatCompletions),
+            crate::paths::COMPLETIONS => Some(Self::Completions),
+            _ => None,
+        }
+    }
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => crate::paths::CHAT_COMPLETIONS,
+            Self::Completions => crate::paths::COMPLETIONS,
+        }
+    }
+}
+
+/// A validated request id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{H_REQUEST_ID}: expected 1-64 characters of [A-Za-z0-9_-]"),
+            ))
+        }
+    }
+
+    /// A request id from 16 random bytes (hex).
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        Self(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Metadata of one inference request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestMeta {
+    pub version: u32,
+    pub request_id: RequestId,
+    pub model: String,
+    pub max_tokens: u32,
+    pub price_cap: Option<u64>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = h.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("header {name} given more than once"),
+        ));
+    }
+    v.to_str().map(Some).map_err(|_| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("header {name} is not visible ascii"),
+        )
+    })
+}
+
+fn required<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
+    header(h, name)?
+        .ok_or_else(|| ApiError::new(ErrorKind::InvalidRequest, format!("missing header {name}")))
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, s: &str) -> Result<T, ApiError> {
+    s.trim().parse().map_err(|_| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("header {name}: not a number: {:?}", &s[..s.len().min(40)]),
+        )
+    })
+}
+
+/// Checks the `cocoon-protocol-version` header (absent means the current version).
+pub fn check_version(h: &HeaderMap) -> Result<u32, ApiError> {
+    let Some(v) = header(h, H_VERSION)? else {
+        return Ok(crate::PROTOCOL_VERSION);
+    };
+    let v: u32 = number(H_VERSION, v)?;
+    if crate::SUPPORTED_VERSIONS.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::new(
+            ErrorKind::UnsupportedVersion,
+            format!(
+                "protocol version {v} not supported (supported: {:?})",
+                crate::SUPPORTED_VERSIONS
+            ),
+        ))
+    }
+}
+
+/// Validates a model name.
+pub fn check_model(model: &str) -> Result<(), ApiError> {
+    if (1..=128).contains(&model.len()) && model.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "model: expected 1-128 printable ascii characters without spaces",
+        )
+        .with_param("model"))
+    }
+}
+
+impl RequestMeta {
+    /// Reads and validates the metadata headers.
+    pub fn from_headers(h: &HeaderMap) -> Result<Self, ApiError> {
+        let version = check_version(h)?;
+        let request_id = RequestId::parse(required(h, H_REQUEST_ID)?)?;
+        let model = required(h, H_MODEL)?.to_string();
+        check_model(&model)?;
+        let max_tokens: u32 = number(H_MAX_TOKENS, required(h, H_MAX_TOKENS)?)?;
+        if !(1..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("header {H_MAX_TOKENS}: {max_tokens} outside 1..={MAX_TOKENS_LIMIT}"),
+            ));
+        }
+        let price_cap = header(h, H_PRICE_CAP)?
+            .map(|v| number::<u64>(H_PRICE_CAP, v))
+            .transpose()?;
+        Ok(Self {
+            version,
+            request_id,
+            model,
+            max_tokens,
+            price_cap,
+        })
+    }
+
+    /// Writes the metadata headers (replacing existing ones).
+    pub fn write_headers(&self, h: &mut HeaderMap) {
+        let mut set = |name: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(name, v);
+            }
+        };
+        set(H_VERSION, self.version.to_string());
+        set(H_REQUEST_ID, self.request_id.0.clone());
+        set(H_MODEL, self.model.clone());
+        set(H_MAX_TOKENS, self.max_tokens.to_string());
+        if let Some(cap) = self.price_cap {
+            set(H_PRICE_CAP, cap.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            version: 1,
+            request_id: RequestId::parse("req-1_A").unwrap(),
+            model: "smollm2-135m".into(),
+            max_tokens: 64,
+            price_cap: Some(1000),
+        }
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let mut h = HeaderMap::new();
+        meta().write_headers(&mut h);
+        assert_eq!(RequestMeta::from_headers(&h).unwrap(), meta());
+    }
+
+    #[test]
+    fn bad_headers_are_invalid_requests() {
+        let cases: Vec<(&str, &str)> = vec![
+            (H_MAX_TOKENS, "0"),
+            (H_MAX_TOKENS, "abc"),
+            (H_MAX_TOKENS, "2000000"),
+            (H_REQUEST_ID, "has space"),
+            (H_MODEL, "a b"),
+            (H_PRICE_CAP, "-1"),
+        ];
+        for (name, value) in cases {
+            let mut h = HeaderMap::new();
+            meta().write_headers(&mut h);
+            h.insert(name, HeaderValue::from_str(value).unwrap());
+            let e = RequestMeta::from_headers(&h).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidRequest, "{name}={value}");
+        }
+        let mut h = HeaderMap::new();
+        meta().write_headers(&mut h);
+        h.insert(H_VERSION, HeaderValue::from_static("99"));
+        assert_eq!(
+            RequestMeta::from_headers(&h).unwrap_err().kind,
+            ErrorKind::UnsupportedVersion
+        );
+        let mut h = HeaderMap::new();
+        meta().write_headers(&mut h);
+        h.append(H_MODEL, HeaderValue::from_static("other"));
+        assert!(RequestMeta::from_headers(&h).is_err());
+        h.remove(H_MODEL);
+        assert!(RequestMeta::from_headers(&h)
+            .unwrap_err()
+            .message
+            .contains("missing header cocoon-model"));
+    }
+}
