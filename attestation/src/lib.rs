@@ -12,6 +12,7 @@
 //! Trust boundary: this crate produces evidence, it never decides whether evidence passes
 //! (that is `cocoon-measurements`).
 
+pub mod config;
 pub mod linux_tdx;
 pub mod sim;
 

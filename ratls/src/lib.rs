@@ -52,10 +52,12 @@
 //! Time is a parameter: library code takes `now` (Unix seconds) or a [`clock::Clock`]; only
 //! [`clock::SystemClock`] reads the system clock.
 
+pub mod account;
 pub mod cache;
 pub mod cert;
 pub mod claims;
 pub mod clock;
+pub mod config;
 pub mod evidence;
 pub mod testing;
 pub mod tls;

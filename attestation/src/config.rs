@@ -1,0 +1,117 @@
+//! The `[tee]` section of a service config: which TEE device the service uses.
+//!
+//! ```toml
+//! [tee]
+//! kind = "tdx"                            # Linux TDX guest (configfs-tsm, RTMR sysfs)
+//! # or, in development and CI:
+//! kind = "sim"
+//! platform_file = "sim-platform.json"     # SimPlatformSeed JSON (written by cocoon-host)
+//! registers_file = "worker-registers.json" # TdRegisters JSON: what this "TD" measures as
+//! ```
+//! Relative paths are resolved against the config file's directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use measurements::{Collateral, TdRegisters};
+use serde::Deserialize;
+
+use crate::linux_tdx::LinuxTdx;
+use crate::sim::{SimPlatform, SimPlatformSeed, SimTdx};
+use crate::{TeeDevice, TeeError};
+
+/// The `[tee]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TeeConfig {
+    /// A Linux TDX guest.
+    Tdx {
+        #[serde(default)]
+        report_root: Option<PathBuf>,
+        #[serde(default)]
+        measurements_root: Option<PathBuf>,
+    },
+    /// The simulated TDX platform.
+    Sim {
+        platform_file: PathBuf,
+        registers_file: PathBuf,
+    },
+}
+
+/// An opened TEE: the device, and for the simulated platform the platform itself (which also
+/// issues the matching collateral).
+#[derive(Clone, Debug)]
+pub struct OpenedTee {
+    pub device: Arc<dyn TeeDevice>,
+    pub sim_platform: Option<Arc<SimPlatform>>,
+}
+
+impl OpenedTee {
+    /// Collateral to embed in certificates issued at `now`: the simulated platform issues its
+    /// own (valid one hour back, seven days forward); a real TDX guest gets collateral from a
+    /// PCCS, which is not wired yet (`None`: verifiers then need a collateral source).
+    pub fn collateral(&self, now: u64) -> Result<Option<Collateral>, TeeError> {
+        let Some(p) = &self.sim_platform else {
+            return Ok(None);
+        };
+        let raw = p
+            .collateral(now.saturating_sub(3600), 7 * 24 * 3600)
+            .map_err(|e| TeeError::Quote(e.to_string()))?;
+        Collateral::new(raw)
+            .map(Some)
+            .map_err(|e| TeeError::Quote(e.to_string()))
+    }
+}
+
+fn read(path: &Path) -> Result<String, TeeError> {
+    std::fs::read_to_string(path).map_err(|source| TeeError::Io {
+        op: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl TeeConfig {
+    /// Opens the device; relative paths are resolved against `base`.
+    pub fn open(&self, base: &Path) -> Result<OpenedTee, TeeError> {
+        match self {
+            Self::Tdx {
+                report_root,
+                measurements_root,
+            } => {
+                let dev = match (report_root, measurements_root) {
+                    (None, None) => LinuxTdx::new(),
+                    (r, m) => LinuxTdx::with_roots(
+                        r.clone()
+                            .unwrap_or_else(|| crate::linux_tdx::DEFAULT_REPORT_ROOT.into()),
+                        m.clone()
+                            .unwrap_or_else(|| crate::linux_tdx::DEFAULT_MEASUREMENTS_ROOT.into()),
+                    ),
+                };
+                Ok(OpenedTee {
+                    device: Arc::new(dev),
+                    sim_platform: None,
+                })
+            }
+            Self::Sim {
+                platform_file,
+                registers_file,
+            } => {
+                let seed = SimPlatformSeed::from_json(&read(&base.join(platform_file))?)
+                    .map_err(|e| TeeError::Unavailable(format!("sim platform: {e}")))?;
+                let platform = Arc::new(
+                    SimPlatform::from_export(&seed)
+                        .map_err(|e| TeeError::Unavailable(format!("sim platform: {e}")))?,
+                );
+                let regs: TdRegisters = serde_json::from_str(&read(&base.join(registers_file))?)
+                    .map_err(|e| {
+                        TeeError::Registers(format!("{}: {e}", registers_file.display()))
+                    })?;
+                Ok(OpenedTee {
+                    device: Arc::new(SimTdx::new(platform.clone(), regs)),
+                    sim_platform: Some(platform),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! cocoon host tool (in progress).

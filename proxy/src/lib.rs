@@ -1,0 +1,1 @@
+//! cocoon proxy (in progress).
