@@ -1,1 +1,8 @@
-//! cocoon worker (in progress).
+//! cocoon-worker: serves LLM inference inside a TDX guest to attested proxies.
+//!
+//! The worker dials its proxies (outbound only), proves itself with RA-TLS and verifies each
+//! proxy's evidence, then serves HTTP/2 with the proxy as the HTTP/2 client so that many
+//! requests share one attested connection. Requests are validated here, inside the TEE
+//! (field allowlist, max_tokens clamp), and token usage is counted by the engine.
+
+pub mod engine;
