@@ -1,1 +1,175 @@
-fn main() {}
+//! `cocoon-client`: a local OpenAI-compatible endpoint that verifies the proxy's attestation
+//! before any prompt leaves this machine.
+//!
+//! Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime failure (e.g. the listen address is
+//! taken), 2 usage or configuration error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use client::config::ClientConfigFile;
+use client::serve::{self, ServeOptions};
+use client::Client;
+
+/// Exit codes of `cocoon-client`.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    Clean = 0,
+    Runtime = 1,
+    Config = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// cocoon client: verifies the proxy's TDX attestation, then serves the OpenAI API locally.
+#[derive(Parser, Debug)]
+#[command(name = "cocoon-client", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the OpenAI API (GET /v1/models, POST /v1/chat/completions, POST /v1/completions)
+    /// on the configured local address. Prints `cocoon-client: ready http://ADDR/v1` when
+    /// listening.
+    Serve {
+        /// client.toml
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the account id (hex Ed25519 public key) of the configured account key, creating
+    /// the key file if it is missing.
+    Account {
+        /// client.toml
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &Path) -> Result<client::config::ServeConfig, client::ConfigError> {
+    let file = ClientConfigFile::read(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let base = if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    };
+    file.load(base)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config_path = match &cli.cmd {
+        Cmd::Serve { config } | Cmd::Account { config } => config.clone(),
+    };
+    let config = match load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cocoon-client: {}: {e}", config_path.display());
+            return Exit::Config.into();
+        }
+    };
+    if config.key_created {
+        tracing::info!(path = %config.key_path.display(), "created a new account key");
+    }
+    match cli.cmd {
+        Cmd::Account { .. } => {
+            println!("{}", config.client.account_key.account_id());
+            Exit::Clean.into()
+        }
+        Cmd::Serve { .. } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cocoon-client: tokio runtime: {e}");
+                    return Exit::Runtime.into();
+                }
+            };
+            runtime.block_on(serve_main(config)).into()
+        }
+    }
+}
+
+async fn serve_main(config: client::config::ServeConfig) -> Exit {
+    let account = config.client.account_key.account_id();
+    let client = match Client::new(config.client) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("cocoon-client: {e}");
+            return Exit::Config;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cocoon-client: listen on {}: {e}", config.listen);
+            return Exit::Runtime;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cocoon-client: listen on {}: {e}", config.listen);
+            return Exit::Runtime;
+        }
+    };
+    tracing::info!(account = %account, proxy = %client.proxy(), "cocoon-client starting");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %addr,
+            "the local endpoint has no authentication: anyone who reaches it spends this account"
+        );
+    }
+    // Verify the proxy now so that a bad policy shows at start; requests dial again if needed.
+    match client.warm().await {
+        Ok(info) => {
+            tracing::info!(image = %info.image_hash, tcb = %info.tcb_status, "proxy verified")
+        }
+        Err(e) => tracing::warn!(error = %e, "proxy not verified yet; requests will retry"),
+    }
+    println!("cocoon-client: ready http://{addr}/v1");
+    serve::run(
+        listener,
+        client,
+        ServeOptions {
+            max_body: config.max_body,
+        },
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("cocoon-client: shutting down");
+    Exit::Clean
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

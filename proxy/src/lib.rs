@@ -1,1 +1,71 @@
-//! cocoon proxy (in progress).
+//! cocoon-proxy: attests workers, authenticates client accounts, routes requests to workers
+//! on metadata only, relays the response streams and accounts usage.
+//!
+//! # Data flow
+//!
+//! ```text
+//!  client ──TLS 1.3 (proxy: RA-TLS cert, client: account cert)──▶ client port
+//!          HTTP/2 or HTTP/1.1, OpenAI JSON body + cocoon-* metadata headers
+//!                                   │ route on RequestMeta, reserve, pick a worker
+//!                                   ▼
+//!  worker ──mutual RA-TLS 1.3, worker dials in──▶ worker port; the proxy is the HTTP/2
+//!          client on that stream: Hello → Registration, then one stream per request
+//! ```
+//!
+//! * [`workers`]: the worker port, RA-TLS verification of workers, registration.
+//! * [`registry`]: registered workers, capacity, health, selection.
+//! * [`relay`]: forwarding, retry before the first byte, SSE relay, billing.
+//! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`.
+//! * [`ledger`]: the accounting seam ([`ledger::Ledger`], in-memory for now).
+//! * [`config`]: the TOML config; [`identity`]: the proxy's RA-TLS certificate and renewal;
+//!   [`server`]: start and shutdown.
+//!
+//! # Trust boundary
+//!
+//! * Workers are untrusted until their RA-TLS evidence passes the configured worker policy
+//!   (roots, image hashes, TCB status, TD attributes — a debug TD is refused) and they claim
+//!   the worker role. Everything a worker sends afterwards (registration, status codes, the
+//!   event stream, usage) comes from attested code but is still treated as untrusted input:
+//!   bounded sizes, validated registration, usage charged at most the reservation.
+//! * Clients are not TEEs: the account certificate proves possession of an account key;
+//!   balances decide what an account may spend. Client metadata headers are validated by
+//!   [`protocol::RequestMeta::from_headers`].
+//! * Request bodies (prompts) and response streams (completions) pass through the proxy's
+//!   memory: TLS terminates inside the proxy TEE, and the body is buffered (≤ 4 MiB) so a
+//!   request can be retried on another worker. The proxy never parses request bodies and
+//!   never logs bodies or completions; it decodes the response stream only to find the
+//!   `cocoon-usage` event. End-to-end encryption from the client to the worker's attested key
+//!   is future work; until then the proxy TEE sees plaintext in memory.
+//! * Known gaps: a request cancelled by its client, or cut by a worker failure, is not billed
+//!   (the usage report never arrives); the ledger is in memory only.
+//!
+//! Spec references: the wire protocol is [`protocol`] (DESIGN.md "Wire"); RA-TLS is
+//! [`ratls`].
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod identity;
+pub mod ledger;
+pub mod registry;
+pub mod relay;
+pub mod server;
+pub mod stats;
+pub mod workers;
+
+pub use config::{LoadedConfig, ProxyConfig};
+pub use ledger::{Ledger, MemoryLedger, UsageRecord};
+pub use server::{Proxy, RunningProxy, StartError, State};
+
+/// Exit codes of the `cocoon-proxy` binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Clean shutdown after SIGTERM or SIGINT.
+    Clean = 0,
+    /// Any other failure (listener, runtime).
+    Other = 1,
+    /// The config file is unreadable or invalid.
+    Config = 2,
+    /// The TEE is unavailable (no quote, no certificate).
+    Tee = 3,
+}

@@ -1,1 +1,138 @@
-fn main() {}
+//! `cocoon-proxy --config proxy.toml`: the proxy service.
+//!
+//! Logs go to stderr (`RUST_LOG` filters, default `info`). Once every listener is bound it
+//! prints `cocoon-proxy: ready (workers <addr>, clients <addr>, admin <addr>)` to stdout.
+//!
+//! Exit codes: 0 clean shutdown on SIGTERM/SIGINT; 1 other failure; 2 config invalid;
+//! 3 TEE unavailable.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use proxy::identity::Identity;
+use proxy::{ExitCode, MemoryLedger, Proxy};
+use ratls::{Clock, RatlsError, SystemClock};
+
+/// cocoon proxy: attests workers, authenticates client accounts, routes and bills requests.
+#[derive(Debug, Parser)]
+#[command(name = "cocoon-proxy", version)]
+struct Args {
+    /// Path of the proxy's TOML config.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// How long requests in progress may finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the certificate's expiry is checked.
+const RENEWAL_CHECK: Duration = Duration::from_secs(60);
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            ExitCode::Other
+        }
+    };
+    std::process::ExitCode::from(code as u8)
+}
+
+async fn run(args: Args) -> ExitCode {
+    let loaded = match proxy::config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(config = %args.config.display(), error = %e, "invalid config");
+            return ExitCode::Config;
+        }
+    };
+    let tee = match loaded.tee.open(&loaded.base_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "tee unavailable");
+            return ExitCode::Tee;
+        }
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let identity = match Identity::issue(
+        tee,
+        &loaded.proxy.name,
+        ratls::cert::DEFAULT_LIFETIME,
+        clock.now(),
+    ) {
+        Ok(i) => Arc::new(i),
+        Err(e @ RatlsError::Tee(_)) => {
+            tracing::error!(error = %e, "tee unavailable");
+            return ExitCode::Tee;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot issue the ra-tls certificate");
+            return ExitCode::Other;
+        }
+    };
+    let ledger = Arc::new(MemoryLedger::new(&loaded.proxy.accounts));
+    let running = match (Proxy {
+        config: loaded.proxy,
+        resolver: identity.resolver(),
+        worker_policy: loaded.worker_policy,
+        clock: clock.clone(),
+        ledger,
+    })
+    .start()
+    .await
+    {
+        Ok(r) => r,
+        Err(proxy::StartError::Config(e)) => {
+            tracing::error!(error = %e, "invalid config");
+            return ExitCode::Config;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::Other;
+        }
+    };
+    let renewal = identity.spawn_renewal(clock, RENEWAL_CHECK);
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", running.readiness_line());
+        let _ = out.flush();
+    }
+    let signal = wait_for_signal().await;
+    renewal.abort();
+    match signal {
+        Ok(name) => {
+            tracing::info!(signal = name, "shutting down");
+            running.shutdown(SHUTDOWN_GRACE).await;
+            ExitCode::Clean
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot wait for signals");
+            running.shutdown(Duration::ZERO).await;
+            ExitCode::Other
+        }
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -4,5 +4,15 @@
 //! proxy's evidence, then serves HTTP/2 with the proxy as the HTTP/2 client so that many
 //! requests share one attested connection. Requests are validated here, inside the TEE
 //! (field allowlist, max_tokens clamp), and token usage is counted by the engine.
+//!
+//! * [`config`]: the worker's TOML config, validated into [`config::WorkerConfig`].
+//! * [`validate`]: the OpenAI body checks (pure).
+//! * [`service`]: the HTTP/2 service the proxy talks to (registration, ping, completions).
+//! * [`dial`]: the outbound RA-TLS connection loop per proxy, with certificate renewal.
+//! * [`engine`]: the inference engines.
 
+pub mod config;
+pub mod dial;
 pub mod engine;
+pub mod service;
+pub mod validate;

@@ -9,7 +9,10 @@
 //! When the receiver is dropped (client gone, proxy cancelled) the engine must stop generating
 //! promptly: a failed `send` is the cancellation signal.
 
+#[cfg(feature = "mistralrs")]
+pub mod mistralrs;
 pub mod stub;
+pub mod upstream;
 
 use protocol::{ModelAdvert, Usage};
 use tokio::sync::mpsc;

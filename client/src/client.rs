@@ -1,0 +1,365 @@
+//! [`Client`]: requests to an attested proxy, responses as event streams.
+//!
+//! ```no_run
+//! # async fn demo(config: client::ClientConfig) -> Result<(), client::ApiError> {
+//! use client::{Client, RequestFields};
+//! let client = Client::connect(config).await?; // dials and verifies the proxy
+//! let body = br#"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"hi"}]}"#;
+//! let fields = RequestFields::parse(body)?;
+//! let meta = client.request_meta(&fields)?;
+//! let mut events = client.chat_stream(&body[..], &meta).await?;
+//! while let Some(event) = events.next_event().await {
+//!     let _event = event?; // OpenAI chunks, then cocoon-usage, then [DONE]
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use protocol::meta::{RequestId, RequestMeta};
+use protocol::sse::{Decoder, Event};
+use protocol::{ApiError, Endpoint, ErrorKind, PROTOCOL_VERSION};
+
+use crate::config::ClientConfig;
+pub use crate::conn::ProxyInfo;
+use crate::conn::{Pool, Sender};
+use crate::openai::{Aggregator, RequestFields};
+
+/// Largest error or model-list body read from the proxy.
+const MAX_JSON_RESPONSE: usize = 1 << 20;
+
+/// A client of one proxy. Cheap to share (`Arc`); requests run concurrently over a small pool of
+/// attested HTTP/2 connections.
+#[derive(Debug)]
+pub struct Client {
+    pool: Pool,
+    default_max_tokens: u32,
+    price_cap_nano: Option<u64>,
+    idle_timeout: Duration,
+}
+
+impl Client {
+    /// A client that dials lazily: the first request dials (and verifies) the proxy.
+    pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
+        Ok(Self {
+            pool: Pool::new(&config)?,
+            default_max_tokens: config.default_max_tokens,
+            price_cap_nano: config.price_cap_nano,
+            idle_timeout: config.idle_timeout,
+        })
+    }
+
+    /// A client with one connection dialed and the proxy's evidence verified.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ApiError> {
+        let client = Self::new(config)?;
+        client.warm().await?;
+        Ok(client)
+    }
+
+    /// Dials a connection now and returns what the proxy proved.
+    pub async fn warm(&self) -> Result<ProxyInfo, ApiError> {
+        self.pool.warm().await
+    }
+
+    /// The proxy address.
+    pub fn proxy(&self) -> &str {
+        self.pool.addr()
+    }
+
+    /// Metadata headers for a request with `fields`: a request id from 16 random bytes, the
+    /// body's model, its max tokens (or the configured default), the configured price cap.
+    pub fn request_meta(&self, fields: &RequestFields) -> Result<RequestMeta, ApiError> {
+        let mut random = [0u8; 16];
+        getrandom::getrandom(&mut random)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("system randomness: {e}")))?;
+        Ok(RequestMeta {
+            version: PROTOCOL_VERSION,
+            request_id: RequestId::from_random(random),
+            model: fields.model.clone(),
+            max_tokens: fields.max_tokens.unwrap_or(self.default_max_tokens),
+            price_cap: self.price_cap_nano,
+        })
+    }
+
+    /// `GET /v1/models` on the proxy: the OpenAI model list, as the proxy sent it.
+    pub async fn models(&self) -> Result<serde_json::Value, ApiError> {
+        let uri = self.uri(protocol::paths::MODELS);
+        let resp = self
+            .send(|| {
+                Request::builder()
+                    .method(Method::GET)
+                    .uri(&uri)
+                    .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string())
+                    .body(Full::new(Bytes::new()))
+            })
+            .await?;
+        let status = resp.status().as_u16();
+        let body = read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
+        if status != 200 {
+            return Err(ApiError::from_json(status, &body));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Upstream,
+                format!("proxy model list is not json: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::new(
+                ErrorKind::Upstream,
+                "proxy model list is not a json object",
+            ));
+        }
+        Ok(v)
+    }
+
+    /// `POST /v1/chat/completions` with `body` passed through unchanged.
+    pub async fn chat_stream(
+        &self,
+        body: impl Into<Bytes>,
+        meta: &RequestMeta,
+    ) -> Result<EventStream, ApiError> {
+        self.stream(Endpoint::ChatCompletions, body.into(), meta)
+            .await
+    }
+
+    /// `POST /v1/completions` with `body` passed through unchanged.
+    pub async fn completions_stream(
+        &self,
+        body: impl Into<Bytes>,
+        meta: &RequestMeta,
+    ) -> Result<EventStream, ApiError> {
+        self.stream(Endpoint::Completions, body.into(), meta).await
+    }
+
+    /// Sends `body` to `endpoint` with `meta` in headers. A non-200 answer becomes its
+    /// [`ApiError`]; a 200 answer is the proxy's event stream.
+    pub async fn stream(
+        &self,
+        endpoint: Endpoint,
+        body: Bytes,
+        meta: &RequestMeta,
+    ) -> Result<EventStream, ApiError> {
+        let uri = self.uri(endpoint.path());
+        let resp = self
+            .send(|| {
+                let mut req = Request::builder()
+                    .method(Method::POST)
+                    .uri(&uri)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::ACCEPT, "text/event-stream")
+                    .body(Full::new(body.clone()))?;
+                meta.write_headers(req.headers_mut());
+                Ok(req)
+            })
+            .await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
+            return Err(ApiError::from_json(status, &body));
+        }
+        Ok(EventStream::new(resp.into_body(), self.idle_timeout))
+    }
+
+    /// Sends the request and aggregates the stream into one OpenAI response object
+    /// (`chat.completion` or `text_completion`) with `usage` from the proxy's usage event.
+    pub async fn complete(
+        &self,
+        endpoint: Endpoint,
+        body: Bytes,
+        meta: &RequestMeta,
+    ) -> Result<serde_json::Value, ApiError> {
+        let mut events = self.stream(endpoint, body, meta).await?;
+        let mut agg = Aggregator::new(endpoint);
+        while let Some(ev) = events.next_event().await {
+            if agg.push(&ev?)? {
+                break;
+            }
+        }
+        agg.finish()
+    }
+
+    fn uri(&self, path: &str) -> String {
+        format!("https://{}{path}", self.pool.addr())
+    }
+
+    /// Sends a request built by `build` (called again for the one retry) on a pooled
+    /// connection. A request that was never dispatched because its connection had closed is
+    /// retried once on a fresh connection.
+    async fn send(
+        &self,
+        build: impl Fn() -> Result<Request<Full<Bytes>>, http::Error>,
+    ) -> Result<Response<Incoming>, ApiError> {
+        let mut last = None;
+        for _attempt in 0..2 {
+            let req = build().map_err(|e| {
+                ApiError::new(ErrorKind::Internal, format!("building request: {e}"))
+            })?;
+            let mut sender = self.pool.sender().await?;
+            match self.send_on(&mut sender, req).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::Retryable(e)) => {
+                    tracing::debug!(proxy = %self.pool.addr(), error = %e, "proxy connection closed; redialing");
+                    last = Some(e);
+                    self.pool.reset().await;
+                }
+                Err(SendError::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ApiError::new(ErrorKind::Upstream, "proxy unreachable")))
+    }
+
+    async fn send_on(
+        &self,
+        sender: &mut Sender,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let addr = self.pool.addr();
+        let err =
+            |e: hyper::Error| ApiError::new(ErrorKind::Upstream, format!("proxy {addr}: {e}"));
+        // Nothing was sent when the connection is not ready or the request was canceled before
+        // dispatch (connection closing): only then is a retry safe for a paid request.
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Retryable(err(e)))?;
+        let upstream = |e: hyper::Error| {
+            if e.is_canceled() {
+                SendError::Retryable(err(e))
+            } else {
+                SendError::Fatal(err(e))
+            }
+        };
+        match tokio::time::timeout(self.idle_timeout, sender.send_request(req)).await {
+            Ok(r) => r.map_err(upstream),
+            Err(_) => Err(SendError::Fatal(ApiError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "proxy {addr}: no response headers in {:?}",
+                    self.idle_timeout
+                ),
+            ))),
+        }
+    }
+}
+
+enum SendError {
+    Retryable(ApiError),
+    Fatal(ApiError),
+}
+
+async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::Timeout,
+                    "proxy response body timed out",
+                ))
+            }
+            Ok(None) => return Ok(out),
+            Ok(Some(f)) => f.map_err(|e| {
+                ApiError::new(ErrorKind::Upstream, format!("proxy response body: {e}"))
+            })?,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("proxy response body larger than {limit} bytes"),
+                ));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
+/// The events of one response, decoded incrementally from the proxy's `text/event-stream`
+/// body (event size bounded by [`protocol::sse::DEFAULT_MAX_EVENT`]).
+#[derive(Debug)]
+pub struct EventStream {
+    body: Incoming,
+    decoder: Decoder,
+    pending: VecDeque<Event>,
+    finished: bool,
+    idle_timeout: Duration,
+}
+
+impl EventStream {
+    fn new(body: Incoming, idle_timeout: Duration) -> Self {
+        Self {
+            body,
+            decoder: Decoder::default(),
+            pending: VecDeque::new(),
+            finished: false,
+            idle_timeout,
+        }
+    }
+
+    /// The next event; `None` when the proxy ended the body. After an error the stream ends.
+    pub async fn next_event(&mut self) -> Option<Result<Event, ApiError>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.finished {
+                return None;
+            }
+            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
+                Err(_) => {
+                    return Some(Err(self.fail(ApiError::new(
+                        ErrorKind::Timeout,
+                        format!("proxy sent nothing for {:?}", self.idle_timeout),
+                    ))))
+                }
+                Ok(None) => {
+                    self.finished = true;
+                    return None;
+                }
+                Ok(Some(Err(e))) => {
+                    return Some(Err(self.fail(ApiError::new(
+                        ErrorKind::Upstream,
+                        format!("proxy stream: {e}"),
+                    ))))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            match self.decoder.feed(&data) {
+                Ok(events) => self.pending.extend(events),
+                Err(e) => {
+                    return Some(Err(self.fail(ApiError::new(
+                        ErrorKind::Upstream,
+                        format!("proxy stream: {e}"),
+                    ))))
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ApiError) -> ApiError {
+        self.finished = true;
+        self.pending.clear();
+        e
+    }
+
+    /// The events as a [`Stream`].
+    pub fn into_stream(self) -> impl Stream<Item = Result<Event, ApiError>> + Send {
+        futures::stream::unfold(self, |mut s| async move {
+            s.next_event().await.map(|ev| (ev, s))
+        })
+    }
+}

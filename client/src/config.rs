@@ -1,0 +1,268 @@
+//! `client.toml` and the runtime configuration it is validated into.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"          # local OpenAI-compatible endpoint (default)
+//! proxy = "127.0.0.1:9102"           # the proxy's client port, host:port (default)
+//! account_key_file = "client.key"    # created with mode 0600 if missing (default)
+//! default_max_tokens = 256           # when the request names no max_tokens (default)
+//! price_cap_nano = 1000000           # optional: most one request may cost, nano-TON
+//!
+//! [policy]                           # which proxies to trust (ratls::config::PolicyConfig)
+//! roots = ["sim-root.der"]
+//! images = ["<proxy image hash>"]
+//! ```
+//! Relative paths are resolved against the config file's directory. Unknown keys are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use measurements::Policy;
+use protocol::meta::MAX_TOKENS_LIMIT;
+use ratls::account::AccountKey;
+use ratls::config::PolicyConfig;
+use ratls::{Clock, CollateralSource, SystemClock};
+use serde::Deserialize;
+
+use crate::key::{self, KeyFileError};
+
+/// Default local listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default proxy address.
+pub const DEFAULT_PROXY: &str = "127.0.0.1:9102";
+/// Default account key file.
+pub const DEFAULT_KEY_FILE: &str = "client.key";
+/// Default `cocoon-max-tokens` when a request names none.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Largest request body the local endpoint accepts (8 MiB).
+pub const DEFAULT_MAX_BODY: usize = 8 << 20;
+
+/// Configuration errors; each names the file or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{field}: {detail}")]
+    Field { field: &'static str, detail: String },
+    #[error(transparent)]
+    Policy(#[from] ratls::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_proxy() -> String {
+    DEFAULT_PROXY.into()
+}
+fn default_key_file() -> PathBuf {
+    DEFAULT_KEY_FILE.into()
+}
+fn default_max_tokens() -> u32 {
+    DEFAULT_MAX_TOKENS
+}
+
+/// The file as written (see the module docs).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfigFile {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_proxy")]
+    pub proxy: String,
+    #[serde(default = "default_key_file")]
+    pub account_key_file: PathBuf,
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
+    #[serde(default)]
+    pub price_cap_nano: Option<u64>,
+    pub policy: PolicyConfig,
+}
+
+impl ClientConfigFile {
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Toml {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Reads and parses `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Checks the fields that need no I/O.
+    fn check(&self) -> Result<SocketAddr, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|e| ConfigError::Field {
+            field: "listen",
+            detail: format!("{:?}: {e} (expected ip:port)", self.listen),
+        })?;
+        check_proxy_addr(&self.proxy)?;
+        if !(1..=MAX_TOKENS_LIMIT).contains(&self.default_max_tokens) {
+            return Err(ConfigError::Field {
+                field: "default_max_tokens",
+                detail: format!("{} outside 1..={MAX_TOKENS_LIMIT}", self.default_max_tokens),
+            });
+        }
+        Ok(listen)
+    }
+
+    /// Validates the file and loads what it names (policy roots and manifest, the account key,
+    /// created if missing), resolving relative paths against `base`.
+    pub fn load(&self, base: &Path) -> Result<ServeConfig, ConfigError> {
+        let listen = self.check()?;
+        let policy = self.policy.load(base)?;
+        let key_path = base.join(&self.account_key_file);
+        let (account_key, created) = key::load_or_create(&key_path)?;
+        Ok(ServeConfig {
+            listen,
+            max_body: DEFAULT_MAX_BODY,
+            key_path,
+            key_created: created,
+            client: ClientConfig {
+                default_max_tokens: self.default_max_tokens,
+                price_cap_nano: self.price_cap_nano,
+                ..ClientConfig::new(self.proxy.clone(), Arc::new(account_key), policy)
+            },
+        })
+    }
+}
+
+fn check_proxy_addr(addr: &str) -> Result<(), ConfigError> {
+    let ok = addr
+        .rsplit_once(':')
+        .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0))
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Field {
+            field: "proxy",
+            detail: format!("{addr:?}: expected host:port"),
+        })
+    }
+}
+
+/// What the library needs to reach a proxy.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The proxy's client port, `host:port`.
+    pub proxy: String,
+    /// The account key presented as a TLS client certificate.
+    pub account_key: Arc<AccountKey>,
+    /// What the proxy's evidence must satisfy.
+    pub policy: Policy,
+    /// The verifier's clock (production: [`SystemClock`]).
+    pub clock: Arc<dyn Clock>,
+    /// Collateral for proxies whose certificates embed none.
+    pub collateral_source: Option<Arc<dyn CollateralSource>>,
+    /// `cocoon-max-tokens` for requests that name no max_tokens.
+    pub default_max_tokens: u32,
+    /// `cocoon-price-cap` on every request, if set.
+    pub price_cap_nano: Option<u64>,
+    /// HTTP/2 connections kept to the proxy (requests are spread over them).
+    pub connections: usize,
+    /// Limit for TCP connect and for the TLS handshake, each.
+    pub connect_timeout: Duration,
+    /// Limit for the response headers and for the gap between two stream events.
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("proxy", &self.proxy)
+            .field("account", &self.account_key.account_id())
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("price_cap_nano", &self.price_cap_nano)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// A config with defaults: system clock, no collateral source, 2 connections, 10 s connect
+    /// and 300 s idle limits, [`DEFAULT_MAX_TOKENS`], no price cap.
+    pub fn new(proxy: impl Into<String>, account_key: Arc<AccountKey>, policy: Policy) -> Self {
+        Self {
+            proxy: proxy.into(),
+            account_key,
+            policy,
+            clock: Arc::new(SystemClock),
+            collateral_source: None,
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            price_cap_nano: None,
+            connections: 2,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything `cocoon-client serve` runs with.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Request bodies above this many bytes are refused with 413.
+    pub max_body: usize,
+    /// The account key file, and whether it was created by this load.
+    pub key_path: PathBuf,
+    pub key_created: bool,
+    pub client: ClientConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "[policy]\nimages = [\"abababababababababababababababababababababababababababababababab\"]\n";
+
+    #[test]
+    fn defaults_apply_and_unknown_keys_are_refused() {
+        let c = ClientConfigFile::parse(POLICY, Path::new("c.toml")).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.proxy, DEFAULT_PROXY);
+        assert_eq!(c.default_max_tokens, 256);
+        assert_eq!(c.price_cap_nano, None);
+        assert!(c.check().is_ok());
+        let e = ClientConfigFile::parse(&format!("surprise = 1\n{POLICY}"), Path::new("c.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("c.toml"), "{e}");
+        assert!(ClientConfigFile::parse("listen = \"x\"", Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn fields_are_validated() {
+        let bad = |extra: &str, field: &str| {
+            let c = ClientConfigFile::parse(&format!("{extra}\n{POLICY}"), Path::new("c")).unwrap();
+            match c.check() {
+                Err(ConfigError::Field { field: f, .. }) => assert_eq!(f, field, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        };
+        bad("listen = \"localhost\"", "listen");
+        bad("proxy = \"nohost\"", "proxy");
+        bad("proxy = \":80\"", "proxy");
+        bad("proxy = \"h:0\"", "proxy");
+        bad("default_max_tokens = 0", "default_max_tokens");
+        bad("default_max_tokens = 2000000", "default_max_tokens");
+    }
+}

@@ -1,0 +1,456 @@
+//! The local OpenAI-compatible endpoint (`cocoon-client serve`): HTTP/1.1 for apps on this
+//! machine, every request forwarded to the attested proxy through a [`Client`].
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/models` | the proxy's model list |
+//! | `POST /v1/chat/completions`, `POST /v1/completions` | `stream: true`: SSE relayed by [`Relay`]; otherwise one JSON object from [`Aggregator`] |
+//!
+//! The body is read (up to [`crate::config::DEFAULT_MAX_BODY`]; more is refused with 413 as
+//! soon as the declared length or the bytes read pass the limit) only to take `model`, `stream`,
+//! `stream_options.include_usage` and `max_tokens` for the metadata headers; it is forwarded
+//! unchanged. Failures are OpenAI error objects with the status of their kind (400, 404, 413,
+//! 429, 502, 504, …). An error the proxy reports before the first chunk gets its own status even
+//! for streaming requests; after the first chunk it becomes an OpenAI error event.
+//!
+//! Logs name request ids, models, statuses and token counts, never prompt or completion text.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use protocol::{ApiError, Endpoint, ErrorKind, RequestId, Usage};
+use tokio::net::TcpListener;
+
+use crate::client::{Client, EventStream};
+use crate::openai::{event_error, Aggregator, Relay, RequestFields};
+
+/// Response body type of the local endpoint.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Bytes of an oversized request body read and discarded after the 413 was sent (so that the
+/// app reads the answer instead of a reset connection).
+const DRAIN_LIMIT: usize = 64 << 20;
+/// Time allowed for that.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+/// Time an app has to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Local server settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// Largest request body accepted.
+    pub max_body: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_body: crate::config::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    client: Arc<Client>,
+    opts: ServeOptions,
+}
+
+/// Serves apps on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    client: Arc<Client>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let state = Arc::new(State { client, opts });
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, state.clone()));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await
+            {
+                tracing::debug!(peer = %peer, error = %e, "app connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let resp = match (&method, path.as_str()) {
+        (&Method::GET, protocol::paths::MODELS) => models(&state).await,
+        (&Method::POST, protocol::paths::CHAT_COMPLETIONS) => {
+            infer(req, &state, Endpoint::ChatCompletions).await
+        }
+        (&Method::POST, protocol::paths::COMPLETIONS) => {
+            infer(req, &state, Endpoint::Completions).await
+        }
+        (
+            m,
+            protocol::paths::MODELS
+            | protocol::paths::CHAT_COMPLETIONS
+            | protocol::paths::COMPLETIONS,
+        ) => {
+            let e = ApiError::new(ErrorKind::InvalidRequest, format!("method {m} not allowed"));
+            json_response(StatusCode::METHOD_NOT_ALLOWED, e.to_json())
+        }
+        (_, p) => error_response(&ApiError::new(
+            ErrorKind::NotFound,
+            format!("no route for {}", &p[..p.len().min(100)]),
+        )),
+    };
+    Ok(resp)
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The OpenAI error object with the status of its kind.
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    json_response(status, e.to_json())
+}
+
+async fn models(state: &State) -> Response<Body> {
+    match state.client.models().await {
+        Ok(v) => json_response(StatusCode::OK, v.to_string().into_bytes()),
+        Err(e) => {
+            tracing::warn!(error = %e, "model list failed");
+            error_response(&e)
+        }
+    }
+}
+
+enum BodyError {
+    TooLarge { body: Incoming, drain: bool },
+    Read(String),
+}
+
+/// Reads the body up to `max` bytes.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, BodyError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // With `Expect: 100-continue` an oversized body is never requested, so nothing to drain.
+    let expects_continue = req
+        .headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body();
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(BodyError::TooLarge {
+            body,
+            drain: !expects_continue,
+        });
+    }
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge { body, drain: true });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and discards the rest of an oversized body in the background.
+fn drain(mut body: Incoming) {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + DRAIN_TIME;
+        let mut n = 0usize;
+        while n < DRAIN_LIMIT {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, body.frame()).await {
+                Ok(Some(Ok(f))) => n += f.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    });
+}
+
+fn endpoint_name(e: Endpoint) -> &'static str {
+    match e {
+        Endpoint::ChatCompletions => "chat",
+        Endpoint::Completions => "completions",
+    }
+}
+
+async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Response<Body> {
+    let started = Instant::now();
+    let max = state.opts.max_body;
+    let body = match read_body(req, max).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge { body, drain: d }) => {
+            if d {
+                drain(body);
+            }
+            tracing::info!(
+                endpoint = endpoint_name(endpoint),
+                limit = max,
+                "request body too large"
+            );
+            return error_response(&ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request body larger than {max} bytes"),
+            ));
+        }
+        Err(BodyError::Read(e)) => {
+            return error_response(&ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("request body: {e}"),
+            ))
+        }
+    };
+    let fields = match RequestFields::parse(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::info!(endpoint = endpoint_name(endpoint), error = %e, "request refused");
+            return error_response(&e);
+        }
+    };
+    let meta = match state.client.request_meta(&fields) {
+        Ok(m) => m,
+        Err(e) => return error_response(&e),
+    };
+    let log = LogCtx {
+        request_id: meta.request_id.clone(),
+        model: meta.model.clone(),
+        endpoint,
+        stream: fields.stream,
+        started,
+    };
+    tracing::info!(
+        request_id = %log.request_id,
+        model = %log.model,
+        endpoint = endpoint_name(endpoint),
+        stream = fields.stream,
+        max_tokens = meta.max_tokens,
+        body_bytes = body.len(),
+        "request"
+    );
+    let events = match state.client.stream(endpoint, body, &meta).await {
+        Ok(s) => s,
+        Err(e) => {
+            log.done(None, Some(&e));
+            return error_response(&e);
+        }
+    };
+    let mut resp = if fields.stream {
+        stream_response(events, Relay::new(endpoint, fields.include_usage), log).await
+    } else {
+        aggregate_response(events, log).await
+    };
+    if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// What a finished request logs.
+#[derive(Debug)]
+struct LogCtx {
+    request_id: RequestId,
+    model: String,
+    endpoint: Endpoint,
+    stream: bool,
+    started: Instant,
+}
+
+impl LogCtx {
+    fn done(&self, usage: Option<Usage>, error: Option<&ApiError>) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        let u = usage.unwrap_or_default();
+        match error {
+            None => tracing::info!(
+                request_id = %self.request_id,
+                model = %self.model,
+                endpoint = endpoint_name(self.endpoint),
+                stream = self.stream,
+                prompt_tokens = u.prompt_tokens,
+                completion_tokens = u.completion_tokens,
+                cached_tokens = u.cached_tokens,
+                ms,
+                "request done"
+            ),
+            Some(e) => tracing::warn!(
+                request_id = %self.request_id,
+                model = %self.model,
+                endpoint = endpoint_name(self.endpoint),
+                stream = self.stream,
+                status = e.status(),
+                code = e.kind.code(),
+                error = %e.message,
+                ms,
+                "request failed"
+            ),
+        }
+    }
+}
+
+async fn aggregate_response(mut events: EventStream, log: LogCtx) -> Response<Body> {
+    let mut agg = Aggregator::new(log.endpoint);
+    let result = async {
+        while let Some(ev) = events.next_event().await {
+            if agg.push(&ev?)? {
+                break;
+            }
+        }
+        let usage = agg.usage();
+        agg.finish().map(|v| (v, usage))
+    }
+    .await;
+    match result {
+        Ok((v, usage)) => {
+            log.done(usage, None);
+            json_response(StatusCode::OK, v.to_string().into_bytes())
+        }
+        Err(e) => {
+            log.done(None, Some(&e));
+            error_response(&e)
+        }
+    }
+}
+
+/// Relays a stream. Events are pulled until the first one the app sees: an error before that
+/// point is answered with its own HTTP status.
+async fn stream_response(mut events: EventStream, mut relay: Relay, log: LogCtx) -> Response<Body> {
+    let prefix = loop {
+        let ev = match events.next_event().await {
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => {
+                log.done(None, Some(&e));
+                return error_response(&e);
+            }
+            None => {
+                let e = ApiError::new(ErrorKind::Upstream, "proxy stream ended before any event");
+                log.done(None, Some(&e));
+                return error_response(&e);
+            }
+        };
+        if let Some(e) = event_error(&ev) {
+            log.done(None, Some(&e));
+            return error_response(&e);
+        }
+        let out = relay.on_event(&ev);
+        if let Some(e) = relay.error() {
+            log.done(None, Some(e));
+            return error_response(e);
+        }
+        if !out.is_empty() || relay.is_finished() {
+            break out;
+        }
+    };
+    let pump = Pump {
+        events,
+        relay,
+        prefix: Some(prefix),
+        log,
+        logged: false,
+    };
+    let stream = futures::stream::unfold(pump, |mut p| async move {
+        p.next_bytes()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(Bytes::from(b))), p))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// State of a relayed stream; logs once when it ends or the app goes away.
+struct Pump {
+    events: EventStream,
+    relay: Relay,
+    prefix: Option<Vec<u8>>,
+    log: LogCtx,
+    logged: bool,
+}
+
+impl Pump {
+    async fn next_bytes(&mut self) -> Option<Vec<u8>> {
+        if let Some(b) = self.prefix.take() {
+            return Some(b);
+        }
+        loop {
+            if self.relay.is_finished() {
+                self.finish();
+                return None;
+            }
+            let out = match self.events.next_event().await {
+                Some(Ok(ev)) => self.relay.on_event(&ev),
+                Some(Err(e)) => self.relay.on_error(e),
+                None => self.relay.on_end(),
+            };
+            if !out.is_empty() {
+                return Some(out);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.logged {
+            self.logged = true;
+            self.log.done(self.relay.usage(), self.relay.error());
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if !self.logged && !self.relay.is_finished() {
+            self.logged = true;
+            tracing::info!(
+                request_id = %self.log.request_id,
+                model = %self.log.model,
+                "app went away before the stream ended"
+            );
+        } else {
+            self.finish();
+        }
+    }
+}

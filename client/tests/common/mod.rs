@@ -1,0 +1,335 @@
+//! A fake proxy: an RA-TLS server (simulated TDX platform, proxy role, account certificates
+//! required) speaking HTTP/2 with canned answers chosen by the `cocoon-model` header, and a
+//! small HTTP/1.1 client for the local endpoint.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use attestation::sim::{default_registers, SimPlatform, SimTdx};
+use bytes::Bytes;
+use client::config::ClientConfig;
+use client::serve::{self, ServeOptions};
+use client::Client;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use measurements::{Collateral, ImageHash, Policy, TdRegisters, TrustRoot};
+use protocol::sse::Event;
+use protocol::{ApiError, ErrorKind, Usage};
+use ratls::account::AccountKey;
+use ratls::{issue, CertResolver, Claims, Role};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn platform() -> &'static Arc<SimPlatform> {
+    static P: OnceLock<Arc<SimPlatform>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(SimPlatform::from_seed([7u8; 32]).expect("sim platform")))
+}
+
+pub fn proxy_registers() -> TdRegisters {
+    let mut r = default_registers();
+    r.mrtd = [0x22; 48];
+    r.rtmr[0] = [0x23; 48];
+    r
+}
+
+pub fn sim_root() -> TrustRoot {
+    TrustRoot::new("cocoon-simulated-root", platform().root_ca_der().to_vec())
+}
+
+/// Usage the fake proxy reports for every successful request.
+pub const USAGE: Usage = Usage {
+    prompt_tokens: 11,
+    cached_tokens: 0,
+    completion_tokens: 3,
+    reasoning_tokens: 0,
+};
+
+/// One request as the fake proxy received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub account: Option<String>,
+}
+
+pub struct FakeProxy {
+    pub addr: SocketAddr,
+    pub image: ImageHash,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+fn chat_chunk(delta: serde_json::Value, finish: Option<&str>) -> Event {
+    Event::data(
+        json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_750_000_000,
+            "model": "ok", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        })
+        .to_string(),
+    )
+}
+
+fn text_chunk(text: &str, finish: Option<&str>) -> Event {
+    Event::data(
+        json!({
+            "id": "cmpl-fake", "object": "text_completion", "created": 1_750_000_000,
+            "model": "ok", "choices": [{"index": 0, "text": text, "finish_reason": finish}]
+        })
+        .to_string(),
+    )
+}
+
+fn sse(events: &[Event]) -> Response<Full<Bytes>> {
+    let body: Vec<u8> = events.iter().flat_map(Event::encode).collect();
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(Full::new(Bytes::from(body)))
+        .expect("response")
+}
+
+fn error(e: &ApiError) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(e.status())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(e.to_json())))
+        .expect("response")
+}
+
+/// The canned answer for a request.
+fn answer(path: &str, model: &str) -> Response<Full<Bytes>> {
+    if path == "/v1/models" {
+        let body = json!({"object": "list", "data": [
+            {"id": "ok", "object": "model", "created": 0, "owned_by": "cocoon"}]});
+        return Response::new(Full::new(Bytes::from(body.to_string())));
+    }
+    let done = [Event::usage(&USAGE), Event::done()];
+    match (path, model) {
+        ("/v1/completions", _) => sse(&[
+            text_chunk("Hello", None),
+            text_chunk(" world", Some("stop")),
+            done[0].clone(),
+            done[1].clone(),
+        ]),
+        (_, "ok") => sse(&[
+            chat_chunk(json!({"role": "assistant", "content": ""}), None),
+            chat_chunk(json!({"content": "Hello"}), None),
+            chat_chunk(json!({"content": " world"}), None),
+            chat_chunk(json!({}), Some("stop")),
+            Event::named("cocoon-receipt", "{}"),
+            done[0].clone(),
+            done[1].clone(),
+        ]),
+        (_, "midfail") => sse(&[
+            chat_chunk(json!({"content": "Hel"}), None),
+            Event::error(&ApiError::new(ErrorKind::Timeout, "worker stalled")),
+        ]),
+        (_, "firstfail") => sse(&[Event::error(&ApiError::new(
+            ErrorKind::Upstream,
+            "worker connection lost",
+        ))]),
+        (_, "truncated") => sse(&[chat_chunk(json!({"content": "Hel"}), None)]),
+        (_, "busy") => error(&ApiError::new(ErrorKind::NoCapacity, "all workers busy")),
+        (_, "unknownfield") => error(
+            &ApiError::new(ErrorKind::InvalidRequest, "unknown field `foo`").with_param("foo"),
+        ),
+        (_, m) => error(
+            &ApiError::new(ErrorKind::ModelNotFound, format!("no worker serves {m}"))
+                .with_param("model"),
+        ),
+    }
+}
+
+/// Starts a fake proxy with `regs` on the simulated platform.
+pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
+    let now = now();
+    let collateral = Collateral::new(
+        platform()
+            .collateral(now - 3600, 7 * 86400)
+            .expect("collateral"),
+    )
+    .expect("collateral parses");
+    let tee = SimTdx::new(platform().clone(), regs);
+    let cert = issue(
+        &tee,
+        &Claims::new(Role::Proxy, 1),
+        Some(&collateral),
+        now,
+        ratls::cert::DEFAULT_LIFETIME,
+    )
+    .expect("issue");
+    let resolver = Arc::new(CertResolver::new(&cert).expect("resolver"));
+    let config = ratls::account::account_server_config(resolver, &[b"h2"]).expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let log = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let account = ratls::account::peer_account(tls.get_ref().1);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    let account = account.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let model = parts
+                            .headers
+                            .get("cocoon-model")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        log.lock().unwrap().push(Recorded {
+                            method: parts.method.to_string(),
+                            path: parts.uri.path().to_string(),
+                            headers: parts.headers.clone(),
+                            body,
+                            account,
+                        });
+                        Ok::<_, Infallible>(answer(parts.uri.path(), &model))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    FakeProxy {
+        addr,
+        image: proxy_registers().image_hash(),
+        requests,
+    }
+}
+
+pub async fn spawn_proxy() -> FakeProxy {
+    spawn_proxy_with(proxy_registers()).await
+}
+
+/// A client config for `proxy` that accepts `image` on the simulated root.
+pub fn client_config(proxy: &FakeProxy, image: ImageHash) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        proxy.addr.to_string(),
+        Arc::new(AccountKey::from_seed([5u8; 32])),
+        Policy::simulated(sim_root()).with_images([image]),
+    );
+    c.connect_timeout = Duration::from_secs(5);
+    c.idle_timeout = Duration::from_secs(10);
+    c
+}
+
+/// Starts the local endpoint for `config`; returns its address.
+pub async fn spawn_local(config: ClientConfig) -> SocketAddr {
+    let client = Arc::new(Client::new(config).expect("client"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve::run(
+        listener,
+        client,
+        ServeOptions::default(),
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// A raw HTTP/1.1 exchange: writes the whole request, then reads the whole response (the way
+/// simple clients do). Returns status, lowercase header lines, body.
+pub async fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    tcp.write_all(body).await.expect("write body");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("response head");
+    let status = head[9..12].parse().expect("status");
+    (status, head.to_ascii_lowercase(), rest.as_bytes().to_vec())
+}
+
+/// One request with `Connection: close` and a Content-Length body; the response body is
+/// de-chunked if needed.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let (status, head, body) = raw_http(addr, &head, body).await;
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16)
+            .expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not json ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    let mut d = protocol::sse::Decoder::default();
+    d.feed(body)
+        .expect("sse")
+        .into_iter()
+        .map(|e| {
+            assert!(e.name.is_none(), "cocoon event leaked to the app: {e:?}");
+            e.data
+        })
+        .collect()
+}

@@ -1,0 +1,291 @@
+//! The local OpenAI endpoint against a fake attested proxy.
+
+mod common;
+
+use common::*;
+use measurements::ImageHash;
+use serde_json::json;
+
+#[tokio::test]
+async fn models_are_listed() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let (status, _, body) = request(local, "GET", "/v1/models", b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["data"][0]["id"], "ok");
+}
+
+#[tokio::test]
+async fn non_streamed_chat_is_aggregated_with_usage() {
+    let proxy = spawn_proxy().await;
+    let mut config = client_config(&proxy, proxy.image);
+    config.price_cap_nano = Some(123_456);
+    let local = spawn_local(config).await;
+    let body = br#"{"model":"ok","messages":[{"role":"user","content":"hi"}],"max_tokens":17}"#;
+    let (status, head, resp) = request(local, "POST", "/v1/chat/completions", body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    assert!(head.contains("content-type: application/json"));
+    let v = json(&resp);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["id"], "chatcmpl-fake");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello world");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens"], USAGE.prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], USAGE.completion_tokens);
+
+    // The proxy got the body unchanged and the metadata headers.
+    let reqs = proxy.requests.lock().unwrap().clone();
+    let r = reqs
+        .iter()
+        .find(|r| r.path == "/v1/chat/completions")
+        .unwrap();
+    assert_eq!(&r.body[..], &body[..]);
+    let h = |n: &str| r.headers.get(n).unwrap().to_str().unwrap().to_string();
+    assert_eq!(h("cocoon-model"), "ok");
+    assert_eq!(h("cocoon-max-tokens"), "17");
+    assert_eq!(h("cocoon-price-cap"), "123456");
+    assert_eq!(h("cocoon-protocol-version"), "1");
+    let id = h("cocoon-request-id");
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        r.account.as_deref(),
+        Some(
+            ratls::account::AccountKey::from_seed([5u8; 32])
+                .account_id()
+                .as_str()
+        )
+    );
+}
+
+#[tokio::test]
+async fn default_max_tokens_applies() {
+    let proxy = spawn_proxy().await;
+    let mut config = client_config(&proxy, proxy.image);
+    config.default_max_tokens = 42;
+    let local = spawn_local(config).await;
+    let (status, _, _) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"ok","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reqs = proxy.requests.lock().unwrap().clone();
+    assert_eq!(reqs[0].headers["cocoon-max-tokens"], "42");
+    assert!(reqs[0].headers.get("cocoon-price-cap").is_none());
+}
+
+#[tokio::test]
+async fn streamed_chat_relays_chunks_and_usage() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let body = json!({"model": "ok", "messages": [], "stream": true,
+                      "stream_options": {"include_usage": true}})
+    .to_string();
+    let (status, head, resp) =
+        request(local, "POST", "/v1/chat/completions", body.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/event-stream"));
+    let data = sse_data(&resp);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello world");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["object"], "chat.completion.chunk");
+    assert_eq!(usage["usage"]["prompt_tokens"], USAGE.prompt_tokens);
+    assert_eq!(usage["usage"]["completion_tokens"], USAGE.completion_tokens);
+    assert_eq!(chunks.iter().filter(|c| !c["usage"].is_null()).count(), 1);
+
+    // Without include_usage: no usage chunk.
+    let body = json!({"model": "ok", "messages": [], "stream": true}).to_string();
+    let (_, _, resp) = request(local, "POST", "/v1/chat/completions", body.as_bytes()).await;
+    let data = sse_data(&resp);
+    assert!(data.iter().all(|d| !d.contains("\"usage\"")), "{data:?}");
+}
+
+#[tokio::test]
+async fn text_completions_stream_and_aggregate() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let (status, _, resp) = request(
+        local,
+        "POST",
+        "/v1/completions",
+        br#"{"model":"ok","prompt":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v = json(&resp);
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], "Hello world");
+    assert_eq!(v["usage"]["total_tokens"], USAGE.total());
+    let (status, _, resp) = request(
+        local,
+        "POST",
+        "/v1/completions",
+        br#"{"model":"ok","prompt":"x","stream":true,"stream_options":{"include_usage":true}}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let data = sse_data(&resp);
+    let usage: serde_json::Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["object"], "text_completion");
+    assert_eq!(usage["usage"]["completion_tokens"], USAGE.completion_tokens);
+}
+
+#[tokio::test]
+async fn cocoon_errors_map_to_openai_errors() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let post = |model: &str, stream: bool| {
+        let body = json!({"model": model, "messages": [], "stream": stream}).to_string();
+        async move { request(local, "POST", "/v1/chat/completions", body.as_bytes()).await }
+    };
+    // After the first chunk: an OpenAI error event ends the stream (no [DONE]).
+    let (status, _, resp) = post("midfail", true).await;
+    assert_eq!(status, 200);
+    let data = sse_data(&resp);
+    assert_eq!(data.len(), 2, "{data:?}");
+    let err: serde_json::Value = serde_json::from_str(&data[1]).unwrap();
+    assert_eq!(err["error"]["code"], "timeout");
+    assert_eq!(err["error"]["message"], "worker stalled");
+    // Not streamed: the error's own status.
+    let (status, _, resp) = post("midfail", false).await;
+    assert_eq!(status, 504);
+    assert_eq!(json(&resp)["error"]["code"], "timeout");
+    // Before the first chunk, even when streaming: the error's status.
+    let (status, _, resp) = post("firstfail", true).await;
+    assert_eq!(status, 502);
+    assert_eq!(json(&resp)["error"]["message"], "worker connection lost");
+    // A stream cut short.
+    let (status, _, resp) = post("truncated", false).await;
+    assert_eq!(status, 502);
+    assert!(json(&resp)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("[DONE]"));
+    let (_, _, resp) = post("truncated", true).await;
+    let data = sse_data(&resp);
+    assert!(data.last().unwrap().contains("upstream_error"));
+    // Statuses the proxy answered with.
+    for (model, status, code) in [
+        ("busy", 429, "no_capacity"),
+        ("nosuchmodel", 404, "model_not_found"),
+        ("unknownfield", 400, "invalid_request"),
+    ] {
+        for stream in [false, true] {
+            let (s, head, resp) = post(model, stream).await;
+            assert_eq!(s, status, "{model} stream={stream}");
+            assert!(head.contains("content-type: application/json"));
+            let v = json(&resp);
+            assert_eq!(v["error"]["code"], code);
+            assert!(v["error"]["type"].is_string());
+        }
+    }
+}
+
+#[tokio::test]
+async fn attestation_refusal_names_the_reason_and_sends_nothing() {
+    let proxy = spawn_proxy().await;
+    let other = ImageHash([0x99; 32]);
+    let local = spawn_local(client_config(&proxy, other)).await;
+    let (status, _, resp) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"ok","messages":[{"role":"user","content":"secret"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 502);
+    let v = json(&resp);
+    assert_eq!(v["error"]["code"], "attestation_rejected");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("image hash {} not among", proxy.image)),
+        "{msg}"
+    );
+    let (status, _, _) = request(local, "GET", "/v1/models", b"").await;
+    assert_eq!(status, 502);
+    assert!(proxy.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn debug_proxy_is_refused() {
+    let mut regs = proxy_registers();
+    regs.td_attributes[0] |= 1;
+    let proxy = spawn_proxy_with(regs).await;
+    let local = spawn_local(client_config(&proxy, regs.image_hash())).await;
+    let (status, _, resp) = request(local, "GET", "/v1/models", b"").await;
+    assert_eq!(status, 502);
+    let msg = json(&resp)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("debug bit set"), "{msg}");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_locally() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    for (body, param) in [
+        (&b"{\"model\": \"ok\", "[..], None),
+        (b"[]", None),
+        (br#"{"messages":[]}"#, Some("model")),
+        (br#"{"model":"ok","max_tokens":0}"#, Some("max_tokens")),
+        (br#"{"model":"ok","stream":"yes"}"#, None),
+    ] {
+        let (status, _, resp) = request(local, "POST", "/v1/chat/completions", body).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(body));
+        let v = json(&resp);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], p);
+        }
+    }
+    let (status, _, resp) = request(local, "GET", "/v1/nothing", b"").await;
+    assert_eq!(status, 404);
+    assert_eq!(json(&resp)["error"]["code"], "not_found");
+    let (status, _, _) = request(local, "GET", "/v1/chat/completions", b"").await;
+    assert_eq!(status, 405);
+    assert!(proxy.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let big = vec![b' '; 10 << 20];
+    // Declared length: refused before reading; the rest is drained so the app reads the answer.
+    let (status, _, resp) = request(local, "POST", "/v1/chat/completions", &big).await;
+    assert_eq!(status, 413);
+    assert_eq!(json(&resp)["error"]["code"], "payload_too_large");
+    // Chunked, no length: refused once the bytes read pass the limit.
+    let mut chunked = Vec::new();
+    for part in big.chunks(1 << 20) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {local}\r\ntransfer-encoding: chunked\r\n\
+         connection: close\r\n\r\n"
+    );
+    let (status, _, _) = raw_http(local, &head, &chunked).await;
+    assert_eq!(status, 413);
+    // Just under the limit is fine (it reaches the parser: not json → 400).
+    let (status, _, _) = request(local, "POST", "/v1/chat/completions", &vec![b' '; 8 << 20]).await;
+    assert_eq!(status, 400);
+    assert!(proxy.requests.lock().unwrap().is_empty());
+}

@@ -1,0 +1,191 @@
+use super::*;
+use crate::registers::{binary_digest, TdRole};
+use attestation::config::TeeConfig;
+use ratls::config::PolicyConfig;
+
+fn plan(model: ModelPlan) -> Plan {
+    Plan {
+        proxy_worker_listen: "127.0.0.1:9101".parse().unwrap(),
+        proxy_client_listen: "127.0.0.1:9102".parse().unwrap(),
+        proxy_admin_listen: "127.0.0.1:9103".parse().unwrap(),
+        client_listen: "127.0.0.1:8080".parse().unwrap(),
+        proxy: RoleMeasurement::new(TdRole::Proxy, binary_digest(b"proxy binary")),
+        worker: RoleMeasurement::new(TdRole::Worker, binary_digest(b"worker binary")),
+        model,
+        max_completion_tokens: 512,
+        worker_capacity: 4,
+    }
+}
+
+fn gguf() -> ModelPlan {
+    ModelPlan::Gguf {
+        name: "smollm2-135m-instruct".into(),
+        path: PathBuf::from("/cache/models/it's \"quoted\".gguf"),
+    }
+}
+
+fn table(text: &str) -> toml::Table {
+    text.parse::<toml::Table>()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn keys(t: &toml::Table) -> Vec<&str> {
+    t.keys().map(String::as_str).collect()
+}
+
+fn section<T: serde::de::DeserializeOwned>(t: &toml::Table, name: &str) -> T {
+    t[name].clone().try_into().unwrap()
+}
+
+/// The [policy] pins `image` under the simulated root written next to the config.
+fn check_policy(t: &toml::Table, image: &measurements::ImageHash, dir: &Path) {
+    let p: PolicyConfig = section(t, "policy");
+    let policy = p.load(dir).unwrap();
+    assert_eq!(
+        policy
+            .allowed_images
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![*image]
+    );
+    assert!(!policy.roots[0].is_intel());
+    assert!(!policy.allow_debug);
+}
+
+#[test]
+fn configs_pin_the_other_role_and_parse() {
+    let p = plan(gguf());
+    let dir = std::env::temp_dir().join(format!("cocoon-host-local-{}", std::process::id()));
+    let platform = SimPlatform::from_seed([3; 32]).unwrap();
+    write(&dir, &p, &platform).unwrap();
+
+    let proxy = table(&std::fs::read_to_string(dir.join(PROXY_CONFIG)).unwrap());
+    assert_eq!(
+        keys(&proxy),
+        vec![
+            "accounts",
+            "admin_listen",
+            "client_listen",
+            "max_prompt_tokens",
+            "name",
+            "policy",
+            "tee",
+            "worker_listen"
+        ]
+    );
+    assert_eq!(proxy["client_listen"].as_str(), Some("127.0.0.1:9102"));
+    assert_eq!(
+        proxy["accounts"]["default_balance_nano"].as_integer(),
+        Some(LOCAL_BALANCE_NANO as i64)
+    );
+    check_policy(&proxy, &p.worker.image_hash, &dir);
+    let tee: TeeConfig = section(&proxy, "tee");
+    let opened = tee.open(&dir).unwrap();
+    let regs = opened.device.registers().unwrap();
+    assert_eq!(regs.image_hash(), p.proxy.image_hash);
+
+    let worker = table(&std::fs::read_to_string(dir.join(WORKER_CONFIG)).unwrap());
+    assert_eq!(
+        keys(&worker),
+        vec![
+            "capacity",
+            "models",
+            "name",
+            "policy",
+            "price_coefficient_milli",
+            "proxies",
+            "tee"
+        ]
+    );
+    assert_eq!(worker["proxies"][0].as_str(), Some("127.0.0.1:9101"));
+    check_policy(&worker, &p.proxy.image_hash, &dir);
+    let tee: TeeConfig = section(&worker, "tee");
+    assert_eq!(
+        tee.open(&dir)
+            .unwrap()
+            .device
+            .registers()
+            .unwrap()
+            .image_hash(),
+        p.worker.image_hash
+    );
+    let model = &worker["models"][0];
+    assert_eq!(model["engine"].as_str(), Some("mistralrs"));
+    assert_eq!(
+        model["gguf"].as_str(),
+        Some("/cache/models/it's \"quoted\".gguf")
+    );
+
+    let client = table(&std::fs::read_to_string(dir.join(CLIENT_CONFIG)).unwrap());
+    assert_eq!(
+        keys(&client),
+        vec![
+            "account_key_file",
+            "default_max_tokens",
+            "listen",
+            "policy",
+            "proxy"
+        ]
+    );
+    assert_eq!(client["proxy"].as_str(), Some("127.0.0.1:9102"));
+    assert_eq!(client["listen"].as_str(), Some("127.0.0.1:8080"));
+    check_policy(&client, &p.proxy.image_hash, &dir);
+
+    assert_eq!(
+        std::fs::read(dir.join(ROOT_FILE)).unwrap(),
+        platform.root_ca_der()
+    );
+    assert!(dir.join(LOG_DIR).is_dir());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn stub_model_and_rendering_is_deterministic() {
+    let p = plan(ModelPlan::Stub {
+        name: "cocoon-stub".into(),
+    });
+    assert_eq!(render(&p).unwrap(), render(&p).unwrap());
+    let worker = table(&worker_toml(&p));
+    let model = &worker["models"][0];
+    assert_eq!(model["engine"].as_str(), Some("stub"));
+    assert_eq!(model["name"].as_str(), Some("cocoon-stub"));
+    assert!(model.get("gguf").is_none());
+    // Changing a binary changes the pinned hash in the peer's config.
+    let mut other = p.clone();
+    other.proxy = RoleMeasurement::new(TdRole::Proxy, binary_digest(b"rebuilt proxy"));
+    assert_ne!(worker_toml(&p), worker_toml(&other));
+    assert_ne!(client_toml(&p), client_toml(&other));
+    assert_eq!(proxy_toml(&p), proxy_toml(&other));
+}
+
+#[test]
+fn urls_are_written_atomically() {
+    let dir = std::env::temp_dir().join(format!("cocoon-host-urls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let urls = Urls {
+        client: "http://127.0.0.1:8080/v1".into(),
+        admin: "http://127.0.0.1:9103".into(),
+        jsonstats: "http://127.0.0.1:9103/jsonstats".into(),
+        proxy_workers: "127.0.0.1:9101".into(),
+        proxy_clients: "127.0.0.1:9102".into(),
+        model: "m".into(),
+        account: "ab".repeat(32),
+        proxy_image: "00".repeat(32),
+        worker_image: "11".repeat(32),
+        dir: dir.display().to_string(),
+        pids: Pids {
+            launcher: 1,
+            proxy: Some(2),
+            worker: None,
+            client: Some(4),
+        },
+    };
+    write_urls(&dir, &urls).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(URLS_FILE)).unwrap()).unwrap();
+    assert_eq!(v["jsonstats"], "http://127.0.0.1:9103/jsonstats");
+    assert_eq!(v["pids"]["proxy"], 2);
+    assert!(!dir.join("urls.json.tmp").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,368 @@
+//! The admin port (loopback only, plain HTTP/1.1): `/stats` (text), `/jsonstats` (JSON) and
+//! `/metrics` (Prometheus text format). Reports counts and identities, never payloads.
+//!
+//! `/jsonstats` shape:
+//! ```json
+//! {
+//!   "proxy": "proxy-1", "uptime_secs": 12,
+//!   "workers": [{"id": 1, "name": "w", "addr": "127.0.0.1:5000", "image_hash": "…",
+//!                "models": ["m"], "capacity": 64, "in_flight": 0,
+//!                "price_coefficient_milli": 1000, "version": 1,
+//!                "latency_ema_ms": 1.5, "success_rate": 1.0, "requests": 3, "failures": 0}],
+//!   "clients": {"<account>": {"requests": 1, "prompt_tokens": 3, "cached_tokens": 0,
+//!               "completion_tokens": 32, "reasoning_tokens": 0, "cost_nano": 1310}},
+//!   "worker_usage": {"1": {"name": "w", "image_hash": "…", "requests": 1, …, "cost_nano": 1310}},
+//!   "requests": {"active": 0, "by_status": {"200": 1}, "retries": 0, "stream_errors": 0,
+//!                "over_reservation": 0},
+//!   "tokens": {"prompt": 3, "cached": 0, "completion": 32, "reasoning": 0},
+//!   "cost_nano": 1310,
+//!   "worker_rejections": {"debug_td": 1},
+//!   "workers_registered": 2
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::ledger::UsageRecord;
+use crate::relay::ResponseBody;
+use crate::server::State;
+use crate::stats::WorkerUsage;
+
+/// One worker in `/jsonstats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStats {
+    pub id: u64,
+    pub name: String,
+    pub addr: String,
+    pub image_hash: String,
+    pub models: Vec<String>,
+    pub capacity: u32,
+    pub in_flight: u32,
+    pub price_coefficient_milli: u32,
+    pub version: u32,
+    pub latency_ema_ms: Option<f64>,
+    pub success_rate: f64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// Request counters in `/jsonstats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestStats {
+    pub active: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub stream_errors: u64,
+    pub over_reservation: u64,
+}
+
+/// Token totals in `/jsonstats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenStats {
+    pub prompt: u64,
+    pub cached: u64,
+    pub completion: u64,
+    pub reasoning: u64,
+}
+
+/// The `/jsonstats` document (see the module docs).
+#[derive(Debug, Clone, Serialize)]
+pub struct JsonStats {
+    pub proxy: String,
+    pub uptime_secs: u64,
+    pub workers: Vec<WorkerStats>,
+    pub clients: BTreeMap<String, UsageRecord>,
+    pub worker_usage: BTreeMap<String, WorkerUsage>,
+    pub requests: RequestStats,
+    pub tokens: TokenStats,
+    pub cost_nano: u64,
+    pub worker_rejections: BTreeMap<String, u64>,
+    pub workers_registered: u64,
+}
+
+/// A snapshot of the proxy's state.
+pub fn json_stats(state: &State) -> JsonStats {
+    let s = &state.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let workers = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|w| {
+            let h = w.snapshot();
+            let i = &w.info;
+            WorkerStats {
+                id: i.id,
+                name: i.name.clone(),
+                addr: i.addr.to_string(),
+                image_hash: i.image_hash.clone(),
+                models: i.models.iter().map(|m| m.name.clone()).collect(),
+                capacity: i.capacity,
+                in_flight: h.in_flight,
+                price_coefficient_milli: i.price_coefficient_milli,
+                version: i.version,
+                latency_ema_ms: h.latency_ema_ms,
+                success_rate: h.success_rate,
+                requests: h.requests,
+                failures: h.failures,
+            }
+        })
+        .collect();
+    JsonStats {
+        proxy: state.config.name.clone(),
+        uptime_secs: s.started.elapsed().as_secs(),
+        workers,
+        clients: state.ledger.records(),
+        worker_usage: s
+            .worker_usage()
+            .into_iter()
+            .map(|(id, u)| (id.to_string(), u))
+            .collect(),
+        requests: RequestStats {
+            active: load(&s.active_requests),
+            by_status: s
+                .requests_by_status()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            retries: load(&s.retries),
+            stream_errors: load(&s.stream_errors),
+            over_reservation: load(&s.over_reservation),
+        },
+        tokens: TokenStats {
+            prompt: load(&s.tokens.prompt),
+            cached: load(&s.tokens.cached),
+            completion: load(&s.tokens.completion),
+            reasoning: load(&s.tokens.reasoning),
+        },
+        cost_nano: load(&s.cost_nano),
+        worker_rejections: s
+            .refusals()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        workers_registered: load(&s.workers_registered),
+    }
+}
+
+/// `/metrics` in the Prometheus text exposition format.
+pub fn prometheus(state: &State) -> String {
+    let j = json_stats(state);
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let labelled = |label: &str, m: &BTreeMap<String, u64>| -> Vec<(String, u64)> {
+        m.iter()
+            .map(|(k, v)| (format!("{{{label}=\"{}\"}}", escape(k)), *v))
+            .collect()
+    };
+    family(
+        "cocoon_proxy_requests_total",
+        "counter",
+        "Client requests by HTTP status of the response.",
+        &labelled("status", &j.requests.by_status),
+    );
+    let tokens: BTreeMap<String, u64> = [
+        ("prompt", j.tokens.prompt),
+        ("cached", j.tokens.cached),
+        ("completion", j.tokens.completion),
+        ("reasoning", j.tokens.reasoning),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    family(
+        "cocoon_proxy_tokens_total",
+        "counter",
+        "Billed tokens by class.",
+        &labelled("class", &tokens),
+    );
+    let one = |v: u64| vec![(String::new(), v)];
+    family(
+        "cocoon_proxy_cost_nano_total",
+        "counter",
+        "Charged to clients, nano-TON.",
+        &one(j.cost_nano),
+    );
+    family(
+        "cocoon_proxy_active_requests",
+        "gauge",
+        "Client requests in progress.",
+        &one(j.requests.active),
+    );
+    family(
+        "cocoon_proxy_workers_connected",
+        "gauge",
+        "Registered workers with an open connection.",
+        &one(j.workers.len() as u64),
+    );
+    family(
+        "cocoon_proxy_worker_capacity",
+        "gauge",
+        "Total request capacity of connected workers.",
+        &one(j.workers.iter().map(|w| u64::from(w.capacity)).sum()),
+    );
+    family(
+        "cocoon_proxy_worker_rejections_total",
+        "counter",
+        "Refused worker connections by reason (attestation rejection code or step).",
+        &labelled("reason", &j.worker_rejections),
+    );
+    family(
+        "cocoon_proxy_retries_total",
+        "counter",
+        "Requests retried on a second worker before the first byte.",
+        &one(j.requests.retries),
+    );
+    family(
+        "cocoon_proxy_stream_errors_total",
+        "counter",
+        "Streams ended by the proxy with a cocoon-error event.",
+        &one(j.requests.stream_errors),
+    );
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `/stats`: a human-readable summary.
+pub fn text_stats(state: &State) -> String {
+    let j = json_stats(state);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "proxy {}  up {}s  workers {}  active requests {}",
+        j.proxy,
+        j.uptime_secs,
+        j.workers.len(),
+        j.requests.active
+    );
+    for w in &j.workers {
+        let _ = writeln!(
+            out,
+            "  worker {} {:<16} {}  image {}  models {}  in-flight {}/{}  ttfb {}  success {:.3}",
+            w.id,
+            w.name,
+            w.addr,
+            &w.image_hash[..w.image_hash.len().min(16)],
+            w.models.join(","),
+            w.in_flight,
+            w.capacity,
+            w.latency_ema_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.2}ms")),
+            w.success_rate
+        );
+    }
+    let _ = writeln!(
+        out,
+        "requests by status {:?}  retries {}  stream errors {}",
+        j.requests.by_status, j.requests.retries, j.requests.stream_errors
+    );
+    let _ = writeln!(
+        out,
+        "tokens prompt {} cached {} completion {} reasoning {}  charged {} nano",
+        j.tokens.prompt, j.tokens.cached, j.tokens.completion, j.tokens.reasoning, j.cost_nano
+    );
+    for (account, r) in &j.clients {
+        let _ = writeln!(
+            out,
+            "  client {}…  requests {}  tokens {}+{}  cost {} nano",
+            &account[..account.len().min(16)],
+            r.requests,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cost_nano
+        );
+    }
+    if !j.worker_rejections.is_empty() {
+        let _ = writeln!(out, "worker rejections {:?}", j.worker_rejections);
+    }
+    out
+}
+
+fn respond(state: &State, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/stats" => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            text_stats(state),
+        ),
+        "/jsonstats" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&json_stats(state)).unwrap_or_default(),
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            prometheus(state),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found (try /stats, /jsonstats, /metrics)\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp
+}
+
+/// Serves the admin port until `shutdown` fires.
+pub(crate) async fn accept_loop(
+    state: Arc<State>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    let state = state.clone();
+                    conns.spawn(async move {
+                        let service = service_fn(move |req| {
+                            let resp = respond(&state, &req);
+                            async move { Ok::<_, Infallible>(resp) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin port: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+        while conns.try_join_next().is_some() {}
+    }
+}

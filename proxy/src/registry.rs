@@ -1,0 +1,300 @@
+//! The worker registry: attested, registered workers by id, with their HTTP/2 connection,
+//! capacity, in-flight count and health (latency and success EMAs), and worker selection.
+//!
+//! A worker enters the registry after its RA-TLS handshake and registration succeed and leaves
+//! it when its connection closes (including when HTTP/2 keepalive pings go unanswered).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http2::SendRequest;
+use protocol::ModelAdvert;
+
+/// The proxy's side of a worker connection (the proxy is the HTTP/2 client).
+pub type WorkerSender = SendRequest<Full<Bytes>>;
+
+/// Weight of a new latency sample in the latency EMA.
+const LATENCY_ALPHA: f64 = 0.2;
+/// Weight of a new outcome in the success-rate EMA.
+const SUCCESS_ALPHA: f64 = 0.1;
+/// Workers whose score is within this factor of the best are chosen between at random.
+const TIE_FACTOR: f64 = 1.1;
+
+/// What a worker registered with, and what its attestation says (immutable).
+#[derive(Clone, Debug)]
+pub struct WorkerInfo {
+    pub id: u64,
+    /// The name from its registration (informational).
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The verified image hash from its RA-TLS evidence (hex).
+    pub image_hash: String,
+    pub models: Vec<ModelAdvert>,
+    pub capacity: u32,
+    pub price_coefficient_milli: u32,
+    /// The negotiated protocol version.
+    pub version: u32,
+    /// Unix seconds of registration.
+    pub registered_at: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    latency_ema_ms: Option<f64>,
+    success_ema: f64,
+    requests: u64,
+    failures: u64,
+}
+
+/// A point-in-time view of a worker's health.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthSnapshot {
+    pub in_flight: u32,
+    /// Time to first byte, EMA, milliseconds (`None` before the first response).
+    pub latency_ema_ms: Option<f64>,
+    /// Success rate EMA in 0..=1.
+    pub success_rate: f64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// A registered worker.
+#[derive(Debug)]
+pub struct Worker {
+    pub info: WorkerInfo,
+    sender: WorkerSender,
+    in_flight: AtomicU32,
+    health: Mutex<Health>,
+}
+
+impl Worker {
+    pub fn new(info: WorkerInfo, sender: WorkerSender) -> Self {
+        Self {
+            info,
+            sender,
+            in_flight: AtomicU32::new(0),
+            health: Mutex::new(Health {
+                latency_ema_ms: None,
+                success_ema: 1.0,
+                requests: 0,
+                failures: 0,
+            }),
+        }
+    }
+
+    /// A handle to send requests on the worker's connection.
+    pub fn sender(&self) -> WorkerSender {
+        self.sender.clone()
+    }
+
+    /// Whether the worker's connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// The advert of `model`, if the worker serves it.
+    pub fn model(&self, model: &str) -> Option<&ModelAdvert> {
+        self.info.models.iter().find(|m| m.name == model)
+    }
+
+    /// Takes one of the worker's capacity slots, if one is free.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let cap = self.info.capacity;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot {
+                worker: self.clone(),
+            })
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a time to first byte.
+    pub fn record_latency(&self, ttfb: Duration) {
+        let ms = ttfb.as_secs_f64() * 1000.0;
+        let mut h = self.health();
+        h.latency_ema_ms = Some(match h.latency_ema_ms {
+            Some(ema) => ema + LATENCY_ALPHA * (ms - ema),
+            None => ms,
+        });
+    }
+
+    /// Records the outcome of a request.
+    pub fn record_outcome(&self, ok: bool) {
+        let mut h = self.health();
+        h.requests += 1;
+        if !ok {
+            h.failures += 1;
+        }
+        let x = if ok { 1.0 } else { 0.0 };
+        h.success_ema += SUCCESS_ALPHA * (x - h.success_ema);
+    }
+
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let h = *self.health();
+        HealthSnapshot {
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            latency_ema_ms: h.latency_ema_ms,
+            success_rate: h.success_ema,
+            requests: h.requests,
+            failures: h.failures,
+        }
+    }
+
+    /// Lower is better: latency (unknown counts as 0, so new workers get tried), inflated by
+    /// load and divided by the success rate.
+    fn score(&self) -> f64 {
+        let s = self.snapshot();
+        let load = f64::from(s.in_flight) / f64::from(self.info.capacity.max(1));
+        (s.latency_ema_ms.unwrap_or(0.0) + 1.0) * (1.0 + 2.0 * load) / s.success_rate.max(0.05)
+    }
+}
+
+/// One capacity slot of a worker, freed on drop.
+#[derive(Debug)]
+pub struct Slot {
+    worker: Arc<Worker>,
+}
+
+impl Slot {
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.worker
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The registered workers.
+#[derive(Debug, Default)]
+pub struct Registry {
+    workers: RwLock<BTreeMap<u64, Arc<Worker>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// A fresh worker id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn insert(&self, worker: Arc<Worker>) {
+        self.write().insert(worker.info.id, worker);
+    }
+
+    pub fn remove(&self, id: u64) -> Option<Arc<Worker>> {
+        self.write().remove(&id)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Arc<Worker>>> {
+        self.workers.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Worker>>> {
+        self.workers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// All workers, by id.
+    pub fn list(&self) -> Vec<Arc<Worker>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Whether any connected worker serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.read()
+            .values()
+            .any(|w| !w.is_closed() && w.model(model).is_some())
+    }
+
+    /// Served models with the earliest registration time of a worker serving each.
+    pub fn models(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for w in self.read().values().filter(|w| !w.is_closed()) {
+            for m in &w.info.models {
+                let t = out.entry(m.name.clone()).or_insert(w.info.registered_at);
+                *t = (*t).min(w.info.registered_at);
+            }
+        }
+        out
+    }
+
+    /// Open workers serving `model`, except those in `exclude`.
+    pub fn candidates(&self, model: &str, exclude: &[u64]) -> Vec<Arc<Worker>> {
+        self.read()
+            .values()
+            .filter(|w| !exclude.contains(&w.info.id) && !w.is_closed() && w.model(model).is_some())
+            .cloned()
+            .collect()
+    }
+}
+
+/// Orders `workers` best first by score; workers within [`TIE_FACTOR`] of the best are
+/// shuffled with `random` bytes so that equal workers share the load.
+pub fn rank(workers: Vec<Arc<Worker>>, random: &[u8]) -> Vec<Arc<Worker>> {
+    let scores: Vec<f64> = workers.iter().map(|w| w.score()).collect();
+    let mut slots: Vec<Option<Arc<Worker>>> = workers.into_iter().map(Some).collect();
+    order(&scores, random)
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+        .collect()
+}
+
+/// Indices of `scores`, lowest first, with the group within [`TIE_FACTOR`] of the lowest
+/// shuffled (Fisher-Yates, two bytes of `random` per step).
+fn order(scores: &[f64], random: &[u8]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
+    let Some(best) = idx.first().map(|i| scores[*i]) else {
+        return idx;
+    };
+    let ties = idx
+        .iter()
+        .take_while(|i| scores[**i] <= best * TIE_FACTOR)
+        .count();
+    for i in (1..ties).rev() {
+        let r = random
+            .get(2 * i..2 * i + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+            .unwrap_or(0);
+        idx.swap(i, r % (i + 1));
+    }
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_prefers_low_scores_and_shuffles_ties() {
+        assert_eq!(order(&[5.0, 1.0, 3.0], &[0; 8]), vec![1, 2, 0]);
+        assert!(order(&[], &[]).is_empty());
+        // Two equal workers: each comes first for some random input.
+        let firsts: std::collections::BTreeSet<usize> = (0u8..=255)
+            .map(|b| order(&[2.0, 2.0, 9.0], &[b; 8])[0])
+            .collect();
+        assert_eq!(firsts.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(order(&[2.0, 2.0, 9.0], &[7; 8])[2], 2);
+    }
+}

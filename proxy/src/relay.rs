@@ -1,0 +1,686 @@
+//! The request path: route on metadata, reserve funds, pick a worker, forward the untouched
+//! body, retry once before the first response byte, relay the SSE stream and bill the usage
+//! it ends with.
+//!
+//! The body is read into memory (bounded by [`crate::config::MAX_BODY_BYTES`]) only so it can
+//! be replayed on a retry; it is never parsed or logged. The response stream is decoded with
+//! [`protocol::sse::Decoder`] — to find the `cocoon-usage` event — and relayed event by event
+//! as each event completes, with the same name and data; partial events are held back, so an
+//! error event the proxy appends always starts on an event boundary.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use protocol::meta::{H_MAX_PROMPT_TOKENS, H_REQUEST_ID};
+use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE};
+use protocol::{ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
+
+use crate::ledger::{LedgerError, Reservation};
+use crate::registry::{rank, Slot, Worker};
+use crate::server::State;
+use crate::stats::{ActiveGuard, Stats};
+
+/// A relayed frame is at most about this large (events already received are coalesced).
+const COALESCE_LIMIT: usize = 16 << 10;
+
+/// Largest error body read from a worker.
+const MAX_WORKER_ERROR_BODY: usize = 64 << 10;
+
+/// Authority used in requests to workers (the connection is already attested; the worker
+/// ignores the name).
+pub const WORKER_AUTHORITY: &str = "cocoon-worker";
+
+/// The response bodies the proxy sends: a complete buffer, or a relayed event stream.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Relay(Box<RelayBody>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Relay(r) => Pin::new(r.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Relay(r) => r.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Relay(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The OpenAI-style error response for `err`.
+pub fn error_response(err: &ApiError) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    json_response(status, err.to_json())
+}
+
+fn api(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+    ApiError::new(kind, message)
+}
+
+/// Logs a warning that a worker can trigger at will, at most once per `what` per window of
+/// the limiter (the next line reports how many were suppressed). Never logs payloads.
+fn warn_limited(
+    stats: &Stats,
+    what: &'static str,
+    worker: Option<u64>,
+    detail: &dyn std::fmt::Display,
+) {
+    if let Some(suppressed) = stats.log_limiter.allow(what, Instant::now()) {
+        tracing::warn!(worker, %detail, suppressed_since_last = suppressed, "{what}");
+    }
+}
+
+/// Handles `POST /v1/chat/completions` and `POST /v1/completions` for `account`.
+pub async fn completions(
+    state: &Arc<State>,
+    account: &str,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let active = state.stats.active();
+    match forward(state, account, endpoint, req, active).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Reads the request body, at most `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        api(
+            ErrorKind::PayloadTooLarge,
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(_) => Err(api(
+            ErrorKind::InvalidRequest,
+            "request body: connection failed while reading",
+        )),
+    }
+}
+
+/// A reservation that is released when dropped, unless it was committed. Whatever ends a
+/// request — an error, a retry, the client going away at any point — frees the funds.
+struct Held {
+    state: Arc<State>,
+    reservation: Option<Reservation>,
+}
+
+impl Held {
+    fn amount(&self) -> u64 {
+        self.reservation.as_ref().map_or(0, |r| r.amount)
+    }
+
+    fn is_committed(&self) -> bool {
+        self.reservation.is_none()
+    }
+
+    /// Charges `cost` (capped at the reservation); returns the charge.
+    fn commit(&mut self, cost: u64, usage: &Usage) -> Result<u64, LedgerError> {
+        let r = self
+            .reservation
+            .take()
+            .ok_or(LedgerError::UnknownReservation(0))?;
+        self.state.ledger.commit(&r, cost, usage)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            if let Err(e) = self.state.ledger.release(&r) {
+                tracing::error!(error = %e, "ledger release failed");
+            }
+        }
+    }
+}
+
+/// A worker chosen for a request, with its capacity slot and the funds reserved (both freed
+/// on drop).
+struct Pick {
+    slot: Slot,
+    held: Held,
+    /// Completion tokens reserved (the max_tokens sent to the worker).
+    completion_budget: u32,
+}
+
+impl Pick {
+    fn worker(&self) -> &Arc<Worker> {
+        self.slot.worker()
+    }
+}
+
+/// Chooses a worker for `meta` (excluding `exclude`) and reserves the request's worst case.
+fn pick(
+    state: &Arc<State>,
+    account: &str,
+    meta: &RequestMeta,
+    exclude: &[u64],
+) -> Result<Pick, ApiError> {
+    let model = meta.model.as_str();
+    let candidates = state.registry.candidates(model, exclude);
+    if candidates.is_empty() {
+        return Err(api(
+            ErrorKind::ModelNotFound,
+            format!("model {model} is not served by any worker"),
+        ));
+    }
+    let cfg = &state.config;
+    let budget = |w: &Worker| {
+        w.model(model)
+            .map_or(meta.max_tokens, |m| {
+                meta.max_tokens.min(m.max_completion_tokens)
+            })
+            .max(1)
+    };
+    let reservation = |w: &Worker| {
+        cfg.prices.reservation(
+            u64::from(cfg.max_prompt_tokens),
+            u64::from(budget(w)),
+            w.info.price_coefficient_milli,
+        )
+    };
+    let affordable: Vec<Arc<Worker>> = candidates
+        .iter()
+        .filter(|w| meta.price_cap.is_none_or(|cap| reservation(w) <= cap))
+        .cloned()
+        .collect();
+    if affordable.is_empty() {
+        let cheapest = candidates.iter().map(|w| reservation(w)).min().unwrap_or(0);
+        return Err(api(
+            ErrorKind::InsufficientFunds,
+            format!(
+                "price cap {} nano is below the reservation of {cheapest} nano ({} prompt + {} completion tokens)",
+                meta.price_cap.unwrap_or(0),
+                cfg.max_prompt_tokens,
+                meta.max_tokens
+            ),
+        ));
+    }
+    let mut random = [0u8; 64];
+    if affordable.len() > 1 && getrandom::getrandom(&mut random).is_err() {
+        tracing::warn!("system randomness unavailable; worker tie-break is deterministic");
+    }
+    let total = affordable.len();
+    for w in rank(affordable, &random) {
+        let Some(slot) = w.try_acquire() else {
+            continue;
+        };
+        let amount = reservation(&w);
+        return match state.ledger.reserve(account, amount) {
+            Ok(reservation) => Ok(Pick {
+                completion_budget: budget(&w),
+                slot,
+                held: Held {
+                    state: state.clone(),
+                    reservation: Some(reservation),
+                },
+            }),
+            Err(e @ LedgerError::InsufficientFunds { .. })
+            | Err(e @ LedgerError::UnknownAccount { .. }) => {
+                Err(api(ErrorKind::InsufficientFunds, e.to_string()))
+            }
+            Err(e) => Err(api(ErrorKind::Internal, e.to_string())),
+        };
+    }
+    Err(api(
+        ErrorKind::NoCapacity,
+        format!("all {total} workers serving {model} are at capacity"),
+    ))
+}
+
+/// How one attempt at a worker ended.
+enum Attempt {
+    /// 2xx: relay the stream.
+    Stream(Response<Incoming>),
+    /// A failure before the first response byte that another worker may not have.
+    Retryable(ApiError),
+    /// A final answer to pass to the client (a 4xx the worker decided).
+    Final(ApiError),
+}
+
+async fn attempt(
+    state: &State,
+    pick: &Pick,
+    meta: &RequestMeta,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Attempt {
+    let worker = pick.worker();
+    let mut m = meta.clone();
+    m.max_tokens = pick.completion_budget;
+    m.version = worker.info.version;
+    let uri = format!("https://{WORKER_AUTHORITY}{}", endpoint.path());
+    let mut req = Request::post(uri);
+    if let Some(h) = req.headers_mut() {
+        m.write_headers(h);
+        h.insert(
+            H_MAX_PROMPT_TOKENS,
+            HeaderValue::from(state.config.max_prompt_tokens),
+        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let req = match req.body(Full::new(body)) {
+        Ok(r) => r,
+        Err(e) => return Attempt::Final(api(ErrorKind::Internal, format!("request: {e}"))),
+    };
+    let id = worker.info.id;
+    let upstream = |what: String| api(ErrorKind::Upstream, format!("worker {id}: {what}"));
+    let mut sender = worker.sender();
+    let sent = tokio::time::timeout(state.config.worker_response_timeout, async move {
+        sender.ready().await?;
+        sender.send_request(req).await
+    })
+    .await;
+    let resp = match sent {
+        Err(_) => {
+            return Attempt::Retryable(api(
+                ErrorKind::Timeout,
+                format!(
+                    "worker {id}: no response within {:?}",
+                    state.config.worker_response_timeout
+                ),
+            ))
+        }
+        Ok(Err(e)) => return Attempt::Retryable(upstream(connection_error(&e))),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Attempt::Stream(resp);
+    }
+    // Error bodies are small JSON; read them with a bound and a deadline.
+    let read = tokio::time::timeout(
+        state.config.worker_response_timeout,
+        Limited::new(resp.into_body(), MAX_WORKER_ERROR_BODY).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let err = ApiError::from_json(status.as_u16(), &bytes);
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        Attempt::Retryable(upstream(format!(
+            "status {}: {}",
+            status.as_u16(),
+            err.message
+        )))
+    } else {
+        Attempt::Final(err)
+    }
+}
+
+/// A short description of a hyper client error (never includes payload bytes).
+fn connection_error(e: &hyper::Error) -> String {
+    if e.is_canceled() {
+        "request cancelled (connection closing)".into()
+    } else if e.is_closed() {
+        "connection closed".into()
+    } else {
+        format!("connection error: {e}")
+    }
+}
+
+async fn forward(
+    state: &Arc<State>,
+    account: &str,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    active: ActiveGuard,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let meta = RequestMeta::from_headers(req.headers())?;
+    if !state.registry.serves(&meta.model) {
+        return Err(api(
+            ErrorKind::ModelNotFound,
+            format!("model {} is not served by any worker", meta.model),
+        ));
+    }
+    let body = read_body(req, state.config.max_body_bytes).await?;
+    let mut tried: Vec<u64> = Vec::with_capacity(2);
+    let mut last: Option<ApiError> = None;
+    for n in 0..2 {
+        let pick = match pick(state, account, &meta, &tried) {
+            Ok(p) => p,
+            Err(e) => return Err(last.unwrap_or(e)),
+        };
+        if n > 0 {
+            state.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let worker = pick.worker().clone();
+        tried.push(worker.info.id);
+        let started = Instant::now();
+        match attempt(state, &pick, &meta, endpoint, body.clone()).await {
+            Attempt::Stream(resp) => {
+                return Ok(stream_response(state, pick, &meta, resp, started, active));
+            }
+            Attempt::Retryable(e) => {
+                drop(pick);
+                worker.record_outcome(false);
+                warn_limited(
+                    &state.stats,
+                    "worker failed before the first byte",
+                    Some(worker.info.id),
+                    &e.message,
+                );
+                last = Some(e);
+            }
+            Attempt::Final(e) => {
+                drop(pick);
+                worker.record_outcome(true);
+                return Err(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| api(ErrorKind::Upstream, "no worker answered")))
+}
+
+fn stream_response(
+    state: &Arc<State>,
+    pick: Pick,
+    meta: &RequestMeta,
+    resp: Response<Incoming>,
+    started: Instant,
+    active: ActiveGuard,
+) -> Response<ResponseBody> {
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("text/event-stream"));
+    let body = RelayBody {
+        upstream: Some(resp.into_body()),
+        decoder: Decoder::default(),
+        out: BytesMut::new(),
+        done: false,
+        billing: Some(Billing {
+            state: state.clone(),
+            pick,
+            started,
+            first_byte: false,
+            worker_error: false,
+        }),
+        active: Some(active),
+    };
+    let mut out = Response::new(ResponseBody::Relay(Box::new(body)));
+    let h = out.headers_mut();
+    h.insert(CONTENT_TYPE, content_type);
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
+        h.insert(H_REQUEST_ID, v);
+    }
+    out
+}
+
+/// Billing and health bookkeeping of one relayed stream. Dropping it without a usage report
+/// (client gone, worker gone) releases the reservation and frees the capacity slot.
+struct Billing {
+    state: Arc<State>,
+    pick: Pick,
+    started: Instant,
+    first_byte: bool,
+    /// The worker itself reported an error event.
+    worker_error: bool,
+}
+
+impl Billing {
+    fn on_data(&mut self) {
+        if !self.first_byte {
+            self.first_byte = true;
+            self.pick.worker().record_latency(self.started.elapsed());
+        }
+    }
+
+    fn on_usage(&mut self, data: &str) {
+        if self.pick.held.is_committed() {
+            return;
+        }
+        let worker = self.pick.worker().clone();
+        let usage: Usage = match serde_json::from_str(data) {
+            Ok(u) => u,
+            Err(e) => {
+                warn_limited(
+                    &self.state.stats,
+                    "unparseable usage event",
+                    Some(worker.info.id),
+                    &e,
+                );
+                return;
+            }
+        };
+        let state = &self.state;
+        let cost = state
+            .config
+            .prices
+            .cost(&usage, worker.info.price_coefficient_milli);
+        if cost > self.pick.held.amount() {
+            state.stats.over_reservation.fetch_add(1, Ordering::Relaxed);
+            let detail = format!("cost {cost} nano, reserved {}", self.pick.held.amount());
+            warn_limited(
+                &state.stats,
+                "usage exceeds the reservation; charging the reservation",
+                Some(worker.info.id),
+                &detail,
+            );
+        }
+        match self.pick.held.commit(cost, &usage) {
+            Ok(charged) => {
+                let w = &worker.info;
+                state
+                    .stats
+                    .record_usage((w.id, &w.name, &w.image_hash), &usage, charged);
+            }
+            Err(e) => tracing::error!(error = %e, "ledger commit failed"),
+        }
+    }
+
+    fn finish(&mut self, ok: bool) {
+        self.pick.worker().record_outcome(ok);
+    }
+}
+
+/// The relayed event stream (see the module docs). Dropping it (client gone) drops the
+/// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
+pub struct RelayBody {
+    upstream: Option<Incoming>,
+    decoder: Decoder,
+    /// Complete events not yet handed to the client connection.
+    out: BytesMut,
+    done: bool,
+    billing: Option<Billing>,
+    active: Option<ActiveGuard>,
+}
+
+impl std::fmt::Debug for RelayBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBody")
+            .field("done", &self.done)
+            .field(
+                "billed",
+                &self.billing.as_ref().map(|b| b.pick.held.is_committed()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBody {
+    fn warn(&self, what: &'static str, detail: &dyn std::fmt::Display) {
+        if let Some(b) = &self.billing {
+            warn_limited(&b.state.stats, what, Some(b.pick.worker().info.id), detail);
+        }
+    }
+
+    /// Ends the stream with an error event after whatever is queued.
+    fn fail(&mut self, message: String) {
+        self.upstream = None;
+        self.done = true;
+        if let Some(b) = &self.billing {
+            b.state.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.out
+            .extend_from_slice(&Event::error(&api(ErrorKind::Upstream, message)).encode());
+        self.finish(false);
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if let Some(mut b) = self.billing.take() {
+            b.finish(ok);
+        }
+        self.active = None;
+    }
+
+    fn on_chunk(&mut self, data: &[u8]) {
+        let events = match self.decoder.feed(data) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.warn("worker sent a malformed event stream", &e);
+                return self.fail(format!("worker sent a malformed event stream: {e}"));
+            }
+        };
+        if let Some(b) = self.billing.as_mut() {
+            b.on_data();
+        }
+        for ev in &events {
+            match ev.name.as_deref() {
+                Some(EVENT_USAGE) => {
+                    if let Some(b) = self.billing.as_mut() {
+                        b.on_usage(&ev.data);
+                    }
+                }
+                Some(EVENT_ERROR) => {
+                    if let Some(b) = self.billing.as_mut() {
+                        b.worker_error = true;
+                    }
+                }
+                _ => {}
+            }
+            self.out.extend_from_slice(&ev.encode());
+        }
+    }
+
+    fn on_end(&mut self) {
+        self.upstream = None;
+        let (billed, worker_error) = self.billing.as_ref().map_or((true, false), |b| {
+            (b.pick.held.is_committed(), b.worker_error)
+        });
+        if billed {
+            self.done = true;
+            self.finish(true);
+        } else if worker_error {
+            self.done = true;
+            self.finish(false);
+        } else {
+            self.fail("worker ended the stream without usage".into());
+        }
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    /// Takes everything the worker has already delivered (up to [`COALESCE_LIMIT`]) into one
+    /// frame: a client that reads slowly gets fewer, larger frames; a client that keeps up
+    /// gets each event as soon as it completes.
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done || this.out.len() >= COALESCE_LIMIT {
+                break;
+            }
+            let Some(up) = this.upstream.as_mut() else {
+                this.on_end();
+                continue;
+            };
+            match Pin::new(up).poll_frame(cx) {
+                Poll::Pending if this.out.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            this.on_chunk(&data);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.warn("worker stream failed mid-response", &e);
+                    this.fail("worker connection lost".into());
+                }
+                Poll::Ready(None) => this.on_end(),
+            }
+        }
+        if this.out.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))))
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.out.is_empty()
+    }
+}

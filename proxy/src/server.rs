@@ -1,0 +1,183 @@
+//! Starting and stopping the proxy: shared [`State`], the three listeners, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use measurements::Policy;
+use ratls::account::account_server_config;
+use ratls::{
+    server_config, CertResolver, Clock, PeerVerifier, RaTlsClientVerifier, RatlsError, Role,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ConfigError, ProxyConfig};
+use crate::ledger::Ledger;
+use crate::registry::Registry;
+use crate::stats::Stats;
+
+/// What every connection handler shares.
+#[derive(Debug)]
+pub struct State {
+    pub config: ProxyConfig,
+    pub registry: Registry,
+    pub ledger: Arc<dyn Ledger>,
+    pub stats: Arc<Stats>,
+    /// Verifies workers (worker policy, worker role only).
+    pub worker_verifier: Arc<PeerVerifier>,
+}
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what}: cannot listen on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tls: {0}")]
+    Tls(#[from] RatlsError),
+}
+
+/// Everything the proxy needs to start.
+#[derive(Debug)]
+pub struct Proxy {
+    pub config: ProxyConfig,
+    /// The proxy's RA-TLS certificate (presented to workers and clients).
+    pub resolver: Arc<CertResolver>,
+    /// What worker evidence is accepted.
+    pub worker_policy: Policy,
+    /// Time for verifying workers.
+    pub clock: Arc<dyn Clock>,
+    pub ledger: Arc<dyn Ledger>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local(what: &'static str, l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+impl Proxy {
+    /// Binds the three listeners and starts serving on the current tokio runtime.
+    pub async fn start(self) -> Result<RunningProxy, StartError> {
+        self.config.validate()?;
+        let cfg = &self.config;
+        let worker_verifier =
+            Arc::new(PeerVerifier::new(self.worker_policy, self.clock).with_roles([Role::Worker]));
+        let worker_tls = server_config(
+            self.resolver.clone(),
+            Some(Arc::new(RaTlsClientVerifier::new(worker_verifier.clone()))),
+            &[b"h2"],
+        )?;
+        let client_tls = account_server_config(self.resolver.clone(), &[b"h2", b"http/1.1"])?;
+
+        let workers = bind("worker_listen", cfg.worker_listen).await?;
+        let clients = bind("client_listen", cfg.client_listen).await?;
+        let admin = bind("admin_listen", cfg.admin_listen).await?;
+        let worker_addr = local("worker_listen", &workers, cfg.worker_listen)?;
+        let client_addr = local("client_listen", &clients, cfg.client_listen)?;
+        let admin_addr = local("admin_listen", &admin, cfg.admin_listen)?;
+
+        let state = Arc::new(State {
+            config: self.config,
+            registry: Registry::default(),
+            ledger: self.ledger,
+            stats: Arc::new(Stats::default()),
+            worker_verifier,
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(crate::workers::accept_loop(
+                state.clone(),
+                workers,
+                TlsAcceptor::from(Arc::new(worker_tls)),
+                rx.clone(),
+            )),
+            tokio::spawn(crate::api::accept_loop(
+                state.clone(),
+                clients,
+                TlsAcceptor::from(Arc::new(client_tls)),
+                rx.clone(),
+            )),
+            tokio::spawn(crate::admin::accept_loop(state.clone(), admin, rx)),
+        ];
+        tracing::info!(%worker_addr, %client_addr, %admin_addr, "proxy listening");
+        Ok(RunningProxy {
+            worker_addr,
+            client_addr,
+            admin_addr,
+            state,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+/// A started proxy. Dropping it stops every listener and connection.
+#[derive(Debug)]
+pub struct RunningProxy {
+    pub worker_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The line `main` prints once the listeners are up.
+    pub fn readiness_line(&self) -> String {
+        format!(
+            "cocoon-proxy: ready (workers {}, clients {}, admin {})",
+            self.worker_addr, self.client_addr, self.admin_addr
+        )
+    }
+
+    /// The `/jsonstats` snapshot.
+    pub fn json_stats(&self) -> crate::admin::JsonStats {
+        crate::admin::json_stats(&self.state)
+    }
+
+    /// Stops accepting connections, lets requests in progress finish for up to `grace`, then
+    /// closes everything.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + grace;
+        while self.state.stats.active_requests.load(Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

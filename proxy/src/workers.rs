@@ -1,0 +1,289 @@
+//! The worker port: workers dial in, both sides attest (mutual RA-TLS, the worker must claim
+//! the worker role and pass the proxy's worker policy), then the proxy becomes the HTTP/2
+//! client on the accepted stream and registers the worker with a `Hello` → `Registration`
+//! exchange. The worker stays in the registry until its connection closes; HTTP/2 pings
+//! (keepalive interval/timeout from the config) detect a silently dead worker.
+//!
+//! Every refusal is counted by a reason code ([`Refusal::code`]: the attestation rejection's
+//! code, or a connection/registration step) and logged, rate-limited per code.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use protocol::meta::H_VERSION;
+use protocol::register::negotiate;
+use protocol::{ApiError, Hello, Registration, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
+use ratls::RatlsError;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::registry::{Worker, WorkerInfo, WorkerSender};
+use crate::relay::WORKER_AUTHORITY;
+use crate::server::State;
+
+/// Flow-control window per request stream from a worker. Bounds what the proxy buffers for a
+/// client that reads slower than its worker generates (capacity × this, at most).
+const WORKER_STREAM_WINDOW: u32 = 256 << 10;
+/// Connection window for a worker connection: large, so that per-stream windows are what
+/// limits buffering. (HTTP/2's small-DATA-frame protection allows half of this much framing
+/// overhead; a worker sending one token per frame to slow clients must stay well under it.)
+const WORKER_CONNECTION_WINDOW: u32 = 1 << 30;
+/// Concurrent requests the proxy sends one worker at most, whatever it registers.
+pub const MAX_WORKER_CAPACITY: u32 = 4096;
+
+/// Largest registration document accepted.
+const MAX_REGISTRATION_BYTES: usize = 64 << 10;
+
+/// Why a worker connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("tls handshake timed out")]
+    HandshakeTimeout,
+    /// The worker's RA-TLS certificate or evidence was rejected.
+    #[error("{detail}")]
+    Attestation { code: &'static str, detail: String },
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("http/2 handshake: {0}")]
+    Http2(String),
+    #[error("registration timed out")]
+    RegistrationTimeout,
+    #[error("connection closed before registration")]
+    Closed,
+    #[error("hello: {0}")]
+    Hello(String),
+    #[error("registration invalid: {0}")]
+    Invalid(String),
+    #[error("protocol version: {0}")]
+    Version(String),
+}
+
+impl Refusal {
+    /// A stable code for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::Attestation { code, .. } => code,
+            Self::Tls(_) => "tls_handshake",
+            Self::Http2(_) => "http2_handshake",
+            Self::RegistrationTimeout => "registration_timeout",
+            Self::Closed => "closed_before_registration",
+            Self::Hello(_) => "hello_failed",
+            Self::Invalid(_) => "registration_invalid",
+            Self::Version(_) => "unsupported_version",
+        }
+    }
+
+    fn ratls(e: &RatlsError) -> Self {
+        Self::Attestation {
+            code: ratls_code(e),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The reason code of an RA-TLS error: the attestation rejection's own code, else the step.
+pub fn ratls_code(e: &RatlsError) -> &'static str {
+    match e {
+        RatlsError::Attestation(r) => r.code(),
+        RatlsError::Cert(_) => "certificate",
+        RatlsError::CollateralUnavailable(_) => "collateral_unavailable",
+        RatlsError::RoleNotAllowed { .. } => "role_not_allowed",
+        RatlsError::Tls12 => "tls12",
+        RatlsError::SignatureScheme(_) => "signature_scheme",
+        RatlsError::HandshakeSignature(_) => "handshake_signature",
+        RatlsError::UnexpectedChain(_) => "unexpected_chain",
+        RatlsError::NoPeerCertificate => "no_peer_certificate",
+        _ => "ratls",
+    }
+}
+
+/// Accepts worker connections until `shutdown` fires, then waits for the open ones (the
+/// owner aborts this task after its grace period).
+pub(crate) async fn accept_loop(
+    state: Arc<State>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => {
+                    let _ = tcp.set_nodelay(true);
+                    conns.spawn(handle(state.clone(), acceptor.clone(), tcp, addr));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker port: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+async fn handle(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStream, addr: SocketAddr) {
+    if let Err(refusal) = serve(&state, acceptor, tcp, addr).await {
+        refuse(&state, addr, &refusal);
+    }
+}
+
+/// Counts and (rate-limited) logs a refusal.
+pub(crate) fn refuse(state: &State, addr: SocketAddr, refusal: &Refusal) {
+    let code = refusal.code();
+    state.stats.count_refusal(code);
+    if let Some(suppressed) = state.stats.log_limiter.allow(code, Instant::now()) {
+        tracing::warn!(
+            peer = %addr,
+            reason = code,
+            detail = %refusal,
+            suppressed_since_last = suppressed,
+            "worker refused"
+        );
+    }
+}
+
+async fn serve(
+    state: &Arc<State>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+) -> Result<(), Refusal> {
+    let cfg = &state.config;
+    let tls = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| Refusal::HandshakeTimeout)?
+        .map_err(|e| match ratls::ratls_io_error(&e) {
+            Some(r) => Refusal::ratls(r),
+            None => Refusal::Tls(e),
+        })?;
+    let peer = state
+        .worker_verifier
+        .peer_of(tls.get_ref().1)
+        .map_err(|e| Refusal::ratls(&e))?;
+    let image_hash = peer.image_hash().to_string();
+
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(cfg.worker_keepalive_interval)
+        .keep_alive_timeout(cfg.worker_keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(WORKER_STREAM_WINDOW)
+        .initial_connection_window_size(WORKER_CONNECTION_WINDOW);
+    let (sender, conn) = tokio::time::timeout(
+        cfg.handshake_timeout,
+        builder.handshake::<_, Full<Bytes>>(TokioIo::new(tls)),
+    )
+    .await
+    .map_err(|_| Refusal::HandshakeTimeout)?
+    .map_err(|e| Refusal::Http2(e.to_string()))?;
+    let mut conn = pin!(conn);
+    let registration = tokio::select! {
+        _ = &mut conn => return Err(Refusal::Closed),
+        r = tokio::time::timeout(cfg.handshake_timeout, hello(state, sender.clone())) => {
+            r.map_err(|_| Refusal::RegistrationTimeout)??
+        }
+    };
+
+    let id = state.registry.next_id();
+    let info = WorkerInfo {
+        id,
+        name: registration.worker.clone(),
+        addr,
+        image_hash,
+        models: registration.models.clone(),
+        capacity: registration.capacity.min(MAX_WORKER_CAPACITY),
+        price_coefficient_milli: registration.price_coefficient_milli,
+        version: registration.version,
+        registered_at: unix_now(),
+    };
+    tracing::info!(
+        worker = id,
+        name = %info.name,
+        peer = %addr,
+        image = %info.image_hash,
+        models = ?info.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        capacity = info.capacity,
+        "worker registered"
+    );
+    state.registry.insert(Arc::new(Worker::new(info, sender)));
+    state
+        .stats
+        .workers_registered
+        .fetch_add(1, Ordering::Relaxed);
+    let result = conn.await;
+    state.registry.remove(id);
+    match result {
+        Ok(()) => tracing::info!(worker = id, "worker disconnected"),
+        Err(e) => tracing::info!(worker = id, error = %e, "worker connection lost"),
+    }
+    Ok(())
+}
+
+/// The registration exchange.
+async fn hello(state: &State, mut sender: WorkerSender) -> Result<Registration, Refusal> {
+    let hello = Hello {
+        versions: SUPPORTED_VERSIONS.to_vec(),
+        proxy: state.config.name.clone(),
+    };
+    let body = serde_json::to_vec(&hello).map_err(|e| Refusal::Hello(e.to_string()))?;
+    let req = Request::post(format!(
+        "https://{WORKER_AUTHORITY}{}",
+        protocol::paths::HELLO
+    ))
+    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+    .header(H_VERSION, HeaderValue::from(PROTOCOL_VERSION))
+    .body(Full::new(Bytes::from(body)))
+    .map_err(|e| Refusal::Hello(e.to_string()))?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| Refusal::Hello(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| Refusal::Hello(e.to_string()))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_REGISTRATION_BYTES)
+        .collect()
+        .await
+        .map_err(|e| Refusal::Hello(format!("reading the registration: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        let err = ApiError::from_json(status.as_u16(), &bytes);
+        return Err(Refusal::Hello(format!(
+            "status {}: {}",
+            status.as_u16(),
+            err.message
+        )));
+    }
+    let reg: Registration =
+        serde_json::from_slice(&bytes).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    negotiate(SUPPORTED_VERSIONS, &[reg.version]).map_err(|e| Refusal::Version(e.message))?;
+    reg.validate().map_err(|e| Refusal::Invalid(e.message))?;
+    Ok(reg)
+}
+
+/// Unix seconds now (informational timestamps only; never used for validity checks).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,650 @@
+//! Shared fixtures: a simulated TDX platform, certificates, an in-process proxy, a fake worker
+//! (an HTTP/2 server over RA-TLS that speaks the protocol, with failure modes) and a client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use attestation::sim::{default_registers, SimPlatform, SimTdx};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use measurements::{Collateral, Policy, TdRegisters, TrustRoot};
+use protocol::meta::H_MAX_TOKENS;
+use protocol::sse::{Decoder, Event};
+use protocol::{ApiError, Hello, ModelAdvert, Registration, RequestId, RequestMeta, Usage};
+use proxy::{MemoryLedger, Proxy, ProxyConfig, RunningProxy};
+use ratls::account::AccountKey;
+use ratls::{
+    client_config, issue, CertResolver, Claims, IssuedCert, PeerVerifier, RaTlsServerVerifier,
+    Role, SystemClock,
+};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+pub const MODEL: &str = "stub-model";
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Net {
+    pub platform: Arc<SimPlatform>,
+    pub collateral: Collateral,
+    pub root: TrustRoot,
+}
+
+pub fn net() -> &'static Net {
+    static N: OnceLock<Net> = OnceLock::new();
+    N.get_or_init(|| {
+        let platform = Arc::new(SimPlatform::from_seed([7u8; 32]).expect("sim platform"));
+        let collateral = Collateral::new(
+            platform
+                .collateral(now() - 3600, 30 * 86400)
+                .expect("collateral"),
+        )
+        .expect("collateral parses");
+        let root = TrustRoot::new("sim", platform.root_ca_der().to_vec());
+        Net {
+            platform,
+            collateral,
+            root,
+        }
+    })
+}
+
+fn regs(mrtd: u8) -> TdRegisters {
+    let mut r = default_registers();
+    r.mrtd = [mrtd; 48];
+    r.rtmr[1] = [mrtd ^ 0x5a; 48];
+    r
+}
+
+pub fn worker_regs() -> TdRegisters {
+    regs(0x11)
+}
+
+pub fn proxy_regs() -> TdRegisters {
+    regs(0x22)
+}
+
+pub fn debug_worker_regs() -> TdRegisters {
+    let mut r = worker_regs();
+    r.td_attributes[0] |= 1;
+    r
+}
+
+pub fn unknown_worker_regs() -> TdRegisters {
+    regs(0x33)
+}
+
+pub fn cert(regs: TdRegisters, role: Role) -> IssuedCert {
+    let tee = SimTdx::new(net().platform.clone(), regs);
+    issue(
+        &tee,
+        &Claims::new(role, 1),
+        Some(&net().collateral),
+        now(),
+        Duration::from_secs(6 * 3600),
+    )
+    .expect("issue")
+}
+
+/// What the proxy accepts from workers.
+pub fn worker_policy() -> Policy {
+    Policy::simulated(net().root.clone()).with_images([worker_regs().image_hash()])
+}
+
+/// What workers and clients accept from the proxy.
+pub fn proxy_policy() -> Policy {
+    Policy::simulated(net().root.clone()).with_images([proxy_regs().image_hash()])
+}
+
+pub struct TestProxy {
+    pub running: RunningProxy,
+    pub ledger: Arc<MemoryLedger>,
+}
+
+impl TestProxy {
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(self.running.json_stats()).expect("json")
+    }
+
+    /// Waits until `n` workers are registered.
+    pub async fn wait_workers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.running.state().registry.len() != n {
+            assert!(Instant::now() < deadline, "expected {n} workers");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// GETs `path` on the admin port.
+    pub async fn admin(&self, path: &str) -> (StatusCode, String) {
+        let tcp = TcpStream::connect(self.running.admin_addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// Starts a proxy with the default test config changed by `tweak`.
+pub async fn start_proxy(tweak: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
+    let mut config = ProxyConfig::local("test-proxy");
+    config.accounts.default_balance_nano = Some(1_000_000_000_000);
+    tweak(&mut config);
+    let ledger = Arc::new(MemoryLedger::new(&config.accounts));
+    let resolver = Arc::new(CertResolver::new(&cert(proxy_regs(), Role::Proxy)).unwrap());
+    let running = Proxy {
+        config,
+        resolver,
+        worker_policy: worker_policy(),
+        clock: Arc::new(SystemClock),
+        ledger: ledger.clone(),
+    }
+    .start()
+    .await
+    .expect("proxy starts");
+    TestProxy { running, ledger }
+}
+
+/// How a fake worker answers completion requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Behavior {
+    Normal,
+    /// Answer with this status and an error body.
+    Status(u16),
+    /// Reset the stream before any response.
+    Reset,
+    /// Never answer (no response headers).
+    Hang,
+    /// Close the whole connection after this many tokens.
+    DieAfter(u32),
+    /// Stop all I/O (without closing) after this many tokens.
+    FreezeAfter(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub name: String,
+    pub model: String,
+    pub capacity: u32,
+    pub tokens: u32,
+    pub interval: Duration,
+    pub coefficient_milli: u32,
+    pub prompt_tokens: u64,
+    pub behavior: Behavior,
+    pub regs: TdRegisters,
+    pub role: Role,
+}
+
+impl WorkerSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            model: MODEL.into(),
+            capacity: 64,
+            tokens: 32,
+            interval: Duration::from_micros(500),
+            coefficient_milli: 1000,
+            prompt_tokens: 7,
+            behavior: Behavior::Normal,
+            regs: worker_regs(),
+            role: Role::Worker,
+        }
+    }
+}
+
+/// What a fake worker observed.
+#[derive(Debug, Default)]
+pub struct WorkerObs {
+    pub requests: AtomicU64,
+    pub completed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub cancelled_at: Mutex<Option<Instant>>,
+    pub headers: Mutex<Vec<HeaderMap>>,
+    pub bodies: Mutex<Vec<Bytes>>,
+    pub failed_at: Mutex<Option<Instant>>,
+    /// Set once the proxy's handshake failed (refused).
+    pub refused: AtomicBool,
+}
+
+pub struct FakeWorker {
+    pub obs: Arc<WorkerObs>,
+    pub task: JoinHandle<()>,
+}
+
+impl FakeWorker {
+    /// Connects to the proxy and serves until killed.
+    pub async fn connect(proxy: SocketAddr, spec: WorkerSpec) -> Self {
+        let obs = Arc::new(WorkerObs::default());
+        let task = tokio::spawn(run_worker(proxy, spec, obs.clone()));
+        Self { obs, task }
+    }
+
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A transport that can be frozen: all reads and writes stay pending forever.
+struct Freezable<T> {
+    inner: T,
+    frozen: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Freezable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Freezable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.frozen.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body fed by a channel (dropped by hyper when the stream is reset).
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type WorkerBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
+
+fn full(status: StatusCode, body: Vec<u8>) -> Response<WorkerBody> {
+    let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r
+}
+
+async fn run_worker(proxy: SocketAddr, spec: WorkerSpec, obs: Arc<WorkerObs>) {
+    let resolver = Arc::new(CertResolver::new(&cert(spec.regs, spec.role)).unwrap());
+    let verifier = Arc::new(PeerVerifier::new(proxy_policy(), Arc::new(SystemClock)));
+    let cfg = client_config(
+        Some(resolver),
+        Arc::new(RaTlsServerVerifier::new(verifier)),
+        &[b"h2"],
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let io = Freezable {
+        inner: tcp,
+        frozen: frozen.clone(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tls = match connector
+        .connect(ServerName::try_from("proxy.invalid").unwrap(), io)
+        .await
+    {
+        Ok(t) => t,
+        Err(_) => {
+            obs.refused.store(true, Ordering::SeqCst);
+            return;
+        }
+    };
+    let kill = Arc::new(Notify::new());
+    let spec = Arc::new(spec);
+    let svc = {
+        let (obs, kill, frozen) = (obs.clone(), kill.clone(), frozen.clone());
+        service_fn(move |req: Request<Incoming>| {
+            let (spec, obs, kill, frozen) =
+                (spec.clone(), obs.clone(), kill.clone(), frozen.clone());
+            async move { handle(req, spec, obs, kill, frozen).await }
+        })
+    };
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), svc);
+    // A handshake failure on the proxy side shows up as an immediately failing connection.
+    tokio::select! {
+        r = conn => {
+            if r.is_err() {
+                obs.refused.store(true, Ordering::SeqCst);
+            }
+        }
+        _ = kill.notified() => {}
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    spec: Arc<WorkerSpec>,
+    obs: Arc<WorkerObs>,
+    kill: Arc<Notify>,
+    frozen: Arc<AtomicBool>,
+) -> Result<Response<WorkerBody>, io::Error> {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(io::Error::other)?
+        .to_bytes();
+    if path == protocol::paths::HELLO {
+        let hello: Hello = serde_json::from_slice(&body).map_err(io::Error::other)?;
+        assert_eq!(hello.proxy, "test-proxy");
+        let reg = Registration {
+            version: 1,
+            worker: spec.name.clone(),
+            models: vec![ModelAdvert {
+                name: spec.model.clone(),
+                model_hash: "ab".repeat(32),
+                max_context: 8192,
+                max_completion_tokens: 4096,
+            }],
+            capacity: spec.capacity,
+            price_coefficient_milli: spec.coefficient_milli,
+        };
+        return Ok(full(StatusCode::OK, serde_json::to_vec(&reg).unwrap()));
+    }
+    obs.requests.fetch_add(1, Ordering::SeqCst);
+    obs.headers.lock().unwrap().push(headers.clone());
+    obs.bodies.lock().unwrap().push(body);
+    match spec.behavior {
+        Behavior::Status(s) => {
+            let err = ApiError::new(
+                protocol::error::kind_for_status(s),
+                format!("fake worker status {s}"),
+            );
+            return Ok(full(StatusCode::from_u16(s).unwrap(), err.to_json()));
+        }
+        Behavior::Reset => return Err(io::Error::other("reset")),
+        Behavior::Hang => {
+            std::future::pending::<()>().await;
+        }
+        _ => {}
+    }
+    let max_tokens: u32 = headers
+        .get(H_MAX_TOKENS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u32::MAX);
+    let n = spec.tokens.min(max_tokens);
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut tick = (!spec.interval.is_zero()).then(|| tokio::time::interval(spec.interval));
+        for i in 0..n {
+            match spec.behavior {
+                Behavior::DieAfter(k) if i == k => {
+                    *obs.failed_at.lock().unwrap() = Some(Instant::now());
+                    kill.notify_one();
+                    return;
+                }
+                Behavior::FreezeAfter(k) if i == k => {
+                    *obs.failed_at.lock().unwrap() = Some(Instant::now());
+                    frozen.store(true, Ordering::SeqCst);
+                    return;
+                }
+                _ => {}
+            }
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
+            }
+            let chunk = serde_json::json!({
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": spec.model,
+                "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}],
+            });
+            if tx
+                .send(Bytes::from(Event::data(chunk.to_string()).encode()))
+                .await
+                .is_err()
+            {
+                obs.cancelled.fetch_add(1, Ordering::SeqCst);
+                *obs.cancelled_at.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+        }
+        let usage = Usage {
+            prompt_tokens: spec.prompt_tokens,
+            cached_tokens: 2,
+            completion_tokens: u64::from(n),
+            reasoning_tokens: 1,
+        };
+        let mut tail = Event::usage(&usage).encode();
+        tail.extend(Event::done().encode());
+        if tx.send(Bytes::from(tail)).await.is_ok() {
+            obs.completed.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    Ok(r)
+}
+
+/// A client with an account key, over HTTP/2 (or HTTP/1.1) to the proxy's client port.
+pub struct Client {
+    pub account: String,
+    send: ClientSend,
+}
+
+enum ClientSend {
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+}
+
+pub async fn client(proxy: SocketAddr, seed: u8) -> Client {
+    client_with(proxy, seed, false).await
+}
+
+pub async fn client_with(proxy: SocketAddr, seed: u8, http1: bool) -> Client {
+    let key = AccountKey::from_seed([seed; 32]);
+    let verifier = Arc::new(PeerVerifier::new(proxy_policy(), Arc::new(SystemClock)));
+    let alpn: &[&[u8]] = if http1 { &[b"http/1.1"] } else { &[b"h2"] };
+    let cfg = client_config(
+        Some(key.resolver(now()).unwrap()),
+        Arc::new(RaTlsServerVerifier::new(verifier)),
+        alpn,
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("proxy.invalid").unwrap(), tcp)
+        .await
+        .expect("client handshake");
+    let io = TokioIo::new(tls);
+    let send = if http1 {
+        let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        ClientSend::H1(s)
+    } else {
+        // Like a sane client library: modest stream windows, a large connection window (so
+        // that HTTP/2's small-frame protection does not trip while the caller reads slowly).
+        let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(256 << 10)
+            .initial_connection_window_size(1 << 30)
+            .handshake(io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        ClientSend::H2(s)
+    };
+    Client {
+        account: key.account_id(),
+        send,
+    }
+}
+
+static REQ: AtomicU64 = AtomicU64::new(0);
+
+/// A chat request with metadata headers.
+pub fn chat(
+    model: &str,
+    max_tokens: u32,
+    price_cap: Option<u64>,
+    body: &[u8],
+) -> Request<Full<Bytes>> {
+    let meta = RequestMeta {
+        version: 1,
+        request_id: RequestId::parse(&format!("req-{}", REQ.fetch_add(1, Ordering::Relaxed)))
+            .unwrap(),
+        model: model.into(),
+        max_tokens,
+        price_cap,
+    };
+    let mut req = Request::post("https://proxy.invalid/v1/chat/completions")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("host", "proxy.invalid")
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap();
+    meta.write_headers(req.headers_mut());
+    req
+}
+
+pub const BODY: &[u8] = br#"{"model":"stub-model","messages":[{"role":"user","content":"secret prompt"}],"stream":true}"#;
+
+impl Client {
+    /// Another handle on the same HTTP/2 connection (`None` for HTTP/1.1).
+    pub fn stream_handle(&self) -> Option<Client> {
+        match &self.send {
+            ClientSend::H2(s) => Some(Client {
+                account: self.account.clone(),
+                send: ClientSend::H2(s.clone()),
+            }),
+            ClientSend::H1(_) => None,
+        }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Response<Incoming> {
+        match &mut self.send {
+            ClientSend::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.expect("response")
+            }
+            ClientSend::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.expect("response")
+            }
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Response<Incoming> {
+        let req = Request::get(format!("https://proxy.invalid{path}"))
+            .header("host", "proxy.invalid")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.send(req).await
+    }
+}
+
+/// Reads a whole SSE body: events with their arrival times.
+pub async fn events(body: Incoming) -> Vec<(Instant, Event)> {
+    let mut body = body;
+    let mut d = Decoder::default();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("body frame");
+        if let Ok(data) = frame.into_data() {
+            for ev in d.feed(&data).expect("sse") {
+                out.push((Instant::now(), ev));
+            }
+        }
+    }
+    out
+}
+
+pub async fn json_body(resp: Response<Incoming>) -> serde_json::Value {
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&b).expect("json body")
+}
+
+/// The usage event of a stream.
+pub fn usage_of(evs: &[(Instant, Event)]) -> Option<Usage> {
+    evs.iter()
+        .find(|(_, e)| e.name.as_deref() == Some(protocol::sse::EVENT_USAGE))
+        .map(|(_, e)| serde_json::from_str(&e.data).unwrap())
+}
+
+pub fn error_of(evs: &[(Instant, Event)]) -> Option<(Instant, ApiError)> {
+    evs.iter()
+        .find(|(_, e)| e.name.as_deref() == Some(protocol::sse::EVENT_ERROR))
+        .map(|(t, e)| (*t, ApiError::from_json(502, e.data.as_bytes())))
+}
+
+pub fn error_kind(v: &serde_json::Value) -> String {
+    v["error"]["code"].as_str().unwrap_or_default().to_string()
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl TestProxy {
+    pub fn ledger_balance(&self, account: &str) -> Option<u64> {
+        use proxy::Ledger;
+        self.ledger.balance(account).map(|b| b.balance_nano)
+    }
+}

@@ -1,0 +1,90 @@
+//! End to end with the real worker service (`cocoon-worker`, stub engine): it dials the proxy
+//! over mutual RA-TLS, registers, and serves a streamed request whose usage the proxy bills.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attestation::config::OpenedTee;
+use attestation::sim::SimTdx;
+use common::*;
+use http::StatusCode;
+use protocol::usage::Prices;
+use ratls::{PeerVerifier, Role, SystemClock};
+use worker::dial::{run, tls_config, worker_claims, Certs, Link};
+use worker::engine::stub::StubEngine;
+use worker::service::{ServedModel, Service, WorkerInfo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_worker_registers_streams_and_is_billed() {
+    let p = start_proxy(|_| {}).await;
+    let tee = OpenedTee {
+        device: Arc::new(SimTdx::new(net().platform.clone(), worker_regs())),
+        sim_platform: Some(net().platform.clone()),
+    };
+    let clock = Arc::new(SystemClock);
+    let certs = Certs::issue(
+        tee,
+        worker_claims(),
+        Duration::from_secs(3600),
+        clock.clone(),
+    )
+    .expect("worker certificate");
+    let verifier =
+        Arc::new(PeerVerifier::new(proxy_policy(), clock.clone()).with_roles([Role::Proxy]));
+    let engine = Arc::new(StubEngine::new("stub", 24, 5000.0));
+    let service = Service::new(
+        WorkerInfo {
+            name: "real-worker".into(),
+            capacity: 8,
+            price_coefficient_milli: 1000,
+        },
+        ServedModel::all_of(engine),
+        clock,
+    )
+    .expect("service");
+    let link = Link::new(
+        p.running.worker_addr,
+        Arc::new(tls_config(certs.resolver(), verifier.clone()).unwrap()),
+        verifier,
+        service.clone(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run(link, stopped));
+    p.wait_workers(1).await;
+    let s = p.stats();
+    assert_eq!(s["workers"][0]["name"], "real-worker");
+    assert_eq!(
+        s["workers"][0]["image_hash"],
+        worker_regs().image_hash().to_string()
+    );
+
+    let mut c = client(p.running.client_addr, 1).await;
+    let body =
+        br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
+    let resp = c.send(chat("stub", 16, None, body)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let evs = events(resp.into_body()).await;
+    assert!(error_of(&evs).is_none(), "{:?}", error_of(&evs));
+    let usage = usage_of(&evs).expect("usage");
+    assert_eq!(usage.completion_tokens, 16);
+    assert!(evs.last().unwrap().1.is_done());
+    let s = p.stats();
+    assert_eq!(s["clients"][&c.account]["completion_tokens"], 16);
+    assert_eq!(
+        s["clients"][&c.account]["cost_nano"],
+        Prices::default().cost(&usage, 1000)
+    );
+
+    // A body the worker's validation refuses comes back as the worker's 400, not retried.
+    let bad = br#"{"model":"stub","messages":[],"surprise":1}"#;
+    let resp = c.send(chat("stub", 16, None, bad)).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_kind(&json_body(resp).await), "invalid_request");
+    assert_eq!(p.stats()["requests"]["retries"], 0);
+
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    p.wait_workers(0).await;
+}

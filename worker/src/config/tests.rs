@@ -1,0 +1,192 @@
+use super::*;
+
+fn image() -> String {
+    "ab".repeat(32)
+}
+
+fn base_toml() -> String {
+    format!(
+        r#"
+name = "worker-1"
+proxies = ["127.0.0.1:9101", "[::1]:9102"]
+capacity = 8
+
+[tee]
+kind = "sim"
+platform_file = "sim-platform.json"
+registers_file = "regs.json"
+
+[policy]
+images = ["{}"]
+
+[[models]]
+name = "smollm2-135m"
+engine = "mistralrs"
+gguf = "models/smol.gguf"
+max_completion_tokens = 512
+
+[[models]]
+name = "big"
+engine = "upstream"
+url = "http://127.0.0.1:8000"
+upstream_model = "org/big"
+model_hash = "{}"
+max_completion_tokens = 1024
+max_context = 8192
+
+[[models]]
+name = "stub"
+engine = "stub"
+tokens = 5
+tokens_per_second = 0.0
+"#,
+        image(),
+        "CD".repeat(32)
+    )
+}
+
+fn parse(text: &str) -> Result<WorkerConfig, ConfigError> {
+    WorkerConfig::from_toml(text, Path::new("/etc/w/worker.toml"), Path::new("/etc/w"))
+}
+
+fn err(text: &str) -> String {
+    match parse(text) {
+        Ok(c) => panic!("accepted: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn full_config_parses_and_resolves_paths() {
+    let c = parse(&base_toml()).unwrap();
+    assert_eq!(c.name, "worker-1");
+    assert_eq!(c.proxies.len(), 2);
+    assert_eq!(c.proxies[1].port(), 9102);
+    assert_eq!(c.capacity, 8);
+    assert_eq!(c.price_coefficient_milli, 1000);
+    assert_eq!(c.cert_lifetime, ratls::cert::DEFAULT_LIFETIME);
+    assert_eq!(c.base_dir, Path::new("/etc/w"));
+    assert!(matches!(c.tee, TeeConfig::Sim { .. }));
+    assert_eq!(c.models.len(), 3);
+    assert_eq!(
+        c.models[0].engine,
+        EngineSpec::MistralRs {
+            gguf: "/etc/w/models/smol.gguf".into()
+        }
+    );
+    assert_eq!(c.models[0].max_completion_tokens, Some(512));
+    match &c.models[1].engine {
+        EngineSpec::Upstream { model_hash, .. } => assert_eq!(model_hash, &"cd".repeat(32)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.models[2].engine,
+        EngineSpec::Stub {
+            tokens: 5,
+            tokens_per_second: 0.0
+        }
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_name() {
+    let e = err(&base_toml().replace("capacity = 8", "capacity = 8\nsurprise = 1"));
+    assert!(e.contains("surprise"), "{e}");
+    let e = err(&base_toml().replace("\ntokens = 5", "\ntokens = 5\nspeed = 2"));
+    assert!(e.contains("speed"), "{e}");
+    let e = err(&base_toml().replace("engine = \"stub\"", "engine = \"vllm\""));
+    assert!(e.contains("vllm"), "{e}");
+}
+
+#[test]
+fn field_errors_name_the_field() {
+    let cases = [
+        ("capacity = 8", "capacity = 0", "capacity"),
+        (
+            "capacity = 8",
+            "capacity = 8\nprice_coefficient_milli = 0",
+            "price_coefficient_milli",
+        ),
+        (
+            "capacity = 8",
+            "capacity = 8\ncert_lifetime_secs = 10",
+            "cert_lifetime_secs",
+        ),
+        ("name = \"worker-1\"", "name = \"a b\"", "name"),
+        ("\"[::1]:9102\"", "\"proxy.example:9102\"", "proxies[1]"),
+        ("\"[::1]:9102\"", "\"127.0.0.1:9101\"", "proxies[1]"),
+        (
+            "proxies = [\"127.0.0.1:9101\", \"[::1]:9102\"]",
+            "proxies = []",
+            "proxies",
+        ),
+        (
+            "name = \"big\"",
+            "name = \"smollm2-135m\"",
+            "models[1].name",
+        ),
+        ("name = \"stub\"", "name = \"has space\"", "models[2].name"),
+        ("gguf = \"models/smol.gguf\"\n", "", "models[0].gguf"),
+        (
+            "\ntokens = 5",
+            "\ntokens = 5\ngguf = \"x\"",
+            "models[2].gguf",
+        ),
+        ("url = \"http://127.0.0.1:8000\"\n", "", "models[1].url"),
+        ("max_context = 8192\n", "", "models[1].max_context"),
+        (
+            "max_completion_tokens = 1024\n",
+            "",
+            "models[1].max_completion_tokens",
+        ),
+        (
+            "max_completion_tokens = 512",
+            "max_completion_tokens = 0",
+            "models[0].max_completion_tokens",
+        ),
+        (
+            "tokens_per_second = 0.0",
+            "tokens_per_second = -1.0",
+            "models[2].tokens_per_second",
+        ),
+    ];
+    for (from, to, name) in cases {
+        let text = base_toml().replacen(from, to, 1);
+        assert_ne!(text, base_toml(), "{from}");
+        let e = err(&text);
+        assert!(e.starts_with(&format!("{name}: ")), "{name}: {e}");
+    }
+    let e = err(&base_toml().replace(&"CD".repeat(32), "xyz"));
+    assert!(e.starts_with("models[1].model_hash: "), "{e}");
+    let e = err(&base_toml().replace(&image(), "zz"));
+    assert!(e.contains("policy.images"), "{e}");
+}
+
+#[test]
+fn load_reads_the_file_and_uses_its_directory() {
+    let dir = std::env::temp_dir().join(format!("cocoon-worker-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("worker.toml");
+    std::fs::write(&path, base_toml()).unwrap();
+    let c = WorkerConfig::load(&path).unwrap();
+    assert_eq!(c.base_dir, dir);
+    let missing = WorkerConfig::load(&dir.join("nope.toml")).unwrap_err();
+    assert!(missing.to_string().contains("nope.toml"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn build_applies_limits_and_reports_missing_features() {
+    let c =
+        parse(&base_toml().replace("\ntokens = 5", "\ntokens = 5\nmax_completion_tokens = 100"))
+            .unwrap();
+    let stub = c.models[2].build(4).await.unwrap();
+    assert_eq!(stub.advert.name, "stub");
+    assert_eq!(stub.advert.max_completion_tokens, 100);
+    let up = c.models[1].build(4).await.unwrap();
+    assert_eq!(up.advert.max_completion_tokens, 1024);
+    assert_eq!(up.advert.model_hash, "cd".repeat(32));
+    // Without the feature the in-process engine is not built; with it, the file is missing.
+    let e = c.models[0].build(4).await.unwrap_err().to_string();
+    assert!(e.contains("smollm2-135m"), "{e}");
+}

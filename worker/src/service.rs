@@ -1,0 +1,659 @@
+//! The HTTP/2 service a worker runs on each attested connection it dialed to a proxy. Roles are
+//! reversed: the worker is the TCP/TLS client but the HTTP/2 *server*; the proxy opens request
+//! streams.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /cocoon/v1/hello` | [`protocol::Hello`] → version negotiation → [`protocol::Registration`] |
+//! | `GET /cocoon/v1/ping` | liveness: `{"active": n, "capacity": c}` |
+//! | `POST /v1/chat/completions`, `POST /v1/completions` | inference, always streamed as SSE |
+//!
+//! # Trust boundary
+//!
+//! Requests come from a proxy whose attestation passed the worker's policy, but bodies are the
+//! client's bytes passed through: headers are checked by [`protocol::RequestMeta::from_headers`],
+//! bodies by [`crate::validate`], both here inside the TEE. The number of concurrent
+//! generations is bounded by `capacity` (a request beyond it gets 429 `no_capacity` at once).
+//! Prompts and completions are never logged: only request id, model, token counts, durations.
+//!
+//! # Responses
+//!
+//! An error before the first byte is an HTTP status with an OpenAI-style error body. Otherwise
+//! `text/event-stream`: OpenAI chunks, the OpenAI usage chunk if the request asked for it
+//! (`stream_options.include_usage`), then always `event: cocoon-usage` and `data: [DONE]`. An
+//! engine failure after the first byte ends the stream with `event: cocoon-error`.
+//!
+//! # Cancellation
+//!
+//! When the proxy resets the stream (its client went away) hyper drops the response body; the
+//! task feeding it notices at once, drops the engine's future and its channel, and releases
+//! the capacity permit. [`Stats::active_generations`] observes this.
+
+mod chunks;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use protocol::sse::Event;
+use protocol::{ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta};
+use ratls::Clock;
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::{Chunk, Engine, EngineError};
+use crate::validate::{validate, ValidatedRequest, MAX_BODY_BYTES};
+use chunks::ChunkEncoder;
+
+/// Largest accepted hello body.
+pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+/// Chunks buffered between the engine and the response body.
+const CHANNEL_DEPTH: usize = 16;
+
+/// The body of every response.
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+/// A model and the engine serving it.
+#[derive(Clone, Debug)]
+pub struct ServedModel {
+    pub engine: Arc<dyn Engine>,
+    /// What registration advertises; `max_completion_tokens` also bounds every request.
+    pub advert: ModelAdvert,
+}
+
+impl ServedModel {
+    /// Every model `engine` reports, as it reports it.
+    pub fn all_of(engine: Arc<dyn Engine>) -> Vec<Self> {
+        engine
+            .models()
+            .into_iter()
+            .map(|advert| Self {
+                engine: engine.clone(),
+                advert,
+            })
+            .collect()
+    }
+}
+
+/// What registration says about this worker besides its models.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// Concurrent generations accepted.
+    pub capacity: u32,
+    /// Price multiplier in thousandths.
+    pub price_coefficient_milli: u32,
+}
+
+/// Why a service cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no models to serve")]
+    NoModels,
+    #[error("model {0} is served twice")]
+    DuplicateModel(String),
+    #[error("invalid registration: {0}")]
+    Registration(ApiError),
+}
+
+/// A completed registration with a proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// The connection's label (the proxy address the worker dialed).
+    pub proxy: String,
+    /// The name the proxy gave in its hello (untrusted, informational).
+    pub proxy_name: String,
+    /// The negotiated protocol version.
+    pub version: u32,
+}
+
+/// Counters, readable while the service runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    active_generations: AtomicU64,
+    requests: AtomicU64,
+    completed: AtomicU64,
+    cancelled: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+    no_capacity: AtomicU64,
+    registrations: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Generations running now (each holds a capacity permit).
+    pub active_generations: u64,
+    /// Completion requests received.
+    pub requests: u64,
+    /// Streams that ended with usage and `[DONE]`.
+    pub completed: u64,
+    /// Streams the proxy dropped before the end.
+    pub cancelled: u64,
+    /// Streams that ended with an engine error.
+    pub failed: u64,
+    /// Requests refused by validation (before any generation).
+    pub rejected: u64,
+    /// Requests refused with 429.
+    pub no_capacity: u64,
+    /// Successful hello exchanges.
+    pub registrations: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        StatsSnapshot {
+            active_generations: r(&self.active_generations),
+            requests: r(&self.requests),
+            completed: r(&self.completed),
+            cancelled: r(&self.cancelled),
+            failed: r(&self.failed),
+            rejected: r(&self.rejected),
+            no_capacity: r(&self.no_capacity),
+            registrations: r(&self.registrations),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    info: WorkerInfo,
+    models: Vec<ServedModel>,
+    adverts: Vec<ModelAdvert>,
+    permits: Arc<Semaphore>,
+    stats: Arc<Stats>,
+    clock: Arc<dyn Clock>,
+    registered: broadcast::Sender<Registered>,
+}
+
+/// The worker's request handler, shared by all proxy connections (capacity is global).
+#[derive(Clone, Debug)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+impl Service {
+    /// A service for `models`; `clock` gives the `created` time of chunks.
+    pub fn new(
+        info: WorkerInfo,
+        models: Vec<ServedModel>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServiceError> {
+        if models.is_empty() {
+            return Err(ServiceError::NoModels);
+        }
+        for (i, m) in models.iter().enumerate() {
+            if models[..i].iter().any(|o| o.advert.name == m.advert.name) {
+                return Err(ServiceError::DuplicateModel(m.advert.name.clone()));
+            }
+        }
+        let adverts: Vec<ModelAdvert> = models.iter().map(|m| m.advert.clone()).collect();
+        let registration = Registration {
+            version: protocol::PROTOCOL_VERSION,
+            worker: info.name.clone(),
+            models: adverts.clone(),
+            capacity: info.capacity,
+            price_coefficient_milli: info.price_coefficient_milli,
+        };
+        registration
+            .validate()
+            .map_err(ServiceError::Registration)?;
+        let (registered, _) = broadcast::channel(16);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                permits: Arc::new(Semaphore::new(info.capacity as usize)),
+                info,
+                models,
+                adverts,
+                stats: Arc::new(Stats::default()),
+                clock,
+                registered,
+            }),
+        })
+    }
+
+    /// The models served, as registration advertises them.
+    pub fn adverts(&self) -> &[ModelAdvert] {
+        &self.inner.adverts
+    }
+
+    pub fn info(&self) -> &WorkerInfo {
+        &self.inner.info
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.inner.stats.clone()
+    }
+
+    /// Completed registrations, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Registered> {
+        self.inner.registered.subscribe()
+    }
+
+    /// The registration answer for protocol `version`.
+    pub fn registration(&self, version: u32) -> Registration {
+        Registration {
+            version,
+            worker: self.inner.info.name.clone(),
+            models: self.inner.adverts.clone(),
+            capacity: self.inner.info.capacity,
+            price_coefficient_milli: self.inner.info.price_coefficient_milli,
+        }
+    }
+
+    /// The hyper service for one proxy connection; `proxy` labels it in logs and
+    /// [`Registered`] events.
+    pub fn for_connection(&self, proxy: impl Into<String>) -> ConnService {
+        ConnService {
+            service: self.clone(),
+            proxy: Arc::from(proxy.into()),
+        }
+    }
+
+    /// Handles one request from the proxy labelled `proxy`.
+    pub async fn handle<B>(&self, proxy: &str, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path().to_string();
+        let endpoint = Endpoint::from_path(&path);
+        let result = match (req.method().clone(), path.as_str(), endpoint) {
+            (Method::POST, protocol::paths::HELLO, _) => self.hello(proxy, req).await,
+            (Method::GET, protocol::paths::PING, _) => Ok(self.ping()),
+            (Method::POST, _, Some(endpoint)) => self.completion(endpoint, req).await,
+            (m, p, endpoint) => {
+                let known = [protocol::paths::HELLO, protocol::paths::PING].contains(&p)
+                    || endpoint.is_some();
+                let message = if known {
+                    format!("method {m} not allowed on {p}")
+                } else {
+                    "no such path on a worker".to_string()
+                };
+                Err(ApiError::new(ErrorKind::NotFound, message))
+            }
+        };
+        result.unwrap_or_else(|e| error_response(&e))
+    }
+
+    fn ping(&self) -> Response<ResponseBody> {
+        let s = self.inner.stats.snapshot();
+        let body = serde_json::json!({
+            "active": s.active_generations,
+            "capacity": self.inner.info.capacity,
+        });
+        json_response(StatusCode::OK, body.to_string().into_bytes())
+    }
+
+    async fn hello<B>(
+        &self,
+        proxy: &str,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let body = read_body(req.into_body(), MAX_HELLO_BYTES).await?;
+        let hello: Hello = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("hello: {e}")))?;
+        let version = protocol::register::negotiate(protocol::SUPPORTED_VERSIONS, &hello.versions)?;
+        let registration = self.registration(version);
+        let bytes = serde_json::to_vec(&registration)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("registration: {e}")))?;
+        let proxy_name: String = hello.proxy.chars().take(64).collect();
+        tracing::info!(proxy, proxy_name = ?proxy_name, version, "registered with proxy");
+        Stats::bump(&self.inner.stats.registrations);
+        // Nobody listening is fine.
+        let _ = self.inner.registered.send(Registered {
+            proxy: proxy.to_string(),
+            proxy_name,
+            version,
+        });
+        Ok(json_response(StatusCode::OK, bytes))
+    }
+
+    async fn completion<B>(
+        &self,
+        endpoint: Endpoint,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stats = &self.inner.stats;
+        Stats::bump(&stats.requests);
+        let started = Instant::now();
+        let checked = async {
+            let meta = RequestMeta::from_headers(req.headers())?;
+            let body = read_body(req.into_body(), MAX_BODY_BYTES).await?;
+            let validated = validate(endpoint, &meta, &body, &self.inner.adverts)?;
+            Ok::<_, ApiError>((meta, validated))
+        }
+        .await;
+        let (meta, validated) = checked.inspect_err(|e| {
+            Stats::bump(&stats.rejected);
+            tracing::debug!(code = e.kind.code(), param = ?e.param, "request rejected");
+        })?;
+        let model = self
+            .inner
+            .models
+            .iter()
+            .find(|m| m.advert.name == validated.request.model)
+            .ok_or_else(|| ApiError::new(ErrorKind::ModelNotFound, "model not served"))?;
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Stats::bump(&stats.no_capacity);
+                tracing::info!(request_id = %meta.request_id, model = %meta.model, "no capacity");
+                ApiError::new(
+                    ErrorKind::NoCapacity,
+                    format!(
+                        "worker at capacity ({} concurrent requests)",
+                        self.inner.info.capacity
+                    ),
+                )
+            })?;
+        let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+        let generation = Generation {
+            engine: model.engine.clone(),
+            stats: stats.clone(),
+            created: self.inner.clock.now(),
+            started,
+            request_id: meta.request_id.to_string(),
+            validated,
+            _permit: permit,
+        };
+        tokio::spawn(generation.run(tx));
+        // Wait for the first output so that a failure before any byte gets its own status.
+        match rx.recv().await {
+            Some(Out::Data(first)) => {
+                let body = SseBody {
+                    first: Some(first),
+                    rx,
+                };
+                let mut resp = Response::new(BodyExt::boxed(body));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
+                    h.insert(protocol::meta::H_REQUEST_ID, v);
+                }
+                Ok(resp)
+            }
+            Some(Out::Fail(e)) => Err(e),
+            None => Err(ApiError::new(
+                ErrorKind::Internal,
+                "generation ended without output",
+            )),
+        }
+    }
+}
+
+/// The per-connection hyper service (see [`Service::for_connection`]).
+#[derive(Clone, Debug)]
+pub struct ConnService {
+    service: Service,
+    proxy: Arc<str>,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.service.handle(&this.proxy, req).await) })
+    }
+}
+
+/// What the generation task hands to the response.
+enum Out {
+    /// Encoded SSE bytes.
+    Data(Bytes),
+    /// A failure before any byte (only ever the first message).
+    Fail(ApiError),
+}
+
+/// The response body of a stream: the first bytes, then whatever the generation task sends.
+/// Dropping it closes the channel, which stops the generation.
+struct SseBody {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<Out>,
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(b) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Out::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Out::Fail(_)) | None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Counts a running generation for as long as it lives.
+struct ActiveGuard(Arc<Stats>);
+
+impl ActiveGuard {
+    fn new(stats: Arc<Stats>) -> Self {
+        stats.active_generations.fetch_add(1, Ordering::SeqCst);
+        Self(stats)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_generations.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a generation ended.
+enum Outcome {
+    Completed(protocol::Usage),
+    Cancelled,
+    Failed(EngineError),
+}
+
+/// One running generation: drives the engine and encodes its output.
+struct Generation {
+    engine: Arc<dyn Engine>,
+    stats: Arc<Stats>,
+    created: u64,
+    started: Instant,
+    request_id: String,
+    validated: ValidatedRequest,
+    /// Held until the generation ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Generation {
+    async fn run(self, out: mpsc::Sender<Out>) {
+        let _active = ActiveGuard::new(self.stats.clone());
+        let ValidatedRequest {
+            endpoint,
+            request,
+            include_usage,
+            ..
+        } = self.validated;
+        let model = request.model.clone();
+        let mut encoder = ChunkEncoder::new(endpoint, &self.request_id, self.created, &model);
+        let (etx, mut erx) = mpsc::channel(CHANNEL_DEPTH);
+        let engine = self.engine.clone();
+        // Already boxed by async_trait: movable, and dropped explicitly below.
+        let mut generate = engine.generate(request, etx);
+        let mut engine_result: Option<Result<(), EngineError>> = None;
+        let mut sent_any = false;
+        let mut first_token_ms = None;
+        let outcome = loop {
+            let item = tokio::select! {
+                biased;
+                _ = out.closed() => break Outcome::Cancelled,
+                r = &mut generate, if engine_result.is_none() => {
+                    engine_result = Some(r);
+                    continue;
+                }
+                item = erx.recv() => item,
+            };
+            let bytes = match item {
+                Some(Ok(Chunk::Text(t))) if t.is_empty() => continue,
+                Some(Ok(Chunk::Text(t))) => {
+                    first_token_ms.get_or_insert_with(|| self.started.elapsed().as_millis());
+                    encoder.text(&t)
+                }
+                Some(Ok(Chunk::Done {
+                    usage,
+                    finish_reason,
+                })) => {
+                    let tail = encoder.finish(finish_reason, &usage, include_usage);
+                    if out.send(Out::Data(tail)).await.is_err() {
+                        break Outcome::Cancelled;
+                    }
+                    break Outcome::Completed(usage);
+                }
+                Some(Err(e)) => break Outcome::Failed(e),
+                None => {
+                    // The engine dropped its sender: it has returned.
+                    let r = match engine_result.take() {
+                        Some(r) => r,
+                        None => (&mut generate).await,
+                    };
+                    break Outcome::Failed(r.err().unwrap_or_else(|| {
+                        EngineError::Failed("engine ended without usage".into())
+                    }));
+                }
+            };
+            if out.send(Out::Data(bytes)).await.is_err() {
+                break Outcome::Cancelled;
+            }
+            sent_any = true;
+        };
+        // Stop the engine before reporting (drops its future and channel).
+        drop(generate);
+        drop(erx);
+        let duration_ms = self.started.elapsed().as_millis();
+        let rid = &self.request_id;
+        match outcome {
+            Outcome::Completed(usage) => {
+                Stats::bump(&self.stats.completed);
+                tracing::info!(
+                    request_id = %rid,
+                    model = %model,
+                    prompt_tokens = usage.prompt_tokens,
+                    cached_tokens = usage.cached_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    first_token_ms,
+                    duration_ms,
+                    "completion done"
+                );
+            }
+            Outcome::Cancelled => {
+                Stats::bump(&self.stats.cancelled);
+                tracing::info!(request_id = %rid, model = %model, duration_ms, "completion cancelled by the proxy");
+            }
+            Outcome::Failed(e) => {
+                Stats::bump(&self.stats.failed);
+                let api = engine_error(&e, endpoint);
+                tracing::warn!(request_id = %rid, model = %model, duration_ms, error = %e, "completion failed");
+                let msg = if sent_any {
+                    Out::Data(Bytes::from(Event::error(&api).encode()))
+                } else {
+                    Out::Fail(api)
+                };
+                let _ = out.send(msg).await;
+            }
+        }
+    }
+}
+
+/// The error a caller sees for an engine failure.
+fn engine_error(e: &EngineError, endpoint: Endpoint) -> ApiError {
+    match e {
+        EngineError::UnknownModel(_) => {
+            ApiError::new(ErrorKind::ModelNotFound, e.to_string()).with_param("model")
+        }
+        EngineError::PromptTooLong { .. } => {
+            let param = match endpoint {
+                Endpoint::ChatCompletions => "messages",
+                Endpoint::Completions => "prompt",
+            };
+            ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param(param)
+        }
+        EngineError::Failed(_) | EngineError::Upstream(_) => {
+            ApiError::new(ErrorKind::Upstream, e.to_string())
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes (413 beyond).
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("reading the request body: {e}"),
+        )),
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
+    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, e.to_json())
+}

@@ -1,0 +1,104 @@
+//! Capacity and cancellation: a full worker answers 429 at once; a proxy that drops a stream
+//! stops the generation and frees its permit.
+
+mod service_support;
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use protocol::ErrorKind;
+use serde_json::json;
+use service_support::*;
+
+fn slow() -> Options {
+    Options {
+        tokens: 1000,
+        tokens_per_second: 100.0,
+        capacity: 1,
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_exhausted_is_429_and_freed_after_cancel() {
+    let mut h = Harness::start(slow()).await;
+    let mut conn = h.next_conn().await;
+    let chat = "/v1/chat/completions";
+    let first = send(
+        &mut conn,
+        completion_request(chat, MODEL, 1000, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(h.service.stats().snapshot().active_generations, 1);
+
+    let (status, e) = error_of(
+        send(
+            &mut conn,
+            completion_request(chat, MODEL, 1000, chat_body(json!({}))),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((status, e.kind), (429, ErrorKind::NoCapacity));
+    assert_eq!(h.service.stats().snapshot().no_capacity, 1);
+
+    drop(first);
+    let stats = h.service.stats();
+    eventually(Duration::from_secs(2), "the permit to be released", || {
+        stats.snapshot().active_generations == 0
+    })
+    .await;
+    let again = send(
+        &mut conn,
+        completion_request(chat, MODEL, 2, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    let evs = events(again).await;
+    assert!(evs.last().unwrap().is_done());
+    h.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_stops_the_engine() {
+    let mut h = Harness::start(slow()).await;
+    let mut conn = h.next_conn().await;
+    let resp = send(
+        &mut conn,
+        completion_request("/v1/chat/completions", MODEL, 1000, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // Read a few chunks (the stub emits one every 10 ms).
+    let mut frames = 0;
+    while frames < 3 {
+        let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("frame in time")
+            .expect("stream open")
+            .expect("frame");
+        if f.is_data() {
+            frames += 1;
+        }
+    }
+    let stats = h.service.stats();
+    assert_eq!(stats.snapshot().active_generations, 1);
+    // The proxy gives up: dropping the body resets the HTTP/2 stream.
+    drop(body);
+    eventually(Duration::from_secs(2), "the generation to stop", || {
+        stats.snapshot().active_generations == 0
+    })
+    .await;
+    let s = stats.snapshot();
+    assert_eq!((s.cancelled, s.completed), (1, 0));
+    // The connection itself is still fine.
+    let ok = send(
+        &mut conn,
+        completion_request("/v1/chat/completions", MODEL, 2, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    h.shutdown();
+}

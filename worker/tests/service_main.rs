@@ -1,0 +1,170 @@
+//! The `cocoon-worker` binary: exit codes and the readiness line, on the simulated platform
+//! against the test proxy.
+
+mod service_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use ratls::{Clock, SystemClock};
+use service_support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cocoon-worker");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cocoon-worker-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a sim config whose worker dials `proxy`; returns the config path.
+fn write_config(dir: &Path, proxy: &str, tee: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("sim-platform.json"),
+        platform().export().to_json().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("worker-registers.json"),
+        serde_json::to_string(&worker_regs()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("sim-root.der"), platform().root_ca_der()).unwrap();
+    let text = format!(
+        r#"
+name = "bin-worker"
+proxies = ["{proxy}"]
+capacity = 2
+
+{tee}
+
+[policy]
+roots = ["sim-root.der"]
+images = ["{image}"]
+
+[[models]]
+name = "{MODEL}"
+engine = "stub"
+tokens = 3
+
+[[models]]
+name = "second"
+engine = "stub"
+"#,
+        image = proxy_regs().image_hash(),
+    );
+    let path = dir.join("worker.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const SIM_TEE: &str = r#"[tee]
+kind = "sim"
+platform_file = "sim-platform.json"
+registers_file = "worker-registers.json""#;
+
+fn exit_code(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_usage_and_config_exit_2() {
+    assert_eq!(exit_code(&[]).0, 2);
+    assert_eq!(exit_code(&["--config"]).0, 2);
+    let (code, err) = exit_code(&["--config", "/nonexistent/worker.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/worker.toml"), "{err}");
+    let dir = temp_dir("badcfg");
+    let path = write_config(&dir, "localhost:9101", SIM_TEE);
+    let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("proxies[0]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_tee_exits_3() {
+    let dir = temp_dir("notee");
+    let tee = format!(
+        "[tee]\nkind = \"tdx\"\nreport_root = \"{0}/no-tsm\"\nmeasurements_root = \"{0}/no-rtmr\"",
+        dir.display()
+    );
+    let path = write_config(&dir, "127.0.0.1:9", &tee);
+    let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut proxy = TestProxy::start(clock.now(), clock).await;
+    let dir = temp_dir("ready");
+    let path = write_config(&dir, &proxy.addr.to_string(), SIM_TEE);
+    let mut child = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut conn = tokio::time::timeout(Duration::from_secs(30), proxy.conns.recv())
+        .await
+        .expect("worker dialed in time")
+        .unwrap()
+        .expect("attested connection");
+    assert!(
+        line_rx.try_recv().is_err(),
+        "no readiness line before registration"
+    );
+    let req = Request::post("http://worker/cocoon/v1/hello")
+        .body(Full::new(Bytes::from(r#"{"versions":[1],"proxy":"p"}"#)))
+        .unwrap();
+    assert_eq!(send(&mut conn, req).await.status(), 200);
+    let line = tokio::task::spawn_blocking(move || line_rx.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("readiness line")
+        .unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "cocoon-worker: ready (proxy {}, models [{MODEL}, second])",
+            proxy.addr
+        )
+    );
+
+    // SIGTERM to the child this test started, by its pid.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

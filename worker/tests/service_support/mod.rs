@@ -1,0 +1,337 @@
+//! A test "proxy": accepts the worker's outbound RA-TLS connection on loopback and speaks
+//! HTTP/2 to it as the client, on the simulated TDX platform.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use attestation::config::OpenedTee;
+use attestation::sim::{default_registers, SimPlatform, SimTdx};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use measurements::{Collateral, Policy, TdRegisters, TrustRoot};
+use protocol::sse::{Decoder, Event};
+use protocol::{RequestId, RequestMeta};
+use ratls::{
+    issue, server_config, CertResolver, Claims, Clock, FixedClock, PeerVerifier,
+    RaTlsClientVerifier, Role, VerifiedPeer,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use worker::dial::{self, Backoff, Certs, Link};
+use worker::engine::stub::StubEngine;
+use worker::service::{ServedModel, Service, WorkerInfo};
+
+/// The fixed "now" of every test: 2025-06-15T16:53:20Z.
+pub const NOW: u64 = 1_750_000_000;
+pub const MODEL: &str = "stub-model";
+
+pub fn platform() -> Arc<SimPlatform> {
+    static P: OnceLock<Arc<SimPlatform>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(SimPlatform::from_seed([7u8; 32]).expect("sim platform")))
+        .clone()
+}
+
+pub fn regs(mrtd: u8) -> TdRegisters {
+    let mut r = default_registers();
+    r.mrtd = [mrtd; 48];
+    r.rtmr[1] = [mrtd ^ 0x5a; 48];
+    r
+}
+
+pub fn worker_regs() -> TdRegisters {
+    regs(0x11)
+}
+
+pub fn proxy_regs() -> TdRegisters {
+    regs(0x22)
+}
+
+pub fn sim_root() -> TrustRoot {
+    TrustRoot::new("sim", platform().root_ca_der().to_vec())
+}
+
+pub fn policy_for(regs: &TdRegisters) -> Policy {
+    Policy::simulated(sim_root()).with_images([regs.image_hash()])
+}
+
+pub fn clock() -> Arc<FixedClock> {
+    Arc::new(FixedClock::new(NOW))
+}
+
+fn collateral(now: u64) -> Collateral {
+    Collateral::new(
+        platform()
+            .collateral(now - 3600, 30 * 86400)
+            .expect("collateral"),
+    )
+    .expect("collateral parses")
+}
+
+/// Options of a harness.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub tokens: u32,
+    pub tokens_per_second: f64,
+    pub capacity: u32,
+    /// Proxy images the worker trusts (default: the test proxy's).
+    pub worker_trusts: Policy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tokens: 5,
+            tokens_per_second: 0.0,
+            capacity: 4,
+            worker_trusts: policy_for(&proxy_regs()),
+        }
+    }
+}
+
+/// The test proxy: accepts RA-TLS connections from workers (image [`worker_regs`]) and hands
+/// each out as an HTTP/2 client connection.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub conns: mpsc::Receiver<Result<ProxyConn, String>>,
+}
+
+impl TestProxy {
+    /// A proxy whose certificate is issued at `now`, verifying workers with `clock`.
+    pub async fn start(now: u64, clock: Arc<dyn Clock>) -> Self {
+        // The proxy: a TLS server that verifies the worker, then an HTTP/2 client.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let proxy_tee = SimTdx::new(platform(), proxy_regs());
+        let proxy_cert = issue(
+            &proxy_tee,
+            &Claims::new(Role::Proxy, 1),
+            Some(&collateral(now)),
+            now,
+            Duration::from_secs(6 * 3600),
+        )
+        .expect("proxy cert");
+        let proxy_verifier = Arc::new(
+            PeerVerifier::new(policy_for(&worker_regs()), clock).with_roles([Role::Worker]),
+        );
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+            server_config(
+                Arc::new(CertResolver::new(&proxy_cert).expect("resolver")),
+                Some(Arc::new(RaTlsClientVerifier::new(proxy_verifier.clone()))),
+                &[b"h2"],
+            )
+            .expect("server config"),
+        ));
+        let (conn_tx, conns) = mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let accepted = async {
+                    let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+                    let worker = proxy_verifier
+                        .peer_of(tls.get_ref().1)
+                        .map_err(|e| e.to_string())?;
+                    let (send, conn) = hyper::client::conn::http2::handshake(
+                        TokioExecutor::new(),
+                        TokioIo::new(tls),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    let task = tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok(ProxyConn { send, worker, task })
+                }
+                .await;
+                if conn_tx.send(accepted).await.is_err() {
+                    return;
+                }
+            }
+        });
+
+        Self { addr, conns }
+    }
+}
+
+/// One accepted connection, seen from the proxy.
+pub struct ProxyConn {
+    pub send: SendRequest<Full<Bytes>>,
+    /// The worker's verified evidence.
+    pub worker: VerifiedPeer,
+    task: JoinHandle<()>,
+}
+
+impl ProxyConn {
+    /// Closes the connection abruptly (drops the TLS stream).
+    pub fn close(self) {
+        self.task.abort();
+    }
+}
+
+pub struct Harness {
+    pub service: Service,
+    pub addr: SocketAddr,
+    pub certs: Arc<Certs>,
+    pub conns: mpsc::Receiver<Result<ProxyConn, String>>,
+    pub link: Link,
+    pub clock: Arc<FixedClock>,
+    shutdown: watch::Sender<bool>,
+    pub worker_task: JoinHandle<()>,
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Self {
+        let clock = clock();
+        let engine = Arc::new(StubEngine::new(MODEL, opts.tokens, opts.tokens_per_second));
+        let service = Service::new(
+            WorkerInfo {
+                name: "test-worker".into(),
+                capacity: opts.capacity,
+                price_coefficient_milli: 1500,
+            },
+            ServedModel::all_of(engine),
+            clock.clone(),
+        )
+        .expect("service");
+
+        let proxy = TestProxy::start(NOW, clock.clone()).await;
+        let (addr, conns) = (proxy.addr, proxy.conns);
+
+        // The worker: its certificate from its (simulated) TEE, dialing the proxy.
+        let tee = OpenedTee {
+            device: Arc::new(SimTdx::new(platform(), worker_regs())),
+            sim_platform: Some(platform()),
+        };
+        let certs = Arc::new(
+            Certs::issue(
+                tee,
+                dial::worker_claims(),
+                Duration::from_secs(6 * 3600),
+                clock.clone(),
+            )
+            .expect("worker cert"),
+        );
+        let verifier = Arc::new(
+            PeerVerifier::new(opts.worker_trusts.clone(), clock.clone()).with_roles([Role::Proxy]),
+        );
+        let tls = Arc::new(dial::tls_config(certs.resolver(), verifier.clone()).expect("tls"));
+        let mut link = Link::new(addr, tls, verifier, service.clone());
+        link.backoff = Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        );
+        link.drain = Duration::from_secs(5);
+        link.renewed = Some(certs.subscribe());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let worker_task = tokio::spawn(dial::run(link.clone(), shutdown_rx));
+        Self {
+            service,
+            addr,
+            certs,
+            conns,
+            link,
+            clock,
+            shutdown,
+            worker_task,
+        }
+    }
+
+    /// The next connection the worker makes.
+    pub async fn next_conn(&mut self) -> ProxyConn {
+        tokio::time::timeout(Duration::from_secs(20), self.conns.recv())
+            .await
+            .expect("worker connected in time")
+            .expect("proxy alive")
+            .expect("connection accepted")
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// A completion request with cocoon headers.
+pub fn completion_request(
+    path: &str,
+    model: &str,
+    max_tokens: u32,
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let meta = RequestMeta {
+        version: 1,
+        request_id: RequestId::parse("req-42").expect("id"),
+        model: model.into(),
+        max_tokens,
+        price_cap: None,
+    };
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(format!("http://worker{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .expect("request");
+    meta.write_headers(req.headers_mut());
+    req
+}
+
+pub fn chat_body(extra: serde_json::Value) -> Bytes {
+    let mut v = serde_json::json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": true,
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in e {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    Bytes::from(v.to_string())
+}
+
+pub async fn send(conn: &mut ProxyConn, req: Request<Full<Bytes>>) -> Response<Incoming> {
+    conn.send.ready().await.expect("connection ready");
+    tokio::time::timeout(Duration::from_secs(20), conn.send.send_request(req))
+        .await
+        .expect("response in time")
+        .expect("response")
+}
+
+pub async fn body_bytes(resp: Response<Incoming>) -> Bytes {
+    tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes()
+}
+
+pub async fn events(resp: Response<Incoming>) -> Vec<Event> {
+    let bytes = body_bytes(resp).await;
+    Decoder::default().feed(&bytes).expect("sse")
+}
+
+pub async fn error_of(resp: Response<Incoming>) -> (u16, protocol::ApiError) {
+    let status = resp.status().as_u16();
+    let bytes = body_bytes(resp).await;
+    (status, protocol::ApiError::from_json(status, &bytes))
+}
+
+/// Waits until `f` holds (polling), or panics after `within`.
+pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
