@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Main job (README): what cocoon can do today, end to end on this machine.
+# Trust-core demo: attestation end to end on this machine, without the model.
 #  1. cocoon-measure verifies real Intel TDX quotes from ../shared/testdata with their collateral.
 #  2. A worker TD and a proxy TD on the simulated TDX platform connect over mutual RA-TLS on
 #     loopback; a debug worker, an unknown image and a production-policy peer are refused with
 #     named reasons.
-# When the inference path lands, this becomes the local network answering a real prompt.
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=../shared/testdata/tdx
 [ -d "$T" ] || { echo "demo: $T not found (the shared test data sits beside the repository)"; exit 2; }
 
-cargo build -q -p cocoon-measurements --bin cocoon-measure
-cargo build -q -p cocoon-ratls --example attested_loopback
-M=target/debug/cocoon-measure
+cargo build -q --release -p cocoon-measurements --bin cocoon-measure
+cargo build -q --release -p cocoon-ratls --example attested_loopback
+M=target/release/cocoon-measure
 
 verify() { # name quote collateral at [flags...]
   local name=$1 quote=$2 coll=$3 at=$4; shift 4
@@ -31,4 +31,4 @@ verify "UpToDate quote, 60 days later" dcapqvl_v4_uptodate.quote dcapqvl_v4_upto
 
 echo
 echo "== mutual RA-TLS on loopback, simulated TDX platform =="
-target/debug/examples/attested_loopback
+target/release/examples/attested_loopback

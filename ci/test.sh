@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): formatting, lints, every test, the main job,
-# fuzz smoke run.
-# Needs only a Rust toolchain; installs cargo-fuzz itself when missing.
+# The project's test command (README, .ci/run): formatting, lints, every test (release build,
+# one build for everything), the end-to-end run with the official OpenAI SDK and the real model,
+# the main jobs (ci/local.sh once, ci/demo.sh), and a fuzz smoke run.
+# Needs a Rust toolchain and python3 with pip (PyPI reachable); installs cargo-fuzz and the
+# openai package (in a venv under target/) itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s ==\n' "$*"; }
+MODEL="$HOME/.cache/cocoon/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -13,10 +16,19 @@ cargo fmt --all --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test (workspace)"
-cargo test --workspace --locked
+step "release build (binaries)"
+cargo build --workspace --release --locked --bins
 
-step "main job (ci/demo.sh)"
+step "end to end: OpenAI SDK -> cocoon-client -> proxy -> worker (real model)"
+ci/e2e.sh
+
+step "cargo test --release (workspace; mistral.rs engine tests use the fetched model)"
+COCOON_TEST_GGUF="$MODEL" cargo test --workspace --release --locked
+
+step "main job: ci/local.sh (once)"
+COCOON_LOCAL_ONCE=1 COCOON_PORT=0 COCOON_LOCAL_DIR="$(mktemp -d)" ci/local.sh
+
+step "trust-core demo: ci/demo.sh"
 ci/demo.sh
 
 if [ "${COCOON_SKIP_FUZZ:-0}" != 1 ]; then

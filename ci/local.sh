@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Main job (README): build cocoon, start the whole network locally (proxy, worker with the real
+# SmolLM2-135M model, client; simulated TDX platform), ask it one real prompt through the local
+# OpenAI-compatible endpoint, print the answer, and keep the network running until Ctrl-C.
+#   COCOON_LOCAL_ONCE=1   stop after the answer (CI uses this)
+#   COCOON_PORT=8080      port of the local OpenAI endpoint
+#   COCOON_PROMPT="..."   the prompt to ask
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT=${COCOON_PORT:-8080}
+PROMPT=${COCOON_PROMPT:-"In one sentence, what is a trusted execution environment?"}
+DIR=${COCOON_LOCAL_DIR:-$HOME/.cache/cocoon/local}
+
+echo "== building (release; the first build compiles mistral.rs, ~15 min on 2 cores) =="
+cargo build --release --locked -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
+
+rm -f "$DIR/urls.json"
+target/release/cocoon-host launch --local --dir "$DIR" --port "$PORT" &
+HOST=$!
+trap 'kill -TERM $HOST 2>/dev/null || true; wait $HOST 2>/dev/null || true' EXIT INT TERM
+
+# Wait for the launcher's urls.json (written when all three processes are ready).
+for _ in $(seq 1 1800); do
+  [ -f "$DIR/urls.json" ] && break
+  kill -0 $HOST 2>/dev/null || { echo "local: cocoon-host exited"; wait $HOST; exit 1; }
+  sleep 0.5
+done
+[ -f "$DIR/urls.json" ] || { echo "local: network not ready in time"; exit 1; }
+
+URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["client"])' "$DIR/urls.json")
+MODEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"])' "$DIR/urls.json")
+echo
+echo "== asking $MODEL through $URL: $PROMPT =="
+BODY=$(python3 -c 'import json,sys; print(json.dumps({"model": sys.argv[1], "max_tokens": 64, "messages": [{"role": "user", "content": sys.argv[2]}]}))' "$MODEL" "$PROMPT")
+ANSWER=$(curl -sS --fail-with-body "$URL/chat/completions" -H 'content-type: application/json' -d "$BODY")
+python3 - "$ANSWER" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+text = r["choices"][0]["message"]["content"]
+u = r["usage"]
+print(text.strip())
+print(f"(usage: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; "
+      "answered by an attested worker through an attested proxy)")
+if not text.strip() or u["completion_tokens"] <= 0:
+    sys.exit("local: empty answer")
+PY
+
+if [ "${COCOON_LOCAL_ONCE:-0}" = 1 ]; then
+  exit 0
+fi
+echo
+echo "The network keeps running: point any OpenAI client at $URL (Ctrl-C stops it)."
+wait $HOST
