@@ -35,7 +35,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::ledger::UsageRecord;
 use crate::relay::ResponseBody;
@@ -337,32 +336,20 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<ResponseBody> {
 pub(crate) async fn accept_loop(
     state: Arc<State>,
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    let state = state.clone();
-                    conns.spawn(async move {
-                        let service = service_fn(move |req| {
-                            let resp = respond(&state, &req);
-                            async move { Ok::<_, Infallible>(resp) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin port: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+    crate::server::accept_connections(listener, shutdown, "admin", false, move |tcp, _| {
+        let state = state.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let resp = respond(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
         }
-        while conns.try_join_next().is_some() {}
-    }
+    })
+    .await;
 }

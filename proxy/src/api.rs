@@ -21,7 +21,6 @@ use hyper_util::server::conn::auto;
 use protocol::{ApiError, Endpoint, ErrorKind};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::relay::{self, error_response, json_response, ResponseBody};
@@ -32,26 +31,12 @@ pub(crate) async fn accept_loop(
     state: Arc<State>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => {
-                    let _ = tcp.set_nodelay(true);
-                    conns.spawn(handle(state.clone(), acceptor.clone(), tcp, addr));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "client port: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-        while conns.try_join_next().is_some() {}
-    }
-    while conns.join_next().await.is_some() {}
+    crate::server::accept_connections(listener, shutdown, "client", true, move |tcp, addr| {
+        handle(state.clone(), acceptor.clone(), tcp, addr)
+    })
+    .await;
 }
 
 async fn handle(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStream, addr: SocketAddr) {

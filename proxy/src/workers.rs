@@ -25,7 +25,6 @@ use protocol::{ApiError, Hello, Registration, PROTOCOL_VERSION, SUPPORTED_VERSIO
 use ratls::RatlsError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::registry::{Worker, WorkerInfo, WorkerSender};
@@ -115,26 +114,12 @@ pub(crate) async fn accept_loop(
     state: Arc<State>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => {
-                    let _ = tcp.set_nodelay(true);
-                    conns.spawn(handle(state.clone(), acceptor.clone(), tcp, addr));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "worker port: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-        }
-        while conns.try_join_next().is_some() {}
-    }
-    while conns.join_next().await.is_some() {}
+    crate::server::accept_connections(listener, shutdown, "worker", true, move |tcp, addr| {
+        handle(state.clone(), acceptor.clone(), tcp, addr)
+    })
+    .await;
 }
 
 async fn handle(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStream, addr: SocketAddr) {

@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::verify_tls13_signature_with_raw_key;
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert::{CertResolver, IssuedCert};
-use crate::tls::{provider, to_rustls_error};
+use crate::tls::{provider, to_rustls_error, verify_tls13};
 use crate::RatlsError;
 
 /// OID of Ed25519 public keys (RFC 8410).
@@ -189,20 +188,11 @@ impl ClientCertVerifier for AccountClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if dss.scheme != SignatureScheme::ED25519 {
-            return Err(to_rustls_error(RatlsError::SignatureScheme(format!(
-                "{:?}",
-                dss.scheme
-            ))));
-        }
-        let (_, parsed) = X509Certificate::from_der(cert.as_ref())
-            .map_err(|e| to_rustls_error(RatlsError::HandshakeSignature(e.to_string())))?;
-        let spki = SubjectPublicKeyInfoDer::from(parsed.public_key().raw);
-        verify_tls13_signature_with_raw_key(
-            message,
-            &spki,
-            dss,
+        verify_tls13(
             &provider().signature_verification_algorithms,
+            message,
+            cert,
+            dss,
         )
     }
 

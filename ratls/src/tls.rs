@@ -49,7 +49,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Checks a TLS 1.3 CertificateVerify signature with the certificate's Ed25519 key.
-fn verify_tls13(
+pub(crate) fn verify_tls13(
     algorithms: &WebPkiSupportedAlgorithms,
     message: &[u8],
     cert: &CertificateDer<'_>,
