@@ -35,8 +35,8 @@ pub const DEFAULT_PROXY: &str = "127.0.0.1:9102";
 pub const DEFAULT_KEY_FILE: &str = "client.key";
 /// Default `cocoon-max-tokens` when a request names none.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
-/// Largest request body the local endpoint accepts (8 MiB).
-pub const DEFAULT_MAX_BODY: usize = 8 << 20;
+/// Largest request body the local endpoint accepts (the protocol limit, 4 MiB).
+pub const DEFAULT_MAX_BODY: usize = protocol::MAX_REQUEST_BODY;
 
 /// Configuration errors; each names the file or field.
 #[derive(Debug, thiserror::Error)]

@@ -285,7 +285,13 @@ async fn oversized_bodies_get_413() {
     let (status, _, _) = raw_http(local, &head, &chunked).await;
     assert_eq!(status, 413);
     // Just under the limit is fine (it reaches the parser: not json → 400).
-    let (status, _, _) = request(local, "POST", "/v1/chat/completions", &vec![b' '; 8 << 20]).await;
+    let (status, _, _) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        &vec![b' '; protocol::MAX_REQUEST_BODY],
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(proxy.requests.lock().unwrap().is_empty());
 }

@@ -35,6 +35,10 @@ pub use usage::Usage;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest OpenAI request body any hop accepts (client, proxy, worker): 4 MiB. Larger bodies
+/// get 413 `payload_too_large` at the first hop that sees them.
+pub const MAX_REQUEST_BODY: usize = 4 << 20;
+
 /// Versions this build accepts from peers.
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 

@@ -47,7 +47,7 @@ use ratls::config::PolicyConfig;
 use serde::Deserialize;
 
 /// Largest request body the proxy accepts from a client (413 above).
-pub const MAX_BODY_BYTES: usize = 4 << 20;
+pub const MAX_BODY_BYTES: usize = protocol::MAX_REQUEST_BODY;
 
 /// Upper bound for `max_prompt_tokens`.
 pub const MAX_PROMPT_TOKENS_LIMIT: u32 = 1_000_000;

@@ -47,7 +47,7 @@ use serde_json::{Map, Value};
 use crate::engine::{GenerationRequest, Input, Message, Sampling};
 
 /// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 4 << 20;
+pub const MAX_BODY_BYTES: usize = protocol::MAX_REQUEST_BODY;
 /// Most messages in one chat request.
 pub const MAX_MESSAGES: usize = 1024;
 /// Most stop sequences.
