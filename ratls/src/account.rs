@@ -14,7 +14,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::cert::{CertResolver, IssuedCert};
-use crate::tls::{provider, to_rustls_error, verify_tls13};
+use crate::tls::{provider, server_config_with, tls12_rejected, to_rustls_error, verify_tls13};
 use crate::RatlsError;
 
 /// OID of Ed25519 public keys (RFC 8410).
@@ -179,7 +179,7 @@ impl ClientCertVerifier for AccountClientVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(to_rustls_error(RatlsError::Tls12))
+        tls12_rejected()
     }
 
     fn verify_tls13_signature(
@@ -207,15 +207,7 @@ pub fn account_server_config(
     resolver: Arc<CertResolver>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, RatlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| RatlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(AccountClientVerifier))
-        .with_cert_resolver(resolver);
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
+    server_config_with(resolver, Some(Arc::new(AccountClientVerifier)), alpn)
 }
 
 #[cfg(test)]

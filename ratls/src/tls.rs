@@ -72,7 +72,7 @@ pub(crate) fn verify_tls13(
         .map_err(|e| to_rustls_error(RatlsError::HandshakeSignature(e.to_string())))
 }
 
-fn tls12_rejected() -> Result<HandshakeSignatureValid, rustls::Error> {
+pub(crate) fn tls12_rejected() -> Result<HandshakeSignatureValid, rustls::Error> {
     Err(to_rustls_error(RatlsError::Tls12))
 }
 
@@ -250,6 +250,20 @@ pub fn client_config(
 pub fn server_config(
     resolver: Arc<CertResolver>,
     verifier: Option<Arc<RaTlsClientVerifier>>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, RatlsError> {
+    server_config_with(
+        resolver,
+        verifier.map(|v| v as Arc<dyn ClientCertVerifier>),
+        alpn,
+    )
+}
+
+/// [`server_config`] with any client verifier (e.g. [`crate::account::AccountClientVerifier`]):
+/// the one place where server-side TLS settings (TLS 1.3 only, no resumption) are made.
+pub(crate) fn server_config_with(
+    resolver: Arc<CertResolver>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, RatlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
