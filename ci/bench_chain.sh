@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${COCOON_BENCH_ROUNDS:-5}
 MODEL_FILE="$HOME/.cache/cocoon/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 DIR=$(mktemp -d)
-target/release/cocoon-host launch --local --dir "$DIR" --port 0 >"$DIR/launcher.out" 2>&1 &
+target/x86_64-unknown-linux-gnu/release/cocoon-host launch --local --dir "$DIR" --port 0 >"$DIR/launcher.out" 2>&1 &
 HOST=$!
 trap 'kill -TERM $HOST 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do [ -f "$DIR/urls.json" ] && break; sleep 0.5; done

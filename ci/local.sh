@@ -15,7 +15,7 @@ echo "== building (release; the first build compiles mistral.rs, ~15 min on 2 co
 cargo build --release --locked -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
 
 rm -f "$DIR/urls.json"
-target/release/cocoon-host launch --local --dir "$DIR" --port "$PORT" &
+target/x86_64-unknown-linux-gnu/release/cocoon-host launch --local --dir "$DIR" --port "$PORT" &
 HOST=$!
 trap 'kill -TERM $HOST 2>/dev/null || true; wait $HOST 2>/dev/null || true' EXIT INT TERM
 

@@ -13,11 +13,15 @@
 //! Trust boundary: quotes, collateral and manifests are untrusted bytes. Trust comes only from
 //! the roots, publisher keys and image hashes the caller puts into a [`policy::Policy`].
 
+pub mod boot;
 pub mod collateral;
+pub mod eventlog;
 pub mod manifest;
 pub mod policy;
 pub mod quote;
 pub mod registers;
+pub mod runtime_log;
+pub mod tdvf;
 pub mod verify;
 
 pub use collateral::{Collateral, CollateralError};

@@ -18,6 +18,9 @@ use measurements::quote::{decode_quote_input, ParsedQuote};
 use measurements::verify::{verify_evidence, Evidence, Rejection};
 use measurements::{Collateral, ImageHash, Policy, TrustRoot};
 
+mod compute_cmd;
+mod eventlog_cmd;
+
 const EXIT_ACCEPTED: u8 = 0;
 const EXIT_REJECTED: u8 = 1;
 const EXIT_UNUSABLE: u8 = 2;
@@ -38,6 +41,11 @@ enum Cmd {
     /// Signed measurement manifests.
     #[command(subcommand)]
     Manifest(ManifestCmd),
+    /// TCG2 (CCEL) and cocoon RTMR3 event logs: replay and explain.
+    #[command(subcommand)]
+    Eventlog(eventlog_cmd::EventlogCmd),
+    /// Expected TD registers computed from boot artifacts (firmware, kernel, initrd, cmdline).
+    Compute(compute_cmd::ComputeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +144,8 @@ fn main() -> ExitCode {
         Cmd::Quote(QuoteCmd::Verify(args)) => quote_verify(&args),
         Cmd::Quote(QuoteCmd::Show { quote, hex }) => quote_show(&quote, hex),
         Cmd::Manifest(cmd) => manifest(cmd),
+        Cmd::Eventlog(cmd) => eventlog_cmd::run(cmd),
+        Cmd::Compute(args) => compute_cmd::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,1 @@
+//! cocoon-init: PID 1 of the cocoon guest (being written).

@@ -1,0 +1,1 @@
+//! Tiny GGUF writer (placeholder; being written).

@@ -1,0 +1,7 @@
+//! cocoon-image: builds the measured guest appliance reproducibly.
+//!
+//! * [`verity`] writes dm-verity hash trees (our own code, fixed salt) for model disks.
+//! * [`gguf`] writes tiny random-weight llama GGUF models for exact-output and boot tests.
+
+pub mod gguf;
+pub mod verity;

@@ -1,0 +1,1 @@
+//! `cocoon-image model` and `cocoon-image tiny-gguf` (placeholder; being written).

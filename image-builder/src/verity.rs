@@ -1,0 +1,1 @@
+//! dm-verity hash trees (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Expected RTMR1/RTMR2 from boot artifacts (placeholder; being written).

@@ -1,0 +1,1 @@
+//! TCG2 crypto-agile event logs as found in the TDX CCEL area (placeholder; being written).

@@ -1,0 +1,1 @@
+//! cocoon's RTMR3 runtime event log (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Expected MRTD from a TDVF firmware image (placeholder; being written).
