@@ -2,6 +2,8 @@
 //!
 //! * [`verity`] writes dm-verity hash trees (our own code, fixed salt) for model disks.
 //! * [`gguf`] writes tiny random-weight llama GGUF models for exact-output and boot tests.
+//! * [`manifest`] is the build record (`manifest.json`) next to the artifacts.
 
 pub mod gguf;
+pub mod manifest;
 pub mod verity;
