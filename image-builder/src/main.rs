@@ -1,10 +1,13 @@
 //! cocoon-image: build guest images and model disks.
+//!
+//! Exit codes: 0 success, 1 failure (the message names the step and the path).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod model_cmd;
+mod tiny_cmd;
 
 /// Build cocoon guest images and model disks reproducibly.
 #[derive(Parser, Debug)]
@@ -15,11 +18,19 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Cmd {}
+enum Cmd {
+    /// Model disk + dm-verity hash tree + model.json from a GGUF file.
+    Model(model_cmd::ModelArgs),
+    /// Write a tiny random-weight llama GGUF (for exact-output and boot tests).
+    TinyGguf(tiny_cmd::TinyArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.cmd {};
+    let result: anyhow::Result<()> = match cli.cmd {
+        Cmd::Model(args) => model_cmd::run(&args),
+        Cmd::TinyGguf(args) => tiny_cmd::run(&args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
