@@ -4,6 +4,10 @@
 //! * [`gguf`] writes tiny random-weight llama GGUF models for exact-output and boot tests.
 //! * [`manifest`] is the build record (`manifest.json`) next to the artifacts.
 
+pub mod cpio;
+pub mod elf;
 pub mod gguf;
+pub mod kernel;
 pub mod manifest;
+pub mod registers;
 pub mod verity;

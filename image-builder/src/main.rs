@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build_cmd;
 mod model_cmd;
 mod tiny_cmd;
 
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Kernel + initramfs + cmdline + manifest.json for a role, reproducibly.
+    Build(build_cmd::BuildArgs),
     /// Model disk + dm-verity hash tree + model.json from a GGUF file.
     Model(model_cmd::ModelArgs),
     /// Write a tiny random-weight llama GGUF (for exact-output and boot tests).
@@ -28,6 +31,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.cmd {
+        Cmd::Build(args) => build_cmd::run(&args),
         Cmd::Model(args) => model_cmd::run(&args),
         Cmd::TinyGguf(args) => tiny_cmd::run(&args),
     };

@@ -47,6 +47,9 @@ pub struct ImageManifest {
     pub cmdline: String,
     /// Platform the registers are for: `tdx` (TDVF boot path) or `sim`.
     pub platform: String,
+    /// Guest memory in bytes the registers assume: QEMU writes memory-dependent fields into the
+    /// kernel's setup header before the firmware measures it, so the VM must use this size.
+    pub memory: u64,
     /// Expected registers for booting these artifacts on `platform`.
     pub registers: TdRegisters,
     /// `registers.image_hash()`.

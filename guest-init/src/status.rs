@@ -1,0 +1,88 @@
+//! Structured status lines on the serial console.
+//!
+//! Every line cocoon-init itself prints is `COCOON-INIT {json}` with a `"stage"` field, so the
+//! host (`cocoon-host launch`) can follow boot without parsing free text:
+//!
+//! ```text
+//! COCOON-INIT {"stage":"mount"}
+//! COCOON-INIT {"stage":"config","sha256":"…","rtmr3":"…"}
+//! COCOON-INIT {"stage":"ready","role":"worker"}
+//! COCOON-INIT {"stage":"exit","code":20,"reason":"model disk: verity check failed …"}
+//! ```
+//!
+//! Lines never contain prompts, completions or keys: the service's own output is copied to the
+//! console unchanged, and the services never log those either.
+
+use serde_json::{Map, Value};
+
+/// Prefix of every status line.
+pub const PREFIX: &str = "COCOON-INIT ";
+
+/// One status line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    fields: Map<String, Value>,
+}
+
+impl Status {
+    pub fn new(stage: &str) -> Self {
+        let mut fields = Map::new();
+        fields.insert("stage".into(), Value::String(stage.into()));
+        Self { fields }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.fields.insert(key.into(), value.into());
+        self
+    }
+
+    /// The line, without a trailing newline.
+    pub fn line(&self) -> String {
+        format!("{PREFIX}{}", Value::Object(self.fields.clone()))
+    }
+
+    /// Prints the line on stdout (the console).
+    pub fn emit(&self) {
+        println!("{}", self.line());
+    }
+}
+
+/// Parses a status line (host side helper and tests); `None` for any other line.
+pub fn parse(line: &str) -> Option<Map<String, Value>> {
+    let json = line.trim_end().strip_prefix(PREFIX)?;
+    match serde_json::from_str::<Value>(json).ok()? {
+        Value::Object(m) if m.get("stage").is_some_and(Value::is_string) => Some(m),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let s = Status::new("exit")
+            .with("code", 20)
+            .with("reason", "model disk: \"x\"");
+        let line = s.line();
+        assert!(line.starts_with("COCOON-INIT {"));
+        let m = parse(&line).unwrap();
+        assert_eq!(m["stage"], "exit");
+        assert_eq!(m["code"], 20);
+    }
+
+    #[test]
+    fn other_lines_are_not_status() {
+        for l in [
+            "",
+            "COCOON-INIT",
+            "COCOON-INIT {",
+            "COCOON-INIT []",
+            "COCOON-INIT {\"stage\":1}",
+            "cocoon-worker: ready",
+        ] {
+            assert!(parse(l).is_none(), "{l}");
+        }
+    }
+}

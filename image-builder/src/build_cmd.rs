@@ -1,0 +1,254 @@
+//! `cocoon-image build --role worker|proxy --out DIR`: kernel + initramfs + cmdline + manifest.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use image::cpio::{Archive, Entry};
+use image::elf;
+use image::kernel::{self, KernelPin};
+use image::manifest::{
+    Artifact, ImageManifest, KernelPin as ManifestKernel, IMAGE_MANIFEST_FORMAT,
+};
+use image::registers::{self, Platform, VmShape};
+
+/// Arguments of `cocoon-image build`.
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// The guest role: which service the image runs.
+    #[arg(long, value_parser = ["worker", "proxy"])]
+    pub role: String,
+    /// Output directory (created; existing artifacts are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Directory holding the static `cocoon-init` and `cocoon-<role>` binaries
+    /// (default: the directory of cocoon-image itself).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Use this kernel .deb instead of fetching the pinned one (its sha256 must match the pin).
+    #[arg(long)]
+    pub kernel_deb: Option<PathBuf>,
+    /// Cache for the kernel package (default: ~/.cache/cocoon/kernel).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Which platform the manifest's registers are for.
+    #[arg(long, value_enum, default_value = "sim")]
+    pub platform: Platform,
+    /// Guest memory the registers assume (QEMU patches the kernel header with it), e.g. 2G.
+    #[arg(long, default_value = "2G", value_parser = registers::parse_size)]
+    pub memory: u64,
+    /// tdx: the TDVF firmware file (MRTD is computed from it).
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// tdx: RTMR0 pinned from the event-log replay of a real boot (it covers QEMU's ACPI
+    /// tables and the TD HOB, which cocoon cannot compute from artifacts).
+    #[arg(long)]
+    pub rtmr0: Option<String>,
+    /// Source commit recorded in the manifest (default: `git rev-parse HEAD` if available).
+    #[arg(long)]
+    pub source_commit: Option<String>,
+}
+
+fn progress(start: Instant, what: &str) {
+    eprintln!(
+        "cocoon-image: [{:>6.2}s] {what}",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn default_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate cocoon-image")?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/cocoon/kernel")
+}
+
+fn read_static(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    elf::check_static(&bytes).with_context(|| path.display().to_string())?;
+    Ok(bytes)
+}
+
+fn artifact(bytes: &[u8]) -> Artifact {
+    Artifact {
+        sha256: hex::encode(Sha256::digest(bytes)),
+        size: bytes.len() as u64,
+    }
+}
+
+/// The kernel command line of a role's image (measured into RTMR2).
+pub fn cmdline(role: &str) -> String {
+    format!("console=ttyS0 panic=-1 quiet cocoon.role={role}")
+}
+
+pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let pin = KernelPin::pinned()?;
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => default_bin_dir()?,
+    };
+    let cache = args.cache.clone().unwrap_or_else(default_cache);
+
+    let deb = kernel::fetch(&pin, &cache, args.kernel_deb.as_deref())?;
+    let unpacked = kernel::unpack(&pin, &deb, &cache)?;
+    progress(start, &format!("kernel {} {}", pin.package, pin.version));
+
+    let init = read_static(&bin_dir.join("cocoon-init"))?;
+    let service_name = format!("cocoon-{}", args.role);
+    let service = read_static(&bin_dir.join(&service_name))?;
+
+    let modules = pin.modules_for(&args.role);
+    let mut module_bytes = BTreeMap::new();
+    for rel in &modules {
+        let path = unpacked.modules_dir.join(rel);
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        module_bytes.insert(rel.clone(), bytes);
+    }
+    kernel::check_order(&modules, |rel| {
+        Ok(kernel::module_depends(&kernel::decompress_module(
+            &unpacked.modules_dir.join(rel),
+        )?))
+    })?;
+    progress(
+        start,
+        &format!("{} modules, dependency order checked", modules.len()),
+    );
+
+    let mut archive = Archive::new();
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        archive.insert(dir, Entry::Dir)?;
+    }
+    archive.insert("dev/console", Entry::CharDev { major: 5, minor: 1 })?;
+    archive.insert(
+        "init",
+        Entry::File {
+            mode: 0o755,
+            data: init,
+        },
+    )?;
+    archive.insert(
+        &format!("bin/{service_name}"),
+        Entry::File {
+            mode: 0o755,
+            data: service,
+        },
+    )?;
+    let mut list = String::new();
+    for (rel, bytes) in module_bytes {
+        let in_image = format!("{}/{rel}", pin.release);
+        archive.insert(
+            &format!("lib/modules/{in_image}"),
+            Entry::File {
+                mode: 0o644,
+                data: bytes,
+            },
+        )?;
+        let _ = &in_image;
+    }
+    for rel in &modules {
+        list.push_str(&format!("{}/{rel}\n", pin.release));
+    }
+    archive.insert(
+        "etc/cocoon/modules",
+        Entry::File {
+            mode: 0o644,
+            data: list.into_bytes(),
+        },
+    )?;
+    let initramfs = archive.to_cpio_gz()?;
+    progress(
+        start,
+        &format!(
+            "initramfs: {} entries, {} bytes gzip",
+            archive.len(),
+            initramfs.len()
+        ),
+    );
+
+    let vmlinuz = std::fs::read(&unpacked.vmlinuz)
+        .with_context(|| format!("read {}", unpacked.vmlinuz.display()))?;
+    let cmdline = cmdline(&args.role);
+
+    let firmware = match &args.firmware {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("read {}", p.display()))?),
+        None => None,
+    };
+    let shape = VmShape {
+        memory: args.memory,
+    };
+    let (regs, sources) = registers::expected(
+        args.platform,
+        &vmlinuz,
+        &initramfs,
+        &cmdline,
+        &shape,
+        firmware.as_deref(),
+        args.rtmr0.as_deref(),
+    )?;
+    progress(start, "registers computed");
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("mkdir {}", args.out.display()))?;
+    let mut artifacts = BTreeMap::new();
+    for (name, bytes) in [
+        ("vmlinuz", &vmlinuz[..]),
+        ("initramfs.cpio.gz", &initramfs[..]),
+        ("cmdline", cmdline.as_bytes()),
+    ] {
+        let path = args.out.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
+        artifacts.insert(name.to_string(), artifact(bytes));
+    }
+    let manifest = ImageManifest {
+        format: IMAGE_MANIFEST_FORMAT.into(),
+        role: args.role.clone(),
+        artifacts,
+        kernel: ManifestKernel {
+            package: pin.package.clone(),
+            version: pin.version.clone(),
+            deb_sha256: pin.deb_sha256.clone(),
+        },
+        cmdline,
+        platform: args.platform.name().into(),
+        memory: args.memory,
+        image_hash: regs.image_hash(),
+        registers: regs,
+        register_sources: sources,
+        source_commit: args.source_commit.clone().or_else(git_head),
+    };
+    let mut json = serde_json::to_string_pretty(&manifest)?;
+    json.push('\n');
+    let path = args.out.join("manifest.json");
+    std::fs::write(&path, json).with_context(|| format!("write {}", path.display()))?;
+    progress(start, &format!("wrote {}", args.out.display()));
+    for (name, a) in &manifest.artifacts {
+        println!("{}  {name}", a.sha256);
+    }
+    println!("{}  image_hash ({})", manifest.image_hash, manifest.role);
+    if initramfs.len() > 60 << 20 {
+        bail!(
+            "initramfs is {} bytes, over the 60 MB budget",
+            initramfs.len()
+        );
+    }
+    Ok(())
+}
+
+fn git_head() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| s.len() == 40)
+}
