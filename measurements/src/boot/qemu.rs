@@ -28,8 +28,9 @@
 //! memory size (below 0xb0000000 bytes), the initrd size and, through `vga=` and for old
 //! protocols through its length, the cmdline.
 //!
-//! The setup header lies inside the PE headers (`SizeOfHeaders` is 0x1000 in Linux 6.x
-//! bzImages), so all of these bytes are covered by the Authenticode digest.
+//! The setup header lies inside the PE headers (`SizeOfHeaders` is 0x1000 in the Debian
+//! 6.12 bzImage checked in `tests/boot.rs`), so all of these bytes are covered by the
+//! Authenticode digest; [`crate::boot::authenticode::hashed_ranges`] tells for any image.
 //!
 //! Versions: upstream QEMU gained TDX in 10.1, whose `x86_load_linux` leaves the header of
 //! every confidential guest alone (`if (!MACHINE(x86ms)->cgs && protocol > 0)`), so the file is
