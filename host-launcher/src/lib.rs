@@ -1,6 +1,8 @@
-//! cocoon-host: the host-side tool. Today: `launch --local`, the whole network (proxy, worker,
-//! client) as local processes on the simulated TDX platform with a real small model; later the
-//! QEMU/TDX launch of guest images, preflight and status.
+//! cocoon-host: the host-side tool. `launch CONFIG.toml` boots a guest image in QEMU as an
+//! Intel TDX trust domain or under TCG on the simulated TDX platform ([`vm`]); `gpu` prepares
+//! GPUs for passthrough ([`gpu`]); `preflight` checks a host ([`preflight`]); `launch --local`
+//! runs the whole network (proxy, worker, client) as local processes on the simulated TDX
+//! platform with a real small model.
 //!
 //! # Trust boundary
 //!
@@ -17,22 +19,35 @@
 //! * [`model`]: fetching, extracting and verifying the model.
 //! * [`supervise`]: child processes, readiness lines, logs, signals.
 //! * [`launch`]: the `launch --local` sequence.
+//! * [`vm`]: `launch CONFIG.toml`: config, image check, config disk, QEMU command line,
+//!   simulated platform files, supervision.
+//! * [`gpu`]: PCI devices, vfio-pci binding (on an injectable sysfs root).
+//! * [`preflight`]: host checks (on injectable roots).
 
+pub mod gpu;
 pub mod launch;
 pub mod local;
 pub mod model;
+pub mod preflight;
 pub mod registers;
 pub mod supervise;
+pub mod vm;
 
 /// Exit codes of `cocoon-host`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
-    /// Stopped cleanly (SIGINT/SIGTERM), or `--print-config` / `--help` done.
+    /// Stopped cleanly (SIGINT/SIGTERM), the guest powered off cleanly (exit line with code 0),
+    /// `--print` / `--print-config` / `--help` done, `gpu` done, `preflight` all ok.
     Clean = 0,
-    /// A child failed: exited, or not ready in time.
+    /// A child failed: a local service exited or was not ready in time; the guest reported a
+    /// failure (exit line with a non-zero code); QEMU died without an exit line; the guest was
+    /// not ready in time; a `preflight` check is missing; a `gpu` operation failed.
     ChildFailed = 1,
-    /// Usage or configuration error (bad flags, missing binaries, port in use, unwritable dir).
+    /// Usage or configuration error (bad flags, invalid config naming the field, missing
+    /// files or binaries, port in use, GPU not on vfio-pci, unwritable dir).
     Usage = 2,
-    /// The model could not be fetched or verified.
+    /// The model could not be fetched or verified (`launch --local`).
     ModelFetch = 3,
+    /// The guest image does not match its `manifest.json` (or has none, or is for another role).
+    ImageCheck = 4,
 }

