@@ -189,10 +189,11 @@ impl TeeKind {
     }
 }
 
-/// Step 4: the TEE device. TDX when the configfs-tsm report interface exists; otherwise the
-/// simulated platform the launcher passed through fw_cfg; otherwise fail.
+/// Step 4: the TEE device. TDX when the TDX guest device exists (the `tdx-guest` module only
+/// binds inside a TD; configfs-tsm's report directory alone exists whenever `tsm` is loaded);
+/// otherwise the simulated platform the launcher passed through fw_cfg; otherwise fail.
 pub fn open_tee() -> Result<(TeeKind, OpenedTee), Failure> {
-    if Path::new("/sys/kernel/config/tsm/report").is_dir() {
+    if Path::new("/sys/class/misc/tdx_guest").exists() || Path::new("/dev/tdx_guest").exists() {
         let tee = TeeConfig::Tdx {
             report_root: None,
             measurements_root: None,

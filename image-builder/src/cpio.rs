@@ -108,13 +108,14 @@ impl Archive {
         Ok(out)
     }
 
-    /// The gzip-compressed archive (level 9, no name, mtime 0).
+    /// The gzip-compressed archive (level 6, no name, mtime 0; level 9 saves under 1 % on the
+    /// worker image and takes four times longer).
     pub fn to_cpio_gz(&self) -> Result<Vec<u8>, CpioError> {
         let cpio = self.to_cpio()?;
         let mut gz = flate2::GzBuilder::new()
             .mtime(0)
             .operating_system(3)
-            .write(Vec::new(), flate2::Compression::best());
+            .write(Vec::new(), flate2::Compression::new(6));
         gz.write_all(&cpio)?;
         Ok(gz.finish()?)
     }

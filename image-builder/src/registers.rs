@@ -11,9 +11,15 @@
 
 use std::collections::BTreeMap;
 
+use measurements::boot::qemu::HeaderPatching;
+use measurements::boot::{ExpectedBoot, TdvfProfile};
 use measurements::registers::Sha384;
 use measurements::TdRegisters;
 use sha2::Digest;
+
+/// cocoon requires QEMU >= 10.1 on TDX hosts, which hands a confidential guest's kernel to the
+/// firmware unpatched: RTMR1 covers the kernel file as built, independent of guest memory.
+pub const HEADER_PATCHING: HeaderPatching = HeaderPatching::Unpatched;
 
 /// Which platform the registers are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -136,6 +142,14 @@ pub fn boot_registers(
     cmdline: &str,
     shape: &VmShape,
 ) -> anyhow::Result<(Sha384, Sha384)> {
-    let _ = (kernel, initrd, cmdline, shape);
-    anyhow::bail!("boot register computation not wired yet")
+    let boot = ExpectedBoot::from_artifacts(
+        kernel,
+        Some(initrd),
+        cmdline,
+        shape.memory,
+        HEADER_PATCHING,
+        TdvfProfile::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("kernel: {e}"))?;
+    Ok((boot.rtmr1(), boot.rtmr2()))
 }

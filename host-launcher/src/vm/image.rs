@@ -200,12 +200,11 @@ pub fn load(dir: &Path, role: Role) -> Result<BootImage, ImageError> {
 /// The registers a TD booted from `image` reports, with the owner-chosen identity registers
 /// of the config (`[tdx] mrconfigid`, `mrowner`, `mrownerconfig`) in place of the manifest's.
 ///
-/// Under `--tee sim` these are what the launcher hands the simulated platform. Today they are
-/// the manifest's registers; [`recompute_boot_rtmrs`] is where the launcher will recompute
-/// RTMR1/RTMR2 from the artifacts it actually boots (with the same `measurements` code an
-/// auditor runs) instead of trusting the manifest.
-pub fn expected_registers(image: &BootImage, ids: &TdIds) -> TdRegisters {
-    let mut r = recompute_boot_rtmrs(image);
+/// Under `--tee sim` these are what the launcher hands the simulated platform. RTMR1 and RTMR2
+/// are recomputed from the artifacts actually booted ([`recompute_boot_rtmrs`], the same
+/// `measurements::boot` code an auditor runs); a manifest that disagrees is refused.
+pub fn expected_registers(image: &BootImage, ids: &TdIds) -> Result<TdRegisters, ImageError> {
+    let mut r = recompute_boot_rtmrs(image)?;
     if let Some(v) = ids.mrconfigid {
         r.mrconfigid = v;
     }
@@ -215,11 +214,48 @@ pub fn expected_registers(image: &BootImage, ids: &TdIds) -> TdRegisters {
     if let Some(v) = ids.mrownerconfig {
         r.mrownerconfig = v;
     }
-    r
+    Ok(r)
 }
 
-/// Seam: RTMR1 (kernel) and RTMR2 (command line, initrd) of `image`. Returns the manifest's
-/// registers unchanged until `measurements::boot` computes them from the artifacts.
-pub fn recompute_boot_rtmrs(image: &BootImage) -> TdRegisters {
-    image.manifest.registers
+/// The manifest's registers with RTMR1 (kernel) and RTMR2 (command line, initrd) recomputed
+/// from the files in the image directory. They must equal the manifest's: otherwise the
+/// manifest does not describe these artifacts and the launcher refuses to boot them.
+///
+/// A kernel that is not a PE/COFF image (test fixtures) cannot be measured: the manifest's
+/// values are used and a warning is printed.
+pub fn recompute_boot_rtmrs(image: &BootImage) -> Result<TdRegisters, ImageError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let kernel = read(&image.kernel)?;
+    let initrd = read(&image.initrd)?;
+    let shape = ::image::registers::VmShape {
+        memory: image.manifest.memory,
+    };
+    let mut r = image.manifest.registers;
+    match ::image::registers::boot_registers(&kernel, &initrd, &image.cmdline, &shape) {
+        Ok((rtmr1, rtmr2)) => {
+            for (i, got) in [(1, rtmr1), (2, rtmr2)] {
+                if r.rtmr[i] != got {
+                    return Err(ImageError::Manifest {
+                        path: image.dir.join(MANIFEST),
+                        reason: format!(
+                            "rtmr{i} mismatch: the manifest says {}, the artifacts measure to {}",
+                            hex::encode(r.rtmr[i]),
+                            hex::encode(got)
+                        ),
+                    });
+                }
+                r.rtmr[i] = got;
+            }
+        }
+        Err(e) => eprintln!(
+            "cocoon-host: warning: cannot recompute RTMR1/RTMR2 from {} ({e:#}); using the manifest's",
+            image.kernel.display()
+        ),
+    }
+    Ok(r)
 }

@@ -132,7 +132,8 @@ pub fn prepare(opts: &VmOptions) -> Result<Prepared, Failure> {
             ));
         }
     }
-    let registers = image::expected_registers(&image, &config.td_ids);
+    let registers = image::expected_registers(&image, &config.td_ids)
+        .map_err(|e| fail(Exit::ImageCheck, e.to_string()))?;
     let command = qemu::command(&config, &instance, &Boot::from(&image));
     Ok(Prepared {
         config,
