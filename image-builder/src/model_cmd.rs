@@ -150,7 +150,7 @@ fn copy_padded(gguf: &Path, dest: &Path) -> anyhow::Result<Copied> {
         anyhow::bail!("{}: empty file", gguf.display());
     }
     let mut source = Sha256::new();
-    let mut image = Sha256::new();
+    let mut image_sha256 = [0u8; 32];
     let mut progress = Progress::new("copying", gguf, expected);
     let mut size = 0u64;
     let mut buf = vec![0u8; CHUNK];
@@ -169,14 +169,16 @@ fn copy_padded(gguf: &Path, dest: &Path) -> anyhow::Result<Copied> {
                 ));
             }
             source.update(&buf[..n]);
-            image.update(&buf[..n]);
             w.write_all(&buf[..n])?;
             size += n as u64;
             progress.at(size);
         }
         let pad = (size.next_multiple_of(BLOCK_SIZE as u64) - size) as usize;
         let zeros = vec![0u8; pad];
+        // The image is the source plus zeros: continue from a copy of the source digest.
+        let mut image = source.clone();
         image.update(&zeros);
+        image_sha256 = image.finalize().into();
         w.write_all(&zeros)
     })
     .with_context(|| format!("copy {} to {}", gguf.display(), dest.display()))?;
@@ -189,7 +191,7 @@ fn copy_padded(gguf: &Path, dest: &Path) -> anyhow::Result<Copied> {
     Ok(Copied {
         source_sha256: source.finalize().into(),
         source_size: size,
-        image_sha256: image.finalize().into(),
+        image_sha256,
         image_size: size.next_multiple_of(BLOCK_SIZE as u64),
     })
 }
