@@ -371,6 +371,14 @@ mod tests {
             "6c85f1c78f0518e6460a7405414d5a19c4abfd95fafa9c9d4c496a5c7017c7ca\
              46c147288c64b149f14351b0084efef3"
         );
+        // The example in docs/eventlogs.md.
+        let mut log = RuntimeLog::new();
+        log.append(ev);
+        assert_eq!(
+            hex::encode(log.replay()),
+            "45a48a435e49e8a230aa28606dd59d9edbafd8bb57df4d71b10a90680f34234\
+             570275de5c232638efb014461c8f7e23b"
+        );
         let other = RuntimeEvent::new("model.weights-v2", b"abc".to_vec()).unwrap();
         let want = sha384(&[
             b"cocoon/rtmr3-event/v1\0",

@@ -185,6 +185,10 @@ fn descriptions_decode_payloads() {
     let gke = parse(&read("CCEL_data_grub_gke")).unwrap();
     let d: Vec<String> = gke.events.iter().map(Event::describe).collect();
     assert!(d.iter().any(|x| x == "\".cmdline\""), "{d:#?}");
+    assert_eq!(
+        d[0],
+        "SP800-155 Event3 (reference manifest information), 160 bytes"
+    );
     let td_shim = parse(&read("CCEL_data")).unwrap();
     let d: Vec<String> = td_shim.events.iter().map(Event::describe).collect();
     assert!(d[0].starts_with("\"td_hob\" + "), "{d:#?}");

@@ -106,6 +106,7 @@ impl Event {
             EV_EFI_HANDOFF_TABLES2 => describe_handoff(data, true),
             EV_EFI_GPT_EVENT | EV_EFI_GPT_EVENT2 => describe_gpt(data),
             EV_EVENT_TAG => describe_tagged(data),
+            EV_NO_ACTION => describe_no_action(data),
             EV_SEPARATOR => Some(match data {
                 [0, 0, 0, 0] => "separator".to_owned(),
                 [0xFF, 0xFF, 0xFF, 0xFF] => "separator (error)".to_owned(),
@@ -274,6 +275,24 @@ fn describe_gpt(data: &[u8]) -> Option<String> {
     ))
 }
 
+/// `EV_NO_ACTION` structures are named by a 16-byte signature (PFP section 10.4.5).
+fn describe_no_action(data: &[u8]) -> Option<String> {
+    let sig = data.get(..16)?;
+    let what = match sig {
+        b"SP800-155 Event3" | b"SP800-155 Event\0" => "reference manifest information",
+        b"StartupLocality\0" => "startup locality",
+        b"Spec ID Event03\0" => "spec id",
+        b"NvIndexInstance\0" | b"NvIndexDynamic\0\0" => "nv index",
+        _ => return None,
+    };
+    let name = std::str::from_utf8(sig).unwrap_or_default();
+    Some(format!(
+        "{} ({what}), {} bytes",
+        name.trim_end_matches('\0'),
+        data.len()
+    ))
+}
+
 fn describe_tagged(data: &[u8]) -> Option<String> {
     let mut c = Cur(data);
     let id = c.u32()?;
@@ -400,5 +419,10 @@ mod tests {
         ];
         assert_eq!(guid_label(&g), "EFI_GLOBAL_VARIABLE");
         assert_eq!(leading_tag(b"td_hob\0\x01"), Some("td_hob".to_owned()));
+        assert_eq!(
+            describe_no_action(b"NvIndexDynamic\0\0").as_deref(),
+            Some("NvIndexDynamic (nv index), 16 bytes")
+        );
+        assert_eq!(describe_no_action(b"short"), None);
     }
 }

@@ -7,6 +7,8 @@
 //! * `runtime`: a cocoon RTMR3 runtime log (JSON). With `--quote`: exit 0 when the log replays
 //!   to the quote's RTMR3, 1 when not (the reason is printed), 2 if unusable.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -91,6 +93,16 @@ fn at(path: &Path, e: impl std::fmt::Display) -> Unusable {
     Unusable(format!("{}: {e}", path.display()))
 }
 
+/// Writes the output; a closed pipe (`… | head`) is not an error.
+fn emit(text: &str) -> Result<(), Unusable> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Unusable(format!("cannot write output: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn rtmr_lines(rtmr: &[Sha384; 4]) -> String {
     rtmr.iter()
         .enumerate()
@@ -101,31 +113,35 @@ fn rtmr_lines(rtmr: &[Sha384; 4]) -> String {
 fn replay(src: &CcelArgs, as_json: bool) -> Result<u8, Unusable> {
     let (log, _) = load_ccel(src)?;
     let rtmr = log.replay();
+    let mut o = String::new();
     if as_json {
         let out = json!({
             "rtmr": rtmr.iter().map(hex::encode).collect::<Vec<_>>(),
             "events": log.events.len(),
         });
-        println!("{}", serde_json::to_string(&out)?);
+        writeln!(o, "{}", serde_json::to_string(&out)?)?;
     } else {
-        println!("events: {}", log.events.len());
-        print!("{}", rtmr_lines(&rtmr));
+        writeln!(o, "events: {}", log.events.len())?;
+        o.push_str(&rtmr_lines(&rtmr));
     }
+    emit(&o)?;
     Ok(EXIT_ACCEPTED)
 }
 
 fn show(src: &CcelArgs) -> Result<u8, Unusable> {
     let (log, table) = load_ccel(src)?;
+    let mut o = String::new();
     if let Some(t) = &table {
         let kind = if t.cc_type == CC_TYPE_TDX {
             "tdx"
         } else {
             "not tdx"
         };
-        println!(
+        writeln!(
+            o,
             "ccel table: cc type {} ({kind}), subtype {}, log area {:#x} bytes at {:#x}",
             t.cc_type, t.cc_subtype, t.laml, t.lasa
-        );
+        )?;
     }
     let s = &log.spec_id;
     let algs: Vec<String> = s
@@ -133,14 +149,15 @@ fn show(src: &CcelArgs) -> Result<u8, Unusable> {
         .iter()
         .map(|a| format!("{:#06x}/{}", a.alg_id, a.digest_size))
         .collect();
-    println!(
+    writeln!(
+        o,
         "spec id event: version {}.{} errata {}, algorithms {}, vendor info {:?}",
         s.spec_version_major,
         s.spec_version_minor,
         s.spec_errata,
         algs.join(" "),
         String::from_utf8_lossy(&s.vendor_info)
-    );
+    )?;
     let mut mismatches = 0;
     for (i, ev) in log.events.iter().enumerate() {
         let target = match ev.rtmr_index() {
@@ -151,25 +168,34 @@ fn show(src: &CcelArgs) -> Result<u8, Unusable> {
         if matches!(check, DigestCheck::Mismatch { .. }) {
             mismatches += 1;
         }
-        println!(
+        writeln!(
+            o,
             "{i:>3} mr{} {target:<5} {:<33} {}… {} [{check}]",
             ev.mr_index,
             ev.type_name(),
             &hex::encode(ev.sha384)[..16],
             ev.describe(),
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        o,
         "events: {}, log ends at offset {:#x}",
         log.events.len(),
         log.end.offset()
-    );
-    print!("{}", rtmr_lines(&log.replay()));
+    )?;
+    o.push_str(&rtmr_lines(&log.replay()));
     if mismatches > 0 {
-        println!("rejected: {mismatches} event digest(s) contradict their data");
-        return Ok(EXIT_REJECTED);
+        writeln!(
+            o,
+            "rejected: {mismatches} event digest(s) contradict their data"
+        )?;
     }
-    Ok(EXIT_ACCEPTED)
+    emit(&o)?;
+    Ok(if mismatches > 0 {
+        EXIT_REJECTED
+    } else {
+        EXIT_ACCEPTED
+    })
 }
 
 fn runtime(args: &RuntimeArgs) -> Result<u8, Unusable> {
@@ -180,6 +206,7 @@ fn runtime(args: &RuntimeArgs) -> Result<u8, Unusable> {
         None => None,
     };
     let verdict = quote_rtmr3.map(|q| log.check(&q));
+    let mut o = String::new();
     if args.json {
         let out = json!({
             "rtmr3": hex::encode(rtmr3),
@@ -189,7 +216,7 @@ fn runtime(args: &RuntimeArgs) -> Result<u8, Unusable> {
             "verdict": verdict.as_ref().map(|v| if v.is_ok() { "match" } else { "mismatch" }),
             "reason": verdict.as_ref().and_then(|v| v.as_ref().err()).map(|e| e.to_string()),
         });
-        println!("{}", serde_json::to_string(&out)?);
+        writeln!(o, "{}", serde_json::to_string(&out)?)?;
     } else {
         for (i, ev) in log.events.iter().enumerate() {
             let payload = if ev.payload.len() <= 48 {
@@ -197,23 +224,25 @@ fn runtime(args: &RuntimeArgs) -> Result<u8, Unusable> {
             } else {
                 format!("{} bytes", ev.payload.len())
             };
-            println!(
+            writeln!(
+                o,
                 "{i:>3} {:<20} digest {}… payload {payload}",
                 ev.name,
                 &hex::encode(ev.digest())[..16]
-            );
+            )?;
         }
-        println!("events: {}", log.events.len());
+        writeln!(o, "events: {}", log.events.len())?;
         if let Some(c) = log.config_digest() {
-            println!("config sha256: {}", hex::encode(c));
+            writeln!(o, "config sha256: {}", hex::encode(c))?;
         }
-        println!("rtmr3: {}", hex::encode(rtmr3));
+        writeln!(o, "rtmr3: {}", hex::encode(rtmr3))?;
         match &verdict {
-            Some(Ok(())) => println!("match: the quote's rtmr3 equals the replayed log"),
-            Some(Err(e)) => println!("rejected: {e}"),
+            Some(Ok(())) => writeln!(o, "match: the quote's rtmr3 equals the replayed log")?,
+            Some(Err(e)) => writeln!(o, "rejected: {e}")?,
             None => {}
         }
     }
+    emit(&o)?;
     Ok(match verdict {
         Some(Err(_)) => EXIT_REJECTED,
         _ => EXIT_ACCEPTED,
