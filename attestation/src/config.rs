@@ -7,7 +7,12 @@
 //! kind = "sim"
 //! platform_file = "sim-platform.json"     # SimPlatformSeed JSON (written by cocoon-host)
 //! registers_file = "worker-registers.json" # TdRegisters JSON: what this "TD" measures as
+//! runtime_log_file = "/run/cocoon/rtmr3-log.json" # optional: RTMR3 starts as this log's replay
 //! ```
+//! In a guest under `cocoon-host launch --tee sim`, cocoon-init extends RTMR3 with the config
+//! digest before the service starts and writes the RTMR3 event log; the service's simulated
+//! device starts from that log's replay (`runtime_log_file`), which is what a real TD's RTMR3
+//! would hold at that point.
 //! Relative paths are resolved against the config file's directory.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +40,8 @@ pub enum TeeConfig {
     Sim {
         platform_file: PathBuf,
         registers_file: PathBuf,
+        #[serde(default)]
+        runtime_log_file: Option<PathBuf>,
     },
 }
 
@@ -96,6 +103,7 @@ impl TeeConfig {
             Self::Sim {
                 platform_file,
                 registers_file,
+                runtime_log_file,
             } => {
                 let seed = SimPlatformSeed::from_json(&read(&base.join(platform_file))?)
                     .map_err(|e| TeeError::Unavailable(format!("sim platform: {e}")))?;
@@ -107,6 +115,14 @@ impl TeeConfig {
                     .map_err(|e| {
                         TeeError::Registers(format!("{}: {e}", registers_file.display()))
                     })?;
+                let mut regs = regs;
+                if let Some(log_file) = runtime_log_file {
+                    let path = base.join(log_file);
+                    let text = read(&path)?;
+                    let log = measurements::runtime_log::RuntimeLog::from_json(text.as_bytes())
+                        .map_err(|e| TeeError::Registers(format!("{}: {e}", path.display())))?;
+                    regs.rtmr[3] = log.replay();
+                }
                 Ok(OpenedTee {
                     device: Arc::new(SimTdx::new(platform.clone(), regs)),
                     sim_platform: Some(platform),

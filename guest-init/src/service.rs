@@ -186,6 +186,8 @@ fn spawn(role: Role, service: &Service, ready: mpsc::Sender<()>) -> std::io::Res
     let mut child = Command::new(role.binary())
         .args(&service.args)
         .env_clear()
+        .env("HOME", "/run/cocoon")
+        .env("PATH", "/bin")
         .envs(&service.env)
         .current_dir("/run/cocoon")
         .stdin(Stdio::null())

@@ -212,7 +212,7 @@ pub fn open_tee() -> Result<(TeeKind, OpenedTee), Failure> {
         let tee = TeeConfig::Sim {
             platform_file: p,
             registers_file: r,
-            // runtime_log_file: None,  (TODO(me): re-enable with the runtime_log patch)
+            runtime_log_file: None,
         };
         let opened = tee
             .open(Path::new("/"))

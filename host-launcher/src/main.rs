@@ -44,6 +44,13 @@ enum Cmd {
     Gpu(GpuArgs),
     /// Check that this host can run a TDX guest with GPUs; prints `missing X: how to fix`.
     Preflight(PreflightArgs),
+    /// Create (or load) the simulated TDX platform of a state directory and print the paths of
+    /// its files, so configs that must name its root can be written before the first launch.
+    SimPlatform {
+        /// The VM state directory (`state_dir` of the VM configs that share this platform).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,6 +193,26 @@ fn main() -> ExitCode {
         Cmd::Launch(args) => launch_cmd(args),
         Cmd::Gpu(args) => gpu_cmd(args),
         Cmd::Preflight(args) => preflight_cmd(args),
+        Cmd::SimPlatform { state_dir } => sim_platform_cmd(&state_dir),
+    }
+}
+
+fn sim_platform_cmd(state_dir: &std::path::Path) -> ExitCode {
+    use host::vm::state;
+    match state::sim_platform(state_dir) {
+        Ok((_, created)) => {
+            println!(
+                "{} platform {}",
+                if created { "created" } else { "loaded" },
+                state::sim_platform_path(state_dir).display()
+            );
+            println!("root {}", state::sim_root_path(state_dir).display());
+            code(Exit::Clean)
+        }
+        Err(e) => {
+            eprintln!("cocoon-host: {e}");
+            code(Exit::Usage)
+        }
     }
 }
 

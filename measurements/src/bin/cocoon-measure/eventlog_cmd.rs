@@ -38,6 +38,19 @@ pub enum EventlogCmd {
     },
     /// Replay a cocoon RTMR3 runtime log (JSON); with --quote, compare it with the quote's RTMR3.
     Runtime(RuntimeArgs),
+    /// The RTMR3 (and its log) a guest reports after cocoon-init measured this config disk:
+    /// the value a verifier's policy `rtmr3 = [...]` pins for that configuration.
+    ExpectConfig {
+        /// The config disk exactly as the guest sees it (e.g. STATE_DIR/instance-N/config.tar).
+        #[arg(long, value_name = "FILE", required_unless_present = "config_sha256")]
+        config_disk: Option<PathBuf>,
+        /// Or its SHA-256 (hex), as `cocoon-host launch --print` shows it.
+        #[arg(long, value_name = "HEX", conflicts_with = "config_disk")]
+        config_sha256: Option<String>,
+        /// Print JSON ({"config_sha256", "rtmr3", "log"}) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -72,7 +85,41 @@ pub fn run(cmd: EventlogCmd) -> Result<u8, Unusable> {
         EventlogCmd::Replay { src, json } => replay(&src, json),
         EventlogCmd::Show { src } => show(&src),
         EventlogCmd::Runtime(args) => runtime(&args),
+        EventlogCmd::ExpectConfig {
+            config_disk,
+            config_sha256,
+            json,
+        } => {
+            let sha256 = match (config_disk, config_sha256) {
+                (Some(path), _) => {
+                    use sha2::Digest as _;
+                    sha2::Sha256::digest(read(&path)?).into()
+                }
+                (None, Some(hex)) => measurements::parse_hex_array::<32>(&hex, "config sha256")?,
+                (None, None) => {
+                    return Err(Unusable("give --config-disk or --config-sha256".into()))
+                }
+            };
+            expect_config(sha256, json)
+        }
     }
+}
+
+fn expect_config(sha256: [u8; 32], as_json: bool) -> Result<u8, Unusable> {
+    let mut log = RuntimeLog::default();
+    log.append(measurements::runtime_log::RuntimeEvent::config(sha256));
+    let rtmr3 = hex::encode(log.replay());
+    if as_json {
+        let log_json: serde_json::Value = serde_json::from_str(&log.to_json())?;
+        println!(
+            "{}",
+            json!({"config_sha256": hex::encode(sha256), "rtmr3": rtmr3, "log": log_json})
+        );
+    } else {
+        println!("config sha256  {}", hex::encode(sha256));
+        println!("rtmr3          {rtmr3}");
+    }
+    Ok(EXIT_ACCEPTED)
 }
 
 fn load_ccel(src: &CcelArgs) -> Result<(EventLog, Option<CcelTable>), Unusable> {
