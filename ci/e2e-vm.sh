@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# The guest appliance end to end under QEMU TCG with the simulated TDX platform:
+#
+#  1. reproducibility: build the proxy and worker images twice in different directories and
+#     compare the SHA-256 of every artifact (listed in the log);
+#  2. a tiny generated GGUF on a dm-verity model disk (cocoon-image tiny-gguf + model);
+#  3. boot the proxy VM and the worker VM; the proxy pins the worker image hash and the RTMR3 of
+#     its config, the host's cocoon-client pins the proxy image hash (from the freshly built
+#     manifest) and its RTMR3; a chat completion comes back client → proxy VM → worker VM;
+#  4. a client pinned to a manifest from a different build refuses the proxy;
+#  5. one changed byte in the worker's config changes RTMR3 and the proxy refuses that worker;
+#  6. one flipped byte in the model disk: the worker VM stops with exit 20 before serving;
+#  7. a service that keeps failing is restarted with backoff, then init gives up (exit 31);
+#  8. SIGTERM to the launcher powers the proxy VM off cleanly (exit 0).
+#
+# Figures (boot-to-ready, initramfs sizes, image build time) are printed as `figure:` lines.
+# Environment: COCOON_BIN_DIR (default target/x86_64-unknown-linux-gnu/release), QEMU from PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=$ROOT/${COCOON_BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
+W=$(mktemp -d /tmp/cocoon-e2e-vm.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    sleep 2
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    pkill -f "qemu-system-x86_64 -name cocoon-.*$W" 2>/dev/null || true
+    [ -n "${KEEP:-}" ] || rm -rf "$W"
+}
+trap cleanup EXIT
+say() { echo "e2e-vm: $*"; }
+fail() {
+    echo "e2e-vm: FAIL: $*" >&2
+    for f in "$W"/*.out; do echo "---- $f" >&2; tail -40 "$f" >&2; done
+    exit 1
+}
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
+json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+# wait_for FILE PATTERN SECS
+wait_for() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -q -- "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---- 1. images, twice, compared ------------------------------------------------------------
+for role in proxy worker; do
+    t=$(now)
+    "$BIN/cocoon-image" build --role $role --out "$W/a/$role" --source-commit e2e >"$W/build-$role.log" 2>&1 ||
+        { cat "$W/build-$role.log"; fail "cocoon-image build --role $role"; }
+    say "figure: image build ($role, after binaries) $(elapsed "$t") s"
+    mkdir -p "$W/b/elsewhere"
+    (cd "$W/b/elsewhere" && "$BIN/cocoon-image" build --role $role --out "../../b2/$role" --source-commit e2e >/dev/null 2>&1) ||
+        fail "second build of $role"
+    for f in vmlinuz initramfs.cpio.gz cmdline manifest.json; do
+        a=$(sha256sum "$W/a/$role/$f" | cut -d' ' -f1)
+        b=$(sha256sum "$W/b2/$role/$f" | cut -d' ' -f1)
+        echo "  $a  $role/$f"
+        [ "$a" = "$b" ] || fail "$role/$f differs between builds ($a vs $b)"
+    done
+    say "figure: initramfs ($role) $(stat -c %s "$W/a/$role/initramfs.cpio.gz") bytes"
+done
+say "reproducible: both builds identical"
+PIMG=$(json "$W/a/proxy/manifest.json" "['image_hash']")
+WIMG=$(json "$W/a/worker/manifest.json" "['image_hash']")
+
+# ---- 2. model disk ------------------------------------------------------------------------
+"$BIN/cocoon-image" tiny-gguf --out "$W/tiny.gguf" --seed 7 >/dev/null
+"$BIN/cocoon-image" model --gguf "$W/tiny.gguf" --out "$W/model" --name tiny >/dev/null 2>&1 ||
+    fail "cocoon-image model"
+M=$W/model/model.json
+
+# ---- 3. configs ---------------------------------------------------------------------------
+STATE=$W/state
+"$BIN/cocoon-host" sim-platform --state-dir "$STATE" >/dev/null
+mkdir -p "$W/cfg"
+cp "$STATE/sim-root.der" "$W/cfg/sim-root.der"
+
+worker_files() { # DIR MAX_RESTARTS EXTRA_ARG
+    mkdir -p "$1"
+    cat >"$1/init.toml" <<EOF
+role = "worker"
+[network]
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+[model]
+file_name = "tiny.gguf"
+data_blocks = $(json "$M" "['data_blocks']")
+root_hash = "$(json "$M" "['root_hash']")"
+salt = "$(json "$M" "['salt']")"
+[service]
+args = ["--config", "/run/cocoon/config/service.toml"$3]
+env = { RUST_LOG = "info", NO_COLOR = "1" }
+max_restarts = $2
+EOF
+    cat >"$1/service.toml" <<EOF
+name = "vm-worker"
+proxies = ["10.0.2.2:19101"]
+capacity = 4
+price_coefficient_milli = 1000
+
+[tee]
+kind = "sim"
+platform_file = "/run/cocoon/sim/platform.json"
+registers_file = "/run/cocoon/sim/registers.json"
+runtime_log_file = "/run/cocoon/rtmr3-log.json"
+
+[policy]
+roots = ["sim-root.der"]
+images = ["$PIMG"]
+
+[[models]]
+name = "tiny"
+engine = "mistralrs"
+gguf = "/run/cocoon/models/tiny.gguf"
+max_completion_tokens = 64
+EOF
+}
+vm_toml() { # FILE NAME ROLE FILES_DIR MODEL_IMG
+    cat >"$1" <<EOF
+name = "$2"
+role = "$3"
+image = "$W/a/$3"
+tee = "sim"
+cpus = 2
+memory = "2G"
+state_dir = "$STATE"
+
+[guest.files]
+"init.toml" = "$4/init.toml"
+"service.toml" = "$4/service.toml"
+"sim-root.der" = "$W/cfg/sim-root.der"
+EOF
+    if [ "$3" = worker ]; then
+        cat >>"$1" <<EOF
+
+[disks]
+model = "$5"
+model_verity = "$W/model/model.verity"
+EOF
+    else
+        cat >>"$1" <<EOF
+
+[[network.forwards]]
+name = "workers"
+host = 19101
+guest = 9101
+
+[[network.forwards]]
+name = "clients"
+host = 19102
+guest = 9102
+EOF
+    fi
+}
+config_rtmr3() { # VM_TOML INSTANCE
+    local sha
+    sha=$("$BIN/cocoon-host" launch "$1" --instance "$2" --print 2>&1 | sed -n 's/.*config disk  sha256 \([0-9a-f]*\).*/\1/p')
+    [ -n "$sha" ] || fail "no config disk digest from --print $1"
+    "$BIN/cocoon-measure" eventlog expect-config --config-sha256 "$sha" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['rtmr3'])"
+}
+
+worker_files "$W/cfg/worker" 5 ""
+vm_toml "$W/worker.toml" worker worker "$W/cfg/worker" "$W/model/model.img"
+WRTMR3=$(config_rtmr3 "$W/worker.toml" 1)
+mkdir -p "$W/cfg/proxy"
+cat >"$W/cfg/proxy/init.toml" <<EOF
+role = "proxy"
+[network]
+address = "10.0.2.15/24"
+gateway = "10.0.2.2"
+[service]
+args = ["--config", "/run/cocoon/config/service.toml"]
+env = { RUST_LOG = "info", NO_COLOR = "1" }
+EOF
+cat >"$W/cfg/proxy/service.toml" <<EOF
+name = "vm-proxy"
+worker_listen = "0.0.0.0:9101"
+client_listen = "0.0.0.0:9102"
+admin_listen = "127.0.0.1:9100"
+max_prompt_tokens = 4096
+
+[accounts]
+default_balance_nano = 1000000000000
+
+[tee]
+kind = "sim"
+platform_file = "/run/cocoon/sim/platform.json"
+registers_file = "/run/cocoon/sim/registers.json"
+runtime_log_file = "/run/cocoon/rtmr3-log.json"
+
+[policy]
+roots = ["sim-root.der"]
+images = ["$WIMG"]
+rtmr3 = ["$WRTMR3"]
+EOF
+vm_toml "$W/proxy.toml" proxy proxy "$W/cfg/proxy"
+PRTMR3=$(config_rtmr3 "$W/proxy.toml" 0)
+say "expected rtmr3: worker $WRTMR3, proxy $PRTMR3"
+
+# ---- boot both ----------------------------------------------------------------------------
+t=$(now)
+"$BIN/cocoon-host" launch "$W/proxy.toml" --instance 0 >"$W/proxy.out" 2>&1 &
+PROXY=$!
+PIDS+=("$PROXY")
+wait_for "$W/proxy.out" "cocoon-host: ready" 180 || fail "proxy VM not ready"
+say "figure: proxy VM boot-to-ready (TCG) $(elapsed "$t") s"
+t=$(now)
+"$BIN/cocoon-host" launch "$W/worker.toml" --instance 1 >"$W/worker.out" 2>&1 &
+WORKER=$!
+PIDS+=("$WORKER")
+wait_for "$W/worker.out" "cocoon-host: ready" 300 || fail "worker VM not ready"
+say "figure: worker VM boot-to-ready incl. model load (TCG) $(elapsed "$t") s"
+
+# ---- client on the host -------------------------------------------------------------------
+client_toml() { # DIR IMAGE RTMR3 PORT
+    mkdir -p "$1"
+    cp "$STATE/sim-root.der" "$1/"
+    cat >"$1/client.toml" <<EOF
+listen = "127.0.0.1:$4"
+proxy = "127.0.0.1:19102"
+
+[policy]
+roots = ["sim-root.der"]
+images = ["$2"]
+rtmr3 = ["$3"]
+EOF
+}
+client_toml "$W/client" "$PIMG" "$PRTMR3" 18181
+"$BIN/cocoon-client" serve --config "$W/client/client.toml" >"$W/client.out" 2>&1 &
+PIDS+=("$!")
+wait_for "$W/client.out" "ready" 30 || fail "client not ready"
+grep -q "proxy verified" "$W/client.out" || fail "client did not verify the proxy"
+OUT=$(curl -sS --max-time 120 http://127.0.0.1:18181/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":12,"temperature":0}')
+echo "$OUT" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+text = r["choices"][0]["message"]["content"]
+u = r["usage"]
+assert text, "empty completion"
+assert u["completion_tokens"] > 0 and u["prompt_tokens"] > 0, u
+print("e2e-vm: completion from the tiny model on the dm-verity disk:", len(text), "chars,", u)
+' || fail "chat completion through the VMs: $OUT"
+
+# ---- 4. a manifest from a different build is refused ---------------------------------------
+# The worker image's manifest stands in for "another build": right format, other registers.
+client_toml "$W/client-wrong" "$WIMG" "$PRTMR3" 18182
+"$BIN/cocoon-client" serve --config "$W/client-wrong/client.toml" >"$W/client-wrong.out" 2>&1 &
+PIDS+=("$!")
+wait_for "$W/client-wrong.out" "ready" 30 || fail "second client did not start"
+CODE=$(curl -s -o "$W/wrong.json" -w '%{http_code}' --max-time 60 http://127.0.0.1:18182/v1/chat/completions \
+    -H 'content-type: application/json' -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}]}')
+grep -qi "image" "$W/client-wrong.out" "$W/wrong.json" || fail "refusal does not name the image ($CODE)"
+[ "$CODE" != 200 ] || fail "a client pinned to another build's manifest got an answer"
+say "client pinned to another manifest refused the proxy (HTTP $CODE): $(head -c 200 "$W/wrong.json")"
+
+# The remaining checks need the proxy only: free the CPU the worker VM takes under TCG.
+kill -INT "$WORKER"
+wait "$WORKER" || true
+
+# ---- 5. one changed config byte: RTMR3 changes, the proxy refuses --------------------------
+worker_files "$W/cfg/worker-changed" 5 ""
+sed -i 's/^capacity = 4/capacity = 5/' "$W/cfg/worker-changed/service.toml"
+vm_toml "$W/worker-changed.toml" worker-changed worker "$W/cfg/worker-changed" "$W/model/model.img"
+CHANGED=$(config_rtmr3 "$W/worker-changed.toml" 2)
+[ "$CHANGED" != "$WRTMR3" ] || fail "a changed config did not change RTMR3"
+"$BIN/cocoon-host" launch "$W/worker-changed.toml" --instance 2 >"$W/worker-changed.out" 2>&1 &
+CHANGED_PID=$!
+PIDS+=("$CHANGED_PID")
+wait_for "$STATE/instance-0/console.log" "rtmr3 mismatch" 300 || fail "proxy did not refuse the reconfigured worker"
+say "proxy refused the reconfigured worker: $(grep -m1 -o 'rtmr3 mismatch[^"]*' "$STATE/instance-0/console.log" | head -c 160)"
+kill -INT "$CHANGED_PID"
+wait "$CHANGED_PID" || true
+
+# ---- 6. tampered model disk --------------------------------------------------------------
+cp "$W/model/model.img" "$W/tampered.img"
+python3 - "$W/tampered.img" <<'EOF'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+b[len(b) // 2] ^= 0x01
+open(p, "wb").write(b)
+EOF
+vm_toml "$W/worker-tampered.toml" worker-tampered worker "$W/cfg/worker" "$W/tampered.img"
+set +e
+"$BIN/cocoon-host" launch "$W/worker-tampered.toml" --instance 3 >"$W/worker-tampered.out" 2>&1
+rc=$?
+set -e
+[ $rc = 1 ] || fail "tampered model: launcher exit $rc, expected 1"
+grep -q '"code":20' "$W/worker-tampered.out" || fail "tampered model: no exit 20 on the console"
+say "tampered model refused: $(grep -m1 -o 'model disk does not match[^"]*' "$W/worker-tampered.out" | head -c 160)"
+
+# ---- 7. restart with backoff, then give up ------------------------------------------------
+worker_files "$W/cfg/worker-crash" 2 ', "--no-such-flag"'
+vm_toml "$W/worker-crash.toml" worker-crash worker "$W/cfg/worker-crash" "$W/model/model.img"
+set +e
+"$BIN/cocoon-host" launch "$W/worker-crash.toml" --instance 4 >"$W/worker-crash.out" 2>&1
+rc=$?
+set -e
+[ $rc = 1 ] || fail "crashing service: launcher exit $rc, expected 1"
+[ "$(grep -c '"stage":"restart"' "$W/worker-crash.out")" = 2 ] || fail "expected 2 restarts"
+grep -q '"in_ms":1000' "$W/worker-crash.out" && grep -q '"in_ms":2000' "$W/worker-crash.out" ||
+    fail "expected backoff 1 s then 2 s"
+grep -q '"code":31' "$W/worker-crash.out" || fail "expected exit 31 after the restart limit"
+say "crashing service restarted after 1 s and 2 s, then init gave up (exit 31)"
+
+# ---- 8. SIGTERM: clean power-off ----------------------------------------------------------
+kill -TERM "$PROXY"
+set +e
+wait "$PROXY"
+rc=$?
+set -e
+[ $rc = 0 ] || fail "proxy launcher exit $rc after SIGTERM, expected 0"
+grep -q '"stage":"exit","code":0' "$STATE/instance-0/console.log" || fail "proxy guest did not report a clean stop"
+say "SIGTERM: proxy VM powered off cleanly"
+say "ok"
