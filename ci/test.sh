@@ -2,13 +2,17 @@
 # The project's test command (README, .ci/run): formatting, lints, every test (release build,
 # one build for everything), the end-to-end run with the official OpenAI SDK and the real model,
 # the main jobs (ci/local.sh once, ci/demo.sh), and a fuzz smoke run.
-# Needs a Rust toolchain and python3 with pip (PyPI reachable); installs cargo-fuzz and the
-# openai package (in a venv under target/) itself.
+# Needs a Rust toolchain and python3 with pip (PyPI reachable); installs cargo-fuzz, the
+# openai package (in a venv under target/) and, through ci/guest-deps.sh, QEMU, veritysetup
+# and the bookworm-backports apt source itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s ==\n' "$*"; }
 MODEL="$HOME/.cache/cocoon/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+step "system packages for the guest appliance (ci/guest-deps.sh)"
+ci/guest-deps.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -21,6 +25,9 @@ cargo build --workspace --release --locked --bins
 
 step "end to end: OpenAI SDK -> cocoon-client -> proxy -> worker (real model)"
 ci/e2e.sh
+
+step "guest appliance: reproducible images, TCG boots of proxy and worker VMs (ci/e2e-vm.sh)"
+ci/e2e-vm.sh
 
 step "cargo test --release (workspace; mistral.rs engine tests use the fetched model)"
 COCOON_TEST_GGUF="$MODEL" cargo test --workspace --release --locked
