@@ -95,8 +95,6 @@ fn human_output_names_what_is_not_computed() {
         &cmdline,
         "--initrd-sha384",
         &initrd,
-        "--firmware",
-        "/nonexistent-is-not-read-unless-tdvf-support-exists",
     ]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains(&format!("RTMR1: {rtmr1}")), "{text}");
@@ -104,12 +102,12 @@ fn human_output_names_what_is_not_computed() {
     assert!(text.contains("RTMR0: not computed: depends on QEMU's ACPI tables"));
     assert!(text.contains("RTMR3: not computed"));
     assert!(text.contains("EV_SEPARATOR"));
-    // Either MRTD support exists (the missing file is then unusable input) or it says so.
-    match out.status.code() {
-        Some(0) => assert!(text.contains("MRTD : not computed: tdvf support not available")),
-        Some(2) => assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read")),
-        c => panic!("exit {c:?}"),
-    }
+    assert!(text.contains("MRTD : not computed: no --firmware given"));
+    assert_eq!(out.status.code(), Some(0));
+    // A firmware file that cannot be read is unusable input.
+    let out = measure(&["compute", "--firmware", "/nonexistent/OVMF.fd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
 /// A minimal PE32+ that is also a bzImage header (protocol 2.15, LOADED_HIGH,
@@ -271,4 +269,38 @@ fn missing_or_bad_inputs() {
         a.extend(bad.iter().copied());
         assert_eq!(measure(&a).status.code(), Some(2), "{bad:?}");
     }
+}
+
+#[test]
+fn firmware_gives_mrtd_in_the_chosen_page_add_order() {
+    use measurements::tdvf::{compute_mrtd, PageAddOrder};
+    let fw = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tdvf/ovmf_like.fd");
+    let image = std::fs::read(&fw).unwrap();
+    for (flag, order) in [
+        ("two-pass", PageAddOrder::TwoPass),
+        ("single-pass", PageAddOrder::SinglePass),
+    ] {
+        let (code, j) =
+            compute_json(&["--firmware", fw.to_str().unwrap(), "--page-add-order", flag]);
+        assert_eq!(code, 0, "{j}");
+        assert_eq!(
+            j["mrtd"],
+            hex::encode(compute_mrtd(&image, order).unwrap()),
+            "{flag}"
+        );
+        assert!(!j["not_computed"].as_object().unwrap().contains_key("mrtd"));
+        assert_eq!(j["inputs"]["page_add_order"], flag);
+    }
+    // The default is two-pass (the QEMU 8.2 TDX builds of the real vector).
+    let (_, j) = compute_json(&["--firmware", fw.to_str().unwrap()]);
+    assert_eq!(
+        j["mrtd"],
+        hex::encode(compute_mrtd(&image, PageAddOrder::TwoPass).unwrap())
+    );
+    // Not a TDVF image, or an unknown order: unusable / usage error.
+    let np = scratch("not-tdvf.fd", &[0u8; 8192]);
+    let out = measure(&["compute", "--firmware", np.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = measure(&["compute", "--page-add-order", "three-pass"]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -14,6 +14,7 @@ use measurements::boot::qemu::SetupPatch;
 use measurements::boot::{
     self, sha384, BootEvent, CmdlineInput, HeaderPatching, InitrdArg, QemuBootParams, TdvfProfile,
 };
+use measurements::tdvf::{self, PageAddOrder};
 use measurements::Sha384;
 
 use crate::{read, Unusable, EXIT_ACCEPTED};
@@ -33,8 +34,8 @@ pub struct ComputeArgs {
     firmware: Option<PathBuf>,
     /// Page-add order of the VMM for MRTD: two-pass (QEMU 8.2 TDX builds) or single-pass
     /// (upstream QEMU/KVM).
-    #[arg(long, default_value = "two-pass")]
-    page_add_order: String,
+    #[arg(long, default_value = "two-pass", value_parser = |s: &str| s.parse::<PageAddOrder>())]
+    page_add_order: PageAddOrder,
     /// Kernel bzImage (QEMU -kernel): gives RTMR1's application event.
     #[arg(long, conflicts_with = "kernel_authenticode")]
     kernel: Option<PathBuf>,
@@ -149,13 +150,18 @@ struct Computed {
     not_computed: BTreeMap<&'static str, String>,
 }
 
-fn mrtd(args: &ComputeArgs, not_computed: &mut BTreeMap<&'static str, String>) -> Option<Sha384> {
-    if args.firmware.is_none() {
+fn mrtd(
+    args: &ComputeArgs,
+    not_computed: &mut BTreeMap<&'static str, String>,
+) -> Result<Option<Sha384>, Unusable> {
+    let Some(path) = &args.firmware else {
         not_computed.insert("mrtd", "no --firmware given".into());
-        return None;
-    }
-    not_computed.insert("mrtd", "tdvf support not available".into());
-    None
+        return Ok(None);
+    };
+    let firmware = read(path)?;
+    let mrtd = tdvf::compute_mrtd(&firmware, args.page_add_order)
+        .map_err(|e| Unusable(format!("{}: {e}", path.display())))?;
+    Ok(Some(mrtd))
 }
 
 fn kernel_authenticode(
@@ -210,7 +216,7 @@ fn compute(args: &ComputeArgs) -> Result<Computed, Unusable> {
     let mut not_computed = BTreeMap::new();
     not_computed.insert("rtmr0", RTMR0_REASON.to_string());
     not_computed.insert("rtmr3", RTMR3_REASON.to_string());
-    let mrtd = mrtd(args, &mut not_computed);
+    let mrtd = mrtd(args, &mut not_computed)?;
 
     let initrd = match (&args.initrd, args.initrd_sha384, args.no_initrd) {
         (Some(p), _, _) => Initrd::File(read(p)?),
@@ -313,7 +319,7 @@ pub fn run(args: &ComputeArgs) -> Result<u8, Unusable> {
                 "qemu_header": format!("{:?}", args.qemu_header).to_lowercase(),
                 "ovmf_initrd_arg": format!("{:?}", args.ovmf_initrd_arg).to_lowercase(),
                 "separator_rtmr": if args.separator_in_rtmr0 { 0 } else { 1 },
-                "page_add_order": args.page_add_order,
+                "page_add_order": args.page_add_order.as_str(),
             },
         });
         println!("{}", serde_json::to_string(&out)?);
