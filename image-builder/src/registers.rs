@@ -116,11 +116,11 @@ pub fn expected(
         Platform::Tdx => {
             let fw = firmware.ok_or_else(|| anyhow::anyhow!("--platform tdx needs --firmware"))?;
             regs.mrtd =
-                measurements::tdvf::compute_mrtd(fw, measurements::tdvf::PageAddOrder::TwoPass)
+                measurements::tdvf::compute_mrtd(fw, measurements::tdvf::PageAddOrder::SinglePass)
                     .map_err(|e| anyhow::anyhow!("firmware: {e}"))?;
             sources.insert(
                 "mrtd".into(),
-                "computed: TDVF metadata, two-pass page add (QEMU >= 8.2)".into(),
+                "computed: TDVF metadata, single-pass page add (upstream QEMU/KVM TDX, QEMU >= 10.1)".into(),
             );
             let r0 = rtmr0.ok_or_else(|| {
                 anyhow::anyhow!("--platform tdx needs --rtmr0 (pin it from `cocoon-measure eventlog replay` of a real boot)")
