@@ -66,6 +66,17 @@ for role in proxy worker; do
     say "figure: initramfs ($role) $(stat -c %s "$W/a/$role/initramfs.cpio.gz") bytes"
 done
 say "reproducible: both builds identical"
+# An auditor's recomputation from the artifacts alone gives the manifest's RTMR1/RTMR2 (the
+# guests below are then accepted under exactly the manifest's image hash, which covers them).
+for role in proxy worker; do
+    d=$W/a/$role
+    got=$("$BIN/cocoon-measure" compute --kernel "$d/vmlinuz" --initrd "$d/initramfs.cpio.gz" \
+        --cmdline "$(cat "$d/cmdline")" --qemu-header unpatched --memory 2G --json |
+        python3 -c "import json,sys; d=json.load(sys.stdin); print(d['rtmr1'], d['rtmr2'])")
+    want=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['registers']['rtmr']; print(r[1], r[2])" "$d/manifest.json")
+    [ "$got" = "$want" ] || fail "cocoon-measure compute ($role): $got, manifest: $want"
+done
+say "cocoon-measure compute reproduces RTMR1/RTMR2 of both manifests"
 PIMG=$(json "$W/a/proxy/manifest.json" "['image_hash']")
 WIMG=$(json "$W/a/worker/manifest.json" "['image_hash']")
 

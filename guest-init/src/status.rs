@@ -41,10 +41,21 @@ impl Status {
         format!("{PREFIX}{}", Value::Object(self.fields.clone()))
     }
 
-    /// Prints the line on stdout (the console).
+    /// Prints the line on stdout (the console), with the guest's uptime in milliseconds
+    /// (`uptime_ms`, from /proc/uptime once it is mounted) so boot stages can be timed.
     pub fn emit(&self) {
-        println!("{}", self.line());
+        let mut s = self.clone();
+        if let Some(ms) = uptime_ms() {
+            s = s.with("uptime_ms", ms);
+        }
+        println!("{}", s.line());
     }
+}
+
+fn uptime_ms() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
 }
 
 /// Parses a status line (host side helper and tests); `None` for any other line.
