@@ -329,5 +329,7 @@ rc=$?
 set -e
 [ $rc = 0 ] || fail "proxy launcher exit $rc after SIGTERM, expected 0"
 grep -q '"stage":"exit","code":0' "$STATE/instance-0/console.log" || fail "proxy guest did not report a clean stop"
+grep -q '"stage":"service-exit","status":"exit 0"' "$STATE/instance-0/console.log" ||
+    fail "the proxy service did not stop on SIGTERM by itself (init had to kill it)"
 say "SIGTERM: proxy VM powered off cleanly"
 say "ok"

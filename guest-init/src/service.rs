@@ -183,7 +183,9 @@ fn describe(status: &WaitStatus) -> String {
 }
 
 fn spawn(role: Role, service: &Service, ready: mpsc::Sender<()>) -> std::io::Result<Pid> {
-    let mut child = Command::new(role.binary())
+    let mut cmd = Command::new(role.binary());
+    crate::sys::unblock_signals_in_child(&mut cmd);
+    let mut child = cmd
         .args(&service.args)
         .env_clear()
         .env("HOME", "/run/cocoon")
@@ -223,7 +225,8 @@ fn copy_lines(stream: impl Read, mut ready: Option<(&'static str, mpsc::Sender<(
 }
 
 /// Blocks SIGCHLD, SIGTERM and SIGINT in the calling thread (and threads it spawns later)
-/// and returns a non-blocking signalfd for them. Children get a clean mask from std.
+/// and returns a non-blocking signalfd for them. The service gets an empty mask again
+/// ([`crate::sys::unblock_signals_in_child`]).
 pub fn block_signals() -> nix::Result<SignalFd> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
@@ -255,6 +258,27 @@ mod tests {
         assert!(b.on_exit(Duration::ZERO).is_some());
         assert_eq!(b.on_exit(Duration::ZERO), None);
         assert_eq!(b.on_exit(HEALTHY_RUN), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn services_start_with_an_empty_signal_mask() {
+        // This thread blocks the stop signals, as PID 1 does; the child must not inherit that.
+        let _fd = block_signals().unwrap();
+        let mut cmd = Command::new("grep");
+        cmd.args(["SigBlk", "/proc/self/status"]);
+        crate::sys::unblock_signals_in_child(&mut cmd);
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), "SigBlk:\t0000000000000000", "{text}");
+        let inherited = Command::new("grep")
+            .args(["SigBlk", "/proc/self/status"])
+            .output()
+            .unwrap();
+        assert_ne!(
+            String::from_utf8_lossy(&inherited.stdout).trim(),
+            "SigBlk:\t0000000000000000",
+            "without the reset the mask is inherited (this is what the reset is for)"
+        );
     }
 
     #[test]

@@ -31,6 +31,26 @@ pub fn dm_ioctl(control: &File, request: u32, buf: &mut [u8]) -> io::Result<()> 
     }
 }
 
+/// Makes the child of `cmd` start with an empty signal mask. PID 1 blocks SIGCHLD, SIGTERM and
+/// SIGINT to read them from a signalfd, and a spawned process inherits that mask (std does not
+/// reset it): without this, the service would never see the SIGTERM that asks it to stop.
+pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls sigemptyset and
+    // pthread_sigmask, which are async-signal-safe; it touches no memory shared with the parent
+    // other than its own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            if libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes fds 0, 1 and 2 refer to `console` (PID 1 started without them).
 pub fn console_to_stdio(console: &File) {
     for fd in 0..3 {
