@@ -26,6 +26,9 @@ cargo build --workspace --release --locked --bins
 step "end to end: OpenAI SDK -> cocoon-client -> proxy -> worker (real model)"
 ci/e2e.sh
 
+step "fault tests: worker killed mid-stream / before the first byte, app disconnect (ci/e2e-faults.sh)"
+ci/e2e-faults.sh
+
 step "guest appliance: reproducible images, TCG boots of proxy and worker VMs (ci/e2e-vm.sh)"
 ci/e2e-vm.sh
 

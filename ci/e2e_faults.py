@@ -1,0 +1,602 @@
+#!/usr/bin/env python3
+"""Process-level fault tests of the inference path: real cocoon-proxy, cocoon-worker and
+cocoon-client processes on loopback (simulated TEE, stub engine), and real signals.
+
+Usage: e2e_faults.py BIN_DIR WORK_DIR
+
+The network is written by hand (not `cocoon-host launch --local`, whose supervisor stops every
+service when one exits): `cocoon-host sim-platform` makes the simulated platform, and the
+register files and image hashes come from `cocoon-host launch --local --print-config`. Every
+listener binds port 0; addresses are read from the ready lines. Each worker serves the stub
+model at 20 tokens/s (200 tokens), slow enough to act mid-stream.
+
+Scenarios, in this order (one proxy and one client throughout):
+
+C  client disconnect cancels generation: worker-1 alone; an app streams a chat completion
+   through cocoon-client, reads a few chunks and closes its socket. worker-1 must log
+   `completion cancelled by the proxy` for that request id within 1 s, and the proxy must show
+   no request active and nothing in flight.
+B  worker killed before the first byte, a second worker available: worker-1 holds one slow
+   stream, worker-2 joins and is SIGSTOPped, the request reaches it (the proxy's /jsonstats
+   shows it in flight on worker-2), then worker-2 is SIGKILLed. The request must succeed
+   through worker-1 within 1 s of the kill, with exactly one proxy retry. The pick is
+   deterministic: the held stream (load 1/4 of capacity) multiplies worker-1's score by 1.5,
+   and a fresh worker (no latency yet) scores lowest, beyond the proxy's 1.1 tie factor
+   (proxy/src/registry.rs).
+A  worker killed mid-stream: worker-1 alone streams; after 5 chunks it is SIGKILLed. The app's
+   stream must end with an OpenAI error event (`data: {"error": ...}`) and then end, within
+   1 s of the kill; proxy and client must still be running, and a new request must get a clear
+   error at once (no worker serves the model).
+D  worker hung mid-stream: worker-3 alone streams; after 5 chunks it is SIGSTOPped (its socket
+   stays open). The proxy's keepalive must end the app's stream with an error event within
+   keepalive interval + timeout + 1 s (2.5 s with the defaults); then worker-3 is SIGKILLed.
+
+Measured times are printed as `figure:` lines. PIDs of started processes are appended to
+WORK_DIR/pids, so the calling script can kill them even if this script dies.
+"""
+
+import datetime
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+MODEL = "cocoon-stub"
+TOKENS = 200
+TOKENS_PER_SECOND = 20.0
+READY_SECS = 30
+# The issue's bound for a terminal error after a worker dies, and for cancellation.
+BOUND_SECS = 1.0
+# A hung worker is found by the proxy's keepalive (defaults: ping after 0.5 s of silence,
+# gone 1 s later); the bound adds 1 s.
+HUNG_BOUND_SECS = 0.5 + 1.0 + 1.0
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class Failure(Exception):
+    pass
+
+
+def expect(cond, what):
+    if not cond:
+        raise Failure(what)
+
+
+def log(msg):
+    print(f"e2e-faults: {msg}", flush=True)
+
+
+def figure(msg):
+    print(f"figure: {msg}", flush=True)
+
+
+class Net:
+    """The processes of the test network and the files they use."""
+
+    def __init__(self, bin_dir, work):
+        self.bin = bin_dir
+        self.dir = work
+        self.logs = os.path.join(work, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.procs = {}  # name -> Popen
+        self.killed = set()  # names this script killed on purpose
+
+    # ---- files ----
+
+    def write(self, name, text):
+        with open(os.path.join(self.dir, name), "w") as f:
+            f.write(text)
+
+    def prepare(self):
+        """Platform, registers and image hashes."""
+        subprocess.run(
+            [os.path.join(self.bin, "cocoon-host"), "sim-platform", "--state-dir", self.dir],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        out = subprocess.run(
+            [
+                os.path.join(self.bin, "cocoon-host"),
+                "launch",
+                "--local",
+                "--print-config",
+                "--engine",
+                "stub",
+                "--port",
+                "0",
+                "--bin-dir",
+                self.bin,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        files = {}
+        name = None
+        for line in out.splitlines():
+            m = re.match(r"# ==> (\S+) <==$", line)
+            if m:
+                name = m.group(1)
+                files[name] = []
+            elif name:
+                files[name].append(line)
+        for reg in ("proxy-registers.json", "worker-registers.json"):
+            expect(reg in files, f"--print-config printed no {reg}")
+            self.write(reg, "\n".join(files[reg]) + "\n")
+        self.proxy_image = re.search(r"^# proxy image\s+([0-9a-f]{64})$", out, re.M).group(1)
+        self.worker_image = re.search(r"^# worker image\s+([0-9a-f]{64})$", out, re.M).group(1)
+
+    def policy(self, image):
+        return f'[policy]\nroots = ["sim-root.der"]\nimages = ["{image}"]\n'
+
+    def tee(self, registers):
+        return (
+            f'[tee]\nkind = "sim"\nplatform_file = "sim-platform.json"\n'
+            f'registers_file = "{registers}"\n'
+        )
+
+    # ---- processes ----
+
+    def start(self, name, args, ready):
+        """Starts `args` (stdout and stderr to logs/NAME.{out,log}) and waits for a stdout
+        line starting with `ready`; returns that line."""
+        out_path = os.path.join(self.logs, f"{name}.out")
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        with open(out_path, "wb") as out, open(os.path.join(self.logs, f"{name}.log"), "wb") as err:
+            p = subprocess.Popen(
+                args, cwd=self.dir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env
+            )
+        self.procs[name] = p
+        with open(os.path.join(self.dir, "pids"), "a") as f:
+            f.write(f"{p.pid}\n")
+        deadline = time.monotonic() + READY_SECS
+        while time.monotonic() < deadline:
+            with open(out_path, "r", errors="replace") as f:
+                for line in f:
+                    if line.startswith(ready):
+                        return line.strip()
+            if p.poll() is not None:
+                raise Failure(f"{name} exited ({p.returncode}) before it was ready")
+            time.sleep(0.02)
+        raise Failure(f"{name}: no `{ready}` line within {READY_SECS} s")
+
+    def start_proxy(self):
+        self.write(
+            "proxy.toml",
+            'name = "faults-proxy"\nworker_listen = "127.0.0.1:0"\nclient_listen = "127.0.0.1:0"\n'
+            'admin_listen = "127.0.0.1:0"\nmax_prompt_tokens = 4096\n\n'
+            "[accounts]\ndefault_balance_nano = 1000000000000\n\n"
+            + self.tee("proxy-registers.json")
+            + "\n"
+            + self.policy(self.worker_image),
+        )
+        line = self.start(
+            "proxy",
+            [os.path.join(self.bin, "cocoon-proxy"), "--config", "proxy.toml"],
+            "cocoon-proxy: ready",
+        )
+        m = re.search(r"workers (\S+), clients (\S+), admin ([^)\s]+)", line)
+        expect(m, f"unexpected proxy ready line: {line}")
+        self.worker_port, self.client_port, self.admin = m.groups()
+
+    def start_worker(self, name):
+        self.write(
+            f"{name}.toml",
+            f'name = "{name}"\nproxies = ["{self.worker_port}"]\ncapacity = 4\n'
+            "price_coefficient_milli = 1000\n\n"
+            + self.tee("worker-registers.json")
+            + "\n"
+            + self.policy(self.proxy_image)
+            + f'\n[[models]]\nname = "{MODEL}"\nengine = "stub"\nmax_completion_tokens = 512\n'
+            f"tokens = {TOKENS}\ntokens_per_second = {TOKENS_PER_SECOND}\n",
+        )
+        self.start(
+            name,
+            [os.path.join(self.bin, "cocoon-worker"), "--config", f"{name}.toml"],
+            "cocoon-worker: ready",
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if self.worker_stats(name):
+                return
+            time.sleep(0.02)
+        raise Failure(f"{name} is ready but not in the proxy's /jsonstats")
+
+    def start_client(self):
+        self.write(
+            "client.toml",
+            f'listen = "127.0.0.1:0"\nproxy = "{self.client_port}"\n'
+            'account_key_file = "client.key"\ndefault_max_tokens = 256\n\n'
+            + self.policy(self.proxy_image),
+        )
+        client = os.path.join(self.bin, "cocoon-client")
+        with open(os.path.join(self.logs, "client-account.log"), "wb") as err:
+            subprocess.run(
+                [client, "account", "--config", "client.toml"],
+                cwd=self.dir,
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        line = self.start(
+            "client", [client, "serve", "--config", "client.toml"], "cocoon-client: ready "
+        )
+        m = re.search(r"http://([^/\s]+)/v1", line)
+        expect(m, f"unexpected client ready line: {line}")
+        host, port = m.group(1).rsplit(":", 1)
+        self.client = (host, int(port))
+
+    def kill(self, name, sig=signal.SIGKILL):
+        if sig == signal.SIGKILL:
+            self.killed.add(name)
+        os.kill(self.procs[name].pid, sig)
+
+    def assert_alive(self):
+        """Every process not killed on purpose still runs."""
+        for name, p in self.procs.items():
+            if name not in self.killed:
+                expect(p.poll() is None, f"{name} died (exit {p.returncode}); see {self.logs}")
+
+    def stop_all(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.send_signal(signal.SIGCONT)  # a stopped process handles SIGTERM only then
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # ---- observation ----
+
+    def jsonstats(self):
+        host, port = self.admin.rsplit(":", 1)
+        c = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            c.request("GET", "/jsonstats")
+            r = c.getresponse()
+            expect(r.status == 200, f"/jsonstats: status {r.status}")
+            return json.loads(r.read())
+        finally:
+            c.close()
+
+    def worker_stats(self, name):
+        for w in self.jsonstats()["workers"]:
+            if w["name"] == name:
+                return w
+        return None
+
+    def log_lines(self, name):
+        with open(os.path.join(self.logs, f"{name}.log"), "r", errors="replace") as f:
+            return [ANSI.sub("", line) for line in f]
+
+
+class Stream:
+    """A streaming chat completion through cocoon-client, read event by event."""
+
+    def __init__(self, net, max_tokens, timeout=10):
+        self.conn = http.client.HTTPConnection(*net.client, timeout=timeout)
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "count slowly"}],
+                "max_tokens": max_tokens,
+                "stream": True,
+            }
+        )
+        self.conn.request(
+            "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}
+        )
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.request_id = self.resp.getheader("x-request-id")
+        self.text = ""
+        self.chunks = 0
+        self.done = False
+        self.error = None
+
+    def next_event(self):
+        """The next event's data, or None at the end of the body."""
+        data = []
+        while True:
+            line = self.resp.readline()
+            if not line:
+                return "\n".join(data) if data else None
+            line = line.decode().rstrip("\r\n")
+            if line == "":
+                if data:
+                    return "\n".join(data)
+                continue
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+
+    def read(self, max_events=None):
+        """Reads up to `max_events` events (all if None); returns False at the end of the body."""
+        n = 0
+        while max_events is None or n < max_events:
+            ev = self.next_event()
+            if ev is None:
+                return False
+            n += 1
+            if ev == "[DONE]":
+                self.done = True
+                continue
+            obj = json.loads(ev)
+            if "error" in obj:
+                self.error = obj["error"]
+                continue
+            self.chunks += 1
+            for ch in obj.get("choices", []):
+                self.text += ch.get("delta", {}).get("content") or ""
+        return True
+
+    def close(self):
+        self.conn.close()
+
+
+def wait_for(what, pred, secs):
+    """Polls `pred` every 5 ms; returns the seconds it took to hold."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < secs:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.005)
+    raise Failure(f"{what}: not within {secs} s")
+
+
+def log_time(line):
+    """The wall-clock time (Unix seconds) of a tracing log line."""
+    stamp = line.split(" ", 1)[0]
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def scenario_c(net):
+    log("C: client disconnect cancels generation (worker-1 alone)")
+    s = Stream(net, max_tokens=TOKENS)
+    expect(s.status == 200, f"status {s.status}")
+    expect(s.request_id, "no x-request-id header")
+    s.read(3)
+    expect(s.chunks == 3 and not s.done, "expected 3 chunks of a running stream")
+    t_close, wall_close = time.monotonic(), time.time()
+    s.conn.sock.shutdown(socket.SHUT_RDWR)
+    s.close()
+    marker = f"request_id={s.request_id}"
+
+    def cancel_line():
+        return next(
+            (
+                l
+                for l in net.log_lines("worker-1")
+                if marker in l and "completion cancelled by the proxy" in l
+            ),
+            None,
+        )
+
+    wait_for("worker-1 logs the cancellation", lambda: cancel_line() is not None, 5)
+    line = cancel_line()
+    # The worker's own timestamp: exact, not bounded by this script's polling.
+    secs = log_time(line) - wall_close
+    expect(
+        not any(marker in l and "completion done" in l for l in net.log_lines("worker-1")),
+        "the cancelled request also logged `completion done`",
+    )
+    wait_for(
+        "proxy: no active request, nothing in flight",
+        lambda: (st := net.jsonstats())["requests"]["active"] == 0
+        and all(w["in_flight"] == 0 for w in st["workers"]),
+        5,
+    )
+    idle = time.monotonic() - t_close
+    d = re.search(r"duration_ms=(\d+)", line)
+    figure(f"app disconnect -> worker cancels generation (worker log) {secs * 1000:.1f} ms")
+    figure(f"app disconnect -> proxy idle (/jsonstats, 5 ms polling) {idle * 1000:.0f} ms")
+    log(
+        f"C: the generation ran {d.group(1) if d else '?'} ms of a "
+        f"{TOKENS / TOKENS_PER_SECOND:.0f} s stream"
+    )
+    expect(secs <= BOUND_SECS, f"cancellation took {secs:.3f} s (bound {BOUND_SECS} s)")
+    expect(idle <= BOUND_SECS, f"proxy idle after {idle:.3f} s (bound {BOUND_SECS} s)")
+    net.assert_alive()
+
+
+def scenario_b(net):
+    log("B: worker killed before the first byte, a second worker available")
+    hold = Stream(net, max_tokens=TOKENS)
+    expect(hold.status == 200, f"hold stream: status {hold.status}")
+    hold.read(2)
+    w1 = net.worker_stats("worker-1")
+    expect(w1["in_flight"] == 1, f"worker-1 in flight {w1['in_flight']}, expected 1")
+    net.start_worker("worker-2")
+    retries0 = net.jsonstats()["requests"]["retries"]
+    net.kill("worker-2", signal.SIGSTOP)
+    result = {}
+
+    # The request blocks until an answer: send it from a thread so the kill can happen while
+    # the proxy waits on worker-2.
+    def request():
+        try:
+            s = Stream(net, max_tokens=5)
+            # cocoon-client answers once the first event arrived.
+            result["t_first"] = time.monotonic()
+            result["status"] = s.status
+            if s.status == 200:
+                s.read()
+            result["stream"] = s
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["exc"] = e
+        result["t_end"] = time.monotonic()
+
+    th = threading.Thread(target=request, daemon=True)
+    th.start()
+    try:
+        wait_for(
+            "the proxy forwards the request to the stopped worker-2",
+            lambda: (net.worker_stats("worker-2") or {}).get("in_flight") == 1,
+            3,
+        )
+    except Failure:
+        w = net.worker_stats("worker-1")
+        raise Failure(
+            f"request not in flight on worker-2 (worker-1 in flight {w and w['in_flight']}): "
+            "the proxy did not pick the fresh worker"
+        ) from None
+    time.sleep(0.2)  # the request sits unanswered at the stopped worker
+    expect("t_end" not in result, "the request ended while worker-2 was stopped")
+    t_kill = time.monotonic()
+    net.kill("worker-2")
+    th.join(10)
+    expect(not th.is_alive(), "request still running 10 s after the kill")
+    expect("exc" not in result, f"request failed: {result.get('exc')!r}")
+    s = result["stream"]
+    expect(result["status"] == 200, f"status {result['status']}")
+    expect(s.error is None, f"stream error: {s.error}")
+    expect(s.done and s.chunks >= 5, f"stream incomplete (done {s.done}, {s.chunks} chunks)")
+    expect(s.text == "".join(f"tok{i} " for i in range(5)), f"unexpected text {s.text!r}")
+    first, secs = result["t_first"] - t_kill, result["t_end"] - t_kill
+    expect(
+        any(
+            f"request_id={s.request_id}" in l and "completion done" in l
+            for l in net.log_lines("worker-1")
+        ),
+        "worker-1 did not complete the retried request",
+    )
+    st = net.jsonstats()
+    expect(
+        st["requests"]["retries"] == retries0 + 1,
+        f"proxy retries {st['requests']['retries']}, expected {retries0 + 1}",
+    )
+    expect(
+        all(w["name"] != "worker-2" for w in st["workers"]),
+        "the killed worker-2 is still registered",
+    )
+    figure(f"worker killed before the first byte -> first byte via worker-1 {first * 1000:.0f} ms")
+    figure(
+        f"worker killed before the first byte -> complete answer via worker-1 "
+        f"(5 tokens at {TOKENS_PER_SECOND:.0f}/s) {secs * 1000:.0f} ms"
+    )
+    expect(first <= BOUND_SECS, f"first byte {first:.3f} s after the kill (bound {BOUND_SECS} s)")
+    hold.close()
+    wait_for(
+        "worker-1 idle after the hold stream closed",
+        lambda: (net.worker_stats("worker-1") or {}).get("in_flight") == 0,
+        5,
+    )
+    net.assert_alive()
+
+
+def fault_mid_stream(net, worker, sig):
+    """Streams through `worker` (the only one), sends it `sig` after 5 chunks and reads the
+    rest; returns (seconds to the error event, seconds to the end of the response)."""
+    s = Stream(net, max_tokens=TOKENS)
+    expect(s.status == 200, f"status {s.status}")
+    s.read(5)
+    expect(
+        s.chunks == 5 and s.error is None and not s.done, "expected 5 chunks of a running stream"
+    )
+    t_sig = time.monotonic()
+    net.kill(worker, sig)
+    t_error = None
+    while True:
+        ev = s.next_event()
+        if ev is None:
+            break
+        if ev == "[DONE]":
+            raise Failure(f"stream ended with [DONE] after {worker} got {sig.name}")
+        obj = json.loads(ev)
+        if "error" in obj and t_error is None:
+            t_error = time.monotonic()
+            s.error = obj["error"]
+    t_end = time.monotonic()
+    s.close()
+    expect(t_error is not None, "the stream ended without an error event")
+    expect(s.error.get("message"), f"error event without a message: {s.error}")
+    log(f"error event {json.dumps(s.error)}")
+    return t_error - t_sig, t_end - t_sig
+
+
+def scenario_a(net):
+    log("A: worker killed mid-stream (worker-1 alone)")
+    err_secs, end_secs = fault_mid_stream(net, "worker-1", signal.SIGKILL)
+    figure(f"worker SIGKILL mid-stream -> app gets the error event {err_secs * 1000:.0f} ms")
+    figure(f"worker SIGKILL mid-stream -> end of the response {end_secs * 1000:.0f} ms")
+    expect(err_secs <= BOUND_SECS, f"error event after {err_secs:.3f} s (bound {BOUND_SECS} s)")
+    expect(end_secs <= BOUND_SECS, f"response ended after {end_secs:.3f} s (bound {BOUND_SECS} s)")
+    net.assert_alive()
+    # No worker left: a new request gets a clear error at once, not a hang.
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection(*net.client, timeout=5)
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    )
+    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    payload = json.loads(r.read())
+    c.close()
+    secs = time.monotonic() - t0
+    expect(400 <= r.status < 600 and "error" in payload, f"status {r.status}: {payload}")
+    log(
+        f"A: request with no worker left: {r.status} {payload['error'].get('code')} "
+        f"in {secs * 1000:.0f} ms"
+    )
+    expect(secs <= BOUND_SECS, f"request with no worker took {secs:.3f} s")
+    net.assert_alive()
+
+
+def scenario_d(net):
+    # Not a kill: the worker's socket stays open, so only the proxy's HTTP/2 keepalive
+    # (worker_keepalive_interval_ms + worker_keepalive_timeout_ms) can tell it is gone.
+    log("D: worker hung mid-stream (SIGSTOP; worker-3 alone)")
+    net.start_worker("worker-3")
+    err_secs, end_secs = fault_mid_stream(net, "worker-3", signal.SIGSTOP)
+    figure(f"worker SIGSTOP mid-stream -> app gets the error event {err_secs * 1000:.0f} ms")
+    expect(
+        err_secs <= HUNG_BOUND_SECS,
+        f"error event after {err_secs:.3f} s (bound {HUNG_BOUND_SECS} s: keepalive + 1 s)",
+    )
+    expect(end_secs <= HUNG_BOUND_SECS, f"response ended after {end_secs:.3f} s")
+    expect(net.worker_stats("worker-3") is None, "the hung worker-3 is still registered")
+    net.kill("worker-3")
+    net.assert_alive()
+
+
+def main():
+    if len(sys.argv) != 3:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    net = Net(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2]))
+    # SIGTERM (from ci/e2e-faults.sh on interrupt) unwinds through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.monotonic()
+    try:
+        net.prepare()
+        net.start_proxy()
+        net.start_client()
+        net.start_worker("worker-1")
+        log(f"network up in {time.monotonic() - t0:.1f} s (proxy admin {net.admin})")
+        for scenario in (scenario_c, scenario_b, scenario_a, scenario_d):
+            scenario(net)
+    except Failure as e:
+        log(f"FAILED: {e}")
+        return 1
+    except Exception:  # noqa: BLE001 - a timeout or a broken connection is a failure too
+        traceback.print_exc()
+        log("FAILED: unexpected exception (a hang shows up as a socket timeout)")
+        return 1
+    finally:
+        net.stop_all()
+    log(f"all scenarios passed in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
