@@ -32,6 +32,9 @@ ci/e2e-faults.sh
 step "guest appliance: reproducible images, TCG boots of proxy and worker VMs (ci/e2e-vm.sh)"
 ci/e2e-vm.sh
 
+step "reproducible from source: cocoon-init built twice in different directories (ci/repro-init.sh)"
+ci/repro-init.sh
+
 step "cargo test --release (workspace; mistral.rs engine tests use the fetched model)"
 COCOON_TEST_GGUF="$MODEL" cargo test --workspace --release --locked
 
