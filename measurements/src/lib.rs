@@ -9,6 +9,8 @@
 //! * [`registers`] defines the image hash over MRTD, RTMR0-2, TD attributes, XFAM and the
 //!   owner/config IDs.
 //! * [`manifest`] defines signed measurement manifests (Ed25519 over a specified canonical form).
+//! * [`manifest_diff`] compares manifests and build records and names the register and artifact
+//!   that changed.
 //!
 //! Trust boundary: quotes, collateral and manifests are untrusted bytes. Trust comes only from
 //! the roots, publisher keys and image hashes the caller puts into a [`policy::Policy`].
@@ -17,6 +19,7 @@ pub mod boot;
 pub mod collateral;
 pub mod eventlog;
 pub mod manifest;
+pub mod manifest_diff;
 pub mod policy;
 pub mod quote;
 pub mod registers;

@@ -6,6 +6,8 @@
 //! roots = ["intel"]                 # "intel", or a path to a DER root (e.g. the simulated root)
 //! images = ["<image hash hex>"]     # and/or a signed manifest:
 //! manifest = { file = "manifest.json", publisher_keys = ["<ed25519 hex>"], role = "proxy" }
+//!   # optional in `manifest`: record = "accepted-manifests.jsonl" (default
+//!   # "<file>.accepted.jsonl"), allow_rollback = false (default)
 //! tcb_statuses = ["UpToDate"]       # default
 //! allow_debug = false               # default; development only
 //! rtmr3 = []                        # accepted RTMR3 values; empty = not checked
@@ -13,6 +15,12 @@
 //! ```
 //! At least one image must be pinned (directly or through the manifest): a service never runs
 //! with "any image". Relative paths are resolved against the config file's directory.
+//!
+//! A pinned manifest is accepted only if a pinned publisher key signed it *and* the local
+//! append-only record of accepted manifests agrees ([`crate::manifest_record`]): a manifest with
+//! the same issued_at as an accepted one but other content is refused ("manifest swapped"), an
+//! older one is refused ("manifest rollback") unless `allow_rollback = true`. Loading appends
+//! one line to the record the first time a manifest is accepted.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +29,9 @@ use measurements::manifest::SignedManifest;
 use measurements::policy::parse_tcb_status;
 use measurements::{parse_hex_array, ImageHash, Policy, TrustRoot};
 use serde::Deserialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::manifest_record::{self, RecordEntry, RecordFileError};
 
 /// Policy config errors (each names the field or file).
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +46,8 @@ pub enum ConfigError {
     },
     #[error("policy: no image pinned (set images or manifest)")]
     NoImages,
+    #[error("policy.manifest: {0}")]
+    ManifestRecord(#[from] RecordFileError),
 }
 
 fn default_roots() -> Vec<String> {
@@ -53,6 +66,13 @@ pub struct ManifestPin {
     pub publisher_keys: Vec<String>,
     /// The role whose image is accepted ("worker", "proxy").
     pub role: String,
+    /// Append-only record of accepted manifests (default: `<file>.accepted.jsonl`, next to the
+    /// manifest).
+    #[serde(default)]
+    pub record: Option<PathBuf>,
+    /// Accept a manifest older than the newest one accepted from its publisher key.
+    #[serde(default)]
+    pub allow_rollback: bool,
 }
 
 /// The `[policy]` section.
@@ -83,8 +103,15 @@ fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 impl PolicyConfig {
-    /// Builds the policy, reading root and manifest files relative to `base`.
+    /// Builds the policy, reading root and manifest files relative to `base`; a pinned
+    /// manifest's acceptance is recorded with the system time ([`Self::load_at`]).
     pub fn load(&self, base: &Path) -> Result<Policy, ConfigError> {
+        self.load_at(base, SystemClock.now())
+    }
+
+    /// [`Self::load`] with the time (Unix seconds) written into the manifest record's
+    /// `recorded_at`; no acceptance decision depends on it.
+    pub fn load_at(&self, base: &Path, now: u64) -> Result<Policy, ConfigError> {
         let mut policy = Policy::production();
         policy.roots = self
             .roots
@@ -126,7 +153,7 @@ impl PolicyConfig {
             })
             .collect::<Result<_, _>>()?;
         if let Some(pin) = &self.manifest {
-            images.extend(self.manifest_images(pin, base)?);
+            images.extend(self.manifest_images(pin, base, now)?);
         }
         if images.is_empty() {
             return Err(ConfigError::NoImages);
@@ -152,6 +179,7 @@ impl PolicyConfig {
         &self,
         pin: &ManifestPin,
         base: &Path,
+        now: u64,
     ) -> Result<Vec<ImageHash>, ConfigError> {
         let field = |detail: String| ConfigError::Field {
             field: "manifest",
@@ -169,7 +197,7 @@ impl PolicyConfig {
         let path = base.join(&pin.file);
         let signed = SignedManifest::from_json(&read(&path)?)
             .map_err(|e| field(format!("{}: {e}", path.display())))?;
-        let (manifest, _) = signed
+        let (manifest, signers) = signed
             .verify(&keys)
             .map_err(|e| field(format!("{}: {e}", path.display())))?;
         let role = manifest.roles.get(&pin.role).ok_or_else(|| {
@@ -180,6 +208,13 @@ impl PolicyConfig {
                 manifest.roles.keys().collect::<Vec<_>>()
             ))
         })?;
+        let entry = RecordEntry::new(&signed, &manifest, &signers, now)
+            .map_err(|e| field(format!("{}: {e}", path.display())))?;
+        let record = match &pin.record {
+            Some(r) => base.join(r),
+            None => manifest_record::default_record_path(&path),
+        };
+        manifest_record::accept(&record, &entry, pin.allow_rollback)?;
         Ok(vec![role.image_hash])
     }
 }

@@ -51,6 +51,9 @@
 //!
 //! Time is a parameter: library code takes `now` (Unix seconds) or a [`clock::Clock`]; only
 //! [`clock::SystemClock`] reads the system clock.
+//!
+//! A policy that pins a signed manifest ([`config`]) keeps an append-only local record of the
+//! manifests it accepted ([`manifest_record`]), so a swapped or rolled-back manifest is refused.
 
 pub mod account;
 pub mod cache;
@@ -59,6 +62,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod evidence;
+pub mod manifest_record;
 pub mod testing;
 pub mod tls;
 pub mod verify;

@@ -1,4 +1,4 @@
-//! cocoon-measure: verify TDX quotes and sign/verify measurement manifests.
+//! cocoon-measure: verify TDX quotes and build/sign/verify/diff measurement manifests.
 //!
 //! Exit codes (stable, used by tests and auditors' scripts):
 //! * 0 — accepted / success
@@ -20,6 +20,7 @@ use measurements::{Collateral, ImageHash, Policy, TrustRoot};
 
 mod compute_cmd;
 mod eventlog_cmd;
+mod manifest_cmd;
 
 const EXIT_ACCEPTED: u8 = 0;
 const EXIT_REJECTED: u8 = 1;
@@ -127,6 +128,11 @@ enum ManifestCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Build an unsigned manifest from `cocoon-image build` directories (then `manifest sign`).
+    FromImages(manifest_cmd::FromImagesArgs),
+    /// Compare two releases (signed/unsigned manifests or build records): which registers
+    /// differ and which artifact caused it. Exit 0 identical, 1 different, 2 unusable.
+    Diff(manifest_cmd::DiffArgs),
 }
 
 /// A failure that makes the input unusable (exit 2).
@@ -264,6 +270,8 @@ fn read_key(path: &Path) -> Result<SigningKey, Unusable> {
 
 fn manifest(cmd: ManifestCmd) -> Result<u8, Unusable> {
     match cmd {
+        ManifestCmd::FromImages(args) => manifest_cmd::from_images(args),
+        ManifestCmd::Diff(args) => manifest_cmd::diff(args),
         ManifestCmd::Keygen { out } => {
             let mut seed = [0u8; 32];
             getrandom::getrandom(&mut seed)?;
