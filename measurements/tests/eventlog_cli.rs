@@ -356,3 +356,49 @@ fn runtime_unusable_inputs_exit_2() {
     let (code, _, _) = run(&["eventlog", "runtime", "--log", &log, "--hex"]);
     assert_eq!(code, 2);
 }
+
+/// `eventlog expect-config` gives the RTMR3 of a runtime log holding just the config event, the
+/// same from the disk file and from its digest.
+#[test]
+fn expect_config_matches_the_runtime_log_definition() {
+    use measurements::runtime_log::{RuntimeEvent, RuntimeLog};
+    use sha2::Digest as _;
+    let dir = std::env::temp_dir().join(format!("cocoon-expect-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("config.tar");
+    std::fs::write(&disk, b"not really a tar, but any bytes are a config disk").unwrap();
+    let sha: [u8; 32] = sha2::Sha256::digest(std::fs::read(&disk).unwrap()).into();
+    let mut log = RuntimeLog::default();
+    log.append(RuntimeEvent::config(sha));
+    let want = hex::encode(log.replay());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon-measure"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["rtmr3"].as_str().unwrap().to_string()
+    };
+    let from_disk = run(&[
+        "eventlog",
+        "expect-config",
+        "--config-disk",
+        disk.to_str().unwrap(),
+        "--json",
+    ]);
+    let from_sha = run(&[
+        "eventlog",
+        "expect-config",
+        "--config-sha256",
+        &hex::encode(sha),
+        "--json",
+    ]);
+    assert_eq!(from_disk, want);
+    assert_eq!(from_sha, want);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

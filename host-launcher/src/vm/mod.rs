@@ -26,6 +26,21 @@ pub mod run;
 pub mod state;
 pub mod status;
 
+/// Writes to stdout, ignoring errors: a reader that went away (closed pipe) must not turn a
+/// clean VM stop into a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 use std::net::{SocketAddrV4, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -205,7 +220,7 @@ fn write_state(p: &Prepared) -> Result<(), Failure> {
     state::write_atomic(&state::config_disk_path(&p.instance.dir), &p.disk.bytes).map_err(st)?;
     if p.config.tee == Tee::Sim {
         let (_, created) = state::sim_platform(&p.config.state_dir).map_err(st)?;
-        println!(
+        outln!(
             "cocoon-host: simulated platform {} ({}); clients trust its root {}",
             state::sim_platform_path(&p.config.state_dir).display(),
             if created { "created" } else { "kept" },
@@ -218,7 +233,7 @@ fn write_state(p: &Prepared) -> Result<(), Failure> {
 
 fn print_ready(p: &Prepared, status: &status::Status, pid: Option<u32>) {
     let c = &p.config;
-    println!(
+    outln!(
         "cocoon-host: ready: {} instance {} (tee {})",
         c.name,
         p.instance.index,
@@ -227,7 +242,7 @@ fn print_ready(p: &Prepared, status: &status::Status, pid: Option<u32>) {
     let mut forwards = Vec::new();
     for f in &p.instance.forwards {
         let host = format!("{}:{}", c.host_address, f.host);
-        println!("  {:<12} {host} -> guest port {}", f.name, f.guest);
+        outln!("  {:<12} {host} -> guest port {}", f.name, f.guest);
         forwards.push(state::ForwardRecord {
             name: f.name.clone(),
             host,
@@ -235,8 +250,8 @@ fn print_ready(p: &Prepared, status: &status::Status, pid: Option<u32>) {
         });
     }
     let console = state::console_log_path(&p.instance.dir);
-    println!("  console      {}", console.display());
-    println!("Ctrl-C stops the VM.");
+    outln!("  console      {}", console.display());
+    outln!("Ctrl-C stops the VM.");
     let record = state::InstanceRecord {
         name: c.name.clone(),
         instance: p.instance.index,
@@ -259,8 +274,8 @@ fn print_ready(p: &Prepared, status: &status::Status, pid: Option<u32>) {
 pub async fn launch(opts: VmOptions) -> Result<(), Failure> {
     let p = prepare(&opts)?;
     if opts.print {
-        print!("{}", summary(&p));
-        print!("{}", qemu::render(&p.command));
+        out!("{}", summary(&p));
+        out!("{}", qemu::render(&p.command));
         return Ok(());
     }
     if !p.config.gpus.is_empty() {
@@ -273,7 +288,7 @@ pub async fn launch(opts: VmOptions) -> Result<(), Failure> {
     }
     check_ports(&p)?;
     write_state(&p)?;
-    print!("{}", summary(&p));
+    out!("{}", summary(&p));
     let spec = run::RunSpec {
         command: p.command.clone(),
         console_log: state::console_log_path(&p.instance.dir),
@@ -294,11 +309,11 @@ pub fn outcome(ended: Ended, console_log: &std::path::Path) -> Result<(), Failur
     let log = console_log.display();
     match ended {
         Ended::PoweredOff => {
-            println!("cocoon-host: the guest powered off cleanly");
+            outln!("cocoon-host: the guest powered off cleanly");
             Ok(())
         }
         Ended::Stopped { signal } => {
-            println!("cocoon-host: stopped (SIG{signal})");
+            outln!("cocoon-host: stopped (SIG{signal})");
             Ok(())
         }
         Ended::GuestFailed { code, reason } => Err(fail(
