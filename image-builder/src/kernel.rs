@@ -218,6 +218,22 @@ mod tests {
         assert!(err.to_string().contains("depends on a"), "{err}");
     }
 
+    /// The kernel pin is a reviewed file (house style rule 5): changing it fails this test until
+    /// the new digest is written here by whoever reviewed the new package.
+    #[test]
+    fn pin_file_is_the_reviewed_one() {
+        let got = hex::encode(Sha256::digest(KERNEL_TOML.as_bytes()));
+        assert_eq!(
+            got, "16e6555ad8e680b6c486256c5b7bdb57fc92990d70ed04b0bbe20a61f4d662d1",
+            "image-builder/kernel.toml changed: review it, then update this digest"
+        );
+        let pin = KernelPin::pinned().unwrap();
+        assert_eq!(
+            pin.deb_sha256,
+            "69c92f43b23821de79576fa4d7c86e2924ae2c1b247a47cc5ed9339e220fbcb7"
+        );
+    }
+
     #[test]
     fn pin_is_parsed() {
         let pin = KernelPin::pinned().unwrap();
