@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: inference through the full chain vs bare mistral.rs on the same GGUF, same prompt,
-# greedy, 64 tokens (ci/bench_chain.py). Chain rounds first (network up), then the bare
-# baseline in the same run with the network stopped, so both have the machine to themselves.
+# greedy, 64 tokens (ci/bench_chain.py). Rounds through the chain (network up) interleave with
+# rounds of bare mistral.rs in the engine test's paced mode; each runs while the other is idle.
 # Needs the release build (ci/local.sh or ci/test.sh builds it) and the cached model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +14,7 @@ trap 'kill -TERM $HOST 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do [ -f "$DIR/urls.json" ] && break; sleep 0.5; done
 URL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["client"])' "$DIR/urls.json")
 MODEL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["model"])' "$DIR/urls.json")
-python3 ci/bench_chain.py chain "$URL" "$MODEL" "$ROUNDS" > "$DIR/chain.json"
+cargo test --release -q -p cocoon-worker --test engine_mistralrs --no-run
+python3 ci/bench_chain.py ab "$URL" "$MODEL" "$ROUNDS" "$MODEL_FILE"
 kill -TERM $HOST; wait $HOST || true
 trap - EXIT
-COCOON_TEST_GGUF="$MODEL_FILE" COCOON_BENCH_ROUNDS=$((ROUNDS + 1)) \
-  cargo test --release -q -p cocoon-worker --test engine_mistralrs -- --nocapture >"$DIR/bare.log" 2>&1
-python3 ci/bench_chain.py report "$DIR/chain.json" "$DIR/bare.log"

@@ -5,7 +5,8 @@
 //! One test loads the model once and runs every check in order, so that the figures it prints
 //! (load time, RSS, tokens/s of this engine against bare mistral.rs) come from one process.
 //! Run with `cargo test --release -p cocoon-worker --test engine_mistralrs -- --nocapture`
-//! (`COCOON_BENCH_ROUNDS=n` for more benchmark rounds; the default is 2).
+//! (`COCOON_BENCH_ROUNDS=n` for more benchmark rounds; the default is 2; `COCOON_BENCH_PACED=1`
+//! waits for a line on stdin before each round, for ci/bench_chain.py).
 #![cfg(feature = "mistralrs")]
 
 use std::path::PathBuf;
@@ -284,7 +285,18 @@ async fn mistralrs_engine_end_to_end() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
+    // COCOON_BENCH_PACED=1 (ci/bench_chain.py): wait for a line on stdin before each round, so
+    // that rounds of the full chain (another process) interleave with these on an otherwise idle
+    // machine and slow drift of the machine's speed cancels out of the comparison.
+    let paced = std::env::var_os("COCOON_BENCH_PACED").is_some();
     for round in 0..rounds {
+        if paced {
+            use std::io::Write as _;
+            println!("bench paced: waiting for round {round}");
+            std::io::stdout().flush().expect("stdout");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).expect("stdin");
+        }
         let o = run(&engine, chat(text, 64)).await;
         expect_done(&o, "bench");
         let e = stats(&o);
