@@ -77,6 +77,26 @@ for role in proxy worker; do
     [ "$got" = "$want" ] || fail "cocoon-measure compute ($role): $got, manifest: $want"
 done
 say "cocoon-measure compute reproduces RTMR1/RTMR2 of both manifests"
+# The release manifest content each build writes (measurement.json) signs and verifies as is,
+# and a diff between the two roles names what differs.
+PUB=$("$BIN/cocoon-measure" manifest keygen --out "$W/publisher.key")
+"$BIN/cocoon-measure" manifest sign --manifest "$W/a/proxy/measurement.json" --key "$W/publisher.key" --out "$W/proxy.signed.json"
+"$BIN/cocoon-measure" manifest verify --signed "$W/proxy.signed.json" --publisher-key "$PUB" >/dev/null ||
+    fail "signed measurement.json does not verify"
+set +e
+# "another proxy build": the worker's build record relabelled as a proxy (other initramfs and
+# cmdline, same kernel), so the diff must blame RTMR2 on those artifacts.
+python3 - "$W/a/worker/manifest.json" "$W/other-proxy.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["role"] = "proxy"
+json.dump(m, open(sys.argv[2], "w"))
+PY
+"$BIN/cocoon-measure" manifest diff "$W/a/proxy/manifest.json" "$W/other-proxy.json" >"$W/diff.txt"
+rc=$?
+set -e
+[ $rc = 1 ] && grep -q "rtmr2 differs" "$W/diff.txt" && grep -q "initramfs.cpio.gz changed" "$W/diff.txt" || fail "manifest diff between roles (exit $rc): $(cat "$W/diff.txt")"
+say "signed release manifest verifies; diff names the register and the artifact: $(grep -m1 -A1 "rtmr2 differs" "$W/diff.txt" | tr '\n' ' ' | head -c 200)"
 PIMG=$(json "$W/a/proxy/manifest.json" "['image_hash']")
 WIMG=$(json "$W/a/worker/manifest.json" "['image_hash']")
 

@@ -50,6 +50,13 @@ pub struct BuildArgs {
     /// Source commit recorded in the manifest (default: `git rev-parse HEAD` if available).
     #[arg(long)]
     pub source_commit: Option<String>,
+    /// Publisher named in `measurement.json` (the release manifest content for this role).
+    #[arg(long, default_value = "cocoon-image")]
+    pub publisher: String,
+    /// `issued_at` of `measurement.json`, Unix seconds (default: $SOURCE_DATE_EPOCH, else 0, so
+    /// that builds stay reproducible; publishers set the real time when they assemble releases).
+    #[arg(long)]
+    pub issued_at: Option<u64>,
 }
 
 fn progress(start: Instant, what: &str) {
@@ -245,6 +252,23 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let mut json = serde_json::to_string_pretty(&manifest)?;
     json.push('\n');
     let path = args.out.join("manifest.json");
+    std::fs::write(&path, json).with_context(|| format!("write {}", path.display()))?;
+
+    // The release manifest content for this role (measurements::manifest), ready for
+    // `cocoon-measure manifest sign` (or to be combined with other roles by
+    // `cocoon-measure manifest from-images`).
+    let issued_at = args.issued_at.unwrap_or_else(|| {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    let mut release = measurements::manifest::Manifest::new(args.publisher.clone(), issued_at)
+        .with_role(args.role.clone(), manifest.registers);
+    release.source_commit = manifest.source_commit.clone();
+    let mut json = serde_json::to_string_pretty(&release)?;
+    json.push('\n');
+    let path = args.out.join("measurement.json");
     std::fs::write(&path, json).with_context(|| format!("write {}", path.display()))?;
     progress(start, &format!("wrote {}", args.out.display()));
     for (name, a) in &manifest.artifacts {
