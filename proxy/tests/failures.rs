@@ -132,7 +132,18 @@ async fn mid_stream_failure(behavior: Behavior, keepalive: Option<(u64, u64)>) -
     let failed_at = w.obs.failed_at.lock().unwrap().expect("worker failed");
     let (seen_at, err) = error_of(&evs).expect("cocoon-error event");
     assert_eq!(err.kind, ErrorKind::Upstream);
-    assert_eq!(err.message, "worker connection lost");
+    // The in-process fake worker's stream can end (HTTP/2 end of stream) a moment before its
+    // connection drops, which the relay reports as an unfinished stream; both are the same
+    // clear, terminal upstream error to the client. (The process-level test,
+    // ci/e2e-faults.sh, SIGKILLs a real worker and always sees the connection loss.)
+    assert!(
+        matches!(
+            err.message.as_str(),
+            "worker connection lost" | "worker ended the stream without usage"
+        ),
+        "{}",
+        err.message
+    );
     assert!(
         evs.last().unwrap().1.name.as_deref() == Some("cocoon-error"),
         "terminal"
