@@ -112,6 +112,15 @@ STATE=$W/state
 mkdir -p "$W/cfg"
 cp "$STATE/sim-root.der" "$W/cfg/sim-root.der"
 
+# Both services use the simulated platform cocoon-init copies from fw_cfg, starting RTMR3 from
+# the runtime log cocoon-init wrote.
+GUEST_TEE='[tee]
+kind = "sim"
+platform_file = "/run/cocoon/sim/platform.json"
+registers_file = "/run/cocoon/sim/registers.json"
+runtime_log_file = "/run/cocoon/rtmr3-log.json"
+'
+
 worker_files() { # DIR MAX_RESTARTS EXTRA_ARG
     mkdir -p "$1"
     cat >"$1/init.toml" <<EOF
@@ -135,12 +144,7 @@ proxies = ["10.0.2.2:19101"]
 capacity = 4
 price_coefficient_milli = 1000
 
-[tee]
-kind = "sim"
-platform_file = "/run/cocoon/sim/platform.json"
-registers_file = "/run/cocoon/sim/registers.json"
-runtime_log_file = "/run/cocoon/rtmr3-log.json"
-
+$GUEST_TEE
 [policy]
 roots = ["sim-root.der"]
 images = ["$PIMG"]
@@ -219,12 +223,7 @@ max_prompt_tokens = 4096
 [accounts]
 default_balance_nano = 1000000000000
 
-[tee]
-kind = "sim"
-platform_file = "/run/cocoon/sim/platform.json"
-registers_file = "/run/cocoon/sim/registers.json"
-runtime_log_file = "/run/cocoon/rtmr3-log.json"
-
+$GUEST_TEE
 [policy]
 roots = ["sim-root.der"]
 images = ["$WIMG"]

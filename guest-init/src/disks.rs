@@ -2,12 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// Serial of the config disk (a ustar archive, measured into RTMR3 before use).
-pub const CONFIG_SERIAL: &str = "cocoon-config";
-/// Serial of the model data disk.
-pub const MODEL_SERIAL: &str = "cocoon-model";
-/// Serial of the model's dm-verity hash tree disk.
-pub const VERITY_SERIAL: &str = "cocoon-verity";
+pub use protocol::guest::{
+    CONFIG_DISK_SERIAL as CONFIG_SERIAL, MODEL_DISK_SERIAL as MODEL_SERIAL,
+    VERITY_DISK_SERIAL as VERITY_SERIAL,
+};
 
 /// A block device found in sysfs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,8 @@ pub const MODULE_LIST: &str = "/etc/cocoon/modules";
 /// Largest accepted config disk.
 pub const MAX_CONFIG_DISK: u64 = 16 << 20;
 
-const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/cocoon";
+/// Where the kernel's qemu_fw_cfg module exposes fw_cfg entries by name.
+const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
 
 /// Step 1: the pseudo filesystems, then a console on fds 0-2.
 pub fn mount_filesystems() -> Result<(), Failure> {
@@ -201,8 +202,9 @@ pub fn open_tee() -> Result<(TeeKind, OpenedTee), Failure> {
         let opened = tee.open(Path::new("/")).step(InitExit::Tee, "tdx")?;
         return Ok((TeeKind::Tdx, opened));
     }
-    let platform = Path::new(FW_CFG).join("sim-platform/raw");
-    let registers = Path::new(FW_CFG).join("sim-registers/raw");
+    let fw_cfg = |name: &str| Path::new(FW_CFG_BY_NAME).join(name).join("raw");
+    let platform = fw_cfg(protocol::guest::FW_CFG_SIM_PLATFORM);
+    let registers = fw_cfg(protocol::guest::FW_CFG_SIM_REGISTERS);
     if platform.exists() && registers.exists() {
         fs::create_dir_all(SIM_DIR).step(InitExit::Tee, SIM_DIR)?;
         let p = Path::new(SIM_DIR).join("platform.json");

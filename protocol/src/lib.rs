@@ -23,6 +23,7 @@
 //! typed error naming both sides' versions.
 
 pub mod error;
+pub mod guest;
 pub mod meta;
 pub mod register;
 pub mod sse;

@@ -24,15 +24,15 @@ use super::image::BootImage;
 use super::state;
 
 /// Serial of the config disk (the guest looks it up in `/sys/block/*/serial`).
-pub const SERIAL_CONFIG: &str = "cocoon-config";
+pub const SERIAL_CONFIG: &str = protocol::guest::CONFIG_DISK_SERIAL;
 /// Serial of the model disk.
-pub const SERIAL_MODEL: &str = "cocoon-model";
+pub const SERIAL_MODEL: &str = protocol::guest::MODEL_DISK_SERIAL;
 /// Serial of the model's dm-verity hash tree.
-pub const SERIAL_VERITY: &str = "cocoon-verity";
+pub const SERIAL_VERITY: &str = protocol::guest::VERITY_DISK_SERIAL;
 /// fw_cfg name of the simulated platform seed (`SimPlatformSeed` JSON).
-pub const FW_CFG_SIM_PLATFORM: &str = "opt/cocoon/sim-platform";
+pub const FW_CFG_SIM_PLATFORM: &str = protocol::guest::FW_CFG_SIM_PLATFORM;
 /// fw_cfg name of the simulated registers (`TdRegisters` JSON).
-pub const FW_CFG_SIM_REGISTERS: &str = "opt/cocoon/sim-registers";
+pub const FW_CFG_SIM_REGISTERS: &str = protocol::guest::FW_CFG_SIM_REGISTERS;
 /// fw_cfg knob of OVMF/TDVF sizing the 64-bit PCI MMIO window (GPU BARs).
 pub const FW_CFG_MMIO64: &str = "opt/ovmf/X-PciMmio64Mb";
 /// QOM id of the tdx-guest object.

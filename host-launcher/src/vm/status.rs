@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 /// The marker that starts a status line.
-pub const MARKER: &str = "COCOON-INIT ";
+pub const MARKER: &str = protocol::guest::STATUS_PREFIX;
 /// Longest line parsed; longer ones are reported as malformed.
 pub const MAX_LINE: usize = 16 * 1024;
 

@@ -1,0 +1,21 @@
+//! The contract between the host launcher (`cocoon-host`) and the guest's PID 1
+//! (`cocoon-init`): names both sides must agree on, kept in one place.
+//!
+//! * Disks are found by their virtio serial, never by order.
+//! * Under `--tee sim` the launcher hands the simulated platform to the guest through QEMU
+//!   fw_cfg; the guest reads `/sys/firmware/qemu_fw_cfg/by_name/<name>/raw`.
+//! * PID 1 reports boot stages on the serial console as `COCOON-INIT {json}` lines with a
+//!   `"stage"` field.
+
+/// Serial of the config disk (a flat ustar archive, measured into RTMR3 before use).
+pub const CONFIG_DISK_SERIAL: &str = "cocoon-config";
+/// Serial of the model data disk.
+pub const MODEL_DISK_SERIAL: &str = "cocoon-model";
+/// Serial of the model's dm-verity hash tree disk.
+pub const VERITY_DISK_SERIAL: &str = "cocoon-verity";
+/// fw_cfg name of the simulated platform seed (`SimPlatformSeed` JSON).
+pub const FW_CFG_SIM_PLATFORM: &str = "opt/cocoon/sim-platform";
+/// fw_cfg name of the simulated registers (`TdRegisters` JSON).
+pub const FW_CFG_SIM_REGISTERS: &str = "opt/cocoon/sim-registers";
+/// Prefix of every PID 1 status line on the console.
+pub const STATUS_PREFIX: &str = "COCOON-INIT ";
