@@ -152,17 +152,28 @@ pub fn rfc3339(item: &'static str, s: &str) -> Result<u64, CollateralError> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return Err(bad());
     }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+    // Byte-wise from here on: the input is untrusted text, never sliced at a byte offset that
+    // may fall inside a multi-byte character.
+    let mut rest = &b[19..];
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
         rest = &frac[digits..];
     }
+    let two = |hi: u8, lo: u8| -> Result<i64, CollateralError> {
+        if hi.is_ascii_digit() && lo.is_ascii_digit() {
+            Ok(i64::from(hi - b'0') * 10 + i64::from(lo - b'0'))
+        } else {
+            Err(bad())
+        }
+    };
     let offset = match rest {
-        "Z" | "z" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
-            let oh: i64 = r[1..3].parse().map_err(|_| bad())?;
-            let om: i64 = r[4..6].parse().map_err(|_| bad())?;
-            let sign = if r.starts_with('-') { -1 } else { 1 };
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (oh, om) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if oh > 23 || om > 59 {
+                return Err(bad());
+            }
+            let sign = if *sign == b'-' { -1 } else { 1 };
             sign * (oh * 3600 + om * 60)
         }
         _ => return Err(bad()),
@@ -204,5 +215,32 @@ mod tests {
         ] {
             assert!(rfc3339("t", bad).is_err(), "{bad}");
         }
+    }
+
+    /// Regression: a multi-byte character in the offset (reachable before authentication,
+    /// through collateral embedded in an RA-TLS certificate) panicked on a byte slice.
+    #[test]
+    fn rfc3339_non_ascii_never_panics() {
+        assert!(rfc3339("t", "2025-07-19T10:00:34+0\u{e9}00").is_err());
+        assert!(rfc3339("t", "2025-07-19T10:00:34+\u{e9}:000").is_err());
+        let good = "2025-07-19T12:00:34.5+02:00";
+        for ch in ['\u{e9}', '\u{20ac}', '\u{1f600}'] {
+            for at in 0..=good.len() {
+                for replace in [false, true] {
+                    let mut s = good.as_bytes()[..at].to_vec();
+                    let mut buf = [0u8; 4];
+                    s.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                    let tail = if replace && at < good.len() {
+                        at + 1
+                    } else {
+                        at
+                    };
+                    s.extend_from_slice(&good.as_bytes()[tail..]);
+                    let s = String::from_utf8(s).unwrap();
+                    assert!(rfc3339("t", &s).is_err(), "{s}");
+                }
+            }
+        }
+        assert!(rfc3339("t", "2025-07-19T10:00:34+24:00").is_err());
     }
 }
