@@ -86,6 +86,12 @@ pub enum Rejection {
     ImageNotAllowed { got: ImageHash, allowed: usize },
     #[error("rtmr3 mismatch: got {got}, not an expected runtime configuration")]
     Rtmr3Mismatch { got: String },
+    #[error("model {model} with digest {digest} not allowed by policy: {detail}")]
+    ModelNotAllowed {
+        model: String,
+        digest: String,
+        detail: String,
+    },
     #[error("report_data mismatch: expected {expected}, got {got}")]
     ReportDataMismatch { expected: String, got: String },
     #[error("quote verification failed: {0}")]
@@ -119,6 +125,7 @@ impl Rejection {
             Self::TdAttribute { .. } => "td_attribute",
             Self::ImageNotAllowed { .. } => "image_not_allowed",
             Self::Rtmr3Mismatch { .. } => "rtmr3_mismatch",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ReportDataMismatch { .. } => "report_data_mismatch",
             Self::Verification(_) => "verification",
         }
@@ -278,72 +285,348 @@ pub fn pem_certs(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// Maps a dcap-qvl error (text with context chain) to a typed reason.
+///
+/// dcap-qvl 0.7.1 (pinned exactly) reports every failure as text. Each message it can produce
+/// is listed, with the reason code it must get here, in
+/// `tests/fixtures/dcap_qvl_0.7.1_messages.json`; `tests/dcap_qvl_reasons.rs` checks the
+/// mapping and that the list matches the dcap-qvl source. The rules are tried in order, on the
+/// whole chain ("context: cause"), so a message that names its cause (a date that does not
+/// parse inside "TDX module identity check", a debug QE inside "QE report validation failed")
+/// gets the cause's reason. Only the rejections of dcap-qvl's own optional policy, which this
+/// crate never enables (it passes `QuotePolicy::claims_only`; [`Policy`] decides), and text
+/// matching no rule stay [`Rejection::Verification`].
 pub fn classify(err: &anyhow::Error) -> Rejection {
     let msg = format!("{err:#}");
     let has = |s: &str| msg.contains(s);
-    if has("Failed to decode quote")
-        || has("quote version")
-        || has("QE vendor ID")
-        || has("attestation key type")
-        || has("TEE type")
-    {
-        Rejection::QuoteHeader { detail: msg }
-    } else if has("PCK certificate") || has("PCK CA") {
-        Rejection::CertificateChain { detail: msg }
-    } else if has("Failed to parse root CA CRL")
-        || has("Failed to parse PCK CRL")
-        || has("Failed to decode TcbInfo")
-        || has("Failed to decode QeIdentity")
-        || has("Failed to extract")
-    {
-        Rejection::MalformedCollateral(msg)
-    } else if has("Signature is invalid for tcb_info") {
-        Rejection::CollateralSignature { item: "tcb_info" }
-    } else if has("Signature is invalid for qe_identity") {
-        Rejection::CollateralSignature {
+    let any = |list: &[&str]| list.iter().any(|s| msg.contains(s));
+    // Verdicts of a signature or binding check: unambiguous whatever else the text says.
+    if has("Signature is invalid for tcb_info") {
+        return Rejection::CollateralSignature { item: "tcb_info" };
+    }
+    if has("Signature is invalid for qe_identity") {
+        return Rejection::CollateralSignature {
             item: "qe_identity",
-        }
-    } else if has("Signature is invalid for qe_report") {
-        Rejection::QeReportSignature
-    } else if has("QE report hash mismatch") {
-        Rejection::QeReportBinding
-    } else if has("ISV enclave report signature is invalid") {
-        Rejection::QuoteSignature
-    } else if has("No matching TCB level") {
-        Rejection::NoMatchingTcbLevel
-    } else if has("Fmspc mismatch") {
-        Rejection::FmspcMismatch
-    } else if has("Revoked") {
-        Rejection::TcbRevoked
-    } else if has("TCBInfo expired") {
-        Rejection::CollateralExpired {
+        };
+    }
+    if has("Signature is invalid for qe_report") {
+        return Rejection::QeReportSignature;
+    }
+    if has("ISV enclave report signature is invalid") {
+        return Rejection::QuoteSignature;
+    }
+    if has("QE report hash mismatch") {
+        return Rejection::QeReportBinding;
+    }
+    // Validity windows (normally caught before dcap-qvl runs, see `verify_evidence`).
+    let expired = [
+        ("TCBInfo expired", "tcb_info"),
+        ("QE Identity expired", "qe_identity"),
+        ("CrlExpired", "crl"),
+        ("Collateral expired", "collateral"),
+    ];
+    if let Some((_, item)) = expired.into_iter().find(|(s, _)| has(s)) {
+        // dcap-qvl's text carries no dates.
+        return Rejection::CollateralExpired {
+            item,
+            next_update: 0,
+            now: 0,
+        };
+    }
+    if has("TCBInfo issue date is in the future") {
+        return Rejection::CollateralNotYetValid {
             item: "tcb_info",
-            next_update: 0,
+            issued_at: 0,
             now: 0,
-        }
-    } else if has("QE Identity expired") {
-        Rejection::CollateralExpired {
+        };
+    }
+    if has("QE Identity issue date is in the future") {
+        return Rejection::CollateralNotYetValid {
             item: "qe_identity",
-            next_update: 0,
+            issued_at: 0,
             now: 0,
+        };
+    }
+    if any(QUOTE_HEADER) {
+        return Rejection::QuoteHeader { detail: msg };
+    }
+    if any(CERTIFICATION_DATA) {
+        return Rejection::CertificateChain { detail: msg };
+    }
+    if any(MALFORMED_COLLATERAL) {
+        return Rejection::MalformedCollateral(msg);
+    }
+    if any(PCK_EXTENSION) {
+        return Rejection::CertificateChain {
+            detail: format!("pck certificate sgx extension: {msg}"),
+        };
+    }
+    if any(CERTIFICATE_CHAIN) {
+        return Rejection::CertificateChain { detail: msg };
+    }
+    if has("TCB status is invalid: Revoked") {
+        return Rejection::TcbRevoked;
+    }
+    if has("No matching TCB level") {
+        return Rejection::NoMatchingTcbLevel;
+    }
+    if has("Fmspc mismatch") {
+        return Rejection::FmspcMismatch;
+    }
+    if let Some(status) = between(&msg, "TCB status ", " is not acceptable by policy") {
+        return Rejection::TcbStatusNotAllowed {
+            status: status.to_string(),
+            advisory_ids: Vec::new(),
+        };
+    }
+    if has("TCB too old") {
+        return Rejection::TcbStatusNotAllowed {
+            status: msg,
+            advisory_ids: Vec::new(),
+        };
+    }
+    if let Some(id) = between(&msg, "Advisory ID ", " is rejected by policy") {
+        return Rejection::AdvisoryRejected(id.to_string());
+    }
+    if any(QE_IDENTITY) {
+        return Rejection::QeIdentity { detail: msg };
+    }
+    if has("TDX module") {
+        return Rejection::TdxModule { detail: msg };
+    }
+    // The TD 1.5 current TCB matched no level (its specific causes are matched above).
+    if has("Failed to evaluate the current TDX TCB") {
+        return Rejection::NoMatchingTcbLevel;
+    }
+    if has("Debug mode is enabled") {
+        return Rejection::DebugTd {
+            td_attributes: "reported by dcap-qvl".into(),
+        };
+    }
+    if any(TD_ATTRIBUTES) {
+        return Rejection::TdAttribute { detail: msg };
+    }
+    if is_bare_webpki_error(&msg) {
+        // The root CA checked against the CRLs: dcap-qvl passes webpki's error on as is.
+        return Rejection::CertificateChain {
+            detail: format!("root ca against the crls: {msg}"),
+        };
+    }
+    Rejection::Verification(msg)
+}
+
+/// The quote's structure and header as dcap-qvl reads them.
+const QUOTE_HEADER: &[&str] = &[
+    "Failed to decode quote",
+    "Unsupported DCAP quote version",
+    "Unknown QE vendor ID",
+    "Unsupported TEE type",
+    "TEE quote must have version",
+    "Unsupported DCAP attestation key type",
+    "Failed to get TD10 report",
+    "Failed to get signed quote scope",
+    "Invalid QE auth data length",
+];
+
+/// The quote's certification data (the PCK chain it carries, or a type without one).
+const CERTIFICATION_DATA: &[&str] = &[
+    "PCK certificate",
+    "PCK CA",
+    "PCK cert format",
+    "Unsupported cert type",
+    "Certification data type",
+    "encrypted_ppid_params",
+    "ENCRYPTED_PPID",
+    "No certificates found in PEM chain",
+];
+
+/// Collateral that does not parse or does not fit the quote: JSON, dates, CRL DER, issuer
+/// chain PEM (the PCK chain's PEM is matched above), field encodings, signature lengths (only
+/// the collateral's signatures have a variable length; the quote's are fixed arrays).
+const MALFORMED_COLLATERAL: &[&str] = &[
+    "Failed to decode TcbInfo",
+    "Failed to decode QeIdentity",
+    "Failed to parse root CA CRL",
+    "Failed to parse PCK CRL",
+    "Failed to parse CRL",
+    "CRL number",
+    "RFC3339",
+    "issue date",
+    "next update",
+    "issueDate",
+    "nextUpdate",
+    "tcbDate",
+    "TCB date",
+    "Failed to decode TCB FMSPC",
+    " as hex",
+    "has invalid length",
+    "missing tdxModule field",
+    "component count mismatch",
+    "Unrecognized TCB status",
+    "non-TDX TCB info",
+    "non-SGX TCB info",
+    "Unsupported QE Identity id/version",
+    "No TCB levels found in QE Identity",
+    "Invalid key length",
+    "ECDSA signature sequence",
+    "INTEGER",
+    "encode_ecdsa_sig",
+    "Failed to parse certs",
+];
+
+/// The Intel SGX extension of the PCK leaf certificate (FMSPC, CPUSVN, PCESVN, flags).
+const PCK_EXTENSION: &[&str] = &[
+    "Intel extension",
+    "Invalid OID encoding",
+    "appears more than once",
+    "Failed to decode DER object",
+    "Failed to get subobject",
+    "Failed to load sequence",
+    "Failed to load nested sequence",
+    "Failed to get entry",
+    "Failed to get name",
+    "Failed to get value",
+    "Failed to read entry",
+    "Failed to read OID",
+    "Failed to read value",
+    "OID is missing",
+    "Failed to find Fmspc",
+    "Fmspc length mismatch",
+    "Failed to decode Fmspc",
+    "CpuSvn",
+    "PceSvn",
+    "DER recursion depth",
+    "Unexpected BOOLEAN length",
+    "Unexpected ENUMERATED length",
+];
+
+/// Certificate chains (PCK, TCB info and QE identity signers) up to the pinned root, and CRLs.
+const CERTIFICATE_CHAIN: &[&str] = &[
+    "certificate chain",
+    "Certificate chain",
+    "leaf certificate",
+    "Too many intermediate certificates",
+    "RevocationOptionsBuilder",
+    "must be issued directly by the root CA",
+    "Failed to load root ca",
+    "Failed to parse root CA certificate",
+    "Failed to parse certificate for time window",
+    "Failed to decode certificate",
+    "CRL",
+];
+
+/// The QE report against the QE identity.
+const QE_IDENTITY: &[&str] = &[
+    "QE MRSIGNER",
+    "QE ISVPRODID",
+    "QE MISCSELECT",
+    "QE ATTRIBUTES",
+    "QE report validation",
+    "QE ISVSVN",
+    "Failed to decode QE report",
+];
+
+/// TD attributes and service TD binding (debug is matched separately).
+const TD_ATTRIBUTES: &[&str] = &[
+    "TD profiling",
+    "Reserved bits in TD",
+    "TD migration",
+    "SERVTD_EXT",
+    "SEPT_VE_DISABLE",
+    "MR service TD",
+    "TD attributes",
+];
+
+/// The text between `start` and `end` in `msg`, if both occur in that order.
+fn between<'a>(msg: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let (_, rest) = msg.split_once(start)?;
+    let (value, _) = rest.split_once(end)?;
+    Some(value)
+}
+
+/// Whether `msg` is a webpki error as its Debug form prints it (`CertRevoked`,
+/// `TrailingData(Certificate)`, `CrlExpired { time: …, next_update: … }`) with no context.
+fn is_bare_webpki_error(msg: &str) -> bool {
+    let end = msg
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(msg.len());
+    let (name, rest) = msg.split_at(end);
+    name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name.chars().skip(1).any(|c| c.is_ascii_uppercase())
+        && (rest.is_empty() || rest.starts_with('(') || rest.starts_with(" {"))
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::*;
+
+    fn code(err: anyhow::Error) -> &'static str {
+        classify(&err).code()
+    }
+
+    #[test]
+    fn the_cause_wins_over_the_context() {
+        let date = anyhow::anyhow!("Failed to parse RFC3339 datetime: premature end of input")
+            .context("Invalid TDX module tcbDate");
+        assert_eq!(code(date), "malformed_collateral");
+        let debug_qe =
+            anyhow::anyhow!("Debug mode is enabled").context("QE report validation failed");
+        assert_eq!(code(debug_qe), "qe_identity");
+        assert_eq!(code(anyhow::anyhow!("Debug mode is enabled")), "debug_td");
+        let current = anyhow::anyhow!("No matching TCB level found")
+            .context("Failed to evaluate the current TDX TCB (TEE_TCB_SVN2)");
+        assert_eq!(code(current), "no_matching_tcb_level");
+        let qe_for_sgx = anyhow::anyhow!(
+            "Unsupported QE Identity id/version for the quote TEE type: QE version 2 \
+             (expected TD_QE version [2, 3])"
+        );
+        assert_eq!(code(qe_for_sgx), "malformed_collateral");
+    }
+
+    #[test]
+    fn policy_texts_carry_their_values() {
+        let r = classify(&anyhow::anyhow!(
+            "TCB status OutOfDate is not acceptable by policy"
+        ));
+        assert_eq!(
+            r,
+            Rejection::TcbStatusNotAllowed {
+                status: "OutOfDate".into(),
+                advisory_ids: vec![],
+            }
+        );
+        let r = classify(&anyhow::anyhow!(
+            "Advisory ID INTEL-SA-00837 is rejected by policy"
+        ));
+        assert_eq!(r, Rejection::AdvisoryRejected("INTEL-SA-00837".into()));
+    }
+
+    #[test]
+    fn bare_webpki_errors_are_recognized() {
+        for yes in [
+            "CertRevoked",
+            "BadDer",
+            "TrailingData(Certificate)",
+            "CrlExpired { time: UnixTime(1), next_update: UnixTime(0) }",
+        ] {
+            assert!(is_bare_webpki_error(yes), "{yes}");
         }
-    } else if has("QE MRSIGNER")
-        || has("QE ISVPRODID")
-        || has("QE MISCSELECT")
-        || has("QE ATTRIBUTES")
-        || has("QE Identity id/version")
-        || has("QE report validation")
-        || has("QE TCB")
-        || has("QE ISVSVN")
-    {
-        Rejection::QeIdentity { detail: msg }
-    } else if has("TDX module") {
-        Rejection::TdxModule { detail: msg }
-    } else if has("SEPT_VE_DISABLE") || has("TD migration") || has("Reserved bits in TD") {
-        Rejection::TdAttribute { detail: msg }
-    } else if has("certificate chain") || has("Certificate chain") || has("CRL") {
-        Rejection::CertificateChain { detail: msg }
-    } else {
-        Rejection::Verification(msg)
+        for no in [
+            "Fmspc mismatch",
+            "",
+            "X",
+            "lowercase",
+            "Some text: CertRevoked",
+            "É",
+        ] {
+            assert!(!is_bare_webpki_error(no), "{no}");
+        }
+        assert_eq!(
+            code(anyhow::anyhow!("UnknownRevocationStatus")),
+            "certificate_chain"
+        );
+        assert_eq!(
+            code(anyhow::anyhow!("something dcap-qvl never says")),
+            "verification"
+        );
     }
 }
