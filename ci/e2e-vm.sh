@@ -193,10 +193,15 @@ guest = 9102
 EOF
     fi
 }
-config_rtmr3() { # VM_TOML INSTANCE
+config_sha() { # VM_TOML INSTANCE
     local sha
     sha=$("$BIN/cocoon-host" launch "$1" --instance "$2" --print 2>&1 | sed -n 's/.*config disk  sha256 \([0-9a-f]*\).*/\1/p')
     [ -n "$sha" ] || fail "no config disk digest from --print $1"
+    echo "$sha"
+}
+config_rtmr3() { # VM_TOML INSTANCE
+    local sha
+    sha=$(config_sha "$1" "$2")
     "$BIN/cocoon-measure" eventlog expect-config --config-sha256 "$sha" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['rtmr3'])"
 }
 
@@ -228,6 +233,7 @@ $GUEST_TEE
 roots = ["sim-root.der"]
 images = ["$WIMG"]
 rtmr3 = ["$WRTMR3"]
+models = { "tiny" = "$(json "$M" "['image_sha256']")" }
 EOF
 vm_toml "$W/proxy.toml" proxy proxy "$W/cfg/proxy"
 PRTMR3=$(config_rtmr3 "$W/proxy.toml" 0)
@@ -289,6 +295,48 @@ CODE=$(curl -s -o "$W/wrong.json" -w '%{http_code}' --max-time 60 http://127.0.0
 grep -qi "image" "$W/client-wrong.out" "$W/wrong.json" || fail "refusal does not name the image ($CODE)"
 [ "$CODE" != 200 ] || fail "a client pinned to another build's manifest got an answer"
 say "client pinned to another manifest refused the proxy (HTTP $CODE): $(head -c 200 "$W/wrong.json")"
+
+# ---- 4b. a signed manifest pins the proxy's runtime configuration through the client -------
+# The release manifest names the proxy image and, from the proxy's config disk digest, its
+# RTMR3; a client that pins only the publisher key gets both. A manifest listing another
+# configuration (here the worker's config digest under the proxy role) is refused by RTMR3.
+PSHA=$(config_sha "$W/proxy.toml" 0)
+WSHA=$(config_sha "$W/worker.toml" 1)
+for m in pinned:$PSHA otherconf:$WSHA; do
+    "$BIN/cocoon-measure" manifest from-images --image "$W/a/proxy" --publisher "cocoon e2e-vm" \
+        --config-sha256 "proxy=${m#*:}" --out "$W/${m%%:*}.json" >/dev/null 2>&1 || fail "manifest from-images (${m%%:*})"
+    "$BIN/cocoon-measure" manifest sign --manifest "$W/${m%%:*}.json" --key "$W/publisher.key" \
+        --out "$W/${m%%:*}.signed.json" >/dev/null || fail "manifest sign (${m%%:*})"
+done
+client_manifest_toml() { # DIR SIGNED_MANIFEST PORT
+    mkdir -p "$1"
+    cp "$STATE/sim-root.der" "$1/"
+    cp "$2" "$1/manifest.json"
+    cat >"$1/client.toml" <<EOF
+listen = "127.0.0.1:$3"
+proxy = "127.0.0.1:19102"
+
+[policy]
+roots = ["sim-root.der"]
+manifest = { file = "manifest.json", publisher_keys = ["$PUB"], role = "proxy" }
+EOF
+}
+client_manifest_toml "$W/client-pinned" "$W/pinned.signed.json" 18183
+"$BIN/cocoon-client" serve --config "$W/client-pinned/client.toml" >"$W/client-pinned.out" 2>&1 &
+PIDS+=("$!")
+wait_for "$W/client-pinned.out" "ready" 30 || fail "manifest-pinned client did not start"
+CODE=$(curl -s -o "$W/pinned-answer.json" -w '%{http_code}' --max-time 120 http://127.0.0.1:18183/v1/chat/completions \
+    -H 'content-type: application/json' -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":4}')
+[ "$CODE" = 200 ] || fail "client pinned through the manifest's RTMR3: HTTP $CODE $(head -c 300 "$W/pinned-answer.json")"
+client_manifest_toml "$W/client-otherconf" "$W/otherconf.signed.json" 18184
+"$BIN/cocoon-client" serve --config "$W/client-otherconf/client.toml" >"$W/client-otherconf.out" 2>&1 &
+PIDS+=("$!")
+wait_for "$W/client-otherconf.out" "ready" 30 || fail "second manifest-pinned client did not start"
+CODE=$(curl -s -o "$W/otherconf.json" -w '%{http_code}' --max-time 60 http://127.0.0.1:18184/v1/chat/completions \
+    -H 'content-type: application/json' -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}]}')
+[ "$CODE" != 200 ] || fail "a client whose manifest lists another proxy configuration got an answer"
+grep -qi "rtmr3" "$W/client-otherconf.out" "$W/otherconf.json" || fail "refusal does not name rtmr3 ($CODE)"
+say "manifest RTMR3 pins enforced through the client: listed config answered, other config refused (HTTP $CODE)"
 
 # The remaining checks need the proxy only: free the CPU the worker VM takes under TCG.
 kill -INT "$WORKER"

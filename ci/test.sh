@@ -29,6 +29,9 @@ ci/e2e.sh
 step "fault tests: worker killed mid-stream / before the first byte, app disconnect (ci/e2e-faults.sh)"
 ci/e2e-faults.sh
 
+step "trust attacks: reconfigured proxy and worker images refused (ci/e2e_attacks.py)"
+python3 ci/e2e_attacks.py target/x86_64-unknown-linux-gnu/release "$(mktemp -d)"
+
 step "guest appliance: reproducible images, TCG boots of proxy and worker VMs (ci/e2e-vm.sh)"
 ci/e2e-vm.sh
 

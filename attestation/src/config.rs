@@ -13,6 +13,13 @@
 //! digest before the service starts and writes the RTMR3 event log; the service's simulated
 //! device starts from that log's replay (`runtime_log_file`), which is what a real TD's RTMR3
 //! would hold at that point.
+//!
+//! A service running as a plain process on the simulated platform (no `runtime_log_file`, as
+//! under `cocoon-host launch --local`) has nothing that measured its config before it started,
+//! so [`TeeConfig::open_for_config`] plays cocoon-init's part: RTMR3 starts as the replay of a
+//! runtime log whose one `config` event is the SHA-256 of the service's config file. Verifiers
+//! then pin a process's configuration exactly as they pin a guest's
+//! (`cocoon-measure eventlog expect-config --config-sha256`).
 //! Relative paths are resolved against the config file's directory.
 
 use std::path::{Path, PathBuf};
@@ -79,8 +86,24 @@ fn read(path: &Path) -> Result<String, TeeError> {
 }
 
 impl TeeConfig {
-    /// Opens the device; relative paths are resolved against `base`.
+    /// Opens the device; relative paths are resolved against `base`. Nothing is measured:
+    /// services use [`TeeConfig::open_for_config`].
     pub fn open(&self, base: &Path) -> Result<OpenedTee, TeeError> {
+        self.open_inner(base, None)
+    }
+
+    /// Opens the device of a service whose config file's bytes hash (SHA-256) to
+    /// `config_sha256` (see the module docs: only a simulated process without a runtime log
+    /// uses the digest; in a guest cocoon-init measured the config disk already).
+    pub fn open_for_config(
+        &self,
+        base: &Path,
+        config_sha256: [u8; 32],
+    ) -> Result<OpenedTee, TeeError> {
+        self.open_inner(base, Some(config_sha256))
+    }
+
+    fn open_inner(&self, base: &Path, config: Option<[u8; 32]>) -> Result<OpenedTee, TeeError> {
         match self {
             Self::Tdx {
                 report_root,
@@ -122,6 +145,8 @@ impl TeeConfig {
                     let log = measurements::runtime_log::RuntimeLog::from_json(text.as_bytes())
                         .map_err(|e| TeeError::Registers(format!("{}: {e}", path.display())))?;
                     regs.rtmr[3] = log.replay();
+                } else if let Some(sha) = config {
+                    regs.rtmr[3] = measurements::runtime_log::RuntimeLog::for_config(sha).replay();
                 }
                 Ok(OpenedTee {
                     device: Arc::new(SimTdx::new(platform.clone(), regs)),

@@ -6,12 +6,21 @@
 //! account_key_file = "client.key"    # created with mode 0600 if missing (default)
 //! default_max_tokens = 256           # when the request names no max_tokens (default)
 //! price_cap_nano = 1000000           # optional: most one request may cost, nano-TON
+//! allowed_hosts = ["myhost.lan"]     # optional: Host names accepted besides loopback (default [])
+//! api_key = "sk-local-…"             # optional: require Authorization: Bearer <api_key>
 //!
 //! [policy]                           # which proxies to trust (ratls::config::PolicyConfig)
 //! roots = ["sim-root.der"]
 //! images = ["<proxy image hash>"]
 //! ```
 //! Relative paths are resolved against the config file's directory. Unknown keys are errors.
+//!
+//! `allowed_hosts` entries are host names or IP addresses, without port or scheme, matched
+//! exactly (case-insensitively, no wildcards) against the request's `Host` and `Origin`;
+//! `localhost`, `127.x.y.z` and `[::1]` are always accepted (see [`crate::serve::guard`]).
+//! Listening on a non-loopback address needs the name or address clients use in this list,
+//! and an `api_key`: the Host check stops browsers, not other machines. `api_key` must be
+//! visible ASCII without spaces; it is never logged, and only its digest is kept once loaded.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +34,10 @@ use ratls::config::PolicyConfig;
 use ratls::{Clock, CollateralSource, SystemClock};
 use serde::Deserialize;
 
+use zeroize::Zeroize;
+
 use crate::key::{self, KeyFileError};
+use crate::serve::{Access, AllowedHost, ApiKey};
 
 /// Default local listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -88,7 +100,52 @@ pub struct ClientConfigFile {
     pub default_max_tokens: u32,
     #[serde(default)]
     pub price_cap_nano: Option<u64>,
+    /// Host names or addresses the local endpoint answers to besides loopback.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// If set, apps must send `Authorization: Bearer <api_key>`.
+    #[serde(default)]
+    pub api_key: Option<SecretText>,
     pub policy: PolicyConfig,
+}
+
+/// A secret as written in the config file: `Debug` shows nothing, the text is wiped on drop.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl SecretText {
+    /// The secret itself (never log it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SecretText {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for SecretText {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SecretText {}
+
+/// What [`ClientConfigFile::check`] validates without I/O.
+#[derive(Debug)]
+struct Checked {
+    listen: SocketAddr,
+    access: Access,
 }
 
 impl ClientConfigFile {
@@ -100,17 +157,20 @@ impl ClientConfigFile {
         })
     }
 
-    /// Reads and parses `path`.
+    /// Reads and parses `path`. The file text (which may hold the api key) is wiped after
+    /// parsing.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?);
         Self::parse(&text, path)
     }
 
     /// Checks the fields that need no I/O.
-    fn check(&self) -> Result<SocketAddr, ConfigError> {
+    fn check(&self) -> Result<Checked, ConfigError> {
         let listen: SocketAddr = self.listen.parse().map_err(|e| ConfigError::Field {
             field: "listen",
             detail: format!("{:?}: {e} (expected ip:port)", self.listen),
@@ -122,19 +182,46 @@ impl ClientConfigFile {
                 detail: format!("{} outside 1..={MAX_TOKENS_LIMIT}", self.default_max_tokens),
             });
         }
-        Ok(listen)
+        let allowed_hosts = self
+            .allowed_hosts
+            .iter()
+            .map(|h| h.parse::<AllowedHost>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Field {
+                field: "allowed_hosts",
+                detail: e.to_string(),
+            })?;
+        let api_key = self
+            .api_key
+            .as_ref()
+            .map(|k| ApiKey::new(k.expose()))
+            .transpose()
+            .map_err(|e| ConfigError::Field {
+                field: "api_key",
+                detail: e.to_string(),
+            })?;
+        Ok(Checked {
+            listen,
+            access: Access {
+                allowed_hosts,
+                api_key,
+            },
+        })
     }
 
     /// Validates the file and loads what it names (policy roots and manifest, the account key,
     /// created if missing), resolving relative paths against `base`.
     pub fn load(&self, base: &Path) -> Result<ServeConfig, ConfigError> {
-        let listen = self.check()?;
-        let policy = self.policy.load(base)?;
+        let Checked { listen, access } = self.check()?;
+        let policy = self
+            .policy
+            .load(base, ratls::config::Required::by(ratls::Role::Client))?;
         let key_path = base.join(&self.account_key_file);
         let (account_key, created) = key::load_or_create(&key_path)?;
         Ok(ServeConfig {
             listen,
             max_body: DEFAULT_MAX_BODY,
+            access,
             key_path,
             key_created: created,
             client: ClientConfig {
@@ -223,6 +310,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Request bodies above this many bytes are refused with 413.
     pub max_body: usize,
+    /// Who may use the local endpoint (allowed hosts, api key).
+    pub access: Access,
     /// The account key file, and whether it was created by this load.
     pub key_path: PathBuf,
     pub key_created: bool,
@@ -233,7 +322,7 @@ pub struct ServeConfig {
 mod tests {
     use super::*;
 
-    const POLICY: &str = "[policy]\nimages = [\"abababababababababababababababababababababababababababababababab\"]\n";
+    const POLICY: &str = "[policy]\nimages = [\"abababababababababababababababababababababababababababababababab\"]\nrtmr3 = [\"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd\"]\n";
 
     #[test]
     fn defaults_apply_and_unknown_keys_are_refused() {
@@ -242,7 +331,11 @@ mod tests {
         assert_eq!(c.proxy, DEFAULT_PROXY);
         assert_eq!(c.default_max_tokens, 256);
         assert_eq!(c.price_cap_nano, None);
-        assert!(c.check().is_ok());
+        assert!(c.allowed_hosts.is_empty());
+        assert!(c.api_key.is_none());
+        let checked = c.check().unwrap();
+        assert!(checked.access.allowed_hosts.is_empty());
+        assert!(checked.access.api_key.is_none());
         let e = ClientConfigFile::parse(&format!("surprise = 1\n{POLICY}"), Path::new("c.toml"))
             .unwrap_err();
         assert!(e.to_string().contains("c.toml"), "{e}");
@@ -264,5 +357,33 @@ mod tests {
         bad("proxy = \"h:0\"", "proxy");
         bad("default_max_tokens = 0", "default_max_tokens");
         bad("default_max_tokens = 2000000", "default_max_tokens");
+        bad("allowed_hosts = [\"myhost.lan:8080\"]", "allowed_hosts");
+        bad("allowed_hosts = [\"http://myhost.lan\"]", "allowed_hosts");
+        bad("allowed_hosts = [\"*.lan\"]", "allowed_hosts");
+        bad("api_key = \"\"", "api_key");
+        bad("api_key = \"two words\"", "api_key");
+    }
+
+    #[test]
+    fn access_fields_are_loaded_and_the_key_is_not_shown() {
+        let text = format!(
+            "allowed_hosts = [\"MyHost.lan\", \"192.168.1.5\"]\napi_key = \"sk-local-1\"\n{POLICY}"
+        );
+        let c = ClientConfigFile::parse(&text, Path::new("c")).unwrap();
+        let checked = c.check().unwrap();
+        assert_eq!(
+            checked.access.allowed_hosts,
+            vec![
+                AllowedHost::Name("myhost.lan".into()),
+                AllowedHost::Ip([192, 168, 1, 5].into())
+            ]
+        );
+        let key = checked.access.api_key.as_ref().unwrap();
+        assert!(key.matches(b"sk-local-1"));
+        assert!(!key.matches(b"sk-local-2"));
+        let shown = format!("{c:?} {checked:?}");
+        assert!(!shown.contains("sk-local-1"), "{shown}");
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<SecretText>();
     }
 }

@@ -2,12 +2,23 @@
 //!
 //! A missing file is created with mode 0600 (never overwriting: `create_new`). An existing file
 //! readable by group or others is refused, as ssh refuses such keys. The seed is never logged.
+//!
+//! Every buffer here that holds the seed or its hex text is wiped on drop ([`Zeroizing`]): the
+//! file contents read, the decoded seed, the text written. The seed inside [`AccountKey`] and
+//! the PKCS#8 bytes of issued account certificates are `ratls`'s to wipe (it does, on drop).
+//! What nobody here can wipe: the signing key rustls/ring keep for the TLS client certificate,
+//! rcgen's internal copies, the kernel's page cache, and the stack copies the compiler leaves
+//! when the seed array is moved (e.g. into [`AccountKey::from_seed`]).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ratls::account::AccountKey;
+use zeroize::Zeroizing;
+
+/// Bytes of a key file read at most (the real one has 65); a longer file is malformed.
+const MAX_FILE: usize = 256;
 
 /// Account key file errors (each names the file).
 #[derive(Debug, thiserror::Error)]
@@ -29,49 +40,82 @@ pub enum KeyFileError {
 /// Loads the key at `path`, or creates a new random one there. Returns the key and whether it
 /// was created.
 pub fn load_or_create(path: &Path) -> Result<(AccountKey, bool), KeyFileError> {
+    match read_seed(path) {
+        Ok(seed) => Ok((AccountKey::from_seed(*seed), false)),
+        Err(KeyFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            create(path).map(|key| (key, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the seed stored at `path` (checking the file's mode first).
+pub fn read_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::Permissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            Ok((parse(text.trim(), path)?, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = AccountKey::generate().map_err(|e| KeyFileError::Generate {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io)?;
-            Ok((key, true))
-        }
-        Err(e) => Err(io(e)),
+    let file = std::fs::File::open(path).map_err(io)?;
+    // The mode of the file actually opened (not of whatever the path names later).
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
+    // Room for one byte past the limit, so reading never reallocates (which would leave an
+    // unwiped copy behind).
+    let mut text = Zeroizing::new(Vec::with_capacity(MAX_FILE + 1));
+    file.take(MAX_FILE as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(io)?;
+    if text.len() > MAX_FILE {
+        return Err(KeyFileError::Format {
+            path: path.to_path_buf(),
+        });
+    }
+    parse(&text, path)
 }
 
-fn parse(text: &str, path: &Path) -> Result<AccountKey, KeyFileError> {
+/// Creates a new random key at `path` (mode 0600, never overwriting).
+fn create(path: &Path) -> Result<AccountKey, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let key = AccountKey::generate().map_err(|e| KeyFileError::Generate {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(&encode(key.seed())[..])
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    Ok(key)
+}
+
+/// The file contents for `seed`: 64 lowercase hex characters and a newline.
+fn encode(seed: &[u8; 32]) -> Zeroizing<[u8; 65]> {
+    let mut out = Zeroizing::new([b'\n'; 65]);
+    // Cannot fail: the output is exactly twice the input.
+    let _ = hex::encode_to_slice(seed, &mut out[..64]);
+    out
+}
+
+fn parse(text: &[u8], path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let format = || KeyFileError::Format {
         path: path.to_path_buf(),
     };
-    let bytes = hex::decode(text).map_err(|_| format())?;
-    let seed: [u8; 32] = bytes.try_into().map_err(|_| format())?;
-    Ok(AccountKey::from_seed(seed))
+    let hex_text = text.trim_ascii();
+    let mut seed = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(hex_text, &mut seed[..]).map_err(|_| format())?;
+    Ok(seed)
 }
 
 #[cfg(test)]
@@ -112,6 +156,31 @@ mod tests {
         assert!(matches!(
             load_or_create(&path),
             Err(KeyFileError::Permissions { mode: 0o644, .. })
+        ));
+        std::fs::write(&path, format!("{}\n", "ab".repeat(200))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            load_or_create(&path),
+            Err(KeyFileError::Format { .. })
+        ));
+    }
+
+    #[test]
+    fn seed_buffers_are_wiped_on_drop_and_round_trip() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let path = tmp("wipe");
+        let (key, _) = load_or_create(&path).unwrap();
+        let seed = read_seed(&path).unwrap();
+        wiped_on_drop(&seed);
+        assert_eq!(*seed, *key.seed());
+        let text = encode(key.seed());
+        wiped_on_drop(&text);
+        assert_eq!(&text[..], std::fs::read(&path).unwrap());
+        // Surrounding whitespace is fine, as before.
+        assert_eq!(*parse(&text[..], &path).unwrap(), *key.seed());
+        assert!(matches!(
+            parse(b"  ", &path),
+            Err(KeyFileError::Format { .. })
         ));
     }
 }

@@ -20,6 +20,12 @@
 //! Prompts, completions and the account key are never logged; logs carry request ids, models,
 //! statuses and token counts only.
 //!
+//! The local endpoint is a second boundary: it spends the account, and any web page the user
+//! visits can send it requests. [`serve::guard`] admits only loopback `Host` names (plus the
+//! configured `allowed_hosts`), refuses cross-origin browser requests and never sends CORS
+//! headers, requires `Content-Type: application/json` on POST bodies and, with `api_key` set,
+//! a bearer token. Secrets held here (the key file's seed text, the api key) are wiped on drop.
+//!
 //! # Layers
 //! * [`config`]: `client.toml` (serde, `deny_unknown_fields`) → runtime [`ClientConfig`] /
 //!   [`config::ServeConfig`]; [`key`] loads or creates the account key file (mode 0600).
@@ -28,7 +34,8 @@
 //! * [`openai`]: the OpenAI shapes — request fields the client reads ([`RequestFields`]), the
 //!   relay of a stream to an app ([`openai::Relay`]) and aggregation of a stream into one JSON
 //!   response ([`openai::Aggregator`]).
-//! * [`serve`]: the local HTTP/1.1 server speaking the OpenAI API for apps.
+//! * [`serve`]: the local HTTP/1.1 server speaking the OpenAI API for apps; [`serve::guard`]
+//!   decides who may call it.
 
 #![forbid(unsafe_code)]
 

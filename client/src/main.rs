@@ -110,6 +110,7 @@ fn main() -> ExitCode {
 
 async fn serve_main(config: client::config::ServeConfig) -> Exit {
     let account = config.client.account_key.account_id();
+    let pins_config = config.client.policy.pins_config();
     let client = match Client::new(config.client) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -132,10 +133,18 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         }
     };
     tracing::info!(account = %account, proxy = %client.proxy(), "cocoon-client starting");
-    if !addr.ip().is_loopback() {
+    if !pins_config {
+        tracing::warn!(
+            "DEVELOPMENT ONLY: the policy pins no runtime configuration of the proxy \
+             (allow_any_config = true): a genuine proxy image configured by its host in any way \
+             is accepted"
+        );
+    }
+    if !addr.ip().is_loopback() && config.access.api_key.is_none() {
         tracing::warn!(
             listen = %addr,
-            "the local endpoint has no authentication: anyone who reaches it spends this account"
+            "no api_key on a non-loopback address: anyone who reaches it spends this account \
+             (the host allowlist stops browsers, not other machines)"
         );
     }
     // Verify the proxy now so that a bad policy shows at start; requests dial again if needed.
@@ -151,6 +160,7 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         client,
         ServeOptions {
             max_body: config.max_body,
+            access: config.access,
         },
         shutdown_signal(),
     )

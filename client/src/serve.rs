@@ -6,14 +6,26 @@
 //! | `GET /v1/models` | the proxy's model list |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | `stream: true`: SSE relayed by [`Relay`]; otherwise one JSON object from [`Aggregator`] |
 //!
+//! # Who may call it
+//! Every request first passes [`Access::check`] (module [`guard`] explains the attacks): `Host`
+//! must be a loopback name (`localhost`, `127.x.y.z`, `[::1]`, optional port) or one of the
+//! configured `allowed_hosts` (403 otherwise, naming the Host); a browser `Origin` must pass
+//! the same rule (403 otherwise; `Sec-Fetch-Site: cross-site` is refused too); with an
+//! `api_key` configured, `Authorization: Bearer <api_key>` is required (401, compared in
+//! constant time over digests). POST bodies must be `Content-Type: application/json` (415).
+//! No `Access-Control-*` header is ever sent: a CORS preflight (`OPTIONS`) is answered 405, or
+//! 403 when its Origin is refused. Apps that send no Origin (SDKs, curl) are unaffected.
+//!
 //! The body is read (up to [`crate::config::DEFAULT_MAX_BODY`]; more is refused with 413 as
 //! soon as the declared length or the bytes read pass the limit) only to take `model`, `stream`,
 //! `stream_options.include_usage` and `max_tokens` for the metadata headers; it is forwarded
 //! unchanged. Failures are OpenAI error objects with the status of their kind (400, 404, 413,
-//! 429, 502, 504, …). An error the proxy reports before the first chunk gets its own status even
-//! for streaming requests; after the first chunk it becomes an OpenAI error event.
+//! 429, 502, 504, …; 401, 403 and 415 for the refusals above). An error the proxy reports
+//! before the first chunk gets its own status even for streaming requests; after the first
+//! chunk it becomes an OpenAI error event.
 //!
-//! Logs name request ids, models, statuses and token counts, never prompt or completion text.
+//! Logs name request ids, models, statuses and token counts, never prompt or completion text,
+//! and never the api key. Refusals are logged at debug level only (any web page can cause them).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +36,9 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use hyper::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, WWW_AUTHENTICATE,
+};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -33,6 +47,10 @@ use tokio::net::TcpListener;
 
 use crate::client::{Client, EventStream};
 use crate::openai::{event_error, Aggregator, Relay, RequestFields};
+
+pub mod guard;
+
+pub use guard::{check_content_type, Access, AllowedHost, ApiKey, Refusal};
 
 /// Response body type of the local endpoint.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -44,18 +62,24 @@ const DRAIN_LIMIT: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(30);
 /// Time an app has to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Characters of a request path shown in a 404 message.
+const SHOWN_PATH_CHARS: usize = 100;
 
 /// Local server settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Who may use the endpoint.
+    pub access: Access,
 }
 
 impl Default for ServeOptions {
+    /// [`crate::config::DEFAULT_MAX_BODY`], loopback hosts only, no api key.
     fn default() -> Self {
         Self {
             max_body: crate::config::DEFAULT_MAX_BODY,
+            access: Access::default(),
         }
     }
 }
@@ -104,6 +128,9 @@ pub async fn run(
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    if let Err(r) = state.opts.access.check(req.uri(), req.headers()) {
+        return Ok(refuse(req, &r));
+    }
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (&method, path.as_str()) {
@@ -116,19 +143,55 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         }
         (
             m,
-            protocol::paths::MODELS
+            p @ (protocol::paths::MODELS
             | protocol::paths::CHAT_COMPLETIONS
-            | protocol::paths::COMPLETIONS,
+            | protocol::paths::COMPLETIONS),
         ) => {
             let e = ApiError::new(ErrorKind::InvalidRequest, format!("method {m} not allowed"));
-            json_response(StatusCode::METHOD_NOT_ALLOWED, e.to_json())
+            let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, e.to_json());
+            let allow = if p == protocol::paths::MODELS {
+                "GET"
+            } else {
+                "POST"
+            };
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+            resp
         }
-        (_, p) => error_response(&ApiError::new(
-            ErrorKind::NotFound,
-            format!("no route for {}", &p[..p.len().min(100)]),
-        )),
+        (_, p) => error_response(&no_route(p)),
     };
     Ok(resp)
+}
+
+/// The 404 for path `p`, showing at most [`SHOWN_PATH_CHARS`] characters of it.
+fn no_route(p: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        format!("no route for {:?}", guard::shown(p, SHOWN_PATH_CHARS)),
+    )
+}
+
+/// Answers a request refused by [`guard`]; a body the app is still sending is drained so that
+/// it reads the answer.
+fn refuse(req: Request<Incoming>, r: &Refusal) -> Response<Body> {
+    tracing::debug!(method = %req.method(), refusal = %r, "request refused");
+    let expects_continue = expects_continue(&req);
+    let body = req.into_body();
+    if !hyper::body::Body::is_end_stream(&body) && !expects_continue {
+        drain(body);
+    }
+    let mut resp = json_response(r.status(), r.api_error().to_json());
+    if r.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+fn expects_continue(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -172,10 +235,7 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, BodyErro
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     // With `Expect: 100-continue` an oversized body is never requested, so nothing to drain.
-    let expects_continue = req
-        .headers()
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = expects_continue(&req);
     let mut body = req.into_body();
     if declared.is_some_and(|n| n > max as u64) {
         return Err(BodyError::TooLarge {
@@ -220,6 +280,9 @@ fn endpoint_name(e: Endpoint) -> &'static str {
 
 async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Response<Body> {
     let started = Instant::now();
+    if let Err(r) = check_content_type(req.headers()) {
+        return refuse(req, &r);
+    }
     let max = state.opts.max_body;
     let body = match read_body(req, max).await {
         Ok(b) => b,
@@ -452,5 +515,22 @@ impl Drop for Pump {
         } else {
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_route_shows_the_path_by_characters() {
+        // 99 ASCII bytes, then a two-byte character across byte offset 100.
+        let p = format!("/{}é/more", "a".repeat(98));
+        assert!(!p.is_char_boundary(100));
+        let e = no_route(&p);
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let shown: String = p.chars().take(SHOWN_PATH_CHARS).collect();
+        assert_eq!(e.message, format!("no route for {shown:?}"));
+        assert!(e.message.contains('é'), "{}", e.message);
     }
 }

@@ -280,7 +280,7 @@ async fn oversized_bodies_get_413() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {local}\r\ntransfer-encoding: chunked\r\n\
-         connection: close\r\n\r\n"
+         content-type: application/json\r\nconnection: close\r\n\r\n"
     );
     let (status, _, _) = raw_http(local, &head, &chunked).await;
     assert_eq!(status, 413);

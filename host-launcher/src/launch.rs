@@ -126,6 +126,7 @@ fn model_plan(opts: &LocalOptions) -> Result<(ModelPlan, Option<model::ModelFile
             let plan = ModelPlan::Gguf {
                 name: model::name_for(&m.path),
                 path: m.path.clone(),
+                sha256: m.sha256.clone(),
             };
             Ok((plan, Some(m)))
         }
@@ -133,6 +134,7 @@ fn model_plan(opts: &LocalOptions) -> Result<(ModelPlan, Option<model::ModelFile
             ModelPlan::Gguf {
                 name: model::MODEL_NAME.into(),
                 path: opts.cache_dir.join("models").join(model::GGUF_FILE),
+                sha256: model::GGUF_SHA256.into(),
             },
             None,
         )),
@@ -142,6 +144,7 @@ fn model_plan(opts: &LocalOptions) -> Result<(ModelPlan, Option<model::ModelFile
             let plan = ModelPlan::Gguf {
                 name: model::MODEL_NAME.into(),
                 path: m.path.clone(),
+                sha256: m.sha256.clone(),
             };
             Ok((plan, Some(m)))
         }

@@ -6,20 +6,28 @@
 //!   sim-root.der            its root CA: the only root the generated policies trust
 //!   proxy-registers.json    TdRegisters of the proxy "TD"  (derived from cocoon-proxy)
 //!   worker-registers.json   TdRegisters of the worker "TD" (derived from cocoon-worker)
-//!   proxy.toml              pins the worker image hash
 //!   worker.toml             pins the proxy image hash
-//!   client.toml             pins the proxy image hash
+//!   proxy.toml              pins the worker image hash, the worker's RTMR3 (worker.toml) and its model
+//!   client.toml             pins the proxy image hash and the proxy's RTMR3 (proxy.toml)
 //!   client.key              account key (created by cocoon-client, mode 0600, kept across launches)
 //!   urls.json               endpoints, image hashes, model, account, pids (written once ready)
 //!   logs/{proxy,worker,client}.log
 //! ```
 //! Rendering is pure ([`render`]); [`write()`] puts the files on disk.
+//!
+//! Every process measures its own config file into RTMR3 (`TeeConfig::open_for_config`), so the
+//! launcher, which writes those files, knows every RTMR3 it boots and pins them: the client pins
+//! the proxy's configuration and the proxy pins the worker's configuration and model, as a
+//! production policy must. The worker pins the proxy by image only: pinning both ways would be a
+//! hash cycle (docs/threat-model.md, "Runtime configuration"). The files are rendered in that
+//! order: worker, then proxy (which pins the worker), then client (which pins the proxy).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use attestation::sim::SimPlatform;
 use serde::Serialize;
+use sha2::Digest;
 
 use crate::registers::RoleMeasurement;
 
@@ -40,8 +48,13 @@ pub const LOCAL_BALANCE_NANO: u64 = 1_000_000_000_000;
 /// The model the worker serves.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelPlan {
-    /// In-process GGUF inference.
-    Gguf { name: String, path: PathBuf },
+    /// In-process GGUF inference; `sha256` (hex) is the digest of the file, which the worker
+    /// registers and the proxy pins.
+    Gguf {
+        name: String,
+        path: PathBuf,
+        sha256: String,
+    },
     /// The stub engine (no model file).
     Stub { name: String },
 }
@@ -52,6 +65,21 @@ impl ModelPlan {
             Self::Gguf { name, .. } | Self::Stub { name } => name,
         }
     }
+
+    /// The digest the worker registers for the model (the stub engine registers zeros).
+    pub fn sha256(&self) -> String {
+        match self {
+            Self::Gguf { sha256, .. } => sha256.clone(),
+            Self::Stub { .. } => "00".repeat(32),
+        }
+    }
+}
+
+/// The RTMR3 a process on the simulated platform measures for a config file with this text:
+/// the replay of a runtime log with one `config` event (`TeeConfig::open_for_config`).
+pub fn config_rtmr3(text: &str) -> String {
+    let sha: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+    hex::encode(measurements::runtime_log::RuntimeLog::for_config(sha).replay())
 }
 
 /// Everything the configs depend on.
@@ -90,6 +118,19 @@ fn policy(image: &str) -> String {
     )
 }
 
+/// A policy that also pins the peer's runtime configuration (and, for workers, its model).
+fn pinned_policy(image: &str, rtmr3: &str, model: Option<(&str, &str)>) -> String {
+    let mut text = policy(image);
+    text.push_str(&format!(
+        "# the peer's config file, as it measures it into RTMR3\nrtmr3 = [{}]\n",
+        q(rtmr3)
+    ));
+    if let Some((name, digest)) = model {
+        text.push_str(&format!("models = {{ {} = {} }}\n", q(name), q(digest)));
+    }
+    text
+}
+
 fn tee(registers_file: &str) -> String {
     format!(
         "[tee]\nkind = \"sim\"\nplatform_file = {}\nregisters_file = {}\n",
@@ -98,22 +139,27 @@ fn tee(registers_file: &str) -> String {
     )
 }
 
-pub fn proxy_toml(plan: &Plan) -> String {
+/// The proxy's config; `worker_rtmr3` is [`config_rtmr3`] of the worker's config.
+pub fn proxy_toml(plan: &Plan, worker_rtmr3: &str) -> String {
     format!(
         "{HEADER}name = \"local-proxy\"\nworker_listen = {}\nclient_listen = {}\nadmin_listen = {}\n\
          max_prompt_tokens = 4096\n\n[accounts]\ndefault_balance_nano = {LOCAL_BALANCE_NANO}\n\n{}\n\
-         # the worker image (derived from cocoon-worker)\n{}",
+         # the worker image (derived from cocoon-worker), its config and its model\n{}",
         q(&plan.proxy_worker_listen.to_string()),
         q(&plan.proxy_client_listen.to_string()),
         q(&plan.proxy_admin_listen.to_string()),
         tee(PROXY_REGISTERS_FILE),
-        policy(&plan.worker.image_hash.to_string()),
+        pinned_policy(
+            &plan.worker.image_hash.to_string(),
+            worker_rtmr3,
+            Some((plan.model.name(), &plan.model.sha256())),
+        ),
     )
 }
 
 pub fn worker_toml(plan: &Plan) -> String {
     let model = match &plan.model {
-        ModelPlan::Gguf { name, path } => format!(
+        ModelPlan::Gguf { name, path, .. } => format!(
             "[[models]]\nname = {}\nengine = \"mistralrs\"\ngguf = {}\nmax_completion_tokens = {}\n",
             q(name),
             q(&path.display().to_string()),
@@ -135,14 +181,15 @@ pub fn worker_toml(plan: &Plan) -> String {
     )
 }
 
-pub fn client_toml(plan: &Plan) -> String {
+/// The client's config; `proxy_rtmr3` is [`config_rtmr3`] of the proxy's config.
+pub fn client_toml(plan: &Plan, proxy_rtmr3: &str) -> String {
     format!(
         "{HEADER}listen = {}\nproxy = {}\naccount_key_file = {}\ndefault_max_tokens = 256\n\n\
-         # the proxy image (derived from cocoon-proxy)\n{}",
+         # the proxy image (derived from cocoon-proxy) and its config\n{}",
         q(&plan.client_listen.to_string()),
         q(&plan.proxy_client_listen.to_string()),
         q(CLIENT_KEY),
-        policy(&plan.proxy.image_hash.to_string()),
+        pinned_policy(&plan.proxy.image_hash.to_string(), proxy_rtmr3, None),
     )
 }
 
@@ -152,6 +199,9 @@ fn registers_json(m: &RoleMeasurement) -> Result<String, serde_json::Error> {
 
 /// The text files of a plan (configs and registers).
 pub fn render(plan: &Plan) -> Result<Vec<Rendered>, serde_json::Error> {
+    let worker = worker_toml(plan);
+    let proxy = proxy_toml(plan, &config_rtmr3(&worker));
+    let client = client_toml(plan, &config_rtmr3(&proxy));
     Ok(vec![
         Rendered {
             name: PROXY_REGISTERS_FILE,
@@ -163,15 +213,15 @@ pub fn render(plan: &Plan) -> Result<Vec<Rendered>, serde_json::Error> {
         },
         Rendered {
             name: PROXY_CONFIG,
-            text: proxy_toml(plan),
+            text: proxy,
         },
         Rendered {
             name: WORKER_CONFIG,
-            text: worker_toml(plan),
+            text: worker,
         },
         Rendered {
             name: CLIENT_CONFIG,
-            text: client_toml(plan),
+            text: client,
         },
     ])
 }

@@ -6,7 +6,7 @@
 //! [`crate::verify::verify_evidence`] produced; the split lets a cache keep verified evidence
 //! and re-apply a cheap policy check on every use.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use sha2::{Digest, Sha256};
@@ -111,6 +111,10 @@ pub struct Policy {
     pub required_report_data: Option<[u8; 64]>,
     /// Reject collateral issued more than this many seconds before `now`.
     pub max_collateral_age_secs: Option<u64>,
+    /// Models a peer may serve: name → accepted SHA-256 digests of the model. `None` accepts
+    /// any model (checked by [`Policy::check_model`] on what a worker registers, not on the
+    /// quote).
+    pub allowed_models: Option<BTreeMap<String, BTreeSet<[u8; 32]>>>,
 }
 
 /// Orderable wrapper for [`TcbStatus`] (which is not `Ord`).
@@ -145,6 +149,7 @@ impl Policy {
             allowed_rtmr3: None,
             required_report_data: None,
             max_collateral_age_secs: None,
+            allowed_models: None,
         }
     }
 
@@ -246,6 +251,45 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+impl Policy {
+    /// Whether the runtime configuration (RTMR3) is pinned.
+    pub fn pins_config(&self) -> bool {
+        self.allowed_rtmr3.is_some()
+    }
+
+    /// Checks a model a peer serves (its name and the SHA-256 of the model, hex, as the peer
+    /// registered it) against [`Policy::allowed_models`].
+    pub fn check_model(&self, name: &str, digest_hex: &str) -> Result<(), Rejection> {
+        let Some(allowed) = &self.allowed_models else {
+            return Ok(());
+        };
+        let shown = || digest_hex.chars().take(64).collect::<String>();
+        let digest = crate::parse_hex_array::<32>(digest_hex, "model digest").map_err(|_| {
+            Rejection::ModelNotAllowed {
+                model: name.chars().take(64).collect(),
+                digest: shown(),
+                detail: "digest is not 32 hex bytes".into(),
+            }
+        })?;
+        match allowed.get(name) {
+            Some(digests) if digests.contains(&digest) => Ok(()),
+            Some(digests) => Err(Rejection::ModelNotAllowed {
+                model: name.into(),
+                digest: shown(),
+                detail: format!("not among the {} digests pinned for it", digests.len()),
+            }),
+            None => Err(Rejection::ModelNotAllowed {
+                model: name.chars().take(64).collect(),
+                digest: shown(),
+                detail: format!(
+                    "no such model pinned (pinned: {})",
+                    allowed.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
     }
 }
 

@@ -175,6 +175,16 @@ impl RuntimeLog {
         Self::default()
     }
 
+    /// The log a service starts from whose configuration hashes to `config_sha256`: the one
+    /// `config` event cocoon-init extends first (a guest) or the service itself (a process on
+    /// the simulated platform). Its [`RuntimeLog::replay`] is the RTMR3 a verifier pins for that
+    /// configuration (`cocoon-measure eventlog expect-config`).
+    pub fn for_config(config_sha256: [u8; 32]) -> Self {
+        Self {
+            events: vec![RuntimeEvent::config(config_sha256)],
+        }
+    }
+
     /// RTMR3 after extending every event's digest, from 48 zero bytes.
     pub fn replay(&self) -> Sha384 {
         self.events

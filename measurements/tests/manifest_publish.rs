@@ -98,7 +98,8 @@ fn write_record(
 fn write_model(dir: &Path) -> PathBuf {
     let p = dir.join("model.json");
     let model = serde_json::json!({
-        "format": "cocoon-model/v1", "name": "tiny", "source_sha256": hex::encode([0x77; 32]),
+        "format": "cocoon-model/v1", "name": "tiny", "source_sha256": hex::encode([0x76; 32]),
+        "image_sha256": hex::encode([0x77; 32]),
         "source_size": 5, "root_hash": hex::encode([0x78; 32]),
     });
     std::fs::write(&p, model.to_string()).unwrap();

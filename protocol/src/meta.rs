@@ -158,6 +158,23 @@ pub fn check_model(model: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The prompt budget the proxy reserved for a request ([`H_MAX_PROMPT_TOKENS`]), if it sent
+/// one: the worker refuses a prompt of more tokens before generating, so that no request uses
+/// more than was reserved for it.
+pub fn max_prompt_tokens(h: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    let Some(v) = header(h, H_MAX_PROMPT_TOKENS)? else {
+        return Ok(None);
+    };
+    let n: u32 = number(H_MAX_PROMPT_TOKENS, v)?;
+    if n == 0 {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("header {H_MAX_PROMPT_TOKENS}: must be positive"),
+        ));
+    }
+    Ok(Some(n))
+}
+
 impl RequestMeta {
     /// Reads and validates the metadata headers.
     pub fn from_headers(h: &HeaderMap) -> Result<Self, ApiError> {

@@ -17,9 +17,15 @@
 //!   "tokens": {"prompt": 3, "cached": 0, "completion": 32, "reasoning": 0},
 //!   "cost_nano": 1310,
 //!   "worker_rejections": {"debug_td": 1},
-//!   "workers_registered": 2
+//!   "workers_registered": 2,
+//!   "client_connections": 3, "request_body_bytes": 0,
+//!   "client_refusals": {"connections_per_ip": 2, "insufficient_funds": 1}
 //! }
 //! ```
+//!
+//! `client_refusals` counts client connections and requests refused by a limit, by
+//! [`crate::limits::ClientRefusal::code`]; `request_body_bytes` is what the body budget
+//! currently holds.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -91,6 +97,12 @@ pub struct JsonStats {
     pub cost_nano: u64,
     pub worker_rejections: BTreeMap<String, u64>,
     pub workers_registered: u64,
+    /// Open client connections.
+    pub client_connections: u64,
+    /// Request-body bytes charged to the body budget.
+    pub request_body_bytes: u64,
+    /// Client refusals by reason.
+    pub client_refusals: BTreeMap<String, u64>,
 }
 
 /// A snapshot of the proxy's state.
@@ -155,6 +167,13 @@ pub fn json_stats(state: &State) -> JsonStats {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         workers_registered: load(&s.workers_registered),
+        client_connections: u64::from(state.limits.connections.open()),
+        request_body_bytes: state.limits.body_budget.used(),
+        client_refusals: s
+            .client_refusals()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     }
 }
 
@@ -238,6 +257,24 @@ pub fn prometheus(state: &State) -> String {
         "Streams ended by the proxy with a cocoon-error event.",
         &one(j.requests.stream_errors),
     );
+    family(
+        "cocoon_proxy_client_connections",
+        "gauge",
+        "Open client connections.",
+        &one(j.client_connections),
+    );
+    family(
+        "cocoon_proxy_request_body_bytes",
+        "gauge",
+        "Request-body bytes held in memory (charged to client_body_budget_bytes).",
+        &one(j.request_body_bytes),
+    );
+    family(
+        "cocoon_proxy_client_refusals_total",
+        "counter",
+        "Client connections and requests refused by a limit, by reason.",
+        &labelled("reason", &j.client_refusals),
+    );
     out
 }
 
@@ -295,6 +332,14 @@ pub fn text_stats(state: &State) -> String {
             r.completion_tokens,
             r.cost_nano
         );
+    }
+    let _ = writeln!(
+        out,
+        "client connections {}  request body bytes {}",
+        j.client_connections, j.request_body_bytes
+    );
+    if !j.client_refusals.is_empty() {
+        let _ = writeln!(out, "client refusals {:?}", j.client_refusals);
     }
     if !j.worker_rejections.is_empty() {
         let _ = writeln!(out, "worker rejections {:?}", j.worker_rejections);

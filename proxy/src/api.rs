@@ -7,9 +7,15 @@
 //! | `GET /v1/models` | OpenAI model list of the live registry |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | relayed SSE stream ([`crate::relay`]) |
 //! | anything else | 404 `not_found` |
+//!
+//! Connections are capped in total and per peer IP (refused ones are closed right after
+//! `accept`), HTTP/1.1 request heads and whole request bodies have deadlines, HTTP/2 streams,
+//! windows and header lists are bounded, and a connection with no request in progress is
+//! closed after `client_idle_timeout_secs` ([`crate::limits`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::limits::{self, Activity, ClientRefusal, ConnPermit, Tracked};
 use crate::relay::{self, error_response, json_response, ResponseBody};
 use crate::server::State;
 
@@ -34,41 +41,117 @@ pub(crate) async fn accept_loop(
     shutdown: watch::Receiver<bool>,
 ) {
     crate::server::accept_connections(listener, shutdown, "client", true, move |tcp, addr| {
-        handle(state.clone(), acceptor.clone(), tcp, addr)
+        // The connection caps are checked here, in the accept loop: a refused connection is
+        // closed before any byte is read from it.
+        let admitted = match state.limits.connections.try_acquire(addr.ip()) {
+            Ok(permit) => Some((permit, tcp)),
+            Err(refusal) => {
+                drop(tcp);
+                limits::count(
+                    &state.stats,
+                    refusal,
+                    Some(addr),
+                    "connection closed at accept",
+                );
+                None
+            }
+        };
+        let (state, acceptor) = (state.clone(), acceptor.clone());
+        async move {
+            if let Some((permit, tcp)) = admitted {
+                handle(state, acceptor, tcp, addr, permit).await;
+            }
+        }
     })
     .await;
 }
 
-async fn handle(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStream, addr: SocketAddr) {
+/// The HTTP/1.1 and HTTP/2 settings of client connections (see [`crate::config::ClientLimits`]).
+fn builder(state: &State) -> auto::Builder<TokioExecutor> {
+    let c = &state.config.client;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(c.header_timeout)
+        .max_buf_size(c.max_header_bytes as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(c.h2_max_streams)
+        .initial_stream_window_size(c.h2_stream_window_bytes)
+        .initial_connection_window_size(c.h2_connection_window_bytes)
+        .max_header_list_size(c.max_header_bytes);
+    builder
+}
+
+async fn handle(
+    state: Arc<State>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    _permit: ConnPermit,
+) {
     let tls = match tokio::time::timeout(state.config.handshake_timeout, acceptor.accept(tcp)).await
     {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return client_refused(&state, addr, &e.to_string()),
-        Err(_) => return client_refused(&state, addr, "tls handshake timed out"),
+        Ok(Err(e)) => {
+            let detail = e.to_string();
+            return limits::count(
+                &state.stats,
+                ClientRefusal::TlsHandshake,
+                Some(addr),
+                &detail,
+            );
+        }
+        Err(_) => {
+            return limits::count(
+                &state.stats,
+                ClientRefusal::HandshakeTimeout,
+                Some(addr),
+                "tls handshake timed out",
+            )
+        }
     };
     let account = ratls::account::peer_account(tls.get_ref().1);
+    let activity = Activity::new(Instant::now());
     let svc_state = state.clone();
+    let svc_activity = activity.clone();
     let service = service_fn(move |req| {
         let state = svc_state.clone();
         let account = account.clone();
-        async move { Ok::<_, Infallible>(route(&state, account.as_deref(), req).await) }
+        // Counted from the request head until its response body is dropped.
+        let in_flight = svc_activity.start();
+        async move {
+            let resp = route(&state, account.as_deref(), req).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+        }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-        tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
-    }
-}
-
-fn client_refused(state: &State, addr: SocketAddr, detail: &str) {
-    if let Some(suppressed) = state.stats.log_limiter.allow("client_tls", Instant::now()) {
-        tracing::info!(
-            peer = %addr,
-            detail,
-            suppressed_since_last = suppressed,
-            "client tls handshake failed"
-        );
+    let builder = builder(&state);
+    let conn = pin!(builder.serve_connection(TokioIo::new(tls), service));
+    tokio::select! {
+        result = conn => if let Err(e) = result {
+            let header_timeout = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout);
+            if header_timeout {
+                limits::count(
+                    &state.stats,
+                    ClientRefusal::HeaderTimeout,
+                    Some(addr),
+                    "request head not received in time",
+                );
+            } else {
+                tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+            }
+        },
+        // Nothing in progress for the idle timeout: close (dropping the connection).
+        () = activity.idle(state.config.client.idle_timeout) => limits::count(
+            &state.stats,
+            ClientRefusal::IdleTimeout,
+            Some(addr),
+            "no request in progress",
+        ),
     }
 }
 

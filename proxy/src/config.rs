@@ -14,6 +14,18 @@
 //! worker_response_timeout_secs = 120 # request sent, no response headers: retry elsewhere
 //! handshake_timeout_secs = 10        # TLS handshake and registration of a new connection
 //!
+//! # client-port limits (optional, all below are defaults; see crate::limits)
+//! client_max_connections = 1024      # open client connections (TCP accepted) in total
+//! client_max_connections_per_ip = 64 # open client connections from one peer IP address
+//! client_header_timeout_secs = 10    # HTTP/1.1: a request head must arrive within this
+//! client_idle_timeout_secs = 60      # a connection with no request in progress is closed
+//! client_body_timeout_secs = 30      # the whole request body must arrive within this (408)
+//! client_h2_max_streams = 32         # HTTP/2 concurrent streams per client connection
+//! client_h2_stream_window_bytes = 262144      # HTTP/2 receive window per stream
+//! client_h2_connection_window_bytes = 1048576 # HTTP/2 receive window per connection
+//! client_max_header_bytes = 16384    # HTTP/2 header list / HTTP/1.1 read buffer (>= 8192)
+//! client_body_budget_bytes = 67108864 # request bodies buffered at once, all requests (503)
+//!
 //! [prices]                           # optional; nano-TON per token, each field optional
 //! prompt_nano_per_token = 10
 //! cached_nano_per_token = 1
@@ -32,8 +44,17 @@
 //! [policy]                           # ratls::config::PolicyConfig: worker images accepted
 //! roots = ["sim-root.der"]
 //! images = ["<worker image hash hex>"]
+//! rtmr3 = ["<worker RTMR3 hex>"]      # required: the worker's runtime configuration
+//! models = { "smollm2" = "<sha256 hex>" }   # required: models a worker may register
 //! ```
 //! Relative paths are resolved against the config file's directory.
+//!
+//! Every default above is one `DEFAULT_*` constant of this module, used by both
+//! [`ProxyConfig::local`] and [`ConfigFile::into_loaded`]; a unit test checks that this
+//! example states the same numbers. The client-port limits bound what an unauthenticated or
+//! unfunded peer can make the proxy hold (docs/threat-model.md, "Limits that protect the
+//! proxy"): a refused connection is closed right after `accept`; a refused request gets an
+//! OpenAI-style error; each refusal is counted by reason in `/metrics` and `/jsonstats`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +72,44 @@ pub const MAX_BODY_BYTES: usize = protocol::MAX_REQUEST_BODY;
 
 /// Upper bound for `max_prompt_tokens`.
 pub const MAX_PROMPT_TOKENS_LIMIT: u32 = 1_000_000;
+
+/// Default `worker_keepalive_interval_ms`.
+pub const DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS: u64 = 500;
+/// Default `worker_keepalive_timeout_ms`.
+pub const DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS: u64 = 1000;
+/// Default `worker_response_timeout_secs`.
+pub const DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS: u64 = 120;
+/// Default `handshake_timeout_secs`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default `client_max_connections`.
+pub const DEFAULT_CLIENT_MAX_CONNECTIONS: u32 = 1024;
+/// Default `client_max_connections_per_ip`.
+pub const DEFAULT_CLIENT_MAX_CONNECTIONS_PER_IP: u32 = 64;
+/// Default `client_header_timeout_secs`.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default `client_idle_timeout_secs`.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// Default `client_body_timeout_secs`.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Default `client_h2_max_streams`.
+pub const DEFAULT_CLIENT_H2_MAX_STREAMS: u32 = 32;
+/// Default `client_h2_stream_window_bytes`.
+pub const DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES: u32 = 256 << 10;
+/// Default `client_h2_connection_window_bytes`.
+pub const DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+/// Default `client_max_header_bytes`.
+pub const DEFAULT_CLIENT_MAX_HEADER_BYTES: u32 = 16 << 10;
+/// Default `client_body_budget_bytes`: sixteen bodies of the largest size.
+pub const DEFAULT_CLIENT_BODY_BUDGET_BYTES: u64 = 64 << 20;
+
+/// Smallest `client_max_header_bytes` (hyper's HTTP/1.1 read buffer cannot be smaller).
+pub const MIN_CLIENT_MAX_HEADER_BYTES: u32 = 8192;
+/// Largest `client_max_header_bytes`.
+pub const MAX_CLIENT_MAX_HEADER_BYTES: u32 = 1 << 20;
+/// Largest HTTP/2 window (RFC 9113 section 6.9.1: 2^31 - 1).
+pub const MAX_H2_WINDOW_BYTES: u32 = (1 << 31) - 1;
+/// Smallest HTTP/2 window (RFC 9113 section 6.9.2 initial value).
+pub const MIN_H2_WINDOW_BYTES: u32 = 65_535;
 
 /// Config errors; each names the field or file.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +195,26 @@ pub struct ConfigFile {
     #[serde(default)]
     pub handshake_timeout_secs: Option<u64>,
     #[serde(default)]
+    pub client_max_connections: Option<u32>,
+    #[serde(default)]
+    pub client_max_connections_per_ip: Option<u32>,
+    #[serde(default)]
+    pub client_header_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub client_idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub client_body_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub client_h2_max_streams: Option<u32>,
+    #[serde(default)]
+    pub client_h2_stream_window_bytes: Option<u32>,
+    #[serde(default)]
+    pub client_h2_connection_window_bytes: Option<u32>,
+    #[serde(default)]
+    pub client_max_header_bytes: Option<u32>,
+    #[serde(default)]
+    pub client_body_budget_bytes: Option<u64>,
+    #[serde(default)]
     pub prices: PricesFile,
     #[serde(default)]
     pub accounts: AccountsFile,
@@ -168,6 +247,118 @@ pub struct ProxyConfig {
     pub handshake_timeout: Duration,
     /// Largest client request body ([`MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
+    /// Limits of the client port (see the module docs).
+    pub client: ClientLimits,
+}
+
+/// The client-port limits (validated; defaults in the `DEFAULT_CLIENT_*` constants).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Open client connections in total; more are closed right after `accept`.
+    pub max_connections: u32,
+    /// Open client connections from one IP address; more are closed right after `accept`.
+    pub max_connections_per_ip: u32,
+    /// HTTP/1.1: the request head must arrive within this (else the connection is closed).
+    pub header_timeout: Duration,
+    /// A connection without a request in progress for this long is closed (also one that
+    /// never sends a request).
+    pub idle_timeout: Duration,
+    /// The whole request body must arrive within this (else 408).
+    pub body_timeout: Duration,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per client connection.
+    pub h2_max_streams: u32,
+    /// HTTP/2 receive window per stream.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 receive window per connection.
+    pub h2_connection_window_bytes: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE and the HTTP/1.1 read buffer bound.
+    pub max_header_bytes: u32,
+    /// Request-body bytes buffered at once across all requests (else 503 + Retry-After).
+    pub body_budget_bytes: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_CLIENT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_CLIENT_MAX_CONNECTIONS_PER_IP,
+            header_timeout: Duration::from_secs(DEFAULT_CLIENT_HEADER_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(DEFAULT_CLIENT_IDLE_TIMEOUT_SECS),
+            body_timeout: Duration::from_secs(DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
+            h2_max_streams: DEFAULT_CLIENT_H2_MAX_STREAMS,
+            h2_stream_window_bytes: DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES,
+            h2_connection_window_bytes: DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES,
+            max_header_bytes: DEFAULT_CLIENT_MAX_HEADER_BYTES,
+            body_budget_bytes: DEFAULT_CLIENT_BODY_BUDGET_BYTES,
+        }
+    }
+}
+
+impl ClientLimits {
+    fn validate(&self, max_body_bytes: usize) -> Result<(), ConfigError> {
+        for (name, d) in [
+            ("client_header_timeout_secs", self.header_timeout),
+            ("client_idle_timeout_secs", self.idle_timeout),
+            ("client_body_timeout_secs", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(field(name, "must be positive"));
+            }
+        }
+        for (name, v) in [
+            ("client_max_connections", self.max_connections),
+            ("client_max_connections_per_ip", self.max_connections_per_ip),
+            ("client_h2_max_streams", self.h2_max_streams),
+        ] {
+            if v == 0 {
+                return Err(field(name, "must be positive"));
+            }
+        }
+        if self.max_connections_per_ip > self.max_connections {
+            return Err(field(
+                "client_max_connections_per_ip",
+                format!(
+                    "{} exceeds client_max_connections {}",
+                    self.max_connections_per_ip, self.max_connections
+                ),
+            ));
+        }
+        for (name, v) in [
+            ("client_h2_stream_window_bytes", self.h2_stream_window_bytes),
+            (
+                "client_h2_connection_window_bytes",
+                self.h2_connection_window_bytes,
+            ),
+        ] {
+            if !(MIN_H2_WINDOW_BYTES..=MAX_H2_WINDOW_BYTES).contains(&v) {
+                return Err(field(
+                    name,
+                    format!("{v} outside {MIN_H2_WINDOW_BYTES}..={MAX_H2_WINDOW_BYTES}"),
+                ));
+            }
+        }
+        if !(MIN_CLIENT_MAX_HEADER_BYTES..=MAX_CLIENT_MAX_HEADER_BYTES)
+            .contains(&self.max_header_bytes)
+        {
+            return Err(field(
+                "client_max_header_bytes",
+                format!(
+                    "{} outside {MIN_CLIENT_MAX_HEADER_BYTES}..={MAX_CLIENT_MAX_HEADER_BYTES}",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if self.body_budget_bytes < max_body_bytes as u64 {
+            return Err(field(
+                "client_body_budget_bytes",
+                format!(
+                    "{} is below the largest request body ({max_body_bytes} bytes)",
+                    self.body_budget_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ProxyConfig {
@@ -182,11 +373,12 @@ impl ProxyConfig {
             max_prompt_tokens: 4096,
             prices: Prices::default(),
             accounts: AccountsConfig::default(),
-            worker_keepalive_interval: Duration::from_millis(500),
-            worker_keepalive_timeout: Duration::from_millis(1000),
-            worker_response_timeout: Duration::from_secs(120),
-            handshake_timeout: Duration::from_secs(10),
+            worker_keepalive_interval: Duration::from_millis(DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS),
+            worker_keepalive_timeout: Duration::from_millis(DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS),
+            worker_response_timeout: Duration::from_secs(DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS),
+            handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             max_body_bytes: MAX_BODY_BYTES,
+            client: ClientLimits::default(),
         }
     }
 
@@ -252,7 +444,7 @@ impl ProxyConfig {
         if self.max_body_bytes == 0 {
             return Err(field("max_body_bytes", "must be positive"));
         }
-        Ok(())
+        self.client.validate(self.max_body_bytes)
     }
 }
 
@@ -265,6 +457,9 @@ pub struct LoadedConfig {
     pub worker_policy: Policy,
     /// The config file's directory (relative paths are resolved against it).
     pub base_dir: PathBuf,
+    /// SHA-256 of the config file's bytes (all zero when built from text in code): what a
+    /// simulated process measures into RTMR3 ([`TeeConfig::open_for_config`]).
+    pub config_sha256: [u8; 32],
 }
 
 impl ConfigFile {
@@ -291,19 +486,69 @@ impl ConfigFile {
                 default_balance_nano: self.accounts.default_balance_nano,
                 balances: self.accounts.balances,
             },
-            worker_keepalive_interval: ms(self.worker_keepalive_interval_ms, 500),
-            worker_keepalive_timeout: ms(self.worker_keepalive_timeout_ms, 1000),
-            worker_response_timeout: secs(self.worker_response_timeout_secs, 120),
-            handshake_timeout: secs(self.handshake_timeout_secs, 10),
+            worker_keepalive_interval: ms(
+                self.worker_keepalive_interval_ms,
+                DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
+            ),
+            worker_keepalive_timeout: ms(
+                self.worker_keepalive_timeout_ms,
+                DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS,
+            ),
+            worker_response_timeout: secs(
+                self.worker_response_timeout_secs,
+                DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS,
+            ),
+            handshake_timeout: secs(self.handshake_timeout_secs, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             max_body_bytes: MAX_BODY_BYTES,
+            client: ClientLimits {
+                max_connections: self
+                    .client_max_connections
+                    .unwrap_or(DEFAULT_CLIENT_MAX_CONNECTIONS),
+                max_connections_per_ip: self
+                    .client_max_connections_per_ip
+                    .unwrap_or(DEFAULT_CLIENT_MAX_CONNECTIONS_PER_IP),
+                header_timeout: secs(
+                    self.client_header_timeout_secs,
+                    DEFAULT_CLIENT_HEADER_TIMEOUT_SECS,
+                ),
+                idle_timeout: secs(
+                    self.client_idle_timeout_secs,
+                    DEFAULT_CLIENT_IDLE_TIMEOUT_SECS,
+                ),
+                body_timeout: secs(
+                    self.client_body_timeout_secs,
+                    DEFAULT_CLIENT_BODY_TIMEOUT_SECS,
+                ),
+                h2_max_streams: self
+                    .client_h2_max_streams
+                    .unwrap_or(DEFAULT_CLIENT_H2_MAX_STREAMS),
+                h2_stream_window_bytes: self
+                    .client_h2_stream_window_bytes
+                    .unwrap_or(DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES),
+                h2_connection_window_bytes: self
+                    .client_h2_connection_window_bytes
+                    .unwrap_or(DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES),
+                max_header_bytes: self
+                    .client_max_header_bytes
+                    .unwrap_or(DEFAULT_CLIENT_MAX_HEADER_BYTES),
+                body_budget_bytes: self
+                    .client_body_budget_bytes
+                    .unwrap_or(DEFAULT_CLIENT_BODY_BUDGET_BYTES),
+            },
         };
         proxy.validate()?;
-        let worker_policy = self.policy.load(base_dir)?;
+        if matches!(self.tee, TeeConfig::Tdx { .. }) {
+            self.policy.check_production()?;
+        }
+        let worker_policy = self
+            .policy
+            .load(base_dir, ratls::config::Required::by(ratls::Role::Proxy))?;
         Ok(LoadedConfig {
             proxy,
             tee: self.tee,
             worker_policy,
             base_dir: base_dir.to_path_buf(),
+            config_sha256: [0; 32],
         })
     }
 }
@@ -318,7 +563,9 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    ConfigFile::parse(&text, path)?.into_loaded(base)
+    let mut loaded = ConfigFile::parse(&text, path)?.into_loaded(base)?;
+    loaded.config_sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+    Ok(loaded)
 }
 
 #[cfg(test)]
@@ -342,9 +589,13 @@ balances = {{ "{acct}" = 7 }}
 kind = "tdx"
 [policy]
 images = ["{img}"]
+rtmr3 = ["{rtmr3}"]
+models = {{ "m" = "{model}" }}
 "#,
             acct = "ab".repeat(32),
-            img = "cd".repeat(32)
+            img = "cd".repeat(32),
+            rtmr3 = "ef".repeat(48),
+            model = "12".repeat(32)
         )
     }
 
@@ -363,6 +614,24 @@ images = ["{img}"]
             Duration::from_millis(500)
         );
         assert_eq!(c.proxy.max_body_bytes, MAX_BODY_BYTES);
+        assert_eq!(c.proxy.client, ClientLimits::default());
+        let local = ProxyConfig::local("proxy-1");
+        assert_eq!(
+            (
+                local.worker_keepalive_interval,
+                local.worker_keepalive_timeout,
+                local.worker_response_timeout,
+                local.handshake_timeout,
+                &local.client
+            ),
+            (
+                c.proxy.worker_keepalive_interval,
+                c.proxy.worker_keepalive_timeout,
+                c.proxy.worker_response_timeout,
+                c.proxy.handshake_timeout,
+                &c.proxy.client
+            )
+        );
         assert!(matches!(c.tee, TeeConfig::Tdx { .. }));
         assert_eq!(c.worker_policy.allowed_images.map(|i| i.len()), Some(1));
     }
@@ -387,5 +656,99 @@ images = ["{img}"]
         assert!(bad(&format!("\"{}\" = 7", "ab".repeat(32)), "\"xyz\" = 7")
             .contains("accounts.balances"));
         assert!(bad(&format!("images = [\"{}\"]", "cd".repeat(32)), "").contains("no image"));
+        let limit = |line: &str| {
+            bad(
+                "max_prompt_tokens = 4096",
+                &format!("max_prompt_tokens = 4096\n{line}"),
+            )
+        };
+        assert!(limit("client_max_connections = 0").contains("client_max_connections"));
+        assert!(
+            limit("client_max_connections = 8\nclient_max_connections_per_ip = 9")
+                .contains("client_max_connections_per_ip: 9 exceeds client_max_connections 8")
+        );
+        assert!(limit("client_body_timeout_secs = 0").contains("client_body_timeout_secs"));
+        assert!(limit("client_h2_max_streams = 0").contains("client_h2_max_streams"));
+        assert!(limit("client_h2_stream_window_bytes = 100")
+            .contains("client_h2_stream_window_bytes: 100 outside"));
+        assert!(limit("client_max_header_bytes = 4096")
+            .contains("client_max_header_bytes: 4096 outside"));
+        assert!(limit("client_body_budget_bytes = 1024")
+            .contains("client_body_budget_bytes: 1024 is below"));
+    }
+
+    /// The example in the module docs states the defaults the code uses.
+    #[test]
+    fn documented_defaults_match_the_constants() {
+        let src = include_str!("config.rs");
+        let example: String = src
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .skip_while(|l| !l.starts_with("```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let table: toml::Table = toml::from_str(&example).expect("the doc example parses");
+        let documented = |key: &str| -> u64 {
+            let v = table.get(key).and_then(|v| v.as_integer());
+            u64::try_from(v.unwrap_or_else(|| panic!("{key} is not documented"))).unwrap()
+        };
+        let expected: [(&str, u64); 14] = [
+            (
+                "worker_keepalive_interval_ms",
+                DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
+            ),
+            (
+                "worker_keepalive_timeout_ms",
+                DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS,
+            ),
+            (
+                "worker_response_timeout_secs",
+                DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS,
+            ),
+            ("handshake_timeout_secs", DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            (
+                "client_max_connections",
+                DEFAULT_CLIENT_MAX_CONNECTIONS.into(),
+            ),
+            (
+                "client_max_connections_per_ip",
+                DEFAULT_CLIENT_MAX_CONNECTIONS_PER_IP.into(),
+            ),
+            (
+                "client_header_timeout_secs",
+                DEFAULT_CLIENT_HEADER_TIMEOUT_SECS,
+            ),
+            ("client_idle_timeout_secs", DEFAULT_CLIENT_IDLE_TIMEOUT_SECS),
+            ("client_body_timeout_secs", DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
+            (
+                "client_h2_max_streams",
+                DEFAULT_CLIENT_H2_MAX_STREAMS.into(),
+            ),
+            (
+                "client_h2_stream_window_bytes",
+                DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES.into(),
+            ),
+            (
+                "client_h2_connection_window_bytes",
+                DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES.into(),
+            ),
+            (
+                "client_max_header_bytes",
+                DEFAULT_CLIENT_MAX_HEADER_BYTES.into(),
+            ),
+            ("client_body_budget_bytes", DEFAULT_CLIENT_BODY_BUDGET_BYTES),
+        ];
+        for (key, value) in expected {
+            assert_eq!(documented(key), value, "{key}");
+        }
+        // And the example is a config the proxy accepts (apart from its placeholders).
+        let parsed = ConfigFile::parse(&example, Path::new("doc.toml")).expect("parses");
+        assert_eq!(
+            parsed.client_body_budget_bytes,
+            Some(DEFAULT_CLIENT_BODY_BUDGET_BYTES)
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! * [`registry`]: registered workers, capacity, health, selection.
 //! * [`relay`]: forwarding, retry before the first byte, SSE relay, billing.
 //! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`.
+//! * [`limits`]: connection caps, deadlines, the funds check before the body, the body budget.
 //! * [`ledger`]: the accounting seam ([`ledger::Ledger`], in-memory for now).
 //! * [`config`]: the TOML config; [`identity`]: the proxy's RA-TLS certificate and renewal;
 //!   [`server`]: start and shutdown.
@@ -47,6 +48,7 @@ pub mod api;
 pub mod config;
 pub mod identity;
 pub mod ledger;
+pub mod limits;
 pub mod registry;
 pub mod relay;
 pub mod server;

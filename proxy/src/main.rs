@@ -60,7 +60,10 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::Config;
         }
     };
-    let tee = match loaded.tee.open(&loaded.base_dir) {
+    let tee = match loaded
+        .tee
+        .open_for_config(&loaded.base_dir, loaded.config_sha256)
+    {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "tee unavailable");

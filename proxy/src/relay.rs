@@ -2,8 +2,10 @@
 //! body, retry once before the first response byte, relay the SSE stream and bill the usage
 //! it ends with.
 //!
-//! The body is read into memory (bounded by [`crate::config::MAX_BODY_BYTES`]) only so it can
-//! be replayed on a retry; it is never parsed or logged. The response stream is decoded with
+//! Before the body is read, [`crate::limits::admit`] checks that the account can pay for the
+//! request; the body is then read into memory (bounded by [`crate::config::MAX_BODY_BYTES`],
+//! a deadline and a global byte budget, see [`crate::limits`]) only so it can be replayed on
+//! a retry; it is never parsed or logged. The response stream is decoded with
 //! [`protocol::sse::Decoder`] — to find the `cocoon-usage` event — and relayed event by event
 //! as each event completes, with the same name and data; partial events are held back, so an
 //! error event the proxy appends always starts on an event boundary.
@@ -16,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,7 +27,9 @@ use protocol::meta::{H_MAX_PROMPT_TOKENS, H_REQUEST_ID};
 use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE};
 use protocol::{ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 
+use crate::config::ProxyConfig;
 use crate::ledger::{LedgerError, Reservation};
+use crate::limits::Rejection;
 use crate::registry::{rank, Slot, Worker};
 use crate::server::State;
 use crate::stats::{ActiveGuard, Stats};
@@ -125,49 +129,25 @@ pub async fn completions(
     let active = state.stats.active();
     match forward(state, account, endpoint, req, active).await {
         Ok(resp) => resp,
-        Err(e) => error_response(&e),
-    }
-}
-
-/// Reads the request body, at most `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        api(
-            ErrorKind::PayloadTooLarge,
-            format!("request body larger than {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Err(_) => Err(api(
-            ErrorKind::InvalidRequest,
-            "request body: connection failed while reading",
-        )),
+        Err(e) => e.into_response(),
     }
 }
 
 /// A reservation that is released when dropped, unless it was committed. Whatever ends a
 /// request — an error, a retry, the client going away at any point — frees the funds.
-struct Held {
+pub(crate) struct Held {
     state: Arc<State>,
     reservation: Option<Reservation>,
 }
 
 impl Held {
+    pub(crate) fn new(state: Arc<State>, reservation: Reservation) -> Self {
+        Self {
+            state,
+            reservation: Some(reservation),
+        }
+    }
+
     fn amount(&self) -> u64 {
         self.reservation.as_ref().map_or(0, |r| r.amount)
     }
@@ -211,36 +191,37 @@ impl Pick {
     }
 }
 
-/// Chooses a worker for `meta` (excluding `exclude`) and reserves the request's worst case.
-fn pick(
-    state: &Arc<State>,
-    account: &str,
+/// The completion tokens reserved at worker `w` for `meta`, and the reservation (nano-TON).
+pub(crate) fn reservation_at(cfg: &ProxyConfig, meta: &RequestMeta, w: &Worker) -> (u32, u64) {
+    let budget = w
+        .model(&meta.model)
+        .map_or(meta.max_tokens, |m| {
+            meta.max_tokens.min(m.max_completion_tokens)
+        })
+        .max(1);
+    let amount = cfg.prices.reservation(
+        u64::from(cfg.max_prompt_tokens),
+        u64::from(budget),
+        w.info.price_coefficient_milli,
+    );
+    (budget, amount)
+}
+
+/// The `candidates` whose reservation is within the request's price cap; an error if there
+/// are no candidates or none is within the cap.
+pub(crate) fn affordable(
+    cfg: &ProxyConfig,
     meta: &RequestMeta,
-    exclude: &[u64],
-) -> Result<Pick, ApiError> {
+    candidates: Vec<Arc<Worker>>,
+) -> Result<Vec<Arc<Worker>>, ApiError> {
     let model = meta.model.as_str();
-    let candidates = state.registry.candidates(model, exclude);
     if candidates.is_empty() {
         return Err(api(
             ErrorKind::ModelNotFound,
             format!("model {model} is not served by any worker"),
         ));
     }
-    let cfg = &state.config;
-    let budget = |w: &Worker| {
-        w.model(model)
-            .map_or(meta.max_tokens, |m| {
-                meta.max_tokens.min(m.max_completion_tokens)
-            })
-            .max(1)
-    };
-    let reservation = |w: &Worker| {
-        cfg.prices.reservation(
-            u64::from(cfg.max_prompt_tokens),
-            u64::from(budget(w)),
-            w.info.price_coefficient_milli,
-        )
-    };
+    let reservation = |w: &Worker| reservation_at(cfg, meta, w).1;
     let affordable: Vec<Arc<Worker>> = candidates
         .iter()
         .filter(|w| meta.price_cap.is_none_or(|cap| reservation(w) <= cap))
@@ -258,6 +239,29 @@ fn pick(
             ),
         ));
     }
+    Ok(affordable)
+}
+
+/// The client-facing error for a failed reservation (unknown accounts: 402, as for funds).
+pub(crate) fn ledger_refusal(e: LedgerError) -> ApiError {
+    match e {
+        e @ (LedgerError::InsufficientFunds { .. } | LedgerError::UnknownAccount { .. }) => {
+            api(ErrorKind::InsufficientFunds, e.to_string())
+        }
+        e => api(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+/// Chooses a worker for `meta` (excluding `exclude`) and reserves the request's worst case.
+fn pick(
+    state: &Arc<State>,
+    account: &str,
+    meta: &RequestMeta,
+    exclude: &[u64],
+) -> Result<Pick, ApiError> {
+    let model = meta.model.as_str();
+    let candidates = state.registry.candidates(model, exclude);
+    let affordable = affordable(&state.config, meta, candidates)?;
     let mut random = [0u8; 64];
     if affordable.len() > 1 && getrandom::getrandom(&mut random).is_err() {
         tracing::warn!("system randomness unavailable; worker tie-break is deterministic");
@@ -267,21 +271,14 @@ fn pick(
         let Some(slot) = w.try_acquire() else {
             continue;
         };
-        let amount = reservation(&w);
+        let (completion_budget, amount) = reservation_at(&state.config, meta, &w);
         return match state.ledger.reserve(account, amount) {
             Ok(reservation) => Ok(Pick {
-                completion_budget: budget(&w),
+                completion_budget,
                 slot,
-                held: Held {
-                    state: state.clone(),
-                    reservation: Some(reservation),
-                },
+                held: Held::new(state.clone(), reservation),
             }),
-            Err(e @ LedgerError::InsufficientFunds { .. })
-            | Err(e @ LedgerError::UnknownAccount { .. }) => {
-                Err(api(ErrorKind::InsufficientFunds, e.to_string()))
-            }
-            Err(e) => Err(api(ErrorKind::Internal, e.to_string())),
+            Err(e) => Err(ledger_refusal(e)),
         };
     }
     Err(api(
@@ -389,21 +386,27 @@ async fn forward(
     endpoint: Endpoint,
     req: Request<Incoming>,
     active: ActiveGuard,
-) -> Result<Response<ResponseBody>, ApiError> {
+) -> Result<Response<ResponseBody>, Rejection> {
     let meta = RequestMeta::from_headers(req.headers())?;
     if !state.registry.serves(&meta.model) {
         return Err(api(
             ErrorKind::ModelNotFound,
             format!("model {} is not served by any worker", meta.model),
-        ));
+        )
+        .into());
     }
-    let body = read_body(req, state.config.max_body_bytes).await?;
+    // Funds first: an account that cannot pay is refused before its body is read. The
+    // amount stays reserved during the upload (no worker slot is held).
+    let admission = crate::limits::admit(state, account, &meta)?;
+    // `_charge` keeps the body's bytes counted in the body budget while they are in memory.
+    let (body, _charge) = crate::limits::read_body(state, req).await?;
+    drop(admission);
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last: Option<ApiError> = None;
     for n in 0..2 {
         let pick = match pick(state, account, &meta, &tried) {
             Ok(p) => p,
-            Err(e) => return Err(last.unwrap_or(e)),
+            Err(e) => return Err(last.unwrap_or(e).into()),
         };
         if n > 0 {
             state.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -429,11 +432,13 @@ async fn forward(
             Attempt::Final(e) => {
                 drop(pick);
                 worker.record_outcome(true);
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
-    Err(last.unwrap_or_else(|| api(ErrorKind::Upstream, "no worker answered")))
+    Err(last
+        .unwrap_or_else(|| api(ErrorKind::Upstream, "no worker answered"))
+        .into())
 }
 
 fn stream_response(

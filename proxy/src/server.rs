@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, ProxyConfig};
 use crate::ledger::Ledger;
+use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::stats::Stats;
 
@@ -29,6 +30,8 @@ pub struct State {
     pub stats: Arc<Stats>,
     /// Verifies workers (worker policy, worker role only).
     pub worker_verifier: Arc<PeerVerifier>,
+    /// Client-port limit state (connection slots, body budget).
+    pub limits: Limits,
 }
 
 /// Errors starting the proxy.
@@ -75,6 +78,13 @@ impl Proxy {
     /// Binds the three listeners and starts serving on the current tokio runtime.
     pub async fn start(self) -> Result<RunningProxy, StartError> {
         self.config.validate()?;
+        if !self.worker_policy.pins_config() {
+            tracing::warn!(
+                "DEVELOPMENT ONLY: the worker policy pins no runtime configuration \
+                 (allow_any_config = true): a worker image configured by its host in any way \
+                 is accepted"
+            );
+        }
         let cfg = &self.config;
         let worker_verifier =
             Arc::new(PeerVerifier::new(self.worker_policy, self.clock).with_roles([Role::Worker]));
@@ -93,6 +103,7 @@ impl Proxy {
         let admin_addr = local("admin_listen", &admin, cfg.admin_listen)?;
 
         let state = Arc::new(State {
+            limits: Limits::new(&self.config.client),
             config: self.config,
             registry: Registry::default(),
             ledger: self.ledger,

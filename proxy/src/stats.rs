@@ -43,6 +43,9 @@ pub struct Stats {
     pub over_reservation: AtomicU64,
     pub workers_registered: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Client connections and requests refused by a limit, by reason
+    /// ([`crate::limits::ClientRefusal::code`]).
+    client_refusals: Mutex<BTreeMap<&'static str, u64>>,
     worker_usage: Mutex<BTreeMap<u64, WorkerUsage>>,
     /// Limits log lines that peers can trigger at will (refusals, worker misbehaviour).
     pub log_limiter: LogLimiter,
@@ -61,6 +64,7 @@ impl Default for Stats {
             over_reservation: AtomicU64::new(0),
             workers_registered: AtomicU64::new(0),
             refusals: Mutex::default(),
+            client_refusals: Mutex::default(),
             worker_usage: Mutex::default(),
             log_limiter: LogLimiter::new(Duration::from_secs(10)),
         }
@@ -88,6 +92,15 @@ impl Stats {
 
     pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.refusals).clone()
+    }
+
+    /// Counts a client connection or request refused by a limit, by reason code.
+    pub fn count_client_refusal(&self, reason: &'static str) {
+        *lock(&self.client_refusals).entry(reason).or_default() += 1;
+    }
+
+    pub fn client_refusals(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.client_refusals).clone()
     }
 
     /// Records a billed request: token counters, and the serving worker's usage.

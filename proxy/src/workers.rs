@@ -41,6 +41,9 @@ const WORKER_CONNECTION_WINDOW: u32 = 1 << 30;
 /// Concurrent requests the proxy sends one worker at most, whatever it registers.
 pub const MAX_WORKER_CAPACITY: u32 = 4096;
 
+/// How often the proxy re-verifies a connected worker's certificate and evidence.
+pub const RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest registration document accepted.
 const MAX_REGISTRATION_BYTES: usize = 64 << 10;
 
@@ -66,6 +69,10 @@ pub enum Refusal {
     Invalid(String),
     #[error("protocol version: {0}")]
     Version(String),
+    /// A registered worker's certificate or evidence stopped passing (checked on the proxy's
+    /// clock); the connection was closed.
+    #[error("evidence no longer valid, connection closed: {detail}")]
+    Expired { code: &'static str, detail: String },
 }
 
 impl Refusal {
@@ -74,6 +81,7 @@ impl Refusal {
         match self {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::Attestation { code, .. } => code,
+            Self::Expired { code, .. } => code,
             Self::Tls(_) => "tls_handshake",
             Self::Http2(_) => "http2_handshake",
             Self::RegistrationTimeout => "registration_timeout",
@@ -162,6 +170,13 @@ async fn serve(
         .peer_of(tls.get_ref().1)
         .map_err(|e| Refusal::ratls(&e))?;
     let image_hash = peer.image_hash().to_string();
+    let cert_der: Vec<u8> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or_else(|| Refusal::ratls(&RatlsError::NoPeerCertificate))?;
 
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -185,6 +200,16 @@ async fn serve(
             r.map_err(|_| Refusal::RegistrationTimeout)??
         }
     };
+
+    let policy = state.worker_verifier.policy();
+    for m in &registration.models {
+        policy
+            .check_model(&m.name, &m.model_hash)
+            .map_err(|r| Refusal::Attestation {
+                code: r.code(),
+                detail: r.to_string(),
+            })?;
+    }
 
     let id = state.registry.next_id();
     let info = WorkerInfo {
@@ -212,13 +237,36 @@ async fn serve(
         .stats
         .workers_registered
         .fetch_add(1, Ordering::Relaxed);
-    let result = conn.await;
+    let result = tokio::select! {
+        r = conn => r.map_err(|e| e.to_string()),
+        refusal = recheck(state, &cert_der) => {
+            state.registry.remove(id);
+            return Err(refusal);
+        }
+    };
     state.registry.remove(id);
     match result {
         Ok(()) => tracing::info!(worker = id, "worker disconnected"),
         Err(e) => tracing::info!(worker = id, error = %e, "worker connection lost"),
     }
     Ok(())
+}
+
+/// Re-verifies a registered worker's certificate and evidence on the proxy's own clock every
+/// [`RECHECK_INTERVAL`], and returns once they no longer pass (certificate or collateral
+/// expired, collateral too old, policy changed). Dropping the connection future then closes
+/// the link: expiry does not depend on the worker rotating its certificate on a clock its
+/// host controls. A pass is normally a cache hit (microseconds).
+async fn recheck(state: &State, cert_der: &[u8]) -> Refusal {
+    loop {
+        tokio::time::sleep(RECHECK_INTERVAL).await;
+        if let Err(e) = state.worker_verifier.verify(cert_der) {
+            return Refusal::Expired {
+                code: ratls_code(&e),
+                detail: e.to_string(),
+            };
+        }
+    }
 }
 
 /// The registration exchange.

@@ -16,9 +16,14 @@ use worker::dial::{run, tls_config, worker_claims, Certs, Link};
 use worker::engine::stub::StubEngine;
 use worker::service::{ServedModel, Service, WorkerInfo};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_worker_registers_streams_and_is_billed() {
-    let p = start_proxy(|_| {}).await;
+/// Starts the real worker service (stub engine, 24 tokens) dialing `p`; returns its stop
+/// switch and task.
+fn start_worker(
+    p: &TestProxy,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let tee = OpenedTee {
         device: Arc::new(SimTdx::new(net().platform.clone(), worker_regs())),
         sim_platform: Some(net().platform.clone()),
@@ -52,6 +57,13 @@ async fn real_worker_registers_streams_and_is_billed() {
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(run(link, stopped));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_worker_registers_streams_and_is_billed() {
+    let p = start_proxy(|_| {}).await;
+    let (stop, task) = start_worker(&p);
     p.wait_workers(1).await;
     let s = p.stats();
     assert_eq!(s["workers"][0]["name"], "real-worker");
@@ -87,4 +99,68 @@ async fn real_worker_registers_streams_and_is_billed() {
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     p.wait_workers(0).await;
+}
+
+/// Regression (billing hole): the proxy reserved for `max_prompt_tokens` but no worker read the
+/// budget header, and usage beyond the reservation was charged at the reservation: a 200,000
+/// word prompt used 200,001 prompt tokens and was charged a fiftieth of its cost. The worker
+/// now counts prompt tokens before generating and refuses a prompt over the budget; nothing is
+/// billed for it, and a prompt within the budget is billed at exactly its usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_over_the_reserved_budget_are_refused_before_generation() {
+    let p = start_proxy(|c| c.max_prompt_tokens = 100).await;
+    let (stop, task) = start_worker(&p);
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 3).await;
+
+    let words = vec!["w"; 200_000].join(" ");
+    let body = serde_json::json!({
+        "model": "stub",
+        "messages": [{"role": "user", "content": words}],
+        "stream": true,
+    })
+    .to_string();
+    let resp = c.send(chat("stub", 16, None, body.as_bytes())).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let err = json_body(resp).await;
+    assert_eq!(error_kind(&err), "payload_too_large");
+    let msg = err["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("200001") && msg.contains("100"), "{msg}");
+    let s = p.stats();
+    assert!(
+        s["clients"].get(&c.account).is_none()
+            || s["clients"][&c.account]["cost_nano"].as_u64() == Some(0),
+        "{s}"
+    );
+    assert_eq!(s["requests"]["retries"], 0);
+
+    // 99 words + 1 per message: exactly the budget is served and billed at its usage.
+    let words = vec!["w"; 99].join(" ");
+    let body = serde_json::json!({
+        "model": "stub",
+        "messages": [{"role": "user", "content": words}],
+        "stream": true,
+    })
+    .to_string();
+    let resp = c.send(chat("stub", 16, None, body.as_bytes())).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let evs = events(resp.into_body()).await;
+    let usage = usage_of(&evs).expect("usage");
+    assert_eq!(usage.prompt_tokens, 100);
+    let s = p.stats();
+    assert_eq!(
+        s["clients"][&c.account]["cost_nano"],
+        Prices::default().cost(&usage, 1000)
+    );
+    assert_eq!(
+        s["requests"]["over_reservation"].as_u64().unwrap_or(0),
+        0,
+        "{s}"
+    );
+
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }

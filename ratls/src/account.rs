@@ -21,9 +21,18 @@ use crate::RatlsError;
 const ED25519_OID: &str = "1.3.101.112";
 
 /// An account key (Ed25519). The secret never leaves this type except as PKCS#8 for rustls.
+/// The seed is overwritten with zeros when the key is dropped.
 pub struct AccountKey {
     seed: [u8; 32],
 }
+
+impl Drop for AccountKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.seed);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for AccountKey {}
 
 impl std::fmt::Debug for AccountKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,14 +58,15 @@ impl AccountKey {
         &self.seed
     }
 
-    fn pkcs8(&self) -> Vec<u8> {
+    fn pkcs8(&self) -> zeroize::Zeroizing<Vec<u8>> {
         // PKCS#8 v1 OneAsymmetricKey for Ed25519 (RFC 8410 section 7): fixed prefix + seed.
-        let mut der = vec![
+        let mut der = Vec::with_capacity(48);
+        der.extend_from_slice(&[
             0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
             0x04, 0x20,
-        ];
+        ]);
         der.extend_from_slice(&self.seed);
-        der
+        zeroize::Zeroizing::new(der)
     }
 
     /// The account id: the hex Ed25519 public key.
@@ -72,7 +82,7 @@ impl AccountKey {
     pub fn certificate(&self, now: u64, lifetime: Duration) -> Result<IssuedCert, RatlsError> {
         let pkcs8 = self.pkcs8();
         let key = KeyPair::from_pkcs8_der_and_sign_algo(
-            &PrivatePkcs8KeyDer::from(pkcs8.clone()),
+            &PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
             &rcgen::PKCS_ED25519,
         )
         .map_err(|e| RatlsError::Key(e.to_string()))?;

@@ -33,8 +33,9 @@ pub const CLOCK_SKEW_ALLOWANCE_SECS: u64 = 300;
 pub struct IssuedCert {
     /// The certificate (DER).
     pub cert_der: Vec<u8>,
-    /// The Ed25519 private key, PKCS#8 DER. Never logged.
-    pub key_pkcs8_der: Vec<u8>,
+    /// The Ed25519 private key, PKCS#8 DER. Never logged; overwritten with zeros on drop
+    /// (copies that rustls and ring make inside their own key types are theirs to manage).
+    pub key_pkcs8_der: zeroize::Zeroizing<Vec<u8>>,
     /// DER SubjectPublicKeyInfo of the key.
     pub spki_der: Vec<u8>,
     /// The report_data the quote carries.
@@ -43,6 +44,9 @@ pub struct IssuedCert {
     pub not_before: u64,
     pub not_after: u64,
 }
+
+/// The private key field zeroizes itself on drop.
+impl zeroize::ZeroizeOnDrop for IssuedCert {}
 
 impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +62,7 @@ impl std::fmt::Debug for IssuedCert {
 impl IssuedCert {
     /// The certificate and a rustls signing key for it.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, RatlsError> {
-        let der = PrivatePkcs8KeyDer::from(self.key_pkcs8_der.clone());
+        let der = PrivatePkcs8KeyDer::from(self.key_pkcs8_der.to_vec());
         let key = rustls::crypto::ring::sign::any_eddsa_type(&der)
             .map_err(|e| RatlsError::Key(e.to_string()))?;
         Ok(Arc::new(CertifiedKey::new(
@@ -191,7 +195,7 @@ pub fn assemble(
     let spki_der = key.spki_der();
     Ok(IssuedCert {
         cert_der,
-        key_pkcs8_der: key.key.serialize_der(),
+        key_pkcs8_der: zeroize::Zeroizing::new(key.key.serialize_der()),
         report_data: report_data(&spki_der, claims_bytes),
         spki_der,
         not_before,

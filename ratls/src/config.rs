@@ -8,13 +8,36 @@
 //! manifest = { file = "manifest.json", publisher_keys = ["<ed25519 hex>"], role = "proxy" }
 //!   # optional in `manifest`: record = "accepted-manifests.jsonl" (default
 //!   # "<file>.accepted.jsonl"), allow_rollback = false (default)
+//! rtmr3 = ["<96 hex>"]              # accepted runtime configurations (RTMR3 values)
+//! models = { "<name>" = "<sha256 hex>" }   # models a worker may serve (proxy only)
 //! tcb_statuses = ["UpToDate"]       # default
 //! allow_debug = false               # default; development only
-//! rtmr3 = []                        # accepted RTMR3 values; empty = not checked
-//! max_collateral_age_secs = 2592000 # optional
+//! allow_any_config = false          # default; development only: no RTMR3 / model pin
+//! max_collateral_age_secs = 604800  # default 7 days
 //! ```
-//! At least one image must be pinned (directly or through the manifest): a service never runs
-//! with "any image". Relative paths are resolved against the config file's directory.
+//! Relative paths are resolved against the config file's directory.
+//!
+//! # What a policy must pin
+//! At least one image, always (directly or through the manifest): a service never runs with
+//! "any image". Beyond the image, [`Required`] says what the verifier must pin, and loading
+//! refuses a policy that does not ([`ConfigError::NoConfigPin`], [`ConfigError::NoModelPin`],
+//! each message saying how to pin):
+//! * the client (verifying proxies) pins the proxy's runtime configuration (RTMR3);
+//! * the proxy (verifying workers) pins the worker's runtime configuration and the models a
+//!   worker may register (name → SHA-256), so a genuine worker image configured to send
+//!   prompts to a host URL, or to serve another model, is refused;
+//! * a worker (verifying proxies) must pin the proxy image; an RTMR3 pin is enforced when
+//!   given but not required. Requiring it both ways is a hash cycle (the proxy's config pins
+//!   the worker's RTMR3, which covers the worker's config, which would pin the proxy's RTMR3);
+//!   the link that may go unpinned is the one that carries no client data the worker did not
+//!   already get from an attested proxy (docs/threat-model.md, "Runtime configuration").
+//!
+//! A manifest's role entry carries its `rtmr3` values and `models` into the policy, so pinning
+//! a publisher's manifest pins the configurations and models it lists. `allow_any_config =
+//! true` waives the RTMR3 and model requirements (development only; services log it loudly).
+//!
+//! A service running on real TDX ([`PolicyConfig::check_production`]) also refuses what only
+//! development may say: a root other than Intel's, `allow_debug`, `allow_any_config`.
 //!
 //! A pinned manifest is accepted only if a pinned publisher key signed it *and* the local
 //! append-only record of accepted manifests agrees ([`crate::manifest_record`]): a manifest with
@@ -22,16 +45,23 @@
 //! older one is refused ("manifest rollback") unless `allow_rollback = true`. Loading appends
 //! one line to the record the first time a manifest is accepted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use measurements::manifest::SignedManifest;
+use measurements::manifest::{RoleMeasurement, SignedManifest};
 use measurements::policy::parse_tcb_status;
 use measurements::{parse_hex_array, ImageHash, Policy, TrustRoot};
 use serde::Deserialize;
 
 use crate::clock::{Clock, SystemClock};
 use crate::manifest_record::{self, RecordEntry, RecordFileError};
+use crate::Role;
+
+/// Default maximum age of a peer's collateral: 7 days. Intel's PCS issues TCB info, QE
+/// identity and CRLs with a 30-day `nextUpdate`, and a PCCS refreshes them daily; without an
+/// age bound a platform could keep presenting collateral from before a TCB recovery, still
+/// "UpToDate", for a month. Provers refresh the collateral they embed well within a week.
+pub const DEFAULT_MAX_COLLATERAL_AGE_SECS: u64 = 7 * 24 * 3600;
 
 /// Policy config errors (each names the field or file).
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +76,21 @@ pub enum ConfigError {
     },
     #[error("policy: no image pinned (set images or manifest)")]
     NoImages,
+    #[error(
+        "policy: no runtime configuration pinned for the {peer} (its RTMR3): set rtmr3 = [\"<hex>\"] \
+         (`cocoon-measure eventlog expect-config` computes it from the peer's config) or pin a \
+         manifest whose {peer} role lists rtmr3; allow_any_config = true accepts any configuration \
+         (development only)"
+    )]
+    NoConfigPin { peer: &'static str },
+    #[error(
+        "policy: no model pinned for workers: set models = {{ \"<name>\" = \"<sha256 hex>\" }} \
+         or pin a manifest whose worker role lists models; allow_any_config = true accepts any \
+         model (development only)"
+    )]
+    NoModelPin,
+    #[error("policy.{field}: refused on real TDX: {detail}")]
+    Production { field: &'static str, detail: String },
     #[error("policy.manifest: {0}")]
     ManifestRecord(#[from] RecordFileError),
 }
@@ -58,7 +103,45 @@ fn default_statuses() -> Vec<String> {
     vec!["UpToDate".into()]
 }
 
-/// A signed manifest to take image hashes from.
+fn default_max_age() -> Option<u64> {
+    Some(DEFAULT_MAX_COLLATERAL_AGE_SECS)
+}
+
+/// What a verifier must pin besides an image (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Required {
+    /// The peer role the policy verifies (named in errors).
+    pub peer: Role,
+    /// A runtime-configuration (RTMR3) pin.
+    pub config: bool,
+    /// Model digests.
+    pub models: bool,
+}
+
+impl Required {
+    /// What a verifier in role `verifier` must pin of its peers.
+    pub fn by(verifier: Role) -> Self {
+        match verifier {
+            Role::Client => Self {
+                peer: Role::Proxy,
+                config: true,
+                models: false,
+            },
+            Role::Proxy => Self {
+                peer: Role::Worker,
+                config: true,
+                models: true,
+            },
+            Role::Worker => Self {
+                peer: Role::Proxy,
+                config: false,
+                models: false,
+            },
+        }
+    }
+}
+
+/// A signed manifest to take image hashes, RTMR3 values and models from.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestPin {
@@ -91,7 +174,13 @@ pub struct PolicyConfig {
     pub allow_debug: bool,
     #[serde(default)]
     pub rtmr3: Vec<String>,
+    /// Model name → SHA-256 (hex) of a model file a worker may serve under that name.
     #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    /// Development only: do not require RTMR3 or model pins.
+    #[serde(default)]
+    pub allow_any_config: bool,
+    #[serde(default = "default_max_age")]
     pub max_collateral_age_secs: Option<u64>,
 }
 
@@ -102,16 +191,28 @@ fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
+fn field(field: &'static str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        detail: detail.into(),
+    }
+}
+
 impl PolicyConfig {
     /// Builds the policy, reading root and manifest files relative to `base`; a pinned
     /// manifest's acceptance is recorded with the system time ([`Self::load_at`]).
-    pub fn load(&self, base: &Path) -> Result<Policy, ConfigError> {
-        self.load_at(base, SystemClock.now())
+    pub fn load(&self, base: &Path, required: Required) -> Result<Policy, ConfigError> {
+        self.load_at(base, required, SystemClock.now())
     }
 
     /// [`Self::load`] with the time (Unix seconds) written into the manifest record's
     /// `recorded_at`; no acceptance decision depends on it.
-    pub fn load_at(&self, base: &Path, now: u64) -> Result<Policy, ConfigError> {
+    pub fn load_at(
+        &self,
+        base: &Path,
+        required: Required,
+        now: u64,
+    ) -> Result<Policy, ConfigError> {
         let mut policy = Policy::production();
         policy.roots = self
             .roots
@@ -126,17 +227,11 @@ impl PolicyConfig {
             })
             .collect::<Result<_, ConfigError>>()?;
         if policy.roots.is_empty() {
-            return Err(ConfigError::Field {
-                field: "roots",
-                detail: "empty".into(),
-            });
+            return Err(field("roots", "empty"));
         }
         policy.allowed_tcb_statuses.clear();
         for s in &self.tcb_statuses {
-            let status = parse_tcb_status(s).map_err(|detail| ConfigError::Field {
-                field: "tcb_statuses",
-                detail,
-            })?;
+            let status = parse_tcb_status(s).map_err(|d| field("tcb_statuses", d))?;
             policy = policy.allow_tcb_status(status);
         }
         policy.allow_debug = self.allow_debug;
@@ -146,45 +241,81 @@ impl PolicyConfig {
             .iter()
             .map(|s| {
                 s.parse()
-                    .map_err(|e: measurements::HexError| ConfigError::Field {
-                        field: "images",
-                        detail: e.to_string(),
-                    })
+                    .map_err(|e: measurements::HexError| field("images", e.to_string()))
             })
             .collect::<Result<_, _>>()?;
+        let mut rtmr3 = self
+            .rtmr3
+            .iter()
+            .map(|s| parse_hex_array::<48>(s, "rtmr3").map_err(|e| field("rtmr3", e.to_string())))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let mut models: BTreeMap<String, BTreeSet<[u8; 32]>> = BTreeMap::new();
+        for (name, digest) in &self.models {
+            protocol_model_name(name)?;
+            let d = parse_hex_array::<32>(digest, "model digest")
+                .map_err(|e| field("models", format!("{name}: {e}")))?;
+            models.entry(name.clone()).or_default().insert(d);
+        }
         if let Some(pin) = &self.manifest {
-            images.extend(self.manifest_images(pin, base, now)?);
+            let role = self.manifest_role(pin, base, now)?;
+            images.insert(role.image_hash);
+            rtmr3.extend(role.rtmr3.iter().copied());
+            for (name, digest) in &role.models {
+                models.entry(name.clone()).or_default().insert(digest.0);
+            }
         }
         if images.is_empty() {
             return Err(ConfigError::NoImages);
         }
         policy.allowed_images = Some(images);
-        if !self.rtmr3.is_empty() {
-            policy.allowed_rtmr3 = Some(
-                self.rtmr3
-                    .iter()
-                    .map(|s| {
-                        parse_hex_array::<48>(s, "rtmr3").map_err(|e| ConfigError::Field {
-                            field: "rtmr3",
-                            detail: e.to_string(),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            );
+        if !rtmr3.is_empty() {
+            policy.allowed_rtmr3 = Some(rtmr3);
+        } else if required.config && !self.allow_any_config {
+            return Err(ConfigError::NoConfigPin {
+                peer: required.peer.as_str(),
+            });
+        }
+        if !models.is_empty() {
+            policy.allowed_models = Some(models);
+        } else if required.models && !self.allow_any_config {
+            return Err(ConfigError::NoModelPin);
         }
         Ok(policy)
     }
 
-    fn manifest_images(
+    /// What a service whose own evidence is real TDX evidence refuses to be configured with:
+    /// a root other than Intel's, debug TDs, or unpinned configurations. (A host that wants
+    /// any of these must boot the service on the simulated platform, whose evidence no
+    /// production verifier accepts.)
+    pub fn check_production(&self) -> Result<(), ConfigError> {
+        if let Some(root) = self.roots.iter().find(|r| *r != "intel") {
+            return Err(ConfigError::Production {
+                field: "roots",
+                detail: format!("only Intel's root is trusted, not {root:?}"),
+            });
+        }
+        if self.allow_debug {
+            return Err(ConfigError::Production {
+                field: "allow_debug",
+                detail: "debug TDs are never accepted".into(),
+            });
+        }
+        if self.allow_any_config {
+            return Err(ConfigError::Production {
+                field: "allow_any_config",
+                detail: "peers' configurations must be pinned".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn manifest_role(
         &self,
         pin: &ManifestPin,
         base: &Path,
         now: u64,
-    ) -> Result<Vec<ImageHash>, ConfigError> {
-        let field = |detail: String| ConfigError::Field {
-            field: "manifest",
-            detail,
-        };
+    ) -> Result<RoleMeasurement, ConfigError> {
+        let field = |detail: String| field("manifest", detail);
         let keys = pin
             .publisher_keys
             .iter()
@@ -215,7 +346,18 @@ impl PolicyConfig {
             None => manifest_record::default_record_path(&path),
         };
         manifest_record::accept(&record, &entry, pin.allow_rollback)?;
-        Ok(vec![role.image_hash])
+        Ok(role.clone())
+    }
+}
+
+/// A model name as clients send it (the rule of `protocol::meta::check_model`: 1–128
+/// printable ASCII characters without spaces).
+fn protocol_model_name(name: &str) -> Result<(), ConfigError> {
+    let ok = (1..=128).contains(&name.len()) && name.bytes().all(|b| (0x21..0x7f).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(field("models", format!("{name:?} is not a model name")))
     }
 }
 
@@ -227,25 +369,117 @@ fn ed25519_dalek_key(bytes: &[u8; 32]) -> Result<measurements::manifest::Verifyi
 mod tests {
     use super::*;
 
+    fn img() -> String {
+        "ab".repeat(32)
+    }
+
+    fn parse(text: &str) -> PolicyConfig {
+        toml::from_str(text).unwrap()
+    }
+
     #[test]
     fn defaults_and_errors() {
-        let c: PolicyConfig =
-            toml::from_str(&format!("images = [\"{}\"]", "ab".repeat(32))).unwrap();
-        let p = c.load(Path::new(".")).unwrap();
+        let c = parse(&format!("images = [\"{}\"]", img()));
+        let p = c.load(Path::new("."), Required::by(Role::Worker)).unwrap();
         assert!(p.roots[0].is_intel());
         assert!(!p.allow_debug);
         assert_eq!(p.allowed_images.unwrap().len(), 1);
-        let none: PolicyConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            p.max_collateral_age_secs,
+            Some(DEFAULT_MAX_COLLATERAL_AGE_SECS)
+        );
+        let none = parse("");
         assert!(matches!(
-            none.load(Path::new(".")),
+            none.load(Path::new("."), Required::by(Role::Worker)),
             Err(ConfigError::NoImages)
         ));
         assert!(toml::from_str::<PolicyConfig>("surprise = 1").is_err());
-        let bad: PolicyConfig = toml::from_str(&format!(
+        let bad = parse(&format!(
             "images = [\"{}\"]\ntcb_statuses = [\"Fine\"]",
-            "ab".repeat(32)
-        ))
-        .unwrap();
-        assert!(bad.load(Path::new(".")).is_err());
+            img()
+        ));
+        assert!(bad
+            .load(Path::new("."), Required::by(Role::Worker))
+            .is_err());
+    }
+
+    /// Regression (trust hole): a client or proxy policy that pins only an image used to load
+    /// and accept any runtime configuration of that image.
+    #[test]
+    fn config_and_model_pins_are_required() {
+        let image_only = parse(&format!("images = [\"{}\"]", img()));
+        let err = image_only
+            .load(Path::new("."), Required::by(Role::Client))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NoConfigPin { peer: "proxy" }));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("rtmr3") && msg.contains("expect-config"),
+            "{msg}"
+        );
+        assert!(matches!(
+            image_only.load(Path::new("."), Required::by(Role::Proxy)),
+            Err(ConfigError::NoConfigPin { peer: "worker" })
+        ));
+
+        let rtmr3 = "cd".repeat(48);
+        let config_only = parse(&format!("images = [\"{}\"]\nrtmr3 = [\"{rtmr3}\"]", img()));
+        let p = config_only
+            .load(Path::new("."), Required::by(Role::Client))
+            .unwrap();
+        assert_eq!(p.allowed_rtmr3.unwrap().len(), 1);
+        let err = config_only
+            .load(Path::new("."), Required::by(Role::Proxy))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NoModelPin), "{err}");
+
+        let full = parse(&format!(
+            "images = [\"{}\"]\nrtmr3 = [\"{rtmr3}\"]\nmodels = {{ \"tiny\" = \"{}\" }}",
+            img(),
+            "ef".repeat(32)
+        ));
+        let p = full
+            .load(Path::new("."), Required::by(Role::Proxy))
+            .unwrap();
+        assert!(p.check_model("tiny", &"ef".repeat(32)).is_ok());
+        let e = p.check_model("tiny", &"00".repeat(32)).unwrap_err();
+        assert_eq!(e.code(), "model_not_allowed");
+        assert!(p.check_model("other", &"ef".repeat(32)).is_err());
+        assert!(p.check_model("tiny", "not hex").is_err());
+
+        let dev = parse(&format!(
+            "images = [\"{}\"]\nallow_any_config = true",
+            img()
+        ));
+        let p = dev.load(Path::new("."), Required::by(Role::Proxy)).unwrap();
+        assert!(!p.pins_config());
+        assert!(p.allowed_models.is_none());
+
+        let bad_model = parse(&format!(
+            "images = [\"{}\"]\nallow_any_config = true\nmodels = {{ \"a b\" = \"{}\" }}",
+            img(),
+            "ef".repeat(32)
+        ));
+        assert!(bad_model
+            .load(Path::new("."), Required::by(Role::Proxy))
+            .is_err());
+    }
+
+    #[test]
+    fn production_refuses_development_settings() {
+        let ok = parse(&format!("images = [\"{}\"]", img()));
+        assert!(ok.check_production().is_ok());
+        for (extra, field) in [
+            ("roots = [\"sim-root.der\"]", "roots"),
+            ("roots = [\"intel\", \"sim-root.der\"]", "roots"),
+            ("allow_debug = true", "allow_debug"),
+            ("allow_any_config = true", "allow_any_config"),
+        ] {
+            let c = parse(&format!("images = [\"{}\"]\n{extra}", img()));
+            match c.check_production() {
+                Err(ConfigError::Production { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
     }
 }

@@ -7,8 +7,9 @@
 //!    `SHA-512("cocoon/ratls/v1\0" || SPKI || SHA-256(claims))` of *this* certificate
 //!    ([`measurements::Rejection::ReportDataMismatch`] otherwise). Checked on the parsed quote
 //!    before any signature work (cheap rejection), and again on the verified evidence.
-//! 3. Collateral: the certificate's embedded collateral if any (untrusted bytes are fine: all
-//!    of it chains to a root the policy pins), else the caller's [`CollateralSource`].
+//! 3. Collateral: the certificate's embedded collateral or the caller's [`CollateralSource`],
+//!    whichever was issued later (untrusted bytes are fine: all of it chains to a root the
+//!    policy pins; the policy's maximum collateral age bounds how old it may be).
 //! 4. [`measurements::verify::verify_evidence`] (PCK chain, CRLs, TCB info, QE identity,
 //!    signatures) — skipped on an [`AttestationCache`] hit — then
 //!    [`measurements::Policy::check`] on every use.
@@ -134,33 +135,17 @@ fn verify_with_digests(
     cache: Option<&AttestationCache>,
 ) -> Result<VerifiedPeer, RatlsError> {
     let expected = &digests.expected_report_data;
-    let cached = cache.and_then(|c| c.get(&digests.quote, digests.collateral.as_ref(), now));
-    let cache_hit = cached.is_some();
-    let attestation = match cached {
-        Some(ev) => ev,
-        None => {
-            let (collateral, collateral_hash): (Cow<'_, Collateral>, [u8; 32]) =
-                match (&peer.collateral, digests.collateral) {
-                    (Some((_, c)), Some(h)) => (Cow::Borrowed(c), h),
-                    _ => {
-                        let source = collateral_source.ok_or_else(|| {
-                            RatlsError::CollateralUnavailable(
-                                "certificate embeds none and no collateral source is configured"
-                                    .into(),
-                            )
-                        })?;
-                        let c = source
-                            .collateral_for(&peer.quote)
-                            .map_err(RatlsError::CollateralUnavailable)?;
-                        let h = sha256(&c.to_json());
-                        (Cow::Owned(c), h)
-                    }
-                };
-            let ev = verify_evidence(&peer.quote, &collateral, now, &policy.roots)?;
-            if let Some(c) = cache {
-                c.insert(digests.quote, collateral_hash, ev.clone(), now);
+    let (attestation, cache_hit) = {
+        let (collateral, collateral_hash) = choose_collateral(&peer, digests, collateral_source)?;
+        match cache.and_then(|c| c.get(&digests.quote, Some(&collateral_hash), now)) {
+            Some(ev) => (ev, true),
+            None => {
+                let ev = verify_evidence(&peer.quote, &collateral, now, &policy.roots)?;
+                if let Some(c) = cache {
+                    c.insert(digests.quote, collateral_hash, ev.clone(), now);
+                }
+                (ev, false)
             }
-            ev
         }
     };
     check_binding(&attestation.report.report_data, expected)?;
@@ -170,6 +155,41 @@ fn verify_with_digests(
         attestation,
         cache_hit,
     })
+}
+
+/// The collateral to verify a peer's quote against, and its hash (the cache key's second
+/// half): the certificate's embedded collateral or the verifier's own source, whichever was
+/// issued later. A peer cannot keep a verifier on old collateral that its own source has
+/// superseded (a TCB recovery shows up there first); a source that fails is not fatal while the
+/// certificate embeds collateral.
+fn choose_collateral<'a>(
+    peer: &'a PeerEvidence,
+    digests: &CertDigests,
+    source: Option<&dyn CollateralSource>,
+) -> Result<(Cow<'a, Collateral>, [u8; 32]), RatlsError> {
+    let embedded = match (&peer.collateral, digests.collateral) {
+        (Some((_, c)), Some(h)) => Some((c, h)),
+        _ => None,
+    };
+    let from_source = match source.map(|s| s.collateral_for(&peer.quote)) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) if embedded.is_none() => return Err(RatlsError::CollateralUnavailable(e)),
+        Some(Err(_)) | None => None,
+    };
+    match (embedded, from_source) {
+        (Some((e, _)), Some(s)) if s.issued_at() > e.issued_at() => {
+            let h = sha256(&s.to_json());
+            Ok((Cow::Owned(s), h))
+        }
+        (Some((e, h)), _) => Ok((Cow::Borrowed(e), h)),
+        (None, Some(s)) => {
+            let h = sha256(&s.to_json());
+            Ok((Cow::Owned(s), h))
+        }
+        (None, None) => Err(RatlsError::CollateralUnavailable(
+            "certificate embeds none and no collateral source is configured".into(),
+        )),
+    }
 }
 
 fn check_binding(got: &[u8; 64], expected: &[u8; 64]) -> Result<(), Rejection> {

@@ -209,3 +209,33 @@ fn repeated_certificate_still_checks_its_validity_window_and_binding() {
         assert_eq!(rejection_code(&err), "report_data_mismatch");
     }
 }
+
+/// Regression (freshness): a peer's embedded collateral used to win over the verifier's own
+/// source, so a platform could keep presenting old "UpToDate" collateral until it expired.
+/// Now the later-issued one is used, and the policy's maximum age rejects what is too old.
+#[test]
+fn fresher_collateral_wins_over_the_embedded_one() {
+    let old = collateral_window(&fixture().platform, NOW - 20 * 86400, 30 * 86400);
+    let fresh = collateral_window(&fixture().platform, NOW - 3600, 30 * 86400);
+    let c = cert_with(registers(), Role::Worker, Some(&old));
+    let mut strict = policy();
+    strict.max_collateral_age_secs = Some(7 * 86400);
+
+    // Only the embedded (20 days old) collateral: too old for a 7-day policy.
+    let embedded_only = PeerVerifier::new(strict.clone(), clock(NOW));
+    let err = embedded_only.verify(&c.cert_der).unwrap_err();
+    assert_eq!(rejection_code(&err), "collateral_too_old", "{err}");
+
+    // The verifier's own source has fresher collateral: that one is used.
+    let with_source = PeerVerifier::new(strict.clone(), clock(NOW))
+        .with_collateral_source(Arc::new(StaticCollateral(fresh.clone())));
+    let peer = with_source.verify(&c.cert_der).unwrap();
+    assert_eq!(peer.attestation.collateral_issued_at, fresh.issued_at());
+
+    // An older source does not replace fresher embedded collateral.
+    let c2 = cert_with(registers(), Role::Worker, Some(&fresh));
+    let older_source = PeerVerifier::new(strict, clock(NOW))
+        .with_collateral_source(Arc::new(StaticCollateral(old)));
+    let peer = older_source.verify(&c2.cert_der).unwrap();
+    assert_eq!(peer.attestation.collateral_issued_at, fresh.issued_at());
+}

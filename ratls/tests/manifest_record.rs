@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use measurements::manifest::{Manifest, SigningKey};
 use measurements::TdRegisters;
-use ratls::config::{ConfigError, PolicyConfig};
+use ratls::config::{ConfigError, PolicyConfig, Required};
 use ratls::manifest_record::{RecordEntry, RecordError, RecordFileError};
+use ratls::Role;
 
 const NOW: u64 = 1_750_000_000;
 
@@ -61,7 +62,9 @@ fn refusal(err: ConfigError) -> RecordError {
 fn accept_reload_newer_swap_rollback() {
     let dir = tempdir();
     let v1 = publish(&dir, 100, 1);
-    let p = policy("").load_at(&dir, NOW).unwrap();
+    let p = policy("")
+        .load_at(&dir, Required::by(Role::Worker), NOW)
+        .unwrap();
     assert!(p.allowed_images.as_ref().unwrap().contains(&v1));
     let text = record(&dir);
     assert_eq!(text.lines().count(), 1);
@@ -76,12 +79,16 @@ fn accept_reload_newer_swap_rollback() {
     );
 
     // Reloading the same manifest writes nothing.
-    policy("").load_at(&dir, NOW + 10).unwrap();
+    policy("")
+        .load_at(&dir, Required::by(Role::Worker), NOW + 10)
+        .unwrap();
     assert_eq!(record(&dir), text);
 
     // A newer release is accepted and appended; the old line stays as it was.
     let v2 = publish(&dir, 200, 2);
-    let p = policy("").load_at(&dir, NOW + 20).unwrap();
+    let p = policy("")
+        .load_at(&dir, Required::by(Role::Worker), NOW + 20)
+        .unwrap();
     assert!(p.allowed_images.as_ref().unwrap().contains(&v2));
     let text2 = record(&dir);
     assert!(text2.starts_with(&text));
@@ -90,7 +97,9 @@ fn accept_reload_newer_swap_rollback() {
     // Same issued_at, other content: swapped (allow_rollback does not help).
     publish(&dir, 200, 3);
     for extra in ["", ", allow_rollback = true"] {
-        let err = policy(extra).load_at(&dir, NOW + 30).unwrap_err();
+        let err = policy(extra)
+            .load_at(&dir, Required::by(Role::Worker), NOW + 30)
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("manifest swapped: "), "{msg}");
         assert!(matches!(refusal(err), RecordError::Swapped { line: 2, .. }));
@@ -98,7 +107,9 @@ fn accept_reload_newer_swap_rollback() {
 
     // An older release: rollback, unless explicitly allowed.
     publish(&dir, 100, 1);
-    let err = policy("").load_at(&dir, NOW + 40).unwrap_err();
+    let err = policy("")
+        .load_at(&dir, Required::by(Role::Worker), NOW + 40)
+        .unwrap_err();
     assert!(err.to_string().contains("manifest rollback: "), "{err}");
     assert!(matches!(
         refusal(err),
@@ -109,7 +120,7 @@ fn accept_reload_newer_swap_rollback() {
         }
     ));
     policy(", allow_rollback = true")
-        .load_at(&dir, NOW + 50)
+        .load_at(&dir, Required::by(Role::Worker), NOW + 50)
         .unwrap();
     assert_eq!(
         record(&dir),
@@ -122,7 +133,9 @@ fn accept_reload_newer_swap_rollback() {
 fn corrupt_record_is_refused_naming_the_line() {
     let dir = tempdir();
     publish(&dir, 100, 1);
-    policy("").load_at(&dir, NOW).unwrap();
+    policy("")
+        .load_at(&dir, Required::by(Role::Worker), NOW)
+        .unwrap();
     let path = dir.join("manifest.json.accepted.jsonl");
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(
@@ -130,7 +143,9 @@ fn corrupt_record_is_refused_naming_the_line() {
         format!("{good}{{\"format\": \"cocoon-manifest-record/v1\"\n"),
     )
     .unwrap();
-    let err = policy("").load_at(&dir, NOW).unwrap_err();
+    let err = policy("")
+        .load_at(&dir, Required::by(Role::Worker), NOW)
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("line 2: malformed record line"), "{msg}");
     assert!(msg.contains("manifest.json.accepted.jsonl"), "{msg}");
@@ -145,7 +160,7 @@ fn explicit_record_path() {
     let dir = tempdir();
     publish(&dir, 100, 1);
     let err = policy(", record = \"state/accepted.jsonl\"")
-        .load_at(&dir, NOW)
+        .load_at(&dir, Required::by(Role::Worker), NOW)
         .unwrap_err();
     assert!(
         matches!(err, ConfigError::ManifestRecord(RecordFileError::Io { .. })),
@@ -153,7 +168,7 @@ fn explicit_record_path() {
     );
     std::fs::create_dir_all(dir.join("state")).unwrap();
     policy(", record = \"state/accepted.jsonl\"")
-        .load_at(&dir, NOW)
+        .load_at(&dir, Required::by(Role::Worker), NOW)
         .unwrap();
     let text = std::fs::read_to_string(dir.join("state/accepted.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 1);

@@ -154,6 +154,9 @@ pub struct WorkerConfig {
     pub models: Vec<ModelSpec>,
     /// The config file's directory (relative paths are resolved against it).
     pub base_dir: PathBuf,
+    /// SHA-256 of the config text: what a simulated process measures into RTMR3
+    /// ([`TeeConfig::open_for_config`]).
+    pub config_sha256: [u8; 32],
 }
 
 /// One validated model.
@@ -180,6 +183,61 @@ pub enum EngineSpec {
     },
     /// The stub engine (tests, load tests).
     Stub { tokens: u32, tokens_per_second: f64 },
+}
+
+impl EngineSpec {
+    /// What a worker running on real TDX refuses: the stub engine (not a model), and an
+    /// upstream server outside the TD (prompts would leave it in plaintext; only a server on
+    /// the TD's own loopback interface is inside the measured boundary).
+    pub fn check_production(&self, at: &str) -> Result<(), ConfigError> {
+        match self {
+            Self::MistralRs { .. } => Ok(()),
+            Self::Stub { .. } => Err(field(
+                format!("{at}.engine"),
+                "refused on real TDX: the stub engine serves no model",
+            )),
+            Self::Upstream { url, .. } if url_is_loopback(url) => Ok(()),
+            Self::Upstream { url, .. } => Err(field(
+                format!("{at}.url"),
+                format!(
+                    "refused on real TDX: {:?} is outside the TD (prompts would leave it in \
+                     plaintext); only a loopback upstream inside the TD is allowed",
+                    url.chars().take(128).collect::<String>()
+                ),
+            )),
+        }
+    }
+}
+
+/// Whether an `http(s)://host[:port][/...]` URL names a loopback host (`localhost`,
+/// `127.0.0.0/8`, `::1`). Anything unparseable is not loopback.
+pub fn url_is_loopback(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return false;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, port)) if port.is_empty() || port.starts_with(':') => h,
+            _ => return false,
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, _port)) => h,
+            None => authority,
+        }
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl std::fmt::Debug for EngineSpec {
@@ -231,7 +289,9 @@ impl WorkerConfig {
             path: path.to_path_buf(),
             source: Box::new(e),
         })?;
-        file.validate(base)
+        let mut config = file.validate(base)?;
+        config.config_sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+        Ok(config)
     }
 }
 
@@ -280,7 +340,13 @@ impl WorkerConfigFile {
                 format!("{lifetime} (300..=604800)"),
             ));
         }
-        let policy = self.policy.load(base)?;
+        let production = matches!(self.tee, TeeConfig::Tdx { .. });
+        if production {
+            self.policy.check_production()?;
+        }
+        let policy = self
+            .policy
+            .load(base, ratls::config::Required::by(ratls::Role::Worker))?;
         if self.models.is_empty() || self.models.len() > MAX_MODELS {
             return Err(field(
                 "models",
@@ -289,7 +355,11 @@ impl WorkerConfigFile {
         }
         let mut models: Vec<ModelSpec> = Vec::new();
         for (i, m) in self.models.into_iter().enumerate() {
-            let spec = m.validate(&format!("models[{i}]"), base)?;
+            let at = format!("models[{i}]");
+            let spec = m.validate(&at, base)?;
+            if production {
+                spec.engine.check_production(&at)?;
+            }
             if models.iter().any(|o| o.name == spec.name) {
                 return Err(field(
                     format!("models[{i}].name"),
@@ -308,6 +378,7 @@ impl WorkerConfigFile {
             policy,
             models,
             base_dir: base.to_path_buf(),
+            config_sha256: [0; 32],
         })
     }
 }

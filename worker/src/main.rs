@@ -113,7 +113,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let clock = Arc::new(SystemClock);
     let tee = config
         .tee
-        .open(&config.base_dir)
+        .open_for_config(&config.base_dir, config.config_sha256)
         .context("tee")
         .or_exit(EXIT_TEE)?;
     let lifetime = config.cert_lifetime;
@@ -166,6 +166,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
     .context("service")
     .or_exit(EXIT_CONFIG)?;
 
+    if !config.policy.pins_config() {
+        tracing::info!("proxies are pinned by image; their runtime configuration is not pinned");
+    }
     let verifier =
         Arc::new(PeerVerifier::new(config.policy.clone(), clock.clone()).with_roles([Role::Proxy]));
     let tls = Arc::new(

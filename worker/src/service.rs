@@ -343,8 +343,10 @@ impl Service {
         let started = Instant::now();
         let checked = async {
             let meta = RequestMeta::from_headers(req.headers())?;
+            let prompt_budget = protocol::meta::max_prompt_tokens(req.headers())?;
             let body = read_body(req.into_body(), MAX_BODY_BYTES).await?;
-            let validated = validate(endpoint, &meta, &body, &self.inner.adverts)?;
+            let mut validated = validate(endpoint, &meta, &body, &self.inner.adverts)?;
+            validated.request.max_prompt_tokens = prompt_budget.map(u64::from);
             Ok::<_, ApiError>((meta, validated))
         }
         .await;
@@ -604,6 +606,13 @@ fn engine_error(e: &EngineError, endpoint: Endpoint) -> ApiError {
     match e {
         EngineError::UnknownModel(_) => {
             ApiError::new(ErrorKind::ModelNotFound, e.to_string()).with_param("model")
+        }
+        EngineError::PromptOverBudget { .. } => {
+            let param = match endpoint {
+                Endpoint::ChatCompletions => "messages",
+                Endpoint::Completions => "prompt",
+            };
+            ApiError::new(ErrorKind::PayloadTooLarge, e.to_string()).with_param(param)
         }
         EngineError::PromptTooLong { .. } => {
             let param = match endpoint {

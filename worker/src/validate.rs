@@ -245,6 +245,7 @@ pub fn validate(
         model: model.to_string(),
         input,
         sampling,
+        max_prompt_tokens: None,
     };
     // The map is no longer needed; drop it before returning (it may be large).
     obj.clear();

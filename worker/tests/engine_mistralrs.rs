@@ -54,6 +54,7 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
             content: text.into(),
         }]),
         sampling: sampling(max_tokens),
+        max_prompt_tokens: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn prompt(text: &str, max_tokens: u32) -> GenerationRequest {
         model: MODEL.into(),
         input: Input::Prompt(text.into()),
         sampling: sampling(max_tokens),
+        max_prompt_tokens: None,
     }
 }
 

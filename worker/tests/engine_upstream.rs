@@ -184,6 +184,7 @@ fn request(input: Input, max_tokens: u32) -> GenerationRequest {
             presence_penalty: Some(-0.5),
             frequency_penalty: Some(0.25),
         },
+        max_prompt_tokens: None,
     }
 }
 

@@ -101,6 +101,18 @@ fn missing_tee_exits_3() {
         dir.display()
     );
     let path = write_config(&dir, "127.0.0.1:9", &tee);
+    // On real TDX the worker refuses the simulated root and the stub engine (a config error,
+    // exit 2, before the TEE is opened); with Intel's root and a model it reaches the TEE.
+    let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refused on real TDX"), "{err}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let models = text.find("[[models]]").unwrap();
+    let text = text[..models].replace("roots = [\"sim-root.der\"]\n", "")
+        + &format!(
+            "[[models]]\nname = \"{MODEL}\"\nengine = \"mistralrs\"\ngguf = \"none.gguf\"\n"
+        );
+    std::fs::write(&path, text).unwrap();
     let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 3, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();

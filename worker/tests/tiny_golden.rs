@@ -99,6 +99,7 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
             presence_penalty: None,
             frequency_penalty: None,
         },
+        max_prompt_tokens: None,
     }
 }
 
@@ -284,6 +285,31 @@ async fn tiny_llama_greedy_output_matches_golden() {
         "only {} distinct tokens: {completion_token_ids:?}",
         distinct.len()
     );
+
+    // The prompt budget the proxy reserved (cocoon-max-prompt-tokens) is enforced with the
+    // engine's own tokenizer before generating: one token fewer than the prompt is refused
+    // with the exact count, exactly the prompt's count is served.
+    let mut over = chat(PROMPT, MAX_TOKENS);
+    over.max_prompt_tokens = Some(first.prompt_tokens - 1);
+    let (tx, mut rx) = mpsc::channel::<Result<Chunk, EngineError>>(8);
+    assert_eq!(
+        engine.generate(over, tx).await.unwrap_err(),
+        EngineError::PromptOverBudget {
+            tokens: first.prompt_tokens,
+            budget: first.prompt_tokens - 1
+        }
+    );
+    assert!(
+        matches!(
+            rx.recv().await,
+            Some(Err(EngineError::PromptOverBudget { .. }))
+        ),
+        "the error, and no text"
+    );
+    assert!(rx.recv().await.is_none(), "nothing was generated");
+    let mut exact = chat(PROMPT, MAX_TOKENS);
+    exact.max_prompt_tokens = Some(first.prompt_tokens);
+    assert_eq!(run(&engine, exact).await.text, first.text);
 
     // Attention matters: a prompt with the same ending but a different start gives another
     // completion (a model that only looked at the last token would repeat this one).

@@ -247,17 +247,17 @@ pub fn client_config(proxy: &FakeProxy, image: ImageHash) -> ClientConfig {
 
 /// Starts the local endpoint for `config`; returns its address.
 pub async fn spawn_local(config: ClientConfig) -> SocketAddr {
+    spawn_local_with(config, ServeOptions::default()).await
+}
+
+/// Starts the local endpoint for `config` with `opts`; returns its address.
+pub async fn spawn_local_with(config: ClientConfig, opts: ServeOptions) -> SocketAddr {
     let client = Arc::new(Client::new(config).expect("client"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve::run(
-        listener,
-        client,
-        ServeOptions::default(),
-        std::future::pending(),
-    ));
+    tokio::spawn(serve::run(listener, client, opts, std::future::pending()));
     addr
 }
 
@@ -286,11 +286,30 @@ pub async fn request(
     path: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
+    let host = addr.to_string();
+    let headers = [
+        ("host", host.as_str()),
+        ("content-type", "application/json"),
+    ];
+    request_with(addr, method, path, &headers, body).await
+}
+
+/// Like [`request`], with exactly `headers` (plus Content-Length and `Connection: close`).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
-    );
+    ));
     let (status, head, body) = raw_http(addr, &head, body).await;
     let body = if head.contains("transfer-encoding: chunked") {
         dechunk(&body)

@@ -1,7 +1,9 @@
 use super::*;
 use crate::registers::{binary_digest, TdRole};
 use attestation::config::TeeConfig;
-use ratls::config::PolicyConfig;
+use ratls::config::{PolicyConfig, Required};
+use ratls::Role;
+use sha2::Digest;
 
 fn plan(model: ModelPlan) -> Plan {
     Plan {
@@ -21,6 +23,7 @@ fn gguf() -> ModelPlan {
     ModelPlan::Gguf {
         name: "smollm2-135m-instruct".into(),
         path: PathBuf::from("/cache/models/it's \"quoted\".gguf"),
+        sha256: "5a".repeat(32),
     }
 }
 
@@ -37,10 +40,18 @@ fn section<T: serde::de::DeserializeOwned>(t: &toml::Table, name: &str) -> T {
     t[name].clone().try_into().unwrap()
 }
 
-/// The [policy] pins `image` under the simulated root written next to the config.
-fn check_policy(t: &toml::Table, image: &measurements::ImageHash, dir: &Path) {
+/// The [policy] pins `image` under the simulated root written next to the config, and loads
+/// under the pin requirements of the role that reads it.
+fn check_policy(
+    t: &toml::Table,
+    image: &measurements::ImageHash,
+    dir: &Path,
+    reader: Role,
+) -> measurements::Policy {
     let p: PolicyConfig = section(t, "policy");
-    let policy = p.load(dir).unwrap();
+    assert!(!p.allow_any_config);
+    let policy = p.load(dir, Required::by(reader)).unwrap();
+    let out = policy.clone();
     assert_eq!(
         policy
             .allowed_images
@@ -51,6 +62,20 @@ fn check_policy(t: &toml::Table, image: &measurements::ImageHash, dir: &Path) {
     );
     assert!(!policy.roots[0].is_intel());
     assert!(!policy.allow_debug);
+    out
+}
+
+/// The RTMR3 the process reading `config` (its `[tee]` section) quotes.
+fn quoted_rtmr3(dir: &Path, config: &str) -> [u8; 48] {
+    let text = std::fs::read_to_string(dir.join(config)).unwrap();
+    let tee: TeeConfig = section(&table(&text), "tee");
+    let sha: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+    tee.open_for_config(dir, sha)
+        .unwrap()
+        .device
+        .registers()
+        .unwrap()
+        .rtmr[3]
 }
 
 #[test]
@@ -79,7 +104,23 @@ fn configs_pin_the_other_role_and_parse() {
         proxy["accounts"]["default_balance_nano"].as_integer(),
         Some(LOCAL_BALANCE_NANO as i64)
     );
-    check_policy(&proxy, &p.worker.image_hash, &dir);
+    let proxy_policy = check_policy(&proxy, &p.worker.image_hash, &dir, Role::Proxy);
+    // The proxy pins exactly the RTMR3 the worker process quotes for its config, and its model.
+    assert_eq!(
+        proxy_policy
+            .allowed_rtmr3
+            .clone()
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![quoted_rtmr3(&dir, WORKER_CONFIG)]
+    );
+    assert!(proxy_policy
+        .check_model("smollm2-135m-instruct", &"5a".repeat(32))
+        .is_ok());
+    assert!(proxy_policy
+        .check_model("smollm2-135m-instruct", &"00".repeat(32))
+        .is_err());
     let tee: TeeConfig = section(&proxy, "tee");
     let opened = tee.open(&dir).unwrap();
     let regs = opened.device.registers().unwrap();
@@ -99,7 +140,8 @@ fn configs_pin_the_other_role_and_parse() {
         ]
     );
     assert_eq!(worker["proxies"][0].as_str(), Some("127.0.0.1:9101"));
-    check_policy(&worker, &p.proxy.image_hash, &dir);
+    let worker_policy = check_policy(&worker, &p.proxy.image_hash, &dir, Role::Worker);
+    assert!(worker_policy.allowed_rtmr3.is_none(), "no pin cycle");
     let tee: TeeConfig = section(&worker, "tee");
     assert_eq!(
         tee.open(&dir)
@@ -130,7 +172,15 @@ fn configs_pin_the_other_role_and_parse() {
     );
     assert_eq!(client["proxy"].as_str(), Some("127.0.0.1:9102"));
     assert_eq!(client["listen"].as_str(), Some("127.0.0.1:8080"));
-    check_policy(&client, &p.proxy.image_hash, &dir);
+    let client_policy = check_policy(&client, &p.proxy.image_hash, &dir, Role::Client);
+    assert_eq!(
+        client_policy
+            .allowed_rtmr3
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![quoted_rtmr3(&dir, PROXY_CONFIG)]
+    );
 
     assert_eq!(
         std::fs::read(dir.join(ROOT_FILE)).unwrap(),
@@ -155,8 +205,16 @@ fn stub_model_and_rendering_is_deterministic() {
     let mut other = p.clone();
     other.proxy = RoleMeasurement::new(TdRole::Proxy, binary_digest(b"rebuilt proxy"));
     assert_ne!(worker_toml(&p), worker_toml(&other));
-    assert_ne!(client_toml(&p), client_toml(&other));
-    assert_eq!(proxy_toml(&p), proxy_toml(&other));
+    assert_ne!(client_toml(&p, "r"), client_toml(&other, "r"));
+    assert_eq!(proxy_toml(&p, "r"), proxy_toml(&other, "r"));
+    // A changed worker config changes the RTMR3 the proxy pins, and so the proxy config,
+    // and so the RTMR3 the client pins.
+    let mut bigger = p.clone();
+    bigger.worker_capacity += 1;
+    let (a, b) = (render(&p).unwrap(), render(&bigger).unwrap());
+    let text = |r: &[Rendered], n: &str| r.iter().find(|f| f.name == n).unwrap().text.clone();
+    assert_ne!(text(&a, PROXY_CONFIG), text(&b, PROXY_CONFIG));
+    assert_ne!(text(&a, CLIENT_CONFIG), text(&b, CLIENT_CONFIG));
 }
 
 #[test]

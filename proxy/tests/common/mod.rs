@@ -2,6 +2,9 @@
 //! (an HTTP/2 server over RA-TLS that speaks the protocol, with failure modes) and a client.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod slow;
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -137,24 +140,38 @@ impl TestProxy {
 
     /// GETs `path` on the admin port.
     pub async fn admin(&self, path: &str) -> (StatusCode, String) {
-        let tcp = TcpStream::connect(self.running.admin_addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header("host", "admin")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        admin_get(self.running.admin_addr, path).await
     }
+}
+
+/// GETs `path` on the admin port at `admin`.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (StatusCode, String) {
+    let tcp = TcpStream::connect(admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Starts a proxy with the default test config changed by `tweak`.
 pub async fn start_proxy(tweak: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
+    start_proxy_with(worker_policy(), Arc::new(SystemClock), tweak).await
+}
+
+/// [`start_proxy`] with a worker policy and a clock of the test's choosing.
+pub async fn start_proxy_with(
+    policy: Policy,
+    clock: Arc<dyn ratls::Clock>,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> TestProxy {
     let mut config = ProxyConfig::local("test-proxy");
     config.accounts.default_balance_nano = Some(1_000_000_000_000);
     tweak(&mut config);
@@ -163,8 +180,8 @@ pub async fn start_proxy(tweak: impl FnOnce(&mut ProxyConfig)) -> TestProxy {
     let running = Proxy {
         config,
         resolver,
-        worker_policy: worker_policy(),
-        clock: Arc::new(SystemClock),
+        worker_policy: policy,
+        clock,
         ledger: ledger.clone(),
     }
     .start()
@@ -496,6 +513,22 @@ pub async fn client(proxy: SocketAddr, seed: u8) -> Client {
 }
 
 pub async fn client_with(proxy: SocketAddr, seed: u8, http1: bool) -> Client {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    client_on(tcp, seed, http1).await.expect("client handshake")
+}
+
+/// The account id of the client key with `seed`.
+pub fn account_of(seed: u8) -> String {
+    AccountKey::from_seed([seed; 32]).account_id()
+}
+
+/// TLS to the proxy's client port over `tcp` with the account key of `seed`, offering `http1`
+/// or h2 by ALPN.
+pub async fn client_tls(
+    tcp: TcpStream,
+    seed: u8,
+    http1: bool,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let key = AccountKey::from_seed([seed; 32]);
     let verifier = Arc::new(PeerVerifier::new(proxy_policy(), Arc::new(SystemClock)));
     let alpn: &[&[u8]] = if http1 { &[b"http/1.1"] } else { &[b"h2"] };
@@ -505,15 +538,21 @@ pub async fn client_with(proxy: SocketAddr, seed: u8, http1: bool) -> Client {
         alpn,
     )
     .unwrap();
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tcp.set_nodelay(true)?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("proxy.invalid").unwrap(), tcp)
         .await
-        .expect("client handshake");
+}
+
+/// A [`Client`] over `tcp` (an error if the proxy refuses the connection).
+pub async fn client_on(tcp: TcpStream, seed: u8, http1: bool) -> io::Result<Client> {
+    let key = AccountKey::from_seed([seed; 32]);
+    let tls = client_tls(tcp, seed, http1).await?;
     let io = TokioIo::new(tls);
     let send = if http1 {
-        let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let (s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(io::Error::other)?;
         tokio::spawn(conn);
         ClientSend::H1(s)
     } else {
@@ -524,14 +563,14 @@ pub async fn client_with(proxy: SocketAddr, seed: u8, http1: bool) -> Client {
             .initial_connection_window_size(1 << 30)
             .handshake(io)
             .await
-            .unwrap();
+            .map_err(io::Error::other)?;
         tokio::spawn(conn);
         ClientSend::H2(s)
     };
-    Client {
+    Ok(Client {
         account: key.account_id(),
         send,
-    }
+    })
 }
 
 static REQ: AtomicU64 = AtomicU64::new(0);

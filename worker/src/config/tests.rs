@@ -190,3 +190,61 @@ async fn build_applies_limits_and_reports_missing_features() {
     let e = c.models[0].build(4).await.unwrap_err().to_string();
     assert!(e.contains("smollm2-135m"), "{e}");
 }
+
+/// Regression (trust hole): a genuine worker image on real TDX configured by the host with an
+/// upstream engine on a host URL sent prompts out of the TD in plaintext, or trusted a
+/// simulated root for its proxies.
+#[test]
+fn real_tdx_refuses_what_only_development_may_say() {
+    let tdx = |t: &str| {
+        t.replace(
+            "kind = \"sim\"\nplatform_file = \"sim-platform.json\"\nregisters_file = \"regs.json\"",
+            "kind = \"tdx\"",
+        )
+    };
+    // The base config has a loopback upstream and a stub: the stub is refused on TDX.
+    let e = err(&tdx(&base_toml()));
+    assert!(
+        e.starts_with("models[2].engine: refused on real TDX"),
+        "{e}"
+    );
+    let no_stub = base_toml().replace(
+        "\n[[models]]\nname = \"stub\"\nengine = \"stub\"\ntokens = 5\ntokens_per_second = 0.0\n",
+        "",
+    );
+    assert!(parse(&tdx(&no_stub)).is_ok());
+    assert!(parse(&no_stub).is_ok());
+    let remote = no_stub.replace("http://127.0.0.1:8000", "http://10.0.2.2:8000");
+    assert!(parse(&remote).is_ok(), "the simulated platform allows it");
+    let e = err(&tdx(&remote));
+    assert!(e.starts_with("models[1].url: refused on real TDX"), "{e}");
+    let sim_root = no_stub.replace("[policy]\n", "[policy]\nroots = [\"sim-root.der\"]\n");
+    let e = err(&tdx(&sim_root));
+    assert!(e.contains("policy.roots: refused on real TDX"), "{e}");
+}
+
+#[test]
+fn loopback_urls() {
+    for ok in [
+        "http://127.0.0.1:8000",
+        "http://127.8.9.1/v1",
+        "https://localhost",
+        "http://LOCALHOST:1/x?y",
+        "http://[::1]:8000/v1",
+    ] {
+        assert!(url_is_loopback(ok), "{ok}");
+    }
+    for bad in [
+        "http://10.0.2.2:8000",
+        "http://127.0.0.1.evil.example",
+        "http://user@127.0.0.1",
+        "http://[::1]x:80",
+        "ftp://127.0.0.1",
+        "http://[::2]:80",
+        "127.0.0.1:80",
+        "http://\u{e9}\u{e9}",
+        "http://",
+    ] {
+        assert!(!url_is_loopback(bad), "{bad}");
+    }
+}

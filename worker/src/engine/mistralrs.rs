@@ -446,6 +446,7 @@ impl MistralRsEngine {
         tx: &mpsc::Sender<Result<Chunk, EngineError>>,
     ) -> Result<Outcome, EngineError> {
         let limit = u64::from(self.advert.max_context);
+        let budget = req.max_prompt_tokens;
         let input = match req.input {
             Input::Chat(msgs) => chat_message(&msgs),
             Input::Prompt(text) => RequestMessage::Completion {
@@ -475,6 +476,7 @@ impl MistralRsEngine {
                 limit,
             });
         }
+        super::check_prompt_budget(budget, prompt_tokens)?;
         let room = limit - prompt_tokens;
         let max_len = u64::from(req.sampling.max_tokens).min(room);
         if max_len == 0 {

@@ -52,6 +52,22 @@ pub struct GenerationRequest {
     pub model: String,
     pub input: Input,
     pub sampling: Sampling,
+    /// Most prompt tokens the request may use (the proxy's reservation,
+    /// `cocoon-max-prompt-tokens`): an engine that counts prompt tokens before generating
+    /// refuses more with [`EngineError::PromptOverBudget`]. `None`: only the context bounds it.
+    pub max_prompt_tokens: Option<u64>,
+}
+
+/// Checks a prompt's token count against a request's budget
+/// ([`GenerationRequest::max_prompt_tokens`]).
+pub fn check_prompt_budget(budget: Option<u64>, prompt_tokens: u64) -> Result<(), EngineError> {
+    match budget {
+        Some(budget) if prompt_tokens > budget => Err(EngineError::PromptOverBudget {
+            tokens: prompt_tokens,
+            budget,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why generation ended.
@@ -89,6 +105,10 @@ pub enum EngineError {
     UnknownModel(String),
     #[error("prompt of {tokens} tokens exceeds the context of {limit}")]
     PromptTooLong { tokens: u64, limit: u64 },
+    #[error(
+        "prompt of {tokens} tokens exceeds the {budget} prompt tokens reserved for this request"
+    )]
+    PromptOverBudget { tokens: u64, budget: u64 },
     #[error("engine failed: {0}")]
     Failed(String),
     #[error("upstream: {0}")]

@@ -62,6 +62,7 @@ impl Engine for StubEngine {
         if req.model != self.model {
             return Err(EngineError::UnknownModel(req.model));
         }
+        super::check_prompt_budget(req.max_prompt_tokens, prompt_tokens(&req.input))?;
         let n = self.tokens.min(req.sampling.max_tokens);
         let mut ticker = (!self.interval.is_zero()).then(|| tokio::time::interval(self.interval));
         for i in 0..n {
@@ -114,6 +115,7 @@ mod tests {
                 presence_penalty: None,
                 frequency_penalty: None,
             },
+            max_prompt_tokens: None,
         }
     }
 
@@ -138,6 +140,26 @@ mod tests {
         assert_eq!(usage.completion_tokens, 3);
         assert_eq!(usage.prompt_tokens, 3);
         assert_eq!(reason, FinishReason::Length);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_prompt_over_its_budget_before_generating() {
+        let e = StubEngine::new("stub", 5, 0.0);
+        let mut r = req(3);
+        r.max_prompt_tokens = Some(2);
+        let (tx, mut rx) = mpsc::channel(16);
+        let err = e.generate(r.clone(), tx).await.unwrap_err();
+        assert_eq!(
+            err,
+            EngineError::PromptOverBudget {
+                tokens: 3,
+                budget: 2
+            }
+        );
+        assert!(rx.recv().await.is_none(), "nothing was generated");
+        r.max_prompt_tokens = Some(3);
+        let (tx, _rx) = mpsc::channel(16);
+        e.generate(r, tx).await.unwrap();
     }
 
     #[tokio::test]

@@ -675,6 +675,7 @@ mod tests {
             model: "m".into(),
             input: Input::Prompt("once upon".into()),
             sampling: sampling(),
+            max_prompt_tokens: None,
         };
         let b = request_body(&req, "m");
         assert_eq!(b["prompt"], "once upon");

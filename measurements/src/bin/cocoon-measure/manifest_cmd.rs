@@ -81,7 +81,8 @@ pub struct FromImagesArgs {
     #[arg(long = "config-sha256", value_name = "ROLE=HEX", value_parser = role_hex32)]
     config_sha256: Vec<RoleValue<[u8; 32]>>,
     /// A model a role serves: the `model.json` written by `cocoon-image model` (name →
-    /// source_sha256). Repeatable.
+    /// image_sha256: the digest of the model disk, which is what a worker serving the model
+    /// from its dm-verity disk registers and a proxy pins). Repeatable.
     #[arg(long, value_name = "ROLE=MODEL_JSON", value_parser = role_path)]
     model: Vec<RoleValue<PathBuf>>,
     /// Output file (default: stdout).
@@ -114,7 +115,7 @@ struct ModelRecord {
     format: String,
     name: String,
     #[serde(with = "measurements::registers::hex32")]
-    source_sha256: [u8; 32],
+    image_sha256: [u8; 32],
 }
 
 const MODEL_RECORD_FORMAT: &str = "cocoon-model/v1";
@@ -225,7 +226,7 @@ pub fn from_images(args: FromImagesArgs) -> Result<u8, Unusable> {
         }
         let models = &mut role_mut(&mut manifest, &v.role, "--model")?.models;
         if models
-            .insert(m.name.clone(), Hex32(m.source_sha256))
+            .insert(m.name.clone(), Hex32(m.image_sha256))
             .is_some()
         {
             return Err(Unusable(format!(

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Attacks on the trust of the local network, with real processes (issue "Close the trust
+holes", item 1): a genuine image with a host-written configuration must be refused.
+
+Usage: e2e_attacks.py BIN_DIR WORK_DIR
+
+The genuine network is `cocoon-host launch --local --engine stub`: its client pins the proxy's
+image and RTMR3 (the proxy's config file, which the proxy process measures), and its proxy pins
+the worker's image, RTMR3 and model. Then, with the same binaries (so the same image hashes):
+
+P  rogue proxy: a copy of the proxy's config that accepts any worker configuration
+   (`allow_any_config = true`, no RTMR3 or model pin) on other ports, reached by a client that
+   uses the genuine client's policy. The client must refuse the proxy with `rtmr3 mismatch`
+   before any prompt is sent (before this fix it pinned the image only and accepted it).
+W  rogue worker: a copy of the worker's config with `engine = "upstream"` pointing at a host
+   URL (a server outside any TEE that would see every prompt in plaintext). The genuine proxy
+   must refuse it with `rtmr3_mismatch` (counted in /jsonstats `worker_rejections`) and keep
+   routing to the genuine worker only.
+M  RTMR3 computed here independently (Python, from the file bytes) equals what the launcher
+   pinned: the pin is a function of the config text alone.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_faults import Failure, Net, config_rtmr3, expect  # noqa: E402
+
+READY_SECS = 60
+
+
+def log(msg):
+    print(f"e2e-attacks: {msg}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_chat(addr, model, timeout=30):
+    host, port = addr
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        body = json.dumps(
+            {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        )
+        c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def client_addr(url):
+    m = re.match(r"http://([^/:]+):(\d+)/v1", url)
+    expect(m, f"unexpected client url {url}")
+    return m.group(1), int(m.group(2))
+
+
+def launch(bin_dir, net_dir, logs):
+    out = open(os.path.join(logs, "launcher.out"), "wb")
+    p = subprocess.Popen(
+        [
+            os.path.join(bin_dir, "cocoon-host"),
+            "launch",
+            "--local",
+            "--engine",
+            "stub",
+            "--port",
+            "0",
+            "--dir",
+            net_dir,
+            "--bin-dir",
+            bin_dir,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    urls = os.path.join(net_dir, "urls.json")
+    deadline = time.monotonic() + READY_SECS
+    while not os.path.exists(urls):
+        expect(p.poll() is None, f"launcher exited ({p.returncode}); see {logs}/launcher.out")
+        expect(time.monotonic() < deadline, "local network not ready in time")
+        time.sleep(0.1)
+    with open(urls) as f:
+        return p, json.load(f)
+
+
+def copy(src_dir, dst_dir, names):
+    os.makedirs(dst_dir, exist_ok=True)
+    for n in names:
+        shutil.copy(os.path.join(src_dir, n), os.path.join(dst_dir, n))
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def set_key(text, key, value):
+    """Replaces `key = ...` (a top-level string key) with `key = "value"`."""
+    new, n = re.subn(rf'^{key} = ".*"$', f'{key} = "{value}"', text, count=1, flags=re.M)
+    expect(n == 1, f"no {key} in config")
+    return new
+
+
+def pinned(text, key):
+    m = re.search(rf'^{key} = \["([0-9a-f]+)"\]$', text, re.M)
+    expect(m, f"config pins no {key}")
+    return m.group(1)
+
+
+def scenario_m(net_dir):
+    proxy = read(os.path.join(net_dir, "proxy.toml"))
+    worker = read(os.path.join(net_dir, "worker.toml"))
+    client = read(os.path.join(net_dir, "client.toml"))
+    expect(
+        pinned(client, "rtmr3") == config_rtmr3(proxy),
+        "the client's RTMR3 pin is not the proxy config's",
+    )
+    expect(
+        pinned(proxy, "rtmr3") == config_rtmr3(worker),
+        "the proxy's RTMR3 pin is not the worker config's",
+    )
+    expect("models = {" in proxy, "the proxy pins no model")
+    expect("rtmr3" not in worker, "the worker pins the proxy's RTMR3 (a hash cycle)")
+    log("M: pins equal an independent RTMR3 computation of each config file")
+
+
+def scenario_p(bin_dir, net_dir, work, model):
+    d = os.path.join(work, "rogue-proxy")
+    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"])
+    text = read(os.path.join(net_dir, "proxy.toml"))
+    ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
+    for k, port in ports.items():
+        text = set_key(text, k, f"127.0.0.1:{port}")
+    text = re.sub(r"^(rtmr3|models) = .*\n", "", text, flags=re.M)
+    text = text.replace("[policy]\n", "[policy]\nallow_any_config = true\n", 1)
+    with open(os.path.join(d, "proxy.toml"), "w") as f:
+        f.write(text)
+    rogue = Net(bin_dir, d)
+    rogue.start(
+        "proxy",
+        [os.path.join(bin_dir, "cocoon-proxy"), "--config", "proxy.toml"],
+        "cocoon-proxy: ready",
+    )
+    try:
+        c = os.path.join(work, "rogue-client")
+        copy(net_dir, c, ["sim-root.der", "client.key"])
+        ctext = read(os.path.join(net_dir, "client.toml"))
+        ctext = set_key(ctext, "proxy", f"127.0.0.1:{ports['client_listen']}")
+        ctext = set_key(ctext, "listen", "127.0.0.1:0")
+        with open(os.path.join(c, "client.toml"), "w") as f:
+            f.write(ctext)
+        client = Net(bin_dir, c)
+        line = client.start(
+            "client",
+            [os.path.join(bin_dir, "cocoon-client"), "serve", "--config", "client.toml"],
+            "cocoon-client: ready ",
+        )
+        try:
+            m = re.search(r"http://([^/\s]+)/v1", line)
+            host, port = m.group(1).rsplit(":", 1)
+            status, body = post_chat((host, int(port)), model)
+            expect(status != 200, f"the client used a proxy with another config: {body[:300]}")
+            logs = "".join(client.log_lines("client"))
+            expect(
+                "rtmr3 mismatch" in body or "rtmr3 mismatch" in logs,
+                f"refusal does not name rtmr3 (HTTP {status}): {body[:300]}",
+            )
+            log(f"P: client refused the reconfigured proxy (HTTP {status}): {body[:160]}")
+        finally:
+            client.stop_all()
+    finally:
+        rogue.stop_all()
+
+
+def jsonstats(admin):
+    host, port = admin.replace("http://", "").rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        c.request("GET", "/jsonstats")
+        return json.loads(c.getresponse().read())
+    finally:
+        c.close()
+
+
+def scenario_w(bin_dir, net_dir, work, urls):
+    d = os.path.join(work, "rogue-worker")
+    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
+    text = read(os.path.join(net_dir, "worker.toml"))
+    text = set_key(text, "name", "rogue-worker")
+    head = text[: text.index("[[models]]")]
+    text = head + (
+        f'[[models]]\nname = "{urls["model"]}"\nengine = "upstream"\n'
+        f'url = "http://127.0.0.1:{free_port()}"\nupstream_model = "any"\n'
+        f'model_hash = "{"00" * 32}"\nmax_completion_tokens = 64\nmax_context = 4096\n'
+    )
+    with open(os.path.join(d, "worker.toml"), "w") as f:
+        f.write(text)
+    before = jsonstats(urls["admin"]).get("worker_rejections", {}).get("rtmr3_mismatch", 0)
+    rogue = Net(bin_dir, d)
+    # The worker prints its ready line only once a proxy accepted it: start it without waiting.
+    with open(os.path.join(rogue.logs, "worker.log"), "wb") as err:
+        p = subprocess.Popen(
+            [os.path.join(bin_dir, "cocoon-worker"), "--config", "worker.toml"],
+            cwd=d,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            s = jsonstats(urls["admin"])
+            n = s.get("worker_rejections", {}).get("rtmr3_mismatch", 0)
+            if n > before:
+                break
+            expect(p.poll() is None or time.monotonic() < deadline, "rogue worker exited")
+            expect(time.monotonic() < deadline, f"the proxy did not refuse the worker: {s}")
+            time.sleep(0.1)
+        names = [w["name"] for w in s["workers"]]
+        expect("rogue-worker" not in names, f"the rogue worker registered: {names}")
+        log(f"W: proxy refused the upstream-configured worker (rtmr3_mismatch {n}); workers {names}")
+    finally:
+        p.terminate()
+        p.wait(5)
+
+
+def main():
+    bin_dir, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    net_dir = os.path.join(work, "net")
+    logs = os.path.join(work, "logs")
+    os.makedirs(logs, exist_ok=True)
+    launcher, urls = launch(bin_dir, net_dir, logs)
+    try:
+        status, body = post_chat(client_addr(urls["client"]), urls["model"])
+        expect(status == 200, f"the genuine network did not answer: {status} {body[:300]}")
+        log("genuine network answers through its pinned proxy and worker")
+        scenario_m(net_dir)
+        scenario_p(bin_dir, net_dir, work, urls["model"])
+        scenario_w(bin_dir, net_dir, work, urls)
+        status, body = post_chat(client_addr(urls["client"]), urls["model"])
+        expect(status == 200, f"the genuine network stopped answering: {status} {body[:300]}")
+        log("all attacks refused; the genuine network still answers")
+    finally:
+        launcher.terminate()
+        try:
+            launcher.wait(15)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Failure as e:
+        log(f"FAILED: {e}")
+        sys.exit(1)

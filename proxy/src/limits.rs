@@ -1,0 +1,579 @@
+//! Limits of the client port: what an unauthenticated, unfunded or slow peer can make the
+//! proxy hold. Every value comes from [`crate::config::ClientLimits`] (defaults in
+//! [`crate::config`]); docs/threat-model.md lists them.
+//!
+//! | stage | limit | on excess |
+//! |---|---|---|
+//! | `accept` | open connections in total and per peer IP ([`ConnLimiter`]) | closed at once |
+//! | TLS handshake | `handshake_timeout_secs` | closed |
+//! | HTTP/1.1 request head | `client_header_timeout_secs`, `client_max_header_bytes` | closed |
+//! | HTTP/2 | `client_h2_max_streams`, windows, `client_max_header_bytes` | flow control / refused stream |
+//! | no request in progress | `client_idle_timeout_secs` ([`Activity`]) | closed |
+//! | metadata headers parsed | the account must cover the cheapest reservation ([`admit`]) | 402 before any body byte is read |
+//! | body upload | `client_body_timeout_secs` for the whole body | 408 |
+//! | body upload | bytes buffered across all requests ([`BodyBudget`]) | 503 + `Retry-After` |
+//!
+//! Each refusal is counted by [`ClientRefusal::code`] (`/metrics`
+//! `cocoon_proxy_client_refusals_total`, `/jsonstats` `client_refusals`) and logged at most
+//! once per reason per log-limiter window. Nothing here reads or logs a request body's
+//! content.
+//!
+//! While the body uploads, the request holds a reservation of the cheapest worker's price (so
+//! an account cannot upload more bodies at once than it can pay for) but no worker slot; the
+//! reservation is released before the worker is picked and the real reservation is made.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, RETRY_AFTER};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use protocol::{ApiError, ErrorKind, RequestMeta};
+
+use crate::config::ClientLimits;
+use crate::relay::{self, error_response, Held, ResponseBody};
+use crate::server::State;
+use crate::stats::Stats;
+
+/// `Retry-After` seconds sent with a 503 for the body budget.
+pub const BODY_BUDGET_RETRY_AFTER_SECS: u32 = 1;
+
+/// Why the client port refused a connection or a request (the code is the metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRefusal {
+    /// `client_max_connections` reached.
+    ConnectionsGlobal,
+    /// `client_max_connections_per_ip` reached for the peer's address.
+    ConnectionsPerIp,
+    /// The TLS handshake failed.
+    TlsHandshake,
+    /// The TLS handshake did not finish within `handshake_timeout_secs`.
+    HandshakeTimeout,
+    /// HTTP/1.1 request head not complete within `client_header_timeout_secs`.
+    HeaderTimeout,
+    /// No request in progress for `client_idle_timeout_secs`.
+    IdleTimeout,
+    /// The account cannot cover the cheapest reservation (refused before the body).
+    InsufficientFunds,
+    /// The body did not arrive within `client_body_timeout_secs`.
+    BodyTimeout,
+    /// Buffering the body would exceed `client_body_budget_bytes`.
+    BodyBudget,
+}
+
+impl ClientRefusal {
+    /// The stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::ConnectionsGlobal => "connections_global",
+            Self::ConnectionsPerIp => "connections_per_ip",
+            Self::TlsHandshake => "tls_handshake",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HeaderTimeout => "header_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyBudget => "body_budget",
+        }
+    }
+
+    /// The log limiter's key (distinct from the worker port's keys).
+    fn log_key(self) -> &'static str {
+        match self {
+            Self::ConnectionsGlobal => "client refused: connections_global",
+            Self::ConnectionsPerIp => "client refused: connections_per_ip",
+            Self::TlsHandshake => "client refused: tls_handshake",
+            Self::HandshakeTimeout => "client refused: handshake_timeout",
+            Self::HeaderTimeout => "client refused: header_timeout",
+            Self::IdleTimeout => "client refused: idle_timeout",
+            Self::InsufficientFunds => "client refused: insufficient_funds",
+            Self::BodyTimeout => "client refused: body_timeout",
+            Self::BodyBudget => "client refused: body_budget",
+        }
+    }
+}
+
+/// Counts `refusal` and logs it (rate-limited per reason; never a payload).
+pub(crate) fn count(stats: &Stats, refusal: ClientRefusal, peer: Option<SocketAddr>, detail: &str) {
+    stats.count_client_refusal(refusal.code());
+    if let Some(suppressed) = stats.log_limiter.allow(refusal.log_key(), Instant::now()) {
+        tracing::info!(
+            peer = ?peer,
+            reason = refusal.code(),
+            detail,
+            suppressed_since_last = suppressed,
+            "client refused"
+        );
+    }
+}
+
+/// The shared limit state of the client port.
+#[derive(Debug)]
+pub struct Limits {
+    pub connections: Arc<ConnLimiter>,
+    pub body_budget: Arc<BodyBudget>,
+}
+
+impl Limits {
+    pub fn new(cfg: &ClientLimits) -> Self {
+        Self {
+            connections: Arc::new(ConnLimiter::new(
+                cfg.max_connections,
+                cfg.max_connections_per_ip,
+            )),
+            body_budget: Arc::new(BodyBudget::new(cfg.body_budget_bytes)),
+        }
+    }
+}
+
+/// Counts open client connections, in total and per peer IP address.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    max_total: u32,
+    max_per_ip: u32,
+    /// (open in total, open by address; addresses with none open are removed).
+    open: Mutex<(u32, HashMap<IpAddr, u32>)>,
+}
+
+impl ConnLimiter {
+    pub fn new(max_total: u32, max_per_ip: u32) -> Self {
+        Self {
+            max_total,
+            max_per_ip,
+            open: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, HashMap<IpAddr, u32>)> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a connection slot for `ip`, or says which limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, ClientRefusal> {
+        let mut open = self.lock();
+        if open.0 >= self.max_total {
+            return Err(ClientRefusal::ConnectionsGlobal);
+        }
+        let per_ip = open.1.entry(ip).or_insert(0);
+        if *per_ip >= self.max_per_ip {
+            return Err(ClientRefusal::ConnectionsPerIp);
+        }
+        *per_ip += 1;
+        open.0 += 1;
+        Ok(ConnPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open client connections.
+    pub fn open(&self) -> u32 {
+        self.lock().0
+    }
+}
+
+/// One open client connection; frees its slot on drop.
+#[derive(Debug)]
+pub struct ConnPermit {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.lock();
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The request-body bytes all requests may buffer at once.
+#[derive(Debug)]
+pub struct BodyBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl BodyBudget {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes currently charged.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Charges `n` bytes, if they fit.
+    pub fn charge(self: &Arc<Self>, n: u64) -> Option<BodyCharge> {
+        self.take(n).then(|| BodyCharge {
+            budget: self.clone(),
+            bytes: n,
+        })
+    }
+}
+
+/// Bytes charged to the [`BodyBudget`] for one request; returned on drop.
+#[derive(Debug)]
+pub struct BodyCharge {
+    budget: Arc<BodyBudget>,
+    bytes: u64,
+}
+
+impl BodyCharge {
+    /// Grows the charge to `total` bytes; `false` (charge unchanged) if that does not fit.
+    pub fn grow_to(&mut self, total: u64) -> bool {
+        if total <= self.bytes {
+            return true;
+        }
+        if self.budget.take(total - self.bytes) {
+            self.bytes = total;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Requests in progress on one client connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    state: Mutex<(u32, Instant)>,
+}
+
+impl Activity {
+    pub fn new(now: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new((0, now)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, Instant)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a request in progress until the guard (kept with the response body) drops.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.lock().0 += 1;
+        InFlight {
+            activity: self.clone(),
+        }
+    }
+
+    /// Resolves once the connection has had no request in progress for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let (in_flight, since) = *self.lock();
+            let wait = if in_flight == 0 {
+                let deadline = since + timeout;
+                let now = Instant::now();
+                if now >= deadline {
+                    return;
+                }
+                deadline - now
+            } else {
+                timeout
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A request in progress on a connection (see [`Activity::start`]).
+#[derive(Debug)]
+pub struct InFlight {
+    activity: Arc<Activity>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.activity.lock();
+        s.0 = s.0.saturating_sub(1);
+        if s.0 == 0 {
+            s.1 = Instant::now();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is dropped.
+#[derive(Debug)]
+pub struct Tracked {
+    inner: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    pub fn new(inner: ResponseBody, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A refused request: the error, and the HTTP status and `Retry-After` when they differ from
+/// the error kind's own (408 and 503 have no [`ErrorKind`] of their own).
+#[derive(Debug)]
+pub struct Rejection {
+    pub error: ApiError,
+    pub status: Option<StatusCode>,
+    pub retry_after_secs: Option<u32>,
+}
+
+impl From<ApiError> for Rejection {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            status: None,
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl Rejection {
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let mut resp = error_response(&self.error);
+        if let Some(status) = self.status {
+            *resp.status_mut() = status;
+        }
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Checks, before any body byte is read, that `account` can pay for the request at the
+/// cheapest worker serving `meta.model` (within the price cap), and holds that amount while
+/// the body uploads. Unknown accounts are refused as the relay refuses them (402), unless
+/// the ledger creates accounts on first use (development).
+pub(crate) fn admit(
+    state: &Arc<State>,
+    account: &str,
+    meta: &RequestMeta,
+) -> Result<Held, Rejection> {
+    let candidates = state.registry.candidates(&meta.model, &[]);
+    let affordable = relay::affordable(&state.config, meta, candidates)?;
+    let cheapest = affordable
+        .iter()
+        .map(|w| relay::reservation_at(&state.config, meta, w).1)
+        .min()
+        .unwrap_or(0);
+    match state.ledger.reserve(account, cheapest) {
+        Ok(r) => Ok(Held::new(state.clone(), r)),
+        Err(e) => {
+            let err = relay::ledger_refusal(e);
+            if err.kind == ErrorKind::InsufficientFunds {
+                count(
+                    &state.stats,
+                    ClientRefusal::InsufficientFunds,
+                    None,
+                    &err.message,
+                );
+            }
+            Err(err.into())
+        }
+    }
+}
+
+/// Reads the request body: at most `max_body_bytes`, within `client_body_timeout_secs`,
+/// charged to the body budget (the charge lives as long as the returned guard).
+pub(crate) async fn read_body(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<(Bytes, BodyCharge), Rejection> {
+    let limit = state.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    let budget = &state.limits.body_budget;
+    let over_budget = || {
+        count(
+            &state.stats,
+            ClientRefusal::BodyBudget,
+            None,
+            "body budget exhausted",
+        );
+        Rejection {
+            error: ApiError::new(
+                ErrorKind::NoCapacity,
+                format!(
+                    "request bodies in memory would exceed client_body_budget_bytes ({} bytes); retry later",
+                    state.config.client.body_budget_bytes
+                ),
+            ),
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+            retry_after_secs: Some(BODY_BUDGET_RETRY_AFTER_SECS),
+        }
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large().into());
+    }
+    let declared = declared.unwrap_or(0);
+    let mut charge = budget.charge(declared).ok_or_else(over_budget)?;
+    let mut body = req.into_body();
+    let mut buf = BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                Rejection::from(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "request body: connection failed while reading",
+                ))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let total = buf.len() + data.len();
+            if total > limit {
+                return Err(too_large().into());
+            }
+            if !charge.grow_to(total as u64) {
+                return Err(over_budget());
+            }
+            if buf.is_empty() {
+                // usize: declared ≤ limit.
+                buf.reserve(usize::try_from(declared).unwrap_or(0).max(data.len()));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    let timeout = state.config.client.body_timeout;
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => Ok((buf.freeze(), charge)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let message = format!(
+                "request body: {} of {} bytes received within client_body_timeout_secs ({}s)",
+                buf.len(),
+                if declared > 0 {
+                    declared.to_string()
+                } else {
+                    "?".into()
+                },
+                timeout.as_secs()
+            );
+            count(&state.stats, ClientRefusal::BodyTimeout, None, &message);
+            Err(Rejection {
+                error: ApiError::new(ErrorKind::Timeout, message),
+                status: Some(StatusCode::REQUEST_TIMEOUT),
+                retry_after_secs: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_slots_global_and_per_ip() {
+        let l = Arc::new(ConnLimiter::new(3, 2));
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let a1 = l.try_acquire(a).unwrap();
+        let _a2 = l.try_acquire(a).unwrap();
+        assert_eq!(
+            l.try_acquire(a).unwrap_err(),
+            ClientRefusal::ConnectionsPerIp
+        );
+        let _b1 = l.try_acquire(b).unwrap();
+        assert_eq!(
+            l.try_acquire(b).unwrap_err(),
+            ClientRefusal::ConnectionsGlobal
+        );
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        let _b2 = l.try_acquire(b).unwrap();
+        assert_eq!(l.open(), 3);
+    }
+
+    #[test]
+    fn body_budget_charges_and_returns() {
+        let b = Arc::new(BodyBudget::new(100));
+        let mut c1 = b.charge(60).unwrap();
+        assert!(b.charge(41).is_none());
+        assert!(c1.grow_to(90));
+        assert!(!c1.grow_to(101));
+        assert_eq!(b.used(), 90);
+        let c2 = b.charge(10).unwrap();
+        drop(c1);
+        assert_eq!(b.used(), 10);
+        drop(c2);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_requests_to_end() {
+        let a = Activity::new(Instant::now());
+        let t = Duration::from_millis(30);
+        let guard = a.start();
+        let idle = tokio::time::timeout(Duration::from_millis(80), a.idle(t)).await;
+        assert!(idle.is_err(), "a request is in progress");
+        drop(guard);
+        let started = Instant::now();
+        a.idle(t).await;
+        assert!(started.elapsed() >= t);
+    }
+}

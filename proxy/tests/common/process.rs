@@ -1,0 +1,138 @@
+//! The `cocoon-proxy` binary as a process: a scratch directory with the simulated TEE files
+//! and a config, spawning, the readiness line, exit codes, and the process's resident memory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{net, proxy_regs, worker_regs};
+
+/// The `[accounts]` section of the test config: every key starts funded (development).
+pub const DEV_ACCOUNTS: &str = "default_balance_nano = 1000000000000";
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cocoon-proxy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes a sim platform, registers, root and a config into `dir`; returns the config path.
+/// `extra` goes into the top level, `accounts` into `[accounts]`.
+pub fn write_config(dir: &Path, extra: &str, accounts: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("sim-platform.json"),
+        net().platform.export().to_json().unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("proxy-registers.json"),
+        serde_json::to_string(&proxy_regs()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("sim-root.der"), net().platform.root_ca_der()).unwrap();
+    let cfg = format!(
+        r#"name = "test-proxy"
+worker_listen = "127.0.0.1:{}"
+client_listen = "127.0.0.1:{}"
+admin_listen = "127.0.0.1:{}"
+max_prompt_tokens = 4096
+{extra}
+[accounts]
+{accounts}
+[tee]
+kind = "sim"
+platform_file = "sim-platform.json"
+registers_file = "proxy-registers.json"
+[policy]
+roots = ["sim-root.der"]
+images = ["{}"]
+allow_any_config = true
+"#,
+        free_port(),
+        free_port(),
+        free_port(),
+        worker_regs().image_hash()
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+pub fn spawn(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cocoon-proxy"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "cocoon-proxy did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses `cocoon-proxy: ready (workers A, clients B, admin C)`.
+pub fn parse_ready(line: &str) -> [SocketAddr; 3] {
+    let inner = line
+        .trim()
+        .strip_prefix("cocoon-proxy: ready (")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not a readiness line: {line:?}"));
+    let addrs: Vec<SocketAddr> = inner
+        .split(", ")
+        .map(|p| p.split_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    [addrs[0], addrs[1], addrs[2]]
+}
+
+/// Waits for the readiness line of `child`: (workers, clients, admin).
+pub async fn read_ready(child: &mut Child) -> [SocketAddr; 3] {
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    parse_ready(&line)
+}
+
+/// Sends SIGTERM to `child`.
+pub fn terminate(child: &Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
+}
