@@ -154,7 +154,7 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         }
         Err(e) => tracing::warn!(error = %e, "proxy not verified yet; requests will retry"),
     }
-    println!("cocoon-client: ready http://{addr}/v1");
+    println!("{}http://{addr}/v1", protocol::guest::CLIENT_READY);
     serve::run(
         listener,
         client,

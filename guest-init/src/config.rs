@@ -55,8 +55,8 @@ impl Role {
     /// The line prefix the service prints once it serves.
     pub fn ready_prefix(self) -> &'static str {
         match self {
-            Self::Worker => "cocoon-worker: ready",
-            Self::Proxy => "cocoon-proxy: ready",
+            Self::Worker => protocol::guest::WORKER_READY,
+            Self::Proxy => protocol::guest::PROXY_READY,
         }
     }
 }

@@ -212,9 +212,9 @@ fn spec(opts: &LocalOptions, role: &'static str, program: &Path, config: &str) -
         cwd: opts.dir.clone(),
         log: opts.dir.join(local::LOG_DIR).join(format!("{role}.log")),
         ready_prefix: match role {
-            "proxy" => "cocoon-proxy: ready",
-            "worker" => "cocoon-worker: ready",
-            _ => "cocoon-client: ready ",
+            "proxy" => protocol::guest::PROXY_READY,
+            "worker" => protocol::guest::WORKER_READY,
+            _ => protocol::guest::CLIENT_READY,
         },
         ready_timeout: opts.ready_timeout,
         echo: opts.verbose,
@@ -317,7 +317,7 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
     }
     let client_url = children[2]
         .ready_line
-        .trim_start_matches("cocoon-client: ready ")
+        .trim_start_matches(protocol::guest::CLIENT_READY)
         .trim()
         .to_string();
     let admin = format!("http://{}", plan.proxy_admin_listen);
@@ -348,7 +348,7 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
 }
 
 fn print_ready(urls: &Urls) {
-    println!("cocoon-host: ready");
+    println!("{}", protocol::guest::HOST_READY);
     println!("  OpenAI API    {}   (model {})", urls.client, urls.model);
     println!("  proxy admin   {}", urls.jsonstats);
     println!("  files, logs   {} (urls.json, logs/)", urls.dir);

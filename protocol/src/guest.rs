@@ -19,3 +19,13 @@ pub const FW_CFG_SIM_PLATFORM: &str = "opt/cocoon/sim-platform";
 pub const FW_CFG_SIM_REGISTERS: &str = "opt/cocoon/sim-registers";
 /// Prefix of every PID 1 status line on the console.
 pub const STATUS_PREFIX: &str = "COCOON-INIT ";
+
+/// The line each service prints on stdout once it serves (followed by details: addresses,
+/// models, the URL). Launchers, cocoon-init and test harnesses wait for these prefixes.
+pub const PROXY_READY: &str = "cocoon-proxy: ready";
+/// See [`PROXY_READY`].
+pub const WORKER_READY: &str = "cocoon-worker: ready";
+/// See [`PROXY_READY`]; the client's line ends with its OpenAI base URL after this prefix.
+pub const CLIENT_READY: &str = "cocoon-client: ready ";
+/// What `cocoon-host` prints once everything it started is ready.
+pub const HOST_READY: &str = "cocoon-host: ready";

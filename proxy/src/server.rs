@@ -157,8 +157,11 @@ impl RunningProxy {
     /// The line `main` prints once the listeners are up.
     pub fn readiness_line(&self) -> String {
         format!(
-            "cocoon-proxy: ready (workers {}, clients {}, admin {})",
-            self.worker_addr, self.client_addr, self.admin_addr
+            "{} (workers {}, clients {}, admin {})",
+            protocol::guest::PROXY_READY,
+            self.worker_addr,
+            self.client_addr,
+            self.admin_addr
         )
     }
 

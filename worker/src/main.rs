@@ -221,7 +221,8 @@ async fn announce_ready(service: Service) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "cocoon-worker: ready (proxy {}, models [{}])",
+        "{} (proxy {}, models [{}])",
+        protocol::guest::WORKER_READY,
         first.proxy,
         models.join(", ")
     );

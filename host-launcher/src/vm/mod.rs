@@ -234,7 +234,8 @@ fn write_state(p: &Prepared) -> Result<(), Failure> {
 fn print_ready(p: &Prepared, status: &status::Status, pid: Option<u32>) {
     let c = &p.config;
     outln!(
-        "cocoon-host: ready: {} instance {} (tee {})",
+        "{}: {} instance {} (tee {})",
+        protocol::guest::HOST_READY,
         c.name,
         p.instance.index,
         c.tee.as_str()
