@@ -216,6 +216,9 @@ def main():
                     f.write(
                         f'listen = "127.0.0.1:{port}"\nproxy = "{urls["proxy_clients"]}"\n'
                         f'[policy]\nroots = ["{root}"]\nimages = ["{"00" * 32}"]\n'
+                        # A client must pin a runtime configuration too; the image is
+                        # checked first, so the refusal names it.
+                        f'rtmr3 = ["{"00" * 48}"]\n'
                     )
                 p = subprocess.Popen(
                     [client_bin, "serve", "--config", cfg],
