@@ -53,20 +53,14 @@ fn tag_digest(tag: &[u8]) -> Sha384 {
     sha2::Sha384::digest(tag).into()
 }
 
-/// Parses `2G`, `512M`, `1048576` into bytes.
+/// Parses a guest memory size (`2G`, `512M`; [`measurements::memory::parse_memory_size`])
+/// into bytes, at least 64 MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('G' | 'g') => (&s[..s.len() - 1], 1u64 << 30),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1u64 << 20),
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n >= 64 << 20)
-        .ok_or_else(|| format!("{s:?}: expected a size such as 2G or 512M (at least 64M)"))
+    let bytes = measurements::memory::parse_memory_size(s).map_err(|e| e.to_string())?;
+    if bytes < 64 << 20 {
+        return Err(format!("memory size {s:?}: at least 64M"));
+    }
+    Ok(bytes)
 }
 
 /// Expected registers and, per register, where its value comes from.

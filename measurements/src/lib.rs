@@ -20,6 +20,7 @@ pub mod collateral;
 pub mod eventlog;
 pub mod manifest;
 pub mod manifest_diff;
+pub mod memory;
 pub mod policy;
 pub mod quote;
 pub mod registers;

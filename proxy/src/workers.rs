@@ -94,25 +94,9 @@ impl Refusal {
 
     fn ratls(e: &RatlsError) -> Self {
         Self::Attestation {
-            code: ratls_code(e),
+            code: e.code(),
             detail: e.to_string(),
         }
-    }
-}
-
-/// The reason code of an RA-TLS error: the attestation rejection's own code, else the step.
-pub fn ratls_code(e: &RatlsError) -> &'static str {
-    match e {
-        RatlsError::Attestation(r) => r.code(),
-        RatlsError::Cert(_) => "certificate",
-        RatlsError::CollateralUnavailable(_) => "collateral_unavailable",
-        RatlsError::RoleNotAllowed { .. } => "role_not_allowed",
-        RatlsError::Tls12 => "tls12",
-        RatlsError::SignatureScheme(_) => "signature_scheme",
-        RatlsError::HandshakeSignature(_) => "handshake_signature",
-        RatlsError::UnexpectedChain(_) => "unexpected_chain",
-        RatlsError::NoPeerCertificate => "no_peer_certificate",
-        _ => "ratls",
     }
 }
 
@@ -262,7 +246,7 @@ async fn recheck(state: &State, cert_der: &[u8]) -> Refusal {
         tokio::time::sleep(RECHECK_INTERVAL).await;
         if let Err(e) = state.worker_verifier.verify(cert_der) {
             return Refusal::Expired {
-                code: ratls_code(&e),
+                code: e.code(),
                 detail: e.to_string(),
             };
         }

@@ -140,6 +140,27 @@ pub enum RatlsError {
 }
 
 impl RatlsError {
+    /// A short stable code for metrics and logs: the attestation rejection's own code
+    /// ([`Rejection::code`]), else the step that failed. Exhaustive, so a new variant must
+    /// name its code here.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Attestation(r) => r.code(),
+            Self::Cert(_) => "certificate",
+            Self::CollateralUnavailable(_) => "collateral_unavailable",
+            Self::RoleNotAllowed { .. } => "role_not_allowed",
+            Self::Tee(_) => "tee",
+            Self::Issue(_) => "certificate_issuance",
+            Self::Key(_) => "tls_key",
+            Self::Config(_) => "tls_config",
+            Self::Tls12 => "tls12",
+            Self::SignatureScheme(_) => "signature_scheme",
+            Self::HandshakeSignature(_) => "handshake_signature",
+            Self::UnexpectedChain(_) => "unexpected_chain",
+            Self::NoPeerCertificate => "no_peer_certificate",
+        }
+    }
+
     /// The attestation rejection, if this error is one.
     pub fn rejection(&self) -> Option<&Rejection> {
         match self {

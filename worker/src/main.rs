@@ -50,23 +50,37 @@ struct Args {
     config: PathBuf,
 }
 
+/// The documented exit codes (module docs); 0 is a clean shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Exit {
+    /// Another fatal error (a model failed to load, the runtime failed).
+    Fatal = 1,
+    /// Bad command line or configuration.
+    Config = 2,
+    /// The TEE is unavailable (device missing, quote generation failed).
+    Tee = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
 /// A fatal error and the exit code it maps to.
 #[derive(Debug)]
 struct Fatal {
-    code: u8,
+    code: Exit,
     error: anyhow::Error,
 }
 
-const EXIT_FATAL: u8 = 1;
-const EXIT_CONFIG: u8 = 2;
-const EXIT_TEE: u8 = 3;
-
 trait OrExit<T> {
-    fn or_exit(self, code: u8) -> Result<T, Fatal>;
+    fn or_exit(self, code: Exit) -> Result<T, Fatal>;
 }
 
 impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
-    fn or_exit(self, code: u8) -> Result<T, Fatal> {
+    fn or_exit(self, code: Exit) -> Result<T, Fatal> {
         self.map_err(|e| Fatal {
             code,
             error: e.into(),
@@ -84,15 +98,15 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cocoon-worker: tokio runtime: {e}");
-            return ExitCode::from(EXIT_FATAL);
+            return Exit::Fatal.into();
         }
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            tracing::error!(code = f.code, "{:#}", f.error);
+            tracing::error!(code = f.code as u8, "{:#}", f.error);
             eprintln!("cocoon-worker: {:#}", f.error);
-            ExitCode::from(f.code)
+            f.code.into()
         }
     }
 }
@@ -109,25 +123,25 @@ fn init_tracing() {
 async fn run(args: Args) -> Result<(), Fatal> {
     let config = WorkerConfig::load(&args.config)
         .context("configuration")
-        .or_exit(EXIT_CONFIG)?;
+        .or_exit(Exit::Config)?;
     let clock = Arc::new(SystemClock);
     let tee = config
         .tee
         .open_for_config(&config.base_dir, config.config_sha256)
         .context("tee")
-        .or_exit(EXIT_TEE)?;
+        .or_exit(Exit::Tee)?;
     let lifetime = config.cert_lifetime;
     let certs = tokio::task::spawn_blocking({
         let clock = clock.clone();
         move || Certs::issue(tee, dial::worker_claims(), lifetime, clock)
     })
     .await
-    .or_exit(EXIT_FATAL)?
+    .or_exit(Exit::Fatal)?
     .map_err(|e| {
         let code = if matches!(e, ratls::RatlsError::Tee(_)) {
-            EXIT_TEE
+            Exit::Tee
         } else {
-            EXIT_FATAL
+            Exit::Fatal
         };
         Fatal {
             code,
@@ -150,8 +164,8 @@ async fn run(args: Args) -> Result<(), Fatal> {
                 );
                 served.push(m);
             }
-            Err(e @ BuildError::NotBuilt { .. }) => return Err(e).or_exit(EXIT_CONFIG),
-            Err(e) => return Err(e).or_exit(EXIT_FATAL),
+            Err(e @ BuildError::NotBuilt { .. }) => return Err(e).or_exit(Exit::Config),
+            Err(e) => return Err(e).or_exit(Exit::Fatal),
         }
     }
     let service = Service::new(
@@ -164,7 +178,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         clock.clone(),
     )
     .context("service")
-    .or_exit(EXIT_CONFIG)?;
+    .or_exit(Exit::Config)?;
 
     if !config.policy.pins_config() {
         tracing::info!("proxies are pinned by image; their runtime configuration is not pinned");
@@ -174,7 +188,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let tls = Arc::new(
         dial::tls_config(certs.resolver(), verifier.clone())
             .context("tls config")
-            .or_exit(EXIT_FATAL)?,
+            .or_exit(Exit::Fatal)?,
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -194,7 +208,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
         "worker started"
     );
 
-    wait_for_signal().await.or_exit(EXIT_FATAL)?;
+    wait_for_signal().await.or_exit(Exit::Fatal)?;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     ready.abort();

@@ -310,18 +310,12 @@ pub fn valid_guest_file_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// `512M`, `4G`, `4096MiB`, `32GiB` → MiB.
+/// A memory size in whole MiB (`512M`, `4G`, `4096MiB`; the one syntax of
+/// [`measurements::memory::parse_memory_size`]); `None` if it does not parse or is not a whole
+/// number of MiB.
 pub fn parse_memory(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "M" | "MiB" => 1,
-        "G" | "GiB" => 1024,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    let bytes = measurements::memory::parse_memory_size(s).ok()?;
+    (bytes % (1 << 20) == 0).then_some(bytes >> 20)
 }
 
 fn parse_qgs(s: &str) -> Option<Option<QgsSocket>> {
@@ -740,7 +734,9 @@ mod tests {
         assert_eq!(parse_memory("4G"), Some(4096));
         assert_eq!(parse_memory("2GiB"), Some(2048));
         assert_eq!(parse_memory("100MiB"), Some(100));
-        for bad in ["", "4", "G", "4T", "-1G", "4 G", "99999999999999999999G"] {
+        assert_eq!(parse_memory("4g"), Some(4096));
+        assert_eq!(parse_memory("1T"), Some(1 << 20));
+        for bad in ["", "4", "G", "1536K", "-1G", "4 G", "99999999999999999999G"] {
             assert_eq!(parse_memory(bad), None, "{bad}");
         }
     }

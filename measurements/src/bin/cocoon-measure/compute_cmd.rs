@@ -17,7 +17,7 @@ use measurements::boot::{
 use measurements::tdvf::{self, PageAddOrder};
 use measurements::Sha384;
 
-use crate::{read, Unusable, EXIT_ACCEPTED};
+use crate::{read, Exit, Unusable};
 
 const RTMR0_REASON: &str = "depends on QEMU's ACPI tables, the TD HOB (memory map, vCPUs) and \
      UEFI variables; pin it by replaying the CCEL event log of a reference boot";
@@ -97,29 +97,9 @@ fn hex48(s: &str) -> Result<Sha384, measurements::HexError> {
     measurements::parse_hex_array(s, "sha-384 digest")
 }
 
-/// QEMU `-m` syntax: bare numbers are MiB.
+/// A guest memory size ([`measurements::memory::parse_memory_size`]: a unit is required).
 fn parse_memory(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "m" | "mib" => 20,
-        "b" => 0,
-        "k" | "kib" => 10,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => {
-            return Err(format!(
-                "unknown memory unit in {s:?} (use K, M, G, T or B)"
-            ))
-        }
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("not a memory size: {s:?}"))?;
-    n.checked_mul(1u64 << shift)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("memory size out of range: {s:?}"))
+    measurements::memory::parse_memory_size(s).map_err(|e| e.to_string())
 }
 
 /// What is known about the initrd.
@@ -294,7 +274,7 @@ fn event_type_name(t: u32) -> &'static str {
     }
 }
 
-pub fn run(args: &ComputeArgs) -> Result<u8, Unusable> {
+pub fn run(args: &ComputeArgs) -> Result<Exit, Unusable> {
     let c = compute(args)?;
     let hex_opt = |d: &Option<Sha384>| d.map(hex::encode);
     if args.json {
@@ -323,7 +303,7 @@ pub fn run(args: &ComputeArgs) -> Result<u8, Unusable> {
             },
         });
         println!("{}", serde_json::to_string(&out)?);
-        return Ok(EXIT_ACCEPTED);
+        return Ok(Exit::Accepted);
     }
     let line = |name: &str, key: &str, v: &Option<Sha384>| match v {
         Some(d) => println!("{name}: {}", hex::encode(d)),
@@ -349,7 +329,7 @@ pub fn run(args: &ComputeArgs) -> Result<u8, Unusable> {
         }
     }
     line("RTMR3", "rtmr3", &None);
-    Ok(EXIT_ACCEPTED)
+    Ok(Exit::Accepted)
 }
 
 #[cfg(test)]
@@ -357,9 +337,12 @@ mod tests {
     use super::parse_memory;
 
     #[test]
-    fn memory_sizes_follow_qemu_m() {
+    fn memory_sizes_need_a_unit() {
         assert_eq!(parse_memory("2G"), Ok(2 << 30));
-        assert_eq!(parse_memory("2048"), Ok(2 << 30));
+        assert!(
+            parse_memory("2048").is_err(),
+            "ambiguous: QEMU reads MiB, others bytes"
+        );
         assert_eq!(parse_memory("512M"), Ok(512 << 20));
         assert_eq!(parse_memory("4096b"), Ok(4096));
         assert_eq!(parse_memory("1T"), Ok(1 << 40));

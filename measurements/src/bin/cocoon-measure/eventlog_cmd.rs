@@ -18,7 +18,7 @@ use measurements::eventlog::{self, CcelTable, DigestCheck, EventLog, CC_TYPE_TDX
 use measurements::runtime_log::RuntimeLog;
 use measurements::Sha384;
 
-use crate::{read, read_quote, Unusable, EXIT_ACCEPTED, EXIT_REJECTED};
+use crate::{read, read_quote, Exit, Unusable};
 
 #[derive(Subcommand, Debug)]
 pub enum EventlogCmd {
@@ -80,7 +80,7 @@ pub struct RuntimeArgs {
     json: bool,
 }
 
-pub fn run(cmd: EventlogCmd) -> Result<u8, Unusable> {
+pub fn run(cmd: EventlogCmd) -> Result<Exit, Unusable> {
     match cmd {
         EventlogCmd::Replay { src, json } => replay(&src, json),
         EventlogCmd::Show { src } => show(&src),
@@ -105,7 +105,7 @@ pub fn run(cmd: EventlogCmd) -> Result<u8, Unusable> {
     }
 }
 
-fn expect_config(sha256: [u8; 32], as_json: bool) -> Result<u8, Unusable> {
+fn expect_config(sha256: [u8; 32], as_json: bool) -> Result<Exit, Unusable> {
     let mut log = RuntimeLog::default();
     log.append(measurements::runtime_log::RuntimeEvent::config(sha256));
     let rtmr3 = hex::encode(log.replay());
@@ -119,7 +119,7 @@ fn expect_config(sha256: [u8; 32], as_json: bool) -> Result<u8, Unusable> {
         println!("config sha256  {}", hex::encode(sha256));
         println!("rtmr3          {rtmr3}");
     }
-    Ok(EXIT_ACCEPTED)
+    Ok(Exit::Accepted)
 }
 
 fn load_ccel(src: &CcelArgs) -> Result<(EventLog, Option<CcelTable>), Unusable> {
@@ -157,7 +157,7 @@ fn rtmr_lines(rtmr: &[Sha384; 4]) -> String {
         .collect()
 }
 
-fn replay(src: &CcelArgs, as_json: bool) -> Result<u8, Unusable> {
+fn replay(src: &CcelArgs, as_json: bool) -> Result<Exit, Unusable> {
     let (log, _) = load_ccel(src)?;
     let rtmr = log.replay();
     let mut o = String::new();
@@ -172,10 +172,10 @@ fn replay(src: &CcelArgs, as_json: bool) -> Result<u8, Unusable> {
         o.push_str(&rtmr_lines(&rtmr));
     }
     emit(&o)?;
-    Ok(EXIT_ACCEPTED)
+    Ok(Exit::Accepted)
 }
 
-fn show(src: &CcelArgs) -> Result<u8, Unusable> {
+fn show(src: &CcelArgs) -> Result<Exit, Unusable> {
     let (log, table) = load_ccel(src)?;
     let mut o = String::new();
     if let Some(t) = &table {
@@ -239,13 +239,13 @@ fn show(src: &CcelArgs) -> Result<u8, Unusable> {
     }
     emit(&o)?;
     Ok(if mismatches > 0 {
-        EXIT_REJECTED
+        Exit::Rejected
     } else {
-        EXIT_ACCEPTED
+        Exit::Accepted
     })
 }
 
-fn runtime(args: &RuntimeArgs) -> Result<u8, Unusable> {
+fn runtime(args: &RuntimeArgs) -> Result<Exit, Unusable> {
     let log = RuntimeLog::from_json(&read(&args.log)?).map_err(|e| at(&args.log, e))?;
     let rtmr3 = log.replay();
     let quote_rtmr3 = match &args.quote {
@@ -291,7 +291,7 @@ fn runtime(args: &RuntimeArgs) -> Result<u8, Unusable> {
     }
     emit(&o)?;
     Ok(match verdict {
-        Some(Err(_)) => EXIT_REJECTED,
-        _ => EXIT_ACCEPTED,
+        Some(Err(_)) => Exit::Rejected,
+        _ => Exit::Accepted,
     })
 }

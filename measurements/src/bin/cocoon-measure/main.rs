@@ -22,9 +22,23 @@ mod compute_cmd;
 mod eventlog_cmd;
 mod manifest_cmd;
 
-const EXIT_ACCEPTED: u8 = 0;
-const EXIT_REJECTED: u8 = 1;
-const EXIT_UNUSABLE: u8 = 2;
+/// The documented exit codes: the same contract for every subcommand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Exit {
+    /// Accepted (or the command did what it was asked).
+    Accepted = 0,
+    /// Evidence or manifests were read and rejected (or differ).
+    Rejected = 1,
+    /// An input was unusable.
+    Unusable = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
 
 /// Verify Intel TDX evidence and cocoon measurement manifests.
 #[derive(Parser, Debug)]
@@ -154,10 +168,10 @@ fn main() -> ExitCode {
         Cmd::Compute(args) => compute_cmd::run(&args),
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code.into(),
         Err(Unusable(msg)) => {
             eprintln!("cocoon-measure: {msg}");
-            ExitCode::from(EXIT_UNUSABLE)
+            Exit::Unusable.into()
         }
     }
 }
@@ -174,12 +188,12 @@ fn read_quote(path: &Path, hex: bool) -> Result<(Vec<u8>, ParsedQuote), Unusable
     Ok((bytes, parsed))
 }
 
-fn quote_show(path: &Path, hex: bool) -> Result<u8, Unusable> {
+fn quote_show(path: &Path, hex: bool) -> Result<Exit, Unusable> {
     let (_, parsed) = read_quote(path, hex)?;
     let mut out = registers_json(&parsed);
     out["quote_version"] = json!(parsed.version);
     println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(EXIT_ACCEPTED)
+    Ok(Exit::Accepted)
 }
 
 fn registers_json(parsed: &ParsedQuote) -> serde_json::Value {
@@ -197,7 +211,7 @@ fn registers_json(parsed: &ParsedQuote) -> serde_json::Value {
     })
 }
 
-fn quote_verify(args: &VerifyArgs) -> Result<u8, Unusable> {
+fn quote_verify(args: &VerifyArgs) -> Result<Exit, Unusable> {
     let (quote, parsed) = read_quote(&args.quote, args.hex)?;
     let collateral = Collateral::from_json(&read(&args.collateral)?)
         .map_err(|e| Unusable(format!("{}: {e}", args.collateral.display())))?;
@@ -256,9 +270,9 @@ fn quote_verify(args: &VerifyArgs) -> Result<u8, Unusable> {
         }
     }
     Ok(if verdict.is_ok() {
-        EXIT_ACCEPTED
+        Exit::Accepted
     } else {
-        EXIT_REJECTED
+        Exit::Rejected
     })
 }
 
@@ -268,7 +282,7 @@ fn read_key(path: &Path) -> Result<SigningKey, Unusable> {
     Ok(SigningKey::from_bytes(&bytes))
 }
 
-fn manifest(cmd: ManifestCmd) -> Result<u8, Unusable> {
+fn manifest(cmd: ManifestCmd) -> Result<Exit, Unusable> {
     match cmd {
         ManifestCmd::FromImages(args) => manifest_cmd::from_images(args),
         ManifestCmd::Diff(args) => manifest_cmd::diff(args),
@@ -278,7 +292,7 @@ fn manifest(cmd: ManifestCmd) -> Result<u8, Unusable> {
             let key = SigningKey::from_bytes(&seed);
             write_private(&out, &hex::encode(seed))?;
             println!("{}", hex::encode(key.verifying_key().as_bytes()));
-            Ok(EXIT_ACCEPTED)
+            Ok(Exit::Accepted)
         }
         ManifestCmd::Sign { manifest, key, out } => {
             let content: Manifest = serde_json::from_slice(&read(&manifest)?)
@@ -290,7 +304,7 @@ fn manifest(cmd: ManifestCmd) -> Result<u8, Unusable> {
                     .map_err(|e| Unusable(format!("cannot write {}: {e}", p.display())))?,
                 None => print!("{text}"),
             }
-            Ok(EXIT_ACCEPTED)
+            Ok(Exit::Accepted)
         }
         ManifestCmd::Verify {
             signed,
@@ -333,9 +347,9 @@ fn manifest(cmd: ManifestCmd) -> Result<u8, Unusable> {
                 }
             }
             Ok(if result.is_ok() {
-                EXIT_ACCEPTED
+                Exit::Accepted
             } else {
-                EXIT_REJECTED
+                Exit::Rejected
             })
         }
     }

@@ -18,7 +18,7 @@ use measurements::manifest_diff::{self, BuildRecord, Document};
 use measurements::runtime_log::{RuntimeEvent, RuntimeLog};
 use measurements::Sha384;
 
-use crate::{read, Unusable, EXIT_ACCEPTED, EXIT_REJECTED};
+use crate::{read, Exit, Unusable};
 
 /// `ROLE=VALUE`, parsed early.
 #[derive(Clone, Debug)]
@@ -165,7 +165,7 @@ fn role_mut<'a>(
     m.roles.get_mut(name).ok_or(err)
 }
 
-pub fn from_images(args: FromImagesArgs) -> Result<u8, Unusable> {
+pub fn from_images(args: FromImagesArgs) -> Result<Exit, Unusable> {
     let records = args
         .images
         .iter()
@@ -257,10 +257,10 @@ pub fn from_images(args: FromImagesArgs) -> Result<u8, Unusable> {
         }
         None => print!("{text}"),
     }
-    Ok(EXIT_ACCEPTED)
+    Ok(Exit::Accepted)
 }
 
-pub fn diff(args: DiffArgs) -> Result<u8, Unusable> {
+pub fn diff(args: DiffArgs) -> Result<Exit, Unusable> {
     let mut old = read_document(&args.old)?;
     let mut new = read_document(&args.new)?;
     for (doc, images, side) in [
@@ -281,8 +281,8 @@ pub fn diff(args: DiffArgs) -> Result<u8, Unusable> {
         print!("{}", manifest_diff::explain(&d));
     }
     Ok(if d.is_identical() {
-        EXIT_ACCEPTED
+        Exit::Accepted
     } else {
-        EXIT_REJECTED
+        Exit::Rejected
     })
 }
