@@ -58,39 +58,53 @@ pub enum DiffError {
 
 /// One artifact of a build record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildArtifact {
     /// SHA-256 of the file, hex.
     pub sha256: String,
     pub size: u64,
 }
 
-/// The kernel package a build record names.
+/// The pinned kernel package a build record names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildKernel {
     pub package: String,
     pub version: String,
+    /// SHA-256 of the .deb, hex.
     pub deb_sha256: String,
 }
 
-/// The fields of a `cocoon-image build` `manifest.json` that the manifest tools read. Fields
-/// this crate does not know are ignored (the record is image-builder's; this is a reader).
+/// The `cocoon-image build` record (`manifest.json` next to the artifacts): what was built and
+/// what it measures to. This is the one definition: `cocoon-image` writes it (re-exported as
+/// `image::manifest::ImageManifest`), `cocoon-host launch` reads it to check the artifacts it
+/// boots, and the manifest tools here read it to build and explain release manifests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BuildRecord {
+    /// Always [`BUILD_RECORD_FORMAT`].
     pub format: String,
+    /// `worker` or `proxy`.
     pub role: String,
-    /// `vmlinuz`, `initramfs.cpio.gz`, `cmdline` → digest and size.
+    /// Artifact file name (`vmlinuz`, `initramfs.cpio.gz`, `cmdline`) → digest and size.
     pub artifacts: BTreeMap<String, BuildArtifact>,
     pub kernel: BuildKernel,
+    /// The kernel command line exactly as passed to QEMU `-append`.
     pub cmdline: String,
-    /// `tdx` or `sim`.
+    /// Platform the registers are for: `tdx` (TDVF boot path) or `sim`.
     pub platform: String,
-    /// Guest memory in bytes.
+    /// Guest memory in bytes the registers assume: QEMU writes memory-dependent fields into the
+    /// kernel's setup header before the firmware measures it, so the VM must use this size.
     pub memory: u64,
+    /// Expected registers for booting these artifacts on `platform`.
     pub registers: TdRegisters,
+    /// `registers.image_hash()`.
     pub image_hash: ImageHash,
+    /// Which registers were computed from artifacts and which are platform constants, by name.
     #[serde(default)]
     pub register_sources: BTreeMap<String, String>,
-    #[serde(default)]
+    /// `git rev-parse HEAD` of the source tree, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_commit: Option<String>,
 }
 
