@@ -28,38 +28,8 @@ use std::net::Ipv4Addr;
 
 use serde::Deserialize;
 
-/// Guest roles and the binary each one runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Worker,
-    Proxy,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Worker => "worker",
-            Self::Proxy => "proxy",
-        }
-    }
-
-    /// The service binary inside the image.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Self::Worker => "/bin/cocoon-worker",
-            Self::Proxy => "/bin/cocoon-proxy",
-        }
-    }
-
-    /// The line prefix the service prints once it serves.
-    pub fn ready_prefix(self) -> &'static str {
-        match self {
-            Self::Worker => protocol::guest::WORKER_READY,
-            Self::Proxy => protocol::guest::PROXY_READY,
-        }
-    }
-}
+/// Guest roles (worker, proxy) and the binary each one runs: the one definition, in `protocol`.
+pub use protocol::Role;
 
 /// Config errors; each names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,10 +56,9 @@ pub fn role_from_cmdline(cmdline: &str) -> Result<Role, ConfigError> {
         .filter_map(|w| w.strip_prefix("cocoon.role="))
         .next_back()
         .ok_or(ConfigError::NoRole)?;
-    match value {
-        "worker" => Ok(Role::Worker),
-        "proxy" => Ok(Role::Proxy),
-        other => Err(ConfigError::UnknownRole(other.chars().take(32).collect())),
+    match Role::parse(value) {
+        Some(role) if role.is_guest() => Ok(role),
+        _ => Err(ConfigError::UnknownRole(value.chars().take(32).collect())),
     }
 }
 
@@ -195,8 +164,8 @@ impl InitConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
         if raw.role != image_role {
             return Err(ConfigError::RoleMismatch {
-                config: raw.role.name().into(),
-                image: image_role.name().into(),
+                config: raw.role.as_str().into(),
+                image: image_role.as_str().into(),
             });
         }
         let network = raw.network.map(validate_network).transpose()?;

@@ -28,7 +28,7 @@ fn run() -> Result<(), Failure> {
     let (kind, tee) = steps::open_tee()?;
     Status::new("tee")
         .with("kind", kind.name())
-        .with("role", role.name())
+        .with("role", role.as_str())
         .emit();
     let config = steps::measure_and_read_config(&tee, role)?;
     steps::configure_network(config.network.as_ref())?;

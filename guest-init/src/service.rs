@@ -104,7 +104,7 @@ pub fn supervise(role: Role, service: &Service, signals: &mut SignalFd) -> Outco
         }
         if ready_rx.try_recv().is_ok() {
             Status::new("ready")
-                .with("role", role.name())
+                .with("role", role.as_str())
                 .with("restarts", restarts)
                 .emit();
         }

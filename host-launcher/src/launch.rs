@@ -16,9 +16,10 @@ use attestation::sim::SimPlatform;
 
 use crate::local::{self, ModelPlan, Plan, Urls};
 use crate::model;
-use crate::registers::{binary_digest, RoleMeasurement, TdRole};
+use crate::registers::{binary_digest, RoleMeasurement};
 use crate::supervise::{self, Running, Spec};
 use crate::Exit;
+use protocol::Role;
 
 /// Which engine the worker runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,7 +102,7 @@ fn binary(bin_dir: &Path, name: &str) -> Result<PathBuf, Failure> {
     }
 }
 
-fn measure(role: TdRole, path: &Path) -> Result<RoleMeasurement, Failure> {
+fn measure(role: Role, path: &Path) -> Result<RoleMeasurement, Failure> {
     let bytes =
         std::fs::read(path).map_err(|e| fail(Exit::Usage, format!("{}: {e}", path.display())))?;
     Ok(RoleMeasurement::new(role, binary_digest(&bytes)))
@@ -179,8 +180,8 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         proxy_client_listen,
         proxy_admin_listen,
         client_listen,
-        proxy: measure(TdRole::Proxy, &bins.proxy)?,
-        worker: measure(TdRole::Worker, &bins.worker)?,
+        proxy: measure(Role::Proxy, &bins.proxy)?,
+        worker: measure(Role::Worker, &bins.worker)?,
         model,
         max_completion_tokens: 512,
         worker_capacity: 4,

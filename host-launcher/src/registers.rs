@@ -20,28 +20,16 @@ use sha2::{Digest, Sha256, Sha384};
 /// Domain tag of the derived MRTD.
 pub const MRTD_TAG: &[u8] = b"cocoon-local-mrtd/v1\0";
 
-/// A role of the local network that runs as a simulated TD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TdRole {
-    Proxy,
-    Worker,
-}
-
-impl TdRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Proxy => "proxy",
-            Self::Worker => "worker",
-        }
-    }
-}
+/// The role of a process of the local network that runs as a simulated TD (worker or proxy;
+/// the one definition, in `protocol`).
+pub use protocol::Role;
 
 /// Domain tag of derived RTMR `i`.
 pub fn rtmr_tag(i: usize) -> Vec<u8> {
     format!("cocoon-local-rtmr{i}/v1\0").into_bytes()
 }
 
-fn measure(tag: &[u8], role: TdRole, binary_sha256: &[u8; 32]) -> [u8; 48] {
+fn measure(tag: &[u8], role: Role, binary_sha256: &[u8; 32]) -> [u8; 48] {
     let mut h = Sha384::new();
     h.update(tag);
     h.update(role.as_str().as_bytes());
@@ -55,7 +43,7 @@ pub fn binary_digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// The registers of `role` running the binary whose SHA-256 is `binary_sha256`.
-pub fn derive(role: TdRole, binary_sha256: &[u8; 32]) -> TdRegisters {
+pub fn derive(role: Role, binary_sha256: &[u8; 32]) -> TdRegisters {
     let mut r = default_registers();
     r.mrtd = measure(MRTD_TAG, role, binary_sha256);
     for (i, rtmr) in r.rtmr.iter_mut().take(3).enumerate() {
@@ -67,14 +55,14 @@ pub fn derive(role: TdRole, binary_sha256: &[u8; 32]) -> TdRegisters {
 /// Registers and image hash of one role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleMeasurement {
-    pub role: TdRole,
+    pub role: Role,
     pub binary_sha256: [u8; 32],
     pub registers: TdRegisters,
     pub image_hash: ImageHash,
 }
 
 impl RoleMeasurement {
-    pub fn new(role: TdRole, binary_sha256: [u8; 32]) -> Self {
+    pub fn new(role: Role, binary_sha256: [u8; 32]) -> Self {
         let registers = derive(role, &binary_sha256);
         Self {
             role,
@@ -93,10 +81,10 @@ mod tests {
     fn deterministic_and_bound_to_role_and_binary() {
         let a = binary_digest(b"binary a");
         let b = binary_digest(b"binary b");
-        assert_eq!(derive(TdRole::Worker, &a), derive(TdRole::Worker, &a));
-        let w = RoleMeasurement::new(TdRole::Worker, a);
-        let p = RoleMeasurement::new(TdRole::Proxy, a);
-        let w2 = RoleMeasurement::new(TdRole::Worker, b);
+        assert_eq!(derive(Role::Worker, &a), derive(Role::Worker, &a));
+        let w = RoleMeasurement::new(Role::Worker, a);
+        let p = RoleMeasurement::new(Role::Proxy, a);
+        let w2 = RoleMeasurement::new(Role::Worker, b);
         assert_ne!(w.image_hash, p.image_hash);
         assert_ne!(w.image_hash, w2.image_hash);
         assert_ne!(w.registers.mrtd, w2.registers.mrtd);
@@ -115,16 +103,16 @@ mod tests {
         let mut pre = b"cocoon-local-mrtd/v1\0proxy".to_vec();
         pre.extend_from_slice(&d);
         let expected: [u8; 48] = Sha384::digest(&pre).into();
-        assert_eq!(derive(TdRole::Proxy, &d).mrtd, expected);
+        assert_eq!(derive(Role::Proxy, &d).mrtd, expected);
         let mut pre = b"cocoon-local-rtmr2/v1\0worker".to_vec();
         pre.extend_from_slice(&d);
         let expected: [u8; 48] = Sha384::digest(&pre).into();
-        assert_eq!(derive(TdRole::Worker, &d).rtmr[2], expected);
+        assert_eq!(derive(Role::Worker, &d).rtmr[2], expected);
     }
 
     #[test]
     fn debug_bit_is_clear() {
-        let r = derive(TdRole::Proxy, &[0; 32]);
+        let r = derive(Role::Proxy, &[0; 32]);
         assert_eq!(
             r.td_attributes_u64() & measurements::registers::TD_ATTR_DEBUG,
             0

@@ -26,12 +26,14 @@ pub mod error;
 pub mod guest;
 pub mod meta;
 pub mod register;
+pub mod role;
 pub mod sse;
 pub mod usage;
 
 pub use error::{ApiError, ErrorKind};
 pub use meta::{Endpoint, RequestId, RequestMeta};
 pub use register::{Hello, ModelAdvert, Registration};
+pub use role::Role;
 pub use usage::Usage;
 
 /// The protocol version this build speaks.

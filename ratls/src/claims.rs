@@ -12,7 +12,6 @@
 //! report_data binding: see [`report_data`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
@@ -22,34 +21,8 @@ use crate::REPORT_DATA_TAG;
 /// Largest accepted claims encoding, in bytes.
 pub const MAX_CLAIMS_LEN: usize = 8 * 1024;
 
-/// The role a certificate holder plays in the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Runs models inside a TD.
-    Worker,
-    /// Routes requests to workers, inside a TD.
-    Proxy,
-    /// A user's client (not a TEE).
-    Client,
-}
-
-impl Role {
-    /// The name used in the encoding.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Worker => "worker",
-            Self::Proxy => "proxy",
-            Self::Client => "client",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The role a certificate holder plays in the network (the one definition, in `protocol`).
+pub use protocol::Role;
 
 /// What the certificate holder claims; bound into report_data through its canonical encoding.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

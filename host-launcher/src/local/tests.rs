@@ -1,5 +1,5 @@
 use super::*;
-use crate::registers::{binary_digest, TdRole};
+use crate::registers::binary_digest;
 use attestation::config::TeeConfig;
 use ratls::config::{PolicyConfig, Required};
 use ratls::Role;
@@ -11,8 +11,8 @@ fn plan(model: ModelPlan) -> Plan {
         proxy_client_listen: "127.0.0.1:9102".parse().unwrap(),
         proxy_admin_listen: "127.0.0.1:9103".parse().unwrap(),
         client_listen: "127.0.0.1:8080".parse().unwrap(),
-        proxy: RoleMeasurement::new(TdRole::Proxy, binary_digest(b"proxy binary")),
-        worker: RoleMeasurement::new(TdRole::Worker, binary_digest(b"worker binary")),
+        proxy: RoleMeasurement::new(Role::Proxy, binary_digest(b"proxy binary")),
+        worker: RoleMeasurement::new(Role::Worker, binary_digest(b"worker binary")),
         model,
         max_completion_tokens: 512,
         worker_capacity: 4,
@@ -203,7 +203,7 @@ fn stub_model_and_rendering_is_deterministic() {
     assert!(model.get("gguf").is_none());
     // Changing a binary changes the pinned hash in the peer's config.
     let mut other = p.clone();
-    other.proxy = RoleMeasurement::new(TdRole::Proxy, binary_digest(b"rebuilt proxy"));
+    other.proxy = RoleMeasurement::new(Role::Proxy, binary_digest(b"rebuilt proxy"));
     assert_ne!(worker_toml(&p), worker_toml(&other));
     assert_ne!(client_toml(&p, "r"), client_toml(&other, "r"));
     assert_eq!(proxy_toml(&p, "r"), proxy_toml(&other, "r"));

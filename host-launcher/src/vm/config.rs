@@ -107,21 +107,8 @@ pub struct RawForward {
     pub guest: u16,
 }
 
-/// What the guest runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Worker,
-    Proxy,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Worker => "worker",
-            Self::Proxy => "proxy",
-        }
-    }
-}
+/// What the guest runs (a guest role: worker or proxy; the one definition, in `protocol`).
+pub use protocol::Role;
 
 /// Which TEE the guest runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
