@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-/// Most files a config archive may hold.
-pub const MAX_FILES: usize = 32;
-/// Largest file in a config archive.
-pub const MAX_FILE_SIZE: u64 = 1 << 20;
+/// Most files a config archive may hold (the host–guest contract).
+pub const MAX_FILES: usize = protocol::guest::CONFIG_MAX_FILES;
+/// Largest file in a config archive (the host–guest contract).
+pub const MAX_FILE_SIZE: u64 = protocol::guest::CONFIG_MAX_FILE_SIZE;
 
 const BLOCK: usize = 512;
 

@@ -32,7 +32,7 @@ pub const MODELS_DIR: &str = "/run/cocoon/models";
 /// Kernel modules to load, one path per line relative to /lib/modules, in dependency order.
 pub const MODULE_LIST: &str = "/etc/cocoon/modules";
 /// Largest accepted config disk.
-pub const MAX_CONFIG_DISK: u64 = 16 << 20;
+pub const MAX_CONFIG_DISK: u64 = protocol::guest::CONFIG_MAX_DISK;
 
 /// Where the kernel's qemu_fw_cfg module exposes fw_cfg entries by name.
 const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";

@@ -17,6 +17,13 @@ pub const VERITY_DISK_SERIAL: &str = "cocoon-verity";
 pub const FW_CFG_SIM_PLATFORM: &str = "opt/cocoon/sim-platform";
 /// fw_cfg name of the simulated registers (`TdRegisters` JSON).
 pub const FW_CFG_SIM_REGISTERS: &str = "opt/cocoon/sim-registers";
+/// Most files the config archive may hold (the launcher refuses more; PID 1 refuses more).
+pub const CONFIG_MAX_FILES: usize = 32;
+/// Largest file in the config archive.
+pub const CONFIG_MAX_FILE_SIZE: u64 = 1 << 20;
+/// Largest config disk PID 1 reads (and measures) at all.
+pub const CONFIG_MAX_DISK: u64 = 16 << 20;
+
 /// Prefix of every PID 1 status line on the console.
 pub const STATUS_PREFIX: &str = "COCOON-INIT ";
 

@@ -27,10 +27,10 @@ pub const DEFAULT_PCI_MMIO64_MB: u64 = 262_144;
 /// Smallest guest memory accepted.
 pub const MIN_MEMORY_MIB: u64 = 256;
 /// Largest config file accepted on the config disk (they are small TOML files; cocoon-init
-/// refuses larger ones).
-pub const MAX_GUEST_FILE: u64 = 1 << 20;
-/// Most files on the config disk (cocoon-init refuses more).
-pub const MAX_GUEST_FILES: usize = 32;
+/// refuses larger ones: the host–guest contract).
+pub const MAX_GUEST_FILE: u64 = protocol::guest::CONFIG_MAX_FILE_SIZE;
+/// Most files on the config disk (cocoon-init refuses more: the host–guest contract).
+pub const MAX_GUEST_FILES: usize = protocol::guest::CONFIG_MAX_FILES;
 
 /// `launch` config as written (see the module docs).
 #[derive(Clone, Debug, Default, Deserialize)]
