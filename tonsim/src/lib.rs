@@ -1,0 +1,36 @@
+//! A local TON chain that runs Cocoon's real compiled contracts.
+//!
+//! Purpose: test what cocoon sends to its payment contracts (built by the `ton` crate) against the
+//! code the network runs, without a network. [`Chain`] keeps accounts (address → balance, code,
+//! data, status), delivers an external or internal message and then every internal message that
+//! follows, in logical-time order, and records each transaction ([`TxRecord`]: account, inbound
+//! message, compute exit code, success, outbound messages, fees).
+//!
+//! Real: the compiled contract code (`ton::contracts`, hash-pinned), the TVM and the transaction
+//! executor (tycho-vm / tycho-executor, a pure-Rust TON-compatible executor running TVM version
+//! 12 semantics: storage, credit, compute, action and bounce phases, gas and forwarding fees),
+//! and TON mainnet's blockchain config (fee prices, limits), committed as
+//! `fixtures/ton-mainnet-config.boc` from @ton/sandbox 0.41.0. Signature checks are always on.
+//!
+//! Simulated: no consensus, blocks or validators; no sharding and a single workchain (0);
+//! one global logical-time counter; unix time given by the caller ([`Chain::set_now`], no
+//! clock); get-methods ([`Chain::run_get_method`]) run with getter gas; messages injected from outside ([`Chain::send_internal`]) come from "treasury"
+//! accounts whose own transactions and fees are not run; and [`Chain::add_treasury`] accounts
+//! accept everything with empty code. The executor's tycho-specific extensions are switched
+//! off ([`config::ton_executor_params`]).
+//!
+//! Interop: cells cross between the `ton` crate and tycho-types as BOC bytes
+//! ([`convert`]), each conversion checked by representation hash.
+#![forbid(unsafe_code)]
+
+pub mod chain;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod getter;
+pub mod log;
+
+pub use chain::{AccountInfo, Chain, Internal, Status};
+pub use error::SimError;
+pub use getter::GetValue;
+pub use log::{Compute, InMsg, OutMsg, TxRecord};
