@@ -41,6 +41,9 @@ ci/repro-init.sh
 step "cargo test --release (workspace; mistral.rs engine tests use the fetched model)"
 COCOON_TEST_GGUF="$MODEL" cargo test --workspace --release --locked
 
+step "TON differential: @ton/sandbox vs cocoon-tonsim, same scenario (ci/ton-differential.sh)"
+ci/ton-differential.sh
+
 step "main job: ci/local.sh (once)"
 COCOON_LOCAL_ONCE=1 COCOON_PORT=0 COCOON_LOCAL_DIR="$(mktemp -d)" ci/local.sh
 

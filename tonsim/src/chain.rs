@@ -49,8 +49,14 @@ pub struct AccountInfo {
     pub code: Option<Cell>,
     /// Data, when active.
     pub data: Option<Cell>,
-    /// Logical time of the account's last transaction.
+    /// The account's `last_trans_lt` (the end of its last transaction's logical-time range:
+    /// the transaction's lt plus one per outbound message, plus one).
     pub last_trans_lt: u64,
+    /// Logical time of the account's last transaction itself (0 if none; `ShardAccount`'s
+    /// `last_trans_lt`, what TON APIs report as `last_transaction_id.lt`).
+    pub last_tx_lt: u64,
+    /// Representation hash of the account's last transaction (zero if none).
+    pub last_tx_hash: [u8; 32],
 }
 
 /// An internal message put on the chain from outside (a "treasury" send: the sender's own
@@ -207,6 +213,8 @@ impl Chain {
             code,
             data,
             last_trans_lt: acc.last_trans_lt,
+            last_tx_lt: shard.last_trans_lt,
+            last_tx_hash: shard.last_trans_hash.0,
         }))
     }
 
@@ -272,19 +280,32 @@ impl Chain {
         init: Option<&StateInit>,
         body: &Cell,
     ) -> Result<Vec<TxRecord>, SimError> {
-        let body = to_tycho(body)?;
-        let init = init.map(tycho_state_init).transpose()?;
-        let msg = Message {
-            info: MsgInfo::ExtIn(ExtInMsgInfo {
-                src: None,
-                dst: IntAddr::Std(to_std(&dst)),
-                import_fee: Tokens::ZERO,
-            }),
-            init,
-            body: body.as_slice().map_err(cell_err("body"))?,
-            layout: None,
+        let cell = external_cell(dst, init, body)?;
+        let start = self.log.len();
+        self.execute(dst, true, cell)?;
+        self.drain()?;
+        Ok(self.log[start..].to_vec())
+    }
+
+    /// Delivers a serialized inbound external message (`ext_in_msg_info`, as a client would
+    /// hand it to `sendBoc`), then every message it causes. Fails with [`SimError::Convert`]
+    /// for bytes that are not a BOC of an external message to a standard address, and with
+    /// [`SimError::Skipped`] when the contract does not accept it.
+    pub fn send_external_boc(&mut self, boc: &[u8]) -> Result<Vec<TxRecord>, SimError> {
+        let bad = |reason: String| SimError::Convert {
+            what: "external message",
+            reason,
         };
-        let cell = CellBuilder::build_from(msg).map_err(cell_err("message"))?;
+        let cell = tycho_types::boc::Boc::decode(boc).map_err(|e| bad(e.to_string()))?;
+        let dst = {
+            let msg: Message<'_> = cell.parse().map_err(|e| bad(e.to_string()))?;
+            match &msg.info {
+                MsgInfo::ExtIn(info) => {
+                    from_int(&info.dst).ok_or_else(|| bad("addr_var".into()))?
+                }
+                _ => return Err(bad("not an inbound external message".into())),
+            }
+        };
         let start = self.log.len();
         self.execute(dst, true, cell)?;
         self.drain()?;
@@ -368,6 +389,8 @@ impl Chain {
             AccountStatus::Frozen => Status::Frozen,
         };
         let mut record = crate::log::record(&tx, dst, status)?;
+        record.hash = out.transaction.inner().repr_hash().0;
+        record.boc = tycho_types::boc::Boc::encode(out.transaction.inner().as_ref());
         record.balance_after = out.new_state_meta.balance.tokens.into_inner();
         record.total_fees = out.transaction_meta.total_fees.into_inner();
         self.accounts.insert(dst, out.new_state);
@@ -389,6 +412,24 @@ impl Chain {
         self.log.push(record);
         Ok(())
     }
+}
+
+/// The cell of an inbound external message to `dst` (`ext_in_msg_info`, no source, zero
+/// import fee; `init` and `body` as the executor expects them). Its BOC is what a client sends.
+pub fn external_cell(dst: Addr, init: Option<&StateInit>, body: &Cell) -> Result<TCell, SimError> {
+    let body = to_tycho(body)?;
+    let init = init.map(tycho_state_init).transpose()?;
+    let msg = Message {
+        info: MsgInfo::ExtIn(ExtInMsgInfo {
+            src: None,
+            dst: IntAddr::Std(to_std(&dst)),
+            import_fee: Tokens::ZERO,
+        }),
+        init,
+        body: body.as_slice().map_err(cell_err("body"))?,
+        layout: None,
+    };
+    CellBuilder::build_from(msg).map_err(cell_err("message"))
 }
 
 /// The `StateInit` as tycho-types sees it (code and data refs, nothing else).

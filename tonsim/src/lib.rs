@@ -19,18 +19,40 @@
 //! accept everything with empty code. The executor's tycho-specific extensions are switched
 //! off ([`config::ton_executor_params`]).
 //!
+//! Chain access: [`TonChain`] is the I/O interface the rest of cocoon uses (send an external,
+//! read an account, run a get-method, list transactions, chain time), implemented by
+//! [`LocalChain`] (this chain on its own thread, each external processed to completion) and
+//! [`HttpChain`] (a toncenter-style TON HTTP API v2 over http or https — rustls, Mozilla roots;
+//! JSON shapes in [`toncenter`]); [`ChainConfig`] selects one. [`http_server::LocalServer`] is
+//! test support: it serves a [`LocalChain`] through the same HTTP endpoints (plain or TLS) so
+//! the real client runs end to end on loopback. The live network (toncenter) was not
+//! exercised. Trust boundary: everything an HTTP API returns is untrusted input; the client
+//! parses it as such (typed errors, bounded sizes) and describes transactions from their own
+//! BOC, but it cannot detect a server that lies consistently — that needs proofs (liteserver
+//! API), which this client does not check.
+//!
 //! Interop: cells cross between the `ton` crate and tycho-types as BOC bytes
 //! ([`convert`]), each conversion checked by representation hash.
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod chain_config;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod getter;
+pub mod http_client;
+pub mod http_server;
+pub mod local;
 pub mod log;
+pub mod toncenter;
+pub mod tonchain;
 
 pub use chain::{AccountInfo, Chain, Internal, Status};
+pub use chain_config::ChainConfig;
 pub use error::SimError;
 pub use getter::GetValue;
+pub use http_client::HttpChain;
+pub use local::LocalChain;
 pub use log::{Compute, InMsg, OutMsg, TxRecord};
+pub use tonchain::{AccountState, AccountStatus, ChainError, ChainTx, StackValue, TonChain, TxId};

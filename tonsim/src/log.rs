@@ -105,6 +105,10 @@ pub struct TxRecord {
     pub total_fees: u128,
     /// Outbound messages in creation order.
     pub out_msgs: Vec<OutMsg>,
+    /// Representation hash of the transaction cell.
+    pub hash: [u8; 32],
+    /// The transaction, serialized as a BOC (what a TON API returns as `data`).
+    pub boc: Vec<u8>,
 }
 
 impl TxRecord {
@@ -237,5 +241,7 @@ pub(crate) fn record(
         balance_after: 0,
         total_fees: 0,
         out_msgs: Vec::new(),
+        hash: [0; 32],
+        boc: Vec::new(),
     })
 }
