@@ -101,6 +101,18 @@ async fn real_worker_registers_streams_and_is_billed() {
     p.wait_workers(0).await;
 }
 
+/// A streamed stub chat request whose one message is `n` words (the stub counts n + 1 prompt
+/// tokens).
+fn words_prompt(n: usize) -> Vec<u8> {
+    serde_json::json!({
+        "model": "stub",
+        "messages": [{"role": "user", "content": vec!["w"; n].join(" ")}],
+        "stream": true,
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// Regression (billing hole): the proxy reserved for `max_prompt_tokens` but no worker read the
 /// budget header, and usage beyond the reservation was charged at the reservation: a 200,000
 /// word prompt used 200,001 prompt tokens and was charged a fiftieth of its cost. The worker
@@ -113,14 +125,7 @@ async fn prompts_over_the_reserved_budget_are_refused_before_generation() {
     p.wait_workers(1).await;
     let mut c = client(p.running.client_addr, 3).await;
 
-    let words = vec!["w"; 200_000].join(" ");
-    let body = serde_json::json!({
-        "model": "stub",
-        "messages": [{"role": "user", "content": words}],
-        "stream": true,
-    })
-    .to_string();
-    let resp = c.send(chat("stub", 16, None, body.as_bytes())).await;
+    let resp = c.send(chat("stub", 16, None, &words_prompt(200_000))).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let err = json_body(resp).await;
     assert_eq!(error_kind(&err), "payload_too_large");
@@ -138,14 +143,7 @@ async fn prompts_over_the_reserved_budget_are_refused_before_generation() {
     assert_eq!(s["requests"]["retries"], 0);
 
     // 99 words + 1 per message: exactly the budget is served and billed at its usage.
-    let words = vec!["w"; 99].join(" ");
-    let body = serde_json::json!({
-        "model": "stub",
-        "messages": [{"role": "user", "content": words}],
-        "stream": true,
-    })
-    .to_string();
-    let resp = c.send(chat("stub", 16, None, body.as_bytes())).await;
+    let resp = c.send(chat("stub", 16, None, &words_prompt(99))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let evs = events(resp.into_body()).await;
     let usage = usage_of(&evs).expect("usage");
