@@ -155,6 +155,88 @@ impl StackValue {
     }
 }
 
+/// A client contract's state as its `get_cocoon_client_data` get-method returns it (the first
+/// seven stack entries: owner, proxy contract, proxy public key, state, balance, stake, tokens
+/// used; later entries are not read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientState {
+    pub owner: Addr,
+    pub proxy: Addr,
+    /// The proxy's Ed25519 key (Kp) the contract checks vouchers against.
+    pub proxy_public_key: [u8; 32],
+    /// 0 open, 1 closing, 2 closed.
+    pub state: u8,
+    /// Nanotons the client has on the contract.
+    pub balance: u128,
+    /// Nanotons of stake.
+    pub stake: u128,
+    /// The highest charged cumulative token count.
+    pub tokens_used: u64,
+}
+
+impl ClientState {
+    /// The get-method this decodes.
+    pub const GET_METHOD: &'static str = "get_cocoon_client_data";
+
+    /// Decodes the stack (bottom first) of [`ClientState::GET_METHOD`].
+    pub fn from_stack(stack: &[StackValue]) -> Result<Self, ChainError> {
+        let bad = |what: &str| ChainError::Malformed {
+            endpoint: Self::GET_METHOD,
+            reason: format!("stack entry {what} missing or of the wrong type"),
+        };
+        let int = |i: usize, what: &str| {
+            stack
+                .get(i)
+                .and_then(StackValue::int)
+                .ok_or_else(|| bad(what))
+        };
+        let addr = |i: usize, what: &str| {
+            stack
+                .get(i)
+                .and_then(StackValue::addr)
+                .ok_or_else(|| bad(what))
+        };
+        let key = match stack.get(2) {
+            Some(StackValue::Int(s)) => decimal_to_u256(s).ok_or_else(|| bad("2 (proxy key)"))?,
+            _ => return Err(bad("2 (proxy key)")),
+        };
+        let state = u8::try_from(int(3, "3 (state)")?).map_err(|_| bad("3 (state)"))?;
+        let balance = u128::try_from(int(4, "4 (balance)")?).map_err(|_| bad("4 (balance)"))?;
+        let stake = u128::try_from(int(5, "5 (stake)")?).map_err(|_| bad("5 (stake)"))?;
+        let tokens_used =
+            u64::try_from(int(6, "6 (tokens used)")?).map_err(|_| bad("6 (tokens used)"))?;
+        Ok(Self {
+            owner: addr(0, "0 (owner)")?,
+            proxy: addr(1, "1 (proxy)")?,
+            proxy_public_key: key,
+            state,
+            balance,
+            stake,
+            tokens_used,
+        })
+    }
+}
+
+/// A non-negative decimal integer below 2^256 as 32 big-endian bytes.
+fn decimal_to_u256(s: &str) -> Option<[u8; 32]> {
+    if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for d in s.bytes() {
+        let mut carry = u32::from(d - b'0');
+        for byte in out.iter_mut().rev() {
+            let v = u32::from(*byte) * 10 + carry;
+            *byte = (v & 0xff) as u8;
+            carry = v >> 8;
+        }
+        if carry != 0 {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// One transaction, as its BOC describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainTx {
@@ -338,6 +420,22 @@ fn format_mag(mut limbs: Vec<u32>, radix: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_keys_and_client_state_errors() {
+        assert_eq!(decimal_to_u256("0"), Some([0; 32]));
+        let mut one = [0; 32];
+        one[31] = 1;
+        assert_eq!(decimal_to_u256("1"), Some(one));
+        let max = "115792089237316195423570985008687907853269984665640564039457584007913129639935";
+        assert_eq!(decimal_to_u256(max), Some([0xff; 32]));
+        let over = "115792089237316195423570985008687907853269984665640564039457584007913129639936";
+        assert_eq!(decimal_to_u256(over), None);
+        assert_eq!(decimal_to_u256("-1"), None);
+        assert_eq!(decimal_to_u256(""), None);
+        let err = ClientState::from_stack(&[StackValue::Null]).unwrap_err();
+        assert!(err.to_string().contains("get_cocoon_client_data"), "{err}");
+    }
 
     #[test]
     fn ints_round_trip() {

@@ -18,7 +18,7 @@ use ton::messages::unsigned::Request;
 use ton::messages::wallet::{InternalMessage, WalletExternal};
 use tonsim::chain_config::ApiKey;
 use tonsim::http_server::LocalServer;
-use tonsim::tonchain::external_boc;
+use tonsim::tonchain::{external_boc, ClientState};
 use tonsim::{
     AccountState, AccountStatus, ChainError, ChainTx, HttpChain, LocalChain, StackValue, TonChain,
 };
@@ -137,14 +137,20 @@ async fn scenario(c: &dyn TonChain) -> Outcome {
     .unwrap();
     c.send_message(&first).await.unwrap();
     let after = c
-        .run_get_method(&client_addr(), "get_cocoon_client_data")
+        .run_get_method(&client_addr(), ClientState::GET_METHOD)
         .await
         .unwrap();
-    assert_eq!(after[0].addr(), Some(treasury("clientOwner")));
-    assert_eq!(after[1].addr(), Some(proxy_addr()));
-    assert_eq!(after[4].int(), Some(4_900_000_000), "balance");
-    assert_eq!(after[5].int(), Some(TON as i128), "stake");
-    assert_eq!(after[6].int(), Some(100_000), "tokens_used");
+    let state = ClientState::from_stack(&after).unwrap();
+    assert_eq!(state.owner, treasury("clientOwner"));
+    assert_eq!(state.proxy, proxy_addr());
+    assert_eq!(state.state, 0);
+    assert_eq!(state.balance, 4_900_000_000, "balance");
+    assert_eq!(state.stake, u128::from(TON), "stake");
+    assert_eq!(state.tokens_used, 100_000, "tokens_used");
+    assert_eq!(
+        state.proxy_public_key,
+        SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes()
+    );
 
     // the same voucher again (next wallet seqno) → the client contract refuses with 1000
     let second = external_boc(wallet_addr(), None, &wallet_charge(1, 100_000)).unwrap();
