@@ -145,7 +145,7 @@ async fn scenario(c: &dyn TonChain) -> Outcome {
     assert_eq!(state.proxy, proxy_addr());
     assert_eq!(state.state, 0);
     assert_eq!(state.balance, 4_900_000_000, "balance");
-    assert_eq!(state.stake, u128::from(TON), "stake");
+    assert_eq!(state.stake, TON, "stake");
     assert_eq!(state.tokens_used, 100_000, "tokens_used");
     assert_eq!(
         state.proxy_public_key,
