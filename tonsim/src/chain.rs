@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use tycho_executor::{Executor, ParsedConfig, TxError};
+use tycho_executor::{Executor, ExecutorInspector, ParsedConfig, TxError};
 use tycho_types::cell::{Cell as TCell, CellBuilder, CellFamily, HashBytes, Lazy};
 use tycho_types::dict::Dict;
 use tycho_types::models::{
@@ -368,14 +368,16 @@ impl Chain {
             dst: dst.to_string(),
             reason,
         };
+        let mut inspector = ExecutorInspector::default();
         let out = match Executor::new(&params, &self.config)
             .with_min_lt(self.lt)
-            .begin_ordinary(&to_std(&dst), external, msg, &state)
+            .begin_ordinary_ext(&to_std(&dst), external, msg, &state, Some(&mut inspector))
         {
             Ok(tx) => tx.commit().map_err(|e| fail(format!("{e:#}")))?,
             Err(TxError::Skipped) => {
                 return Err(SimError::Skipped {
                     dst: dst.to_string(),
+                    exit_code: inspector.exit_code,
                 });
             }
             Err(TxError::Fatal(e)) => return Err(fail(format!("{e:#}"))),

@@ -31,10 +31,14 @@ pub enum SimError {
         reason: String,
     },
     /// The executor refused the message (TON would not include it in a block).
-    #[error("message to {dst} skipped by the executor (not accepted)")]
+    #[error("message to {dst} skipped by the executor (not accepted, exit code {exit_code:?})")]
     Skipped {
         /// Destination account.
         dst: String,
+        /// The compute phase's exit code when the contract ran and did not accept (an
+        /// external that throws before `ACCEPT`, e.g. the wallet's 1035); `None` when it did
+        /// not run.
+        exit_code: Option<i32>,
     },
     /// The executor failed internally.
     #[error("executor failed for {dst}: {reason}")]

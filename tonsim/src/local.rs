@@ -197,7 +197,7 @@ impl TonChain for LocalChain {
             .await?
         {
             Ok(()) => Ok(()),
-            Err(SimError::Skipped { dst }) => Err(ChainError::Rejected {
+            Err(SimError::Skipped { dst, .. }) => Err(ChainError::Rejected {
                 reason: format!("external message to {dst} was not accepted"),
             }),
             Err(SimError::Convert { reason, .. }) => Err(ChainError::Invalid {

@@ -199,3 +199,44 @@ pub fn name_addr(n: &str) -> Addr {
         other => treasury(other),
     }
 }
+
+/// flow.js's top-up: 5 TON to the client contract (5.2 TON sent by the client owner).
+pub fn top_up(c: &mut Chain) -> Vec<TxRecord> {
+    let body = ton::messages::unsigned::Request::TopUp {
+        qid: 7,
+        amount: Coins::from_nano(5 * TON),
+        excess: treasury("clientOwner"),
+    }
+    .to_cell()
+    .unwrap();
+    send(c, "clientOwner", client_addr(), 5_200_000_000, body)
+}
+
+/// flow.js's state before its first voucher: proxy (2 TON), client (0.8 TON) topped up with
+/// 5 TON, worker (0.3 TON) deployed.
+pub fn funded_with_worker() -> Chain {
+    let mut c = chain();
+    deploy_proxy_and_client(&mut c);
+    let txs = top_up(&mut c);
+    assert!(txs.iter().all(|t| t.success()), "{}", show(&txs));
+    deploy(&mut c, "workerOwner", worker_init(), 300_000_000);
+    c
+}
+
+/// A signed envelope built field by field (`op qid send_excesses_to sig ^payload`), for
+/// messages `ton` refuses to build (op mismatch, tampered payload).
+pub fn raw_envelope(op: u32, qid: u64, excess: &Addr, sig: &[u8; 64], payload: Cell) -> Cell {
+    let mut b = ton::cell::CellBuilder::new();
+    b.store_uint(op.into(), 32).unwrap();
+    b.store_uint(qid.into(), 64).unwrap();
+    b.store_addr(excess).unwrap();
+    b.store_bytes(sig).unwrap();
+    b.store_ref(payload).unwrap();
+    b.build().unwrap()
+}
+
+/// Ed25519 signature of the proxy key over `payload`'s representation hash.
+pub fn proxy_sig(payload: &Cell) -> [u8; 64] {
+    use ed25519_dalek::Signer;
+    proxy_key().sign(&payload.hash()).to_bytes()
+}
