@@ -171,11 +171,13 @@ impl ParamsV3 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn sample() -> ParamsV3 {
+impl ParamsV3 {
+    /// The params of Cocoon's reference run (`params(null, null, null)` in
+    /// `../shared/testdata/ton/reference/flow.js`; no code refs): price 1000 nano per token,
+    /// worker fee 400, cached tokens at 0.1, close delays 1 h (proxy) and 1 day (client), 1 TON
+    /// minimum stakes. The golden vectors, the local chain's scenarios and the CLI's defaults
+    /// are built on them.
+    pub fn reference() -> Self {
         ParamsV3 {
             params_version: 1,
             unique_id: 12345,
@@ -196,6 +198,15 @@ mod tests {
             worker_code: None,
             client_code: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ParamsV3 {
+        ParamsV3::reference()
     }
 
     #[test]

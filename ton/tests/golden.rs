@@ -9,7 +9,7 @@ use ton::address::{Addr, Coins, FriendlyFlags};
 use ton::boc;
 use ton::contracts::{ClientData, ContractKind, ProxyData, WorkerData};
 use ton::messages::signed::{build_signed, SignedMessage, SignedOp, SignedPayload};
-use ton::params::{Multipliers, ParamsV3};
+use ton::params::ParamsV3;
 
 fn vectors() -> Value {
     serde_json::from_str(include_str!("fixtures/vectors.json")).unwrap()
@@ -26,26 +26,7 @@ fn treasury(name: &str) -> Addr {
 
 /// The params of flow.js (`params(p, w, c)`), without code.
 fn flow_params() -> ParamsV3 {
-    ParamsV3 {
-        params_version: 1,
-        unique_id: 12345,
-        is_test: true,
-        price_per_token: Coins::from_nano(1000),
-        worker_fee_per_token: Coins::from_nano(400),
-        multipliers: Multipliers {
-            prompt: 10000,
-            cached: 1000,
-            completion: 10000,
-            reasoning: 10000,
-        },
-        proxy_delay_before_close: 3600,
-        client_delay_before_close: 86400,
-        min_proxy_stake: Coins::from_nano(Coins::TON),
-        min_client_stake: Coins::from_nano(Coins::TON),
-        proxy_code: None,
-        worker_code: None,
-        client_code: None,
-    }
+    ParamsV3::reference()
 }
 
 fn key() -> SigningKey {

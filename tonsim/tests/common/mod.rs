@@ -8,7 +8,7 @@ use serde_json::Value;
 use ton::address::{Addr, Coins};
 use ton::cell::Cell;
 use ton::contracts::{ClientData, ContractKind, ProxyData, StateInit, WorkerData};
-use ton::params::{Multipliers, ParamsV3};
+use ton::params::ParamsV3;
 use tonsim::{Chain, Internal, TxRecord};
 
 /// The chain's fixed unix time (no clock in tests).
@@ -30,26 +30,7 @@ pub fn vector_addr(name: &str) -> Addr {
 
 /// `params(null, null, null)` of flow.js.
 pub fn flow_params() -> ParamsV3 {
-    ParamsV3 {
-        params_version: 1,
-        unique_id: 12345,
-        is_test: true,
-        price_per_token: Coins::from_nano(1000),
-        worker_fee_per_token: Coins::from_nano(400),
-        multipliers: Multipliers {
-            prompt: 10000,
-            cached: 1000,
-            completion: 10000,
-            reasoning: 10000,
-        },
-        proxy_delay_before_close: 3600,
-        client_delay_before_close: 86400,
-        min_proxy_stake: Coins::from_nano(TON),
-        min_client_stake: Coins::from_nano(TON),
-        proxy_code: None,
-        worker_code: None,
-        client_code: None,
-    }
+    ParamsV3::reference()
 }
 
 pub fn proxy_key() -> SigningKey {
