@@ -26,11 +26,13 @@
 //! client_max_header_bytes = 16384    # HTTP/2 header list / HTTP/1.1 read buffer (>= 8192)
 //! client_body_budget_bytes = 67108864 # request bodies buffered at once, all requests (503)
 //!
-//! [prices]                           # optional; nano-TON per token, each field optional
-//! prompt_nano_per_token = 10
-//! cached_nano_per_token = 1
-//! completion_nano_per_token = 40
-//! reasoning_nano_per_token = 40
+//! [prices]                           # optional, each field optional (Cocoon's params v3)
+//! price_per_token = 10               # nano-TON per adjusted token, paid by clients
+//! worker_fee_per_token = 8           # nano-TON per adjusted token, earned by the worker
+//! prompt_multiplier = 10000          # per class, 10000 = 1.0 (protocol::usage::Prices)
+//! cached_multiplier = 1000
+//! completion_multiplier = 40000
+//! reasoning_multiplier = 40000
 //!
 //! [accounts]                         # optional
 //! default_balance_nano = 1000000000000   # development: unknown accounts start with this
@@ -139,29 +141,37 @@ fn field(field: &'static str, detail: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PricesFile {
-    pub prompt_nano_per_token: Option<u64>,
-    pub cached_nano_per_token: Option<u64>,
-    pub completion_nano_per_token: Option<u64>,
-    pub reasoning_nano_per_token: Option<u64>,
+    pub price_per_token: Option<u64>,
+    pub worker_fee_per_token: Option<u64>,
+    pub prompt_multiplier: Option<u32>,
+    pub cached_multiplier: Option<u32>,
+    pub completion_multiplier: Option<u32>,
+    pub reasoning_multiplier: Option<u32>,
 }
 
 impl PricesFile {
-    fn resolve(&self) -> Prices {
+    fn resolve(&self) -> Result<Prices, ConfigError> {
         let d = Prices::default();
-        Prices {
-            prompt_nano_per_token: self
-                .prompt_nano_per_token
-                .unwrap_or(d.prompt_nano_per_token),
-            cached_nano_per_token: self
-                .cached_nano_per_token
-                .unwrap_or(d.cached_nano_per_token),
-            completion_nano_per_token: self
-                .completion_nano_per_token
-                .unwrap_or(d.completion_nano_per_token),
-            reasoning_nano_per_token: self
-                .reasoning_nano_per_token
-                .unwrap_or(d.reasoning_nano_per_token),
+        let p = Prices {
+            price_per_token: self.price_per_token.unwrap_or(d.price_per_token),
+            worker_fee_per_token: self.worker_fee_per_token.unwrap_or(d.worker_fee_per_token),
+            prompt_multiplier: self.prompt_multiplier.unwrap_or(d.prompt_multiplier),
+            cached_multiplier: self.cached_multiplier.unwrap_or(d.cached_multiplier),
+            completion_multiplier: self
+                .completion_multiplier
+                .unwrap_or(d.completion_multiplier),
+            reasoning_multiplier: self.reasoning_multiplier.unwrap_or(d.reasoning_multiplier),
+        };
+        if p.worker_fee_per_token > p.price_per_token {
+            return Err(field(
+                "prices.worker_fee_per_token",
+                format!(
+                    "{} is more than price_per_token {}",
+                    p.worker_fee_per_token, p.price_per_token
+                ),
+            ));
         }
+        Ok(p)
     }
 }
 
@@ -481,7 +491,7 @@ impl ConfigFile {
             client_listen: self.client_listen,
             admin_listen: self.admin_listen,
             max_prompt_tokens: self.max_prompt_tokens,
-            prices: self.prices.resolve(),
+            prices: self.prices.resolve()?,
             accounts: AccountsConfig {
                 default_balance_nano: self.accounts.default_balance_nano,
                 balances: self.accounts.balances,
@@ -581,7 +591,7 @@ client_listen = "127.0.0.1:9102"
 admin_listen = "127.0.0.1:9103"
 max_prompt_tokens = 4096
 [prices]
-completion_nano_per_token = 50
+completion_multiplier = 50000
 [accounts]
 default_balance_nano = 1000
 balances = {{ "{acct}" = 7 }}
@@ -606,8 +616,8 @@ models = {{ "m" = "{model}" }}
             .into_loaded(Path::new("."))
             .unwrap();
         assert_eq!(c.proxy.name, "proxy-1");
-        assert_eq!(c.proxy.prices.completion_nano_per_token, 50);
-        assert_eq!(c.proxy.prices.prompt_nano_per_token, 10);
+        assert_eq!(c.proxy.prices.completion_multiplier, 50_000);
+        assert_eq!(c.proxy.prices.price_per_token, 10);
         assert_eq!(c.proxy.accounts.default_balance_nano, Some(1000));
         assert_eq!(
             c.proxy.worker_keepalive_interval,
@@ -656,6 +666,11 @@ models = {{ "m" = "{model}" }}
         assert!(bad(&format!("\"{}\" = 7", "ab".repeat(32)), "\"xyz\" = 7")
             .contains("accounts.balances"));
         assert!(bad(&format!("images = [\"{}\"]", "cd".repeat(32)), "").contains("no image"));
+        assert!(bad(
+            "completion_multiplier = 50000",
+            "completion_multiplier = 50000\nworker_fee_per_token = 11"
+        )
+        .contains("prices.worker_fee_per_token: 11 is more than price_per_token 10"));
         let limit = |line: &str| {
             bad(
                 "max_prompt_tokens = 4096",
