@@ -251,7 +251,8 @@ impl PolicyConfig {
             .collect::<Result<BTreeSet<_>, _>>()?;
         let mut models: BTreeMap<String, BTreeSet<[u8; 32]>> = BTreeMap::new();
         for (name, digest) in &self.models {
-            protocol_model_name(name)?;
+            protocol::meta::check_model(name)
+                .map_err(|e| field("models", format!("{name:?}: {}", e.message)))?;
             let d = parse_hex_array::<32>(digest, "model digest")
                 .map_err(|e| field("models", format!("{name}: {e}")))?;
             models.entry(name.clone()).or_default().insert(d);
@@ -347,17 +348,6 @@ impl PolicyConfig {
         };
         manifest_record::accept(&record, &entry, pin.allow_rollback)?;
         Ok(role.clone())
-    }
-}
-
-/// A model name as clients send it (the rule of `protocol::meta::check_model`: 1–128
-/// printable ASCII characters without spaces).
-fn protocol_model_name(name: &str) -> Result<(), ConfigError> {
-    let ok = (1..=128).contains(&name.len()) && name.bytes().all(|b| (0x21..0x7f).contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(field("models", format!("{name:?} is not a model name")))
     }
 }
 
