@@ -14,6 +14,8 @@ use serde::Serialize;
 
 use crate::config::AccountsConfig;
 
+pub mod durable;
+
 /// Ledger failures.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
@@ -29,6 +31,8 @@ pub enum LedgerError {
     },
     #[error("reservation {0} is unknown (already committed or released)")]
     UnknownReservation(u64),
+    #[error("ledger storage failed: {0}")]
+    Storage(String),
 }
 
 /// A reservation of funds for one request.
