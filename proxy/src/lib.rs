@@ -47,6 +47,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod identity;
+pub mod keystore;
 pub mod ledger;
 pub mod limits;
 pub mod registry;
