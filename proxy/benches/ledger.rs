@@ -51,7 +51,7 @@ fn memory(concurrency: usize) -> f64 {
         for i in 0..concurrency {
             let account = format!("client-{}", i % 64);
             let r = ledger.reserve(&account, 1000).unwrap();
-            ledger.commit(&r, 500, &usage()).unwrap();
+            ledger.commit(&r, 500, &usage(), None).unwrap();
             n += 1;
         }
     }

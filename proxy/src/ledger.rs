@@ -84,19 +84,31 @@ impl UsageRecord {
     }
 }
 
+/// A committed charge.
+#[derive(Debug)]
+pub struct Committed {
+    /// What was charged (nano-TON).
+    pub charged: u64,
+    /// `None`: in memory only, nothing to wait for.
+    pub durable: Option<durable::Ticket>,
+}
+
 /// Balances, reservations and usage records.
 pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// Reserves `amount` of `account`'s available funds.
     fn reserve(&self, account: &str, amount: u64) -> Result<Reservation, LedgerError>;
 
     /// Charges `cost` (at most the reserved amount; the charge is returned), records `usage`
-    /// for the account and frees the rest of the reservation.
+    /// for the account (and for `worker`, which served it) and frees the rest of the
+    /// reservation. A durable ledger also returns the [`durable::Ticket`] that reports the
+    /// charge on disk: the relay holds the usage event and `[DONE]` until then.
     fn commit(
         &self,
         reservation: &Reservation,
         cost: u64,
         usage: &Usage,
-    ) -> Result<u64, LedgerError>;
+        worker: Option<&str>,
+    ) -> Result<Committed, LedgerError>;
 
     /// Frees a reservation without charging.
     fn release(&self, reservation: &Reservation) -> Result<(), LedgerError>;
@@ -195,7 +207,8 @@ impl Ledger for MemoryLedger {
         reservation: &Reservation,
         cost: u64,
         usage: &Usage,
-    ) -> Result<u64, LedgerError> {
+        _worker: Option<&str>,
+    ) -> Result<Committed, LedgerError> {
         let mut inner = self.lock();
         let (account, amount) = inner
             .reservations
@@ -207,7 +220,10 @@ impl Ledger for MemoryLedger {
             b.balance_nano = b.balance_nano.saturating_sub(charge);
         }
         inner.records.entry(account).or_default().add(usage, charge);
-        Ok(charge)
+        Ok(Committed {
+            charged: charge,
+            durable: None,
+        })
     }
 
     fn release(&self, reservation: &Reservation) -> Result<(), LedgerError> {
@@ -263,7 +279,7 @@ mod tests {
             })
         );
         // Charges are capped at the reservation.
-        assert_eq!(l.commit(&r1, 70, &usage(3, 4)).unwrap(), 60);
+        assert_eq!(l.commit(&r1, 70, &usage(3, 4), None).unwrap().charged, 60);
         assert_eq!(
             l.balance("a"),
             Some(Balance {
@@ -271,7 +287,7 @@ mod tests {
                 reserved_nano: 0
             })
         );
-        assert!(l.commit(&r1, 1, &usage(0, 0)).is_err());
+        assert!(l.commit(&r1, 1, &usage(0, 0), None).is_err());
         let r2 = l.reserve("a", 40).unwrap();
         l.release(&r2).unwrap();
         assert!(l.release(&r2).is_err());
@@ -288,7 +304,7 @@ mod tests {
         });
         let r = l.reserve("new", 10).unwrap();
         assert!(l.reserve("new", 1).is_err());
-        l.commit(&r, 4, &usage(1, 1)).unwrap();
+        l.commit(&r, 4, &usage(1, 1), None).unwrap();
         assert_eq!(l.balance("new").map(|b| b.balance_nano), Some(6));
     }
 }

@@ -11,6 +11,7 @@
 //! error event the proxy appends always starts on an event boundary.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE};
 use protocol::{ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 
 use crate::config::ProxyConfig;
-use crate::ledger::{LedgerError, Reservation};
+use crate::ledger::{Committed, LedgerError, Reservation};
 use crate::limits::Rejection;
 use crate::registry::{rank, Slot, Worker};
 use crate::server::State;
@@ -156,13 +157,13 @@ impl Held {
         self.reservation.is_none()
     }
 
-    /// Charges `cost` (capped at the reservation); returns the charge.
-    fn commit(&mut self, cost: u64, usage: &Usage) -> Result<u64, LedgerError> {
+    /// Charges `cost` (capped at the reservation) to the account and `worker`.
+    fn commit(&mut self, cost: u64, usage: &Usage, worker: &str) -> Result<Committed, LedgerError> {
         let r = self
             .reservation
             .take()
             .ok_or(LedgerError::UnknownReservation(0))?;
-        self.state.ledger.commit(&r, cost, usage)
+        self.state.ledger.commit(&r, cost, usage, Some(worker))
     }
 }
 
@@ -458,6 +459,8 @@ fn stream_response(
         upstream: Some(resp.into_body()),
         decoder: Decoder::default(),
         out: BytesMut::new(),
+        held: BytesMut::new(),
+        gate: None,
         done: false,
         billing: Some(Billing {
             state: state.clone(),
@@ -497,9 +500,11 @@ impl Billing {
         }
     }
 
-    fn on_usage(&mut self, data: &str) {
+    /// Bills the usage report; returns the durability ticket to wait on before the client may
+    /// see it (durable ledger).
+    fn on_usage(&mut self, data: &str) -> Option<crate::ledger::durable::Ticket> {
         if self.pick.held.is_committed() {
-            return;
+            return None;
         }
         let worker = self.pick.worker().clone();
         let usage: Usage = match serde_json::from_str(data) {
@@ -511,7 +516,7 @@ impl Billing {
                     Some(worker.info.id),
                     &e,
                 );
-                return;
+                return None;
             }
         };
         let state = &self.state;
@@ -529,14 +534,18 @@ impl Billing {
                 &detail,
             );
         }
-        match self.pick.held.commit(cost, &usage) {
-            Ok(charged) => {
+        match self.pick.held.commit(cost, &usage, &worker.info.name) {
+            Ok(c) => {
                 let w = &worker.info;
                 state
                     .stats
-                    .record_usage((w.id, &w.name, &w.image_hash), &usage, charged);
+                    .record_usage((w.id, &w.name, &w.image_hash), &usage, c.charged);
+                c.durable
             }
-            Err(e) => tracing::error!(error = %e, "ledger commit failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger commit failed");
+                None
+            }
         }
     }
 
@@ -545,6 +554,9 @@ impl Billing {
     }
 }
 
+/// A charge being written by the durable ledger.
+type DurableWrite = Pin<Box<dyn Future<Output = Result<(), LedgerError>> + Send>>;
+
 /// The relayed event stream (see the module docs). Dropping it (client gone) drops the
 /// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
 pub struct RelayBody {
@@ -552,6 +564,10 @@ pub struct RelayBody {
     decoder: Decoder,
     /// Complete events not yet handed to the client connection.
     out: BytesMut,
+    /// Events from the usage report on, held until the charge is on disk (`gate`).
+    held: BytesMut,
+    /// The durable ledger's write of this request's charge.
+    gate: Option<DurableWrite>,
     done: bool,
     billing: Option<Billing>,
     active: Option<ActiveGuard>,
@@ -583,9 +599,52 @@ impl RelayBody {
         if let Some(b) = &self.billing {
             b.state.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.out
-            .extend_from_slice(&Event::error(&api(ErrorKind::Upstream, message)).encode());
+        let error = Event::error(&api(ErrorKind::Upstream, message)).encode();
+        self.sink().extend_from_slice(&error);
         self.finish(false);
+    }
+
+    /// Where the next event goes: held back while a charge is being written.
+    fn sink(&mut self) -> &mut BytesMut {
+        if self.gate.is_some() {
+            &mut self.held
+        } else {
+            &mut self.out
+        }
+    }
+
+    /// Polls the charge's write: releases the held events once it is on disk, replaces them
+    /// with an error if it failed. `Pending` while the write is in progress.
+    fn poll_gate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(gate) = self.gate.as_mut() else {
+            return Poll::Ready(());
+        };
+        match gate.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                self.gate = None;
+                match result {
+                    Ok(()) => {
+                        let held = self.held.split();
+                        self.out.extend_from_slice(&held);
+                    }
+                    Err(e) => {
+                        // The client must not get a result the ledger could forget.
+                        self.held.clear();
+                        tracing::error!(error = %e, "ledger write failed; response withheld");
+                        self.upstream = None;
+                        self.done = true;
+                        let error = Event::error(&api(
+                            ErrorKind::Upstream,
+                            "the proxy could not record this request's charge",
+                        ))
+                        .encode();
+                        self.out.extend_from_slice(&error);
+                    }
+                }
+                Poll::Ready(())
+            }
+        }
     }
 
     fn finish(&mut self, ok: bool) {
@@ -610,7 +669,11 @@ impl RelayBody {
             match ev.name.as_deref() {
                 Some(EVENT_USAGE) => {
                     if let Some(b) = self.billing.as_mut() {
-                        b.on_usage(&ev.data);
+                        if let Some(ticket) = b.on_usage(&ev.data) {
+                            if !ticket.is_durable() {
+                                self.gate = Some(Box::pin(ticket.wait()));
+                            }
+                        }
                     }
                 }
                 Some(EVENT_ERROR) => {
@@ -620,7 +683,8 @@ impl RelayBody {
                 }
                 _ => {}
             }
-            self.out.extend_from_slice(&ev.encode());
+            let encoded = ev.encode();
+            self.sink().extend_from_slice(&encoded);
         }
     }
 
@@ -654,6 +718,13 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         loop {
+            if this.poll_gate(cx).is_pending() {
+                // Nothing more is read from the worker until the charge is on disk.
+                if this.out.is_empty() {
+                    return Poll::Pending;
+                }
+                break;
+            }
             if this.done || this.out.len() >= COALESCE_LIMIT {
                 break;
             }
@@ -686,6 +757,6 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.out.is_empty()
+        self.done && self.out.is_empty() && self.gate.is_none()
     }
 }

@@ -35,7 +35,7 @@ use ring::hmac;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{Balance, Ledger, LedgerError, Reservation, UsageRecord};
+use super::{Balance, Committed, Ledger, LedgerError, Reservation, UsageRecord};
 
 const T_CLIENTS: &str = "clients";
 const T_WORKERS: &str = "workers";
@@ -719,8 +719,13 @@ impl Ledger for DurableLedger {
         reservation: &Reservation,
         cost: u64,
         usage: &Usage,
-    ) -> Result<u64, LedgerError> {
-        self.charge(reservation, cost, usage, None).map(|(c, _)| c)
+        worker: Option<&str>,
+    ) -> Result<Committed, LedgerError> {
+        let (charged, ticket) = self.charge(reservation, cost, usage, worker)?;
+        Ok(Committed {
+            charged,
+            durable: Some(ticket),
+        })
     }
 
     fn release(&self, reservation: &Reservation) -> Result<(), LedgerError> {
