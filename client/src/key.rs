@@ -78,25 +78,42 @@ pub fn read_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     parse(&text, path)
 }
 
-/// Creates a new random key at `path` (mode 0600, never overwriting).
-fn create(path: &Path) -> Result<AccountKey, KeyFileError> {
+/// Creates a new random seed at `path` in this file format (mode 0600, never overwriting: an
+/// existing file is an error of kind `AlreadyExists`). Used for the TON wallet key of
+/// `cocoon-client account init`.
+pub fn create_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::getrandom(&mut seed[..]).map_err(|e| KeyFileError::Generate {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    write_new(path, &seed)?;
+    Ok(seed)
+}
+
+fn write_new(path: &Path, seed: &[u8; 32]) -> Result<(), KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let key = AccountKey::generate().map_err(|e| KeyFileError::Generate {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(io)?;
-    file.write_all(&encode(key.seed())[..])
+    file.write_all(&encode(seed)[..])
         .and_then(|()| file.sync_all())
-        .map_err(io)?;
+        .map_err(io)
+}
+
+/// Creates a new random key at `path` (mode 0600, never overwriting).
+fn create(path: &Path) -> Result<AccountKey, KeyFileError> {
+    let key = AccountKey::generate().map_err(|e| KeyFileError::Generate {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    write_new(path, key.seed())?;
     Ok(key)
 }
 

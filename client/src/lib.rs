@@ -36,9 +36,14 @@
 //!   response ([`openai::Aggregator`]).
 //! * [`serve`]: the local HTTP/1.1 server speaking the OpenAI API for apps; [`serve::guard`]
 //!   decides who may call it.
+//! * [`account`]: the client's TON account (`cocoon-client account …`): a Cocoon wallet and the
+//!   client contract it owns, driven through `tonsim::TonChain` (toncenter v2); settings in
+//!   `account.toml` ([`account::settings`]). Depends on `cocoon-tonsim` without its `local`
+//!   feature, so no TVM library is linked.
 
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod client;
 pub mod config;
 mod conn;

@@ -1,8 +1,12 @@
 //! `cocoon-client`: a local OpenAI-compatible endpoint that verifies the proxy's attestation
 //! before any prompt leaves this machine.
 //!
-//! Exit codes: 0 clean shutdown (SIGINT/SIGTERM), 1 runtime failure (e.g. the listen address is
-//! taken), 2 usage or configuration error.
+//! Exit codes: 0 clean shutdown (SIGINT/SIGTERM) or success, 1 runtime failure (e.g. the listen
+//! address is taken; for `account …`: the chain is unreachable, a transaction failed, funds are
+//! insufficient, a wait timed out), 2 usage or configuration error (bad flags or
+//! `account.toml`, missing setting, the key file exists on `account init`).
+
+mod account_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,8 +18,8 @@ use client::serve::{self, ServeOptions};
 use client::Client;
 
 /// Exit codes of `cocoon-client`.
-#[derive(Clone, Copy, Debug)]
-enum Exit {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
     Clean = 0,
     Runtime = 1,
     Config = 2,
@@ -45,12 +49,19 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print the account id (hex Ed25519 public key) of the configured account key, creating
-    /// the key file if it is missing.
+    /// The client's account. With `--config client.toml` and no subcommand: print the account
+    /// id (hex Ed25519 public key) of the configured account key, creating the key file if it
+    /// is missing. With a subcommand: the TON wallet and client contract that pay for requests
+    /// (settings from flags or `--account-config account.toml`).
+    #[command(args_conflicts_with_subcommands = true)]
     Account {
-        /// client.toml
+        /// client.toml (prints the account id)
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: Box<account_cli::Flags>,
+        #[command(subcommand)]
+        cmd: Option<account_cli::Cmd>,
     },
 }
 
@@ -74,8 +85,25 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config_path = match &cli.cmd {
-        Cmd::Serve { config } | Cmd::Account { config } => config.clone(),
+    let config_path = match cli.cmd {
+        Cmd::Serve { ref config } => config.clone(),
+        Cmd::Account {
+            config: Some(ref config),
+            cmd: None,
+            ..
+        } => config.clone(),
+        Cmd::Account {
+            config: None,
+            flags,
+            cmd: Some(cmd),
+        } => return account_cli::run(*flags, cmd).into(),
+        Cmd::Account { .. } => {
+            eprintln!(
+                "cocoon-client account: give --config client.toml (print the account id) or a \
+                 subcommand (see --help)"
+            );
+            return Exit::Config.into();
+        }
     };
     let config = match load(&config_path) {
         Ok(c) => c,

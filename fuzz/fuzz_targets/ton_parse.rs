@@ -1,4 +1,4 @@
-//! TON payment-contract messages and data cells read from the chain (BOC bytes, untrusted): never panic; re-encoding is stable.
+//! TON payment-contract messages, data cells, whole messages and transactions read from the chain (BOC bytes, untrusted): never panic; re-encoding is stable.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -19,6 +19,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = ton::contracts::ClientData::from_cell(&c);
     let _ = ton::params::ParamsV3::from_cell(&c);
     let _ = ton::explain::explain(&c);
+    let _ = ton::transaction::Message::parse(&c);
+    let _ = ton::transaction::Transaction::parse(&c);
     let again = ton::boc::decode(&ton::boc::encode(&c)).expect("re-encoded boc decodes");
     assert_eq!(again.hash(), c.hash());
 });

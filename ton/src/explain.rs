@@ -191,3 +191,66 @@ pub fn explain(c: &Cell) -> Option<Value> {
     }
     None
 }
+
+/// What a compute-phase exit code means for Cocoon's contracts (codes of
+/// 1IxI1/cocoon-contracts `errors`, the wallet's 1030–1041) and the TVM's standard codes;
+/// `None` for a code neither defines.
+pub fn exit_code_meaning(code: i32) -> Option<&'static str> {
+    Some(match code {
+        0 | 1 => "success",
+        2 => "stack underflow",
+        3 => "stack overflow",
+        4 => "integer overflow",
+        5 => "integer out of range",
+        6 => "invalid opcode",
+        7 => "type check error",
+        8 => "cell overflow",
+        9 => "cell underflow (malformed message or data)",
+        10 => "dictionary error",
+        11 => "unknown get-method or unexpected TVM state",
+        13 => "out of gas",
+        -14 => "out of gas",
+        1000 => "old message: the counter is not above the stored one",
+        1001 => "contract balance too low for the request (e.g. nothing above the stake)",
+        1002 => "balance too low",
+        1003 => "message value too low for the request",
+        1004 => "message format mismatch",
+        1005 => "signed message format mismatch",
+        1006 => "contract is closed",
+        1007 => "bad signature",
+        1008 => "stored data damaged",
+        1009 => "sender is not the owner",
+        1010 => "message must come from the owner",
+        1011 => "not unlocked yet: the close delay has not passed",
+        1012 => "unknown op",
+        1013 => "unknown text command",
+        1014 => "contract address mismatch",
+        1015 => "signed payload names another contract",
+        1030 => "wallet: message expired (valid_until)",
+        1031 => "wallet: blocked by its owner",
+        1032 => "wallet: wrong seqno",
+        1033 => "wallet: wrong subwallet",
+        1034 => "wallet: bad signature",
+        1035 => "wallet: balance below 2 TON, the wallet refuses to send",
+        1040 => "wallet: internal command not from its owner",
+        1041 => "wallet: unknown text command",
+        2000 => "unknown proxy type",
+        _ => return None,
+    })
+}
+
+/// What an action-phase result code means (TVM's standard codes for sending messages).
+pub fn action_code_meaning(code: i32) -> Option<&'static str> {
+    Some(match code {
+        0 => "success",
+        32 => "invalid action list",
+        33 => "too many actions",
+        34 => "invalid or unsupported action",
+        35 => "invalid source address",
+        36 => "invalid destination address",
+        37 => "not enough TON to send the message",
+        38 => "not enough extra currency",
+        40 => "not enough funds to pay for forwarding the message",
+        _ => return None,
+    })
+}

@@ -4,8 +4,8 @@
 //! and receive from Cocoon's five TON contracts (root, proxy, worker, client, wallet): cells and
 //! BOCs ([`cell`], [`boc`]), addresses and amounts ([`address`]), network params v3 ([`params`]),
 //! contract data, `StateInit` and address derivation with hash-pinned code ([`contracts`]), signed
-//! vouchers, unsigned requests, notifications and wallet externals ([`messages`]), and token
-//! pricing ([`pricing`]).
+//! vouchers, unsigned requests, notifications and wallet externals ([`messages`]), token
+//! pricing ([`pricing`]), and whole chain messages and transactions ([`transaction`]).
 //!
 //! Pure: no I/O, no clock (the wallet's validity check takes `now`), no global state. Every parser
 //! takes a [`cell::Cell`] or bytes and returns a typed error naming the field; none panics on
@@ -32,3 +32,4 @@ pub mod explain;
 pub mod messages;
 pub mod params;
 pub mod pricing;
+pub mod transaction;

@@ -64,6 +64,8 @@ fn parse_cell(c: &Cell) {
         let _ = p.check_code();
     }
     let _ = ton::explain::explain(c);
+    let _ = ton::transaction::Message::parse(c);
+    let _ = ton::transaction::Transaction::parse(c);
 }
 
 fn seeds() -> Vec<Vec<u8>> {

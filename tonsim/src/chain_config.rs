@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use crate::http_client::HttpChain;
-use crate::local::LocalChain;
 use crate::tonchain::{ChainError, TonChain};
 
 /// toncenter's mainnet API (v2). Not exercised by any test here: see `docs/payments.md`.
@@ -55,11 +54,12 @@ impl ChainConfig {
         }
     }
 
-    /// The chain this config selects; `Local` uses `local` (an error if none is given).
-    pub fn open(&self, local: Option<&LocalChain>) -> Result<Arc<dyn TonChain>, ChainError> {
+    /// The chain this config selects; `Local` uses `local` (a `LocalChain`, which exists with
+    /// the `local` feature; an error if none is given).
+    pub fn open(&self, local: Option<Arc<dyn TonChain>>) -> Result<Arc<dyn TonChain>, ChainError> {
         match self {
             ChainConfig::Local => match local {
-                Some(l) => Ok(Arc::new(l.clone())),
+                Some(l) => Ok(l),
                 None => Err(ChainError::Invalid {
                     what: "chain config",
                     reason: "kind = local needs a local chain".into(),

@@ -73,6 +73,7 @@ pub enum SimError {
 }
 
 /// Maps a tycho-types error into [`SimError::Cell`].
+#[cfg(feature = "local")]
 pub(crate) fn cell_err(what: &'static str) -> impl Fn(tycho_types::error::Error) -> SimError {
     move |e| SimError::Cell {
         what,

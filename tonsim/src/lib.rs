@@ -32,27 +32,45 @@
 //! API), which this client does not check.
 //!
 //! Interop: cells cross between the `ton` crate and tycho-types as BOC bytes
-//! ([`convert`]), each conversion checked by representation hash.
+//! (`convert`), each conversion checked by representation hash.
+//!
+//! Features: `local` (default) compiles the local chain — the TVM and executor (tycho-*),
+//! `Chain`, `LocalChain` and the test server `http_server`. Without it
+//! (`default-features = false`) the crate is only [`TonChain`], [`HttpChain`], [`ChainConfig`]
+//! and the toncenter shapes, with no TVM library: transactions, messages and externals are
+//! parsed and built by the `ton` crate (`ton::transaction`), cross-checked against tycho-types
+//! in `tests/txparse.rs`. API clients (cocoon-client) depend on it that way.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "local")]
 pub mod chain;
 pub mod chain_config;
+#[cfg(feature = "local")]
 pub mod config;
+#[cfg(feature = "local")]
 pub mod convert;
 pub mod error;
+#[cfg(feature = "local")]
 pub mod getter;
 pub mod http_client;
+#[cfg(feature = "local")]
 pub mod http_server;
+#[cfg(feature = "local")]
 pub mod local;
+#[cfg(feature = "local")]
 pub mod log;
 pub mod toncenter;
 pub mod tonchain;
 
+#[cfg(feature = "local")]
 pub use chain::{AccountInfo, Chain, Internal, Status};
 pub use chain_config::ChainConfig;
 pub use error::SimError;
+#[cfg(feature = "local")]
 pub use getter::GetValue;
 pub use http_client::HttpChain;
+#[cfg(feature = "local")]
 pub use local::LocalChain;
+#[cfg(feature = "local")]
 pub use log::{Compute, InMsg, OutMsg, TxRecord};
 pub use tonchain::{AccountState, AccountStatus, ChainError, ChainTx, StackValue, TonChain, TxId};

@@ -21,11 +21,8 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine;
 use serde_json::{json, Value};
-use tycho_types::boc::Boc;
-use tycho_types::cell::CellBuilder;
-use tycho_types::models::{Message, MsgInfo};
+use ton::transaction::{Message, MsgAddr, MsgInfo};
 
-use crate::convert::from_int;
 use crate::tonchain::{
     int_from_hex, int_to_hex, AccountState, AccountStatus, ChainTx, StackValue, TxId,
 };
@@ -284,36 +281,35 @@ pub fn parse_run_result(v: &Value) -> Result<Result<Vec<StackValue>, i32>, Strin
 
 /// `raw.message` of a message BOC (informational: the client reads the transaction BOC).
 fn render_msg(boc: &[u8]) -> Value {
-    let Ok(cell) = Boc::decode(boc) else {
+    let Ok(cell) = ton::boc::decode(boc) else {
         return Value::Null;
     };
-    let Ok(m) = cell.parse::<Message<'_>>() else {
+    let Ok(m) = Message::parse(&cell) else {
         return Value::Null;
     };
-    let addr = |a: Option<ton::address::Addr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let addr = |a: &MsgAddr| a.std().map(|a| a.to_string()).unwrap_or_default();
     let (source, destination, value, fwd_fee, created_lt) = match &m.info {
-        MsgInfo::Int(i) => (
-            addr(from_int(&i.src)),
-            addr(from_int(&i.dst)),
-            i.value.tokens.into_inner(),
-            i.fwd_fee.into_inner(),
-            i.created_lt,
+        MsgInfo::Internal {
+            src,
+            dst,
+            value,
+            fwd_fee,
+            created_lt,
+            ..
+        } => (
+            addr(src),
+            addr(dst),
+            value.nano(),
+            fwd_fee.nano(),
+            *created_lt,
         ),
-        MsgInfo::ExtIn(i) => (String::new(), addr(from_int(&i.dst)), 0, 0, 0),
-        MsgInfo::ExtOut(o) => (addr(from_int(&o.src)), String::new(), 0, 0, o.created_lt),
+        MsgInfo::ExternalIn { dst } => (String::new(), addr(dst), 0, 0, 0),
+        MsgInfo::ExternalOut { src, created_lt } => (addr(src), String::new(), 0, 0, *created_lt),
     };
-    let mut b = CellBuilder::new();
-    let body = b
-        .store_slice(m.body)
-        .ok()
-        .and_then(|_| b.build().ok())
-        .map(|c| (STANDARD.encode(Boc::encode(c.as_ref())), c.repr_hash().0))
-        .unwrap_or_default();
     let init = m
         .init
         .as_ref()
-        .and_then(|i| CellBuilder::build_from(i).ok())
-        .map(|c| STANDARD.encode(Boc::encode(c.as_ref())))
+        .map(|c| STANDARD.encode(ton::boc::encode(c)))
         .unwrap_or_default();
     json!({
         "@type": "raw.message",
@@ -323,8 +319,8 @@ fn render_msg(boc: &[u8]) -> Value {
         "fwd_fee": fwd_fee.to_string(),
         "ihr_fee": "0",
         "created_lt": created_lt.to_string(),
-        "body_hash": hash_b64(&body.1),
-        "msg_data": {"@type": "msg.dataRaw", "body": body.0, "init_state": init},
+        "body_hash": hash_b64(&m.body.hash()),
+        "msg_data": {"@type": "msg.dataRaw", "body": STANDARD.encode(ton::boc::encode(&m.body)), "init_state": init},
         "message": "",
     })
 }

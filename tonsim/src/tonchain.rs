@@ -9,11 +9,10 @@
 //! the JSON fields a server adds around it.
 
 use async_trait::async_trait;
-use tycho_types::boc::Boc;
-use tycho_types::models::{ComputePhase, Transaction, TxInfo};
 
 use ton::address::Addr;
 use ton::cell::Cell;
+use ton::transaction::Transaction;
 
 pub use crate::chain_config::{ApiKey, ChainConfig, MAINNET_URL, TESTNET_URL};
 
@@ -156,8 +155,8 @@ impl StackValue {
 }
 
 /// A client contract's state as its `get_cocoon_client_data` get-method returns it (the first
-/// seven stack entries: owner, proxy contract, proxy public key, state, balance, stake, tokens
-/// used; later entries are not read).
+/// eight stack entries: owner, proxy contract, proxy public key, state, balance, stake, tokens
+/// used, unlock time; the secret hash after them is not read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientState {
     pub owner: Addr,
@@ -172,6 +171,8 @@ pub struct ClientState {
     pub stake: u128,
     /// The highest charged cumulative token count.
     pub tokens_used: u64,
+    /// While closing: the unix time after which the owner may force the refund.
+    pub unlock_ts: u32,
 }
 
 impl ClientState {
@@ -205,6 +206,8 @@ impl ClientState {
         let stake = u128::try_from(int(5, "5 (stake)")?).map_err(|_| bad("5 (stake)"))?;
         let tokens_used =
             u64::try_from(int(6, "6 (tokens used)")?).map_err(|_| bad("6 (tokens used)"))?;
+        let unlock_ts =
+            u32::try_from(int(7, "7 (unlock time)")?).map_err(|_| bad("7 (unlock time)"))?;
         Ok(Self {
             owner: addr(0, "0 (owner)")?,
             proxy: addr(1, "1 (proxy)")?,
@@ -213,6 +216,7 @@ impl ClientState {
             balance,
             stake,
             tokens_used,
+            unlock_ts,
         })
     }
 }
@@ -263,43 +267,27 @@ pub struct ChainTx {
 }
 
 impl ChainTx {
-    /// Parses a transaction BOC (untrusted bytes: errors, never panics).
+    /// Parses a transaction BOC (untrusted bytes: errors, never panics), with the `ton` crate's
+    /// own parser ([`ton::transaction::Transaction`]; no TVM library needed).
     pub fn from_boc(boc: &[u8]) -> Result<ChainTx, String> {
-        let cell = Boc::decode(boc).map_err(|e| format!("transaction boc: {e}"))?;
-        let tx: Transaction = cell.parse().map_err(|e| format!("transaction: {e}"))?;
-        let info = tx
-            .load_info()
-            .map_err(|e| format!("transaction info: {e}"))?;
-        let (compute, action, aborted) = match &info {
-            TxInfo::Ordinary(o) => (&o.compute_phase, &o.action_phase, o.aborted),
-            TxInfo::TickTock(t) => (&t.compute_phase, &t.action_phase, t.aborted),
-        };
-        let (exit_code, compute_ok) = match compute {
-            ComputePhase::Executed(e) => (Some(e.exit_code), e.success),
-            ComputePhase::Skipped(_) => (None, true),
-        };
-        let action_ok = action.as_ref().is_none_or(|a| a.success);
-        let mut out_msgs = Vec::new();
-        for item in tx.out_msgs.values() {
-            let m = item.map_err(|e| format!("out messages: {e}"))?;
-            out_msgs.push(Boc::encode(m.as_ref()));
-        }
+        let cell = ton::boc::decode(boc).map_err(|e| format!("transaction boc: {e}"))?;
+        let tx = Transaction::parse(&cell).map_err(|e| format!("transaction: {e}"))?;
         Ok(ChainTx {
             id: TxId {
                 lt: tx.lt,
-                hash: cell.repr_hash().0,
+                hash: cell.hash(),
             },
-            prev: (tx.prev_trans_lt != 0).then_some(TxId {
-                lt: tx.prev_trans_lt,
-                hash: tx.prev_trans_hash.0,
+            prev: (tx.prev_lt != 0).then_some(TxId {
+                lt: tx.prev_lt,
+                hash: tx.prev_hash,
             }),
             utime: tx.now,
-            fee: tx.total_fees.tokens.into_inner(),
-            in_msg: tx.in_msg.as_ref().map(|m| Boc::encode(m.as_ref())),
-            exit_code,
-            success: !aborted && compute_ok && action_ok,
-            aborted,
-            out_msgs,
+            fee: tx.total_fees.nano(),
+            in_msg: tx.in_msg.as_ref().map(ton::boc::encode),
+            exit_code: tx.exit_code(),
+            success: tx.success(),
+            aborted: tx.aborted,
+            out_msgs: tx.out_msgs.iter().map(ton::boc::encode).collect(),
             boc: boc.to_vec(),
         })
     }
@@ -342,8 +330,11 @@ pub fn external_boc(
     init: Option<&ton::contracts::StateInit>,
     body: &Cell,
 ) -> Result<Vec<u8>, ChainError> {
-    let cell = crate::chain::external_cell(dst, init, body).map_err(ChainError::Local)?;
-    Ok(Boc::encode(cell.as_ref()))
+    let cell = ton::transaction::external_in(dst, init, body).map_err(|e| ChainError::Invalid {
+        what: "external message",
+        reason: e.to_string(),
+    })?;
+    Ok(ton::boc::encode(&cell))
 }
 
 /// Decimal text of a toncenter integer (`"0x1a"`, `"-0x1a"`); `None` if it is not one.
@@ -464,8 +455,7 @@ mod tests {
     fn bad_transaction_bytes_are_errors() {
         assert!(ChainTx::from_boc(b"").is_err());
         assert!(ChainTx::from_boc(&[0xb5, 0xee, 0x9c, 0x72, 1, 2, 3]).is_err());
-        use tycho_types::cell::CellFamily;
-        let empty = Boc::encode(tycho_types::cell::Cell::empty_cell_ref());
+        let empty = ton::boc::encode(&Cell::empty());
         assert!(ChainTx::from_boc(&empty).is_err());
     }
 }

@@ -147,6 +147,7 @@ async fn scenario(c: &dyn TonChain) -> Outcome {
     assert_eq!(state.balance, 4_900_000_000, "balance");
     assert_eq!(state.stake, TON, "stake");
     assert_eq!(state.tokens_used, 100_000, "tokens_used");
+    assert_eq!(state.unlock_ts, 0, "unlock_ts");
     assert_eq!(
         state.proxy_public_key,
         SigningKey::from_bytes(&[1; 32]).verifying_key().to_bytes()
