@@ -17,7 +17,8 @@
 //! * [`relay`]: forwarding, retry before the first byte, SSE relay, billing.
 //! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`.
 //! * [`limits`]: connection caps, deadlines, the funds check before the body, the body budget.
-//! * [`ledger`]: the accounting seam ([`ledger::Ledger`], in-memory for now).
+//! * [`ledger`]: the accounting seam ([`ledger::Ledger`]; in memory, or durable in redb).
+//! * [`payments`]: settles the durable ledger on TON (anchors, charge and payout vouchers).
 //! * [`config`]: the TOML config; [`identity`]: the proxy's RA-TLS certificate and renewal;
 //!   [`server`]: start and shutdown.
 //!
@@ -50,6 +51,7 @@ pub mod identity;
 pub mod keystore;
 pub mod ledger;
 pub mod limits;
+pub mod payments;
 pub mod registry;
 pub mod relay;
 pub mod server;
