@@ -112,15 +112,9 @@ STATE=$W/state
 mkdir -p "$W/cfg"
 cp "$STATE/sim-root.der" "$W/cfg/sim-root.der"
 
-# Both services use the simulated platform cocoon-init copies from fw_cfg, starting RTMR3 from
-# the runtime log cocoon-init wrote.
-GUEST_TEE='[tee]
-kind = "sim"
-platform_file = "/run/cocoon/sim/platform.json"
-registers_file = "/run/cocoon/sim/registers.json"
-runtime_log_file = "/run/cocoon/rtmr3-log.json"
-'
-
+# Service configs come from `cocoon-host config` (the services' own config types): `--mode
+# sim-vm` is the simulated platform cocoon-init copies from fw_cfg, RTMR3 starting from the
+# runtime log cocoon-init wrote, peers trusted under the simulated root on the config disk.
 worker_files() { # DIR MAX_RESTARTS EXTRA_ARG
     mkdir -p "$1"
     cat >"$1/init.toml" <<EOF
@@ -138,23 +132,9 @@ args = ["--config", "/run/cocoon/config/service.toml"$3]
 env = { RUST_LOG = "info", NO_COLOR = "1" }
 max_restarts = $2
 EOF
-    cat >"$1/service.toml" <<EOF
-name = "vm-worker"
-proxies = ["10.0.2.2:19101"]
-capacity = 4
-price_coefficient_milli = 1000
-
-$GUEST_TEE
-[policy]
-roots = ["sim-root.der"]
-images = ["$PIMG"]
-
-[[models]]
-name = "tiny"
-engine = "mistralrs"
-gguf = "/run/cocoon/models/tiny.gguf"
-max_completion_tokens = 64
-EOF
+    "$BIN/cocoon-host" config worker --mode sim-vm --name vm-worker --proxy 10.0.2.2:19101 \
+        --capacity 4 --image "$PIMG" --model tiny --gguf /run/cocoon/models/tiny.gguf \
+        --max-completion-tokens 64 --out "$1/service.toml" || fail "cocoon-host config worker"
 }
 vm_toml() { # FILE NAME ROLE FILES_DIR MODEL_IMG
     cat >"$1" <<EOF
@@ -218,23 +198,11 @@ gateway = "10.0.2.2"
 args = ["--config", "/run/cocoon/config/service.toml"]
 env = { RUST_LOG = "info", NO_COLOR = "1" }
 EOF
-cat >"$W/cfg/proxy/service.toml" <<EOF
-name = "vm-proxy"
-worker_listen = "0.0.0.0:9101"
-client_listen = "0.0.0.0:9102"
-admin_listen = "127.0.0.1:9100"
-max_prompt_tokens = 4096
-
-[accounts]
-default_balance_nano = 1000000000000
-
-$GUEST_TEE
-[policy]
-roots = ["sim-root.der"]
-images = ["$WIMG"]
-rtmr3 = ["$WRTMR3"]
-models = { "tiny" = "$(json "$M" "['image_sha256']")" }
-EOF
+"$BIN/cocoon-host" config proxy --mode sim-vm --name vm-proxy --worker-listen 0.0.0.0:9101 \
+    --client-listen 0.0.0.0:9102 --admin-listen 127.0.0.1:9100 --max-prompt-tokens 4096 \
+    --default-balance-nano 1000000000000 --image "$WIMG" --rtmr3 "$WRTMR3" \
+    --model-pin "tiny=$(json "$M" "['image_sha256']")" --out "$W/cfg/proxy/service.toml" ||
+    fail "cocoon-host config proxy"
 vm_toml "$W/proxy.toml" proxy proxy "$W/cfg/proxy"
 PRTMR3=$(config_rtmr3 "$W/proxy.toml" 0)
 say "expected rtmr3: worker $WRTMR3, proxy $PRTMR3"
@@ -257,15 +225,8 @@ say "figure: worker VM boot-to-ready incl. model load (TCG) $(elapsed "$t") s"
 client_toml() { # DIR IMAGE RTMR3 PORT
     mkdir -p "$1"
     cp "$STATE/sim-root.der" "$1/"
-    cat >"$1/client.toml" <<EOF
-listen = "127.0.0.1:$4"
-proxy = "127.0.0.1:19102"
-
-[policy]
-roots = ["sim-root.der"]
-images = ["$2"]
-rtmr3 = ["$3"]
-EOF
+    "$BIN/cocoon-host" config client --mode sim-vm --listen "127.0.0.1:$4" --proxy 127.0.0.1:19102 \
+        --image "$2" --rtmr3 "$3" --out "$1/client.toml" || fail "cocoon-host config client"
 }
 client_toml "$W/client" "$PIMG" "$PRTMR3" 18181
 "$BIN/cocoon-client" serve --config "$W/client/client.toml" >"$W/client.out" 2>&1 &
@@ -312,14 +273,9 @@ client_manifest_toml() { # DIR SIGNED_MANIFEST PORT
     mkdir -p "$1"
     cp "$STATE/sim-root.der" "$1/"
     cp "$2" "$1/manifest.json"
-    cat >"$1/client.toml" <<EOF
-listen = "127.0.0.1:$3"
-proxy = "127.0.0.1:19102"
-
-[policy]
-roots = ["sim-root.der"]
-manifest = { file = "manifest.json", publisher_keys = ["$PUB"], role = "proxy" }
-EOF
+    "$BIN/cocoon-host" config client --mode sim-vm --listen "127.0.0.1:$3" --proxy 127.0.0.1:19102 \
+        --manifest manifest.json --publisher-key "$PUB" --manifest-role proxy \
+        --out "$1/client.toml" || fail "cocoon-host config client (manifest)"
 }
 client_manifest_toml "$W/client-pinned" "$W/pinned.signed.json" 18183
 "$BIN/cocoon-client" serve --config "$W/client-pinned/client.toml" >"$W/client-pinned.out" 2>&1 &
@@ -344,7 +300,8 @@ wait "$WORKER" || true
 
 # ---- 5. one changed config byte: RTMR3 changes, the proxy refuses --------------------------
 worker_files "$W/cfg/worker-changed" 5 ""
-sed -i 's/^capacity = 4/capacity = 5/' "$W/cfg/worker-changed/service.toml"
+"$BIN/cocoon-host" config edit --role worker "$W/cfg/worker-changed/service.toml" --set capacity=5 \
+    --out "$W/cfg/worker-changed/service.toml" || fail "cocoon-host config edit"
 vm_toml "$W/worker-changed.toml" worker-changed worker "$W/cfg/worker-changed" "$W/model/model.img"
 CHANGED=$(config_rtmr3 "$W/worker-changed.toml" 2)
 [ "$CHANGED" != "$WRTMR3" ] || fail "a changed config did not change RTMR3"

@@ -18,6 +18,10 @@ W  rogue worker: a copy of the worker's config with `engine = "upstream"` pointi
    routing to the genuine worker only.
 M  RTMR3 computed here independently (Python, from the file bytes) equals what the launcher
    pinned: the pin is a function of the config text alone.
+
+The rogue configs are derived from the genuine ones by `cocoon-host config edit` (keys changed,
+the rest kept, the result re-read as the service's own config type); configs are read here
+with tomllib only.
 """
 
 import http.client
@@ -29,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_faults import Failure, Net, config_rtmr3, expect  # noqa: E402
@@ -107,47 +112,68 @@ def read(path):
         return f.read()
 
 
-def set_key(text, key, value):
-    """Replaces `key = ...` (a top-level string key) with `key = "value"`."""
-    new, n = re.subn(rf'^{key} = ".*"$', f'{key} = "{value}"', text, count=1, flags=re.M)
-    expect(n == 1, f"no {key} in config")
-    return new
+def load_toml(path):
+    with open(path, "rb") as f:
+        return tomllib.load(f)
 
 
-def pinned(text, key):
-    m = re.search(rf'^{key} = \["([0-9a-f]+)"\]$', text, re.M)
-    expect(m, f"config pins no {key}")
-    return m.group(1)
+def edit(bin_dir, role, src, dst, sets=(), unsets=()):
+    """`cocoon-host config edit`: `src` with the keys in `sets` ((key, TOML value) pairs) set and
+    those in `unsets` removed, written to `dst`."""
+    args = [os.path.join(bin_dir, "cocoon-host"), "config", "edit", "--role", role, src]
+    for key, value in sets:
+        args += ["--set", f"{key}={value}"]
+    for key in unsets:
+        args += ["--unset", key]
+    subprocess.run(args + ["--out", dst], check=True)
+
+
+def toml_str(s):
+    """A TOML basic string (JSON string syntax is valid TOML for these ASCII values)."""
+    return json.dumps(s)
+
+
+def pinned(config, key):
+    values = config["policy"].get(key, [])
+    expect(len(values) == 1, f"config pins no single {key}: {values}")
+    return values[0]
 
 
 def scenario_m(net_dir):
     proxy = read(os.path.join(net_dir, "proxy.toml"))
     worker = read(os.path.join(net_dir, "worker.toml"))
-    client = read(os.path.join(net_dir, "client.toml"))
+    client = load_toml(os.path.join(net_dir, "client.toml"))
+    proxy_config = tomllib.loads(proxy)
+    worker_config = tomllib.loads(worker)
     expect(
         pinned(client, "rtmr3") == config_rtmr3(proxy),
         "the client's RTMR3 pin is not the proxy config's",
     )
     expect(
-        pinned(proxy, "rtmr3") == config_rtmr3(worker),
+        pinned(proxy_config, "rtmr3") == config_rtmr3(worker),
         "the proxy's RTMR3 pin is not the worker config's",
     )
-    expect("models = {" in proxy, "the proxy pins no model")
-    expect("rtmr3" not in worker, "the worker pins the proxy's RTMR3 (a hash cycle)")
+    expect(proxy_config["policy"].get("models"), "the proxy pins no model")
+    expect(
+        "rtmr3" not in worker_config["policy"],
+        "the worker pins the proxy's RTMR3 (a hash cycle)",
+    )
     log("M: pins equal an independent RTMR3 computation of each config file")
 
 
 def scenario_p(bin_dir, net_dir, work, model):
     d = os.path.join(work, "rogue-proxy")
     copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"])
-    text = read(os.path.join(net_dir, "proxy.toml"))
     ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
-    for k, port in ports.items():
-        text = set_key(text, k, f"127.0.0.1:{port}")
-    text = re.sub(r"^(rtmr3|models) = .*\n", "", text, flags=re.M)
-    text = text.replace("[policy]\n", "[policy]\nallow_any_config = true\n", 1)
-    with open(os.path.join(d, "proxy.toml"), "w") as f:
-        f.write(text)
+    edit(
+        bin_dir,
+        "proxy",
+        os.path.join(net_dir, "proxy.toml"),
+        os.path.join(d, "proxy.toml"),
+        sets=[(k, toml_str(f"127.0.0.1:{port}")) for k, port in ports.items()]
+        + [("policy.allow_any_config", "true")],
+        unsets=["policy.rtmr3", "policy.models"],
+    )
     rogue = Net(bin_dir, d)
     rogue.start(
         "proxy",
@@ -157,11 +183,16 @@ def scenario_p(bin_dir, net_dir, work, model):
     try:
         c = os.path.join(work, "rogue-client")
         copy(net_dir, c, ["sim-root.der", "client.key"])
-        ctext = read(os.path.join(net_dir, "client.toml"))
-        ctext = set_key(ctext, "proxy", f"127.0.0.1:{ports['client_listen']}")
-        ctext = set_key(ctext, "listen", "127.0.0.1:0")
-        with open(os.path.join(c, "client.toml"), "w") as f:
-            f.write(ctext)
+        edit(
+            bin_dir,
+            "client",
+            os.path.join(net_dir, "client.toml"),
+            os.path.join(c, "client.toml"),
+            sets=[
+                ("proxy", toml_str(f"127.0.0.1:{ports['client_listen']}")),
+                ("listen", toml_str("127.0.0.1:0")),
+            ],
+        )
         client = Net(bin_dir, c)
         line = client.start(
             "client",
@@ -198,16 +229,18 @@ def jsonstats(admin):
 def scenario_w(bin_dir, net_dir, work, urls):
     d = os.path.join(work, "rogue-worker")
     copy(net_dir, d, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
-    text = read(os.path.join(net_dir, "worker.toml"))
-    text = set_key(text, "name", "rogue-worker")
-    head = text[: text.index("[[models]]")]
-    text = head + (
-        f'[[models]]\nname = "{urls["model"]}"\nengine = "upstream"\n'
-        f'url = "http://127.0.0.1:{free_port()}"\nupstream_model = "any"\n'
-        f'model_hash = "{"00" * 32}"\nmax_completion_tokens = 64\nmax_context = 4096\n'
+    upstream = (
+        f'[{{ name = {toml_str(urls["model"])}, engine = "upstream", '
+        f'url = "http://127.0.0.1:{free_port()}", upstream_model = "any", '
+        f'model_hash = "{"00" * 32}", max_completion_tokens = 64, max_context = 4096 }}]'
     )
-    with open(os.path.join(d, "worker.toml"), "w") as f:
-        f.write(text)
+    edit(
+        bin_dir,
+        "worker",
+        os.path.join(net_dir, "worker.toml"),
+        os.path.join(d, "worker.toml"),
+        sets=[("name", toml_str("rogue-worker")), ("models", upstream)],
+    )
     before = jsonstats(urls["admin"]).get("worker_rejections", {}).get("rtmr3_mismatch", 0)
     rogue = Net(bin_dir, d)
     # The worker prints its ready line only once a proxy accepted it: start it without waiting.

@@ -4,11 +4,13 @@ cocoon-client processes on loopback (simulated TEE, stub engine), and real signa
 
 Usage: e2e_faults.py BIN_DIR WORK_DIR
 
-The network is written by hand (not `cocoon-host launch --local`, whose supervisor stops every
-service when one exits): `cocoon-host sim-platform` makes the simulated platform, and the
-register files and image hashes come from `cocoon-host launch --local --print-config`. Every
-listener binds port 0; addresses are read from the ready lines. Each worker serves the stub
-model at 20 tokens/s (200 tokens), slow enough to act mid-stream.
+The services are started here (not by `cocoon-host launch --local`, whose supervisor stops every
+service when one exits), but every file comes from cocoon-host: `launch --local --write-config`
+writes the simulated platform, its root, the register files and the local configs (the image
+hashes are read from those configs with tomllib), and `cocoon-host config` renders each
+service's config from the service's own config type. Every listener binds port 0; addresses
+are read from the ready lines. Each worker serves the stub model at 20 tokens/s (200 tokens),
+slow enough to act mid-stream.
 
 Scenarios, in this order (one proxy and one client throughout):
 
@@ -47,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import traceback
 
 MODEL = "cocoon-stub"
@@ -104,61 +107,43 @@ class Net:
 
     # ---- files ----
 
-    def write(self, name, text):
-        with open(os.path.join(self.dir, name), "w") as f:
-            f.write(text)
-
     def read(self, name):
         with open(os.path.join(self.dir, name)) as f:
             return f.read()
 
-    def prepare(self):
-        """Platform, registers and image hashes."""
+    def toml(self, name):
+        with open(os.path.join(self.dir, name), "rb") as f:
+            return tomllib.load(f)
+
+    def host(self, *args):
+        """Runs `cocoon-host ARGS` (its output is discarded; failures raise)."""
         subprocess.run(
-            [os.path.join(self.bin, "cocoon-host"), "sim-platform", "--state-dir", self.dir],
+            [os.path.join(self.bin, "cocoon-host"), *args],
             check=True,
             stdout=subprocess.DEVNULL,
+            cwd=self.dir,
         )
-        out = subprocess.run(
-            [
-                os.path.join(self.bin, "cocoon-host"),
-                "launch",
-                "--local",
-                "--print-config",
-                "--engine",
-                "stub",
-                "--port",
-                "0",
-                "--bin-dir",
-                self.bin,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        files = {}
-        name = None
-        for line in out.splitlines():
-            m = re.match(r"# ==> (\S+) <==$", line)
-            if m:
-                name = m.group(1)
-                files[name] = []
-            elif name:
-                files[name].append(line)
-        for reg in ("proxy-registers.json", "worker-registers.json"):
-            expect(reg in files, f"--print-config printed no {reg}")
-            self.write(reg, "\n".join(files[reg]) + "\n")
-        self.proxy_image = re.search(r"^# proxy image\s+([0-9a-f]{64})$", out, re.M).group(1)
-        self.worker_image = re.search(r"^# worker image\s+([0-9a-f]{64})$", out, re.M).group(1)
 
-    def policy(self, image, extra=""):
-        return f'[policy]\nroots = ["sim-root.der"]\nimages = ["{image}"]\n{extra}'
-
-    def tee(self, registers):
-        return (
-            f'[tee]\nkind = "sim"\nplatform_file = "sim-platform.json"\n'
-            f'registers_file = "{registers}"\n'
+    def prepare(self):
+        """Platform, its root, registers and image hashes: the local network's files."""
+        self.host(
+            "launch",
+            "--local",
+            "--write-config",
+            "--engine",
+            "stub",
+            "--port",
+            "0",
+            "--dir",
+            self.dir,
+            "--bin-dir",
+            self.bin,
         )
+        for f in ("sim-platform.json", "sim-root.der", "proxy-registers.json", "worker-registers.json"):
+            expect(os.path.exists(os.path.join(self.dir, f)), f"--write-config wrote no {f}")
+        # Each config pins the other role's image (derived by cocoon-host from the binary).
+        self.worker_image = self.toml("proxy.toml")["policy"]["images"][0]
+        self.proxy_image = self.toml("worker.toml")["policy"]["images"][0]
 
     # ---- processes ----
 
@@ -186,17 +171,16 @@ class Net:
         raise Failure(f"{name}: no `{ready}` line within {READY_SECS} s")
 
     def start_proxy(self):
-        self.write(
-            "proxy.toml",
-            'name = "faults-proxy"\nworker_listen = "127.0.0.1:0"\nclient_listen = "127.0.0.1:0"\n'
-            'admin_listen = "127.0.0.1:0"\nmax_prompt_tokens = 4096\n\n'
-            "[accounts]\ndefault_balance_nano = 1000000000000\n\n"
-            + self.tee("proxy-registers.json")
-            + "\n"
-            # Workers are configured after the proxy (their configs name its port), so the
-            # fault tests accept any worker configuration; ci/e2e_attacks.py tests the pins.
-            + self.policy(self.worker_image, "allow_any_config = true\n"),
-        )
+        # Workers are configured after the proxy (their configs name its port), so the
+        # fault tests accept any worker configuration; ci/e2e_attacks.py tests the pins.
+        self.host(
+            "config", "proxy", "--mode", "local", "--name", "faults-proxy",
+            "--worker-listen", "127.0.0.1:0", "--client-listen", "127.0.0.1:0",
+            "--admin-listen", "127.0.0.1:0", "--max-prompt-tokens", "4096",
+            "--default-balance-nano", "1000000000000",
+            "--image", self.worker_image, "--allow-any-config",
+            "--out", "proxy.toml",
+        )  # fmt: skip
         line = self.start(
             "proxy",
             [os.path.join(self.bin, "cocoon-proxy"), "--config", "proxy.toml"],
@@ -207,16 +191,13 @@ class Net:
         self.worker_port, self.client_port, self.admin = m.groups()
 
     def start_worker(self, name):
-        self.write(
-            f"{name}.toml",
-            f'name = "{name}"\nproxies = ["{self.worker_port}"]\ncapacity = 4\n'
-            "price_coefficient_milli = 1000\n\n"
-            + self.tee("worker-registers.json")
-            + "\n"
-            + self.policy(self.proxy_image)
-            + f'\n[[models]]\nname = "{MODEL}"\nengine = "stub"\nmax_completion_tokens = 512\n'
-            f"tokens = {TOKENS}\ntokens_per_second = {TOKENS_PER_SECOND}\n",
-        )
+        self.host(
+            "config", "worker", "--mode", "local", "--name", name,
+            "--proxy", self.worker_port, "--capacity", "4", "--image", self.proxy_image,
+            "--model", MODEL, "--engine", "stub", "--max-completion-tokens", "512",
+            "--stub-tokens", str(TOKENS), "--stub-tokens-per-second", str(TOKENS_PER_SECOND),
+            "--out", f"{name}.toml",
+        )  # fmt: skip
         self.start(
             name,
             [os.path.join(self.bin, "cocoon-worker"), "--config", f"{name}.toml"],
@@ -230,15 +211,12 @@ class Net:
         raise Failure(f"{name} is ready but not in the proxy's /jsonstats")
 
     def start_client(self):
-        self.write(
-            "client.toml",
-            f'listen = "127.0.0.1:0"\nproxy = "{self.client_port}"\n'
-            'account_key_file = "client.key"\ndefault_max_tokens = 256\n\n'
-            + self.policy(
-                self.proxy_image,
-                f'rtmr3 = ["{config_rtmr3(self.read("proxy.toml"))}"]\n',
-            ),
-        )
+        self.host(
+            "config", "client", "--mode", "local", "--listen", "127.0.0.1:0",
+            "--proxy", self.client_port, "--image", self.proxy_image,
+            "--rtmr3", config_rtmr3(self.read("proxy.toml")),
+            "--out", "client.toml",
+        )  # fmt: skip
         client = os.path.join(self.bin, "cocoon-client")
         with open(os.path.join(self.logs, "client-account.log"), "wb") as err:
             subprocess.run(

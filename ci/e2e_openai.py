@@ -16,6 +16,7 @@ text (the Q4_1 model's answers vary with rounding).
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -210,16 +211,20 @@ def main():
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
                 s.close()
-                root = os.path.join(urls["dir"], "sim-root.der")
+                # The config is rendered by cocoon-host (next to cocoon-client) from the
+                # client's own config type. A client must pin a runtime configuration too; the
+                # image is checked first, so the refusal names it.
+                shutil.copy(os.path.join(urls["dir"], "sim-root.der"), d)
                 cfg = os.path.join(d, "client.toml")
-                with open(cfg, "w") as f:
-                    f.write(
-                        f'listen = "127.0.0.1:{port}"\nproxy = "{urls["proxy_clients"]}"\n'
-                        f'[policy]\nroots = ["{root}"]\nimages = ["{"00" * 32}"]\n'
-                        # A client must pin a runtime configuration too; the image is
-                        # checked first, so the refusal names it.
-                        f'rtmr3 = ["{"00" * 48}"]\n'
-                    )
+                subprocess.run(
+                    [
+                        os.path.join(os.path.dirname(client_bin), "cocoon-host"),
+                        "config", "client", "--mode", "local",
+                        "--listen", f"127.0.0.1:{port}", "--proxy", urls["proxy_clients"],
+                        "--image", "00" * 32, "--rtmr3", "00" * 48, "--out", cfg,
+                    ],
+                    check=True,
+                )  # fmt: skip
                 p = subprocess.Popen(
                     [client_bin, "serve", "--config", cfg],
                     stdout=subprocess.PIPE,

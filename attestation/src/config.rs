@@ -26,28 +26,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use measurements::{Collateral, TdRegisters};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::linux_tdx::LinuxTdx;
 use crate::sim::{SimPlatform, SimPlatformSeed, SimTdx};
 use crate::{TeeDevice, TeeError};
 
 /// The `[tee]` section.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TeeConfig {
     /// A Linux TDX guest.
     Tdx {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         report_root: Option<PathBuf>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         measurements_root: Option<PathBuf>,
     },
     /// The simulated TDX platform.
     Sim {
         platform_file: PathBuf,
         registers_file: PathBuf,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         runtime_log_file: Option<PathBuf>,
     },
 }

@@ -32,7 +32,7 @@ use protocol::meta::MAX_TOKENS_LIMIT;
 use ratls::account::AccountKey;
 use ratls::config::PolicyConfig;
 use ratls::{Clock, CollateralSource, SystemClock};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use zeroize::Zeroize;
 
@@ -50,28 +50,8 @@ pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Largest request body the local endpoint accepts (the protocol limit, 4 MiB).
 pub const DEFAULT_MAX_BODY: usize = protocol::MAX_REQUEST_BODY;
 
-/// Configuration errors; each names the file or field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Toml {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("{field}: {detail}")]
-    Field { field: &'static str, detail: String },
-    #[error(transparent)]
-    Policy(#[from] ratls::config::ConfigError),
-    #[error(transparent)]
-    Key(#[from] KeyFileError),
-}
+pub use ratls::service_config::ConfigError;
+use ratls::service_config::{field, ServiceConfig};
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.into()
@@ -86,8 +66,10 @@ fn default_max_tokens() -> u32 {
     DEFAULT_MAX_TOKENS
 }
 
-/// The file as written (see the module docs).
-#[derive(Clone, Debug, Deserialize)]
+/// The file as written (see the module docs): the schema, from which `cocoon-host` also
+/// renders client configs. Serializing writes the keys with defaults too, and leaves out the
+/// optional keys that are unset.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfigFile {
     #[serde(default = "default_listen")]
@@ -98,19 +80,19 @@ pub struct ClientConfigFile {
     pub account_key_file: PathBuf,
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_cap_nano: Option<u64>,
     /// Host names or addresses the local endpoint answers to besides loopback.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
     /// If set, apps must send `Authorization: Bearer <api_key>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretText>,
     pub policy: PolicyConfig,
 }
 
 /// A secret as written in the config file: `Debug` shows nothing, the text is wiped on drop.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct SecretText(String);
 
@@ -141,6 +123,22 @@ impl Drop for SecretText {
 
 impl zeroize::ZeroizeOnDrop for SecretText {}
 
+impl ClientConfigFile {
+    /// A config with the policy and every other key at its default.
+    pub fn new(policy: PolicyConfig) -> Self {
+        Self {
+            listen: default_listen(),
+            proxy: default_proxy(),
+            account_key_file: default_key_file(),
+            default_max_tokens: default_max_tokens(),
+            price_cap_nano: None,
+            allowed_hosts: Vec::new(),
+            api_key: None,
+            policy,
+        }
+    }
+}
+
 /// What [`ClientConfigFile::check`] validates without I/O.
 #[derive(Debug)]
 struct Checked {
@@ -151,55 +149,36 @@ struct Checked {
 impl ClientConfigFile {
     /// Parses TOML text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Toml {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Reads and parses `path`. The file text (which may hold the api key) is wiped after
-    /// parsing.
-    pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?);
-        Self::parse(&text, path)
+        ratls::service_config::parse(text, path)
     }
 
     /// Checks the fields that need no I/O.
     fn check(&self) -> Result<Checked, ConfigError> {
-        let listen: SocketAddr = self.listen.parse().map_err(|e| ConfigError::Field {
-            field: "listen",
-            detail: format!("{:?}: {e} (expected ip:port)", self.listen),
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            field(
+                "listen",
+                format!("{:?}: {e} (expected ip:port)", self.listen),
+            )
         })?;
         check_proxy_addr(&self.proxy)?;
         if !(1..=MAX_TOKENS_LIMIT).contains(&self.default_max_tokens) {
-            return Err(ConfigError::Field {
-                field: "default_max_tokens",
-                detail: format!("{} outside 1..={MAX_TOKENS_LIMIT}", self.default_max_tokens),
-            });
+            return Err(field(
+                "default_max_tokens",
+                format!("{} outside 1..={MAX_TOKENS_LIMIT}", self.default_max_tokens),
+            ));
         }
         let allowed_hosts = self
             .allowed_hosts
             .iter()
             .map(|h| h.parse::<AllowedHost>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError::Field {
-                field: "allowed_hosts",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| field("allowed_hosts", e.to_string()))?;
         let api_key = self
             .api_key
             .as_ref()
             .map(|k| ApiKey::new(k.expose()))
             .transpose()
-            .map_err(|e| ConfigError::Field {
-                field: "api_key",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| field("api_key", e.to_string()))?;
         Ok(Checked {
             listen,
             access: Access {
@@ -217,7 +196,8 @@ impl ClientConfigFile {
             .policy
             .load(base, ratls::config::Required::by(ratls::Role::Client))?;
         let key_path = base.join(&self.account_key_file);
-        let (account_key, created) = key::load_or_create(&key_path)?;
+        let (account_key, created) = key::load_or_create(&key_path)
+            .map_err(|e: KeyFileError| ConfigError::Resource(Box::new(e)))?;
         Ok(ServeConfig {
             listen,
             max_body: DEFAULT_MAX_BODY,
@@ -233,6 +213,20 @@ impl ClientConfigFile {
     }
 }
 
+impl ServiceConfig for ClientConfigFile {
+    type Valid = ServeConfig;
+
+    fn validate(self, base: &Path) -> Result<ServeConfig, ConfigError> {
+        self.load(base)
+    }
+}
+
+/// Reads, parses and validates `client.toml` at `path` ([`ratls::service_config::open`]; the
+/// file text, which may hold the api key, is wiped after parsing).
+pub fn open(path: &Path) -> Result<ServeConfig, ConfigError> {
+    Ok(ratls::service_config::open::<ClientConfigFile>(path)?.config)
+}
+
 fn check_proxy_addr(addr: &str) -> Result<(), ConfigError> {
     let ok = addr
         .rsplit_once(':')
@@ -241,10 +235,7 @@ fn check_proxy_addr(addr: &str) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::Field {
-            field: "proxy",
-            detail: format!("{addr:?}: expected host:port"),
-        })
+        Err(field("proxy", format!("{addr:?}: expected host:port")))
     }
 }
 
@@ -340,6 +331,27 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("c.toml"), "{e}");
         assert!(ClientConfigFile::parse("listen = \"x\"", Path::new("c.toml")).is_err());
+    }
+
+    /// The file type is the schema both ways (what `cocoon-host` relies on when it renders
+    /// client configs): serializing and parsing again gives the same value.
+    #[test]
+    fn serialization_round_trips() {
+        let text = format!(
+            "price_cap_nano = 7\nallowed_hosts = [\"myhost.lan\"]\napi_key = \"sk-local-1\"\n{POLICY}"
+        );
+        // `new` states the same defaults as the file.
+        let parsed = ClientConfigFile::parse(POLICY, Path::new("c")).unwrap();
+        assert_eq!(ClientConfigFile::new(parsed.policy.clone()), parsed);
+        for t in [POLICY.to_string(), text] {
+            let c = ClientConfigFile::parse(&t, Path::new("c")).unwrap();
+            let out = toml::to_string(&c).unwrap();
+            assert_eq!(
+                ClientConfigFile::parse(&out, Path::new("c")).unwrap(),
+                c,
+                "{out}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use client::config::ClientConfigFile;
 use client::serve::{self, ServeOptions};
 use client::Client;
 
@@ -66,14 +65,7 @@ enum Cmd {
 }
 
 fn load(path: &Path) -> Result<client::config::ServeConfig, client::ConfigError> {
-    let file = ClientConfigFile::read(path)?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let base = if base.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        base
-    };
-    file.load(base)
+    client::config::open(path)
 }
 
 fn main() -> ExitCode {

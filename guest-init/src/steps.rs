@@ -20,15 +20,15 @@ use crate::status::Status;
 use crate::{dm, sys};
 
 /// Where cocoon-init puts its runtime state (a tmpfs).
-pub const RUN: &str = "/run/cocoon";
+pub const RUN: &str = protocol::guest::GUEST_RUN_DIR;
 /// The RTMR3 event log (JSON, `measurements::runtime_log`).
-pub const RTMR3_LOG: &str = "/run/cocoon/rtmr3-log.json";
+pub const RTMR3_LOG: &str = protocol::guest::GUEST_RTMR3_LOG;
 /// Files of the config archive are written here.
-pub const CONFIG_DIR: &str = "/run/cocoon/config";
+pub const CONFIG_DIR: &str = protocol::guest::GUEST_CONFIG_DIR;
 /// The simulated platform from the launcher (fw_cfg), copied here for the service.
-pub const SIM_DIR: &str = "/run/cocoon/sim";
+pub const SIM_DIR: &str = protocol::guest::GUEST_SIM_DIR;
 /// Models are exposed here as `<file_name>` → the dm-verity device.
-pub const MODELS_DIR: &str = "/run/cocoon/models";
+pub const MODELS_DIR: &str = protocol::guest::GUEST_MODELS_DIR;
 /// Kernel modules to load, one path per line relative to /lib/modules, in dependency order.
 pub const MODULE_LIST: &str = "/etc/cocoon/modules";
 /// Largest accepted config disk.
@@ -207,13 +207,13 @@ pub fn open_tee() -> Result<(TeeKind, OpenedTee), Failure> {
     let registers = fw_cfg(protocol::guest::FW_CFG_SIM_REGISTERS);
     if platform.exists() && registers.exists() {
         fs::create_dir_all(SIM_DIR).step(InitExit::Tee, SIM_DIR)?;
-        let p = Path::new(SIM_DIR).join("platform.json");
-        let r = Path::new(SIM_DIR).join("registers.json");
-        fs::copy(&platform, &p).step(InitExit::Tee, &platform.display().to_string())?;
-        fs::copy(&registers, &r).step(InitExit::Tee, &registers.display().to_string())?;
+        let p = Path::new(protocol::guest::GUEST_SIM_PLATFORM_FILE);
+        let r = Path::new(protocol::guest::GUEST_SIM_REGISTERS_FILE);
+        fs::copy(&platform, p).step(InitExit::Tee, &platform.display().to_string())?;
+        fs::copy(&registers, r).step(InitExit::Tee, &registers.display().to_string())?;
         let tee = TeeConfig::Sim {
-            platform_file: p,
-            registers_file: r,
+            platform_file: p.to_path_buf(),
+            registers_file: r.to_path_buf(),
             runtime_log_file: None,
         };
         let opened = tee

@@ -6,6 +6,8 @@
 //! `cocoon-worker` and `cocoon-client` one after the other, each only once the previous one
 //! printed its readiness line. Then print the endpoints, write `urls.json`, and wait: SIGINT or
 //! SIGTERM stops every child (exit 0); a child that dies stops the others (exit 1).
+//! `--print-config` prints the files and writes nothing; `--write-config` writes them and
+//! starts nothing.
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
@@ -38,6 +40,8 @@ pub struct LocalOptions {
     pub engine: EngineChoice,
     pub port: u16,
     pub print_config: bool,
+    /// Write the files into `dir` and exit (nothing started).
+    pub write_config: bool,
     pub bin_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub ready_timeout: Duration,
@@ -131,7 +135,7 @@ fn model_plan(opts: &LocalOptions) -> Result<(ModelPlan, Option<model::ModelFile
             };
             Ok((plan, Some(m)))
         }
-        (EngineChoice::Mistralrs, None) if opts.print_config => Ok((
+        (EngineChoice::Mistralrs, None) if opts.print_config || opts.write_config => Ok((
             ModelPlan::Gguf {
                 name: model::MODEL_NAME.into(),
                 path: opts.cache_dir.join("models").join(model::GGUF_FILE),
@@ -157,7 +161,7 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         free_port().map_err(|e| fail(Exit::Usage, format!("no free port for {what}: {e}")))
     };
     let client_listen = SocketAddr::from(([127, 0, 0, 1], opts.port));
-    if !opts.print_config && opts.port != 0 {
+    if !opts.print_config && !opts.write_config && opts.port != 0 {
         TcpListener::bind(client_listen).map_err(|e| {
             fail(
                 Exit::Usage,
@@ -270,6 +274,13 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
     // A stale urls.json would tell scripts the network is up.
     let _ = std::fs::remove_file(opts.dir.join(local::URLS_FILE));
     local::write(&opts.dir, &plan, &platform).map_err(|e| fail(Exit::Usage, e.to_string()))?;
+    if opts.write_config {
+        println!(
+            "cocoon-host: local network files in {} (nothing started)",
+            opts.dir.display()
+        );
+        return Ok(());
+    }
     let account = account_id(&opts, &bins.client)?;
     println!(
         "cocoon-host: local network in {} (proxy image {}, worker image {})",

@@ -15,6 +15,9 @@
 //!
 //! # Modules
 //! * [`registers`]: register derivation from role binaries (pure).
+//! * [`render`]: service configs built as the services' own config types, per role and mode
+//!   (local process, simulated VM, TDX) (pure).
+//! * [`config_cmd`]: `cocoon-host config`: one service config from flags, or a variant of one.
 //! * [`local`]: rendering and writing the directory layout and configs.
 //! * [`model`]: fetching, extracting and verifying the model.
 //! * [`supervise`]: child processes, readiness lines, logs, signals.
@@ -24,12 +27,14 @@
 //! * [`gpu`]: PCI devices, vfio-pci binding (on an injectable sysfs root).
 //! * [`preflight`]: host checks (on injectable roots).
 
+pub mod config_cmd;
 pub mod gpu;
 pub mod launch;
 pub mod local;
 pub mod model;
 pub mod preflight;
 pub mod registers;
+pub mod render;
 pub mod supervise;
 pub mod vm;
 

@@ -3,12 +3,16 @@
 //! ```text
 //! cocoon-host launch CONFIG.toml [--tee tdx|sim] [--print] [--instance N] [--ready-timeout SECS]
 //! cocoon-host launch --local [--dir DIR] [--model GGUF] [--engine mistralrs|stub] [--port 8080]
-//!                            [--print-config] [--bin-dir DIR] [--ready-timeout SECS] [--verbose]
+//!                            [--print-config | --write-config] [--bin-dir DIR] [--ready-timeout SECS]
+//!                            [--verbose]
+//! cocoon-host config proxy|worker|client --mode local|sim-vm|tdx ... [--out FILE]
+//! cocoon-host config edit --role proxy|worker|client FILE [--set KEY=VALUE] [--unset KEY] [--out FILE]
 //! cocoon-host gpu list [--sysfs-root /]
 //! cocoon-host gpu bind|unbind ADDRESS [--group] [--sysfs-root /]
 //! cocoon-host preflight [--config CONFIG.toml] [--qemu PATH] [--firmware PATH] [--root /]
 //! ```
-//! Exit codes: 0 clean stop, guest powered off cleanly, `--print` done, checks passed;
+//! Exit codes: 0 clean stop, guest powered off cleanly, `--print` done, config written, checks
+//! passed;
 //! 1 a child, the guest or QEMU failed (or was not ready in time), a preflight check is
 //! missing, a gpu operation failed; 2 usage or configuration error; 3 model fetch failed;
 //! 4 the image does not match its manifest.
@@ -18,6 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use host::config_cmd::{self, ConfigArgs};
 use host::gpu::{self, Bdf, HostSysfs};
 use host::launch::{self, EngineChoice, LocalOptions};
 use host::preflight;
@@ -44,6 +49,9 @@ enum Cmd {
     Gpu(GpuArgs),
     /// Check that this host can run a TDX guest with GPUs; prints `missing X: how to fix`.
     Preflight(PreflightArgs),
+    /// Render one service config (proxy, worker, client) from the service's own config type,
+    /// for a local process, a simulated VM or TDX; or a variant of an existing config.
+    Config(ConfigArgs),
     /// Create (or load) the simulated TDX platform of a state directory and print the paths of
     /// its files, so configs that must name its root can be written before the first launch.
     SimPlatform {
@@ -90,6 +98,10 @@ struct LaunchArgs {
     /// Print the generated configs and image hashes, start nothing, write nothing.
     #[arg(long)]
     print_config: bool,
+    /// Write the network's files (simulated platform and root, registers, configs) into
+    /// --dir and exit, starting nothing (test harnesses start the services themselves).
+    #[arg(long, conflicts_with = "print_config")]
+    write_config: bool,
     /// Where cocoon-proxy, cocoon-worker and cocoon-client are (default: next to cocoon-host).
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -193,6 +205,13 @@ fn main() -> ExitCode {
         Cmd::Launch(args) => launch_cmd(args),
         Cmd::Gpu(args) => gpu_cmd(args),
         Cmd::Preflight(args) => preflight_cmd(args),
+        Cmd::Config(args) => match config_cmd::run(&args) {
+            Ok(()) => code(Exit::Clean),
+            Err(e) => {
+                eprintln!("cocoon-host: config: {e}");
+                code(Exit::Usage)
+            }
+        },
         Cmd::SimPlatform { state_dir } => sim_platform_cmd(&state_dir),
     }
 }
@@ -266,6 +285,7 @@ fn launch_cmd(args: LaunchArgs) -> ExitCode {
         engine: args.engine,
         port: args.port,
         print_config: args.print_config,
+        write_config: args.write_config,
         bin_dir,
         cache_dir,
         ready_timeout: Duration::from_secs(args.ready_timeout.unwrap_or(300)),

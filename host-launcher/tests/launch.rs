@@ -195,3 +195,53 @@ fn usage_errors_exit_2_and_print_config_writes_nothing() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `--write-config` writes the whole layout (platform, root, registers, configs) and starts
+/// nothing; each config loads with its service's own loader, and they name each other's ports.
+#[test]
+fn write_config_writes_the_files_and_starts_nothing() {
+    let d = temp("write-config");
+    // Services that would fail if started: nothing may run them.
+    let bins = d.join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for name in ["cocoon-proxy", "cocoon-worker", "cocoon-client"] {
+        script(
+            &bins,
+            name,
+            &format!("echo {name} >> {}; exit 7", d.join("ran").display()),
+        );
+    }
+    let net = d.join("net");
+    let out = launch(&bins, &net, &["--write-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!d.join("ran").exists(), "a service was started");
+    for f in [
+        "sim-platform.json",
+        "sim-root.der",
+        "proxy-registers.json",
+        "worker-registers.json",
+        "proxy.toml",
+        "worker.toml",
+        "client.toml",
+    ] {
+        assert!(net.join(f).is_file(), "{f}");
+    }
+    assert!(!net.join("urls.json").exists());
+    use ratls::service_config::open;
+    let proxy = open::<proxy::config::ConfigFile>(&net.join("proxy.toml")).unwrap();
+    let worker = open::<worker::config::WorkerConfigFile>(&net.join("worker.toml")).unwrap();
+    let client = open::<client::config::ClientConfigFile>(&net.join("client.toml")).unwrap();
+    assert_eq!(
+        worker.config.proxies,
+        vec![proxy.config.proxy.worker_listen]
+    );
+    assert_eq!(
+        client.config.client.proxy,
+        proxy.config.proxy.client_listen.to_string()
+    );
+    let out = launch(&bins, &net, &["--write-config", "--print-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "the two exclude each other");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -51,9 +51,12 @@
 //! ```
 //! Relative paths are resolved against the config file's directory.
 //!
-//! Every default above is one `DEFAULT_*` constant of this module, used by both
-//! [`ProxyConfig::local`] and [`ConfigFile::into_loaded`]; a unit test checks that this
-//! example states the same numbers. The client-port limits bound what an unauthenticated or
+//! Every default above is one `DEFAULT_*` constant of this module, used only by
+//! [`ProxyConfig::local`] (and [`ClientLimits::default`]); [`ConfigFile::into_loaded`] starts
+//! from those values and applies what the file sets. A unit test checks that this example
+//! states the same numbers. [`ConfigFile`] is also `Serialize` (only the keys set are written):
+//! `cocoon-host` renders proxy configs from it. Loading is the shared
+//! [`ratls::service_config`] helper. The client-port limits bound what an unauthenticated or
 //! unfunded peer can make the proxy hold (docs/threat-model.md, "Limits that protect the
 //! proxy"): a refused connection is closed right after `accept`; a refused request gets an
 //! OpenAI-style error; each refusal is counted by reason in `/metrics` and `/jsonstats`.
@@ -67,7 +70,10 @@ use attestation::config::TeeConfig;
 use measurements::Policy;
 use protocol::usage::Prices;
 use ratls::config::PolicyConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use ratls::service_config::ConfigError;
+use ratls::service_config::{field, ServiceConfig};
 
 /// Largest request body the proxy accepts from a client (413 above).
 pub const MAX_BODY_BYTES: usize = protocol::MAX_REQUEST_BODY;
@@ -113,40 +119,28 @@ pub const MAX_H2_WINDOW_BYTES: u32 = (1 << 31) - 1;
 /// Smallest HTTP/2 window (RFC 9113 section 6.9.2 initial value).
 pub const MIN_H2_WINDOW_BYTES: u32 = 65_535;
 
-/// Config errors; each names the field or file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {detail}")]
-    Parse { path: PathBuf, detail: String },
-    #[error("{field}: {detail}")]
-    Field { field: &'static str, detail: String },
-    #[error(transparent)]
-    Policy(#[from] ratls::config::ConfigError),
-}
-
-fn field(field: &'static str, detail: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field,
-        detail: detail.into(),
-    }
-}
-
 /// The `[prices]` section: every field optional, defaulting to [`Prices::default`].
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PricesFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_per_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_fee_per_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_multiplier: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_multiplier: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_multiplier: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_multiplier: Option<u32>,
+}
+
+impl PricesFile {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl PricesFile {
@@ -176,19 +170,25 @@ impl PricesFile {
 }
 
 /// The `[accounts]` section.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsFile {
     /// Development: an account seen for the first time is created with this balance.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_balance_nano: Option<u64>,
     /// Opening balances by account id (hex Ed25519 public key).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub balances: BTreeMap<String, u64>,
 }
 
-/// The config file as written.
-#[derive(Clone, Debug, Deserialize)]
+impl AccountsFile {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The config file as written (the schema: `cocoon-host` renders proxy configs from it).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub name: String,
@@ -196,37 +196,37 @@ pub struct ConfigFile {
     pub client_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub max_prompt_tokens: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_keepalive_interval_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_keepalive_timeout_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_response_timeout_secs: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout_secs: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_max_connections: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_max_connections_per_ip: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_header_timeout_secs: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_idle_timeout_secs: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_body_timeout_secs: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_h2_max_streams: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_h2_stream_window_bytes: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_h2_connection_window_bytes: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_max_header_bytes: Option<u32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_body_budget_bytes: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "PricesFile::is_empty")]
     pub prices: PricesFile,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "AccountsFile::is_empty")]
     pub accounts: AccountsFile,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
@@ -426,7 +426,7 @@ impl ProxyConfig {
         for (i, (name, a)) in addrs.iter().enumerate() {
             for (other, b) in &addrs[i + 1..] {
                 if a.port() != 0 && a == b {
-                    return Err(field(name, format!("{a} is also {other}")));
+                    return Err(field(*name, format!("{a} is also {other}")));
                 }
             }
         }
@@ -473,18 +473,52 @@ pub struct LoadedConfig {
 }
 
 impl ConfigFile {
+    /// A config with the required keys and every optional one unset (the defaults apply).
+    pub fn new(
+        name: impl Into<String>,
+        [worker_listen, client_listen, admin_listen]: [SocketAddr; 3],
+        max_prompt_tokens: u32,
+        tee: TeeConfig,
+        policy: PolicyConfig,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            worker_listen,
+            client_listen,
+            admin_listen,
+            max_prompt_tokens,
+            worker_keepalive_interval_ms: None,
+            worker_keepalive_timeout_ms: None,
+            worker_response_timeout_secs: None,
+            handshake_timeout_secs: None,
+            client_max_connections: None,
+            client_max_connections_per_ip: None,
+            client_header_timeout_secs: None,
+            client_idle_timeout_secs: None,
+            client_body_timeout_secs: None,
+            client_h2_max_streams: None,
+            client_h2_stream_window_bytes: None,
+            client_h2_connection_window_bytes: None,
+            client_max_header_bytes: None,
+            client_body_budget_bytes: None,
+            prices: PricesFile::default(),
+            accounts: AccountsFile::default(),
+            tee,
+            policy,
+        }
+    }
+
     /// Parses TOML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            detail: e.to_string().trim_end().to_string(),
-        })
+        ratls::service_config::parse(text, path)
     }
 
     /// Validates into runtime types; the policy's files are read relative to `base_dir`.
+    /// Every key the file leaves out keeps its value in [`ProxyConfig::local`] (the defaults).
     pub fn into_loaded(self, base_dir: &Path) -> Result<LoadedConfig, ConfigError> {
-        let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
-        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        let d = ProxyConfig::local(&self.name);
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
         let proxy = ProxyConfig {
             name: self.name,
             worker_listen: self.worker_listen,
@@ -498,52 +532,43 @@ impl ConfigFile {
             },
             worker_keepalive_interval: ms(
                 self.worker_keepalive_interval_ms,
-                DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
+                d.worker_keepalive_interval,
             ),
             worker_keepalive_timeout: ms(
                 self.worker_keepalive_timeout_ms,
-                DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS,
+                d.worker_keepalive_timeout,
             ),
             worker_response_timeout: secs(
                 self.worker_response_timeout_secs,
-                DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS,
+                d.worker_response_timeout,
             ),
-            handshake_timeout: secs(self.handshake_timeout_secs, DEFAULT_HANDSHAKE_TIMEOUT_SECS),
-            max_body_bytes: MAX_BODY_BYTES,
+            handshake_timeout: secs(self.handshake_timeout_secs, d.handshake_timeout),
+            max_body_bytes: d.max_body_bytes,
             client: ClientLimits {
                 max_connections: self
                     .client_max_connections
-                    .unwrap_or(DEFAULT_CLIENT_MAX_CONNECTIONS),
+                    .unwrap_or(d.client.max_connections),
                 max_connections_per_ip: self
                     .client_max_connections_per_ip
-                    .unwrap_or(DEFAULT_CLIENT_MAX_CONNECTIONS_PER_IP),
-                header_timeout: secs(
-                    self.client_header_timeout_secs,
-                    DEFAULT_CLIENT_HEADER_TIMEOUT_SECS,
-                ),
-                idle_timeout: secs(
-                    self.client_idle_timeout_secs,
-                    DEFAULT_CLIENT_IDLE_TIMEOUT_SECS,
-                ),
-                body_timeout: secs(
-                    self.client_body_timeout_secs,
-                    DEFAULT_CLIENT_BODY_TIMEOUT_SECS,
-                ),
+                    .unwrap_or(d.client.max_connections_per_ip),
+                header_timeout: secs(self.client_header_timeout_secs, d.client.header_timeout),
+                idle_timeout: secs(self.client_idle_timeout_secs, d.client.idle_timeout),
+                body_timeout: secs(self.client_body_timeout_secs, d.client.body_timeout),
                 h2_max_streams: self
                     .client_h2_max_streams
-                    .unwrap_or(DEFAULT_CLIENT_H2_MAX_STREAMS),
+                    .unwrap_or(d.client.h2_max_streams),
                 h2_stream_window_bytes: self
                     .client_h2_stream_window_bytes
-                    .unwrap_or(DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES),
+                    .unwrap_or(d.client.h2_stream_window_bytes),
                 h2_connection_window_bytes: self
                     .client_h2_connection_window_bytes
-                    .unwrap_or(DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES),
+                    .unwrap_or(d.client.h2_connection_window_bytes),
                 max_header_bytes: self
                     .client_max_header_bytes
-                    .unwrap_or(DEFAULT_CLIENT_MAX_HEADER_BYTES),
+                    .unwrap_or(d.client.max_header_bytes),
                 body_budget_bytes: self
                     .client_body_budget_bytes
-                    .unwrap_or(DEFAULT_CLIENT_BODY_BUDGET_BYTES),
+                    .unwrap_or(d.client.body_budget_bytes),
             },
         };
         proxy.validate()?;
@@ -563,207 +588,22 @@ impl ConfigFile {
     }
 }
 
-/// Reads, parses and validates the config file at `path`.
+impl ServiceConfig for ConfigFile {
+    type Valid = LoadedConfig;
+
+    fn validate(self, base: &Path) -> Result<LoadedConfig, ConfigError> {
+        self.into_loaded(base)
+    }
+}
+
+/// Reads, parses and validates the config file at `path` ([`ratls::service_config::open`]).
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut loaded = ConfigFile::parse(&text, path)?.into_loaded(base)?;
-    loaded.config_sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
-    Ok(loaded)
+    let opened = ratls::service_config::open::<ConfigFile>(path)?;
+    Ok(LoadedConfig {
+        config_sha256: opened.sha256,
+        ..opened.config
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> String {
-        format!(
-            r#"
-name = "proxy-1"
-worker_listen = "127.0.0.1:9101"
-client_listen = "127.0.0.1:9102"
-admin_listen = "127.0.0.1:9103"
-max_prompt_tokens = 4096
-[prices]
-completion_multiplier = 50000
-[accounts]
-default_balance_nano = 1000
-balances = {{ "{acct}" = 7 }}
-[tee]
-kind = "tdx"
-[policy]
-images = ["{img}"]
-rtmr3 = ["{rtmr3}"]
-models = {{ "m" = "{model}" }}
-"#,
-            acct = "ab".repeat(32),
-            img = "cd".repeat(32),
-            rtmr3 = "ef".repeat(48),
-            model = "12".repeat(32)
-        )
-    }
-
-    #[test]
-    fn sample_loads_with_defaults() {
-        let c = ConfigFile::parse(&sample(), Path::new("p.toml"))
-            .unwrap()
-            .into_loaded(Path::new("."))
-            .unwrap();
-        assert_eq!(c.proxy.name, "proxy-1");
-        assert_eq!(c.proxy.prices.completion_multiplier, 50_000);
-        assert_eq!(c.proxy.prices.price_per_token, 10);
-        assert_eq!(c.proxy.accounts.default_balance_nano, Some(1000));
-        assert_eq!(
-            c.proxy.worker_keepalive_interval,
-            Duration::from_millis(500)
-        );
-        assert_eq!(c.proxy.max_body_bytes, MAX_BODY_BYTES);
-        assert_eq!(c.proxy.client, ClientLimits::default());
-        let local = ProxyConfig::local("proxy-1");
-        assert_eq!(
-            (
-                local.worker_keepalive_interval,
-                local.worker_keepalive_timeout,
-                local.worker_response_timeout,
-                local.handshake_timeout,
-                &local.client
-            ),
-            (
-                c.proxy.worker_keepalive_interval,
-                c.proxy.worker_keepalive_timeout,
-                c.proxy.worker_response_timeout,
-                c.proxy.handshake_timeout,
-                &c.proxy.client
-            )
-        );
-        assert!(matches!(c.tee, TeeConfig::Tdx { .. }));
-        assert_eq!(c.worker_policy.allowed_images.map(|i| i.len()), Some(1));
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let bad = |from: &str, to: &str| {
-            let text = sample().replace(from, to);
-            ConfigFile::parse(&text, Path::new("p.toml"))
-                .and_then(|c| c.into_loaded(Path::new(".")))
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(
-            bad("max_prompt_tokens = 4096", "max_prompt_tokens = 0").contains("max_prompt_tokens")
-        );
-        assert!(
-            bad("admin_listen = \"127.0.0.1", "admin_listen = \"0.0.0.0").contains("admin_listen")
-        );
-        assert!(bad("name = \"proxy-1\"", "name = \"proxy-1\"\nsurprise = 1").contains("surprise"));
-        assert!(bad("9102", "9101").contains("worker_listen"));
-        assert!(bad(&format!("\"{}\" = 7", "ab".repeat(32)), "\"xyz\" = 7")
-            .contains("accounts.balances"));
-        assert!(bad(&format!("images = [\"{}\"]", "cd".repeat(32)), "").contains("no image"));
-        assert!(bad(
-            "completion_multiplier = 50000",
-            "completion_multiplier = 50000\nworker_fee_per_token = 11"
-        )
-        .contains("prices.worker_fee_per_token: 11 is more than price_per_token 10"));
-        let limit = |line: &str| {
-            bad(
-                "max_prompt_tokens = 4096",
-                &format!("max_prompt_tokens = 4096\n{line}"),
-            )
-        };
-        assert!(limit("client_max_connections = 0").contains("client_max_connections"));
-        assert!(
-            limit("client_max_connections = 8\nclient_max_connections_per_ip = 9")
-                .contains("client_max_connections_per_ip: 9 exceeds client_max_connections 8")
-        );
-        assert!(limit("client_body_timeout_secs = 0").contains("client_body_timeout_secs"));
-        assert!(limit("client_h2_max_streams = 0").contains("client_h2_max_streams"));
-        assert!(limit("client_h2_stream_window_bytes = 100")
-            .contains("client_h2_stream_window_bytes: 100 outside"));
-        assert!(limit("client_max_header_bytes = 4096")
-            .contains("client_max_header_bytes: 4096 outside"));
-        assert!(limit("client_body_budget_bytes = 1024")
-            .contains("client_body_budget_bytes: 1024 is below"));
-    }
-
-    /// The example in the module docs states the defaults the code uses.
-    #[test]
-    fn documented_defaults_match_the_constants() {
-        let src = include_str!("config.rs");
-        let example: String = src
-            .lines()
-            .filter_map(|l| l.strip_prefix("//!"))
-            .map(|l| l.strip_prefix(' ').unwrap_or(l))
-            .skip_while(|l| !l.starts_with("```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("```"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let table: toml::Table = toml::from_str(&example).expect("the doc example parses");
-        let documented = |key: &str| -> u64 {
-            let v = table.get(key).and_then(|v| v.as_integer());
-            u64::try_from(v.unwrap_or_else(|| panic!("{key} is not documented"))).unwrap()
-        };
-        let expected: [(&str, u64); 14] = [
-            (
-                "worker_keepalive_interval_ms",
-                DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
-            ),
-            (
-                "worker_keepalive_timeout_ms",
-                DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS,
-            ),
-            (
-                "worker_response_timeout_secs",
-                DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS,
-            ),
-            ("handshake_timeout_secs", DEFAULT_HANDSHAKE_TIMEOUT_SECS),
-            (
-                "client_max_connections",
-                DEFAULT_CLIENT_MAX_CONNECTIONS.into(),
-            ),
-            (
-                "client_max_connections_per_ip",
-                DEFAULT_CLIENT_MAX_CONNECTIONS_PER_IP.into(),
-            ),
-            (
-                "client_header_timeout_secs",
-                DEFAULT_CLIENT_HEADER_TIMEOUT_SECS,
-            ),
-            ("client_idle_timeout_secs", DEFAULT_CLIENT_IDLE_TIMEOUT_SECS),
-            ("client_body_timeout_secs", DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
-            (
-                "client_h2_max_streams",
-                DEFAULT_CLIENT_H2_MAX_STREAMS.into(),
-            ),
-            (
-                "client_h2_stream_window_bytes",
-                DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES.into(),
-            ),
-            (
-                "client_h2_connection_window_bytes",
-                DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES.into(),
-            ),
-            (
-                "client_max_header_bytes",
-                DEFAULT_CLIENT_MAX_HEADER_BYTES.into(),
-            ),
-            ("client_body_budget_bytes", DEFAULT_CLIENT_BODY_BUDGET_BYTES),
-        ];
-        for (key, value) in expected {
-            assert_eq!(documented(key), value, "{key}");
-        }
-        // And the example is a config the proxy accepts (apart from its placeholders).
-        let parsed = ConfigFile::parse(&example, Path::new("doc.toml")).expect("parses");
-        assert_eq!(
-            parsed.client_body_budget_bytes,
-            Some(DEFAULT_CLIENT_BODY_BUDGET_BYTES)
-        );
-    }
-}
+mod tests;

@@ -12,8 +12,8 @@ use http::StatusCode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_exits_cleanly_on_sigterm() {
     let dir = scratch("serve");
-    let config = write_config(&dir, "", DEV_ACCOUNTS);
-    let mut child = spawn(&config);
+    let config_path = write_config(&dir, &config());
+    let mut child = spawn(&config_path);
     let [workers, clients, _admin] = read_ready(&mut child).await;
 
     let _w = FakeWorker::connect(workers, WorkerSpec::new("w")).await;
@@ -40,16 +40,19 @@ async fn binary_serves_and_exits_cleanly_on_sigterm() {
 #[test]
 fn exit_codes_config_2_tee_3() {
     let dir = scratch("codes");
-    let config = write_config(&dir, "surprise = 1", DEV_ACCOUNTS);
-    let mut child = spawn(&config);
+    // Deliberately wrong: the valid config with one unknown key.
+    let mut table = toml::Table::try_from(config()).unwrap();
+    table.insert("surprise".into(), 1.into());
+    let config_path = write_config_text(&dir, &toml::to_string(&table).unwrap());
+    let mut child = spawn(&config_path);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 2);
 
     let mut child = spawn(&dir.join("missing.toml"));
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 2);
 
-    let config = write_config(&dir, "", DEV_ACCOUNTS);
+    let config_path = write_config(&dir, &config());
     std::fs::remove_file(dir.join("sim-platform.json")).unwrap();
-    let mut child = spawn(&config);
+    let mut child = spawn(&config_path);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -35,11 +35,12 @@ async fn slow_unfunded_connections_leave_memory_bounded_and_funded_clients_serve
     let test_started = Instant::now();
     let dir = scratch("slow-clients");
     let funded = account_of(2);
-    let config = write_config(
-        &dir,
-        "",
-        &format!("balances = {{ \"{funded}\" = 1000000000000 }}"),
-    );
+    let mut cfg = config();
+    cfg.accounts = proxy::config::AccountsFile {
+        default_balance_nano: None,
+        balances: [(funded.to_string(), 1_000_000_000_000)].into(),
+    };
+    let config = write_config(&dir, &cfg);
     let mut child = spawn(&config);
     let [workers, clients, admin] = read_ready(&mut child).await;
     let pid = child.id();

@@ -51,7 +51,7 @@ use std::path::{Path, PathBuf};
 use measurements::manifest::{RoleMeasurement, SignedManifest};
 use measurements::policy::parse_tcb_status;
 use measurements::{parse_hex_array, ImageHash, Policy, TrustRoot};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
 use crate::manifest_record::{self, RecordEntry, RecordFileError};
@@ -142,7 +142,7 @@ impl Required {
 }
 
 /// A signed manifest to take image hashes, RTMR3 values and models from.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestPin {
     pub file: PathBuf,
@@ -151,37 +151,77 @@ pub struct ManifestPin {
     pub role: String,
     /// Append-only record of accepted manifests (default: `<file>.accepted.jsonl`, next to the
     /// manifest).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<PathBuf>,
     /// Accept a manifest older than the newest one accepted from its publisher key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub allow_rollback: bool,
 }
 
-/// The `[policy]` section.
-#[derive(Clone, Debug, Deserialize)]
+/// The `[policy]` section. Serializing writes only what differs from the defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    #[serde(default = "default_roots")]
+    #[serde(default = "default_roots", skip_serializing_if = "is_default_roots")]
     pub roots: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<ManifestPin>,
-    #[serde(default = "default_statuses")]
+    #[serde(
+        default = "default_statuses",
+        skip_serializing_if = "is_default_statuses"
+    )]
     pub tcb_statuses: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub allow_debug: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rtmr3: Vec<String>,
     /// Model name → SHA-256 (hex) of a model file a worker may serve under that name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, String>,
     /// Development only: do not require RTMR3 or model pins.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub allow_any_config: bool,
-    #[serde(default = "default_max_age")]
+    /// `None` (no age bound) cannot be written in TOML: only the default is.
+    #[serde(
+        default = "default_max_age",
+        skip_serializing_if = "is_default_max_age"
+    )]
     pub max_collateral_age_secs: Option<u64>,
+}
+
+impl Default for PolicyConfig {
+    /// What an empty `[policy]` section says (it pins nothing, so loading refuses it).
+    fn default() -> Self {
+        Self {
+            roots: default_roots(),
+            images: Vec::new(),
+            manifest: None,
+            tcb_statuses: default_statuses(),
+            allow_debug: false,
+            rtmr3: Vec::new(),
+            models: BTreeMap::new(),
+            allow_any_config: false,
+            max_collateral_age_secs: default_max_age(),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_default_roots(v: &[String]) -> bool {
+    *v == default_roots()
+}
+
+fn is_default_statuses(v: &[String]) -> bool {
+    *v == default_statuses()
+}
+
+fn is_default_max_age(v: &Option<u64>) -> bool {
+    *v == default_max_age()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {

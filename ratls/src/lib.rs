@@ -54,6 +54,10 @@
 //!
 //! A policy that pins a signed manifest ([`config`]) keeps an append-only local record of the
 //! manifests it accepted ([`manifest_record`]), so a swapped or rolled-back manifest is refused.
+//!
+//! Every service (proxy, worker, client) has a `[policy]` section, so this crate also holds the
+//! one loader of their TOML config files ([`service_config`]: read, parse, validate, one error
+//! type).
 
 pub mod account;
 pub mod cache;
@@ -63,6 +67,7 @@ pub mod clock;
 pub mod config;
 pub mod evidence;
 pub mod manifest_record;
+pub mod service_config;
 pub mod testing;
 pub mod tls;
 pub mod verify;

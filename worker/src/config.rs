@@ -18,7 +18,7 @@
 //!
 //! [[models]]
 //! name = "smollm2-135m"
-//! engine = "mistralrs"             # "mistralrs" | "upstream" | "stub"
+//! engine = "mistralrs"             # "mistralrs" | "upstream" | "stub" ([`ModelFile`])
 //! gguf = "/path/model.gguf"        # mistralrs only
 //! max_completion_tokens = 512      # optional for mistralrs and stub, required for upstream
 //! max_context = 2048               # optional for mistralrs and stub, required for upstream
@@ -28,7 +28,10 @@
 //! ```
 //!
 //! Relative paths (in `[tee]`, `[policy]` and `gguf`) are resolved against the directory of
-//! the config file. Every error names the field (`models[1].url: …`).
+//! the config file. Every error names the field (`models[1].url: …`). [`WorkerConfigFile`] is
+//! the schema (also `Serialize`: `cocoon-host` renders worker configs from it); each
+//! `[[models]]` entry is a [`ModelFile`], one variant per engine. Loading is the shared
+//! [`ratls::service_config`] helper.
 //!
 //! # Trust boundary
 //!
@@ -43,7 +46,13 @@ use std::time::Duration;
 use attestation::config::TeeConfig;
 use measurements::Policy;
 use ratls::config::PolicyConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use ratls::service_config::ConfigError;
+use ratls::service_config::{field, ServiceConfig};
+
+mod model_file;
+pub use model_file::ModelFile;
 
 use crate::engine::stub::StubEngine;
 use crate::engine::upstream::{UpstreamConfig, UpstreamEngine, UpstreamModel};
@@ -53,36 +62,9 @@ use crate::service::ServedModel;
 /// Most models one worker serves (registration limit).
 pub const MAX_MODELS: usize = 64;
 
-/// Config errors; each names the file or field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    #[error("{field}: {detail}")]
-    Field { field: String, detail: String },
-    #[error(transparent)]
-    Policy(#[from] ratls::config::ConfigError),
-}
-
-fn field(field: impl Into<String>, detail: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field: field.into(),
-        detail: detail.into(),
-    }
-}
-
-/// The file as written.
-#[derive(Clone, Debug, Deserialize)]
+/// The file as written (the schema). `models` entries are parsed one by one (see
+/// [`ModelFile`]), so their errors name the entry and key.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfigFile {
     pub name: String,
@@ -90,53 +72,41 @@ pub struct WorkerConfigFile {
     pub capacity: u32,
     #[serde(default = "default_price")]
     pub price_coefficient_milli: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_lifetime_secs: Option<u64>,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
     pub models: Vec<ModelFile>,
 }
 
+impl WorkerConfigFile {
+    /// A config with the required keys and every optional one at its default.
+    pub fn new(
+        name: impl Into<String>,
+        proxies: Vec<String>,
+        capacity: u32,
+        tee: TeeConfig,
+        policy: PolicyConfig,
+        models: Vec<ModelFile>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            proxies,
+            capacity,
+            price_coefficient_milli: DEFAULT_PRICE_COEFFICIENT_MILLI,
+            cert_lifetime_secs: None,
+            tee,
+            policy,
+            models,
+        }
+    }
+}
+
+/// Default `price_coefficient_milli` (the list price).
+pub const DEFAULT_PRICE_COEFFICIENT_MILLI: u32 = 1000;
+
 fn default_price() -> u32 {
-    1000
-}
-
-/// Which engine serves a model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Mistralrs,
-    Upstream,
-    Stub,
-}
-
-/// One `[[models]]` entry as written.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelFile {
-    pub name: String,
-    pub engine: EngineKind,
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    pub max_context: Option<u32>,
-    // mistralrs
-    #[serde(default)]
-    pub gguf: Option<PathBuf>,
-    // upstream
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub upstream_model: Option<String>,
-    #[serde(default)]
-    pub model_hash: Option<String>,
-    #[serde(default)]
-    pub api_key: Option<String>,
-    // stub
-    #[serde(default)]
-    pub tokens: Option<u32>,
-    #[serde(default)]
-    pub tokens_per_second: Option<f64>,
+    DEFAULT_PRICE_COEFFICIENT_MILLI
 }
 
 /// The validated configuration.
@@ -269,35 +239,58 @@ impl std::fmt::Debug for EngineSpec {
 }
 
 impl WorkerConfig {
-    /// Reads and validates the config at `path`.
+    /// Reads and validates the config at `path` ([`ratls::service_config::open`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Self::from_toml(&text, path, base)
+        let opened = ratls::service_config::open::<WorkerConfigFile>(path)?;
+        Ok(Self {
+            config_sha256: opened.sha256,
+            ..opened.config
+        })
     }
 
     /// Parses and validates `text`; `path` names the file in errors, `base` resolves
     /// relative paths.
     pub fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let file: WorkerConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })?;
-        let mut config = file.validate(base)?;
+        let mut config = WorkerConfigFile::parse(text, path)?.validate(base)?;
         config.config_sha256 = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
         Ok(config)
     }
 }
 
+impl ServiceConfig for WorkerConfigFile {
+    type Valid = WorkerConfig;
+
+    /// The file without its `models` array is parsed by serde (errors name the file); then
+    /// each entry by [`model_file::parse_entry`] (errors name `models[i].key`).
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = ratls::service_config::parse(text, path)?;
+        let entries = match table.get_mut("models") {
+            Some(toml::Value::Array(a)) => std::mem::take(a),
+            _ => Vec::new(),
+        };
+        let mut file: Self =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    detail: e.to_string().trim_end().to_string(),
+                })?;
+        file.models = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| model_file::parse_entry(i, v))
+            .collect::<Result<_, _>>()?;
+        Ok(file)
+    }
+
+    fn validate(self, base: &Path) -> Result<WorkerConfig, ConfigError> {
+        self.into_config(base)
+    }
+}
+
 impl WorkerConfigFile {
     /// Validates into the runtime type.
-    pub fn validate(self, base: &Path) -> Result<WorkerConfig, ConfigError> {
+    pub fn into_config(self, base: &Path) -> Result<WorkerConfig, ConfigError> {
         let name_ok = (1..=64).contains(&self.name.len())
             && self.name.bytes().all(|b| (0x21..0x7f).contains(&b));
         if !name_ok {
@@ -384,113 +377,107 @@ impl WorkerConfigFile {
 }
 
 impl ModelFile {
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Mistralrs { name, .. }
+            | Self::Upstream { name, .. }
+            | Self::Stub { name, .. } => name,
+        }
+    }
+
     fn validate(self, at: &str, base: &Path) -> Result<ModelSpec, ConfigError> {
-        protocol::meta::check_model(&self.name)
+        protocol::meta::check_model(self.name())
             .map_err(|e| field(format!("{at}.name"), e.message))?;
-        for (name, v) in [
-            ("max_completion_tokens", self.max_completion_tokens),
-            ("max_context", self.max_context),
-        ] {
+        let positive = |key: &str, v: Option<u32>| {
             if v == Some(0) {
-                return Err(field(format!("{at}.{name}"), "must be positive"));
+                Err(field(format!("{at}.{key}"), "must be positive"))
+            } else {
+                Ok(v)
             }
-        }
-        let engine_name = match self.engine {
-            EngineKind::Mistralrs => "mistralrs",
-            EngineKind::Upstream => "upstream",
-            EngineKind::Stub => "stub",
         };
-        let given = [
-            ("gguf", self.gguf.is_some(), EngineKind::Mistralrs),
-            ("url", self.url.is_some(), EngineKind::Upstream),
-            (
-                "upstream_model",
-                self.upstream_model.is_some(),
-                EngineKind::Upstream,
-            ),
-            (
-                "model_hash",
-                self.model_hash.is_some(),
-                EngineKind::Upstream,
-            ),
-            ("api_key", self.api_key.is_some(), EngineKind::Upstream),
-            ("tokens", self.tokens.is_some(), EngineKind::Stub),
-            (
-                "tokens_per_second",
-                self.tokens_per_second.is_some(),
-                EngineKind::Stub,
-            ),
-        ];
-        for (name, is_set, for_engine) in given {
-            if is_set && for_engine != self.engine {
-                return Err(field(
-                    format!("{at}.{name}"),
-                    format!("not an option of engine = \"{engine_name}\""),
-                ));
-            }
-        }
-        let required = |name: &str, v: Option<String>| {
-            v.filter(|s| !s.is_empty()).ok_or_else(|| {
-                field(
-                    format!("{at}.{name}"),
-                    format!("required for engine = \"{engine_name}\""),
-                )
-            })
-        };
-        let engine = match self.engine {
-            EngineKind::Mistralrs => {
-                let gguf = self.gguf.ok_or_else(|| {
-                    field(format!("{at}.gguf"), "required for engine = \"mistralrs\"")
-                })?;
+        let (name, max_completion_tokens, max_context, engine) = match self {
+            Self::Mistralrs {
+                name,
+                gguf,
+                max_completion_tokens,
+                max_context,
+            } => (
+                name,
+                max_completion_tokens,
+                max_context,
                 EngineSpec::MistralRs {
                     gguf: base.join(gguf),
+                },
+            ),
+            Self::Upstream {
+                name,
+                url,
+                upstream_model,
+                model_hash,
+                api_key,
+                max_completion_tokens,
+                max_context,
+            } => {
+                for (key, v) in [
+                    ("url", &url),
+                    ("upstream_model", &upstream_model),
+                    ("model_hash", &model_hash),
+                ] {
+                    if v.is_empty() {
+                        return Err(field(
+                            format!("{at}.{key}"),
+                            "required for engine = \"upstream\"",
+                        ));
+                    }
                 }
-            }
-            EngineKind::Upstream => {
-                if self.max_completion_tokens.is_none() {
-                    return Err(field(
-                        format!("{at}.max_completion_tokens"),
-                        "required for engine = \"upstream\"",
-                    ));
-                }
-                if self.max_context.is_none() {
-                    return Err(field(
-                        format!("{at}.max_context"),
-                        "required for engine = \"upstream\"",
-                    ));
-                }
-                let model_hash = required("model_hash", self.model_hash)?;
                 if model_hash.len() != 64 || hex::decode(&model_hash).is_err() {
                     return Err(field(
                         format!("{at}.model_hash"),
                         "expected 64 hex digits (sha-256 of the weights)",
                     ));
                 }
-                EngineSpec::Upstream {
-                    url: required("url", self.url)?,
-                    upstream_model: required("upstream_model", self.upstream_model)?,
-                    model_hash: model_hash.to_ascii_lowercase(),
-                    api_key: self.api_key,
-                }
+                (
+                    name,
+                    Some(max_completion_tokens),
+                    Some(max_context),
+                    EngineSpec::Upstream {
+                        url,
+                        upstream_model,
+                        model_hash: model_hash.to_ascii_lowercase(),
+                        api_key,
+                    },
+                )
             }
-            EngineKind::Stub => {
-                let tokens_per_second = self.tokens_per_second.unwrap_or(1000.0);
+            Self::Stub {
+                name,
+                max_completion_tokens,
+                max_context,
+                tokens,
+                tokens_per_second,
+            } => {
+                let tokens_per_second = tokens_per_second.unwrap_or(1000.0);
                 if !tokens_per_second.is_finite() || tokens_per_second < 0.0 {
                     return Err(field(
                         format!("{at}.tokens_per_second"),
                         "expected a finite number >= 0 (0 = as fast as possible)",
                     ));
                 }
-                EngineSpec::Stub {
-                    tokens: self.tokens.unwrap_or(32),
-                    tokens_per_second,
-                }
+                (
+                    name,
+                    max_completion_tokens,
+                    max_context,
+                    EngineSpec::Stub {
+                        tokens: tokens.unwrap_or(32),
+                        tokens_per_second,
+                    },
+                )
             }
         };
         Ok(ModelSpec {
-            name: self.name,
-            max_completion_tokens: self.max_completion_tokens,
-            max_context: self.max_context,
+            name,
+            max_completion_tokens: positive("max_completion_tokens", max_completion_tokens)?,
+            max_context: positive("max_context", max_context)?,
             engine,
         })
     }

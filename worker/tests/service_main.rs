@@ -9,11 +9,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use attestation::config::TeeConfig;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
+use ratls::config::PolicyConfig;
 use ratls::{Clock, SystemClock};
 use service_support::*;
+use worker::config::{ModelFile, WorkerConfigFile};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cocoon-worker");
 
@@ -24,8 +27,32 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Writes a sim config whose worker dials `proxy`; returns the config path.
-fn write_config(dir: &Path, proxy: &str, tee: &str) -> PathBuf {
+/// The test worker's config (the worker's own config file type), dialing `proxy`.
+fn config(proxy: &str, tee: TeeConfig) -> WorkerConfigFile {
+    let stub = |name: &str, tokens| ModelFile::Stub {
+        name: name.into(),
+        max_completion_tokens: None,
+        max_context: None,
+        tokens,
+        tokens_per_second: None,
+    };
+    WorkerConfigFile::new(
+        "bin-worker",
+        vec![proxy.into()],
+        2,
+        tee,
+        PolicyConfig {
+            roots: vec!["sim-root.der".into()],
+            images: vec![proxy_regs().image_hash().to_string()],
+            ..PolicyConfig::default()
+        },
+        vec![stub(MODEL, Some(3)), stub("second", None)],
+    )
+}
+
+/// Writes the simulated platform, registers and root, and `config`, into `dir`; returns the
+/// config path.
+fn write_config(dir: &Path, config: &WorkerConfigFile) -> PathBuf {
     std::fs::write(
         dir.join("sim-platform.json"),
         platform().export().to_json().unwrap(),
@@ -37,38 +64,18 @@ fn write_config(dir: &Path, proxy: &str, tee: &str) -> PathBuf {
     )
     .unwrap();
     std::fs::write(dir.join("sim-root.der"), platform().root_ca_der()).unwrap();
-    let text = format!(
-        r#"
-name = "bin-worker"
-proxies = ["{proxy}"]
-capacity = 2
-
-{tee}
-
-[policy]
-roots = ["sim-root.der"]
-images = ["{image}"]
-
-[[models]]
-name = "{MODEL}"
-engine = "stub"
-tokens = 3
-
-[[models]]
-name = "second"
-engine = "stub"
-"#,
-        image = proxy_regs().image_hash(),
-    );
     let path = dir.join("worker.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
     path
 }
 
-const SIM_TEE: &str = r#"[tee]
-kind = "sim"
-platform_file = "sim-platform.json"
-registers_file = "worker-registers.json""#;
+fn sim_tee() -> TeeConfig {
+    TeeConfig::Sim {
+        platform_file: "sim-platform.json".into(),
+        registers_file: "worker-registers.json".into(),
+        runtime_log_file: None,
+    }
+}
 
 fn exit_code(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -86,7 +93,7 @@ fn bad_usage_and_config_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/worker.toml"), "{err}");
     let dir = temp_dir("badcfg");
-    let path = write_config(&dir, "localhost:9101", SIM_TEE);
+    let path = write_config(&dir, &config("localhost:9101", sim_tee()));
     let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("proxies[0]"), "{err}");
@@ -96,23 +103,25 @@ fn bad_usage_and_config_exit_2() {
 #[test]
 fn missing_tee_exits_3() {
     let dir = temp_dir("notee");
-    let tee = format!(
-        "[tee]\nkind = \"tdx\"\nreport_root = \"{0}/no-tsm\"\nmeasurements_root = \"{0}/no-rtmr\"",
-        dir.display()
-    );
-    let path = write_config(&dir, "127.0.0.1:9", &tee);
+    let tee = TeeConfig::Tdx {
+        report_root: Some(dir.join("no-tsm")),
+        measurements_root: Some(dir.join("no-rtmr")),
+    };
+    let mut cfg = config("127.0.0.1:9", tee);
+    let path = write_config(&dir, &cfg);
     // On real TDX the worker refuses the simulated root and the stub engine (a config error,
     // exit 2, before the TEE is opened); with Intel's root and a model it reaches the TEE.
     let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("refused on real TDX"), "{err}");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let models = text.find("[[models]]").unwrap();
-    let text = text[..models].replace("roots = [\"sim-root.der\"]\n", "")
-        + &format!(
-            "[[models]]\nname = \"{MODEL}\"\nengine = \"mistralrs\"\ngguf = \"none.gguf\"\n"
-        );
-    std::fs::write(&path, text).unwrap();
+    cfg.policy.roots = PolicyConfig::default().roots;
+    cfg.models = vec![ModelFile::Mistralrs {
+        name: MODEL.into(),
+        gguf: "none.gguf".into(),
+        max_completion_tokens: None,
+        max_context: None,
+    }];
+    let path = write_config(&dir, &cfg);
     let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 3, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -123,7 +132,7 @@ async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut proxy = TestProxy::start(clock.now(), clock).await;
     let dir = temp_dir("ready");
-    let path = write_config(&dir, &proxy.addr.to_string(), SIM_TEE);
+    let path = write_config(&dir, &config(&proxy.addr.to_string(), sim_tee()));
     let mut child = Command::new(BIN)
         .args(["--config", path.to_str().unwrap()])
         .env("RUST_LOG", "warn")

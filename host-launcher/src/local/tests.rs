@@ -1,3 +1,5 @@
+//! Unit tests of the local layout: pins between roles, determinism, loading with the services' loaders.
+
 use super::*;
 use crate::registers::binary_digest;
 use attestation::config::TeeConfig;
@@ -196,7 +198,7 @@ fn stub_model_and_rendering_is_deterministic() {
         name: "cocoon-stub".into(),
     });
     assert_eq!(render(&p).unwrap(), render(&p).unwrap());
-    let worker = table(&worker_toml(&p));
+    let worker = table(&worker_toml(&p).unwrap());
     let model = &worker["models"][0];
     assert_eq!(model["engine"].as_str(), Some("stub"));
     assert_eq!(model["name"].as_str(), Some("cocoon-stub"));
@@ -204,9 +206,15 @@ fn stub_model_and_rendering_is_deterministic() {
     // Changing a binary changes the pinned hash in the peer's config.
     let mut other = p.clone();
     other.proxy = RoleMeasurement::new(Role::Proxy, binary_digest(b"rebuilt proxy"));
-    assert_ne!(worker_toml(&p), worker_toml(&other));
-    assert_ne!(client_toml(&p, "r"), client_toml(&other, "r"));
-    assert_eq!(proxy_toml(&p, "r"), proxy_toml(&other, "r"));
+    assert_ne!(worker_toml(&p).unwrap(), worker_toml(&other).unwrap());
+    assert_ne!(
+        client_toml(&p, "r").unwrap(),
+        client_toml(&other, "r").unwrap()
+    );
+    assert_eq!(
+        proxy_toml(&p, "r").unwrap(),
+        proxy_toml(&other, "r").unwrap()
+    );
     // A changed worker config changes the RTMR3 the proxy pins, and so the proxy config,
     // and so the RTMR3 the client pins.
     let mut bigger = p.clone();
@@ -246,4 +254,56 @@ fn urls_are_written_atomically() {
     assert_eq!(v["pids"]["proxy"], 2);
     assert!(!dir.join("urls.json.tmp").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every file `launch --local` writes loads with its service's own loader (parse, validate:
+/// policy roots read, client key created) for both engines, and is the serialization of the
+/// service's config type (it reads back as the same value).
+#[test]
+fn written_configs_load_with_the_services_loaders() {
+    use ratls::service_config::{open, ServiceConfig};
+    for model in [
+        gguf(),
+        ModelPlan::Stub {
+            name: "cocoon-stub".into(),
+        },
+    ] {
+        let p = plan(model);
+        let dir = std::env::temp_dir().join(format!(
+            "cocoon-host-load-{}-{}",
+            p.model.name(),
+            std::process::id()
+        ));
+        let platform = SimPlatform::from_seed([4; 32]).unwrap();
+        write(&dir, &p, &platform).unwrap();
+        let text = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+
+        let proxy = open::<proxy::config::ConfigFile>(&dir.join(PROXY_CONFIG)).unwrap();
+        assert_eq!(proxy.config.proxy.client_listen, p.proxy_client_listen);
+        let worker_rtmr3 = config_rtmr3(&text(WORKER_CONFIG));
+        assert_eq!(
+            proxy::config::ConfigFile::parse(&text(PROXY_CONFIG), Path::new("p")).unwrap(),
+            proxy_config(&p, &worker_rtmr3)
+        );
+
+        let worker = open::<worker::config::WorkerConfigFile>(&dir.join(WORKER_CONFIG)).unwrap();
+        assert_eq!(worker.config.models[0].name, p.model.name());
+        assert_eq!(
+            <worker::config::WorkerConfigFile as ServiceConfig>::parse(
+                &text(WORKER_CONFIG),
+                Path::new("w")
+            )
+            .unwrap(),
+            worker_config(&p)
+        );
+
+        let client = open::<client::config::ClientConfigFile>(&dir.join(CLIENT_CONFIG)).unwrap();
+        assert!(client.config.key_created);
+        let proxy_rtmr3 = config_rtmr3(&text(PROXY_CONFIG));
+        assert_eq!(
+            client::config::ClientConfigFile::parse(&text(CLIENT_CONFIG), Path::new("c")).unwrap(),
+            client_config(&p, &proxy_rtmr3)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

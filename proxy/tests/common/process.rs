@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{net, proxy_regs, worker_regs};
+use attestation::config::TeeConfig;
+use ratls::config::PolicyConfig;
 
-/// The `[accounts]` section of the test config: every key starts funded (development).
-pub const DEV_ACCOUNTS: &str = "default_balance_nano = 1000000000000";
+use super::{net, proxy_regs, worker_regs};
 
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cocoon-proxy-{}-{name}", std::process::id()));
@@ -27,9 +27,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Writes a sim platform, registers, root and a config into `dir`; returns the config path.
-/// `extra` goes into the top level, `accounts` into `[accounts]`.
-pub fn write_config(dir: &Path, extra: &str, accounts: &str) -> PathBuf {
+/// The test proxy's config (the proxy's own config file type): free loopback ports, every
+/// account funded (development), any worker configuration accepted.
+pub fn config() -> proxy::config::ConfigFile {
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    proxy::config::ConfigFile {
+        accounts: proxy::config::AccountsFile {
+            default_balance_nano: Some(1_000_000_000_000),
+            balances: Default::default(),
+        },
+        ..proxy::config::ConfigFile::new(
+            "test-proxy",
+            [port(), port(), port()],
+            4096,
+            TeeConfig::Sim {
+                platform_file: "sim-platform.json".into(),
+                registers_file: "proxy-registers.json".into(),
+                runtime_log_file: None,
+            },
+            PolicyConfig {
+                roots: vec!["sim-root.der".into()],
+                images: vec![worker_regs().image_hash().to_string()],
+                allow_any_config: true,
+                ..PolicyConfig::default()
+            },
+        )
+    }
+}
+
+/// Writes a sim platform, registers, root and `text` (a config) into `dir`; returns the config
+/// path.
+pub fn write_config_text(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(
         dir.join("sim-platform.json"),
         net().platform.export().to_json().unwrap(),
@@ -41,32 +69,14 @@ pub fn write_config(dir: &Path, extra: &str, accounts: &str) -> PathBuf {
     )
     .unwrap();
     std::fs::write(dir.join("sim-root.der"), net().platform.root_ca_der()).unwrap();
-    let cfg = format!(
-        r#"name = "test-proxy"
-worker_listen = "127.0.0.1:{}"
-client_listen = "127.0.0.1:{}"
-admin_listen = "127.0.0.1:{}"
-max_prompt_tokens = 4096
-{extra}
-[accounts]
-{accounts}
-[tee]
-kind = "sim"
-platform_file = "sim-platform.json"
-registers_file = "proxy-registers.json"
-[policy]
-roots = ["sim-root.der"]
-images = ["{}"]
-allow_any_config = true
-"#,
-        free_port(),
-        free_port(),
-        free_port(),
-        worker_regs().image_hash()
-    );
     let path = dir.join("proxy.toml");
-    std::fs::write(&path, cfg).unwrap();
+    std::fs::write(&path, text).unwrap();
     path
+}
+
+/// [`write_config_text`] with `config` serialized.
+pub fn write_config(dir: &Path, config: &proxy::config::ConfigFile) -> PathBuf {
+    write_config_text(dir, &toml::to_string(config).unwrap())
 }
 
 pub fn spawn(config: &Path) -> Child {

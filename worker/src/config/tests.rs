@@ -1,3 +1,5 @@
+//! Unit tests of the worker config: parsing, field errors, path resolution, TDX refusals, round trip.
+
 use super::*;
 
 fn image() -> String {
@@ -247,4 +249,20 @@ fn loopback_urls() {
     ] {
         assert!(!url_is_loopback(bad), "{bad}");
     }
+}
+
+/// The file type is the schema both ways: serializing and parsing again (with the real parser,
+/// entry by entry) gives the same value, for every engine.
+#[test]
+fn serialization_round_trips() {
+    let path = Path::new("/etc/w/worker.toml");
+    let file = <WorkerConfigFile as ServiceConfig>::parse(&base_toml(), path).unwrap();
+    assert_eq!(file.models.len(), 3);
+    let text = toml::to_string(&file).unwrap();
+    assert_eq!(
+        <WorkerConfigFile as ServiceConfig>::parse(&text, path).unwrap(),
+        file
+    );
+    assert!(text.contains("engine = \"upstream\""), "{text}");
+    assert!(!text.contains("api_key"), "unset keys are left out: {text}");
 }
