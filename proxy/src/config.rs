@@ -38,6 +38,13 @@
 //! default_balance_nano = 1000000000000   # development: unknown accounts start with this
 //! balances = { "<account id hex>" = 5000000000 }
 //!
+//! [ledger]                           # optional: the durable ledger (else in memory)
+//! path = "ledger.redb"               # opening balances above apply to new accounts only
+//!
+//! [keys]                             # required with [ledger]: Kp and the wallet key
+//! dir = "keys"                       # proxy::keystore::EncryptedFileStore (development)
+//! passphrase_file = "keys.pass"
+//!
 //! [tee]                              # attestation::config::TeeConfig
 //! kind = "sim"
 //! platform_file = "sim-platform.json"
@@ -187,6 +194,32 @@ impl AccountsFile {
     }
 }
 
+/// The `[ledger]` section: where the durable ledger lives.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerFile {
+    /// The redb file (created on first start).
+    pub path: PathBuf,
+}
+
+/// The `[keys]` section: the development key store (proxy::keystore).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    /// Directory of the encrypted key files (created 0700).
+    pub dir: PathBuf,
+    /// File holding the passphrase the keys are encrypted under.
+    pub passphrase_file: PathBuf,
+}
+
+/// The durable ledger and its key store (validated; paths resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerSettings {
+    pub path: PathBuf,
+    pub keys_dir: PathBuf,
+    pub passphrase_file: PathBuf,
+}
+
 /// The config file as written (the schema: `cocoon-host` renders proxy configs from it).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -228,6 +261,10 @@ pub struct ConfigFile {
     pub prices: PricesFile,
     #[serde(default, skip_serializing_if = "AccountsFile::is_empty")]
     pub accounts: AccountsFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeysFile>,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
 }
@@ -470,6 +507,8 @@ pub struct LoadedConfig {
     /// SHA-256 of the config file's bytes (all zero when built from text in code): what a
     /// simulated process measures into RTMR3 ([`TeeConfig::open_for_config`]).
     pub config_sha256: [u8; 32],
+    /// The durable ledger (`None`: in memory).
+    pub ledger: Option<LedgerSettings>,
 }
 
 impl ConfigFile {
@@ -503,6 +542,8 @@ impl ConfigFile {
             client_body_budget_bytes: None,
             prices: PricesFile::default(),
             accounts: AccountsFile::default(),
+            ledger: None,
+            keys: None,
             tee,
             policy,
         }
@@ -578,12 +619,28 @@ impl ConfigFile {
         let worker_policy = self
             .policy
             .load(base_dir, ratls::config::Required::by(ratls::Role::Proxy))?;
+        let ledger = match (self.ledger, self.keys) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(field(
+                    "keys",
+                    "required with [ledger]: the ledger is keyed by the proxy key Kp",
+                ))
+            }
+            (None, Some(_)) => return Err(field("keys", "only used with [ledger]")),
+            (Some(l), Some(k)) => Some(LedgerSettings {
+                path: base_dir.join(l.path),
+                keys_dir: base_dir.join(k.dir),
+                passphrase_file: base_dir.join(k.passphrase_file),
+            }),
+        };
         Ok(LoadedConfig {
             proxy,
             tee: self.tee,
             worker_policy,
             base_dir: base_dir.to_path_buf(),
             config_sha256: [0; 32],
+            ledger,
         })
     }
 }

@@ -21,6 +21,11 @@ const FILE_LEN: usize = MAGIC.len() + SALT_LEN + NONCE_LEN + SECRET_LEN + 16;
 /// PBKDF2 rounds: ~0.1 s on this class of machine, paid once per key at start.
 const ROUNDS: u32 = 200_000;
 
+/// Name of the proxy key Kp in the store.
+pub const PROXY_KEY: &str = "proxy-kp";
+/// Name of the proxy's wallet key in the store.
+pub const WALLET_KEY: &str = "proxy-wallet";
+
 /// Why a key could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {

@@ -16,6 +16,58 @@ use crate::config::AccountsConfig;
 
 pub mod durable;
 
+/// Why the configured ledger could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLedgerError {
+    #[error("cannot read the key passphrase {path}: {source}")]
+    Passphrase {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] crate::keystore::KeyStoreError),
+    #[error(transparent)]
+    Ledger(#[from] durable::OpenError),
+}
+
+/// The ledger the config asks for: in memory, or the durable ledger keyed by Kp from the key
+/// store (opening balances apply to accounts it does not hold yet). Returns what opening a
+/// durable ledger recovered.
+pub fn open_configured(
+    settings: Option<&crate::config::LedgerSettings>,
+    prices: &protocol::usage::Prices,
+    accounts: &AccountsConfig,
+) -> Result<(std::sync::Arc<dyn Ledger>, Option<durable::Recovery>), OpenLedgerError> {
+    use crate::keystore::KeyStore as _;
+    let Some(s) = settings else {
+        return Ok((std::sync::Arc::new(MemoryLedger::new(accounts)), None));
+    };
+    let passphrase =
+        std::fs::read(&s.passphrase_file).map_err(|source| OpenLedgerError::Passphrase {
+            path: s.passphrase_file.clone(),
+            source,
+        })?;
+    let mut passphrase = zeroize::Zeroizing::new(passphrase);
+    while passphrase.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        passphrase.pop();
+    }
+    let store = crate::keystore::EncryptedFileStore::new(&s.keys_dir, passphrase)?;
+    let kp = store.load_or_create(crate::keystore::PROXY_KEY)?;
+    let (ledger, recovery) = durable::DurableLedger::open(
+        durable::DurableOptions {
+            path: s.path.clone(),
+            price_per_token: prices.price_per_token,
+            default_balance_nano: accounts.default_balance_nano,
+        },
+        durable::LedgerKey::derive(&kp),
+    )?;
+    for (account, balance) in &accounts.balances {
+        let _ = ledger.open_account(account, *balance);
+    }
+    Ok((ledger, Some(recovery)))
+}
+
 /// Ledger failures.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {

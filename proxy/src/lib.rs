@@ -73,4 +73,7 @@ pub enum ExitCode {
     Config = 2,
     /// The TEE is unavailable (no quote, no certificate).
     Tee = 3,
+    /// The ledger or its key store cannot be used (modified file, wrong key or passphrase,
+    /// unreadable); the message names what failed.
+    Ledger = 4,
 }

@@ -4,7 +4,7 @@
 //! prints `cocoon-proxy: ready (workers <addr>, clients <addr>, admin <addr>)` to stdout.
 //!
 //! Exit codes: 0 clean shutdown on SIGTERM/SIGINT; 1 other failure; 2 config invalid;
-//! 3 TEE unavailable.
+//! 3 TEE unavailable; 4 ledger or key store unusable.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use proxy::identity::Identity;
-use proxy::{ExitCode, MemoryLedger, Proxy};
+use proxy::{ExitCode, Proxy};
 use ratls::{Clock, RatlsError, SystemClock};
 
 /// cocoon proxy: attests workers, authenticates client accounts, routes and bills requests.
@@ -87,7 +87,28 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::Other;
         }
     };
-    let ledger = Arc::new(MemoryLedger::new(&loaded.proxy.accounts));
+    let ledger = match proxy::ledger::open_configured(
+        loaded.ledger.as_ref(),
+        &loaded.proxy.prices,
+        &loaded.proxy.accounts,
+    ) {
+        Ok((ledger, recovery)) => {
+            if let Some(r) = recovery {
+                tracing::info!(
+                    clients = r.clients,
+                    workers = r.workers,
+                    stale_reservations = r.stale_reservations,
+                    stale_reserved_nano = r.stale_reserved_nano,
+                    "ledger opened"
+                );
+            }
+            ledger
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ledger unusable; refusing to start");
+            return ExitCode::Ledger;
+        }
+    };
     let running = match (Proxy {
         config: loaded.proxy,
         resolver: identity.resolver(),

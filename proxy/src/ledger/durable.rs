@@ -418,6 +418,22 @@ impl DurableLedger {
         self.push(&mut inner, Op::Client(account.to_string(), a))
     }
 
+    /// Creates a development account with `balance` unless it exists (opening balances from
+    /// the config apply once, not at every start).
+    pub fn open_account(&self, account: &str, balance: u64) -> Option<Ticket> {
+        let mut inner = self.lock();
+        if inner.clients.contains_key(account) {
+            return None;
+        }
+        let a = ClientAccount {
+            balance_nano: balance,
+            stake_nano: u64::MAX,
+            ..ClientAccount::default()
+        };
+        inner.clients.insert(account.to_string(), a);
+        Some(self.push(&mut inner, Op::Client(account.to_string(), a)))
+    }
+
     /// Mirrors a client contract's state seen on chain. A chain that charged more tokens than
     /// this ledger ever billed means the ledger was rolled back: refused.
     pub fn observe_client(
