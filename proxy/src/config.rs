@@ -45,6 +45,12 @@
 //! dir = "keys"                       # proxy::keystore::EncryptedFileStore (development)
 //! passphrase_file = "keys.pass"
 //!
+//! [payments]                         # optional, needs [ledger]: settle on TON (crate::payments)
+//! chain_url = "https://toncenter.com/api/v2"
+//! params_boc = "<hex>"               # the network's params v3; prices come from here
+//! owner = "<proxy contract owner>"
+//! root = "<root contract>"
+//!
 //! [tee]                              # attestation::config::TeeConfig
 //! kind = "sim"
 //! platform_file = "sim-platform.json"
@@ -220,6 +226,19 @@ pub struct LedgerSettings {
     pub passphrase_file: PathBuf,
 }
 
+/// Billing prices of the network params `p` (saturating at u64; no real network comes near).
+pub fn prices_of(p: &ton::params::ParamsV3) -> Prices {
+    let nano = |c: ton::address::Coins| u64::try_from(c.nano()).unwrap_or(u64::MAX);
+    Prices {
+        price_per_token: nano(p.price_per_token),
+        worker_fee_per_token: nano(p.worker_fee_per_token),
+        prompt_multiplier: p.multipliers.prompt,
+        cached_multiplier: p.multipliers.cached,
+        completion_multiplier: p.multipliers.completion,
+        reasoning_multiplier: p.multipliers.reasoning,
+    }
+}
+
 /// The config file as written (the schema: `cocoon-host` renders proxy configs from it).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +284,8 @@ pub struct ConfigFile {
     pub ledger: Option<LedgerFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<KeysFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payments: Option<crate::payments::PaymentsConfig>,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
 }
@@ -509,6 +530,8 @@ pub struct LoadedConfig {
     pub config_sha256: [u8; 32],
     /// The durable ledger (`None`: in memory).
     pub ledger: Option<LedgerSettings>,
+    /// Settlement on TON (`None`: off).
+    pub payments: Option<crate::payments::PaymentsSettings>,
 }
 
 impl ConfigFile {
@@ -544,6 +567,7 @@ impl ConfigFile {
             accounts: AccountsFile::default(),
             ledger: None,
             keys: None,
+            payments: None,
             tee,
             policy,
         }
@@ -619,6 +643,29 @@ impl ConfigFile {
         let worker_policy = self
             .policy
             .load(base_dir, ratls::config::Required::by(ratls::Role::Proxy))?;
+        let payments = match &self.payments {
+            None => None,
+            Some(p) => {
+                let settings = p.validate().map_err(|e| field("payments", e.to_string()))?;
+                if self.ledger.is_none() {
+                    return Err(field(
+                        "payments",
+                        "needs [ledger]: vouchers are signed only for durable counts",
+                    ));
+                }
+                if !self.prices.is_empty() {
+                    return Err(field(
+                        "prices",
+                        "with [payments] the prices are the network's (params_boc); remove [prices]",
+                    ));
+                }
+                Some(settings)
+            }
+        };
+        let mut proxy = proxy;
+        if let Some(p) = &payments {
+            proxy.prices = prices_of(&p.params);
+        }
         let ledger = match (self.ledger, self.keys) {
             (None, None) => None,
             (Some(_), None) => {
@@ -641,6 +688,7 @@ impl ConfigFile {
             base_dir: base_dir.to_path_buf(),
             config_sha256: [0; 32],
             ledger,
+            payments,
         })
     }
 }

@@ -99,7 +99,7 @@ fn config() -> PaymentsConfig {
         wallet_timeout_ms: 2_000,
         // small pages: a poll that comes back full asks again for twice as many
         history_page: 2,
-        ..PaymentsConfig::new(&owner(), &root())
+        ..PaymentsConfig::new("http://127.0.0.1:1/api/v2", &params(), &owner(), &root())
     }
 }
 

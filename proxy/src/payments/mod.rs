@@ -49,6 +49,16 @@ const TON: u64 = 1_000_000_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentsConfig {
+    /// The TON HTTP API v2 (toncenter-style) base URL, e.g. `https://toncenter.com/api/v2`
+    /// or cocoon-host's local chain.
+    pub chain_url: String,
+    /// Environment variable holding the API key, if the API needs one (keys stay out of
+    /// config files, which are measured and shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_api_key_env: Option<String>,
+    /// The network's params (v3) as the root contract publishes them: BOC, hex. Billing prices
+    /// come from here (the `[prices]` section must be absent).
+    pub params_boc: String,
     /// Owner of the proxy contract (receives proxy fees; part of its address). Raw or
     /// user-friendly form.
     pub owner: String,
@@ -137,6 +147,8 @@ pub enum PaymentsConfigError {
         #[source]
         source: AddrError,
     },
+    #[error("payments.params_boc: {0}")]
+    Params(String),
     #[error("payments.{field}: must be above zero")]
     Zero { field: &'static str },
     #[error("payments.history_max ({max}) is below payments.history_page ({page})")]
@@ -146,6 +158,9 @@ pub enum PaymentsConfigError {
 /// The validated runtime form of [`PaymentsConfig`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaymentsSettings {
+    pub chain_url: String,
+    pub chain_api_key_env: Option<String>,
+    pub params: ton::params::ParamsV3,
     pub owner: Addr,
     pub root: Addr,
     pub wallet_owner: Addr,
@@ -163,9 +178,16 @@ pub struct PaymentsSettings {
 }
 
 impl PaymentsConfig {
-    /// A config with every default for the given proxy-contract owner and root.
-    pub fn new(owner: &Addr, root: &Addr) -> Self {
+    /// A config with every default for the given chain, params, proxy-contract owner and root.
+    pub fn new(chain_url: &str, params: &ton::params::ParamsV3, owner: &Addr, root: &Addr) -> Self {
         Self {
+            chain_url: chain_url.to_string(),
+            chain_api_key_env: None,
+            params_boc: params
+                .without_code()
+                .to_cell()
+                .map(|c| ton::boc::encode_hex(&c))
+                .unwrap_or_default(),
             owner: owner.to_string(),
             root: root.to_string(),
             wallet_owner: None,
@@ -188,6 +210,20 @@ impl PaymentsConfig {
         let addr = |field: &'static str, text: &str| {
             Addr::parse_any(text).map_err(|source| PaymentsConfigError::Address { field, source })
         };
+        let params = ton::boc::decode_hex(self.params_boc.trim())
+            .map_err(|e| PaymentsConfigError::Params(e.to_string()))
+            .and_then(|c| {
+                ton::params::ParamsV3::from_cell(&c)
+                    .map_err(|e| PaymentsConfigError::Params(e.to_string()))
+            })?;
+        if params.worker_fee_per_token > params.price_per_token {
+            return Err(PaymentsConfigError::Params(
+                "worker_fee_per_token is above price_per_token".into(),
+            ));
+        }
+        if self.chain_url.is_empty() {
+            return Err(PaymentsConfigError::Zero { field: "chain_url" });
+        }
         let owner = addr("owner", &self.owner)?;
         let root = addr("root", &self.root)?;
         let wallet_owner = match &self.wallet_owner {
@@ -212,6 +248,9 @@ impl PaymentsConfig {
             });
         }
         Ok(PaymentsSettings {
+            chain_url: self.chain_url.clone(),
+            chain_api_key_env: self.chain_api_key_env.clone(),
+            params,
             owner,
             root,
             wallet_owner,
@@ -266,14 +305,23 @@ mod tests {
     fn config_defaults_render_and_reparse() {
         let owner = Addr::basechain([1; 32]);
         let root = Addr::basechain([2; 32]);
-        let text = format!("owner = \"{owner}\"\nroot = \"{root}\"\n");
+        let params = ton::params::ParamsV3::reference();
+        let boc = ton::boc::encode_hex(&params.without_code().to_cell().unwrap());
+        let text = format!(
+            "chain_url = \"http://127.0.0.1:1/api/v2\"\nparams_boc = \"{boc}\"\n\
+             owner = \"{owner}\"\nroot = \"{root}\"\n"
+        );
         let c: PaymentsConfig = toml::from_str(&text).unwrap();
-        assert_eq!(c, PaymentsConfig::new(&owner, &root));
+        assert_eq!(
+            c,
+            PaymentsConfig::new("http://127.0.0.1:1/api/v2", &params, &owner, &root)
+        );
         let s = c.validate().unwrap();
         assert_eq!(s.anchor_interval, Duration::from_secs(30));
         assert_eq!(s.poll_interval, Duration::from_secs(1));
         assert_eq!(s.charge_threshold_nano, 1_000_000_000);
         assert_eq!(s.wallet_owner, owner);
+        assert_eq!(s.params, params.without_code());
         let back: PaymentsConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }
@@ -281,13 +329,18 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let owner = Addr::basechain([1; 32]);
-        let mut c = PaymentsConfig::new(&owner, &owner);
+        let params = ton::params::ParamsV3::reference();
+        let new = || PaymentsConfig::new("http://x/api/v2", &params, &owner, &owner);
+        let mut c = new();
         c.root = "nope".into();
         assert!(matches!(
             c.validate(),
             Err(PaymentsConfigError::Address { field: "root", .. })
         ));
-        let mut c = PaymentsConfig::new(&owner, &owner);
+        let mut c = new();
+        c.params_boc = "00".into();
+        assert!(matches!(c.validate(), Err(PaymentsConfigError::Params(_))));
+        let mut c = new();
         c.poll_interval_ms = 0;
         assert_eq!(
             c.validate(),
@@ -295,7 +348,9 @@ mod tests {
                 field: "poll_interval_ms"
             })
         );
-        let text = format!("owner = \"{owner}\"\nroot = \"{owner}\"\nsurprise = 1\n");
+        let text = format!(
+            "chain_url = \"u\"\nparams_boc = \"00\"\nowner = \"{owner}\"\nroot = \"{owner}\"\nsurprise = 1\n"
+        );
         assert!(toml::from_str::<PaymentsConfig>(&text).is_err());
     }
 }
