@@ -216,6 +216,15 @@ async fn deploy_proxy_and_client(p: &Payments, local: &LocalChain) -> Addr {
         Cell::empty(),
     )
     .await;
+    // Bind the contract to a cocoon account key (the TLS key the client will present).
+    let set_secret = Request::SetSecret {
+        qid: 6,
+        secret_hash: ton::contracts::account_binding_hash(&ACCOUNT_KEY),
+        excess: client_owner(),
+    }
+    .to_cell()
+    .unwrap();
+    send(local, client_owner(), client, 300_000_000, None, set_secret).await;
     let top_up = Request::TopUp {
         qid: 7,
         amount: Coins::from_nano(5 * TON),
@@ -226,6 +235,9 @@ async fn deploy_proxy_and_client(p: &Payments, local: &LocalChain) -> Addr {
     send(local, client_owner(), client, 5_200_000_000, None, top_up).await;
     client
 }
+
+/// The account key (public) the client contract is bound to.
+const ACCOUNT_KEY: [u8; 32] = [0xac; 32];
 
 async fn client_state(chain: &Arc<dyn TonChain>, client: &Addr) -> ClientState {
     ClientState::from_stack(
@@ -390,6 +402,10 @@ async fn anchor_charge_payout_refund_on_the_real_contracts() {
     let a = ledger.client(&client.to_string()).expect("client observed");
     assert_eq!((a.balance_nano, a.stake_nano), (5 * TON as u64, TON as u64));
     assert!(ledger.client(&forger().to_string()).is_none());
+    // The TLS account bound by the contract's secret hash maps to it; other keys to nothing.
+    assert_eq!(p.account_contract(&hex::encode(ACCOUNT_KEY)), Some(client));
+    assert_eq!(p.account_contract(&hex::encode([0xad; 32])), None);
+    assert_eq!(p.account_contract("not hex"), None);
     let stats = p.stats();
     assert_eq!(stats.ignored_messages, 3, "{stats:?}");
     assert_eq!(stats.last_anchor_seqno, None);

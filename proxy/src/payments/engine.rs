@@ -117,6 +117,9 @@ struct EngineState {
     workers: HashMap<Addr, ChainWorker>,
     /// Vouchers sent and not yet seen applied: target → (count, when).
     sent: HashMap<Addr, (u64, Instant)>,
+    /// Client contracts by the account binding hash they carry
+    /// ([`ton::contracts::account_binding_hash`]); the latest notification wins.
+    bindings: HashMap<[u8; 32], Addr>,
     ignored: u64,
     malformed: u64,
     gaps: u64,
@@ -241,6 +244,16 @@ impl Payments {
     }
 
     /// The client contract the proxy contract derives for `owner`.
+    /// The client contract bound to the TLS account key `account` (hex Ed25519 public key):
+    /// the one whose last notification carried its binding hash. Its raw address is the
+    /// ledger account.
+    pub fn account_contract(&self, account: &str) -> Option<Addr> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(account, &mut key).ok()?;
+        let h = ton::contracts::account_binding_hash(&key);
+        self.lock().bindings.get(&h).copied()
+    }
+
     pub fn client_contract(&self, owner: &Addr) -> Result<Addr, CellError> {
         let data = ClientData::initial(
             *owner,
@@ -375,6 +388,9 @@ impl Payments {
                     .map_err(|e| self.fatal(e))?;
                 drop(ticket);
                 let mut st = self.lock();
+                if sn.secret_hash != [0; 32] {
+                    st.bindings.insert(sn.secret_hash, inbound.src);
+                }
                 st.clients.insert(
                     inbound.src,
                     ChainClient {
