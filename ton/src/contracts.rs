@@ -499,6 +499,21 @@ impl WalletData {
     }
 }
 
+/// The client contract's `secret_hash` that binds it to a cocoon account key (the Ed25519 key a
+/// client presents in TLS to the proxy): `SHA-256("cocoon-account-v1\0" ‖ public key)`.
+///
+/// cocoon's convention, not Cocoon's: the owner sets it on its client contract (`set secret`
+/// request), the contract reports it in every notification to the proxy contract, and the proxy
+/// bills a TLS account to the contract that carries this hash. Only the owner can set it, and
+/// only the key's holder can complete the TLS handshake, so neither side can be impersonated.
+pub fn account_binding_hash(account_key: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"cocoon-account-v1\0");
+    h.update(account_key);
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,19 +574,4 @@ mod tests {
             })
         ));
     }
-}
-
-/// The client contract's `secret_hash` that binds it to a cocoon account key (the Ed25519 key a
-/// client presents in TLS to the proxy): `SHA-256("cocoon-account-v1\0" ‖ public key)`.
-///
-/// cocoon's convention, not Cocoon's: the owner sets it on its client contract (`set secret`
-/// request), the contract reports it in every notification to the proxy contract, and the proxy
-/// bills a TLS account to the contract that carries this hash. Only the owner can set it, and
-/// only the key's holder can complete the TLS handshake, so neither side can be impersonated.
-pub fn account_binding_hash(account_key: &[u8; 32]) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(b"cocoon-account-v1\0");
-    h.update(account_key);
-    h.finalize().into()
 }
