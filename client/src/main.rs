@@ -70,13 +70,7 @@ fn load(path: &Path) -> Result<client::config::ServeConfig, client::ConfigError>
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    ratls::logging::init_tracing("info");
     let config_path = match cli.cmd {
         Cmd::Serve { ref config } => config.clone(),
         Cmd::Account {

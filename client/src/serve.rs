@@ -36,13 +36,11 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, WWW_AUTHENTICATE,
-};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, EXPECT, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use protocol::{ApiError, Endpoint, ErrorKind, RequestId, Usage};
+use protocol::{response, ApiError, Endpoint, ErrorKind, RequestId, Usage};
 use tokio::net::TcpListener;
 
 use crate::client::{Client, EventStream};
@@ -199,17 +197,12 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    response::json(status, full(body))
 }
 
 /// The OpenAI error object with the status of its kind.
 pub fn error_response(e: &ApiError) -> Response<Body> {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    json_response(status, e.to_json())
+    response::error(e).map(full)
 }
 
 async fn models(state: &State) -> Response<Body> {
@@ -459,9 +452,7 @@ async fn stream_response(mut events: EventStream, mut relay: Relay, log: LogCtx)
             .map(|b| (Ok::<_, Infallible>(Frame::data(Bytes::from(b))), p))
     });
     let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response::event_stream_headers(resp.headers_mut(), None);
     resp
 }
 

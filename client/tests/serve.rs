@@ -221,7 +221,7 @@ async fn attestation_refusal_names_the_reason_and_sends_nothing() {
 
 #[tokio::test]
 async fn debug_proxy_is_refused() {
-    let mut regs = proxy_registers();
+    let mut regs = proxy_regs();
     regs.td_attributes[0] |= 1;
     let proxy = spawn_proxy_with(regs).await;
     let local = spawn_local(client_config(&proxy, regs.image_hash())).await;

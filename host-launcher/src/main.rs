@@ -194,13 +194,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    ratls::logging::init_tracing("warn");
     match cli.cmd {
         Cmd::Launch(args) => launch_cmd(args),
         Cmd::Gpu(args) => gpu_cmd(args),

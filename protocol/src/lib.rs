@@ -15,7 +15,8 @@
 //! `data:` events, then one `event: cocoon-usage` with the token counts ([`usage::Usage`]),
 //! then `data: [DONE]`. A failure after the first byte is an `event: cocoon-error` with an
 //! [`error::ApiError`]. The client library turns the stream into a single JSON response when
-//! its caller did not ask for streaming, and strips cocoon events.
+//! its caller did not ask for streaming, and strips cocoon events. [`response`] builds the
+//! JSON, error and event-stream responses every service sends.
 //!
 //! # Versions
 //! [`PROTOCOL_VERSION`] is sent in every request (`cocoon-protocol-version`) and negotiated at
@@ -26,6 +27,7 @@ pub mod error;
 pub mod guest;
 pub mod meta;
 pub mod register;
+pub mod response;
 pub mod role;
 pub mod sse;
 pub mod usage;

@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use protocol::meta::H_MAX_PROMPT_TOKENS;
-use ratls::{server_config, CertResolver, PeerVerifier, RaTlsClientVerifier, Role, SystemClock};
+use ratls::{server_config, PeerVerifier, RaTlsClientVerifier, Role, SystemClock};
 
 const LATENCY_REQUESTS: usize = 400;
 const STREAM_TOKENS: u32 = 8;
@@ -84,7 +84,7 @@ async fn direct_worker(spec: WorkerSpec) -> (FakeWorker, SendRequest<Full<Bytes>
     let verifier = Arc::new(
         PeerVerifier::new(worker_policy(), Arc::new(SystemClock)).with_roles([Role::Worker]),
     );
-    let resolver = Arc::new(CertResolver::new(&cert(proxy_regs(), Role::Proxy)).unwrap());
+    let resolver = resolver(proxy_regs(), Role::Proxy, now());
     let cfg = server_config(
         resolver,
         Some(Arc::new(RaTlsClientVerifier::new(verifier))),
@@ -211,13 +211,7 @@ async fn throughput(
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    ratls::logging::init_tracing("warn");
     let proxy_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("proxy-rt")

@@ -43,8 +43,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ledger::UsageRecord;
-use crate::relay::ResponseBody;
-use crate::server::State;
+use crate::response::ResponseBody;
+use crate::state::State;
 use crate::stats::WorkerUsage;
 
 /// One worker in `/jsonstats`.
@@ -383,7 +383,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) {
-    crate::server::accept_connections(listener, shutdown, "admin", false, move |tcp, _| {
+    crate::listen::accept_connections(listener, shutdown, "admin", false, move |tcp, _| {
         let state = state.clone();
         async move {
             let service = service_fn(move |req| {

@@ -30,8 +30,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::limits::{self, Activity, ClientRefusal, ConnPermit, Tracked};
-use crate::relay::{self, error_response, json_response, ResponseBody};
-use crate::server::State;
+use crate::relay;
+use crate::response::{error_response, json_response, ResponseBody};
+use crate::state::State;
 
 /// Accepts client connections until `shutdown` fires, then waits for the open ones.
 pub(crate) async fn accept_loop(
@@ -40,7 +41,7 @@ pub(crate) async fn accept_loop(
     acceptor: TlsAcceptor,
     shutdown: watch::Receiver<bool>,
 ) {
-    crate::server::accept_connections(listener, shutdown, "client", true, move |tcp, addr| {
+    crate::listen::accept_connections(listener, shutdown, "client", true, move |tcp, addr| {
         // The connection caps are checked here, in the accept loop: a refused connection is
         // closed before any byte is read from it.
         let admitted = match state.limits.connections.try_acquire(addr.ip()) {

@@ -16,11 +16,15 @@
 //! * [`registry`]: registered workers, capacity, health, selection.
 //! * [`relay`]: forwarding, retry before the first byte, SSE relay, billing.
 //! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`.
-//! * [`limits`]: connection caps, deadlines, the funds check before the body, the body budget.
-//! * [`ledger`]: the accounting seam ([`ledger::Ledger`]; in memory, or durable in redb).
+//! * [`limits`]: connection caps, deadlines, the body budget, refusal codes; [`admission`]: the
+//!   funds check before the body and the bounded body read; [`funds`]: reservations.
+//! * [`response`]: the response body type and the JSON/error responses ([`protocol::response`]).
+//! * [`state`]: what every handler shares; [`listen`]: the accept loop of every port.
+//! * [`ledger`]: the accounting seam ([`ledger::Ledger`]; in memory, or durable in redb);
+//!   [`keystore`]: where Kp and the wallet key live.
 //! * [`payments`]: settles the durable ledger on TON (anchors, charge and payout vouchers).
-//! * [`config`]: the TOML config; [`identity`]: the proxy's RA-TLS certificate and renewal;
-//!   [`server`]: start and shutdown.
+//! * [`config`]: the TOML config; [`server`]: start and shutdown. The proxy's RA-TLS
+//!   certificate is a [`ratls::Identity`] with [`claims`] (issued and renewed there).
 //!
 //! # Trust boundary
 //!
@@ -45,22 +49,33 @@
 //! [`ratls`].
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod config;
-pub mod identity;
+pub mod funds;
 pub mod keystore;
 pub mod ledger;
 pub mod limits;
+pub mod listen;
 pub mod payments;
 pub mod registry;
 pub mod relay;
+pub mod response;
 pub mod server;
+pub mod state;
 pub mod stats;
 pub mod workers;
 
 pub use config::{LoadedConfig, ProxyConfig};
 pub use ledger::{Ledger, MemoryLedger, UsageRecord};
-pub use server::{Proxy, RunningProxy, StartError, State};
+pub use server::{Proxy, RunningProxy, StartError};
+pub use state::State;
+
+/// The claims in the proxy's RA-TLS certificate: role proxy, the protocol version, the
+/// proxy's `name`.
+pub fn claims(name: &str) -> ratls::Claims {
+    ratls::Claims::new(ratls::Role::Proxy, protocol::PROTOCOL_VERSION).with_extra("name", name)
+}
 
 /// Exit codes of the `cocoon-proxy` binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //! | HTTP/1.1 request head | `client_header_timeout_secs`, `client_max_header_bytes` | closed |
 //! | HTTP/2 | `client_h2_max_streams`, windows, `client_max_header_bytes` | flow control / refused stream |
 //! | no request in progress | `client_idle_timeout_secs` ([`Activity`]) | closed |
-//! | metadata headers parsed | the account must cover the cheapest reservation ([`admit`]) | 402 before any body byte is read |
+//! | metadata headers parsed | the account must cover the cheapest reservation ([`crate::admission::admit`]) | 402 before any body byte is read |
 //! | body upload | `client_body_timeout_secs` for the whole body | 408 |
 //! | body upload | bytes buffered across all requests ([`BodyBudget`]) | 503 + `Retry-After` |
 //!
@@ -30,17 +30,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, RETRY_AFTER};
-use http::{HeaderValue, Request, Response, StatusCode};
+use bytes::Bytes;
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use protocol::{ApiError, ErrorKind, RequestMeta};
+use protocol::ApiError;
 
 use crate::config::ClientLimits;
-use crate::relay::{self, error_response, Held, ResponseBody};
-use crate::server::State;
+use crate::response::{error_response, ResponseBody};
 use crate::stats::Stats;
 
 /// `Retry-After` seconds sent with a 503 for the body budget.
@@ -391,135 +388,6 @@ impl Rejection {
                 .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
-    }
-}
-
-/// Checks, before any body byte is read, that `account` can pay for the request at the
-/// cheapest worker serving `meta.model` (within the price cap), and holds that amount while
-/// the body uploads. Unknown accounts are refused as the relay refuses them (402), unless
-/// the ledger creates accounts on first use (development).
-pub(crate) fn admit(
-    state: &Arc<State>,
-    account: &str,
-    meta: &RequestMeta,
-) -> Result<Held, Rejection> {
-    let candidates = state.registry.candidates(&meta.model, &[]);
-    let affordable = relay::affordable(&state.config, meta, candidates)?;
-    let cheapest = affordable
-        .iter()
-        .map(|w| relay::reservation_at(&state.config, meta, w).1)
-        .min()
-        .unwrap_or(0);
-    match state.ledger.reserve(account, cheapest) {
-        Ok(r) => Ok(Held::new(state.clone(), r)),
-        Err(e) => {
-            let err = relay::ledger_refusal(e);
-            if err.kind == ErrorKind::InsufficientFunds {
-                count(
-                    &state.stats,
-                    ClientRefusal::InsufficientFunds,
-                    None,
-                    &err.message,
-                );
-            }
-            Err(err.into())
-        }
-    }
-}
-
-/// Reads the request body: at most `max_body_bytes`, within `client_body_timeout_secs`,
-/// charged to the body budget (the charge lives as long as the returned guard).
-pub(crate) async fn read_body(
-    state: &State,
-    req: Request<Incoming>,
-) -> Result<(Bytes, BodyCharge), Rejection> {
-    let limit = state.config.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("request body larger than {limit} bytes"),
-        )
-    };
-    let budget = &state.limits.body_budget;
-    let over_budget = || {
-        count(
-            &state.stats,
-            ClientRefusal::BodyBudget,
-            None,
-            "body budget exhausted",
-        );
-        Rejection {
-            error: ApiError::new(
-                ErrorKind::NoCapacity,
-                format!(
-                    "request bodies in memory would exceed client_body_budget_bytes ({} bytes); retry later",
-                    state.config.client.body_budget_bytes
-                ),
-            ),
-            status: Some(StatusCode::SERVICE_UNAVAILABLE),
-            retry_after_secs: Some(BODY_BUDGET_RETRY_AFTER_SECS),
-        }
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large().into());
-    }
-    let declared = declared.unwrap_or(0);
-    let mut charge = budget.charge(declared).ok_or_else(over_budget)?;
-    let mut body = req.into_body();
-    let mut buf = BytesMut::new();
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                Rejection::from(ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    "request body: connection failed while reading",
-                ))
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let total = buf.len() + data.len();
-            if total > limit {
-                return Err(too_large().into());
-            }
-            if !charge.grow_to(total as u64) {
-                return Err(over_budget());
-            }
-            if buf.is_empty() {
-                // usize: declared ≤ limit.
-                buf.reserve(usize::try_from(declared).unwrap_or(0).max(data.len()));
-            }
-            buf.extend_from_slice(&data);
-        }
-        Ok(())
-    };
-    let timeout = state.config.client.body_timeout;
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(())) => Ok((buf.freeze(), charge)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => {
-            let message = format!(
-                "request body: {} of {} bytes received within client_body_timeout_secs ({}s)",
-                buf.len(),
-                if declared > 0 {
-                    declared.to_string()
-                } else {
-                    "?".into()
-                },
-                timeout.as_secs()
-            );
-            count(&state.stats, ClientRefusal::BodyTimeout, None, &message);
-            Err(Rejection {
-                error: ApiError::new(ErrorKind::Timeout, message),
-                status: Some(StatusCode::REQUEST_TIMEOUT),
-                retry_after_secs: None,
-            })
-        }
     }
 }
 

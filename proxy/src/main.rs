@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use proxy::identity::Identity;
 use proxy::{ExitCode, Proxy};
-use ratls::{Clock, RatlsError, SystemClock};
+use ratls::{Clock, Identity, RatlsError, SystemClock};
+use tokio::sync::watch;
 
 /// cocoon proxy: attests workers, authenticates client accounts, routes and bills requests.
 #[derive(Debug, Parser)]
@@ -27,18 +27,10 @@ struct Args {
 
 /// How long requests in progress may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often the certificate's expiry is checked.
-const RENEWAL_CHECK: Duration = Duration::from_secs(60);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    ratls::logging::init_tracing("info");
     let code = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,9 +65,9 @@ async fn run(args: Args) -> ExitCode {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let identity = match Identity::issue(
         tee,
-        &loaded.proxy.name,
+        proxy::claims(&loaded.proxy.name),
         ratls::cert::DEFAULT_LIFETIME,
-        clock.now(),
+        clock.clone(),
     ) {
         Ok(i) => Arc::new(i),
         Err(e @ RatlsError::Tee(_)) => {
@@ -129,14 +121,15 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::Other;
         }
     };
-    let renewal = identity.spawn_renewal(clock, RENEWAL_CHECK);
+    let (stop_renewal, renewal_stopped) = watch::channel(false);
+    tokio::spawn(identity.clone().run_renewal(renewal_stopped));
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", running.readiness_line());
         let _ = out.flush();
     }
     let signal = wait_for_signal().await;
-    renewal.abort();
+    let _ = stop_renewal.send(true);
     match signal {
         Ok(name) => {
             tracing::info!(signal = name, "shutting down");

@@ -2,7 +2,7 @@
 //! body, retry once before the first response byte, relay the SSE stream and bill the usage
 //! it ends with.
 //!
-//! Before the body is read, [`crate::limits::admit`] checks that the account can pay for the
+//! Before the body is read, [`crate::admission::admit`] checks that the account can pay for the
 //! request; the body is then read into memory (bounded by [`crate::config::MAX_BODY_BYTES`],
 //! a deadline and a global byte budget, see [`crate::limits`]) only so it can be replayed on
 //! a retry; it is never parsed or logged. The response stream is decoded with
@@ -19,20 +19,22 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use protocol::meta::{H_MAX_PROMPT_TOKENS, H_REQUEST_ID};
+use protocol::meta::H_MAX_PROMPT_TOKENS;
 use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE};
-use protocol::{ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
+use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 
-use crate::config::ProxyConfig;
-use crate::ledger::{Committed, LedgerError, Reservation};
+use crate::admission;
+use crate::funds::{affordable, ledger_refusal, reservation_at, Held};
+use crate::ledger::LedgerError;
 use crate::limits::Rejection;
 use crate::registry::{rank, Slot, Worker};
-use crate::server::State;
+use crate::response::ResponseBody;
+use crate::state::State;
 use crate::stats::{ActiveGuard, Stats};
 
 /// A relayed frame is at most about this large (events already received are coalesced).
@@ -44,64 +46,6 @@ const MAX_WORKER_ERROR_BODY: usize = 64 << 10;
 /// Authority used in requests to workers (the connection is already attested; the worker
 /// ignores the name).
 pub const WORKER_AUTHORITY: &str = "cocoon-worker";
-
-/// The response bodies the proxy sends: a complete buffer, or a relayed event stream.
-#[derive(Debug)]
-pub enum ResponseBody {
-    Full(Option<Bytes>),
-    Relay(Box<RelayBody>),
-}
-
-impl ResponseBody {
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::Full(Some(bytes.into()))
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Relay(r) => Pin::new(r.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Relay(r) => r.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Self::Full(None) => SizeHint::with_exact(0),
-            Self::Relay(_) => SizeHint::default(),
-        }
-    }
-}
-
-/// A JSON response.
-pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-/// The OpenAI-style error response for `err`.
-pub fn error_response(err: &ApiError) -> Response<ResponseBody> {
-    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    json_response(status, err.to_json())
-}
 
 fn api(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     ApiError::new(kind, message)
@@ -134,49 +78,6 @@ pub async fn completions(
     }
 }
 
-/// A reservation that is released when dropped, unless it was committed. Whatever ends a
-/// request — an error, a retry, the client going away at any point — frees the funds.
-pub(crate) struct Held {
-    state: Arc<State>,
-    reservation: Option<Reservation>,
-}
-
-impl Held {
-    pub(crate) fn new(state: Arc<State>, reservation: Reservation) -> Self {
-        Self {
-            state,
-            reservation: Some(reservation),
-        }
-    }
-
-    fn amount(&self) -> u64 {
-        self.reservation.as_ref().map_or(0, |r| r.amount)
-    }
-
-    fn is_committed(&self) -> bool {
-        self.reservation.is_none()
-    }
-
-    /// Charges `cost` (capped at the reservation) to the account and `worker`.
-    fn commit(&mut self, cost: u64, usage: &Usage, worker: &str) -> Result<Committed, LedgerError> {
-        let r = self
-            .reservation
-            .take()
-            .ok_or(LedgerError::UnknownReservation(0))?;
-        self.state.ledger.commit(&r, cost, usage, Some(worker))
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            if let Err(e) = self.state.ledger.release(&r) {
-                tracing::error!(error = %e, "ledger release failed");
-            }
-        }
-    }
-}
-
 /// A worker chosen for a request, with its capacity slot and the funds reserved (both freed
 /// on drop).
 struct Pick {
@@ -189,67 +90,6 @@ struct Pick {
 impl Pick {
     fn worker(&self) -> &Arc<Worker> {
         self.slot.worker()
-    }
-}
-
-/// The completion tokens reserved at worker `w` for `meta`, and the reservation (nano-TON).
-pub(crate) fn reservation_at(cfg: &ProxyConfig, meta: &RequestMeta, w: &Worker) -> (u32, u64) {
-    let budget = w
-        .model(&meta.model)
-        .map_or(meta.max_tokens, |m| {
-            meta.max_tokens.min(m.max_completion_tokens)
-        })
-        .max(1);
-    let amount = cfg.prices.reservation(
-        u64::from(cfg.max_prompt_tokens),
-        u64::from(budget),
-        w.info.price_coefficient_milli,
-    );
-    (budget, amount)
-}
-
-/// The `candidates` whose reservation is within the request's price cap; an error if there
-/// are no candidates or none is within the cap.
-pub(crate) fn affordable(
-    cfg: &ProxyConfig,
-    meta: &RequestMeta,
-    candidates: Vec<Arc<Worker>>,
-) -> Result<Vec<Arc<Worker>>, ApiError> {
-    let model = meta.model.as_str();
-    if candidates.is_empty() {
-        return Err(api(
-            ErrorKind::ModelNotFound,
-            format!("model {model} is not served by any worker"),
-        ));
-    }
-    let reservation = |w: &Worker| reservation_at(cfg, meta, w).1;
-    let affordable: Vec<Arc<Worker>> = candidates
-        .iter()
-        .filter(|w| meta.price_cap.is_none_or(|cap| reservation(w) <= cap))
-        .cloned()
-        .collect();
-    if affordable.is_empty() {
-        let cheapest = candidates.iter().map(|w| reservation(w)).min().unwrap_or(0);
-        return Err(api(
-            ErrorKind::InsufficientFunds,
-            format!(
-                "price cap {} nano is below the reservation of {cheapest} nano ({} prompt + {} completion tokens)",
-                meta.price_cap.unwrap_or(0),
-                cfg.max_prompt_tokens,
-                meta.max_tokens
-            ),
-        ));
-    }
-    Ok(affordable)
-}
-
-/// The client-facing error for a failed reservation (unknown accounts: 402, as for funds).
-pub(crate) fn ledger_refusal(e: LedgerError) -> ApiError {
-    match e {
-        e @ (LedgerError::InsufficientFunds { .. } | LedgerError::UnknownAccount { .. }) => {
-            api(ErrorKind::InsufficientFunds, e.to_string())
-        }
-        e => api(ErrorKind::Internal, e.to_string()),
     }
 }
 
@@ -317,7 +157,10 @@ async fn attempt(
             H_MAX_PROMPT_TOKENS,
             HeaderValue::from(state.config.max_prompt_tokens),
         );
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(response::APPLICATION_JSON),
+        );
     }
     let req = match req.body(Full::new(body)) {
         Ok(r) => r,
@@ -398,9 +241,9 @@ async fn forward(
     }
     // Funds first: an account that cannot pay is refused before its body is read. The
     // amount stays reserved during the upload (no worker slot is held).
-    let admission = crate::limits::admit(state, account, &meta)?;
+    let admission = admission::admit(state, account, &meta)?;
     // `_charge` keeps the body's bytes counted in the body budget while they are in memory.
-    let (body, _charge) = crate::limits::read_body(state, req).await?;
+    let (body, _charge) = admission::read_body(state, req).await?;
     drop(admission);
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last: Option<ApiError> = None;
@@ -450,11 +293,7 @@ fn stream_response(
     started: Instant,
     active: ActiveGuard,
 ) -> Response<ResponseBody> {
-    let content_type = resp
-        .headers()
-        .get(CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("text/event-stream"));
+    let content_type = resp.headers().get(CONTENT_TYPE).cloned();
     let body = RelayBody {
         upstream: Some(resp.into_body()),
         decoder: Decoder::default(),
@@ -471,12 +310,12 @@ fn stream_response(
         }),
         active: Some(active),
     };
-    let mut out = Response::new(ResponseBody::Relay(Box::new(body)));
+    let mut out = Response::new(ResponseBody::Relay(Box::pin(body)));
     let h = out.headers_mut();
-    h.insert(CONTENT_TYPE, content_type);
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
-        h.insert(H_REQUEST_ID, v);
+    response::event_stream_headers(h, Some(&meta.request_id));
+    // The worker's own content type, if it named one.
+    if let Some(content_type) = content_type {
+        h.insert(CONTENT_TYPE, content_type);
     }
     out
 }

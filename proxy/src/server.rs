@@ -1,4 +1,4 @@
-//! Starting and stopping the proxy: shared [`State`], the three listeners, shutdown.
+//! Starting and stopping the proxy: the shared [`State`], the three listeners, shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,7 +10,7 @@ use ratls::account::account_server_config;
 use ratls::{
     server_config, CertResolver, Clock, PeerVerifier, RaTlsClientVerifier, RatlsError, Role,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -19,20 +19,8 @@ use crate::config::{ConfigError, ProxyConfig};
 use crate::ledger::Ledger;
 use crate::limits::Limits;
 use crate::registry::Registry;
+use crate::state::State;
 use crate::stats::Stats;
-
-/// What every connection handler shares.
-#[derive(Debug)]
-pub struct State {
-    pub config: ProxyConfig,
-    pub registry: Registry,
-    pub ledger: Arc<dyn Ledger>,
-    pub stats: Arc<Stats>,
-    /// Verifies workers (worker policy, worker role only).
-    pub worker_verifier: Arc<PeerVerifier>,
-    /// Client-port limit state (connection slots, body budget).
-    pub limits: Limits,
-}
 
 /// Errors starting the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -193,40 +181,5 @@ impl Drop for RunningProxy {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-/// Accepts TCP connections on `listener` until `shutdown` fires, running `on_conn` for each in
-/// its own task (TCP_NODELAY set). Then, with `drain`, waits for the open connections to end;
-/// without, aborts them. `port` names the listener in logs.
-pub(crate) async fn accept_connections<F, Fut>(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    port: &'static str,
-    drain: bool,
-    mut on_conn: F,
-) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => {
-                    let _ = tcp.set_nodelay(true);
-                    conns.spawn(on_conn(tcp, addr));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, port, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-        while conns.try_join_next().is_some() {}
-    }
-    if drain {
-        while conns.join_next().await.is_some() {}
     }
 }

@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::registry::{Worker, WorkerInfo, WorkerSender};
 use crate::relay::WORKER_AUTHORITY;
-use crate::server::State;
+use crate::state::State;
 
 /// Flow-control window per request stream from a worker. Bounds what the proxy buffers for a
 /// client that reads slower than its worker generates (capacity × this, at most).
@@ -108,7 +108,7 @@ pub(crate) async fn accept_loop(
     acceptor: TlsAcceptor,
     shutdown: watch::Receiver<bool>,
 ) {
-    crate::server::accept_connections(listener, shutdown, "worker", true, move |tcp, addr| {
+    crate::listen::accept_connections(listener, shutdown, "worker", true, move |tcp, addr| {
         handle(state.clone(), acceptor.clone(), tcp, addr)
     })
     .await;

@@ -6,21 +6,21 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attestation::config::OpenedTee;
-use attestation::sim::SimTdx;
 use common::*;
-use proxy::identity::Identity;
-use ratls::{PeerVerifier, Role, SystemClock};
+use ratls::{FixedClock, Identity, PeerVerifier, Role, SystemClock};
 
 #[test]
 fn certificate_is_attested_and_renewed_before_expiry() {
-    let tee = OpenedTee {
-        device: Arc::new(SimTdx::new(net().platform.clone(), proxy_regs())),
-        sim_platform: Some(net().platform.clone()),
-    };
+    let tee = sim_tee(proxy_regs());
     let lifetime = Duration::from_secs(4 * 3600);
     let t0 = now();
-    let id = Identity::issue(tee, "proxy-x", lifetime, t0).unwrap();
+    let id = Identity::issue(
+        tee,
+        proxy::claims("proxy-x"),
+        lifetime,
+        Arc::new(FixedClock::new(t0)),
+    )
+    .unwrap();
     let resolver = id.resolver();
     let first = resolver.current();
     let verifier =

@@ -47,6 +47,11 @@ async fn unpinned_configurations_are_refused() {
         w.obs.refused.load(Ordering::SeqCst)
     })
     .await;
+    // The worker can see the alert before the proxy has counted the refusal.
+    wait_until("counted", Duration::from_secs(5), || {
+        p.stats()["worker_rejections"]["rtmr3_mismatch"].as_u64() >= Some(1)
+    })
+    .await;
     let s = p.stats();
     assert!(
         s["worker_rejections"]["rtmr3_mismatch"].as_u64() >= Some(1),

@@ -6,64 +6,46 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attestation::config::OpenedTee;
-use attestation::sim::SimTdx;
 use common::*;
 use http::StatusCode;
 use protocol::usage::Prices;
-use ratls::{PeerVerifier, Role, SystemClock};
-use worker::dial::{run, tls_config, worker_claims, Certs, Link};
+use ratls::SystemClock;
+use worker::dial::{worker_claims, LinkOptions};
 use worker::engine::stub::StubEngine;
-use worker::service::{ServedModel, Service, WorkerInfo};
+use worker::service::{ServedModel, WorkerInfo};
+use worker::{RunningWorker, Worker};
 
-/// Starts the real worker service (stub engine, 24 tokens) dialing `p`; returns its stop
-/// switch and task.
-fn start_worker(
-    p: &TestProxy,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-) {
-    let tee = OpenedTee {
-        device: Arc::new(SimTdx::new(net().platform.clone(), worker_regs())),
-        sim_platform: Some(net().platform.clone()),
-    };
+/// Starts the real worker service (stub engine, 24 tokens) dialing `p`.
+fn start_worker(p: &TestProxy) -> RunningWorker {
     let clock = Arc::new(SystemClock);
-    let certs = Certs::issue(
-        tee,
+    let identity = identity(
+        worker_regs(),
         worker_claims(),
         Duration::from_secs(3600),
         clock.clone(),
-    )
-    .expect("worker certificate");
-    let verifier =
-        Arc::new(PeerVerifier::new(proxy_policy(), clock.clone()).with_roles([Role::Proxy]));
+    );
     let engine = Arc::new(StubEngine::new("stub", 24, 5000.0));
-    let service = Service::new(
-        WorkerInfo {
+    Worker {
+        info: WorkerInfo {
             name: "real-worker".into(),
             capacity: 8,
             price_coefficient_milli: 1000,
         },
-        ServedModel::all_of(engine),
+        models: ServedModel::all_of(engine),
+        proxies: vec![p.running.worker_addr],
+        identity,
+        proxy_policy: proxy_policy(),
         clock,
-    )
-    .expect("service");
-    let link = Link::new(
-        p.running.worker_addr,
-        Arc::new(tls_config(certs.resolver(), verifier.clone()).unwrap()),
-        verifier,
-        service.clone(),
-    );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(run(link, stopped));
-    (stop, task)
+        links: LinkOptions::default(),
+    }
+    .start()
+    .expect("worker starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_worker_registers_streams_and_is_billed() {
     let p = start_proxy(|_| {}).await;
-    let (stop, task) = start_worker(&p);
+    let worker = start_worker(&p);
     p.wait_workers(1).await;
     let s = p.stats();
     assert_eq!(s["workers"][0]["name"], "real-worker");
@@ -96,8 +78,7 @@ async fn real_worker_registers_streams_and_is_billed() {
     assert_eq!(error_kind(&json_body(resp).await), "invalid_request");
     assert_eq!(p.stats()["requests"]["retries"], 0);
 
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let _ = worker.shutdown(Duration::from_secs(5)).await;
     p.wait_workers(0).await;
 }
 
@@ -121,7 +102,7 @@ fn words_prompt(n: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_over_the_reserved_budget_are_refused_before_generation() {
     let p = start_proxy(|c| c.max_prompt_tokens = 100).await;
-    let (stop, task) = start_worker(&p);
+    let worker = start_worker(&p);
     p.wait_workers(1).await;
     let mut c = client(p.running.client_addr, 3).await;
 
@@ -159,6 +140,5 @@ async fn prompts_over_the_reserved_budget_are_refused_before_generation() {
         "{s}"
     );
 
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let _ = worker.shutdown(Duration::from_secs(5)).await;
 }

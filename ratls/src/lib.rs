@@ -52,6 +52,9 @@
 //! Time is a parameter: library code takes `now` (Unix seconds) or a [`clock::Clock`]; only
 //! [`clock::SystemClock`] reads the system clock.
 //!
+//! A service's own certificate, issued from its TEE and renewed before expiry, is an
+//! [`identity::Identity`] (shared by the proxy and the worker).
+//!
 //! A policy that pins a signed manifest ([`config`]) keeps an append-only local record of the
 //! manifests it accepted ([`manifest_record`]), so a swapped or rolled-back manifest is refused.
 //!
@@ -66,6 +69,8 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod evidence;
+pub mod identity;
+pub mod logging;
 pub mod manifest_record;
 pub mod service_config;
 pub mod testing;
@@ -77,6 +82,7 @@ pub use cert::{issue, CertResolver, IssuedCert};
 pub use claims::{Claims, Role};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use evidence::{parse_cert, CertError, PeerEvidence};
+pub use identity::{CertInfo, Identity};
 pub use tls::{client_config, server_config, RaTlsClientVerifier, RaTlsServerVerifier};
 pub use verify::{verify_peer, CollateralSource, PeerVerifier, StaticCollateral, VerifiedPeer};
 

@@ -1,7 +1,7 @@
 //! The worker's outbound connections: one loop per proxy address that dials, runs mutual
 //! RA-TLS 1.3, and serves HTTP/2 on the resulting stream (the worker is the TLS client and the
-//! HTTP/2 server; see [`crate::service`]). Also the RA-TLS certificate the worker presents,
-//! renewed before it expires.
+//! HTTP/2 server; see [`crate::service`]). The RA-TLS certificate the worker presents is a
+//! [`ratls::Identity`] with [`worker_claims`], renewed before it expires.
 //!
 //! # Trust boundary
 //!
@@ -15,7 +15,7 @@
 //! # Lifecycle
 //!
 //! [`run`] reconnects with exponential backoff ([`Backoff`]: 100 ms doubling to 10 s, equal
-//! jitter, reset once a connection has lived 30 s). When [`Certs`] renews the certificate, live
+//! jitter, reset once a connection has lived 30 s). When the [`ratls::Identity`] renews the certificate, live
 //! connections are rotated: a GOAWAY lets their streams finish in the background while a new
 //! connection (presenting the new certificate) is dialed at once. On shutdown, connections
 //! send GOAWAY and drain for at most [`Link::drain`].
@@ -26,10 +26,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attestation::config::OpenedTee;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ratls::{
-    client_config, CertResolver, Claims, Clock, PeerVerifier, RaTlsServerVerifier, RatlsError,
+    client_config, CertInfo, CertResolver, Claims, PeerVerifier, RaTlsServerVerifier, RatlsError,
     Role, VerifiedPeer,
 };
 use rustls::pki_types::ServerName;
@@ -146,109 +145,6 @@ pub fn worker_claims() -> Claims {
     Claims::new(Role::Worker, protocol::PROTOCOL_VERSION)
 }
 
-/// The worker's RA-TLS certificate: issued from its TEE, served by a [`CertResolver`], renewed
-/// before expiry.
-#[derive(Debug)]
-pub struct Certs {
-    tee: OpenedTee,
-    claims: Claims,
-    resolver: Arc<CertResolver>,
-    lifetime: Duration,
-    /// Renew when the certificate expires within this many seconds.
-    margin: u64,
-    clock: Arc<dyn Clock>,
-    renewed: watch::Sender<u64>,
-}
-
-impl Certs {
-    /// Issues the first certificate (valid for `lifetime`, renewed in its last quarter).
-    pub fn issue(
-        tee: OpenedTee,
-        claims: Claims,
-        lifetime: Duration,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, RatlsError> {
-        let issued = issue_now(&tee, &claims, lifetime, clock.now())?;
-        let resolver = Arc::new(CertResolver::new(&issued)?);
-        let (renewed, _) = watch::channel(0);
-        Ok(Self {
-            tee,
-            claims,
-            resolver,
-            lifetime,
-            margin: (lifetime.as_secs() / 4).max(60),
-            clock,
-            renewed,
-        })
-    }
-
-    /// Serves the current certificate to rustls.
-    pub fn resolver(&self) -> Arc<CertResolver> {
-        self.resolver.clone()
-    }
-
-    /// Counts renewals; connections watch it to rotate onto the new certificate.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.renewed.subscribe()
-    }
-
-    /// Renews the certificate if it expires within the margin. Blocking (asks the TEE for a
-    /// quote): call from a blocking context.
-    pub fn renew_if_needed(&self) -> Result<bool, RatlsError> {
-        let now = self.clock.now();
-        if !self.resolver.needs_renewal(now, self.margin) {
-            return Ok(false);
-        }
-        self.renew_now(now)?;
-        Ok(true)
-    }
-
-    /// Issues and installs a new certificate at `now`.
-    pub fn renew_now(&self, now: u64) -> Result<(), RatlsError> {
-        let issued = issue_now(&self.tee, &self.claims, self.lifetime, now)?;
-        self.resolver.renew(&issued)?;
-        self.renewed.send_modify(|n| *n += 1);
-        tracing::info!(not_after = issued.not_after, "ra-tls certificate renewed");
-        Ok(())
-    }
-
-    /// Renews in the background until `shutdown`; a failed renewal is retried every 30 s.
-    pub async fn run_renewal(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let now = self.clock.now();
-            let due = self.resolver.not_after().saturating_sub(self.margin);
-            // Re-check at least every minute: the clock may jump.
-            let wait = Duration::from_secs(due.saturating_sub(now).clamp(1, 60));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = wait_shutdown(&mut shutdown) => return,
-            }
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || this.renew_if_needed()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "ra-tls certificate renewal failed; retrying in 30s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                        _ = wait_shutdown(&mut shutdown) => return,
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "ra-tls certificate renewal task failed"),
-            }
-        }
-    }
-}
-
-fn issue_now(
-    tee: &OpenedTee,
-    claims: &Claims,
-    lifetime: Duration,
-    now: u64,
-) -> Result<ratls::IssuedCert, RatlsError> {
-    let collateral = tee.collateral(now)?;
-    ratls::issue(&*tee.device, claims, collateral.as_ref(), now, lifetime)
-}
-
 /// The TLS client config for dialing proxies: our certificate from `resolver`, the proxy
 /// verified by `verifier` (which should accept only [`Role::Proxy`]), ALPN `h2`.
 pub fn tls_config(
@@ -260,6 +156,27 @@ pub fn tls_config(
         Arc::new(RaTlsServerVerifier::new(verifier)),
         &[b"h2"],
     )
+}
+
+/// Timeouts, backoff and drain of a proxy link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkOptions {
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// How long a closing connection may drain its streams.
+    pub drain: Duration,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(20),
+            drain: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Everything one proxy link needs.
@@ -275,29 +192,45 @@ pub struct Link {
     pub handshake_timeout: Duration,
     /// How long a closing connection may drain its streams.
     pub drain: Duration,
-    /// Certificate renewals (from [`Certs::subscribe`]): each one rotates the connection.
-    pub renewed: Option<watch::Receiver<u64>>,
+    /// Certificate renewals (from [`ratls::Identity::subscribe`]): each one rotates the
+    /// connection.
+    pub renewed: Option<watch::Receiver<CertInfo>>,
 }
 
 impl Link {
-    /// A link with default timeouts and backoff.
+    /// A link with default timeouts and backoff ([`LinkOptions::default`]).
     pub fn new(
         proxy: SocketAddr,
         tls: Arc<rustls::ClientConfig>,
         verifier: Arc<PeerVerifier>,
         service: Service,
     ) -> Self {
+        let LinkOptions {
+            backoff,
+            connect_timeout,
+            handshake_timeout,
+            drain,
+        } = LinkOptions::default();
         Self {
             proxy,
             tls,
             verifier,
             service,
-            backoff: Backoff::default(),
-            connect_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(20),
-            drain: Duration::from_secs(600),
+            backoff,
+            connect_timeout,
+            handshake_timeout,
+            drain,
             renewed: None,
         }
+    }
+
+    /// The same link with `options`.
+    pub fn with_options(mut self, options: &LinkOptions) -> Self {
+        self.backoff = options.backoff.clone();
+        self.connect_timeout = options.connect_timeout;
+        self.handshake_timeout = options.handshake_timeout;
+        self.drain = options.drain;
+        self
     }
 }
 
@@ -354,7 +287,7 @@ async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-async fn renewal(renewed: &mut Option<watch::Receiver<u64>>) {
+async fn renewal(renewed: &mut Option<watch::Receiver<CertInfo>>) {
     if let Some(rx) = renewed {
         if rx.changed().await.is_ok() {
             return;

@@ -10,9 +10,15 @@
 //! * [`service`]: the HTTP/2 service the proxy talks to (registration, ping, completions).
 //! * [`dial`]: the outbound RA-TLS connection loop per proxy, with certificate renewal.
 //! * [`engine`]: the inference engines.
+//! * [`run`]: [`Worker`] assembles all of it and [`Worker::start`] runs it until shutdown
+//!   ([`RunningWorker`]); `main` only loads the config, opens the TEE and maps errors to exit
+//!   codes.
 
 pub mod config;
 pub mod dial;
 pub mod engine;
+pub mod run;
 pub mod service;
 pub mod validate;
+
+pub use run::{RunningWorker, StartError, Worker};

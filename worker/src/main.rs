@@ -30,11 +30,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ratls::{PeerVerifier, Role, SystemClock};
-use tokio::sync::watch;
+use ratls::{Clock, Identity, SystemClock};
 use worker::config::{BuildError, WorkerConfig};
-use worker::dial::{self, Certs, Link};
-use worker::service::{Service, WorkerInfo};
+use worker::dial;
+use worker::run::build_models;
+use worker::{StartError, Worker};
 
 /// How long connections may drain after SIGTERM.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
@@ -90,7 +90,7 @@ impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
+    ratls::logging::init_tracing("info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -111,29 +111,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn run(args: Args) -> Result<(), Fatal> {
     let config = WorkerConfig::load(&args.config)
         .context("configuration")
         .or_exit(Exit::Config)?;
-    let clock = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tee = config
         .tee
         .open_for_config(&config.base_dir, config.config_sha256)
         .context("tee")
         .or_exit(Exit::Tee)?;
     let lifetime = config.cert_lifetime;
-    let certs = tokio::task::spawn_blocking({
+    let identity = tokio::task::spawn_blocking({
         let clock = clock.clone();
-        move || Certs::issue(tee, dial::worker_claims(), lifetime, clock)
+        move || Identity::issue(tee, dial::worker_claims(), lifetime, clock)
     })
     .await
     .or_exit(Exit::Fatal)?
@@ -148,99 +139,50 @@ async fn run(args: Args) -> Result<(), Fatal> {
             error: anyhow::Error::new(e).context("issuing the ra-tls certificate"),
         }
     })?;
-    let certs = Arc::new(certs);
 
-    let mut served = Vec::new();
-    for spec in &config.models {
-        tracing::info!(model = %spec.name, engine = ?spec.engine, "loading model");
-        match spec.build(config.capacity).await {
-            Ok(m) => {
-                tracing::info!(
-                    model = %m.advert.name,
-                    model_hash = %m.advert.model_hash,
-                    max_context = m.advert.max_context,
-                    max_completion_tokens = m.advert.max_completion_tokens,
-                    "model ready"
-                );
-                served.push(m);
-            }
-            Err(e @ BuildError::NotBuilt { .. }) => return Err(e).or_exit(Exit::Config),
-            Err(e) => return Err(e).or_exit(Exit::Fatal),
+    let models = build_models(&config).await.map_err(|e| {
+        let code = match e {
+            BuildError::NotBuilt { .. } => Exit::Config,
+            BuildError::Engine { .. } => Exit::Fatal,
+        };
+        Fatal {
+            code,
+            error: e.into(),
         }
-    }
-    let service = Service::new(
-        WorkerInfo {
-            name: config.name.clone(),
-            capacity: config.capacity,
-            price_coefficient_milli: config.price_coefficient_milli,
-        },
-        served,
-        clock.clone(),
-    )
-    .context("service")
-    .or_exit(Exit::Config)?;
-
-    if !config.policy.pins_config() {
-        tracing::info!("proxies are pinned by image; their runtime configuration is not pinned");
-    }
-    let verifier =
-        Arc::new(PeerVerifier::new(config.policy.clone(), clock.clone()).with_roles([Role::Proxy]));
-    let tls = Arc::new(
-        dial::tls_config(certs.resolver(), verifier.clone())
-            .context("tls config")
-            .or_exit(Exit::Fatal)?,
-    );
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ready = tokio::spawn(announce_ready(service.clone()));
-    let renewal = tokio::spawn(certs.clone().run_renewal(shutdown_rx.clone()));
-    let mut links = Vec::new();
-    for proxy in &config.proxies {
-        let mut link = Link::new(*proxy, tls.clone(), verifier.clone(), service.clone());
-        link.drain = SHUTDOWN_DRAIN;
-        link.renewed = Some(certs.subscribe());
-        links.push(tokio::spawn(dial::run(link, shutdown_rx.clone())));
-    }
-    tracing::info!(
-        worker = %config.name,
-        proxies = ?config.proxies,
-        models = ?service.adverts().iter().map(|a| &a.name).collect::<Vec<_>>(),
-        "worker started"
-    );
+    })?;
+    let mut worker = Worker::from_config(&config, models, Arc::new(identity), clock);
+    worker.links.drain = SHUTDOWN_DRAIN;
+    let running = worker.start().map_err(|e| {
+        let code = match e {
+            StartError::Service(_) => Exit::Config,
+            StartError::Tls(_) => Exit::Fatal,
+        };
+        Fatal {
+            code,
+            error: e.into(),
+        }
+    })?;
+    let ready = tokio::spawn({
+        let line = running.readiness_line();
+        async move {
+            if let Some(line) = line.await {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }
+    });
 
     wait_for_signal().await.or_exit(Exit::Fatal)?;
     tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
     ready.abort();
-    let drained = tokio::time::timeout(SHUTDOWN_DRAIN + Duration::from_secs(5), async {
-        for l in links {
-            let _ = l.await;
-        }
-        let _ = renewal.await;
-    })
-    .await;
-    if drained.is_err() {
+    if !running
+        .shutdown(SHUTDOWN_DRAIN + Duration::from_secs(5))
+        .await
+    {
         tracing::warn!("connections did not drain in time");
     }
     Ok(())
-}
-
-/// Prints the readiness line after the first registration.
-async fn announce_ready(service: Service) {
-    let mut events = service.subscribe();
-    let Ok(first) = events.recv().await else {
-        return;
-    };
-    let models: Vec<&str> = service.adverts().iter().map(|a| a.name.as_str()).collect();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{} (proxy {}, models [{}])",
-        protocol::guest::WORKER_READY,
-        first.proxy,
-        models.join(", ")
-    );
-    let _ = out.flush();
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

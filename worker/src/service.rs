@@ -40,12 +40,14 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use protocol::sse::Event;
-use protocol::{ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta};
+use protocol::{
+    response, ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta,
+};
 use ratls::Clock;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -395,15 +397,7 @@ impl Service {
                     rx,
                 };
                 let mut resp = Response::new(BodyExt::boxed(body));
-                let h = resp.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
-                    h.insert(protocol::meta::H_REQUEST_ID, v);
-                }
+                response::event_stream_headers(resp.headers_mut(), Some(&meta.request_id));
                 Ok(resp)
             }
             Some(Out::Fail(e)) => Err(e),
@@ -652,17 +646,14 @@ where
     }
 }
 
+fn full(body: Vec<u8>) -> ResponseBody {
+    BodyExt::boxed(Full::new(Bytes::from(body)))
+}
+
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
-    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    response::json(status, full(body))
 }
 
 fn error_response(e: &ApiError) -> Response<ResponseBody> {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, e.to_json())
+    response::error(e).map(full)
 }

@@ -45,7 +45,7 @@ async fn capacity_exhausted_is_429_and_freed_after_cancel() {
 
     drop(first);
     let stats = h.service.stats();
-    eventually(Duration::from_secs(2), "the permit to be released", || {
+    wait_until("the permit to be released", Duration::from_secs(2), || {
         stats.snapshot().active_generations == 0
     })
     .await;
@@ -87,7 +87,7 @@ async fn dropping_the_stream_stops_the_engine() {
     assert_eq!(stats.snapshot().active_generations, 1);
     // The proxy gives up: dropping the body resets the HTTP/2 stream.
     drop(body);
-    eventually(Duration::from_secs(2), "the generation to stop", || {
+    wait_until("the generation to stop", Duration::from_secs(2), || {
         stats.snapshot().active_generations == 0
     })
     .await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
+use ratls::Clock;
 use serde_json::json;
 use service_support::*;
 use worker::dial::{self, DialError};
@@ -85,10 +86,13 @@ async fn renewal_rotates_the_connection_and_in_flight_streams_finish() {
     .await;
     assert_eq!(resp.status(), 200);
 
-    assert!(!h.certs.renew_if_needed().unwrap(), "fresh certificate");
+    assert!(
+        !h.certs.renew_if_due(h.clock.now()).unwrap(),
+        "fresh certificate"
+    );
     h.clock.advance(5 * 3600);
     assert!(
-        h.certs.renew_if_needed().unwrap(),
+        h.certs.renew_if_due(h.clock.now()).unwrap(),
         "due in its last quarter"
     );
     let mut new = h.next_conn().await;
@@ -122,7 +126,7 @@ async fn shutdown_drains_in_flight_streams_then_stops() {
         .unwrap()
         .to_bytes();
     assert!(body.ends_with(b"data: [DONE]\n\n"));
-    tokio::time::timeout(Duration::from_secs(10), &mut h.worker_task)
+    tokio::time::timeout(Duration::from_secs(10), h.worker.stopped())
         .await
         .expect("the dial loop ends")
         .unwrap();

@@ -53,17 +53,7 @@ fn config(proxy: &str, tee: TeeConfig) -> WorkerConfigFile {
 /// Writes the simulated platform, registers and root, and `config`, into `dir`; returns the
 /// config path.
 fn write_config(dir: &Path, config: &WorkerConfigFile) -> PathBuf {
-    std::fs::write(
-        dir.join("sim-platform.json"),
-        platform().export().to_json().unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("worker-registers.json"),
-        serde_json::to_string(&worker_regs()).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("sim-root.der"), platform().root_ca_der()).unwrap();
+    write_sim_files(dir, "worker-registers.json", &worker_regs());
     let path = dir.join("worker.toml");
     std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
     path

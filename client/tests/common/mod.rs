@@ -1,14 +1,16 @@
 //! A fake proxy: an RA-TLS server (simulated TDX platform, proxy role, account certificates
 //! required) speaking HTTP/2 with canned answers chosen by the `cocoon-model` header, and a
-//! small HTTP/1.1 client for the local endpoint.
+//! small HTTP/1.1 client for the local endpoint. The simulated platform, the proxy's TD and
+//! its certificate come from `cocoon-test-support` (re-exported here).
 #![allow(dead_code)]
+
+pub use test_support::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attestation::sim::{default_registers, SimPlatform, SimTdx};
 use bytes::Bytes;
 use client::config::ClientConfig;
 use client::serve::{self, ServeOptions};
@@ -18,36 +20,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use measurements::{Collateral, ImageHash, Policy, TdRegisters, TrustRoot};
+use measurements::{ImageHash, Policy, TdRegisters};
 use protocol::sse::Event;
 use protocol::{ApiError, ErrorKind, Usage};
 use ratls::account::AccountKey;
-use ratls::{issue, CertResolver, Claims, Role};
+use ratls::Role;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn platform() -> &'static Arc<SimPlatform> {
-    static P: OnceLock<Arc<SimPlatform>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(SimPlatform::from_seed([7u8; 32]).expect("sim platform")))
-}
-
-pub fn proxy_registers() -> TdRegisters {
-    let mut r = default_registers();
-    r.mrtd = [0x22; 48];
-    r.rtmr[0] = [0x23; 48];
-    r
-}
-
-pub fn sim_root() -> TrustRoot {
-    TrustRoot::new("cocoon-simulated-root", platform().root_ca_der().to_vec())
-}
 
 /// Usage the fake proxy reports for every successful request.
 pub const USAGE: Usage = Usage {
@@ -156,23 +135,7 @@ fn answer(path: &str, model: &str) -> Response<Full<Bytes>> {
 
 /// Starts a fake proxy with `regs` on the simulated platform.
 pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
-    let now = now();
-    let collateral = Collateral::new(
-        platform()
-            .collateral(now - 3600, 7 * 86400)
-            .expect("collateral"),
-    )
-    .expect("collateral parses");
-    let tee = SimTdx::new(platform().clone(), regs);
-    let cert = issue(
-        &tee,
-        &Claims::new(Role::Proxy, 1),
-        Some(&collateral),
-        now,
-        ratls::cert::DEFAULT_LIFETIME,
-    )
-    .expect("issue");
-    let resolver = Arc::new(CertResolver::new(&cert).expect("resolver"));
+    let resolver = resolver(regs, Role::Proxy, now());
     let config = ratls::account::account_server_config(resolver, &[b"h2"]).expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -224,13 +187,13 @@ pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
     });
     FakeProxy {
         addr,
-        image: proxy_registers().image_hash(),
+        image: proxy_regs().image_hash(),
         requests,
     }
 }
 
 pub async fn spawn_proxy() -> FakeProxy {
-    spawn_proxy_with(proxy_registers()).await
+    spawn_proxy_with(proxy_regs()).await
 }
 
 /// A client config for `proxy` that accepts `image` on the simulated root.

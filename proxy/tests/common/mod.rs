@@ -1,20 +1,22 @@
-//! Shared fixtures: a simulated TDX platform, certificates, an in-process proxy, a fake worker
-//! (an HTTP/2 server over RA-TLS that speaks the protocol, with failure modes) and a client.
+//! The proxy's fixtures: an in-process proxy, a fake worker (an HTTP/2 server over RA-TLS that
+//! speaks the protocol, with failure modes) and a client. The simulated platform, the test TDs,
+//! their certificates and policies come from `cocoon-test-support` (re-exported here).
 #![allow(dead_code)]
 
 pub mod process;
 pub mod slow;
+
+pub use test_support::*;
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use attestation::sim::{default_registers, SimPlatform, SimTdx};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
@@ -22,16 +24,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use measurements::{Collateral, Policy, TdRegisters, TrustRoot};
+use measurements::{Policy, TdRegisters};
 use protocol::meta::H_MAX_TOKENS;
 use protocol::sse::{Decoder, Event};
 use protocol::{ApiError, Hello, ModelAdvert, Registration, RequestId, RequestMeta, Usage};
 use proxy::{MemoryLedger, Proxy, ProxyConfig, RunningProxy};
 use ratls::account::AccountKey;
-use ratls::{
-    client_config, issue, CertResolver, Claims, IssuedCert, PeerVerifier, RaTlsServerVerifier,
-    Role, SystemClock,
-};
+use ratls::{client_config, PeerVerifier, RaTlsServerVerifier, Role, SystemClock};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -39,85 +38,6 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 pub const MODEL: &str = "stub-model";
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub struct Net {
-    pub platform: Arc<SimPlatform>,
-    pub collateral: Collateral,
-    pub root: TrustRoot,
-}
-
-pub fn net() -> &'static Net {
-    static N: OnceLock<Net> = OnceLock::new();
-    N.get_or_init(|| {
-        let platform = Arc::new(SimPlatform::from_seed([7u8; 32]).expect("sim platform"));
-        let collateral = Collateral::new(
-            platform
-                .collateral(now() - 3600, 30 * 86400)
-                .expect("collateral"),
-        )
-        .expect("collateral parses");
-        let root = TrustRoot::new("sim", platform.root_ca_der().to_vec());
-        Net {
-            platform,
-            collateral,
-            root,
-        }
-    })
-}
-
-fn regs(mrtd: u8) -> TdRegisters {
-    let mut r = default_registers();
-    r.mrtd = [mrtd; 48];
-    r.rtmr[1] = [mrtd ^ 0x5a; 48];
-    r
-}
-
-pub fn worker_regs() -> TdRegisters {
-    regs(0x11)
-}
-
-pub fn proxy_regs() -> TdRegisters {
-    regs(0x22)
-}
-
-pub fn debug_worker_regs() -> TdRegisters {
-    let mut r = worker_regs();
-    r.td_attributes[0] |= 1;
-    r
-}
-
-pub fn unknown_worker_regs() -> TdRegisters {
-    regs(0x33)
-}
-
-pub fn cert(regs: TdRegisters, role: Role) -> IssuedCert {
-    let tee = SimTdx::new(net().platform.clone(), regs);
-    issue(
-        &tee,
-        &Claims::new(role, 1),
-        Some(&net().collateral),
-        now(),
-        Duration::from_secs(6 * 3600),
-    )
-    .expect("issue")
-}
-
-/// What the proxy accepts from workers.
-pub fn worker_policy() -> Policy {
-    Policy::simulated(net().root.clone()).with_images([worker_regs().image_hash()])
-}
-
-/// What workers and clients accept from the proxy.
-pub fn proxy_policy() -> Policy {
-    Policy::simulated(net().root.clone()).with_images([proxy_regs().image_hash()])
-}
 
 pub struct TestProxy {
     pub running: RunningProxy,
@@ -176,7 +96,7 @@ pub async fn start_proxy_with(
     config.accounts.default_balance_nano = Some(1_000_000_000_000);
     tweak(&mut config);
     let ledger = Arc::new(MemoryLedger::new(&config.accounts));
-    let resolver = Arc::new(CertResolver::new(&cert(proxy_regs(), Role::Proxy)).unwrap());
+    let resolver = resolver(proxy_regs(), Role::Proxy, now());
     let running = Proxy {
         config,
         resolver,
@@ -339,7 +259,7 @@ fn full(status: StatusCode, body: Vec<u8>) -> Response<WorkerBody> {
 }
 
 async fn run_worker(proxy: SocketAddr, spec: WorkerSpec, obs: Arc<WorkerObs>) {
-    let resolver = Arc::new(CertResolver::new(&cert(spec.regs, spec.role)).unwrap());
+    let resolver = resolver(spec.regs, spec.role, now());
     let verifier = Arc::new(PeerVerifier::new(proxy_policy(), Arc::new(SystemClock)));
     let cfg = client_config(
         Some(resolver),
@@ -671,14 +591,6 @@ pub fn error_of(evs: &[(Instant, Event)]) -> Option<(Instant, ApiError)> {
 
 pub fn error_kind(v: &serde_json::Value) -> String {
     v["error"]["code"].as_str().unwrap_or_default().to_string()
-}
-
-pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 impl TestProxy {

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{proxy_regs, worker_regs, write_sim_files};
 use attestation::config::TeeConfig;
 use ratls::config::PolicyConfig;
-
-use super::{net, proxy_regs, worker_regs};
 
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cocoon-proxy-{}-{name}", std::process::id()));
@@ -58,17 +57,7 @@ pub fn config() -> proxy::config::ConfigFile {
 /// Writes a sim platform, registers, root and `text` (a config) into `dir`; returns the config
 /// path.
 pub fn write_config_text(dir: &Path, text: &str) -> PathBuf {
-    std::fs::write(
-        dir.join("sim-platform.json"),
-        net().platform.export().to_json().unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("proxy-registers.json"),
-        serde_json::to_string(&proxy_regs()).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("sim-root.der"), net().platform.root_ca_der()).unwrap();
+    write_sim_files(dir, "proxy-registers.json", &proxy_regs());
     let path = dir.join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     path

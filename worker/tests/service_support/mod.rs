@@ -1,77 +1,39 @@
 //! A test "proxy": accepts the worker's outbound RA-TLS connection on loopback and speaks
-//! HTTP/2 to it as the client, on the simulated TDX platform.
+//! HTTP/2 to it as the client, on the simulated TDX platform (`cocoon-test-support`,
+//! re-exported here).
 #![allow(dead_code)]
 
+pub use test_support::*;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use attestation::config::OpenedTee;
-use attestation::sim::{default_registers, SimPlatform, SimTdx};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use measurements::{Collateral, Policy, TdRegisters, TrustRoot};
+use measurements::Policy;
 use protocol::sse::{Decoder, Event};
 use protocol::{RequestId, RequestMeta};
 use ratls::{
-    issue, server_config, CertResolver, Claims, Clock, FixedClock, PeerVerifier,
-    RaTlsClientVerifier, Role, VerifiedPeer,
+    server_config, Clock, FixedClock, Identity, PeerVerifier, RaTlsClientVerifier, Role,
+    VerifiedPeer,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use worker::dial::{self, Backoff, Certs, Link};
+use worker::dial::{self, Backoff, Link, LinkOptions};
 use worker::engine::stub::StubEngine;
 use worker::service::{ServedModel, Service, WorkerInfo};
+use worker::{RunningWorker, Worker};
 
-/// The fixed "now" of every test: 2025-06-15T16:53:20Z.
-pub const NOW: u64 = 1_750_000_000;
 pub const MODEL: &str = "stub-model";
 
-pub fn platform() -> Arc<SimPlatform> {
-    static P: OnceLock<Arc<SimPlatform>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(SimPlatform::from_seed([7u8; 32]).expect("sim platform")))
-        .clone()
-}
-
-pub fn regs(mrtd: u8) -> TdRegisters {
-    let mut r = default_registers();
-    r.mrtd = [mrtd; 48];
-    r.rtmr[1] = [mrtd ^ 0x5a; 48];
-    r
-}
-
-pub fn worker_regs() -> TdRegisters {
-    regs(0x11)
-}
-
-pub fn proxy_regs() -> TdRegisters {
-    regs(0x22)
-}
-
-pub fn sim_root() -> TrustRoot {
-    TrustRoot::new("sim", platform().root_ca_der().to_vec())
-}
-
-pub fn policy_for(regs: &TdRegisters) -> Policy {
-    Policy::simulated(sim_root()).with_images([regs.image_hash()])
-}
-
 pub fn clock() -> Arc<FixedClock> {
-    Arc::new(FixedClock::new(NOW))
-}
-
-fn collateral(now: u64) -> Collateral {
-    Collateral::new(
-        platform()
-            .collateral(now - 3600, 30 * 86400)
-            .expect("collateral"),
-    )
-    .expect("collateral parses")
+    fixed_clock(NOW)
 }
 
 /// Options of a harness.
@@ -108,21 +70,12 @@ impl TestProxy {
         // The proxy: a TLS server that verifies the worker, then an HTTP/2 client.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let proxy_tee = SimTdx::new(platform(), proxy_regs());
-        let proxy_cert = issue(
-            &proxy_tee,
-            &Claims::new(Role::Proxy, 1),
-            Some(&collateral(now)),
-            now,
-            Duration::from_secs(6 * 3600),
-        )
-        .expect("proxy cert");
         let proxy_verifier = Arc::new(
             PeerVerifier::new(policy_for(&worker_regs()), clock).with_roles([Role::Worker]),
         );
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
             server_config(
-                Arc::new(CertResolver::new(&proxy_cert).expect("resolver")),
+                resolver(proxy_regs(), Role::Proxy, now),
                 Some(Arc::new(RaTlsClientVerifier::new(proxy_verifier.clone()))),
                 &[b"h2"],
             )
@@ -179,69 +132,58 @@ impl ProxyConn {
 pub struct Harness {
     pub service: Service,
     pub addr: SocketAddr,
-    pub certs: Arc<Certs>,
+    pub certs: Arc<Identity>,
     pub conns: mpsc::Receiver<Result<ProxyConn, String>>,
     pub link: Link,
     pub clock: Arc<FixedClock>,
-    shutdown: watch::Sender<bool>,
-    pub worker_task: JoinHandle<()>,
+    pub worker: RunningWorker,
 }
 
 impl Harness {
     pub async fn start(opts: Options) -> Self {
         let clock = clock();
         let engine = Arc::new(StubEngine::new(MODEL, opts.tokens, opts.tokens_per_second));
-        let service = Service::new(
-            WorkerInfo {
-                name: "test-worker".into(),
-                capacity: opts.capacity,
-                price_coefficient_milli: 1500,
-            },
-            ServedModel::all_of(engine),
-            clock.clone(),
-        )
-        .expect("service");
-
         let proxy = TestProxy::start(NOW, clock.clone()).await;
         let (addr, conns) = (proxy.addr, proxy.conns);
 
         // The worker: its certificate from its (simulated) TEE, dialing the proxy.
-        let tee = OpenedTee {
-            device: Arc::new(SimTdx::new(platform(), worker_regs())),
-            sim_platform: Some(platform()),
-        };
-        let certs = Arc::new(
-            Certs::issue(
-                tee,
-                dial::worker_claims(),
-                Duration::from_secs(6 * 3600),
-                clock.clone(),
-            )
-            .expect("worker cert"),
+        let certs = identity(
+            worker_regs(),
+            dial::worker_claims(),
+            Duration::from_secs(6 * 3600),
+            clock.clone(),
         );
-        let verifier = Arc::new(
-            PeerVerifier::new(opts.worker_trusts.clone(), clock.clone()).with_roles([Role::Proxy]),
-        );
-        let tls = Arc::new(dial::tls_config(certs.resolver(), verifier.clone()).expect("tls"));
-        let mut link = Link::new(addr, tls, verifier, service.clone());
-        link.backoff = Backoff::new(
-            Duration::from_millis(20),
-            Duration::from_millis(200),
-            Duration::from_secs(30),
-        );
-        link.drain = Duration::from_secs(5);
-        link.renewed = Some(certs.subscribe());
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let worker_task = tokio::spawn(dial::run(link.clone(), shutdown_rx));
+        let worker = Worker {
+            info: WorkerInfo {
+                name: "test-worker".into(),
+                capacity: opts.capacity,
+                price_coefficient_milli: 1500,
+            },
+            models: ServedModel::all_of(engine),
+            proxies: vec![addr],
+            identity: certs.clone(),
+            proxy_policy: opts.worker_trusts.clone(),
+            clock: clock.clone(),
+            links: LinkOptions {
+                backoff: Backoff::new(
+                    Duration::from_millis(20),
+                    Duration::from_millis(200),
+                    Duration::from_secs(30),
+                ),
+                drain: Duration::from_secs(5),
+                ..LinkOptions::default()
+            },
+        }
+        .start()
+        .expect("worker starts");
         Self {
-            service,
+            service: worker.service().clone(),
             addr,
             certs,
             conns,
-            link,
+            link: worker.links()[0].clone(),
             clock,
-            shutdown,
-            worker_task,
+            worker,
         }
     }
 
@@ -255,7 +197,7 @@ impl Harness {
     }
 
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.worker.signal_shutdown();
     }
 }
 
@@ -322,16 +264,4 @@ pub async fn error_of(resp: Response<Incoming>) -> (u16, protocol::ApiError) {
     let status = resp.status().as_u16();
     let bytes = body_bytes(resp).await;
     (status, protocol::ApiError::from_json(status, &bytes))
-}
-
-/// Waits until `f` holds (polling), or panics after `within`.
-pub async fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
