@@ -1,4 +1,4 @@
-//! cocoon-measurements: the one place that decides whether TDX evidence passes.
+//! cocoon-measurements: the one place that decides whether TDX (and GPU) evidence passes.
 //!
 //! Pure: every function takes bytes and values (including the current time) and returns typed
 //! results. Nothing here opens files or sockets or reads the clock (house style rules 1 and 2).
@@ -9,6 +9,8 @@
 //! * [`registers`] defines the image hash over MRTD, RTMR0-2, TD attributes, XFAM and the
 //!   owner/config IDs.
 //! * [`manifest`] defines signed measurement manifests (Ed25519 over a specified canonical form).
+//! * [`gpu`] verifies NVIDIA H100 (Hopper) evidence: the SPDM 1.1 measurement report, its
+//!   P-384 certificate chain to NVIDIA's pinned root, OCSP, and reference values from RIMs.
 //! * [`manifest_diff`] compares manifests and build records and names the register and artifact
 //!   that changed.
 //!
@@ -18,6 +20,7 @@
 pub mod boot;
 pub mod collateral;
 pub mod eventlog;
+pub mod gpu;
 pub mod manifest;
 pub mod manifest_diff;
 pub mod memory;

@@ -50,6 +50,8 @@ pub enum ManifestError {
         stated: ImageHash,
         computed: ImageHash,
     },
+    #[error("manifest role {role}: gpu reference values: {detail}")]
+    Gpu { role: String, detail: String },
     #[error("manifest signature {index}: malformed {what}")]
     MalformedSignature { index: usize, what: &'static str },
     #[error("manifest has no valid signature by a pinned publisher key ({signatures} signatures, {pinned} pinned keys)")]
@@ -70,6 +72,10 @@ pub struct RoleMeasurement {
     /// Model name → SHA-256 of the model file the role serves.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, Hex32>,
+    /// Reference values for the GPUs the role's machines attach (`cocoon-gpu-refs/v1`, e.g.
+    /// from `cocoon-measure gpu refs`); absent when the role has no GPU policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::gpu::GpuReferenceValues>,
 }
 
 /// A 32-byte value serialized as hex.
@@ -126,6 +132,7 @@ impl Manifest {
                 registers,
                 rtmr3: Vec::new(),
                 models: BTreeMap::new(),
+                gpu: None,
             },
         );
         self
@@ -137,6 +144,12 @@ impl Manifest {
             return Err(ManifestError::Format(self.format.clone()));
         }
         for (role, m) in &self.roles {
+            if let Some(gpu) = &m.gpu {
+                gpu.validate().map_err(|detail| ManifestError::Gpu {
+                    role: role.clone(),
+                    detail,
+                })?;
+            }
             let computed = m.registers.image_hash();
             if computed != m.image_hash {
                 return Err(ManifestError::ImageHashMismatch {

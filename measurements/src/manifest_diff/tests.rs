@@ -47,6 +47,7 @@ fn manifest_of(records: &[&BuildRecord]) -> Manifest {
                 registers: r.registers,
                 rtmr3: vec![[7; 48]],
                 models: BTreeMap::from([("m".to_string(), Hex32([9; 32]))]),
+                gpu: None,
             },
         );
     }

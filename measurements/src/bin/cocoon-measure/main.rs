@@ -1,4 +1,5 @@
-//! cocoon-measure: verify TDX quotes and build/sign/verify/diff measurement manifests.
+//! cocoon-measure: verify TDX quotes and NVIDIA GPU evidence, and build/sign/verify/diff
+//! measurement manifests.
 //!
 //! Exit codes (stable, used by tests and auditors' scripts):
 //! * 0 — accepted / success
@@ -20,6 +21,7 @@ use measurements::{Collateral, ImageHash, Policy, TrustRoot};
 
 mod compute_cmd;
 mod eventlog_cmd;
+mod gpu_cmd;
 mod manifest_cmd;
 
 /// The documented exit codes: the same contract for every subcommand.
@@ -61,6 +63,9 @@ enum Cmd {
     Eventlog(eventlog_cmd::EventlogCmd),
     /// Expected TD registers computed from boot artifacts (firmware, kernel, initrd, cmdline).
     Compute(compute_cmd::ComputeArgs),
+    /// NVIDIA GPU (Hopper) attestation: verify reports, build reference values from RIMs.
+    #[command(subcommand)]
+    Gpu(gpu_cmd::GpuCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
         Cmd::Manifest(cmd) => manifest(cmd),
         Cmd::Eventlog(cmd) => eventlog_cmd::run(cmd),
         Cmd::Compute(args) => compute_cmd::run(&args),
+        Cmd::Gpu(cmd) => gpu_cmd::run(cmd),
     };
     match result {
         Ok(code) => code.into(),

@@ -200,6 +200,7 @@ pub fn from_images(args: FromImagesArgs) -> Result<Exit, Unusable> {
                 registers: r.registers,
                 rtmr3: Vec::new(),
                 models: BTreeMap::new(),
+                gpu: None,
             },
         );
     }
