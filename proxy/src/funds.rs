@@ -118,9 +118,10 @@ pub(crate) fn affordable(
 /// The client-facing error for a failed reservation (unknown accounts: 402, as for funds).
 pub(crate) fn ledger_refusal(e: LedgerError) -> ApiError {
     match e {
-        e @ (LedgerError::InsufficientFunds { .. } | LedgerError::UnknownAccount { .. }) => {
-            api(ErrorKind::InsufficientFunds, e.to_string())
-        }
+        e @ (LedgerError::InsufficientFunds { .. }
+        | LedgerError::UnknownAccount { .. }
+        | LedgerError::Unbound { .. }) => api(ErrorKind::InsufficientFunds, e.to_string()),
+        e @ LedgerError::Stopped(_) => api(ErrorKind::Upstream, e.to_string()),
         e => api(ErrorKind::Internal, e.to_string()),
     }
 }

@@ -31,17 +31,34 @@ pub enum OpenLedgerError {
     Ledger(#[from] durable::OpenError),
 }
 
+/// The ledger the config asks for (see [`open_configured`]).
+#[derive(Debug)]
+pub struct Opened {
+    /// What the relay uses.
+    pub ledger: std::sync::Arc<dyn Ledger>,
+    /// The durable ledger, if configured (the payments engine settles it).
+    pub durable: Option<std::sync::Arc<durable::DurableLedger>>,
+    /// The key store the durable ledger's key came from.
+    pub keys: Option<crate::keystore::EncryptedFileStore>,
+    /// What opening the durable ledger recovered.
+    pub recovery: Option<durable::Recovery>,
+}
+
 /// The ledger the config asks for: in memory, or the durable ledger keyed by Kp from the key
-/// store (opening balances apply to accounts it does not hold yet). Returns what opening a
-/// durable ledger recovered.
+/// store (opening balances apply to accounts it does not hold yet).
 pub fn open_configured(
     settings: Option<&crate::config::LedgerSettings>,
     prices: &protocol::usage::Prices,
     accounts: &AccountsConfig,
-) -> Result<(std::sync::Arc<dyn Ledger>, Option<durable::Recovery>), OpenLedgerError> {
+) -> Result<Opened, OpenLedgerError> {
     use crate::keystore::KeyStore as _;
     let Some(s) = settings else {
-        return Ok((std::sync::Arc::new(MemoryLedger::new(accounts)), None));
+        return Ok(Opened {
+            ledger: std::sync::Arc::new(MemoryLedger::new(accounts)),
+            durable: None,
+            keys: None,
+            recovery: None,
+        });
     };
     let passphrase =
         std::fs::read(&s.passphrase_file).map_err(|source| OpenLedgerError::Passphrase {
@@ -65,7 +82,12 @@ pub fn open_configured(
     for (account, balance) in &accounts.balances {
         let _ = ledger.open_account(account, *balance);
     }
-    Ok((ledger, Some(recovery)))
+    Ok(Opened {
+        ledger: ledger.clone(),
+        durable: Some(ledger),
+        keys: Some(store),
+        recovery: Some(recovery),
+    })
 }
 
 /// Ledger failures.
@@ -85,6 +107,12 @@ pub enum LedgerError {
     UnknownReservation(u64),
     #[error("ledger storage failed: {0}")]
     Storage(String),
+    /// Payments on: no client contract carries this account's binding hash.
+    #[error("no client contract is bound to account {account}: set its secret hash to {binding} (cocoon-client account bind) and top it up")]
+    Unbound { account: String, binding: String },
+    /// Payments on and the chain contradicts the ledger: the proxy serves nothing.
+    #[error("the proxy stopped billing: {0}")]
+    Stopped(String),
 }
 
 /// A reservation of funds for one request.

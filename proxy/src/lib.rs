@@ -91,4 +91,7 @@ pub enum ExitCode {
     /// The ledger or its key store cannot be used (modified file, wrong key or passphrase,
     /// unreadable); the message names what failed.
     Ledger = 4,
+    /// Payments on: the chain shows an anchor or a charge this ledger never made (a rolled-back
+    /// or cloned proxy); the proxy stopped serving.
+    Rollback = 5,
 }

@@ -4,7 +4,8 @@
 //! prints `cocoon-proxy: ready (workers <addr>, clients <addr>, admin <addr>)` to stdout.
 //!
 //! Exit codes: 0 clean shutdown on SIGTERM/SIGINT; 1 other failure; 2 config invalid;
-//! 3 TEE unavailable; 4 ledger or key store unusable.
+//! 3 TEE unavailable; 4 ledger, key store or payments setup unusable; 5 the chain contradicts
+//! the ledger (rolled back or cloned proxy; payments on).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -79,28 +80,43 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::Other;
         }
     };
-    let ledger = match proxy::ledger::open_configured(
+    let opened = match proxy::ledger::open_configured(
         loaded.ledger.as_ref(),
         &loaded.proxy.prices,
         &loaded.proxy.accounts,
     ) {
-        Ok((ledger, recovery)) => {
-            if let Some(r) = recovery {
-                tracing::info!(
-                    clients = r.clients,
-                    workers = r.workers,
-                    stale_reservations = r.stale_reservations,
-                    stale_reserved_nano = r.stale_reserved_nano,
-                    "ledger opened"
-                );
-            }
-            ledger
-        }
+        Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "ledger unusable; refusing to start");
             return ExitCode::Ledger;
         }
     };
+    if let Some(r) = opened.recovery {
+        tracing::info!(
+            clients = r.clients,
+            workers = r.workers,
+            stale_reservations = r.stale_reservations,
+            stale_reserved_nano = r.stale_reserved_nano,
+            "ledger opened"
+        );
+    }
+    let (ledger, payments) = match (&loaded.payments, opened.durable, opened.keys) {
+        (Some(settings), Some(durable), Some(keys)) => {
+            match start_payments(settings, durable.clone(), &keys) {
+                Ok(p) => {
+                    let paid: Arc<dyn proxy::Ledger> =
+                        Arc::new(proxy::payments::PaidLedger::new(durable, p.clone()));
+                    (paid, Some(p))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "payments unusable; refusing to start");
+                    return ExitCode::Ledger;
+                }
+            }
+        }
+        _ => (opened.ledger, None),
+    };
+    let payments_task = payments.as_ref().map(|p| p.start());
     let running = match (Proxy {
         config: loaded.proxy,
         resolver: identity.resolver(),
@@ -128,8 +144,23 @@ async fn run(args: Args) -> ExitCode {
         let _ = writeln!(out, "{}", running.readiness_line());
         let _ = out.flush();
     }
-    let signal = wait_for_signal().await;
+    let signal = tokio::select! {
+        s = wait_for_signal() => s,
+        reason = rollback(payments.clone()) => {
+            // The chain contradicts the ledger: a rolled-back or cloned proxy must not serve.
+            tracing::error!(%reason, "payments: the chain contradicts the ledger; stopping");
+            let _ = stop_renewal.send(true);
+            running.shutdown(Duration::ZERO).await;
+            if let Some(t) = payments_task {
+                t.shutdown().await;
+            }
+            return ExitCode::Rollback;
+        }
+    };
     let _ = stop_renewal.send(true);
+    if let Some(t) = payments_task {
+        t.shutdown().await;
+    }
     match signal {
         Ok(name) => {
             tracing::info!(signal = name, "shutting down");
@@ -140,6 +171,60 @@ async fn run(args: Args) -> ExitCode {
             tracing::error!(error = %e, "cannot wait for signals");
             running.shutdown(Duration::ZERO).await;
             ExitCode::Other
+        }
+    }
+}
+
+/// The payments engine's chain, keys and settings, started from the config.
+fn start_payments(
+    settings: &proxy::payments::PaymentsSettings,
+    durable: Arc<proxy::ledger::durable::DurableLedger>,
+    keys: &proxy::keystore::EncryptedFileStore,
+) -> Result<Arc<proxy::payments::Payments>, String> {
+    use proxy::keystore::KeyStore as _;
+    let api_key = match &settings.chain_api_key_env {
+        Some(var) => Some(tonsim::chain_config::ApiKey(
+            std::env::var(var)
+                .map_err(|_| format!("payments.chain_api_key_env: {var} is not set"))?,
+        )),
+        None => None,
+    };
+    let chain = tonsim::HttpChain::new(&settings.chain_url, api_key).map_err(|e| e.to_string())?;
+    let kp = keys
+        .load_or_create(proxy::keystore::PROXY_KEY)
+        .map_err(|e| e.to_string())?;
+    let wallet = keys
+        .load_or_create(proxy::keystore::WALLET_KEY)
+        .map_err(|e| e.to_string())?;
+    let p = proxy::payments::Payments::new(proxy::payments::PaymentsSetup {
+        chain: Arc::new(chain),
+        ledger: durable,
+        proxy_key: ed25519_dalek::SigningKey::from_bytes(&kp),
+        wallet_key: ed25519_dalek::SigningKey::from_bytes(&wallet),
+        params: settings.params.clone(),
+        settings: settings.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        wallet = %p.wallet().address(),
+        contract = %p.proxy_contract(),
+        "payments on: fund the wallet; the proxy deploys its contract"
+    );
+    Ok(p)
+}
+
+/// Resolves when the payments engine turns fatal (never without payments).
+async fn rollback(payments: Option<Arc<proxy::payments::Payments>>) -> String {
+    let Some(p) = payments else {
+        return std::future::pending().await;
+    };
+    let mut health = p.health();
+    loop {
+        if let proxy::payments::Health::Fatal(e) = &*health.borrow_and_update() {
+            return e.to_string();
+        }
+        if health.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

@@ -56,3 +56,102 @@ fn exit_codes_config_2_tee_3() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The config with a durable ledger and its key store in `dir`.
+fn ledger_config(dir: &std::path::Path) -> proxy::config::ConfigFile {
+    std::fs::write(dir.join("keys.pass"), "test passphrase\n").unwrap();
+    proxy::config::ConfigFile {
+        ledger: Some(proxy::config::LedgerFile {
+            path: "ledger.redb".into(),
+        }),
+        keys: Some(proxy::config::KeysFile {
+            dir: "keys".into(),
+            passphrase_file: "keys.pass".into(),
+        }),
+        ..config()
+    }
+}
+
+/// The account's billed requests as `/jsonstats` reports them.
+async fn billed_requests(admin: std::net::SocketAddr) -> u64 {
+    let (status, body) = admin_get(admin, "/jsonstats").await;
+    assert_eq!(status, StatusCode::OK);
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    j["clients"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["requests"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_ledger_survives_kill_9_and_refuses_a_tampered_file() {
+    let dir = scratch("ledger");
+    let config_path = write_config(&dir, &ledger_config(&dir));
+    let mut completed = 0u64;
+    for round in 0..3 {
+        let mut child = spawn(&config_path);
+        let [workers, clients, admin] = read_ready(&mut child).await;
+        // Everything billed before the restart is still there.
+        assert_eq!(billed_requests(admin).await, completed, "round {round}");
+        let _w = FakeWorker::connect(workers, WorkerSpec::new("w")).await;
+        let mut c = client(clients, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while json_body(c.get("/v1/models").await).await["data"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "worker never registered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..3 {
+            let resp = c.send(chat(MODEL, 4, None, BODY)).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            // The usage event arrives only once the charge is on disk.
+            let evs = events(resp.into_body()).await;
+            assert!(usage_of(&evs).is_some());
+            completed += 1;
+        }
+        child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+        let _ = child.wait();
+    }
+    // A clean stop last: after an unclean one redb verifies its checksums at open and, if the
+    // newest commit fails them, falls back to the previous commit (docs/threat-model.md,
+    // "Proxy keys and ledger"); after a clean stop it reads the pages as they are, so the
+    // ledger's own tags must catch the change.
+    let mut child = spawn(&config_path);
+    let [_, _, admin] = read_ready(&mut child).await;
+    assert_eq!(billed_requests(admin).await, completed);
+    terminate(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(90)), 0);
+    // A changed byte anywhere in a record: refused at start, exit 4. (The key store's
+    // PBKDF2 runs first: slow in an unoptimised build on a loaded machine, hence the wait.)
+    let path = dir.join("ledger.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let db_len = bytes.len();
+    // Flip the stored request counter: find the 8-byte little-endian `completed` value right
+    // after the client's usage record starts (requests is the first usage field).
+    let pattern = completed.to_le_bytes();
+    let mut flipped = 0;
+    for i in 0..db_len.saturating_sub(8) {
+        if bytes[i..i + 8] == pattern {
+            bytes[i] ^= 0x02;
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the request counter was not found in the file");
+    std::fs::write(&path, &bytes).unwrap();
+    let mut child = spawn(&config_path);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(90)), 4);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("ledger.redb"), "{stderr}");
+    // A wrong passphrase: the key store refuses, exit 4.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(dir.join("keys.pass"), "another passphrase").unwrap();
+    let mut child = spawn(&config_path);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(90)), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -406,6 +406,26 @@ async fn anchor_charge_payout_refund_on_the_real_contracts() {
     assert_eq!(p.account_contract(&hex::encode(ACCOUNT_KEY)), Some(client));
     assert_eq!(p.account_contract(&hex::encode([0xad; 32])), None);
     assert_eq!(p.account_contract("not hex"), None);
+    // The relay's view: the bound account reserves from its contract, an unbound one is told
+    // which secret hash to set.
+    {
+        use proxy::ledger::{Ledger, LedgerError};
+        let paid = proxy::payments::PaidLedger::new(ledger.clone(), p.clone());
+        let r = paid.reserve(&hex::encode(ACCOUNT_KEY), 1_000).unwrap();
+        assert_eq!(r.account, client.to_string());
+        paid.release(&r).unwrap();
+        assert_eq!(
+            paid.balance(&hex::encode(ACCOUNT_KEY)),
+            ledger.balance(&client.to_string())
+        );
+        match paid.reserve(&hex::encode([0xad; 32]), 1) {
+            Err(LedgerError::Unbound { binding, .. }) => assert_eq!(
+                binding,
+                hex::encode(ton::contracts::account_binding_hash(&[0xad; 32]))
+            ),
+            other => panic!("expected Unbound, got {other:?}"),
+        }
+    }
     let stats = p.stats();
     assert_eq!(stats.ignored_messages, 3, "{stats:?}");
     assert_eq!(stats.last_anchor_seqno, None);
@@ -618,4 +638,13 @@ async fn a_restored_older_ledger_is_fatal() {
         Err(PaymentsError::Rollback(_))
     ));
     assert!(p.stats().health.starts_with("fatal: "));
+    // and the relay reserves nothing for anyone
+    {
+        use proxy::ledger::{Ledger, LedgerError};
+        let paid = proxy::payments::PaidLedger::new(ledger.clone(), p.clone());
+        assert!(matches!(
+            paid.reserve(&hex::encode([0xac; 32]), 1),
+            Err(LedgerError::Stopped(m)) if m.contains("rolled back")
+        ));
+    }
 }

@@ -120,6 +120,8 @@ struct EngineState {
     /// Client contracts by the account binding hash they carry
     /// ([`ton::contracts::account_binding_hash`]); the latest notification wins.
     bindings: HashMap<[u8; 32], Addr>,
+    /// The proxy contract was seen deployed (or deployed by this engine).
+    contract_active: bool,
     ignored: u64,
     malformed: u64,
     gaps: u64,
@@ -647,6 +649,13 @@ impl Payments {
 
     /// One round: read the chain, anchor if the interval has passed, settle.
     async fn round(&self, next_anchor: &mut tokio::time::Instant) -> Result<(), PaymentsError> {
+        if !self.lock().contract_active {
+            // The proxy deploys its own contract once its wallet is funded.
+            if let Some(sent) = self.deploy_proxy_contract().await? {
+                tracing::info!(contract = %self.proxy, seqno = sent.seqno, "payments: proxy contract deployed");
+            }
+            self.lock().contract_active = true;
+        }
         self.sync_chain().await?;
         if tokio::time::Instant::now() >= *next_anchor {
             *next_anchor = tokio::time::Instant::now() + self.settings.anchor_interval;

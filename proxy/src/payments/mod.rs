@@ -30,6 +30,7 @@
 
 pub mod engine;
 pub mod inbound;
+pub mod paid;
 pub mod stats;
 pub mod wallet;
 
@@ -40,6 +41,7 @@ use ton::address::{Addr, AddrError};
 
 pub use crate::ledger::durable::RollbackError;
 pub use engine::{Payments, PaymentsError, PaymentsSetup};
+pub use paid::PaidLedger;
 pub use stats::{ClientStats, PaymentsStats, WorkerStats};
 pub use wallet::{ProxyWallet, Sent, WalletError};
 
