@@ -85,6 +85,8 @@ impl Worker {
             self.identity.resolver(),
             verifier.clone(),
         )?);
+        // Subscribed before any link dials, so the first registration cannot be missed.
+        let registrations = std::sync::Mutex::new(Some(service.subscribe()));
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(self.identity.clone().run_renewal(rx.clone()))];
         let mut links = Vec::new();
@@ -103,6 +105,7 @@ impl Worker {
         );
         Ok(RunningWorker {
             service,
+            registrations,
             identity: self.identity,
             links,
             shutdown,
@@ -115,6 +118,9 @@ impl Worker {
 #[derive(Debug)]
 pub struct RunningWorker {
     service: Service,
+    /// Registrations since before the first dial (taken by [`Self::readiness_line`]).
+    registrations:
+        std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<crate::service::Registered>>>,
     identity: Arc<Identity>,
     links: Vec<Link>,
     shutdown: watch::Sender<bool>,
@@ -139,7 +145,12 @@ impl RunningWorker {
     /// ([`protocol::guest::WORKER_READY`]); `None` if the service is gone first.
     pub fn readiness_line(&self) -> impl Future<Output = Option<String>> + Send + 'static {
         let service = self.service.clone();
-        let mut events = service.subscribe();
+        let early = self
+            .registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut events = early.unwrap_or_else(|| service.subscribe());
         async move {
             let first = events.recv().await.ok()?;
             let models: Vec<&str> = service.adverts().iter().map(|a| a.name.as_str()).collect();
