@@ -67,6 +67,19 @@ fn sim_tee() -> TeeConfig {
     }
 }
 
+/// Sends SIGKILL to the process on drop unless disarmed (its pid set to `None`).
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 fn exit_code(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     (
@@ -130,6 +143,8 @@ async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // A failed assertion below must not leave the worker running (it would dial forever).
+    let guard = KillOnDrop(Some(child.id()));
     let stdout = child.stdout.take().unwrap();
     let (line_tx, line_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -176,6 +191,8 @@ async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
         .await
         .unwrap()
         .unwrap();
+    let mut guard = guard;
+    guard.0 = None; // reaped: its pid may be reused
     assert_eq!(code.code(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
