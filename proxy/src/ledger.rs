@@ -40,6 +40,8 @@ pub struct Opened {
     pub durable: Option<std::sync::Arc<durable::DurableLedger>>,
     /// The key store the durable ledger's key came from.
     pub keys: Option<crate::keystore::EncryptedFileStore>,
+    /// The proxy key Kp's seed (loaded once: each load runs the store's PBKDF2).
+    pub kp: Option<zeroize::Zeroizing<[u8; 32]>>,
     /// What opening the durable ledger recovered.
     pub recovery: Option<durable::Recovery>,
 }
@@ -57,6 +59,7 @@ pub fn open_configured(
             ledger: std::sync::Arc::new(MemoryLedger::new(accounts)),
             durable: None,
             keys: None,
+            kp: None,
             recovery: None,
         });
     };
@@ -86,6 +89,7 @@ pub fn open_configured(
         ledger: ledger.clone(),
         durable: Some(ledger),
         keys: Some(store),
+        kp: Some(kp),
         recovery: Some(recovery),
     })
 }

@@ -100,9 +100,9 @@ async fn run(args: Args) -> ExitCode {
             "ledger opened"
         );
     }
-    let (ledger, payments) = match (&loaded.payments, opened.durable, opened.keys) {
-        (Some(settings), Some(durable), Some(keys)) => {
-            match start_payments(settings, durable.clone(), &keys) {
+    let (ledger, payments) = match (&loaded.payments, opened.durable, opened.keys, opened.kp) {
+        (Some(settings), Some(durable), Some(keys), Some(kp)) => {
+            match start_payments(settings, durable.clone(), &keys, &kp) {
                 Ok(p) => {
                     let paid: Arc<dyn proxy::Ledger> =
                         Arc::new(proxy::payments::PaidLedger::new(durable, p.clone()));
@@ -180,6 +180,7 @@ fn start_payments(
     settings: &proxy::payments::PaymentsSettings,
     durable: Arc<proxy::ledger::durable::DurableLedger>,
     keys: &proxy::keystore::EncryptedFileStore,
+    kp: &[u8; 32],
 ) -> Result<Arc<proxy::payments::Payments>, String> {
     use proxy::keystore::KeyStore as _;
     let api_key = match &settings.chain_api_key_env {
@@ -190,16 +191,13 @@ fn start_payments(
         None => None,
     };
     let chain = tonsim::HttpChain::new(&settings.chain_url, api_key).map_err(|e| e.to_string())?;
-    let kp = keys
-        .load_or_create(proxy::keystore::PROXY_KEY)
-        .map_err(|e| e.to_string())?;
     let wallet = keys
         .load_or_create(proxy::keystore::WALLET_KEY)
         .map_err(|e| e.to_string())?;
     let p = proxy::payments::Payments::new(proxy::payments::PaymentsSetup {
         chain: Arc::new(chain),
         ledger: durable,
-        proxy_key: ed25519_dalek::SigningKey::from_bytes(&kp),
+        proxy_key: ed25519_dalek::SigningKey::from_bytes(kp),
         wallet_key: ed25519_dalek::SigningKey::from_bytes(&wallet),
         params: settings.params.clone(),
         settings: settings.clone(),

@@ -140,6 +140,17 @@ pub struct ClientAccount {
     pub usage: UsageRecord,
 }
 
+impl ClientAccount {
+    /// A development account (no chain): `balance` and no stake cap.
+    pub fn development(balance_nano: u64) -> Self {
+        Self {
+            balance_nano,
+            stake_nano: u64::MAX,
+            ..Self::default()
+        }
+    }
+}
+
 /// A worker's earnings as the ledger keeps them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct WorkerAccount {
@@ -409,10 +420,7 @@ impl DurableLedger {
         let a = inner
             .clients
             .entry(account.to_string())
-            .or_insert(ClientAccount {
-                stake_nano: u64::MAX,
-                ..ClientAccount::default()
-            });
+            .or_insert(ClientAccount::development(0));
         a.balance_nano = a.balance_nano.saturating_add(amount);
         let a = *a;
         self.push(&mut inner, Op::Client(account.to_string(), a))
@@ -425,11 +433,7 @@ impl DurableLedger {
         if inner.clients.contains_key(account) {
             return None;
         }
-        let a = ClientAccount {
-            balance_nano: balance,
-            stake_nano: u64::MAX,
-            ..ClientAccount::default()
-        };
+        let a = ClientAccount::development(balance);
         inner.clients.insert(account.to_string(), a);
         Some(self.push(&mut inner, Op::Client(account.to_string(), a)))
     }
@@ -701,11 +705,7 @@ impl Ledger for DurableLedger {
                     account: account.to_string(),
                 });
             };
-            let a = ClientAccount {
-                balance_nano: initial,
-                stake_nano: u64::MAX,
-                ..ClientAccount::default()
-            };
+            let a = ClientAccount::development(initial);
             inner.clients.insert(account.to_string(), a);
             let _ = self.push(&mut inner, Op::Client(account.to_string(), a));
         }
