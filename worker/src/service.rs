@@ -530,6 +530,12 @@ impl Generation {
                     first_token_ms.get_or_insert_with(|| self.started.elapsed().as_millis());
                     encoder.text(&t)
                 }
+                // TODO(issue 11): logprobs and tool-call deltas in the encoder.
+                Some(Ok(Chunk::Tokens { text, .. })) => {
+                    first_token_ms.get_or_insert_with(|| self.started.elapsed().as_millis());
+                    encoder.text(&text)
+                }
+                Some(Ok(Chunk::ToolCalls(_))) => continue,
                 Some(Ok(Chunk::Done {
                     usage,
                     finish_reason,
@@ -615,6 +621,7 @@ fn engine_error(e: &EngineError, endpoint: Endpoint) -> ApiError {
             };
             ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param(param)
         }
+        EngineError::Unsupported(_) => ApiError::new(ErrorKind::InvalidRequest, e.to_string()),
         EngineError::Failed(_) | EngineError::Upstream(_) => {
             ApiError::new(ErrorKind::Upstream, e.to_string())
         }

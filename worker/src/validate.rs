@@ -240,12 +240,17 @@ pub fn validate(
         stop: stop(obj.get("stop"))?,
         presence_penalty: penalty(&obj, "presence_penalty")?,
         frequency_penalty: penalty(&obj, "frequency_penalty")?,
+        logit_bias: vec![],
+        top_logprobs: None,
     };
     let request = GenerationRequest {
         model: model.to_string(),
         input,
         sampling,
         max_prompt_tokens: None,
+        tools: vec![],
+        tool_choice: Default::default(),
+        response_format: Default::default(),
     };
     // The map is no longer needed; drop it before returning (it may be large).
     obj.clear();
@@ -398,7 +403,7 @@ fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
             ))
         }
     };
-    Ok(Message { role, content })
+    Ok(Message::text(role, content))
 }
 
 fn text_part<'a>(param: &str, j: usize, p: &'a Value) -> Result<&'a str, ApiError> {

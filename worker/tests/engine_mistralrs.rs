@@ -43,6 +43,8 @@ fn sampling(max_tokens: u32) -> Sampling {
         stop: vec![],
         presence_penalty: None,
         frequency_penalty: None,
+        logit_bias: vec![],
+        top_logprobs: None,
     }
 }
 
@@ -52,9 +54,13 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
         input: Input::Chat(vec![Message {
             role: "user".into(),
             content: text.into(),
+            ..Default::default()
         }]),
         sampling: sampling(max_tokens),
         max_prompt_tokens: None,
+        tools: vec![],
+        tool_choice: Default::default(),
+        response_format: Default::default(),
     }
 }
 
@@ -64,6 +70,9 @@ fn prompt(text: &str, max_tokens: u32) -> GenerationRequest {
         input: Input::Prompt(text.into()),
         sampling: sampling(max_tokens),
         max_prompt_tokens: None,
+        tools: vec![],
+        tool_choice: Default::default(),
+        response_format: Default::default(),
     }
 }
 
@@ -98,6 +107,7 @@ async fn run(engine: &MistralRsEngine, req: GenerationRequest) -> Outcome {
                     assert!(done.is_none(), "two done chunks");
                     done = Some((usage, finish_reason));
                 }
+                Ok(other) => panic!("unexpected chunk {other:?}"),
                 Err(_) => {}
             }
         }

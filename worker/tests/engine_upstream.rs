@@ -183,8 +183,13 @@ fn request(input: Input, max_tokens: u32) -> GenerationRequest {
             stop: vec!["###".into()],
             presence_penalty: Some(-0.5),
             frequency_penalty: Some(0.25),
+            logit_bias: vec![],
+            top_logprobs: None,
         },
         max_prompt_tokens: None,
+        tools: vec![],
+        tool_choice: Default::default(),
+        response_format: Default::default(),
     }
 }
 
@@ -193,6 +198,7 @@ fn chat(max_tokens: u32) -> GenerationRequest {
         Input::Chat(vec![Message {
             role: "user".into(),
             content: "hi".into(),
+            ..Default::default()
         }]),
         max_tokens,
     )

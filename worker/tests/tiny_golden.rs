@@ -89,6 +89,7 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
         input: Input::Chat(vec![Message {
             role: "user".into(),
             content: text.into(),
+            ..Default::default()
         }]),
         sampling: Sampling {
             max_tokens,
@@ -98,8 +99,13 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
             stop: vec![],
             presence_penalty: None,
             frequency_penalty: None,
+            logit_bias: vec![],
+            top_logprobs: None,
         },
         max_prompt_tokens: None,
+        tools: vec![],
+        tool_choice: Default::default(),
+        response_format: Default::default(),
     }
 }
 
@@ -125,6 +131,7 @@ async fn run(engine: &MistralRsEngine, req: GenerationRequest) -> Run {
                     usage,
                     finish_reason,
                 } => done = Some((usage, finish_reason)),
+                other => panic!("unexpected chunk {other:?}"),
             }
         }
         (text, done)

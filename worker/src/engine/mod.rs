@@ -17,11 +17,95 @@ pub mod upstream;
 use protocol::{ModelAdvert, Usage};
 use tokio::sync::mpsc;
 
-/// One chat message (role and text content).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One chat message.
+///
+/// `role` is `system`, `user`, `assistant` or `tool` (validation maps OpenAI's `developer` to
+/// `system`). An assistant message may carry the tool calls it made (its `content` is then
+/// often empty); a `tool` message answers the call named by `tool_call_id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    /// A plain text message.
+    pub fn text(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A function the model may call (OpenAI `tools[].function`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments object (`{"type": "object"}` when the request gave none).
+    pub parameters: serde_json::Value,
+}
+
+/// Whether and which tool the model must call (OpenAI `tool_choice`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// Never call a tool (the tools are still shown to the model).
+    None,
+    /// The model decides (OpenAI's default when tools are given).
+    #[default]
+    Auto,
+    /// The model must call one of the tools.
+    Required,
+    /// The model must call this function.
+    Function(String),
+}
+
+/// A tool call made by the model (or, in a request, an earlier one it made).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    /// `call_…`, unique within the response.
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text (OpenAI sends them as a string).
+    pub arguments: String,
+}
+
+/// The shape of the output (OpenAI `response_format`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against `schema`.
+    JsonSchema {
+        name: String,
+        schema: serde_json::Value,
+        strict: bool,
+    },
+}
+
+/// The log probability of one sampled token and, if asked for, of the most likely ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// UTF-8 bytes of the token (`None` when the engine cannot tell).
+    pub bytes: Option<Vec<u8>>,
+    /// The `top_logprobs` most likely tokens at this position, most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One alternative in [`TokenLogprob::top`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// What to generate from.
@@ -34,16 +118,23 @@ pub enum Input {
 }
 
 /// Sampling parameters (already validated and clamped).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sampling {
     pub max_tokens: u32,
-    /// `None` or 0.0 = greedy.
+    /// `None` or 0.0 = greedy. (Validation fills in OpenAI's default of 1.0 when a request
+    /// gives none.)
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// Added to the logits of these token ids before sampling (-100..=100; OpenAI
+    /// `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `Some(n)`: report each sampled token's log probability and the `n` (0..=20) most
+    /// likely alternatives (OpenAI `logprobs` + `top_logprobs`).
+    pub top_logprobs: Option<u8>,
 }
 
 /// A validated request for one engine.
@@ -52,6 +143,10 @@ pub struct GenerationRequest {
     pub model: String,
     pub input: Input,
     pub sampling: Sampling,
+    /// Functions the model may call (chat only; empty = none).
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
+    pub response_format: ResponseFormat,
     /// Most prompt tokens the request may use (the proxy's reservation,
     /// `cocoon-max-prompt-tokens`): an engine that counts prompt tokens before generating
     /// refuses more with [`EngineError::PromptOverBudget`]. `None`: only the context bounds it.
@@ -75,6 +170,8 @@ pub fn check_prompt_budget(budget: Option<u64>, prompt_tokens: u64) -> Result<()
 pub enum FinishReason {
     Stop,
     Length,
+    /// The model called one or more tools.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -82,6 +179,7 @@ impl FinishReason {
         match self {
             Self::Stop => "stop",
             Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }
@@ -91,6 +189,15 @@ impl FinishReason {
 pub enum Chunk {
     /// Generated text (one or more tokens).
     Text(String),
+    /// Generated text with the log probabilities of its tokens (when
+    /// [`Sampling::top_logprobs`] is set).
+    Tokens {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// Tool calls the model made (sent once, complete, before [`Chunk::Done`] with
+    /// [`FinishReason::ToolCalls`]).
+    ToolCalls(Vec<ToolCall>),
     /// The end: usage counted by the engine itself, and why it stopped.
     Done {
         usage: Usage,
@@ -105,6 +212,10 @@ pub enum EngineError {
     UnknownModel(String),
     #[error("prompt of {tokens} tokens exceeds the context of {limit}")]
     PromptTooLong { tokens: u64, limit: u64 },
+    /// The request asks for something this engine cannot do (a schema its grammar engine
+    /// rejects, logprobs from an upstream that has none); the message names it.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(
         "prompt of {tokens} tokens exceeds the {budget} prompt tokens reserved for this request"
     )]

@@ -105,6 +105,7 @@ mod tests {
             input: Input::Chat(vec![Message {
                 role: "user".into(),
                 content: "hello there".into(),
+                ..Default::default()
             }]),
             sampling: Sampling {
                 max_tokens,
@@ -114,8 +115,13 @@ mod tests {
                 stop: vec![],
                 presence_penalty: None,
                 frequency_penalty: None,
+                logit_bias: vec![],
+                top_logprobs: None,
             },
             max_prompt_tokens: None,
+            tools: vec![],
+            tool_choice: Default::default(),
+            response_format: Default::default(),
         }
     }
 
@@ -129,6 +135,7 @@ mod tests {
         while let Some(c) = rx.recv().await {
             match c.unwrap() {
                 Chunk::Text(_) => texts += 1,
+                other @ (Chunk::Tokens { .. } | Chunk::ToolCalls(_)) => panic!("{other:?}"),
                 Chunk::Done {
                     usage,
                     finish_reason,

@@ -666,6 +666,8 @@ mod tests {
             stop: vec![],
             presence_penalty: None,
             frequency_penalty: None,
+            logit_bias: vec![],
+            top_logprobs: None,
         }
     }
 
@@ -676,6 +678,9 @@ mod tests {
             input: Input::Prompt("once upon".into()),
             sampling: sampling(),
             max_prompt_tokens: None,
+            tools: vec![],
+            tool_choice: Default::default(),
+            response_format: Default::default(),
         };
         let b = request_body(&req, "m");
         assert_eq!(b["prompt"], "once upon");

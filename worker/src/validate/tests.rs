@@ -64,10 +64,7 @@ fn minimal_chat_is_accepted_with_defaults() {
     assert_eq!(v.request.model, "m");
     assert_eq!(
         v.request.input,
-        Input::Chat(vec![Message {
-            role: "user".into(),
-            content: "hi".into()
-        }])
+        Input::Chat(vec![Message::text("user", "hi")])
     );
     // Absent max_tokens: min(header 1000, model 512).
     assert_eq!(v.request.sampling.max_tokens, 512);
