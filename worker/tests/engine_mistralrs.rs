@@ -277,6 +277,75 @@ async fn mistralrs_engine_end_to_end() {
         "engine still busy: {busy:?}"
     );
 
+    // Chunked prefill gives the same tokens as one pass (greedy), and a client that gives up
+    // mid-prefill frees the engine: a short request sent right after completes at its normal
+    // speed instead of waiting for the rest of the long prompt.
+    let medium = "The quick brown fox jumps over the lazy dog while the river runs. ".repeat(40);
+    mistralrs::core::prefill::set_chunk_target(None);
+    let one_pass = run(&engine, prompt(&medium, 12)).await;
+    let (u1, _) = expect_done(&one_pass, "one-pass prefill");
+    mistralrs::core::prefill::set_chunk_target(Some(Duration::from_millis(50)));
+    let chunked = run(&engine, prompt(&medium, 12)).await;
+    let (u2, _) = expect_done(&chunked, "chunked prefill");
+    mistralrs::core::prefill::set_chunk_target(MistralRsOptions::default().prefill_chunk);
+    assert_eq!(u1, u2);
+    assert_eq!(
+        one_pass.text, chunked.text,
+        "chunked prefill changed the output"
+    );
+    let rate = u1.prompt_tokens as f64 / one_pass.elapsed.as_secs_f64();
+    println!(
+        "prefill: {} prompt tokens in {:?} one pass ({rate:.0} tok/s), {:?} chunked (50 ms chunks)",
+        u1.prompt_tokens, one_pass.elapsed, chunked.elapsed
+    );
+
+    let short = || chat("Say hi.", 8);
+    let base = run(&engine, short()).await;
+    expect_done(&base, "short request");
+    // A prompt that takes about 20 s to process at the measured rate (within the context).
+    let sentences = ((rate * 20.0) / 14.0) as usize;
+    let max_sentences = (advert.max_context as usize - 64) / 14;
+    let long_text = "The quick brown fox jumps over the lazy dog while the river runs. "
+        .repeat(sentences.clamp(50, max_sentences));
+    let (tx, mut rx) = mpsc::channel(1);
+    let long = engine.generate(prompt(&long_text, 4), tx);
+    let others = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // While the long prompt is processed (in chunks), a short request is served.
+        let during = run(&engine, short()).await;
+        let still_prefilling = rx.try_recv().is_err();
+        // Then the long prompt's client gives up; the next short request must not wait for
+        // the rest of its prefill.
+        drop(rx);
+        let t = Instant::now();
+        let after = run(&engine, short()).await;
+        (during, still_prefilling, t.elapsed(), after)
+    };
+    let (long_result, (during, still_prefilling, waited, after)) = tokio::join!(long, others);
+    assert_eq!(long_result, Ok(()));
+    expect_done(&during, "short request during a long prefill");
+    expect_done(&after, "short request after a cancelled long prompt");
+    println!(
+        "long prompt: short request alone {:?}, during the long prefill {:?}, right after \
+         cancelling it {waited:?}",
+        base.elapsed, during.elapsed
+    );
+    assert!(
+        still_prefilling,
+        "the long prompt finished first: make it longer"
+    );
+    assert!(
+        during.elapsed < base.elapsed * 3 + Duration::from_secs(2),
+        "the long prefill starved a short request: {:?} vs {:?} alone",
+        during.elapsed,
+        base.elapsed
+    );
+    assert!(
+        waited < base.elapsed + Duration::from_millis(1500),
+        "the cancelled prompt kept the engine busy: {waited:?} vs {:?} alone",
+        base.elapsed
+    );
+
     // Two concurrent generations both finish.
     let (a, b) = tokio::join!(
         run(&engine, chat("Tell me about cats.", 16)),

@@ -36,8 +36,11 @@
 //!
 //! mistral.rs cancels a streaming sequence when sending to its response channel fails
 //! (`pipeline/sampling.rs`: failed send → `StopReason::Canceled`). So dropping our receiver
-//! stops generation at the next token; a prompt already being processed finishes its forward
-//! pass first. The response channel is sized so that mistral.rs never waits on a slow
+//! stops generation at the next token. A prompt being processed stops between two chunks of
+//! chunked prefill (cocoon's patch of mistral.rs-core, `third_party/`: chunks of about
+//! [`MistralRsOptions::prefill_chunk`], and sequences nobody listens to are dropped before
+//! they are scheduled), so a client that gives up mid-prefill frees the engine within about
+//! one chunk. The response channel is sized so that mistral.rs never waits on a slow
 //! client: its engine loop serves all sequences and would otherwise stall every request.
 //!
 //! Exercised on CPU only (`tests/engine_mistralrs.rs` with SmolLM2-135M Q4_1). The `cuda`
@@ -74,6 +77,10 @@ pub struct MistralRsOptions {
     pub prefix_cache_n: Option<usize>,
     /// Run on the CPU even when built with `cuda`.
     pub force_cpu: bool,
+    /// Long prompts are processed in chunks of about this duration, and a cancelled request
+    /// stops between chunks (cocoon's patch of mistral.rs, third_party/README.md); `None`
+    /// processes each prompt in one pass, which cannot be interrupted.
+    pub prefill_chunk: Option<Duration>,
 }
 
 impl Default for MistralRsOptions {
@@ -84,9 +91,14 @@ impl Default for MistralRsOptions {
             max_num_seqs: 16,
             prefix_cache_n: Some(16),
             force_cpu: !cfg!(feature = "cuda"),
+            prefill_chunk: Some(DEFAULT_PREFILL_CHUNK),
         }
     }
 }
+
+/// Default time per prefill chunk: a cancelled request frees the engine within about this
+/// long (plus one decode step).
+pub const DEFAULT_PREFILL_CHUNK: Duration = Duration::from_millis(250);
 
 /// A GGUF model served in-process by mistral.rs.
 pub struct MistralRsEngine {
@@ -142,6 +154,8 @@ impl MistralRsEngine {
         opts: MistralRsOptions,
     ) -> Result<Self, EngineError> {
         let model_hash = sha256_file(gguf_path).await?;
+        // Process-wide in mistral.rs (one engine per worker process).
+        mistralrs::core::prefill::set_chunk_target(opts.prefill_chunk);
         let shown = gguf_path.display().to_string();
         let file = gguf_path
             .file_name()
