@@ -63,6 +63,13 @@ pub enum Cmd {
         #[arg(long, value_name = "NANO", value_parser = parse_nano)]
         amount: u128,
     },
+    /// Bind the client contract to the account key the local client uses in TLS (its
+    /// `account_key_file`): the proxy then bills that account's requests to this contract.
+    Bind {
+        /// The client's account key file (64 hex characters, mode 0600)
+        #[arg(long, value_name = "FILE")]
+        account_key: std::path::PathBuf,
+    },
     /// Print the wallet balance and the client contract's state.
     Balance,
     /// Take the client contract's balance above the stake back to the wallet.
@@ -228,6 +235,25 @@ async fn run_async(flags: Flags, cmd: Cmd) -> Result<(), Fail> {
             let a = open(&s).await?;
             report("topup", &a, &a.top_up(amount).await?);
         }
+        Cmd::Bind { account_key } => {
+            let seed = client::key::read_seed(&account_key)
+                .map_err(|e| Fail(Exit::Config, e.to_string()))?;
+            let key = ratls::account::AccountKey::from_seed(*seed);
+            let id = key.account_id();
+            let mut public = [0u8; 32];
+            hex::decode_to_slice(&id, &mut public).map_err(|_| {
+                Fail(
+                    Exit::Config,
+                    format!("{}: not a valid Ed25519 seed", account_key.display()),
+                )
+            })?;
+            let a = open(&s).await?;
+            report("bind", &a, &a.bind(&public).await?);
+            println!(
+                "account {id} is billed to client contract {}",
+                addr_str(&a.client_address())
+            );
+        }
         Cmd::Withdraw => {
             let a = open(&s).await?;
             report("withdraw", &a, &a.withdraw().await?);
@@ -257,6 +283,11 @@ fn print_state(cs: &ClientState) {
     println!("  tokens used: {}", cs.tokens_used);
     if cs.state == 1 {
         println!("  unlock time: {}", cs.unlock_ts);
+    }
+    match cs.secret_hash {
+        Some(h) if h == [0; 32] => println!("  bound account: none (run `account bind`)"),
+        Some(h) => println!("  bound account hash: {}", hex::encode(h)),
+        None => {}
     }
 }
 

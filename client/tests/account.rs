@@ -228,6 +228,31 @@ async fn account_flow_over_http_on_the_real_contracts() {
         "{out}"
     );
 
+    // bind: the contract's secret hash becomes the binding hash of the client's TLS account
+    // key (through the binary), which is what the proxy bills by
+    let cs = acct.client_state().await.unwrap().unwrap();
+    assert_eq!(cs.secret_hash, Some([0; 32]), "unbound after deploy");
+    let account_key = tmp("bind-account.key");
+    let (tls_key, created) = client::key::load_or_create(&account_key).unwrap();
+    assert!(created);
+    let mut public = [0u8; 32];
+    hex::decode_to_slice(tls_key.account_id(), &mut public).unwrap();
+    let key_arg = account_key.display().to_string();
+    let args = run(&["bind", "--account-key", &key_arg]);
+    let (code, out, err) = binary(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&tls_key.account_id()), "{out}");
+    let cs = acct.client_state().await.unwrap().unwrap();
+    assert_eq!(
+        cs.secret_hash,
+        Some(ton::contracts::account_binding_hash(&public))
+    );
+    // a missing key file is a configuration error, nothing is sent
+    let args = run(&["bind", "--account-key", "/nonexistent/client.key"]);
+    let (code, _, err) = binary(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/client.key"), "{err}");
+
     // top-up: the stored balance rises by exactly the amount; the wallet pays the amount and
     // fees, the rest of the attached value comes back
     // (through the binary)

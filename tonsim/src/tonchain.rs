@@ -155,8 +155,8 @@ impl StackValue {
 }
 
 /// A client contract's state as its `get_cocoon_client_data` get-method returns it (the first
-/// eight stack entries: owner, proxy contract, proxy public key, state, balance, stake, tokens
-/// used, unlock time; the secret hash after them is not read).
+/// nine stack entries: owner, proxy contract, proxy public key, state, balance, stake, tokens
+/// used, unlock time, secret hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientState {
     pub owner: Addr,
@@ -173,6 +173,9 @@ pub struct ClientState {
     pub tokens_used: u64,
     /// While closing: the unix time after which the owner may force the refund.
     pub unlock_ts: u32,
+    /// The secret hash the owner set (cocoon: the account binding hash,
+    /// `ton::contracts::account_binding_hash`); `None` if the API left it out.
+    pub secret_hash: Option<[u8; 32]>,
 }
 
 impl ClientState {
@@ -208,6 +211,13 @@ impl ClientState {
             u64::try_from(int(6, "6 (tokens used)")?).map_err(|_| bad("6 (tokens used)"))?;
         let unlock_ts =
             u32::try_from(int(7, "7 (unlock time)")?).map_err(|_| bad("7 (unlock time)"))?;
+        let secret_hash = match stack.get(8) {
+            None => None,
+            Some(StackValue::Int(s)) => {
+                Some(decimal_to_u256(s).ok_or_else(|| bad("8 (secret hash)"))?)
+            }
+            Some(_) => return Err(bad("8 (secret hash)")),
+        };
         Ok(Self {
             owner: addr(0, "0 (owner)")?,
             proxy: addr(1, "1 (proxy)")?,
@@ -217,6 +227,7 @@ impl ClientState {
             stake,
             tokens_used,
             unlock_ts,
+            secret_hash,
         })
     }
 }

@@ -17,6 +17,8 @@
 //! - deploy: state init + `top_up(amount)`, amount ≥ the stake, value amount + 0.3 TON;
 //! - top-up: `top_up(amount)`, value amount + 0.2 TON (the contract needs amount + 0.1 TON);
 //!   the stored balance rises by exactly `amount`, the rest comes back as excess;
+//! - bind: `set secret hash` to the binding hash of a cocoon account key (value 0.2 TON), so
+//!   the proxy bills that TLS account to this contract;
 //! - withdraw: returns the balance above the stake (value 0.2 TON);
 //! - refund: `request_refund` — the first one pays out the balance above the stake and starts
 //!   closing (`unlock_ts = now + client_delay_before_close`); the proxy then closes the
@@ -425,6 +427,23 @@ impl Account {
         let body = self.top_up_body(amount)?;
         self.send(checked_add(amount, TOP_UP_EXTRA)?, None, body)
             .await
+    }
+
+    /// Binds the client contract to the cocoon account whose Ed25519 public key is
+    /// `account_key`: sets the contract's secret hash to
+    /// [`ton::contracts::account_binding_hash`], which the contract reports to the proxy in
+    /// every notification. From then on the proxy bills requests made over TLS with that
+    /// account key to this contract. Setting it again moves the binding.
+    pub async fn bind(&self, account_key: &[u8; 32]) -> Result<Outcome, AccountError> {
+        self.require_deployed().await?;
+        let body = Request::SetSecret {
+            qid: self.qid(),
+            secret_hash: ton::contracts::account_binding_hash(account_key),
+            excess: self.wallet.addr,
+        }
+        .to_cell()
+        .map_err(|e| AccountError::Malformed(e.to_string()))?;
+        self.send(REQUEST_VALUE, None, body).await
     }
 
     /// Asks the client contract to return the balance above the stake.
