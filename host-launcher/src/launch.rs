@@ -47,6 +47,8 @@ pub struct LocalOptions {
     pub ready_timeout: Duration,
     pub verbose: bool,
     pub python: String,
+    /// The local worker's capacity (requests at once).
+    pub worker_capacity: u32,
 }
 
 /// A launch failure and its exit code.
@@ -188,7 +190,7 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         worker: measure(Role::Worker, &bins.worker)?,
         model,
         max_completion_tokens: 512,
-        worker_capacity: 4,
+        worker_capacity: opts.worker_capacity,
     })
 }
 

@@ -4,6 +4,7 @@
 //! cocoon-host launch CONFIG.toml [--tee tdx|sim] [--print] [--instance N] [--ready-timeout SECS]
 //! cocoon-host launch --local [--dir DIR] [--model GGUF] [--engine mistralrs|stub] [--port 8080]
 //!                            [--print-config | --write-config] [--bin-dir DIR] [--ready-timeout SECS]
+//!                            [--worker-capacity N]
 //!                            [--verbose]
 //! cocoon-host config proxy|worker|client --mode local|sim-vm|tdx ... [--out FILE]
 //! cocoon-host config edit --role proxy|worker|client FILE [--set KEY=VALUE] [--unset KEY] [--out FILE]
@@ -109,6 +110,10 @@ struct LaunchArgs {
     /// `ready` status line (default 900).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     ready_timeout: Option<u64>,
+    /// Requests the local worker serves at once (its registered capacity; with mistral.rs also
+    /// the sequences it schedules together).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    worker_capacity: u32,
     /// Copy the services' logs to stderr (they always go to DIR/logs/).
     #[arg(long)]
     verbose: bool,
@@ -285,6 +290,7 @@ fn launch_cmd(args: LaunchArgs) -> ExitCode {
         ready_timeout: Duration::from_secs(args.ready_timeout.unwrap_or(300)),
         verbose: args.verbose,
         python: args.python,
+        worker_capacity: args.worker_capacity,
     };
     let rt = match runtime() {
         Ok(r) => r,

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""The OpenAI surface real apps send, through the official OpenAI Python SDK (issue 11).
+
+Usage: e2e_openai_api.py DIR/urls.json
+
+Runs against the local network that `cocoon-host launch --local` started (ci/e2e.sh): the real
+SmolLM2-135M model, so text is never compared to fixed strings, only to itself (seeds) or to
+the shape the request constrains (tool calls, JSON mode, JSON schema). The checks:
+
+* a tool-calling round trip (the model is made to call a tool, the app answers with a `tool`
+  message, the model answers), streamed and not;
+* JSON mode and json_schema outputs that parse and validate;
+* logprobs (natural log, top alternatives), streamed and not;
+* the same seed at temperature 1 gives the same text, other seeds give other text;
+* every field OpenAI apps send by default that cannot affect generation is accepted;
+* roles `developer` and `tool`, assistant `content: null`, content parts with `cache_control`;
+* completions with `prompt` as a list;
+* a prompt over the context is refused with `context_length_exceeded`;
+* 32 concurrent streams on one worker all complete (queued, not refused).
+"""
+
+import concurrent.futures
+import json
+import sys
+import time
+
+import openai
+from openai import OpenAI
+
+RESULTS = []
+
+
+def check(name):
+    def run(fn):
+        t = time.monotonic()
+        try:
+            detail = fn() or ""
+            RESULTS.append((name, True))
+            print(f"ok    {name} ({time.monotonic() - t:.1f} s) {detail}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            RESULTS.append((name, False))
+            print(f"FAIL  {name}: {e!r}", flush=True)
+        return fn
+
+    return run
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+TRIP_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 9},
+        "by_train": {"type": "boolean"},
+    },
+    "required": ["city", "days", "by_train"],
+    "additionalProperties": False,
+}
+
+
+def valid_weather_args(args):
+    assert set(args) == {"city", "unit"}, args
+    assert args["city"] in ("Paris", "Rome", "Oslo"), args
+    assert args["unit"] in ("celsius", "fahrenheit"), args
+
+
+def valid_trip(obj):
+    assert isinstance(obj, dict), obj
+    assert set(obj) == {"city", "days", "by_train"}, obj
+    assert obj["city"] in ("Paris", "Rome", "Oslo"), obj
+    assert isinstance(obj["days"], int) and 1 <= obj["days"] <= 9, obj
+    assert isinstance(obj["by_train"], bool), obj
+
+
+def main():
+    urls = json.load(open(sys.argv[1]))
+    base, model = urls["client"], urls["model"]
+    sdk = OpenAI(base_url=base, api_key="local", max_retries=0, timeout=600)
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+
+    @check("tool call round trip (non-streamed)")
+    def tool_round_trip():
+        r = sdk.chat.completions.create(
+            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=64
+        )
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls", choice.finish_reason
+        calls = choice.message.tool_calls
+        assert calls and len(calls) == 1, calls
+        call = calls[0]
+        assert call.type == "function" and call.function.name == "get_weather", call
+        args = json.loads(call.function.arguments)
+        valid_weather_args(args)
+        assert call.id, "no call id"
+        follow = ask + [
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 18})},
+        ]
+        r2 = sdk.chat.completions.create(
+            model=model, messages=follow, tools=[WEATHER], max_tokens=32, temperature=0
+        )
+        c2 = r2.choices[0]
+        assert c2.finish_reason in ("stop", "length", "tool_calls"), c2.finish_reason
+        assert c2.message.content or c2.message.tool_calls, "empty answer"
+        return f"called get_weather({args}); answer finish {c2.finish_reason}"
+
+    @check("tool call streamed: deltas assemble into a valid call")
+    def tool_streamed():
+        stream = sdk.chat.completions.create(
+            model=model,
+            messages=ask,
+            tools=[WEATHER],
+            tool_choice="required",
+            max_tokens=64,
+            stream=True,
+        )
+        name, arguments, finish, ids = "", "", None, set()
+        for chunk in stream:
+            for c in chunk.choices:
+                for tc in c.delta.tool_calls or []:
+                    if tc.id:
+                        ids.add(tc.id)
+                    if tc.function and tc.function.name:
+                        name += tc.function.name
+                    if tc.function and tc.function.arguments:
+                        arguments += tc.function.arguments
+                finish = c.finish_reason or finish
+        assert finish == "tool_calls", finish
+        assert name == "get_weather", name
+        assert len(ids) == 1, ids
+        valid_weather_args(json.loads(arguments))
+        return arguments
+
+    @check("JSON mode output parses as a JSON object")
+    def json_mode():
+        r = sdk.chat.completions.create(
+            model=model,
+            messages=[
+                {"role": "system", "content": "Reply in JSON."},
+                {"role": "user", "content": "Give a name and an age."},
+            ],
+            response_format={"type": "json_object"},
+            max_tokens=200,
+        )
+        content = r.choices[0].message.content
+        obj = json.loads(content)
+        assert isinstance(obj, dict), obj
+        assert r.choices[0].finish_reason == "stop", r.choices[0].finish_reason
+        return content[:80]
+
+    @check("json_schema output parses and validates")
+    def json_schema():
+        r = sdk.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Plan a short trip."}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "trip", "schema": TRIP_SCHEMA, "strict": True},
+            },
+            max_tokens=100,
+        )
+        obj = json.loads(r.choices[0].message.content)
+        valid_trip(obj)
+        return json.dumps(obj)
+
+    @check("logprobs with top_logprobs (non-streamed and streamed)")
+    def logprobs():
+        r = sdk.chat.completions.create(
+            model=model, messages=ask, max_tokens=8, logprobs=True, top_logprobs=3
+        )
+        content = r.choices[0].logprobs.content
+        assert content, "no logprobs"
+        assert len(content) == r.usage.completion_tokens, (len(content), r.usage)
+        for t in content:
+            assert t.logprob <= 0.0, t
+            assert len(t.top_logprobs) == 3, t
+            tops = [x.logprob for x in t.top_logprobs]
+            assert tops == sorted(tops, reverse=True), tops
+            assert t.logprob <= tops[0] + 1e-4, (t.logprob, tops)
+        stream = sdk.chat.completions.create(
+            model=model,
+            messages=ask,
+            max_tokens=8,
+            logprobs=True,
+            top_logprobs=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        n, usage = 0, None
+        for chunk in stream:
+            usage = chunk.usage or usage
+            for c in chunk.choices:
+                if c.logprobs and c.logprobs.content:
+                    n += len(c.logprobs.content)
+        assert n == usage.completion_tokens, (n, usage)
+        return f"{len(content)} tokens, first {content[0].token!r} {content[0].logprob:.3f}"
+
+    @check("seed: same seed at temperature 1 gives the same text")
+    def seeded():
+        def gen(seed):
+            r = sdk.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "Write a sentence about the sea."}],
+                max_tokens=24,
+                temperature=1.0,
+                seed=seed,
+            )
+            return r.choices[0].message.content
+
+        a, b = gen(42), gen(42)
+        assert a == b, (a, b)
+        others = {gen(s) for s in (43, 44, 45)}
+        assert others - {a}, "every seed gave the same text"
+        return repr(a[:60])
+
+    @check("fields that cannot affect generation are accepted")
+    def ignored_fields():
+        r = sdk.chat.completions.create(
+            model=model,
+            messages=[
+                {"role": "developer", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Hello", "cache_control": {"type": "ephemeral"}}
+                    ],
+                },
+            ],
+            max_tokens=8,
+            store=False,
+            metadata={"app": "e2e"},
+            service_tier="auto",
+            user="e2e-user",
+            parallel_tool_calls=False,
+            tools=[WEATHER],
+            tool_choice="none",
+            response_format={"type": "text"},
+            logit_bias={"0": -1},
+            reasoning_effort="low",
+        )
+        assert r.choices[0].finish_reason in ("stop", "length"), r.choices[0].finish_reason
+        return f"finish {r.choices[0].finish_reason}"
+
+    @check("completions: prompt as a list")
+    def prompt_list():
+        r = sdk.completions.create(model=model, prompt=["The sky is"], max_tokens=6)
+        assert len(r.choices) == 1 and r.choices[0].text, r.choices
+        r = sdk.completions.create(model=model, prompt=["The sky is", "Grass is"], max_tokens=6)
+        assert sorted(c.index for c in r.choices) == [0, 1], r.choices
+        return f"{len(r.choices)} choices, usage {r.usage.prompt_tokens}+{r.usage.completion_tokens}"
+
+    @check("a prompt over the context -> 400 context_length_exceeded")
+    def too_long():
+        words = "hello " * 40000
+        try:
+            sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": words}], max_tokens=4
+            )
+        except openai.BadRequestError as e:
+            assert e.code == "context_length_exceeded", (e.code, e.message)
+            return e.message[:100]
+        raise AssertionError("accepted")
+
+    @check("32 concurrent streams on one worker all complete")
+    def many_streams():
+        def one(i):
+            t = time.monotonic()
+            stream = sdk.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": f"Count to {i % 5 + 2}."}],
+                max_tokens=8,
+                stream=True,
+            )
+            first = None
+            for chunk in stream:
+                if first is None and chunk.choices and chunk.choices[0].delta.content:
+                    first = time.monotonic() - t
+            return first or (time.monotonic() - t), time.monotonic() - t
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(one, range(32)))
+        ttft = sorted(r[0] for r in results)
+        total = max(r[1] for r in results)
+        return f"ttft p50 {ttft[15]:.2f} s, p99 {ttft[-1]:.2f} s, all done in {total:.1f} s"
+
+    failed = [r for r in RESULTS if not r[1]]
+    print(f"e2e_openai_api: {len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
