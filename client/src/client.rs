@@ -22,7 +22,7 @@ use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
-use protocol::meta::{RequestId, RequestMeta};
+use protocol::meta::{RequestId, RequestMeta, MAX_TOKENS_LIMIT};
 use protocol::sse::{Decoder, Event};
 use protocol::{ApiError, Endpoint, ErrorKind, PROTOCOL_VERSION};
 
@@ -39,7 +39,7 @@ const MAX_JSON_RESPONSE: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Client {
     pool: Pool,
-    default_max_tokens: u32,
+    default_max_tokens: Option<u32>,
     price_cap_nano: Option<u64>,
     idle_timeout: Duration,
 }
@@ -73,7 +73,9 @@ impl Client {
     }
 
     /// Metadata headers for a request with `fields`: a request id from 16 random bytes, the
-    /// body's model, its max tokens (or the configured default), the configured price cap.
+    /// body's model, its max tokens (or the configured default; with neither,
+    /// [`MAX_TOKENS_LIMIT`], which the proxy clamps to the model's advertised
+    /// `max_completion_tokens`), the configured price cap.
     pub fn request_meta(&self, fields: &RequestFields) -> Result<RequestMeta, ApiError> {
         let mut random = [0u8; 16];
         getrandom::getrandom(&mut random)
@@ -82,7 +84,10 @@ impl Client {
             version: PROTOCOL_VERSION,
             request_id: RequestId::from_random(random),
             model: fields.model.clone(),
-            max_tokens: fields.max_tokens.unwrap_or(self.default_max_tokens),
+            max_tokens: fields
+                .max_tokens
+                .or(self.default_max_tokens)
+                .unwrap_or(MAX_TOKENS_LIMIT),
             price_cap: self.price_cap_nano,
         })
     }

@@ -4,7 +4,8 @@
 //! listen = "127.0.0.1:8080"          # local OpenAI-compatible endpoint (default)
 //! proxy = "127.0.0.1:9102"           # the proxy's client port, host:port (default)
 //! account_key_file = "client.key"    # created with mode 0600 if missing (default)
-//! default_max_tokens = 256           # when the request names no max_tokens (default)
+//! default_max_tokens = 256           # optional: cocoon-max-tokens when a request names no
+//!                                    # max_tokens (unset: up to the model's max_completion_tokens)
 //! price_cap_nano = 1000000           # optional: most one request may cost, nano-TON
 //! allowed_hosts = ["myhost.lan"]     # optional: Host names accepted besides loopback (default [])
 //! api_key = "sk-local-…"             # optional: require Authorization: Bearer <api_key>
@@ -45,8 +46,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_PROXY: &str = "127.0.0.1:9102";
 /// Default account key file.
 pub const DEFAULT_KEY_FILE: &str = "client.key";
-/// Default `cocoon-max-tokens` when a request names none.
-pub const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Largest request body the local endpoint accepts (the protocol limit, 4 MiB).
 pub const DEFAULT_MAX_BODY: usize = protocol::MAX_REQUEST_BODY;
 
@@ -62,9 +61,6 @@ fn default_proxy() -> String {
 fn default_key_file() -> PathBuf {
     DEFAULT_KEY_FILE.into()
 }
-fn default_max_tokens() -> u32 {
-    DEFAULT_MAX_TOKENS
-}
 
 /// The file as written (see the module docs): the schema, from which `cocoon-host` also
 /// renders client configs. Serializing writes the keys with defaults too, and leaves out the
@@ -78,8 +74,11 @@ pub struct ClientConfigFile {
     pub proxy: String,
     #[serde(default = "default_key_file")]
     pub account_key_file: PathBuf,
-    #[serde(default = "default_max_tokens")]
-    pub default_max_tokens: u32,
+    /// `cocoon-max-tokens` for requests that name no `max_tokens`; unset: up to the model's
+    /// advertised `max_completion_tokens` (the proxy reserves for that many), as OpenAI
+    /// generates up to the context left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_cap_nano: Option<u64>,
     /// Host names or addresses the local endpoint answers to besides loopback.
@@ -130,7 +129,7 @@ impl ClientConfigFile {
             listen: default_listen(),
             proxy: default_proxy(),
             account_key_file: default_key_file(),
-            default_max_tokens: default_max_tokens(),
+            default_max_tokens: None,
             price_cap_nano: None,
             allowed_hosts: Vec::new(),
             api_key: None,
@@ -161,11 +160,13 @@ impl ClientConfigFile {
             )
         })?;
         check_proxy_addr(&self.proxy)?;
-        if !(1..=MAX_TOKENS_LIMIT).contains(&self.default_max_tokens) {
-            return Err(field(
-                "default_max_tokens",
-                format!("{} outside 1..={MAX_TOKENS_LIMIT}", self.default_max_tokens),
-            ));
+        if let Some(n) = self.default_max_tokens {
+            if !(1..=MAX_TOKENS_LIMIT).contains(&n) {
+                return Err(field(
+                    "default_max_tokens",
+                    format!("{n} outside 1..={MAX_TOKENS_LIMIT}"),
+                ));
+            }
         }
         let allowed_hosts = self
             .allowed_hosts
@@ -252,8 +253,10 @@ pub struct ClientConfig {
     pub clock: Arc<dyn Clock>,
     /// Collateral for proxies whose certificates embed none.
     pub collateral_source: Option<Arc<dyn CollateralSource>>,
-    /// `cocoon-max-tokens` for requests that name no max_tokens.
-    pub default_max_tokens: u32,
+    /// `cocoon-max-tokens` for requests that name no max_tokens; `None`:
+    /// [`MAX_TOKENS_LIMIT`], which the proxy clamps to the model's advertised
+    /// `max_completion_tokens` (so the request may generate up to what the model allows).
+    pub default_max_tokens: Option<u32>,
     /// `cocoon-price-cap` on every request, if set.
     pub price_cap_nano: Option<u64>,
     /// HTTP/2 connections kept to the proxy (requests are spread over them).
@@ -278,7 +281,7 @@ impl std::fmt::Debug for ClientConfig {
 
 impl ClientConfig {
     /// A config with defaults: system clock, no collateral source, 2 connections, 10 s connect
-    /// and 300 s idle limits, [`DEFAULT_MAX_TOKENS`], no price cap.
+    /// and 300 s idle limits, no default max tokens (up to the model's limit), no price cap.
     pub fn new(proxy: impl Into<String>, account_key: Arc<AccountKey>, policy: Policy) -> Self {
         Self {
             proxy: proxy.into(),
@@ -286,7 +289,7 @@ impl ClientConfig {
             policy,
             clock: Arc::new(SystemClock),
             collateral_source: None,
-            default_max_tokens: DEFAULT_MAX_TOKENS,
+            default_max_tokens: None,
             price_cap_nano: None,
             connections: 2,
             connect_timeout: Duration::from_secs(10),
@@ -320,7 +323,7 @@ mod tests {
         let c = ClientConfigFile::parse(POLICY, Path::new("c.toml")).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN);
         assert_eq!(c.proxy, DEFAULT_PROXY);
-        assert_eq!(c.default_max_tokens, 256);
+        assert_eq!(c.default_max_tokens, None);
         assert_eq!(c.price_cap_nano, None);
         assert!(c.allowed_hosts.is_empty());
         assert!(c.api_key.is_none());
@@ -338,7 +341,7 @@ mod tests {
     #[test]
     fn serialization_round_trips() {
         let text = format!(
-            "price_cap_nano = 7\nallowed_hosts = [\"myhost.lan\"]\napi_key = \"sk-local-1\"\n{POLICY}"
+            "default_max_tokens = 300\nprice_cap_nano = 7\nallowed_hosts = [\"myhost.lan\"]\napi_key = \"sk-local-1\"\n{POLICY}"
         );
         // `new` states the same defaults as the file.
         let parsed = ClientConfigFile::parse(POLICY, Path::new("c")).unwrap();
@@ -369,6 +372,13 @@ mod tests {
         bad("proxy = \"h:0\"", "proxy");
         bad("default_max_tokens = 0", "default_max_tokens");
         bad("default_max_tokens = 2000000", "default_max_tokens");
+        let c = ClientConfigFile::parse(
+            &format!("default_max_tokens = 64\n{POLICY}"),
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.default_max_tokens, Some(64));
+        c.check().unwrap();
         bad("allowed_hosts = [\"myhost.lan:8080\"]", "allowed_hosts");
         bad("allowed_hosts = [\"http://myhost.lan\"]", "allowed_hosts");
         bad("allowed_hosts = [\"*.lan\"]", "allowed_hosts");

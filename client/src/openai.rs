@@ -7,7 +7,12 @@
 //!   (`data: {"error": {...}}`) that ends the stream. Usage-only chunks from upstream are
 //!   dropped: the usage an app sees is exactly the one the proxy bills.
 //! * [`Aggregator`] (`stream: false`): the chunks are merged into one `chat.completion` or
-//!   `text_completion` object with `usage` from the `cocoon-usage` event.
+//!   `text_completion` object with `usage` from the `cocoon-usage` event: chat `message.content`
+//!   (`null` when the model only called tools), `message.tool_calls` (deltas merged by
+//!   `index`), `logprobs.content`; completions `text` and the legacy `logprobs` (`tokens`,
+//!   `token_logprobs`, `top_logprobs`, `text_offset` concatenated); one choice per `index`
+//!   (a completions batch has several); `finish_reason` as the last chunk of each choice
+//!   said (`tool_calls` included).
 //!
 //! Upstream events are untrusted: malformed ones become [`ApiError`]s of kind `upstream`.
 
@@ -29,7 +34,9 @@ pub struct RequestFields {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
-    /// The smaller of `max_completion_tokens` and `max_tokens`, if either is given.
+    /// The completion tokens the whole request may use, if the body says: the smaller of
+    /// `max_completion_tokens` and `max_tokens`, times the number of prompts of a completions
+    /// batch (`prompt` as a list), at most [`MAX_TOKENS_LIMIT`]. `None` when neither is given.
     pub max_tokens: Option<u32>,
 }
 
@@ -45,6 +52,60 @@ struct Peek {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt: Option<PromptCount>,
+}
+
+/// How many prompts a completions `prompt` holds: the length of a list, else 1. Its shape is
+/// the worker's to check; nothing of it is kept here.
+struct PromptCount(u64);
+
+impl<'de> Deserialize<'de> for PromptCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = PromptCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a prompt")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PromptCount, A::Error> {
+                let mut n = 0u64;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(PromptCount(n))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PromptCount, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(PromptCount(1))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<PromptCount, E> {
+                Ok(PromptCount(1))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<PromptCount, E> {
+                Ok(PromptCount(1))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<PromptCount, E> {
+                Ok(PromptCount(1))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<PromptCount, E> {
+                Ok(PromptCount(1))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<PromptCount, E> {
+                Ok(PromptCount(1))
+            }
+        }
+        d.deserialize_any(Count)
+    }
 }
 
 #[derive(Deserialize)]
@@ -86,6 +147,13 @@ impl RequestFields {
                 })?;
             max_tokens = Some(max_tokens.map_or(n, |m| m.min(n)));
         }
+        // A batch generates up to max_tokens per prompt: reserve for all of them.
+        let prompts = peek.prompt.map_or(1, |p| p.0.max(1));
+        let max_tokens = max_tokens.map(|n| {
+            u32::try_from(u64::from(n).saturating_mul(prompts))
+                .unwrap_or(u32::MAX)
+                .min(MAX_TOKENS_LIMIT)
+        });
         Ok(Self {
             model,
             stream: peek.stream.unwrap_or(false),
@@ -318,8 +386,63 @@ struct Choice {
     reasoning_content: Option<String>,
     text: String,
     finish_reason: Option<Value>,
+    /// Chat: `logprobs.content` entries.
     logprobs: Vec<Value>,
+    /// Completions: the legacy `logprobs` arrays, concatenated.
+    legacy: Option<LegacyLogprobs>,
     tool_calls: BTreeMap<u64, ToolCall>,
+}
+
+/// The legacy completions `logprobs` object.
+#[derive(Debug, Default)]
+struct LegacyLogprobs {
+    tokens: Vec<Value>,
+    token_logprobs: Vec<Value>,
+    top_logprobs: Vec<Value>,
+    text_offset: Vec<Value>,
+}
+
+impl LegacyLogprobs {
+    /// Appends a chunk's arrays; returns about how many bytes they hold.
+    fn extend(&mut self, lp: &Map<String, Value>) -> usize {
+        let mut added = 0;
+        for (key, slot) in [
+            ("tokens", &mut self.tokens),
+            ("token_logprobs", &mut self.token_logprobs),
+            ("top_logprobs", &mut self.top_logprobs),
+            ("text_offset", &mut self.text_offset),
+        ] {
+            for v in lp.get(key).and_then(Value::as_array).into_iter().flatten() {
+                added += json_size(v);
+                slot.push(v.clone());
+            }
+        }
+        added
+    }
+
+    fn into_json(self) -> Value {
+        json!({
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+        })
+    }
+}
+
+/// About how many bytes `v` takes as JSON (bounds what an aggregate holds).
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => a.iter().map(json_size).sum::<usize>() + 2,
+        Value::Object(o) => {
+            o.iter()
+                .map(|(k, v)| k.len() + 3 + json_size(v))
+                .sum::<usize>()
+                + 2
+        }
+    }
 }
 
 fn append(slot: &mut Option<String>, v: Option<&Value>) -> usize {
@@ -400,8 +523,21 @@ impl Aggregator {
                 choice.text.push_str(text);
                 added += text.len();
             }
-            if let Some(lp) = c.pointer("/logprobs/content").and_then(Value::as_array) {
-                choice.logprobs.extend(lp.iter().cloned());
+            match self.endpoint {
+                Endpoint::ChatCompletions => {
+                    if let Some(lp) = c.pointer("/logprobs/content").and_then(Value::as_array) {
+                        added += lp.iter().map(json_size).sum::<usize>();
+                        choice.logprobs.extend(lp.iter().cloned());
+                    }
+                }
+                Endpoint::Completions => {
+                    if let Some(lp) = c.get("logprobs").and_then(Value::as_object) {
+                        added += choice
+                            .legacy
+                            .get_or_insert_with(Default::default)
+                            .extend(lp);
+                    }
+                }
             }
             if let Some(delta) = c.get("delta").and_then(Value::as_object) {
                 if let Some(r) = delta.get("role").and_then(Value::as_str) {
@@ -474,7 +610,7 @@ impl Aggregator {
                 Endpoint::Completions => json!({
                     "index": index,
                     "text": c.text,
-                    "logprobs": null,
+                    "logprobs": c.legacy.map_or(Value::Null, LegacyLogprobs::into_json),
                     "finish_reason": c.finish_reason,
                 }),
             })
@@ -491,7 +627,14 @@ fn chat_choice(index: u64, c: Choice) -> Value {
         "role".into(),
         json!(c.role.unwrap_or_else(|| "assistant".into())),
     );
-    message.insert("content".into(), json!(c.content));
+    // `null` when the model only called tools (or refused), as OpenAI sends it; otherwise the
+    // text, possibly empty.
+    let content = match c.content {
+        Some(t) => json!(t),
+        None if !c.tool_calls.is_empty() || c.refusal.is_some() => Value::Null,
+        None => json!(""),
+    };
+    message.insert("content".into(), content);
     if let Some(r) = c.refusal {
         message.insert("refusal".into(), json!(r));
     }

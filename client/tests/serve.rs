@@ -62,7 +62,7 @@ async fn non_streamed_chat_is_aggregated_with_usage() {
 async fn default_max_tokens_applies() {
     let proxy = spawn_proxy().await;
     let mut config = client_config(&proxy, proxy.image);
-    config.default_max_tokens = 42;
+    config.default_max_tokens = Some(42);
     let local = spawn_local(config).await;
     let (status, _, _) = request(
         local,
@@ -75,6 +75,34 @@ async fn default_max_tokens_applies() {
     let reqs = proxy.requests.lock().unwrap().clone();
     assert_eq!(reqs[0].headers["cocoon-max-tokens"], "42");
     assert!(reqs[0].headers.get("cocoon-price-cap").is_none());
+}
+
+#[tokio::test]
+async fn absent_max_tokens_asks_for_the_models_limit_and_batches_multiply() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let (status, _, _) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"ok","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = request(
+        local,
+        "POST",
+        "/v1/completions",
+        br#"{"model":"ok","prompt":["a","b","c"],"max_tokens":5}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reqs = proxy.requests.lock().unwrap().clone();
+    // No max_tokens and no configured default: the protocol's limit, which the proxy clamps
+    // to the model's advertised max_completion_tokens.
+    assert_eq!(reqs[0].headers["cocoon-max-tokens"], "1000000");
+    // A batch of three prompts reserves three times max_tokens.
+    assert_eq!(reqs[1].headers["cocoon-max-tokens"], "15");
 }
 
 #[tokio::test]

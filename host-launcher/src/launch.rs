@@ -189,7 +189,7 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         proxy: measure(Role::Proxy, &bins.proxy)?,
         worker: measure(Role::Worker, &bins.worker)?,
         model,
-        max_completion_tokens: 512,
+        max_completion_tokens: local::LOCAL_MAX_COMPLETION_TOKENS,
         worker_capacity: opts.worker_capacity,
     })
 }

@@ -51,6 +51,10 @@ pub const LOG_DIR: &str = "logs";
 pub const LOCAL_BALANCE_NANO: u64 = 1_000_000_000_000;
 /// The local proxy's `max_prompt_tokens`.
 pub const LOCAL_MAX_PROMPT_TOKENS: u32 = 4096;
+/// The local worker's `max_completion_tokens`: SmolLM2's whole context, so that a request
+/// without `max_tokens` may generate up to the context left, as OpenAI does (the engine
+/// stops at the end of the context with `finish_reason: "length"`).
+pub const LOCAL_MAX_COMPLETION_TOKENS: u32 = 8192;
 /// Tokens the local stub engine streams per completion.
 pub const LOCAL_STUB_TOKENS: u32 = 32;
 /// The local stub engine's speed.

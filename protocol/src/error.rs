@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorKind {
     /// Malformed JSON, unknown or duplicate field, bad value (400).
     InvalidRequest,
+    /// The prompt does not fit the model's context window (400; OpenAI's
+    /// `context_length_exceeded`).
+    ContextLengthExceeded,
     /// Missing or invalid account credentials (401).
     Unauthorized,
     /// The account cannot cover the reservation (402).
@@ -37,7 +40,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
-            Self::InvalidRequest | Self::UnsupportedVersion => 400,
+            Self::InvalidRequest | Self::ContextLengthExceeded | Self::UnsupportedVersion => 400,
             Self::Unauthorized => 401,
             Self::InsufficientFunds => 402,
             Self::ModelNotFound | Self::NotFound => 404,
@@ -52,9 +55,10 @@ impl ErrorKind {
     /// The OpenAI `type` field.
     pub fn openai_type(self) -> &'static str {
         match self {
-            Self::InvalidRequest | Self::UnsupportedVersion | Self::PayloadTooLarge => {
-                "invalid_request_error"
-            }
+            Self::InvalidRequest
+            | Self::ContextLengthExceeded
+            | Self::UnsupportedVersion
+            | Self::PayloadTooLarge => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::InsufficientFunds => "insufficient_quota",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
@@ -67,6 +71,7 @@ impl ErrorKind {
     pub fn code(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",
+            Self::ContextLengthExceeded => "context_length_exceeded",
             Self::Unauthorized => "unauthorized",
             Self::InsufficientFunds => "insufficient_funds",
             Self::ModelNotFound => "model_not_found",
@@ -85,6 +90,7 @@ impl ErrorKind {
         use ErrorKind::*;
         [
             InvalidRequest,
+            ContextLengthExceeded,
             Unauthorized,
             InsufficientFunds,
             ModelNotFound,
@@ -220,5 +226,16 @@ mod tests {
             ApiError::from_json(429, b"garbage").kind,
             ErrorKind::NoCapacity
         );
+    }
+
+    #[test]
+    fn context_length_exceeded_is_openais_code() {
+        let e = ApiError::new(ErrorKind::ContextLengthExceeded, "too long").with_param("messages");
+        assert_eq!(e.status(), 400);
+        let j: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(j["error"]["type"], "invalid_request_error");
+        assert_eq!(j["error"]["code"], "context_length_exceeded");
+        assert_eq!(j["error"]["param"], "messages");
+        assert_eq!(ApiError::from_json(400, &e.to_json()), e);
     }
 }

@@ -101,14 +101,19 @@ pub(crate) fn affordable(
         .cloned()
         .collect();
     if affordable.is_empty() {
-        let cheapest = candidates.iter().map(|w| reservation(w)).min().unwrap_or(0);
+        // The completion tokens are the request's, clamped to the worker's model limit (a
+        // request without max_tokens asks for up to that limit).
+        let (budget, cheapest) = candidates
+            .iter()
+            .map(|w| reservation_at(cfg, meta, w))
+            .min_by_key(|(_, amount)| *amount)
+            .unwrap_or((meta.max_tokens, 0));
         return Err(api(
             ErrorKind::InsufficientFunds,
             format!(
-                "price cap {} nano is below the reservation of {cheapest} nano ({} prompt + {} completion tokens)",
+                "price cap {} nano is below the reservation of {cheapest} nano ({} prompt + {budget} completion tokens)",
                 meta.price_cap.unwrap_or(0),
                 cfg.max_prompt_tokens,
-                meta.max_tokens
             ),
         ));
     }

@@ -18,10 +18,14 @@
 //!
 //! # Responses
 //!
-//! An error before the first byte is an HTTP status with an OpenAI-style error body. Otherwise
-//! `text/event-stream`: OpenAI chunks, the OpenAI usage chunk if the request asked for it
-//! (`stream_options.include_usage`), then always `event: cocoon-usage` and `data: [DONE]`. An
-//! engine failure after the first byte ends the stream with `event: cocoon-error`.
+//! An error before the first byte is an HTTP status with an OpenAI-style error body (a prompt
+//! over the model's context: 400 `context_length_exceeded`). Otherwise `text/event-stream`:
+//! OpenAI chunks (text, log probabilities, tool-call deltas: see `chunks`), the OpenAI usage
+//! chunk if the request asked for it (`stream_options.include_usage`), then always
+//! `event: cocoon-usage` and `data: [DONE]`. An engine failure after the first byte ends the
+//! stream with `event: cocoon-error`. A completions batch (`prompt` as a list) runs its prompts
+//! one after another on one capacity slot, choice `i` for prompt `i`, each within what is left
+//! of the request's prompt-token budget; the usage is their sum.
 //!
 //! # Cancellation
 //!
@@ -46,12 +50,12 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use protocol::sse::Event;
 use protocol::{
-    response, ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta,
+    response, ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta, Usage,
 };
 use ratls::Clock;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::{Chunk, Engine, EngineError};
+use crate::engine::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input};
 use crate::validate::{validate, ValidatedRequest, MAX_BODY_BYTES};
 use chunks::ChunkEncoder;
 
@@ -502,70 +506,73 @@ impl Generation {
         let ValidatedRequest {
             endpoint,
             request,
+            more_prompts,
             include_usage,
             ..
         } = self.validated;
         let model = request.model.clone();
         let mut encoder = ChunkEncoder::new(endpoint, &self.request_id, self.created, &model);
-        let (etx, mut erx) = mpsc::channel(CHANNEL_DEPTH);
-        let engine = self.engine.clone();
-        // Already boxed by async_trait: movable, and dropped explicitly below.
-        let mut generate = engine.generate(request, etx);
-        let mut engine_result: Option<Result<(), EngineError>> = None;
-        let mut sent_any = false;
-        let mut first_token_ms = None;
-        let outcome = loop {
-            let item = tokio::select! {
-                biased;
-                _ = out.closed() => break Outcome::Cancelled,
-                r = &mut generate, if engine_result.is_none() => {
-                    engine_result = Some(r);
-                    continue;
-                }
-                item = erx.recv() => item,
-            };
-            let bytes = match item {
-                Some(Ok(Chunk::Text(t))) if t.is_empty() => continue,
-                Some(Ok(Chunk::Text(t))) => {
-                    first_token_ms.get_or_insert_with(|| self.started.elapsed().as_millis());
-                    encoder.text(&t)
-                }
-                // TODO(issue 11): logprobs and tool-call deltas in the encoder.
-                Some(Ok(Chunk::Tokens { text, .. })) => {
-                    first_token_ms.get_or_insert_with(|| self.started.elapsed().as_millis());
-                    encoder.text(&text)
-                }
-                Some(Ok(Chunk::ToolCalls(_))) => continue,
-                Some(Ok(Chunk::Done {
-                    usage,
-                    finish_reason,
-                })) => {
-                    let tail = encoder.finish(finish_reason, &usage, include_usage);
-                    if out.send(Out::Data(tail)).await.is_err() {
-                        break Outcome::Cancelled;
-                    }
-                    break Outcome::Completed(usage);
-                }
-                Some(Err(e)) => break Outcome::Failed(e),
-                None => {
-                    // The engine dropped its sender: it has returned.
-                    let r = match engine_result.take() {
-                        Some(r) => r,
-                        None => (&mut generate).await,
-                    };
-                    break Outcome::Failed(r.err().unwrap_or_else(|| {
-                        EngineError::Failed("engine ended without usage".into())
-                    }));
-                }
-            };
-            if out.send(Out::Data(bytes)).await.is_err() {
-                break Outcome::Cancelled;
-            }
-            sent_any = true;
+        // A completions batch runs its prompts one after another, as choices 0, 1, …, within
+        // the prompt-token budget of the whole request.
+        let prompt_budget = request.max_prompt_tokens;
+        let batch: Vec<GenerationRequest> = more_prompts
+            .into_iter()
+            .map(|p| GenerationRequest {
+                model: request.model.clone(),
+                input: Input::Prompt(p),
+                sampling: request.sampling.clone(),
+                tools: request.tools.clone(),
+                tool_choice: request.tool_choice.clone(),
+                response_format: request.response_format.clone(),
+                max_prompt_tokens: None,
+            })
+            .collect();
+        let mut progress = Progress {
+            started: self.started,
+            sent_any: false,
+            first_token_ms: None,
         };
-        // Stop the engine before reporting (drops its future and channel).
-        drop(generate);
-        drop(erx);
+        let mut total = Usage::default();
+        let mut outcome = Outcome::Completed(total);
+        for (index, mut req) in std::iter::once(request).chain(batch).enumerate() {
+            req.max_prompt_tokens = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
+            let step = drive(&self.engine, req, index, &mut encoder, &out, &mut progress).await;
+            match step {
+                Step::Done(usage, reason) => {
+                    total.add(&usage);
+                    let end = encoder.end_choice(index, reason);
+                    if out.send(Out::Data(end)).await.is_err() {
+                        outcome = Outcome::Cancelled;
+                        break;
+                    }
+                    progress.sent_any = true;
+                }
+                Step::Cancelled => {
+                    outcome = Outcome::Cancelled;
+                    break;
+                }
+                Step::Failed(e) => {
+                    outcome = Outcome::Failed(e);
+                    break;
+                }
+            }
+        }
+        if let Outcome::Completed(_) = outcome {
+            outcome = if out
+                .send(Out::Data(encoder.tail(&total, include_usage)))
+                .await
+                .is_err()
+            {
+                Outcome::Cancelled
+            } else {
+                Outcome::Completed(total)
+            };
+        }
+        let Progress {
+            sent_any,
+            first_token_ms,
+            ..
+        } = progress;
         let duration_ms = self.started.elapsed().as_millis();
         let rid = &self.request_id;
         match outcome {
@@ -601,6 +608,100 @@ impl Generation {
     }
 }
 
+/// What a response has sent so far (for the first-byte decision and the log).
+struct Progress {
+    started: Instant,
+    sent_any: bool,
+    first_token_ms: Option<u128>,
+}
+
+/// How one engine run (one choice) ended.
+enum Step {
+    Done(Usage, FinishReason),
+    Cancelled,
+    Failed(EngineError),
+}
+
+/// Runs `req` on `engine` as choice `index`, sending its encoded chunks to `out`. The
+/// engine's future and channel are dropped on return, which stops it.
+async fn drive(
+    engine: &Arc<dyn Engine>,
+    req: GenerationRequest,
+    index: usize,
+    encoder: &mut ChunkEncoder,
+    out: &mpsc::Sender<Out>,
+    progress: &mut Progress,
+) -> Step {
+    let chat = matches!(req.input, Input::Chat(_));
+    let (etx, mut erx) = mpsc::channel(CHANNEL_DEPTH);
+    // Already boxed by async_trait: movable, and dropped on return.
+    let mut generate = engine.generate(req, etx);
+    let mut engine_result: Option<Result<(), EngineError>> = None;
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = out.closed() => return Step::Cancelled,
+            r = &mut generate, if engine_result.is_none() => {
+                engine_result = Some(r);
+                continue;
+            }
+            item = erx.recv() => item,
+        };
+        let started = progress.started;
+        let mut first_token = || {
+            progress
+                .first_token_ms
+                .get_or_insert_with(|| started.elapsed().as_millis());
+        };
+        let bytes =
+            match item {
+                Some(Ok(Chunk::Text(t))) if t.is_empty() => continue,
+                Some(Ok(Chunk::Text(t))) => {
+                    first_token();
+                    encoder.text(index, &t)
+                }
+                Some(Ok(Chunk::Tokens { text, logprobs }))
+                    if text.is_empty() && logprobs.is_empty() =>
+                {
+                    continue
+                }
+                Some(Ok(Chunk::Tokens { text, logprobs })) => {
+                    first_token();
+                    encoder.tokens(index, &text, &logprobs)
+                }
+                Some(Ok(Chunk::ToolCalls(_))) if !chat => {
+                    return Step::Failed(EngineError::Failed(
+                        "engine made tool calls for a completions request".into(),
+                    ));
+                }
+                Some(Ok(Chunk::ToolCalls(calls))) if calls.is_empty() => continue,
+                Some(Ok(Chunk::ToolCalls(calls))) => {
+                    first_token();
+                    encoder.tool_calls(index, &calls)
+                }
+                Some(Ok(Chunk::Done {
+                    usage,
+                    finish_reason,
+                })) => return Step::Done(usage, finish_reason),
+                Some(Err(e)) => return Step::Failed(e),
+                None => {
+                    // The engine dropped its sender: it has returned.
+                    let r = match engine_result.take() {
+                        Some(r) => r,
+                        None => (&mut generate).await,
+                    };
+                    return Step::Failed(r.err().unwrap_or_else(|| {
+                        EngineError::Failed("engine ended without usage".into())
+                    }));
+                }
+            };
+        if out.send(Out::Data(bytes)).await.is_err() {
+            return Step::Cancelled;
+        }
+        progress.sent_any = true;
+    }
+}
+
 /// The error a caller sees for an engine failure.
 fn engine_error(e: &EngineError, endpoint: Endpoint) -> ApiError {
     match e {
@@ -619,7 +720,7 @@ fn engine_error(e: &EngineError, endpoint: Endpoint) -> ApiError {
                 Endpoint::ChatCompletions => "messages",
                 Endpoint::Completions => "prompt",
             };
-            ApiError::new(ErrorKind::InvalidRequest, e.to_string()).with_param(param)
+            ApiError::new(ErrorKind::ContextLengthExceeded, e.to_string()).with_param(param)
         }
         EngineError::Unsupported(_) => ApiError::new(ErrorKind::InvalidRequest, e.to_string()),
         EngineError::Failed(_) | EngineError::Upstream(_) => {

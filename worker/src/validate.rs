@@ -11,40 +11,74 @@
 //! [`protocol::RequestMeta::from_headers`]; the body's `model` must agree with it.
 //!
 //! Pure: bytes and metadata in, an [`engine::GenerationRequest`](crate::engine) or a typed
-//! [`ApiError`] out.
+//! [`ApiError`] out. `docs/openai-compatibility.md` has the same rules as a table per field
+//! (a test checks the table names every field listed here).
 //!
 //! # Rules
 //!
 //! * Endpoints: `/v1/chat/completions` and `/v1/completions` only.
 //! * Body at most [`MAX_BODY_BYTES`] (413), JSON object (400), no duplicate keys (400 naming
 //!   the key and where it is).
-//! * Chat fields: `model`, `messages`, `max_tokens`, `max_completion_tokens`, `temperature`,
-//!   `top_p`, `n`, `stream`, `stream_options`, `stop`, `seed`, `presence_penalty`,
-//!   `frequency_penalty`, `user`. Completions: `model`, `prompt`, `max_tokens`,
-//!   `temperature`, `top_p`, `n`, `stream`, `stream_options`, `stop`, `seed`,
-//!   `presence_penalty`, `frequency_penalty`, `user`, `echo`. Anything else: 400 naming it.
-//!   An optional field given as `null` counts as absent.
-//! * `messages`: 1..=[`MAX_MESSAGES`] objects of `role` (system, user, assistant), `content`
-//!   (a string or an array of `{"type": "text", "text": …}` parts, joined with `\n`) and an
-//!   optional `name` (ignored).
-//! * `prompt`: a string. `echo`: `false` only. `n`: 1 only. `temperature` in 0..=2, `top_p`
-//!   in (0, 1], penalties in -2..=2, `seed` a non-negative integer, `stop` a non-empty string
-//!   or an array of at most 4 of them, `stream_options` `{"include_usage": bool}`,
-//!   `user` a string (ignored).
+//! * Every top-level field is honoured ([`CHAT_FIELDS`], [`COMPLETION_FIELDS`]), accepted and
+//!   ignored ([`CHAT_IGNORED`], [`COMPLETION_IGNORED`]), or refused with 400 naming it: the
+//!   allowlist stays strict so that nothing unchecked reaches an engine. An optional field
+//!   given as `null` counts as absent (at the top level and inside messages).
+//! * Accepted and ignored, because they cannot change what is generated (their shapes are
+//!   still checked): `user`, `safety_identifier`, `prompt_cache_key` (strings); `store`
+//!   (bool: nothing is stored); `metadata` (at most 16 string pairs, keys ≤ 64 and values ≤ 512
+//!   bytes); `service_tier` (auto, default, flex, scale, priority: one tier here);
+//!   `reasoning_effort` (none, minimal, low, medium, high: the served models do not reason);
+//!   `parallel_tool_calls` (bool: the model makes as many calls as it makes; `false` is not
+//!   enforced); `prediction` (`{"type": "content", "content": …}`, a latency hint);
+//!   `modalities` (`["text"]` only); `stream_options.include_obfuscation` (no padding is
+//!   added); a message's `name`; a content part's `cache_control` (an object); a function's
+//!   `strict` (tool-call arguments are as constrained as the engine makes them).
+//! * `messages`: 1..=[`MAX_MESSAGES`] objects of `role`, `content`, and per role:
+//!   * `system`, `developer` (stored as `system`), `user`: `content` a string or an array of
+//!     text parts `{"type": "text", "text": …}` (plus an optional `cache_control`), joined with
+//!     `\n`. Image, audio and file parts are refused (text-only models).
+//!   * `assistant`: `content` as above, or `null`/absent when the message has `tool_calls`
+//!     (1..=[`MAX_TOOL_CALLS`] of `{"id", "type": "function", "function": {"name",
+//!     "arguments": <string>}}`) or a `refusal` (a string, used as the content).
+//!   * `tool`: `content` as above and `tool_call_id` (a non-empty string). Whether it answers
+//!     an earlier call is not checked.
+//! * `tools` (chat): at most [`MAX_TOOLS`] `{"type": "function", "function": {"name",
+//!   "description", "parameters", "strict"}}`, names `^[a-zA-Z0-9_-]{1,64}$` and distinct,
+//!   `parameters` a JSON Schema object (absent: `{"type": "object", "properties": {}}`),
+//!   definitions at most [`MAX_TOOLS_BYTES`] in all.
+//! * `tool_choice` (chat): `none`, `auto`, `required` or `{"type": "function", "function":
+//!   {"name"}}` naming a given tool; `required` and a named function need tools. Absent: `auto`
+//!   with tools, `none` without (OpenAI's defaults).
+//! * `response_format` (chat): `{"type": "text"}`, `{"type": "json_object"}` or
+//!   `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`
+//!   (`name` as a tool name, `schema` an object of at most [`MAX_SCHEMA_BYTES`], `description`
+//!   ignored).
+//! * Log probabilities: chat `logprobs` (bool) and `top_logprobs` (0..=20, only with
+//!   `logprobs: true`, as OpenAI requires); completions `logprobs` (an integer 0..=5, the
+//!   legacy API). Both set [`Sampling::top_logprobs`].
+//! * `logit_bias`: at most [`MAX_LOGIT_BIAS`] entries, keys token ids in decimal (canonical
+//!   form: `"7"`, not `"07"`), values in -100..=100.
+//! * `prompt` (completions): a string, or a list of 1..=[`MAX_PROMPTS`] strings (a batch: the
+//!   worker runs them one after another; choice `i` answers prompt `i`, usage is summed).
+//!   Token-id prompts are refused. `echo`: `false` only. `n` and `best_of`: 1 only.
+//! * `temperature` in 0..=2, absent = 1 (OpenAI's default: sampling, not greedy); `top_p` in
+//!   (0, 1], penalties in -2..=2, `seed` a non-negative integer, `stop` a non-empty string or an
+//!   array of at most 4 of them, `stream_options` `{"include_usage": bool}`.
 //! * `model` must equal the `cocoon-model` header and be served here (404 `model_not_found`).
-//! * Completion tokens: min(`max_tokens` / `max_completion_tokens` (the smaller if both are
-//!   given; absent = unbounded), the proxy's `cocoon-max-tokens`, the model's
-//!   `max_completion_tokens`).
+//! * Completion tokens: the request's budget is min(the proxy's `cocoon-max-tokens`, the
+//!   model's `max_completion_tokens`), split evenly over a batch's prompts; each prompt gets
+//!   min(`max_tokens` / `max_completion_tokens` (the smaller if both are given), its share).
+//!   Absent = the whole share, and the engine also stops where the context ends
+//!   (`finish_reason: "length"`): up to the context left, as OpenAI does.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::fmt;
+mod chat;
+mod strict;
 
 use protocol::{ApiError, Endpoint, ErrorKind, ModelAdvert, RequestMeta};
-use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::engine::{GenerationRequest, Input, Message, Sampling};
+use crate::engine::{GenerationRequest, Input, Sampling, ToolChoice};
+pub use strict::parse_strict;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = protocol::MAX_REQUEST_BODY;
@@ -54,8 +88,25 @@ pub const MAX_MESSAGES: usize = 1024;
 pub const MAX_STOP: usize = 4;
 /// Longest stop sequence, in bytes.
 pub const MAX_STOP_LEN: usize = 256;
+/// Most prompts in one completions batch.
+pub const MAX_PROMPTS: usize = 16;
+/// Most tools in one request.
+pub const MAX_TOOLS: usize = 128;
+/// Most bytes of tool definitions (names, descriptions and parameter schemas as JSON).
+pub const MAX_TOOLS_BYTES: usize = 256 * 1024;
+/// Largest `response_format` JSON schema, as JSON.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Most tool calls in one assistant message.
+pub const MAX_TOOL_CALLS: usize = 128;
+/// Most `logit_bias` entries.
+pub const MAX_LOGIT_BIAS: usize = 300;
+/// Largest chat `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: u64 = 20;
+/// Largest completions `logprobs`.
+pub const MAX_COMPLETION_LOGPROBS: u64 = 5;
 
-const CHAT_FIELDS: &[&str] = &[
+/// Chat fields that shape the generation.
+pub const CHAT_FIELDS: &[&str] = &[
     "model",
     "messages",
     "max_tokens",
@@ -69,34 +120,60 @@ const CHAT_FIELDS: &[&str] = &[
     "seed",
     "presence_penalty",
     "frequency_penalty",
-    "user",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "response_format",
 ];
 
-const COMPLETION_FIELDS: &[&str] = &[
+/// Chat fields accepted (shape-checked) and ignored: they cannot change what is generated.
+pub const CHAT_IGNORED: &[&str] = &[
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+    "store",
+    "metadata",
+    "service_tier",
+    "reasoning_effort",
+    "parallel_tool_calls",
+    "prediction",
+    "modalities",
+];
+
+/// Completions fields that shape the generation.
+pub const COMPLETION_FIELDS: &[&str] = &[
     "model",
     "prompt",
     "max_tokens",
     "temperature",
     "top_p",
     "n",
+    "best_of",
     "stream",
     "stream_options",
     "stop",
     "seed",
     "presence_penalty",
     "frequency_penalty",
-    "user",
     "echo",
+    "logprobs",
+    "logit_bias",
 ];
 
-const MESSAGE_FIELDS: &[&str] = &["role", "content", "name"];
-const ROLES: &[&str] = &["system", "user", "assistant"];
+/// Completions fields accepted (shape-checked) and ignored.
+pub const COMPLETION_IGNORED: &[&str] = &["user"];
 
 /// A request that passed validation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedRequest {
     pub endpoint: Endpoint,
+    /// The request; for a completions batch, the one for its first prompt.
     pub request: GenerationRequest,
+    /// The prompts of a completions batch after the first (choices 1, 2, …), each run as
+    /// `request` with this prompt. Empty unless `prompt` was a list of several strings.
+    pub more_prompts: Vec<String>,
     /// Whether the caller asked for a stream (the worker always streams; the client library
     /// assembles a single response when this is false).
     pub stream: bool,
@@ -136,19 +213,23 @@ pub fn validate(
     };
     // `null` means "not given" for every optional field.
     obj.retain(|_, v| !v.is_null());
-    let allowed = match endpoint {
-        Endpoint::ChatCompletions => CHAT_FIELDS,
-        Endpoint::Completions => COMPLETION_FIELDS,
+    let (allowed, ignored) = match endpoint {
+        Endpoint::ChatCompletions => (CHAT_FIELDS, CHAT_IGNORED),
+        Endpoint::Completions => (COMPLETION_FIELDS, COMPLETION_IGNORED),
     };
-    if let Some(unknown) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(invalid(
-            unknown,
-            format!(
-                "unknown field `{}` for {}",
-                truncate(unknown, 64),
-                endpoint.path()
-            ),
-        ));
+    for (k, v) in &obj {
+        if ignored.contains(&k.as_str()) {
+            check_ignored(k, v)?;
+        } else if !allowed.contains(&k.as_str()) {
+            return Err(invalid(
+                k,
+                format!(
+                    "unknown field `{}` for {}",
+                    truncate(k, 64),
+                    endpoint.path()
+                ),
+            ));
+        }
     }
 
     let model = match obj.get("model") {
@@ -175,30 +256,39 @@ pub fn validate(
         .with_param("model")
     })?;
 
+    let mut tools = Vec::new();
+    let mut tool_choice = ToolChoice::None;
+    let mut response_format = Default::default();
+    let mut prompts = Vec::new();
     let input = match endpoint {
-        Endpoint::ChatCompletions => Input::Chat(messages(&obj)?),
+        Endpoint::ChatCompletions => {
+            let messages = chat::messages(&obj)?;
+            tools = chat::tools(obj.get("tools"))?;
+            tool_choice = chat::tool_choice(obj.get("tool_choice"), &tools)?;
+            response_format = chat::response_format(obj.get("response_format"))?;
+            Input::Chat(messages)
+        }
         Endpoint::Completions => {
             if let Some(v) = obj.get("echo") {
                 if v.as_bool() != Some(false) {
                     return Err(invalid("echo", "echo: only false is supported"));
                 }
             }
-            match obj.get("prompt") {
-                Some(Value::String(s)) => Input::Prompt(s.clone()),
-                Some(_) => return Err(invalid("prompt", "prompt: expected a string")),
-                None => return Err(invalid("prompt", "missing field `prompt`")),
+            if let Some(v) = obj.get("best_of") {
+                if v.as_u64() != Some(1) {
+                    return Err(invalid("best_of", "best_of: only 1 is supported"));
+                }
             }
+            prompts = prompt_list(obj.get("prompt"))?;
+            let first = prompts.remove(0);
+            Input::Prompt(first)
         }
     };
+    let batch = prompts.len() as u64 + 1;
 
     if let Some(v) = obj.get("n") {
         if v.as_u64() != Some(1) {
             return Err(invalid("n", "n: only 1 is supported"));
-        }
-    }
-    if let Some(v) = obj.get("user") {
-        if !v.is_string() {
-            return Err(invalid("user", "user: expected a string"));
         }
     }
     let stream = match obj.get("stream") {
@@ -219,16 +309,29 @@ pub fn validate(
             requested = Some(requested.map_or(n, |r| r.min(n)));
         }
     }
-    let max_tokens = requested
-        .unwrap_or(u64::MAX)
-        .min(u64::from(meta.max_tokens))
-        .min(u64::from(advert.max_completion_tokens));
-    // Both bounds on the right are u32, so the minimum fits.
-    let max_tokens = u32::try_from(max_tokens).unwrap_or(u32::MAX);
+    let budget = u64::from(meta.max_tokens).min(u64::from(advert.max_completion_tokens));
+    let share = budget / batch;
+    if share == 0 {
+        return Err(invalid(
+            "prompt",
+            format!(
+                "a batch of {batch} prompts needs at least {batch} completion tokens; \
+                 {budget} are reserved for this request"
+            ),
+        ));
+    }
+    // `share` is at most a u32 bound, so the minimum fits.
+    let max_tokens = u32::try_from(requested.unwrap_or(u64::MAX).min(share)).unwrap_or(u32::MAX);
 
+    let top_logprobs = match endpoint {
+        Endpoint::ChatCompletions => chat_logprobs(&obj)?,
+        Endpoint::Completions => completion_logprobs(&obj)?,
+    };
     let sampling = Sampling {
         max_tokens,
-        temperature: number(&obj, "temperature", |t| (0.0..=2.0).contains(&t), "0..=2")?,
+        temperature: Some(
+            number(&obj, "temperature", |t| (0.0..=2.0).contains(&t), "0..=2")?.unwrap_or(1.0),
+        ),
         top_p: number(&obj, "top_p", |p| p > 0.0 && p <= 1.0, "(0, 1]")?,
         seed: match obj.get("seed") {
             Some(v) => Some(
@@ -240,23 +343,24 @@ pub fn validate(
         stop: stop(obj.get("stop"))?,
         presence_penalty: penalty(&obj, "presence_penalty")?,
         frequency_penalty: penalty(&obj, "frequency_penalty")?,
-        logit_bias: vec![],
-        top_logprobs: None,
+        logit_bias: logit_bias(obj.get("logit_bias"))?,
+        top_logprobs,
     };
     let request = GenerationRequest {
         model: model.to_string(),
         input,
         sampling,
         max_prompt_tokens: None,
-        tools: vec![],
-        tool_choice: Default::default(),
-        response_format: Default::default(),
+        tools,
+        tool_choice,
+        response_format,
     };
     // The map is no longer needed; drop it before returning (it may be large).
     obj.clear();
     Ok(ValidatedRequest {
         endpoint,
         request,
+        more_prompts: prompts,
         stream,
         include_usage,
     })
@@ -271,6 +375,63 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Checks the shape of an accepted-and-ignored field (see the module docs).
+fn check_ignored(field: &str, v: &Value) -> Result<(), ApiError> {
+    let one_of = |allowed: &[&str]| {
+        let ok = v.as_str().is_some_and(|s| allowed.contains(&s));
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(
+                field,
+                format!("{field}: expected one of {}", allowed.join(", ")),
+            ))
+        }
+    };
+    let expect = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(field, format!("{field}: expected {what}")))
+        }
+    };
+    match field {
+        "store" | "parallel_tool_calls" => expect(v.is_boolean(), "a boolean"),
+        "service_tier" => one_of(&["auto", "default", "flex", "scale", "priority"]),
+        "reasoning_effort" => one_of(&["none", "minimal", "low", "medium", "high"]),
+        "metadata" => {
+            let ok = v.as_object().is_some_and(|m| {
+                m.len() <= 16
+                    && m.iter()
+                        .all(|(k, v)| k.len() <= 64 && v.as_str().is_some_and(|s| s.len() <= 512))
+            });
+            expect(
+                ok,
+                "an object of at most 16 strings (keys up to 64 bytes, values up to 512)",
+            )
+        }
+        "modalities" => expect(
+            v.as_array()
+                .is_some_and(|a| a.len() == 1 && a[0].as_str() == Some("text")),
+            "[\"text\"] (text output only)",
+        ),
+        "prediction" => {
+            let ok = v.as_object().is_some_and(|o| {
+                o.get("type").and_then(Value::as_str) == Some("content")
+                    && o.get("content")
+                        .is_some_and(|c| c.is_string() || c.is_array())
+                    && o.keys().all(|k| k == "type" || k == "content")
+            });
+            expect(
+                ok,
+                "{\"type\": \"content\", \"content\": <string or parts>}",
+            )
+        }
+        // user, safety_identifier, prompt_cache_key
+        _ => expect(v.is_string(), "a string"),
+    }
 }
 
 fn number(
@@ -304,19 +465,25 @@ fn stream_options(v: Option<&Value>) -> Result<bool, ApiError> {
         .ok_or_else(|| invalid("stream_options", "stream_options: expected an object"))?;
     let mut include = false;
     for (k, v) in o {
-        if k != "include_usage" {
-            return Err(invalid(
-                "stream_options",
-                format!("unknown field `stream_options.{}`", truncate(k, 64)),
-            ));
+        if v.is_null() {
+            continue;
         }
-        if !v.is_null() {
-            include = v.as_bool().ok_or_else(|| {
-                invalid(
+        let flag = v.as_bool().ok_or_else(|| {
+            invalid(
+                "stream_options",
+                format!("stream_options.{}: expected a boolean", truncate(k, 64)),
+            )
+        })?;
+        match k.as_str() {
+            "include_usage" => include = flag,
+            // Accepted and ignored: no obfuscation padding is added.
+            "include_obfuscation" => {}
+            _ => {
+                return Err(invalid(
                     "stream_options",
-                    "stream_options.include_usage: expected a boolean",
-                )
-            })?;
+                    format!("unknown field `stream_options.{}`", truncate(k, 64)),
+                ))
+            }
         }
     }
     Ok(include)
@@ -343,218 +510,131 @@ fn stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
     }
 }
 
-fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
-    let items = match obj.get("messages") {
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(invalid("messages", "messages: expected an array")),
-        None => return Err(invalid("messages", "missing field `messages`")),
-    };
-    if items.is_empty() || items.len() > MAX_MESSAGES {
-        return Err(invalid(
-            "messages",
-            format!("messages: {} messages (1..={MAX_MESSAGES})", items.len()),
-        ));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, m)| message(i, m))
-        .collect()
-}
-
-fn message(i: usize, m: &Value) -> Result<Message, ApiError> {
-    let param = format!("messages[{i}]");
-    let o = m
-        .as_object()
-        .ok_or_else(|| invalid(&param, format!("{param}: expected an object")))?;
-    if let Some(k) = o.keys().find(|k| !MESSAGE_FIELDS.contains(&k.as_str())) {
-        return Err(invalid(
-            &param,
-            format!("unknown field `{}` in {param}", truncate(k, 64)),
-        ));
-    }
-    let role = match o.get("role") {
-        Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
-        _ => {
-            return Err(invalid(
-                &param,
-                format!("{param}.role: expected one of {}", ROLES.join(", ")),
-            ))
-        }
-    };
-    match o.get("name") {
-        None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(_) => return Err(invalid(&param, format!("{param}.name: expected a string"))),
-    }
-    let content = match o.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let texts = parts
+/// Completions `prompt`: one string or a batch of 1..=[`MAX_PROMPTS`] strings.
+fn prompt_list(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    match v {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            if items.is_empty() || items.len() > MAX_PROMPTS {
+                return Err(invalid(
+                    "prompt",
+                    format!(
+                        "prompt: a batch of {} prompts (1..={MAX_PROMPTS})",
+                        items.len()
+                    ),
+                ));
+            }
+            Ok(items
                 .iter()
-                .enumerate()
-                .map(|(j, p)| text_part(&param, j, p))
-                .collect::<Result<Vec<_>, _>>()?;
-            texts.join("\n")
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect())
         }
-        _ => {
-            return Err(invalid(
-                &param,
-                format!("{param}.content: expected a string or an array of text parts"),
+        Some(Value::Array(items)) if items.iter().any(|i| i.is_number() || i.is_array()) => {
+            Err(invalid(
+                "prompt",
+                "prompt: token-id prompts are not supported; send text",
             ))
         }
+        Some(_) => Err(invalid(
+            "prompt",
+            "prompt: expected a string or an array of strings",
+        )),
+        None => Err(invalid("prompt", "missing field `prompt`")),
+    }
+}
+
+/// Chat `logprobs` (bool) and `top_logprobs` (0..=20, needs `logprobs: true`).
+fn chat_logprobs(obj: &Map<String, Value>) -> Result<Option<u8>, ApiError> {
+    let on = match obj.get("logprobs") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| invalid("logprobs", "logprobs: expected a boolean"))?,
     };
-    Ok(Message::text(role, content))
-}
-
-fn text_part<'a>(param: &str, j: usize, p: &'a Value) -> Result<&'a str, ApiError> {
-    let at = format!("{param}.content[{j}]");
-    let bad = || {
-        invalid(
-            param,
-            format!("{at}: expected {{\"type\": \"text\", \"text\": <string>}}"),
-        )
+    let top = match obj.get("top_logprobs") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n <= MAX_TOP_LOGPROBS)
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "top_logprobs",
+                        format!("top_logprobs: expected an integer in 0..={MAX_TOP_LOGPROBS}"),
+                    )
+                })?,
+        ),
     };
-    let o = p.as_object().ok_or_else(bad)?;
-    if o.len() != 2 || o.get("type").and_then(Value::as_str) != Some("text") {
-        return Err(bad());
-    }
-    o.get("text").and_then(Value::as_str).ok_or_else(bad)
-}
-
-/// Parses JSON into a [`Value`], rejecting duplicate object keys at any depth.
-pub fn parse_strict(body: &[u8]) -> Result<Value, ApiError> {
-    let dup = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = StrictSeed {
-        path: Path::Root,
-        dup: &dup,
-    }
-    .deserialize(&mut de)
-    .and_then(|v| de.end().map(|()| v));
-    match parsed {
-        Ok(v) => Ok(v),
-        Err(e) => Err(match dup.into_inner() {
-            Some(Duplicate { key, at }) => ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("duplicate key `{}` in {at}", truncate(&key, 64)),
-            )
-            .with_param(key),
-            None => ApiError::new(ErrorKind::InvalidRequest, format!("malformed json: {e}")),
-        }),
+    match (on, top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, Some(_)) => Err(invalid(
+            "top_logprobs",
+            "top_logprobs: requires logprobs to be true",
+        )),
+        (false, None) => Ok(None),
     }
 }
 
-struct Duplicate {
-    key: String,
-    /// Where the object is ("the request body", "messages[0]").
-    at: String,
-}
-
-/// Where a value sits, built lazily (only formatted when a duplicate is found).
-#[derive(Clone, Copy)]
-enum Path<'p> {
-    Root,
-    Key(&'p Path<'p>, &'p str),
-    Index(&'p Path<'p>, usize),
-}
-
-impl fmt::Display for Path<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Path::Root => f.write_str("the request body"),
-            Path::Key(Path::Root, k) => f.write_str(truncate(k, 64)),
-            Path::Index(Path::Root, i) => write!(f, "[{i}]"),
-            Path::Key(p, k) => write!(f, "{p}.{}", truncate(k, 64)),
-            Path::Index(p, i) => write!(f, "{p}[{i}]"),
-        }
+/// Completions `logprobs`: an integer 0..=5 (the legacy API).
+fn completion_logprobs(obj: &Map<String, Value>) -> Result<Option<u8>, ApiError> {
+    match obj.get("logprobs") {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= MAX_COMPLETION_LOGPROBS)
+            .and_then(|n| u8::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                invalid(
+                    "logprobs",
+                    format!("logprobs: expected an integer in 0..={MAX_COMPLETION_LOGPROBS}"),
+                )
+            }),
     }
 }
 
-struct StrictSeed<'a, 'p> {
-    path: Path<'p>,
-    dup: &'a RefCell<Option<Duplicate>>,
-}
-
-impl<'de> DeserializeSeed<'de> for StrictSeed<'_, '_> {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
+/// `logit_bias`: token id (decimal string) → bias in -100..=100, sorted by token id.
+fn logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let o = v
+        .as_object()
+        .ok_or_else(|| invalid("logit_bias", "logit_bias: expected an object"))?;
+    if o.len() > MAX_LOGIT_BIAS {
+        return Err(invalid(
+            "logit_bias",
+            format!("logit_bias: {} entries, at most {MAX_LOGIT_BIAS}", o.len()),
+        ));
     }
-}
-
-impl<'de> Visitor<'de> for StrictSeed<'_, '_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a json value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        loop {
-            let path = Path::Index(&self.path, out.len());
-            let seed = StrictSeed {
-                path,
-                dup: self.dup,
-            };
-            match seq.next_element_seed(seed)? {
-                Some(v) => out.push(v),
-                None => return Ok(Value::Array(out)),
-            }
-        }
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = BTreeMap::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                let at = self.path.to_string();
-                let msg = format!("duplicate key `{}`", truncate(&key, 64));
-                *self.dup.borrow_mut() = Some(Duplicate { key, at });
-                return Err(A::Error::custom(msg));
-            }
-            let path = Path::Key(&self.path, &key);
-            let v = map.next_value_seed(StrictSeed {
-                path,
-                dup: self.dup,
+    let mut out = Vec::with_capacity(o.len());
+    for (k, v) in o {
+        let id = k
+            .parse::<u32>()
+            .ok()
+            .filter(|id| id.to_string() == *k)
+            .ok_or_else(|| {
+                invalid(
+                    "logit_bias",
+                    format!(
+                        "logit_bias: key {:?} is not a token id (a decimal integer)",
+                        truncate(k, 32)
+                    ),
+                )
             })?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out.into_iter().collect()))
+        let bias = v
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                invalid(
+                    "logit_bias",
+                    format!("logit_bias.{id}: expected a number in -100..=100"),
+                )
+            })?;
+        out.push((id, bias as f32));
     }
+    out.sort_by_key(|(id, _)| *id);
+    Ok(out)
 }
 
 #[cfg(test)]

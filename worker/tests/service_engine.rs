@@ -93,9 +93,12 @@ async fn run(mode: Mode) -> (u16, Vec<u8>) {
 async fn failure_before_the_first_byte_is_a_status() {
     let (status, body) = run(Mode::PromptTooLong).await;
     let e = ApiError::from_json(status, &body);
-    assert_eq!((status, e.kind), (400, ErrorKind::InvalidRequest));
+    assert_eq!((status, e.kind), (400, ErrorKind::ContextLengthExceeded));
     assert_eq!(e.param.as_deref(), Some("messages"));
     assert!(e.message.contains("exceeds the context"), "{}", e.message);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
 }
 
 #[tokio::test]

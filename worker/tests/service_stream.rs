@@ -179,10 +179,10 @@ async fn invalid_requests_get_statuses_before_any_byte() {
     let chat = "/v1/chat/completions";
     let cases: Vec<(Request<Full<Bytes>>, u16, ErrorKind, &str)> = vec![
         (
-            completion_request(chat, MODEL, 10, chat_body(json!({"tools": []}))),
+            completion_request(chat, MODEL, 10, chat_body(json!({"functions": []}))),
             400,
             ErrorKind::InvalidRequest,
-            "unknown field `tools`",
+            "unknown field `functions`",
         ),
         (
             completion_request(

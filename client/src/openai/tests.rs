@@ -221,3 +221,145 @@ fn relay_without_include_usage_and_error_paths() {
     let mut r = Relay::new(Endpoint::ChatCompletions, false);
     assert!(text(r.on_event(&Event::data("{oops"))).contains("upstream_error"));
 }
+
+#[test]
+fn request_fields_reserve_for_every_prompt_of_a_batch() {
+    let f =
+        RequestFields::parse(br#"{"model":"m","prompt":["a","b","c"],"max_tokens":5}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(15));
+    let f = RequestFields::parse(br#"{"model":"m","prompt":"a","max_tokens":5}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(5));
+    let f = RequestFields::parse(br#"{"model":"m","prompt":["a"],"max_tokens":5}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(5));
+    // No max_tokens: nothing to multiply (the client's default applies).
+    let f = RequestFields::parse(br#"{"model":"m","prompt":["a","b"]}"#).unwrap();
+    assert_eq!(f.max_tokens, None);
+    // Saturates at the protocol's limit.
+    let f = RequestFields::parse(br#"{"model":"m","prompt":["a","b","c"],"max_tokens":900000}"#)
+        .unwrap();
+    assert_eq!(f.max_tokens, Some(MAX_TOKENS_LIMIT));
+    // Other shapes are the worker's to refuse: counted as one prompt here.
+    for body in [
+        &br#"{"model":"m","prompt":7,"max_tokens":5}"#[..],
+        br#"{"model":"m","prompt":{"x":[1]},"max_tokens":5}"#,
+        br#"{"model":"m","prompt":[],"max_tokens":5}"#,
+        br#"{"model":"m","prompt":null,"max_tokens":5}"#,
+    ] {
+        let f = RequestFields::parse(body).unwrap();
+        assert_eq!(f.max_tokens, Some(5), "{}", String::from_utf8_lossy(body));
+    }
+}
+
+fn data(v: Value) -> Event {
+    Event::data(v.to_string())
+}
+
+fn finish(agg: &mut Aggregator) -> Value {
+    agg.push(&usage_event()).unwrap();
+    assert!(agg.push(&Event::done()).unwrap());
+    std::mem::replace(agg, Aggregator::new(Endpoint::ChatCompletions))
+        .finish()
+        .unwrap()
+}
+
+#[test]
+fn aggregates_a_forced_tool_call_as_the_worker_streams_it() {
+    let mut a = Aggregator::new(Endpoint::ChatCompletions);
+    a.push(&data(
+        json!({"id":"chatcmpl-r","object":"chat.completion.chunk","created":1,
+        "model":"m","choices":[{"index":0,"logprobs":null,"finish_reason":null,"delta":{
+        "role":"assistant","tool_calls":[
+            {"index":0,"id":"call_1","type":"function",
+             "function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},
+            {"index":1,"id":"call_2","type":"function","function":{"name":"now","arguments":"{}"}}
+        ]}}]}),
+    ))
+    .unwrap();
+    a.push(&data(json!({"id":"chatcmpl-r","object":"chat.completion.chunk","created":1,
+        "model":"m","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}]})))
+    .unwrap();
+    let v = finish(&mut a);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["choices"][0],
+        json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function",
+                 "function": {"name": "now", "arguments": "{}"}}
+            ]},
+            "logprobs": null,
+            "finish_reason": "tool_calls",
+        })
+    );
+}
+
+#[test]
+fn aggregates_chat_logprobs_and_empty_content() {
+    let entry = |t: &str| json!({"token": t, "logprob": -1.0, "bytes": [104], "top_logprobs": []});
+    let mut a = Aggregator::new(Endpoint::ChatCompletions);
+    for t in ["h", "i"] {
+        a.push(&data(json!({"choices":[{"index":0,"delta":{"content":t},
+            "logprobs":{"content":[entry(t)]},"finish_reason":null}]})))
+            .unwrap();
+    }
+    let v = finish(&mut a);
+    assert_eq!(v["choices"][0]["message"]["content"], "hi");
+    assert_eq!(
+        v["choices"][0]["logprobs"],
+        json!({"content": [entry("h"), entry("i")]})
+    );
+    // No text and no tool calls: an empty string, not null.
+    let mut a = Aggregator::new(Endpoint::ChatCompletions);
+    a.push(&data(
+        json!({"choices":[{"index":0,"delta":{"role":"assistant"},
+        "finish_reason":"length"}]}),
+    ))
+    .unwrap();
+    let v = finish(&mut a);
+    assert_eq!(v["choices"][0]["message"]["content"], "");
+    assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+    assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+}
+
+#[test]
+fn aggregates_legacy_logprobs_per_choice_of_a_batch() {
+    let mut a = Aggregator::new(Endpoint::Completions);
+    let chunk = |index: u64, text: &str, offset: u64, finish: Value| {
+        data(
+            json!({"id":"cmpl-r","object":"text_completion","created":1,"model":"m",
+            "choices":[{"index":index,"text":text,"finish_reason":finish,"logprobs":{
+                "tokens":[text],"token_logprobs":[-1.0],"top_logprobs":[{text: -1.0}],
+                "text_offset":[offset]}}]}),
+        )
+    };
+    a.push(&chunk(0, "a", 0, Value::Null)).unwrap();
+    a.push(&chunk(1, "x", 0, Value::Null)).unwrap();
+    a.push(&chunk(0, "b", 1, json!("length"))).unwrap();
+    a.push(&chunk(1, "y", 1, json!("stop"))).unwrap();
+    a.push(&usage_event()).unwrap();
+    a.push(&Event::done()).unwrap();
+    let v = a.finish().unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["choices"][0],
+        json!({"index": 0, "text": "ab", "finish_reason": "length", "logprobs": {
+            "tokens": ["a", "b"], "token_logprobs": [-1.0, -1.0],
+            "top_logprobs": [{"a": -1.0}, {"b": -1.0}], "text_offset": [0, 1]}})
+    );
+    assert_eq!(v["choices"][1]["text"], "xy");
+    assert_eq!(v["choices"][1]["finish_reason"], "stop");
+    assert_eq!(v["choices"][1]["logprobs"]["tokens"], json!(["x", "y"]));
+    // Without logprobs in the chunks: null.
+    let mut a = Aggregator::new(Endpoint::Completions);
+    a.push(&data(
+        json!({"choices":[{"index":0,"text":"a","logprobs":null,"finish_reason":"stop"}]}),
+    ))
+    .unwrap();
+    a.push(&usage_event()).unwrap();
+    a.push(&Event::done()).unwrap();
+    assert_eq!(a.finish().unwrap()["choices"][0]["logprobs"], Value::Null);
+}

@@ -164,13 +164,7 @@ fn configs_pin_the_other_role_and_parse() {
     let client = table(&std::fs::read_to_string(dir.join(CLIENT_CONFIG)).unwrap());
     assert_eq!(
         keys(&client),
-        vec![
-            "account_key_file",
-            "default_max_tokens",
-            "listen",
-            "policy",
-            "proxy"
-        ]
+        vec!["account_key_file", "listen", "policy", "proxy"]
     );
     assert_eq!(client["proxy"].as_str(), Some("127.0.0.1:9102"));
     assert_eq!(client["listen"].as_str(), Some("127.0.0.1:8080"));

@@ -1,12 +1,24 @@
 //! The stub engine: a real [`Engine`] that emits a fixed number of tokens at a fixed rate.
 //! Used by tests, load tests and benchmarks, where a real model would measure the model.
+//!
+//! Test behaviour for the OpenAI surface, deterministic so that tests without a model can
+//! exercise it end to end:
+//! * `tool_choice` [`ToolChoice::Required`] (the first tool) or [`ToolChoice::Function`]: one
+//!   [`Chunk::ToolCalls`] with a call `call_stub_0` to that function with arguments `{}`, then
+//!   [`FinishReason::ToolCalls`] (1 completion token). `auto` and `none` generate text.
+//! * [`Sampling::top_logprobs`](super::Sampling) `Some(n)`: each token comes as a
+//!   [`Chunk::Tokens`] with made-up log probabilities: -1.0 for the token and for each of `n`
+//!   alternatives (the token itself first, then `alt1 `, `alt2 `, …).
 
 use std::time::Duration;
 
 use protocol::{ModelAdvert, Usage};
 use tokio::sync::mpsc;
 
-use super::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input};
+use super::{
+    Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, TokenLogprob, ToolCall,
+    ToolChoice, TopLogprob,
+};
 
 /// Emits `tokens` tokens ("tok0 ", "tok1 ", …) with `interval` between them.
 #[derive(Clone, Debug)]
@@ -43,6 +55,29 @@ fn prompt_tokens(input: &Input) -> u64 {
     }
 }
 
+/// Log probabilities for `token` and `top` alternatives, all -1.0 (see the module docs).
+fn made_up_logprobs(token: &str, top: u8) -> TokenLogprob {
+    let alt = |token: String| TopLogprob {
+        bytes: Some(token.as_bytes().to_vec()),
+        token,
+        logprob: -1.0,
+    };
+    TokenLogprob {
+        token: token.to_string(),
+        logprob: -1.0,
+        bytes: Some(token.as_bytes().to_vec()),
+        top: (0..top)
+            .map(|j| {
+                alt(if j == 0 {
+                    token.to_string()
+                } else {
+                    format!("alt{j} ")
+                })
+            })
+            .collect(),
+    }
+}
+
 #[async_trait::async_trait]
 impl Engine for StubEngine {
     fn models(&self) -> Vec<ModelAdvert> {
@@ -63,13 +98,56 @@ impl Engine for StubEngine {
             return Err(EngineError::UnknownModel(req.model));
         }
         super::check_prompt_budget(req.max_prompt_tokens, prompt_tokens(&req.input))?;
+        let forced = match &req.tool_choice {
+            ToolChoice::Function(name) => Some(name.clone()),
+            ToolChoice::Required => Some(
+                req.tools
+                    .first()
+                    .ok_or_else(|| {
+                        EngineError::Unsupported("tool_choice required without tools".into())
+                    })?
+                    .name
+                    .clone(),
+            ),
+            ToolChoice::None | ToolChoice::Auto => None,
+        };
+        if let Some(name) = forced {
+            let call = ToolCall {
+                id: "call_stub_0".into(),
+                name,
+                arguments: "{}".into(),
+            };
+            if tx.send(Ok(Chunk::ToolCalls(vec![call]))).await.is_err() {
+                return Ok(());
+            }
+            let usage = Usage {
+                prompt_tokens: prompt_tokens(&req.input),
+                completion_tokens: 1,
+                ..Usage::default()
+            };
+            let _ = tx
+                .send(Ok(Chunk::Done {
+                    usage,
+                    finish_reason: FinishReason::ToolCalls,
+                }))
+                .await;
+            return Ok(());
+        }
         let n = self.tokens.min(req.sampling.max_tokens);
         let mut ticker = (!self.interval.is_zero()).then(|| tokio::time::interval(self.interval));
         for i in 0..n {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;
             }
-            if tx.send(Ok(Chunk::Text(format!("tok{i} ")))).await.is_err() {
+            let text = format!("tok{i} ");
+            let chunk = match req.sampling.top_logprobs {
+                None => Chunk::Text(text),
+                Some(top) => Chunk::Tokens {
+                    logprobs: vec![made_up_logprobs(&text, top)],
+                    text,
+                },
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
                 return Ok(());
             }
         }
@@ -167,6 +245,111 @@ mod tests {
         r.max_prompt_tokens = Some(3);
         let (tx, _rx) = mpsc::channel(16);
         e.generate(r, tx).await.unwrap();
+    }
+
+    async fn collect(e: &StubEngine, r: GenerationRequest) -> Vec<Chunk> {
+        let (tx, mut rx) = mpsc::channel(64);
+        e.generate(r, tx).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = rx.recv().await {
+            out.push(c.unwrap());
+        }
+        out
+    }
+
+    fn tool(name: &str) -> crate::engine::ToolSpec {
+        crate::engine::ToolSpec {
+            name: name.into(),
+            description: None,
+            parameters: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    #[tokio::test]
+    async fn forced_tool_choice_makes_one_call() {
+        let e = StubEngine::new("stub", 5, 0.0);
+        for (choice, name) in [
+            (ToolChoice::Required, "first"),
+            (ToolChoice::Function("second".into()), "second"),
+        ] {
+            let mut r = req(3);
+            r.tools = vec![tool("first"), tool("second")];
+            r.tool_choice = choice;
+            let chunks = collect(&e, r).await;
+            assert_eq!(
+                chunks,
+                vec![
+                    Chunk::ToolCalls(vec![ToolCall {
+                        id: "call_stub_0".into(),
+                        name: name.into(),
+                        arguments: "{}".into(),
+                    }]),
+                    Chunk::Done {
+                        usage: Usage {
+                            prompt_tokens: 3,
+                            completion_tokens: 1,
+                            ..Usage::default()
+                        },
+                        finish_reason: FinishReason::ToolCalls,
+                    }
+                ]
+            );
+        }
+        // auto: text as usual.
+        let mut r = req(2);
+        r.tools = vec![tool("first")];
+        r.tool_choice = ToolChoice::Auto;
+        let chunks = collect(&e, r).await;
+        assert_eq!(chunks[0], Chunk::Text("tok0 ".into()));
+        assert_eq!(chunks.len(), 3);
+        // Required without tools is an engine refusal, not a panic.
+        let mut r = req(2);
+        r.tool_choice = ToolChoice::Required;
+        let (tx, _rx) = mpsc::channel(4);
+        assert!(matches!(
+            e.generate(r, tx).await,
+            Err(EngineError::Unsupported(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn top_logprobs_give_tokens_with_made_up_logprobs() {
+        let e = StubEngine::new("stub", 2, 0.0);
+        let mut r = req(5);
+        r.sampling.top_logprobs = Some(2);
+        let chunks = collect(&e, r).await;
+        assert_eq!(chunks.len(), 3);
+        let Chunk::Tokens { text, logprobs } = &chunks[1] else {
+            panic!("{:?}", chunks[1])
+        };
+        assert_eq!(text, "tok1 ");
+        assert_eq!(
+            logprobs,
+            &vec![TokenLogprob {
+                token: "tok1 ".into(),
+                logprob: -1.0,
+                bytes: Some(b"tok1 ".to_vec()),
+                top: vec![
+                    TopLogprob {
+                        token: "tok1 ".into(),
+                        logprob: -1.0,
+                        bytes: Some(b"tok1 ".to_vec()),
+                    },
+                    TopLogprob {
+                        token: "alt1 ".into(),
+                        logprob: -1.0,
+                        bytes: Some(b"alt1 ".to_vec()),
+                    },
+                ],
+            }]
+        );
+        let mut r = req(1);
+        r.sampling.top_logprobs = Some(0);
+        let chunks = collect(&e, r).await;
+        let Chunk::Tokens { logprobs, .. } = &chunks[0] else {
+            panic!("{:?}", chunks[0])
+        };
+        assert!(logprobs[0].top.is_empty());
     }
 
     #[tokio::test]

@@ -19,6 +19,11 @@
 //! usage (prompt, cached, completion, reasoning tokens) from the final usage chunk; the finish
 //! reason from the choice. `reasoning_content` deltas are not forwarded.
 //!
+//! Passed through: sampling fields, `logit_bias`, `response_format`, tool history in messages
+//! (`tool_calls`, `tool_call_id`), and tools with `tool_choice: "none"`. Since only text is read
+//! back, a request that could make tool calls or asks for log probabilities is refused with
+//! [`EngineError::Unsupported`] (400) rather than answered without them.
+//!
 //! The base URL must be `http://<ip literal>[:port][/prefix]`: guest binaries are static and
 //! cannot resolve names, and the upstream is expected on loopback or a private link (TLS to
 //! the upstream is not implemented).
@@ -51,7 +56,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
-use super::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input};
+use super::{
+    Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Message, ResponseFormat,
+    ToolChoice,
+};
 
 /// Longest upstream error body quoted in an [`EngineError::Upstream`] (characters).
 const ERROR_BODY_CHARS: usize = 512;
@@ -196,6 +204,24 @@ impl Kind {
     }
 }
 
+/// What this engine cannot relay: it reads only text from the upstream's stream, so tool calls
+/// and log probabilities would be lost. Tools shown with `tool_choice: "none"` are fine.
+fn unsupported(req: &GenerationRequest) -> Option<EngineError> {
+    if req.sampling.top_logprobs.is_some() {
+        return Some(EngineError::Unsupported(
+            "logprobs: not supported by this model's upstream engine".into(),
+        ));
+    }
+    if !req.tools.is_empty() && req.tool_choice != ToolChoice::None {
+        return Some(EngineError::Unsupported(
+            "tools: tool calls are not supported by this model's upstream engine \
+             (tool_choice \"none\" is)"
+                .into(),
+        ));
+    }
+    None
+}
+
 /// The upstream request body for `req`, with the model renamed to `upstream_model`.
 fn request_body(req: &GenerationRequest, upstream_model: &str) -> Value {
     let s = &req.sampling;
@@ -204,15 +230,12 @@ fn request_body(req: &GenerationRequest, upstream_model: &str) -> Value {
         "stream": true,
         "stream_options": { "include_usage": true },
         "max_tokens": s.max_tokens,
-        // Upstreams default to temperature 1; cocoon's default is greedy.
+        // `None` (callers other than validation, which fills in OpenAI's 1) is greedy.
         "temperature": s.temperature.filter(|t| *t > 0.0).unwrap_or(0.0),
     });
     match &req.input {
         Input::Chat(msgs) => {
-            let msgs: Vec<Value> = msgs
-                .iter()
-                .map(|m| json!({ "role": m.role, "content": m.content }))
-                .collect();
+            let msgs: Vec<Value> = msgs.iter().map(message).collect();
             body["messages"] = Value::Array(msgs);
         }
         Input::Prompt(p) => body["prompt"] = Value::String(p.clone()),
@@ -232,7 +255,62 @@ fn request_body(req: &GenerationRequest, upstream_model: &str) -> Value {
     if let Some(p) = s.frequency_penalty {
         body["frequency_penalty"] = json!(p);
     }
+    if !s.logit_bias.is_empty() {
+        let bias: serde_json::Map<String, Value> = s
+            .logit_bias
+            .iter()
+            .map(|(id, b)| (id.to_string(), json!(b)))
+            .collect();
+        body["logit_bias"] = Value::Object(bias);
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({"name": t.name, "parameters": t.parameters});
+                if let Some(d) = &t.description {
+                    f["description"] = json!(d);
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect();
+        body["tools"] = Value::Array(tools);
+        body["tool_choice"] = json!("none");
+    }
+    match &req.response_format {
+        ResponseFormat::Text => {}
+        ResponseFormat::JsonObject => body["response_format"] = json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => {
+            body["response_format"] = json!({"type": "json_schema", "json_schema": {
+                "name": name, "schema": schema, "strict": strict}});
+        }
+    }
     body
+}
+
+/// A chat message as OpenAI-compatible servers take it (tool history included).
+fn message(m: &Message) -> Value {
+    let mut v = json!({ "role": m.role, "content": m.content });
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<Value> = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        v["tool_calls"] = Value::Array(calls);
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    v
 }
 
 fn upstream(msg: impl Into<String>) -> EngineError {
@@ -626,6 +704,9 @@ impl Engine for UpstreamEngine {
         let Some(model) = self.models.iter().find(|m| m.name == req.model) else {
             return Err(EngineError::UnknownModel(req.model));
         };
+        if let Some(e) = unsupported(&req) {
+            return Err(e);
+        }
         let kind = match req.input {
             Input::Chat(_) => Kind::Chat,
             Input::Prompt(_) => Kind::Completion,
@@ -688,6 +769,81 @@ mod tests {
         for absent in ["messages", "top_p", "seed", "stop", "presence_penalty"] {
             assert!(b.get(absent).is_none(), "{absent}");
         }
+    }
+
+    #[test]
+    fn chat_body_relays_tool_history_formats_and_bias() {
+        let mut s = sampling();
+        s.logit_bias = vec![(7, -100.0), (42, 2.5)];
+        s.temperature = Some(1.0);
+        let req = GenerationRequest {
+            model: "m".into(),
+            input: Input::Chat(vec![
+                Message {
+                    role: "assistant".into(),
+                    content: String::new(),
+                    tool_calls: vec![crate::engine::ToolCall {
+                        id: "call_1".into(),
+                        name: "f".into(),
+                        arguments: "{}".into(),
+                    }],
+                    tool_call_id: None,
+                },
+                Message {
+                    role: "tool".into(),
+                    content: "42".into(),
+                    tool_calls: vec![],
+                    tool_call_id: Some("call_1".into()),
+                },
+            ]),
+            sampling: s,
+            max_prompt_tokens: None,
+            tools: vec![crate::engine::ToolSpec {
+                name: "f".into(),
+                description: Some("d".into()),
+                parameters: json!({"type": "object"}),
+            }],
+            tool_choice: ToolChoice::None,
+            response_format: ResponseFormat::JsonSchema {
+                name: "n".into(),
+                schema: json!({"type": "object"}),
+                strict: true,
+            },
+        };
+        assert!(unsupported(&req).is_none());
+        let b = request_body(&req, "m");
+        assert_eq!(b["temperature"], 1.0);
+        assert_eq!(
+            b["messages"],
+            json!([
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1",
+                    "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "content": "42", "tool_call_id": "call_1"}
+            ])
+        );
+        assert_eq!(b["logit_bias"], json!({"7": -100.0, "42": 2.5}));
+        assert_eq!(
+            b["tools"],
+            json!([{"type": "function", "function": {"name": "f", "description": "d",
+                                                     "parameters": {"type": "object"}}}])
+        );
+        assert_eq!(b["tool_choice"], "none");
+        assert_eq!(
+            b["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "n",
+                   "schema": {"type": "object"}, "strict": true}})
+        );
+        // What the engine cannot relay back is refused, not dropped.
+        let mut r = req.clone();
+        r.tool_choice = ToolChoice::Auto;
+        assert!(
+            matches!(unsupported(&r), Some(EngineError::Unsupported(m)) if m.contains("tools"))
+        );
+        let mut r = req;
+        r.sampling.top_logprobs = Some(0);
+        assert!(
+            matches!(unsupported(&r), Some(EngineError::Unsupported(m)) if m.contains("logprobs"))
+        );
     }
 
     #[test]

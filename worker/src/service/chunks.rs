@@ -1,13 +1,25 @@
 //! The OpenAI streaming objects the worker emits, as SSE events: `chat.completion.chunk` for
 //! `/v1/chat/completions`, `text_completion` for `/v1/completions`, the optional usage chunk
 //! (`stream_options.include_usage`), then cocoon's usage event and `data: [DONE]`.
+//!
+//! * Text: `delta.content` (chat, the first chunk also carries `delta.role`) or `text`.
+//! * Log probabilities ([`Chunk::Tokens`](crate::engine::Chunk)): chat
+//!   `logprobs.content = [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`;
+//!   completions (the legacy shape) `logprobs = {tokens, token_logprobs, top_logprobs: [{token:
+//!   logprob}], text_offset}`, offsets in characters of the choice's generated text. A
+//!   log probability that is not finite is sent as -9999.0 (JSON has no infinity).
+//! * Tool calls (chat): one chunk with `delta.tool_calls = [{index, id, type: "function",
+//!   function: {name, arguments}}]`, each call complete; the choice then ends with
+//!   `finish_reason: "tool_calls"`.
+//! * A completions batch has one choice per prompt (`index` i), ended one after another; the
+//!   usage at the end covers the whole request.
 
 use bytes::Bytes;
 use protocol::sse::Event;
 use protocol::{Endpoint, Usage};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::engine::FinishReason;
+use crate::engine::{FinishReason, TokenLogprob, ToolCall};
 
 /// Encodes one response's chunks.
 #[derive(Debug)]
@@ -18,6 +30,23 @@ pub(crate) struct ChunkEncoder {
     model: String,
     /// Whether the first chat chunk (which carries the role) was sent.
     role_sent: bool,
+    /// Completions: the choice whose text `offset` counts, and the characters it has so far.
+    offset_choice: usize,
+    offset: usize,
+}
+
+/// A log probability as JSON (shortest form of the `f32`; -9999.0 when not finite).
+fn logprob(x: f32) -> Value {
+    let x = if x.is_finite() {
+        format!("{x}").parse::<f64>().unwrap_or(f64::from(x))
+    } else {
+        -9999.0
+    };
+    json!(x)
+}
+
+fn token_bytes(b: &Option<Vec<u8>>) -> Value {
+    b.as_ref().map_or(Value::Null, |b| json!(b))
 }
 
 impl ChunkEncoder {
@@ -32,6 +61,8 @@ impl ChunkEncoder {
             created,
             model: model.to_string(),
             role_sent: false,
+            offset_choice: 0,
+            offset: 0,
         }
     }
 
@@ -56,45 +87,155 @@ impl ChunkEncoder {
         Bytes::from(Event::data(v.to_string()).encode())
     }
 
-    fn choice(&mut self, text: Option<&str>, finish: Option<FinishReason>) -> Value {
+    /// A chat delta: the role on the first one, then `fields`.
+    fn delta(&mut self, fields: Map<String, Value>) -> Map<String, Value> {
+        let mut delta = Map::new();
+        if !self.role_sent {
+            delta.insert("role".into(), "assistant".into());
+            self.role_sent = true;
+        }
+        delta.extend(fields);
+        delta
+    }
+
+    /// The character offset of new completions text in choice `index`, then counts `text`.
+    fn advance(&mut self, index: usize, text: &str) -> usize {
+        if index != self.offset_choice {
+            self.offset_choice = index;
+            self.offset = 0;
+        }
+        let at = self.offset;
+        self.offset += text.chars().count();
+        at
+    }
+
+    fn choice(
+        &mut self,
+        index: usize,
+        text: Option<&str>,
+        logprobs: Value,
+        finish: Option<FinishReason>,
+    ) -> Value {
         let finish = finish.map(FinishReason::as_str);
         match self.endpoint {
             Endpoint::ChatCompletions => {
-                let mut delta = serde_json::Map::new();
-                if !self.role_sent {
-                    delta.insert("role".into(), "assistant".into());
-                    self.role_sent = true;
-                }
+                let mut fields = Map::new();
                 if let Some(t) = text {
-                    delta.insert("content".into(), t.into());
+                    fields.insert("content".into(), t.into());
                 }
-                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+                let delta = self.delta(fields);
+                json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
             }
             Endpoint::Completions => json!([{
-                "index": 0,
+                "index": index,
                 "text": text.unwrap_or(""),
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }]),
         }
     }
 
-    /// A chunk carrying generated text.
-    pub(crate) fn text(&mut self, text: &str) -> Bytes {
-        let choices = self.choice(Some(text), None);
+    /// A chunk carrying generated text of choice `index`.
+    pub(crate) fn text(&mut self, index: usize, text: &str) -> Bytes {
+        if self.endpoint == Endpoint::Completions {
+            self.advance(index, text);
+        }
+        let choices = self.choice(index, Some(text), Value::Null, None);
         self.chunk(choices, None)
     }
 
-    /// The end of a successful stream: the chunk with the finish reason, the OpenAI usage
-    /// chunk if asked for, cocoon's usage event and `[DONE]`.
-    pub(crate) fn finish(
-        &mut self,
-        reason: FinishReason,
-        usage: &Usage,
-        include_usage: bool,
-    ) -> Bytes {
-        let choices = self.choice(None, Some(reason));
-        let mut out = self.chunk(choices, None).to_vec();
+    /// A chunk carrying generated text of choice `index` with its tokens' log probabilities.
+    pub(crate) fn tokens(&mut self, index: usize, text: &str, tokens: &[TokenLogprob]) -> Bytes {
+        let logprobs = match self.endpoint {
+            Endpoint::ChatCompletions => {
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let top: Vec<Value> = t
+                            .top
+                            .iter()
+                            .map(|a| {
+                                json!({
+                                    "token": a.token,
+                                    "logprob": logprob(a.logprob),
+                                    "bytes": token_bytes(&a.bytes),
+                                })
+                            })
+                            .collect();
+                        json!({
+                            "token": t.token,
+                            "logprob": logprob(t.logprob),
+                            "bytes": token_bytes(&t.bytes),
+                            "top_logprobs": top,
+                        })
+                    })
+                    .collect();
+                json!({ "content": content })
+            }
+            Endpoint::Completions => {
+                let mut offsets = Vec::with_capacity(tokens.len());
+                let mut at = self.advance(index, "");
+                for t in tokens {
+                    offsets.push(at);
+                    at += t.token.chars().count();
+                }
+                self.advance(index, text);
+                let top: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let m: Map<String, Value> = t
+                            .top
+                            .iter()
+                            .map(|a| (a.token.clone(), logprob(a.logprob)))
+                            .collect();
+                        Value::Object(m)
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens.iter().map(|t| t.token.as_str()).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| logprob(t.logprob)).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        };
+        let choices = self.choice(index, Some(text), logprobs, None);
+        self.chunk(choices, None)
+    }
+
+    /// A chat chunk carrying complete tool calls (chat only: the caller refuses them for
+    /// completions).
+    pub(crate) fn tool_calls(&mut self, index: usize, calls: &[ToolCall]) -> Bytes {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "index": i,
+                    "id": c.id,
+                    "type": "function",
+                    "function": { "name": c.name, "arguments": c.arguments },
+                })
+            })
+            .collect();
+        let mut fields = Map::new();
+        fields.insert("tool_calls".into(), Value::Array(calls));
+        let delta = self.delta(fields);
+        let choices =
+            json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]);
+        self.chunk(choices, None)
+    }
+
+    /// The chunk that ends choice `index` with its finish reason.
+    pub(crate) fn end_choice(&mut self, index: usize, reason: FinishReason) -> Bytes {
+        let choices = self.choice(index, None, Value::Null, Some(reason));
+        self.chunk(choices, None)
+    }
+
+    /// The end of a successful stream, after every choice ended: the OpenAI usage chunk if
+    /// asked for, cocoon's usage event and `[DONE]`.
+    pub(crate) fn tail(&self, usage: &Usage, include_usage: bool) -> Bytes {
+        let mut out = Vec::new();
         if include_usage {
             out.extend_from_slice(&self.chunk(json!([]), Some(usage.to_openai())));
         }
@@ -105,62 +246,4 @@ impl ChunkEncoder {
 }
 
 #[cfg(test)]
-mod tests {
-    use protocol::sse::Decoder;
-
-    use super::*;
-
-    fn events(bytes: &[u8]) -> Vec<Event> {
-        Decoder::default().feed(bytes).unwrap()
-    }
-
-    #[test]
-    fn chat_chunks() {
-        let mut e = ChunkEncoder::new(Endpoint::ChatCompletions, "r1", 7, "m");
-        let first: Value = serde_json::from_str(&events(&e.text("a"))[0].data).unwrap();
-        assert_eq!(first["id"], "chatcmpl-r1");
-        assert_eq!(first["object"], "chat.completion.chunk");
-        assert_eq!(first["created"], 7);
-        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-        assert_eq!(first["choices"][0]["delta"]["content"], "a");
-        assert!(first["choices"][0]["finish_reason"].is_null());
-        let second: Value = serde_json::from_str(&events(&e.text("b"))[0].data).unwrap();
-        assert!(second["choices"][0]["delta"].get("role").is_none());
-        let usage = Usage {
-            prompt_tokens: 2,
-            completion_tokens: 2,
-            ..Usage::default()
-        };
-        let tail = events(&e.finish(FinishReason::Length, &usage, true));
-        assert_eq!(tail.len(), 4);
-        let last: Value = serde_json::from_str(&tail[0].data).unwrap();
-        assert_eq!(last["choices"][0]["finish_reason"], "length");
-        let u: Value = serde_json::from_str(&tail[1].data).unwrap();
-        assert_eq!(u["choices"], json!([]));
-        assert_eq!(u["usage"]["total_tokens"], 4);
-        assert_eq!(tail[2], Event::usage(&usage));
-        assert!(tail[3].is_done());
-    }
-
-    #[test]
-    fn completion_chunks_without_usage_chunk() {
-        let mut e = ChunkEncoder::new(Endpoint::Completions, "r2", 1, "m");
-        let c: Value = serde_json::from_str(&events(&e.text("x"))[0].data).unwrap();
-        assert_eq!(c["id"], "cmpl-r2");
-        assert_eq!(c["object"], "text_completion");
-        assert_eq!(c["choices"][0]["text"], "x");
-        let tail = events(&e.finish(FinishReason::Stop, &Usage::default(), false));
-        assert_eq!(tail.len(), 3);
-        let last: Value = serde_json::from_str(&tail[0].data).unwrap();
-        assert_eq!(last["choices"][0]["finish_reason"], "stop");
-        assert_eq!(tail[1].name.as_deref(), Some(protocol::sse::EVENT_USAGE));
-    }
-
-    #[test]
-    fn chat_without_text_still_sends_the_role() {
-        let mut e = ChunkEncoder::new(Endpoint::ChatCompletions, "r", 1, "m");
-        let tail = events(&e.finish(FinishReason::Stop, &Usage::default(), false));
-        let last: Value = serde_json::from_str(&tail[0].data).unwrap();
-        assert_eq!(last["choices"][0]["delta"]["role"], "assistant");
-    }
-}
+mod tests;

@@ -1,3 +1,4 @@
+use crate::engine::{Message, ResponseFormat, ToolCall, ToolSpec};
 use protocol::RequestId;
 use serde_json::json;
 
@@ -68,8 +69,15 @@ fn minimal_chat_is_accepted_with_defaults() {
     );
     // Absent max_tokens: min(header 1000, model 512).
     assert_eq!(v.request.sampling.max_tokens, 512);
-    assert_eq!(v.request.sampling.temperature, None);
+    // OpenAI's default temperature: sampling, not greedy.
+    assert_eq!(v.request.sampling.temperature, Some(1.0));
     assert!(v.request.sampling.stop.is_empty());
+    assert_eq!(v.request.sampling.top_logprobs, None);
+    assert!(v.request.sampling.logit_bias.is_empty());
+    assert!(v.request.tools.is_empty());
+    assert_eq!(v.request.tool_choice, ToolChoice::None);
+    assert_eq!(v.request.response_format, ResponseFormat::Text);
+    assert!(v.more_prompts.is_empty());
 }
 
 #[test]
@@ -114,7 +122,7 @@ fn nulls_count_as_absent() {
         Value::Null,
     );
     let v = chat(&body).unwrap();
-    assert_eq!(v.request.sampling.temperature, None);
+    assert_eq!(v.request.sampling.temperature, Some(1.0));
     let body = with(
         base_chat(),
         "stream_options",
@@ -125,10 +133,14 @@ fn nulls_count_as_absent() {
 
 #[test]
 fn unknown_fields_are_named() {
-    let e = bad(chat(&with(base_chat(), "tools", json!([]))));
+    let e = bad(chat(&with(base_chat(), "functions", json!([]))));
     assert_eq!(e.kind, ErrorKind::InvalidRequest);
-    assert_eq!(e.param.as_deref(), Some("tools"));
-    assert!(e.message.contains("unknown field `tools`"), "{}", e.message);
+    assert_eq!(e.param.as_deref(), Some("functions"));
+    assert!(
+        e.message.contains("unknown field `functions`"),
+        "{}",
+        e.message
+    );
     // A chat-only field on the completions endpoint and vice versa.
     let e = bad(completion(
         &json!({"model": "m", "prompt": "p", "messages": []}),
@@ -321,7 +333,7 @@ fn messages_rules() {
         json!([]),
         json!("hi"),
         json!([{"role": "tool", "content": "x"}]),
-        json!([{"role": "developer", "content": "x"}]),
+        json!([{"role": "function", "content": "x", "name": "f"}]),
         json!([{"content": "x"}]),
         json!([{"role": "user"}]),
         json!([{"role": "user", "content": 5}]),
@@ -358,21 +370,30 @@ fn completions_rules() {
     assert_eq!(v.request.sampling.max_tokens, 3);
     for (body, param) in [
         (json!({"model": "m", "prompt": "p", "echo": true}), "echo"),
-        (json!({"model": "m", "prompt": ["a", "b"]}), "prompt"),
         (json!({"model": "m", "prompt": [1, 2]}), "prompt"),
+        (json!({"model": "m", "prompt": [[1, 2]]}), "prompt"),
+        (json!({"model": "m", "prompt": []}), "prompt"),
+        (json!({"model": "m", "prompt": ["a", 1]}), "prompt"),
+        (json!({"model": "m", "prompt": 5}), "prompt"),
         (json!({"model": "m"}), "prompt"),
         (json!({"model": "m", "prompt": "p", "n": 3}), "n"),
         (
-            json!({"model": "m", "prompt": "p", "logprobs": 1}),
+            json!({"model": "m", "prompt": "p", "logprobs": 6}),
             "logprobs",
         ),
         (
-            json!({"model": "m", "prompt": "p", "suffix": "s"}),
-            "suffix",
+            json!({"model": "m", "prompt": "p", "logprobs": true}),
+            "logprobs",
         ),
         (
-            json!({"model": "m", "prompt": "p", "best_of": 1}),
+            json!({"model": "m", "prompt": "p", "best_of": 2}),
             "best_of",
+        ),
+        (json!({"model": "m", "prompt": "p", "tools": []}), "tools"),
+        (json!({"model": "m", "prompt": "p", "store": true}), "store"),
+        (
+            json!({"model": "m", "prompt": "p", "suffix": "s"}),
+            "suffix",
         ),
     ] {
         let e = bad(completion(&body));
@@ -386,3 +407,5 @@ fn parse_strict_matches_serde_json_without_duplicates() {
     let text = doc.to_string();
     assert_eq!(parse_strict(text.as_bytes()).unwrap(), doc);
 }
+
+mod surface;
