@@ -4,7 +4,8 @@
 Usage: e2e_openai.py DIR/urls.json [path/to/cocoon-client]
 
 urls.json is written by `cocoon-host launch --local` once every service is ready. The checks:
-models are listed; a streamed chat completion (stream_options.include_usage) yields text and a
+models are listed and retrieved by id (an unknown id gets 404 model_not_found); the client's
+and the proxy's /healthz and /readyz answer ok and ready; a streamed chat completion (stream_options.include_usage) yields text and a
 usage chunk; a non-streamed one has content and usage; a legacy completion too; the proxy's
 /jsonstats record for this client's account has exactly the token sums the SDK saw; bad inputs
 get OpenAI errors with the right statuses (unknown field 400, malformed JSON 400, 10 MiB body
@@ -109,6 +110,34 @@ def main():
         ids = [m.id for m in sdk.models.list().data]
         assert model in ids, ids
         return str(ids)
+
+    @check("models.retrieve returns the model object")
+    def retrieve():
+        m = sdk.models.retrieve(model)
+        assert m.id == model, m
+        assert m.object == "model", m
+        assert m.owned_by == "cocoon", m
+        assert isinstance(m.created, int) and m.created > 0, m
+        return f"{m.id} created {m.created}"
+
+    @check("models.retrieve of an unknown id -> 404 model_not_found")
+    def retrieve_unknown():
+        try:
+            sdk.models.retrieve("no-such-org/no-such-model")
+        except openai.NotFoundError as e:
+            assert e.status_code == 404
+            assert e.code == "model_not_found", e.body
+            return e.message
+        raise AssertionError("found")
+
+    @check("client and proxy /healthz and /readyz")
+    def probes():
+        root = base[: -len("/v1")] if base.endswith("/v1") else base
+        for url in (root, urls["admin"]):
+            assert get_json(f"{url}/healthz") == {"status": "ok"}, url
+            ready = get_json(f"{url}/readyz")
+            assert ready == {"status": "ready", "reasons": []}, (url, ready)
+        return f"{root}, {urls['admin']}"
 
     @check("streamed chat completion with include_usage")
     def streamed():

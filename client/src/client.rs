@@ -15,16 +15,20 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
+use protocol::health::Readiness;
 use protocol::meta::{RequestId, RequestMeta, MAX_TOKENS_LIMIT};
 use protocol::sse::{Decoder, Event};
 use protocol::{ApiError, Endpoint, ErrorKind, PROTOCOL_VERSION};
+use tokio::sync::watch;
 
 use crate::config::ClientConfig;
 pub use crate::conn::ProxyInfo;
@@ -34,6 +38,13 @@ use crate::openai::{Aggregator, RequestFields};
 /// Largest error or model-list body read from the proxy.
 const MAX_JSON_RESPONSE: usize = 1 << 20;
 
+/// How long a "ready" verdict is reused while a pooled connection is still open.
+pub const READY_TTL: Duration = Duration::from_secs(5);
+/// How long a "not ready" verdict is reused before the proxy is asked again.
+pub const NOT_READY_TTL: Duration = Duration::from_secs(1);
+/// How long a probe waits for a readiness check in progress before answering without it.
+pub const READY_WAIT: Duration = Duration::from_secs(2);
+
 /// A client of one proxy. Cheap to share (`Arc`); requests run concurrently over a small pool of
 /// attested HTTP/2 connections.
 #[derive(Debug)]
@@ -42,6 +53,10 @@ pub struct Client {
     default_max_tokens: Option<u32>,
     price_cap_nano: Option<u64>,
     idle_timeout: Duration,
+    /// The last readiness verdict and when it was reached ([`Client::readiness`]).
+    ready: watch::Sender<Option<(Instant, Readiness)>>,
+    /// Whether a readiness check is running.
+    checking: AtomicBool,
 }
 
 impl Client {
@@ -52,6 +67,8 @@ impl Client {
             default_max_tokens: config.default_max_tokens,
             price_cap_nano: config.price_cap_nano,
             idle_timeout: config.idle_timeout,
+            ready: watch::Sender::new(None),
+            checking: AtomicBool::new(false),
         })
     }
 
@@ -94,7 +111,20 @@ impl Client {
 
     /// `GET /v1/models` on the proxy: the OpenAI model list, as the proxy sent it.
     pub async fn models(&self) -> Result<serde_json::Value, ApiError> {
-        let uri = self.uri(protocol::paths::MODELS);
+        self.get_json(protocol::paths::MODELS, "model list").await
+    }
+
+    /// `GET /v1/models/{id}` on the proxy (the id percent-encoded,
+    /// [`protocol::models::path_of`]): the OpenAI model object, as the proxy sent it, or its
+    /// error (404 `model_not_found` for a model no worker serves).
+    pub async fn model(&self, id: &str) -> Result<serde_json::Value, ApiError> {
+        self.get_json(&protocol::models::path_of(id), "model").await
+    }
+
+    /// GETs `path` on the proxy; a 200 answer must be a JSON object (`what` names it in
+    /// errors), any other status becomes its [`ApiError`].
+    async fn get_json(&self, path: &str, what: &str) -> Result<serde_json::Value, ApiError> {
+        let uri = self.uri(path);
         let resp = self
             .send(|| {
                 Request::builder()
@@ -112,16 +142,77 @@ impl Client {
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
                 ErrorKind::Upstream,
-                format!("proxy model list is not json: {e}"),
+                format!("proxy {what} is not json: {e}"),
             )
         })?;
         if !v.is_object() {
             return Err(ApiError::new(
                 ErrorKind::Upstream,
-                "proxy model list is not a json object",
+                format!("proxy {what} is not a json object"),
             ));
         }
         Ok(v)
+    }
+
+    /// Whether this client can serve now: it holds (or can establish) an attested connection
+    /// to the proxy, and the proxy lists at least one model. Cheap enough for a probe: a
+    /// verdict is reused for [`READY_TTL`] while a pooled connection stays open (a closed
+    /// connection makes it stale at once), a "not ready" one for [`NOT_READY_TTL`]; a stale
+    /// verdict starts one check in the background (the model list over the pool, which dials
+    /// and verifies the proxy only when no connection is open), shared by concurrent probes
+    /// and awaited for at most [`READY_WAIT`].
+    pub async fn readiness(self: &Arc<Self>) -> Readiness {
+        let mut rx = self.ready.subscribe();
+        let current = rx.borrow_and_update().clone();
+        if let Some((at, verdict)) = &current {
+            let ttl = if verdict.is_ready() {
+                READY_TTL
+            } else {
+                NOT_READY_TTL
+            };
+            let connected = !verdict.is_ready() || self.pool.has_open_connection();
+            if at.elapsed() < ttl && connected {
+                return verdict.clone();
+            }
+        }
+        if !self.checking.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let verdict = me.check_ready().await;
+                me.ready.send_replace(Some((Instant::now(), verdict)));
+                me.checking.store(false, Ordering::Release);
+            });
+        }
+        match tokio::time::timeout(READY_WAIT, rx.changed()).await {
+            Ok(Ok(())) => {
+                if let Some((_, verdict)) = rx.borrow().as_ref() {
+                    return verdict.clone();
+                }
+                not_ready("proxy: readiness check gave no verdict")
+            }
+            _ => not_ready(format!(
+                "proxy {}: readiness check did not finish within {READY_WAIT:?}",
+                self.proxy()
+            )),
+        }
+    }
+
+    /// Asks the proxy for its model list (over the pool) and judges the answer.
+    async fn check_ready(&self) -> Readiness {
+        match self.models().await {
+            Ok(list) => {
+                let served = list["data"].as_array().map_or(0, Vec::len);
+                if served == 0 {
+                    not_ready(format!("proxy {} reports no model", self.proxy()))
+                } else {
+                    Readiness::ready()
+                }
+            }
+            Err(e) => {
+                tracing::debug!(proxy = %self.proxy(), error = %e, "readiness check failed");
+                not_ready(e.message)
+            }
+        }
     }
 
     /// `POST /v1/chat/completions` with `body` passed through unchanged.
@@ -252,6 +343,12 @@ impl Client {
             ))),
         }
     }
+}
+
+fn not_ready(reason: impl Into<String>) -> Readiness {
+    let mut r = Readiness::ready();
+    r.missing(reason);
+    r
 }
 
 enum SendError {

@@ -144,6 +144,15 @@ impl Pool {
         Ok(sender)
     }
 
+    /// Whether a pooled connection is open now (no I/O; a slot being dialed counts as not
+    /// open).
+    pub(crate) fn has_open_connection(&self) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.try_lock()
+                .is_ok_and(|s| s.as_ref().is_some_and(Slot::usable))
+        })
+    }
+
     /// Forgets every connection (the next requests dial anew).
     pub(crate) async fn reset(&self) {
         for slot in &self.slots {

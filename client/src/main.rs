@@ -40,7 +40,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Serve the OpenAI API (GET /v1/models, POST /v1/chat/completions, POST /v1/completions)
+    /// Serve the OpenAI API (GET /v1/models[/ID], POST /v1/chat/completions, POST /v1/completions; GET /healthz, /readyz)
     /// on the configured local address. Prints `cocoon-client: ready http://ADDR/v1` when
     /// listening.
     Serve {

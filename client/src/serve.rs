@@ -4,10 +4,14 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/models` | the proxy's model list |
+//! | `GET /v1/models/{id}` | the proxy's model object; the id may contain `/` and is percent-decoded, an id that fails the model-name check is answered 404 `model_not_found` here without asking the proxy ([`protocol::models`]) |
+//! | `GET /healthz` | 200 `{"status":"ok"}` (liveness) |
+//! | `GET /readyz` | 200, or 503 naming what is missing: an attested connection to the proxy, a model the proxy lists ([`Client::readiness`], cached) |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | `stream: true`: SSE relayed by [`Relay`]; otherwise one JSON object from [`Aggregator`] |
 //!
 //! # Who may call it
-//! Every request first passes [`Access::check`] (module [`guard`] explains the attacks): `Host`
+//! The probes pass [`Access::check_browser`] (no api key needed). Every other request first
+//! passes [`Access::check`] (module [`guard`] explains the attacks): `Host`
 //! must be a loopback name (`localhost`, `127.x.y.z`, `[::1]`, optional port) or one of the
 //! configured `allowed_hosts` (403 otherwise, naming the Host); a browser `Origin` must pass
 //! the same rule (403 otherwise; `Sec-Fetch-Site: cross-site` is refused too); with an
@@ -40,6 +44,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, EXPECT, WWW_AUTHENTICATE
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use protocol::health::{self, Probe};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestId, Usage};
 use tokio::net::TcpListener;
 
@@ -126,11 +131,27 @@ pub async fn run(
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    if let Some(p) = Probe::from_path(req.uri().path()) {
+        if let Err(r) = state.opts.access.check_browser(req.uri(), req.headers()) {
+            return Ok(refuse(req, &r));
+        }
+        return Ok(probe(&state, req.method(), p).await);
+    }
     if let Err(r) = state.opts.access.check(req.uri(), req.headers()) {
         return Ok(refuse(req, &r));
     }
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    if let Some(id) = protocol::models::id_from_path(&path) {
+        return Ok(if method == Method::GET {
+            match id {
+                Ok(id) => model(&state, &id).await,
+                Err(e) => error_response(&e),
+            }
+        } else {
+            method_not_allowed(&method, "GET")
+        });
+    }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, protocol::paths::MODELS) => models(&state).await,
         (&Method::POST, protocol::paths::CHAT_COMPLETIONS) => {
@@ -145,20 +166,41 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             | protocol::paths::CHAT_COMPLETIONS
             | protocol::paths::COMPLETIONS),
         ) => {
-            let e = ApiError::new(ErrorKind::InvalidRequest, format!("method {m} not allowed"));
-            let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, e.to_json());
             let allow = if p == protocol::paths::MODELS {
                 "GET"
             } else {
                 "POST"
             };
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
-            resp
+            method_not_allowed(m, allow)
         }
         (_, p) => error_response(&no_route(p)),
     };
     Ok(resp)
+}
+
+/// The 405 for `method`, with `Allow: allow`.
+fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Body> {
+    let e = ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!("method {method} not allowed"),
+    );
+    let mut resp = json_response(StatusCode::METHOD_NOT_ALLOWED, e.to_json());
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// Answers `/healthz` or `/readyz`.
+async fn probe(state: &State, method: &Method, p: Probe) -> Response<Body> {
+    let resp = if !Probe::allows(method) {
+        health::method_not_allowed()
+    } else {
+        match p {
+            Probe::Liveness => health::liveness(),
+            Probe::Readiness => state.client.readiness().await.response(),
+        }
+    };
+    resp.map(full)
 }
 
 /// The 404 for path `p`, showing at most [`SHOWN_PATH_CHARS`] characters of it.
@@ -203,6 +245,18 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 /// The OpenAI error object with the status of its kind.
 pub fn error_response(e: &ApiError) -> Response<Body> {
     response::error(e).map(full)
+}
+
+async fn model(state: &State, id: &str) -> Response<Body> {
+    match state.client.model(id).await {
+        Ok(v) => json_response(StatusCode::OK, v.to_string().into_bytes()),
+        Err(e) => {
+            if e.kind != ErrorKind::ModelNotFound {
+                tracing::warn!(error = %e, "model lookup failed");
+            }
+            error_response(&e)
+        }
+    }
 }
 
 async fn models(state: &State) -> Response<Body> {

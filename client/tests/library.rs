@@ -54,6 +54,7 @@ async fn unreachable_proxy_is_an_upstream_error() {
         addr,
         image: ImageHash([0; 32]),
         requests: Default::default(),
+        control: Default::default(),
     };
     let err = Client::connect(client_config(&proxy, proxy.image))
         .await

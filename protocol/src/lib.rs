@@ -25,7 +25,9 @@
 
 pub mod error;
 pub mod guest;
+pub mod health;
 pub mod meta;
+pub mod models;
 pub mod register;
 pub mod response;
 pub mod role;
@@ -58,6 +60,10 @@ pub mod paths {
     pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
     /// OpenAI legacy completions.
     pub const COMPLETIONS: &str = "/v1/completions";
-    /// Model list (client → proxy).
+    /// Model list (client → proxy); one model is [`crate::models::MODEL_PREFIX`] + its id.
     pub const MODELS: &str = "/v1/models";
+    /// Liveness probe of every service ([`crate::health`]).
+    pub const HEALTHZ: &str = "/healthz";
+    /// Readiness probe of every service ([`crate::health`]).
+    pub const READYZ: &str = "/readyz";
 }

@@ -1,5 +1,6 @@
-//! The admin port (loopback only, plain HTTP/1.1): `/stats` (text), `/jsonstats` (JSON) and
-//! `/metrics` (Prometheus text format). Reports counts and identities, never payloads.
+//! The admin port (loopback only, plain HTTP/1.1): `/stats` (text), `/jsonstats` (JSON),
+//! `/metrics` (Prometheus text format), and the `/healthz` and `/readyz` probes
+//! ([`crate::health`]). Reports counts and identities, never payloads.
 //!
 //! `/jsonstats` shape:
 //! ```json
@@ -348,6 +349,9 @@ pub fn text_stats(state: &State) -> String {
 }
 
 fn respond(state: &State, req: &Request<Incoming>) -> Response<ResponseBody> {
+    if let Some(resp) = crate::health::respond(state, req.method(), req.uri().path()) {
+        return resp;
+    }
     let (status, ctype, body) = match req.uri().path() {
         "/stats" => (
             StatusCode::OK,
@@ -367,7 +371,7 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<ResponseBody> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found (try /stats, /jsonstats, /metrics)\n".to_string(),
+            "not found (try /stats, /jsonstats, /metrics, /healthz, /readyz)\n".to_string(),
         ),
     };
     let mut resp = Response::new(ResponseBody::full(body));

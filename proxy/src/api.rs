@@ -5,6 +5,8 @@
 //! | method, path | answer |
 //! |---|---|
 //! | `GET /v1/models` | OpenAI model list of the live registry |
+//! | `GET /v1/models/{id}` | one model object (the id may contain `/`, percent-decoded), or 404 `model_not_found` ([`protocol::models`]) |
+//! | `GET /healthz`, `GET /readyz` | liveness and readiness ([`crate::health`]); any account certificate (no funds needed), not counted in the status statistics |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | relayed SSE stream ([`crate::relay`]) |
 //! | anything else | 404 `not_found` |
 //!
@@ -156,12 +158,15 @@ async fn handle(
     }
 }
 
-/// Dispatches one client request and counts its status.
+/// Dispatches one client request and counts its status (probes are not counted).
 pub async fn route(
     state: &Arc<State>,
     account: Option<&str>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    if let Some(resp) = crate::health::respond(state, req.method(), req.uri().path()) {
+        return resp;
+    }
     let resp = dispatch(state, account, req).await;
     state.stats.count_status(resp.status().as_u16());
     resp
@@ -186,6 +191,16 @@ async fn dispatch(
             not_allowed(req.method(), protocol::paths::MODELS)
         };
     }
+    if let Some(id) = protocol::models::id_from_path(path) {
+        return if req.method() == Method::GET {
+            match id {
+                Ok(id) => model(state, &id),
+                Err(e) => error_response(&e),
+            }
+        } else {
+            not_allowed(req.method(), protocol::models::MODEL_PREFIX)
+        };
+    }
     if let Some(endpoint) = Endpoint::from_path(path) {
         return if req.method() == Method::POST {
             relay::completions(state, account, endpoint, req).await
@@ -207,24 +222,39 @@ fn not_allowed(method: &Method, path: &str) -> Response<ResponseBody> {
     ))
 }
 
+/// The OpenAI model object of model `id`, first registered at `created` (unix seconds): the
+/// one shape both the list and `GET /v1/models/{id}` answer with.
+pub fn model_object(id: &str, created: u64) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "object": "model",
+        "created": created,
+        "owned_by": "cocoon",
+    })
+}
+
 /// The OpenAI model list of the connected workers.
 pub fn models(state: &State) -> Response<ResponseBody> {
     let data: Vec<serde_json::Value> = state
         .registry
         .models()
-        .into_iter()
-        .map(|(id, created)| {
-            serde_json::json!({
-                "id": id,
-                "object": "model",
-                "created": created,
-                "owned_by": "cocoon",
-            })
-        })
+        .iter()
+        .map(|(id, created)| model_object(id, *created))
         .collect();
     let body = serde_json::json!({ "object": "list", "data": data });
     json_response(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// Model `id` if a connected worker serves it, else 404 `model_not_found`.
+pub fn model(state: &State, id: &str) -> Response<ResponseBody> {
+    match state.registry.models().get(id) {
+        Some(created) => json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&model_object(id, *created)).unwrap_or_default(),
+        ),
+        None => error_response(&protocol::models::not_found(id)),
+    }
 }

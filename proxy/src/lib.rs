@@ -15,7 +15,8 @@
 //! * [`workers`]: the worker port, RA-TLS verification of workers, registration.
 //! * [`registry`]: registered workers, capacity, health, selection.
 //! * [`relay`]: forwarding, retry before the first byte, SSE relay, billing.
-//! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`.
+//! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`;
+//!   [`health`]: `/healthz` and `/readyz` on both.
 //! * [`limits`]: connection caps, deadlines, the body budget, refusal codes; [`admission`]: the
 //!   funds check before the body and the bounded body read; [`funds`]: reservations.
 //! * [`response`]: the response body type and the JSON/error responses ([`protocol::response`]).
@@ -53,6 +54,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod funds;
+pub mod health;
 pub mod keystore;
 pub mod ledger;
 pub mod limits;

@@ -49,6 +49,9 @@ pub struct Proxy {
     /// Time for verifying workers.
     pub clock: Arc<dyn Clock>,
     pub ledger: Arc<dyn Ledger>,
+    /// With payments on: the engine's health ([`crate::payments::Payments::health`]), which
+    /// `/readyz` reports.
+    pub payments: Option<watch::Receiver<crate::payments::Health>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -74,8 +77,9 @@ impl Proxy {
             );
         }
         let cfg = &self.config;
-        let worker_verifier =
-            Arc::new(PeerVerifier::new(self.worker_policy, self.clock).with_roles([Role::Worker]));
+        let worker_verifier = Arc::new(
+            PeerVerifier::new(self.worker_policy, self.clock.clone()).with_roles([Role::Worker]),
+        );
         let worker_tls = server_config(
             self.resolver.clone(),
             Some(Arc::new(RaTlsClientVerifier::new(worker_verifier.clone()))),
@@ -97,6 +101,9 @@ impl Proxy {
             ledger: self.ledger,
             stats: Arc::new(Stats::default()),
             worker_verifier,
+            identity: self.resolver,
+            clock: self.clock,
+            payments: self.payments,
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use ratls::PeerVerifier;
+use ratls::{CertResolver, Clock, PeerVerifier};
+use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::ledger::Ledger;
 use crate::limits::Limits;
+use crate::payments::Health;
 use crate::registry::Registry;
 use crate::stats::Stats;
 
@@ -24,4 +26,10 @@ pub struct State {
     pub worker_verifier: Arc<PeerVerifier>,
     /// Client-port limit state (connection slots, body budget).
     pub limits: Limits,
+    /// The proxy's RA-TLS certificate (its notAfter decides readiness).
+    pub identity: Arc<CertResolver>,
+    /// The proxy's clock (readiness: certificate expiry).
+    pub clock: Arc<dyn Clock>,
+    /// The payments engine's health, with payments on ([`crate::health`]).
+    pub payments: Option<watch::Receiver<Health>>,
 }

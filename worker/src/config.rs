@@ -6,6 +6,7 @@
 //! capacity = 8                     # concurrent generations (1..=100000)
 //! price_coefficient_milli = 1000   # default 1000 (list price)
 //! cert_lifetime_secs = 21600       # RA-TLS certificate lifetime, default 6 h (300..=604800)
+//! status_listen = "127.0.0.1:9104" # optional: /healthz and /readyz (plain HTTP, crate::status)
 //!
 //! [tee]                            # attestation::config::TeeConfig
 //! kind = "sim"
@@ -74,6 +75,9 @@ pub struct WorkerConfigFile {
     pub price_coefficient_milli: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_lifetime_secs: Option<u64>,
+    /// `ip:port` of the status port ([`crate::status`]); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_listen: Option<String>,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
     pub models: Vec<ModelFile>,
@@ -95,6 +99,7 @@ impl WorkerConfigFile {
             capacity,
             price_coefficient_milli: DEFAULT_PRICE_COEFFICIENT_MILLI,
             cert_lifetime_secs: None,
+            status_listen: None,
             tee,
             policy,
             models,
@@ -117,6 +122,8 @@ pub struct WorkerConfig {
     pub capacity: u32,
     pub price_coefficient_milli: u32,
     pub cert_lifetime: Duration,
+    /// Where `/healthz` and `/readyz` are served ([`crate::status`]), if anywhere.
+    pub status_listen: Option<SocketAddr>,
     /// Opened by the caller with [`TeeConfig::open`] and [`WorkerConfig::base_dir`].
     pub tee: TeeConfig,
     /// What proxies must prove.
@@ -333,6 +340,15 @@ impl WorkerConfigFile {
                 format!("{lifetime} (300..=604800)"),
             ));
         }
+        let status_listen = match &self.status_listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                field(
+                    "status_listen",
+                    format!("{a:?} is not an ip:port literal (no host names)"),
+                )
+            })?),
+        };
         let production = matches!(self.tee, TeeConfig::Tdx { .. });
         if production {
             self.policy.check_production()?;
@@ -367,6 +383,7 @@ impl WorkerConfigFile {
             capacity: self.capacity,
             price_coefficient_milli: self.price_coefficient_milli,
             cert_lifetime: Duration::from_secs(lifetime),
+            status_listen,
             tee: self.tee,
             policy,
             models,

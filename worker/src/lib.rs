@@ -1,7 +1,7 @@
 //! cocoon-worker: serves LLM inference inside a TDX guest to attested proxies.
 //!
-//! The worker dials its proxies (outbound only), proves itself with RA-TLS and verifies each
-//! proxy's evidence, then serves HTTP/2 with the proxy as the HTTP/2 client so that many
+//! The worker dials its proxies (outbound only; its one listener is the optional status
+//! port), proves itself with RA-TLS and verifies each proxy's evidence, then serves HTTP/2 with the proxy as the HTTP/2 client so that many
 //! requests share one attested connection. Requests are validated here, inside the TEE
 //! (field allowlist, max_tokens clamp), and token usage is counted by the engine.
 //!
@@ -10,6 +10,7 @@
 //! * [`service`]: the HTTP/2 service the proxy talks to (registration, ping, completions).
 //! * [`dial`]: the outbound RA-TLS connection loop per proxy, with certificate renewal.
 //! * [`engine`]: the inference engines.
+//! * [`status`]: the optional status port (`/healthz`, `/readyz`).
 //! * [`run`]: [`Worker`] assembles all of it and [`Worker::start`] runs it until shutdown
 //!   ([`RunningWorker`]); `main` only loads the config, opens the TEE and maps errors to exit
 //!   codes.
@@ -19,6 +20,7 @@ pub mod dial;
 pub mod engine;
 pub mod run;
 pub mod service;
+pub mod status;
 pub mod validate;
 
 pub use run::{RunningWorker, StartError, Worker};

@@ -1,7 +1,9 @@
 //! `cocoon-worker --config worker.toml`: serves LLM inference inside a TDX guest to attested
 //! proxies (see the library docs of `cocoon-worker` for the design).
 //!
-//! Steps: load and validate the config; open the TEE; load the models; issue the RA-TLS
+//! Steps: load and validate the config; bind the status port if configured (`/healthz`
+//! answers from here on, `/readyz` once the models are loaded and a proxy registration is
+//! open: `worker::status`); open the TEE; load the models; issue the RA-TLS
 //! certificate; dial every proxy (one reconnecting loop each) and serve them; renew the
 //! certificate before expiry; on SIGTERM or SIGINT send GOAWAY, let streams drain for up to
 //! 30 s, exit.
@@ -31,9 +33,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ratls::{Clock, Identity, SystemClock};
+use tokio::sync::watch;
 use worker::config::{BuildError, WorkerConfig};
 use worker::dial;
 use worker::run::build_models;
+use worker::status::Status;
 use worker::{StartError, Worker};
 
 /// How long connections may drain after SIGTERM.
@@ -115,6 +119,20 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let config = WorkerConfig::load(&args.config)
         .context("configuration")
         .or_exit(Exit::Config)?;
+    let status = Status::new();
+    let (stop_status, status_stopped) = watch::channel(false);
+    if let Some(addr) = config.status_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("status_listen: cannot listen on {addr}"))
+            .or_exit(Exit::Fatal)?;
+        tracing::info!(%addr, "status port: /healthz, /readyz");
+        tokio::spawn(worker::status::serve(
+            listener,
+            status.clone(),
+            status_stopped,
+        ));
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tee = config
         .tee
@@ -162,6 +180,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
             error: e.into(),
         }
     })?;
+    status.serving(running.service());
     let ready = tokio::spawn({
         let line = running.readiness_line();
         async move {
@@ -176,6 +195,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     wait_for_signal().await.or_exit(Exit::Fatal)?;
     tracing::info!("shutting down");
     ready.abort();
+    let _ = stop_status.send(true);
     if !running
         .shutdown(SHUTDOWN_DRAIN + Duration::from_secs(5))
         .await

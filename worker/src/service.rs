@@ -38,7 +38,7 @@ mod chunks;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -184,6 +184,8 @@ struct Inner {
     stats: Arc<Stats>,
     clock: Arc<dyn Clock>,
     registered: broadcast::Sender<Registered>,
+    /// Proxy connections whose hello was answered and that are still open.
+    open_registrations: Arc<AtomicU64>,
 }
 
 /// The worker's request handler, shared by all proxy connections (capacity is global).
@@ -228,6 +230,7 @@ impl Service {
                 stats: Arc::new(Stats::default()),
                 clock,
                 registered,
+                open_registrations: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -262,12 +265,25 @@ impl Service {
         }
     }
 
+    /// Proxy connections (made with [`Service::for_connection`]) on which a hello was
+    /// answered and that are still open: the proxies this worker is registered with now. A
+    /// proxy that refuses the registration (a model it does not pin) closes the connection,
+    /// which takes it out of this count.
+    pub fn open_registrations(&self) -> u64 {
+        self.inner.open_registrations.load(Ordering::SeqCst)
+    }
+
     /// The hyper service for one proxy connection; `proxy` labels it in logs and
-    /// [`Registered`] events.
+    /// [`Registered`] events. The connection counts in [`Service::open_registrations`] from
+    /// its first answered hello until the service (which the connection owns) is dropped.
     pub fn for_connection(&self, proxy: impl Into<String>) -> ConnService {
         ConnService {
             service: self.clone(),
             proxy: Arc::from(proxy.into()),
+            registration: Arc::new(ConnRegistration {
+                open: self.inner.open_registrations.clone(),
+                registered: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -418,6 +434,31 @@ impl Service {
 pub struct ConnService {
     service: Service,
     proxy: Arc<str>,
+    registration: Arc<ConnRegistration>,
+}
+
+/// Whether one connection's hello was answered; counted in the service's open registrations
+/// until dropped (with the connection's last [`ConnService`]).
+#[derive(Debug)]
+struct ConnRegistration {
+    open: Arc<AtomicU64>,
+    registered: AtomicBool,
+}
+
+impl ConnRegistration {
+    fn registered(&self) {
+        if !self.registered.swap(true, Ordering::SeqCst) {
+            self.open.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for ConnRegistration {
+    fn drop(&mut self) {
+        if *self.registered.get_mut() {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
@@ -427,7 +468,14 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.service.handle(&this.proxy, req).await) })
+        let hello = req.method() == Method::POST && req.uri().path() == protocol::paths::HELLO;
+        Box::pin(async move {
+            let resp = this.service.handle(&this.proxy, req).await;
+            if hello && resp.status() == StatusCode::OK {
+                this.registration.registered();
+            }
+            Ok(resp)
+        })
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `cocoon-worker` binary: exit codes and the readiness line, on the simulated platform
+//! The `cocoon-worker` binary: exit codes, the readiness line and the status port, on the simulated platform
 //! against the test proxy.
 
 mod service_support;
@@ -135,7 +135,13 @@ async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut proxy = TestProxy::start(clock.now(), clock).await;
     let dir = temp_dir("ready");
-    let path = write_config(&dir, &config(&proxy.addr.to_string(), sim_tee()));
+    let mut cfg = config(&proxy.addr.to_string(), sim_tee());
+    let status_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    cfg.status_listen = Some(status_addr.to_string());
+    let path = write_config(&dir, &cfg);
     let mut child = Command::new(BIN)
         .args(["--config", path.to_str().unwrap()])
         .env("RUST_LOG", "warn")
@@ -164,6 +170,17 @@ async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
         line_rx.try_recv().is_err(),
         "no readiness line before registration"
     );
+    // The status port is up: live, not ready before the hello.
+    let (status, body) = status_get(status_addr, "/healthz").await;
+    assert_eq!((status, body), (200, serde_json::json!({"status": "ok"})));
+    let (status, body) = status_get(status_addr, "/readyz").await;
+    assert_eq!(
+        (status, body),
+        (
+            503,
+            serde_json::json!({"status": "not_ready", "reasons": ["no proxy registration"]})
+        )
+    );
     let req = Request::post("http://worker/cocoon/v1/hello")
         .body(Full::new(Bytes::from(r#"{"versions":[1],"proxy":"p"}"#)))
         .unwrap();
@@ -179,6 +196,10 @@ async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
             "cocoon-worker: ready (proxy {}, models [{MODEL}, second])",
             proxy.addr
         )
+    );
+    assert_eq!(
+        status_get(status_addr, "/readyz").await,
+        (200, serde_json::json!({"status": "ready", "reasons": []}))
     );
 
     // SIGTERM to the child this test started, by its pid.

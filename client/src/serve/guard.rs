@@ -22,6 +22,10 @@
 //!   comparison runs over digests without early exit. Without a key any Authorization header is
 //!   accepted (the OpenAI SDKs always send one).
 //!
+//! The `/healthz` and `/readyz` probes pass the first two checks but not the bearer token
+//! ([`Access::check_browser`]): they answer with a status word and reasons, nothing that
+//! spends or reveals the account.
+//!
 //! The Host allowlist stops browsers, not other programs: anything that can open a TCP
 //! connection to the listen address can claim `Host: localhost`. On a non-loopback listen
 //! address the bearer token is the only defence.
@@ -283,6 +287,13 @@ impl Access {
     /// The checks every request passes before routing: Host, Origin, Sec-Fetch-Site, bearer
     /// token (in that order).
     pub fn check(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        self.check_browser(uri, headers)?;
+        self.check_bearer(headers)
+    }
+
+    /// The checks the `/healthz` and `/readyz` probes pass: Host, Origin and Sec-Fetch-Site
+    /// (what stops other web pages), not the bearer token (probes carry no credentials).
+    pub fn check_browser(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), Refusal> {
         let host = single(headers, &HOST, "host")?.ok_or(Refusal::MissingHost)?;
         let refused_host = |v: &HeaderValue| Refusal::Host {
             host: shown_header(v),
@@ -312,6 +323,11 @@ impl Access {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The bearer token check (only with an api key configured).
+    fn check_bearer(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if let Some(key) = &self.api_key {
             let auth =
                 single(headers, &AUTHORIZATION, "authorization")?.ok_or(Refusal::MissingBearer)?;

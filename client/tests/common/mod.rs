@@ -8,6 +8,7 @@ pub use test_support::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,39 @@ pub struct FakeProxy {
     pub addr: SocketAddr,
     pub image: ImageHash,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    pub control: Arc<Control>,
+}
+
+/// Switches of a running fake proxy.
+#[derive(Debug)]
+pub struct Control {
+    /// Answer the model list with no models.
+    pub no_models: AtomicBool,
+    /// Set to stop: the listener closes and open connections are dropped.
+    pub down: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            no_models: AtomicBool::new(false),
+            down: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl FakeProxy {
+    /// Stops the proxy: its port is closed, its connections dropped.
+    pub fn stop(&self) {
+        self.control.down.send_replace(true);
+    }
+}
+
+/// Models the fake proxy serves; `GET /v1/models/{id}` finds them by their raw path.
+pub const FAKE_MODELS: [&str; 2] = ["ok", "org/name"];
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": "cocoon"})
 }
 
 fn chat_chunk(delta: serde_json::Value, finish: Option<&str>) -> Event {
@@ -90,11 +124,24 @@ fn error(e: &ApiError) -> Response<Full<Bytes>> {
 }
 
 /// The canned answer for a request.
-fn answer(path: &str, model: &str) -> Response<Full<Bytes>> {
+fn answer(path: &str, model: &str, control: &Control) -> Response<Full<Bytes>> {
     if path == "/v1/models" {
-        let body = json!({"object": "list", "data": [
-            {"id": "ok", "object": "model", "created": 0, "owned_by": "cocoon"}]});
+        let data: Vec<_> = if control.no_models.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            FAKE_MODELS.iter().map(|id| model_object(id)).collect()
+        };
+        let body = json!({"object": "list", "data": data});
         return Response::new(Full::new(Bytes::from(body.to_string())));
+    }
+    if let Some(raw) = path.strip_prefix("/v1/models/") {
+        return match FAKE_MODELS.iter().find(|id| **id == raw) {
+            Some(id) => Response::new(Full::new(Bytes::from(model_object(id).to_string()))),
+            None => error(
+                &ApiError::new(ErrorKind::ModelNotFound, format!("no model at {raw:?}"))
+                    .with_param("model"),
+            ),
+        };
     }
     let done = [Event::usage(&USAGE), Event::done()];
     match (path, model) {
@@ -135,19 +182,34 @@ fn answer(path: &str, model: &str) -> Response<Full<Bytes>> {
 
 /// Starts a fake proxy with `regs` on the simulated platform.
 pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
+    spawn_proxy_at(regs, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts a fake proxy with `regs` listening on `addr`.
+pub async fn spawn_proxy_at(regs: TdRegisters, addr: SocketAddr) -> FakeProxy {
     let resolver = resolver(regs, Role::Proxy, now());
     let config = ratls::account::account_server_config(resolver, &[b"h2"]).expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(Mutex::new(Vec::new()));
+    let control = Arc::new(Control::default());
     let log = requests.clone();
+    let ctl = control.clone();
+    let mut down = control.down.subscribe();
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => return,
+                },
+                _ = down.wait_for(|d| *d) => return,
+            };
             let acceptor = acceptor.clone();
             let log = log.clone();
+            let ctl = ctl.clone();
+            let mut conn_down = ctl.down.subscribe();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -156,6 +218,7 @@ pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let log = log.clone();
                     let account = account.clone();
+                    let ctl = ctl.clone();
                     async move {
                         let (parts, body) = req.into_parts();
                         let body = body
@@ -176,12 +239,15 @@ pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
                             body,
                             account,
                         });
-                        Ok::<_, Infallible>(answer(parts.uri.path(), &model))
+                        Ok::<_, Infallible>(answer(parts.uri.path(), &model, &ctl))
                     }
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = conn_down.wait_for(|d| *d) => {}
+                }
             });
         }
     });
@@ -189,6 +255,7 @@ pub async fn spawn_proxy_with(regs: TdRegisters) -> FakeProxy {
         addr,
         image: proxy_regs().image_hash(),
         requests,
+        control,
     }
 }
 

@@ -103,6 +103,7 @@ pub async fn start_proxy_with(
         worker_policy: policy,
         clock,
         ledger: ledger.clone(),
+        payments: None,
     }
     .start()
     .await

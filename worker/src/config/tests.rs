@@ -67,6 +67,7 @@ fn full_config_parses_and_resolves_paths() {
     assert_eq!(c.capacity, 8);
     assert_eq!(c.price_coefficient_milli, 1000);
     assert_eq!(c.cert_lifetime, ratls::cert::DEFAULT_LIFETIME);
+    assert_eq!(c.status_listen, None);
     assert_eq!(c.base_dir, Path::new("/etc/w"));
     assert!(matches!(c.tee, TeeConfig::Sim { .. }));
     assert_eq!(c.models.len(), 3);
@@ -88,6 +89,16 @@ fn full_config_parses_and_resolves_paths() {
             tokens_per_second: 0.0
         }
     );
+}
+
+#[test]
+fn status_listen_is_an_address() {
+    let c = parse(&base_toml().replace(
+        "capacity = 8",
+        "capacity = 8\nstatus_listen = \"0.0.0.0:9104\"",
+    ))
+    .unwrap();
+    assert_eq!(c.status_listen, Some("0.0.0.0:9104".parse().unwrap()));
 }
 
 #[test]
@@ -115,6 +126,11 @@ fn field_errors_name_the_field() {
             "cert_lifetime_secs",
         ),
         ("name = \"worker-1\"", "name = \"a b\"", "name"),
+        (
+            "capacity = 8",
+            "capacity = 8\nstatus_listen = \"localhost:9104\"",
+            "status_listen",
+        ),
         ("\"[::1]:9102\"", "\"proxy.example:9102\"", "proxies[1]"),
         ("\"[::1]:9102\"", "\"127.0.0.1:9101\"", "proxies[1]"),
         (

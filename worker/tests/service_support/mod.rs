@@ -265,3 +265,36 @@ pub async fn error_of(resp: Response<Incoming>) -> (u16, protocol::ApiError) {
     let bytes = body_bytes(resp).await;
     (status, protocol::ApiError::from_json(status, &bytes))
 }
+
+/// GETs `path` on a worker's status port at `addr` (plain HTTP/1.1): status and JSON body.
+pub async fn status_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "worker")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&body).expect("json body"))
+}
+
+/// Polls `/readyz` at `addr` until it answers `status`; returns the body (panics after 20 s).
+pub async fn readyz_until(addr: SocketAddr, status: u16) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (got, body) = status_get(addr, "/readyz").await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz stayed {got}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,155 @@
+//! The worker's status port (`status_listen` in the config; off by default): plain HTTP/1.1
+//! serving only the liveness and readiness probes ([`protocol::health`]).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `{"status":"ok"}` once the process runs (also while models load) |
+//! | `GET /readyz` | 200 when the models are loaded and at least one proxy registration is open; else 503 naming [`MODELS_LOADING`] and/or [`NO_PROXY`] |
+//! | anything else | 404 |
+//!
+//! # Trust boundary
+//!
+//! The port is the worker's only listener; everything else is dialed out. Whoever reaches it
+//! (the host, for a port outside the guest's loopback) learns whether the worker is loaded and
+//! registered, nothing more: no prompts, keys, proxy addresses or counters. Answers come from
+//! state the worker holds (no attestation or engine call per probe). Connections are capped
+//! ([`MAX_CONNECTIONS`]) and must send their request head within [`HEADER_TIMEOUT`].
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use protocol::health::{self, Probe, Readiness};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::service::Service;
+
+/// Reason: the engines are still loading the models.
+pub const MODELS_LOADING: &str = "models loading";
+/// Reason: no proxy connection with an answered registration is open.
+pub const NO_PROXY: &str = "no proxy registration";
+/// Open status connections at most (more are closed at accept).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a status connection has to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the probes report: set to serving once the models are loaded and the worker started.
+#[derive(Debug, Default)]
+pub struct Status {
+    service: OnceLock<Service>,
+}
+
+impl Status {
+    /// A status with nothing loaded yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The models are loaded and `service` (of the started worker) serves them.
+    pub fn serving(&self, service: &Service) {
+        let _ = self.service.set(service.clone());
+    }
+
+    /// The verdict now.
+    pub fn readiness(&self) -> Readiness {
+        let mut r = Readiness::ready();
+        match self.service.get() {
+            None => {
+                r.missing(MODELS_LOADING);
+                r.missing(NO_PROXY);
+            }
+            Some(s) if s.open_registrations() == 0 => r.missing(NO_PROXY),
+            Some(_) => {}
+        }
+        r
+    }
+
+    /// The answer to one request.
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let resp = match Probe::from_path(req.uri().path()) {
+            Some(_) if !Probe::allows(req.method()) => health::method_not_allowed(),
+            Some(Probe::Liveness) => health::liveness(),
+            Some(Probe::Readiness) => self.readiness().response(),
+            None => {
+                let mut r = Response::new(br#"{"status":"not_found"}"#.to_vec());
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(protocol::response::APPLICATION_JSON),
+                );
+                r
+            }
+        };
+        resp.map(|b| Full::new(Bytes::from(b)))
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // A dropped sender also means stop.
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Serves the probes on `listener` until `shutdown` is set (or its sender dropped).
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<Status>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "status port: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "status port: connection cap reached; closed");
+            continue;
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = status.respond(&req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn before_loading_both_reasons_are_named() {
+        let s = Status::new();
+        assert_eq!(s.readiness().reasons, [MODELS_LOADING, NO_PROXY]);
+        let req = Request::get("/readyz").body(()).unwrap();
+        assert_eq!(s.respond(&req).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let req = Request::get("/healthz").body(()).unwrap();
+        assert_eq!(s.respond(&req).status(), StatusCode::OK);
+        let req = Request::get("/jsonstats").body(()).unwrap();
+        assert_eq!(s.respond(&req).status(), StatusCode::NOT_FOUND);
+        let req = Request::delete("/healthz").body(()).unwrap();
+        assert_eq!(s.respond(&req).status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}
