@@ -168,6 +168,8 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         }
         Err(e) => tracing::warn!(error = %e, "proxy not verified yet; requests will retry"),
     }
+    // Installed before the readiness line: an early SIGTERM drains, not kills.
+    let shutdown = shutdown_signal();
     println!("{}http://{addr}/v1", protocol::guest::CLIENT_READY);
     serve::run(
         listener,
@@ -175,25 +177,28 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         ServeOptions {
             max_body: config.max_body,
             access: config.access,
+            ..ServeOptions::default()
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await;
     tracing::info!("cocoon-client: shutting down");
     Exit::Clean
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves at the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }

@@ -30,6 +30,13 @@
 //!
 //! Logs name request ids, models, statuses and token counts, never prompt or completion text,
 //! and never the api key. Refusals are logged at debug level only (any web page can cause them).
+//!
+//! # Shutdown
+//! When `run`'s shutdown future completes, the listener closes and every connection stops
+//! keep-alive; requests in progress may finish for [`ServeOptions::drain`]. Then each one
+//! still running ends with an error an SDK raises: a stream gets an OpenAI error event
+//! (`data: {"error": {…, "code": "service_unavailable"}}`) and ends, a request not answered
+//! yet gets 503 — never a silent cut.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,8 +52,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use protocol::health::{self, Probe};
+use protocol::sse::Event;
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestId, Usage};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::client::{Client, EventStream};
 use crate::openai::{event_error, Aggregator, Relay, RequestFields};
@@ -67,6 +77,10 @@ const DRAIN_TIME: Duration = Duration::from_secs(30);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Characters of a request path shown in a 404 message.
 const SHOWN_PATH_CHARS: usize = 100;
+/// Default [`ServeOptions::drain`].
+pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+/// After the drain: how long the error events ending the remaining requests may take.
+const END_FLUSH: Duration = Duration::from_secs(2);
 
 /// Local server settings.
 #[derive(Clone, Debug)]
@@ -75,14 +89,18 @@ pub struct ServeOptions {
     pub max_body: usize,
     /// Who may use the endpoint.
     pub access: Access,
+    /// At shutdown, how long requests in progress may finish before they end with an error.
+    pub drain: Duration,
 }
 
 impl Default for ServeOptions {
-    /// [`crate::config::DEFAULT_MAX_BODY`], loopback hosts only, no api key.
+    /// [`crate::config::DEFAULT_MAX_BODY`], loopback hosts only, no api key,
+    /// [`DEFAULT_SHUTDOWN_DRAIN`].
     fn default() -> Self {
         Self {
             max_body: crate::config::DEFAULT_MAX_BODY,
             access: Access::default(),
+            drain: DEFAULT_SHUTDOWN_DRAIN,
         }
     }
 }
@@ -91,20 +109,39 @@ impl Default for ServeOptions {
 struct State {
     client: Arc<Client>,
     opts: ServeOptions,
+    /// Becomes `true` when the requests still in progress must end.
+    end: watch::Receiver<bool>,
 }
 
-/// Serves apps on `listener` until `shutdown` completes.
+/// Resolves `true` once requests must end (`false`: never, the server is gone).
+async fn ended(end: &mut watch::Receiver<bool>) -> bool {
+    end.wait_for(|e| *e).await.is_ok()
+}
+
+/// The error that ends requests at shutdown.
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "cocoon-client is shutting down: the request was ended at its drain deadline",
+    )
+}
+
+/// Serves apps on `listener` until `shutdown` completes, then drains (see the module docs).
 pub async fn run(
     listener: TcpListener,
     client: Arc<Client>,
     opts: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let state = Arc::new(State { client, opts });
+    let (end_tx, end) = watch::channel(false);
+    let (close_tx, close) = watch::channel(false);
+    let drain = opts.drain;
+    let state = Arc::new(State { client, opts, end });
+    let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -114,19 +151,47 @@ pub async fn run(
                 }
             },
         };
+        while conns.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
-        tokio::spawn(async move {
+        let mut close = close.clone();
+        conns.spawn(async move {
             let service = service_fn(move |req| handle(req, state.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                tracing::debug!(peer = %peer, error = %e, "app connection ended");
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(tcp), service));
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(peer = %peer, error = %e, "app connection ended");
+                        }
+                        return;
+                    }
+                    // No keep-alive from now on; the request in progress continues.
+                    _ = close.wait_for(|c| *c), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
         });
+    }
+    drop(listener);
+    let _ = close_tx.send(true);
+    let open = conns.len();
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain, all_done).await.is_err() {
+        tracing::info!(
+            connections = open,
+            "drain deadline passed; ending the requests in progress with an error"
+        );
+        end_tx.send_replace(true);
+        let flushed = async { while conns.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(END_FLUSH, flushed).await;
     }
 }
 
@@ -381,7 +446,12 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
         body_bytes = body.len(),
         "request"
     );
-    let events = match state.client.stream(endpoint, body, &meta).await {
+    let mut end = state.end.clone();
+    let started = tokio::select! {
+        r = state.client.stream(endpoint, body, &meta) => r,
+        true = ended(&mut end) => Err(shutting_down()),
+    };
+    let events = match started {
         Ok(s) => s,
         Err(e) => {
             log.done(None, Some(&e));
@@ -389,9 +459,9 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
         }
     };
     let mut resp = if fields.stream {
-        stream_response(events, Relay::new(endpoint, fields.include_usage), log).await
+        stream_response(events, Relay::new(endpoint, fields.include_usage), log, end).await
     } else {
-        aggregate_response(events, log).await
+        aggregate_response(events, log, end).await
     };
     if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
@@ -440,10 +510,26 @@ impl LogCtx {
     }
 }
 
-async fn aggregate_response(mut events: EventStream, log: LogCtx) -> Response<Body> {
+/// The next event of `events`, or the shutdown error once `end` fires.
+async fn next_or_end(
+    events: &mut EventStream,
+    end: &mut watch::Receiver<bool>,
+) -> Option<Result<Event, ApiError>> {
+    tokio::select! {
+        biased;
+        true = ended(end) => Some(Err(shutting_down())),
+        ev = events.next_event() => ev,
+    }
+}
+
+async fn aggregate_response(
+    mut events: EventStream,
+    log: LogCtx,
+    mut end: watch::Receiver<bool>,
+) -> Response<Body> {
     let mut agg = Aggregator::new(log.endpoint);
     let result = async {
-        while let Some(ev) = events.next_event().await {
+        while let Some(ev) = next_or_end(&mut events, &mut end).await {
             if agg.push(&ev?)? {
                 break;
             }
@@ -466,9 +552,14 @@ async fn aggregate_response(mut events: EventStream, log: LogCtx) -> Response<Bo
 
 /// Relays a stream. Events are pulled until the first one the app sees: an error before that
 /// point is answered with its own HTTP status.
-async fn stream_response(mut events: EventStream, mut relay: Relay, log: LogCtx) -> Response<Body> {
+async fn stream_response(
+    mut events: EventStream,
+    mut relay: Relay,
+    log: LogCtx,
+    mut end: watch::Receiver<bool>,
+) -> Response<Body> {
     let prefix = loop {
-        let ev = match events.next_event().await {
+        let ev = match next_or_end(&mut events, &mut end).await {
             Some(Ok(ev)) => ev,
             Some(Err(e)) => {
                 log.done(None, Some(&e));
@@ -499,6 +590,7 @@ async fn stream_response(mut events: EventStream, mut relay: Relay, log: LogCtx)
         prefix: Some(prefix),
         log,
         logged: false,
+        end,
     };
     let stream = futures::stream::unfold(pump, |mut p| async move {
         p.next_bytes()
@@ -517,6 +609,8 @@ struct Pump {
     prefix: Option<Vec<u8>>,
     log: LogCtx,
     logged: bool,
+    /// Shutdown: the stream must end (with an error event).
+    end: watch::Receiver<bool>,
 }
 
 impl Pump {
@@ -529,7 +623,7 @@ impl Pump {
                 self.finish();
                 return None;
             }
-            let out = match self.events.next_event().await {
+            let out = match next_or_end(&mut self.events, &mut self.end).await {
                 Some(Ok(ev)) => self.relay.on_event(&ev),
                 Some(Err(e)) => self.relay.on_error(e),
                 None => self.relay.on_end(),

@@ -237,8 +237,11 @@ async fn account_flow_over_http_on_the_real_contracts() {
     assert!(created);
     let mut public = [0u8; 32];
     hex::decode_to_slice(tls_key.account_id(), &mut public).unwrap();
-    let key_arg = account_key.display().to_string();
-    let args = run(&["bind", "--account-key", &key_arg]);
+    let mut args = run(&["bind"]);
+    args.extend([
+        "--account-key".to_string(),
+        account_key.display().to_string(),
+    ]);
     let (code, out, err) = binary(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&tls_key.account_id()), "{out}");

@@ -323,3 +323,68 @@ async fn oversized_bodies_get_413() {
     assert_eq!(status, 400);
     assert!(proxy.requests.lock().unwrap().is_empty());
 }
+
+/// Shutdown: requests still running at the end of the drain end with an error the SDK raises
+/// — a stream with an OpenAI error event (after the chunks it already had), a request not
+/// answered yet with 503 — and the server returns right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_requests_with_an_error_not_a_cut() {
+    let proxy = spawn_proxy().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let opts = client::serve::ServeOptions {
+        drain: std::time::Duration::from_millis(300),
+        ..client::serve::ServeOptions::default()
+    };
+    let (local, server) =
+        spawn_local_stoppable(client_config(&proxy, proxy.image), opts, stopped).await;
+    let streamed = tokio::spawn(request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"endless","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+    ));
+    let whole = tokio::spawn(request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"endless","messages":[{"role":"user","content":"hi"}]}"#,
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while proxy.requests.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests at the proxy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    stop.send(()).unwrap();
+
+    let (status, _, body) = streamed.await.unwrap();
+    assert_eq!(status, 200);
+    let data = sse_data(&body);
+    assert_eq!(data.len(), 2, "{data:?}");
+    assert_eq!(
+        json(data[0].as_bytes())["choices"][0]["delta"]["content"],
+        "Hel"
+    );
+    let err = json(data[1].as_bytes());
+    assert_eq!(err["error"]["code"], "service_unavailable");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
+    let (status, _, body) = whole.await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(json(&body)["error"]["code"], "service_unavailable");
+    tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("run returns after the drain")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(3),
+        "{took:?}"
+    );
+}

@@ -21,8 +21,10 @@ use crate::status::Status;
 pub const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// Longest wait between restarts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a stopping service gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping service gets between SIGTERM and SIGKILL: longer than the services'
+/// default drain (`shutdown_drain_secs` = 30 s, then a few seconds for the error events that
+/// end the remaining streams), shorter than the 60 s after which `cocoon-host` stops QEMU.
+pub const STOP_GRACE: Duration = Duration::from_secs(45);
 
 /// Restart policy: 1 s, 2 s, 4 s … capped at [`MAX_BACKOFF`]; after `max_restarts`
 /// consecutive failures, give up.

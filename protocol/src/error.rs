@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Attestation,
     /// No answer in time (504).
     Timeout,
+    /// The service cannot take the request now and says so: it is shutting down, or a
+    /// request waited in the proxy's queue past its deadline (503; retry later, elsewhere).
+    Unavailable,
     /// Protocol version not supported (400).
     UnsupportedVersion,
     /// A bug or resource failure on the reporting side (500).
@@ -48,6 +51,7 @@ impl ErrorKind {
             Self::NoCapacity => 429,
             Self::Upstream | Self::Attestation => 502,
             Self::Timeout => 504,
+            Self::Unavailable => 503,
             Self::Internal => 500,
         }
     }
@@ -63,7 +67,11 @@ impl ErrorKind {
             Self::InsufficientFunds => "insufficient_quota",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
             Self::NoCapacity => "rate_limit_error",
-            Self::Upstream | Self::Attestation | Self::Timeout | Self::Internal => "api_error",
+            Self::Upstream
+            | Self::Attestation
+            | Self::Timeout
+            | Self::Unavailable
+            | Self::Internal => "api_error",
         }
     }
 
@@ -81,6 +89,7 @@ impl ErrorKind {
             Self::Upstream => "upstream_error",
             Self::Attestation => "attestation_rejected",
             Self::Timeout => "timeout",
+            Self::Unavailable => "service_unavailable",
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal_error",
         }
@@ -100,6 +109,7 @@ impl ErrorKind {
             Upstream,
             Attestation,
             Timeout,
+            Unavailable,
             UnsupportedVersion,
             Internal,
         ]
@@ -200,6 +210,7 @@ pub fn kind_for_status(status: u16) -> ErrorKind {
         404 => ErrorKind::NotFound,
         413 => ErrorKind::PayloadTooLarge,
         429 => ErrorKind::NoCapacity,
+        503 => ErrorKind::Unavailable,
         504 => ErrorKind::Timeout,
         500 => ErrorKind::Internal,
         _ => ErrorKind::Upstream,
@@ -222,6 +233,14 @@ mod tests {
         assert_eq!(ErrorKind::NoCapacity.status(), 429);
         assert_eq!(ErrorKind::ModelNotFound.status(), 404);
         assert_eq!(ErrorKind::Timeout.status(), 504);
+        assert_eq!(ErrorKind::Unavailable.status(), 503);
+        let down = ApiError::new(ErrorKind::Unavailable, "proxy shutting down");
+        assert_eq!(ApiError::from_json(502, &down.to_json()), down);
+        assert_eq!(
+            ApiError::from_json(503, b"{}").kind,
+            ErrorKind::Unavailable,
+            "a bare 503 is unavailable"
+        );
         assert_eq!(
             ApiError::from_json(429, b"garbage").kind,
             ErrorKind::NoCapacity

@@ -66,6 +66,7 @@ mod tests {
             ErrorKind::Upstream,
             ErrorKind::Attestation,
             ErrorKind::Timeout,
+            ErrorKind::Unavailable,
             ErrorKind::Internal,
         ] {
             let err = ApiError::new(kind, "m");

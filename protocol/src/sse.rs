@@ -11,6 +11,9 @@ pub const EVENT_ERROR: &str = "cocoon-error";
 pub const DONE: &str = "[DONE]";
 /// Largest event the decoder accepts by default.
 pub const DEFAULT_MAX_EVENT: usize = 1 << 20;
+/// The comment a stream sends while it has nothing else to say (prompt processing, a request
+/// waiting): any byte resets a reader's idle timer, and SSE readers ignore comment lines.
+pub const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// One event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +102,8 @@ pub struct Decoder {
     max_event: usize,
     /// A `\r` ended the previous chunk: a following `\n` belongs to it.
     skip_lf: bool,
+    /// Comment lines seen since the last [`Decoder::take_comments`].
+    comments: u32,
 }
 
 impl Default for Decoder {
@@ -117,7 +122,16 @@ impl Decoder {
             pending_bytes: 0,
             max_event,
             skip_lf: false,
+            comments: 0,
         }
+    }
+
+    /// How many comment lines (`: …`) the stream carried since the last call, and resets the
+    /// count. Comments produce no [`Event`] (the WHATWG format ignores them); a relay uses
+    /// this to pass on that the stream is alive (e.g. one [`KEEPALIVE`] for any number of
+    /// them) without copying their text.
+    pub fn take_comments(&mut self) -> u32 {
+        std::mem::take(&mut self.comments)
     }
 
     /// Feeds `chunk`; returns the events it completes.
@@ -172,6 +186,7 @@ impl Decoder {
             });
         }
         if line.starts_with(':') {
+            self.comments = self.comments.saturating_add(1);
             return Ok(None);
         }
         let (field, value) = match line.split_once(':') {
@@ -226,6 +241,27 @@ mod tests {
         let mut d = Decoder::default();
         assert!(d.feed(b"data: a\r").unwrap().is_empty());
         assert_eq!(d.feed(b"\n\r\n").unwrap(), vec![Event::data("a")]);
+    }
+
+    #[test]
+    fn comments_are_counted_not_events() {
+        let mut d = Decoder::default();
+        assert_eq!(d.take_comments(), 0);
+        let mut bytes = KEEPALIVE.to_vec();
+        bytes.extend(Event::usage(&Usage::default()).encode());
+        bytes.extend_from_slice(KEEPALIVE);
+        bytes.extend_from_slice(b": partial");
+        let got = d.feed(&bytes).unwrap();
+        // The usage event is found as without comments; the unfinished line is not counted.
+        assert_eq!(got, vec![Event::usage(&Usage::default())]);
+        assert_eq!(d.take_comments(), 2);
+        assert_eq!(d.take_comments(), 0);
+        assert!(d.feed(b"\n").unwrap().is_empty());
+        assert_eq!(d.take_comments(), 1);
+        // A comment inside an event does not split it.
+        let got = d.feed(b"data: a\n: c\ndata: b\n\n").unwrap();
+        assert_eq!(got, vec![Event::data("a\nb")]);
+        assert_eq!(d.take_comments(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   "proxy": "proxy-1", "uptime_secs": 12,
 //!   "workers": [{"id": 1, "name": "w", "addr": "127.0.0.1:5000", "image_hash": "…",
 //!                "models": ["m"], "capacity": 64, "in_flight": 0,
+//!                "token_budget": 524288, "tokens_in_flight": 0,
 //!                "price_coefficient_milli": 1000, "version": 1,
 //!                "latency_ema_ms": 1.5, "success_rate": 1.0, "requests": 3, "failures": 0}],
 //!   "clients": {"<account>": {"requests": 1, "prompt_tokens": 3, "cached_tokens": 0,
@@ -20,9 +21,19 @@
 //!   "worker_rejections": {"debug_td": 1},
 //!   "workers_registered": 2,
 //!   "client_connections": 3, "request_body_bytes": 0,
-//!   "client_refusals": {"connections_per_ip": 2, "insufficient_funds": 1}
+//!   "client_refusals": {"connections_per_ip": 2, "insufficient_funds": 1},
+//!   "queues": {"m": {"queued": 0, "wait_ema_ms": 12.5}},
+//!   "queue_outcomes": {"admitted": 3, "full": 0, "expired": 0, "abandoned": 1},
+//!   "shutting_down": false
 //! }
 //! ```
+//!
+//! `queues` has every served model (and any that had a queue): requests waiting for a worker
+//! slot now and the mean wait of those admitted from the queue ([`crate::queue`]);
+//! `queue_outcomes` counts requests admitted after waiting, refused because the queue was
+//! full (429), expired in the queue (503), and abandoned by their client while queued. Per
+//! worker, `in_flight`/`capacity` are requests and `tokens_in_flight`/`token_budget` tokens
+//! ([`crate::registry`]).
 //!
 //! `client_refusals` counts client connections and requests refused by a limit, by
 //! [`crate::limits::ClientRefusal::code`]; `request_body_bytes` is what the body budget
@@ -44,6 +55,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ledger::UsageRecord;
+use crate::queue::{QueueOutcomes, QueueStats};
 use crate::response::ResponseBody;
 use crate::state::State;
 use crate::stats::WorkerUsage;
@@ -58,6 +70,8 @@ pub struct WorkerStats {
     pub models: Vec<String>,
     pub capacity: u32,
     pub in_flight: u32,
+    pub token_budget: u64,
+    pub tokens_in_flight: u64,
     pub price_coefficient_milli: u32,
     pub version: u32,
     pub latency_ema_ms: Option<f64>,
@@ -104,12 +118,25 @@ pub struct JsonStats {
     pub request_body_bytes: u64,
     /// Client refusals by reason.
     pub client_refusals: BTreeMap<String, u64>,
+    /// The admission queue of each model.
+    pub queues: BTreeMap<String, QueueStats>,
+    /// What the queues did.
+    pub queue_outcomes: QueueOutcomes,
+    /// The proxy is draining (new requests get 503).
+    pub shutting_down: bool,
 }
 
 /// A snapshot of the proxy's state.
 pub fn json_stats(state: &State) -> JsonStats {
     let s = &state.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut queues = state.queues.snapshot();
+    for model in state.registry.models().into_keys() {
+        queues.entry(model).or_insert(QueueStats {
+            queued: 0,
+            wait_ema_ms: None,
+        });
+    }
     let workers = state
         .registry
         .list()
@@ -125,6 +152,8 @@ pub fn json_stats(state: &State) -> JsonStats {
                 models: i.models.iter().map(|m| m.name.clone()).collect(),
                 capacity: i.capacity,
                 in_flight: h.in_flight,
+                token_budget: i.token_budget,
+                tokens_in_flight: h.tokens_in_flight,
                 price_coefficient_milli: i.price_coefficient_milli,
                 version: i.version,
                 latency_ema_ms: h.latency_ema_ms,
@@ -175,6 +204,9 @@ pub fn json_stats(state: &State) -> JsonStats {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+        queues,
+        queue_outcomes: state.queues.outcomes(),
+        shutting_down: state.shutdown.is_draining(),
     }
 }
 
@@ -276,6 +308,60 @@ pub fn prometheus(state: &State) -> String {
         "Client connections and requests refused by a limit, by reason.",
         &labelled("reason", &j.client_refusals),
     );
+    let depth: BTreeMap<String, u64> = j
+        .queues
+        .iter()
+        .map(|(m, q)| (m.clone(), q.queued))
+        .collect();
+    family(
+        "cocoon_proxy_queue_depth",
+        "gauge",
+        "Requests waiting for a worker slot, by model.",
+        &labelled("model", &depth),
+    );
+    let o = &j.queue_outcomes;
+    let outcomes: BTreeMap<String, u64> = [
+        ("admitted", o.admitted),
+        ("full", o.full),
+        ("expired", o.expired),
+        ("abandoned", o.abandoned),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    family(
+        "cocoon_proxy_queue_outcomes_total",
+        "counter",
+        "Queued requests by outcome (admitted, refused because full, expired, abandoned).",
+        &labelled("outcome", &outcomes),
+    );
+    let per_worker = |f: fn(&WorkerStats) -> u64| -> Vec<(String, u64)> {
+        j.workers
+            .iter()
+            .map(|w| {
+                let labels = format!("{{worker=\"{}\",name=\"{}\"}}", w.id, escape(&w.name));
+                (labels, f(w))
+            })
+            .collect()
+    };
+    family(
+        "cocoon_proxy_worker_in_flight",
+        "gauge",
+        "Requests in flight per worker.",
+        &per_worker(|w| u64::from(w.in_flight)),
+    );
+    family(
+        "cocoon_proxy_worker_tokens_in_flight",
+        "gauge",
+        "Tokens (prompt estimate + completion reserved) in flight per worker.",
+        &per_worker(|w| w.tokens_in_flight),
+    );
+    family(
+        "cocoon_proxy_worker_token_budget",
+        "gauge",
+        "Token budget per worker (worker_token_budget_percent of capacity x max_context).",
+        &per_worker(|w| w.token_budget),
+    );
     out
 }
 
@@ -300,7 +386,7 @@ pub fn text_stats(state: &State) -> String {
     for w in &j.workers {
         let _ = writeln!(
             out,
-            "  worker {} {:<16} {}  image {}  models {}  in-flight {}/{}  ttfb {}  success {:.3}",
+            "  worker {} {:<16} {}  image {}  models {}  in-flight {}/{}  tokens {}/{}  ttfb {}  success {:.3}",
             w.id,
             w.name,
             w.addr,
@@ -308,6 +394,8 @@ pub fn text_stats(state: &State) -> String {
             w.models.join(","),
             w.in_flight,
             w.capacity,
+            w.tokens_in_flight,
+            w.token_budget,
             w.latency_ema_ms
                 .map_or("-".to_string(), |ms| format!("{ms:.2}ms")),
             w.success_rate
@@ -339,6 +427,15 @@ pub fn text_stats(state: &State) -> String {
         "client connections {}  request body bytes {}",
         j.client_connections, j.request_body_bytes
     );
+    for (model, q) in &j.queues {
+        let _ = writeln!(
+            out,
+            "  queue {model}: {} waiting  mean wait {}",
+            q.queued,
+            q.wait_ema_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.1}ms"))
+        );
+    }
     if !j.client_refusals.is_empty() {
         let _ = writeln!(out, "client refusals {:?}", j.client_refusals);
     }

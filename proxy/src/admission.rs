@@ -1,6 +1,8 @@
 //! Admission of a client request before it reaches a worker: the funds check before any body
-//! byte is read, then the bounded body read (size, deadline, global body budget). The limits
-//! themselves and their refusal codes are in [`crate::limits`].
+//! byte is read, then the bounded body read (size, deadline, global body budget), then a
+//! worker slot — at once, or through the model's queue (`acquire`; the queue and its rules
+//! are in [`crate::queue`]). The limits themselves and their refusal codes are in
+//! [`crate::limits`].
 
 use std::sync::Arc;
 
@@ -10,9 +12,13 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use protocol::{ApiError, ErrorKind, RequestMeta};
+use tokio::sync::oneshot;
 
+use crate::config::ProxyConfig;
 use crate::funds::{affordable, ledger_refusal, reservation_at, Held};
 use crate::limits::{count, BodyCharge, ClientRefusal, Rejection, BODY_BUDGET_RETRY_AFTER_SECS};
+use crate::queue::{serve, Demand, Grant, Outcomes, Placed, Release, Waiter};
+use crate::registry::{rank, Saturated, Worker};
 use crate::state::State;
 
 /// Checks, before any body byte is read, that `account` can pay for the request at the
@@ -141,5 +147,243 @@ pub(crate) async fn read_body(
                 retry_after_secs: None,
             })
         }
+    }
+}
+
+/// The tokens a request holds at worker `w`: its prompt estimate plus the completion tokens
+/// reserved there, at most the model's context ([`crate::queue`]).
+pub fn tokens_at(cfg: &ProxyConfig, demand: &Demand, w: &Worker) -> u64 {
+    let (completion, _) = reservation_at(cfg, &demand.meta, w);
+    let total = demand.prompt_tokens + u64::from(completion);
+    match w.model(&demand.meta.model) {
+        Some(m) if m.max_context > 0 => total.min(u64::from(m.max_context)),
+        _ => total,
+    }
+}
+
+impl Release for State {
+    fn released(self: Arc<Self>, worker: &Arc<Worker>) {
+        for m in &worker.info.models {
+            dispatch(&self, &m.name);
+        }
+    }
+}
+
+/// Tries to give `demand` a slot of the best worker with room, except `exclude`.
+fn place(state: &Arc<State>, demand: &Demand, exclude: &[u64]) -> Result<Placed, ApiError> {
+    let cfg = &state.config;
+    let candidates = state.registry.candidates(&demand.meta.model, exclude);
+    let affordable = affordable(cfg, &demand.meta, candidates)?;
+    let mut random = [0u8; 64];
+    if affordable.len() > 1 && getrandom::getrandom(&mut random).is_err() {
+        tracing::warn!("system randomness unavailable; worker tie-break is deterministic");
+    }
+    let mut outcome = Placed::NoSlot;
+    for w in rank(affordable, &random) {
+        match w.try_acquire(tokens_at(cfg, demand, &w)) {
+            Ok(slot) => {
+                let release: Arc<dyn Release> = state.clone();
+                return Ok(Placed::Granted(Grant::new(slot, release)));
+            }
+            Err(Saturated::Tokens) => outcome = Placed::NoRoom,
+            Err(Saturated::Requests) => {}
+        }
+    }
+    Ok(outcome)
+}
+
+/// Whether any worker serving the demand's model has a free request slot.
+fn any_free_slot(state: &State, demand: &Demand) -> bool {
+    state
+        .registry
+        .candidates(&demand.meta.model, &[])
+        .iter()
+        .any(|w| w.has_free_slot())
+}
+
+/// Serves the queue of `model` (after a slot was freed or a worker came or went).
+pub(crate) fn dispatch(state: &Arc<State>, model: &str) {
+    let mut dropped = Vec::new();
+    {
+        let mut models = state.queues.lock();
+        if let Some(q) = models.get_mut(model) {
+            if !q.waiters.is_empty() {
+                serve(
+                    q,
+                    &state.queues.outcomes,
+                    |d| place(state, d, &[]),
+                    |d| any_free_slot(state, d),
+                    &mut dropped,
+                );
+            }
+        }
+    }
+    // Grants whose waiter left in the meantime: freed outside the lock (serving again).
+    drop(dropped);
+}
+
+/// [`dispatch`] for each of `models`.
+pub(crate) fn dispatch_models(state: &Arc<State>, models: &[String]) {
+    for m in models {
+        dispatch(state, m);
+    }
+}
+
+/// A place in a queue; leaving (drop) removes it and serves the waiters behind it.
+struct Ticket<'a> {
+    state: &'a Arc<State>,
+    model: &'a str,
+    id: u64,
+    /// Left because the deadline passed (else: the client went away).
+    expired: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let removed = self
+            .state
+            .queues
+            .lock()
+            .get_mut(self.model)
+            .is_some_and(|q| q.remove(self.id));
+        if removed {
+            if !self.expired {
+                Outcomes::bump(&self.state.queues.outcomes.abandoned);
+            }
+            // It may have been the barrier.
+            dispatch(self.state, self.model);
+        }
+    }
+}
+
+/// A worker slot for `demand`, except at workers in `exclude`: at once if one has room;
+/// otherwise, with `wait`, through the model's queue ([`crate::queue`]); without, 429.
+pub(crate) async fn acquire(
+    state: &Arc<State>,
+    demand: Demand,
+    exclude: &[u64],
+    wait: bool,
+) -> Result<Grant, Rejection> {
+    let model = demand.meta.model.clone();
+    let limits = &state.config.queue;
+    let demand = Arc::new(demand);
+    let (rx, id) = {
+        let mut dropped = Vec::new();
+        let mut models = state.queues.lock();
+        let q = models.entry(model.clone()).or_default();
+        if q.waiters.is_empty() || !wait {
+            match place(state, &demand, exclude)? {
+                Placed::Granted(g) => return Ok(g),
+                Placed::NoSlot | Placed::NoRoom => {}
+            }
+        }
+        let retry_after = q.retry_after_secs();
+        if !wait {
+            return Err(ApiError::new(
+                ErrorKind::NoCapacity,
+                format!("all other workers serving {model} are at capacity"),
+            )
+            .into());
+        }
+        if limits.max_per_model == 0 {
+            drop(models);
+            return Err(no_capacity(state, &model, None, retry_after));
+        }
+        let id = state.queues.next_id();
+        let (tx, rx) = oneshot::channel();
+        q.waiters.push_back(Waiter {
+            id,
+            demand: demand.clone(),
+            tx,
+            overtaken: 0,
+            since: std::time::Instant::now(),
+        });
+        // Behind waiters that do not fit, this one may (the overtaking rule).
+        serve(
+            q,
+            &state.queues.outcomes,
+            |d| place(state, d, &[]),
+            |d| any_free_slot(state, d),
+            &mut dropped,
+        );
+        let waiting = q.waiters.iter().any(|w| w.id == id);
+        if !waiting {
+            // Served at once: it did not wait.
+            drop(models);
+            drop(dropped);
+            let mut rx = rx;
+            return match rx.try_recv() {
+                Ok(Ok(grant)) => Ok(grant),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => {
+                    Err(ApiError::new(ErrorKind::Internal, "request dropped from the queue").into())
+                }
+            };
+        }
+        if q.waiters.len() > limits.max_per_model as usize {
+            let ahead = q.waiters.len() - 1;
+            q.remove(id);
+            drop(models);
+            drop(dropped);
+            Outcomes::bump(&state.queues.outcomes.full);
+            return Err(no_capacity(state, &model, Some(ahead), retry_after));
+        }
+        drop(models);
+        drop(dropped);
+        (rx, id)
+    };
+    // A dropped future (client gone) drops the ticket and, with it, the place in the queue.
+    let mut ticket = Ticket {
+        state,
+        model: &model,
+        id,
+        expired: false,
+    };
+    match tokio::time::timeout(limits.timeout, rx).await {
+        Ok(Ok(Ok(grant))) => {
+            Outcomes::bump(&state.queues.outcomes.admitted);
+            Ok(grant)
+        }
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(_)) => {
+            Err(ApiError::new(ErrorKind::Internal, "request dropped from the queue").into())
+        }
+        Err(_) => {
+            ticket.expired = true;
+            drop(ticket);
+            Outcomes::bump(&state.queues.outcomes.expired);
+            let (queued, retry_after) = state
+                .queues
+                .lock()
+                .get(&model)
+                .map_or((0, 1), |q| (q.waiters.len(), q.retry_after_secs()));
+            let message = format!(
+                "no worker serving {model} had room within queue_timeout_secs ({}s); {queued} requests still queued",
+                limits.timeout.as_secs()
+            );
+            count(&state.stats, ClientRefusal::QueueTimeout, None, &message);
+            Err(Rejection {
+                error: ApiError::new(ErrorKind::Unavailable, message),
+                status: Some(StatusCode::SERVICE_UNAVAILABLE),
+                retry_after_secs: Some(retry_after),
+            })
+        }
+    }
+}
+
+/// The 429 for a request that found no room; `queued`: the requests waiting ahead of it
+/// when the queue was full (`None`: there is no queue).
+fn no_capacity(state: &State, model: &str, queued: Option<usize>, retry_after: u32) -> Rejection {
+    let message = match queued {
+        Some(n) => format!(
+            "all workers serving {model} are at capacity and its queue is full ({n} waiting, queue_max_per_model)"
+        ),
+        None => format!("all workers serving {model} are at capacity"),
+    };
+    count(&state.stats, ClientRefusal::QueueFull, None, &message);
+    Rejection {
+        error: ApiError::new(ErrorKind::NoCapacity, message),
+        status: None,
+        retry_after_secs: Some(retry_after),
     }
 }

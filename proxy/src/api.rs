@@ -43,6 +43,7 @@ pub(crate) async fn accept_loop(
     acceptor: TlsAcceptor,
     shutdown: watch::Receiver<bool>,
 ) {
+    let stop = shutdown.clone();
     crate::listen::accept_connections(listener, shutdown, "client", true, move |tcp, addr| {
         // The connection caps are checked here, in the accept loop: a refused connection is
         // closed before any byte is read from it.
@@ -59,10 +60,10 @@ pub(crate) async fn accept_loop(
                 None
             }
         };
-        let (state, acceptor) = (state.clone(), acceptor.clone());
+        let (state, acceptor, stop) = (state.clone(), acceptor.clone(), stop.clone());
         async move {
             if let Some((permit, tcp)) = admitted {
-                handle(state, acceptor, tcp, addr, permit).await;
+                handle(state, acceptor, tcp, addr, permit, stop).await;
             }
         }
     })
@@ -94,6 +95,7 @@ async fn handle(
     tcp: TcpStream,
     addr: SocketAddr,
     _permit: ConnPermit,
+    mut stop: watch::Receiver<bool>,
 ) {
     let tls = match tokio::time::timeout(state.config.handshake_timeout, acceptor.accept(tcp)).await
     {
@@ -131,30 +133,45 @@ async fn handle(
         }
     });
     let builder = builder(&state);
-    let conn = pin!(builder.serve_connection(TokioIo::new(tls), service));
-    tokio::select! {
-        result = conn => if let Err(e) = result {
-            let header_timeout = e
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout);
-            if header_timeout {
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(tls), service));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    let header_timeout = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if header_timeout {
+                        limits::count(
+                            &state.stats,
+                            ClientRefusal::HeaderTimeout,
+                            Some(addr),
+                            "request head not received in time",
+                        );
+                    } else {
+                        tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+                    }
+                }
+                break;
+            }
+            // Nothing in progress for the idle timeout: close (dropping the connection).
+            () = activity.idle(state.config.client.idle_timeout) => {
                 limits::count(
                     &state.stats,
-                    ClientRefusal::HeaderTimeout,
+                    ClientRefusal::IdleTimeout,
                     Some(addr),
-                    "request head not received in time",
+                    "no request in progress",
                 );
-            } else {
-                tracing::debug!(peer = %addr, error = %e, "client connection ended with an error");
+                break;
             }
-        },
-        // Nothing in progress for the idle timeout: close (dropping the connection).
-        () = activity.idle(state.config.client.idle_timeout) => limits::count(
-            &state.stats,
-            ClientRefusal::IdleTimeout,
-            Some(addr),
-            "no request in progress",
-        ),
+            // Shutdown: HTTP/2 GOAWAY / no more HTTP/1.1 keep-alive; requests in progress
+            // continue (the relay ends them at the drain deadline).
+            _ = stop.wait_for(|s| *s), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

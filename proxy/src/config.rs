@@ -11,8 +11,12 @@
 //! # optional, all below are defaults
 //! worker_keepalive_interval_ms = 500 # HTTP/2 ping to workers when the connection is quiet
 //! worker_keepalive_timeout_ms = 1000 # no pong within this: the worker is gone
-//! worker_response_timeout_secs = 120 # request sent, no response headers: retry elsewhere
+//! worker_idle_timeout_secs = 30      # no byte from a worker for this long: timeout (crate::relay)
 //! handshake_timeout_secs = 10        # TLS handshake and registration of a new connection
+//! worker_token_budget_percent = 100  # tokens in flight per worker, % of capacity x max_context
+//! queue_max_per_model = 64           # requests waiting for a worker slot, per model (429 beyond)
+//! queue_timeout_secs = 60            # longest wait in that queue (then 503)
+//! shutdown_drain_secs = 30           # SIGTERM: streams may finish for this long, then end with an error
 //!
 //! # client-port limits (optional, all below are defaults; see crate::limits)
 //! client_max_connections = 1024      # open client connections (TCP accepted) in total
@@ -98,8 +102,21 @@ pub const MAX_PROMPT_TOKENS_LIMIT: u32 = 1_000_000;
 pub const DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS: u64 = 500;
 /// Default `worker_keepalive_timeout_ms`.
 pub const DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS: u64 = 1000;
-/// Default `worker_response_timeout_secs`.
-pub const DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS: u64 = 120;
+/// Default `worker_idle_timeout_secs`: six missed stream keepalives of a worker (it sends one
+/// every 5 s while it has nothing else to send, e.g. during prompt processing).
+pub const DEFAULT_WORKER_IDLE_TIMEOUT_SECS: u64 = 30;
+/// Default `worker_token_budget_percent`.
+pub const DEFAULT_WORKER_TOKEN_BUDGET_PERCENT: u32 = 100;
+/// Default `queue_max_per_model`.
+pub const DEFAULT_QUEUE_MAX_PER_MODEL: u32 = 64;
+/// Default `queue_timeout_secs`.
+pub const DEFAULT_QUEUE_TIMEOUT_SECS: u64 = 60;
+/// Default `shutdown_drain_secs`.
+pub const DEFAULT_SHUTDOWN_DRAIN_SECS: u64 = 30;
+/// Largest `queue_max_per_model`.
+pub const MAX_QUEUE_PER_MODEL: u32 = 100_000;
+/// Largest `queue_timeout_secs`, `worker_idle_timeout_secs` and `shutdown_drain_secs`.
+pub const MAX_WAIT_SECS: u64 = 3600;
 /// Default `handshake_timeout_secs`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
 /// Default `client_max_connections`.
@@ -253,9 +270,17 @@ pub struct ConfigFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_keepalive_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker_response_timeout_secs: Option<u64>,
+    pub worker_idle_timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_token_budget_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_max_per_model: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_drain_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_max_connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,12 +336,43 @@ pub struct ProxyConfig {
     pub accounts: AccountsConfig,
     pub worker_keepalive_interval: Duration,
     pub worker_keepalive_timeout: Duration,
-    pub worker_response_timeout: Duration,
+    /// The longest silence tolerated from a worker serving a request: before its response
+    /// headers (then the request is retried elsewhere) and between bytes of its stream (then
+    /// the stream ends with a `timeout` error event). SSE comments (keepalives) count.
+    pub worker_idle_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// A worker's budget of tokens in flight, in percent of its capacity × its largest
+    /// advertised `max_context` (see [`crate::queue`]).
+    pub worker_token_budget_percent: u32,
+    /// The per-model admission queue (see [`crate::queue`]).
+    pub queue: QueueLimits,
+    /// After SIGTERM/SIGINT: how long streams in progress may finish before each remaining
+    /// one is ended with a `service_unavailable` error event.
+    pub shutdown_drain: Duration,
     /// Largest client request body ([`MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
     /// Limits of the client port (see the module docs).
     pub client: ClientLimits,
+}
+
+/// The per-model admission queue: how many requests may wait for a worker slot, and for how
+/// long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Requests waiting per model; one more gets 429 with `Retry-After`. 0: no queue (a
+    /// request that finds no free slot gets 429 at once).
+    pub max_per_model: u32,
+    /// The longest a request waits; then 503 `service_unavailable` with `Retry-After`.
+    pub timeout: Duration,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_per_model: DEFAULT_QUEUE_MAX_PER_MODEL,
+            timeout: Duration::from_secs(DEFAULT_QUEUE_TIMEOUT_SECS),
+        }
+    }
 }
 
 /// The client-port limits (validated; defaults in the `DEFAULT_CLIENT_*` constants).
@@ -443,8 +499,11 @@ impl ProxyConfig {
             accounts: AccountsConfig::default(),
             worker_keepalive_interval: Duration::from_millis(DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS),
             worker_keepalive_timeout: Duration::from_millis(DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS),
-            worker_response_timeout: Duration::from_secs(DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS),
+            worker_idle_timeout: Duration::from_secs(DEFAULT_WORKER_IDLE_TIMEOUT_SECS),
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            worker_token_budget_percent: DEFAULT_WORKER_TOKEN_BUDGET_PERCENT,
+            queue: QueueLimits::default(),
+            shutdown_drain: Duration::from_secs(DEFAULT_SHUTDOWN_DRAIN_SECS),
             max_body_bytes: MAX_BODY_BYTES,
             client: ClientLimits::default(),
         }
@@ -494,12 +553,40 @@ impl ProxyConfig {
                 self.worker_keepalive_interval,
             ),
             ("worker_keepalive_timeout_ms", self.worker_keepalive_timeout),
-            ("worker_response_timeout_secs", self.worker_response_timeout),
+            ("worker_idle_timeout_secs", self.worker_idle_timeout),
             ("handshake_timeout_secs", self.handshake_timeout),
+            ("queue_timeout_secs", self.queue.timeout),
         ] {
             if d.is_zero() {
                 return Err(field(name, "must be positive"));
             }
+        }
+        for (name, d) in [
+            ("worker_idle_timeout_secs", self.worker_idle_timeout),
+            ("queue_timeout_secs", self.queue.timeout),
+            ("shutdown_drain_secs", self.shutdown_drain),
+        ] {
+            if d > Duration::from_secs(MAX_WAIT_SECS) {
+                return Err(field(
+                    name,
+                    format!("{}s is more than {MAX_WAIT_SECS}s", d.as_secs()),
+                ));
+            }
+        }
+        if !(1..=100).contains(&self.worker_token_budget_percent) {
+            return Err(field(
+                "worker_token_budget_percent",
+                format!("{} outside 1..=100", self.worker_token_budget_percent),
+            ));
+        }
+        if self.queue.max_per_model > MAX_QUEUE_PER_MODEL {
+            return Err(field(
+                "queue_max_per_model",
+                format!(
+                    "{} is more than {MAX_QUEUE_PER_MODEL}",
+                    self.queue.max_per_model
+                ),
+            ));
         }
         for account in self.accounts.balances.keys() {
             if account.len() != 64 || hex::decode(account).is_err() {
@@ -551,8 +638,12 @@ impl ConfigFile {
             max_prompt_tokens,
             worker_keepalive_interval_ms: None,
             worker_keepalive_timeout_ms: None,
-            worker_response_timeout_secs: None,
+            worker_idle_timeout_secs: None,
             handshake_timeout_secs: None,
+            worker_token_budget_percent: None,
+            queue_max_per_model: None,
+            queue_timeout_secs: None,
+            shutdown_drain_secs: None,
             client_max_connections: None,
             client_max_connections_per_ip: None,
             client_header_timeout_secs: None,
@@ -603,11 +694,16 @@ impl ConfigFile {
                 self.worker_keepalive_timeout_ms,
                 d.worker_keepalive_timeout,
             ),
-            worker_response_timeout: secs(
-                self.worker_response_timeout_secs,
-                d.worker_response_timeout,
-            ),
+            worker_idle_timeout: secs(self.worker_idle_timeout_secs, d.worker_idle_timeout),
             handshake_timeout: secs(self.handshake_timeout_secs, d.handshake_timeout),
+            worker_token_budget_percent: self
+                .worker_token_budget_percent
+                .unwrap_or(d.worker_token_budget_percent),
+            queue: QueueLimits {
+                max_per_model: self.queue_max_per_model.unwrap_or(d.queue.max_per_model),
+                timeout: secs(self.queue_timeout_secs, d.queue.timeout),
+            },
+            shutdown_drain: secs(self.shutdown_drain_secs, d.shutdown_drain),
             max_body_bytes: d.max_body_bytes,
             client: ClientLimits {
                 max_connections: self

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! * [`workers`]: the worker port, RA-TLS verification of workers, registration.
-//! * [`registry`]: registered workers, capacity, health, selection.
+//! * [`registry`]: registered workers, capacity (requests and tokens), health, selection.
+//! * [`queue`]: admission to a worker slot, the bounded per-model queue with a deadline.
 //! * [`relay`]: forwarding, retry before the first byte, SSE relay, billing.
 //! * [`api`]: the client port and its routes; [`admin`]: `/stats`, `/jsonstats`, `/metrics`;
 //!   [`health`]: `/healthz` and `/readyz` on both.
@@ -60,6 +61,7 @@ pub mod ledger;
 pub mod limits;
 pub mod listen;
 pub mod payments;
+pub mod queue;
 pub mod registry;
 pub mod relay;
 pub mod response;

@@ -12,6 +12,9 @@
 //! | metadata headers parsed | the account must cover the cheapest reservation ([`crate::admission::admit`]) | 402 before any body byte is read |
 //! | body upload | `client_body_timeout_secs` for the whole body | 408 |
 //! | body upload | bytes buffered across all requests ([`BodyBudget`]) | 503 + `Retry-After` |
+//! | worker slot | `queue_max_per_model` requests waiting per model ([`crate::queue`]) | 429 + `Retry-After` |
+//! | worker slot | `queue_timeout_secs` in that queue | 503 + `Retry-After` |
+//! | shutdown | new requests while draining | 503 |
 //!
 //! Each refusal is counted by [`ClientRefusal::code`] (`/metrics`
 //! `cocoon_proxy_client_refusals_total`, `/jsonstats` `client_refusals`) and logged at most
@@ -64,6 +67,12 @@ pub enum ClientRefusal {
     BodyTimeout,
     /// Buffering the body would exceed `client_body_budget_bytes`.
     BodyBudget,
+    /// No worker had room and the model's queue was full (or off) (429, [`crate::queue`]).
+    QueueFull,
+    /// No worker had room within `queue_timeout_secs` (503, [`crate::queue`]).
+    QueueTimeout,
+    /// The proxy is shutting down (503).
+    ShuttingDown,
 }
 
 impl ClientRefusal {
@@ -79,6 +88,9 @@ impl ClientRefusal {
             Self::InsufficientFunds => "insufficient_funds",
             Self::BodyTimeout => "body_timeout",
             Self::BodyBudget => "body_budget",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 
@@ -94,6 +106,9 @@ impl ClientRefusal {
             Self::InsufficientFunds => "client refused: insufficient_funds",
             Self::BodyTimeout => "client refused: body_timeout",
             Self::BodyBudget => "client refused: body_budget",
+            Self::QueueFull => "client refused: queue_full",
+            Self::QueueTimeout => "client refused: queue_timeout",
+            Self::ShuttingDown => "client refused: shutting_down",
         }
     }
 }

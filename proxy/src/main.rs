@@ -3,6 +3,10 @@
 //! Logs go to stderr (`RUST_LOG` filters, default `info`). Once every listener is bound it
 //! prints `cocoon-proxy: ready (workers <addr>, clients <addr>, admin <addr>)` to stdout.
 //!
+//! On SIGTERM or SIGINT it stops accepting, answers new requests 503, lets streams in
+//! progress finish for `shutdown_drain_secs`, ends the rest with a `service_unavailable`
+//! error event ([`proxy::RunningProxy::shutdown`]) and exits.
+//!
 //! Exit codes: 0 clean shutdown on SIGTERM/SIGINT; 1 other failure; 2 config invalid;
 //! 3 TEE unavailable; 4 ledger, key store or payments setup unusable; 5 the chain contradicts
 //! the ledger (rolled back or cloned proxy; payments on).
@@ -25,9 +29,6 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
 }
-
-/// How long requests in progress may finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -117,6 +118,7 @@ async fn run(args: Args) -> ExitCode {
         _ => (opened.ledger, None),
     };
     let payments_task = payments.as_ref().map(|p| p.start());
+    let drain = loaded.proxy.shutdown_drain;
     let running = match (Proxy {
         config: loaded.proxy,
         resolver: identity.resolver(),
@@ -140,13 +142,16 @@ async fn run(args: Args) -> ExitCode {
     };
     let (stop_renewal, renewal_stopped) = watch::channel(false);
     tokio::spawn(identity.clone().run_renewal(renewal_stopped));
+    // Installed before the readiness line: a SIGTERM sent right after it must be handled
+    // (the default action would kill the process without draining).
+    let signals = Signals::install();
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", running.readiness_line());
         let _ = out.flush();
     }
     let signal = tokio::select! {
-        s = wait_for_signal() => s,
+        s = signals.wait() => s,
         reason = rollback(payments.clone()) => {
             // The chain contradicts the ledger: a rolled-back or cloned proxy must not serve.
             tracing::error!(%reason, "payments: the chain contradicts the ledger; stopping");
@@ -159,13 +164,10 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let _ = stop_renewal.send(true);
-    if let Some(t) = payments_task {
-        t.shutdown().await;
-    }
-    match signal {
+    let code = match signal {
         Ok(name) => {
-            tracing::info!(signal = name, "shutting down");
-            running.shutdown(SHUTDOWN_GRACE).await;
+            tracing::info!(signal = name, drain_secs = drain.as_secs(), "shutting down");
+            running.shutdown(drain).await;
             ExitCode::Clean
         }
         Err(e) => {
@@ -173,7 +175,12 @@ async fn run(args: Args) -> ExitCode {
             running.shutdown(Duration::ZERO).await;
             ExitCode::Other
         }
+    };
+    // After the streams: the charges of streams that finished while draining are settled.
+    if let Some(t) = payments_task {
+        t.shutdown().await;
     }
+    code
 }
 
 /// The payments engine's chain, keys and settings, started from the config.
@@ -228,12 +235,23 @@ async fn rollback(payments: Option<Arc<proxy::payments::Payments>>) -> String {
     }
 }
 
-async fn wait_for_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT handlers, installed at once.
+struct Signals(std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self(
+            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?))),
+        )
+    }
+
+    /// The name of the first signal received.
+    async fn wait(self) -> std::io::Result<&'static str> {
+        let (mut term, mut int) = self.0?;
+        Ok(tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        })
+    }
 }

@@ -1,12 +1,20 @@
 //! The worker registry: attested, registered workers by id, with their HTTP/2 connection,
-//! capacity, in-flight count and health (latency and success EMAs), and worker selection.
+//! capacity, load and health (latency and success EMAs), and worker selection.
 //!
 //! A worker enters the registry after its RA-TLS handshake and registration succeed and leaves
 //! it when its connection closes (including when HTTP/2 keepalive pings go unanswered).
+//!
+//! # Load
+//!
+//! A worker's load is counted twice: requests in flight (at most its registered `capacity`)
+//! and tokens in flight (at most [`WorkerInfo::token_budget`]). A [`Slot`] holds one request
+//! and a number of tokens ([`crate::queue`] computes how many) and gives both back on drop.
+//! A worker is *saturated* when either count leaves no room for the next request; selection
+//! ([`rank`]) prefers the least loaded by the larger of the two fractions.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -36,6 +44,9 @@ pub struct WorkerInfo {
     pub image_hash: String,
     pub models: Vec<ModelAdvert>,
     pub capacity: u32,
+    /// Tokens (prompt + completion reserved) the worker may have in flight at once: see
+    /// [`token_budget`].
+    pub token_budget: u64,
     pub price_coefficient_milli: u32,
     /// The negotiated protocol version.
     pub version: u32,
@@ -51,10 +62,28 @@ struct Health {
     failures: u64,
 }
 
+/// The token budget of a worker with `capacity` slots serving `models`: `percent` of
+/// capacity × the largest advertised `max_context` (at least 1). At 100 a request never
+/// waits for tokens while a slot is free (no request weighs more than one context); lower
+/// values keep a few long requests from filling every slot of a worker.
+pub fn token_budget(capacity: u32, models: &[ModelAdvert], percent: u32) -> u64 {
+    let context = models.iter().map(|m| m.max_context).max().unwrap_or(0);
+    (u64::from(capacity) * u64::from(context) * u64::from(percent) / 100).max(1)
+}
+
+/// Requests and tokens in flight at a worker.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    requests: u32,
+    tokens: u64,
+}
+
 /// A point-in-time view of a worker's health.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthSnapshot {
     pub in_flight: u32,
+    /// Tokens held by the requests in flight.
+    pub tokens_in_flight: u64,
     /// Time to first byte, EMA, milliseconds (`None` before the first response).
     pub latency_ema_ms: Option<f64>,
     /// Success rate EMA in 0..=1.
@@ -68,7 +97,7 @@ pub struct HealthSnapshot {
 pub struct Worker {
     pub info: WorkerInfo,
     sender: WorkerSender,
-    in_flight: AtomicU32,
+    load: Mutex<Load>,
     health: Mutex<Health>,
 }
 
@@ -77,7 +106,7 @@ impl Worker {
         Self {
             info,
             sender,
-            in_flight: AtomicU32::new(0),
+            load: Mutex::new(Load::default()),
             health: Mutex::new(Health {
                 latency_ema_ms: None,
                 success_ema: 1.0,
@@ -102,17 +131,32 @@ impl Worker {
         self.info.models.iter().find(|m| m.name == model)
     }
 
-    /// Takes one of the worker's capacity slots, if one is free.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        let cap = self.info.capacity;
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot {
-                worker: self.clone(),
-            })
+    /// Takes one of the worker's request slots holding `tokens` of its token budget (capped
+    /// at the whole budget, so that any request fits an idle worker), if both are free.
+    pub fn try_acquire(self: &Arc<Self>, tokens: u64) -> Result<Slot, Saturated> {
+        let tokens = tokens.min(self.info.token_budget);
+        let mut load = self.load();
+        if load.requests >= self.info.capacity {
+            return Err(Saturated::Requests);
+        }
+        if load.tokens + tokens > self.info.token_budget {
+            return Err(Saturated::Tokens);
+        }
+        load.requests += 1;
+        load.tokens += tokens;
+        Ok(Slot {
+            worker: self.clone(),
+            tokens,
+        })
+    }
+
+    /// Whether a request slot is free (tokens aside).
+    pub fn has_free_slot(&self) -> bool {
+        self.load().requests < self.info.capacity
+    }
+
+    fn load(&self) -> std::sync::MutexGuard<'_, Load> {
+        self.load.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -142,8 +186,10 @@ impl Worker {
 
     pub fn snapshot(&self) -> HealthSnapshot {
         let h = *self.health();
+        let load = *self.load();
         HealthSnapshot {
-            in_flight: self.in_flight.load(Ordering::Acquire),
+            in_flight: load.requests,
+            tokens_in_flight: load.tokens,
             latency_ema_ms: h.latency_ema_ms,
             success_rate: h.success_ema,
             requests: h.requests,
@@ -152,29 +198,48 @@ impl Worker {
     }
 
     /// Lower is better: latency (unknown counts as 0, so new workers get tried), inflated by
-    /// load and divided by the success rate.
+    /// load (the larger of the request and token fractions) and divided by the success rate.
     fn score(&self) -> f64 {
         let s = self.snapshot();
-        let load = f64::from(s.in_flight) / f64::from(self.info.capacity.max(1));
+        let requests = f64::from(s.in_flight) / f64::from(self.info.capacity.max(1));
+        let tokens = s.tokens_in_flight as f64 / self.info.token_budget.max(1) as f64;
+        let load = requests.max(tokens);
         (s.latency_ema_ms.unwrap_or(0.0) + 1.0) * (1.0 + 2.0 * load) / s.success_rate.max(0.05)
     }
 }
 
-/// One capacity slot of a worker, freed on drop.
+/// Which of a worker's limits refused a [`Worker::try_acquire`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saturated {
+    /// Every request slot is taken.
+    Requests,
+    /// A slot is free but the request's tokens do not fit the remaining token budget.
+    Tokens,
+}
+
+/// One request slot of a worker and the tokens it holds, freed on drop.
 #[derive(Debug)]
 pub struct Slot {
     worker: Arc<Worker>,
+    tokens: u64,
 }
 
 impl Slot {
     pub fn worker(&self) -> &Arc<Worker> {
         &self.worker
     }
+
+    /// Tokens of the worker's budget this slot holds.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let mut load = self.worker.load();
+        load.requests = load.requests.saturating_sub(1);
+        load.tokens = load.tokens.saturating_sub(self.tokens);
     }
 }
 
@@ -296,5 +361,27 @@ mod tests {
             .collect();
         assert_eq!(firsts.into_iter().collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(order(&[2.0, 2.0, 9.0], &[7; 8])[2], 2);
+    }
+
+    fn advert(max_context: u32) -> ModelAdvert {
+        ModelAdvert {
+            name: "m".into(),
+            model_hash: "ab".repeat(32),
+            max_context,
+            max_completion_tokens: 512,
+        }
+    }
+
+    #[test]
+    fn token_budget_is_a_share_of_capacity_times_context() {
+        let models = [advert(2048), advert(8192)];
+        assert_eq!(token_budget(4, &models, 100), 4 * 8192);
+        assert_eq!(token_budget(4, &models, 25), 8192);
+        assert_eq!(
+            token_budget(3, &[advert(10)], 1),
+            1,
+            "rounded down, at least 1"
+        );
+        assert_eq!(token_budget(0, &models, 100), 1);
     }
 }

@@ -1,6 +1,6 @@
-//! The request path: route on metadata, reserve funds, pick a worker, forward the untouched
-//! body, retry once before the first response byte, relay the SSE stream and bill the usage
-//! it ends with.
+//! The request path: route on metadata, reserve funds, get a worker slot (at once or through
+//! the model's queue, [`crate::queue`]), forward the untouched body, retry once before the
+//! first response byte, relay the SSE stream and bill the usage it ends with.
 //!
 //! Before the body is read, [`crate::admission::admit`] checks that the account can pay for the
 //! request; the body is then read into memory (bounded by [`crate::config::MAX_BODY_BYTES`],
@@ -9,6 +9,25 @@
 //! [`protocol::sse::Decoder`] — to find the `cocoon-usage` event — and relayed event by event
 //! as each event completes, with the same name and data; partial events are held back, so an
 //! error event the proxy appends always starts on an event boundary.
+//!
+//! # Time limits
+//!
+//! A worker may be silent for at most `worker_idle_timeout_secs` ([`ProxyConfig::worker_idle_timeout`]):
+//! before its response headers (then the attempt counts as failed and is retried on another
+//! worker) and between any two reads of its stream (then the stream ends with a `timeout`
+//! error event and the worker's stream is reset, which stops its generation). There is no
+//! limit on a stream's total length. While a worker processes a long prompt it sends SSE
+//! comments (`: keepalive`, see `cocoon-worker`'s service), which count as progress; the
+//! relay passes them on as one [`KEEPALIVE`] per read that carries nothing else, so the
+//! client's own idle timer is reset too.
+//!
+//! # Shutdown
+//!
+//! While the proxy drains ([`crate::state::Shutdown`]) streams continue; at the end of
+//! `shutdown_drain_secs` every stream still running ends with a `service_unavailable`
+//! error event, then the end of the body — never a silent cut.
+//!
+//! [`ProxyConfig::worker_idle_timeout`]: crate::config::ProxyConfig::worker_idle_timeout
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +35,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
@@ -25,14 +44,16 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use protocol::meta::H_MAX_PROMPT_TOKENS;
-use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE};
+use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE, KEEPALIVE};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
+use tokio::time::Sleep;
 
 use crate::admission;
-use crate::funds::{affordable, ledger_refusal, reservation_at, Held};
+use crate::funds::{ledger_refusal, reservation_at, Held};
 use crate::ledger::LedgerError;
 use crate::limits::Rejection;
-use crate::registry::{rank, Slot, Worker};
+use crate::queue::{Demand, Grant};
+use crate::registry::Worker;
 use crate::response::ResponseBody;
 use crate::state::State;
 use crate::stats::{ActiveGuard, Stats};
@@ -78,54 +99,43 @@ pub async fn completions(
     }
 }
 
-/// A worker chosen for a request, with its capacity slot and the funds reserved (both freed
-/// on drop).
+/// A worker chosen for a request, with its slot and the funds reserved (both freed on drop).
 struct Pick {
-    slot: Slot,
+    // Declared first: the reservation is released before the slot serves the queue.
     held: Held,
+    grant: Grant,
     /// Completion tokens reserved (the max_tokens sent to the worker).
     completion_budget: u32,
 }
 
 impl Pick {
     fn worker(&self) -> &Arc<Worker> {
-        self.slot.worker()
+        self.grant.worker()
     }
 }
 
-/// Chooses a worker for `meta` (excluding `exclude`) and reserves the request's worst case.
-fn pick(
+/// A worker slot for `demand` (excluding `exclude`; waiting in the queue with `wait`), and
+/// the reservation of the request's worst case at that worker. `upload` (the funds held
+/// while the body was read and the request waited) is released just before.
+async fn pick(
     state: &Arc<State>,
     account: &str,
-    meta: &RequestMeta,
+    demand: &Demand,
     exclude: &[u64],
-) -> Result<Pick, ApiError> {
-    let model = meta.model.as_str();
-    let candidates = state.registry.candidates(model, exclude);
-    let affordable = affordable(&state.config, meta, candidates)?;
-    let mut random = [0u8; 64];
-    if affordable.len() > 1 && getrandom::getrandom(&mut random).is_err() {
-        tracing::warn!("system randomness unavailable; worker tie-break is deterministic");
+    wait: bool,
+    upload: Option<Held>,
+) -> Result<Pick, Rejection> {
+    let grant = admission::acquire(state, demand.clone(), exclude, wait).await?;
+    drop(upload);
+    let (completion_budget, amount) = reservation_at(&state.config, &demand.meta, grant.worker());
+    match state.ledger.reserve(account, amount) {
+        Ok(reservation) => Ok(Pick {
+            completion_budget,
+            grant,
+            held: Held::new(state.clone(), reservation),
+        }),
+        Err(e) => Err(ledger_refusal(e).into()),
     }
-    let total = affordable.len();
-    for w in rank(affordable, &random) {
-        let Some(slot) = w.try_acquire() else {
-            continue;
-        };
-        let (completion_budget, amount) = reservation_at(&state.config, meta, &w);
-        return match state.ledger.reserve(account, amount) {
-            Ok(reservation) => Ok(Pick {
-                completion_budget,
-                slot,
-                held: Held::new(state.clone(), reservation),
-            }),
-            Err(e) => Err(ledger_refusal(e)),
-        };
-    }
-    Err(api(
-        ErrorKind::NoCapacity,
-        format!("all {total} workers serving {model} are at capacity"),
-    ))
 }
 
 /// How one attempt at a worker ended.
@@ -169,7 +179,8 @@ async fn attempt(
     let id = worker.info.id;
     let upstream = |what: String| api(ErrorKind::Upstream, format!("worker {id}: {what}"));
     let mut sender = worker.sender();
-    let sent = tokio::time::timeout(state.config.worker_response_timeout, async move {
+    let idle = state.config.worker_idle_timeout;
+    let sent = tokio::time::timeout(idle, async move {
         sender.ready().await?;
         sender.send_request(req).await
     })
@@ -179,8 +190,8 @@ async fn attempt(
             return Attempt::Retryable(api(
                 ErrorKind::Timeout,
                 format!(
-                    "worker {id}: no response within {:?}",
-                    state.config.worker_response_timeout
+                    "worker {id}: no response within {}s (worker_idle_timeout_secs)",
+                    idle.as_secs_f64()
                 ),
             ))
         }
@@ -193,7 +204,7 @@ async fn attempt(
     }
     // Error bodies are small JSON; read them with a bound and a deadline.
     let read = tokio::time::timeout(
-        state.config.worker_response_timeout,
+        idle,
         Limited::new(resp.into_body(), MAX_WORKER_ERROR_BODY).collect(),
     )
     .await;
@@ -232,6 +243,9 @@ async fn forward(
     active: ActiveGuard,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let meta = RequestMeta::from_headers(req.headers())?;
+    if state.shutdown.is_draining() {
+        return Err(shutting_down(state));
+    }
     if !state.registry.serves(&meta.model) {
         return Err(api(
             ErrorKind::ModelNotFound,
@@ -244,13 +258,21 @@ async fn forward(
     let admission = admission::admit(state, account, &meta)?;
     // `_charge` keeps the body's bytes counted in the body budget while they are in memory.
     let (body, _charge) = admission::read_body(state, req).await?;
-    drop(admission);
+    let demand = Demand::new(&state.config, &meta, body.len());
+    let mut upload = Some(admission);
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last: Option<ApiError> = None;
     for n in 0..2 {
-        let pick = match pick(state, account, &meta, &tried) {
+        // The first attempt may wait in the queue; a retry takes another worker with room
+        // at once or reports the first failure.
+        let pick = match pick(state, account, &demand, &tried, n == 0, upload.take()).await {
             Ok(p) => p,
-            Err(e) => return Err(last.unwrap_or(e).into()),
+            Err(e) => {
+                return Err(match last {
+                    Some(l) => l.into(),
+                    None => e,
+                })
+            }
         };
         if n > 0 {
             state.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +307,22 @@ async fn forward(
         .into())
 }
 
+/// The 503 for a request that arrives while the proxy shuts down.
+fn shutting_down(state: &State) -> Rejection {
+    let message = "the proxy is shutting down; retry on another proxy";
+    crate::limits::count(
+        &state.stats,
+        crate::limits::ClientRefusal::ShuttingDown,
+        None,
+        message,
+    );
+    Rejection {
+        error: api(ErrorKind::Unavailable, message),
+        status: None,
+        retry_after_secs: Some(1),
+    }
+}
+
 fn stream_response(
     state: &Arc<State>,
     pick: Pick,
@@ -301,6 +339,8 @@ fn stream_response(
         held: BytesMut::new(),
         gate: None,
         done: false,
+        idle: Idle::new(state.config.worker_idle_timeout),
+        cut: Some(Box::pin(state.shutdown.when_cut())),
         billing: Some(Billing {
             state: state.clone(),
             pick,
@@ -396,6 +436,57 @@ impl Billing {
 /// A charge being written by the durable ledger.
 type DurableWrite = Pin<Box<dyn Future<Output = Result<(), LedgerError>> + Send>>;
 
+/// The idle limit of a relayed stream: how long the worker may send nothing while the relay
+/// waits for it. The timer is armed lazily and re-armed only when it fires early, so a fast
+/// stream costs one clock read per wait, not a timer update per event.
+struct Idle {
+    limit: Duration,
+    /// Since when the relay has been waiting for the worker (`None`: not waiting).
+    since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            since: None,
+            timer: None,
+        }
+    }
+
+    /// The worker delivered bytes.
+    fn progress(&mut self) {
+        self.since = None;
+    }
+
+    /// The relay waits for the worker: `true` once the worker has been silent for the limit
+    /// (else the timer wakes the task when it could be).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        let deadline = *self.since.get_or_insert(now) + self.limit;
+        if now >= deadline {
+            return true;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // Fired for an earlier wait: the deadline moved on.
+            if Instant::now() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+    }
+}
+
+/// Resolves when the proxy's drain deadline has passed ([`crate::state::Shutdown::when_cut`]).
+type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The relayed event stream (see the module docs). Dropping it (client gone) drops the
 /// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
 pub struct RelayBody {
@@ -408,6 +499,10 @@ pub struct RelayBody {
     /// The durable ledger's write of this request's charge.
     gate: Option<DurableWrite>,
     done: bool,
+    /// The worker's idle limit.
+    idle: Idle,
+    /// The proxy's drain deadline (`None` once it fired).
+    cut: Option<CutSignal>,
     billing: Option<Billing>,
     active: Option<ActiveGuard>,
 }
@@ -431,16 +526,59 @@ impl RelayBody {
         }
     }
 
-    /// Ends the stream with an error event after whatever is queued.
+    /// Ends the stream with an `upstream` error event after whatever is queued.
     fn fail(&mut self, message: String) {
+        self.fail_with(ErrorKind::Upstream, message, false);
+    }
+
+    /// Ends the stream with an error event of `kind` after whatever is queued; `worker_ok`:
+    /// the worker is not to blame (shutdown).
+    fn fail_with(&mut self, kind: ErrorKind, message: String, worker_ok: bool) {
         self.upstream = None;
         self.done = true;
         if let Some(b) = &self.billing {
             b.state.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
         }
-        let error = Event::error(&api(ErrorKind::Upstream, message)).encode();
+        let error = Event::error(&api(kind, message)).encode();
         self.sink().extend_from_slice(&error);
-        self.finish(false);
+        self.finish(worker_ok);
+    }
+
+    /// Ends the stream because the proxy's drain deadline passed.
+    fn cut(&mut self) {
+        self.cut = None;
+        self.fail_with(
+            ErrorKind::Unavailable,
+            "the proxy is shutting down: the stream was ended at the drain deadline \
+             (shutdown_drain_secs)"
+                .into(),
+            true,
+        );
+    }
+
+    /// Ends the stream because the worker was silent for the idle limit.
+    fn idle_timeout(&mut self) {
+        let (worker, limit) = match &self.billing {
+            Some(b) => (b.pick.worker().info.id, self.idle.limit),
+            None => (0, self.idle.limit),
+        };
+        self.warn("worker stream idle", &format!("silent for {limit:?}"));
+        self.fail_with(
+            ErrorKind::Timeout,
+            format!(
+                "worker {worker}: nothing received for {}s (worker_idle_timeout_secs)",
+                limit.as_secs_f64()
+            ),
+            false,
+        );
+    }
+
+    /// Whether the drain deadline has passed (registers the task to be woken when it does).
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.cut.as_mut() {
+            Some(c) => c.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
     }
 
     /// Where the next event goes: held back while a charge is being written.
@@ -501,6 +639,16 @@ impl RelayBody {
                 return self.fail(format!("worker sent a malformed event stream: {e}"));
             }
         };
+        self.idle.progress();
+        if events.is_empty() {
+            // Keepalive comments (the worker processes the prompt): passed on, coalesced
+            // into one per read, only when nothing else goes out with them.
+            if self.decoder.take_comments() > 0 && self.sink().is_empty() {
+                self.sink().extend_from_slice(KEEPALIVE);
+            }
+            return;
+        }
+        self.decoder.take_comments();
         if let Some(b) = self.billing.as_mut() {
             b.on_data();
         }
@@ -567,12 +715,29 @@ impl Body for RelayBody {
             if this.done || this.out.len() >= COALESCE_LIMIT {
                 break;
             }
+            if this.cut.is_some()
+                && this
+                    .billing
+                    .as_ref()
+                    .is_some_and(|b| b.state.shutdown.is_cut())
+            {
+                this.cut();
+                continue;
+            }
             let Some(up) = this.upstream.as_mut() else {
                 this.on_end();
                 continue;
             };
             match Pin::new(up).poll_frame(cx) {
-                Poll::Pending if this.out.is_empty() => return Poll::Pending,
+                Poll::Pending if this.out.is_empty() => {
+                    if this.poll_cut(cx) {
+                        this.cut();
+                    } else if this.idle.expired(cx) {
+                        this.idle_timeout();
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {

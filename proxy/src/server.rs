@@ -18,8 +18,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{ConfigError, ProxyConfig};
 use crate::ledger::Ledger;
 use crate::limits::Limits;
+use crate::queue::Queues;
 use crate::registry::Registry;
-use crate::state::State;
+use crate::state::{Shutdown, State};
 use crate::stats::Stats;
 
 /// Errors starting the proxy.
@@ -104,6 +105,8 @@ impl Proxy {
             identity: self.resolver,
             clock: self.clock,
             payments: self.payments,
+            queues: Queues::default(),
+            shutdown: Shutdown::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -132,6 +135,10 @@ impl Proxy {
         })
     }
 }
+
+/// After the drain deadline: how long the error events that end the remaining streams may
+/// take to reach their clients before the connections are closed.
+pub const CUT_FLUSH: Duration = Duration::from_secs(2);
 
 /// A started proxy. Dropping it stops every listener and connection.
 #[derive(Debug)]
@@ -165,15 +172,34 @@ impl RunningProxy {
         crate::admin::json_stats(&self.state)
     }
 
-    /// Stops accepting connections, lets requests in progress finish for up to `grace`, then
-    /// closes everything.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// Shuts down gracefully: stops accepting connections and requests (new requests get 503,
+    /// queued ones too; open connections get HTTP/2 GOAWAY or lose keep-alive), lets streams
+    /// in progress finish for up to `drain`, then ends each remaining stream with a
+    /// `service_unavailable` error event, waits up to [`CUT_FLUSH`] for those to reach their
+    /// clients, and closes everything.
+    pub async fn shutdown(mut self, drain: Duration) {
+        let state = &self.state;
+        state.shutdown.start_draining();
         let _ = self.shutdown.send(true);
-        let deadline = Instant::now() + grace;
-        while self.state.stats.active_requests.load(Ordering::Relaxed) > 0
-            && Instant::now() < deadline
-        {
+        state.queues.fail_all(&protocol::ApiError::new(
+            protocol::ErrorKind::Unavailable,
+            "the proxy is shutting down; retry on another proxy",
+        ));
+        let active = || state.stats.active_requests.load(Ordering::Relaxed);
+        let deadline = Instant::now() + drain;
+        while active() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if active() > 0 {
+            tracing::info!(
+                streams = active(),
+                "drain deadline passed; ending the remaining streams with an error event"
+            );
+            state.shutdown.cut();
+            let flush = Instant::now() + CUT_FLUSH;
+            while active() > 0 && Instant::now() < flush {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         for t in self.tasks.drain(..) {
             t.abort();

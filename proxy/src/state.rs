@@ -3,6 +3,8 @@
 //! [`crate::server::Proxy::start`]; the port modules ([`crate::workers`], [`crate::api`],
 //! [`crate::admin`]) and the request path ([`crate::relay`]) read it.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ratls::{CertResolver, Clock, PeerVerifier};
@@ -12,8 +14,58 @@ use crate::config::ProxyConfig;
 use crate::ledger::Ledger;
 use crate::limits::Limits;
 use crate::payments::Health;
+use crate::queue::Queues;
 use crate::registry::Registry;
 use crate::stats::Stats;
+
+/// The proxy's shutdown phases: running, draining (no new requests; streams in progress may
+/// finish), cut (every remaining stream ends with an error event).
+#[derive(Debug)]
+pub struct Shutdown {
+    draining: AtomicBool,
+    cut: AtomicBool,
+    cut_tx: watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            cut_tx: watch::channel(false).0,
+        }
+    }
+}
+
+impl Shutdown {
+    /// New requests are refused from now on.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Streams still running must end now.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn cut(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.cut.store(true, Ordering::Release);
+        self.cut_tx.send_replace(true);
+    }
+
+    /// Resolves once the drain deadline has passed (`cut`).
+    pub fn when_cut(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.cut_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|cut| *cut).await;
+        }
+    }
+}
 
 /// What every connection handler shares.
 #[derive(Debug)]
@@ -32,4 +84,8 @@ pub struct State {
     pub clock: Arc<dyn Clock>,
     /// The payments engine's health, with payments on ([`crate::health`]).
     pub payments: Option<watch::Receiver<Health>>,
+    /// Requests waiting for a worker slot, per model.
+    pub queues: Queues,
+    /// Where the proxy is in shutting down.
+    pub shutdown: Shutdown,
 }

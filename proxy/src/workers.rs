@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::registry::{Worker, WorkerInfo, WorkerSender};
+use crate::registry::{token_budget, Worker, WorkerInfo, WorkerSender};
 use crate::relay::WORKER_AUTHORITY;
 use crate::state::State;
 
@@ -203,6 +203,11 @@ async fn serve(
         image_hash,
         models: registration.models.clone(),
         capacity: registration.capacity.min(MAX_WORKER_CAPACITY),
+        token_budget: token_budget(
+            registration.capacity.min(MAX_WORKER_CAPACITY),
+            &registration.models,
+            cfg.worker_token_budget_percent,
+        ),
         price_coefficient_milli: registration.price_coefficient_milli,
         version: registration.version,
         registered_at: unix_now(),
@@ -214,9 +219,13 @@ async fn serve(
         image = %info.image_hash,
         models = ?info.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
         capacity = info.capacity,
+        token_budget = info.token_budget,
         "worker registered"
     );
+    let models: Vec<String> = info.models.iter().map(|m| m.name.clone()).collect();
     state.registry.insert(Arc::new(Worker::new(info, sender)));
+    // Requests waiting for these models may go to the new worker.
+    crate::admission::dispatch_models(state, &models);
     state
         .stats
         .workers_registered
@@ -225,10 +234,13 @@ async fn serve(
         r = conn => r.map_err(|e| e.to_string()),
         refusal = recheck(state, &cert_der) => {
             state.registry.remove(id);
+            crate::admission::dispatch_models(state, &models);
             return Err(refusal);
         }
     };
     state.registry.remove(id);
+    // Requests waiting only for this worker's models learn that nobody serves them.
+    crate::admission::dispatch_models(state, &models);
     match result {
         Ok(()) => tracing::info!(worker = id, "worker disconnected"),
         Err(e) => tracing::info!(worker = id, error = %e, "worker connection lost"),

@@ -37,6 +37,78 @@ async fn binary_serves_and_exits_cleanly_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// SIGTERM during two streams (drain 2 s): the short one completes, the long one ends with a
+/// `service_unavailable` error event at the drain deadline (not a cut), and the process exits
+/// 0 soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_ends_streams_with_an_error_event() {
+    let dir = scratch("drain");
+    let config_path = write_config(
+        &dir,
+        &proxy::config::ConfigFile {
+            shutdown_drain_secs: Some(2),
+            ..config()
+        },
+    );
+    let mut child = spawn(&config_path);
+    let [workers, clients, _admin] = read_ready(&mut child).await;
+    let mut spec = WorkerSpec::new("w");
+    spec.tokens = 1000;
+    spec.interval = Duration::from_millis(10); // long: 10 s; short (50 tokens): 0.5 s
+    let _w = FakeWorker::connect(workers, spec).await;
+    let mut c = client(clients, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json_body(c.get("/v1/models").await).await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "worker never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let long = c.send(chat(MODEL, 1000, None, BODY)).await;
+    let short = c.send(chat(MODEL, 50, None, BODY)).await;
+    assert_eq!(
+        (long.status(), short.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let long = tokio::spawn(events(long.into_body()));
+    let short = tokio::spawn(events(short.into_body()));
+
+    let signalled = Instant::now();
+    terminate(&child);
+    let short = short.await.unwrap();
+    assert!(error_of(&short).is_none());
+    assert_eq!(usage_of(&short).unwrap().completion_tokens, 50);
+    let long = long.await.unwrap();
+    let (at, err) = error_of(&long).expect("an error event, not a cut");
+    let after = at.duration_since(signalled);
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+    assert_eq!(err.kind, protocol::ErrorKind::Unavailable);
+    assert!(usage_of(&long).is_none());
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    assert!(signalled.elapsed() < Duration::from_secs(8));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A SIGTERM right after the readiness line is handled (a clean exit), not the default
+/// action: the handlers are installed before the line is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_ready_exits_cleanly() {
+    let dir = scratch("early-term");
+    let config_path = write_config(&dir, &config());
+    for _ in 0..10 {
+        let mut child = spawn(&config_path);
+        let _ = read_ready(&mut child).await;
+        terminate(&child);
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn exit_codes_config_2_tee_3() {
     let dir = scratch("codes");

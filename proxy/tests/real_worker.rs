@@ -3,43 +3,23 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::real::start_real_worker;
 use common::*;
 use http::StatusCode;
 use protocol::usage::Prices;
-use ratls::SystemClock;
-use worker::dial::{worker_claims, LinkOptions};
 use worker::engine::stub::StubEngine;
-use worker::service::{ServedModel, WorkerInfo};
-use worker::{RunningWorker, Worker};
+use worker::service::ServiceOptions;
+use worker::RunningWorker;
 
 /// Starts the real worker service (stub engine, 24 tokens) dialing `p`.
 fn start_worker(p: &TestProxy) -> RunningWorker {
-    let clock = Arc::new(SystemClock);
-    let identity = identity(
-        worker_regs(),
-        worker_claims(),
-        Duration::from_secs(3600),
-        clock.clone(),
-    );
-    let engine = Arc::new(StubEngine::new("stub", 24, 5000.0));
-    Worker {
-        info: WorkerInfo {
-            name: "real-worker".into(),
-            capacity: 8,
-            price_coefficient_milli: 1000,
-        },
-        models: ServedModel::all_of(engine),
-        proxies: vec![p.running.worker_addr],
-        identity,
-        proxy_policy: proxy_policy(),
-        clock,
-        links: LinkOptions::default(),
-    }
-    .start()
-    .expect("worker starts")
+    start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 24, 5000.0),
+        ServiceOptions::default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,9 @@ async fn streams_relay_and_usage_is_billed_per_client_and_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_paths() {
     let p = start_proxy(|c| {
+        // No queue: a request that finds the worker busy is refused at once (tests/queue.rs
+        // covers the queue).
+        c.queue.max_per_model = 0;
         c.accounts.default_balance_nano = None;
         c.accounts.balances.insert(
             ratls::account::AccountKey::from_seed([9; 32]).account_id(),
@@ -181,6 +184,7 @@ async fn error_paths() {
     assert_eq!(busy.status(), StatusCode::OK);
     let r = rich.send(chat(MODEL, 16, None, BODY)).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(error_kind(&json_body(r).await), "no_capacity");
     let evs = events(busy.into_body()).await;
     assert!(usage_of(&evs).is_some());

@@ -7,6 +7,8 @@
 //! price_coefficient_milli = 1000   # default 1000 (list price)
 //! cert_lifetime_secs = 21600       # RA-TLS certificate lifetime, default 6 h (300..=604800)
 //! status_listen = "127.0.0.1:9104" # optional: /healthz and /readyz (plain HTTP, crate::status)
+//! stream_keepalive_secs = 5        # SSE keepalive comment after this long silent, 0 = off (..=3600)
+//! shutdown_drain_secs = 30         # SIGTERM: streams may finish for this long, then end with an error (..=3600)
 //!
 //! [tee]                            # attestation::config::TeeConfig
 //! kind = "sim"
@@ -78,6 +80,10 @@ pub struct WorkerConfigFile {
     /// `ip:port` of the status port ([`crate::status`]); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_listen: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_keepalive_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_drain_secs: Option<u64>,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
     pub models: Vec<ModelFile>,
@@ -100,6 +106,8 @@ impl WorkerConfigFile {
             price_coefficient_milli: DEFAULT_PRICE_COEFFICIENT_MILLI,
             cert_lifetime_secs: None,
             status_listen: None,
+            stream_keepalive_secs: None,
+            shutdown_drain_secs: None,
             tee,
             policy,
             models,
@@ -109,6 +117,12 @@ impl WorkerConfigFile {
 
 /// Default `price_coefficient_milli` (the list price).
 pub const DEFAULT_PRICE_COEFFICIENT_MILLI: u32 = 1000;
+/// Default `stream_keepalive_secs` ([`crate::service::DEFAULT_STREAM_KEEPALIVE`]).
+pub const DEFAULT_STREAM_KEEPALIVE_SECS: u64 = crate::service::DEFAULT_STREAM_KEEPALIVE.as_secs();
+/// Default `shutdown_drain_secs`.
+pub const DEFAULT_SHUTDOWN_DRAIN_SECS: u64 = 30;
+/// Largest `stream_keepalive_secs` and `shutdown_drain_secs`.
+pub const MAX_WAIT_SECS: u64 = 3600;
 
 fn default_price() -> u32 {
     DEFAULT_PRICE_COEFFICIENT_MILLI
@@ -124,6 +138,11 @@ pub struct WorkerConfig {
     pub cert_lifetime: Duration,
     /// Where `/healthz` and `/readyz` are served ([`crate::status`]), if anywhere.
     pub status_listen: Option<SocketAddr>,
+    /// SSE keepalive interval of streams (`None`: off); see [`crate::service`].
+    pub stream_keepalive: Option<Duration>,
+    /// After SIGTERM/SIGINT: how long streams may finish before each is ended with a
+    /// `service_unavailable` error event.
+    pub shutdown_drain: Duration,
     /// Opened by the caller with [`TeeConfig::open`] and [`WorkerConfig::base_dir`].
     pub tee: TeeConfig,
     /// What proxies must prove.
@@ -349,6 +368,20 @@ impl WorkerConfigFile {
                 )
             })?),
         };
+        for (name, v) in [
+            ("stream_keepalive_secs", self.stream_keepalive_secs),
+            ("shutdown_drain_secs", self.shutdown_drain_secs),
+        ] {
+            if v.is_some_and(|v| v > MAX_WAIT_SECS) {
+                return Err(field(
+                    name,
+                    format!("{} (0..={MAX_WAIT_SECS})", v.unwrap_or(0)),
+                ));
+            }
+        }
+        let keepalive = self
+            .stream_keepalive_secs
+            .unwrap_or(DEFAULT_STREAM_KEEPALIVE_SECS);
         let production = matches!(self.tee, TeeConfig::Tdx { .. });
         if production {
             self.policy.check_production()?;
@@ -384,6 +417,11 @@ impl WorkerConfigFile {
             price_coefficient_milli: self.price_coefficient_milli,
             cert_lifetime: Duration::from_secs(lifetime),
             status_listen,
+            stream_keepalive: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
+            shutdown_drain: Duration::from_secs(
+                self.shutdown_drain_secs
+                    .unwrap_or(DEFAULT_SHUTDOWN_DRAIN_SECS),
+            ),
             tee: self.tee,
             policy,
             models,

@@ -6,7 +6,8 @@
 //! open: `worker::status`); open the TEE; load the models; issue the RA-TLS
 //! certificate; dial every proxy (one reconnecting loop each) and serve them; renew the
 //! certificate before expiry; on SIGTERM or SIGINT send GOAWAY, let streams drain for up to
-//! 30 s, exit.
+//! `shutdown_drain_secs` (default 30), end the rest with a `service_unavailable` error event
+//! ([`worker::RunningWorker::shutdown`]), exit.
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). Once the first proxy registration has
 //! completed, one line goes to stdout:
@@ -28,7 +29,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -39,9 +39,6 @@ use worker::dial;
 use worker::run::build_models;
 use worker::status::Status;
 use worker::{StartError, Worker};
-
-/// How long connections may drain after SIGTERM.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
 /// Serves LLM inference inside a TDX guest to attested cocoon proxies.
 ///
@@ -168,8 +165,12 @@ async fn run(args: Args) -> Result<(), Fatal> {
             error: e.into(),
         }
     })?;
+    let drain = config.shutdown_drain;
+    // Installed before anything is printed or dialed: an early SIGTERM drains, not kills.
+    let signals = Signals::install();
     let mut worker = Worker::from_config(&config, models, Arc::new(identity), clock);
-    worker.links.drain = SHUTDOWN_DRAIN;
+    // Longer than the stream drain, so that the error events ending streams get out.
+    worker.links.drain = drain + worker::run::STREAM_END_FLUSH;
     let running = worker.start().map_err(|e| {
         let code = match e {
             StartError::Service(_) => Exit::Config,
@@ -192,24 +193,34 @@ async fn run(args: Args) -> Result<(), Fatal> {
         }
     });
 
-    wait_for_signal().await.or_exit(Exit::Fatal)?;
+    signals.wait().await.or_exit(Exit::Fatal)?;
     tracing::info!("shutting down");
     ready.abort();
     let _ = stop_status.send(true);
-    if !running
-        .shutdown(SHUTDOWN_DRAIN + Duration::from_secs(5))
-        .await
-    {
+    if !running.shutdown(drain).await {
         tracing::warn!("connections did not drain in time");
     }
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
+/// SIGTERM and SIGINT handlers, installed at once.
+struct Signals(std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self(
+            signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?))),
+        )
     }
-    Ok(())
+
+    /// Resolves at the first signal.
+    async fn wait(self) -> std::io::Result<()> {
+        let (mut term, mut int) = self.0?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    }
 }

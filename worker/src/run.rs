@@ -17,7 +17,11 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::config::{BuildError, WorkerConfig};
 use crate::dial::{self, Link, LinkOptions};
-use crate::service::{ServedModel, Service, ServiceError, WorkerInfo};
+use crate::service::{ServedModel, Service, ServiceError, ServiceOptions, WorkerInfo};
+
+/// After the drain deadline: how long the error events that end the remaining streams may
+/// take to reach the proxies before the connections are closed.
+pub const STREAM_END_FLUSH: Duration = Duration::from_secs(3);
 
 /// Errors starting the worker.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,8 @@ pub struct Worker {
     /// Time for verifying proxies and for the service.
     pub clock: Arc<dyn Clock>,
     pub links: LinkOptions,
+    /// How the service streams (keepalives).
+    pub options: ServiceOptions,
 }
 
 impl Worker {
@@ -66,13 +72,17 @@ impl Worker {
             proxy_policy: config.policy.clone(),
             clock,
             links: LinkOptions::default(),
+            options: ServiceOptions {
+                stream_keepalive: config.stream_keepalive,
+            },
         }
     }
 
     /// Builds the service and starts dialing every proxy, and the certificate renewal, on the
     /// current tokio runtime.
     pub fn start(self) -> Result<RunningWorker, StartError> {
-        let service = Service::new(self.info, self.models, self.clock.clone())?;
+        let service =
+            Service::with_options(self.info, self.models, self.clock.clone(), self.options)?;
         if !self.proxy_policy.pins_config() {
             tracing::info!(
                 "proxies are pinned by image; their runtime configuration is not pinned"
@@ -185,16 +195,30 @@ impl RunningWorker {
         result
     }
 
-    /// Signals shutdown and waits up to `within` for the connections to drain; returns whether
-    /// they did (the rest are aborted when `self` drops).
-    pub async fn shutdown(mut self, within: Duration) -> bool {
+    /// Signals shutdown and waits up to `drain` for the connections to drain; then ends the
+    /// streams still running with a `service_unavailable` error event
+    /// ([`Service::end_streams`]) and waits up to [`STREAM_END_FLUSH`] more. Returns whether
+    /// everything stopped (the rest is aborted when `self` drops). The links' own
+    /// [`LinkOptions::drain`] must be longer than `drain` for the error events to get out.
+    pub async fn shutdown(mut self, drain: Duration) -> bool {
         self.signal_shutdown();
-        match tokio::time::timeout(within, self.stopped()).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
+        let report = |r: Result<(), JoinError>| {
+            if let Err(e) = r {
                 tracing::error!(error = %e, "a worker task failed");
-                true
             }
+            true
+        };
+        if let Ok(r) = tokio::time::timeout(drain, self.stopped()).await {
+            return report(r);
+        }
+        let active = self.service.stats().snapshot().active_generations;
+        tracing::info!(
+            streams = active,
+            "drain deadline passed; ending the remaining streams with an error event"
+        );
+        self.service.end_streams();
+        match tokio::time::timeout(STREAM_END_FLUSH, self.stopped()).await {
+            Ok(r) => report(r),
             Err(_) => false,
         }
     }

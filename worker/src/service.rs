@@ -27,11 +27,23 @@
 //! one after another on one capacity slot, choice `i` for prompt `i`, each within what is left
 //! of the request's prompt-token budget; the usage is their sum.
 //!
-//! # Cancellation
+//! # Keepalive
+//!
+//! While the engine produces nothing (prompt processing of a long prompt takes minutes on a
+//! CPU) the stream carries an SSE comment, [`protocol::sse::KEEPALIVE`], every
+//! [`ServiceOptions::stream_keepalive`] (default [`DEFAULT_STREAM_KEEPALIVE`]) since the
+//! last bytes sent, so that the proxy and the client see a healthy request progress instead
+//! of timing it out. The first keepalive also starts the response (status 200): an error
+//! after it is an `event: cocoon-error` in the stream, not an HTTP status.
+//!
+//! # Cancellation and shutdown
 //!
 //! When the proxy resets the stream (its client went away) hyper drops the response body; the
 //! task feeding it notices at once, drops the engine's future and its channel, and releases
-//! the capacity permit. [`Stats::active_generations`] observes this.
+//! the capacity permit. [`Stats::active_generations`] observes this. [`Service::end_streams`]
+//! (the worker's drain deadline passed) ends every running stream with an
+//! `event: cocoon-error` of kind `service_unavailable` (or, before its first byte, that
+//! error as the HTTP answer), so that nobody sees a silent cut.
 
 mod chunks;
 
@@ -41,19 +53,19 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use protocol::sse::Event;
+use protocol::sse::{Event, KEEPALIVE};
 use protocol::{
     response, ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta, Usage,
 };
 use ratls::Clock;
-use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input};
 use crate::validate::{validate, ValidatedRequest, MAX_BODY_BYTES};
@@ -63,6 +75,23 @@ use chunks::ChunkEncoder;
 pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 /// Chunks buffered between the engine and the response body.
 const CHANNEL_DEPTH: usize = 16;
+/// Default [`ServiceOptions::stream_keepalive`].
+pub const DEFAULT_STREAM_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How the service streams (from the worker config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceOptions {
+    /// A keepalive comment goes out after this long without other bytes (`None`: never).
+    pub stream_keepalive: Option<Duration>,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            stream_keepalive: Some(DEFAULT_STREAM_KEEPALIVE),
+        }
+    }
+}
 
 /// The body of every response.
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
@@ -186,6 +215,9 @@ struct Inner {
     registered: broadcast::Sender<Registered>,
     /// Proxy connections whose hello was answered and that are still open.
     open_registrations: Arc<AtomicU64>,
+    options: ServiceOptions,
+    /// Set by [`Service::end_streams`].
+    end: watch::Sender<bool>,
 }
 
 /// The worker's request handler, shared by all proxy connections (capacity is global).
@@ -195,11 +227,22 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service for `models`; `clock` gives the `created` time of chunks.
+    /// A service for `models` with the default [`ServiceOptions`]; `clock` gives the
+    /// `created` time of chunks.
     pub fn new(
         info: WorkerInfo,
         models: Vec<ServedModel>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServiceError> {
+        Self::with_options(info, models, clock, ServiceOptions::default())
+    }
+
+    /// [`Service::new`] with `options`.
+    pub fn with_options(
+        info: WorkerInfo,
+        models: Vec<ServedModel>,
+        clock: Arc<dyn Clock>,
+        options: ServiceOptions,
     ) -> Result<Self, ServiceError> {
         if models.is_empty() {
             return Err(ServiceError::NoModels);
@@ -231,8 +274,16 @@ impl Service {
                 clock,
                 registered,
                 open_registrations: Arc::new(AtomicU64::new(0)),
+                options,
+                end: watch::channel(false).0,
             }),
         })
+    }
+
+    /// Ends every running stream with a `service_unavailable` error event (the drain
+    /// deadline of a shutdown passed); streams started later end the same way at once.
+    pub fn end_streams(&self) {
+        self.inner.end.send_replace(true);
     }
 
     /// The models served, as registration advertises them.
@@ -406,6 +457,8 @@ impl Service {
             started,
             request_id: meta.request_id.to_string(),
             validated,
+            keepalive: self.inner.options.stream_keepalive,
+            end: self.inner.end.subscribe(),
             _permit: permit,
         };
         tokio::spawn(generation.run(tx));
@@ -534,6 +587,8 @@ enum Outcome {
     Completed(protocol::Usage),
     Cancelled,
     Failed(EngineError),
+    /// [`Service::end_streams`].
+    Ended,
 }
 
 /// One running generation: drives the engine and encodes its output.
@@ -544,8 +599,60 @@ struct Generation {
     started: Instant,
     request_id: String,
     validated: ValidatedRequest,
+    /// See [`ServiceOptions::stream_keepalive`].
+    keepalive: Option<Duration>,
+    /// [`Service::end_streams`] was called.
+    end: watch::Receiver<bool>,
     /// Held until the generation ends.
     _permit: OwnedSemaphorePermit,
+}
+
+/// The keepalive timer of a stream: it fires `interval` after the last bytes sent. Armed
+/// once and moved on only when it fires early, so a fast stream costs one clock read per
+/// chunk, not a timer update.
+struct Keepalive {
+    interval: Duration,
+    last_sent: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Keepalive {
+    /// `None` when `interval` is `None` (keepalives off).
+    fn new(interval: Option<Duration>) -> Option<Self> {
+        let interval = interval?;
+        let now = Instant::now();
+        Some(Self {
+            interval,
+            last_sent: now,
+            timer: Box::pin(tokio::time::sleep_until((now + interval).into())),
+        })
+    }
+
+    fn sent(&mut self) {
+        self.last_sent = Instant::now();
+    }
+
+    /// Resolves when a keepalive is due (never when they are off).
+    async fn due(this: &mut Option<Self>) {
+        let Some(this) = this else {
+            return std::future::pending().await;
+        };
+        this.wait().await;
+    }
+
+    async fn wait(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let deadline = self.last_sent + self.interval;
+            if Instant::now() >= deadline {
+                self.timer
+                    .as_mut()
+                    .reset((Instant::now() + self.interval).into());
+                return;
+            }
+            self.timer.as_mut().reset(deadline.into());
+        }
+    }
 }
 
 impl Generation {
@@ -582,9 +689,21 @@ impl Generation {
         };
         let mut total = Usage::default();
         let mut outcome = Outcome::Completed(total);
+        let mut keepalive = Keepalive::new(self.keepalive);
+        let mut end = self.end;
         for (index, mut req) in std::iter::once(request).chain(batch).enumerate() {
             req.max_prompt_tokens = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
-            let step = drive(&self.engine, req, index, &mut encoder, &out, &mut progress).await;
+            let step = drive(
+                &self.engine,
+                req,
+                index,
+                &mut encoder,
+                &out,
+                &mut progress,
+                &mut keepalive,
+                &mut end,
+            )
+            .await;
             match step {
                 Step::Done(usage, reason) => {
                     total.add(&usage);
@@ -601,6 +720,10 @@ impl Generation {
                 }
                 Step::Failed(e) => {
                     outcome = Outcome::Failed(e);
+                    break;
+                }
+                Step::Ended => {
+                    outcome = Outcome::Ended;
                     break;
                 }
             }
@@ -641,6 +764,20 @@ impl Generation {
                 Stats::bump(&self.stats.cancelled);
                 tracing::info!(request_id = %rid, model = %model, duration_ms, "completion cancelled by the proxy");
             }
+            Outcome::Ended => {
+                Stats::bump(&self.stats.failed);
+                tracing::info!(request_id = %rid, model = %model, duration_ms, "completion ended by shutdown");
+                let api = ApiError::new(
+                    ErrorKind::Unavailable,
+                    "the worker is shutting down: the stream was ended at its drain deadline",
+                );
+                let msg = if sent_any {
+                    Out::Data(Bytes::from(Event::error(&api).encode()))
+                } else {
+                    Out::Fail(api)
+                };
+                let _ = out.send(msg).await;
+            }
             Outcome::Failed(e) => {
                 Stats::bump(&self.stats.failed);
                 let api = engine_error(&e, endpoint);
@@ -668,6 +805,8 @@ enum Step {
     Done(Usage, FinishReason),
     Cancelled,
     Failed(EngineError),
+    /// [`Service::end_streams`].
+    Ended,
 }
 
 /// Runs `req` on `engine` as choice `index`, sending its encoded chunks to `out`. The
@@ -679,6 +818,8 @@ async fn drive(
     encoder: &mut ChunkEncoder,
     out: &mpsc::Sender<Out>,
     progress: &mut Progress,
+    keepalive: &mut Option<Keepalive>,
+    end: &mut watch::Receiver<bool>,
 ) -> Step {
     let chat = matches!(req.input, Input::Chat(_));
     let (etx, mut erx) = mpsc::channel(CHANNEL_DEPTH);
@@ -689,11 +830,19 @@ async fn drive(
         let item = tokio::select! {
             biased;
             _ = out.closed() => return Step::Cancelled,
+            true = ended(end) => return Step::Ended,
             r = &mut generate, if engine_result.is_none() => {
                 engine_result = Some(r);
                 continue;
             }
             item = erx.recv() => item,
+            () = Keepalive::due(keepalive) => {
+                if out.send(Out::Data(Bytes::from_static(KEEPALIVE))).await.is_err() {
+                    return Step::Cancelled;
+                }
+                progress.sent_any = true;
+                continue;
+            }
         };
         let started = progress.started;
         let mut first_token = || {
@@ -746,8 +895,16 @@ async fn drive(
         if out.send(Out::Data(bytes)).await.is_err() {
             return Step::Cancelled;
         }
+        if let Some(k) = keepalive.as_mut() {
+            k.sent();
+        }
         progress.sent_any = true;
     }
+}
+
+/// Resolves `true` once [`Service::end_streams`] was called (`false` if the service is gone).
+async fn ended(end: &mut watch::Receiver<bool>) -> bool {
+    end.wait_for(|e| *e).await.is_ok()
 }
 
 /// The error a caller sees for an engine failure.

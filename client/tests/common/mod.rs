@@ -16,6 +16,7 @@ use bytes::Bytes;
 use client::config::ClientConfig;
 use client::serve::{self, ServeOptions};
 use client::Client;
+use futures::StreamExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -106,25 +107,45 @@ fn text_chunk(text: &str, finish: Option<&str>) -> Event {
     )
 }
 
-fn sse(events: &[Event]) -> Response<Full<Bytes>> {
+/// The fake proxy's response bodies.
+type ProxyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).boxed()
+}
+
+fn sse(events: &[Event]) -> Response<ProxyBody> {
     let body: Vec<u8> = events.iter().flat_map(Event::encode).collect();
     Response::builder()
         .status(200)
         .header("content-type", "text/event-stream")
-        .body(Full::new(Bytes::from(body)))
+        .body(full(body))
         .expect("response")
 }
 
-fn error(e: &ApiError) -> Response<Full<Bytes>> {
+fn error(e: &ApiError) -> Response<ProxyBody> {
     Response::builder()
         .status(e.status())
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(e.to_json())))
+        .body(full(e.to_json()))
+        .expect("response")
+}
+
+/// A stream that sends `first` and then nothing, without ending.
+fn endless(first: Event) -> Response<ProxyBody> {
+    let first = futures::stream::once(async move {
+        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(first.encode())))
+    });
+    let body = http_body_util::StreamBody::new(first.chain(futures::stream::pending()));
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(body))
         .expect("response")
 }
 
 /// The canned answer for a request.
-fn answer(path: &str, model: &str, control: &Control) -> Response<Full<Bytes>> {
+fn answer(path: &str, model: &str, control: &Control) -> Response<ProxyBody> {
     if path == "/v1/models" {
         let data: Vec<_> = if control.no_models.load(Ordering::SeqCst) {
             Vec::new()
@@ -132,11 +153,11 @@ fn answer(path: &str, model: &str, control: &Control) -> Response<Full<Bytes>> {
             FAKE_MODELS.iter().map(|id| model_object(id)).collect()
         };
         let body = json!({"object": "list", "data": data});
-        return Response::new(Full::new(Bytes::from(body.to_string())));
+        return Response::new(full(body.to_string()));
     }
     if let Some(raw) = path.strip_prefix("/v1/models/") {
         return match FAKE_MODELS.iter().find(|id| **id == raw) {
-            Some(id) => Response::new(Full::new(Bytes::from(model_object(id).to_string()))),
+            Some(id) => Response::new(full(model_object(id).to_string())),
             None => error(
                 &ApiError::new(ErrorKind::ModelNotFound, format!("no model at {raw:?}"))
                     .with_param("model"),
@@ -169,6 +190,7 @@ fn answer(path: &str, model: &str, control: &Control) -> Response<Full<Bytes>> {
             "worker connection lost",
         ))]),
         (_, "truncated") => sse(&[chat_chunk(json!({"content": "Hel"}), None)]),
+        (_, "endless") => endless(chat_chunk(json!({"content": "Hel"}), None)),
         (_, "busy") => error(&ApiError::new(ErrorKind::NoCapacity, "all workers busy")),
         (_, "unknownfield") => error(
             &ApiError::new(ErrorKind::InvalidRequest, "unknown field `foo`").with_param("foo"),
@@ -289,6 +311,24 @@ pub async fn spawn_local_with(config: ClientConfig, opts: ServeOptions) -> Socke
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(serve::run(listener, client, opts, std::future::pending()));
     addr
+}
+
+/// Starts the local endpoint for `config` with `opts`, stopped when `stop` fires; returns its
+/// address and the server task (which ends once `run` returns).
+pub async fn spawn_local_stoppable(
+    config: ClientConfig,
+    opts: ServeOptions,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let client = Arc::new(Client::new(config).expect("client"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(serve::run(listener, client, opts, async move {
+        let _ = stop.await;
+    }));
+    (addr, task)
 }
 
 /// A raw HTTP/1.1 exchange: writes the whole request, then reads the whole response (the way

@@ -51,16 +51,22 @@ fn sample_loads_with_defaults() {
         (
             local.worker_keepalive_interval,
             local.worker_keepalive_timeout,
-            local.worker_response_timeout,
+            local.worker_idle_timeout,
             local.handshake_timeout,
-            &local.client
+            &local.client,
+            local.worker_token_budget_percent,
+            &local.queue,
+            local.shutdown_drain,
         ),
         (
             c.proxy.worker_keepalive_interval,
             c.proxy.worker_keepalive_timeout,
-            c.proxy.worker_response_timeout,
+            c.proxy.worker_idle_timeout,
             c.proxy.handshake_timeout,
-            &c.proxy.client
+            &c.proxy.client,
+            c.proxy.worker_token_budget_percent,
+            &c.proxy.queue,
+            c.proxy.shutdown_drain,
         )
     );
     assert!(matches!(c.tee, TeeConfig::Tdx { .. }));
@@ -109,6 +115,41 @@ fn errors_name_the_field() {
     );
     assert!(limit("client_body_budget_bytes = 1024")
         .contains("client_body_budget_bytes: 1024 is below"));
+    assert!(limit("worker_token_budget_percent = 0")
+        .contains("worker_token_budget_percent: 0 outside 1..=100"));
+    assert!(limit("worker_token_budget_percent = 101")
+        .contains("worker_token_budget_percent: 101 outside 1..=100"));
+    assert!(limit("queue_timeout_secs = 0").contains("queue_timeout_secs: must be positive"));
+    assert!(
+        limit("queue_timeout_secs = 3601").contains("queue_timeout_secs: 3601s is more than 3600s")
+    );
+    assert!(limit("worker_idle_timeout_secs = 0").contains("worker_idle_timeout_secs"));
+    assert!(limit("queue_max_per_model = 100001").contains("queue_max_per_model: 100001 is more"));
+    assert!(limit("worker_response_timeout_secs = 5").contains("worker_response_timeout_secs"));
+    let set = |lines: &str| {
+        ConfigFile::parse(
+            &sample().replace(
+                "max_prompt_tokens = 4096",
+                &format!("max_prompt_tokens = 4096\n{lines}"),
+            ),
+            Path::new("p.toml"),
+        )
+        .unwrap()
+        .into_loaded(Path::new("."))
+        .unwrap()
+        .proxy
+    };
+    let p = set("queue_max_per_model = 0\nqueue_timeout_secs = 5\nshutdown_drain_secs = 0\nworker_token_budget_percent = 25\nworker_idle_timeout_secs = 7");
+    assert_eq!(
+        p.queue,
+        QueueLimits {
+            max_per_model: 0,
+            timeout: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(p.shutdown_drain, Duration::ZERO);
+    assert_eq!(p.worker_token_budget_percent, 25);
+    assert_eq!(p.worker_idle_timeout, Duration::from_secs(7));
 }
 
 /// The file type is the schema both ways: serializing and parsing again gives the same
@@ -150,7 +191,7 @@ fn documented_defaults_match_the_constants() {
         let v = table.get(key).and_then(|v| v.as_integer());
         u64::try_from(v.unwrap_or_else(|| panic!("{key} is not documented"))).unwrap()
     };
-    let expected: [(&str, u64); 14] = [
+    let expected: [(&str, u64); 18] = [
         (
             "worker_keepalive_interval_ms",
             DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
@@ -159,10 +200,14 @@ fn documented_defaults_match_the_constants() {
             "worker_keepalive_timeout_ms",
             DEFAULT_WORKER_KEEPALIVE_TIMEOUT_MS,
         ),
+        ("worker_idle_timeout_secs", DEFAULT_WORKER_IDLE_TIMEOUT_SECS),
         (
-            "worker_response_timeout_secs",
-            DEFAULT_WORKER_RESPONSE_TIMEOUT_SECS,
+            "worker_token_budget_percent",
+            DEFAULT_WORKER_TOKEN_BUDGET_PERCENT.into(),
         ),
+        ("queue_max_per_model", DEFAULT_QUEUE_MAX_PER_MODEL.into()),
+        ("queue_timeout_secs", DEFAULT_QUEUE_TIMEOUT_SECS),
+        ("shutdown_drain_secs", DEFAULT_SHUTDOWN_DRAIN_SECS),
         ("handshake_timeout_secs", DEFAULT_HANDSHAKE_TIMEOUT_SECS),
         (
             "client_max_connections",

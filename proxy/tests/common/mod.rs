@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod real;
 pub mod slow;
 
 pub use test_support::*;
@@ -125,6 +126,9 @@ pub enum Behavior {
     DieAfter(u32),
     /// Stop all I/O (without closing) after this many tokens.
     FreezeAfter(u32),
+    /// Send nothing more on this stream after this many tokens (the connection stays
+    /// healthy) until the proxy resets it.
+    StallAfter(u32),
 }
 
 #[derive(Clone, Debug)]
@@ -379,6 +383,13 @@ async fn handle(
                     frozen.store(true, Ordering::SeqCst);
                     return;
                 }
+                Behavior::StallAfter(k) if i == k => {
+                    *obs.failed_at.lock().unwrap() = Some(Instant::now());
+                    tx.closed().await;
+                    obs.cancelled.fetch_add(1, Ordering::SeqCst);
+                    *obs.cancelled_at.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
                 _ => {}
             }
             if let Some(t) = tick.as_mut() {
@@ -570,6 +581,11 @@ pub async fn events(body: Incoming) -> Vec<(Instant, Event)> {
         }
     }
     out
+}
+
+/// Reads a whole body as bytes.
+pub async fn raw_body(body: Incoming) -> Bytes {
+    body.collect().await.expect("body").to_bytes()
 }
 
 pub async fn json_body(resp: Response<Incoming>) -> serde_json::Value {

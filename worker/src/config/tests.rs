@@ -68,6 +68,8 @@ fn full_config_parses_and_resolves_paths() {
     assert_eq!(c.price_coefficient_milli, 1000);
     assert_eq!(c.cert_lifetime, ratls::cert::DEFAULT_LIFETIME);
     assert_eq!(c.status_listen, None);
+    assert_eq!(c.stream_keepalive, Some(Duration::from_secs(5)));
+    assert_eq!(c.shutdown_drain, Duration::from_secs(30));
     assert_eq!(c.base_dir, Path::new("/etc/w"));
     assert!(matches!(c.tee, TeeConfig::Sim { .. }));
     assert_eq!(c.models.len(), 3);
@@ -102,6 +104,20 @@ fn status_listen_is_an_address() {
 }
 
 #[test]
+fn keepalive_and_drain_are_configurable() {
+    let c = parse(&base_toml().replace(
+        "capacity = 8",
+        "capacity = 8\nstream_keepalive_secs = 0\nshutdown_drain_secs = 2",
+    ))
+    .unwrap();
+    assert_eq!(c.stream_keepalive, None, "0 turns keepalives off");
+    assert_eq!(c.shutdown_drain, Duration::from_secs(2));
+    let c = parse(&base_toml().replace("capacity = 8", "capacity = 8\nstream_keepalive_secs = 9"))
+        .unwrap();
+    assert_eq!(c.stream_keepalive, Some(Duration::from_secs(9)));
+}
+
+#[test]
 fn unknown_fields_are_refused_with_their_name() {
     let e = err(&base_toml().replace("capacity = 8", "capacity = 8\nsurprise = 1"));
     assert!(e.contains("surprise"), "{e}");
@@ -124,6 +140,16 @@ fn field_errors_name_the_field() {
             "capacity = 8",
             "capacity = 8\ncert_lifetime_secs = 10",
             "cert_lifetime_secs",
+        ),
+        (
+            "capacity = 8",
+            "capacity = 8\nstream_keepalive_secs = 3601",
+            "stream_keepalive_secs",
+        ),
+        (
+            "capacity = 8",
+            "capacity = 8\nshutdown_drain_secs = 3601",
+            "shutdown_drain_secs",
         ),
         ("name = \"worker-1\"", "name = \"a b\"", "name"),
         (
@@ -174,6 +200,8 @@ fn field_errors_name_the_field() {
         let e = err(&text);
         assert!(e.starts_with(&format!("{name}: ")), "{name}: {e}");
     }
+    let e = err(&base_toml().replace("capacity = 8", "capacity = 8\nstream_keepalive_secs = 3601"));
+    assert_eq!(e, "stream_keepalive_secs: 3601 (0..=3600)");
     let e = err(&base_toml().replace(&"CD".repeat(32), "xyz"));
     assert!(e.starts_with("models[1].model_hash: "), "{e}");
     let e = err(&base_toml().replace(&image(), "zz"));

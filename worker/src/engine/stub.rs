@@ -20,12 +20,14 @@ use super::{
     ToolChoice, TopLogprob,
 };
 
-/// Emits `tokens` tokens ("tok0 ", "tok1 ", …) with `interval` between them.
+/// Emits `tokens` tokens ("tok0 ", "tok1 ", …) with `interval` between them, after
+/// `prefill_delay` (a stand-in for prompt processing; zero by default).
 #[derive(Clone, Debug)]
 pub struct StubEngine {
     pub model: String,
     pub tokens: u32,
     pub interval: Duration,
+    pub prefill_delay: Duration,
 }
 
 impl StubEngine {
@@ -39,7 +41,14 @@ impl StubEngine {
             model: model.into(),
             tokens,
             interval,
+            prefill_delay: Duration::ZERO,
         }
+    }
+
+    /// The same engine, waiting `delay` before the first token.
+    pub fn with_prefill_delay(mut self, delay: Duration) -> Self {
+        self.prefill_delay = delay;
+        self
     }
 }
 
@@ -134,6 +143,10 @@ impl Engine for StubEngine {
             return Ok(());
         }
         let n = self.tokens.min(req.sampling.max_tokens);
+        if !self.prefill_delay.is_zero() {
+            // Dropped with the future when the request is cancelled.
+            tokio::time::sleep(self.prefill_delay).await;
+        }
         let mut ticker = (!self.interval.is_zero()).then(|| tokio::time::interval(self.interval));
         for i in 0..n {
             if let Some(t) = ticker.as_mut() {
@@ -350,6 +363,18 @@ mod tests {
             panic!("{:?}", chunks[0])
         };
         assert!(logprobs[0].top.is_empty());
+    }
+
+    #[tokio::test]
+    async fn prefill_delay_comes_before_the_first_token() {
+        let delay = Duration::from_millis(300);
+        let e = StubEngine::new("stub", 2, 0.0).with_prefill_delay(delay);
+        let (tx, mut rx) = mpsc::channel(16);
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(async move { e.generate(req(2), tx).await });
+        assert!(matches!(rx.recv().await, Some(Ok(Chunk::Text(_)))));
+        assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use worker::dial::{self, Backoff, Link, LinkOptions};
 use worker::engine::stub::StubEngine;
-use worker::service::{ServedModel, Service, WorkerInfo};
+use worker::service::{ServedModel, Service, ServiceOptions, WorkerInfo};
 use worker::{RunningWorker, Worker};
 
 pub const MODEL: &str = "stub-model";
@@ -44,6 +44,10 @@ pub struct Options {
     pub capacity: u32,
     /// Proxy images the worker trusts (default: the test proxy's).
     pub worker_trusts: Policy,
+    /// The stub engine's delay before its first token.
+    pub prefill_delay: Duration,
+    /// The service's options (keepalives).
+    pub service: ServiceOptions,
 }
 
 impl Default for Options {
@@ -53,6 +57,8 @@ impl Default for Options {
             tokens_per_second: 0.0,
             capacity: 4,
             worker_trusts: policy_for(&proxy_regs()),
+            prefill_delay: Duration::ZERO,
+            service: ServiceOptions::default(),
         }
     }
 }
@@ -142,7 +148,10 @@ pub struct Harness {
 impl Harness {
     pub async fn start(opts: Options) -> Self {
         let clock = clock();
-        let engine = Arc::new(StubEngine::new(MODEL, opts.tokens, opts.tokens_per_second));
+        let engine = Arc::new(
+            StubEngine::new(MODEL, opts.tokens, opts.tokens_per_second)
+                .with_prefill_delay(opts.prefill_delay),
+        );
         let proxy = TestProxy::start(NOW, clock.clone()).await;
         let (addr, conns) = (proxy.addr, proxy.conns);
 
@@ -173,6 +182,7 @@ impl Harness {
                 drain: Duration::from_secs(5),
                 ..LinkOptions::default()
             },
+            options: opts.service,
         }
         .start()
         .expect("worker starts");

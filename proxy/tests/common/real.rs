@@ -1,0 +1,45 @@
+//! The real worker service (`cocoon-worker` with the stub engine) as a test worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratls::SystemClock;
+use worker::dial::{worker_claims, LinkOptions};
+use worker::engine::stub::StubEngine;
+use worker::service::{ServedModel, ServiceOptions, WorkerInfo};
+use worker::{RunningWorker, Worker};
+
+use super::{identity, proxy_policy, worker_regs};
+
+/// Starts the real worker service serving `engine` (capacity 8) dialing the proxy's worker
+/// port `proxy`, with `options`.
+pub fn start_real_worker(
+    proxy: SocketAddr,
+    engine: StubEngine,
+    options: ServiceOptions,
+) -> RunningWorker {
+    let clock = Arc::new(SystemClock);
+    let identity = identity(
+        worker_regs(),
+        worker_claims(),
+        Duration::from_secs(3600),
+        clock.clone(),
+    );
+    Worker {
+        info: WorkerInfo {
+            name: "real-worker".into(),
+            capacity: 8,
+            price_coefficient_milli: 1000,
+        },
+        models: ServedModel::all_of(Arc::new(engine)),
+        proxies: vec![proxy],
+        identity,
+        proxy_policy: proxy_policy(),
+        clock,
+        links: LinkOptions::default(),
+        options,
+    }
+    .start()
+    .expect("worker starts")
+}

@@ -1,0 +1,146 @@
+//! Time limits that account for prompt processing: the proxy's worker idle timeout counts any
+//! byte from the worker as progress (SSE keepalive comments included) and passes keepalives
+//! on to the client; a silent worker is timed out before or after its first byte.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::real::start_real_worker;
+use common::*;
+use http::StatusCode;
+use protocol::sse::{Decoder, KEEPALIVE};
+use protocol::ErrorKind;
+use worker::engine::stub::StubEngine;
+use worker::service::ServiceOptions;
+
+const BODY_STUB: &[u8] =
+    br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
+
+fn idle_1s(c: &mut proxy::ProxyConfig) {
+    c.worker_idle_timeout = Duration::from_secs(1);
+}
+
+/// A prompt that takes 2.5 s to process, with keepalives every 300 ms: the proxy (idle
+/// timeout 1 s) keeps the request, relays keepalives to the client, and the stream completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_keep_a_long_prefill_alive() {
+    let p = start_proxy(idle_1s).await;
+    let engine = StubEngine::new("stub", 8, 1000.0).with_prefill_delay(Duration::from_millis(2500));
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        engine,
+        ServiceOptions {
+            stream_keepalive: Some(Duration::from_millis(300)),
+        },
+    );
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let started = Instant::now();
+    let resp = c.send(chat("stub", 16, None, BODY_STUB)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "headers with the first keepalive"
+    );
+    let bytes = raw_body(resp.into_body()).await;
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    let keepalives = bytes
+        .windows(KEEPALIVE.len())
+        .filter(|w| *w == KEEPALIVE)
+        .count();
+    // ~8 sent by the worker; coalesced per read, at least a few reach the client.
+    assert!((2..=9).contains(&keepalives), "{keepalives} keepalives");
+    assert!(bytes.starts_with(KEEPALIVE));
+    let evs = Decoder::default().feed(&bytes).unwrap();
+    assert!(evs
+        .iter()
+        .all(|e| e.name.as_deref() != Some("cocoon-error")));
+    assert!(evs.last().unwrap().is_done());
+    let usage = evs
+        .iter()
+        .find(|e| e.name.as_deref() == Some("cocoon-usage"))
+        .map(|e| serde_json::from_str::<protocol::Usage>(&e.data).unwrap())
+        .unwrap();
+    assert_eq!(usage.completion_tokens, 8);
+    let s = p.stats();
+    assert_eq!(s["requests"]["stream_errors"], 0);
+    assert_eq!(s["clients"][&c.account]["completion_tokens"], 8);
+    let _ = worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The same prompt from a worker that sends nothing while it works: after 1 s the proxy
+/// answers 504 timeout and resets the worker's stream, which stops the generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_prefill_is_timed_out() {
+    let p = start_proxy(idle_1s).await;
+    let engine = StubEngine::new("stub", 8, 1000.0).with_prefill_delay(Duration::from_secs(5));
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        engine,
+        ServiceOptions {
+            stream_keepalive: None,
+        },
+    );
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let started = Instant::now();
+    let resp = c.send(chat("stub", 16, None, BODY_STUB)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body = json_body(resp).await;
+    assert_eq!(error_kind(&body), "timeout");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("worker_idle_timeout_secs"), "{message}");
+    let stats = worker.service().stats();
+    wait_until(
+        "the worker stopped generating",
+        Duration::from_secs(2),
+        || stats.snapshot().active_generations == 0,
+    )
+    .await;
+    assert_eq!(stats.snapshot().cancelled, 1);
+    assert_eq!(p.stats()["workers"][0]["in_flight"], 0);
+    let _ = worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A worker that stops sending mid-stream (its connection healthy): the stream ends with a
+/// timeout error event after the idle limit, and the worker's stream is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_silent_after_its_first_tokens_is_timed_out() {
+    let p = start_proxy(idle_1s).await;
+    let mut spec = WorkerSpec::new("stall");
+    spec.behavior = Behavior::StallAfter(3);
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(chat(MODEL, 16, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let evs = events(resp.into_body()).await;
+    let stalled = w.obs.failed_at.lock().unwrap().expect("stalled");
+    assert_eq!(evs.iter().filter(|(_, e)| e.name.is_none()).count(), 3);
+    let (at, err) = error_of(&evs).expect("error event");
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(
+        err.message.contains("worker_idle_timeout_secs"),
+        "{}",
+        err.message
+    );
+    let silent = at.duration_since(stalled);
+    assert!(
+        silent >= Duration::from_millis(900) && silent < Duration::from_secs(3),
+        "{silent:?}"
+    );
+    wait_until("the worker's stream reset", Duration::from_secs(2), || {
+        w.obs.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let s = p.stats();
+    assert_eq!(s["requests"]["stream_errors"], 1);
+    assert_eq!(s["workers"][0]["in_flight"], 0);
+}
