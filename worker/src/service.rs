@@ -686,24 +686,14 @@ impl Generation {
             started: self.started,
             sent_any: false,
             first_token_ms: None,
+            keepalive: Keepalive::new(self.keepalive),
+            end: self.end,
         };
         let mut total = Usage::default();
         let mut outcome = Outcome::Completed(total);
-        let mut keepalive = Keepalive::new(self.keepalive);
-        let mut end = self.end;
         for (index, mut req) in std::iter::once(request).chain(batch).enumerate() {
             req.max_prompt_tokens = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
-            let step = drive(
-                &self.engine,
-                req,
-                index,
-                &mut encoder,
-                &out,
-                &mut progress,
-                &mut keepalive,
-                &mut end,
-            )
-            .await;
+            let step = drive(&self.engine, req, index, &mut encoder, &out, &mut progress).await;
             match step {
                 Step::Done(usage, reason) => {
                     total.add(&usage);
@@ -798,6 +788,10 @@ struct Progress {
     started: Instant,
     sent_any: bool,
     first_token_ms: Option<u128>,
+    /// The stream's keepalive timer.
+    keepalive: Option<Keepalive>,
+    /// [`Service::end_streams`] was called.
+    end: watch::Receiver<bool>,
 }
 
 /// How one engine run (one choice) ended.
@@ -818,8 +812,6 @@ async fn drive(
     encoder: &mut ChunkEncoder,
     out: &mpsc::Sender<Out>,
     progress: &mut Progress,
-    keepalive: &mut Option<Keepalive>,
-    end: &mut watch::Receiver<bool>,
 ) -> Step {
     let chat = matches!(req.input, Input::Chat(_));
     let (etx, mut erx) = mpsc::channel(CHANNEL_DEPTH);
@@ -830,13 +822,13 @@ async fn drive(
         let item = tokio::select! {
             biased;
             _ = out.closed() => return Step::Cancelled,
-            true = ended(end) => return Step::Ended,
+            true = ended(&mut progress.end) => return Step::Ended,
             r = &mut generate, if engine_result.is_none() => {
                 engine_result = Some(r);
                 continue;
             }
             item = erx.recv() => item,
-            () = Keepalive::due(keepalive) => {
+            () = Keepalive::due(&mut progress.keepalive) => {
                 if out.send(Out::Data(Bytes::from_static(KEEPALIVE))).await.is_err() {
                     return Step::Cancelled;
                 }
@@ -895,7 +887,7 @@ async fn drive(
         if out.send(Out::Data(bytes)).await.is_err() {
             return Step::Cancelled;
         }
-        if let Some(k) = keepalive.as_mut() {
+        if let Some(k) = progress.keepalive.as_mut() {
             k.sent();
         }
         progress.sent_any = true;
