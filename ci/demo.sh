@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 T=../shared/testdata/tdx
 [ -d "$T" ] || { echo "demo: $T not found (the shared test data sits beside the repository)"; exit 2; }
 
-cargo build -q --release -p cocoon-measurements --bin cocoon-measure
-cargo build -q --release -p cocoon-ratls --example attested_loopback
+# COCOON_PREBUILT=1: ci/test.sh built both already (with the workspace's feature set).
+if [ "${COCOON_PREBUILT:-0}" != 1 ]; then
+  cargo build -q --release -p cocoon-measurements --bin cocoon-measure
+  cargo build -q --release -p cocoon-ratls --example attested_loopback
+fi
 M=target/x86_64-unknown-linux-gnu/release/cocoon-measure
 
 verify() { # name quote collateral at [flags...]

@@ -5,14 +5,17 @@
 #   COCOON_LOCAL_ONCE=1   stop after the answer (CI uses this)
 #   COCOON_PORT=8080      port of the local OpenAI endpoint
 #   COCOON_PROMPT="..."   the prompt to ask
+#   COCOON_PREBUILT=1     use the binaries already in target/ (ci/test.sh builds them once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${COCOON_PORT:-8080}
 PROMPT=${COCOON_PROMPT:-"In one sentence, what is a trusted execution environment?"}
 DIR=${COCOON_LOCAL_DIR:-$HOME/.cache/cocoon/local}
 
-echo "== building (release; the first build compiles mistral.rs, ~15 min on 2 cores) =="
-cargo build --release --locked -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
+if [ "${COCOON_PREBUILT:-0}" != 1 ]; then
+  echo "== building (release; the first build compiles mistral.rs, ~15 min on 2 cores) =="
+  cargo build --release --locked -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
+fi
 
 rm -f "$DIR/urls.json"
 target/x86_64-unknown-linux-gnu/release/cocoon-host launch --local --dir "$DIR" --port "$PORT" &

@@ -8,8 +8,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s ==\n' "$*"; }
+T0=$SECONDS
+step() { printf '\n== [%dm%02ds] %s ==\n' $(((SECONDS - T0) / 60)) $(((SECONDS - T0) % 60)) "$*"; }
+trap 'printf "\n== ci/test.sh: %dm%02ds in all ==\n" $(((SECONDS - T0) / 60)) $(((SECONDS - T0) % 60))' EXIT
 MODEL="$HOME/.cache/cocoon/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# A fresh clone has no target/: use a cache directory outside the clone (same machine, later
+# runs) when one can be made. A cache, never a requirement: without it, everything builds cold.
+CACHE_DIR=${COCOON_CI_CACHE:-$HOME/.cache/cocoon/ci-target}
+if [ ! -e target ] && [ "${COCOON_CI_CACHE:-}" != none ] && mkdir -p "$CACHE_DIR/target" "$CACHE_DIR/fuzz-target" 2>/dev/null; then
+  # Bounded: a cache past 60 GiB starts over.
+  if [ "$(du -sk "$CACHE_DIR" 2>/dev/null | cut -f1)" -gt $((60 * 1024 * 1024)) ]; then
+    echo "ci: cache $CACHE_DIR over 60 GiB, emptying it"
+    rm -rf "${CACHE_DIR:?}/target" "${CACHE_DIR:?}/fuzz-target"
+    mkdir -p "$CACHE_DIR/target" "$CACHE_DIR/fuzz-target"
+  fi
+  ln -s "$CACHE_DIR/target" target
+  [ -e fuzz/target ] || ln -s "$CACHE_DIR/fuzz-target" fuzz/target
+  echo "ci: target/ -> $CACHE_DIR/target (cache across runs on this machine)"
+fi
 
 step "system packages for the guest appliance (ci/guest-deps.sh)"
 ci/guest-deps.sh
@@ -20,8 +37,13 @@ cargo fmt --all --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "release build (binaries)"
-cargo build --workspace --release --locked --bins
+# Binaries, tests and examples in one invocation: one feature resolution (dev-dependencies
+# included), so `cargo test` below and the scripts reuse every artifact instead of building
+# tokio's dependents (mistral.rs among them) a second time with other features.
+step "release build (binaries, tests, examples)"
+cargo build --workspace --release --locked --bins --tests --examples
+# The scripts below use these artifacts instead of running cargo with their own package sets.
+export COCOON_PREBUILT=1
 
 step "end to end: OpenAI SDK -> cocoon-client -> proxy -> worker (real model)"
 ci/e2e.sh

@@ -38,7 +38,11 @@ fi
 export COCOON_TON_CONTRACTS="$PWD/ton/contracts"
 OUT="$(mktemp -d)"
 NODE_PATH="$CACHE/node_modules" node "$REF/scenario.js" >"$OUT/sandbox.json"
-cargo run --quiet --release --locked -p cocoon-tonsim --example scenario >"$OUT/tonsim.json"
+if [ "${COCOON_PREBUILT:-0}" = 1 ]; then
+  target/x86_64-unknown-linux-gnu/release/examples/scenario >"$OUT/tonsim.json"
+else
+  cargo run --quiet --release --locked -p cocoon-tonsim --example scenario >"$OUT/tonsim.json"
+fi
 
 if python3 ci/ton_differential.py "$OUT/sandbox.json" "$OUT/tonsim.json"; then
   rm -rf "$OUT"

@@ -31,6 +31,8 @@ pub enum KeyFileError {
     },
     #[error("account key {path}: mode {mode:o} lets others read it (chmod 600 {path})")]
     Permissions { path: PathBuf, mode: u32 },
+    #[error("account key {path}: not a regular file")]
+    NotAFile { path: PathBuf },
     #[error("account key {path}: expected 64 hex characters")]
     Format { path: PathBuf },
     #[error("account key {path}: cannot generate a key: {detail}")]
@@ -57,7 +59,13 @@ pub fn read_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     };
     let file = std::fs::File::open(path).map_err(io)?;
     // The mode of the file actually opened (not of whatever the path names later).
-    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(KeyFileError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions {
             path: path.to_path_buf(),
@@ -162,6 +170,12 @@ mod tests {
     #[test]
     fn refuses_open_permissions_and_bad_contents() {
         let path = tmp("bad");
+        let dir = tmp("a-directory");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(matches!(
+            load_or_create(&dir),
+            Err(KeyFileError::NotAFile { .. })
+        ));
         std::fs::write(&path, "zz\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(

@@ -232,7 +232,7 @@ async fn account_flow_over_http_on_the_real_contracts() {
     // key (through the binary), which is what the proxy bills by
     let cs = acct.client_state().await.unwrap().unwrap();
     assert_eq!(cs.secret_hash, Some([0; 32]), "unbound after deploy");
-    let account_key = tmp("bind-account.key");
+    let account_key = dir.join("bind-account.key");
     let (tls_key, created) = client::key::load_or_create(&account_key).unwrap();
     assert!(created);
     let mut public = [0u8; 32];
