@@ -72,30 +72,11 @@ fn main() {
     }
 }
 
+// cocoon: vendored copy, so no git revision of its own. Upstream ran `git rev-parse HEAD`
+// (here: cocoon's commit, which changed the crate on every commit and put that commit into
+// the worker binary) and asked to rerun when `.git/HEAD` changed (a file that does not exist
+// here, so cargo rebuilt this crate on every invocation). A fixed value instead.
 fn set_git_revision() {
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .and_then(|output| {
-            if output.status.success() {
-                String::from_utf8(output.stdout).ok()
-            } else {
-                None
-            }
-        })
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string());
-
-    println!("cargo:rustc-env=MISTRALRS_GIT_REVISION={commit}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
-        if let Some(ref_path) = head.strip_prefix("ref:") {
-            let ref_path = ref_path.trim();
-            if !ref_path.is_empty() {
-                println!("cargo:rerun-if-changed=.git/{}", ref_path);
-            }
-        }
-    }
+    println!("cargo:rustc-env=MISTRALRS_GIT_REVISION=v0.8.1+cocoon");
+    println!("cargo:rerun-if-changed=build.rs");
 }
