@@ -70,8 +70,12 @@ struct Golden {
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("cocoon-tiny-golden-{}", std::process::id()));
+    /// A directory for one test (tests run in parallel in one process).
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "cocoon-tiny-golden-{}-{test}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self(dir)
     }
@@ -236,7 +240,7 @@ fn compare(got: &Golden) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_llama_greedy_output_matches_golden() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("greedy");
     let params = TinyLlamaParams::default();
     let (path, digest) = write_model(&dir.0, SEED, &params);
 
@@ -369,4 +373,177 @@ async fn tiny_llama_greedy_output_matches_golden() {
         .count();
     println!("q8_0: {same} leading tokens as f32: {ids:?}");
     assert!(same >= 4, "q8_0 diverges at token {same}: {ids:?}");
+}
+
+const SAMPLED_GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/tiny_llama_sampled.json"
+);
+
+/// The committed record of the sampler's exact output on the tiny model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampledGolden {
+    gguf_sha256: String,
+    prompt: String,
+    max_tokens: u32,
+    /// Temperature 1, `seed` 1 and 2.
+    seed_1_text: String,
+    seed_2_text: String,
+    /// Temperature 1, `top_p` 0.5, `seed` 1.
+    top_p_text: String,
+    /// Greedy under the JSON schema [`json_schema`].
+    json_text: String,
+}
+
+fn json_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "color": {"enum": ["red", "green", "blue"]},
+            "count": {"type": "integer", "minimum": 0, "maximum": 99}
+        },
+        "required": ["color", "count"],
+        "additionalProperties": false
+    })
+}
+
+/// Everything a generation streamed, logprobs included.
+async fn run_all(
+    engine: &MistralRsEngine,
+    req: GenerationRequest,
+) -> (String, Vec<worker::engine::TokenLogprob>, protocol::Usage, FinishReason) {
+    let (tx, mut rx) = mpsc::channel::<Result<Chunk, EngineError>>(8);
+    let read = async {
+        let (mut text, mut lps, mut done) = (String::new(), Vec::new(), None);
+        while let Some(c) = rx.recv().await {
+            match c.expect("engine error") {
+                Chunk::Text(t) => text.push_str(&t),
+                Chunk::Tokens { text: t, logprobs } => {
+                    text.push_str(&t);
+                    lps.extend(logprobs);
+                }
+                Chunk::Done {
+                    usage,
+                    finish_reason,
+                } => done = Some((usage, finish_reason)),
+                other => panic!("unexpected chunk {other:?}"),
+            }
+        }
+        (text, lps, done)
+    };
+    let (result, (text, lps, done)) = tokio::join!(engine.generate(req, tx), read);
+    result.expect("generate");
+    let (usage, finish) = done.expect("no done chunk");
+    (text, lps, usage, finish)
+}
+
+/// Seeded sampling, `top_p`, `logit_bias`, logprobs and a JSON schema on the tiny model,
+/// exactly: `tests/golden/tiny_llama_sampled.json` (`COCOON_UPDATE_GOLDEN=1` rewrites it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_llama_sampling_matches_golden() {
+    let dir = TempDir::new("sampled");
+    let params = TinyLlamaParams::default();
+    let (path, digest) = write_model(&dir.0, SEED, &params);
+    let engine = MistralRsEngine::load(MODEL, &path, MistralRsOptions::default())
+        .await
+        .expect("load");
+    let want_greedy: Golden =
+        serde_json::from_str(&std::fs::read_to_string(GOLDEN).expect("golden")).expect("json");
+
+    // Greedy with logprobs: the golden tokens, each the top of its own list.
+    let mut req = chat(PROMPT, MAX_TOKENS);
+    req.sampling.top_logprobs = Some(3);
+    let (text, lps, usage, _) = run_all(&engine, req).await;
+    assert_eq!(text, want_greedy.text);
+    assert_eq!(lps.len() as u64, usage.completion_tokens);
+    for (lp, id) in lps.iter().zip(&want_greedy.completion_token_ids) {
+        let decoded = engine
+            .model()
+            .detokenize(vec![*id], false)
+            .await
+            .expect("detokenize");
+        assert_eq!(lp.token, decoded, "token {id}");
+        assert_eq!(lp.top.len(), 3);
+        assert_eq!((&lp.top[0].token, lp.top[0].logprob), (&lp.token, lp.logprob));
+        assert!(lp.logprob < 0.0);
+    }
+
+    // Seeded sampling: equal seeds, equal text; the texts are pinned.
+    let sampled = |seed: u64, top_p: Option<f64>| {
+        let mut r = chat(PROMPT, MAX_TOKENS);
+        r.sampling.temperature = Some(1.0);
+        r.sampling.seed = Some(seed);
+        r.sampling.top_p = top_p;
+        r
+    };
+    let s1 = run(&engine, sampled(1, None)).await;
+    let s1b = run(&engine, sampled(1, None)).await;
+    let s2 = run(&engine, sampled(2, None)).await;
+    let tp = run(&engine, sampled(1, Some(0.5))).await;
+    assert_eq!(s1.text, s1b.text);
+    assert_ne!(s1.text, s2.text);
+    assert_ne!(s1.text, want_greedy.text);
+    println!("seed 1: {:?}\nseed 2: {:?}\ntop_p 0.5: {:?}", s1.text, s2.text, tp.text);
+
+    // logit_bias: -100 bans the greedy first token; +100 makes one token every token.
+    let first = want_greedy.completion_token_ids[0];
+    let mut req = chat(PROMPT, 4);
+    req.sampling.logit_bias = vec![(first, -100.0)];
+    req.sampling.top_logprobs = Some(0);
+    let (_, lps, _, _) = run_all(&engine, req).await;
+    let first_text = engine
+        .model()
+        .detokenize(vec![first], false)
+        .await
+        .expect("detokenize");
+    assert_ne!(lps[0].token, first_text);
+    let forced = 300;
+    let forced_text = engine
+        .model()
+        .detokenize(vec![forced], false)
+        .await
+        .expect("detokenize");
+    let mut req = chat(PROMPT, 4);
+    req.sampling.logit_bias = vec![(forced, 100.0)];
+    req.sampling.top_logprobs = Some(0);
+    let (_, lps, _, _) = run_all(&engine, req).await;
+    assert_eq!(lps.len(), 4);
+    assert!(lps.iter().all(|l| l.token == forced_text), "{lps:?}");
+
+    // A JSON schema: valid output, and the stream ends (the grammar's end token is
+    // <|endoftext|>, the model's EOS is <|im_end|>: the engine stops on the former).
+    let mut req = chat(PROMPT, 64);
+    req.response_format = worker::engine::ResponseFormat::JsonSchema {
+        name: "pick".into(),
+        schema: json_schema(),
+        strict: true,
+    };
+    let (json_text, _, usage, finish) = run_all(&engine, req).await;
+    println!("json: {json_text:?} {usage:?}");
+    assert_eq!(finish, FinishReason::Stop);
+    let v: serde_json::Value = serde_json::from_str(&json_text).expect("json");
+    assert!(["red", "green", "blue"].contains(&v["color"].as_str().expect("color")));
+    assert!((0..=99).contains(&v["count"].as_i64().expect("count")));
+
+    let got = SampledGolden {
+        gguf_sha256: digest,
+        prompt: PROMPT.into(),
+        max_tokens: MAX_TOKENS,
+        seed_1_text: s1.text,
+        seed_2_text: s2.text,
+        top_p_text: tp.text,
+        json_text,
+    };
+    if std::env::var_os("COCOON_UPDATE_GOLDEN").is_some() {
+        let json = serde_json::to_string_pretty(&got).expect("json") + "\n";
+        std::fs::write(SAMPLED_GOLDEN, json).expect("write golden");
+        println!("golden: rewrote {SAMPLED_GOLDEN}");
+        return;
+    }
+    let text = std::fs::read_to_string(SAMPLED_GOLDEN).unwrap_or_else(|e| {
+        panic!("{SAMPLED_GOLDEN}: {e} (COCOON_UPDATE_GOLDEN=1 writes it)");
+    });
+    let want: SampledGolden = serde_json::from_str(&text).expect("golden json");
+    assert_eq!(got, want);
 }

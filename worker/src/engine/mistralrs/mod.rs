@@ -7,9 +7,10 @@
 //! # Trust boundary
 //!
 //! The GGUF file is untrusted input from the host until it is measured; the digest is what
-//! clients see in the worker's registration. mistral.rs re-opens the path after hashing, so
-//! the file must live on storage the host cannot change underneath the TD (a measured,
-//! read-only image); this module cannot close that window itself.
+//! clients see in the worker's registration. mistral.rs re-opens the path after hashing (and
+//! so does [`vocab`], for token texts), so the file must live on storage the host cannot
+//! change underneath the TD (a measured, read-only image); this module cannot close that
+//! window itself.
 //!
 //! # How a request runs
 //!
@@ -20,17 +21,26 @@
 //!    fit.
 //! 2. Chat requests are sent as chat messages (mistral.rs renders the template again and
 //!    reports usage in its final chunk); raw prompts are sent as the token ids from step 1
-//!    (mistral.rs does not report usage for streamed completions).
-//! 3. A counting logits processor records how many tokens the engine sampled: the completion
-//!    count for raw prompts and for requests that end early (stop strings). Token counts
-//!    always come from the engine, never from re-tokenizing text.
+//!    (mistral.rs does not report usage for streamed completions). Tools are shown to the
+//!    model and calls recognised as [`tools`] describes.
+//! 3. Every token is chosen by this engine's [`sampler`] (a mistral.rs logits processor):
+//!    seeded, reproducible sampling, penalties, `logit_bias`, natural-log logprobs. It also
+//!    counts the generated tokens: the completion count for raw prompts and for requests that
+//!    end early (stop strings). Token counts always come from the engine, never from
+//!    re-tokenizing text.
+//! 4. `response_format` json_object / json_schema and forced tool calls are constrained
+//!    decoding: a JSON schema compiled by mistral.rs's llguidance. A schema it cannot compile is
+//!    refused before any output with [`EngineError::Unsupported`].
+//! 5. [`output`] turns the streamed responses into [`Chunk`]s: stop strings, logprobs, tool
+//!    calls.
 //!
-//! Greedy decoding when the temperature is `None` or 0 (mistral.rs's own default would be
-//! temperature 1). `seed` is ignored: mistral.rs 0.8.1 has one engine-wide RNG and no
-//! per-request seed. Stop strings are applied here as well as in mistral.rs, because its
-//! streaming path detects a stop string one token late and would stream the stop string
-//! itself. Prefix-cache hits are not reported by mistral.rs, so `cached_tokens` is 0, and so
-//! is `reasoning_tokens`.
+//! Greedy decoding when the temperature is `None` or 0 (validation fills in OpenAI's default
+//! of 1). Without `seed` a random one is drawn per request. Prefix-cache hits are not reported
+//! by mistral.rs, so `cached_tokens` is 0, and so is `reasoning_tokens`.
+//!
+//! The prefix cache is off by default on the CPU: mistral.rs 0.8.1 evicts only caches that live
+//! on a GPU (`prefix_cacher.rs`, `evict_caches` counts non-CPU caches), so on the CPU every
+//! finished sequence's KV cache would stay in memory for good.
 //!
 //! # Cancellation
 //!
@@ -43,26 +53,34 @@
 //! one chunk. The response channel is sized so that mistral.rs never waits on a slow
 //! client: its engine loop serves all sequences and would otherwise stall every request.
 //!
-//! Exercised on CPU only (`tests/engine_mistralrs.rs` with SmolLM2-135M Q4_1). The `cuda`
-//! feature builds the same code with GPU kernels and is untested here (no GPU).
+//! Exercised on CPU only (`tests/engine_mistralrs.rs`, `tests/engine_mistralrs_openai.rs` with
+//! SmolLM2-135M Q4_1, `tests/tiny_golden.rs`). The `cuda` feature builds the same code with
+//! GPU kernels and is untested here (no GPU).
+
+mod output;
+mod sampler;
+mod tools;
+mod vocab;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mistralrs::core::TokenizationRequest;
 use mistralrs::{
     Constraint, CustomLogitsProcessor, GgufModelBuilder, Model, NormalRequest, Request,
-    RequestBuilder, RequestLike, RequestMessage, Response, SamplingParams, StopTokens, Tensor,
-    TextMessageRole, TextMessages, TokenSource,
+    RequestBuilder, RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole,
+    TokenSource, Tool,
 };
 use protocol::{ModelAdvert, Usage};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Message};
+use self::output::{Calls, Forward, Outcome};
+use self::sampler::{Sampler, SamplerSpec, Steps};
+use self::vocab::Vocab;
+use super::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, ToolChoice};
 
 /// Load-time options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +91,8 @@ pub struct MistralRsOptions {
     pub max_completion_tokens: u32,
     /// Sequences mistral.rs schedules at once (it batches their decode steps).
     pub max_num_seqs: usize,
-    /// Finished sequences kept for prefix reuse; `None` disables the prefix cache.
+    /// Finished sequences kept for prefix reuse; `None` disables the prefix cache (the default
+    /// on the CPU, where mistral.rs 0.8.1 never evicts them: see the module docs).
     pub prefix_cache_n: Option<usize>,
     /// Run on the CPU even when built with `cuda`.
     pub force_cpu: bool,
@@ -85,12 +104,13 @@ pub struct MistralRsOptions {
 
 impl Default for MistralRsOptions {
     fn default() -> Self {
+        let force_cpu = !cfg!(feature = "cuda");
         Self {
             max_context: 4096,
             max_completion_tokens: 2048,
             max_num_seqs: 16,
-            prefix_cache_n: Some(16),
-            force_cpu: !cfg!(feature = "cuda"),
+            prefix_cache_n: (!force_cpu).then_some(16),
+            force_cpu,
             prefill_chunk: Some(DEFAULT_PREFILL_CHUNK),
         }
     }
@@ -104,6 +124,7 @@ pub const DEFAULT_PREFILL_CHUNK: Duration = Duration::from_millis(250);
 pub struct MistralRsEngine {
     advert: ModelAdvert,
     model: Arc<Model>,
+    vocab: Arc<Vocab>,
 }
 
 impl fmt::Debug for MistralRsEngine {
@@ -143,6 +164,27 @@ pub async fn sha256_file(path: &Path) -> Result<String, EngineError> {
     .map_err(|e| failed(format!("hashing model: {e}")))?
 }
 
+/// A random sampling seed (for requests without one).
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        return nanos as u64;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Everything one generation request carries to mistral.rs.
+struct Plan {
+    messages: RequestMessage,
+    tools: Option<Vec<Tool>>,
+    constraint: Constraint,
+    calls: Calls,
+}
+
 impl MistralRsEngine {
     /// Measures and loads the GGUF at `gguf_path`, serving it as `name`.
     ///
@@ -166,6 +208,10 @@ impl MistralRsEngine {
             Some(d) => d,
             None => return Err(failed(format!("model path {shown}: no utf-8 directory"))),
         };
+        let vocab_path = gguf_path.to_path_buf();
+        let vocab = tokio::task::spawn_blocking(move || Vocab::read(&vocab_path))
+            .await
+            .map_err(|e| failed(format!("reading tokenizer: {e}")))??;
         let mut builder = GgufModelBuilder::new(dir, vec![file])
             .with_token_source(TokenSource::None)
             .with_max_num_seqs(opts.max_num_seqs.max(1))
@@ -189,6 +235,7 @@ impl MistralRsEngine {
                 max_completion_tokens: opts.max_completion_tokens,
             },
             model: Arc::new(model),
+            vocab: Arc::new(vocab),
         })
     }
 
@@ -211,7 +258,11 @@ impl MistralRsEngine {
 
     /// Token ids of `input` (chat messages with the generation prompt, or a raw prompt), as
     /// the engine's own tokenizer and chat template produce them for generation.
-    async fn tokenize(&self, input: &RequestMessage) -> Result<Vec<u32>, EngineError> {
+    async fn tokenize(
+        &self,
+        input: &RequestMessage,
+        tools: Option<Vec<Tool>>,
+    ) -> Result<Vec<u32>, EngineError> {
         // `TokenizationRequest::text` is an `Either` (messages | text); the `either` crate is
         // not re-exported, so it is built through `From<Result<R, L>> for Either<L, R>`.
         let text = match input {
@@ -222,7 +273,7 @@ impl MistralRsEngine {
         let (rtx, mut rrx) = mpsc::channel(1);
         let request = Request::Tokenize(TokenizationRequest {
             text,
-            tools: None,
+            tools,
             add_generation_prompt: true,
             add_special_tokens: true,
             enable_thinking: None,
@@ -242,38 +293,114 @@ impl MistralRsEngine {
             .map_err(|e| failed(format!("tokenizing: {e}")))
     }
 
+    /// The messages, tools and constraint of `req` (see [`tools`]).
+    fn plan(&self, req: &GenerationRequest) -> Result<Plan, EngineError> {
+        let msgs = match &req.input {
+            Input::Chat(msgs) => msgs,
+            Input::Prompt(text) => {
+                if !req.tools.is_empty() {
+                    return Err(EngineError::Unsupported(
+                        "tools need chat messages, not a raw prompt".into(),
+                    ));
+                }
+                return Ok(Plan {
+                    messages: RequestMessage::Completion {
+                        text: text.clone(),
+                        echo_prompt: false,
+                        best_of: None,
+                    },
+                    tools: None,
+                    constraint: constraint(tools::format_schema(&req.response_format)),
+                    calls: Calls::Never,
+                });
+            }
+        };
+        let has_tools = !req.tools.is_empty();
+        let native = has_tools && self.vocab.template_has_tools;
+        let forced = if has_tools {
+            tools::forced_call_schema(&req.tools, &req.tool_choice)?
+        } else {
+            None
+        };
+        let calls = match (&req.tool_choice, &forced) {
+            _ if !has_tools => Calls::Never,
+            (_, Some(_)) => Calls::Forced,
+            (ToolChoice::Auto, None) => Calls::Auto,
+            _ => Calls::Never,
+        };
+        // A forced call's schema wins over `response_format`.
+        let schema = forced.or_else(|| tools::format_schema(&req.response_format));
+        Ok(Plan {
+            messages: RequestMessage::Chat {
+                messages: tools::chat_messages(msgs, &req.tools, &req.tool_choice, native),
+                enable_thinking: None,
+                reasoning_effort: None,
+            },
+            tools: if native {
+                Some(tools::mistral_tools(&req.tools)?)
+            } else {
+                None
+            },
+            constraint: constraint(schema),
+            calls,
+        })
+    }
+
     /// A streaming generation request and the channel its responses arrive on.
     fn normal_request(
+        &self,
+        plan: Plan,
         messages: RequestMessage,
         sampling: &super::Sampling,
         max_len: usize,
-        counter: &Arc<AtomicU64>,
+        steps: &Arc<Steps>,
     ) -> (Request, mpsc::Receiver<Response>) {
         // One response per sampled token at most, plus an error: mistral.rs never waits on us.
         let (rtx, rrx) = mpsc::channel(max_len.saturating_add(4));
+        let constrained = !matches!(plan.constraint, Constraint::None);
+        let stop_toks = match self.vocab.trie_eos {
+            // A finished grammar forces the token trie's EOS, which may not be the model's.
+            // User stop strings are still cut by `output`, which then drops the sequence.
+            Some(eos) if constrained => Some(StopTokens::Ids(vec![eos])),
+            _ => (!sampling.stop.is_empty()).then(|| StopTokens::Seqs(sampling.stop.clone())),
+        };
+        let logprobs = sampling.top_logprobs.is_some();
         let sampling_params = SamplingParams {
-            temperature: Some(sampling.temperature.filter(|t| *t > 0.0).unwrap_or(0.0)),
-            top_p: sampling.top_p,
-            frequency_penalty: sampling.frequency_penalty,
-            presence_penalty: sampling.presence_penalty,
-            stop_toks: (!sampling.stop.is_empty()).then(|| StopTokens::Seqs(sampling.stop.clone())),
+            // mistral.rs's argmax takes the one token the sampler leaves.
+            temperature: Some(0.0),
+            top_n_logprobs: usize::from(logprobs),
+            stop_toks,
             max_len: Some(max_len),
             n_choices: 1,
             ..SamplingParams::neutral()
         };
-        let counter: Arc<dyn CustomLogitsProcessor> = Arc::new(TokenCounter(counter.clone()));
+        let spec = SamplerSpec {
+            temperature: sampling
+                .temperature
+                .filter(|t| *t > 0.0)
+                .map(|t| t as f32),
+            top_p: sampling.top_p.map(|p| p as f32),
+            presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
+            logit_bias: sampling.logit_bias.clone(),
+            top_logprobs: sampling.top_logprobs,
+            seed: sampling.seed.unwrap_or_else(random_seed),
+        };
+        let sampler: Arc<dyn CustomLogitsProcessor> = Arc::new(Sampler::new(spec, steps.clone()));
+        let tool_choice = plan.tools.as_ref().map(|_| mistralrs::ToolChoice::None);
         let request = Request::Normal(Box::new(NormalRequest {
             messages,
             sampling_params,
             response: rtx,
-            return_logprobs: false,
+            // Only for each chunk's token id (see `output`); the values are the sampler's.
+            return_logprobs: logprobs,
             is_streaming: true,
             id: 0,
-            constraint: Constraint::None,
+            constraint: plan.constraint,
             suffix: None,
-            tools: None,
-            tool_choice: None,
-            logits_processors: Some(vec![counter]),
+            tools: plan.tools,
+            tool_choice,
+            logits_processors: Some(vec![sampler]),
             return_raw_logits: false,
             web_search_options: None,
             model_id: None,
@@ -281,179 +408,7 @@ impl MistralRsEngine {
         }));
         (request, rrx)
     }
-}
 
-/// Counts sampling steps (one per generated token) without changing the logits.
-struct TokenCounter(Arc<AtomicU64>);
-
-impl CustomLogitsProcessor for TokenCounter {
-    fn apply(&self, logits: &Tensor, _context: &[u32]) -> mistralrs::Result<Tensor> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(logits.clone())
-    }
-}
-
-/// Chat messages as a mistral.rs request message.
-fn chat_message(msgs: &[Message]) -> RequestMessage {
-    let mut text = msgs.iter().fold(TextMessages::new(), |t, m| {
-        t.add_message(TextMessageRole::Custom(m.role.clone()), &m.content)
-    });
-    text.take_messages()
-}
-
-/// Holds back text that may be the start of a stop string, and cuts at the first stop string.
-#[derive(Debug)]
-struct StopFilter {
-    stops: Vec<String>,
-    pending: String,
-}
-
-impl StopFilter {
-    fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            pending: String::new(),
-        }
-    }
-
-    /// Adds `text`; returns the text that is safe to emit and whether a stop string was hit
-    /// (the returned text then ends just before it).
-    fn push(&mut self, text: &str) -> (String, bool) {
-        self.pending.push_str(text);
-        if let Some(pos) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            let out = self.pending[..pos].to_string();
-            self.pending.clear();
-            return (out, true);
-        }
-        let mut hold = 0;
-        for s in &self.stops {
-            for (k, _) in s.char_indices().skip(1) {
-                if k > hold && self.pending.ends_with(&s[..k]) {
-                    hold = k;
-                }
-            }
-        }
-        let cut = self.pending.len() - hold;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        (out, false)
-    }
-
-    /// The held-back text, at the end of generation.
-    fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
-/// How one generation ended.
-enum Outcome {
-    Done(Chunk),
-    Cancelled,
-}
-
-/// Forwards mistral.rs responses from `mrx` to `tx`.
-async fn forward(
-    mut mrx: mpsc::Receiver<Response>,
-    tx: &mpsc::Sender<Result<Chunk, EngineError>>,
-    prompt_tokens: u64,
-    max_len: usize,
-    counter: &AtomicU64,
-    stops: &[String],
-) -> Result<Outcome, EngineError> {
-    let mut filter = StopFilter::new(stops);
-    let counted = |u: Option<mistralrs::Usage>| match u {
-        Some(u) => Usage {
-            prompt_tokens: u.prompt_tokens as u64,
-            completion_tokens: u.completion_tokens as u64,
-            ..Usage::default()
-        },
-        None => Usage {
-            prompt_tokens,
-            completion_tokens: counter.load(Ordering::Relaxed),
-            ..Usage::default()
-        },
-    };
-    loop {
-        let response = tokio::select! {
-            biased;
-            _ = tx.closed() => return Ok(Outcome::Cancelled),
-            r = mrx.recv() => r,
-        };
-        let (text, finish, usage) = match response {
-            Some(Response::Chunk(c)) => {
-                let choice = c.choices.into_iter().next();
-                let finish = choice.as_ref().and_then(|c| c.finish_reason.clone());
-                (choice.and_then(|c| c.delta.content), finish, c.usage)
-            }
-            Some(Response::CompletionChunk(c)) => {
-                let choice = c.choices.into_iter().next();
-                let finish = choice.as_ref().and_then(|c| c.finish_reason.clone());
-                (choice.map(|c| c.text), finish, None)
-            }
-            Some(Response::InternalError(e) | Response::ValidationError(e)) => {
-                return Err(failed(format!("mistral.rs: {e}")))
-            }
-            Some(Response::ModelError(m, _) | Response::CompletionModelError(m, _)) => {
-                return Err(failed(format!("mistral.rs: {m}")))
-            }
-            Some(_) => return Err(failed("mistral.rs: unexpected response kind")),
-            None => {
-                // The last token was an incomplete UTF-8 sequence: mistral.rs sends no final
-                // chunk. Legitimate only when the length limit was reached.
-                let usage = counted(None);
-                if usage.completion_tokens < max_len as u64 {
-                    return Err(failed(
-                        "mistral.rs ended the stream without a finish reason",
-                    ));
-                }
-                let rest = filter.flush();
-                if !rest.is_empty() && tx.send(Ok(Chunk::Text(rest))).await.is_err() {
-                    return Ok(Outcome::Cancelled);
-                }
-                return Ok(Outcome::Done(Chunk::Done {
-                    usage,
-                    finish_reason: FinishReason::Length,
-                }));
-            }
-        };
-        if let Some(text) = text {
-            let (out, stopped) = filter.push(&text);
-            if !out.is_empty() && tx.send(Ok(Chunk::Text(out))).await.is_err() {
-                return Ok(Outcome::Cancelled);
-            }
-            if stopped {
-                // Dropping `mrx` makes mistral.rs cancel the sequence at its next token.
-                drop(mrx);
-                return Ok(Outcome::Done(Chunk::Done {
-                    usage: counted(None),
-                    finish_reason: FinishReason::Stop,
-                }));
-            }
-        }
-        if let Some(reason) = finish {
-            let finish_reason = match reason.as_str() {
-                "length" => FinishReason::Length,
-                "canceled" => return Err(failed("mistral.rs cancelled the generation")),
-                _ => FinishReason::Stop,
-            };
-            let rest = filter.flush();
-            if !rest.is_empty() && tx.send(Ok(Chunk::Text(rest))).await.is_err() {
-                return Ok(Outcome::Cancelled);
-            }
-            return Ok(Outcome::Done(Chunk::Done {
-                usage: counted(usage),
-                finish_reason,
-            }));
-        }
-    }
-}
-
-impl MistralRsEngine {
     async fn run(
         &self,
         req: GenerationRequest,
@@ -461,24 +416,17 @@ impl MistralRsEngine {
     ) -> Result<Outcome, EngineError> {
         let limit = u64::from(self.advert.max_context);
         let budget = req.max_prompt_tokens;
-        let input = match req.input {
-            Input::Chat(msgs) => chat_message(&msgs),
-            Input::Prompt(text) => RequestMessage::Completion {
-                text,
-                echo_prompt: false,
-                best_of: None,
-            },
-        };
+        let plan = self.plan(&req)?;
         let ids = tokio::select! {
             biased;
             _ = tx.closed() => return Ok(Outcome::Cancelled),
-            ids = self.tokenize(&input) => ids?,
+            ids = self.tokenize(&plan.messages, plan.tools.clone()) => ids?,
         };
         // Raw prompts go in as the ids just computed: the engine then reports exactly this
         // prompt length. Chat goes in as messages (mistral.rs reports usage for chat itself).
-        let messages = match input {
+        let messages = match &plan.messages {
             RequestMessage::Completion { .. } => RequestMessage::CompletionTokens(ids.clone()),
-            chat => chat,
+            chat => chat.clone(),
         };
         let prompt_tokens = ids.len() as u64;
         if prompt_tokens == 0 {
@@ -503,21 +451,33 @@ impl MistralRsEngine {
             }));
         }
         let max_len = usize::try_from(max_len).unwrap_or(usize::MAX);
-        let counter = Arc::new(AtomicU64::new(0));
-        let (request, mrx) = Self::normal_request(messages, &req.sampling, max_len, &counter);
+        let steps = Arc::new(Steps::default());
+        let calls = plan.calls;
+        let (request, mrx) = self.normal_request(plan, messages, &req.sampling, max_len, &steps);
         self.sender()?
             .send(request)
             .await
             .map_err(|_| failed("mistral.rs engine is gone"))?;
-        forward(
-            mrx,
+        Forward {
             tx,
             prompt_tokens,
             max_len,
-            &counter,
-            &req.sampling.stop,
-        )
+            steps: &steps,
+            stops: &req.sampling.stop,
+            calls,
+            tools: &req.tools,
+            logprobs: req.sampling.top_logprobs.map(|_| &*self.vocab),
+        }
+        .run(mrx)
         .await
+    }
+}
+
+/// The llguidance constraint for an optional JSON schema.
+fn constraint(schema: Option<serde_json::Value>) -> Constraint {
+    match schema {
+        Some(s) => Constraint::JsonSchema(tools::with_grammar_options(s)),
+        None => Constraint::None,
     }
 }
 
@@ -615,46 +575,3 @@ pub async fn bare_generate(
     Err(failed("mistral.rs ended the stream without usage"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut f = StopFilter::new(&stops);
-        let mut out = String::new();
-        for p in pieces {
-            let (t, stopped) = f.push(p);
-            out.push_str(&t);
-            if stopped {
-                return (out, true);
-            }
-        }
-        out.push_str(&f.flush());
-        (out, false)
-    }
-
-    #[test]
-    fn stop_filter_cuts_before_the_stop_string() {
-        assert_eq!(
-            run(&["END"], &["hello E", "N", "D more"]),
-            ("hello ".into(), true)
-        );
-        assert_eq!(
-            run(&["END"], &["hello EN", "x"]),
-            ("hello ENx".into(), false)
-        );
-        assert_eq!(run(&["\n\n", "."], &["a\n", "b. c"]), ("a\nb".into(), true));
-        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
-        assert_eq!(run(&["é!"], &["caf", "é", "!"]), ("caf".into(), true));
-        assert_eq!(run(&["ab"], &["xa"]), ("xa".into(), false));
-    }
-
-    #[test]
-    fn stop_filter_emits_what_cannot_start_a_stop() {
-        let mut f = StopFilter::new(&["END".to_string()]);
-        assert_eq!(f.push("hello E"), ("hello ".to_string(), false));
-        assert_eq!(f.push("x"), ("Ex".to_string(), false));
-        assert_eq!(f.flush(), "");
-    }
-}
