@@ -91,7 +91,10 @@ echo "e2e: network ready after $(( $(date +%s) - start )) s"
 sed 's/^/  | /' "$OUT"
 
 "$VENV/bin/python" ci/e2e_openai.py "$NET/urls.json" "$BIN/cocoon-client"
-"$VENV/bin/python" ci/e2e_openai_api.py "$NET/urls.json"
+# The engine-side checks (tools, JSON modes, logprobs, seeds) need a real engine.
+surface=()
+[ "$ENGINE" = mistralrs ] && surface=(--engine-surface)
+"$VENV/bin/python" ci/e2e_openai_api.py "$NET/urls.json" "${surface[@]}"
 
 echo "e2e: stopping the network (SIGTERM to cocoon-host)"
 children=$(pids_from_urls)

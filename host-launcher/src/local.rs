@@ -49,8 +49,10 @@ pub const LOG_DIR: &str = "logs";
 
 /// Balance every client account starts with on the local proxy (1000 TON).
 pub const LOCAL_BALANCE_NANO: u64 = 1_000_000_000_000;
-/// The local proxy's `max_prompt_tokens`.
-pub const LOCAL_MAX_PROMPT_TOKENS: u32 = 4096;
+/// The local proxy's `max_prompt_tokens`: SmolLM2's whole context. A long prompt is processed
+/// in chunks that other requests interleave with (chunked prefill), so it no longer stalls
+/// the worker; the engine refuses what does not fit with `context_length_exceeded`.
+pub const LOCAL_MAX_PROMPT_TOKENS: u32 = 8192;
 /// The local worker's `max_completion_tokens`: SmolLM2's whole context, so that a request
 /// without `max_tokens` may generate up to the context left, as OpenAI does (the engine
 /// stops at the end of the context with `finish_reason: "length"`).
