@@ -134,7 +134,8 @@ async fn handle(
     });
     let builder = builder(&state);
     let (io, polls) = crate::coalesce::coalesced(tls);
-    let mut conn = polls.count(pin!(builder.serve_connection(TokioIo::new(io), service)));
+    let conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+    let mut conn = polls.count(conn);
     let mut closing = false;
     loop {
         tokio::select! {
