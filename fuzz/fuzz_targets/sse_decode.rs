@@ -1,21 +1,44 @@
 //! SSE decoding of untrusted streams (worker → proxy, proxy → client, upstream → worker),
-//! fed in arbitrary chunkings: never panics, never exceeds its event-size bound.
+//! fed in arbitrary chunkings: never panics, never exceeds its event-size bound. The proxy's
+//! relay splitter, fed the same chunks, passes on a prefix of the input that decodes to the
+//! same events.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol::sse::Decoder;
+use protocol::sse::{Decoder, Splitter};
 
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map(|b| *b as usize % 17 + 1).unwrap_or(1);
     let mut d = Decoder::new(4096);
+    let mut decoded = Some(Vec::new());
     for chunk in data.chunks(split) {
         match d.feed(chunk) {
             Ok(events) => {
-                for e in events {
+                for e in &events {
                     assert!(e.data.len() <= 4096 + 16);
                 }
+                if let Some(all) = decoded.as_mut() {
+                    all.extend(events);
+                }
             }
-            Err(_) => break,
+            Err(_) => {
+                decoded = None;
+                break;
+            }
         }
+    }
+    let mut s = Splitter::new(4096);
+    let mut relayed = Vec::new();
+    let mut split_ok = true;
+    for chunk in data.chunks(split) {
+        if s.feed(chunk, |_, b| relayed.extend_from_slice(b)).is_err() {
+            split_ok = false;
+            break;
+        }
+    }
+    assert!(data.starts_with(&relayed));
+    if let (true, Some(want)) = (split_ok, decoded) {
+        let got = Decoder::new(1 << 20).feed(&relayed).expect("relayed bytes decode");
+        assert_eq!(got, want);
     }
 });

@@ -3,6 +3,9 @@
 
 use crate::{ApiError, Usage};
 
+pub mod split;
+pub use split::Splitter;
+
 /// Event name of the final usage record.
 pub const EVENT_USAGE: &str = "cocoon-usage";
 /// Event name of a failure after the first byte.

@@ -1,18 +1,33 @@
-//! Relay benchmark (prints figures; not a timed assert).
+//! Relay benchmark (prints figures; not a timed assert), with nginx as a same-run baseline.
 //!
-//! 1. Added latency: sequential requests (8-token streams, stub worker at max rate), timed
-//!    from sending the request to the end of the stream, client → proxy → worker versus
-//!    client → worker direct. Both worker hops are RA-TLS + HTTP/2; the client hop is TLS 1.3
-//!    with an account certificate.
-//! 2. Relay throughput: many concurrent streams through the proxy from a stub worker at max
-//!    rate; tokens relayed per second of proxy CPU time. The proxy runs on its own tokio
-//!    runtime whose threads are named `proxy-rt`; their CPU time is read from
-//!    `/proc/self/task/<tid>/schedstat` (or `stat`), so client and worker work is excluded.
+//! 1. Added latency: sequential requests (8-token streams, upstream at max rate), timed from
+//!    sending the request to the end of the stream, client → proxy → upstream versus
+//!    client → upstream direct. cocoon: the upstream is the stub worker, both worker hops
+//!    RA-TLS + HTTP/2; the client hop is TLS 1.3 + HTTP/2 with an account certificate. nginx:
+//!    TLS 1.3 + HTTP/2 from the same client code (nginx presents the proxy's certificate),
+//!    TLS 1.3 + HTTP/1.1 keep-alive, unbuffered, to an SSE server streaming the same events
+//!    ([`nginx`]); its direct row is HTTP/2 to that server.
+//! 2. Relay throughput: 64 concurrent streams of 4000 tokens from an upstream at max rate;
+//!    tokens relayed per second of proxy CPU time. The cocoon proxy runs on its own tokio
+//!    runtime with one worker thread, named `proxy-rt`; their CPU time is read from
+//!    `/proc/self/task/<tid>/schedstat` (or `stat`), so client and upstream work is excluded.
+//!    nginx runs as one process (`master_process off`); its CPU time is read from
+//!    `/proc/<pid>/schedstat`. Also printed: the kernel's share of that time, DATA frames the
+//!    client received and the proxy's write calls (`syscw`), per 1000 tokens.
+//! 3. Paced: 200 streams at 1000 tokens/s each, one token per upstream write; same figures.
 //!
-//! Run: `cargo bench -p cocoon-proxy --bench relay` (release profile).
+//! All rounds alternate between cocoon and nginx (which goes first alternates too), so both
+//! see the same minute of a shared machine. Without an nginx binary
+//! (`COCOON_BENCH_NGINX`, `/usr/sbin/nginx`, or `nginx` on `PATH`) the bench says so and runs
+//! cocoon only.
+//!
+//! Run: `cargo bench -p cocoon-proxy --bench relay` (release profile; Debian:
+//! `apt-get install nginx-light`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/nginx.rs"]
+mod nginx;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +41,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use protocol::meta::H_MAX_PROMPT_TOKENS;
 use ratls::{server_config, PeerVerifier, RaTlsClientVerifier, Role, SystemClock};
 
-const LATENCY_REQUESTS: usize = 400;
+const LATENCY_ROUNDS: usize = 6;
+const LATENCY_PER_ROUND: usize = 100;
+const LATENCY_WARMUP: usize = 20;
 const STREAM_TOKENS: u32 = 8;
 const THROUGHPUT_STREAMS: usize = 64;
 const THROUGHPUT_TOKENS: u32 = 4000;
@@ -35,46 +52,55 @@ const TPUT_MODEL: &str = "stub-throughput";
 const PACED_MODEL: &str = "stub-paced";
 const PACED_STREAMS: usize = 200;
 const PACED_TOKENS: u32 = 2000;
+const PACED_ROUNDS: usize = 2;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// `a / b` as "1.23x" ("n/a" when `b` is not positive, e.g. an added p99 below zero).
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "n/a".into()
+    }
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// CPU time of this process's threads named `name`.
-fn threads_cpu(name: &str) -> Duration {
-    let mut total = Duration::ZERO;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return total;
-    };
-    for t in tasks.flatten() {
-        let p = t.path();
-        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        if let Some(ns) = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        {
-            total += Duration::from_nanos(ns);
-        } else if let Ok(stat) = std::fs::read_to_string(p.join("stat")) {
-            // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100).
-            let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-            let f: Vec<u64> = after
-                .split_whitespace()
-                .map(|x| x.parse().unwrap_or(0))
-                .collect();
-            if f.len() > 13 {
-                total += Duration::from_millis((f[11] + f[12]) * 10);
-            }
-        }
+/// User and system CPU time of the task or process at `/proc/...` `dir` (`stat`, in clock
+/// ticks of 10 ms).
+fn proc_user_sys(dir: &std::path::Path) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100).
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    match f.get(11..13) {
+        Some(&[u, s]) => (Duration::from_millis(u * 10), Duration::from_millis(s * 10)),
+        _ => (Duration::ZERO, Duration::ZERO),
     }
-    total
+}
+
+/// CPU time of the task or process at `/proc/...` `dir`: `schedstat` (ns), else `stat`.
+fn proc_cpu(dir: &std::path::Path) -> Duration {
+    std::fs::read_to_string(dir.join("schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_else(|| {
+            let (u, s) = proc_user_sys(dir);
+            u + s
+        })
 }
 
 /// A stub worker dialing a bare RA-TLS listener: the bench is its HTTP/2 client directly.
@@ -125,89 +151,405 @@ fn bench_spec(tokens: u32) -> WorkerSpec {
     s
 }
 
-async fn latency(proxy: &TestProxy) -> (Vec<Duration>, Vec<Duration>) {
-    // Direct.
-    let (_w, mut direct) = direct_worker(bench_spec(STREAM_TOKENS)).await;
-    let mut direct_times = Vec::new();
-    for i in 0..LATENCY_REQUESTS + 20 {
-        let mut req = chat(MODEL, 64, None, BODY);
-        *req.uri_mut() = "https://cocoon-worker/v1/chat/completions".parse().unwrap();
-        req.headers_mut()
-            .insert(H_MAX_PROMPT_TOKENS, http::HeaderValue::from(4096u32));
-        let t = Instant::now();
-        direct.ready().await.unwrap();
-        let resp = direct.send_request(req).await.unwrap();
-        drain(resp.into_body()).await;
-        if i >= 20 {
-            direct_times.push(t.elapsed());
-        }
-    }
-    // Through the proxy.
-    let _pw = FakeWorker::connect(proxy.running.worker_addr, bench_spec(STREAM_TOKENS)).await;
-    proxy.wait_workers(1).await;
-    let mut c = client(proxy.running.client_addr, 1).await;
-    let mut proxied = Vec::new();
-    for i in 0..LATENCY_REQUESTS + 20 {
-        let req: Request<Full<Bytes>> = chat(MODEL, 64, None, BODY);
-        let t = Instant::now();
-        let resp = c.send(req).await;
-        drain(resp.into_body()).await;
-        if i >= 20 {
-            proxied.push(t.elapsed());
-        }
-    }
-    direct_times.sort();
-    proxied.sort();
-    (direct_times, proxied)
+/// How a latency target is reached: the proxy's client, or a bare HTTP/2 connection.
+enum Conn {
+    Client(Client),
+    Raw(SendRequest<Full<Bytes>>),
 }
 
-/// `rounds` x `streams` concurrent streams of `tokens` tokens from a stub emitting one token
-/// every `interval` per stream (zero: max rate). Returns (tokens, wall, proxy cpu).
-async fn throughput(
-    proxy: &TestProxy,
+/// One latency row: a connection and the request it is sent.
+struct Target {
+    conn: Conn,
+    request: fn() -> Request<Full<Bytes>>,
+    times: Vec<Duration>,
+}
+
+impl Target {
+    fn new(conn: Conn, request: fn() -> Request<Full<Bytes>>) -> Self {
+        Self {
+            conn,
+            request,
+            times: Vec::new(),
+        }
+    }
+
+    /// Sends `n` requests one after another; records their times if `record`.
+    async fn run(&mut self, n: usize, record: bool) {
+        for _ in 0..n {
+            let req = (self.request)();
+            let t = Instant::now();
+            let resp = match &mut self.conn {
+                Conn::Client(c) => c.send(req).await,
+                Conn::Raw(s) => {
+                    s.ready().await.unwrap();
+                    s.send_request(req).await.unwrap()
+                }
+            };
+            drain(resp.into_body()).await;
+            if record {
+                self.times.push(t.elapsed());
+            }
+        }
+    }
+
+    fn sorted(&self) -> Vec<Duration> {
+        let mut t = self.times.clone();
+        t.sort();
+        t
+    }
+}
+
+/// A streaming chat request over HTTP/2 (`:authority`, no `host` header: nginx refuses both).
+fn h2_chat(model: &str, max_tokens: u32) -> Request<Full<Bytes>> {
+    let mut req = chat(model, max_tokens, None, BODY);
+    req.headers_mut().remove(http::header::HOST);
+    req
+}
+
+fn worker_request() -> Request<Full<Bytes>> {
+    let mut req = h2_chat(MODEL, 64);
+    *req.uri_mut() = "https://cocoon-worker/v1/chat/completions".parse().unwrap();
+    req.headers_mut()
+        .insert(H_MAX_PROMPT_TOKENS, http::HeaderValue::from(4096u32));
+    req
+}
+
+fn proxy_request() -> Request<Full<Bytes>> {
+    h2_chat(MODEL, 64)
+}
+
+/// For the SSE upstream, `max_tokens` is the stream's length.
+fn upstream_request() -> Request<Full<Bytes>> {
+    h2_chat(MODEL, STREAM_TOKENS)
+}
+
+/// One system's latency rows.
+struct Latency {
+    direct: Target,
+    proxied: Target,
+}
+
+impl Latency {
+    async fn round(&mut self, n: usize, record: bool) {
+        self.direct.run(n, record).await;
+        self.proxied.run(n, record).await;
+    }
+}
+
+/// What a proxy used: CPU time (and its system part) and write system calls.
+#[derive(Clone, Copy, Debug, Default)]
+struct Used {
+    cpu: Duration,
+    sys: Duration,
+    writes: u64,
+}
+
+impl std::ops::Sub for Used {
+    type Output = Used;
+    fn sub(self, o: Used) -> Used {
+        Used {
+            cpu: self.cpu.saturating_sub(o.cpu),
+            sys: self.sys.saturating_sub(o.sys),
+            writes: self.writes.saturating_sub(o.writes),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Used {
+    fn add_assign(&mut self, o: Used) {
+        self.cpu += o.cpu;
+        self.sys += o.sys;
+        self.writes += o.writes;
+    }
+}
+
+/// What the task or process at `/proc/...` `dir` used (`syscw` of `io` counts write and
+/// writev calls; the reads of the two proxies go through different calls, not all counted).
+fn proc_used(dir: &std::path::Path) -> Used {
+    let io = std::fs::read_to_string(dir.join("io")).unwrap_or_default();
+    let writes = io
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw:")?.trim().parse().ok())
+        .unwrap_or(0);
+    Used {
+        cpu: proc_cpu(dir),
+        sys: proc_user_sys(dir).1,
+        writes,
+    }
+}
+
+/// What the threads of this process named `name` used.
+fn threads_used(name: &str) -> Used {
+    let mut used = Used::default();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return used;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            used += proc_used(&p);
+        }
+    }
+    used
+}
+
+/// What process `pid` used.
+fn process_used(pid: u32) -> Used {
+    proc_used(std::path::Path::new(&format!("/proc/{pid}")))
+}
+
+/// Totals of a kind of stream round.
+#[derive(Debug, Default)]
+struct Tally {
+    tokens: u64,
+    /// DATA frames the client received.
+    frames: u64,
+    wall: Duration,
+    used: Used,
+}
+
+impl Tally {
+    fn per_core(&self) -> f64 {
+        self.tokens as f64 / self.used.cpu.as_secs_f64().max(1e-9)
+    }
+
+    fn print(&self, name: &str) {
+        let k = self.tokens as f64 / 1000.0;
+        println!(
+            "  {name:<7} {} tokens in {:.3} s wall = {:.0} tok/s; proxy cpu {:.3} s = {:.0} tok/s per proxy core",
+            self.tokens,
+            self.wall.as_secs_f64(),
+            self.tokens as f64 / self.wall.as_secs_f64().max(1e-9),
+            self.used.cpu.as_secs_f64(),
+            self.per_core(),
+        );
+        println!(
+            "          {:.0}% of it in the kernel; per 1000 tokens: {:.1} frames to the client, {:.1} write calls",
+            100.0 * self.used.sys.as_secs_f64() / self.used.cpu.as_secs_f64().max(1e-9),
+            self.frames as f64 / k.max(1e-9),
+            self.used.writes as f64 / k.max(1e-9),
+        );
+    }
+}
+
+/// A system under test: cocoon-proxy or nginx.
+struct System {
+    name: &'static str,
+    latency: Latency,
+    /// Connections for the stream rounds.
+    clients: Vec<Client>,
+    used: Box<dyn Fn() -> Used>,
+    throughput: Tally,
+    paced: Tally,
+}
+
+/// `streams` concurrent streams of `tokens` tokens of `model` over `clients`, one token per
+/// `interval` (zero: max rate). Returns the tokens the usage events report and the DATA frames
+/// received.
+async fn streams(
+    clients: &[Client],
     model: &str,
-    rounds: usize,
     streams: usize,
     tokens: u32,
     interval: Duration,
-) -> (u64, Duration, Duration) {
-    let mut spec = bench_spec(tokens);
-    spec.model = model.into();
-    spec.interval = interval;
-    let _w = FakeWorker::connect(proxy.running.worker_addr, spec).await;
+) -> (u64, u64) {
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let mut c = clients[i % clients.len()].stream_handle().unwrap();
+        let model = model.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut req = h2_chat(&model, tokens);
+            req.headers_mut().insert(
+                nginx::H_INTERVAL_US,
+                http::HeaderValue::from(interval.as_micros() as u64),
+            );
+            let resp = c.send(req).await;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let (mut d, mut frames) = (protocol::sse::Decoder::default(), 0u64);
+            let mut evs = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.expect("body frame").into_data() {
+                    frames += 1;
+                    evs.extend(d.feed(&data).expect("sse").into_iter().map(|e| (t0(), e)));
+                }
+            }
+            if let Some((_, e)) = error_of(&evs) {
+                eprintln!("stream error: {e}");
+            }
+            if !status.is_success() {
+                eprintln!("status {status}");
+            }
+            (usage_of(&evs).map_or(0, |u| u.completion_tokens), frames)
+        }));
+    }
+    let (mut relayed, mut frames) = (0, 0);
+    for t in tasks {
+        let (r, f) = t.await.unwrap();
+        relayed += r;
+        frames += f;
+    }
+    (relayed, frames)
+}
+
+/// A fixed instant (the event times of [`error_of`] and [`usage_of`] are not used here).
+fn t0() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+impl System {
+    /// One round of `n` streams of `tokens` tokens of `model`, one token per `interval`.
+    async fn round(&mut self, paced: bool) {
+        let (model, n, tokens, interval) = if paced {
+            (
+                PACED_MODEL,
+                PACED_STREAMS,
+                PACED_TOKENS,
+                Duration::from_millis(1),
+            )
+        } else {
+            (
+                TPUT_MODEL,
+                THROUGHPUT_STREAMS,
+                THROUGHPUT_TOKENS,
+                Duration::ZERO,
+            )
+        };
+        let used0 = (self.used)();
+        let t0 = Instant::now();
+        let (relayed, frames) = streams(&self.clients, model, n, tokens, interval).await;
+        let tally = if paced {
+            &mut self.paced
+        } else {
+            &mut self.throughput
+        };
+        tally.wall += t0.elapsed();
+        tally.used += (self.used)() - used0;
+        tally.tokens += relayed;
+        tally.frames += frames;
+    }
+
+    /// (added p50, added p99).
+    fn added(&self) -> (Duration, Duration) {
+        let (d, p) = (self.latency.direct.sorted(), self.latency.proxied.sorted());
+        (
+            percentile(&p, 0.5).saturating_sub(percentile(&d, 0.5)),
+            percentile(&p, 0.99).saturating_sub(percentile(&d, 0.99)),
+        )
+    }
+
+    fn print(&self) {
+        let (d, p) = (self.latency.direct.sorted(), self.latency.proxied.sorted());
+        let (a50, a99) = self.added();
+        println!(
+            "  {:<7} direct p50 {:7.3} p99 {:7.3} | proxied p50 {:7.3} p99 {:7.3} | added p50 {:6.3} p99 {:6.3} ms",
+            self.name,
+            ms(percentile(&d, 0.5)),
+            ms(percentile(&d, 0.99)),
+            ms(percentile(&p, 0.5)),
+            ms(percentile(&p, 0.99)),
+            ms(a50),
+            ms(a99),
+        );
+    }
+}
+
+/// Waits until the proxy's registry serves `model`.
+async fn serves(proxy: &TestProxy, model: &str) {
     while !proxy.running.state().registry.serves(model) {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// cocoon: a direct connection to a stub worker, and stub workers behind the proxy.
+async fn cocoon(proxy: &TestProxy) -> (System, Vec<FakeWorker>) {
+    let (direct_w, direct) = direct_worker(bench_spec(STREAM_TOKENS)).await;
+    let mut workers = vec![direct_w];
+    workers.push(FakeWorker::connect(proxy.running.worker_addr, bench_spec(STREAM_TOKENS)).await);
+    for (model, tokens, interval) in [
+        (TPUT_MODEL, THROUGHPUT_TOKENS, Duration::ZERO),
+        (PACED_MODEL, PACED_TOKENS, Duration::from_millis(1)),
+    ] {
+        let mut spec = bench_spec(tokens);
+        spec.model = model.into();
+        spec.interval = interval;
+        workers.push(FakeWorker::connect(proxy.running.worker_addr, spec).await);
+    }
+    for model in [MODEL, TPUT_MODEL, PACED_MODEL] {
+        serves(proxy, model).await;
     }
     let mut clients = Vec::new();
     for seed in 0..8u8 {
         clients.push(client(proxy.running.client_addr, 10 + seed).await);
     }
-    let cpu0 = threads_cpu("proxy-rt");
-    let t0 = Instant::now();
-    let mut relayed = 0u64;
-    for _ in 0..rounds {
-        let mut tasks = Vec::new();
-        for i in 0..streams {
-            let mut c = clients[i % clients.len()].stream_handle().unwrap();
-            let model = model.to_string();
-            tasks.push(tokio::spawn(async move {
-                let resp = c.send(chat(&model, tokens, None, BODY)).await;
-                let status = resp.status();
-                let evs = events(resp.into_body()).await;
-                if let Some((_, e)) = error_of(&evs) {
-                    eprintln!("stream error: {e}");
-                }
-                if !status.is_success() {
-                    eprintln!("status {status}");
-                }
-                usage_of(&evs).map_or(0, |u| u.completion_tokens)
-            }));
+    let system = System {
+        name: "cocoon",
+        latency: Latency {
+            direct: Target::new(Conn::Raw(direct), worker_request),
+            proxied: Target::new(
+                Conn::Client(client(proxy.running.client_addr, 1).await),
+                proxy_request,
+            ),
+        },
+        clients,
+        used: Box::new(|| threads_used("proxy-rt")),
+        throughput: Tally::default(),
+        paced: Tally::default(),
+    };
+    (system, workers)
+}
+
+/// nginx in front of the SSE upstream, or why not.
+async fn nginx() -> Result<(System, nginx::Nginx), String> {
+    let bin = nginx::binary().ok_or("no nginx binary found")?;
+    let upstream = nginx::sse_upstream().await;
+    let server = nginx::Nginx::start(&bin, upstream).await?;
+    let connect = |seed: u8| {
+        let addr = server.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            client_on(tcp, seed, false)
+                .await
+                .map_err(|e| format!("client handshake: {e}"))
         }
-        for t in tasks {
-            relayed += t.await.unwrap();
-        }
+    };
+    // A probe stream: nginx must relay a whole stream before it is measured.
+    let probe = connect(1).await?;
+    let (got, _) = streams(
+        std::slice::from_ref(&probe),
+        TPUT_MODEL,
+        1,
+        16,
+        Duration::ZERO,
+    )
+    .await;
+    if got != 16 {
+        return Err(format!("probe stream relayed {got} tokens, expected 16"));
     }
-    (relayed, t0.elapsed(), threads_cpu("proxy-rt") - cpu0)
+    let mut clients = Vec::new();
+    for seed in 0..8u8 {
+        clients.push(connect(10 + seed).await?);
+    }
+    let pid = server.pid();
+    let system = System {
+        name: "nginx",
+        latency: Latency {
+            direct: Target::new(
+                Conn::Raw(nginx::upstream_client(upstream).await),
+                upstream_request,
+            ),
+            proxied: Target::new(Conn::Client(probe), upstream_request),
+        },
+        clients,
+        used: Box::new(move || process_used(pid)),
+        throughput: Tally::default(),
+        paced: Tally::default(),
+    };
+    Ok((system, server))
 }
 
 fn main() {
@@ -227,69 +569,76 @@ fn main() {
     let proxy = proxy_rt
         .block_on(async { tokio::spawn(start_proxy(|_| {})).await })
         .unwrap();
-    // Warm up the proxy runtime's CPU accounting baseline (certificate checks etc.).
-    let (direct, proxied) = rt.block_on(latency(&proxy));
-    let (tokens, wall, cpu) = rt.block_on(throughput(
-        &proxy,
-        TPUT_MODEL,
-        THROUGHPUT_ROUNDS,
-        THROUGHPUT_STREAMS,
-        THROUGHPUT_TOKENS,
-        Duration::ZERO,
-    ));
-    let paced = rt.block_on(throughput(
-        &proxy,
-        PACED_MODEL,
-        1,
-        PACED_STREAMS,
-        PACED_TOKENS,
-        Duration::from_millis(1),
-    ));
+    let (cocoon, _workers) = rt.block_on(cocoon(&proxy));
+    let mut systems = vec![cocoon];
+    let mut nginx_server = None;
+    let nginx_note = match rt.block_on(nginx()) {
+        Ok((system, server)) => {
+            let note = format!("{} (pid {})", server.version, server.pid());
+            systems.push(system);
+            nginx_server = Some(server);
+            note
+        }
+        Err(e) => format!("nginx not available ({e}); cocoon only"),
+    };
+    rt.block_on(async {
+        for s in systems.iter_mut() {
+            s.latency.round(LATENCY_WARMUP, false).await;
+        }
+        let rounds = LATENCY_ROUNDS.max(THROUGHPUT_ROUNDS).max(PACED_ROUNDS);
+        for round in 0..rounds {
+            // Alternate which system goes first.
+            let mut order: Vec<usize> = (0..systems.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for &i in &order {
+                if round < LATENCY_ROUNDS {
+                    systems[i].latency.round(LATENCY_PER_ROUND, true).await;
+                }
+                if round < THROUGHPUT_ROUNDS {
+                    systems[i].round(false).await;
+                }
+                if round < PACED_ROUNDS {
+                    systems[i].round(true).await;
+                }
+            }
+        }
+    });
+    drop(nginx_server);
 
     println!(
-        "cocoon-proxy relay benchmark ({} cpus)",
+        "relay benchmark ({} cpus); baseline: {nginx_note}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "latency, {LATENCY_REQUESTS} sequential requests of {STREAM_TOKENS}-token streams (request sent -> stream end):"
+        "latency, {LATENCY_ROUNDS} alternating rounds of {LATENCY_PER_ROUND} sequential {STREAM_TOKENS}-token streams per row (request sent -> stream end):"
     );
-    let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
-    let (p50, p99) = (percentile(&proxied, 0.5), percentile(&proxied, 0.99));
+    for s in &systems {
+        s.print();
+    }
     println!(
-        "  direct  client->worker        p50 {:7.3} ms  p99 {:7.3} ms",
-        ms(d50),
-        ms(d99)
+        "throughput, {THROUGHPUT_ROUNDS} alternating rounds of {THROUGHPUT_STREAMS} concurrent streams x {THROUGHPUT_TOKENS} tokens (upstream at max rate):"
     );
+    for s in &systems {
+        s.throughput.print(s.name);
+    }
     println!(
-        "  proxied client->proxy->worker p50 {:7.3} ms  p99 {:7.3} ms",
-        ms(p50),
-        ms(p99)
+        "paced, {PACED_ROUNDS} alternating rounds of {PACED_STREAMS} concurrent streams x {PACED_TOKENS} tokens at 1000 tok/s each (one token per upstream write):"
     );
-    println!(
-        "  added by the proxy            p50 {:7.3} ms  p99 {:7.3} ms",
-        ms(p50.saturating_sub(d50)),
-        ms(p99.saturating_sub(d99))
-    );
-    println!(
-        "throughput, {THROUGHPUT_ROUNDS} x {THROUGHPUT_STREAMS} concurrent streams of {THROUGHPUT_TOKENS} tokens (stub at max rate):"
-    );
-    println!(
-        "  relayed {tokens} tokens in {:.3} s wall = {:.0} tok/s; proxy cpu {:.3} s = {:.0} tok/s per proxy core",
-        wall.as_secs_f64(),
-        tokens as f64 / wall.as_secs_f64(),
-        cpu.as_secs_f64(),
-        tokens as f64 / cpu.as_secs_f64().max(1e-9)
-    );
-    let (ptokens, pwall, pcpu) = paced;
-    println!(
-        "paced, {PACED_STREAMS} concurrent streams of {PACED_TOKENS} tokens at 1000 tok/s each (one token per frame):"
-    );
-    println!(
-        "  relayed {ptokens} tokens in {:.3} s wall = {:.0} tok/s; proxy cpu {:.3} s = {:.0} tok/s per proxy core",
-        pwall.as_secs_f64(),
-        ptokens as f64 / pwall.as_secs_f64(),
-        pcpu.as_secs_f64(),
-        ptokens as f64 / pcpu.as_secs_f64().max(1e-9)
-    );
+    for s in &systems {
+        s.paced.print(s.name);
+    }
+    if let [c, n] = &systems[..] {
+        let (c50, c99) = c.added();
+        let (n50, n99) = n.added();
+        println!(
+            "cocoon / nginx: tokens per proxy core {} (paced {}); added latency p50 {}, p99 {}",
+            ratio(c.throughput.per_core(), n.throughput.per_core()),
+            ratio(c.paced.per_core(), n.paced.per_core()),
+            ratio(c50.as_secs_f64(), n50.as_secs_f64()),
+            ratio(c99.as_secs_f64(), n99.as_secs_f64()),
+        );
+    }
     drop(proxy);
 }

@@ -133,11 +133,13 @@ async fn handle(
         }
     });
     let builder = builder(&state);
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(tls), service));
+    let (io, polls) = crate::coalesce::coalesced(tls);
+    let conn = pin!(builder.serve_connection(TokioIo::new(io), service));
+    let mut conn = polls.count(conn);
     let mut closing = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
+            result = &mut conn => {
                 if let Err(e) = result {
                     let header_timeout = e
                         .downcast_ref::<hyper::Error>()
@@ -169,7 +171,7 @@ async fn handle(
             // continue (the relay ends them at the drain deadline).
             _ = stop.wait_for(|s| *s), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                conn.inner_mut().as_mut().graceful_shutdown();
             }
         }
     }

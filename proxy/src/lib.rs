@@ -21,7 +21,8 @@
 //! * [`limits`]: connection caps, deadlines, the body budget, refusal codes; [`admission`]: the
 //!   funds check before the body and the bounded body read; [`funds`]: reservations.
 //! * [`response`]: the response body type and the JSON/error responses ([`protocol::response`]).
-//! * [`state`]: what every handler shares; [`listen`]: the accept loop of every port.
+//! * [`state`]: what every handler shares; [`listen`]: the accept loop of every port;
+//!   `coalesce`: one socket write per runtime pass on client connections.
 //! * [`ledger`]: the accounting seam ([`ledger::Ledger`]; in memory, or durable in redb);
 //!   [`keystore`]: where Kp and the wallet key live.
 //! * [`payments`]: settles the durable ledger on TON (anchors, charge and payout vouchers).
@@ -41,8 +42,8 @@
 //! * Request bodies (prompts) and response streams (completions) pass through the proxy's
 //!   memory: TLS terminates inside the proxy TEE, and the body is buffered (≤ 4 MiB) so a
 //!   request can be retried on another worker. The proxy never parses request bodies and
-//!   never logs bodies or completions; it decodes the response stream only to find the
-//!   `cocoon-usage` event. End-to-end encryption from the client to the worker's attested key
+//!   never logs bodies or completions; it scans the response stream only to find the
+//!   `cocoon-usage` event (and event boundaries). End-to-end encryption from the client to the worker's attested key
 //!   is future work; until then the proxy TEE sees plaintext in memory.
 //! * Known gaps: a request cancelled by its client, or cut by a worker failure, is not billed
 //!   (the usage report never arrives); the ledger is in memory only.
@@ -53,6 +54,7 @@
 pub mod admin;
 pub mod admission;
 pub mod api;
+mod coalesce;
 pub mod config;
 pub mod funds;
 pub mod health;

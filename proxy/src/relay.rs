@@ -5,10 +5,11 @@
 //! Before the body is read, [`crate::admission::admit`] checks that the account can pay for the
 //! request; the body is then read into memory (bounded by [`crate::config::MAX_BODY_BYTES`],
 //! a deadline and a global byte budget, see [`crate::limits`]) only so it can be replayed on
-//! a retry; it is never parsed or logged. The response stream is decoded with
-//! [`protocol::sse::Decoder`] — to find the `cocoon-usage` event — and relayed event by event
-//! as each event completes, with the same name and data; partial events are held back, so an
-//! error event the proxy appends always starts on an event boundary.
+//! a retry; it is never parsed or logged. The response stream is cut into whole events by
+//! [`protocol::sse::Splitter`] — which recognises the `cocoon-usage` and `cocoon-error` events
+//! without decoding the others — and relayed byte for byte as each event completes (comment
+//! lines included); partial events are held back, so an error event the proxy appends always
+//! starts on an event boundary.
 //!
 //! # Time limits
 //!
@@ -18,8 +19,7 @@
 //! error event and the worker's stream is reset, which stops its generation). There is no
 //! limit on a stream's total length. While a worker processes a long prompt it sends SSE
 //! comments (`: keepalive`, see `cocoon-worker`'s service), which count as progress; the
-//! relay passes them on as one [`KEEPALIVE`] per read that carries nothing else, so the
-//! client's own idle timer is reset too.
+//! relay passes them on as received, so the client's own idle timer is reset too.
 //!
 //! # Shutdown
 //!
@@ -37,14 +37,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use protocol::meta::H_MAX_PROMPT_TOKENS;
-use protocol::sse::{Decoder, Event, EVENT_ERROR, EVENT_USAGE, KEEPALIVE};
+use protocol::sse::split::Kind;
+use protocol::sse::{Decoder, Event, Splitter, EVENT_USAGE};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 use tokio::time::Sleep;
 
@@ -57,6 +58,9 @@ use crate::registry::Worker;
 use crate::response::ResponseBody;
 use crate::state::State;
 use crate::stats::{ActiveGuard, Stats};
+
+mod chunks;
+use chunks::Chunks;
 
 /// A relayed frame is at most about this large (events already received are coalesced).
 const COALESCE_LIMIT: usize = 16 << 10;
@@ -334,9 +338,9 @@ fn stream_response(
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
     let body = RelayBody {
         upstream: Some(resp.into_body()),
-        decoder: Decoder::default(),
-        out: BytesMut::new(),
-        held: BytesMut::new(),
+        splitter: Splitter::default(),
+        out: Chunks::default(),
+        held: Chunks::default(),
         gate: None,
         done: false,
         idle: Idle::new(state.config.worker_idle_timeout),
@@ -433,6 +437,19 @@ impl Billing {
     }
 }
 
+/// The data of the usage event in `raw` (one whole event, as [`Splitter`] delimited it).
+fn usage_data(raw: &[u8]) -> String {
+    Decoder::default()
+        .feed(raw)
+        .ok()
+        .and_then(|evs| {
+            evs.into_iter()
+                .find(|e| e.name.as_deref() == Some(EVENT_USAGE))
+        })
+        .map(|e| e.data)
+        .unwrap_or_default()
+}
+
 /// A charge being written by the durable ledger.
 type DurableWrite = Pin<Box<dyn Future<Output = Result<(), LedgerError>> + Send>>;
 
@@ -491,11 +508,11 @@ type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
 pub struct RelayBody {
     upstream: Option<Incoming>,
-    decoder: Decoder,
+    splitter: Splitter,
     /// Complete events not yet handed to the client connection.
-    out: BytesMut,
+    out: Chunks,
     /// Events from the usage report on, held until the charge is on disk (`gate`).
-    held: BytesMut,
+    held: Chunks,
     /// The durable ledger's write of this request's charge.
     gate: Option<DurableWrite>,
     done: bool,
@@ -540,7 +557,7 @@ impl RelayBody {
             b.state.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
         }
         let error = Event::error(&api(kind, message)).encode();
-        self.sink().extend_from_slice(&error);
+        self.sink().push(Bytes::from(error));
         self.finish(worker_ok);
     }
 
@@ -582,7 +599,7 @@ impl RelayBody {
     }
 
     /// Where the next event goes: held back while a charge is being written.
-    fn sink(&mut self) -> &mut BytesMut {
+    fn sink(&mut self) -> &mut Chunks {
         if self.gate.is_some() {
             &mut self.held
         } else {
@@ -602,8 +619,7 @@ impl RelayBody {
                 self.gate = None;
                 match result {
                     Ok(()) => {
-                        let held = self.held.split();
-                        self.out.extend_from_slice(&held);
+                        self.out.append(&mut self.held);
                     }
                     Err(e) => {
                         // The client must not get a result the ledger could forget.
@@ -616,7 +632,7 @@ impl RelayBody {
                             "the proxy could not record this request's charge",
                         ))
                         .encode();
-                        self.out.extend_from_slice(&error);
+                        self.out.push(Bytes::from(error));
                     }
                 }
                 Poll::Ready(())
@@ -631,47 +647,43 @@ impl RelayBody {
         self.active = None;
     }
 
-    fn on_chunk(&mut self, data: &[u8]) {
-        let events = match self.decoder.feed(data) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.warn("worker sent a malformed event stream", &e);
-                return self.fail(format!("worker sent a malformed event stream: {e}"));
-            }
-        };
+    /// Queues the whole events `data` completes, as received; bills the usage event and holds
+    /// it (and everything after it) back while its charge is being written.
+    fn on_chunk(&mut self, data: Bytes) {
         self.idle.progress();
-        if events.is_empty() {
-            // Keepalive comments (the worker processes the prompt): passed on, coalesced
-            // into one per read, only when nothing else goes out with them.
-            if self.decoder.take_comments() > 0 && self.sink().is_empty() {
-                self.sink().extend_from_slice(KEEPALIVE);
-            }
-            return;
-        }
-        self.decoder.take_comments();
         if let Some(b) = self.billing.as_mut() {
             b.on_data();
         }
-        for ev in &events {
-            match ev.name.as_deref() {
-                Some(EVENT_USAGE) => {
-                    if let Some(b) = self.billing.as_mut() {
-                        if let Some(ticket) = b.on_usage(&ev.data) {
-                            if !ticket.is_durable() {
-                                self.gate = Some(Box::pin(ticket.wait()));
-                            }
+        let Self {
+            splitter,
+            billing,
+            gate,
+            out,
+            held,
+            ..
+        } = self;
+        let split = splitter.feed(&data, |kind, bytes| {
+            match (kind, billing.as_mut()) {
+                (Kind::Usage, Some(b)) => {
+                    if let Some(ticket) = b.on_usage(&usage_data(bytes)) {
+                        if !ticket.is_durable() {
+                            *gate = Some(Box::pin(ticket.wait()));
                         }
                     }
                 }
-                Some(EVENT_ERROR) => {
-                    if let Some(b) = self.billing.as_mut() {
-                        b.worker_error = true;
-                    }
-                }
+                (Kind::Error, Some(b)) => b.worker_error = true,
                 _ => {}
             }
-            let encoded = ev.encode();
-            self.sink().extend_from_slice(&encoded);
+            let sink = if gate.is_some() {
+                &mut *held
+            } else {
+                &mut *out
+            };
+            sink.push_from(&data, bytes);
+        });
+        if let Err(e) = split {
+            self.warn("worker sent a malformed event stream", &e);
+            self.fail(format!("worker sent a malformed event stream: {e}"));
         }
     }
 
@@ -742,7 +754,7 @@ impl Body for RelayBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {
-                            this.on_chunk(&data);
+                            this.on_chunk(data);
                         }
                     }
                 }
@@ -753,11 +765,7 @@ impl Body for RelayBody {
                 Poll::Ready(None) => this.on_end(),
             }
         }
-        if this.out.is_empty() {
-            Poll::Ready(None)
-        } else {
-            Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))))
-        }
+        Poll::Ready(this.out.take().map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {

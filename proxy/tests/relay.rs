@@ -202,3 +202,105 @@ async fn error_paths() {
     assert_eq!(by["413"], 2);
     assert_eq!(by["429"], 1);
 }
+
+/// A whole response body.
+async fn body_bytes(resp: http::Response<hyper::body::Incoming>) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// A worker whose events arrive cut at every byte offset (into two DATA frames): the client
+/// gets exactly the bytes the worker sent (comment lines and CRLF included), and the usage
+/// event is found and billed every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cut_at_every_offset_are_relayed_byte_for_byte_and_billed() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("w-split");
+    spec.behavior = Behavior::Replay;
+    let _w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let usage = protocol::Usage {
+        prompt_tokens: 5,
+        cached_tokens: 1,
+        completion_tokens: 2,
+        reasoning_tokens: 0,
+    };
+    let stream: Vec<u8> = [
+        &b": keepalive\n\n"[..],
+        &token_event(MODEL, 0),
+        b"data: {\"crlf\":1}\r\n\r\n",
+        &protocol::sse::Event::usage(&usage).encode(),
+        &protocol::sse::Event::done().encode(),
+    ]
+    .concat();
+    let cost = Prices::default().cost(&usage, 1000);
+    let mut c = client(p.running.client_addr, 5).await;
+    let mut balance = 1_000_000_000_000;
+    for at in 0..=stream.len() {
+        let frames = [&stream[..at], &stream[at..]]
+            .into_iter()
+            .filter(|f| !f.is_empty())
+            .map(text)
+            .collect();
+        let body = serde_json::to_vec(&Replay { frames, die: false }).unwrap();
+        let resp = c.send(chat(MODEL, 16, None, &body)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(text(&body_bytes(resp).await), text(&stream), "cut at {at}");
+        balance -= cost;
+        assert_eq!(p.ledger_balance(&c.account), Some(balance), "cut at {at}");
+    }
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+    let s = p.stats();
+    assert_eq!(s["clients"][&c.account]["requests"], stream.len() + 1);
+    assert_eq!(s["requests"]["stream_errors"], 0);
+}
+
+/// A worker lost in the middle of an event: the client gets the whole events before it, then
+/// the proxy's error event — never the partial event — and nothing is billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_lost_mid_event_gets_the_error_event_on_the_boundary() {
+    let p = start_proxy(|_| {}).await;
+    let mut c = client(p.running.client_addr, 6).await;
+    let whole = [token_event(MODEL, 0), token_event(MODEL, 1)].concat();
+    let third = token_event(MODEL, 2);
+    for cut in [1, third.len() / 2, third.len() - 1] {
+        let mut spec = WorkerSpec::new("w-lost");
+        spec.behavior = Behavior::Replay;
+        let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+        p.wait_workers(1).await;
+        let frames = vec![
+            text(&whole[..whole.len() / 3]),
+            text(&[&whole[whole.len() / 3..], &third[..cut]].concat()),
+        ];
+        let body = serde_json::to_vec(&Replay { frames, die: true }).unwrap();
+        let resp = c.send(chat(MODEL, 16, None, &body)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let got = body_bytes(resp).await;
+        assert!(got.starts_with(&whole), "cut at {cut}: {}", text(&got));
+        let tail = &got[whole.len()..];
+        let evs = protocol::sse::Decoder::default().feed(tail).unwrap();
+        assert_eq!(evs.len(), 1, "cut at {cut}: {}", text(tail));
+        assert_eq!(evs[0].name.as_deref(), Some(protocol::sse::EVENT_ERROR));
+        let err = protocol::ApiError::from_json(502, evs[0].data.as_bytes());
+        assert_eq!(err.kind, protocol::ErrorKind::Upstream);
+        assert_eq!(
+            tail,
+            protocol::sse::Event::error(&err).encode(),
+            "cut at {cut}"
+        );
+        drop(w);
+        p.wait_workers(0).await;
+    }
+    assert_eq!(p.ledger_balance(&c.account), Some(1_000_000_000_000));
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+    assert_eq!(p.stats()["requests"]["stream_errors"], 3);
+}

@@ -129,6 +129,17 @@ pub enum Behavior {
     /// Send nothing more on this stream after this many tokens (the connection stays
     /// healthy) until the proxy resets it.
     StallAfter(u32),
+    /// Send the frames the request body lists ([`Replay`]), one DATA frame each, then end the
+    /// stream or close the connection.
+    Replay,
+}
+
+/// A request body for [`Behavior::Replay`]: the worker sends `frames` as they are.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Replay {
+    pub frames: Vec<String>,
+    /// Close the whole connection after the frames instead of ending the stream.
+    pub die: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -347,8 +358,9 @@ async fn handle(
     }
     obs.requests.fetch_add(1, Ordering::SeqCst);
     obs.headers.lock().unwrap().push(headers.clone());
-    obs.bodies.lock().unwrap().push(body);
+    obs.bodies.lock().unwrap().push(body.clone());
     match spec.behavior {
+        Behavior::Replay => return Ok(replay(&body, kill)),
         Behavior::Status(s) => {
             let err = ApiError::new(
                 protocol::error::kind_for_status(s),
@@ -395,29 +407,13 @@ async fn handle(
             if let Some(t) = tick.as_mut() {
                 t.tick().await;
             }
-            let chunk = serde_json::json!({
-                "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": spec.model,
-                "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}],
-            });
-            if tx
-                .send(Bytes::from(Event::data(chunk.to_string()).encode()))
-                .await
-                .is_err()
-            {
+            if tx.send(token_event(&spec.model, i)).await.is_err() {
                 obs.cancelled.fetch_add(1, Ordering::SeqCst);
                 *obs.cancelled_at.lock().unwrap() = Some(Instant::now());
                 return;
             }
         }
-        let usage = Usage {
-            prompt_tokens: spec.prompt_tokens,
-            cached_tokens: 2,
-            completion_tokens: u64::from(n),
-            reasoning_tokens: 1,
-        };
-        let mut tail = Event::usage(&usage).encode();
-        tail.extend(Event::done().encode());
-        if tx.send(Bytes::from(tail)).await.is_ok() {
+        if tx.send(usage_tail(spec.prompt_tokens, n)).await.is_ok() {
             obs.completed.fetch_add(1, Ordering::SeqCst);
         }
     });
@@ -427,6 +423,53 @@ async fn handle(
         http::HeaderValue::from_static("text/event-stream"),
     );
     Ok(r)
+}
+
+/// Streams the frames of a [`Replay`] body.
+fn replay(body: &[u8], kill: Arc<Notify>) -> Response<WorkerBody> {
+    let script: Replay = serde_json::from_slice(body).expect("replay body");
+    let (tx, rx) = mpsc::channel::<Bytes>(script.frames.len().max(1));
+    for f in script.frames {
+        tx.try_send(Bytes::from(f)).expect("channel has room");
+    }
+    if script.die {
+        tokio::spawn(async move {
+            // Let the frames reach the proxy, then drop the connection mid-stream.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            kill.notify_one();
+            drop(tx);
+        });
+    } else {
+        drop(tx);
+    }
+    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// The fake worker's `i`-th token event (an OpenAI chat chunk), as one encoded event.
+pub fn token_event(model: &str, i: u32) -> Bytes {
+    let chunk = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+        "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}}],
+    });
+    Bytes::from(Event::data(chunk.to_string()).encode())
+}
+
+/// The fake worker's last write: the usage event for `completion_tokens` and `[DONE]`.
+pub fn usage_tail(prompt_tokens: u64, completion_tokens: u32) -> Bytes {
+    let usage = Usage {
+        prompt_tokens,
+        cached_tokens: 2,
+        completion_tokens: u64::from(completion_tokens),
+        reasoning_tokens: 1,
+    };
+    let mut tail = Event::usage(&usage).encode();
+    tail.extend(Event::done().encode());
+    Bytes::from(tail)
 }
 
 /// A client with an account key, over HTTP/2 (or HTTP/1.1) to the proxy's client port.

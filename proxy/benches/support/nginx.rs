@@ -1,0 +1,297 @@
+//! nginx as a same-run baseline for the relay benchmark: Debian's nginx binary run as one
+//! foreground process (`master_process off`, so the process is the worker whose CPU time is
+//! read) with a generated config in a temporary prefix. It terminates TLS 1.3 + HTTP/2 from the
+//! bench client (presenting the proxy's RA-TLS certificate, so the client is the very one the
+//! cocoon rows use) and proxies over TLS, HTTP/1.1 keep-alive, unbuffered, to [`sse_upstream`]:
+//! a fast SSE server streaming exactly the fake worker's events.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use protocol::RequestMeta;
+use ratls::{client_config, server_config, PeerVerifier, RaTlsServerVerifier, Role, SystemClock};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::common::{
+    cert, now, proxy_regs, resolver, token_event, usage_tail, worker_policy, worker_regs,
+    ChannelBody,
+};
+
+/// Request header: microseconds between two tokens of the upstream's stream (0: max rate).
+pub const H_INTERVAL_US: &str = "x-bench-interval-us";
+
+/// The nginx binary: `COCOON_BENCH_NGINX`, else Debian's paths, else `nginx` on `PATH`.
+pub fn binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("COCOON_BENCH_NGINX") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates = vec![
+        PathBuf::from("/usr/sbin/nginx"),
+        PathBuf::from("/usr/bin/nginx"),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("nginx")));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A running nginx; killed (it is this process's own child) and its prefix removed on drop.
+pub struct Nginx {
+    child: Child,
+    pub addr: SocketAddr,
+    pub version: String,
+    dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The Ed25519 key as PKCS#8 v1 (OpenSSL refuses ring's v2 document with the public key).
+fn pkcs8_v1(v2: &[u8]) -> Result<Vec<u8>, String> {
+    // PrivateKeyInfo { version 0, algorithm id-Ed25519, privateKey OCTET STRING { seed } }.
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let at = v2
+        .windows(4)
+        .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+        .ok_or("no ed25519 seed in the key")?;
+    let seed = v2.get(at + 4..at + 36).ok_or("short ed25519 key")?;
+    Ok([&PREFIX[..], seed].concat())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn config(dir: &Path, port: u16, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream sse {{
+        server {upstream};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_protocols TLSv1.3;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        location / {{
+            proxy_pass https://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_session_reuse on;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+impl Nginx {
+    /// Starts `bin` in front of `upstream`; waits until it accepts connections.
+    pub async fn start(bin: &Path, upstream: SocketAddr) -> Result<Nginx, String> {
+        let version = Command::new(bin)
+            .arg("-v")
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let version = String::from_utf8_lossy(&version.stderr)
+            .trim()
+            .trim_start_matches("nginx version: ")
+            .to_string();
+        let dir = std::env::temp_dir().join(format!("cocoon-relay-nginx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // The proxy's own RA-TLS certificate (Ed25519): the bench client verifies nginx
+        // exactly as it verifies cocoon-proxy.
+        let issued = cert(proxy_regs(), Role::Proxy, now());
+        let write = |name: &str, text: String| -> Result<(), String> {
+            let mut f = std::fs::File::create(dir.join(name)).map_err(|e| e.to_string())?;
+            f.write_all(text.as_bytes()).map_err(|e| e.to_string())
+        };
+        write("cert.pem", pem("CERTIFICATE", &issued.cert_der))?;
+        write(
+            "key.pem",
+            pem("PRIVATE KEY", &pkcs8_v1(&issued.key_pkcs8_der)?),
+        )?;
+        let port = free_port().map_err(|e| e.to_string())?;
+        write("nginx.conf", config(&dir, port, upstream))?;
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut nginx = Nginx {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            version,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                return Err(format!("exited ({status}): {}", log.trim()));
+            }
+            if TcpStream::connect(nginx.addr).await.is_ok() {
+                return Ok(nginx);
+            }
+            if Instant::now() > deadline {
+                return Err("not listening after 5 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The nginx process (with `master_process off`, its one thread does all the work).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Streams the fake worker's events for a request: `max_tokens` token events, then the usage
+/// event and `[DONE]`, each token its own write, one per [`H_INTERVAL_US`] (as fast as the
+/// reader takes them without it), paced like the fake worker.
+async fn serve_sse(req: Request<Incoming>) -> Result<Response<ChannelBody>, Infallible> {
+    // The same metadata headers the proxy forwards to a worker.
+    let (model, n) = RequestMeta::from_headers(req.headers())
+        .map_or((String::new(), 0), |m| (m.model, m.max_tokens));
+    let interval = req
+        .headers()
+        .get(H_INTERVAL_US)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_micros);
+    let _ = req.into_body().collect().await;
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut tick = (!interval.is_zero()).then(|| tokio::time::interval(interval));
+        for i in 0..n {
+            if let Some(t) = tick.as_mut() {
+                t.tick().await;
+            }
+            if tx.send(token_event(&model, i)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(usage_tail(7, n)).await;
+    });
+    let mut r = Response::new(ChannelBody(rx));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    Ok(r)
+}
+
+/// Starts the SSE upstream on the current runtime: TLS 1.3 (a worker RA-TLS certificate),
+/// HTTP/1.1 or HTTP/2.
+pub async fn sse_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = server_config(
+        resolver(worker_regs(), Role::Worker, now()),
+        None,
+        &[b"h2", b"http/1.1"],
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service_fn(serve_sse))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 client straight to the upstream (the "direct" row of nginx's latency).
+pub async fn upstream_client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let verifier = Arc::new(
+        PeerVerifier::new(worker_policy(), Arc::new(SystemClock)).with_roles([Role::Worker]),
+    );
+    let cfg = client_config(None, Arc::new(RaTlsServerVerifier::new(verifier)), &[b"h2"]).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("upstream.invalid").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(256 << 10)
+        .initial_connection_window_size(1 << 30)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}

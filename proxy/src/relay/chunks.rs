@@ -1,0 +1,126 @@
+//! Relayed bytes waiting for the client connection: a frame made of one piece goes out as the
+//! buffer it arrived in, without a copy; several are copied into one frame.
+
+use bytes::{Bytes, BytesMut};
+
+/// Room reserved when pieces start being joined (frames grow by events of a few hundred
+/// bytes; what a frame leaves unused serves the next one).
+const JOIN_CAPACITY: usize = 4 << 10;
+
+/// Pieces of whole events, in order: the first as received, later ones copied after it.
+#[derive(Debug, Default)]
+pub(super) struct Chunks {
+    /// The only piece so far, not copied.
+    first: Option<Bytes>,
+    /// Two or more pieces, joined.
+    joined: BytesMut,
+}
+
+impl Chunks {
+    /// Total bytes queued.
+    pub(super) fn len(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.joined.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn push(&mut self, piece: Bytes) {
+        if piece.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.first = Some(piece);
+        } else {
+            self.extend(&piece);
+        }
+    }
+
+    /// Queues `part`: a slice of `chunk` without a copy when it is the first piece, else
+    /// copied after the others.
+    pub(super) fn push_from(&mut self, chunk: &Bytes, part: &[u8]) {
+        if part.is_empty() {
+            return;
+        }
+        if !self.is_empty() {
+            return self.extend(part);
+        }
+        let start = chunk.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        if at >= start && at + part.len() <= start + chunk.len() {
+            self.first = Some(chunk.slice_ref(part));
+        } else {
+            self.joined.extend_from_slice(part);
+        }
+    }
+
+    fn extend(&mut self, part: &[u8]) {
+        if let Some(first) = self.first.take() {
+            self.joined
+                .reserve(JOIN_CAPACITY.max(first.len() + part.len()));
+            self.joined.extend_from_slice(&first);
+        }
+        self.joined.extend_from_slice(part);
+    }
+
+    /// Moves everything queued in `other` to the end of this queue.
+    pub(super) fn append(&mut self, other: &mut Chunks) {
+        if let Some(b) = other.take() {
+            self.push(b);
+        }
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.first = None;
+        self.joined.clear();
+    }
+
+    /// Everything queued, as one buffer (`None` when empty).
+    pub(super) fn take(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        (!self.joined.is_empty()).then(|| self.joined.split().freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_piece_is_not_copied_several_are_joined() {
+        let chunk = Bytes::from_static(b"data: a\n\ndata: b\n\n");
+        let mut q = Chunks::default();
+        assert_eq!(q.take(), None);
+        q.push_from(&chunk, &chunk[..9]);
+        assert_eq!(q.len(), 9);
+        let one = q.take().unwrap();
+        assert_eq!(one.as_ptr(), chunk.as_ptr());
+        assert_eq!(&one[..], b"data: a\n\n");
+        assert!(q.is_empty());
+
+        let elsewhere = b"data: c\n\n".to_vec();
+        q.push_from(&chunk, &chunk[9..]);
+        q.push_from(&chunk, &elsewhere);
+        q.push(Bytes::new());
+        assert_eq!(q.len(), 18);
+        let mut other = Chunks::default();
+        other.push(Bytes::from_static(b"data: d\n\n"));
+        q.append(&mut other);
+        assert!(other.is_empty());
+        assert_eq!(&q.take().unwrap()[..], b"data: b\n\ndata: c\n\ndata: d\n\n");
+        assert_eq!(q.len(), 0);
+        q.push(Bytes::from_static(b"x"));
+        q.clear();
+        assert_eq!(q.take(), None);
+
+        // A first piece from outside the chunk (completed from earlier chunks) is copied.
+        q.push_from(&chunk, &elsewhere);
+        let copied = q.take().unwrap();
+        assert_ne!(copied.as_ptr(), elsewhere.as_ptr());
+        assert_eq!(&copied[..], b"data: c\n\n");
+        assert_eq!(q.take(), None);
+    }
+}
