@@ -113,7 +113,13 @@ fn done(o: &Out, what: &str) -> (Usage, FinishReason) {
 async fn token_id(engine: &MistralRsEngine, text: &str) -> u32 {
     let ids = engine
         .model()
-        .tokenize(Ok::<String, mistralrs::TextMessages>(text.into()).into(), None, false, false, None)
+        .tokenize(
+            Ok::<String, mistralrs::TextMessages>(text.into()).into(),
+            None,
+            false,
+            false,
+            None,
+        )
         .await
         .expect("tokenize");
     assert_eq!(ids.len(), 1, "{text:?} is {ids:?}");
@@ -177,7 +183,11 @@ fn check_logprobs(o: &Out, n: usize, greedy: bool) {
         if let Ok(s) = std::str::from_utf8(bytes) {
             assert_eq!(s, lp.token);
         }
-        if let Some(t) = lp.top.iter().find(|t| t.token == lp.token && t.bytes == lp.bytes) {
+        if let Some(t) = lp
+            .top
+            .iter()
+            .find(|t| t.token == lp.token && t.bytes == lp.bytes)
+        {
             assert_eq!(t.logprob, lp.logprob, "chosen token's entry: {lp:?}");
         }
         if greedy {
@@ -261,7 +271,10 @@ async fn openai_surface_on_smollm2() {
     req.sampling.logit_bias = vec![(first_id, -100.0)];
     let banned = run(&engine, req).await;
     done(&banned, "bias -100");
-    assert_ne!(banned.logprobs[0].token, first, "-100 bans the greedy first token");
+    assert_ne!(
+        banned.logprobs[0].token, first,
+        "-100 bans the greedy first token"
+    );
     let forced_text = " banana";
     let forced_id = token_id(&engine, forced_text).await;
     let mut req = chat("Write a long story about a dragon.", 3);
@@ -270,8 +283,15 @@ async fn openai_surface_on_smollm2() {
     let forced = run(&engine, req).await;
     done(&forced, "bias +100");
     assert_eq!(forced.logprobs[0].token, forced_text);
-    assert!(forced.logprobs[0].logprob > -0.01, "{:?}", forced.logprobs[0]);
-    println!("logit_bias: banned {first:?} -> {:?}; forced {:?}", banned.text, forced.text);
+    assert!(
+        forced.logprobs[0].logprob > -0.01,
+        "{:?}",
+        forced.logprobs[0]
+    );
+    println!(
+        "logit_bias: banned {first:?} -> {:?}; forced {:?}",
+        banned.text, forced.text
+    );
 
     // --- JSON mode ---
     let mut req = chat(
@@ -293,7 +313,9 @@ async fn openai_surface_on_smollm2() {
     let (_, reason) = done(&j, "sampled json_object");
     println!("sampled json_object: {:?} {reason:?}", j.text);
     if reason == FinishReason::Stop {
-        assert!(serde_json::from_str::<Value>(&j.text).expect("json").is_object());
+        assert!(serde_json::from_str::<Value>(&j.text)
+            .expect("json")
+            .is_object());
     }
 
     // --- JSON schema ---
@@ -393,7 +415,10 @@ async fn openai_surface_on_smollm2() {
         req.tool_choice = choice.clone();
         let t = run(&engine, req).await;
         let (_, reason) = done(&t, "round trip");
-        println!("round trip ({choice:?}): {:?} {:?} {reason:?}", t.text, t.calls);
+        println!(
+            "round trip ({choice:?}): {:?} {:?} {reason:?}",
+            t.text, t.calls
+        );
         if choice == ToolChoice::None {
             assert!(t.calls.is_empty());
             assert!(!t.text.is_empty());
@@ -452,7 +477,10 @@ async fn openai_surface_on_smollm2() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let busy = cpu_time().saturating_sub(cpu);
         println!("cancel ({name}): cpu time in the second after: {busy:?}");
-        assert!(busy < Duration::from_millis(500), "{name}: engine still busy: {busy:?}");
+        assert!(
+            busy < Duration::from_millis(500),
+            "{name}: engine still busy: {busy:?}"
+        );
     }
 
     // --- speed of the sampler's modes (printed, not asserted) ---

@@ -72,10 +72,8 @@ struct TempDir(PathBuf);
 impl TempDir {
     /// A directory for one test (tests run in parallel in one process).
     fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "cocoon-tiny-golden-{}-{test}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("cocoon-tiny-golden-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self(dir)
     }
@@ -412,7 +410,12 @@ fn json_schema() -> serde_json::Value {
 async fn run_all(
     engine: &MistralRsEngine,
     req: GenerationRequest,
-) -> (String, Vec<worker::engine::TokenLogprob>, protocol::Usage, FinishReason) {
+) -> (
+    String,
+    Vec<worker::engine::TokenLogprob>,
+    protocol::Usage,
+    FinishReason,
+) {
     let (tx, mut rx) = mpsc::channel::<Result<Chunk, EngineError>>(8);
     let read = async {
         let (mut text, mut lps, mut done) = (String::new(), Vec::new(), None);
@@ -465,7 +468,10 @@ async fn tiny_llama_sampling_matches_golden() {
             .expect("detokenize");
         assert_eq!(lp.token, decoded, "token {id}");
         assert_eq!(lp.top.len(), 3);
-        assert_eq!((&lp.top[0].token, lp.top[0].logprob), (&lp.token, lp.logprob));
+        assert_eq!(
+            (&lp.top[0].token, lp.top[0].logprob),
+            (&lp.token, lp.logprob)
+        );
         assert!(lp.logprob < 0.0);
     }
 
@@ -484,7 +490,10 @@ async fn tiny_llama_sampling_matches_golden() {
     assert_eq!(s1.text, s1b.text);
     assert_ne!(s1.text, s2.text);
     assert_ne!(s1.text, want_greedy.text);
-    println!("seed 1: {:?}\nseed 2: {:?}\ntop_p 0.5: {:?}", s1.text, s2.text, tp.text);
+    println!(
+        "seed 1: {:?}\nseed 2: {:?}\ntop_p 0.5: {:?}",
+        s1.text, s2.text, tp.text
+    );
 
     // logit_bias: -100 bans the greedy first token; +100 makes one token every token.
     let first = want_greedy.completion_token_ids[0];

@@ -173,8 +173,9 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
             highest_priority_seqs
         };
         // cocoon patch: add one group of same-length, same-offset partial prefills when the
-        // chosen bucket has no prompt of its own (a prompt step needs one length and offset);
-        // the rest wait with more urgency.
+        // chosen bucket has no prompt of its own (a prompt step needs one length and offset)
+        // and, next to decoding sequences, only when a chunk is due (time sharing, see
+        // `crate::prefill::chunk_due`); the rest wait with more urgency.
         let mut running: Vec<Sequence> = running;
         let mut partial = partial;
         if !partial.is_empty() {
@@ -184,7 +185,8 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
             let key = (partial[0].len(), partial[0].token_offset());
-            let room = running.iter().all(|seq| seq.is_completion());
+            let room = running.iter().all(|seq| seq.is_completion())
+                && (running.is_empty() || crate::prefill::chunk_due());
             for seq in partial {
                 if room && (seq.len(), seq.token_offset()) == key {
                     running.push(seq.reset_urgency());

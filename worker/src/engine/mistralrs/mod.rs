@@ -375,10 +375,7 @@ impl MistralRsEngine {
             ..SamplingParams::neutral()
         };
         let spec = SamplerSpec {
-            temperature: sampling
-                .temperature
-                .filter(|t| *t > 0.0)
-                .map(|t| t as f32),
+            temperature: sampling.temperature.filter(|t| *t > 0.0).map(|t| t as f32),
             top_p: sampling.top_p.map(|p| p as f32),
             presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
             frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
@@ -574,4 +571,3 @@ pub async fn bare_generate(
     }
     Err(failed("mistral.rs ended the stream without usage"))
 }
-

@@ -390,12 +390,7 @@ impl Forward<'_> {
     }
 
     /// Sends the end of the output and returns the final chunk.
-    async fn end(
-        &self,
-        stages: &mut Stages<'_>,
-        usage: Usage,
-        reason: FinishReason,
-    ) -> Outcome {
+    async fn end(&self, stages: &mut Stages<'_>, usage: Usage, reason: FinishReason) -> Outcome {
         let chunk = match stages.finish() {
             Ending::Calls(calls) => {
                 if self.tx.send(Ok(Chunk::ToolCalls(calls))).await.is_err() {
@@ -551,7 +546,10 @@ mod tests {
     fn logprobs_travel_with_their_text_through_the_stop_filter() {
         let mut s = StopStage::new(&["END".to_string()]);
         let (out, stopped) = s.push(piece("hi "));
-        assert_eq!((out.text.as_str(), tokens(&out), stopped), ("hi ", vec!["hi "], false));
+        assert_eq!(
+            (out.text.as_str(), tokens(&out), stopped),
+            ("hi ", vec!["hi "], false)
+        );
         // Held back: "E" may start "END"; its logprob waits with it.
         let (out, _) = s.push(piece("E"));
         assert_eq!((out.text.as_str(), tokens(&out)), ("", vec![]));
@@ -562,14 +560,23 @@ mod tests {
         assert_eq!((out.text.as_str(), tokens(&out)), ("y", vec!["yEN"]));
         assert!(!stopped);
         let (out, stopped) = s.push(piece("D"));
-        assert_eq!((out.text.as_str(), tokens(&out), stopped), ("", vec![], true));
+        assert_eq!(
+            (out.text.as_str(), tokens(&out), stopped),
+            ("", vec![], true)
+        );
         assert_eq!(s.flush(), Piece::default());
         // A token without text is released with the text before it; flush releases the rest.
         let mut s = StopStage::new(&["END".to_string()]);
         let (out, _) = s.push(piece(""));
         assert_eq!(tokens(&out), vec![""]);
         s.push(piece("EN"));
-        assert_eq!(s.flush(), Piece { text: "EN".into(), logprobs: vec![lp("EN")] });
+        assert_eq!(
+            s.flush(),
+            Piece {
+                text: "EN".into(),
+                logprobs: vec![lp("EN")]
+            }
+        );
     }
 
     fn weather() -> Vec<ToolSpec> {
@@ -585,9 +592,15 @@ mod tests {
         let tools = weather();
         let mut st = Stages::new(&[], Calls::Auto, &tools);
         assert_eq!(st.push(piece(" {\"name\": ")).0, Piece::default());
-        assert_eq!(st.push(piece("\"get_weather\", \"arguments\": {}}")).0, Piece::default());
+        assert_eq!(
+            st.push(piece("\"get_weather\", \"arguments\": {}}")).0,
+            Piece::default()
+        );
         match st.finish() {
-            Ending::Calls(c) => assert_eq!((c[0].name.as_str(), c[0].arguments.as_str()), ("get_weather", "{}")),
+            Ending::Calls(c) => assert_eq!(
+                (c[0].name.as_str(), c[0].arguments.as_str()),
+                ("get_weather", "{}")
+            ),
             other => panic!("{other:?}"),
         }
         // Text: released as soon as it cannot be a call, then streamed.
@@ -600,7 +613,13 @@ mod tests {
         // JSON that is not a call of a known tool is text at the end.
         let mut st = Stages::new(&[], Calls::Auto, &tools);
         st.push(piece("{\"a\": 1}"));
-        assert_eq!(st.finish(), Ending::Text(Piece { text: "{\"a\": 1}".into(), logprobs: vec![lp("{\"a\": 1}")] }));
+        assert_eq!(
+            st.finish(),
+            Ending::Text(Piece {
+                text: "{\"a\": 1}".into(),
+                logprobs: vec![lp("{\"a\": 1}")]
+            })
+        );
     }
 
     #[test]
@@ -622,20 +641,31 @@ mod tests {
         let steps = Steps::default();
         // Steps 0..3 chose tokens 5, 6 (an incomplete UTF-8 start), 7, 5.
         for (i, t) in [5, 6, 7, 5].into_iter().enumerate() {
-            steps.record(i, StepRecord { token: t, logprobs: None });
+            steps.record(
+                i,
+                StepRecord {
+                    token: t,
+                    logprobs: None,
+                },
+            );
         }
         let mut cursor = 0;
         let ids = |r: Vec<StepRecord>| r.iter().map(|r| r.token).collect::<Vec<_>>();
         assert_eq!(ids(take_records(&steps, &mut cursor, Some(5))), vec![5]);
         assert_eq!(ids(take_records(&steps, &mut cursor, Some(7))), vec![6, 7]);
-        assert_eq!(ids(take_records(&steps, &mut cursor, None)), Vec::<u32>::new());
+        assert_eq!(
+            ids(take_records(&steps, &mut cursor, None)),
+            Vec::<u32>::new()
+        );
         assert_eq!(ids(take_records(&steps, &mut cursor, Some(5))), vec![5]);
         assert_eq!(cursor, 4);
     }
 
     #[test]
     fn grammar_refusals_are_unsupported() {
-        assert!(matches!(refused("Invalid grammar. bad schema"), EngineError::Unsupported(m) if m.contains("bad schema")));
+        assert!(
+            matches!(refused("Invalid grammar. bad schema"), EngineError::Unsupported(m) if m.contains("bad schema"))
+        );
         assert!(matches!(refused("other"), EngineError::Failed(_)));
     }
 }

@@ -81,7 +81,10 @@ impl Steps {
 
     /// The records from index `from` on.
     pub(crate) fn since(&self, from: usize) -> Vec<StepRecord> {
-        self.lock().get(from..).map(<[_]>::to_vec).unwrap_or_default()
+        self.lock()
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Records the choice at `step` (replacing it on a retry).
@@ -228,7 +231,9 @@ pub(crate) fn choose(spec: &SamplerSpec, logits: &[f32], step: u64, attempt: u32
         let token = argmax(logits);
         return StepRecord {
             token: token as u32,
-            logprobs: spec.top_logprobs.map(|n| logprobs(logits, 1.0, max, token, n)),
+            logprobs: spec
+                .top_logprobs
+                .map(|n| logprobs(logits, 1.0, max, token, n)),
         };
     };
     // Unnormalised probabilities, exp((l - max) / t): the largest is 1.
@@ -240,7 +245,9 @@ pub(crate) fn choose(spec: &SamplerSpec, logits: &[f32], step: u64, attempt: u32
     };
     StepRecord {
         token: token as u32,
-        logprobs: spec.top_logprobs.map(|n| logprobs(logits, t, max, token, n)),
+        logprobs: spec
+            .top_logprobs
+            .map(|n| logprobs(logits, t, max, token, n)),
     }
 }
 
@@ -333,7 +340,10 @@ fn logprobs(logits: &[f32], t: f32, max: f32, token: usize, n: u8) -> StepLogpro
             .collect()
     };
     StepLogprobs {
-        logprob: logits.get(token).map(|l| lp(*l)).unwrap_or(f32::NEG_INFINITY),
+        logprob: logits
+            .get(token)
+            .map(|l| lp(*l))
+            .unwrap_or(f32::NEG_INFINITY),
         top,
     }
 }
@@ -370,13 +380,21 @@ mod tests {
     #[test]
     fn same_key_same_draw_and_keys_differ() {
         let logits: Vec<f32> = (0..1000).map(|i| (i % 17) as f32 * 0.1).collect();
-        let a: Vec<u32> = (0..50).map(|s| choose(&spec(), &logits, s, 0).token).collect();
-        let b: Vec<u32> = (0..50).map(|s| choose(&spec(), &logits, s, 0).token).collect();
+        let a: Vec<u32> = (0..50)
+            .map(|s| choose(&spec(), &logits, s, 0).token)
+            .collect();
+        let b: Vec<u32> = (0..50)
+            .map(|s| choose(&spec(), &logits, s, 0).token)
+            .collect();
         assert_eq!(a, b);
         let other = SamplerSpec { seed: 8, ..spec() };
-        let c: Vec<u32> = (0..50).map(|s| choose(&other, &logits, s, 0).token).collect();
+        let c: Vec<u32> = (0..50)
+            .map(|s| choose(&other, &logits, s, 0).token)
+            .collect();
         assert_ne!(a, c);
-        let retry: Vec<u32> = (0..50).map(|s| choose(&spec(), &logits, s, 1).token).collect();
+        let retry: Vec<u32> = (0..50)
+            .map(|s| choose(&spec(), &logits, s, 1).token)
+            .collect();
         assert_ne!(a, retry);
         // The RNG itself is pinned: a change of the stream layout fails here.
         assert_eq!(uniform(0, 0, 0).to_bits(), uniform(0, 0, 0).to_bits());
@@ -506,8 +524,8 @@ mod tests {
             .expect("vec");
         assert_eq!(out, [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY]);
         // A retry replaces the step's record; a new step appends.
-        let masked = Tensor::new(&[f32::NEG_INFINITY, 5.0, 2.0], &mistralrs::Device::Cpu)
-            .expect("tensor");
+        let masked =
+            Tensor::new(&[f32::NEG_INFINITY, 5.0, 2.0], &mistralrs::Device::Cpu).expect("tensor");
         s.apply(&masked, &[1, 2]).expect("retry");
         assert_eq!(steps.count(), 1);
         assert_eq!(steps.since(0)[0].token, 1);

@@ -189,10 +189,7 @@ pub(crate) fn format_schema(format: &ResponseFormat) -> Option<Value> {
 
 /// Moves `$defs` / `definitions` of a tool's parameters to the root of the call schema, so
 /// that the usual `#/$defs/…` references still resolve there.
-fn hoist_definitions(
-    tool: &ToolSpec,
-    root: &mut Map<String, Value>,
-) -> Result<Value, EngineError> {
+fn hoist_definitions(tool: &ToolSpec, root: &mut Map<String, Value>) -> Result<Value, EngineError> {
     let mut params = tool.parameters.clone();
     if let Some(obj) = params.as_object_mut() {
         for key in ["$defs", "definitions"] {
@@ -392,7 +389,10 @@ mod tests {
         assert_eq!(as_text(&out[3]["role"]), "tool");
         assert!(!out[3].contains_key("tool_call_id"));
         // An existing system message is extended, not duplicated.
-        let msgs = vec![Message::text("system", "Be brief."), Message::text("user", "hi")];
+        let msgs = vec![
+            Message::text("system", "Be brief."),
+            Message::text("user", "hi"),
+        ];
         let out = chat_messages(
             &msgs,
             &[weather()],
@@ -459,7 +459,9 @@ mod tests {
             .expect("forced");
         assert_eq!(s["$defs"]["X"], json!({"type": "integer"}));
         assert_eq!(s["anyOf"].as_array().map(Vec::len), Some(2));
-        assert!(s["anyOf"][1]["properties"]["arguments"].get("$defs").is_none());
+        assert!(s["anyOf"][1]["properties"]["arguments"]
+            .get("$defs")
+            .is_none());
         // Conflicting definitions are refused; so is a function that is not a tool.
         let other = tool("g", json!({"$defs": {"X": {"type": "string"}}}));
         assert!(matches!(
@@ -470,7 +472,10 @@ mod tests {
             forced_call_schema(&[weather()], &ToolChoice::Function("nope".into())),
             Err(EngineError::Unsupported(_))
         ));
-        assert_eq!(forced_call_schema(&[weather()], &ToolChoice::Auto), Ok(None));
+        assert_eq!(
+            forced_call_schema(&[weather()], &ToolChoice::Auto),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -489,8 +494,11 @@ mod tests {
     #[test]
     fn calls_are_parsed_from_the_usual_formats() {
         let tools = [weather()];
-        let one = parse_calls(r#" {"name": "get_weather", "arguments": {"city": "Paris"}} "#, &tools)
-            .expect("a call");
+        let one = parse_calls(
+            r#" {"name": "get_weather", "arguments": {"city": "Paris"}} "#,
+            &tools,
+        )
+        .expect("a call");
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].name, "get_weather");
         assert_eq!(one[0].arguments, r#"{"city":"Paris"}"#);
@@ -501,7 +509,10 @@ mod tests {
         assert_eq!(two[0].arguments, r#"{"city":"Oslo"}"#);
         assert_eq!(two[1].arguments, r#"{"city": "Rome"}"#);
         assert_ne!(two[0].id, two[1].id);
-        let arr = parse_calls(r#"[TOOL_CALLS] [{"name": "get_weather", "arguments": {}}]"#, &tools);
+        let arr = parse_calls(
+            r#"[TOOL_CALLS] [{"name": "get_weather", "arguments": {}}]"#,
+            &tools,
+        );
         assert_eq!(arr.map(|c| c.len()), Some(1));
         // Not calls: unknown tool, text, trailing text, bad arguments.
         for s in [

@@ -71,11 +71,13 @@ impl Vocab {
     pub(crate) fn read(path: &Path) -> Result<Self, EngineError> {
         let shown = path.display().to_string();
         let fail = |e: String| EngineError::Failed(format!("reading tokenizer of {shown}: {e}"));
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| fail(e.to_string()))?);
+        let mut file =
+            std::io::BufReader::new(std::fs::File::open(path).map_err(|e| fail(e.to_string()))?);
         let content = gguf::Content::read(&mut file).map_err(|e| fail(e.to_string()))?;
         let md = &content.metadata;
         let string = |k: &str| md.get(k).and_then(|v| v.to_string().ok()).cloned();
-        let model = string("tokenizer.ggml.model").ok_or_else(|| fail("no tokenizer.ggml.model".into()))?;
+        let model =
+            string("tokenizer.ggml.model").ok_or_else(|| fail("no tokenizer.ggml.model".into()))?;
         let tokens = md
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
@@ -137,7 +139,7 @@ impl Vocab {
             .enumerate()
             .filter(|(id, tok)| special(*id) && TRIE_EOS_NAMES.contains(&tok.as_str()))
             .map(|(id, _)| id)
-            .last()
+            .next_back()
             .or_else(|| (!md.tokens.is_empty() && special(0)).then_some(0))
             .and_then(|id| u32::try_from(id).ok());
         Self {
