@@ -60,7 +60,9 @@ pub mod local;
 #[cfg(feature = "local")]
 pub mod log;
 pub mod toncenter;
+pub mod proxy_contract;
 pub mod tonchain;
+pub mod wallet;
 
 #[cfg(feature = "local")]
 pub use chain::{AccountInfo, Chain, Internal, Status};

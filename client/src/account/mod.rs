@@ -44,10 +44,9 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use ton::address::{Addr, Coins, FriendlyFlags};
 use ton::cell::Cell;
-use ton::contracts::{check_code, ClientData, ContractKind, ProxyData, StateInit, WalletData};
+use ton::contracts::{check_code, ClientData, ContractKind, StateInit, WalletData};
 use ton::messages::unsigned::Request;
 use ton::messages::wallet::{InternalMessage, WalletExternal};
-use ton::params::ParamsV3;
 use tonsim::tonchain::{external_boc, ClientState};
 use tonsim::{AccountStatus, ChainError, TonChain};
 
@@ -215,54 +214,15 @@ impl Wallet {
     }
 }
 
-/// A proxy contract as the client uses it.
-#[derive(Debug, Clone)]
-pub struct ProxyInfo {
-    /// Proxy contract address.
-    pub addr: Addr,
-    /// Kp, the key the client contract checks charges against.
-    pub public_key: [u8; 32],
-    /// The params a client contract embeds (the proxy's without code).
-    pub params: ParamsV3,
-    /// Proxy state (0 normal, 1 closing, 2 closed).
-    pub state: u8,
-}
+pub use tonsim::proxy_contract::ProxyInfo;
 
-/// Reads and checks the proxy contract at `addr` (see the module doc).
+/// Reads and checks the proxy contract at `addr` (`tonsim::proxy_contract::read_proxy`).
 pub async fn read_proxy(chain: &dyn TonChain, addr: Addr) -> Result<ProxyInfo, AccountError> {
-    let acc = chain.account(&addr).await?;
-    let invalid = |reason: String| AccountError::ProxyInvalid { addr, reason };
-    let (Some(code), Some(data)) = (acc.code.as_ref(), acc.data.as_ref()) else {
-        return Err(AccountError::ProxyNotFound {
-            addr,
-            status: acc.status,
-        });
-    };
-    if acc.status != AccountStatus::Active {
-        return Err(AccountError::ProxyNotFound {
-            addr,
-            status: acc.status,
-        });
-    }
-    check_code(code, ContractKind::Proxy).map_err(|e| invalid(e.to_string()))?;
-    let d = ProxyData::from_cell(data).map_err(|e| invalid(e.to_string()))?;
-    d.params
-        .check_code()
-        .map_err(|e| invalid(format!("embedded params: {e}")))?;
-    let derived = ProxyData::initial(d.owner, d.pubkey, d.root, d.params.clone())
-        .state_init()
-        .and_then(|si| si.address())
-        .map_err(|e| invalid(e.to_string()))?;
-    if derived != addr {
-        return Err(invalid(format!(
-            "its key and params derive to {derived}, not to this address"
-        )));
-    }
-    Ok(ProxyInfo {
-        addr,
-        public_key: d.pubkey,
-        params: d.params.without_code(),
-        state: d.state,
+    use tonsim::proxy_contract::{read_proxy, ProxyContractError as E};
+    read_proxy(chain, addr).await.map_err(|e| match e {
+        E::Chain(e) => AccountError::Chain(e),
+        E::NotFound { addr, status } => AccountError::ProxyNotFound { addr, status },
+        E::Invalid { addr, reason } => AccountError::ProxyInvalid { addr, reason },
     })
 }
 

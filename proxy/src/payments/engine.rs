@@ -36,7 +36,7 @@ use tonsim::{AccountStatus, ChainError, ChainTx, TonChain};
 
 use super::inbound::{classify, parse_inbound, ProxyInbound};
 use super::stats::{ClientStats, PaymentsStats, WorkerStats};
-use super::wallet::{ProxyWallet, Sent, WalletError};
+use super::{ProxyWallet, Sent, WalletError};
 use super::{Health, PaymentsSettings, RollbackError};
 use crate::ledger::durable::DurableLedger;
 use crate::ledger::LedgerError;

@@ -10,7 +10,7 @@
 //!          claim_payout_voucher ──▶ signed payout (handed to the worker by the relay)
 //! ```
 //!
-//! * [`wallet::ProxyWallet`] sends from the proxy's Cocoon wallet (seqno from the chain, deploys
+//! * [`ProxyWallet`] (`tonsim::wallet::Wallet`) sends from the proxy's Cocoon wallet (seqno from the chain, deploys
 //!   with its first external, waits until the external is processed).
 //! * [`engine::Payments`] runs the watcher (every transaction of the proxy contract, read from
 //!   its inbound message, aborted and compute-skipped ones included), the anchor task and the
@@ -32,7 +32,7 @@ pub mod engine;
 pub mod inbound;
 pub mod paid;
 pub mod stats;
-pub mod wallet;
+
 
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub use crate::ledger::durable::RollbackError;
 pub use engine::{Payments, PaymentsError, PaymentsSetup};
 pub use paid::PaidLedger;
 pub use stats::{ClientStats, PaymentsStats, WorkerStats};
-pub use wallet::{ProxyWallet, Sent, WalletError};
+pub use tonsim::wallet::{Sent, Wallet as ProxyWallet, WalletError};
 
 const TON: u64 = 1_000_000_000;
 

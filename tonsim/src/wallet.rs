@@ -1,5 +1,6 @@
-//! [`ProxyWallet`]: the proxy's Cocoon wallet, which sends every message the proxy puts on chain
-//! (anchors, charge vouchers, refunds, fee payouts, the proxy contract's deployment).
+//! [`Wallet`]: a Cocoon wallet that cocoon's services send through — the proxy's (anchors,
+//! charge vouchers, refunds, fee payouts, the proxy contract's deployment) and the worker's
+//! (payout vouchers to its worker contract).
 //!
 //! One external per send: `sig subwallet=0 valid_until seqno (mode ^msg)×≤4`, signed with the
 //! wallet key. The seqno is read from the wallet's data on chain (an uninitialised wallet is
@@ -22,8 +23,8 @@ use ton::cell::Cell;
 use ton::contracts::{check_code, ContractKind, StateInit, WalletData};
 use ton::messages::wallet::{InternalMessage, WalletExternal, MAX_MESSAGES};
 use ton::messages::MessageError;
-use tonsim::tonchain::external_boc;
-use tonsim::{AccountStatus, ChainError, ChainTx, TonChain};
+use crate::tonchain::external_boc;
+use crate::{AccountStatus, ChainError, ChainTx, TonChain};
 
 /// Send mode of every message: pay fees separately (1) + ignore errors (2).
 pub const SEND_MODE: u8 = 3;
@@ -49,7 +50,7 @@ pub enum WalletError {
     TooMany { wallet: Addr, count: usize },
     #[error("wallet {wallet}: account is {status:?}")]
     Unusable { wallet: Addr, status: AccountStatus },
-    #[error("wallet {wallet}: on-chain code or data is not this proxy's wallet: {reason}")]
+    #[error("wallet {wallet}: on-chain code or data is not this key's wallet: {reason}")]
     Foreign { wallet: Addr, reason: String },
     #[error("wallet {wallet}: balance {balance} nano is below the {needed} nano this send needs (2 TON minimum plus the values)")]
     Underfunded {
@@ -84,8 +85,8 @@ pub struct Sent {
     pub tx: ChainTx,
 }
 
-/// The proxy's Cocoon wallet (see the module docs).
-pub struct ProxyWallet {
+/// A Cocoon wallet (see the module docs).
+pub struct Wallet {
     chain: Arc<dyn TonChain>,
     key: SigningKey,
     init: StateInit,
@@ -95,15 +96,15 @@ pub struct ProxyWallet {
     lock: tokio::sync::Mutex<()>,
 }
 
-impl std::fmt::Debug for ProxyWallet {
+impl std::fmt::Debug for Wallet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyWallet")
+        f.debug_struct("Wallet")
             .field("addr", &self.addr)
             .finish_non_exhaustive()
     }
 }
 
-impl ProxyWallet {
+impl Wallet {
     /// The wallet of `key` owned by `owner` (its address follows from both).
     pub fn new(
         chain: Arc<dyn TonChain>,
