@@ -28,6 +28,7 @@ pub mod guest;
 pub mod health;
 pub mod meta;
 pub mod models;
+pub mod payout;
 pub mod register;
 pub mod response;
 pub mod role;
@@ -56,6 +57,8 @@ pub mod paths {
     pub const HELLO: &str = "/cocoon/v1/hello";
     /// Liveness probe from the proxy.
     pub const PING: &str = "/cocoon/v1/ping";
+    /// Payout vouchers (proxy → worker, [`crate::payout`]).
+    pub const PAYOUT: &str = "/cocoon/v1/payout";
     /// OpenAI chat completions.
     pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
     /// OpenAI legacy completions.

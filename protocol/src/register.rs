@@ -42,6 +42,9 @@ pub struct Registration {
     pub capacity: u32,
     /// Price multiplier in thousandths (1000 = list price).
     pub price_coefficient_milli: u32,
+    /// Where the worker wants to be paid (absent: it serves unpaid; see [`crate::payout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout: Option<crate::payout::PayoutAdvert>,
 }
 
 impl Registration {
@@ -68,6 +71,11 @@ impl Registration {
         }
         if self.price_coefficient_milli == 0 {
             return bad("registration: price coefficient 0".into());
+        }
+        if let Some(p) = &self.payout {
+            if p.owner.is_empty() || p.owner.len() > 128 {
+                return bad("registration: payout owner length".into());
+            }
         }
         for m in &self.models {
             crate::meta::check_model(&m.name)?;
@@ -123,6 +131,7 @@ mod tests {
             }],
             capacity: 4,
             price_coefficient_milli: 1000,
+            payout: None,
         };
         ok.validate().unwrap();
         let mut bad = ok.clone();

@@ -55,7 +55,7 @@ pub fn readiness(state: &State) -> Readiness {
         .iter()
         .filter(|w| !w.is_closed())
         .count();
-    let payments = state.payments.as_ref().map(|rx| rx.borrow().clone());
+    let payments = state.payments.as_ref().map(|p| p.health().borrow().clone());
     verdict(cert_valid, workers, payments.as_ref())
 }
 

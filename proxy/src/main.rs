@@ -125,7 +125,7 @@ async fn run(args: Args) -> ExitCode {
         worker_policy: loaded.worker_policy,
         clock: clock.clone(),
         ledger,
-        payments: payments.as_ref().map(|p| p.health()),
+        payments: payments.clone(),
     })
     .start()
     .await

@@ -39,6 +39,9 @@ pub struct WorkerInfo {
     pub id: u64,
     /// The name from its registration (informational).
     pub name: String,
+    /// The ledger account its tokens are billed to: with payments on and a payout owner
+    /// registered, its worker contract (raw address); otherwise its name.
+    pub account: String,
     pub addr: SocketAddr,
     /// The verified image hash from its RA-TLS evidence (hex).
     pub image_hash: String,

@@ -417,7 +417,7 @@ impl Billing {
                 &detail,
             );
         }
-        match self.pick.held.commit(cost, &usage, &worker.info.name) {
+        match self.pick.held.commit(cost, &usage, &worker.info.account) {
             Ok(c) => {
                 let w = &worker.info;
                 state

@@ -50,9 +50,9 @@ pub struct Proxy {
     /// Time for verifying workers.
     pub clock: Arc<dyn Clock>,
     pub ledger: Arc<dyn Ledger>,
-    /// With payments on: the engine's health ([`crate::payments::Payments::health`]), which
-    /// `/readyz` reports.
-    pub payments: Option<watch::Receiver<crate::payments::Health>>,
+    /// With payments on: the engine. `/readyz` reports its health, `/jsonstats` and
+    /// `/metrics` its figures, and registered workers get its payout vouchers.
+    pub payments: Option<Arc<crate::payments::Payments>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

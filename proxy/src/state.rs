@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::ProxyConfig;
 use crate::ledger::Ledger;
 use crate::limits::Limits;
-use crate::payments::Health;
+use crate::payments::Payments;
 use crate::queue::Queues;
 use crate::registry::Registry;
 use crate::stats::Stats;
@@ -82,8 +82,9 @@ pub struct State {
     pub identity: Arc<CertResolver>,
     /// The proxy's clock (readiness: certificate expiry).
     pub clock: Arc<dyn Clock>,
-    /// The payments engine's health, with payments on ([`crate::health`]).
-    pub payments: Option<watch::Receiver<Health>>,
+    /// The payments engine, with payments on (health: [`crate::health`]; payouts:
+    /// [`crate::workers`]).
+    pub payments: Option<Arc<Payments>>,
     /// Requests waiting for a worker slot, per model.
     pub queues: Queues,
     /// Where the proxy is in shutting down.

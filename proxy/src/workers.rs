@@ -73,6 +73,10 @@ pub enum Refusal {
     /// clock); the connection was closed.
     #[error("evidence no longer valid, connection closed: {detail}")]
     Expired { code: &'static str, detail: String },
+    /// The worker refused this proxy's payout voucher as lower than one it saw before
+    /// (this proxy's ledger went backwards), or its payout owner is not an address.
+    #[error("payout: {0}")]
+    Payout(String),
 }
 
 impl Refusal {
@@ -89,6 +93,7 @@ impl Refusal {
             Self::Hello(_) => "hello_failed",
             Self::Invalid(_) => "registration_invalid",
             Self::Version(_) => "unsupported_version",
+            Self::Payout(_) => "payout_refused",
         }
     }
 
@@ -195,10 +200,59 @@ async fn serve(
             })?;
     }
 
+    // With payments on, the worker's tokens are billed to its worker contract, and the worker
+    // sees the last voucher before it gets any request (a worker that has seen a higher
+    // count refuses this proxy here).
+    let payout = match (&state.payments, &registration.payout) {
+        (Some(payments), Some(advert)) => {
+            let owner: ton::address::Addr = advert
+                .owner
+                .parse()
+                .map_err(|e| Refusal::Payout(format!("owner {:?}: {e}", advert.owner)))?;
+            let contract = payments
+                .worker_contract(&owner)
+                .map_err(|e| Refusal::Payout(format!("worker contract: {e}")))?;
+            let mut pusher = PayoutPusher {
+                payments: payments.clone(),
+                contract,
+                sender: sender.clone(),
+                acked: 0,
+            };
+            let issued = payments
+                .issued_payout_voucher(&contract)
+                .map_err(|e| Refusal::Payout(e.to_string()))?;
+            if let Some((tokens, voucher)) = issued {
+                tokio::select! {
+                    _ = &mut conn => return Err(Refusal::Closed),
+                    r = tokio::time::timeout(cfg.handshake_timeout, pusher.push(tokens, &voucher)) => {
+                        match r {
+                            Err(_) => return Err(Refusal::Payout("the worker did not answer the payout voucher".into())),
+                            Ok(Err(PushError::Refused(m))) => return Err(Refusal::Payout(m)),
+                            // The worker could not check it now (e.g. its chain API is down):
+                            // it serves, and the voucher is offered again later.
+                            Ok(Err(PushError::Failed(m))) => tracing::warn!(name = %registration.worker, error = %m, "payout voucher not accepted yet"),
+                            Ok(Ok(())) => {}
+                        }
+                    }
+                }
+            }
+            Some(pusher)
+        }
+        (Some(_), None) => {
+            tracing::warn!(name = %registration.worker, "worker registered no payout owner: it serves unpaid");
+            None
+        }
+        _ => None,
+    };
+    let account = payout
+        .as_ref()
+        .map_or_else(|| registration.worker.clone(), |p| p.contract.to_string());
+
     let id = state.registry.next_id();
     let info = WorkerInfo {
         id,
         name: registration.worker.clone(),
+        account,
         addr,
         image_hash,
         models: registration.models.clone(),
@@ -237,6 +291,11 @@ async fn serve(
             crate::admission::dispatch_models(state, &models);
             return Err(refusal);
         }
+        refusal = PayoutPusher::run(payout) => {
+            state.registry.remove(id);
+            crate::admission::dispatch_models(state, &models);
+            return Err(refusal);
+        }
     };
     state.registry.remove(id);
     // Requests waiting only for this worker's models learn that nobody serves them.
@@ -262,6 +321,99 @@ async fn recheck(state: &State, cert_der: &[u8]) -> Refusal {
                 detail: e.to_string(),
             };
         }
+    }
+}
+
+/// Hands a worker its payout vouchers over its connection ([`protocol::payout`]).
+struct PayoutPusher {
+    payments: Arc<crate::payments::Payments>,
+    contract: ton::address::Addr,
+    sender: WorkerSender,
+    /// The highest count the worker acknowledged.
+    acked: u64,
+}
+
+enum PushError {
+    /// The worker refuses this proxy (401: it saw a higher count).
+    Refused(String),
+    /// Anything else (transport, a worker that cannot read the chain now): offered again.
+    Failed(String),
+}
+
+impl PayoutPusher {
+    /// Offers new vouchers every poll interval; returns only when the worker refuses this
+    /// proxy (never without payouts).
+    async fn run(this: Option<Self>) -> Refusal {
+        let Some(mut this) = this else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(this.payments.poll_interval()).await;
+            // Claims the anchored count (durably) when it is above the last voucher.
+            let voucher = match this.payments.payout_voucher(&this.contract).await {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(contract = %this.contract, error = %e, "payout voucher not available");
+                    continue;
+                }
+            };
+            if voucher.0 <= this.acked {
+                continue;
+            }
+            match this.push(voucher.0, &voucher.1).await {
+                Ok(()) => {}
+                Err(PushError::Refused(m)) => return Refusal::Payout(m),
+                Err(PushError::Failed(m)) => {
+                    tracing::warn!(contract = %this.contract, error = %m, "payout voucher not accepted yet")
+                }
+            }
+        }
+    }
+
+    async fn push(&mut self, tokens: u64, voucher: &ton::cell::Cell) -> Result<(), PushError> {
+        let body = protocol::payout::PayoutVoucher {
+            proxy_contract: self.payments.proxy_contract().to_string(),
+            worker_contract: self.contract.to_string(),
+            tokens,
+            voucher: ton::boc::encode_hex(voucher),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| PushError::Failed(e.to_string()))?;
+        let req = Request::post(format!(
+            "https://{WORKER_AUTHORITY}{}",
+            protocol::paths::PAYOUT
+        ))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(H_VERSION, HeaderValue::from(PROTOCOL_VERSION))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| PushError::Failed(e.to_string()))?;
+        let failed = |e: hyper::Error| PushError::Failed(e.to_string());
+        self.sender.ready().await.map_err(failed)?;
+        let resp = self.sender.send_request(req).await.map_err(failed)?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_REGISTRATION_BYTES)
+            .collect()
+            .await
+            .map_err(|e| PushError::Failed(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if status == http::StatusCode::UNAUTHORIZED {
+            return Err(PushError::Refused(
+                ApiError::from_json(status.as_u16(), &bytes).message,
+            ));
+        }
+        if !status.is_success() {
+            let e = ApiError::from_json(status.as_u16(), &bytes);
+            return Err(PushError::Failed(format!(
+                "status {}: {}",
+                status.as_u16(),
+                e.message
+            )));
+        }
+        let ack: protocol::payout::PayoutAck = serde_json::from_slice(&bytes)
+            .map_err(|e| PushError::Failed(format!("answer: {e}")))?;
+        self.acked = self.acked.max(ack.highest_tokens.min(tokens));
+        tracing::info!(contract = %self.contract, tokens, "payout voucher handed to the worker");
+        Ok(())
     }
 }
 

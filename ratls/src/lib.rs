@@ -70,6 +70,7 @@ pub mod clock;
 pub mod config;
 pub mod evidence;
 pub mod identity;
+pub mod key_file;
 pub mod logging;
 pub mod manifest_record;
 pub mod service_config;

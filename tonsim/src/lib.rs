@@ -59,8 +59,8 @@ pub mod http_server;
 pub mod local;
 #[cfg(feature = "local")]
 pub mod log;
-pub mod toncenter;
 pub mod proxy_contract;
+pub mod toncenter;
 pub mod tonchain;
 pub mod wallet;
 

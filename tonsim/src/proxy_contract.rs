@@ -39,10 +39,7 @@ pub enum ProxyContractError {
 }
 
 /// Reads and checks the proxy contract at `addr` (see the module docs).
-pub async fn read_proxy(
-    chain: &dyn TonChain,
-    addr: Addr,
-) -> Result<ProxyInfo, ProxyContractError> {
+pub async fn read_proxy(chain: &dyn TonChain, addr: Addr) -> Result<ProxyInfo, ProxyContractError> {
     let acc = chain.account(&addr).await?;
     let invalid = |reason: String| ProxyContractError::Invalid { addr, reason };
     let (Some(code), Some(data)) = (acc.code.as_ref(), acc.data.as_ref()) else {

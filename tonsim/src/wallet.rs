@@ -17,14 +17,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tonchain::external_boc;
+use crate::{AccountStatus, ChainError, ChainTx, TonChain};
 use ed25519_dalek::SigningKey;
 use ton::address::Addr;
 use ton::cell::Cell;
 use ton::contracts::{check_code, ContractKind, StateInit, WalletData};
 use ton::messages::wallet::{InternalMessage, WalletExternal, MAX_MESSAGES};
 use ton::messages::MessageError;
-use crate::tonchain::external_boc;
-use crate::{AccountStatus, ChainError, ChainTx, TonChain};
 
 /// Send mode of every message: pay fees separately (1) + ignore errors (2).
 pub const SEND_MODE: u8 = 3;

@@ -87,6 +87,101 @@ pub struct WorkerConfigFile {
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
     pub models: Vec<ModelFile>,
+    /// Earnings: payout vouchers submitted to the worker contracts ([`crate::payout`]);
+    /// absent: the worker serves unpaid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout: Option<PayoutFile>,
+}
+
+/// `[payout]`: where the worker is paid and how it submits vouchers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutFile {
+    /// TON HTTP API v2 (toncenter-style) base URL.
+    pub chain_url: String,
+    /// Environment variable holding the API key (the key stays out of the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_api_key_env: Option<String>,
+    /// Owner of the worker contracts: the address that receives the earnings.
+    pub owner: String,
+    /// The submitting wallet's key file (64 hex characters, mode 0600).
+    pub wallet_key: PathBuf,
+    /// Owner in the wallet's data (part of its address); default `owner`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_owner: Option<String>,
+    /// Highest accepted voucher count per proxy contract, kept across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+    /// Value sent with each voucher (the excess returns to the wallet); default 0.7 TON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voucher_value_nano: Option<u64>,
+    /// Wait for a wallet transaction (also its validity); default 90 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_timeout_ms: Option<u64>,
+}
+
+/// `[payout]` validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutSpec {
+    pub chain_url: String,
+    pub chain_api_key_env: Option<String>,
+    pub owner: ton::address::Addr,
+    pub wallet_key: PathBuf,
+    pub wallet_owner: ton::address::Addr,
+    pub state_file: Option<PathBuf>,
+    pub voucher_value_nano: u128,
+    pub wallet_timeout: Duration,
+}
+
+/// Default `payout.voucher_value_nano` (0.7 TON, as the proxy's charge vouchers).
+pub const DEFAULT_VOUCHER_VALUE_NANO: u64 = 700_000_000;
+/// Default `payout.wallet_timeout_ms`.
+pub const DEFAULT_WALLET_TIMEOUT_MS: u64 = 90_000;
+
+impl PayoutFile {
+    fn validate(self, base: &Path) -> Result<PayoutSpec, ConfigError> {
+        let addr = |key: &str, v: &str| {
+            ton::address::Addr::parse_any(v)
+                .map_err(|e| field(format!("payout.{key}"), format!("{v:?}: {e}")))
+        };
+        if !(self.chain_url.starts_with("http://") || self.chain_url.starts_with("https://")) {
+            return Err(field(
+                "payout.chain_url",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        let owner = addr("owner", &self.owner)?;
+        let wallet_owner = match &self.wallet_owner {
+            Some(w) => addr("wallet_owner", w)?,
+            None => owner,
+        };
+        let value = self
+            .voucher_value_nano
+            .unwrap_or(DEFAULT_VOUCHER_VALUE_NANO);
+        if !(10_000_000..=100_000_000_000).contains(&value) {
+            return Err(field(
+                "payout.voucher_value_nano",
+                format!("{value} (0.01..=100 TON in nanoton)"),
+            ));
+        }
+        let timeout = self.wallet_timeout_ms.unwrap_or(DEFAULT_WALLET_TIMEOUT_MS);
+        if !(1_000..=3_600_000).contains(&timeout) {
+            return Err(field(
+                "payout.wallet_timeout_ms",
+                format!("{timeout} (1000..=3600000)"),
+            ));
+        }
+        Ok(PayoutSpec {
+            chain_url: self.chain_url,
+            chain_api_key_env: self.chain_api_key_env,
+            owner,
+            wallet_key: base.join(self.wallet_key),
+            wallet_owner,
+            state_file: self.state_file.map(|p| base.join(p)),
+            voucher_value_nano: u128::from(value),
+            wallet_timeout: Duration::from_millis(timeout),
+        })
+    }
 }
 
 impl WorkerConfigFile {
@@ -111,6 +206,7 @@ impl WorkerConfigFile {
             tee,
             policy,
             models,
+            payout: None,
         }
     }
 }
@@ -148,6 +244,8 @@ pub struct WorkerConfig {
     /// What proxies must prove.
     pub policy: Policy,
     pub models: Vec<ModelSpec>,
+    /// Earnings ([`crate::payout`]); `None`: unpaid.
+    pub payout: Option<PayoutSpec>,
     /// The config file's directory (relative paths are resolved against it).
     pub base_dir: PathBuf,
     /// SHA-256 of the config text: what a simulated process measures into RTMR3
@@ -410,6 +508,7 @@ impl WorkerConfigFile {
             }
             models.push(spec);
         }
+        let payout = self.payout.map(|p| p.validate(base)).transpose()?;
         Ok(WorkerConfig {
             name: self.name,
             proxies,
@@ -425,6 +524,7 @@ impl WorkerConfigFile {
             tee: self.tee,
             policy,
             models,
+            payout,
             base_dir: base.to_path_buf(),
             config_sha256: [0; 32],
         })

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod dial;
 pub mod engine;
+pub mod payout;
 pub mod run;
 pub mod service;
 pub mod status;

@@ -89,6 +89,28 @@ impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
     }
 }
 
+/// The payout state and wallet from `[payout]`.
+fn payouts(spec: &worker::config::PayoutSpec) -> anyhow::Result<Arc<worker::payout::Payouts>> {
+    let api_key = match &spec.chain_api_key_env {
+        Some(var) => Some(tonsim::chain_config::ApiKey(
+            std::env::var(var).with_context(|| format!("chain_api_key_env: {var} is not set"))?,
+        )),
+        None => None,
+    };
+    let chain = tonsim::HttpChain::new(&spec.chain_url, api_key)?;
+    let seed = ratls::key_file::read_seed(&spec.wallet_key)?;
+    Ok(worker::payout::Payouts::new(worker::payout::PayoutSetup {
+        chain: Arc::new(chain),
+        owner: spec.owner,
+        wallet_key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        wallet_owner: spec.wallet_owner,
+        state_file: spec.state_file.clone(),
+        voucher_value_nano: spec.voucher_value_nano,
+        wallet_timeout: spec.wallet_timeout,
+        poll: std::time::Duration::from_millis(500),
+    })?)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     ratls::logging::init_tracing("info");
@@ -169,6 +191,9 @@ async fn run(args: Args) -> Result<(), Fatal> {
     // Installed before anything is printed or dialed: an early SIGTERM drains, not kills.
     let signals = Signals::install();
     let mut worker = Worker::from_config(&config, models, Arc::new(identity), clock);
+    if let Some(spec) = &config.payout {
+        worker.payouts = Some(payouts(spec).context("payout").or_exit(Exit::Config)?);
+    }
     // Longer than the stream drain, so that the error events ending streams get out.
     worker.links.drain = drain + worker::run::STREAM_END_FLUSH;
     let running = worker.start().map_err(|e| {

@@ -50,6 +50,8 @@ pub struct Worker {
     pub links: LinkOptions,
     /// How the service streams (keepalives).
     pub options: ServiceOptions,
+    /// Earnings ([`crate::payout`]), when `[payout]` is configured.
+    pub payouts: Option<Arc<crate::payout::Payouts>>,
 }
 
 impl Worker {
@@ -75,6 +77,7 @@ impl Worker {
             options: ServiceOptions {
                 stream_keepalive: config.stream_keepalive,
             },
+            payouts: None,
         }
     }
 
@@ -99,6 +102,14 @@ impl Worker {
         let registrations = std::sync::Mutex::new(Some(service.subscribe()));
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(self.identity.clone().run_renewal(rx.clone()))];
+        if let Some(p) = &self.payouts {
+            service.attach_payouts(p.clone());
+            let mut stop = rx.clone();
+            tasks.push(tokio::spawn(p.clone().run(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+            tracing::info!(owner = %p.advert().owner, wallet = %p.wallet(), "payouts on: vouchers are submitted from the wallet; keep it funded (2 TON + 0.7 TON per voucher)");
+        }
         let mut links = Vec::new();
         for proxy in &self.proxies {
             let mut link = Link::new(*proxy, tls.clone(), verifier.clone(), service.clone())

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `POST /cocoon/v1/hello` | [`protocol::Hello`] → version negotiation → [`protocol::Registration`] |
 //! | `GET /cocoon/v1/ping` | liveness: `{"active": n, "capacity": c}` |
+//! | `POST /cocoon/v1/payout` | a payout voucher ([`protocol::payout`], [`crate::payout`]) → [`protocol::payout::PayoutAck`]; a proxy that went backwards gets 401 and the connection answers nothing else afterwards |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | inference, always streamed as SSE |
 //!
 //! # Trust boundary
@@ -218,6 +219,8 @@ struct Inner {
     options: ServiceOptions,
     /// Set by [`Service::end_streams`].
     end: watch::Sender<bool>,
+    /// Earnings, when `[payout]` is configured ([`Service::attach_payouts`]).
+    payouts: std::sync::OnceLock<Arc<crate::payout::Payouts>>,
 }
 
 /// The worker's request handler, shared by all proxy connections (capacity is global).
@@ -259,6 +262,7 @@ impl Service {
             models: adverts.clone(),
             capacity: info.capacity,
             price_coefficient_milli: info.price_coefficient_milli,
+            payout: None,
         };
         registration
             .validate()
@@ -276,6 +280,7 @@ impl Service {
                 open_registrations: Arc::new(AtomicU64::new(0)),
                 options,
                 end: watch::channel(false).0,
+                payouts: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -284,6 +289,17 @@ impl Service {
     /// deadline of a shutdown passed); streams started later end the same way at once.
     pub fn end_streams(&self) {
         self.inner.end.send_replace(true);
+    }
+
+    /// Turns payouts on: registrations name the payout owner and proxies' vouchers are
+    /// accepted. Call before the first connection; a second call is ignored.
+    pub fn attach_payouts(&self, payouts: Arc<crate::payout::Payouts>) {
+        let _ = self.inner.payouts.set(payouts);
+    }
+
+    /// The payout state, when payouts are on.
+    pub fn payouts(&self) -> Option<&Arc<crate::payout::Payouts>> {
+        self.inner.payouts.get()
     }
 
     /// The models served, as registration advertises them.
@@ -313,6 +329,7 @@ impl Service {
             models: self.inner.adverts.clone(),
             capacity: self.inner.info.capacity,
             price_coefficient_milli: self.inner.info.price_coefficient_milli,
+            payout: self.inner.payouts.get().map(|p| p.advert()),
         }
     }
 
@@ -335,6 +352,44 @@ impl Service {
                 open: self.inner.open_registrations.clone(),
                 registered: AtomicBool::new(false),
             }),
+            refused: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A payout voucher from the proxy; `refused` is set when the proxy went backwards.
+    async fn payout<B>(
+        &self,
+        req: Request<B>,
+        refused: &AtomicBool,
+    ) -> Result<Response<ResponseBody>, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(payouts) = self.inner.payouts.get() else {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                "this worker takes no payouts (no [payout] in its config)",
+            ));
+        };
+        let body = read_body(req.into_body(), MAX_HELLO_BYTES).await?;
+        let voucher: protocol::payout::PayoutVoucher = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("payout: {e}")))?;
+        match payouts.receive(&voucher).await {
+            Ok(ack) => {
+                let bytes = serde_json::to_vec(&ack)
+                    .map_err(|e| ApiError::new(ErrorKind::Internal, format!("payout: {e}")))?;
+                Ok(json_response(StatusCode::OK, bytes))
+            }
+            Err(e) => {
+                if matches!(e, crate::payout::PayoutError::Backwards { .. }) {
+                    refused.store(true, Ordering::SeqCst);
+                    tracing::error!(error = %e, "refusing this proxy connection");
+                } else {
+                    tracing::warn!(error = %e, "payout voucher refused");
+                }
+                Err(e.api())
+            }
         }
     }
 
@@ -488,6 +543,9 @@ pub struct ConnService {
     service: Service,
     proxy: Arc<str>,
     registration: Arc<ConnRegistration>,
+    /// The proxy on this connection signed a lower payout count than seen before: every
+    /// further request is refused.
+    refused: Arc<AtomicBool>,
 }
 
 /// Whether one connection's hello was answered; counted in the service's open registrations
@@ -522,7 +580,26 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let this = self.clone();
         let hello = req.method() == Method::POST && req.uri().path() == protocol::paths::HELLO;
+        let payout = req.method() == Method::POST && req.uri().path() == protocol::paths::PAYOUT;
         Box::pin(async move {
+            if this.refused.load(Ordering::SeqCst) {
+                let e = ApiError::new(
+                    ErrorKind::Unauthorized,
+                    format!(
+                        "{}: this worker refuses the proxy on this connection",
+                        protocol::payout::PROXY_WENT_BACKWARDS
+                    ),
+                );
+                return Ok(error_response(&e));
+            }
+            if payout {
+                let resp = this
+                    .service
+                    .payout(req, &this.refused)
+                    .await
+                    .unwrap_or_else(|e| error_response(&e));
+                return Ok(resp);
+            }
             let resp = this.service.handle(&this.proxy, req).await;
             if hello && resp.status() == StatusCode::OK {
                 this.registration.registered();

@@ -5,13 +5,15 @@
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status":"ok"}` once the process runs (also while models load) |
 //! | `GET /readyz` | 200 when the models are loaded and at least one proxy registration is open; else 503 naming [`MODELS_LOADING`] and/or [`NO_PROXY`] |
+//! | `GET /earnings` | with `[payout]`: the worker's earnings ([`crate::payout::Earnings`]: owner, wallet, per proxy contract the worker contract, voucher / paid / pending tokens and nanoton, last error); else 404 |
 //! | anything else | 404 |
 //!
 //! # Trust boundary
 //!
 //! The port is the worker's only listener; everything else is dialed out. Whoever reaches it
 //! (the host, for a port outside the guest's loopback) learns whether the worker is loaded and
-//! registered, nothing more: no prompts, keys, proxy addresses or counters. Answers come from
+//! registered, and its earnings (the same figures the chain shows publicly: contract addresses
+//! and token counts), nothing more: no prompts, keys or proxy network addresses. Answers come from
 //! state the worker holds (no attestation or engine call per probe). Connections are capped
 //! ([`MAX_CONNECTIONS`]) and must send their request head within [`HEADER_TIMEOUT`].
 
@@ -71,7 +73,10 @@ impl Status {
     }
 
     /// The answer to one request.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub async fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.uri().path() == EARNINGS {
+            return self.earnings(req).await;
+        }
         let resp = match Probe::from_path(req.uri().path()) {
             Some(_) if !Probe::allows(req.method()) => health::method_not_allowed(),
             Some(Probe::Liveness) => health::liveness(),
@@ -88,7 +93,35 @@ impl Status {
         };
         resp.map(|b| Full::new(Bytes::from(b)))
     }
+
+    async fn earnings<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let json = |status: StatusCode, body: Vec<u8>| {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(protocol::response::APPLICATION_JSON),
+            );
+            r
+        };
+        if req.method() != http::Method::GET {
+            return health::method_not_allowed().map(|b| Full::new(Bytes::from(b)));
+        }
+        match self.service.get().and_then(|s| s.payouts()) {
+            Some(p) => {
+                let body = serde_json::to_vec_pretty(&p.earnings().await).unwrap_or_default();
+                json(StatusCode::OK, body)
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                br#"{"status":"not_found","reason":"no [payout] in the worker config"}"#.to_vec(),
+            ),
+        }
+    }
 }
+
+/// The earnings route.
+pub const EARNINGS: &str = "/earnings";
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // A dropped sender also means stop.
@@ -122,8 +155,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = status.respond(&req);
-                async move { Ok::<_, Infallible>(resp) }
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(status.respond(&req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -139,17 +172,25 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    #[test]
-    fn before_loading_both_reasons_are_named() {
+    #[tokio::test]
+    async fn before_loading_both_reasons_are_named() {
         let s = Status::new();
         assert_eq!(s.readiness().reasons, [MODELS_LOADING, NO_PROXY]);
         let req = Request::get("/readyz").body(()).unwrap();
-        assert_eq!(s.respond(&req).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            s.respond(&req).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         let req = Request::get("/healthz").body(()).unwrap();
-        assert_eq!(s.respond(&req).status(), StatusCode::OK);
+        assert_eq!(s.respond(&req).await.status(), StatusCode::OK);
         let req = Request::get("/jsonstats").body(()).unwrap();
-        assert_eq!(s.respond(&req).status(), StatusCode::NOT_FOUND);
+        assert_eq!(s.respond(&req).await.status(), StatusCode::NOT_FOUND);
         let req = Request::delete("/healthz").body(()).unwrap();
-        assert_eq!(s.respond(&req).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            s.respond(&req).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let req = Request::get(EARNINGS).body(()).unwrap();
+        assert_eq!(s.respond(&req).await.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
@@ -36,8 +36,8 @@ use tonsim::{AccountStatus, ChainError, ChainTx, TonChain};
 
 use super::inbound::{classify, parse_inbound, ProxyInbound};
 use super::stats::{ClientStats, PaymentsStats, WorkerStats};
-use super::{ProxyWallet, Sent, WalletError};
 use super::{Health, PaymentsSettings, RollbackError};
+use super::{ProxyWallet, Sent, WalletError};
 use crate::ledger::durable::DurableLedger;
 use crate::ledger::LedgerError;
 
@@ -604,6 +604,31 @@ impl Payments {
         };
         let body = self.voucher(SignedOp::Payout, worker, count)?;
         Ok(Some((count, body)))
+    }
+
+    /// The payout voucher last issued for `worker`, signed again (the same bytes), without
+    /// claiming anything new; `None` if none was issued. What the proxy shows a worker right
+    /// after registration, so that a worker that has seen a higher count refuses it before
+    /// it gets any request.
+    pub fn issued_payout_voucher(
+        &self,
+        worker: &Addr,
+    ) -> Result<Option<(u64, Cell)>, PaymentsError> {
+        if let Health::Fatal(e) = &*self.health.borrow() {
+            return Err(PaymentsError::Rollback(e.clone()));
+        }
+        match self.ledger.worker(&worker.to_string()) {
+            Some(w) if w.voucher_tokens > 0 => {
+                let body = self.voucher(SignedOp::Payout, worker, w.voucher_tokens)?;
+                Ok(Some((w.voucher_tokens, body)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// How often the engine polls the chain (and the relay offers workers new vouchers).
+    pub fn poll_interval(&self) -> Duration {
+        self.settings.poll_interval
     }
 
     /// Asks the proxy contract to pay its accumulated fees to its owner.

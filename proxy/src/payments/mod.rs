@@ -33,7 +33,6 @@ pub mod inbound;
 pub mod paid;
 pub mod stats;
 
-
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

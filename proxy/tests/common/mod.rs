@@ -353,6 +353,7 @@ async fn handle(
             }],
             capacity: spec.capacity,
             price_coefficient_milli: spec.coefficient_milli,
+            payout: None,
         };
         return Ok(full(StatusCode::OK, serde_json::to_vec(&reg).unwrap()));
     }

@@ -39,6 +39,7 @@ pub fn start_real_worker(
         clock,
         links: LinkOptions::default(),
         options,
+        payouts: None,
     }
     .start()
     .expect("worker starts")

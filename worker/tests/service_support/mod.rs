@@ -183,6 +183,7 @@ impl Harness {
                 ..LinkOptions::default()
             },
             options: opts.service,
+            payouts: None,
         }
         .start()
         .expect("worker starts");
