@@ -54,10 +54,8 @@ fn wallet_address() -> Addr {
 }
 
 fn proxy_init(kp: &SigningKey) -> ton::contracts::StateInit {
-    let pp = ton::params::ParamsV3::reference().for_proxy(
-        ContractKind::Worker.code(),
-        ContractKind::Client.code(),
-    );
+    let pp = ton::params::ParamsV3::reference()
+        .for_proxy(ContractKind::Worker.code(), ContractKind::Client.code());
     ProxyData::initial(proxy_owner(), kp.verifying_key().to_bytes(), root(), pp)
         .state_init()
         .unwrap()
@@ -216,7 +214,12 @@ async fn vouchers_are_checked_submitted_and_never_go_backwards() {
     assert_eq!(e.proxies.len(), 1);
     let pe = &e.proxies[0];
     assert_eq!(
-        (pe.voucher_tokens, pe.paid_tokens, pe.pending_tokens, pe.paid_nano),
+        (
+            pe.voucher_tokens,
+            pe.paid_tokens,
+            pe.pending_tokens,
+            pe.paid_nano
+        ),
         (100_000, 100_000, 0, 100_000 * WORKER_FEE)
     );
     assert_eq!(pe.worker_contract, contract.to_string());
@@ -238,8 +241,16 @@ async fn vouchers_are_checked_submitted_and_never_go_backwards() {
 
     // a lower count: the proxy went backwards
     match p.receive(&voucher(&kp(), proxy, contract, 120_000)).await {
-        Err(e @ PayoutError::Backwards { seen: 130_000, got: 120_000, .. }) => {
-            assert!(e.to_string().starts_with(protocol::payout::PROXY_WENT_BACKWARDS));
+        Err(
+            e @ PayoutError::Backwards {
+                seen: 130_000,
+                got: 120_000,
+                ..
+            },
+        ) => {
+            assert!(e
+                .to_string()
+                .starts_with(protocol::payout::PROXY_WENT_BACKWARDS));
             assert_eq!(e.api().status(), 401);
         }
         other => panic!("backwards: {other:?}"),
@@ -254,7 +265,9 @@ async fn vouchers_are_checked_submitted_and_never_go_backwards() {
     assert!(text.contains("140000"), "{text}");
     let again = payouts(&chain, Some(state.clone()));
     assert!(matches!(
-        again.receive(&voucher(&kp(), proxy, contract, 135_000)).await,
+        again
+            .receive(&voucher(&kp(), proxy, contract, 135_000))
+            .await,
         Err(PayoutError::Backwards { seen: 140_000, .. })
     ));
     // ... and without a state file the chain's paid count (130,000) is the floor

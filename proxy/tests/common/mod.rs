@@ -3,6 +3,7 @@
 //! their certificates and policies come from `cocoon-test-support` (re-exported here).
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod process;
 pub mod real;
 pub mod slow;

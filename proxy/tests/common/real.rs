@@ -19,6 +19,16 @@ pub fn start_real_worker(
     engine: StubEngine,
     options: ServiceOptions,
 ) -> RunningWorker {
+    start_paid_worker(proxy, engine, options, None)
+}
+
+/// [`start_real_worker`] with payouts on (`Some`).
+pub fn start_paid_worker(
+    proxy: SocketAddr,
+    engine: StubEngine,
+    options: ServiceOptions,
+    payouts: Option<Arc<worker::payout::Payouts>>,
+) -> RunningWorker {
     let clock = Arc::new(SystemClock);
     let identity = identity(
         worker_regs(),
@@ -39,7 +49,7 @@ pub fn start_real_worker(
         clock,
         links: LinkOptions::default(),
         options,
-        payouts: None,
+        payouts,
     }
     .start()
     .expect("worker starts")

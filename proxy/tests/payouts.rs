@@ -1,0 +1,201 @@
+//! Workers paid through their connection, end to end on a local chain running Cocoon's real
+//! contracts: a proxy with payments on (durable ledger, engine, `PaidLedger`) and the real
+//! worker service with `[payout]` (stub engine). A bound client's requests are billed to its
+//! client contract and to the worker's contract; the anchored count reaches the worker as a
+//! payout voucher over the attested connection; the worker submits it from its wallet and the
+//! worker owner receives exactly tokens × worker_fee, read from the chain. The client contract
+//! is charged exactly what the ledger billed. A worker that has seen a higher count from this
+//! proxy contract refuses it at registration, and the proxy never routes to it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::chain::*;
+use common::real::start_paid_worker;
+use ed25519_dalek::SigningKey;
+use http::StatusCode;
+use proxy::payments::{PaidLedger, PaymentsConfig};
+use proxy::Proxy;
+use ratls::account::AccountKey;
+use ratls::{Role, SystemClock};
+use ton::address::Addr;
+use tonsim::{LocalChain, TonChain};
+use worker::engine::stub::StubEngine;
+use worker::payout::{PayoutSetup, Payouts};
+use worker::service::ServiceOptions;
+
+/// Value that reached `account` in messages after log position `from`.
+async fn received(local: &LocalChain, account: Addr, from: usize) -> u128 {
+    local
+        .run(move |c| {
+            c.log()[from..]
+                .iter()
+                .filter(|t| t.account == account)
+                .filter_map(|t| t.in_msg.as_ref().map(|m| m.value))
+                .sum()
+        })
+        .await
+        .unwrap()
+}
+
+fn payouts(chain: &Arc<dyn TonChain>, state_file: std::path::PathBuf) -> Arc<Payouts> {
+    Payouts::new(PayoutSetup {
+        chain: chain.clone(),
+        owner: worker_owner(),
+        wallet_key: SigningKey::from_bytes(&[5; 32]),
+        wallet_owner: worker_owner(),
+        state_file: Some(state_file),
+        voucher_value_nano: 700_000_000,
+        wallet_timeout: Duration::from_secs(5),
+        poll: Duration::from_millis(10),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_is_paid_through_its_connection_and_refuses_a_proxy_that_went_back() {
+    let d = dir("payouts-e2e");
+    let ledger = open_ledger(&d.join("ledger.redb"));
+    let worker_wallet = wallet_address(&SigningKey::from_bytes(&[5; 32]), worker_owner());
+    let local = local_chain(wallet_address(&wallet_key(), owner()), worker_wallet);
+    let chain: Arc<dyn TonChain> = Arc::new(local.clone());
+    let p = engine(
+        &chain,
+        &ledger,
+        PaymentsConfig {
+            // charge whatever is anchored
+            charge_threshold_nano: 1,
+            ..config()
+        },
+    );
+    let key = AccountKey::from_seed([7; 32]);
+    let mut account_key = [0u8; 32];
+    hex::decode_to_slice(key.account_id(), &mut account_key).unwrap();
+    let client_contract = deploy_proxy_and_client_for(&p, &local, &account_key).await;
+    p.sync_chain().await.unwrap();
+    let start = log_len(&local).await;
+    let task = p.start();
+
+    let mut config = proxy::ProxyConfig::local("test-proxy");
+    config.prices = proxy::config::prices_of(&params());
+    let running = Proxy {
+        config,
+        resolver: common::resolver(common::proxy_regs(), Role::Proxy, common::now()),
+        worker_policy: common::worker_policy(),
+        clock: Arc::new(SystemClock),
+        ledger: Arc::new(PaidLedger::new(ledger.clone(), p.clone())),
+        payments: Some(p.clone()),
+    }
+    .start()
+    .await
+    .expect("proxy starts");
+    let state_file = d.join("payout-state.json");
+    let worker = start_paid_worker(
+        running.worker_addr,
+        StubEngine::new("stub", 24, 5000.0),
+        ServiceOptions::default(),
+        Some(payouts(&chain, state_file)),
+    );
+    until("the worker registers", || async {
+        running.state().registry.len() == 1
+    })
+    .await;
+    let contract = p.worker_contract(&worker_owner()).unwrap();
+
+    // requests from the bound client
+    let mut c = common::client(running.client_addr, 7).await;
+    let mut completion = 0;
+    for _ in 0..5 {
+        let body = br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
+        let resp = c.send(common::chat("stub", 16, None, body)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let evs = common::events(resp.into_body()).await;
+        assert!(
+            common::error_of(&evs).is_none(),
+            "{:?}",
+            common::error_of(&evs)
+        );
+        completion += common::usage_of(&evs).expect("usage").completion_tokens;
+    }
+    assert_eq!(completion, 5 * 16);
+    let billed = ledger
+        .worker(&contract.to_string())
+        .expect("billed to the worker contract")
+        .tokens;
+    let used = ledger
+        .client(&client_contract.to_string())
+        .unwrap()
+        .used_tokens;
+    assert_eq!(billed, used, "the worker served everything the client used");
+    assert!(billed > 0);
+
+    // anchored → voucher over the connection → submitted by the worker → paid on chain
+    let wp = worker.service().payouts().unwrap().clone();
+    until("the worker's payout", || async {
+        wp.earnings().await.proxies.first().map(|e| e.paid_tokens) == Some(billed)
+    })
+    .await;
+    let earned = received(&local, worker_owner(), start).await;
+    assert_eq!(
+        earned,
+        u128::from(billed) * WORKER_FEE,
+        "worker owner gets tokens × fee"
+    );
+    let e = wp.earnings().await;
+    assert_eq!((e.paid_nano, e.pending_nano), (earned, 0));
+    assert_eq!(e.proxies[0].worker_contract, contract.to_string());
+    // the client contract is charged exactly what the ledger billed
+    until("the client charge", || async {
+        ledger
+            .client(&client_contract.to_string())
+            .unwrap()
+            .charged_tokens
+            == used
+    })
+    .await;
+    let state = tonsim::tonchain::ClientState::from_stack(
+        &chain
+            .run_get_method(&client_contract, tonsim::tonchain::ClientState::GET_METHOD)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state.tokens_used, used);
+
+    // a worker (same owner, so the same worker contract) that remembers a higher count from
+    // this proxy contract refuses it when shown the last voucher; the proxy does not route to it
+    let high = d.join("high-state.json");
+    std::fs::write(
+        &high,
+        serde_json::json!({ p.proxy_contract().to_string(): 1_000_000_000u64 }).to_string(),
+    )
+    .unwrap();
+    let suspicious = start_paid_worker(
+        running.worker_addr,
+        StubEngine::new("stub", 24, 5000.0),
+        ServiceOptions::default(),
+        Some(payouts(&chain, high)),
+    );
+    until("the refusal", || async {
+        running
+            .state()
+            .stats
+            .refusals()
+            .get("payout_refused")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    assert_eq!(
+        running.state().registry.len(),
+        1,
+        "only the first worker serves"
+    );
+
+    let _ = suspicious.shutdown(Duration::from_secs(2)).await;
+    let _ = worker.shutdown(Duration::from_secs(2)).await;
+    task.shutdown().await;
+}
