@@ -24,9 +24,21 @@
 //!   "client_refusals": {"connections_per_ip": 2, "insufficient_funds": 1},
 //!   "queues": {"m": {"queued": 0, "wait_ema_ms": 12.5}},
 //!   "queue_outcomes": {"admitted": 3, "full": 0, "expired": 0, "abandoned": 1},
-//!   "shutting_down": false
+//!   "shutting_down": false,
+//!   "payments": {"health": "healthy", "proxy_contract": "0:…", "wallet": "0:…",
+//!                "chain_lag_s": 0, "last_anchor_seqno": 3, "last_anchor_age_s": 12, …,
+//!                "clients": {"0:<client contract>": {"billed_tokens": 90, "charged_tokens": 90,
+//!                            "pending_tokens": 0, "pending_nano": 0, …}},
+//!                "workers": {"0:<worker contract>": {"billed_tokens": 90, "paid_tokens": 90,
+//!                            "paid_nano": 36000, "pending_tokens": 0, …}}}
 //! }
 //! ```
+//!
+//! `payments` is present with payments on ([`crate::payments::PaymentsStats`]): money per
+//! client contract and per worker contract (billed, anchored, charged or paid, pending),
+//! chain lag and anchor age. Each worker's `account` is the ledger account its tokens are
+//! billed to: its worker contract with payments on and a payout owner registered, else its
+//! name.
 //!
 //! `queues` has every served model (and any that had a queue): requests waiting for a worker
 //! slot now and the mean wait of those admitted from the queue ([`crate::queue`]);
@@ -65,6 +77,8 @@ use crate::stats::WorkerUsage;
 pub struct WorkerStats {
     pub id: u64,
     pub name: String,
+    /// The ledger account its tokens are billed to (see the module docs).
+    pub account: String,
     pub addr: String,
     pub image_hash: String,
     pub models: Vec<String>,
@@ -124,6 +138,9 @@ pub struct JsonStats {
     pub queue_outcomes: QueueOutcomes,
     /// The proxy is draining (new requests get 503).
     pub shutting_down: bool,
+    /// Money, with payments on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payments: Option<crate::payments::PaymentsStats>,
 }
 
 /// A snapshot of the proxy's state.
@@ -147,6 +164,7 @@ pub fn json_stats(state: &State) -> JsonStats {
             WorkerStats {
                 id: i.id,
                 name: i.name.clone(),
+                account: i.account.clone(),
                 addr: i.addr.to_string(),
                 image_hash: i.image_hash.clone(),
                 models: i.models.iter().map(|m| m.name.clone()).collect(),
@@ -207,6 +225,7 @@ pub fn json_stats(state: &State) -> JsonStats {
         queues,
         queue_outcomes: state.queues.outcomes(),
         shutting_down: state.shutdown.is_draining(),
+        payments: state.payments.as_ref().map(|p| p.stats()),
     }
 }
 
@@ -362,7 +381,92 @@ pub fn prometheus(state: &State) -> String {
         "Token budget per worker (worker_token_budget_percent of capacity x max_context).",
         &per_worker(|w| w.token_budget),
     );
+    if let Some(p) = &j.payments {
+        payment_families(p, &mut family);
+    }
     out
+}
+
+/// The money families of `/metrics` (payments on).
+fn payment_families(
+    p: &crate::payments::PaymentsStats,
+    family: &mut impl FnMut(&str, &str, &str, &[(String, u64)]),
+) {
+    let one = |v: u64| vec![(String::new(), v)];
+    let sat = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+    family(
+        "cocoon_proxy_payments_healthy",
+        "gauge",
+        "1 while the payments engine is healthy (synced, not stopped by a rollback).",
+        &one(u64::from(p.health == "healthy")),
+    );
+    if let Some(lag) = p.chain_lag_s {
+        family(
+            "cocoon_proxy_chain_lag_seconds",
+            "gauge",
+            "Chain time minus the time of the last proxy-contract transaction seen.",
+            &one(u64::from(lag)),
+        );
+    }
+    if let Some(age) = p.last_anchor_age_s {
+        family(
+            "cocoon_proxy_anchor_age_seconds",
+            "gauge",
+            "Age of the last confirmed ledger anchor on chain.",
+            &one(u64::from(age)),
+        );
+    }
+    let clients = |f: fn(&crate::payments::ClientStats) -> u64| -> Vec<(String, u64)> {
+        p.clients
+            .iter()
+            .map(|(c, s)| (format!("{{client=\"{}\"}}", escape(c)), f(s)))
+            .collect()
+    };
+    family(
+        "cocoon_proxy_client_billed_tokens",
+        "counter",
+        "Adjusted tokens billed per client contract.",
+        &clients(|s| s.billed_tokens),
+    );
+    family(
+        "cocoon_proxy_client_charged_tokens",
+        "counter",
+        "Tokens charged on chain per client contract.",
+        &clients(|s| s.charged_tokens),
+    );
+    family(
+        "cocoon_proxy_client_pending_nano",
+        "gauge",
+        "Billed, not yet charged on chain, per client contract (nano-TON).",
+        &p.clients
+            .iter()
+            .map(|(c, s)| (format!("{{client=\"{}\"}}", escape(c)), sat(s.pending_nano)))
+            .collect::<Vec<_>>(),
+    );
+    let workers = |f: fn(&crate::payments::WorkerStats) -> u64| -> Vec<(String, u64)> {
+        p.workers
+            .iter()
+            .map(|(w, s)| (format!("{{worker_contract=\"{}\"}}", escape(w)), f(s)))
+            .collect()
+    };
+    family(
+        "cocoon_proxy_worker_billed_tokens",
+        "counter",
+        "Tokens served per worker contract.",
+        &workers(|s| s.billed_tokens),
+    );
+    family(
+        "cocoon_proxy_worker_paid_tokens",
+        "counter",
+        "Tokens paid out on chain per worker contract.",
+        &workers(|s| s.paid_tokens),
+    );
+    family(
+        "cocoon_proxy_worker_pending_tokens",
+        "gauge",
+        "Tokens served, not yet paid on chain, per worker contract.",
+        &workers(|s| s.pending_tokens),
+    );
 }
 
 fn escape(s: &str) -> String {

@@ -164,6 +164,46 @@ async fn the_worker_is_paid_through_its_connection_and_refuses_a_proxy_that_went
     .unwrap();
     assert_eq!(state.tokens_used, used);
 
+    // the money in /jsonstats and /metrics
+    until("the payout in the proxy's stats", || async {
+        p.stats()
+            .workers
+            .get(&contract.to_string())
+            .map(|w| w.paid_tokens)
+            == Some(billed)
+    })
+    .await;
+    let j = serde_json::to_value(running.json_stats()).unwrap();
+    assert_eq!(j["workers"][0]["account"], contract.to_string());
+    let money = &j["payments"];
+    assert_eq!(money["health"], "healthy");
+    assert_eq!(
+        money["clients"][client_contract.to_string()]["charged_tokens"],
+        used
+    );
+    assert_eq!(
+        money["clients"][client_contract.to_string()]["pending_nano"],
+        0
+    );
+    let w = &money["workers"][contract.to_string()];
+    assert_eq!(
+        (w["paid_tokens"].as_u64(), w["pending_tokens"].as_u64()),
+        (Some(billed), Some(0))
+    );
+    assert_eq!(w["paid_nano"].as_u64().map(u128::from), Some(earned));
+    let metrics = proxy::admin::prometheus(running.state());
+    for line in [
+        "cocoon_proxy_payments_healthy 1".to_string(),
+        format!("cocoon_proxy_worker_paid_tokens{{worker_contract=\"{contract}\"}} {billed}"),
+        format!("cocoon_proxy_client_charged_tokens{{client=\"{client_contract}\"}} {used}"),
+        format!("cocoon_proxy_client_pending_nano{{client=\"{client_contract}\"}} 0"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+
     // a worker (same owner, so the same worker contract) that remembers a higher count from
     // this proxy contract refuses it when shown the last voucher; the proxy does not route to it
     let high = d.join("high-state.json");
