@@ -49,6 +49,8 @@ pub struct LocalOptions {
     pub python: String,
     /// The local worker's capacity (requests at once).
     pub worker_capacity: u32,
+    /// Run with money ([`crate::money`]).
+    pub payments: bool,
 }
 
 /// A launch failure and its exit code.
@@ -191,6 +193,7 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         model,
         max_completion_tokens: local::LOCAL_MAX_COMPLETION_TOKENS,
         worker_capacity: opts.worker_capacity,
+        payments: None,
     })
 }
 
@@ -267,10 +270,35 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
         client: binary(&opts.bin_dir, "cocoon-client")?,
     };
     let (model_plan, model_file) = model_plan(&opts)?;
-    let plan = plan(&opts, &bins, model_plan)?;
+    let mut plan = plan(&opts, &bins, model_plan)?;
+    if opts.payments && (opts.print_config || opts.write_config) {
+        return Err(fail(
+            Exit::Usage,
+            "--payments runs the local chain inside the launcher: it cannot be combined with \
+             --print-config or --write-config",
+        ));
+    }
     if opts.print_config {
         return print_config(&plan);
     }
+    let money = if opts.payments {
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| fail(Exit::Usage, format!("{}: {e}", opts.dir.display())))?;
+        let m = crate::money::Money::start(&opts.dir)
+            .await
+            .map_err(|e| fail(Exit::Usage, format!("payments: {e}")))?;
+        plan.payments = Some(local::PaymentsPlan {
+            proxy: m.proxy_payments(),
+            worker: m.worker_payout(),
+        });
+        println!(
+            "cocoon-host: local TON chain at {} (proxy wallet {}, worker wallet {}, proxy contract {})",
+            m.url, m.proxy_wallet, m.worker_wallet, m.proxy_contract
+        );
+        Some(m)
+    } else {
+        None
+    };
     let platform = SimPlatform::generate()
         .map_err(|e| fail(Exit::Usage, format!("simulated platform: {e}")))?;
     // A stale urls.json would tell scripts the network is up.
@@ -302,6 +330,7 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
     // From here on SIGINT/SIGTERM stop the children instead of killing only the launcher.
     let mut signals = Signals::new()?;
     let mut children: Vec<Running> = Vec::new();
+    let mut client_funds: Option<(String, u128)> = None;
     for (role, program, config) in [
         ("proxy", &bins.proxy, local::PROXY_CONFIG),
         ("worker", &bins.worker, local::WORKER_CONFIG),
@@ -328,6 +357,31 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
                 return Err(fail(Exit::ChildFailed, e.to_string()));
             }
         }
+        if role == "proxy" {
+            if let Some(m) = &money {
+                let funded = tokio::select! {
+                    r = fund_client(m, &account, plan.proxy_admin_listen) => r,
+                    name = signals.recv() => {
+                        println!("cocoon-host: {name} while funding the client; stopping");
+                        stop_all(&mut children).await;
+                        return Ok(());
+                    }
+                };
+                match funded {
+                    Ok((contract, before)) => {
+                        println!(
+                            "cocoon-host: client contract {contract} holds {} (bound to account {account})",
+                            client::account::ton_str(before)
+                        );
+                        client_funds = Some((contract, before));
+                    }
+                    Err(e) => {
+                        stop_all(&mut children).await;
+                        return Err(fail(Exit::ChildFailed, format!("payments: {e}")));
+                    }
+                }
+            }
+        }
     }
     let client_url = children[2]
         .ready_line
@@ -352,13 +406,114 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
             worker: children[1].pid,
             client: children[2].pid,
         },
+        chain: money.as_ref().map(|m| m.url.clone()),
+        client_contract: client_funds.as_ref().map(|(c, _)| c.clone()),
+        payments: money.as_ref().map(|_| {
+            opts.dir
+                .join(crate::money::PAYMENTS_FILE)
+                .display()
+                .to_string()
+        }),
     };
     if let Err(e) = local::write_urls(&opts.dir, &urls) {
         stop_all(&mut children).await;
         return Err(fail(Exit::Usage, e.to_string()));
     }
     print_ready(&urls);
-    monitor(children, signals).await
+    let reporter = match (money, client_funds) {
+        (Some(m), Some((contract, before))) => Some(tokio::spawn(report(
+            m,
+            contract,
+            before,
+            plan.proxy_admin_listen,
+            opts.dir.clone(),
+        ))),
+        _ => None,
+    };
+    let result = monitor(children, signals).await;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    result
+}
+
+/// Waits for the proxy's contract, funds the client contract bound to `account` and waits
+/// until the proxy has seen it; returns the contract and its balance.
+async fn fund_client(
+    m: &crate::money::Money,
+    account: &str,
+    admin: SocketAddr,
+) -> Result<(String, u128), String> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(account, &mut key).map_err(|e| format!("account id {account:?}: {e}"))?;
+    m.wait_proxy_contract(Duration::from_secs(60)).await?;
+    let contract = m.fund_client(&key).await?.to_string();
+    let before = m.client_balance().await?;
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(j) = crate::money::get_json(admin, "/jsonstats").await {
+            if j["payments"]["clients"][&contract]["chain_balance_nano"]
+                .as_u64()
+                .is_some()
+            {
+                return Ok((contract, before));
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the proxy did not see client contract {contract} within 60 s (see logs/proxy.log)"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes `payments.json` (and prints the figures) each time the proxy reports everything
+/// billed to the local client as charged and paid out, with new usage since the last time.
+async fn report(
+    m: crate::money::Money,
+    contract: String,
+    before: u128,
+    admin: SocketAddr,
+    dir: PathBuf,
+) {
+    let mut last = (0, 0);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(j) = crate::money::get_json(admin, "/jsonstats").await else {
+            continue;
+        };
+        let (requests, billed, settled) = crate::money::proxy_view(&j, &contract);
+        if !settled || (requests, billed) == last {
+            continue;
+        }
+        let f = match m.figures(before, requests).await {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("cocoon-host: payments: {e}");
+                continue;
+            }
+        };
+        // The chain must show what the proxy says it settled.
+        if f.charged_tokens != billed || f.paid_tokens != billed {
+            continue;
+        }
+        last = (requests, billed);
+        if let Err(e) = crate::money::write_figures(&dir, &f) {
+            eprintln!("cocoon-host: payments: {e}");
+            continue;
+        }
+        let ton = |n: u128| client::account::ton_str(n);
+        println!(
+            "cocoon-host: payments settled on chain after {requests} request(s), {billed} tokens:\n  \
+             client contract {} → {} (charged {})\n  worker owner earned {}; proxy contract kept {}",
+            ton(f.client_balance_before_nano),
+            ton(f.client_balance_after_nano),
+            ton(f.charged_nano),
+            ton(f.worker_earned_nano),
+            ton(f.proxy_kept_nano),
+        );
+    }
 }
 
 fn print_ready(urls: &Urls) {

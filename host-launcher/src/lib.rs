@@ -32,6 +32,7 @@ pub mod gpu;
 pub mod launch;
 pub mod local;
 pub mod model;
+pub mod money;
 pub mod preflight;
 pub mod registers;
 pub mod render;

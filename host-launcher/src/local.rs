@@ -11,6 +11,11 @@
 //!   client.toml             pins the proxy image hash and the proxy's RTMR3 (proxy.toml)
 //!   client.key              account key (created by cocoon-client, mode 0600, kept across launches)
 //!   urls.json               endpoints, image hashes, model, account, pids (written once ready)
+//!   with --payments (crate::money):
+//!   keys/, keys.pass        the proxy's development key store (Kp, wallet key) and passphrase
+//!   ledger.redb             the proxy's durable ledger (new each launch, like the chain)
+//!   worker-wallet.key       the worker's wallet key; payout-state.json its highest vouchers
+//!   payments.json           the money, read from the chain, once everything billed is settled
 //!   logs/{proxy,worker,client}.log
 //! ```
 //! Rendering is pure ([`render()`]); [`write()`] puts the files on disk. Every config is built
@@ -111,6 +116,16 @@ pub struct Plan {
     pub model: ModelPlan,
     pub max_completion_tokens: u32,
     pub worker_capacity: u32,
+    /// With `--payments`: the proxy's `[payments]` and the worker's `[payout]`
+    /// ([`crate::money`]).
+    pub payments: Option<PaymentsPlan>,
+}
+
+/// The money sections of a local network with payments on.
+#[derive(Clone, Debug)]
+pub struct PaymentsPlan {
+    pub proxy: proxy::payments::PaymentsConfig,
+    pub worker: worker::config::PayoutFile,
 }
 
 /// One generated text file.
@@ -131,7 +146,7 @@ pub enum RenderError {
 
 /// The proxy's config; `worker_rtmr3` is [`config_rtmr3`] of the worker's config.
 pub fn proxy_config(plan: &Plan, worker_rtmr3: &str) -> proxy::config::ConfigFile {
-    render::proxy(
+    let mut file = render::proxy(
         Mode::Local,
         &ProxySpec {
             name: "local-proxy".into(),
@@ -139,7 +154,8 @@ pub fn proxy_config(plan: &Plan, worker_rtmr3: &str) -> proxy::config::ConfigFil
             client_listen: plan.proxy_client_listen,
             admin_listen: plan.proxy_admin_listen,
             max_prompt_tokens: LOCAL_MAX_PROMPT_TOKENS,
-            default_balance_nano: Some(LOCAL_BALANCE_NANO),
+            // With payments, accounts are funded by their client contracts only.
+            default_balance_nano: plan.payments.is_none().then_some(LOCAL_BALANCE_NANO),
             workers: Pins {
                 images: vec![plan.worker.image_hash.to_string()],
                 rtmr3: vec![worker_rtmr3.into()],
@@ -147,7 +163,18 @@ pub fn proxy_config(plan: &Plan, worker_rtmr3: &str) -> proxy::config::ConfigFil
                 ..Pins::default()
             },
         },
-    )
+    );
+    if let Some(p) = &plan.payments {
+        file.ledger = Some(proxy::config::LedgerFile {
+            path: crate::money::LEDGER_FILE.into(),
+        });
+        file.keys = Some(proxy::config::KeysFile {
+            dir: crate::money::KEYS_DIR.into(),
+            passphrase_file: crate::money::PASSPHRASE_FILE.into(),
+        });
+        file.payments = Some(p.proxy.clone());
+    }
+    file
 }
 
 /// The worker's config (pins the proxy image only: see the module docs).
@@ -167,7 +194,7 @@ pub fn worker_config(plan: &Plan) -> worker::config::WorkerConfigFile {
             tokens_per_second: Some(LOCAL_STUB_TOKENS_PER_SECOND),
         },
     };
-    render::worker(
+    let mut file = render::worker(
         Mode::Local,
         &WorkerSpec {
             name: "local-worker".into(),
@@ -179,7 +206,9 @@ pub fn worker_config(plan: &Plan) -> worker::config::WorkerConfigFile {
                 ..Pins::default()
             },
         },
-    )
+    );
+    file.payout = plan.payments.as_ref().map(|p| p.worker.clone());
+    file
 }
 
 /// The client's config; `proxy_rtmr3` is [`config_rtmr3`] of the proxy's config.
@@ -311,6 +340,14 @@ pub struct Urls {
     pub worker_image: String,
     pub dir: String,
     pub pids: Pids,
+    /// With `--payments`: the local chain's HTTP API, the client contract, and where the
+    /// settled figures go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_contract: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payments: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

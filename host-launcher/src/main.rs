@@ -114,6 +114,11 @@ struct LaunchArgs {
     /// the sequences it schedules together).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     worker_capacity: u32,
+    /// Run with money: a local TON chain (Cocoon's real contracts) inside the launcher, the
+    /// proxy's durable ledger and payments engine, the worker's payouts, and a funded client
+    /// contract; `DIR/payments.json` shows the money once it settles (docs/payments.md).
+    #[arg(long)]
+    payments: bool,
     /// Copy the services' logs to stderr (they always go to DIR/logs/).
     #[arg(long)]
     verbose: bool,
@@ -291,6 +296,7 @@ fn launch_cmd(args: LaunchArgs) -> ExitCode {
         verbose: args.verbose,
         python: args.python,
         worker_capacity: args.worker_capacity,
+        payments: args.payments,
     };
     let rt = match runtime() {
         Ok(r) => r,

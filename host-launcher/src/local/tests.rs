@@ -18,6 +18,7 @@ fn plan(model: ModelPlan) -> Plan {
         model,
         max_completion_tokens: 512,
         worker_capacity: 4,
+        payments: None,
     }
 }
 
@@ -240,6 +241,9 @@ fn urls_are_written_atomically() {
             worker: None,
             client: Some(4),
         },
+        chain: None,
+        client_contract: None,
+        payments: None,
     };
     write_urls(&dir, &urls).unwrap();
     let v: serde_json::Value =
@@ -300,4 +304,45 @@ fn written_configs_load_with_the_services_loaders() {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+#[test]
+fn payments_add_the_ledger_keys_payments_and_payout_sections() {
+    let mut p = plan(ModelPlan::Stub {
+        name: "stub".into(),
+    });
+    let owner = ton::address::Addr::basechain([0xa1; 32]);
+    p.payments = Some(PaymentsPlan {
+        proxy: proxy::payments::PaymentsConfig::new(
+            "http://127.0.0.1:1/api/v2",
+            &ton::params::ParamsV3::reference(),
+            &owner,
+            &owner,
+        ),
+        worker: worker::config::PayoutFile {
+            chain_url: "http://127.0.0.1:1/api/v2".into(),
+            chain_api_key_env: None,
+            owner: owner.to_string(),
+            wallet_key: "worker-wallet.key".into(),
+            wallet_owner: None,
+            state_file: None,
+            voucher_value_nano: None,
+            wallet_timeout_ms: None,
+        },
+    });
+    // to_text re-reads each file with the service's own parser
+    let proxy = proxy_toml(&p, "00").unwrap();
+    for section in ["[ledger]", "[keys]", "[payments]"] {
+        assert!(proxy.contains(section), "{section} missing:\n{proxy}");
+    }
+    assert!(!proxy.contains("default_balance_nano"), "{proxy}");
+    let worker = worker_toml(&p).unwrap();
+    assert!(worker.contains("[payout]"), "{worker}");
+    // and without payments, none of them
+    let plain = plan(ModelPlan::Stub {
+        name: "stub".into(),
+    });
+    let proxy = proxy_toml(&plain, "00").unwrap();
+    assert!(!proxy.contains("[payments]") && proxy.contains("default_balance_nano"));
+    assert!(!worker_toml(&plain).unwrap().contains("[payout]"));
 }
