@@ -96,6 +96,9 @@ surface=()
 [ "$ENGINE" = mistralrs ] && surface=(--engine-surface)
 "$VENV/bin/python" ci/e2e_openai_api.py "$NET/urls.json" "${surface[@]}"
 
+# Money: a second local network with payments on (stub engine), the OpenAI SDK, and the chain.
+"$VENV/bin/python" ci/e2e_money.py "$BIN"
+
 echo "e2e: stopping the network (SIGTERM to cocoon-host)"
 children=$(pids_from_urls)
 kill -TERM "$HOST_PID"

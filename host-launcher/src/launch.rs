@@ -414,6 +414,7 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
                 .display()
                 .to_string()
         }),
+        prices: money.as_ref().map(|m| m.prices_json()),
     };
     if let Err(e) = local::write_urls(&opts.dir, &urls) {
         stop_all(&mut children).await;

@@ -348,6 +348,11 @@ pub struct Urls {
     pub client_contract: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payments: Option<String>,
+    /// With `--payments`: the network's prices (`price_per_token`, `worker_fee_per_token`
+    /// nanoton; `multipliers` per token class, 10000 = 1.0), so a client can compute what it
+    /// owes from the usage it received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prices: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]

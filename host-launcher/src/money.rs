@@ -110,6 +110,8 @@ pub struct Figures {
     pub client_balance_after_nano: u128,
     pub charged_nano: u128,
     pub worker_earned_nano: u128,
+    /// What reached the worker owner's account in payout messages (the chain's transactions).
+    pub worker_owner_received_nano: u128,
     pub proxy_kept_nano: u128,
     pub requests: u64,
     /// Tokens the client contract was charged for.
@@ -246,6 +248,22 @@ impl Money {
         }
     }
 
+    /// The prices for `urls.json`.
+    pub fn prices_json(&self) -> serde_json::Value {
+        let p = &self.params;
+        serde_json::json!({
+            "price_per_token": p.price_per_token.nano(),
+            "worker_fee_per_token": p.worker_fee_per_token.nano(),
+            "multipliers": {
+                "prompt": p.multipliers.prompt,
+                "cached": p.multipliers.cached,
+                "completion": p.multipliers.completion,
+                "reasoning": p.multipliers.reasoning,
+            },
+            "price_coefficient_milli": worker::config::DEFAULT_PRICE_COEFFICIENT_MILLI,
+        })
+    }
+
     /// `[payout]` of the local worker.
     pub fn worker_payout(&self) -> worker::config::PayoutFile {
         worker::config::PayoutFile {
@@ -370,11 +388,19 @@ impl Money {
         let (_, client) = self.client_contract()?;
         let worker = self.worker_contract()?;
         let proxy = self.proxy_contract;
-        let (client_data, worker_data, proxy_data) = self
+        let (client_data, worker_data, proxy_data, received) = self
             .chain
             .run(move |c| {
                 let data = |a: &Addr| c.data(a).ok();
-                (data(&client), data(&worker), data(&proxy))
+                let received: u128 = c
+                    .log()
+                    .iter()
+                    .filter(|t| t.account == worker_owner())
+                    .filter_map(|t| t.in_msg.as_ref())
+                    .filter(|m| m.src == Some(proxy))
+                    .map(|m| m.value)
+                    .sum();
+                (data(&client), data(&worker), data(&proxy), received)
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -398,6 +424,7 @@ impl Money {
             client_balance_after_nano: after,
             charged_nano: before.saturating_sub(after),
             worker_earned_nano: u128::from(paid_tokens) * self.params.worker_fee_per_token.nano(),
+            worker_owner_received_nano: received,
             proxy_kept_nano: proxy_kept,
             requests,
             charged_tokens: client_data.tokens_used,

@@ -244,6 +244,7 @@ fn urls_are_written_atomically() {
         chain: None,
         client_contract: None,
         payments: None,
+        prices: None,
     };
     write_urls(&dir, &urls).unwrap();
     let v: serde_json::Value =

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Money end to end with the official OpenAI SDK (issue "Money in the network", first Must-show).
+
+Usage: e2e_money.py BIN_DIR
+
+Starts `cocoon-host launch --local --payments --engine stub` (a local TON chain running Cocoon's
+real contracts inside the launcher; proxy with its durable ledger and payments engine; worker
+with payouts; a client contract funded and bound to the client's account), sends N requests
+through the OpenAI SDK (chat, streamed chat with include_usage, legacy completions), and adds up
+what the client owes from the usage it saw and the prices in urls.json — independently of the
+Rust code: adjusted tokens per class = n * coefficient * multiplier // 10^7 (Cocoon's rule).
+Then it waits for payments.json (written by the launcher from the chain once everything billed
+is charged and paid out) and checks, all read from the chain:
+  * the client contract's balance dropped by exactly what the client computed;
+  * the worker owner received exactly adjusted tokens * worker_fee;
+  * the proxy contract kept exactly adjusted tokens * (price - worker_fee).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import openai
+
+
+def fail(msg):
+    sys.exit(f"e2e_money: FAILED: {msg}")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def adjusted(usage, prices):
+    """Adjusted tokens of one usage object (OpenAI shape), Cocoon's rounding per class."""
+    m = prices["multipliers"]
+    coef = prices["price_coefficient_milli"]
+    prompt = usage.prompt_tokens
+    completion = usage.completion_tokens
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = min(getattr(details, "cached_tokens", 0) or 0, prompt)
+    details = getattr(usage, "completion_tokens_details", None)
+    reasoning = min(getattr(details, "reasoning_tokens", 0) or 0, completion)
+    adj = lambda n, mult: n * coef * mult // 10_000_000  # noqa: E731
+    return (adj(prompt - cached, m["prompt"]) + adj(cached, m["cached"])
+            + adj(completion - reasoning, m["completion"]) + adj(reasoning, m["reasoning"]))
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    bin_dir = sys.argv[1]
+    tmp = tempfile.mkdtemp(prefix="cocoon-e2e-money-")
+    net = os.path.join(tmp, "net")
+    out = open(os.path.join(tmp, "launcher.out"), "w")
+    host = subprocess.Popen(
+        [os.path.join(bin_dir, "cocoon-host"), "launch", "--local", "--payments", "--engine",
+         "stub", "--dir", net, "--port", str(free_port())],
+        stdout=out, stderr=subprocess.STDOUT)
+    ok = False
+    try:
+        urls_path = os.path.join(net, "urls.json")
+        deadline = time.time() + 180
+        while not os.path.exists(urls_path):
+            if host.poll() is not None:
+                fail(f"cocoon-host exited with {host.returncode} before the network was ready")
+            if time.time() > deadline:
+                fail("network not ready after 180 s")
+            time.sleep(0.3)
+        urls = json.load(open(urls_path))
+        prices = urls["prices"]
+        print(f"e2e_money: network ready; chain {urls['chain']}, client contract "
+              f"{urls['client_contract']}")
+        client = openai.OpenAI(base_url=urls["client"], api_key="unused", max_retries=0)
+        model = urls["model"]
+        owed = 0
+        n = 0
+        for max_tokens in (8, 16, 24):
+            r = client.chat.completions.create(
+                model=model, max_tokens=max_tokens,
+                messages=[{"role": "user", "content": f"count to {max_tokens}"}])
+            owed += adjusted(r.usage, prices)
+            n += 1
+        for max_tokens in (5, 30):
+            stream = client.chat.completions.create(
+                model=model, max_tokens=max_tokens, stream=True,
+                stream_options={"include_usage": True},
+                messages=[{"role": "system", "content": "be brief"},
+                          {"role": "user", "content": "stream please"}])
+            usage = None
+            for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            if usage is None:
+                fail("a streamed request without a usage chunk")
+            owed += adjusted(usage, prices)
+            n += 1
+        r = client.completions.create(model=model, prompt="once upon a time", max_tokens=12)
+        owed += adjusted(r.usage, prices)
+        n += 1
+        price, fee = prices["price_per_token"], prices["worker_fee_per_token"]
+        print(f"e2e_money: {n} requests; the client computes {owed} adjusted tokens = "
+              f"{owed * price} nanoton owed")
+
+        pay_path = os.path.join(net, "payments.json")
+        deadline = time.time() + 120
+        figures = None
+        while time.time() < deadline:
+            if os.path.exists(pay_path):
+                figures = json.load(open(pay_path))
+                if figures["requests"] == n and figures["charged_tokens"] == owed:
+                    break
+            if host.poll() is not None:
+                fail(f"cocoon-host exited with {host.returncode}")
+            time.sleep(0.5)
+        else:
+            fail(f"payments did not settle for {n} requests / {owed} tokens within 120 s; "
+                 f"last payments.json: {figures}")
+        print("e2e_money: payments.json " + json.dumps(figures))
+        checks = [
+            ("client balance drop = what the client computed",
+             figures["client_balance_before_nano"] - figures["client_balance_after_nano"],
+             owed * price),
+            ("charged_nano", figures["charged_nano"], owed * price),
+            ("worker owner earned = tokens * worker_fee", figures["worker_earned_nano"],
+             owed * fee),
+            ("worker owner received (payout messages on chain)",
+             figures["worker_owner_received_nano"], owed * fee),
+            ("proxy contract kept = tokens * (price - worker_fee)", figures["proxy_kept_nano"],
+             owed * (price - fee)),
+            ("worker contract paid tokens", figures["paid_tokens"], owed),
+        ]
+        for what, got, want in checks:
+            if got != want:
+                fail(f"{what}: chain shows {got}, expected {want}")
+            print(f"e2e_money: ok  {what}: {got}")
+        ok = True
+    finally:
+        if host.poll() is None:
+            host.send_signal(signal.SIGTERM)
+            try:
+                host.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                host.kill()
+        out.close()
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"e2e_money: files kept in {tmp}; launcher output:")
+            print(open(os.path.join(tmp, "launcher.out")).read()[-4000:])
+    if host.returncode not in (0, None):
+        fail(f"cocoon-host exited with {host.returncode} after SIGTERM (expected 0)")
+    print("e2e_money: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
