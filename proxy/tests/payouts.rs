@@ -239,3 +239,124 @@ async fn the_worker_is_paid_through_its_connection_and_refuses_a_proxy_that_went
     let _ = worker.shutdown(Duration::from_secs(2)).await;
     task.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_funds_name_both_amounts_and_a_top_up_on_chain_lets_the_next_request_pass() {
+    use ton::address::Coins;
+    use ton::cell::Cell;
+    use ton::messages::unsigned::Request as TonRequest;
+
+    let d = dir("payouts-topup");
+    let ledger = open_ledger(&d.join("ledger.redb"));
+    let local = local_chain(wallet_address(&wallet_key(), owner()), addr(0x42));
+    let chain: Arc<dyn TonChain> = Arc::new(local.clone());
+    let p = engine(&chain, &ledger, config());
+    p.deploy_proxy_contract().await.unwrap();
+    // a client contract holding 0.5 TON (below its 1 TON stake), bound to the key of seed 8
+    let key = AccountKey::from_seed([8; 32]);
+    let mut account_key = [0u8; 32];
+    hex::decode_to_slice(key.account_id(), &mut account_key).unwrap();
+    let (init, contract) = client_contract();
+    send(
+        &local,
+        client_owner(),
+        contract,
+        800_000_000,
+        Some(init),
+        Cell::empty(),
+    )
+    .await;
+    let bind = TonRequest::SetSecret {
+        qid: 1,
+        secret_hash: ton::contracts::account_binding_hash(&account_key),
+        excess: client_owner(),
+    };
+    send(
+        &local,
+        client_owner(),
+        contract,
+        300_000_000,
+        None,
+        bind.to_cell().unwrap(),
+    )
+    .await;
+    let top_up = |qid| TonRequest::TopUp {
+        qid,
+        amount: Coins::from_nano(TON / 2),
+        excess: client_owner(),
+    };
+    send(
+        &local,
+        client_owner(),
+        contract,
+        TON / 2 + 200_000_000,
+        None,
+        top_up(2).to_cell().unwrap(),
+    )
+    .await;
+    p.sync_chain().await.unwrap();
+    let task = p.start();
+
+    let mut config = proxy::ProxyConfig::local("test-proxy");
+    config.prices = proxy::config::prices_of(&params());
+    // a reservation of (600,000 + 16) tokens x 1000 nano: more than 0.5 TON, less than 1 TON
+    config.max_prompt_tokens = 600_000;
+    let running = Proxy {
+        config,
+        resolver: common::resolver(common::proxy_regs(), Role::Proxy, common::now()),
+        worker_policy: common::worker_policy(),
+        clock: Arc::new(SystemClock),
+        ledger: Arc::new(PaidLedger::new(ledger.clone(), p.clone())),
+        payments: Some(p.clone()),
+    }
+    .start()
+    .await
+    .expect("proxy starts");
+    let worker = start_paid_worker(
+        running.worker_addr,
+        StubEngine::new("stub", 24, 5000.0),
+        ServiceOptions::default(),
+        None,
+    );
+    until("the worker registers", || async {
+        running.state().registry.len() == 1
+    })
+    .await;
+
+    let mut c = common::client(running.client_addr, 8).await;
+    let body = br#"{"model":"stub","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let resp = c.send(common::chat("stub", 16, None, body)).await;
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    let err = common::json_body(resp).await;
+    let message = err["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("600016000") && message.contains("available 500000000"),
+        "the 402 names the needed and the available amount: {message}"
+    );
+
+    // the client tops up on chain; the proxy's watcher sees it; nothing restarts
+    send(
+        &local,
+        client_owner(),
+        contract,
+        TON / 2 + 200_000_000,
+        None,
+        top_up(3).to_cell().unwrap(),
+    )
+    .await;
+    until("the top-up in the ledger", || async {
+        ledger.client(&contract.to_string()).map(|a| a.balance_nano) == Some(TON as u64)
+    })
+    .await;
+    let resp = c.send(common::chat("stub", 16, None, body)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let evs = common::events(resp.into_body()).await;
+    assert!(
+        common::usage_of(&evs).is_some(),
+        "{:?}",
+        common::error_of(&evs)
+    );
+
+    let _ = worker.shutdown(Duration::from_secs(2)).await;
+    task.shutdown().await;
+}
