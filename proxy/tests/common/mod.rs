@@ -603,6 +603,20 @@ impl Client {
         }
     }
 
+    /// [`Client::send`] that returns `None` when the connection failed instead of panicking.
+    pub async fn try_send(&mut self, req: Request<Full<Bytes>>) -> Option<Response<Incoming>> {
+        match &mut self.send {
+            ClientSend::H2(s) => {
+                s.ready().await.ok()?;
+                s.send_request(req).await.ok()
+            }
+            ClientSend::H1(s) => {
+                s.ready().await.ok()?;
+                s.send_request(req).await.ok()
+            }
+        }
+    }
+
     pub async fn get(&mut self, path: &str) -> Response<Incoming> {
         let req = Request::get(format!("https://proxy.invalid{path}"))
             .header("host", "proxy.invalid")
@@ -610,6 +624,22 @@ impl Client {
             .unwrap();
         self.send(req).await
     }
+}
+
+/// [`events`] that stops at a broken body (returns what arrived) instead of panicking.
+pub async fn try_events(body: Incoming) -> Vec<(Instant, Event)> {
+    let mut body = body;
+    let mut d = Decoder::default();
+    let mut out = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            let Ok(evs) = d.feed(&data) else { break };
+            for ev in evs {
+                out.push((Instant::now(), ev));
+            }
+        }
+    }
+    out
 }
 
 /// Reads a whole SSE body: events with their arrival times.

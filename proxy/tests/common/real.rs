@@ -29,6 +29,17 @@ pub fn start_paid_worker(
     options: ServiceOptions,
     payouts: Option<Arc<worker::payout::Payouts>>,
 ) -> RunningWorker {
+    start_worker_with(proxy, engine, options, payouts, LinkOptions::default())
+}
+
+/// [`start_paid_worker`] with the dial loop's `links` options (e.g. a fast reconnect).
+pub fn start_worker_with(
+    proxy: SocketAddr,
+    engine: StubEngine,
+    options: ServiceOptions,
+    payouts: Option<Arc<worker::payout::Payouts>>,
+    links: LinkOptions,
+) -> RunningWorker {
     let clock = Arc::new(SystemClock);
     let identity = identity(
         worker_regs(),
@@ -47,7 +58,7 @@ pub fn start_paid_worker(
         identity,
         proxy_policy: proxy_policy(),
         clock,
-        links: LinkOptions::default(),
+        links,
         options,
         payouts,
     }
