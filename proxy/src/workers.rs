@@ -226,10 +226,11 @@ async fn serve(
                     _ = &mut conn => return Err(Refusal::Closed),
                     r = tokio::time::timeout(cfg.handshake_timeout, pusher.push(tokens, &voucher)) => {
                         match r {
-                            Err(_) => return Err(Refusal::Payout("the worker did not answer the payout voucher".into())),
                             Ok(Err(PushError::Refused(m))) => return Err(Refusal::Payout(m)),
-                            // The worker could not check it now (e.g. its chain API is down):
-                            // it serves, and the voucher is offered again later.
+                            // The worker could not check it now (its chain API is slow or
+                            // down): it serves, and the voucher is offered again every poll;
+                            // a refusal then closes the connection.
+                            Err(_) => tracing::warn!(name = %registration.worker, "the worker did not answer the payout voucher in time; offered again later"),
                             Ok(Err(PushError::Failed(m))) => tracing::warn!(name = %registration.worker, error = %m, "payout voucher not accepted yet"),
                             Ok(Ok(())) => {}
                         }

@@ -23,8 +23,10 @@
 //! The submitter sends each voucher above the paid count from the worker's **wallet** (a
 //! Cocoon wallet, `tonsim::wallet::Wallet`, which pays the fees; its excess comes back to it),
 //! repacked with the wallet as the excess address, with the worker contract's state init while
-//! the contract is not deployed yet; then it reads the contract's paid count back. Failures are
-//! kept ([`ProxyEarnings::last_error`]) and retried every [`RETRY`].
+//! the contract is not deployed yet; then it reads the contract's paid count back (a voucher
+//! sent but not yet paid is sent again only after [`RESEND_AFTER`]). Failures are kept
+//! ([`ProxyEarnings::last_error`]) and retried every [`RETRY`]. The wallet's wait for the chain
+//! holds no lock that [`Payouts::receive`] or [`Payouts::earnings`] need.
 //!
 //! # Trust
 //! The owner address and the wallet key are the GPU owner's: they come from the host-written
@@ -36,7 +38,7 @@
 use std::collections::{btree_map, BTreeMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use protocol::payout::{PayoutAck, PayoutAdvert, PayoutVoucher, PROXY_WENT_BACKWARDS};
@@ -53,6 +55,19 @@ use tonsim::{AccountStatus, TonChain};
 
 /// How often the submitter retries what failed (and re-reads paid counts).
 pub const RETRY: Duration = Duration::from_secs(10);
+/// A voucher sent but not yet seen paid on chain is sent again after this long (a live chain
+/// applies the worker contract's transaction a block after the wallet's).
+pub const RESEND_AFTER: Duration = Duration::from_secs(120);
+
+/// One voucher to submit (a copy taken under the lock).
+struct Job {
+    proxy: Addr,
+    contract: Addr,
+    init: StateInit,
+    tokens: u64,
+    cell: Cell,
+    sent: Option<(u64, Instant)>,
+}
 
 /// What [`Payouts`] needs (from `[payout]`).
 pub struct PayoutSetup {
@@ -146,6 +161,8 @@ struct Entry {
     init: StateInit,
     floor: u64,
     voucher: Option<(u64, Cell)>,
+    /// The last voucher sent, and when.
+    sent: Option<(u64, Instant)>,
     paid: u64,
     last_error: Option<String>,
 }
@@ -161,6 +178,8 @@ pub struct Payouts {
     /// Highest accepted count per proxy contract (what `state_file` holds).
     highest: Mutex<BTreeMap<String, u64>>,
     kick: Notify,
+    /// One submitter pass at a time.
+    submitting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Payouts {
@@ -196,6 +215,7 @@ impl Payouts {
             entries: tokio::sync::Mutex::new(BTreeMap::new()),
             highest: Mutex::new(highest),
             kick: Notify::new(),
+            submitting: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -291,6 +311,7 @@ impl Payouts {
             init,
             floor: remembered.max(paid),
             voucher: None,
+            sent: None,
             paid,
             last_error: None,
         })
@@ -323,23 +344,50 @@ impl Payouts {
         Ok(())
     }
 
-    /// One submitter pass: every voucher above the paid count goes to its worker contract.
-    /// Returns how many were sent.
+    /// One submitter pass: every voucher above the paid count goes to its worker contract,
+    /// unless the same voucher was sent less than [`RESEND_AFTER`] ago and the chain has not
+    /// shown it yet. Returns how many were sent. The entries are not locked while the wallet
+    /// waits for the chain, so vouchers keep being received and `/earnings` answers meanwhile.
     pub async fn submit_pending(&self) -> usize {
+        let _one_pass = self.submitting.lock().await;
+        let jobs: Vec<Job> = {
+            let entries = self.entries.lock().await;
+            entries
+                .iter()
+                .filter_map(|(proxy, e)| {
+                    let (tokens, cell) = e.voucher.clone()?;
+                    Some(Job {
+                        proxy: *proxy,
+                        contract: e.contract,
+                        init: e.init.clone(),
+                        tokens,
+                        cell,
+                        sent: e.sent,
+                    })
+                })
+                .collect()
+        };
         let mut sent = 0;
-        let mut entries = self.entries.lock().await;
-        for e in entries.values_mut() {
-            let Some((tokens, cell)) = e.voucher.clone() else {
+        for job in jobs {
+            let outcome = self.submit(&job).await;
+            let mut entries = self.entries.lock().await;
+            let Some(e) = entries.get_mut(&job.proxy) else {
                 continue;
             };
-            match self.submit(e, tokens, &cell).await {
-                Ok(true) => {
-                    sent += 1;
+            match outcome {
+                Ok((paid, sent_now)) => {
+                    e.paid = e.paid.max(paid);
+                    if sent_now {
+                        e.sent = Some((job.tokens, Instant::now()));
+                        sent += 1;
+                    }
+                    if e.voucher.as_ref().is_some_and(|(t, _)| e.paid >= *t) {
+                        e.voucher = None;
+                    }
                     e.last_error = None;
                 }
-                Ok(false) => e.last_error = None,
                 Err(err) => {
-                    tracing::warn!(proxy = %e.info.addr, error = %err, "payout not submitted");
+                    tracing::warn!(proxy = %job.proxy, error = %err, "payout not submitted");
                     e.last_error = Some(err);
                 }
             }
@@ -347,26 +395,32 @@ impl Payouts {
         sent
     }
 
-    async fn submit(&self, e: &mut Entry, tokens: u64, cell: &Cell) -> Result<bool, String> {
-        e.paid = self.paid_tokens(&e.contract).await?;
-        if e.paid >= tokens {
-            e.voucher = None;
-            return Ok(false);
+    /// Sends one voucher if the chain has not paid it and it is not waiting for the chain;
+    /// returns the paid count and whether it was sent.
+    async fn submit(&self, job: &Job) -> Result<(u64, bool), String> {
+        let paid = self.paid_tokens(&job.contract).await?;
+        if paid >= job.tokens {
+            return Ok((paid, false));
+        }
+        if let Some((tokens, at)) = job.sent {
+            if tokens >= job.tokens && at.elapsed() < RESEND_AFTER {
+                return Ok((paid, false));
+            }
         }
         let deployed = self
             .chain
-            .account(&e.contract)
+            .account(&job.contract)
             .await
             .map_err(|err| err.to_string())?
             .status
             == AccountStatus::Active;
-        let body = SignedMessage::parse(cell)
+        let body = SignedMessage::parse(&job.cell)
             .and_then(|m| m.repack(&self.wallet.address()))
             .map_err(|err| err.to_string())?;
-        let init = (!deployed).then(|| e.init.clone());
+        let init = (!deployed).then(|| job.init.clone());
         self.wallet
             .send_one(
-                e.contract,
+                job.contract,
                 self.voucher_value_nano,
                 deployed,
                 init,
@@ -374,16 +428,14 @@ impl Payouts {
             )
             .await
             .map_err(|err| err.to_string())?;
-        e.paid = self.paid_tokens(&e.contract).await?;
-        if e.paid < tokens {
-            return Err(format!(
-                "worker contract {} still shows {} paid tokens after the voucher for {tokens}",
-                e.contract, e.paid
-            ));
+        // On a live chain the worker contract's transaction may come a block later.
+        let paid = self.paid_tokens(&job.contract).await?;
+        if paid >= job.tokens {
+            tracing::info!(proxy = %job.proxy, contract = %job.contract, tokens = job.tokens, "payout received");
+        } else {
+            tracing::info!(proxy = %job.proxy, contract = %job.contract, tokens = job.tokens, "payout voucher sent; waiting for the worker contract");
         }
-        tracing::info!(proxy = %e.info.addr, contract = %e.contract, tokens, "payout received");
-        e.voucher = None;
-        Ok(true)
+        Ok((paid, true))
     }
 
     /// Runs the submitter until `stop` resolves.

@@ -326,3 +326,75 @@ async fn an_unfunded_wallet_keeps_the_voucher_and_says_why() {
     let err = e.proxies[0].last_error.clone().expect("an error is shown");
     assert!(err.contains("balance 0"), "{err}");
 }
+
+/// A chain whose `send_message` takes `delay` (a live network's wallet wait, compressed).
+#[derive(Debug)]
+struct SlowChain {
+    inner: Arc<dyn TonChain>,
+    delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl TonChain for SlowChain {
+    async fn send_message(&self, boc: &[u8]) -> Result<(), tonsim::ChainError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.send_message(boc).await
+    }
+    async fn account(&self, addr: &Addr) -> Result<tonsim::tonchain::AccountState, tonsim::ChainError> {
+        self.inner.account(addr).await
+    }
+    async fn run_get_method(
+        &self,
+        addr: &Addr,
+        method: &str,
+    ) -> Result<Vec<tonsim::tonchain::StackValue>, tonsim::ChainError> {
+        self.inner.run_get_method(addr, method).await
+    }
+    async fn transactions(
+        &self,
+        addr: &Addr,
+        since_lt: u64,
+        limit: usize,
+    ) -> Result<Vec<tonsim::ChainTx>, tonsim::ChainError> {
+        self.inner.transactions(addr, since_lt, limit).await
+    }
+    async fn now(&self) -> Result<u32, tonsim::ChainError> {
+        self.inner.now().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_submission_blocks_neither_vouchers_nor_earnings() {
+    let (local, proxy) = chain();
+    let chain: Arc<dyn TonChain> = Arc::new(SlowChain {
+        inner: Arc::new(local.clone()),
+        delay: Duration::from_secs(2),
+    });
+    let p = payouts(&chain, None);
+    let contract = worker_contract(proxy);
+    p.receive(&voucher(&kp(), proxy, contract, 1_000))
+        .await
+        .unwrap();
+    let submitting = tokio::spawn({
+        let p = p.clone();
+        async move { p.submit_pending().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // while the wallet waits for the chain: a new voucher is accepted and earnings answer
+    let t = std::time::Instant::now();
+    p.receive(&voucher(&kp(), proxy, contract, 2_000))
+        .await
+        .unwrap();
+    let e = p.earnings().await;
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "blocked for {:?} behind the submission",
+        t.elapsed()
+    );
+    assert_eq!(e.proxies[0].voucher_tokens, 2_000);
+    assert_eq!(submitting.await.unwrap(), 1);
+    // the next pass sends the newer voucher; the first is not sent again
+    assert_eq!(p.submit_pending().await, 1);
+    assert_eq!(p.earnings().await.proxies[0].paid_tokens, 2_000);
+    assert_eq!(p.submit_pending().await, 0);
+}
