@@ -392,14 +392,7 @@ impl Money {
             .chain
             .run(move |c| {
                 let data = |a: &Addr| c.data(a).ok();
-                let received: u128 = c
-                    .log()
-                    .iter()
-                    .filter(|t| t.account == worker_owner())
-                    .filter_map(|t| t.in_msg.as_ref())
-                    .filter(|m| m.src == Some(proxy))
-                    .map(|m| m.value)
-                    .sum();
+                let received = c.received(&worker_owner(), 0, Some(&proxy));
                 (data(&client), data(&worker), data(&proxy), received)
             })
             .await

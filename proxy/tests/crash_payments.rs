@@ -26,7 +26,6 @@ use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use proxy::keystore::KeyStore as _;
 use proxy::payments::PaymentsConfig;
-use ratls::account::AccountKey;
 use ton::address::{Addr, Coins};
 use ton::cell::Cell;
 use ton::contracts::{ClientData, ContractKind, ProxyData, WalletData, WorkerData};
@@ -195,46 +194,7 @@ async fn fifty_kill_9s_with_vouchers_in_flight_lose_nothing_and_double_nothing()
         assert!(Instant::now() < deadline, "proxy contract not deployed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let key = AccountKey::from_seed([9; 32]);
-    let mut account_key = [0u8; 32];
-    hex::decode_to_slice(key.account_id(), &mut account_key).unwrap();
-    send(
-        &local,
-        client_owner(),
-        client,
-        800_000_000,
-        Some(client_init),
-        Cell::empty(),
-    )
-    .await;
-    let bind = TonRequest::SetSecret {
-        qid: 1,
-        secret_hash: ton::contracts::account_binding_hash(&account_key),
-        excess: client_owner(),
-    };
-    send(
-        &local,
-        client_owner(),
-        client,
-        300_000_000,
-        None,
-        bind.to_cell().unwrap(),
-    )
-    .await;
-    let top_up = TonRequest::TopUp {
-        qid: 2,
-        amount: Coins::from_nano(100 * TON),
-        excess: client_owner(),
-    };
-    send(
-        &local,
-        client_owner(),
-        client,
-        100 * TON + 200_000_000,
-        None,
-        top_up.to_cell().unwrap(),
-    )
-    .await;
+    deploy_client(&local, client_init, &account_key_of(9), 100 * TON).await;
 
     let payouts = Payouts::new(PayoutSetup {
         chain: chain.clone(),

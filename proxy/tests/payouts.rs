@@ -18,7 +18,6 @@ use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use proxy::payments::{PaidLedger, PaymentsConfig};
 use proxy::Proxy;
-use ratls::account::AccountKey;
 use ratls::{Role, SystemClock};
 use ton::address::Addr;
 use tonsim::{LocalChain, TonChain};
@@ -26,18 +25,26 @@ use worker::engine::stub::StubEngine;
 use worker::payout::{PayoutSetup, Payouts};
 use worker::service::ServiceOptions;
 
-/// Value that reached `account` in messages after log position `from`.
-async fn received(local: &LocalChain, account: Addr, from: usize) -> u128 {
-    local
-        .run(move |c| {
-            c.log()[from..]
-                .iter()
-                .filter(|t| t.account == account)
-                .filter_map(|t| t.in_msg.as_ref().map(|m| m.value))
-                .sum()
-        })
-        .await
-        .unwrap()
+/// The proxy with payments on: `p`'s engine and ledger, prices from the params, `tweak`ed.
+async fn start_paid_proxy(
+    p: &Arc<proxy::payments::Payments>,
+    ledger: &Arc<proxy::ledger::durable::DurableLedger>,
+    tweak: impl FnOnce(&mut proxy::ProxyConfig),
+) -> proxy::RunningProxy {
+    let mut config = proxy::ProxyConfig::local("test-proxy");
+    config.prices = proxy::config::prices_of(&params());
+    tweak(&mut config);
+    Proxy {
+        config,
+        resolver: common::resolver(common::proxy_regs(), Role::Proxy, common::now()),
+        worker_policy: common::worker_policy(),
+        clock: Arc::new(SystemClock),
+        ledger: Arc::new(PaidLedger::new(ledger.clone(), p.clone())),
+        payments: Some(p.clone()),
+    }
+    .start()
+    .await
+    .expect("proxy starts")
 }
 
 fn payouts(chain: &Arc<dyn TonChain>, state_file: std::path::PathBuf) -> Arc<Payouts> {
@@ -70,27 +77,12 @@ async fn the_worker_is_paid_through_its_connection_and_refuses_a_proxy_that_went
             ..config()
         },
     );
-    let key = AccountKey::from_seed([7; 32]);
-    let mut account_key = [0u8; 32];
-    hex::decode_to_slice(key.account_id(), &mut account_key).unwrap();
-    let client_contract = deploy_proxy_and_client_for(&p, &local, &account_key).await;
+    let client_contract = deploy_proxy_and_client_for(&p, &local, &account_key_of(7)).await;
     p.sync_chain().await.unwrap();
     let start = log_len(&local).await;
     let task = p.start();
 
-    let mut config = proxy::ProxyConfig::local("test-proxy");
-    config.prices = proxy::config::prices_of(&params());
-    let running = Proxy {
-        config,
-        resolver: common::resolver(common::proxy_regs(), Role::Proxy, common::now()),
-        worker_policy: common::worker_policy(),
-        clock: Arc::new(SystemClock),
-        ledger: Arc::new(PaidLedger::new(ledger.clone(), p.clone())),
-        payments: Some(p.clone()),
-    }
-    .start()
-    .await
-    .expect("proxy starts");
+    let running = start_paid_proxy(&p, &ledger, |_| {}).await;
     let state_file = d.join("payout-state.json");
     let worker = start_paid_worker(
         running.worker_addr,
@@ -242,10 +234,6 @@ async fn the_worker_is_paid_through_its_connection_and_refuses_a_proxy_that_went
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insufficient_funds_name_both_amounts_and_a_top_up_on_chain_lets_the_next_request_pass() {
-    use ton::address::Coins;
-    use ton::cell::Cell;
-    use ton::messages::unsigned::Request as TonRequest;
-
     let d = dir("payouts-topup");
     let ledger = open_ledger(&d.join("ledger.redb"));
     let local = local_chain(wallet_address(&wallet_key(), owner()), addr(0x42));
@@ -253,65 +241,13 @@ async fn insufficient_funds_name_both_amounts_and_a_top_up_on_chain_lets_the_nex
     let p = engine(&chain, &ledger, config());
     p.deploy_proxy_contract().await.unwrap();
     // a client contract holding 0.5 TON (below its 1 TON stake), bound to the key of seed 8
-    let key = AccountKey::from_seed([8; 32]);
-    let mut account_key = [0u8; 32];
-    hex::decode_to_slice(key.account_id(), &mut account_key).unwrap();
-    let (init, contract) = client_contract();
-    send(
-        &local,
-        client_owner(),
-        contract,
-        800_000_000,
-        Some(init),
-        Cell::empty(),
-    )
-    .await;
-    let bind = TonRequest::SetSecret {
-        qid: 1,
-        secret_hash: ton::contracts::account_binding_hash(&account_key),
-        excess: client_owner(),
-    };
-    send(
-        &local,
-        client_owner(),
-        contract,
-        300_000_000,
-        None,
-        bind.to_cell().unwrap(),
-    )
-    .await;
-    let top_up = |qid| TonRequest::TopUp {
-        qid,
-        amount: Coins::from_nano(TON / 2),
-        excess: client_owner(),
-    };
-    send(
-        &local,
-        client_owner(),
-        contract,
-        TON / 2 + 200_000_000,
-        None,
-        top_up(2).to_cell().unwrap(),
-    )
-    .await;
+    let (init, _) = client_contract();
+    let contract = deploy_client(&local, init, &account_key_of(8), TON / 2).await;
     p.sync_chain().await.unwrap();
     let task = p.start();
 
-    let mut config = proxy::ProxyConfig::local("test-proxy");
-    config.prices = proxy::config::prices_of(&params());
     // a reservation of (600,000 + 16) tokens x 1000 nano: more than 0.5 TON, less than 1 TON
-    config.max_prompt_tokens = 600_000;
-    let running = Proxy {
-        config,
-        resolver: common::resolver(common::proxy_regs(), Role::Proxy, common::now()),
-        worker_policy: common::worker_policy(),
-        clock: Arc::new(SystemClock),
-        ledger: Arc::new(PaidLedger::new(ledger.clone(), p.clone())),
-        payments: Some(p.clone()),
-    }
-    .start()
-    .await
-    .expect("proxy starts");
+    let running = start_paid_proxy(&p, &ledger, |c| c.max_prompt_tokens = 600_000).await;
     let worker = start_paid_worker(
         running.worker_addr,
         StubEngine::new("stub", 24, 5000.0),
@@ -335,15 +271,7 @@ async fn insufficient_funds_name_both_amounts_and_a_top_up_on_chain_lets_the_nex
     );
 
     // the client tops up on chain; the proxy's watcher sees it; nothing restarts
-    send(
-        &local,
-        client_owner(),
-        contract,
-        TON / 2 + 200_000_000,
-        None,
-        top_up(3).to_cell().unwrap(),
-    )
-    .await;
+    top_up(&local, contract, TON / 2, 3).await;
     until("the top-up in the ledger", || async {
         ledger.client(&contract.to_string()).map(|a| a.balance_nano) == Some(TON as u64)
     })

@@ -159,6 +159,20 @@ impl Chain {
         &self.log
     }
 
+    /// Value that reached `account` in inbound messages recorded from log position `from` on
+    /// (only from `src`, if given). What an account was paid, before its own fees.
+    pub fn received(&self, account: &Addr, from: usize, src: Option<&Addr>) -> u128 {
+        self.log
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t.account == *account)
+            .filter_map(|t| t.in_msg.as_ref())
+            .filter(|m| src.is_none_or(|s| m.src.as_ref() == Some(s)))
+            .map(|m| m.value)
+            .sum()
+    }
+
     /// Creates (or replaces) an always-accepting account: active, empty code (the TVM returns
     /// at once with exit code 0) and empty data, holding `balance` nanotons. Stands in for
     /// the sandbox's treasury wallets, so that messages to it are credited, not bounced.

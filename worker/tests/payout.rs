@@ -144,13 +144,7 @@ async fn log_len(local: &LocalChain) -> usize {
 /// Value that reached `account` in messages after log position `from`.
 async fn received(local: &LocalChain, account: Addr, from: usize) -> u128 {
     local
-        .run(move |c| {
-            c.log()[from..]
-                .iter()
-                .filter(|t| t.account == account)
-                .filter_map(|t| t.in_msg.as_ref().map(|m| m.value))
-                .sum()
-        })
+        .run(move |c| c.received(&account, from, None))
         .await
         .unwrap()
 }

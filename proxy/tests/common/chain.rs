@@ -208,16 +208,21 @@ pub async fn deploy_proxy_and_client_for(
     );
     let (init, client) = client_contract();
     assert_eq!(p.client_contract(&client_owner()).unwrap(), client);
-    send(
-        local,
-        client_owner(),
-        client,
-        800_000_000,
-        Some(init),
-        Cell::empty(),
-    )
-    .await;
-    // Bind the contract to a cocoon account key (the TLS key the client will present).
+    deploy_client(local, init, account_key, 5 * TON).await;
+    client
+}
+
+/// Deploys the client contract `init` from the client owner, binds it to the cocoon account
+/// key `account_key` (the TLS key the client will present) and deposits `deposit`; returns its
+/// address.
+pub async fn deploy_client(
+    local: &LocalChain,
+    init: ton::contracts::StateInit,
+    account_key: &[u8; 32],
+    deposit: u128,
+) -> Addr {
+    let client = init.address().unwrap();
+    send(local, client_owner(), client, 800_000_000, Some(init), Cell::empty()).await;
     let set_secret = Request::SetSecret {
         qid: 6,
         secret_hash: ton::contracts::account_binding_hash(account_key),
@@ -226,15 +231,39 @@ pub async fn deploy_proxy_and_client_for(
     .to_cell()
     .unwrap();
     send(local, client_owner(), client, 300_000_000, None, set_secret).await;
-    let top_up = Request::TopUp {
-        qid: 7,
-        amount: Coins::from_nano(5 * TON),
+    top_up(local, client, deposit, 7).await;
+    client
+}
+
+/// Tops `client` up by `amount` from the client owner.
+pub async fn top_up(local: &LocalChain, client: Addr, amount: u128, qid: u64) {
+    let body = Request::TopUp {
+        qid,
+        amount: Coins::from_nano(amount),
         excess: client_owner(),
     }
     .to_cell()
     .unwrap();
-    send(local, client_owner(), client, 5_200_000_000, None, top_up).await;
-    client
+    send(local, client_owner(), client, amount + 200_000_000, None, body).await;
+}
+
+/// The account key (public, bytes) of the cocoon client key with `seed`.
+pub fn account_key_of(seed: u8) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(
+        ratls::account::AccountKey::from_seed([seed; 32]).account_id(),
+        &mut key,
+    )
+    .unwrap();
+    key
+}
+
+/// Value that reached `account` in inbound messages after log position `from`.
+pub async fn received(local: &LocalChain, account: Addr, from: usize) -> u128 {
+    local
+        .run(move |c| c.received(&account, from, None))
+        .await
+        .unwrap()
 }
 
 /// The account key (public) the client contract is bound to.
