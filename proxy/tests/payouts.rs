@@ -19,8 +19,8 @@ use http::StatusCode;
 use proxy::payments::{PaidLedger, PaymentsConfig};
 use proxy::Proxy;
 use ratls::{Role, SystemClock};
-use ton::address::Addr;
-use tonsim::{LocalChain, TonChain};
+
+use tonsim::TonChain;
 use worker::engine::stub::StubEngine;
 use worker::payout::{PayoutSetup, Payouts};
 use worker::service::ServiceOptions;

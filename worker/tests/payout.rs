@@ -334,7 +334,10 @@ impl TonChain for SlowChain {
         tokio::time::sleep(self.delay).await;
         self.inner.send_message(boc).await
     }
-    async fn account(&self, addr: &Addr) -> Result<tonsim::tonchain::AccountState, tonsim::ChainError> {
+    async fn account(
+        &self,
+        addr: &Addr,
+    ) -> Result<tonsim::tonchain::AccountState, tonsim::ChainError> {
         self.inner.account(addr).await
     }
     async fn run_get_method(

@@ -222,7 +222,15 @@ pub async fn deploy_client(
     deposit: u128,
 ) -> Addr {
     let client = init.address().unwrap();
-    send(local, client_owner(), client, 800_000_000, Some(init), Cell::empty()).await;
+    send(
+        local,
+        client_owner(),
+        client,
+        800_000_000,
+        Some(init),
+        Cell::empty(),
+    )
+    .await;
     let set_secret = Request::SetSecret {
         qid: 6,
         secret_hash: ton::contracts::account_binding_hash(account_key),
@@ -244,7 +252,15 @@ pub async fn top_up(local: &LocalChain, client: Addr, amount: u128, qid: u64) {
     }
     .to_cell()
     .unwrap();
-    send(local, client_owner(), client, amount + 200_000_000, None, body).await;
+    send(
+        local,
+        client_owner(),
+        client,
+        amount + 200_000_000,
+        None,
+        body,
+    )
+    .await;
 }
 
 /// The account key (public, bytes) of the cocoon client key with `seed`.
