@@ -191,13 +191,8 @@ fn start_payments(
     kp: &[u8; 32],
 ) -> Result<Arc<proxy::payments::Payments>, String> {
     use proxy::keystore::KeyStore as _;
-    let api_key = match &settings.chain_api_key_env {
-        Some(var) => Some(tonsim::chain_config::ApiKey(
-            std::env::var(var)
-                .map_err(|_| format!("payments.chain_api_key_env: {var} is not set"))?,
-        )),
-        None => None,
-    };
+    let api_key = tonsim::chain_config::ApiKey::from_env(settings.chain_api_key_env.as_deref())
+        .map_err(|e| format!("payments.{e}"))?;
     let chain = tonsim::HttpChain::new(&settings.chain_url, api_key).map_err(|e| e.to_string())?;
     let wallet = keys
         .load_or_create(proxy::keystore::WALLET_KEY)

@@ -379,24 +379,9 @@ impl PayoutPusher {
             tokens,
             voucher: ton::boc::encode_hex(voucher),
         };
-        let body = serde_json::to_vec(&body).map_err(|e| PushError::Failed(e.to_string()))?;
-        let req = Request::post(format!(
-            "https://{WORKER_AUTHORITY}{}",
-            protocol::paths::PAYOUT
-        ))
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header(H_VERSION, HeaderValue::from(PROTOCOL_VERSION))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| PushError::Failed(e.to_string()))?;
-        let failed = |e: hyper::Error| PushError::Failed(e.to_string());
-        self.sender.ready().await.map_err(failed)?;
-        let resp = self.sender.send_request(req).await.map_err(failed)?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_REGISTRATION_BYTES)
-            .collect()
+        let (status, bytes) = post_json(&mut self.sender, protocol::paths::PAYOUT, &body)
             .await
-            .map_err(|e| PushError::Failed(format!("reading the answer: {e}")))?
-            .to_bytes();
+            .map_err(PushError::Failed)?;
         if status == http::StatusCode::UNAUTHORIZED {
             return Err(PushError::Refused(
                 ApiError::from_json(status.as_u16(), &bytes).message,
@@ -424,29 +409,9 @@ async fn hello(state: &State, mut sender: WorkerSender) -> Result<Registration, 
         versions: SUPPORTED_VERSIONS.to_vec(),
         proxy: state.config.name.clone(),
     };
-    let body = serde_json::to_vec(&hello).map_err(|e| Refusal::Hello(e.to_string()))?;
-    let req = Request::post(format!(
-        "https://{WORKER_AUTHORITY}{}",
-        protocol::paths::HELLO
-    ))
-    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-    .header(H_VERSION, HeaderValue::from(PROTOCOL_VERSION))
-    .body(Full::new(Bytes::from(body)))
-    .map_err(|e| Refusal::Hello(e.to_string()))?;
-    sender
-        .ready()
+    let (status, bytes) = post_json(&mut sender, protocol::paths::HELLO, &hello)
         .await
-        .map_err(|e| Refusal::Hello(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| Refusal::Hello(e.to_string()))?;
-    let status = resp.status();
-    let bytes = Limited::new(resp.into_body(), MAX_REGISTRATION_BYTES)
-        .collect()
-        .await
-        .map_err(|e| Refusal::Hello(format!("reading the registration: {e}")))?
-        .to_bytes();
+        .map_err(Refusal::Hello)?;
     if !status.is_success() {
         let err = ApiError::from_json(status.as_u16(), &bytes);
         return Err(Refusal::Hello(format!(
@@ -460,6 +425,30 @@ async fn hello(state: &State, mut sender: WorkerSender) -> Result<Registration, 
     negotiate(SUPPORTED_VERSIONS, &[reg.version]).map_err(|e| Refusal::Version(e.message))?;
     reg.validate().map_err(|e| Refusal::Invalid(e.message))?;
     Ok(reg)
+}
+
+/// One JSON exchange on a worker's connection: POSTs `body` to `path` and returns the status
+/// and the answer (at most [`MAX_REGISTRATION_BYTES`]); an error for a failed transport.
+async fn post_json(
+    sender: &mut WorkerSender,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let req = Request::post(format!("https://{WORKER_AUTHORITY}{path}"))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(H_VERSION, HeaderValue::from(PROTOCOL_VERSION))
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_REGISTRATION_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer to {path}: {e}"))?
+        .to_bytes();
+    Ok((status, bytes))
 }
 
 /// Unix seconds now (informational timestamps only; never used for validity checks).

@@ -15,6 +15,19 @@ pub const TESTNET_URL: &str = "https://testnet.toncenter.com/api/v2";
 #[serde(transparent)]
 pub struct ApiKey(pub String);
 
+impl ApiKey {
+    /// The key held by environment variable `var` (`None`: no key); an error naming `var`
+    /// if it is not set. Keys stay out of config files, which are measured and shared.
+    pub fn from_env(var: Option<&str>) -> Result<Option<ApiKey>, String> {
+        var.map(|v| {
+            std::env::var(v)
+                .map(ApiKey)
+                .map_err(|_| format!("chain_api_key_env: {v} is not set"))
+        })
+        .transpose()
+    }
+}
+
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ApiKey(<redacted>)")

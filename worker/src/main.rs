@@ -91,12 +91,8 @@ impl<T, E: Into<anyhow::Error>> OrExit<T> for Result<T, E> {
 
 /// The payout state and wallet from `[payout]`.
 fn payouts(spec: &worker::config::PayoutSpec) -> anyhow::Result<Arc<worker::payout::Payouts>> {
-    let api_key = match &spec.chain_api_key_env {
-        Some(var) => Some(tonsim::chain_config::ApiKey(
-            std::env::var(var).with_context(|| format!("chain_api_key_env: {var} is not set"))?,
-        )),
-        None => None,
-    };
+    let api_key = tonsim::chain_config::ApiKey::from_env(spec.chain_api_key_env.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let chain = tonsim::HttpChain::new(&spec.chain_url, api_key)?;
     let seed = ratls::key_file::read_seed(&spec.wallet_key)?;
     Ok(worker::payout::Payouts::new(worker::payout::PayoutSetup {

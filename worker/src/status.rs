@@ -81,29 +81,17 @@ impl Status {
             Some(_) if !Probe::allows(req.method()) => health::method_not_allowed(),
             Some(Probe::Liveness) => health::liveness(),
             Some(Probe::Readiness) => self.readiness().response(),
-            None => {
-                let mut r = Response::new(br#"{"status":"not_found"}"#.to_vec());
-                *r.status_mut() = StatusCode::NOT_FOUND;
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(protocol::response::APPLICATION_JSON),
-                );
-                r
-            }
+            None => protocol::response::json(
+                StatusCode::NOT_FOUND,
+                br#"{"status":"not_found"}"#.to_vec(),
+            ),
         };
         resp.map(|b| Full::new(Bytes::from(b)))
     }
 
     async fn earnings<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let json = |status: StatusCode, body: Vec<u8>| {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(protocol::response::APPLICATION_JSON),
-            );
-            r
-        };
+        let json =
+            |status, body: Vec<u8>| protocol::response::json(status, Full::new(Bytes::from(body)));
         if req.method() != http::Method::GET {
             return health::method_not_allowed().map(|b| Full::new(Bytes::from(b)));
         }
