@@ -216,9 +216,10 @@ async fn durable_ledger_survives_kill_9_and_refuses_a_tampered_file() {
     assert!(flipped > 0, "the request counter was not found in the file");
     std::fs::write(&path, &bytes).unwrap();
     let mut child = spawn(&config_path);
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(90)), 4);
+    let code = wait_exit(&mut child, Duration::from_secs(90));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("ledger.redb"), "{stderr}");
     // A wrong passphrase: the key store refuses, exit 4.
     std::fs::remove_file(&path).unwrap();

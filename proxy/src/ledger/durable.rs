@@ -70,6 +70,10 @@ pub enum OpenError {
     DigestMismatch { path: PathBuf },
     #[error("ledger {path}: records exist but the state record is missing")]
     NoState { path: PathBuf },
+    /// The storage engine panicked on damaged file structures (redb checks page contents
+    /// with assertions and slice indexing); caught so that a damaged file is a named refusal.
+    #[error("ledger {path}: damaged file structures: {detail}")]
+    Damaged { path: PathBuf, detail: String },
 }
 
 /// A chain anchor that contradicts the ledger: a rolled-back or cloned proxy.
@@ -300,6 +304,26 @@ impl DurableLedger {
     /// Opens (or creates) the ledger at `options.path`, verifying every record (see the module
     /// docs); releases reservations left by a previous process.
     pub fn open(
+        options: DurableOptions,
+        key: LedgerKey,
+    ) -> Result<(Arc<Self>, Recovery), OpenError> {
+        let path = options.path.clone();
+        // redb panics on some damaged pages (e.g. while closing a database whose load failed):
+        // a damaged file must be refused by name, never crash the proxy.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_unguarded(options, key)
+        }))
+        .unwrap_or_else(|panic| {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the storage engine panicked".into());
+            Err(OpenError::Damaged { path, detail })
+        })
+    }
+
+    fn open_unguarded(
         options: DurableOptions,
         key: LedgerKey,
     ) -> Result<(Arc<Self>, Recovery), OpenError> {
