@@ -168,6 +168,10 @@ def main():
             ],
             response_format={"type": "json_object"},
             max_tokens=200,
+            # Greedy: what is checked is the constraint, not sampling (seeds are checked
+            # below). Sampled at temperature 1, the 135M model sometimes writes one string
+            # past max_tokens, and a truncated object does not parse.
+            temperature=0,
         )
         content = r.choices[0].message.content
         obj = json.loads(content)
