@@ -23,6 +23,7 @@
 //! registration ([`register::negotiate`]). A peer refuses versions it does not support with a
 //! typed error naming both sides' versions.
 
+pub mod e2e;
 pub mod error;
 pub mod guest;
 pub mod health;
