@@ -226,7 +226,8 @@ client_toml() { # DIR IMAGE RTMR3 PORT
     mkdir -p "$1"
     cp "$STATE/sim-root.der" "$1/"
     "$BIN/cocoon-host" config client --mode sim-vm --listen "127.0.0.1:$4" --proxy 127.0.0.1:19102 \
-        --image "$2" --rtmr3 "$3" --out "$1/client.toml" || fail "cocoon-host config client"
+        --image "$2" --rtmr3 "$3" --worker-image "$WIMG" --worker-rtmr3 "$WRTMR3" \
+        --out "$1/client.toml" || fail "cocoon-host config client"
 }
 client_toml "$W/client" "$PIMG" "$PRTMR3" 18181
 "$BIN/cocoon-client" serve --config "$W/client/client.toml" >"$W/client.out" 2>&1 &
@@ -275,6 +276,7 @@ client_manifest_toml() { # DIR SIGNED_MANIFEST PORT
     cp "$2" "$1/manifest.json"
     "$BIN/cocoon-host" config client --mode sim-vm --listen "127.0.0.1:$3" --proxy 127.0.0.1:19102 \
         --manifest manifest.json --publisher-key "$PUB" --manifest-role proxy \
+        --worker-image "$WIMG" --worker-rtmr3 "$WRTMR3" \
         --out "$1/client.toml" || fail "cocoon-host config client (manifest)"
 }
 client_manifest_toml "$W/client-pinned" "$W/pinned.signed.json" 18183

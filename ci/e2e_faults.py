@@ -215,6 +215,9 @@ class Net:
             "config", "client", "--mode", "local", "--listen", "127.0.0.1:0",
             "--proxy", self.client_port, "--image", self.proxy_image,
             "--rtmr3", config_rtmr3(self.read("proxy.toml")),
+            # Workers here restart with changed configs (RTMR3); the fault harness tests the
+            # proxy's failure paths in plaintext mode. Encrypted runs: e2e.sh, local.sh.
+            "--encryption", "off",
             "--out", "client.toml",
         )  # fmt: skip
         client = os.path.join(self.bin, "cocoon-client")

@@ -189,7 +189,14 @@ def main():
             time.sleep(0.2)
         assert rec, "no /jsonstats record for the account"
         assert got == want, f"billed {got}, sdk saw {want}"
-        return f"prompt {want[0]}, completion {want[1]}, cost {rec.get('cost_nano')} nano so far"
+        # The main job seals every request to the worker: billing rests on worker receipts.
+        req = get_json(urls["jsonstats"]).get("requests", {})
+        assert req.get("receipts_valid", 0) >= 3, req
+        assert req.get("receipts_invalid", 0) == 0, req
+        return (
+            f"prompt {want[0]}, completion {want[1]}, cost {rec.get('cost_nano')} nano so far; "
+            f"{req['receipts_valid']} worker receipts verified"
+        )
 
     check("proxy /jsonstats bills exactly the usage the SDK saw")(stats_match)
 
@@ -250,7 +257,8 @@ def main():
                         os.path.join(os.path.dirname(client_bin), "cocoon-host"),
                         "config", "client", "--mode", "local",
                         "--listen", f"127.0.0.1:{port}", "--proxy", urls["proxy_clients"],
-                        "--image", "00" * 32, "--rtmr3", "00" * 48, "--out", cfg,
+                        "--image", "00" * 32, "--rtmr3", "00" * 48,
+                        "--encryption", "off", "--out", cfg,
                     ],
                     check=True,
                 )  # fmt: skip

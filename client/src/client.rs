@@ -57,6 +57,9 @@ pub struct Client {
     ready: watch::Sender<Option<(Instant, Readiness)>>,
     /// Whether a readiness check is running.
     checking: AtomicBool,
+    /// End-to-end encryption: the verified workers per model (`None`: plaintext requests).
+    e2e: Option<crate::e2e::Recipients>,
+    clock: Arc<dyn ratls::Clock>,
 }
 
 impl Client {
@@ -69,7 +72,17 @@ impl Client {
             idle_timeout: config.idle_timeout,
             ready: watch::Sender::new(None),
             checking: AtomicBool::new(false),
+            e2e: config
+                .worker_policy
+                .clone()
+                .map(|p| crate::e2e::Recipients::new(p, config.clock.clone())),
+            clock: config.clock.clone(),
         })
+    }
+
+    /// Whether requests are encrypted end to end to the workers.
+    pub fn encrypts(&self) -> bool {
+        self.e2e.is_some()
     }
 
     /// A client with one connection dialed and the proxy's evidence verified.
@@ -242,6 +255,9 @@ impl Client {
         body: Bytes,
         meta: &RequestMeta,
     ) -> Result<EventStream, ApiError> {
+        if let Some(e2e) = &self.e2e {
+            return self.stream_encrypted(e2e, endpoint, body, meta).await;
+        }
         let uri = self.uri(endpoint.path());
         let resp = self
             .send(|| {
@@ -261,6 +277,104 @@ impl Client {
             return Err(ApiError::from_json(status, &body));
         }
         Ok(EventStream::new(resp.into_body(), self.idle_timeout))
+    }
+
+    /// The verified workers of `model` (from the cache, or the proxy's directory).
+    async fn recipients(
+        &self,
+        e2e: &crate::e2e::Recipients,
+        model: &str,
+    ) -> Result<Vec<crate::e2e::Recipient>, ApiError> {
+        if let Some(r) = e2e.cached(model) {
+            return Ok(r);
+        }
+        let path = format!(
+            "{}?model={}",
+            protocol::paths::WORKERS,
+            crate::e2e::query_escape(model)
+        );
+        let json = self.get_json(&path, "worker directory").await?;
+        let dir: protocol::e2e::Directory = serde_json::from_value(json).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Upstream,
+                format!("worker directory from the proxy: {e}"),
+            )
+        })?;
+        e2e.accept(model, dir)
+    }
+
+    /// [`Client::stream`] sealed to verified workers of the model: refreshes the keys and
+    /// seals again once when the proxy says none of the recipients is connected.
+    async fn stream_encrypted(
+        &self,
+        e2e: &crate::e2e::Recipients,
+        endpoint: Endpoint,
+        body: Bytes,
+        meta: &RequestMeta,
+    ) -> Result<EventStream, ApiError> {
+        let uri = self.uri(endpoint.path());
+        for attempt in 0..2 {
+            let mut workers = self.recipients(e2e, &meta.model).await?;
+            shuffle(&mut workers)?;
+            workers.truncate(protocol::e2e::MAX_RECIPIENTS);
+            let binding = protocol::e2e::Binding {
+                path: endpoint.path().to_string(),
+                request_id: meta.request_id.to_string(),
+                model: meta.model.clone(),
+                max_tokens: meta.max_tokens,
+                price_cap: meta.price_cap,
+                time: self.clock.now(),
+                recipients: workers
+                    .iter()
+                    .map(|w| w.keys.key_config.key_hash())
+                    .collect(),
+            };
+            let configs: Vec<protocol::e2e::KeyConfig> =
+                workers.iter().map(|w| w.keys.key_config.clone()).collect();
+            let mut sealed = protocol::e2e::seal_request(
+                &binding,
+                &configs,
+                &body,
+                &mut rand_core::UnwrapErr(rand_core::OsRng),
+            )
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("sealing: {e}")))?;
+            let envelope = Bytes::from(std::mem::take(&mut sealed.envelope));
+            let resp = self
+                .send(|| {
+                    let mut req = Request::builder()
+                        .method(Method::POST)
+                        .uri(&uri)
+                        .header(http::header::ACCEPT, "text/event-stream")
+                        .body(Full::new(envelope.clone()))?;
+                    meta.write_headers(req.headers_mut());
+                    protocol::e2e::write_headers(&binding, req.headers_mut());
+                    Ok(req)
+                })
+                .await?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                let body =
+                    read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
+                let err = ApiError::from_json(status, &body);
+                if err.kind == ErrorKind::RecipientUnavailable && attempt == 0 {
+                    tracing::info!(model = %meta.model, "recipients gone; fetching worker keys again");
+                    e2e.forget(&meta.model);
+                    continue;
+                }
+                return Err(err);
+            }
+            let decryption = crate::e2e::Decryption::new(
+                &sealed,
+                meta.request_id.as_str(),
+                &meta.model,
+                workers,
+            );
+            return Ok(EventStream::new(resp.into_body(), self.idle_timeout).encrypted(decryption));
+        }
+        Err(ApiError::new(
+            ErrorKind::RecipientUnavailable,
+            "no recipient of the request was connected to the proxy, even after fetching the worker keys again",
+        ))
     }
 
     /// Sends the request and aggregates the stream into one OpenAI response object
@@ -387,6 +501,18 @@ async fn read_limited(
     }
 }
 
+/// Shuffles `v` with system randomness.
+fn shuffle<T>(v: &mut [T]) -> Result<(), ApiError> {
+    for i in (1..v.len()).rev() {
+        let mut r = [0u8; 8];
+        getrandom::getrandom(&mut r)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("system randomness: {e}")))?;
+        let j = (u64::from_le_bytes(r) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    Ok(())
+}
+
 /// The events of one response, decoded incrementally from the proxy's `text/event-stream`
 /// body (event size bounded by [`protocol::sse::DEFAULT_MAX_EVENT`]).
 #[derive(Debug)]
@@ -396,6 +522,8 @@ pub struct EventStream {
     pending: VecDeque<Event>,
     finished: bool,
     idle_timeout: Duration,
+    /// An encrypted response ([`crate::e2e`]).
+    decryption: Option<crate::e2e::Decryption>,
 }
 
 impl EventStream {
@@ -406,7 +534,23 @@ impl EventStream {
             pending: VecDeque::new(),
             finished: false,
             idle_timeout,
+            decryption: None,
         }
+    }
+
+    fn encrypted(mut self, decryption: crate::e2e::Decryption) -> Self {
+        self.decryption = Some(decryption);
+        self
+    }
+
+    /// Whether the response is encrypted end to end.
+    pub fn is_encrypted(&self) -> bool {
+        self.decryption.is_some()
+    }
+
+    /// The worker's verified receipt of an encrypted response (after its final chunk).
+    pub fn receipt(&self) -> Option<&protocol::e2e::Receipt> {
+        self.decryption.as_ref().and_then(|d| d.receipt())
     }
 
     /// The next event; `None` when the proxy ended the body. After an error the stream ends.
@@ -426,6 +570,9 @@ impl EventStream {
                     ))))
                 }
                 Ok(None) => {
+                    if let Some(Err(e)) = self.decryption.as_ref().map(|d| d.finish()) {
+                        return Some(Err(self.fail(e)));
+                    }
                     self.finished = true;
                     return None;
                 }
@@ -441,7 +588,16 @@ impl EventStream {
                 continue;
             };
             match self.decoder.feed(&data) {
-                Ok(events) => self.pending.extend(events),
+                Ok(events) => match self.decryption.as_mut() {
+                    None => self.pending.extend(events),
+                    Some(d) => {
+                        for ev in events {
+                            if let Err(e) = d.absorb(ev, &mut self.pending) {
+                                return Some(Err(self.fail(e)));
+                            }
+                        }
+                    }
+                },
                 Err(e) => {
                     return Some(Err(self.fail(ApiError::new(
                         ErrorKind::Upstream,

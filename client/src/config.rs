@@ -10,9 +10,17 @@
 //! allowed_hosts = ["myhost.lan"]     # optional: Host names accepted besides loopback (default [])
 //! api_key = "sk-local-…"             # optional: require Authorization: Bearer <api_key>
 //!
+//! encryption = "required"           # "required" (default): prompts are sealed to attested
+//!                                    # workers ([`crate::e2e`]); "off": plaintext to the proxy
+//!
 //! [policy]                           # which proxies to trust (ratls::config::PolicyConfig)
 //! roots = ["sim-root.der"]
 //! images = ["<proxy image hash>"]
+//!
+//! [worker_policy]                    # which workers to encrypt to (required unless
+//! roots = ["sim-root.der"]           # encryption = "off")
+//! images = ["<worker image hash>"]
+//! rtmr3 = ["<worker runtime configuration>"]
 //! ```
 //! Relative paths are resolved against the config file's directory. Unknown keys are errors.
 //!
@@ -87,7 +95,30 @@ pub struct ClientConfigFile {
     /// If set, apps must send `Authorization: Bearer <api_key>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretText>,
+    /// Whether requests are sealed end to end to workers (default: required).
+    #[serde(default, skip_serializing_if = "Encryption::is_required")]
+    pub encryption: Encryption,
     pub policy: PolicyConfig,
+    /// What workers must prove to be sent a sealed request (required with encryption on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_policy: Option<PolicyConfig>,
+}
+
+/// `encryption` in `client.toml`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    /// Every request is sealed to verified workers; a plaintext answer is an error.
+    #[default]
+    Required,
+    /// Requests go in plaintext to the attested proxy (for upstream engines that need it).
+    Off,
+}
+
+impl Encryption {
+    fn is_required(&self) -> bool {
+        *self == Self::Required
+    }
 }
 
 /// A secret as written in the config file: `Debug` shows nothing, the text is wiped on drop.
@@ -133,7 +164,9 @@ impl ClientConfigFile {
             price_cap_nano: None,
             allowed_hosts: Vec::new(),
             api_key: None,
+            encryption: Encryption::Required,
             policy,
+            worker_policy: None,
         }
     }
 }
@@ -196,6 +229,23 @@ impl ClientConfigFile {
         let policy = self
             .policy
             .load(base, ratls::config::Required::by(ratls::Role::Client))?;
+        let worker_policy = match (self.encryption, &self.worker_policy) {
+            (Encryption::Off, _) => None,
+            (Encryption::Required, None) => {
+                return Err(field(
+                    "worker_policy",
+                    "encryption = \"required\" needs a [worker_policy] naming the workers to seal requests to (or encryption = \"off\")",
+                ))
+            }
+            (Encryption::Required, Some(p)) => Some(p.load(
+                base,
+                ratls::config::Required {
+                    peer: ratls::Role::Worker,
+                    config: true,
+                    models: false,
+                },
+            )?),
+        };
         let key_path = base.join(&self.account_key_file);
         let (account_key, created) = key::load_or_create(&key_path)
             .map_err(|e: KeyFileError| ConfigError::Resource(Box::new(e)))?;
@@ -208,6 +258,7 @@ impl ClientConfigFile {
             client: ClientConfig {
                 default_max_tokens: self.default_max_tokens,
                 price_cap_nano: self.price_cap_nano,
+                worker_policy,
                 ..ClientConfig::new(self.proxy.clone(), Arc::new(account_key), policy)
             },
         })
@@ -265,6 +316,9 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Limit for the response headers and for the gap between two stream events.
     pub idle_timeout: Duration,
+    /// What workers' evidence must satisfy for requests to be encrypted end to end to them
+    /// ([`crate::e2e`]). `None`: requests go in plaintext to the (attested) proxy.
+    pub worker_policy: Option<Policy>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -294,6 +348,7 @@ impl ClientConfig {
             connections: 2,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            worker_policy: None,
         }
     }
 }
@@ -355,6 +410,41 @@ mod tests {
                 "{out}"
             );
         }
+    }
+
+    #[test]
+    fn encryption_needs_a_worker_policy_unless_off() {
+        let dir =
+            std::env::temp_dir().join(format!("cocoon-client-e2e-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let workers = POLICY.replace("[policy]", "[worker_policy]");
+        let load = |text: &str| {
+            ClientConfigFile::parse(text, Path::new("c"))
+                .unwrap()
+                .load(&dir)
+        };
+        match load(POLICY) {
+            Err(ConfigError::Field { field, .. }) => assert_eq!(field, "worker_policy"),
+            other => panic!("{other:?}"),
+        }
+        assert!(load(&format!("{POLICY}{workers}"))
+            .unwrap()
+            .client
+            .worker_policy
+            .is_some());
+        let off = format!("encryption = \"off\"\n{POLICY}");
+        assert!(load(&off).unwrap().client.worker_policy.is_none());
+        assert!(ClientConfigFile::parse(
+            &format!("encryption = \"maybe\"\n{POLICY}"),
+            Path::new("c")
+        )
+        .is_err());
+        // Written back, the default is left out and "off" is kept.
+        let c = ClientConfigFile::parse(&off, Path::new("c")).unwrap();
+        assert!(toml::to_string(&c)
+            .unwrap()
+            .contains("encryption = \"off\""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

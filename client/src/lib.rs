@@ -47,6 +47,7 @@ pub mod account;
 pub mod client;
 pub mod config;
 mod conn;
+pub mod e2e;
 pub mod key;
 pub mod openai;
 pub mod serve;

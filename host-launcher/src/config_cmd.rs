@@ -173,6 +173,23 @@ pub struct ClientArgs {
     pub proxy: String,
     #[arg(long, value_name = "FILE", default_value = client::config::DEFAULT_KEY_FILE)]
     pub account_key_file: PathBuf,
+    /// A worker image hash (hex) requests may be sealed to (end-to-end encryption).
+    #[arg(long = "worker-image", value_name = "HEX")]
+    pub worker_images: Vec<String>,
+    /// A worker runtime configuration (RTMR3, hex) requests may be sealed to.
+    #[arg(long = "worker-rtmr3", value_name = "HEX")]
+    pub worker_rtmr3: Vec<String>,
+    /// `required` (default): requests are sealed to workers, pinned by --worker-image and
+    /// --worker-rtmr3 or by the manifest's worker entry; `off`: plaintext to the proxy.
+    #[arg(long, value_enum, default_value = "required")]
+    pub encryption: EncryptionArg,
+}
+
+/// `--encryption`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncryptionArg {
+    Required,
+    Off,
 }
 
 /// `config edit`.
@@ -286,11 +303,38 @@ pub fn render_text(what: &What) -> Result<String, ConfigCmdError> {
             render::to_text(&render::worker(a.pins.mode, &spec))?
         }
         What::Client(a) => {
+            let workers = match a.encryption {
+                EncryptionArg::Off => None,
+                EncryptionArg::Required if !a.worker_images.is_empty() => Some(Pins {
+                    images: a.worker_images.clone(),
+                    rtmr3: a.worker_rtmr3.clone(),
+                    ..Pins::default()
+                }),
+                EncryptionArg::Required => match &a.pins.manifest {
+                    Some(_) => Some(Pins {
+                        manifest: a
+                            .pins
+                            .pins(protocol::Role::Worker, BTreeMap::new())
+                            .manifest
+                            .map(|m| ManifestPin {
+                                role: protocol::Role::Worker.as_str().to_string(),
+                                ..m
+                            }),
+                        ..Pins::default()
+                    }),
+                    None => {
+                        return Err(ConfigCmdError::Missing(
+                            "--worker-image (workers to seal requests to), a --manifest, or --encryption off",
+                        ))
+                    }
+                },
+            };
             let spec = ClientSpec {
                 listen: a.listen,
                 proxy: a.proxy.clone(),
                 account_key_file: a.account_key_file.clone(),
                 pins: a.pins.pins(protocol::Role::Proxy, BTreeMap::new()),
+                workers,
             };
             render::to_text(&render::client(a.pins.mode, &spec))?
         }

@@ -211,8 +211,13 @@ pub fn worker_config(plan: &Plan) -> worker::config::WorkerConfigFile {
     file
 }
 
-/// The client's config; `proxy_rtmr3` is [`config_rtmr3`] of the proxy's config.
-pub fn client_config(plan: &Plan, proxy_rtmr3: &str) -> client::config::ClientConfigFile {
+/// The client's config; `proxy_rtmr3` and `worker_rtmr3` are [`config_rtmr3`] of the proxy's
+/// and the worker's configs. Requests are sealed end to end to the worker.
+pub fn client_config(
+    plan: &Plan,
+    proxy_rtmr3: &str,
+    worker_rtmr3: &str,
+) -> client::config::ClientConfigFile {
     render::client(
         Mode::Local,
         &ClientSpec {
@@ -224,6 +229,12 @@ pub fn client_config(plan: &Plan, proxy_rtmr3: &str) -> client::config::ClientCo
                 rtmr3: vec![proxy_rtmr3.into()],
                 ..Pins::default()
             },
+            workers: Some(Pins {
+                images: vec![plan.worker.image_hash.to_string()],
+                rtmr3: vec![worker_rtmr3.into()],
+                models: [(plan.model.name().to_string(), plan.model.sha256())].into(),
+                ..Pins::default()
+            }),
         },
     )
 }
@@ -239,8 +250,12 @@ pub fn worker_toml(plan: &Plan) -> Result<String, render::RenderError> {
 }
 
 /// The client's config text ([`client_config`]).
-pub fn client_toml(plan: &Plan, proxy_rtmr3: &str) -> Result<String, render::RenderError> {
-    render::to_text(&client_config(plan, proxy_rtmr3))
+pub fn client_toml(
+    plan: &Plan,
+    proxy_rtmr3: &str,
+    worker_rtmr3: &str,
+) -> Result<String, render::RenderError> {
+    render::to_text(&client_config(plan, proxy_rtmr3, worker_rtmr3))
 }
 
 fn registers_json(m: &RoleMeasurement) -> Result<String, serde_json::Error> {
@@ -251,7 +266,7 @@ fn registers_json(m: &RoleMeasurement) -> Result<String, serde_json::Error> {
 pub fn render(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
     let worker = worker_toml(plan)?;
     let proxy = proxy_toml(plan, &config_rtmr3(&worker))?;
-    let client = client_toml(plan, &config_rtmr3(&proxy))?;
+    let client = client_toml(plan, &config_rtmr3(&proxy), &config_rtmr3(&worker))?;
     Ok(vec![
         Rendered {
             name: PROXY_REGISTERS_FILE,

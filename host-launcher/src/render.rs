@@ -134,6 +134,8 @@ pub struct ClientSpec {
     pub account_key_file: PathBuf,
     /// What the client pins of the proxy.
     pub pins: Pins,
+    /// What the client pins of the workers it seals requests to; `None`: encryption off.
+    pub workers: Option<Pins>,
 }
 
 /// The proxy's config file.
@@ -171,6 +173,11 @@ pub fn client(mode: Mode, spec: &ClientSpec) -> client::config::ClientConfigFile
         listen: spec.listen.to_string(),
         proxy: spec.proxy.clone(),
         account_key_file: spec.account_key_file.clone(),
+        encryption: match spec.workers {
+            Some(_) => client::config::Encryption::Required,
+            None => client::config::Encryption::Off,
+        },
+        worker_policy: spec.workers.as_ref().map(|w| w.policy(mode)),
         ..client::config::ClientConfigFile::new(spec.pins.policy(mode))
     }
 }

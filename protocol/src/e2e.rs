@@ -73,7 +73,7 @@ use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 
-use crate::Usage;
+use crate::{ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 
 /// HPKE KEM id of DHKEM(X25519, HKDF-SHA256).
 pub const KEM_X25519_SHA256: u16 = 0x0020;
@@ -896,6 +896,109 @@ impl Receipt {
             .map_err(|_| E2eError::ReceiptSignature)?;
         Ok(receipt)
     }
+}
+
+/// The answer of the proxy's discovery route ([`crate::paths::WORKERS`]): the RA-TLS
+/// certificates of the live workers of one model that publish end-to-end keys. The client
+/// verifies each certificate itself; the proxy can leave workers out but cannot add a key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub model: String,
+    pub workers: Vec<DirectoryEntry>,
+}
+
+/// One worker in a [`Directory`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryEntry {
+    /// The [`KeyHash`] of its key config (a hint; the client recomputes it from the claims).
+    pub key_hash: String,
+    /// Its RA-TLS certificate, DER in standard base64.
+    pub cert: String,
+}
+
+/// Most workers one directory lists.
+pub const MAX_DIRECTORY: usize = 64;
+
+/// Whether a request's body is an envelope (its content type is [`CONTENT_TYPE`]).
+pub fn is_encrypted(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == CONTENT_TYPE)
+}
+
+fn one_header<'a>(h: &'a http::HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
+    let mut all = h.get_all(name).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("an encrypted request needs exactly one {name} header"),
+        ));
+    };
+    v.to_str().map_err(|_| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("header {name} is not visible ascii"),
+        )
+    })
+}
+
+/// The binding of an encrypted request from its headers (`meta` already parsed from them).
+pub fn binding_from_headers(
+    endpoint: Endpoint,
+    meta: &RequestMeta,
+    h: &http::HeaderMap,
+) -> Result<Binding, ApiError> {
+    let recipients = parse_recipients(one_header(h, H_RECIPIENTS)?)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("{H_RECIPIENTS}: {e}")))?;
+    let time = one_header(h, H_TIME)?.parse::<u64>().map_err(|_| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("{H_TIME}: not a number of seconds"),
+        )
+    })?;
+    Ok(Binding {
+        path: endpoint.path().to_string(),
+        request_id: meta.request_id.to_string(),
+        model: meta.model.clone(),
+        max_tokens: meta.max_tokens,
+        price_cap: meta.price_cap,
+        time,
+        recipients,
+    })
+}
+
+/// Writes the encrypted-request headers of `binding` (the [`RequestMeta`] headers are written
+/// separately, from the same values).
+pub fn write_headers(binding: &Binding, h: &mut http::HeaderMap) {
+    let put = |h: &mut http::HeaderMap, name: &'static str, v: String| {
+        if let Ok(v) = http::HeaderValue::try_from(v) {
+            h.insert(name, v);
+        }
+    };
+    put(h, H_RECIPIENTS, format_recipients(&binding.recipients));
+    put(h, H_TIME, binding.time.to_string());
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(CONTENT_TYPE),
+    );
+}
+
+/// The proxy's completion budget ([`H_BUDGET_TOKENS`]), when present.
+pub fn budget_tokens(h: &http::HeaderMap) -> Result<Option<u32>, ApiError> {
+    if h.get(H_BUDGET_TOKENS).is_none() {
+        return Ok(None);
+    }
+    one_header(h, H_BUDGET_TOKENS)?
+        .parse::<u32>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{H_BUDGET_TOKENS}: not a number"),
+            )
+        })
 }
 
 /// A bounds-checked reader over bytes.

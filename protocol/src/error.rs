@@ -38,6 +38,10 @@ pub enum ErrorKind {
     UnsupportedVersion,
     /// A bug or resource failure on the reporting side (500).
     Internal,
+    /// An encrypted request names no worker that can take it here: its recipients are gone
+    /// or were never connected to this proxy (421; the client refreshes the worker keys from
+    /// the proxy's directory and seals again).
+    RecipientUnavailable,
 }
 
 impl ErrorKind {
@@ -53,6 +57,7 @@ impl ErrorKind {
             Self::Timeout => 504,
             Self::Unavailable => 503,
             Self::Internal => 500,
+            Self::RecipientUnavailable => 421,
         }
     }
 
@@ -62,7 +67,8 @@ impl ErrorKind {
             Self::InvalidRequest
             | Self::ContextLengthExceeded
             | Self::UnsupportedVersion
-            | Self::PayloadTooLarge => "invalid_request_error",
+            | Self::PayloadTooLarge
+            | Self::RecipientUnavailable => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
             Self::InsufficientFunds => "insufficient_quota",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
@@ -92,6 +98,7 @@ impl ErrorKind {
             Self::Unavailable => "service_unavailable",
             Self::UnsupportedVersion => "unsupported_version",
             Self::Internal => "internal_error",
+            Self::RecipientUnavailable => "e2e_recipient_unavailable",
         }
     }
 
@@ -112,6 +119,7 @@ impl ErrorKind {
             Unavailable,
             UnsupportedVersion,
             Internal,
+            RecipientUnavailable,
         ]
         .into_iter()
         .find(|k| k.code() == code)

@@ -58,6 +58,9 @@ pub mod paths {
     pub const HELLO: &str = "/cocoon/v1/hello";
     /// Liveness probe from the proxy.
     pub const PING: &str = "/cocoon/v1/ping";
+    /// Worker discovery for end-to-end encryption (client → proxy, `?model=NAME`): the RA-TLS
+    /// certificates of the live workers of a model ([`crate::e2e::Directory`]).
+    pub const WORKERS: &str = "/cocoon/v1/workers";
     /// Payout vouchers (proxy → worker, [`crate::payout`]).
     pub const PAYOUT: &str = "/cocoon/v1/payout";
     /// OpenAI chat completions.

@@ -10,6 +10,10 @@ pub use split::Splitter;
 pub const EVENT_USAGE: &str = "cocoon-usage";
 /// Event name of a failure after the first byte.
 pub const EVENT_ERROR: &str = "cocoon-error";
+/// One encrypted response chunk, base64 ([`crate::e2e`]).
+pub const EVENT_E2E: &str = "cocoon-e2e";
+/// A worker-signed receipt, base64 ([`crate::e2e::Receipt`]).
+pub const EVENT_RECEIPT: &str = "cocoon-receipt";
 /// The OpenAI end-of-stream marker (`data: [DONE]`).
 pub const DONE: &str = "[DONE]";
 /// Largest event the decoder accepts by default.

@@ -15,7 +15,7 @@
 //!               "completion_tokens": 32, "reasoning_tokens": 0, "cost_nano": 1310}},
 //!   "worker_usage": {"1": {"name": "w", "image_hash": "…", "requests": 1, …, "cost_nano": 1310}},
 //!   "requests": {"active": 0, "by_status": {"200": 1}, "retries": 0, "stream_errors": 0,
-//!                "over_reservation": 0},
+//!                "over_reservation": 0, "receipts_valid": 0, "receipts_invalid": 0},
 //!   "tokens": {"prompt": 3, "cached": 0, "completion": 32, "reasoning": 0},
 //!   "cost_nano": 1310,
 //!   "worker_rejections": {"debug_td": 1},
@@ -102,6 +102,10 @@ pub struct RequestStats {
     pub retries: u64,
     pub stream_errors: u64,
     pub over_reservation: u64,
+    /// Encrypted requests billed on a verified receipt.
+    pub receipts_valid: u64,
+    /// Receipts refused (not billed).
+    pub receipts_invalid: u64,
 }
 
 /// Token totals in `/jsonstats`.
@@ -201,6 +205,8 @@ pub fn json_stats(state: &State) -> JsonStats {
             retries: load(&s.retries),
             stream_errors: load(&s.stream_errors),
             over_reservation: load(&s.over_reservation),
+            receipts_valid: load(&s.receipts_valid),
+            receipts_invalid: load(&s.receipts_invalid),
         },
         tokens: TokenStats {
             prompt: load(&s.tokens.prompt),
@@ -302,6 +308,18 @@ pub fn prometheus(state: &State) -> String {
         "counter",
         "Requests retried on a second worker before the first byte.",
         &one(j.requests.retries),
+    );
+    family(
+        "cocoon_proxy_receipts_total",
+        "counter",
+        "Receipts of encrypted requests: valid (billed) and invalid (not billed).",
+        &labelled(
+            "result",
+            &BTreeMap::from([
+                ("valid".to_string(), j.requests.receipts_valid),
+                ("invalid".to_string(), j.requests.receipts_invalid),
+            ]),
+        ),
     );
     family(
         "cocoon_proxy_stream_errors_total",

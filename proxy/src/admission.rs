@@ -54,13 +54,14 @@ pub(crate) fn admit(
     }
 }
 
-/// Reads the request body: at most `max_body_bytes`, within `client_body_timeout_secs`,
+/// Reads the request body: at most `limit` bytes (`max_body_bytes`, or the envelope of a body
+/// that size), within `client_body_timeout_secs`,
 /// charged to the body budget (the charge lives as long as the returned guard).
 pub(crate) async fn read_body(
     state: &State,
     req: Request<Incoming>,
+    limit: usize,
 ) -> Result<(Bytes, BodyCharge), Rejection> {
-    let limit = state.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
@@ -172,7 +173,8 @@ impl Release for State {
 /// Tries to give `demand` a slot of the best worker with room, except `exclude`.
 fn place(state: &Arc<State>, demand: &Demand, exclude: &[u64]) -> Result<Placed, ApiError> {
     let cfg = &state.config;
-    let candidates = state.registry.candidates(&demand.meta.model, exclude);
+    let mut candidates = state.registry.candidates(&demand.meta.model, exclude);
+    candidates.retain(|w| demand.accepts(w));
     let affordable = affordable(cfg, &demand.meta, candidates)?;
     let mut random = [0u8; 64];
     if affordable.len() > 1 && getrandom::getrandom(&mut random).is_err() {
@@ -198,7 +200,7 @@ fn any_free_slot(state: &State, demand: &Demand) -> bool {
         .registry
         .candidates(&demand.meta.model, &[])
         .iter()
-        .any(|w| w.has_free_slot())
+        .any(|w| demand.accepts(w) && w.has_free_slot())
 }
 
 /// Serves the queue of `model` (after a slot was freed or a worker came or went).

@@ -210,6 +210,13 @@ async fn dispatch(
             not_allowed(req.method(), protocol::paths::MODELS)
         };
     }
+    if path == protocol::paths::WORKERS {
+        return if req.method() == Method::GET {
+            directory(state, req.uri().query().unwrap_or(""))
+        } else {
+            not_allowed(req.method(), protocol::paths::WORKERS)
+        };
+    }
     if let Some(id) = protocol::models::id_from_path(path) {
         return if req.method() == Method::GET {
             match id {
@@ -265,6 +272,63 @@ pub fn models(state: &State) -> Response<ResponseBody> {
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// Decodes `%XX` escapes and `+` of one query value; `None` when malformed.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /cocoon/v1/workers?model=NAME`: the certificates of the live workers of `NAME` that
+/// publish end-to-end keys ([`protocol::e2e::Directory`]); 404 `model_not_found` when no
+/// worker serves it.
+pub fn directory(state: &State, query: &str) -> Response<ResponseBody> {
+    use base64::Engine as _;
+    let Some(model) = query_value(query, "model").filter(|m| !m.is_empty()) else {
+        return error_response(&ApiError::new(
+            ErrorKind::InvalidRequest,
+            "expected ?model=NAME",
+        ));
+    };
+    if !state.registry.serves(&model) {
+        return error_response(&protocol::models::not_found(&model));
+    }
+    let workers = state
+        .registry
+        .candidates(&model, &[])
+        .iter()
+        .filter_map(|w| w.info.e2e.as_ref())
+        .take(protocol::e2e::MAX_DIRECTORY)
+        .map(|k| protocol::e2e::DirectoryEntry {
+            key_hash: k.key_hash.to_string(),
+            cert: base64::engine::general_purpose::STANDARD.encode(&k.cert_der),
+        })
+        .collect();
+    let dir = protocol::e2e::Directory { model, workers };
+    json_response(StatusCode::OK, serde_json::to_vec(&dir).unwrap_or_default())
 }
 
 /// Model `id` if a connected worker serves it, else 404 `model_not_found`.

@@ -64,6 +64,8 @@ pub struct Demand {
     pub meta: RequestMeta,
     /// Prompt tokens assumed for routing (see the module docs).
     pub prompt_tokens: u64,
+    /// An encrypted request can go only to these workers (key hashes of its recipients).
+    pub recipients: Option<Arc<[protocol::e2e::KeyHash]>>,
 }
 
 impl Demand {
@@ -73,6 +75,16 @@ impl Demand {
         Self {
             meta: meta.clone(),
             prompt_tokens: body.min(u64::from(cfg.max_prompt_tokens)).max(1),
+            recipients: None,
+        }
+    }
+
+    /// Whether worker `w` may take this request (any worker, unless it is encrypted to
+    /// named recipients).
+    pub fn accepts(&self, w: &Worker) -> bool {
+        match &self.recipients {
+            None => true,
+            Some(r) => w.info.e2e.as_ref().is_some_and(|k| r.contains(&k.key_hash)),
         }
     }
 }

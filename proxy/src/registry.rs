@@ -55,6 +55,21 @@ pub struct WorkerInfo {
     pub version: u32,
     /// Unix seconds of registration.
     pub registered_at: u64,
+    /// Its end-to-end keys, when its attested claims publish them.
+    pub e2e: Option<WorkerE2e>,
+}
+
+/// A worker's end-to-end encryption keys, from its attested claims ([`protocol::e2e`]).
+#[derive(Clone, Debug)]
+pub struct WorkerE2e {
+    /// The recipient name of its HPKE key.
+    pub key_hash: protocol::e2e::KeyHash,
+    /// Verifies its receipts.
+    pub receipt_key: ed25519_dalek::VerifyingKey,
+    /// SHA-256 of its canonical claims (its receipts name it).
+    pub claims_hash: [u8; 32],
+    /// Its RA-TLS certificate (DER), served to clients for discovery.
+    pub cert_der: Arc<[u8]>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -45,7 +45,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use protocol::meta::H_MAX_PROMPT_TOKENS;
 use protocol::sse::split::Kind;
-use protocol::sse::{Decoder, Event, Splitter, EVENT_USAGE};
+use protocol::sse::{Decoder, Event, Splitter, EVENT_RECEIPT, EVENT_USAGE};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 use tokio::time::Sleep;
 
@@ -157,12 +157,15 @@ async fn attempt(
     pick: &Pick,
     meta: &RequestMeta,
     endpoint: Endpoint,
+    e2e: Option<&protocol::e2e::Binding>,
     body: Bytes,
 ) -> Attempt {
     let worker = pick.worker();
     let mut m = meta.clone();
-    m.max_tokens = pick.completion_budget;
     m.version = worker.info.version;
+    if e2e.is_none() {
+        m.max_tokens = pick.completion_budget;
+    }
     let uri = format!("https://{WORKER_AUTHORITY}{}", endpoint.path());
     let mut req = Request::post(uri);
     if let Some(h) = req.headers_mut() {
@@ -171,10 +174,22 @@ async fn attempt(
             H_MAX_PROMPT_TOKENS,
             HeaderValue::from(state.config.max_prompt_tokens),
         );
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(response::APPLICATION_JSON),
-        );
+        match e2e {
+            // The client's bound max tokens stay; the proxy's budget goes beside it.
+            Some(binding) => {
+                protocol::e2e::write_headers(binding, h);
+                h.insert(
+                    protocol::e2e::H_BUDGET_TOKENS,
+                    HeaderValue::from(pick.completion_budget),
+                );
+            }
+            None => {
+                h.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(response::APPLICATION_JSON),
+                );
+            }
+        }
     }
     let req = match req.body(Full::new(body)) {
         Ok(r) => r,
@@ -247,6 +262,17 @@ async fn forward(
     active: ActiveGuard,
 ) -> Result<Response<ResponseBody>, Rejection> {
     let meta = RequestMeta::from_headers(req.headers())?;
+    // An encrypted request: the routing metadata is bound into the ciphertext (the worker
+    // checks it); only the named recipients can take it.
+    let e2e = if protocol::e2e::is_encrypted(req.headers()) {
+        Some(protocol::e2e::binding_from_headers(
+            endpoint,
+            &meta,
+            req.headers(),
+        )?)
+    } else {
+        None
+    };
     if state.shutdown.is_draining() {
         return Err(shutting_down(state));
     }
@@ -261,8 +287,21 @@ async fn forward(
     // amount stays reserved during the upload (no worker slot is held).
     let admission = admission::admit(state, account, &meta)?;
     // `_charge` keeps the body's bytes counted in the body budget while they are in memory.
-    let (body, _charge) = admission::read_body(state, req).await?;
-    let demand = Demand::new(&state.config, &meta, body.len());
+    let limit = match &e2e {
+        Some(_) => protocol::e2e::MAX_ENVELOPE.min(
+            state
+                .config
+                .max_body_bytes
+                .saturating_add(protocol::e2e::MAX_ENVELOPE - protocol::MAX_REQUEST_BODY),
+        ),
+        None => state.config.max_body_bytes,
+    };
+    let (body, _charge) = admission::read_body(state, req, limit).await?;
+    let mut demand = Demand::new(&state.config, &meta, body.len());
+    let receipt = match &e2e {
+        Some(binding) => Some(encrypted_demand(state, &mut demand, binding, &body)?),
+        None => None,
+    };
     let mut upload = Some(admission);
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last: Option<ApiError> = None;
@@ -284,9 +323,11 @@ async fn forward(
         let worker = pick.worker().clone();
         tried.push(worker.info.id);
         let started = Instant::now();
-        match attempt(state, &pick, &meta, endpoint, body.clone()).await {
+        match attempt(state, &pick, &meta, endpoint, e2e.as_ref(), body.clone()).await {
             Attempt::Stream(resp) => {
-                return Ok(stream_response(state, pick, &meta, resp, started, active));
+                return Ok(stream_response(
+                    state, pick, &meta, resp, started, active, receipt,
+                ));
             }
             Attempt::Retryable(e) => {
                 drop(pick);
@@ -309,6 +350,62 @@ async fn forward(
     Err(last
         .unwrap_or_else(|| api(ErrorKind::Upstream, "no worker answered"))
         .into())
+}
+
+/// Checks an encrypted request against its envelope and the connected workers: the envelope's
+/// recipients must be the header's, and at least one of them must be connected here (else
+/// 421 `e2e_recipient_unavailable`: the client refreshes its keys). Restricts `demand` to
+/// them and returns what its receipt must name.
+fn encrypted_demand(
+    state: &State,
+    demand: &mut Demand,
+    binding: &protocol::e2e::Binding,
+    envelope: &Bytes,
+) -> Result<ReceiptCheck, Rejection> {
+    let listed = protocol::e2e::envelope_recipients(envelope)
+        .map_err(|e| api(ErrorKind::InvalidRequest, format!("encrypted body: {e}")))?;
+    if listed != binding.recipients {
+        return Err(api(
+            ErrorKind::InvalidRequest,
+            format!(
+                "encrypted body: its recipients differ from the {} header",
+                protocol::e2e::H_RECIPIENTS
+            ),
+        )
+        .into());
+    }
+    demand.recipients = Some(listed.into());
+    let connected = state
+        .registry
+        .candidates(&demand.meta.model, &[])
+        .iter()
+        .any(|w| demand.accepts(w));
+    if !connected {
+        return Err(api(
+            ErrorKind::RecipientUnavailable,
+            format!(
+                "none of the request's {} recipients is connected to this proxy; fetch the worker keys again ({})",
+                binding.recipients.len(),
+                protocol::paths::WORKERS
+            ),
+        )
+        .into());
+    }
+    let bound = binding
+        .encode()
+        .map_err(|e| api(ErrorKind::InvalidRequest, e.to_string()))?;
+    Ok(ReceiptCheck {
+        request_id: binding.request_id.clone(),
+        model: binding.model.clone(),
+        request_hash: protocol::e2e::request_hash(&bound, envelope),
+    })
+}
+
+/// What the receipt of an encrypted request must say.
+struct ReceiptCheck {
+    request_id: String,
+    model: String,
+    request_hash: [u8; 32],
 }
 
 /// The 503 for a request that arrives while the proxy shuts down.
@@ -334,6 +431,7 @@ fn stream_response(
     resp: Response<Incoming>,
     started: Instant,
     active: ActiveGuard,
+    receipt: Option<ReceiptCheck>,
 ) -> Response<ResponseBody> {
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
     let body = RelayBody {
@@ -351,6 +449,7 @@ fn stream_response(
             started,
             first_byte: false,
             worker_error: false,
+            receipt,
         }),
         active: Some(active),
     };
@@ -373,6 +472,9 @@ struct Billing {
     first_byte: bool,
     /// The worker itself reported an error event.
     worker_error: bool,
+    /// An encrypted request: billed only on a valid receipt naming it (its plaintext usage
+    /// events, if a worker sent any, are ignored).
+    receipt: Option<ReceiptCheck>,
 }
 
 impl Billing {
@@ -390,6 +492,15 @@ impl Billing {
             return None;
         }
         let worker = self.pick.worker().clone();
+        if self.receipt.is_some() {
+            warn_limited(
+                &self.state.stats,
+                "plaintext usage event in an encrypted stream ignored",
+                Some(worker.info.id),
+                &"billing waits for the receipt",
+            );
+            return None;
+        }
         let usage: Usage = match serde_json::from_str(data) {
             Ok(u) => u,
             Err(e) => {
@@ -402,6 +513,74 @@ impl Billing {
                 return None;
             }
         };
+        self.bill(&worker, usage)
+    }
+
+    /// Bills the receipt of an encrypted request when it verifies against the worker's
+    /// attested receipt key and names this request; otherwise nothing is billed.
+    fn on_receipt(&mut self, data: &str) -> Option<crate::ledger::durable::Ticket> {
+        use base64::Engine as _;
+        if self.pick.held.is_committed() {
+            return None;
+        }
+        let worker = self.pick.worker().clone();
+        let (Some(expected), Some(keys)) = (self.receipt.as_ref(), worker.info.e2e.as_ref()) else {
+            return None;
+        };
+        let checked = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|_| "not base64".to_string())
+            .and_then(|bytes| {
+                protocol::e2e::Receipt::verify(&bytes, &keys.receipt_key).map_err(|e| e.to_string())
+            })
+            .and_then(|r| {
+                let mismatch = if r.request_hash != expected.request_hash {
+                    Some("request hash")
+                } else if r.request_id != expected.request_id {
+                    Some("request id")
+                } else if r.model != expected.model {
+                    Some("model")
+                } else if r.claims_hash != keys.claims_hash {
+                    Some("claims hash")
+                } else if r.price_coefficient_milli != worker.info.price_coefficient_milli {
+                    Some("price coefficient")
+                } else {
+                    None
+                };
+                match mismatch {
+                    Some(what) => Err(format!("its {what} is not this request's")),
+                    None => Ok(r),
+                }
+            });
+        match checked {
+            Ok(r) => {
+                self.state
+                    .stats
+                    .receipts_valid
+                    .fetch_add(1, Ordering::Relaxed);
+                self.bill(&worker, r.usage)
+            }
+            Err(e) => {
+                self.state
+                    .stats
+                    .receipts_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                warn_limited(
+                    &self.state.stats,
+                    "invalid receipt: not billed",
+                    Some(worker.info.id),
+                    &e,
+                );
+                None
+            }
+        }
+    }
+
+    fn bill(
+        &mut self,
+        worker: &Arc<Worker>,
+        usage: Usage,
+    ) -> Option<crate::ledger::durable::Ticket> {
         let state = &self.state;
         let cost = state
             .config
@@ -437,15 +616,13 @@ impl Billing {
     }
 }
 
-/// The data of the usage event in `raw` (one whole event, as [`Splitter`] delimited it).
-fn usage_data(raw: &[u8]) -> String {
+/// The data of the event named `name` in `raw` (one whole event, as [`Splitter`] delimited
+/// it).
+fn event_data(raw: &[u8], name: &str) -> String {
     Decoder::default()
         .feed(raw)
         .ok()
-        .and_then(|evs| {
-            evs.into_iter()
-                .find(|e| e.name.as_deref() == Some(EVENT_USAGE))
-        })
+        .and_then(|evs| evs.into_iter().find(|e| e.name.as_deref() == Some(name)))
         .map(|e| e.data)
         .unwrap_or_default()
 }
@@ -665,7 +842,14 @@ impl RelayBody {
         let split = splitter.feed(&data, |kind, bytes| {
             match (kind, billing.as_mut()) {
                 (Kind::Usage, Some(b)) => {
-                    if let Some(ticket) = b.on_usage(&usage_data(bytes)) {
+                    if let Some(ticket) = b.on_usage(&event_data(bytes, EVENT_USAGE)) {
+                        if !ticket.is_durable() {
+                            *gate = Some(Box::pin(ticket.wait()));
+                        }
+                    }
+                }
+                (Kind::Receipt, Some(b)) => {
+                    if let Some(ticket) = b.on_receipt(&event_data(bytes, EVENT_RECEIPT)) {
                         if !ticket.is_durable() {
                             *gate = Some(Box::pin(ticket.wait()));
                         }
@@ -689,15 +873,26 @@ impl RelayBody {
 
     fn on_end(&mut self) {
         self.upstream = None;
-        let (billed, worker_error) = self.billing.as_ref().map_or((true, false), |b| {
-            (b.pick.held.is_committed(), b.worker_error)
-        });
+        let (billed, worker_error, encrypted) =
+            self.billing.as_ref().map_or((true, false, false), |b| {
+                (
+                    b.pick.held.is_committed(),
+                    b.worker_error,
+                    b.receipt.is_some(),
+                )
+            });
         if billed {
             self.done = true;
             self.finish(true);
         } else if worker_error {
             self.done = true;
             self.finish(false);
+        } else if encrypted {
+            // An encrypted stream's errors are inside it: a stream that ended without a
+            // valid receipt (a request that failed, or a receipt that did not verify) is not
+            // billed; the client reads why from the stream.
+            self.done = true;
+            self.finish(true);
         } else {
             self.fail("worker ended the stream without usage".into());
         }

@@ -41,6 +41,10 @@ pub struct Stats {
     pub stream_errors: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
+    /// Receipts of encrypted requests that verified and were billed.
+    pub receipts_valid: AtomicU64,
+    /// Receipts that did not verify or did not name their request (not billed).
+    pub receipts_invalid: AtomicU64,
     pub workers_registered: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Client connections and requests refused by a limit, by reason
@@ -62,6 +66,8 @@ impl Default for Stats {
             retries: AtomicU64::new(0),
             stream_errors: AtomicU64::new(0),
             over_reservation: AtomicU64::new(0),
+            receipts_valid: AtomicU64::new(0),
+            receipts_invalid: AtomicU64::new(0),
             workers_registered: AtomicU64::new(0),
             refusals: Mutex::default(),
             client_refusals: Mutex::default(),

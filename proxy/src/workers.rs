@@ -23,11 +23,12 @@ use protocol::meta::H_VERSION;
 use protocol::register::negotiate;
 use protocol::{ApiError, Hello, Registration, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use ratls::RatlsError;
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::registry::{token_budget, Worker, WorkerInfo, WorkerSender};
+use crate::registry::{token_budget, Worker, WorkerE2e, WorkerInfo, WorkerSender};
 use crate::relay::WORKER_AUTHORITY;
 use crate::state::State;
 
@@ -166,6 +167,17 @@ async fn serve(
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
         .ok_or_else(|| Refusal::ratls(&RatlsError::NoPeerCertificate))?;
+    let e2e = protocol::e2e::WorkerKeys::from_claims(&peer.claims().extra)
+        .map_err(|e| Refusal::Attestation {
+            code: "e2e_claims",
+            detail: e.to_string(),
+        })?
+        .map(|keys| WorkerE2e {
+            key_hash: keys.key_config.key_hash(),
+            receipt_key: keys.receipt_key,
+            claims_hash: Sha256::digest(&peer.evidence.claims_bytes).into(),
+            cert_der: Arc::from(cert_der.as_slice()),
+        });
 
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -266,6 +278,7 @@ async fn serve(
         price_coefficient_milli: registration.price_coefficient_milli,
         version: registration.version,
         registered_at: unix_now(),
+        e2e,
     };
     tracing::info!(
         worker = id,

@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod dial;
+pub mod e2e;
 pub mod engine;
 pub mod payout;
 pub mod run;

@@ -155,9 +155,13 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .context("tee")
         .or_exit(Exit::Tee)?;
     let lifetime = config.cert_lifetime;
+    // End-to-end keys: generated here, held only in memory, published in the claims.
+    let e2e = worker::e2e::E2eKeys::generate();
+    let claims = e2e.claims(dial::worker_claims());
+    let e2e = Arc::new(e2e.with_claims_hash(&claims));
     let identity = tokio::task::spawn_blocking({
         let clock = clock.clone();
-        move || Identity::issue(tee, dial::worker_claims(), lifetime, clock)
+        move || Identity::issue(tee, claims, lifetime, clock)
     })
     .await
     .or_exit(Exit::Fatal)?
@@ -187,6 +191,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     // Installed before anything is printed or dialed: an early SIGTERM drains, not kills.
     let signals = Signals::install();
     let mut worker = Worker::from_config(&config, models, Arc::new(identity), clock);
+    worker.e2e = Some(e2e);
     if let Some(spec) = &config.payout {
         worker.payouts = Some(payouts(spec).context("payout").or_exit(Exit::Config)?);
     }

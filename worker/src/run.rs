@@ -52,6 +52,9 @@ pub struct Worker {
     pub options: ServiceOptions,
     /// Earnings ([`crate::payout`]), when `[payout]` is configured.
     pub payouts: Option<Arc<crate::payout::Payouts>>,
+    /// End-to-end keys ([`crate::e2e`]), published in `identity`'s claims; without them the
+    /// worker refuses encrypted requests.
+    pub e2e: Option<Arc<crate::e2e::E2eKeys>>,
 }
 
 impl Worker {
@@ -78,6 +81,7 @@ impl Worker {
                 stream_keepalive: config.stream_keepalive,
             },
             payouts: None,
+            e2e: None,
         }
     }
 
@@ -102,6 +106,9 @@ impl Worker {
         let registrations = std::sync::Mutex::new(Some(service.subscribe()));
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(self.identity.clone().run_renewal(rx.clone()))];
+        if let Some(keys) = &self.e2e {
+            service.attach_e2e(keys.clone());
+        }
         if let Some(p) = &self.payouts {
             service.attach_payouts(p.clone());
             let mut stop = rx.clone();

@@ -221,6 +221,8 @@ struct Inner {
     end: watch::Sender<bool>,
     /// Earnings, when `[payout]` is configured ([`Service::attach_payouts`]).
     payouts: std::sync::OnceLock<Arc<crate::payout::Payouts>>,
+    /// End-to-end keys ([`Service::attach_e2e`]); without them encrypted requests are refused.
+    e2e: std::sync::OnceLock<Arc<crate::e2e::E2eKeys>>,
 }
 
 /// The worker's request handler, shared by all proxy connections (capacity is global).
@@ -281,6 +283,7 @@ impl Service {
                 options,
                 end: watch::channel(false).0,
                 payouts: std::sync::OnceLock::new(),
+                e2e: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -295,6 +298,12 @@ impl Service {
     /// accepted. Call before the first connection; a second call is ignored.
     pub fn attach_payouts(&self, payouts: Arc<crate::payout::Payouts>) {
         let _ = self.inner.payouts.set(payouts);
+    }
+
+    /// Turns end-to-end encryption on with `keys` (published in this worker's claims). Call
+    /// before the first connection; a second call is ignored.
+    pub fn attach_e2e(&self, keys: Arc<crate::e2e::E2eKeys>) {
+        let _ = self.inner.e2e.set(keys);
     }
 
     /// The payout state, when payouts are on.
@@ -469,6 +478,9 @@ impl Service {
         let stats = &self.inner.stats;
         Stats::bump(&stats.requests);
         let started = Instant::now();
+        if protocol::e2e::is_encrypted(req.headers()) {
+            return self.encrypted(endpoint, req, started).await;
+        }
         let checked = async {
             let meta = RequestMeta::from_headers(req.headers())?;
             let prompt_budget = protocol::meta::max_prompt_tokens(req.headers())?;
@@ -482,6 +494,110 @@ impl Service {
             Stats::bump(&stats.rejected);
             tracing::debug!(code = e.kind.code(), param = ?e.param, "request rejected");
         })?;
+        let (first, rx) = self.start(&meta, validated, started).await?;
+        match first {
+            Out::Data(first) => {
+                let body = SseBody {
+                    first: Some(first),
+                    rx,
+                };
+                let mut resp = Response::new(BodyExt::boxed(body));
+                response::event_stream_headers(resp.headers_mut(), Some(&meta.request_id));
+                Ok(resp)
+            }
+            Out::Fail(e) => Err(e),
+            Out::Summary(..) => Err(ApiError::new(
+                ErrorKind::Internal,
+                "generation ended without output",
+            )),
+        }
+    }
+
+    /// An encrypted request ([`crate::e2e`]): refusals before the envelope opens are plain
+    /// HTTP errors naming nothing of the body; everything after goes inside the sealed stream.
+    async fn encrypted<B>(
+        &self,
+        endpoint: Endpoint,
+        req: Request<B>,
+        started: Instant,
+    ) -> Result<Response<ResponseBody>, ApiError>
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stats = &self.inner.stats;
+        let opened = async {
+            let keys = self.inner.e2e.get().cloned().ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    "this worker does not accept encrypted requests",
+                )
+            })?;
+            let mut meta = RequestMeta::from_headers(req.headers())?;
+            let prompt_budget = protocol::meta::max_prompt_tokens(req.headers())?;
+            let budget = protocol::e2e::budget_tokens(req.headers())?;
+            let binding = protocol::e2e::binding_from_headers(endpoint, &meta, req.headers())?;
+            let advert = self
+                .inner
+                .adverts
+                .iter()
+                .find(|a| a.name == meta.model)
+                .cloned()
+                .ok_or_else(|| ApiError::new(ErrorKind::ModelNotFound, "model not served"))?;
+            let envelope = read_body(req.into_body(), protocol::e2e::MAX_ENVELOPE).await?;
+            let opened = keys.open(&binding, &envelope, self.inner.clock.now())?;
+            // The proxy's budget narrows the client's bound limit; validation clamps further
+            // to the model's limit.
+            if let Some(b) = budget {
+                meta.max_tokens = meta.max_tokens.min(b.max(1));
+            }
+            Ok::<_, ApiError>((keys, meta, prompt_budget, advert, opened))
+        }
+        .await;
+        let (keys, meta, prompt_budget, advert, opened) = opened.inspect_err(|e| {
+            Stats::bump(&stats.rejected);
+            tracing::debug!(code = e.kind.code(), "encrypted request refused");
+        })?;
+        let sealing = crate::e2e::Sealing {
+            keys,
+            sealer: opened.response.sealer(),
+            request_id: meta.request_id.to_string(),
+            request_hash: opened.request_hash,
+            model: advert.name.clone(),
+            model_digest: advert.model_hash.clone(),
+            price_coefficient_milli: self.inner.info.price_coefficient_milli,
+            clock: self.inner.clock.clone(),
+        };
+        let started = match validate(endpoint, &meta, &opened.body, &self.inner.adverts) {
+            Ok(mut validated) => {
+                validated.request.max_prompt_tokens = prompt_budget.map(u64::from);
+                match self.start(&meta, validated, started).await {
+                    Ok((first, rx)) => (first, Some(rx)),
+                    // Capacity says nothing about the body: a plain 429 the proxy may retry.
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => {
+                Stats::bump(&stats.rejected);
+                tracing::debug!(code = e.kind.code(), "encrypted request rejected");
+                (Out::Fail(e), None)
+            }
+        };
+        let body = crate::e2e::E2eBody::new(started.0, started.1, sealing);
+        let mut resp = Response::new(BodyExt::boxed(body));
+        response::event_stream_headers(resp.headers_mut(), Some(&meta.request_id));
+        Ok(resp)
+    }
+
+    /// Takes a capacity permit and starts the generation; returns its first output (which
+    /// decides the response status) and the channel of the rest.
+    async fn start(
+        &self,
+        meta: &RequestMeta,
+        validated: ValidatedRequest,
+        started: Instant,
+    ) -> Result<(Out, mpsc::Receiver<Out>), ApiError> {
+        let stats = &self.inner.stats;
         let model = self
             .inner
             .models
@@ -518,22 +634,13 @@ impl Service {
         };
         tokio::spawn(generation.run(tx));
         // Wait for the first output so that a failure before any byte gets its own status.
-        match rx.recv().await {
-            Some(Out::Data(first)) => {
-                let body = SseBody {
-                    first: Some(first),
-                    rx,
-                };
-                let mut resp = Response::new(BodyExt::boxed(body));
-                response::event_stream_headers(resp.headers_mut(), Some(&meta.request_id));
-                Ok(resp)
-            }
-            Some(Out::Fail(e)) => Err(e),
-            None => Err(ApiError::new(
+        let first = rx.recv().await.unwrap_or_else(|| {
+            Out::Fail(ApiError::new(
                 ErrorKind::Internal,
                 "generation ended without output",
-            )),
-        }
+            ))
+        });
+        Ok((first, rx))
     }
 }
 
@@ -610,11 +717,15 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
 }
 
 /// What the generation task hands to the response.
-enum Out {
+pub(crate) enum Out {
     /// Encoded SSE bytes.
     Data(Bytes),
     /// A failure before any byte (only ever the first message).
     Fail(ApiError),
+    /// The request completed: total usage and the finish reason(s) (comma-separated for a
+    /// batch), sent just before the final bytes; only an encrypted response uses it (for the
+    /// receipt).
+    Summary(Usage, String),
 }
 
 /// The response body of a stream: the first bytes, then whatever the generation task sends.
@@ -635,10 +746,13 @@ impl Body for SseBody {
         if let Some(b) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Out::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Out::Fail(_)) | None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        loop {
+            return match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Out::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Some(Out::Summary(..))) => continue,
+                Poll::Ready(Some(Out::Fail(_)) | None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }
@@ -767,6 +881,7 @@ impl Generation {
             end: self.end,
         };
         let mut total = Usage::default();
+        let mut reasons: Vec<&'static str> = Vec::new();
         let mut outcome = Outcome::Completed(total);
         for (index, mut req) in std::iter::once(request).chain(batch).enumerate() {
             req.max_prompt_tokens = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
@@ -774,6 +889,7 @@ impl Generation {
             match step {
                 Step::Done(usage, reason) => {
                     total.add(&usage);
+                    reasons.push(reason.as_str());
                     let end = encoder.end_choice(index, reason);
                     if out.send(Out::Data(end)).await.is_err() {
                         outcome = Outcome::Cancelled;
@@ -796,10 +912,12 @@ impl Generation {
             }
         }
         if let Outcome::Completed(_) = outcome {
-            outcome = if out
-                .send(Out::Data(encoder.tail(&total, include_usage)))
-                .await
-                .is_err()
+            let summary = Out::Summary(total, reasons.join(","));
+            outcome = if out.send(summary).await.is_err()
+                || out
+                    .send(Out::Data(encoder.tail(&total, include_usage)))
+                    .await
+                    .is_err()
             {
                 Outcome::Cancelled
             } else {

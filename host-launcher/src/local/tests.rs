@@ -203,8 +203,8 @@ fn stub_model_and_rendering_is_deterministic() {
     other.proxy = RoleMeasurement::new(Role::Proxy, binary_digest(b"rebuilt proxy"));
     assert_ne!(worker_toml(&p).unwrap(), worker_toml(&other).unwrap());
     assert_ne!(
-        client_toml(&p, "r").unwrap(),
-        client_toml(&other, "r").unwrap()
+        client_toml(&p, "r", "r").unwrap(),
+        client_toml(&other, "r", "r").unwrap()
     );
     assert_eq!(
         proxy_toml(&p, "r").unwrap(),
@@ -299,10 +299,12 @@ fn written_configs_load_with_the_services_loaders() {
         let client = open::<client::config::ClientConfigFile>(&dir.join(CLIENT_CONFIG)).unwrap();
         assert!(client.config.key_created);
         let proxy_rtmr3 = config_rtmr3(&text(PROXY_CONFIG));
+        let worker_rtmr3 = config_rtmr3(&text(WORKER_CONFIG));
         assert_eq!(
             client::config::ClientConfigFile::parse(&text(CLIENT_CONFIG), Path::new("c")).unwrap(),
-            client_config(&p, &proxy_rtmr3)
+            client_config(&p, &proxy_rtmr3, &worker_rtmr3)
         );
+        assert!(client.config.client.worker_policy.is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

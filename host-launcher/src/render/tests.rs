@@ -63,6 +63,7 @@ fn client_spec(pins: Pins) -> ClientSpec {
         listen: "127.0.0.1:0".parse().unwrap(),
         proxy: "127.0.0.1:19102".into(),
         account_key_file: "client.key".into(),
+        workers: Some(pins.clone()),
         pins,
     }
 }

@@ -4,7 +4,7 @@
 //! [`super::Decoder`], so a reader decoding the relayed bytes sees exactly the events the
 //! splitter classified.
 
-use super::{SseError, EVENT_ERROR, EVENT_USAGE};
+use super::{SseError, EVENT_ERROR, EVENT_RECEIPT, EVENT_USAGE};
 
 /// What a run of relayed bytes holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum Kind {
     Usage,
     /// Exactly one event named [`EVENT_ERROR`] (with any comment lines of its block).
     Error,
+    /// Exactly one event named [`EVENT_RECEIPT`] (with any comment lines of its block).
+    Receipt,
 }
 
 /// The block (lines since the last boundary) being scanned.
@@ -166,7 +168,7 @@ impl Splitter {
             i = end;
             if line.is_empty() {
                 let block = std::mem::take(&mut self.block);
-                if let Some(kind @ (Kind::Usage | Kind::Error)) =
+                if let Some(kind @ (Kind::Usage | Kind::Error | Kind::Receipt)) =
                     block.name.filter(|_| block.has_data)
                 {
                     emit_plain(emit, &buf[run..block_start]);
@@ -194,6 +196,8 @@ impl Splitter {
                             Kind::Usage
                         } else if value == EVENT_ERROR.as_bytes() {
                             Kind::Error
+                        } else if value == EVENT_RECEIPT.as_bytes() {
+                            Kind::Receipt
                         } else {
                             Kind::Plain
                         })
@@ -325,6 +329,7 @@ mod tests {
                     )
                 }
                 Kind::Error => assert_eq!(evs, vec![Event::named("cocoon-error", "{\"error\":1}")]),
+                Kind::Receipt => assert_eq!(evs.len(), 1),
                 Kind::Plain => {
                     assert!(!names.contains(&Some("cocoon-usage")), "{names:?}");
                     assert!(!names.contains(&Some("cocoon-error")), "{names:?}");

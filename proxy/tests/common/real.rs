@@ -41,9 +41,12 @@ pub fn start_worker_with(
     links: LinkOptions,
 ) -> RunningWorker {
     let clock = Arc::new(SystemClock);
+    let keys = worker::e2e::E2eKeys::generate();
+    let claims = keys.claims(worker_claims());
+    let keys = Arc::new(keys.with_claims_hash(&claims));
     let identity = identity(
         worker_regs(),
-        worker_claims(),
+        claims,
         Duration::from_secs(3600),
         clock.clone(),
     );
@@ -61,6 +64,7 @@ pub fn start_worker_with(
         links,
         options,
         payouts,
+        e2e: Some(keys),
     }
     .start()
     .expect("worker starts")

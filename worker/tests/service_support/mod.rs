@@ -184,6 +184,7 @@ impl Harness {
             },
             options: opts.service,
             payouts: None,
+            e2e: None,
         }
         .start()
         .expect("worker starts");
