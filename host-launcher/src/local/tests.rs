@@ -165,7 +165,18 @@ fn configs_pin_the_other_role_and_parse() {
     let client = table(&std::fs::read_to_string(dir.join(CLIENT_CONFIG)).unwrap());
     assert_eq!(
         keys(&client),
-        vec!["account_key_file", "listen", "policy", "proxy"]
+        vec![
+            "account_key_file",
+            "listen",
+            "policy",
+            "proxy",
+            "worker_policy"
+        ]
+    );
+    // Requests are sealed to the worker: its image is pinned (encryption defaults to on).
+    assert_eq!(
+        client["worker_policy"]["images"][0].as_str(),
+        Some(p.worker.image_hash.to_string().as_str())
     );
     assert_eq!(client["proxy"].as_str(), Some("127.0.0.1:9102"));
     assert_eq!(client["listen"].as_str(), Some("127.0.0.1:8080"));

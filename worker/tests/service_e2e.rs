@@ -1,0 +1,200 @@
+//! End-to-end encryption at the worker ([`worker::e2e`]) over a real RA-TLS connection: a
+//! sealed request is answered with sealed chunks and a receipt that verifies; any edited byte
+//! or bound header gets the one generic 400 with no engine call; replays and stale seal times
+//! are refused.
+
+mod service_support;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use protocol::e2e::{self, Binding, Receipt, SealedRequest};
+use protocol::sse::{Decoder, Event, EVENT_E2E, EVENT_RECEIPT, EVENT_USAGE};
+use protocol::Usage;
+use service_support::*;
+use worker::e2e::{E2eKeys, DECRYPT_FAILED};
+
+const PATH: &str = "/v1/chat/completions";
+
+struct Rng(u64);
+
+impl rand_core::RngCore for Rng {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        // splitmix64: deterministic test randomness.
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for c in dst.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+impl rand_core::CryptoRng for Rng {}
+
+fn binding(keys: &E2eKeys, request_id: &str, time: u64) -> Binding {
+    Binding {
+        path: PATH.into(),
+        request_id: request_id.into(),
+        model: MODEL.into(),
+        max_tokens: 64,
+        price_cap: None,
+        time,
+        recipients: vec![keys.public().key_config.key_hash()],
+    }
+}
+
+fn seal(keys: &E2eKeys, b: &Binding, seed: u64) -> SealedRequest {
+    e2e::seal_request(
+        b,
+        &[keys.public().key_config],
+        &chat_body(serde_json::json!({})),
+        &mut Rng(seed),
+    )
+    .expect("seal")
+}
+
+fn request(b: &Binding, envelope: Vec<u8>) -> Request<Full<Bytes>> {
+    let mut req = completion_request(PATH, &b.model, b.max_tokens, envelope);
+    let id = protocol::RequestId::parse(&b.request_id).unwrap();
+    req.headers_mut()
+        .insert(protocol::meta::H_REQUEST_ID, id.as_str().parse().unwrap());
+    if let Some(cap) = b.price_cap {
+        req.headers_mut().insert(
+            protocol::meta::H_PRICE_CAP,
+            cap.to_string().parse().unwrap(),
+        );
+    }
+    e2e::write_headers(b, req.headers_mut());
+    req
+}
+
+async fn harness() -> (Harness, Arc<E2eKeys>) {
+    let h = Harness::start(Options::default()).await;
+    let keys = Arc::new(E2eKeys::from_seed(7));
+    h.service.attach_e2e(keys.clone());
+    (h, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_request_gets_sealed_chunks_and_a_verifying_receipt() {
+    let (mut h, keys) = harness().await;
+    let mut conn = h.next_conn().await;
+    let b = binding(&keys, "req-e2e-1", NOW);
+    let sealed = seal(&keys, &b, 1);
+    let resp = send(&mut conn, request(&b, sealed.envelope.clone())).await;
+    assert_eq!(resp.status(), 200);
+    let outer = events(resp).await;
+    // Only sealed chunks and the proxy's receipt copy are in the clear.
+    let mut opener = sealed.response.opener();
+    let mut inner = Vec::new();
+    let mut plain_receipt = None;
+    for ev in &outer {
+        match ev.name.as_deref() {
+            Some(EVENT_E2E) => {
+                let c = base64::engine::general_purpose::STANDARD
+                    .decode(&ev.data)
+                    .unwrap();
+                let (pt, _) = opener.open(&c).expect("chunk opens in order");
+                inner.extend(Decoder::default().feed(&pt).unwrap());
+            }
+            Some(EVENT_RECEIPT) => plain_receipt = Some(ev.data.clone()),
+            other => panic!("plaintext event {other:?} in an encrypted response"),
+        }
+    }
+    opener.finish().expect("final chunk received");
+    let usage: Usage = inner
+        .iter()
+        .find(|e| e.name.as_deref() == Some(EVENT_USAGE))
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .expect("usage inside");
+    assert!(inner.iter().any(Event::is_done));
+    let inside = inner
+        .iter()
+        .find(|e| e.name.as_deref() == Some(EVENT_RECEIPT))
+        .expect("receipt inside the final chunk");
+    assert_eq!(Some(&inside.data), plain_receipt.as_ref());
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&inside.data)
+        .unwrap();
+    let r = Receipt::verify(&bytes, &keys.public().receipt_key).expect("receipt verifies");
+    assert_eq!(r.request_hash, sealed.request_hash);
+    assert_eq!(r.request_id, "req-e2e-1");
+    assert_eq!(r.model, MODEL);
+    assert_eq!(r.usage, usage);
+    assert_eq!(r.finish_reason, "stop");
+    assert_eq!(u64::from(r.chunks) + 1, opener.count());
+    assert_eq!(h.service.stats().snapshot().completed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_bytes_and_headers_get_one_generic_400_and_no_engine_call() {
+    let (mut h, keys) = harness().await;
+    let mut conn = h.next_conn().await;
+    let b = binding(&keys, "req-e2e-2", NOW);
+    let sealed = seal(&keys, &b, 2);
+    let mut cases: Vec<(String, Request<Full<Bytes>>)> = Vec::new();
+    for i in [
+        2usize,
+        10,
+        2 + 8 + 5,
+        2 + 88 - 1,
+        2 + 88 + 3,
+        sealed.envelope.len() - 1,
+    ] {
+        let mut e = sealed.envelope.clone();
+        e[i] ^= 1;
+        cases.push((format!("byte {i}"), request(&b, e)));
+    }
+    type Edit = (&'static str, fn(&mut Binding));
+    let edits: [Edit; 4] = [
+        ("max tokens", |b| b.max_tokens = 65),
+        ("request id", |b| b.request_id = "req-other".into()),
+        ("time", |b| b.time += 1),
+        ("price cap", |b| b.price_cap = Some(5)),
+    ];
+    for (what, edit) in edits {
+        let mut e = b.clone();
+        edit(&mut e);
+        cases.push((what.to_string(), request(&e, sealed.envelope.clone())));
+    }
+    for (what, req) in cases {
+        let (status, err) = error_of(send(&mut conn, req).await).await;
+        assert_eq!(status, 400, "{what}");
+        assert_eq!(err.message, DECRYPT_FAILED, "{what}");
+    }
+    let s = h.service.stats().snapshot();
+    assert_eq!(s.completed, 0);
+    assert_eq!(s.active_generations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_and_stale_seal_times_are_refused() {
+    let (mut h, keys) = harness().await;
+    let mut conn = h.next_conn().await;
+    let b = binding(&keys, "req-e2e-3", NOW);
+    let sealed = seal(&keys, &b, 3);
+    let first = send(&mut conn, request(&b, sealed.envelope.clone())).await;
+    assert_eq!(first.status(), 200);
+    let _ = events(first).await;
+    let (status, err) = error_of(send(&mut conn, request(&b, sealed.envelope.clone())).await).await;
+    assert_eq!(status, 400);
+    assert!(err.message.contains("replayed"), "{}", err.message);
+
+    let old = binding(&keys, "req-e2e-4", NOW - e2e::MAX_SKEW_SECS - 1);
+    let sealed = seal(&keys, &old, 4);
+    let (status, err) = error_of(send(&mut conn, request(&old, sealed.envelope)).await).await;
+    assert_eq!(status, 400);
+    assert!(err.message.contains("apart"), "{}", err.message);
+    assert_eq!(h.service.stats().snapshot().completed, 1);
+}
