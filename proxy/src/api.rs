@@ -274,32 +274,12 @@ pub fn models(state: &State) -> Response<ResponseBody> {
     )
 }
 
-/// Decodes `%XX` escapes and `+` of one query value; `None` when malformed.
+/// The decoded value of `key` in a query string; `None` when absent or malformed.
 fn query_value(query: &str, key: &str) -> Option<String> {
-    let raw = query
+    query
         .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = raw.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(tonsim::toncenter::query_decode)
 }
 
 /// `GET /cocoon/v1/workers?model=NAME`: the certificates of the live workers of `NAME` that
