@@ -282,3 +282,268 @@ impl Decryption {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! [`Decryption`] against a response sealed the way a worker seals it (`worker::e2e`):
+    //! each inner event one chunk, then the final chunk carrying the signed receipt.
+
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use protocol::e2e::{
+        open_request, seal_request, Binding, KeyHash, RecipientKey, SealedRequest,
+    };
+
+    const PATH: &str = "/v1/chat/completions";
+    const MODEL: &str = "m";
+    const ID: &str = "req-1";
+
+    fn rng() -> rand_core::UnwrapErr<rand_core::OsRng> {
+        rand_core::UnwrapErr(rand_core::OsRng)
+    }
+
+    /// One worker's keys and what the client knows of it.
+    struct Worker {
+        key: RecipientKey,
+        receipt: SigningKey,
+        recipient: Recipient,
+    }
+
+    fn worker(seed: u8) -> Worker {
+        let key = RecipientKey::generate(seed, &mut rng());
+        let receipt = SigningKey::from_bytes(&[seed; 32]);
+        let recipient = Recipient {
+            keys: WorkerKeys {
+                key_config: key.config().clone(),
+                receipt_key: receipt.verifying_key(),
+            },
+            claims_hash: [seed; 32],
+            image_hash: "00".repeat(32),
+        };
+        Worker {
+            key,
+            receipt,
+            recipient,
+        }
+    }
+
+    fn binding(recipients: Vec<KeyHash>) -> Binding {
+        Binding {
+            path: PATH.into(),
+            request_id: ID.into(),
+            model: MODEL.into(),
+            max_tokens: 16,
+            price_cap: None,
+            time: 1_700_000_000,
+            recipients,
+        }
+    }
+
+    fn usage() -> Usage {
+        Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2,
+            ..Usage::default()
+        }
+    }
+
+    /// The proxy's stream of a sealed answer: two content events, usage and `[DONE]` in
+    /// their own chunks, then the receipt in the clear and the final chunk carrying it.
+    struct Exchange {
+        sealed: SealedRequest,
+        events: Vec<Event>,
+        client: Vec<Recipient>,
+    }
+
+    fn exchange_with(receipt_edit: impl FnOnce(&mut protocol::e2e::Receipt)) -> Exchange {
+        let w = worker(7);
+        let b = binding(vec![w.key.config().key_hash()]);
+        let sealed = seal_request(&b, &[w.key.config().clone()], b"{}", &mut rng()).unwrap();
+        let opened = open_request(&b, &sealed.envelope, &w.key).unwrap();
+        assert_eq!(opened.request_hash, sealed.request_hash);
+        let mut sealer = opened.response.sealer();
+        let mut chunk = |plain: &[u8], last: bool| {
+            let c = sealer.seal(plain, last).unwrap();
+            Event::named(EVENT_E2E, base64::engine::general_purpose::STANDARD.encode(c))
+        };
+        let mut events = vec![
+            chunk(&Event::data(r#"{"n":1}"#).encode(), false),
+            chunk(&Event::data(r#"{"n":2}"#).encode(), false),
+            chunk(&Event::usage(&usage()).encode(), false),
+            chunk(&Event::done().encode(), false),
+        ];
+        let mut r = protocol::e2e::Receipt {
+            request_id: ID.into(),
+            request_hash: opened.request_hash,
+            claims_hash: w.recipient.claims_hash,
+            model: MODEL.into(),
+            model_digest: "d".into(),
+            usage: usage(),
+            price_coefficient_milli: 1000,
+            finish_reason: "stop".into(),
+            chunks: 4,
+            time: 1_700_000_001,
+        };
+        receipt_edit(&mut r);
+        let signed = r.sign(&w.receipt).unwrap();
+        let receipt = Event::named(
+            EVENT_RECEIPT,
+            base64::engine::general_purpose::STANDARD.encode(&signed),
+        );
+        events.push(receipt.clone());
+        events.push(chunk(&receipt.encode(), true));
+        Exchange {
+            sealed,
+            events,
+            client: vec![w.recipient],
+        }
+    }
+
+    fn exchange() -> Exchange {
+        exchange_with(|_| {})
+    }
+
+    /// Feeds `events`; returns what was released and the first error (or the finish result).
+    fn run(x: &Exchange, events: &[Event]) -> (Vec<Event>, Result<(), ApiError>) {
+        let mut d = Decryption::new(&x.sealed, ID, MODEL, x.client.clone());
+        let mut out = VecDeque::new();
+        for ev in events {
+            if let Err(e) = d.absorb(ev.clone(), &mut out) {
+                return (out.into(), Err(e));
+            }
+        }
+        let end = d.finish();
+        if end.is_ok() {
+            assert!(d.receipt().is_some());
+        }
+        (out.into(), end)
+    }
+
+    fn datas(evs: &[Event]) -> Vec<String> {
+        evs.iter().map(|e| e.data.clone()).collect()
+    }
+
+    fn flip_chunk(ev: &Event, at: usize) -> Event {
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(&ev.data)
+            .unwrap();
+        bytes[at] ^= 1;
+        Event::named(
+            EVENT_E2E,
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+        )
+    }
+
+    #[test]
+    fn a_whole_stream_opens_and_done_follows_the_verified_receipt() {
+        let x = exchange();
+        let (out, end) = run(&x, &x.events);
+        end.unwrap();
+        assert_eq!(
+            datas(&out),
+            [r#"{"n":1}"#, r#"{"n":2}"#, &serde_json::to_string(&usage()).unwrap(), "[DONE]"]
+        );
+        // [DONE] is held while the final chunk is missing.
+        let (out, end) = run(&x, &x.events[..5]);
+        assert!(!out.iter().any(Event::is_done));
+        let e = end.unwrap_err();
+        assert!(e.message.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_any_chunk_stops_the_stream_at_that_chunk() {
+        let x = exchange();
+        let chunks: Vec<usize> = (0..x.events.len())
+            .filter(|&i| x.events[i].name.as_deref() == Some(EVENT_E2E))
+            .collect();
+        for (n, &i) in chunks.iter().enumerate() {
+            let len = base64::engine::general_purpose::STANDARD
+                .decode(&x.events[i].data)
+                .unwrap()
+                .len();
+            for at in [0, len / 2, len - 1] {
+                let mut evs = x.events.clone();
+                evs[i] = flip_chunk(&evs[i], at);
+                let (out, end) = run(&x, &evs);
+                let e = end.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::Upstream);
+                assert!(e.message.starts_with("encrypted response:"), "{e}");
+                // Only what came before the bad chunk was released, never [DONE] (held
+                // until the final chunk).
+                assert_eq!(out.len(), n.min(3), "chunk {n} byte {at}");
+                assert!(!out.iter().any(Event::is_done));
+            }
+        }
+    }
+
+    #[test]
+    fn dropped_swapped_and_duplicated_chunks_fail() {
+        let x = exchange();
+        let ev = &x.events;
+        // The final chunk dropped: a named truncation error, no [DONE].
+        let (out, end) = run(&x, &ev[..ev.len() - 1]);
+        assert!(end.unwrap_err().message.contains("truncated"));
+        assert!(!out.iter().any(Event::is_done));
+        // A middle chunk dropped.
+        let mut dropped = ev.clone();
+        dropped.remove(1);
+        let (out, end) = run(&x, &dropped);
+        assert!(end.is_err());
+        assert_eq!(datas(&out), [r#"{"n":1}"#]);
+        // Two chunks swapped.
+        let mut swapped = ev.clone();
+        swapped.swap(0, 1);
+        let (out, end) = run(&x, &swapped);
+        assert!(end.is_err());
+        assert!(out.is_empty());
+        // A chunk repeated.
+        let mut dup = ev.clone();
+        dup.insert(1, ev[0].clone());
+        let (out, end) = run(&x, &dup);
+        assert!(end.is_err());
+        assert_eq!(out.len(), 1);
+        // Anything after the final chunk.
+        let mut after = ev.clone();
+        after.push(ev[0].clone());
+        assert!(run(&x, &after).1.is_err());
+    }
+
+    #[test]
+    fn plaintext_from_the_proxy_is_refused_but_its_errors_pass() {
+        let x = exchange();
+        let mut evs = x.events.clone();
+        evs.insert(2, Event::data(r#"{"injected":true}"#));
+        let (out, end) = run(&x, &evs);
+        assert!(end.unwrap_err().message.contains("plaintext event"));
+        assert_eq!(out.len(), 2);
+        let mut evs = x.events[..2].to_vec();
+        evs.push(Event::error(&ApiError::new(ErrorKind::Upstream, "worker gone")));
+        let (out, end) = run(&x, &evs);
+        assert_eq!(out.last().unwrap().name.as_deref(), Some(EVENT_ERROR));
+        assert!(end.unwrap_err().message.contains("truncated"));
+    }
+
+    #[test]
+    fn a_receipt_that_is_not_this_requests_fails_the_stream() {
+        type Edit = fn(&mut protocol::e2e::Receipt);
+        let cases: [(Edit, &str); 5] = [
+            (|r| r.request_hash[0] ^= 1, "another request"),
+            (|r| r.request_id = "req-2".into(), "another request id"),
+            (|r| r.model = "other".into(), "another request id or model"),
+            (|r| r.usage.completion_tokens += 1, "differs from the usage"),
+            (|r| r.claims_hash = [9; 32], "not sealed to"),
+        ];
+        for (edit, why) in cases {
+            let x = exchange_with(edit);
+            let (out, end) = run(&x, &x.events);
+            let e = end.unwrap_err();
+            assert!(e.message.contains(why), "{why}: {e}");
+            assert!(!out.iter().any(Event::is_done), "{why}");
+        }
+        // Signed by a key that is not the worker's.
+        let mut x = exchange();
+        x.client[0].keys.receipt_key = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        let e = run(&x, &x.events).1.unwrap_err();
+        assert!(e.message.starts_with("receipt:"), "{e}");
+    }
+}
