@@ -59,6 +59,8 @@ pub struct Client {
     checking: AtomicBool,
     /// End-to-end encryption: the verified workers per model (`None`: plaintext requests).
     e2e: Option<crate::e2e::Recipients>,
+    /// Verified receipts are logged here ([`crate::receipts`]).
+    receipts: Option<Arc<crate::receipts::ReceiptLog>>,
     clock: Arc<dyn ratls::Clock>,
 }
 
@@ -76,6 +78,7 @@ impl Client {
                 .worker_policy
                 .clone()
                 .map(|p| crate::e2e::Recipients::new(p, config.clock.clone())),
+            receipts: config.receipts.clone(),
             clock: config.clock.clone(),
         })
     }
@@ -368,6 +371,7 @@ impl Client {
                 meta.request_id.as_str(),
                 &meta.model,
                 workers,
+                self.receipts.clone(),
             );
             return Ok(EventStream::new(resp.into_body(), self.idle_timeout).encrypted(decryption));
         }

@@ -12,6 +12,16 @@
 //!
 //! encryption = "required"           # "required" (default): prompts are sealed to attested
 //!                                    # workers ([`crate::e2e`]); "off": plaintext to the proxy
+//! receipts_file = "receipts.jsonl"   # optional: log of verified worker receipts with their
+//!                                    # cost ([`crate::receipts`])
+//!
+//! [prices]                           # optional: prices the receipt log computes costs at
+//! price_per_token = 10               # (all six keys; default protocol::usage::Prices)
+//! worker_fee_per_token = 8
+//! prompt_multiplier = 10000
+//! cached_multiplier = 1000
+//! completion_multiplier = 40000
+//! reasoning_multiplier = 40000
 //!
 //! [policy]                           # which proxies to trust (ratls::config::PolicyConfig)
 //! roots = ["sim-root.der"]
@@ -98,6 +108,12 @@ pub struct ClientConfigFile {
     /// Whether requests are sealed end to end to workers (default: required).
     #[serde(default, skip_serializing_if = "Encryption::is_required")]
     pub encryption: Encryption,
+    /// Log of verified worker receipts ([`crate::receipts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts_file: Option<PathBuf>,
+    /// Prices for the receipt log's costs (default [`protocol::usage::Prices::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<protocol::usage::Prices>,
     pub policy: PolicyConfig,
     /// What workers must prove to be sent a sealed request (required with encryption on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +181,8 @@ impl ClientConfigFile {
             allowed_hosts: Vec::new(),
             api_key: None,
             encryption: Encryption::Required,
+            receipts_file: None,
+            prices: None,
             policy,
             worker_policy: None,
         }
@@ -246,6 +264,16 @@ impl ClientConfigFile {
                 },
             )?),
         };
+        let receipts = match &self.receipts_file {
+            Some(p) => Some(Arc::new(
+                crate::receipts::ReceiptLog::open(&base.join(p), self.prices.unwrap_or_default())
+                    .map_err(|e| field("receipts_file", format!("{}: {e}", p.display())))?,
+            )),
+            None if self.prices.is_some() => {
+                return Err(field("prices", "only used with receipts_file"))
+            }
+            None => None,
+        };
         let key_path = base.join(&self.account_key_file);
         let (account_key, created) = key::load_or_create(&key_path)
             .map_err(|e: KeyFileError| ConfigError::Resource(Box::new(e)))?;
@@ -259,6 +287,7 @@ impl ClientConfigFile {
                 default_max_tokens: self.default_max_tokens,
                 price_cap_nano: self.price_cap_nano,
                 worker_policy,
+                receipts,
                 ..ClientConfig::new(self.proxy.clone(), Arc::new(account_key), policy)
             },
         })
@@ -319,6 +348,8 @@ pub struct ClientConfig {
     /// What workers' evidence must satisfy for requests to be encrypted end to end to them
     /// ([`crate::e2e`]). `None`: requests go in plaintext to the (attested) proxy.
     pub worker_policy: Option<Policy>,
+    /// Where verified worker receipts are logged ([`crate::receipts`]).
+    pub receipts: Option<Arc<crate::receipts::ReceiptLog>>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -349,6 +380,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             worker_policy: None,
+            receipts: None,
         }
     }
 }

@@ -162,7 +162,9 @@ pub struct Decryption {
     /// `[DONE]`, held until the final chunk.
     done: Option<Event>,
     usage: Option<Usage>,
-    receipt: Option<Receipt>,
+    /// The verified receipt and its signed bytes.
+    receipt: Option<(Receipt, Vec<u8>)>,
+    log: Option<std::sync::Arc<crate::receipts::ReceiptLog>>,
 }
 
 impl Decryption {
@@ -171,6 +173,7 @@ impl Decryption {
         request_id: &str,
         model: &str,
         recipients: Vec<Recipient>,
+        log: Option<std::sync::Arc<crate::receipts::ReceiptLog>>,
     ) -> Self {
         Self {
             opener: sealed.response.opener(),
@@ -182,12 +185,13 @@ impl Decryption {
             done: None,
             usage: None,
             receipt: None,
+            log,
         }
     }
 
     /// The verified receipt, once the final chunk carried one.
     pub fn receipt(&self) -> Option<&Receipt> {
-        self.receipt.as_ref()
+        self.receipt.as_ref().map(|(r, _)| r)
     }
 
     /// Takes one event of the proxy's stream; appends what the caller may see to `out`.
@@ -232,7 +236,7 @@ impl Decryption {
         }
         if last {
             if let Some(done) = self.done.take() {
-                let receipt = self.receipt.as_ref().ok_or_else(|| {
+                let (receipt, signed) = self.receipt.as_ref().ok_or_else(|| {
                     bad("the worker completed the request without a receipt".into())
                 })?;
                 if let Some(u) = &self.usage {
@@ -242,6 +246,9 @@ impl Decryption {
                             receipt.usage, u
                         )));
                     }
+                }
+                if let Some(log) = &self.log {
+                    log.append(receipt, signed);
                 }
                 out.push_back(done);
             }
@@ -268,7 +275,7 @@ impl Decryption {
         if r.request_id != self.request_id || r.model != self.model {
             return Err(bad("it names another request id or model".into()));
         }
-        self.receipt = Some(r);
+        self.receipt = Some((r, bytes));
         Ok(())
     }
 
@@ -364,7 +371,10 @@ mod tests {
         let mut sealer = opened.response.sealer();
         let mut chunk = |plain: &[u8], last: bool| {
             let c = sealer.seal(plain, last).unwrap();
-            Event::named(EVENT_E2E, base64::engine::general_purpose::STANDARD.encode(c))
+            Event::named(
+                EVENT_E2E,
+                base64::engine::general_purpose::STANDARD.encode(c),
+            )
         };
         let mut events = vec![
             chunk(&Event::data(r#"{"n":1}"#).encode(), false),
@@ -405,7 +415,7 @@ mod tests {
 
     /// Feeds `events`; returns what was released and the first error (or the finish result).
     fn run(x: &Exchange, events: &[Event]) -> (Vec<Event>, Result<(), ApiError>) {
-        let mut d = Decryption::new(&x.sealed, ID, MODEL, x.client.clone());
+        let mut d = Decryption::new(&x.sealed, ID, MODEL, x.client.clone(), None);
         let mut out = VecDeque::new();
         for ev in events {
             if let Err(e) = d.absorb(ev.clone(), &mut out) {
@@ -441,7 +451,12 @@ mod tests {
         end.unwrap();
         assert_eq!(
             datas(&out),
-            [r#"{"n":1}"#, r#"{"n":2}"#, &serde_json::to_string(&usage()).unwrap(), "[DONE]"]
+            [
+                r#"{"n":1}"#,
+                r#"{"n":2}"#,
+                &serde_json::to_string(&usage()).unwrap(),
+                "[DONE]"
+            ]
         );
         // [DONE] is held while the final chunk is missing.
         let (out, end) = run(&x, &x.events[..5]);
@@ -517,7 +532,10 @@ mod tests {
         assert!(end.unwrap_err().message.contains("plaintext event"));
         assert_eq!(out.len(), 2);
         let mut evs = x.events[..2].to_vec();
-        evs.push(Event::error(&ApiError::new(ErrorKind::Upstream, "worker gone")));
+        evs.push(Event::error(&ApiError::new(
+            ErrorKind::Upstream,
+            "worker gone",
+        )));
         let (out, end) = run(&x, &evs);
         assert_eq!(out.last().unwrap().name.as_deref(), Some(EVENT_ERROR));
         assert!(end.unwrap_err().message.contains("truncated"));

@@ -50,6 +50,7 @@ mod conn;
 pub mod e2e;
 pub mod key;
 pub mod openai;
+pub mod receipts;
 pub mod serve;
 
 pub use client::{Client, EventStream, ProxyInfo};

@@ -213,12 +213,15 @@ pub fn worker_config(plan: &Plan) -> worker::config::WorkerConfigFile {
 
 /// The client's config; `proxy_rtmr3` and `worker_rtmr3` are [`config_rtmr3`] of the proxy's
 /// and the worker's configs. Requests are sealed end to end to the worker.
+/// The client's receipt log in the local network's directory.
+pub const CLIENT_RECEIPTS: &str = "receipts.jsonl";
+
 pub fn client_config(
     plan: &Plan,
     proxy_rtmr3: &str,
     worker_rtmr3: &str,
 ) -> client::config::ClientConfigFile {
-    render::client(
+    let mut file = render::client(
         Mode::Local,
         &ClientSpec {
             listen: plan.client_listen,
@@ -236,7 +239,10 @@ pub fn client_config(
                 ..Pins::default()
             }),
         },
-    )
+    );
+    // The client's own record of what it was served and what that costs (client::receipts).
+    file.receipts_file = Some(CLIENT_RECEIPTS.into());
+    file
 }
 
 /// The proxy's config text ([`proxy_config`]).

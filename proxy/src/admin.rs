@@ -13,6 +13,7 @@
 //!                "latency_ema_ms": 1.5, "success_rate": 1.0, "requests": 3, "failures": 0}],
 //!   "clients": {"<account>": {"requests": 1, "prompt_tokens": 3, "cached_tokens": 0,
 //!               "completion_tokens": 32, "reasoning_tokens": 0, "cost_nano": 1310}},
+//!   "receipts_stored": {"<account>": 1},
 //!   "worker_usage": {"1": {"name": "w", "image_hash": "…", "requests": 1, …, "cost_nano": 1310}},
 //!   "requests": {"active": 0, "by_status": {"200": 1}, "retries": 0, "stream_errors": 0,
 //!                "over_reservation": 0, "receipts_valid": 0, "receipts_invalid": 0},
@@ -124,6 +125,9 @@ pub struct JsonStats {
     pub uptime_secs: u64,
     pub workers: Vec<WorkerStats>,
     pub clients: BTreeMap<String, UsageRecord>,
+    /// Worker receipts stored in the durable ledger, per client (absent in memory).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub receipts_stored: BTreeMap<String, u64>,
     pub worker_usage: BTreeMap<String, WorkerUsage>,
     pub requests: RequestStats,
     pub tokens: TokenStats,
@@ -185,11 +189,16 @@ pub fn json_stats(state: &State) -> JsonStats {
             }
         })
         .collect();
+    let clients = state.ledger.records();
     JsonStats {
         proxy: state.config.name.clone(),
         uptime_secs: s.started.elapsed().as_secs(),
         workers,
-        clients: state.ledger.records(),
+        receipts_stored: clients
+            .keys()
+            .filter_map(|k| state.ledger.receipts(k).map(|n| (k.clone(), n)))
+            .collect(),
+        clients,
         worker_usage: s
             .worker_usage()
             .into_iter()

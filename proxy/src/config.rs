@@ -55,6 +55,8 @@
 //! owner = "<proxy contract owner>"
 //! root = "<root contract>"
 //!
+//! record_forwarded = "forwarded.log" # development test hook (crate::record); sim only
+//!
 //! [tee]                              # attestation::config::TeeConfig
 //! kind = "sim"
 //! platform_file = "sim-platform.json"
@@ -311,6 +313,10 @@ pub struct ConfigFile {
     pub keys: Option<KeysFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payments: Option<crate::payments::PaymentsConfig>,
+    /// Development test hook: a file that records every byte forwarded ([`crate::record`]);
+    /// refused unless `tee.kind = "sim"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_forwarded: Option<PathBuf>,
     pub tee: TeeConfig,
     pub policy: PolicyConfig,
 }
@@ -353,6 +359,8 @@ pub struct ProxyConfig {
     pub max_body_bytes: usize,
     /// Limits of the client port (see the module docs).
     pub client: ClientLimits,
+    /// Development test hook: record every forwarded byte here ([`crate::record`]).
+    pub record_forwarded: Option<PathBuf>,
 }
 
 /// The per-model admission queue: how many requests may wait for a worker slot, and for how
@@ -506,6 +514,7 @@ impl ProxyConfig {
             shutdown_drain: Duration::from_secs(DEFAULT_SHUTDOWN_DRAIN_SECS),
             max_body_bytes: MAX_BODY_BYTES,
             client: ClientLimits::default(),
+            record_forwarded: None,
         }
     }
 
@@ -659,6 +668,7 @@ impl ConfigFile {
             ledger: None,
             keys: None,
             payments: None,
+            record_forwarded: None,
             tee,
             policy,
         }
@@ -731,10 +741,17 @@ impl ConfigFile {
                     .client_body_budget_bytes
                     .unwrap_or(d.client.body_budget_bytes),
             },
+            record_forwarded: self.record_forwarded.map(|p| base_dir.join(p)),
         };
         proxy.validate()?;
         if matches!(self.tee, TeeConfig::Tdx { .. }) {
             self.policy.check_production()?;
+            if proxy.record_forwarded.is_some() {
+                return Err(field(
+                    "record_forwarded",
+                    "a development test hook, refused on real TDX",
+                ));
+            }
         }
         let worker_policy = self
             .policy

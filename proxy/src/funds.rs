@@ -45,12 +45,20 @@ impl Held {
         cost: u64,
         usage: &Usage,
         worker: &str,
+        receipt: Option<(&[u8; 32], &[u8])>,
     ) -> Result<Committed, LedgerError> {
         let r = self
             .reservation
             .take()
             .ok_or(LedgerError::UnknownReservation(0))?;
-        self.state.ledger.commit(&r, cost, usage, Some(worker))
+        match receipt {
+            Some(receipt) => {
+                self.state
+                    .ledger
+                    .commit_receipted(&r, cost, usage, Some(worker), receipt)
+            }
+            None => self.state.ledger.commit(&r, cost, usage, Some(worker)),
+        }
     }
 }
 

@@ -194,6 +194,28 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         worker: Option<&str>,
     ) -> Result<Committed, LedgerError>;
 
+    /// [`Self::commit`] of an encrypted request, billed on the worker's verified receipt
+    /// (`(request hash, signed receipt)`). A durable ledger stores the receipt in the same
+    /// write as the charge; the in-memory ledger (development, nothing durable) only charges.
+    fn commit_receipted(
+        &self,
+        reservation: &Reservation,
+        cost: u64,
+        usage: &Usage,
+        worker: Option<&str>,
+        receipt: (&[u8; 32], &[u8]),
+    ) -> Result<Committed, LedgerError> {
+        let _ = receipt;
+        self.commit(reservation, cost, usage, worker)
+    }
+
+    /// Receipts stored for the account that [`Self::records`] lists under `key` (`None`: this
+    /// ledger stores none).
+    fn receipts(&self, key: &str) -> Option<u64> {
+        let _ = key;
+        None
+    }
+
     /// Frees a reservation without charging.
     fn release(&self, reservation: &Reservation) -> Result<(), LedgerError>;
 

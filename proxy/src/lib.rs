@@ -64,6 +64,7 @@ pub mod limits;
 pub mod listen;
 pub mod payments;
 pub mod queue;
+pub mod record;
 pub mod registry;
 pub mod relay;
 pub mod response;

@@ -191,6 +191,10 @@ async fn attempt(
             }
         }
     }
+    if let (Some(rec), Some(h)) = (&state.recorder, req.headers_ref()) {
+        rec.record_head("to-worker head", &format!("POST {}", endpoint.path()), h);
+        rec.record("to-worker body", &body);
+    }
     let req = match req.body(Full::new(body)) {
         Ok(r) => r,
         Err(e) => return Attempt::Final(api(ErrorKind::Internal, format!("request: {e}"))),
@@ -218,6 +222,9 @@ async fn attempt(
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
+    if let Some(rec) = &state.recorder {
+        rec.record_head("from-worker head", status.as_str(), resp.headers());
+    }
     if status.is_success() {
         return Attempt::Stream(resp);
     }
@@ -231,6 +238,9 @@ async fn attempt(
         Ok(Ok(c)) => c.to_bytes(),
         _ => Bytes::new(),
     };
+    if let Some(rec) = &state.recorder {
+        rec.record("from-worker body", &bytes);
+    }
     let err = ApiError::from_json(status.as_u16(), &bytes);
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         Attempt::Retryable(upstream(format!(
@@ -513,7 +523,7 @@ impl Billing {
                 return None;
             }
         };
-        self.bill(&worker, usage)
+        self.bill(&worker, usage, None)
     }
 
     /// Bills the receipt of an encrypted request when it verifies against the worker's
@@ -531,9 +541,11 @@ impl Billing {
             .decode(data.trim())
             .map_err(|_| "not base64".to_string())
             .and_then(|bytes| {
-                protocol::e2e::Receipt::verify(&bytes, &keys.receipt_key).map_err(|e| e.to_string())
+                protocol::e2e::Receipt::verify(&bytes, &keys.receipt_key)
+                    .map(|r| (r, bytes))
+                    .map_err(|e| e.to_string())
             })
-            .and_then(|r| {
+            .and_then(|(r, bytes)| {
                 let mismatch = if r.request_hash != expected.request_hash {
                     Some("request hash")
                 } else if r.request_id != expected.request_id {
@@ -549,16 +561,16 @@ impl Billing {
                 };
                 match mismatch {
                     Some(what) => Err(format!("its {what} is not this request's")),
-                    None => Ok(r),
+                    None => Ok((r, bytes)),
                 }
             });
         match checked {
-            Ok(r) => {
+            Ok((r, bytes)) => {
                 self.state
                     .stats
                     .receipts_valid
                     .fetch_add(1, Ordering::Relaxed);
-                self.bill(&worker, r.usage)
+                self.bill(&worker, r.usage, Some((&r.request_hash, &bytes)))
             }
             Err(e) => {
                 self.state
@@ -580,6 +592,7 @@ impl Billing {
         &mut self,
         worker: &Arc<Worker>,
         usage: Usage,
+        receipt: Option<(&[u8; 32], &[u8])>,
     ) -> Option<crate::ledger::durable::Ticket> {
         let state = &self.state;
         let cost = state
@@ -596,7 +609,11 @@ impl Billing {
                 &detail,
             );
         }
-        match self.pick.held.commit(cost, &usage, &worker.info.account) {
+        match self
+            .pick
+            .held
+            .commit(cost, &usage, &worker.info.account, receipt)
+        {
             Ok(c) => {
                 let w = &worker.info;
                 state
@@ -830,6 +847,9 @@ impl RelayBody {
         self.idle.progress();
         if let Some(b) = self.billing.as_mut() {
             b.on_data();
+            if let Some(rec) = &b.state.recorder {
+                rec.record("from-worker data", &data);
+            }
         }
         let Self {
             splitter,

@@ -37,6 +37,12 @@ pub enum StartError {
     },
     #[error("tls: {0}")]
     Tls(#[from] RatlsError),
+    #[error("record_forwarded {}: {source}", path.display())]
+    Record {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Everything the proxy needs to start.
@@ -95,7 +101,23 @@ impl Proxy {
         let client_addr = local("client_listen", &clients, cfg.client_listen)?;
         let admin_addr = local("admin_listen", &admin, cfg.admin_listen)?;
 
+        let recorder = match &cfg.record_forwarded {
+            Some(path) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "DEVELOPMENT ONLY: record_forwarded is on: every forwarded byte is written to this file"
+                );
+                Some(
+                    crate::record::Recorder::open(path).map_err(|source| StartError::Record {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let state = Arc::new(State {
+            recorder,
             limits: Limits::new(&self.config.client),
             config: self.config,
             registry: Registry::default(),

@@ -89,4 +89,6 @@ pub struct State {
     pub queues: Queues,
     /// Where the proxy is in shutting down.
     pub shutdown: Shutdown,
+    /// The development recording hook (`record_forwarded`; [`crate::record`]).
+    pub recorder: Option<crate::record::Recorder>,
 }

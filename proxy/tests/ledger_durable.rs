@@ -103,6 +103,73 @@ fn accounting_matches_the_memory_ledger_and_survives_reopen() {
 }
 
 #[test]
+fn receipts_are_stored_with_their_charge_and_authenticated() {
+    let d = dir("receipts");
+    let path = d.join("ledger.redb");
+    let l = open(&path);
+    let _ = l.deposit("a", 10_000);
+    let mut tickets = Vec::new();
+    for i in 0..3u8 {
+        let r = l.reserve("a", 1000).unwrap();
+        let receipt = vec![i; 200];
+        let (_, t) = l
+            .charge_receipted(&r, 500, &usage(1, 1), Some("w"), Some((&[i; 32], &receipt)))
+            .unwrap();
+        tickets.push(t);
+    }
+    // A charge without a receipt (a plaintext request) stores none.
+    let r = l.reserve("a", 1000).unwrap();
+    tickets.push(l.charge(&r, 500, &usage(1, 1), None).unwrap().1);
+    rt().block_on(async {
+        for t in tickets {
+            t.wait().await.unwrap();
+        }
+    });
+    assert_eq!(l.receipt_count("a"), 3);
+    assert_eq!(l.receipts("a"), Some(3));
+    l.close();
+    drop(l);
+    let l = open(&path);
+    assert_eq!(l.receipt_count("a"), 3);
+    assert_eq!(l.client("a").unwrap().usage.requests, 4);
+    l.close();
+    drop(l);
+
+    // An edited receipt row fails its tag; a removed one fails the digest.
+    let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("receipts");
+    let db = redb::Database::create(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut t = tx.open_table(def).unwrap();
+        let mut v = t
+            .get([1u8; 32].as_slice())
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        v[10] ^= 1;
+        t.insert([1u8; 32].as_slice(), v.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+    drop(db);
+    let err = DurableLedger::open(options(&path), key()).unwrap_err();
+    assert!(
+        matches!(&err, OpenError::BadTag { what, .. } if what.starts_with("receipt 0101")),
+        "{err}"
+    );
+    let db = redb::Database::create(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(def)
+        .unwrap()
+        .remove([1u8; 32].as_slice())
+        .unwrap();
+    tx.commit().unwrap();
+    drop(db);
+    let err = DurableLedger::open(options(&path), key()).unwrap_err();
+    assert!(matches!(err, OpenError::DigestMismatch { .. }), "{err}");
+}
+
+#[test]
 fn chain_state_limits_what_a_client_may_owe() {
     let d = dir("chain");
     let l = open(&d.join("ledger.redb"));

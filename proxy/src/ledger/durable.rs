@@ -41,10 +41,15 @@ const T_CLIENTS: &str = "clients";
 const T_WORKERS: &str = "workers";
 const T_RESERVATIONS: &str = "reservations";
 const T_META: &str = "meta";
+const T_RECEIPTS: &str = "receipts";
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new(T_CLIENTS);
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new(T_WORKERS);
 const RESERVATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new(T_RESERVATIONS);
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new(T_META);
+/// Worker receipts of billed encrypted requests, by request hash: `VERSION ‖ u16 account
+/// length ‖ account ‖ signed receipt` (`protocol::e2e::Receipt`), written in the same
+/// transaction as the charge they justify.
+const RECEIPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new(T_RECEIPTS);
 const META_KEY: &str = "state";
 
 /// Encoding version of every stored value (first byte).
@@ -248,6 +253,8 @@ enum Op {
     /// Anchor point: flush, record the digest under this seqno.
     Anchor(u32),
     Confirmed(u32),
+    /// A receipt: request hash, account, signed receipt.
+    Receipt([u8; 32], String, Vec<u8>),
     /// Several changes that must land in the same transaction (one charge, one confirmation).
     All(Vec<Op>),
     /// Stop after writing what came before.
@@ -269,6 +276,8 @@ struct Inner {
     /// Counts at each anchor not yet confirmed: seqno → (clients, workers).
     pending_anchors: BTreeMap<u32, Snapshot>,
     failed: Option<String>,
+    /// Receipts stored, per account.
+    receipts: HashMap<String, u64>,
 }
 
 /// A [`Ledger`] stored in a redb file (see the module docs).
@@ -349,6 +358,7 @@ impl DurableLedger {
                 .last()
                 .map_or(loaded.meta.confirmed, |s| s.0),
             confirmed_anchor: loaded.meta.confirmed,
+            receipts: loaded.receipts,
             ..Inner::default()
         };
         let counters = Arc::new(WriteCounters::default());
@@ -497,6 +507,19 @@ impl DurableLedger {
         usage: &Usage,
         worker: Option<&str>,
     ) -> Result<(u64, Ticket), LedgerError> {
+        self.charge_receipted(reservation, cost, usage, worker, None)
+    }
+
+    /// [`Self::charge`], storing the worker's receipt (request hash, signed bytes) in the
+    /// same transaction: the charge is durable only with the receipt that justifies it.
+    pub fn charge_receipted(
+        &self,
+        reservation: &Reservation,
+        cost: u64,
+        usage: &Usage,
+        worker: Option<&str>,
+        receipt: Option<(&[u8; 32], &[u8])>,
+    ) -> Result<(u64, Ticket), LedgerError> {
         let mut inner = self.lock();
         self.check_failed(&inner)?;
         let (account, amount) = inner
@@ -510,7 +533,12 @@ impl DurableLedger {
         a.used_tokens = a.used_tokens.saturating_add(tokens);
         a.usage.add(usage, charge);
         let a = *a;
-        let mut ops = vec![Op::Unreserve(reservation.id), Op::Client(account, a)];
+        let mut ops = vec![Op::Unreserve(reservation.id)];
+        if let Some((hash, signed)) = receipt {
+            *inner.receipts.entry(account.clone()).or_default() += 1;
+            ops.push(Op::Receipt(*hash, account.clone(), signed.to_vec()));
+        }
+        ops.push(Op::Client(account, a));
         if let Some(worker) = worker {
             let w = inner.workers.entry(worker.to_string()).or_default();
             w.tokens = w.tokens.saturating_add(tokens);
@@ -519,6 +547,11 @@ impl DurableLedger {
         }
         let ticket = self.push(&mut inner, Op::All(ops));
         Ok((charge, ticket))
+    }
+
+    /// Receipts stored for `account`.
+    pub fn receipt_count(&self, account: &str) -> u64 {
+        self.lock().receipts.get(account).copied().unwrap_or(0)
     }
 
     /// A client account.
@@ -768,6 +801,26 @@ impl Ledger for DurableLedger {
         })
     }
 
+    fn commit_receipted(
+        &self,
+        reservation: &Reservation,
+        cost: u64,
+        usage: &Usage,
+        worker: Option<&str>,
+        receipt: (&[u8; 32], &[u8]),
+    ) -> Result<Committed, LedgerError> {
+        let (charged, ticket) =
+            self.charge_receipted(reservation, cost, usage, worker, Some(receipt))?;
+        Ok(Committed {
+            charged,
+            durable: Some(ticket),
+        })
+    }
+
+    fn receipts(&self, account: &str) -> Option<u64> {
+        Some(self.receipt_count(account))
+    }
+
     fn release(&self, reservation: &Reservation) -> Result<(), LedgerError> {
         let mut inner = self.lock();
         let (account, amount) = inner
@@ -854,6 +907,7 @@ impl Writer {
         let mut clients: BTreeMap<String, ClientAccount> = BTreeMap::new();
         let mut workers: BTreeMap<String, WorkerAccount> = BTreeMap::new();
         let mut reservations: BTreeMap<u64, Option<(String, u64)>> = BTreeMap::new();
+        let mut receipts: Vec<([u8; 32], String, Vec<u8>)> = Vec::new();
         let mut seq = self.meta.seq;
         let mut anchor = None;
         self.counters
@@ -887,6 +941,7 @@ impl Writer {
                     }
                 }
                 Op::Anchor(n) => anchor = Some(n),
+                Op::Receipt(hash, account, signed) => receipts.push((hash, account, signed)),
                 Op::Confirmed(n) => {
                     self.meta.confirmed = self.meta.confirmed.max(n);
                     self.meta.sent.retain(|(s, _)| *s >= n);
@@ -926,6 +981,12 @@ impl Writer {
                         }
                     }
                 }
+            }
+            let mut t = tx.open_table(RECEIPTS)?;
+            for (hash, account, signed) in &receipts {
+                let v = encode_receipt(account, signed);
+                let value = self.seal(T_RECEIPTS, hash, &v);
+                t.insert(hash.as_slice(), value.as_slice())?;
             }
             self.meta.seq = seq;
             if let Some(n) = anchor {
@@ -1016,6 +1077,29 @@ fn encode_client(a: &ClientAccount) -> Vec<u8> {
     }
     put_usage(&mut v, &a.usage);
     v
+}
+
+fn encode_receipt(account: &str, signed: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(3 + account.len() + signed.len());
+    v.push(VERSION);
+    v.extend_from_slice(&(account.len() as u16).to_le_bytes());
+    v.extend_from_slice(account.as_bytes());
+    v.extend_from_slice(signed);
+    v
+}
+
+/// The account of a stored receipt (the receipt bytes follow it).
+fn decode_receipt_account(v: &[u8]) -> Option<String> {
+    let (&version, rest) = v.split_first()?;
+    if version != VERSION || rest.len() < 2 {
+        return None;
+    }
+    let n = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+    let account = rest.get(2..2 + n)?;
+    if rest.len() == 2 + n {
+        return None;
+    }
+    String::from_utf8(account.to_vec()).ok()
 }
 
 fn encode_worker(w: &WorkerAccount) -> Vec<u8> {
@@ -1147,6 +1231,8 @@ struct Loaded {
     workers: HashMap<String, WorkerAccount>,
     reservations: BTreeMap<u64, (String, u64)>,
     tags: HashMap<(&'static str, Vec<u8>), [u8; TAG_LEN]>,
+    /// Receipts stored, per account.
+    receipts: HashMap<String, u64>,
     meta: Meta,
 }
 
@@ -1197,6 +1283,7 @@ fn load(db: &redb::Database, key: &LedgerKey, path: &Path) -> Result<Loaded, Ope
         workers: HashMap::new(),
         reservations: BTreeMap::new(),
         tags: HashMap::new(),
+        receipts: HashMap::new(),
         meta: Meta::default(),
     };
     let mut sum = [0u8; 32];
@@ -1248,6 +1335,22 @@ fn load(db: &redb::Database, key: &LedgerKey, path: &Path) -> Result<Loaded, Ope
                 add256(&mut sum, &tag);
                 out.tags.insert((T_RESERVATIONS, kb.to_vec()), tag);
                 out.reservations.insert(id, r);
+            }
+        }
+        Err(e) if missing(&e) => {}
+        Err(e) => return Err(storage(e.into())),
+    }
+    match tx.open_table(RECEIPTS) {
+        Ok(t) => {
+            for row in t.iter().map_err(|e| storage(e.into()))? {
+                let (k, v) = row.map_err(|e| storage(e.into()))?;
+                let hash = k.value().to_vec();
+                let what = || format!("receipt {}", hex::encode(&hash));
+                let (value, tag) = open_value(key, path, T_RECEIPTS, &hash, v.value(), what)?;
+                let account = decode_receipt_account(value).ok_or_else(|| malformed(what()))?;
+                add256(&mut sum, &tag);
+                out.tags.insert((T_RECEIPTS, hash), tag);
+                *out.receipts.entry(account).or_default() += 1;
             }
         }
         Err(e) if missing(&e) => {}

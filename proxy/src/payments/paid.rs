@@ -61,6 +61,22 @@ impl Ledger for PaidLedger {
         self.inner.commit(reservation, cost, usage, worker)
     }
 
+    fn commit_receipted(
+        &self,
+        reservation: &Reservation,
+        cost: u64,
+        usage: &Usage,
+        worker: Option<&str>,
+        receipt: (&[u8; 32], &[u8]),
+    ) -> Result<Committed, LedgerError> {
+        self.inner
+            .commit_receipted(reservation, cost, usage, worker, receipt)
+    }
+
+    fn receipts(&self, key: &str) -> Option<u64> {
+        self.inner.receipts(key)
+    }
+
     fn release(&self, reservation: &Reservation) -> Result<(), LedgerError> {
         self.inner.release(reservation)
     }

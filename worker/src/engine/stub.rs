@@ -9,6 +9,9 @@
 //! * [`Sampling::top_logprobs`](super::Sampling) `Some(n)`: each token comes as a
 //!   [`Chunk::Tokens`] with made-up log probabilities: -1.0 for the token and for each of `n`
 //!   alternatives (the token itself first, then `alt1 `, `alt2 `, …).
+//! * A prompt (or last chat message) that starts with `echo:`: the tokens are the words after
+//!   it, repeated in order (`"echo: a b"` → `a `, `b `, `a `, …) instead of `tok0 `, `tok1 `,
+//!   …, so that a test can put a known string into a completion.
 
 use std::time::Duration;
 
@@ -62,6 +65,21 @@ fn prompt_tokens(input: &Input) -> u64 {
             .sum(),
         Input::Prompt(p) => p.split_whitespace().count() as u64,
     }
+}
+
+/// The words to echo (see the module docs), if the prompt asks for it.
+fn echo_words(input: &Input) -> Option<Vec<String>> {
+    let last = match input {
+        Input::Chat(msgs) => msgs.last().map(|m| m.content.as_str())?,
+        Input::Prompt(p) => p.as_str(),
+    };
+    let words: Vec<String> = last
+        .trim_start()
+        .strip_prefix("echo:")?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (!words.is_empty()).then_some(words)
 }
 
 /// Log probabilities for `token` and `top` alternatives, all -1.0 (see the module docs).
@@ -148,11 +166,15 @@ impl Engine for StubEngine {
             tokio::time::sleep(self.prefill_delay).await;
         }
         let mut ticker = (!self.interval.is_zero()).then(|| tokio::time::interval(self.interval));
+        let echo = echo_words(&req.input);
         for i in 0..n {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;
             }
-            let text = format!("tok{i} ");
+            let text = match &echo {
+                Some(words) => format!("{} ", words[i as usize % words.len()]),
+                None => format!("tok{i} "),
+            };
             let chunk = match req.sampling.top_logprobs {
                 None => Chunk::Text(text),
                 Some(top) => Chunk::Tokens {
@@ -258,6 +280,36 @@ mod tests {
         r.max_prompt_tokens = Some(3);
         let (tx, _rx) = mpsc::channel(16);
         e.generate(r, tx).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn echo_repeats_the_words_after_the_marker() {
+        let e = StubEngine::new("stub", 5, 0.0);
+        let mut r = req(5);
+        if let Input::Chat(m) = &mut r.input {
+            m[0].content = "  echo: a b".into();
+        }
+        let texts: Vec<String> = collect(&e, r)
+            .await
+            .into_iter()
+            .filter_map(|c| match c {
+                Chunk::Text(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["a ", "b ", "a ", "b ", "a "]);
+        // Without the marker (or with nothing after it), the usual tokens.
+        for content in ["say echo: a", "echo:"] {
+            let mut r = req(1);
+            if let Input::Chat(m) = &mut r.input {
+                m[0].content = content.into();
+            }
+            let first = collect(&e, r).await.remove(0);
+            assert!(
+                matches!(first, Chunk::Text(ref t) if t == "tok0 "),
+                "{first:?}"
+            );
+        }
     }
 
     async fn collect(e: &StubEngine, r: GenerationRequest) -> Vec<Chunk> {
