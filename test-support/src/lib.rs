@@ -129,6 +129,18 @@ pub fn cert(regs: TdRegisters, role: Role, now: u64) -> IssuedCert {
     .expect("issue")
 }
 
+/// [`cert`] with `claims` instead of the role's plain claims.
+pub fn cert_with_claims(regs: TdRegisters, claims: &Claims, now: u64) -> IssuedCert {
+    ratls::issue(
+        &SimTdx::new(platform(), regs),
+        claims,
+        Some(&collateral(now)),
+        now,
+        CERT_LIFETIME,
+    )
+    .expect("issue")
+}
+
 /// A resolver serving [`cert`].
 pub fn resolver(regs: TdRegisters, role: Role, now: u64) -> Arc<CertResolver> {
     Arc::new(CertResolver::new(&cert(regs, role, now)).expect("resolver"))

@@ -155,6 +155,68 @@ pub struct WorkerSpec {
     pub behavior: Behavior,
     pub regs: TdRegisters,
     pub role: Role,
+    /// End-to-end keys in the worker's claims: encrypted requests are answered sealed.
+    pub e2e: Option<Arc<FakeE2e>>,
+}
+
+/// What a fake worker's receipt says ([`FakeE2e`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptMode {
+    /// A receipt as the real worker signs it.
+    Valid,
+    /// The valid receipt with one byte of its usage flipped after signing.
+    Edited,
+    /// Validly signed, but for another request hash.
+    OtherRequest,
+    /// None at all.
+    Missing,
+}
+
+/// A fake worker's end-to-end keys: it opens sealed requests and answers with sealed chunks
+/// and a receipt (`receipt`), the way `worker::e2e` does.
+#[derive(Debug)]
+pub struct FakeE2e {
+    pub key: protocol::e2e::RecipientKey,
+    pub signing: ed25519_dalek::SigningKey,
+    pub receipt: ReceiptMode,
+    /// Usage the receipt and the inner usage event report.
+    pub usage: Usage,
+}
+
+impl FakeE2e {
+    pub fn new(seed: u8, receipt: ReceiptMode) -> Self {
+        Self {
+            key: protocol::e2e::RecipientKey::derive(seed, &[seed; 32]),
+            signing: ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
+            receipt,
+            usage: Usage {
+                prompt_tokens: 11,
+                completion_tokens: 3,
+                ..Usage::default()
+            },
+        }
+    }
+
+    pub fn keys(&self) -> protocol::e2e::WorkerKeys {
+        protocol::e2e::WorkerKeys {
+            key_config: self.key.config().clone(),
+            receipt_key: self.signing.verifying_key(),
+        }
+    }
+
+    /// The worker's claims with these keys.
+    pub fn claims(&self) -> ratls::Claims {
+        let mut c = ratls::Claims::new(Role::Worker, 1);
+        for (k, v) in self.keys().claims() {
+            c.extra.insert(k.to_string(), v);
+        }
+        c
+    }
+
+    pub fn claims_hash(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.claims().to_canonical_json().unwrap()).into()
+    }
 }
 
 impl WorkerSpec {
@@ -170,6 +232,7 @@ impl WorkerSpec {
             behavior: Behavior::Normal,
             regs: worker_regs(),
             role: Role::Worker,
+            e2e: None,
         }
     }
 }
@@ -276,7 +339,12 @@ fn full(status: StatusCode, body: Vec<u8>) -> Response<WorkerBody> {
 }
 
 async fn run_worker(proxy: SocketAddr, spec: WorkerSpec, obs: Arc<WorkerObs>) {
-    let resolver = resolver(spec.regs, spec.role, now());
+    let resolver = match &spec.e2e {
+        Some(e2e) => Arc::new(
+            ratls::CertResolver::new(&cert_with_claims(spec.regs, &e2e.claims(), now())).unwrap(),
+        ),
+        None => resolver(spec.regs, spec.role, now()),
+    };
     let verifier = Arc::new(PeerVerifier::new(proxy_policy(), Arc::new(SystemClock)));
     let cfg = client_config(
         Some(resolver),
@@ -361,6 +429,15 @@ async fn handle(
     obs.requests.fetch_add(1, Ordering::SeqCst);
     obs.headers.lock().unwrap().push(headers.clone());
     obs.bodies.lock().unwrap().push(body.clone());
+    if let (Some(e2e), true) = (&spec.e2e, protocol::e2e::is_encrypted(&headers)) {
+        return Ok(sealed_answer(
+            &path,
+            &headers,
+            &body,
+            e2e,
+            spec.coefficient_milli,
+        ));
+    }
     match spec.behavior {
         Behavior::Replay => return Ok(replay(&body, kill)),
         Behavior::Status(s) => {
@@ -425,6 +502,72 @@ async fn handle(
         http::HeaderValue::from_static("text/event-stream"),
     );
     Ok(r)
+}
+
+/// A sealed answer to a sealed request: one content chunk, usage and `[DONE]` chunks, the
+/// receipt in the clear (per `e2e.receipt`) and the final chunk carrying it.
+fn sealed_answer(
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    e2e: &FakeE2e,
+    coefficient_milli: u32,
+) -> Response<WorkerBody> {
+    use base64::Engine as _;
+    use protocol::sse::{EVENT_E2E, EVENT_RECEIPT};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let endpoint = protocol::Endpoint::from_path(path).expect("endpoint");
+    let meta = RequestMeta::from_headers(headers).expect("meta");
+    let binding = protocol::e2e::binding_from_headers(endpoint, &meta, headers).expect("binding");
+    let opened = protocol::e2e::open_request(&binding, body, &e2e.key).expect("opens");
+    let mut sealer = opened.response.sealer();
+    let mut frames = Vec::new();
+    let mut chunk = |plain: &[u8], last: bool| {
+        let c = sealer.seal(plain, last).unwrap();
+        Bytes::from(Event::named(EVENT_E2E, b64(&c)).encode())
+    };
+    frames.push(chunk(&Event::data(r#"{"choices":[]}"#).encode(), false));
+    frames.push(chunk(&Event::usage(&e2e.usage).encode(), false));
+    frames.push(chunk(&Event::done().encode(), false));
+    let mut receipt = protocol::e2e::Receipt {
+        request_id: meta.request_id.as_str().to_string(),
+        request_hash: opened.request_hash,
+        claims_hash: e2e.claims_hash(),
+        model: meta.model.clone(),
+        model_digest: "ab".repeat(32),
+        usage: e2e.usage.clone(),
+        price_coefficient_milli: coefficient_milli,
+        finish_reason: "stop".into(),
+        chunks: 3,
+        time: now(),
+    };
+    if e2e.receipt == ReceiptMode::OtherRequest {
+        receipt.request_hash[0] ^= 1;
+    }
+    let mut last = Vec::new();
+    if e2e.receipt != ReceiptMode::Missing {
+        let mut signed = receipt.sign(&e2e.signing).unwrap();
+        if e2e.receipt == ReceiptMode::Edited {
+            // The completion count's last byte (the usage sits before the coefficient,
+            // finish reason, chunk count, time and signature).
+            let at = signed.len() - 64 - 8 - 4 - (2 + 4) - 4 - 8 - 1;
+            signed[at] ^= 1;
+        }
+        let ev = Event::named(EVENT_RECEIPT, b64(&signed)).encode();
+        frames.push(Bytes::from(ev.clone()));
+        last = ev;
+    }
+    frames.push(chunk(&last, true));
+    let (tx, rx) = mpsc::channel::<Bytes>(frames.len());
+    for f in frames {
+        tx.try_send(f).unwrap();
+    }
+    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r
 }
 
 /// Streams the frames of a [`Replay`] body.

@@ -1,0 +1,146 @@
+//! Billing of encrypted requests on worker receipts: a fake worker with end-to-end keys in its
+//! attested claims opens the sealed request and answers sealed, with a receipt that is valid,
+//! edited after signing, for another request, or missing. Only the valid one is billed.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::StatusCode;
+use http_body_util::Full;
+use protocol::e2e::{Binding, H_BUDGET_TOKENS};
+use protocol::sse::{EVENT_E2E, EVENT_RECEIPT};
+use protocol::usage::Prices;
+use protocol::{Endpoint, RequestMeta};
+
+/// A chat request sealed to `e2e`'s key, with its binding headers.
+fn sealed(e2e: &FakeE2e, n: u64) -> http::Request<Full<Bytes>> {
+    let meta = RequestMeta {
+        version: 1,
+        request_id: protocol::RequestId::parse(&format!("sealed-{n}")).unwrap(),
+        model: MODEL.into(),
+        max_tokens: 16,
+        price_cap: None,
+    };
+    let binding = Binding {
+        path: Endpoint::ChatCompletions.path().into(),
+        request_id: meta.request_id.as_str().into(),
+        model: MODEL.into(),
+        max_tokens: 16,
+        price_cap: None,
+        time: now(),
+        recipients: vec![e2e.key.config().key_hash()],
+    };
+    let s = protocol::e2e::seal_request(
+        &binding,
+        &[e2e.key.config().clone()],
+        br#"{"model":"stub-model","messages":[{"role":"user","content":"canary"}]}"#,
+        &mut rand_core::UnwrapErr(rand_core::OsRng),
+    )
+    .unwrap();
+    let mut req = http::Request::post("https://proxy.invalid/v1/chat/completions")
+        .header(http::header::CONTENT_TYPE, protocol::e2e::CONTENT_TYPE)
+        .header("host", "proxy.invalid")
+        .body(Full::new(Bytes::from(s.envelope)))
+        .unwrap();
+    meta.write_headers(req.headers_mut());
+    protocol::e2e::write_headers(&binding, req.headers_mut());
+    req
+}
+
+/// One sealed request to a fresh worker answering with `mode`; returns the proxy's stats
+/// and the events the client received.
+async fn one(mode: ReceiptMode) -> (serde_json::Value, Vec<protocol::sse::Event>, String) {
+    let p = start_proxy(|_| {}).await;
+    let e2e = Arc::new(FakeE2e::new(5, mode));
+    let _w = FakeWorker::connect(
+        p.running.worker_addr,
+        WorkerSpec {
+            e2e: Some(e2e.clone()),
+            ..WorkerSpec::new("sealed")
+        },
+    )
+    .await;
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(sealed(&e2e, 1)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let evs: Vec<_> = events(resp.into_body())
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    (p.stats(), evs, c.account.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_receipt_is_billed_at_its_usage() {
+    let (s, evs, account) = one(ReceiptMode::Valid).await;
+    // The proxy relayed sealed chunks and the receipt, nothing in plaintext.
+    assert!(evs
+        .iter()
+        .all(|e| matches!(e.name.as_deref(), Some(EVENT_E2E) | Some(EVENT_RECEIPT))));
+    assert_eq!(s["requests"]["receipts_valid"], 1);
+    assert_eq!(s["requests"]["receipts_invalid"], 0);
+    let usage = FakeE2e::new(5, ReceiptMode::Valid).usage;
+    assert_eq!(s["clients"][&account]["requests"], 1);
+    assert_eq!(
+        s["clients"][&account]["cost_nano"],
+        Prices::default().cost(&usage, 1000)
+    );
+    assert_eq!(s["clients"][&account]["completion_tokens"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_foreign_or_missing_receipt_is_not_billed() {
+    for (mode, invalid) in [
+        (ReceiptMode::Edited, 1),
+        (ReceiptMode::OtherRequest, 1),
+        (ReceiptMode::Missing, 0),
+    ] {
+        let (s, evs, account) = one(mode).await;
+        assert!(!evs.is_empty(), "{mode:?}: the stream is relayed");
+        assert_eq!(s["requests"]["receipts_valid"], 0, "{mode:?}");
+        assert_eq!(s["requests"]["receipts_invalid"], invalid, "{mode:?}");
+        assert!(
+            s["clients"].get(&account).is_none() || s["clients"][&account]["cost_nano"] == 0,
+            "{mode:?}: billed {}",
+            s["clients"][&account]
+        );
+        assert_eq!(s["cost_nano"], 0, "{mode:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_budget_travels_beside_the_bound_max_tokens() {
+    let p = start_proxy(|_| {}).await;
+    let e2e = Arc::new(FakeE2e::new(6, ReceiptMode::Valid));
+    let w = FakeWorker::connect(
+        p.running.worker_addr,
+        WorkerSpec {
+            e2e: Some(e2e.clone()),
+            ..WorkerSpec::new("sealed")
+        },
+    )
+    .await;
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(sealed(&e2e, 2)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let _ = events(resp.into_body()).await;
+    let h = w.obs.headers.lock().unwrap()[0].clone();
+    // The client's bound header is forwarded unchanged; the proxy's reservation is separate.
+    assert_eq!(h[protocol::meta::H_MAX_TOKENS], "16");
+    assert_eq!(h[H_BUDGET_TOKENS], "16");
+    // A sealed request whose recipient is not connected: 421, nothing reaches a worker.
+    let other = FakeE2e::new(7, ReceiptMode::Valid);
+    let resp = c.send(sealed(&other, 3)).await;
+    assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(
+        error_kind(&json_body(resp).await),
+        "e2e_recipient_unavailable"
+    );
+    assert_eq!(w.obs.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
