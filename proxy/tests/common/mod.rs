@@ -535,7 +535,7 @@ fn sealed_answer(
         claims_hash: e2e.claims_hash(),
         model: meta.model.clone(),
         model_digest: "ab".repeat(32),
-        usage: e2e.usage.clone(),
+        usage: e2e.usage,
         price_coefficient_milli: coefficient_milli,
         finish_reason: "stop".into(),
         chunks: 3,
