@@ -51,6 +51,9 @@ ci/e2e.sh
 step "fault tests: worker killed mid-stream / before the first byte, app disconnect (ci/e2e-faults.sh)"
 ci/e2e-faults.sh
 
+step "end-to-end encryption with real processes: canary, receipts vs ledger, key rotation (ci/e2e_sealed.py)"
+python3 ci/e2e_sealed.py target/x86_64-unknown-linux-gnu/release "$(mktemp -d)"
+
 step "trust attacks: reconfigured proxy and worker images refused (ci/e2e_attacks.py)"
 python3 ci/e2e_attacks.py target/x86_64-unknown-linux-gnu/release "$(mktemp -d)"
 

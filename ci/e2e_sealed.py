@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""End-to-end encryption and receipts with real processes: cocoon-proxy, two cocoon-worker
+(stub engine) and two cocoon-client processes on loopback with the simulated TEE; requests are
+sealed to the workers (encryption is on by default in the client).
+
+Usage: e2e_sealed.py BIN_DIR WORK_DIR
+
+Every file comes from cocoon-host (`launch --local --write-config`, `cocoon-host config`); two
+lines are added to the rendered configs: the proxy's development recording hook
+`record_forwarded` (every byte it forwards, at the HTTP layer: proxy/src/record.rs) with a
+durable ledger, and each client's `receipts_file`.
+
+Scenarios, in this order:
+
+canary   The stub engine echoes the words after `echo:`, so a random canary is in the prompt
+         and in the completion. Chat (streaming and not) and completions through client A:
+         each answer carries the canary; the proxy's recording holds the model name but not
+         the canary, raw, as hex or as base64 (every alignment).
+mixed    24 requests from both clients, four at a time: chat and completions, streaming and
+         not, max_tokens from 1 to 100. All succeed; a non-streaming answer's usage equals its
+         receipt's.
+rotate   worker-1 stops and worker-2 (new keys) joins: each client's cached keys name only
+         worker-1, the proxy answers 421 e2e_recipient_unavailable, the client fetches the keys
+         again and reseals once; the request succeeds and is charged once.
+ledger   Per client: every answered request has one verified receipt in the client's log; the
+         proxy's debit for the account equals the sum of the log's costs (what the client
+         computed from the receipts); the proxy verified every receipt (none invalid) and its
+         durable ledger stored one per charge.
+
+PIDs of started processes are appended to WORK_DIR/pids.
+"""
+
+import base64
+import http.client
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_faults import Failure, Net, config_rtmr3, expect  # noqa: E402
+
+MODEL = "cocoon-stub"
+CLIENTS = ("a", "b")
+
+
+def log(msg):
+    print(f"e2e-sealed: {msg}", flush=True)
+
+
+def insert_top(path, lines):
+    """Adds top-level keys after the rendered header comments (before any table)."""
+    with open(path) as f:
+        rest = f.read().splitlines(keepends=True)
+    head = []
+    while rest and rest[0].startswith("#"):
+        head.append(rest.pop(0))
+    with open(path, "w") as f:
+        f.write("".join(head) + "".join(l + "\n" for l in lines) + "".join(rest))
+
+
+class Sealed:
+    def __init__(self, net):
+        self.net = net
+        self.clients = {}  # name -> (host, port)
+        self.accounts = {}  # name -> account id
+        self.rtmr3 = {}
+
+    def start_proxy(self):
+        n = self.net
+        n.host(
+            "config", "proxy", "--mode", "local", "--name", "sealed-proxy",
+            "--worker-listen", "127.0.0.1:0", "--client-listen", "127.0.0.1:0",
+            "--admin-listen", "127.0.0.1:0", "--max-prompt-tokens", "4096",
+            "--default-balance-nano", "1000000000000",
+            "--image", n.worker_image, "--allow-any-config",
+            "--out", "proxy.toml",
+        )  # fmt: skip
+        path = os.path.join(n.dir, "proxy.toml")
+        insert_top(path, ['record_forwarded = "forwarded.log"'])
+        with open(path, "a") as f:
+            f.write('\n[ledger]\npath = "ledger.redb"\n\n[keys]\ndir = "keys"\npassphrase_file = "keys.pass"\n')
+        pass_path = os.path.join(n.dir, "keys.pass")
+        with open(pass_path, "w") as f:
+            f.write(secrets.token_hex(16))
+        os.chmod(pass_path, 0o600)
+        line = n.start(
+            "proxy",
+            [os.path.join(n.bin, "cocoon-proxy"), "--config", "proxy.toml"],
+            "cocoon-proxy: ready",
+        )
+        import re
+
+        m = re.search(r"workers (\S+), clients (\S+), admin ([^)\s]+)", line)
+        expect(m, f"unexpected proxy ready line: {line}")
+        n.worker_port, n.client_port, n.admin = m.groups()
+
+    def config_worker(self, name):
+        self.net.host(
+            "config", "worker", "--mode", "local", "--name", name,
+            "--proxy", self.net.worker_port, "--capacity", "4", "--image", self.net.proxy_image,
+            "--model", MODEL, "--engine", "stub", "--max-completion-tokens", "512",
+            "--stub-tokens", "24", "--stub-tokens-per-second", "2000",
+            "--out", f"{name}.toml",
+        )  # fmt: skip
+        self.rtmr3[name] = config_rtmr3(self.net.read(f"{name}.toml"))
+
+    def start_worker(self, name):
+        n = self.net
+        n.start(
+            name,
+            [os.path.join(n.bin, "cocoon-worker"), "--config", f"{name}.toml"],
+            "cocoon-worker: ready",
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if n.worker_stats(name):
+                return
+            time.sleep(0.02)
+        raise Failure(f"{name} is ready but not in the proxy's /jsonstats")
+
+    def start_client(self, c):
+        n = self.net
+        cfg = f"client-{c}.toml"
+        args = [
+            "config", "client", "--mode", "local", "--listen", "127.0.0.1:0",
+            "--proxy", n.client_port, "--image", n.proxy_image,
+            "--rtmr3", config_rtmr3(n.read("proxy.toml")),
+            "--worker-image", n.worker_image,
+            "--account-key-file", f"client-{c}.key",
+            "--out", cfg,
+        ]  # fmt: skip
+        for r in self.rtmr3.values():
+            args += ["--worker-rtmr3", r]
+        n.host(*args)
+        insert_top(os.path.join(n.dir, cfg), [f'receipts_file = "receipts-{c}.jsonl"'])
+        client = os.path.join(n.bin, "cocoon-client")
+        import subprocess
+
+        out = subprocess.run(
+            [client, "account", "--config", cfg],
+            cwd=n.dir,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        self.accounts[c] = out.stdout.strip()
+        expect(len(self.accounts[c]) == 64, f"account id: {out.stdout!r}")
+        line = n.start(f"client-{c}", [client, "serve", "--config", cfg], "cocoon-client: ready ")
+        import re
+
+        m = re.search(r"http://([^/\s]+)/v1", line)
+        expect(m, f"unexpected client ready line: {line}")
+        host, port = m.group(1).rsplit(":", 1)
+        self.clients[c] = (host, int(port))
+
+    # ---- requests ----
+
+    def request(self, c, path, body):
+        """One request through client `c`; returns (status, text, usage, request id)."""
+        conn = http.client.HTTPConnection(*self.clients[c], timeout=30)
+        try:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            rid = r.getheader("x-request-id")
+            raw = r.read()
+        finally:
+            conn.close()
+        if r.status != 200:
+            return r.status, raw.decode(errors="replace"), None, rid
+        if not body.get("stream"):
+            obj = json.loads(raw)
+            ch = obj["choices"][0]
+            text = ch.get("text") if "text" in ch else ch["message"]["content"]
+            return 200, text, obj.get("usage"), rid
+        text, done, usage = "", False, None
+        for line in raw.decode().splitlines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                continue
+            obj = json.loads(data)
+            expect("error" not in obj, f"stream error: {obj}")
+            if obj.get("usage"):
+                usage = obj["usage"]
+            for ch in obj.get("choices", []):
+                text += ch.get("text") or (ch.get("delta") or {}).get("content") or ""
+        expect(done, "stream ended without [DONE]")
+        return 200, text, usage, rid
+
+    def ask(self, c, kind, stream, max_tokens, prompt):
+        if kind == "chat":
+            path = "/v1/chat/completions"
+            body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
+        else:
+            path = "/v1/completions"
+            body = {"model": MODEL, "prompt": prompt}
+        body.update({"max_tokens": max_tokens, "stream": stream})
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return self.request(c, path, body)
+
+    def receipts(self, c):
+        path = os.path.join(self.net.dir, f"receipts-{c}.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.strip()]
+
+
+def b64_variants(canary):
+    """Base64 text that any occurrence of `canary` in base64-encoded data must contain: for
+    each of the three alignments, the characters that depend only on the canary's bytes."""
+    out = []
+    for pad in range(3):
+        enc = base64.b64encode(b"\0" * pad + canary).decode()
+        # Character j encodes bits [6j, 6j + 6): keep those inside the canary's bits.
+        first = -(-pad * 8 // 6)
+        end = (pad + len(canary)) * 8 // 6
+        out.append(enc[first:end])
+    return out
+
+
+def scenario_canary(s):
+    log("canary: prompt and completion carry a random canary; the proxy's recording must not")
+    canary = "cnry" + secrets.token_hex(8)
+    prompt = f"echo: {canary}"
+    for kind, stream in (("chat", True), ("chat", False), ("completions", False)):
+        status, text, _, _ = s.ask("a", kind, stream, 4, prompt)
+        expect(status == 200, f"{kind} stream={stream}: status {status}: {text[:200]}")
+        expect(canary in text, f"{kind} stream={stream}: the answer lacks the canary: {text!r}")
+    with open(os.path.join(s.net.dir, "forwarded.log"), "rb") as f:
+        rec = f.read()
+    expect(rec.count(b"=== to-worker body") >= 3, "the recording holds no request bodies")
+    expect(rec.count(b"=== from-worker data") >= 3, "the recording holds no response data")
+    expect(MODEL.encode() in rec, "the model name (a routing header) is not in the recording")
+    cb = canary.encode()
+    needles = {
+        "raw": [cb],
+        "hex": [cb.hex().encode(), cb.hex().upper().encode()],
+        "base64": [v.encode() for v in b64_variants(cb)],
+        "base64url": [v.replace("+", "-").replace("/", "_").encode() for v in b64_variants(cb)],
+    }
+    for form, ns in needles.items():
+        for n in ns:
+            expect(n not in rec, f"the canary ({form}) is in the proxy's recording")
+    # The control: each search finds the canary where it is.
+    for pad in range(3):
+        blob = b"x" * pad + cb + b"tail"
+        expect(any(v.encode() in base64.b64encode(blob) for v in b64_variants(cb)), "b64 control")
+        expect(cb.hex().encode() in blob.hex().encode(), "hex control")
+    log(f"canary: {len(rec)} recorded bytes, model name present, canary absent in every form")
+
+
+def scenario_mixed(s):
+    log("mixed: 24 requests from two clients, four at a time")
+    shapes = []
+    for i in range(24):
+        c = CLIENTS[i % 2]
+        kind = "chat" if i % 3 else "completions"
+        stream = i % 4 in (1, 2)
+        max_tokens = (1, 5, 24, 100)[i % 4]
+        shapes.append((c, kind, stream, max_tokens, f"request {i} " + "w " * (i % 7)))
+    results = [None] * len(shapes)
+
+    def run(i):
+        try:
+            results[i] = s.ask(*shapes[i])
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[i] = (0, repr(e), None, None)
+
+    for start in range(0, len(shapes), 4):
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(start, start + 4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    by_id = {}
+    for c in CLIENTS:
+        for r in s.receipts(c):
+            by_id[r["request_id"]] = r
+    for i, (status, text, usage, rid) in enumerate(results):
+        c, kind, stream, max_tokens, _ = shapes[i]
+        expect(status == 200, f"request {i} ({kind}, stream={stream}): {status} {text[:200]}")
+        expect(usage, f"request {i}: no usage")
+        expect(usage["completion_tokens"] == min(24, max_tokens), f"request {i}: {usage}")
+        r = by_id.get(rid)
+        expect(r, f"request {i} (id {rid}): no receipt in client {c}'s log")
+        for k in ("prompt_tokens", "completion_tokens"):
+            expect(r["usage"][k] == usage[k], f"request {i}: receipt {r['usage']} vs {usage}")
+    log("mixed: 24/24 answered, each with a receipt equal to its usage")
+
+
+def scenario_rotate(s):
+    log("rotate: worker-1 stops, worker-2 (new keys) joins; cached keys name worker-1 only")
+    n = s.net
+    n.killed.add("worker-1")
+    n.procs["worker-1"].terminate()
+    n.procs["worker-1"].wait(10)
+    deadline = time.monotonic() + 10
+    while n.jsonstats()["workers"]:
+        expect(time.monotonic() < deadline, "worker-1 still registered")
+        time.sleep(0.05)
+    s.start_worker("worker-2")
+    before = n.jsonstats()["requests"]["by_status"].get("421", 0)
+    for c in CLIENTS:
+        status, text, usage, _ = s.ask(c, "chat", False, 5, "after rotation")
+        expect(status == 200, f"client {c} after rotation: {status} {text[:300]}")
+    after = n.jsonstats()["requests"]["by_status"].get("421", 0)
+    expect(after - before == 2, f"expected one 421 per client, saw {after - before}")
+    log("rotate: each client got one 421, refreshed the keys, resealed and was answered")
+
+
+def scenario_ledger(s):
+    st = s.net.jsonstats()
+    total = 0
+    for c in CLIENTS:
+        lines = s.receipts(c)
+        acct = s.accounts[c]
+        debit = st["clients"].get(acct, {})
+        cost = sum(r["cost_nano"] for r in lines)
+        expect(debit.get("requests") == len(lines), f"client {c}: proxy billed {debit.get('requests')} requests, {len(lines)} receipts")
+        expect(debit.get("cost_nano") == cost, f"client {c}: proxy debit {debit.get('cost_nano')} nano, receipts sum {cost}")
+        stored = st.get("receipts_stored", {}).get(acct)
+        expect(stored == len(lines), f"client {c}: ledger stored {stored} receipts, client has {len(lines)}")
+        log(f"ledger: client {c}: {len(lines)} receipts, {cost} nano = proxy debit")
+        total += len(lines)
+    req = st["requests"]
+    expect(req["receipts_valid"] == total, f"proxy verified {req['receipts_valid']} receipts, clients hold {total}")
+    expect(req["receipts_invalid"] == 0, f"{req['receipts_invalid']} invalid receipts")
+    expect(total > 20, f"only {total} receipts")
+
+
+def main():
+    if len(sys.argv) != 3:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    net = Net(os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2]))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    s = Sealed(net)
+    t0 = time.monotonic()
+    try:
+        net.prepare()
+        s.start_proxy()
+        s.config_worker("worker-1")
+        s.config_worker("worker-2")
+        s.start_worker("worker-1")
+        for c in CLIENTS:
+            s.start_client(c)
+        log(f"network up in {time.monotonic() - t0:.1f} s")
+        scenario_canary(s)
+        scenario_mixed(s)
+        scenario_rotate(s)
+        scenario_ledger(s)
+        net.assert_alive()
+    except Failure as e:
+        log(f"FAILED: {e} (logs in {net.logs})")
+        return 1
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        log(f"FAILED: unexpected exception (logs in {net.logs})")
+        return 1
+    finally:
+        net.stop_all()
+    log(f"all scenarios passed in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
