@@ -144,6 +144,34 @@ def main():
             if got != want:
                 fail(f"{what}: chain shows {got}, expected {want}")
             print(f"e2e_money: ok  {what}: {got}")
+
+        # The client's own check: its receipt log (one verified worker receipt per request)
+        # against what the chain shows charged to its contract.
+        receipts = os.path.join(net, "receipts.jsonl")
+        lines = [l for l in open(receipts) if l.strip()]
+        if len(lines) != n:
+            fail(f"the client logged {len(lines)} receipts for {n} requests")
+
+        def audit(path):
+            return subprocess.run(
+                [os.path.join(bin_dir, "cocoon-client"), "account", "audit", "--chain",
+                 urls["chain"], "--contract", urls["client_contract"], "--receipts", path],
+                capture_output=True, text=True, timeout=60)
+
+        a = audit(receipts)
+        if a.returncode != 0 or f"receipts: {n} " not in a.stdout \
+                or f"{owed} adjusted tokens" not in a.stdout \
+                or f"charged on chain: {owed} tokens" not in a.stdout:
+            fail(f"account audit: exit {a.returncode}\n{a.stdout}{a.stderr}")
+        print(f"e2e_money: ok  account audit: {n} receipts justify the {owed} tokens charged")
+        # A log missing one receipt: the chain shows more than the receipts justify.
+        partial = os.path.join(tmp, "receipts-partial.jsonl")
+        with open(partial, "w") as f:
+            f.writelines(lines[1:])
+        a = audit(partial)
+        if a.returncode != 3 or f"the chain shows {owed} tokens charged" not in a.stderr:
+            fail(f"account audit of a partial log: exit {a.returncode}\n{a.stdout}{a.stderr}")
+        print(f"e2e_money: ok  account audit names the over-charge: {a.stderr.strip()}")
         ok = True
     finally:
         if host.poll() is None:

@@ -64,8 +64,10 @@ def insert_top(path, lines):
 
 
 class Sealed:
-    def __init__(self, net):
+    def __init__(self, net, record=True, ledger=True):
         self.net = net
+        self.record = record
+        self.ledger = ledger
         self.clients = {}  # name -> (host, port)
         self.accounts = {}  # name -> account id
         self.rtmr3 = {}
@@ -81,9 +83,11 @@ class Sealed:
             "--out", "proxy.toml",
         )  # fmt: skip
         path = os.path.join(n.dir, "proxy.toml")
-        insert_top(path, ['record_forwarded = "forwarded.log"'])
-        with open(path, "a") as f:
-            f.write('\n[ledger]\npath = "ledger.redb"\n\n[keys]\ndir = "keys"\npassphrase_file = "keys.pass"\n')
+        if self.record:
+            insert_top(path, ['record_forwarded = "forwarded.log"'])
+        if self.ledger:
+            with open(path, "a") as f:
+                f.write('\n[ledger]\npath = "ledger.redb"\n\n[keys]\ndir = "keys"\npassphrase_file = "keys.pass"\n')
         pass_path = os.path.join(n.dir, "keys.pass")
         with open(pass_path, "w") as f:
             f.write(secrets.token_hex(16))
@@ -99,12 +103,12 @@ class Sealed:
         expect(m, f"unexpected proxy ready line: {line}")
         n.worker_port, n.client_port, n.admin = m.groups()
 
-    def config_worker(self, name):
+    def config_worker(self, name, tokens=24, tokens_per_second=2000):
         self.net.host(
             "config", "worker", "--mode", "local", "--name", name,
             "--proxy", self.net.worker_port, "--capacity", "4", "--image", self.net.proxy_image,
             "--model", MODEL, "--engine", "stub", "--max-completion-tokens", "512",
-            "--stub-tokens", "24", "--stub-tokens-per-second", "2000",
+            "--stub-tokens", str(tokens), "--stub-tokens-per-second", str(tokens_per_second),
             "--out", f"{name}.toml",
         )  # fmt: skip
         self.rtmr3[name] = config_rtmr3(self.net.read(f"{name}.toml"))
@@ -123,21 +127,25 @@ class Sealed:
             time.sleep(0.02)
         raise Failure(f"{name} is ready but not in the proxy's /jsonstats")
 
-    def start_client(self, c):
+    def start_client(self, c, encryption=True):
         n = self.net
         cfg = f"client-{c}.toml"
         args = [
             "config", "client", "--mode", "local", "--listen", "127.0.0.1:0",
             "--proxy", n.client_port, "--image", n.proxy_image,
             "--rtmr3", config_rtmr3(n.read("proxy.toml")),
-            "--worker-image", n.worker_image,
             "--account-key-file", f"client-{c}.key",
             "--out", cfg,
         ]  # fmt: skip
-        for r in self.rtmr3.values():
-            args += ["--worker-rtmr3", r]
+        if encryption:
+            args += ["--worker-image", n.worker_image]
+            for r in self.rtmr3.values():
+                args += ["--worker-rtmr3", r]
+        else:
+            args += ["--encryption", "off"]
         n.host(*args)
-        insert_top(os.path.join(n.dir, cfg), [f'receipts_file = "receipts-{c}.jsonl"'])
+        if encryption:
+            insert_top(os.path.join(n.dir, cfg), [f'receipts_file = "receipts-{c}.jsonl"'])
         client = os.path.join(n.bin, "cocoon-client")
         import subprocess
 

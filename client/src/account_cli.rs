@@ -1,7 +1,7 @@
-//! `cocoon-client account <init|address|deploy|topup|balance|withdraw|refund>`: flags, output
-//! and exit codes around [`client::account`].
+//! `cocoon-client account <init|address|deploy|topup|bind|balance|audit|withdraw|refund>`:
+//! flags, output and exit codes around [`client::account`] (and [`client::receipts::audit`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
@@ -72,6 +72,18 @@ pub enum Cmd {
     },
     /// Print the wallet balance and the client contract's state.
     Balance,
+    /// Check what the proxy charged the client contract against the receipt log of the
+    /// client (`receipts_file`): every receipt is verified again and priced at the proxy
+    /// contract's params. Exit 3 when the chain shows more tokens charged than the receipts
+    /// justify (naming the difference), 0 otherwise.
+    Audit {
+        /// The client's receipt log (`receipts_file` in client.toml)
+        #[arg(long, value_name = "FILE")]
+        receipts: PathBuf,
+        /// The client contract (default: derived from the wallet key, owner and proxy)
+        #[arg(long, value_name = "ADDR")]
+        contract: Option<String>,
+    },
     /// Take the client contract's balance above the stake back to the wallet.
     Withdraw,
     /// Request a refund: pays out the balance above the stake and starts closing; after the
@@ -227,6 +239,7 @@ async fn run_async(flags: Flags, cmd: Cmd) -> Result<(), Fail> {
                 }
             }
         }
+        Cmd::Audit { receipts, contract } => audit(&s, &receipts, contract.as_deref()).await?,
         Cmd::Deploy { amount } => {
             let a = open(&s).await?;
             report("deploy", &a, &a.deploy(amount).await?);
@@ -273,6 +286,65 @@ async fn run_async(flags: Flags, cmd: Cmd) -> Result<(), Fail> {
             }
         }
     }
+    Ok(())
+}
+
+/// `account audit` (see [`Cmd::Audit`]).
+async fn audit(s: &AccountFile, receipts: &Path, contract: Option<&str>) -> Result<(), Fail> {
+    let text = std::fs::read_to_string(receipts)
+        .map_err(|e| Fail(Exit::Config, format!("{}: {e}", receipts.display())))?;
+    let chain = chain(s)?;
+    let contract = match contract {
+        Some(c) => ton::address::Addr::parse_any(c)
+            .map_err(|e| Fail(Exit::Config, format!("--contract {c:?}: {e}")))?,
+        None => open(s).await?.client_address(),
+    };
+    let state = chain
+        .run_get_method(&contract, ClientState::GET_METHOD)
+        .await
+        .map_err(AccountError::from)?;
+    let cs = ClientState::from_stack(&state).map_err(|e| {
+        Fail(
+            Exit::Runtime,
+            format!("client contract {}: {e}", addr_str(&contract)),
+        )
+    })?;
+    let proxy = client::account::read_proxy(chain.as_ref(), cs.proxy).await?;
+    let p = &proxy.params;
+    let nano = |c: ton::address::Coins| u64::try_from(c.nano()).unwrap_or(u64::MAX);
+    let prices = protocol::usage::Prices {
+        price_per_token: nano(p.price_per_token),
+        worker_fee_per_token: nano(p.worker_fee_per_token),
+        prompt_multiplier: p.multipliers.prompt,
+        cached_multiplier: p.multipliers.cached,
+        completion_multiplier: p.multipliers.completion,
+        reasoning_multiplier: p.multipliers.reasoning,
+    };
+    let a = client::receipts::audit(&text, &prices)
+        .map_err(|e| Fail(Exit::Config, format!("{}: {e}", receipts.display())))?;
+    let charged = u128::from(cs.tokens_used);
+    println!("client contract: {}", addr_str(&contract));
+    println!(
+        "receipts: {} ({} duplicate lines ignored), {} adjusted tokens at {} nano each",
+        a.receipts, a.duplicates, a.tokens, prices.price_per_token
+    );
+    println!("charged on chain: {charged} tokens");
+    if charged > a.tokens {
+        let over = charged - a.tokens;
+        return Err(Fail(
+            Exit::Overcharged,
+            format!(
+                "over-charged: the chain shows {charged} tokens charged, the receipts justify \
+                 {}: {over} tokens ({}) more",
+                a.tokens,
+                amount_str(over.saturating_mul(u128::from(prices.price_per_token)))
+            ),
+        ));
+    }
+    println!(
+        "not over-charged: {} tokens received and not yet charged",
+        a.tokens - charged
+    );
     Ok(())
 }
 

@@ -162,8 +162,8 @@ pub struct Decryption {
     /// `[DONE]`, held until the final chunk.
     done: Option<Event>,
     usage: Option<Usage>,
-    /// The verified receipt and its signed bytes.
-    receipt: Option<(Receipt, Vec<u8>)>,
+    /// The verified receipt, its signed bytes and the key it verified with.
+    receipt: Option<(Receipt, Vec<u8>, ed25519_dalek::VerifyingKey)>,
     log: Option<std::sync::Arc<crate::receipts::ReceiptLog>>,
 }
 
@@ -191,7 +191,7 @@ impl Decryption {
 
     /// The verified receipt, once the final chunk carried one.
     pub fn receipt(&self) -> Option<&Receipt> {
-        self.receipt.as_ref().map(|(r, _)| r)
+        self.receipt.as_ref().map(|(r, _, _)| r)
     }
 
     /// Takes one event of the proxy's stream; appends what the caller may see to `out`.
@@ -236,7 +236,7 @@ impl Decryption {
         }
         if last {
             if let Some(done) = self.done.take() {
-                let (receipt, signed) = self.receipt.as_ref().ok_or_else(|| {
+                let (receipt, signed, key) = self.receipt.as_ref().ok_or_else(|| {
                     bad("the worker completed the request without a receipt".into())
                 })?;
                 if let Some(u) = &self.usage {
@@ -248,7 +248,7 @@ impl Decryption {
                     }
                 }
                 if let Some(log) = &self.log {
-                    log.append(receipt, signed);
+                    log.append(receipt, signed, key);
                 }
                 out.push_back(done);
             }
@@ -275,7 +275,7 @@ impl Decryption {
         if r.request_id != self.request_id || r.model != self.model {
             return Err(bad("it names another request id or model".into()));
         }
-        self.receipt = Some((r, bytes));
+        self.receipt = Some((r, bytes, worker.keys.receipt_key));
         Ok(())
     }
 

@@ -22,6 +22,8 @@ pub(crate) enum Exit {
     Clean = 0,
     Runtime = 1,
     Config = 2,
+    /// `account audit`: the chain shows more charged than the receipts justify.
+    Overcharged = 3,
 }
 
 impl From<Exit> for ExitCode {

@@ -30,6 +30,8 @@
 //! client_max_header_bytes = 16384    # HTTP/2 header list / HTTP/1.1 read buffer (>= 8192)
 //! client_body_budget_bytes = 67108864 # request bodies buffered at once, all requests (503)
 //!
+//! record_forwarded = "forwarded.log" # optional development test hook (crate::record); sim only
+//!
 //! [prices]                           # optional, each field optional (Cocoon's params v3)
 //! price_per_token = 10               # nano-TON per adjusted token, paid by clients
 //! worker_fee_per_token = 8           # nano-TON per adjusted token, earned by the worker
@@ -54,8 +56,6 @@
 //! params_boc = "<hex>"               # the network's params v3; prices come from here
 //! owner = "<proxy contract owner>"
 //! root = "<root contract>"
-//!
-//! record_forwarded = "forwarded.log" # development test hook (crate::record); sim only
 //!
 //! [tee]                              # attestation::config::TeeConfig
 //! kind = "sim"

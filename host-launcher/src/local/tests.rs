@@ -170,6 +170,7 @@ fn configs_pin_the_other_role_and_parse() {
             "listen",
             "policy",
             "proxy",
+            "receipts_file",
             "worker_policy"
         ]
     );

@@ -86,6 +86,12 @@ fn errors_name_the_field() {
     assert!(bad("admin_listen = \"127.0.0.1", "admin_listen = \"0.0.0.0").contains("admin_listen"));
     assert!(bad("name = \"proxy-1\"", "name = \"proxy-1\"\nsurprise = 1").contains("surprise"));
     assert!(bad("9102", "9101").contains("worker_listen"));
+    // The recording hook is for the simulated platform only.
+    assert!(bad(
+        "max_prompt_tokens = 4096",
+        "max_prompt_tokens = 4096\nrecord_forwarded = \"f.log\""
+    )
+    .contains("record_forwarded: a development test hook, refused on real TDX"));
     assert!(
         bad(&format!("\"{}\" = 7", "ab".repeat(32)), "\"xyz\" = 7").contains("accounts.balances")
     );
