@@ -1,6 +1,8 @@
 //! Billing of encrypted requests on worker receipts: a fake worker with end-to-end keys in its
 //! attested claims opens the sealed request and answers sealed, with a receipt that is valid,
-//! edited after signing, for another request, or missing. Only the valid one is billed.
+//! edited after signing, for another request, or missing. Only the valid one is billed. And
+//! the real worker rotating its keys with its certificate mid-run: every request answered is
+//! charged once.
 
 mod common;
 
@@ -17,26 +19,34 @@ use protocol::{Endpoint, RequestMeta};
 
 /// A chat request sealed to `e2e`'s key, with its binding headers.
 fn sealed(e2e: &FakeE2e, n: u64) -> http::Request<Full<Bytes>> {
+    sealed_to(MODEL, &[e2e.key.config().clone()], n)
+}
+
+/// A chat request for `model` sealed to `keys`, with its binding headers.
+fn sealed_to(model: &str, keys: &[protocol::e2e::KeyConfig], n: u64) -> http::Request<Full<Bytes>> {
     let meta = RequestMeta {
         version: 1,
         request_id: protocol::RequestId::parse(&format!("sealed-{n}")).unwrap(),
-        model: MODEL.into(),
+        model: model.into(),
         max_tokens: 16,
         price_cap: None,
     };
     let binding = Binding {
         path: Endpoint::ChatCompletions.path().into(),
         request_id: meta.request_id.as_str().into(),
-        model: MODEL.into(),
+        model: model.into(),
         max_tokens: 16,
         price_cap: None,
         time: now(),
-        recipients: vec![e2e.key.config().key_hash()],
+        recipients: keys.iter().map(|k| k.key_hash()).collect(),
     };
+    let body = serde_json::json!({
+        "model": model, "messages": [{"role": "user", "content": "one two three"}],
+    });
     let s = protocol::e2e::seal_request(
         &binding,
-        &[e2e.key.config().clone()],
-        br#"{"model":"stub-model","messages":[{"role":"user","content":"canary"}]}"#,
+        keys,
+        body.to_string().as_bytes(),
         &mut rand_core::UnwrapErr(rand_core::OsRng),
     )
     .unwrap();
@@ -143,4 +153,124 @@ async fn the_proxy_budget_travels_beside_the_bound_max_tokens() {
         "e2e_recipient_unavailable"
     );
     assert_eq!(w.obs.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// The key configs of the workers the proxy's directory lists for `model` (none while no
+/// worker of it is connected: 404).
+async fn directory(c: &mut Client, model: &str) -> Vec<protocol::e2e::KeyConfig> {
+    use base64::Engine as _;
+    let resp = c
+        .get(&format!("{}?model={model}", protocol::paths::WORKERS))
+        .await;
+    let status = resp.status();
+    let body = json_body(resp).await;
+    if status == StatusCode::NOT_FOUND {
+        return Vec::new();
+    }
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let dir: protocol::e2e::Directory = serde_json::from_value(body).unwrap();
+    dir.workers
+        .iter()
+        .map(|e| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(&e.cert)
+                .unwrap();
+            let ev = ratls::parse_cert(&der).unwrap();
+            protocol::e2e::WorkerKeys::from_claims(&ev.claims.extra)
+                .unwrap()
+                .unwrap()
+                .key_config
+        })
+        .collect()
+}
+
+/// Sends `req`; whether it was answered (200 with a receipt in the stream) or refused with
+/// 421 (its recipients are not connected).
+async fn answered(c: &mut Client, req: http::Request<Full<Bytes>>) -> bool {
+    let resp = c.send(req).await;
+    match resp.status() {
+        StatusCode::OK => {
+            let evs = events(resp.into_body()).await;
+            assert!(
+                evs.iter()
+                    .any(|(_, e)| e.name.as_deref() == Some(EVENT_RECEIPT)),
+                "an answered request carries a receipt"
+            );
+            true
+        }
+        StatusCode::MISDIRECTED_REQUEST => false,
+        s => panic!("unexpected status {s}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_mid_run_charges_every_answered_request_once() {
+    use worker::engine::stub::StubEngine;
+    let p = start_proxy(|_| {}).await;
+    let worker = common::real::start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 4, 0.0),
+        worker::service::ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let old = directory(&mut c, "stub").await;
+    assert_eq!(old.len(), 1);
+    let mut n = 0;
+    let mut ok = 0u64;
+    for _ in 0..4 {
+        n += 1;
+        ok += u64::from(answered(&mut c, sealed_to("stub", &old, n)).await);
+    }
+    assert_eq!(ok, 4);
+
+    // The certificate is renewed: new keys are published, the worker moves its connection
+    // onto the new certificate, the old keys stay usable for the grace period.
+    let id = worker.identity().clone();
+    tokio::task::spawn_blocking(move || id.renew_at(now()))
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let new = loop {
+        let keys = directory(&mut c, "stub").await;
+        if let Some(k) = keys.iter().find(|k| !old.contains(k)) {
+            break k.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no new keys listed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // Requests still sealed to the old key (a client with a cached directory): answered by
+    // the old set while its connection is registered, else a 421 the client reseals after.
+    // Either way, charged only when answered.
+    let mut refused = 0;
+    for _ in 0..3 {
+        n += 1;
+        if answered(&mut c, sealed_to("stub", &old, n)).await {
+            ok += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    for keys in [vec![new.clone()], vec![old[0].clone(), new.clone()]] {
+        for _ in 0..3 {
+            n += 1;
+            assert!(answered(&mut c, sealed_to("stub", &keys, n)).await);
+            ok += 1;
+        }
+    }
+    let s = p.stats();
+    assert_eq!(s["requests"]["receipts_valid"], ok, "refused {refused}");
+    assert_eq!(s["requests"]["receipts_invalid"], 0);
+    assert_eq!(s["clients"][&c.account]["requests"], ok);
+    // "one two three" is 4 prompt tokens to the stub (3 words + 1 per message), 4 generated.
+    let usage = protocol::Usage {
+        prompt_tokens: 4,
+        completion_tokens: 4,
+        ..protocol::Usage::default()
+    };
+    assert_eq!(
+        s["clients"][&c.account]["cost_nano"],
+        ok * Prices::default().cost(&usage, 1000)
+    );
 }

@@ -52,11 +52,23 @@ impl CertInfo {
     }
 }
 
+/// Claims that change with each certificate: keys published in the claims (a worker's
+/// end-to-end keys) that rotate when the certificate is renewed. Two phases, so that a
+/// renewal that fails to issue rotates nothing.
+pub trait ClaimsRotation: Send + Sync + std::fmt::Debug {
+    /// The claims for the next certificate, derived from the current ones (new keys may be
+    /// prepared here; they are not in use until [`ClaimsRotation::installed`]).
+    fn next(&self, current: &Claims) -> Claims;
+    /// The certificate carrying `claims` (the last [`ClaimsRotation::next`]) is now served.
+    fn installed(&self, claims: &Claims);
+}
+
 /// A service's certificate source: issue, renewal, subscription.
 #[derive(Debug)]
 pub struct Identity {
     tee: OpenedTee,
-    claims: Claims,
+    claims: std::sync::Mutex<Claims>,
+    rotation: Option<Arc<dyn ClaimsRotation>>,
     lifetime: Duration,
     /// Renew when the certificate expires within this many seconds.
     margin: u64,
@@ -80,7 +92,8 @@ impl Identity {
         let (current, _) = watch::channel(CertInfo::of(&issued, 0));
         Ok(Self {
             tee,
-            claims,
+            claims: std::sync::Mutex::new(claims),
+            rotation: None,
             lifetime,
             margin: (lifetime.as_secs() / 4).max(60),
             retry: DEFAULT_RETRY,
@@ -101,9 +114,18 @@ impl Identity {
         self.retry
     }
 
-    /// The claims every certificate of this identity carries.
-    pub fn claims(&self) -> &Claims {
-        &self.claims
+    /// Renewals take their claims from `rotation` (see [`ClaimsRotation`]).
+    pub fn with_rotation(mut self, rotation: Arc<dyn ClaimsRotation>) -> Self {
+        self.rotation = Some(rotation);
+        self
+    }
+
+    /// The claims of the certificate currently served.
+    pub fn claims(&self) -> Claims {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Serves the current certificate to rustls (server and client side).
@@ -132,10 +154,19 @@ impl Identity {
         Ok(true)
     }
 
-    /// Issues and installs a new certificate at `now`, whether due or not. Blocking.
+    /// Issues and installs a new certificate at `now`, whether due or not (with the next
+    /// claims of the [`ClaimsRotation`], if any). Blocking.
     pub fn renew_at(&self, now: u64) -> Result<(), RatlsError> {
-        let issued = issue_at(&self.tee, &self.claims, self.lifetime, now)?;
+        let claims = match &self.rotation {
+            Some(r) => r.next(&self.claims()),
+            None => self.claims(),
+        };
+        let issued = issue_at(&self.tee, &claims, self.lifetime, now)?;
         self.resolver.renew(&issued)?;
+        if let Some(r) = &self.rotation {
+            r.installed(&claims);
+        }
+        *self.claims.lock().unwrap_or_else(|p| p.into_inner()) = claims;
         self.current
             .send_modify(|c| *c = CertInfo::of(&issued, c.generation.saturating_add(1)));
         tracing::info!(not_after = issued.not_after, "ra-tls certificate renewed");

@@ -83,7 +83,7 @@ pub use cert::{issue, CertResolver, IssuedCert};
 pub use claims::{Claims, Role};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use evidence::{parse_cert, CertError, PeerEvidence};
-pub use identity::{CertInfo, Identity};
+pub use identity::{CertInfo, ClaimsRotation, Identity};
 pub use tls::{client_config, server_config, RaTlsClientVerifier, RaTlsServerVerifier};
 pub use verify::{verify_peer, CollateralSource, PeerVerifier, StaticCollateral, VerifiedPeer};
 

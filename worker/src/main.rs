@@ -155,13 +155,15 @@ async fn run(args: Args) -> Result<(), Fatal> {
         .context("tee")
         .or_exit(Exit::Tee)?;
     let lifetime = config.cert_lifetime;
-    // End-to-end keys: generated here, held only in memory, published in the claims.
+    // End-to-end keys: generated here, held only in memory, published in the claims and
+    // rotated with each certificate renewal.
     let e2e = worker::e2e::E2eKeys::generate();
     let claims = e2e.claims(dial::worker_claims());
     let e2e = Arc::new(e2e.with_claims_hash(&claims));
     let identity = tokio::task::spawn_blocking({
         let clock = clock.clone();
-        move || Identity::issue(tee, claims, lifetime, clock)
+        let rotation: Arc<dyn ratls::ClaimsRotation> = e2e.clone();
+        move || Identity::issue(tee, claims, lifetime, clock).map(|i| i.with_rotation(rotation))
     })
     .await
     .or_exit(Exit::Fatal)?

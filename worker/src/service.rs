@@ -545,7 +545,7 @@ impl Service {
                 .cloned()
                 .ok_or_else(|| ApiError::new(ErrorKind::ModelNotFound, "model not served"))?;
             let envelope = read_body(req.into_body(), protocol::e2e::MAX_ENVELOPE).await?;
-            let opened = keys.open(&binding, &envelope, self.inner.clock.now())?;
+            let (opened, keys) = keys.open(&binding, &envelope, self.inner.clock.now())?;
             // The proxy's budget narrows the client's bound limit; validation clamps further
             // to the model's limit.
             if let Some(b) = budget {

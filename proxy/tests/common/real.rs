@@ -10,7 +10,7 @@ use worker::engine::stub::StubEngine;
 use worker::service::{ServedModel, ServiceOptions, WorkerInfo};
 use worker::{RunningWorker, Worker};
 
-use super::{identity, proxy_policy, worker_regs};
+use super::{proxy_policy, sim_tee, worker_regs};
 
 /// Starts the real worker service serving `engine` (capacity 8) dialing the proxy's worker
 /// port `proxy`, with `options`.
@@ -44,11 +44,16 @@ pub fn start_worker_with(
     let keys = worker::e2e::E2eKeys::generate();
     let claims = keys.claims(worker_claims());
     let keys = Arc::new(keys.with_claims_hash(&claims));
-    let identity = identity(
-        worker_regs(),
-        claims,
-        Duration::from_secs(3600),
-        clock.clone(),
+    // Renewals rotate the end-to-end keys, as in the worker binary.
+    let identity = Arc::new(
+        ratls::Identity::issue(
+            sim_tee(worker_regs()),
+            claims,
+            Duration::from_secs(3600),
+            clock.clone(),
+        )
+        .expect("identity")
+        .with_rotation(keys.clone()),
     );
     Worker {
         info: WorkerInfo {
