@@ -354,3 +354,38 @@ fn debug_output_shows_no_key_material() {
     assert!(!shown.contains(&hex::encode(k.config().public_key)));
     assert!(shown.contains(&k.config().key_hash().to_string()));
 }
+
+/// Interoperability with RFC 9458: its Appendix A key configuration (one X25519 key offering
+/// HKDF-SHA256 with AES-128-GCM and with ChaCha20-Poly1305) parses, keeps both suites,
+/// re-encodes to the same bytes, and carries the public key of the RFC's gateway secret.
+#[test]
+fn rfc9458_appendix_a_key_config() {
+    let wire = hex::decode(
+        "01002031e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e79815500080001000100010003",
+    )
+    .unwrap();
+    let c = KeyConfig::parse(&wire).unwrap();
+    assert_eq!(c.key_id, 1);
+    assert_eq!(
+        hex::encode(c.public_key),
+        "31e1f05a740102115220e9af918f738674aec95f54db6e04eb705aae8e798155"
+    );
+    assert_eq!(
+        c.algorithms,
+        vec![
+            (KDF_HKDF_SHA256, 0x0001),
+            (KDF_HKDF_SHA256, AEAD_CHACHA20POLY1305)
+        ]
+    );
+    assert_eq!(c.encode(), wire);
+    use hpke::{Deserializable, Serializable};
+    let secret =
+        hex::decode("3c168975674b2fa8e465970b79c8dcf09f1c741626480bd4c6162fc5b6a98e1a").unwrap();
+    let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(&secret).unwrap();
+    let pk = <Kem as hpke::Kem>::sk_to_pk(&sk);
+    assert_eq!(pk.to_bytes().as_slice(), c.public_key.as_slice());
+    // Without our suite (only AES-128-GCM offered) the config is refused by name.
+    let mut aes_only = wire[..wire.len() - 4].to_vec();
+    aes_only[36] = 0x04;
+    assert!(KeyConfig::parse(&aes_only).is_err());
+}
