@@ -297,6 +297,10 @@ async fn renewal(renewed: &mut Option<watch::Receiver<CertInfo>>) {
     std::future::pending().await
 }
 
+/// Longest a connection keeps serving after a certificate renewal while the connection on the
+/// renewed certificate registers.
+const HANDOVER: Duration = Duration::from_secs(10);
+
 /// Serves HTTP/2 on an established connection until the proxy closes it, shutdown, or a
 /// certificate renewal.
 pub async fn serve(
@@ -332,8 +336,23 @@ pub async fn serve(
             Ok(Ended::Shutdown)
         }
         _ = renewal(&mut renewed) => {
-            conn.as_mut().graceful_shutdown();
+            // The proxy keeps this connection until the one on the renewed certificate has
+            // registered (at most HANDOVER), so it always has one to route to; then this one
+            // drains.
+            let service = link.service.clone();
+            let before = service.open_registrations();
             tokio::spawn(async move {
+                let handover = async {
+                    let deadline = Instant::now() + HANDOVER;
+                    while service.open_registrations() <= before && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = handover => {}
+                }
+                conn.as_mut().graceful_shutdown();
                 if tokio::time::timeout(drain, conn).await.is_err() {
                     tracing::warn!(proxy = %addr, "rotated connection did not drain in {drain:?}");
                 }
