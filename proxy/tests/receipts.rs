@@ -124,6 +124,34 @@ async fn an_edited_foreign_or_missing_receipt_is_not_billed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_request_the_worker_refuses_is_not_charged() {
+    // The worker's one generic 400 for an envelope that does not open (edited bytes or bound
+    // headers): passed on, not retried, nothing billed, the reservation released.
+    let p = start_proxy(|_| {}).await;
+    let e2e = Arc::new(FakeE2e::new(8, ReceiptMode::Valid));
+    let w = FakeWorker::connect(
+        p.running.worker_addr,
+        WorkerSpec {
+            e2e: Some(e2e.clone()),
+            behavior: Behavior::Status(400),
+            ..WorkerSpec::new("sealed")
+        },
+    )
+    .await;
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(sealed(&e2e, 4)).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let s = p.stats();
+    assert_eq!(s["requests"]["retries"], 0);
+    assert_eq!(s["cost_nano"], 0);
+    assert_eq!(w.obs.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let b = proxy::ledger::Ledger::balance(p.ledger.as_ref(), &c.account).expect("account");
+    assert_eq!(b.reserved_nano, 0);
+    assert_eq!(b.balance_nano, 1_000_000_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_budget_travels_beside_the_bound_max_tokens() {
     let p = start_proxy(|_| {}).await;
     let e2e = Arc::new(FakeE2e::new(6, ReceiptMode::Valid));

@@ -429,7 +429,11 @@ async fn handle(
     obs.requests.fetch_add(1, Ordering::SeqCst);
     obs.headers.lock().unwrap().push(headers.clone());
     obs.bodies.lock().unwrap().push(body.clone());
-    if let (Some(e2e), true) = (&spec.e2e, protocol::e2e::is_encrypted(&headers)) {
+    if let (Some(e2e), true, false) = (
+        &spec.e2e,
+        protocol::e2e::is_encrypted(&headers),
+        matches!(spec.behavior, Behavior::Status(_)),
+    ) {
         return Ok(sealed_answer(
             &path,
             &headers,
