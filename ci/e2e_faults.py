@@ -181,6 +181,10 @@ class Net:
             "--image", self.worker_image, "--allow-any-config",
             "--out", "proxy.toml",
         )  # fmt: skip
+        self.launch_proxy()
+
+    def launch_proxy(self):
+        """Starts cocoon-proxy with proxy.toml; reads its three addresses from the ready line."""
         line = self.start(
             "proxy",
             [os.path.join(self.bin, "cocoon-proxy"), "--config", "proxy.toml"],
@@ -198,6 +202,10 @@ class Net:
             "--stub-tokens", str(TOKENS), "--stub-tokens-per-second", str(TOKENS_PER_SECOND),
             "--out", f"{name}.toml",
         )  # fmt: skip
+        self.launch_worker(name)
+
+    def launch_worker(self, name):
+        """Starts cocoon-worker with NAME.toml and waits until the proxy lists it."""
         self.start(
             name,
             [os.path.join(self.bin, "cocoon-worker"), "--config", f"{name}.toml"],
@@ -220,22 +228,28 @@ class Net:
             "--encryption", "off",
             "--out", "client.toml",
         )  # fmt: skip
+        self.client, _ = self.launch_client("client", "client.toml")
+
+    def launch_client(self, name, config):
+        """Creates the account key of CONFIG (printing its account id), starts `cocoon-client
+        serve` on it; returns ((host, port) of its local endpoint, account id)."""
         client = os.path.join(self.bin, "cocoon-client")
-        with open(os.path.join(self.logs, "client-account.log"), "wb") as err:
-            subprocess.run(
-                [client, "account", "--config", "client.toml"],
+        with open(os.path.join(self.logs, f"{name}-account.log"), "wb") as err:
+            out = subprocess.run(
+                [client, "account", "--config", config],
                 cwd=self.dir,
                 check=True,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=err,
+                text=True,
             )
-        line = self.start(
-            "client", [client, "serve", "--config", "client.toml"], "cocoon-client: ready "
-        )
+        account = out.stdout.strip()
+        expect(len(account) == 64, f"{name}: account id {out.stdout!r}")
+        line = self.start(name, [client, "serve", "--config", config], "cocoon-client: ready ")
         m = re.search(r"http://([^/\s]+)/v1", line)
         expect(m, f"unexpected client ready line: {line}")
         host, port = m.group(1).rsplit(":", 1)
-        self.client = (host, int(port))
+        return (host, int(port)), account
 
     def kill(self, name, sig=signal.SIGKILL):
         if sig == signal.SIGKILL:

@@ -92,16 +92,7 @@ class Sealed:
         with open(pass_path, "w") as f:
             f.write(secrets.token_hex(16))
         os.chmod(pass_path, 0o600)
-        line = n.start(
-            "proxy",
-            [os.path.join(n.bin, "cocoon-proxy"), "--config", "proxy.toml"],
-            "cocoon-proxy: ready",
-        )
-        import re
-
-        m = re.search(r"workers (\S+), clients (\S+), admin ([^)\s]+)", line)
-        expect(m, f"unexpected proxy ready line: {line}")
-        n.worker_port, n.client_port, n.admin = m.groups()
+        n.launch_proxy()
 
     def config_worker(self, name, tokens=24, tokens_per_second=2000):
         self.net.host(
@@ -114,18 +105,7 @@ class Sealed:
         self.rtmr3[name] = config_rtmr3(self.net.read(f"{name}.toml"))
 
     def start_worker(self, name):
-        n = self.net
-        n.start(
-            name,
-            [os.path.join(n.bin, "cocoon-worker"), "--config", f"{name}.toml"],
-            "cocoon-worker: ready",
-        )
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if n.worker_stats(name):
-                return
-            time.sleep(0.02)
-        raise Failure(f"{name} is ready but not in the proxy's /jsonstats")
+        self.net.launch_worker(name)
 
     def start_client(self, c, encryption=True):
         n = self.net
@@ -146,25 +126,7 @@ class Sealed:
         n.host(*args)
         if encryption:
             insert_top(os.path.join(n.dir, cfg), [f'receipts_file = "receipts-{c}.jsonl"'])
-        client = os.path.join(n.bin, "cocoon-client")
-        import subprocess
-
-        out = subprocess.run(
-            [client, "account", "--config", cfg],
-            cwd=n.dir,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        self.accounts[c] = out.stdout.strip()
-        expect(len(self.accounts[c]) == 64, f"account id: {out.stdout!r}")
-        line = n.start(f"client-{c}", [client, "serve", "--config", cfg], "cocoon-client: ready ")
-        import re
-
-        m = re.search(r"http://([^/\s]+)/v1", line)
-        expect(m, f"unexpected client ready line: {line}")
-        host, port = m.group(1).rsplit(":", 1)
-        self.clients[c] = (host, int(port))
+        self.clients[c], self.accounts[c] = n.launch_client(f"client-{c}", cfg)
 
     # ---- requests ----
 

@@ -310,16 +310,7 @@ async fn audit(s: &AccountFile, receipts: &Path, contract: Option<&str>) -> Resu
         )
     })?;
     let proxy = client::account::read_proxy(chain.as_ref(), cs.proxy).await?;
-    let p = &proxy.params;
-    let nano = |c: ton::address::Coins| u64::try_from(c.nano()).unwrap_or(u64::MAX);
-    let prices = protocol::usage::Prices {
-        price_per_token: nano(p.price_per_token),
-        worker_fee_per_token: nano(p.worker_fee_per_token),
-        prompt_multiplier: p.multipliers.prompt,
-        cached_multiplier: p.multipliers.cached,
-        completion_multiplier: p.multipliers.completion,
-        reasoning_multiplier: p.multipliers.reasoning,
-    };
+    let prices = protocol::usage::Prices::of_params(&proxy.params);
     let a = client::receipts::audit(&text, &prices)
         .map_err(|e| Fail(Exit::Config, format!("{}: {e}", receipts.display())))?;
     let charged = u128::from(cs.tokens_used);

@@ -84,6 +84,20 @@ impl Default for Prices {
 }
 
 impl Prices {
+    /// The prices a network's params set (Cocoon's params v3: the proxy contract's data),
+    /// saturating at u64 (no real network comes near).
+    pub fn of_params(p: &ton::params::ParamsV3) -> Self {
+        let nano = |c: ton::address::Coins| u64::try_from(c.nano()).unwrap_or(u64::MAX);
+        Self {
+            price_per_token: nano(p.price_per_token),
+            worker_fee_per_token: nano(p.worker_fee_per_token),
+            prompt_multiplier: p.multipliers.prompt,
+            cached_multiplier: p.multipliers.cached,
+            completion_multiplier: p.multipliers.completion,
+            reasoning_multiplier: p.multipliers.reasoning,
+        }
+    }
+
     /// The multipliers as the `ton` crate's params carry them.
     pub fn multipliers(&self) -> ton::params::Multipliers {
         ton::params::Multipliers {

@@ -245,19 +245,6 @@ pub struct LedgerSettings {
     pub passphrase_file: PathBuf,
 }
 
-/// Billing prices of the network params `p` (saturating at u64; no real network comes near).
-pub fn prices_of(p: &ton::params::ParamsV3) -> Prices {
-    let nano = |c: ton::address::Coins| u64::try_from(c.nano()).unwrap_or(u64::MAX);
-    Prices {
-        price_per_token: nano(p.price_per_token),
-        worker_fee_per_token: nano(p.worker_fee_per_token),
-        prompt_multiplier: p.multipliers.prompt,
-        cached_multiplier: p.multipliers.cached,
-        completion_multiplier: p.multipliers.completion,
-        reasoning_multiplier: p.multipliers.reasoning,
-    }
-}
-
 /// The config file as written (the schema: `cocoon-host` renders proxy configs from it).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -777,7 +764,7 @@ impl ConfigFile {
         };
         let mut proxy = proxy;
         if let Some(p) = &payments {
-            proxy.prices = prices_of(&p.params);
+            proxy.prices = Prices::of_params(&p.params);
         }
         let ledger = match (self.ledger, self.keys) {
             (None, None) => None,

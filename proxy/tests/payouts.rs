@@ -32,7 +32,7 @@ async fn start_paid_proxy(
     tweak: impl FnOnce(&mut proxy::ProxyConfig),
 ) -> proxy::RunningProxy {
     let mut config = proxy::ProxyConfig::local("test-proxy");
-    config.prices = proxy::config::prices_of(&params());
+    config.prices = protocol::usage::Prices::of_params(&params());
     tweak(&mut config);
     Proxy {
         config,

@@ -60,21 +60,33 @@ fn sealed_to(model: &str, keys: &[protocol::e2e::KeyConfig], n: u64) -> http::Re
     req
 }
 
-/// One sealed request to a fresh worker answering with `mode`; returns the proxy's stats
-/// and the events the client received.
-async fn one(mode: ReceiptMode) -> (serde_json::Value, Vec<protocol::sse::Event>, String) {
+/// A proxy with one fake worker holding end-to-end keys from `seed` (answering sealed
+/// requests per `mode`, or with `behavior` when that is a status), and a client of it.
+async fn sealed_network(
+    seed: u8,
+    mode: ReceiptMode,
+    behavior: Behavior,
+) -> (TestProxy, Arc<FakeE2e>, FakeWorker, Client) {
     let p = start_proxy(|_| {}).await;
-    let e2e = Arc::new(FakeE2e::new(5, mode));
-    let _w = FakeWorker::connect(
+    let e2e = Arc::new(FakeE2e::new(seed, mode));
+    let w = FakeWorker::connect(
         p.running.worker_addr,
         WorkerSpec {
             e2e: Some(e2e.clone()),
+            behavior,
             ..WorkerSpec::new("sealed")
         },
     )
     .await;
     p.wait_workers(1).await;
-    let mut c = client(p.running.client_addr, 1).await;
+    let c = client(p.running.client_addr, 1).await;
+    (p, e2e, w, c)
+}
+
+/// One sealed request to a fresh worker answering with `mode`; returns the proxy's stats
+/// and the events the client received.
+async fn one(mode: ReceiptMode) -> (serde_json::Value, Vec<protocol::sse::Event>, String) {
+    let (p, e2e, _w, mut c) = sealed_network(5, mode, Behavior::Normal).await;
     let resp = c.send(sealed(&e2e, 1)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let evs: Vec<_> = events(resp.into_body())
@@ -127,19 +139,7 @@ async fn an_edited_foreign_or_missing_receipt_is_not_billed() {
 async fn a_sealed_request_the_worker_refuses_is_not_charged() {
     // The worker's one generic 400 for an envelope that does not open (edited bytes or bound
     // headers): passed on, not retried, nothing billed, the reservation released.
-    let p = start_proxy(|_| {}).await;
-    let e2e = Arc::new(FakeE2e::new(8, ReceiptMode::Valid));
-    let w = FakeWorker::connect(
-        p.running.worker_addr,
-        WorkerSpec {
-            e2e: Some(e2e.clone()),
-            behavior: Behavior::Status(400),
-            ..WorkerSpec::new("sealed")
-        },
-    )
-    .await;
-    p.wait_workers(1).await;
-    let mut c = client(p.running.client_addr, 1).await;
+    let (p, e2e, w, mut c) = sealed_network(8, ReceiptMode::Valid, Behavior::Status(400)).await;
     let resp = c.send(sealed(&e2e, 4)).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let s = p.stats();
@@ -153,18 +153,7 @@ async fn a_sealed_request_the_worker_refuses_is_not_charged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_budget_travels_beside_the_bound_max_tokens() {
-    let p = start_proxy(|_| {}).await;
-    let e2e = Arc::new(FakeE2e::new(6, ReceiptMode::Valid));
-    let w = FakeWorker::connect(
-        p.running.worker_addr,
-        WorkerSpec {
-            e2e: Some(e2e.clone()),
-            ..WorkerSpec::new("sealed")
-        },
-    )
-    .await;
-    p.wait_workers(1).await;
-    let mut c = client(p.running.client_addr, 1).await;
+    let (_p, e2e, w, mut c) = sealed_network(6, ReceiptMode::Valid, Behavior::Normal).await;
     let resp = c.send(sealed(&e2e, 2)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let _ = events(resp.into_body()).await;
