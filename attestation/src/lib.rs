@@ -16,6 +16,8 @@ pub mod config;
 pub mod linux_tdx;
 pub mod sim;
 
+pub use config::{CollateralSource, PccsConfig, StaticCollateral};
+
 use measurements::{Sha384, TdRegisters};
 
 /// Errors from a TEE device.
@@ -36,6 +38,8 @@ pub enum TeeError {
     Quote(String),
     #[error("register read: {0}")]
     Registers(String),
+    #[error("collateral for this TD: {0}")]
+    Collateral(String),
 }
 
 /// A trusted execution environment as seen from inside the guest.

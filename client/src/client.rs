@@ -74,10 +74,13 @@ impl Client {
             idle_timeout: config.idle_timeout,
             ready: watch::Sender::new(None),
             checking: AtomicBool::new(false),
-            e2e: config
-                .worker_policy
-                .clone()
-                .map(|p| crate::e2e::Recipients::new(p, config.clock.clone())),
+            e2e: config.worker_policy.clone().map(|p| {
+                crate::e2e::Recipients::new(
+                    p,
+                    config.clock.clone(),
+                    config.collateral_source.clone(),
+                )
+            }),
             receipts: config.receipts.clone(),
             clock: config.clock.clone(),
         })

@@ -118,6 +118,10 @@ pub struct ClientConfigFile {
     /// What workers must prove to be sent a sealed request (required with encryption on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_policy: Option<PolicyConfig>,
+    /// A PCCS for collateral of the proxy's and workers' quotes, used besides (and when
+    /// fresher than) what their certificates embed ([`ratls::pccs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pccs: Option<attestation::PccsConfig>,
 }
 
 /// `encryption` in `client.toml`.
@@ -185,6 +189,7 @@ impl ClientConfigFile {
             prices: None,
             policy,
             worker_policy: None,
+            pccs: None,
         }
     }
 }
@@ -274,6 +279,15 @@ impl ClientConfigFile {
             }
             None => None,
         };
+        let collateral_source = match &self.pccs {
+            Some(p) => {
+                let roots = policy.roots.clone();
+                let source = ratls::pccs::PccsSource::new(p, base, roots, Arc::new(SystemClock))
+                    .map_err(|e| field("pccs", e.to_string()))?;
+                Some(Arc::new(source) as Arc<dyn CollateralSource>)
+            }
+            None => None,
+        };
         let key_path = base.join(&self.account_key_file);
         let (account_key, created) = key::load_or_create(&key_path)
             .map_err(|e: KeyFileError| ConfigError::Resource(Box::new(e)))?;
@@ -288,6 +302,7 @@ impl ClientConfigFile {
                 price_cap_nano: self.price_cap_nano,
                 worker_policy,
                 receipts,
+                collateral_source,
                 ..ClientConfig::new(self.proxy.clone(), Arc::new(account_key), policy)
             },
         })

@@ -51,10 +51,19 @@ fn e2e_error(message: impl Into<String>) -> ApiError {
 }
 
 impl Recipients {
-    /// Workers are verified with `policy` on `clock`.
-    pub fn new(policy: measurements::Policy, clock: std::sync::Arc<dyn Clock>) -> Self {
+    /// Workers are verified with `policy` on `clock`, with collateral from `source` besides
+    /// what their certificates embed.
+    pub fn new(
+        policy: measurements::Policy,
+        clock: std::sync::Arc<dyn Clock>,
+        source: Option<std::sync::Arc<dyn ratls::CollateralSource>>,
+    ) -> Self {
+        let mut verifier = PeerVerifier::new(policy, clock).with_roles([Role::Worker]);
+        if let Some(source) = source {
+            verifier = verifier.with_collateral_source(source);
+        }
         Self {
-            verifier: PeerVerifier::new(policy, clock).with_roles([Role::Worker]),
+            verifier,
             cache: Mutex::new(HashMap::new()),
         }
     }

@@ -198,6 +198,7 @@ pub fn open_tee() -> Result<(TeeKind, OpenedTee), Failure> {
         let tee = TeeConfig::Tdx {
             report_root: None,
             measurements_root: None,
+            pccs: None,
         };
         let opened = tee.open(Path::new("/")).step(InitExit::Tee, "tdx")?;
         return Ok((TeeKind::Tdx, opened));

@@ -56,6 +56,7 @@ impl Mode {
             Mode::Tdx => TeeConfig::Tdx {
                 report_root: None,
                 measurements_root: None,
+                pccs: None,
             },
         }
     }

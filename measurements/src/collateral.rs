@@ -94,6 +94,119 @@ impl Collateral {
     }
 }
 
+/// Which Intel CA issued a PCK certificate: the `ca` parameter of a PCCS's `pckcrl` query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PckCa {
+    Platform,
+    Processor,
+}
+
+impl PckCa {
+    /// The query value (`platform` or `processor`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Platform => "platform",
+            Self::Processor => "processor",
+        }
+    }
+}
+
+/// What a collateral service needs to know about a quote: the platform's FMSPC, the CA that
+/// issued its PCK certificate and whether TDX or SGX collateral is wanted. Read from the PCK
+/// certificate the quote embeds (certification data type 5); nothing here is verified, a
+/// lie only makes the verifier fetch collateral that does not match the quote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PckIdentity {
+    pub fmspc: [u8; 6],
+    pub ca: PckCa,
+    /// `true` for a TDX quote, `false` for SGX.
+    pub tdx: bool,
+}
+
+impl PckIdentity {
+    /// The FMSPC as the upper-case hex a PCCS expects.
+    pub fn fmspc_hex(&self) -> String {
+        hex::encode_upper(self.fmspc)
+    }
+}
+
+/// Intel's SGX extension of PCK certificates, and its FMSPC item (Intel SGX PCK Certificate
+/// and CRL Profile).
+const SGX_EXTENSION_OID: &str = "1.2.840.113741.1.13.1";
+const FMSPC_OID: &str = "1.2.840.113741.1.13.1.4";
+/// TEE type of a TDX quote header.
+const TEE_TYPE_TDX: u32 = 0x81;
+
+/// Reads the [`PckIdentity`] of `quote` from its embedded PCK certificate.
+pub fn pck_identity(quote: &[u8]) -> Result<PckIdentity, CollateralError> {
+    use x509_parser::prelude::FromDer;
+    let field = |item: &'static str, detail: String| CollateralError::Field { item, detail };
+    let q = dcap_qvl::quote::Quote::parse(quote).map_err(|e| field("quote", format!("{e:#}")))?;
+    let pem = q
+        .raw_cert_chain()
+        .map_err(|e| field("pck certificate", format!("{e:#}")))?;
+    let chain = crate::verify::pem_certs(pem);
+    let leaf = chain
+        .first()
+        .ok_or_else(|| field("pck certificate", "quote embeds no certificate".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| field("pck certificate", e.to_string()))?;
+    let issuer = cert.issuer().to_string();
+    let ca = if issuer.contains("Intel SGX PCK Platform CA") {
+        PckCa::Platform
+    } else if issuer.contains("Intel SGX PCK Processor CA") {
+        PckCa::Processor
+    } else {
+        return Err(field(
+            "pck certificate",
+            format!("issuer {issuer:?} is neither the PCK Platform nor the Processor CA"),
+        ));
+    };
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == SGX_EXTENSION_OID)
+        .ok_or_else(|| field("pck certificate", "no SGX extension".into()))?;
+    let fmspc = sgx_extension_fmspc(ext.value).ok_or_else(|| {
+        field(
+            "pck certificate",
+            "SGX extension has no 6-byte FMSPC".into(),
+        )
+    })?;
+    Ok(PckIdentity {
+        fmspc,
+        ca,
+        tdx: q.header.tee_type == TEE_TYPE_TDX,
+    })
+}
+
+/// The FMSPC in the DER value of the SGX extension: a SEQUENCE of SEQUENCE { OID, value }.
+fn sgx_extension_fmspc(der: &[u8]) -> Option<[u8; 6]> {
+    use der::{asn1::ObjectIdentifier, Decode, Reader};
+    #[derive(der::Sequence)]
+    struct Item {
+        id: ObjectIdentifier,
+        value: der::Any,
+    }
+    let fmspc_oid = ObjectIdentifier::new(FMSPC_OID).ok()?;
+    let mut reader = der::SliceReader::new(der).ok()?;
+    let items: Vec<Item> = reader
+        .sequence(|r| {
+            let mut out = Vec::new();
+            while !r.is_finished() {
+                out.push(Item::decode(r)?);
+            }
+            Ok(out)
+        })
+        .ok()?;
+    if !reader.is_finished() {
+        return None;
+    }
+    let item = items.into_iter().find(|i| i.id == fmspc_oid)?;
+    let octets = der::asn1::OctetStringRef::try_from(&item.value).ok()?;
+    octets.as_bytes().try_into().ok()
+}
+
 fn json_window(item: &'static str, json: &str) -> Result<ValidityWindow, CollateralError> {
     let d: Dated = serde_json::from_str(json).map_err(|e| CollateralError::Field {
         item,

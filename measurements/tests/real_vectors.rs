@@ -260,3 +260,29 @@ fn truncations_are_malformed_not_panics() {
         );
     }
 }
+
+/// The FMSPC a collateral service is asked for is read from each real quote's PCK
+/// certificate, and it is the FMSPC of the TCB info recorded for that quote.
+#[test]
+fn pck_identity_of_real_quotes_names_their_collateral() {
+    use measurements::collateral::{pck_identity, PckCa};
+    for v in [UPTODATE, NEAR, OUTOFDATE, NOTCBLEVEL] {
+        let id = pck_identity(&v.quote_bytes()).unwrap_or_else(|e| panic!("{}: {e}", v.name));
+        assert!(id.tdx, "{}", v.name);
+        let tcb: serde_json::Value = serde_json::from_str(&v.collateral().raw.tcb_info).unwrap();
+        let want = tcb["fmspc"].as_str().unwrap().to_ascii_uppercase();
+        assert_eq!(id.fmspc_hex(), want, "{}", v.name);
+        assert!(matches!(id.ca, PckCa::Platform | PckCa::Processor));
+    }
+    // Not a quote, a quote cut short, a quote whose certificate bytes are damaged: a typed
+    // error each, never a panic.
+    let q = UPTODATE.quote_bytes();
+    assert!(pck_identity(b"not a quote").is_err());
+    assert!(pck_identity(&q[..q.len() / 2]).is_err());
+    let pem_at = q.windows(11).position(|w| w == b"-----BEGIN ").unwrap();
+    let mut bad = q.clone();
+    for b in &mut bad[pem_at + 40..pem_at + 120] {
+        *b = b'A';
+    }
+    assert!(pck_identity(&bad).is_err());
+}

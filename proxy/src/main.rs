@@ -54,7 +54,7 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::Config;
         }
     };
-    let tee = match loaded
+    let mut tee = match loaded
         .tee
         .open_for_config(&loaded.base_dir, loaded.config_sha256)
     {
@@ -65,6 +65,11 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if let Err(e) = ratls::pccs::attach(&loaded.tee, &mut tee, &loaded.base_dir, clock.clone()) {
+        tracing::error!(error = %e, "invalid [tee.pccs]");
+        return ExitCode::Config;
+    }
+    let collateral_source = tee.collateral_source.clone();
     let identity = match Identity::issue(
         tee,
         proxy::claims(&loaded.proxy.name),
@@ -123,6 +128,7 @@ async fn run(args: Args) -> ExitCode {
         config: loaded.proxy,
         resolver: identity.resolver(),
         worker_policy: loaded.worker_policy,
+        collateral_source,
         clock: clock.clone(),
         ledger,
         payments: payments.clone(),

@@ -53,6 +53,9 @@ pub struct Proxy {
     pub resolver: Arc<CertResolver>,
     /// What worker evidence is accepted.
     pub worker_policy: Policy,
+    /// Collateral for workers' quotes besides what their certificates embed (the proxy's
+    /// `[tee.pccs]`; the fresher of the two is used).
+    pub collateral_source: Option<Arc<dyn ratls::CollateralSource>>,
     /// Time for verifying workers.
     pub clock: Arc<dyn Clock>,
     pub ledger: Arc<dyn Ledger>,
@@ -84,9 +87,12 @@ impl Proxy {
             );
         }
         let cfg = &self.config;
-        let worker_verifier = Arc::new(
-            PeerVerifier::new(self.worker_policy, self.clock.clone()).with_roles([Role::Worker]),
-        );
+        let mut worker_verifier =
+            PeerVerifier::new(self.worker_policy, self.clock.clone()).with_roles([Role::Worker]);
+        if let Some(source) = self.collateral_source {
+            worker_verifier = worker_verifier.with_collateral_source(source);
+        }
+        let worker_verifier = Arc::new(worker_verifier);
         let worker_tls = server_config(
             self.resolver.clone(),
             Some(Arc::new(RaTlsClientVerifier::new(worker_verifier.clone()))),

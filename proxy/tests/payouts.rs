@@ -41,6 +41,7 @@ async fn start_paid_proxy(
         clock: Arc::new(SystemClock),
         ledger: Arc::new(PaidLedger::new(ledger.clone(), p.clone())),
         payments: Some(p.clone()),
+        collateral_source: None,
     }
     .start()
     .await

@@ -73,6 +73,7 @@ pub mod identity;
 pub mod key_file;
 pub mod logging;
 pub mod manifest_record;
+pub mod pccs;
 pub mod service_config;
 pub mod testing;
 pub mod tls;

@@ -29,23 +29,7 @@ use crate::clock::Clock;
 use crate::evidence::{parse_cert_at, PeerEvidence};
 use crate::{Claims, RatlsError, Role};
 
-/// Where a verifier gets collateral for a quote whose certificate embeds none (files, a
-/// PCCS-compatible endpoint, a cache). Collateral from an untrusted source is fine: its
-/// signatures chain to the roots the policy pins.
-pub trait CollateralSource: Send + Sync + std::fmt::Debug {
-    /// Collateral for `quote` (the FMSPC and CA type are read from its PCK certificate).
-    fn collateral_for(&self, quote: &[u8]) -> Result<Collateral, String>;
-}
-
-/// A fixed collateral document, whatever the quote (tests, single-platform deployments).
-#[derive(Clone, Debug)]
-pub struct StaticCollateral(pub Collateral);
-
-impl CollateralSource for StaticCollateral {
-    fn collateral_for(&self, _quote: &[u8]) -> Result<Collateral, String> {
-        Ok(self.0.clone())
-    }
-}
+pub use attestation::{CollateralSource, StaticCollateral};
 
 /// A peer whose certificate and evidence passed.
 #[derive(Clone, Debug)]

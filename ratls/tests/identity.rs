@@ -70,6 +70,7 @@ fn identity(device: Arc<Flaky>, clock: Arc<dyn Clock>) -> Arc<Identity> {
     let tee = OpenedTee {
         device,
         sim_platform: Some(fixture().platform.clone()),
+        collateral_source: None,
     };
     let claims = Claims::new(Role::Proxy, 1).with_extra("name", "id-test");
     Arc::new(Identity::issue(tee, claims, LIFETIME, clock).expect("issue"))

@@ -113,6 +113,7 @@ pub fn sim_tee(regs: TdRegisters) -> OpenedTee {
     OpenedTee {
         device: Arc::new(SimTdx::new(platform(), regs)),
         sim_platform: Some(platform()),
+        collateral_source: None,
     }
 }
 

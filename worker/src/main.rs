@@ -149,11 +149,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
         ));
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let tee = config
+    let mut tee = config
         .tee
         .open_for_config(&config.base_dir, config.config_sha256)
         .context("tee")
         .or_exit(Exit::Tee)?;
+    ratls::pccs::attach(&config.tee, &mut tee, &config.base_dir, clock.clone())
+        .context("tee.pccs")
+        .or_exit(Exit::Config)?;
     let lifetime = config.cert_lifetime;
     // End-to-end keys: generated here, held only in memory, published in the claims and
     // rotated with each certificate renewal.

@@ -109,6 +109,7 @@ fn missing_tee_exits_3() {
     let tee = TeeConfig::Tdx {
         report_root: Some(dir.join("no-tsm")),
         measurements_root: Some(dir.join("no-rtmr")),
+        pccs: None,
     };
     let mut cfg = config("127.0.0.1:9", tee);
     let path = write_config(&dir, &cfg);

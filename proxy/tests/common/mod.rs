@@ -106,6 +106,7 @@ pub async fn start_proxy_with(
         clock,
         ledger: ledger.clone(),
         payments: None,
+        collateral_source: None,
     }
     .start()
     .await
