@@ -495,6 +495,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pccs_section_gives_the_verifiers_a_collateral_source() {
+        let dir =
+            std::env::temp_dir().join(format!("cocoon-client-pccs-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let off = format!("encryption = \"off\"\n{POLICY}");
+        let load = |extra: &str| {
+            ClientConfigFile::parse(&format!("{off}{extra}"), Path::new("c"))
+                .and_then(|c| c.load(&dir))
+        };
+        assert!(load("").unwrap().client.collateral_source.is_none());
+        let with =
+            load("[pccs]\nurl = \"https://pccs.example:8081\"\ncache_dir = \"collateral\"\n")
+                .unwrap();
+        assert!(with.client.collateral_source.is_some());
+        match load("[pccs]\nurl = \"ftp://pccs.example\"\n") {
+            Err(ConfigError::Field { field, .. }) => assert_eq!(field, "pccs"),
+            other => panic!("{other:?}"),
+        }
+        assert!(load("[pccs]\nurl = \"http://pccs\"\nsurprise = 1\n").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn fields_are_validated() {
         let bad = |extra: &str, field: &str| {
             let c = ClientConfigFile::parse(&format!("{extra}\n{POLICY}"), Path::new("c")).unwrap();

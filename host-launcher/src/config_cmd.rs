@@ -546,4 +546,63 @@ mod tests {
         assert!(e.contains("name"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A real TD's collateral source is added to a rendered config with `edit` (the operator
+    /// knows where the host's PCCS is); the result is a valid `[tee.pccs]`.
+    #[test]
+    fn edit_adds_a_pccs_to_a_tdx_config() {
+        let dir = std::env::temp_dir().join(format!("cocoon-config-pccs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("w.toml");
+        let img = "ab".repeat(32);
+        let w = text(&[
+            "worker",
+            "--mode",
+            "tdx",
+            "--name",
+            "w",
+            "--proxy",
+            "10.0.2.2:9",
+            "--image",
+            &img,
+            "--model",
+            "m",
+            "--gguf",
+            "/models/m.gguf",
+        ])
+        .unwrap();
+        std::fs::write(&file, &w).unwrap();
+        let f = file.to_str().unwrap();
+        let edited = text(&[
+            "edit",
+            "--role",
+            "worker",
+            f,
+            "--set",
+            "tee.pccs={ url = \"https://10.0.2.2:8081\", ca_file = \"pccs-ca.pem\" }",
+        ])
+        .unwrap();
+        let parsed = worker::config::WorkerConfigFile::parse(&edited, &file).unwrap();
+        match parsed.tee {
+            attestation::config::TeeConfig::Tdx { pccs: Some(p), .. } => {
+                assert_eq!(p.url, "https://10.0.2.2:8081");
+                assert_eq!(
+                    p.refresh_secs,
+                    attestation::PccsConfig::DEFAULT_REFRESH_SECS
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = text(&[
+            "edit",
+            "--role",
+            "worker",
+            f,
+            "--set",
+            "tee.pccs={ uri = \"x\" }",
+        ])
+        .unwrap_err();
+        assert!(e.contains("uri"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

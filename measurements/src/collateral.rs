@@ -152,9 +152,9 @@ pub fn pck_identity(quote: &[u8]) -> Result<PckIdentity, CollateralError> {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
         .map_err(|e| field("pck certificate", e.to_string()))?;
     let issuer = cert.issuer().to_string();
-    let ca = if issuer.contains("Intel SGX PCK Platform CA") {
+    let ca = if issuer.contains("PCK Platform CA") {
         PckCa::Platform
-    } else if issuer.contains("Intel SGX PCK Processor CA") {
+    } else if issuer.contains("PCK Processor CA") {
         PckCa::Processor
     } else {
         return Err(field(

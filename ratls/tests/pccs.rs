@@ -3,6 +3,8 @@
 //! shapes: DER CRLs, `{"tcbInfo": …, "signature": …}` bodies, URL-encoded issuer chains in
 //! headers, the root CA CRL as hex text as a PCCS serves it), over plain HTTP and over TLS.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -692,4 +694,52 @@ fn intel_root_names_its_crl_distribution_point() {
     let dp = ratls::pccs::crl_distribution_point(&root).unwrap();
     assert!(dp.starts_with("https://") && dp.ends_with(".der"), "{dp}");
     assert_eq!(ratls::pccs::crl_distribution_point(b"junk"), None);
+}
+
+/// The verifier's side, through the real RA-TLS verification path: a peer certificate that
+/// embeds no collateral (a TD without `[tee.pccs]`) is verified with collateral from the
+/// verifier's PCCS. On the simulated platform (its own FMSPC and root), so the certificate's
+/// key binding, claims and policy are all checked as in production.
+#[test]
+fn a_peer_without_embedded_collateral_is_verified_with_the_pccs_collateral() {
+    use attestation::TeeDevice as _;
+    let f = common::fixture();
+    let quote = common::tee(common::registers()).quote(&[0u8; 64]).unwrap();
+    let fmspc = measurements::collateral::pck_identity(&quote)
+        .unwrap()
+        .fmspc_hex();
+    let pccs = Pccs::start(routes_for(&f.collateral, &fmspc), None);
+    let cert = common::cert_with(common::registers(), ratls::Role::Proxy, None);
+    let policy = common::policy();
+    let clock = common::clock(common::NOW);
+
+    let e = ratls::verify_peer(&cert.cert_der, common::NOW, &policy, None, None).unwrap_err();
+    assert_eq!(e.code(), "collateral_unavailable", "{e}");
+
+    let src = PccsSource::new(
+        &PccsConfig::new(&pccs.url),
+        Path::new("/"),
+        policy.roots.clone(),
+        clock.clone(),
+    )
+    .unwrap();
+    let peer = ratls::verify_peer(&cert.cert_der, common::NOW, &policy, Some(&src), None).unwrap();
+    assert_eq!(peer.attestation.report.registers, common::registers());
+    assert_eq!(pccs.hits(), 4);
+
+    // A service handing out another platform's documents (valid dates, signed under another
+    // root): the source refuses them (they do not verify the quote), the peer is refused.
+    let other = attestation::sim::SimPlatform::from_seed([7u8; 32]).unwrap();
+    let other = common::collateral_window(&other, common::NOW - 3600, 86_400);
+    let wrong = Pccs::start(routes_for(&other, &fmspc), None);
+    let src = PccsSource::new(
+        &PccsConfig::new(&wrong.url),
+        Path::new("/"),
+        policy.roots.clone(),
+        clock,
+    )
+    .unwrap();
+    let e = ratls::verify_peer(&cert.cert_der, common::NOW, &policy, Some(&src), None).unwrap_err();
+    assert_eq!(e.code(), "collateral_unavailable", "{e}");
+    assert!(e.to_string().contains("does not verify"), "{e}");
 }
