@@ -10,7 +10,8 @@
 //! cocoon-host config edit --role proxy|worker|client FILE [--set KEY=VALUE] [--unset KEY] [--out FILE]
 //! cocoon-host gpu list [--sysfs-root /]
 //! cocoon-host gpu bind|unbind ADDRESS [--group] [--sysfs-root /]
-//! cocoon-host preflight [--config CONFIG.toml] [--qemu PATH] [--firmware PATH] [--root /]
+//! cocoon-host preflight [--config CONFIG.toml] [--qemu PATH] [--firmware PATH] [--gpu BDF]...
+//!                       [--gpu-admin-tools PATH] [--root /]
 //! ```
 //! Exit codes: 0 clean stop, guest powered off cleanly, `--print` done, config written, checks
 //! passed;
@@ -160,7 +161,7 @@ enum GpuOp {
 
 #[derive(clap::Args, Debug)]
 struct PreflightArgs {
-    /// Take QEMU, TDVF and GPUs from this VM config.
+    /// Take QEMU, TDVF, GPUs, the QGS socket and the guest memory from this VM config.
     #[arg(long, value_name = "CONFIG.toml")]
     config: Option<PathBuf>,
     /// The QEMU binary (default: the config's, else qemu-system-x86_64).
@@ -169,7 +170,16 @@ struct PreflightArgs {
     /// The TDVF firmware (default: the config's, else the usual distribution paths).
     #[arg(long)]
     firmware: Option<PathBuf>,
-    /// Root under which sys/ and dev/ are checked (a fake tree in tests).
+    /// Also check this GPU (vfio-pci binding and CC mode); repeatable. The config's GPUs are
+    /// always checked.
+    #[arg(long = "gpu", value_name = "BDF", value_parser = parse_bdf)]
+    gpus: Vec<Bdf>,
+    /// NVIDIA's gpu-admin-tools script, which reads a GPU's CC mode (default:
+    /// nvidia_gpu_tools.py on PATH).
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
+    gpu_admin_tools: Option<PathBuf>,
+    /// Root under which sys/, dev/, proc/, etc/ and the QGS socket are checked (a fake tree in
+    /// tests).
     #[arg(long, default_value = "/")]
     root: PathBuf,
 }
@@ -358,6 +368,19 @@ fn preflight_cmd(args: PreflightArgs) -> ExitCode {
         .unwrap_or_else(|| PathBuf::from(vm::config::DEFAULT_QEMU));
     let ld = config.as_ref().and_then(|c| c.qemu.ld_library_path.clone());
     let bios = config.as_ref().and_then(|c| c.qemu.bios_dir.clone());
+    let mut gpus = config.as_ref().map(|c| c.gpus.clone()).unwrap_or_default();
+    for g in args.gpus {
+        if !gpus.contains(&g) {
+            gpus.push(g);
+        }
+    }
+    let tool = args
+        .gpu_admin_tools
+        .or_else(|| preflight::find_gpu_admin_tools(std::env::var_os("PATH").as_deref()));
+    let gpu_cc = gpus
+        .iter()
+        .map(|b| (b.clone(), preflight::probe_cc_mode(tool.as_deref(), b)))
+        .collect();
     let inputs = preflight::Inputs {
         root: args.root,
         qemu: preflight::probe_qemu(&qemu, ld.as_deref(), bios.as_deref()),
@@ -366,7 +389,13 @@ fn preflight_cmd(args: PreflightArgs) -> ExitCode {
                 .as_ref()
                 .and_then(|c| c.tdx.as_ref().map(|t| t.firmware.clone()))
         }),
-        gpus: config.map(|c| c.gpus).unwrap_or_default(),
+        gpus,
+        qgs: match &config {
+            None => Some(vm::config::DEFAULT_QGS),
+            Some(c) => c.tdx.as_ref().and_then(|t| t.qgs.clone()),
+        },
+        memory_mib: config.as_ref().map(|c| c.memory_mib),
+        gpu_cc,
     };
     let checks = preflight::run(&inputs);
     for c in &checks {
