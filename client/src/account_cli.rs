@@ -7,9 +7,8 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use client::account::settings::{AccountFile, SettingsError};
 use client::account::{addr_str, amount_str, state_name, Account, AccountError, Outcome, Wallet};
-use tonsim::chain_config::ApiKey;
 use tonsim::tonchain::ClientState;
-use tonsim::{HttpChain, TonChain};
+use tonsim::TonChain;
 
 use crate::Exit;
 
@@ -84,6 +83,19 @@ pub enum Cmd {
         #[arg(long, value_name = "ADDR")]
         contract: Option<String>,
     },
+    /// Ask the proxy (over the attested connection client.toml describes) for the charge
+    /// voucher of this account's client contract, check it (Kp signature, this contract, a
+    /// count the receipt log justifies) and submit it from the wallet once the unpaid usage
+    /// passes half the stake, as Cocoon's client does. Exit 3 when the voucher charges more
+    /// than the receipts justify (nothing is submitted).
+    Charge {
+        /// The local client's config (client.toml): proxy, policy, account key, receipts_file
+        #[arg(long, value_name = "FILE")]
+        client_config: PathBuf,
+        /// Submit even when the unpaid usage is below half the stake
+        #[arg(long)]
+        force: bool,
+    },
     /// Take the client contract's balance above the stake back to the wallet.
     Withdraw,
     /// Request a refund: pays out the balance above the stake and starts closing; after the
@@ -113,7 +125,7 @@ impl From<SettingsError> for Fail {
 impl From<AccountError> for Fail {
     fn from(e: AccountError) -> Self {
         let exit = match e {
-            AccountError::Key(_) => Exit::Config,
+            AccountError::Key(_) | AccountError::Settings(_) => Exit::Config,
             _ => Exit::Runtime,
         };
         Fail(exit, e.to_string())
@@ -158,27 +170,15 @@ fn settings(flags: Flags) -> Result<AccountFile, Fail> {
 }
 
 fn wallet(s: &AccountFile) -> Result<Wallet, Fail> {
-    let owner = s.owner_addr()?;
-    let seed = client::key::read_seed(s.key_path()?).map_err(AccountError::from)?;
-    Ok(Wallet::new(&seed, owner)?)
+    Ok(s.wallet()?)
 }
 
 fn chain(s: &AccountFile) -> Result<Arc<dyn TonChain>, Fail> {
-    let var = s.api_key_env.as_deref().unwrap_or("TONCENTER_API_KEY");
-    let key = std::env::var(var)
-        .ok()
-        .filter(|k| !k.is_empty())
-        .map(ApiKey);
-    let c = HttpChain::new(s.chain_url()?, key)
-        .map_err(|e| Fail(Exit::Config, format!("--chain: {e}")))?;
-    Ok(Arc::new(c))
+    Ok(s.chain()?)
 }
 
 async fn open(s: &AccountFile) -> Result<Account, Fail> {
-    let w = wallet(s)?;
-    let proxy = s.proxy_addr()?;
-    let wait = s.wait()?;
-    Ok(Account::open(chain(s)?, w, proxy, wait).await?)
+    Ok(s.open().await?)
 }
 
 async fn run_async(flags: Flags, cmd: Cmd) -> Result<(), Fail> {
@@ -240,6 +240,10 @@ async fn run_async(flags: Flags, cmd: Cmd) -> Result<(), Fail> {
             }
         }
         Cmd::Audit { receipts, contract } => audit(&s, &receipts, contract.as_deref()).await?,
+        Cmd::Charge {
+            client_config,
+            force,
+        } => charge(&s, &client_config, force).await?,
         Cmd::Deploy { amount } => {
             let a = open(&s).await?;
             report("deploy", &a, &a.deploy(amount).await?);
@@ -284,6 +288,81 @@ async fn run_async(flags: Flags, cmd: Cmd) -> Result<(), Fail> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `account charge` (see [`Cmd::Charge`]).
+async fn charge(s: &AccountFile, client_config: &Path, force: bool) -> Result<(), Fail> {
+    use client::account::charge::{decide, ChargeError, Decision};
+    let serve = client::config::open(client_config)
+        .map_err(|e| Fail(Exit::Config, format!("{}: {e}", client_config.display())))?;
+    let a = open(s).await?;
+    let state = a.client_state().await?.ok_or_else(|| {
+        Fail(
+            Exit::Runtime,
+            format!(
+                "client contract {} is not deployed",
+                addr_str(&a.client_address())
+            ),
+        )
+    })?;
+    let prices = protocol::usage::Prices::of_params(&a.proxy().params);
+    let justified = match &serve.client.receipts {
+        Some(log) => {
+            let audited = log.audit_now(&prices).map_err(|e| Fail(Exit::Config, e))?;
+            Some(u64::try_from(audited.tokens).unwrap_or(u64::MAX))
+        }
+        None => {
+            eprintln!(
+                "cocoon-client account: no receipts_file in {}: the voucher's count is not \
+                 checked against receipts",
+                client_config.display()
+            );
+            None
+        }
+    };
+    let proxy = client::Client::connect(serve.client.clone())
+        .await
+        .map_err(|e| Fail(Exit::Runtime, format!("proxy: {e}")))?;
+    let v = match proxy.charge_voucher().await {
+        Ok(v) => v,
+        Err(e) if e.kind == protocol::ErrorKind::NotFound => {
+            println!("no charge due: {}", e.message);
+            return Ok(());
+        }
+        Err(e) => return Err(Fail(Exit::Runtime, format!("proxy: {e}"))),
+    };
+    let decision = decide(&a, &state, &v, justified, force).map_err(|e| match e {
+        ChargeError::Overcharged { .. } => Fail(Exit::Overcharged, e.to_string()),
+        ChargeError::Account(e) => Fail::from(e),
+        ChargeError::Invalid(_) => Fail(Exit::Runtime, e.to_string()),
+    })?;
+    println!("client contract: {}", addr_str(&a.client_address()));
+    match decision {
+        Decision::NothingDue { charged } => {
+            println!("nothing to charge: the chain has charged {charged} tokens already")
+        }
+        Decision::BelowHalfStake {
+            unpaid_nano,
+            half_stake_nano,
+        } => println!(
+            "unpaid {} is below half the stake ({}): left to the proxy (--force submits now)",
+            amount_str(unpaid_nano),
+            amount_str(half_stake_nano)
+        ),
+        Decision::Submit {
+            tokens,
+            charged,
+            unpaid_nano,
+            body,
+        } => {
+            println!(
+                "submitting the charge: {charged} → {tokens} tokens ({} unpaid)",
+                amount_str(unpaid_nano)
+            );
+            report("charge", &a, &a.submit_charge(body).await?);
         }
     }
     Ok(())

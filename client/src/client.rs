@@ -140,6 +140,19 @@ impl Client {
         self.get_json(&protocol::models::path_of(id), "model").await
     }
 
+    /// The charge voucher the proxy offers for this account's client contract
+    /// ([`protocol::paths::CHARGE`]; checked by [`crate::account::charge::decide`]).
+    pub async fn charge_voucher(&self) -> Result<protocol::payout::ChargeVoucher, ApiError> {
+        let v = self
+            .get_json(protocol::paths::CHARGE, "charge voucher")
+            .await?;
+        let v: protocol::payout::ChargeVoucher = serde_json::from_value(v).map_err(|e| {
+            ApiError::new(ErrorKind::Upstream, format!("proxy charge voucher: {e}"))
+        })?;
+        v.validate()?;
+        Ok(v)
+    }
+
     /// GETs `path` on the proxy; a 200 answer must be a JSON object (`what` names it in
     /// errors), any other status becomes its [`ApiError`].
     async fn get_json(&self, path: &str, what: &str) -> Result<serde_json::Value, ApiError> {

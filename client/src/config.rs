@@ -122,6 +122,33 @@ pub struct ClientConfigFile {
     /// fresher than) what their certificates embed ([`ratls::pccs`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pccs: Option<attestation::PccsConfig>,
+    /// The client's TON account, for `serve` to check what the chain shows charged against
+    /// its receipts and to send its own charge past half its stake
+    /// ([`crate::account::charge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountLink>,
+}
+
+/// `[account]` in `client.toml`.
+///
+/// ```toml
+/// [account]
+/// settings = "account.toml"   # `cocoon-client account` settings (key, owner, proxy, chain)
+/// check_secs = 30             # how often serve checks the charges
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountLink {
+    /// account.toml, relative to client.toml's directory.
+    pub settings: PathBuf,
+    #[serde(default = "AccountLink::default_check_secs")]
+    pub check_secs: u64,
+}
+
+impl AccountLink {
+    fn default_check_secs() -> u64 {
+        30
+    }
 }
 
 /// `encryption` in `client.toml`.
@@ -190,6 +217,7 @@ impl ClientConfigFile {
             policy,
             worker_policy: None,
             pccs: None,
+            account: None,
         }
     }
 }
@@ -288,11 +316,24 @@ impl ClientConfigFile {
             }
             None => None,
         };
+        let account = match &self.account {
+            Some(link) => {
+                if !(1..=86_400).contains(&link.check_secs) {
+                    return Err(field("account", "check_secs must be 1..=86400"));
+                }
+                let path = base.join(&link.settings);
+                let settings = crate::account::settings::AccountFile::read(&path)
+                    .map_err(|e| field("account", e.to_string()))?;
+                Some((settings, Duration::from_secs(link.check_secs)))
+            }
+            None => None,
+        };
         let key_path = base.join(&self.account_key_file);
         let (account_key, created) = key::load_or_create(&key_path)
             .map_err(|e: KeyFileError| ConfigError::Resource(Box::new(e)))?;
         Ok(ServeConfig {
             listen,
+            account,
             max_body: DEFAULT_MAX_BODY,
             access,
             key_path,
@@ -404,6 +445,8 @@ impl ClientConfig {
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// `[account]`: the account settings and how often serve checks the charges.
+    pub account: Option<(crate::account::settings::AccountFile, Duration)>,
     /// Request bodies above this many bytes are refused with 413.
     pub max_body: usize,
     /// Who may use the local endpoint (allowed hosts, api key).

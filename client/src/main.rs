@@ -126,6 +126,7 @@ fn main() -> ExitCode {
 
 async fn serve_main(config: client::config::ServeConfig) -> Exit {
     let account = config.client.account_key.account_id();
+    let receipts = config.client.receipts.clone();
     let pins_config = config.client.policy.pins_config();
     let client = match Client::new(config.client) {
         Ok(c) => Arc::new(c),
@@ -170,8 +171,34 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         }
         Err(e) => tracing::warn!(error = %e, "proxy not verified yet; requests will retry"),
     }
+    // The account watcher: a proxy that over-charges ends the client (exit 3).
+    let (overcharged_tx, overcharged) = tokio::sync::watch::channel(None::<String>);
+    if let Some((settings, every)) = config.account {
+        let acct = match settings.open().await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("cocoon-client: [account]: {e}");
+                return Exit::Config;
+            }
+        };
+        tracing::info!(client_contract = %acct.client_address(), "checking charges every {every:?}");
+        tokio::spawn(watch_charges(
+            acct,
+            client.clone(),
+            receipts,
+            every,
+            overcharged_tx,
+        ));
+    }
     // Installed before the readiness line: an early SIGTERM drains, not kills.
-    let shutdown = shutdown_signal();
+    let signal = shutdown_signal();
+    let mut stop = overcharged.clone();
+    let shutdown = async move {
+        tokio::select! {
+            () = signal => {}
+            _ = stop.wait_for(Option::is_some) => {}
+        }
+    };
     println!("{}http://{addr}/v1", protocol::guest::CLIENT_READY);
     serve::run(
         listener,
@@ -184,8 +211,54 @@ async fn serve_main(config: client::config::ServeConfig) -> Exit {
         shutdown,
     )
     .await;
+    if let Some(reason) = overcharged.borrow().clone() {
+        eprintln!("cocoon-client: stopped: {reason}");
+        return Exit::Overcharged;
+    }
     tracing::info!("cocoon-client: shutting down");
     Exit::Clean
+}
+
+/// `serve` with `[account]`: every `every`, one [`client::account::charge::round`]; an
+/// over-charge is sent on `stop` (the client then stops, naming it). Other failures (chain or
+/// proxy unreachable) are logged and retried.
+async fn watch_charges(
+    account: client::account::Account,
+    client: Arc<Client>,
+    receipts: Option<Arc<client::receipts::ReceiptLog>>,
+    every: std::time::Duration,
+    stop: tokio::sync::watch::Sender<Option<String>>,
+) {
+    use client::account::charge::{round, ChargeError, Round};
+    let prices = protocol::usage::Prices::of_params(&account.proxy().params);
+    loop {
+        tokio::time::sleep(every).await;
+        let justified = match &receipts {
+            Some(log) => match log.audit_now(&prices) {
+                Ok(a) => Some(u64::try_from(a.tokens).unwrap_or(u64::MAX)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "receipt log unreadable; charges not checked");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        match round(&account, justified, || client.charge_voucher()).await {
+            Ok(Round::Idle) => {}
+            Ok(Round::Submitted { tokens }) => {
+                tracing::info!(
+                    tokens,
+                    "sent the client's own charge (unpaid usage above half the stake)"
+                )
+            }
+            Err(e @ ChargeError::Overcharged { .. }) => {
+                tracing::error!(error = %e, "the proxy over-charges; stopping");
+                stop.send_replace(Some(e.to_string()));
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "charge check failed; retrying"),
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves at the first signal.

@@ -31,6 +31,7 @@ use protocol::usage::Prices;
 #[derive(Debug)]
 pub struct ReceiptLog {
     file: Mutex<File>,
+    path: std::path::PathBuf,
     prices: Prices,
 }
 
@@ -45,8 +46,22 @@ impl ReceiptLog {
             .open(path)?;
         Ok(Self {
             file: Mutex::new(file),
+            path: path.to_path_buf(),
             prices,
         })
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// [`audit`] of everything logged so far, priced at `prices`.
+    pub fn audit_now(&self, prices: &Prices) -> Result<Audited, String> {
+        let _writer = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        audit(&text, prices).map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
     /// The line for `receipt` (whose signed encoding is `signed`, verified with `key`).

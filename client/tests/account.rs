@@ -441,3 +441,162 @@ async fn an_unreachable_chain_is_a_clear_error() {
     assert!(err.contains("--proxy"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The client's own charge, as Cocoon's client sends it once its unpaid usage passes half its
+/// stake: vouchers signed with the proxy key Kp (seed `[1; 32]`, as the proxy hands them out
+/// on `GET /cocoon/v1/charge`) are checked, then submitted from the client's wallet to its
+/// contract running the real code, which charges exactly the voucher's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_submits_its_own_charge_past_half_its_stake() {
+    use client::account::charge::{decide, ChargeError, Decision};
+    use protocol::payout::ChargeVoucher;
+    use ton::messages::signed::{build_signed, SignedOp, SignedPayload};
+
+    let dir = tmp("charge");
+    let key = dir.join("wallet.key");
+    client::key::create_seed(&key).unwrap();
+    let wallet = wallet_from(&key);
+    let local = local_chain(wallet.address(), 20 * TON);
+    let server = LocalServer::start(local).await.unwrap();
+    let http: Arc<dyn TonChain> = Arc::new(HttpChain::new(&server.url(), None).unwrap());
+    let acct = Account::open(http.clone(), wallet, proxy_addr(), fast())
+        .await
+        .unwrap();
+    acct.deploy(3 * TON).await.unwrap();
+    let state = acct.client_state().await.unwrap().unwrap();
+    let price = acct.proxy().params.price_per_token.nano();
+    let half_stake_tokens = u64::try_from(state.stake / 2 / price).unwrap();
+    let kp = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    let client = acct.client_address();
+    let voucher = |key: &ed25519_dalek::SigningKey, target: Addr, op: SignedOp, tokens: u64| {
+        let payload = SignedPayload {
+            op,
+            qid: 7,
+            tokens: Some(tokens),
+            expected_address: target,
+        };
+        let body = build_signed(key, &payload, &proxy_owner()).unwrap();
+        ChargeVoucher {
+            proxy_contract: proxy_addr().to_string(),
+            client_contract: target.to_string(),
+            tokens,
+            voucher: ton::boc::encode_hex(&body),
+        }
+    };
+    let due = half_stake_tokens + 10;
+    let v = voucher(&kp, client, SignedOp::Charge, due);
+
+    // Below half the stake: left to the proxy (unless forced).
+    let small = voucher(&kp, client, SignedOp::Charge, half_stake_tokens / 2);
+    assert!(matches!(
+        decide(&acct, &state, &small, None, false).unwrap(),
+        Decision::BelowHalfStake { .. }
+    ));
+    assert!(matches!(
+        decide(&acct, &state, &small, None, true).unwrap(),
+        Decision::Submit { .. }
+    ));
+
+    // Refused, named: another key, another contract, another op, a count the signature does
+    // not carry, and more than the receipts justify.
+    let invalid = |v: &ChargeVoucher, want: &str| match decide(&acct, &state, v, None, false) {
+        Err(ChargeError::Invalid(m)) => assert!(m.contains(want), "{m}"),
+        other => panic!("{want}: {other:?}"),
+    };
+    let other_key = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+    invalid(
+        &voucher(&other_key, client, SignedOp::Charge, due),
+        "signature",
+    );
+    invalid(
+        &voucher(&kp, Addr::basechain([5; 32]), SignedOp::Charge, due),
+        "for client contract",
+    );
+    invalid(
+        &voucher(&kp, client, SignedOp::GrantRefund, due),
+        "expected a charge",
+    );
+    let mut lying = v.clone();
+    lying.tokens = due - 1;
+    invalid(&lying, "signed count");
+    match decide(&acct, &state, &v, Some(due - 3), false) {
+        Err(ChargeError::Overcharged {
+            voucher,
+            justified,
+            over,
+            over_nano,
+        }) => assert_eq!(
+            (voucher, justified, over, over_nano),
+            (due, due - 3, 3, 3 * price)
+        ),
+        other => panic!("expected an over-charge, got {other:?}"),
+    }
+
+    // Due: submitted from the wallet; the contract charges exactly the voucher's count.
+    let Decision::Submit {
+        body,
+        tokens,
+        charged,
+        unpaid_nano,
+    } = decide(&acct, &state, &v, Some(due), false).unwrap()
+    else {
+        panic!("expected a submission")
+    };
+    assert_eq!((tokens, charged), (due, 0));
+    assert_eq!(unpaid_nano, u128::from(due) * price);
+    let o = acct.submit_charge(body).await.unwrap();
+    let after = o.client_state.unwrap();
+    assert_eq!(after.tokens_used, due);
+    assert_eq!(state.balance - after.balance, u128::from(due) * price);
+    // The same voucher again: nothing is due.
+    assert!(matches!(
+        decide(&acct, &after, &v, Some(due), false).unwrap(),
+        Decision::NothingDue { charged } if charged == due
+    ));
+
+    // What `serve` with `[account]` runs every `check_secs` (`charge::round`):
+    use client::account::charge::{round, Round};
+    // receipts justify what is charged, nothing unpaid: the proxy is not even asked;
+    let idle = round(&acct, Some(due), || async {
+        panic!("the proxy is asked only when the unpaid usage passes half the stake")
+    })
+    .await
+    .unwrap();
+    assert_eq!(idle, Round::Idle);
+    // unpaid usage past half the stake: the voucher is fetched, checked and submitted;
+    let next = due + half_stake_tokens + 1;
+    let v2 = voucher(&kp, client, SignedOp::Charge, next);
+    let done = round(&acct, Some(next), || async { Ok(v2.clone()) })
+        .await
+        .unwrap();
+    assert_eq!(done, Round::Submitted { tokens: next });
+    assert_eq!(
+        acct.client_state().await.unwrap().unwrap().tokens_used,
+        next
+    );
+    // the proxy has nothing (404): idle;
+    let none = round(&acct, None, || async {
+        Err(protocol::ApiError::new(
+            protocol::ErrorKind::NotFound,
+            "nothing due",
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(none, Round::Idle);
+    // the chain shows more charged than the receipts justify (the proxy charged itself):
+    // the over-charge is named and ends the client.
+    match round(&acct, Some(next - 5), || async { Ok(v2.clone()) }).await {
+        Err(ChargeError::Overcharged {
+            voucher,
+            justified,
+            over,
+            over_nano,
+        }) => assert_eq!(
+            (voucher, justified, over, over_nano),
+            (next, next - 5, 5, 5 * price)
+        ),
+        other => panic!("expected an over-charge, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,6 +63,9 @@ pub mod paths {
     pub const WORKERS: &str = "/cocoon/v1/workers";
     /// Payout vouchers (proxy → worker, [`crate::payout`]).
     pub const PAYOUT: &str = "/cocoon/v1/payout";
+    /// The client's charge voucher (client → proxy, GET; [`crate::payout::ChargeVoucher`]):
+    /// what a client submits itself once its unpaid usage passes half its stake.
+    pub const CHARGE: &str = "/cocoon/v1/charge";
     /// OpenAI chat completions.
     pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
     /// OpenAI legacy completions.

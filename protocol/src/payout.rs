@@ -47,23 +47,60 @@ pub struct PayoutVoucher {
 impl PayoutVoucher {
     /// Shape checks (sizes, hex); the signature and addresses are the worker's to check.
     pub fn validate(&self) -> Result<(), ApiError> {
-        let bad = |m: &str| {
-            Err(ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("payout: {m}"),
-            ))
-        };
-        if self.voucher.is_empty() || self.voucher.len() > MAX_VOUCHER_HEX {
-            return bad("voucher size");
-        }
-        if hex::decode(&self.voucher).is_err() {
-            return bad("voucher is not hex");
-        }
-        if self.proxy_contract.len() > 128 || self.worker_contract.len() > 128 {
-            return bad("address too long");
-        }
-        Ok(())
+        check_shape(
+            "payout",
+            &self.voucher,
+            [&self.proxy_contract, &self.worker_contract],
+        )
     }
+}
+
+/// Proxy → client: the charge voucher for the client contract bound to the connection's
+/// account key, for the cumulative tokens the proxy's ledger has committed and anchored. The
+/// client checks it (Kp signature, its own contract, a count its receipts justify) and may
+/// submit it to its client contract itself (Cocoon's client does once its unpaid usage passes
+/// half its stake).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeVoucher {
+    /// The proxy contract (raw address).
+    pub proxy_contract: String,
+    /// The client contract the voucher charges (raw address).
+    pub client_contract: String,
+    /// Cumulative tokens the voucher charges up to.
+    pub tokens: u64,
+    /// The signed charge message (`ton::messages::signed`), BOC in hex.
+    pub voucher: String,
+}
+
+impl ChargeVoucher {
+    /// Shape checks (sizes, hex); signature, addresses and count are the client's to check.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_shape(
+            "charge",
+            &self.voucher,
+            [&self.proxy_contract, &self.client_contract],
+        )
+    }
+}
+
+fn check_shape(what: &str, voucher: &str, addrs: [&String; 2]) -> Result<(), ApiError> {
+    let bad = |m: &str| {
+        Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("{what}: {m}"),
+        ))
+    };
+    if voucher.is_empty() || voucher.len() > MAX_VOUCHER_HEX {
+        return bad("voucher size");
+    }
+    if hex::decode(voucher).is_err() {
+        return bad("voucher is not hex");
+    }
+    if addrs.iter().any(|a| a.len() > 128) {
+        return bad("address too long");
+    }
+    Ok(())
 }
 
 /// Worker → proxy: the voucher was accepted.
@@ -98,5 +135,15 @@ mod tests {
             b.voucher = bad.into();
             assert!(b.validate().is_err(), "{bad}");
         }
+        let c = ChargeVoucher {
+            proxy_contract: "0:00".into(),
+            client_contract: "0:02".into(),
+            tokens: 7,
+            voucher: "b5ee".into(),
+        };
+        c.validate().unwrap();
+        let mut long = c.clone();
+        long.client_contract = "0".repeat(129);
+        assert!(long.validate().unwrap_err().message.contains("charge"));
     }
 }

@@ -217,6 +217,13 @@ async fn dispatch(
             not_allowed(req.method(), protocol::paths::WORKERS)
         };
     }
+    if path == protocol::paths::CHARGE {
+        return if req.method() == Method::GET {
+            charge_voucher(state, account).await
+        } else {
+            not_allowed(req.method(), protocol::paths::CHARGE)
+        };
+    }
     if let Some(id) = protocol::models::id_from_path(path) {
         return if req.method() == Method::GET {
             match id {
@@ -309,6 +316,41 @@ pub fn directory(state: &State, query: &str) -> Response<ResponseBody> {
         .collect();
     let dir = protocol::e2e::Directory { model, workers };
     json_response(StatusCode::OK, serde_json::to_vec(&dir).unwrap_or_default())
+}
+
+/// The charge voucher for the connection's account ([`protocol::payout::ChargeVoucher`]):
+/// 404 `not_found` without payments, for an account bound to no client contract, or when
+/// nothing is due; 503 while the payments engine cannot sign.
+pub async fn charge_voucher(state: &State, account: &str) -> Response<ResponseBody> {
+    let Some(payments) = &state.payments else {
+        return error_response(&ApiError::new(
+            ErrorKind::NotFound,
+            "this proxy runs without payments: there are no charge vouchers",
+        ));
+    };
+    match payments.charge_voucher(account).await {
+        Ok(Some((contract, tokens, body))) => {
+            let voucher = protocol::payout::ChargeVoucher {
+                proxy_contract: payments.proxy_contract().to_string(),
+                client_contract: contract.to_string(),
+                tokens,
+                voucher: ton::boc::encode_hex(&body),
+            };
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&voucher).unwrap_or_default(),
+            )
+        }
+        Ok(None) => error_response(&ApiError::new(
+            ErrorKind::NotFound,
+            "no charge is due: the account is bound to no client contract, or the chain has \
+             charged everything anchored",
+        )),
+        Err(e) => error_response(&ApiError::new(
+            ErrorKind::Unavailable,
+            format!("payments cannot sign now: {e}"),
+        )),
+    }
 }
 
 /// Model `id` if a connected worker serves it, else 404 `model_not_found`.

@@ -289,3 +289,101 @@ async fn insufficient_funds_name_both_amounts_and_a_top_up_on_chain_lets_the_nex
     let _ = worker.shutdown(Duration::from_secs(2)).await;
     task.shutdown().await;
 }
+
+/// A client that submits its charge itself (Cocoon's client does once its unpaid usage passes
+/// half its stake) gets the voucher from the proxy's client port: 404 while nothing is
+/// anchored, then the Kp-signed charge for exactly the anchored count of its own contract, the
+/// same count again until the chain charges it; submitted to the real client contract, it
+/// charges exactly that count, and then nothing is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fetches_its_charge_voucher_and_the_contract_accepts_it() {
+    use ton::messages::signed::{SignedMessage, SignedOp};
+    let d = dir("payouts-self-charge");
+    let ledger = open_ledger(&d.join("ledger.redb"));
+    let local = local_chain(wallet_address(&wallet_key(), owner()), addr(0x42));
+    let chain: Arc<dyn TonChain> = Arc::new(local.clone());
+    // The proxy never sends a charge itself here: its threshold is far away.
+    let p = engine(
+        &chain,
+        &ledger,
+        PaymentsConfig {
+            charge_threshold_nano: u64::MAX,
+            ..config()
+        },
+    );
+    let contract = deploy_proxy_and_client_for(&p, &local, &account_key_of(9)).await;
+    p.sync_chain().await.unwrap();
+    let task = p.start();
+    let running = start_paid_proxy(&p, &ledger, |_| {}).await;
+    let worker = start_paid_worker(
+        running.worker_addr,
+        StubEngine::new("stub", 24, 5000.0),
+        ServiceOptions::default(),
+        None,
+    );
+    until("the worker registers", || async {
+        running.state().registry.len() == 1
+    })
+    .await;
+
+    let mut c = common::client(running.client_addr, 9).await;
+    let resp = c.get(protocol::paths::CHARGE).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "nothing billed yet");
+    for _ in 0..3 {
+        let body =
+            br#"{"model":"stub","messages":[{"role":"user","content":"one two"}],"stream":true}"#;
+        let resp = c.send(common::chat("stub", 16, None, body)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        common::events(resp.into_body()).await;
+    }
+    let used = ledger.client(&contract.to_string()).unwrap().used_tokens;
+    assert!(used > 0);
+    until("everything anchored", || async {
+        ledger
+            .client(&contract.to_string())
+            .unwrap()
+            .anchored_tokens
+            == used
+    })
+    .await;
+
+    let v = fetch_charge(&mut c).await;
+    assert_eq!(v.tokens, used);
+    assert_eq!(v.client_contract, contract.to_string());
+    assert_eq!(v.proxy_contract, p.proxy_contract().to_string());
+    let cell = ton::boc::decode_hex(&v.voucher).unwrap();
+    let msg =
+        SignedMessage::parse_verified(&cell, &kp().verifying_key().to_bytes(), &contract).unwrap();
+    assert_eq!((msg.op, msg.payload.tokens), (SignedOp::Charge, Some(used)));
+    // Asked again before the chain charged it: the same count (nothing new is claimed).
+    assert_eq!(fetch_charge(&mut c).await.tokens, used);
+
+    // Submitted by the client (any sender; its own excess address), the contract charges it.
+    let before = client_state(&chain, &contract).await;
+    let body = msg.repack(&client_owner()).unwrap();
+    send(&local, client_owner(), contract, 300_000_000, None, body).await;
+    let after = client_state(&chain, &contract).await;
+    assert_eq!(after.tokens_used, used);
+    assert_eq!(
+        before.balance - after.balance,
+        u128::from(used) * params().price_per_token.nano()
+    );
+    until("the proxy sees the charge", || async {
+        ledger.client(&contract.to_string()).unwrap().charged_tokens == used
+    })
+    .await;
+    let resp = c.get(protocol::paths::CHARGE).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "charged: nothing due");
+
+    let _ = worker.shutdown(Duration::from_secs(2)).await;
+    task.shutdown().await;
+}
+
+async fn fetch_charge(c: &mut common::Client) -> protocol::payout::ChargeVoucher {
+    let resp = c.get(protocol::paths::CHARGE).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: protocol::payout::ChargeVoucher =
+        serde_json::from_value(common::json_body(resp).await).unwrap();
+    v.validate().unwrap();
+    v
+}

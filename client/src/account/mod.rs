@@ -35,6 +35,7 @@
 //! Trust boundary: the chain API is untrusted (see `tonsim::tonchain`); what it returns is
 //! parsed with typed errors. The wallet seed stays in this process (never logged).
 
+pub mod charge;
 pub mod settings;
 pub mod wait;
 
@@ -77,6 +78,9 @@ pub enum AccountError {
     /// The wallet key file.
     #[error(transparent)]
     Key(#[from] crate::key::KeyFileError),
+    /// The account settings (`account.toml` or flags).
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
     /// No active contract at the proxy address.
     #[error("proxy contract {addr}: no active contract there (status {status:?}); check the proxy address")]
     ProxyNotFound { addr: Addr, status: AccountStatus },

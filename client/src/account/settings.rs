@@ -152,6 +152,41 @@ impl AccountFile {
     }
 }
 
+impl AccountFile {
+    /// The chain API client (toncenter v2 over HTTP; the API key from `api_key_env`, default
+    /// `TONCENTER_API_KEY`).
+    pub fn chain(&self) -> Result<std::sync::Arc<dyn tonsim::TonChain>, SettingsError> {
+        let var = self.api_key_env.as_deref().unwrap_or("TONCENTER_API_KEY");
+        let key = std::env::var(var)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(tonsim::chain_config::ApiKey);
+        let c =
+            tonsim::HttpChain::new(self.chain_url()?, key).map_err(|e| SettingsError::Invalid {
+                what: "chain",
+                reason: e.to_string(),
+            })?;
+        Ok(std::sync::Arc::new(c))
+    }
+
+    /// The Cocoon wallet of the key file and owner.
+    pub fn wallet(&self) -> Result<super::Wallet, super::AccountError> {
+        let owner = self.owner_addr()?;
+        let path = self.key_path()?;
+        let seed = crate::key::read_seed(path)?;
+        super::Wallet::new(&seed, owner)
+    }
+
+    /// The account these settings describe (reads the proxy contract from the chain).
+    pub async fn open(&self) -> Result<super::Account, super::AccountError> {
+        let wallet = self.wallet()?;
+        let chain = self.chain()?;
+        let proxy = self.proxy_addr()?;
+        let wait = self.wait()?;
+        super::Account::open(chain, wallet, proxy, wait).await
+    }
+}
+
 fn parse_addr(
     flag: &'static str,
     text: Option<&str>,

@@ -606,6 +606,34 @@ impl Payments {
         Ok(Some((count, body)))
     }
 
+    /// The charge voucher for the client contract bound to the TLS account `account` (hex
+    /// key), for a client that submits its charge itself: a new one for its anchored count,
+    /// else the last one again if the chain has not charged it yet. `None` if the account is
+    /// bound to no contract or nothing is due.
+    pub async fn charge_voucher(
+        &self,
+        account: &str,
+    ) -> Result<Option<(Addr, u64, Cell)>, PaymentsError> {
+        self.ensure_healthy()?;
+        let Some(contract) = self.account_contract(account) else {
+            return Ok(None);
+        };
+        let ledger_account = contract.to_string();
+        let count = match self.ledger.claim_charge_voucher(&ledger_account) {
+            Some((count, ticket)) => {
+                ticket.wait().await?;
+                count
+            }
+            None => match self.ledger.client(&ledger_account) {
+                Some(a) if a.voucher_tokens > a.charged_tokens => a.voucher_tokens,
+                _ => return Ok(None),
+            },
+        };
+        let body = self.voucher(SignedOp::Charge, &contract, count)?;
+        tracing::info!(client = %contract, count, "payments: charge voucher handed to the client");
+        Ok(Some((contract, count, body)))
+    }
+
     /// The payout voucher last issued for `worker`, signed again (the same bytes), without
     /// claiming anything new; `None` if none was issued. What the proxy shows a worker right
     /// after registration, so that a worker that has seen a higher count refuses it before
