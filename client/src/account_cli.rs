@@ -335,7 +335,9 @@ async fn charge(s: &AccountFile, client_config: &Path, force: bool) -> Result<()
         Err(e) => return Err(Fail(Exit::Runtime, format!("proxy: {e}"))),
     };
     let decision = decide(&a, &state, &v, justified, force).map_err(|e| match e {
-        ChargeError::Overcharged { .. } => Fail(Exit::Overcharged, e.to_string()),
+        ChargeError::Overcharged { .. } | ChargeError::ChargedTooMuch { .. } => {
+            Fail(Exit::Overcharged, e.to_string())
+        }
         ChargeError::Account(e) => Fail::from(e),
         ChargeError::Invalid(_) => Fail(Exit::Runtime, e.to_string()),
     })?;

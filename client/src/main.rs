@@ -229,7 +229,7 @@ async fn watch_charges(
     every: std::time::Duration,
     stop: tokio::sync::watch::Sender<Option<String>>,
 ) {
-    use client::account::charge::{round, ChargeError, Round};
+    use client::account::charge::{round, Round};
     let prices = protocol::usage::Prices::of_params(&account.proxy().params);
     loop {
         tokio::time::sleep(every).await;
@@ -251,7 +251,7 @@ async fn watch_charges(
                     "sent the client's own charge (unpaid usage above half the stake)"
                 )
             }
-            Err(e @ ChargeError::Overcharged { .. }) => {
+            Err(e) if e.is_overcharge() => {
                 tracing::error!(error = %e, "the proxy over-charges; stopping");
                 stop.send_replace(Some(e.to_string()));
                 return;

@@ -587,8 +587,8 @@ async fn the_client_submits_its_own_charge_past_half_its_stake() {
     // the chain shows more charged than the receipts justify (the proxy charged itself):
     // the over-charge is named and ends the client.
     match round(&acct, Some(next - 5), || async { Ok(v2.clone()) }).await {
-        Err(ChargeError::Overcharged {
-            voucher,
+        Err(ChargeError::ChargedTooMuch {
+            charged: voucher,
             justified,
             over,
             over_nano,
@@ -598,5 +598,48 @@ async fn the_client_submits_its_own_charge_past_half_its_stake() {
         ),
         other => panic!("expected an over-charge, got {other:?}"),
     }
+
+    // The same through `cocoon-client serve` with `[account]`: its receipt log is empty, the
+    // chain shows `next` tokens charged to its contract, so the client stops (exit 3) and
+    // names the amount. (The proxy address is closed: the chain check needs no proxy.)
+    let url = server.url();
+    std::fs::write(
+        dir.join("account.toml"),
+        format!(
+            "key = \"wallet.key\"\nowner = \"{}\"\nproxy = \"{}\"\nchain = \"{url}\"\npoll_ms = 20\ntimeout_secs = 20\n",
+            wallet_owner(),
+            proxy_addr()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("receipts.jsonl"), b"").unwrap();
+    let config = dir.join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nproxy = \"127.0.0.1:9\"\naccount_key_file = \"account.key\"\n\
+             encryption = \"off\"\nreceipts_file = \"receipts.jsonl\"\n\
+             [policy]\nimages = [\"{}\"]\nrtmr3 = [\"{}\"]\n\
+             [account]\nsettings = \"account.toml\"\ncheck_secs = 1\n",
+            "ab".repeat(32),
+            "cd".repeat(48)
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = tokio::time::timeout(
+        Duration::from_secs(60),
+        binary(&["serve", "--config", config.to_str().unwrap()]),
+    )
+    .await
+    .expect("serve stops by itself");
+    assert_eq!(code, 3, "{out}{err}");
+    let want = format!(
+        "over-charged: the chain shows {next} tokens charged to this client contract, the \
+         receipts justify 0: {next} tokens ({} nanoton) more",
+        u128::from(next) * price
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,8 +55,26 @@ pub enum ChargeError {
         over: u64,
         over_nano: u128,
     },
+    #[error(
+        "over-charged: the chain shows {charged} tokens charged to this client contract, the \
+         receipts justify {justified}: {over} tokens ({over_nano} nanoton) more"
+    )]
+    ChargedTooMuch {
+        charged: u64,
+        justified: u64,
+        over: u64,
+        over_nano: u128,
+    },
     #[error(transparent)]
     Account(#[from] AccountError),
+}
+
+impl ChargeError {
+    /// Whether the proxy charged, or asked to charge, more than the receipts justify (the
+    /// client stops using it).
+    pub fn is_overcharge(&self) -> bool {
+        matches!(self, Self::Overcharged { .. } | Self::ChargedTooMuch { .. })
+    }
 }
 
 /// Checks `v` against the chain (client `state`) and, if given, the adjusted tokens the
@@ -172,8 +190,8 @@ where
     if let Some(justified) = justified_tokens {
         if state.tokens_used > justified {
             let over = state.tokens_used - justified;
-            return Err(ChargeError::Overcharged {
-                voucher: state.tokens_used,
+            return Err(ChargeError::ChargedTooMuch {
+                charged: state.tokens_used,
                 justified,
                 over,
                 over_nano: u128::from(over) * price,
