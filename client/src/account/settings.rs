@@ -180,9 +180,9 @@ impl AccountFile {
     /// The account these settings describe (reads the proxy contract from the chain).
     pub async fn open(&self) -> Result<super::Account, super::AccountError> {
         let wallet = self.wallet()?;
-        let chain = self.chain()?;
         let proxy = self.proxy_addr()?;
         let wait = self.wait()?;
+        let chain = self.chain()?;
         super::Account::open(chain, wallet, proxy, wait).await
     }
 }
