@@ -14,10 +14,16 @@ is charged and paid out) and checks, all read from the chain:
   * the client contract's balance dropped by exactly what the client computed;
   * the worker owner received exactly adjusted tokens * worker_fee;
   * the proxy contract kept exactly adjusted tokens * (price - worker_fee).
+Then the client's own checks: `account audit` of its receipt log against the chain (and of a
+log missing one receipt: exit 3, naming the difference); `account charge` through the proxy's
+client port (nothing due: the proxy charged everything); and the running client, which checks
+the chain's charges against its receipts every few seconds ([account] in client.toml), stops
+with exit 3 naming the difference once a receipt goes missing from its log.
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,6 +178,43 @@ def main():
         if a.returncode != 3 or f"the chain shows {owed} tokens charged" not in a.stderr:
             fail(f"account audit of a partial log: exit {a.returncode}\n{a.stdout}{a.stderr}")
         print(f"e2e_money: ok  account audit names the over-charge: {a.stderr.strip()}")
+
+        # The client's own charge, through the proxy's client port over the attested
+        # connection: the proxy charged everything itself already, so nothing is due.
+        c = subprocess.run(
+            [os.path.join(bin_dir, "cocoon-client"), "account", "charge",
+             "--account-config", os.path.join(net, "account.toml"),
+             "--client-config", os.path.join(net, "client.toml")],
+            capture_output=True, text=True, timeout=60)
+        if c.returncode != 0 or "no charge due" not in c.stdout:
+            fail(f"account charge: exit {c.returncode}\n{c.stdout}{c.stderr}")
+        print(f"e2e_money: ok  account charge: {c.stdout.strip()}")
+
+        # The running client checks the chain's charges against its receipt log every few
+        # seconds ([account] in client.toml). One receipt goes missing from its log: the chain
+        # now shows more charged than the receipts justify, and the client stops, naming it.
+        first = json.loads(lines[0])
+        with open(receipts, "w") as f:
+            f.writelines(lines[1:])
+        # what the log without that line justifies (as the partial audit above showed)
+        missing = owed - int(re.search(r"the receipts justify (\d+)", a.stderr).group(1))
+        want = (f"over-charged: the chain shows {owed} tokens charged to this client contract, "
+                f"the receipts justify {owed - missing}: {missing} tokens "
+                f"({missing * price} nanoton) more")
+        try:
+            host.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            fail("the client did not stop within 30 s of the over-charge")
+        out.flush()
+        launcher = open(os.path.join(tmp, "launcher.out")).read()
+        client_log = open(os.path.join(net, "logs", "client.log")).read()
+        if want not in client_log or "client exited (exit status: 3)" not in launcher:
+            fail(f"expected the client to stop with exit 3 naming: {want}\n"
+                 f"launcher: {launcher[-2000:]}\nclient log: {client_log[-2000:]}")
+        if host.returncode != 1:
+            fail(f"cocoon-host exited with {host.returncode} when the client stopped (expected 1)")
+        print(f"e2e_money: ok  the running client stops (exit 3): {want} "
+              f"(request {first['request_id'][:12]}… dropped from its log)")
         ok = True
     finally:
         if host.poll() is None:
@@ -186,8 +229,8 @@ def main():
         else:
             print(f"e2e_money: files kept in {tmp}; launcher output:")
             print(open(os.path.join(tmp, "launcher.out")).read()[-4000:])
-    if host.returncode not in (0, None):
-        fail(f"cocoon-host exited with {host.returncode} after SIGTERM (expected 0)")
+    if not ok:
+        sys.exit(1)
     print("e2e_money: all checks passed")
 
 

@@ -290,6 +290,7 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
         plan.payments = Some(local::PaymentsPlan {
             proxy: m.proxy_payments(),
             worker: m.worker_payout(),
+            client_account: m.client_account_toml(),
         });
         println!(
             "cocoon-host: local TON chain at {} (proxy wallet {}, worker wallet {}, proxy contract {})",

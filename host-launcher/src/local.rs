@@ -126,7 +126,13 @@ pub struct Plan {
 pub struct PaymentsPlan {
     pub proxy: proxy::payments::PaymentsConfig,
     pub worker: worker::config::PayoutFile,
+    /// The client's `account.toml` ([`crate::money::CLIENT_ACCOUNT_FILE`]): the client
+    /// checks its charges while serving (`[account]` in its config).
+    pub client_account: String,
 }
+
+/// How often the local client checks what its contract was charged.
+pub const CLIENT_CHARGE_CHECK_SECS: u64 = 5;
 
 /// One generated text file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,6 +248,12 @@ pub fn client_config(
     );
     // The client's own record of what it was served and what that costs (client::receipts).
     file.receipts_file = Some(CLIENT_RECEIPTS.into());
+    // With payments: the client checks the chain's charges against those receipts (and sends
+    // its own charge past half its stake).
+    file.account = plan.payments.as_ref().map(|_| client::config::AccountLink {
+        settings: crate::money::CLIENT_ACCOUNT_FILE.into(),
+        check_secs: CLIENT_CHARGE_CHECK_SECS,
+    });
     file
 }
 
@@ -340,6 +352,12 @@ pub fn write(dir: &Path, plan: &Plan, platform: &SimPlatform) -> Result<(), Layo
     write_file(&dir.join(ROOT_FILE), platform.root_ca_der())?;
     for f in render(plan)? {
         write_file(&dir.join(f.name), f.text.as_bytes())?;
+    }
+    if let Some(p) = &plan.payments {
+        write_file(
+            &dir.join(crate::money::CLIENT_ACCOUNT_FILE),
+            p.client_account.as_bytes(),
+        )?;
     }
     Ok(())
 }

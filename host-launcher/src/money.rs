@@ -9,14 +9,17 @@
 //!    created here, so the launcher knows the proxy key Kp and the proxy wallet's address; the
 //!    worker's wallet key is `worker-wallet.key` (mode 0600). In local mode the host writes
 //!    every config and holds these keys: development only (docs/threat-model.md).
-//! 2. **Test money.** Fixed treasury addresses own everything: the proxy contract's owner and
-//!    the root, the worker owner (receives the worker's earnings), the client owner (deploys
-//!    and tops up the client contract). The proxy wallet gets [`PROXY_WALLET_FUND`], the worker
-//!    wallet [`WORKER_WALLET_FUND`].
+//! 2. **Test money.** Fixed treasury addresses own the proxy contract, the root, the worker's
+//!    earnings and the client's Cocoon wallet (`client-wallet.key`, its owner [`client_owner`]).
+//!    The proxy wallet gets [`PROXY_WALLET_FUND`], the worker wallet [`WORKER_WALLET_FUND`],
+//!    the client wallet [`CLIENT_WALLET_FUND`].
 //! 3. **Contracts.** The proxy deploys its own contract from its wallet once it runs
-//!    ([`Money::wait_proxy_contract`]); the launcher then deploys the client contract, binds it
-//!    to the client's account key (`secret_hash` = `account_binding_hash`) and tops it up with
-//!    [`CLIENT_DEPOSIT`] ([`Money::fund_client`]), before the client starts.
+//!    ([`Money::wait_proxy_contract`]); the launcher then deploys the client contract from the
+//!    client's wallet with [`CLIENT_DEPOSIT`] and binds it to the client's account key
+//!    (`secret_hash` = `account_binding_hash`) — `cocoon-client account deploy` and `bind`,
+//!    through the same library ([`Money::fund_client`]) — before the client starts. The
+//!    client gets `account.toml` and `[account]` in its config, so while it serves it checks
+//!    what the chain charged against its receipts (docs/payments.md).
 //! 4. **Reporting.** [`Money::figures`] reads the money back from the chain (client contract
 //!    balance, worker contract's paid tokens, proxy contract's fee balance); the launcher
 //!    writes them as `payments.json` once the proxy reports everything billed as charged and
@@ -29,10 +32,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use ton::address::{Addr, Coins};
+use ton::address::Addr;
 use ton::cell::Cell;
 use ton::contracts::{ClientData, ContractKind, ProxyData, StateInit, WalletData, WorkerData};
-use ton::messages::unsigned::Request;
 use ton::params::ParamsV3;
 use tonsim::http_server::LocalServer;
 use tonsim::{AccountStatus, Chain, Internal, LocalChain, TonChain};
@@ -54,6 +56,14 @@ pub const KEYS_DIR: &str = "keys";
 pub const PASSPHRASE_FILE: &str = "keys.pass";
 /// The worker's wallet key.
 pub const WORKER_WALLET_KEY: &str = "worker-wallet.key";
+/// The client's Cocoon wallet key (it owns the client contract, and pays its own charges).
+pub const CLIENT_WALLET_KEY: &str = "client-wallet.key";
+/// The client's account settings (`cocoon-client account --account-config`, and `[account]`
+/// of the local client's config).
+pub const CLIENT_ACCOUNT_FILE: &str = "account.toml";
+/// What the client's wallet starts with: the deposit, what deploy and bind cost, and room for
+/// the 2 TON the wallet keeps and for charges the client sends itself.
+pub const CLIENT_WALLET_FUND: u128 = CLIENT_DEPOSIT + 10 * TON;
 /// The worker's highest seen voucher counts.
 pub const PAYOUT_STATE_FILE: &str = "payout-state.json";
 /// The figures, written once payments settle.
@@ -74,7 +84,7 @@ pub fn root() -> Addr {
 pub fn worker_owner() -> Addr {
     treasury(0xa3)
 }
-/// Owns and funds the client contract.
+/// Owner of the client's Cocoon wallet (the address that could withdraw everything from it).
 pub fn client_owner() -> Addr {
     treasury(0xa4)
 }
@@ -91,6 +101,9 @@ pub struct Money {
     pub proxy_contract: Addr,
     pub proxy_wallet: Addr,
     pub worker_wallet: Addr,
+    /// The client's Cocoon wallet: owns the client contract.
+    pub client_wallet: Addr,
+    client_seed: [u8; 32],
     kp_pub: [u8; 32],
 }
 
@@ -173,6 +186,19 @@ impl Money {
         let worker_pub = ed25519_dalek::SigningKey::from_bytes(&worker_seed)
             .verifying_key()
             .to_bytes();
+        let client_key_path = dir.join(CLIENT_WALLET_KEY);
+        let client_seed = match ratls::key_file::read_seed(&client_key_path) {
+            Ok(s) => s,
+            Err(ratls::key_file::KeyFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                ratls::key_file::create_seed(&client_key_path).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let client_pub = ed25519_dalek::SigningKey::from_bytes(&client_seed)
+            .verifying_key()
+            .to_bytes();
 
         let params = ParamsV3::reference();
         let address = |init: Result<StateInit, ton::cell::CellError>| {
@@ -184,6 +210,7 @@ impl Money {
             address(ProxyData::initial(proxy_owner(), kp_pub, root(), proxy_params).state_init())?;
         let proxy_wallet = address(WalletData::initial(wallet_pub, proxy_owner()).state_init())?;
         let worker_wallet = address(WalletData::initial(worker_pub, worker_owner()).state_init())?;
+        let client_wallet = address(WalletData::initial(client_pub, client_owner()).state_init())?;
 
         let now = u32::try_from(
             std::time::SystemTime::now()
@@ -206,6 +233,7 @@ impl Money {
             for (dst, value) in [
                 (proxy_wallet, PROXY_WALLET_FUND),
                 (worker_wallet, WORKER_WALLET_FUND),
+                (client_wallet, CLIENT_WALLET_FUND),
             ] {
                 c.send_internal(&Internal {
                     src: funder(),
@@ -230,8 +258,23 @@ impl Money {
             proxy_contract,
             proxy_wallet,
             worker_wallet,
+            client_wallet,
+            client_seed: *client_seed,
             kp_pub,
         })
+    }
+
+    /// `account.toml` of the local client: its wallet key, the wallet's owner, the proxy
+    /// contract and the local chain (written into the launch directory).
+    pub fn client_account_toml(&self) -> String {
+        format!(
+            "# generated by cocoon-host launch --local --payments\n\
+             key = \"{CLIENT_WALLET_KEY}\"\nowner = \"{}\"\nproxy = \"{}\"\nchain = \"{}\"\n\
+             poll_ms = 200\ntimeout_secs = 60\n",
+            client_owner(),
+            self.proxy_contract,
+            self.url
+        )
     }
 
     /// `[payments]` of the local proxy: anchors every 2 s, a poll every 500 ms, and a charge as
@@ -281,7 +324,7 @@ impl Money {
     /// The client contract of the local client.
     pub fn client_contract(&self) -> Result<(StateInit, Addr), String> {
         let init = ClientData::initial(
-            client_owner(),
+            self.client_wallet,
             self.proxy_contract,
             self.kp_pub,
             self.params.min_client_stake,
@@ -328,57 +371,35 @@ impl Money {
         }
     }
 
-    async fn send(
-        &self,
-        dst: Addr,
-        value: u128,
-        init: Option<StateInit>,
-        body: Cell,
-    ) -> Result<(), String> {
-        self.chain
-            .run(move |c| {
-                c.send_internal(&Internal {
-                    src: client_owner(),
-                    dst,
-                    value,
-                    bounce: init.is_none(),
-                    init,
-                    body,
-                })
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())?
-    }
-
-    /// Deploys the client contract, binds it to `account_key` and deposits
-    /// [`CLIENT_DEPOSIT`]; returns the contract's address.
+    /// Deploys the client contract from the client's Cocoon wallet with [`CLIENT_DEPOSIT`]
+    /// and binds it to `account_key` (what `cocoon-client account deploy` and `bind` do);
+    /// returns the contract's address.
     pub async fn fund_client(&self, account_key: &[u8; 32]) -> Result<Addr, String> {
-        let (init, client) = self.client_contract()?;
-        self.send(client, 800_000_000, Some(init), Cell::empty())
+        let wallet = client::account::Wallet::new(&self.client_seed, client_owner())
+            .map_err(|e| e.to_string())?;
+        let chain: std::sync::Arc<dyn TonChain> = std::sync::Arc::new(self.chain.clone());
+        let wait = client::account::WaitOptions {
+            timeout: Duration::from_secs(60),
+            poll: Duration::from_millis(50),
+        };
+        let account = client::account::Account::open(chain, wallet, self.proxy_contract, wait)
+            .await
+            .map_err(err("client account"))?;
+        let (_, client) = self.client_contract()?;
+        if account.client_address() != client {
+            return Err(format!(
+                "client contract: the account derives {}, the launcher {client}",
+                account.client_address()
+            ));
+        }
+        account
+            .deploy(CLIENT_DEPOSIT)
             .await
             .map_err(err("client contract deploy"))?;
-        let bind = Request::SetSecret {
-            qid: 1,
-            secret_hash: ton::contracts::account_binding_hash(account_key),
-            excess: client_owner(),
-        }
-        .to_cell()
-        .map_err(|e| e.to_string())?;
-        self.send(client, 300_000_000, None, bind)
+        account
+            .bind(account_key)
             .await
             .map_err(err("client contract bind"))?;
-        let top_up = Request::TopUp {
-            qid: 2,
-            amount: Coins::from_nano(CLIENT_DEPOSIT),
-            excess: client_owner(),
-        }
-        .to_cell()
-        .map_err(|e| e.to_string())?;
-        self.send(client, CLIENT_DEPOSIT + 200_000_000, None, top_up)
-            .await
-            .map_err(err("client contract top-up"))?;
         Ok(client)
     }
 

@@ -344,6 +344,7 @@ fn payments_add_the_ledger_keys_payments_and_payout_sections() {
             voucher_value_nano: None,
             wallet_timeout_ms: None,
         },
+        client_account: "key = \"client-wallet.key\"\n".into(),
     });
     // to_text re-reads each file with the service's own parser
     let proxy = proxy_toml(&p, "00").unwrap();
@@ -353,6 +354,12 @@ fn payments_add_the_ledger_keys_payments_and_payout_sections() {
     assert!(!proxy.contains("default_balance_nano"), "{proxy}");
     let worker = worker_toml(&p).unwrap();
     assert!(worker.contains("[payout]"), "{worker}");
+    // the client checks its charges against its receipts (account.toml beside its config)
+    let client = client_toml(&p, "00", "00").unwrap();
+    assert!(
+        client.contains("[account]") && client.contains("settings = \"account.toml\""),
+        "{client}"
+    );
     // and without payments, none of them
     let plain = plan(ModelPlan::Stub {
         name: "stub".into(),
@@ -360,4 +367,7 @@ fn payments_add_the_ledger_keys_payments_and_payout_sections() {
     let proxy = proxy_toml(&plain, "00").unwrap();
     assert!(!proxy.contains("[payments]") && proxy.contains("default_balance_nano"));
     assert!(!worker_toml(&plain).unwrap().contains("[payout]"));
+    assert!(!client_toml(&plain, "00", "00")
+        .unwrap()
+        .contains("[account]"));
 }
