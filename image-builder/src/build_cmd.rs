@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use image::cpio::{Archive, Entry};
 use image::elf;
-use image::kernel::{self, KernelPin};
+use image::kernel::{self, fetch, KernelPin};
 use image::manifest::{
     Artifact, ImageManifest, KernelPin as ManifestKernel, IMAGE_MANIFEST_FORMAT,
 };
@@ -28,10 +28,12 @@ pub struct BuildArgs {
     /// (default: the directory of cocoon-image itself).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// Use this kernel .deb instead of fetching the pinned one (its sha256 must match the pin).
-    #[arg(long)]
-    pub kernel_deb: Option<PathBuf>,
-    /// Cache for the kernel package (default: ~/.cache/cocoon/kernel).
+    /// A pinned kernel .deb to use instead of fetching it (matched by its sha256), or a
+    /// directory holding pinned .deb files under their archive names. Repeatable; packages not
+    /// handed in come from the cache or are downloaded.
+    #[arg(long = "kernel-deb", value_name = "DEB_OR_DIR")]
+    pub kernel_deb: Vec<PathBuf>,
+    /// Cache for the kernel packages and their unpacked tree (default: ~/.cache/cocoon/kernel).
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Which platform the manifest's registers are for.
@@ -123,9 +125,38 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     };
     let cache = args.cache.clone().unwrap_or_else(default_cache);
 
-    let deb = kernel::fetch(&pin, &cache, args.kernel_deb.as_deref())?;
-    let unpacked = kernel::unpack(&pin, &deb, &cache)?;
-    progress(start, &format!("kernel {} {}", pin.package, pin.version));
+    let debs = fetch::fetch(
+        &pin,
+        &cache,
+        &args.kernel_deb,
+        &fetch::Sources::default(),
+        &fetch::Curl,
+    )?;
+    let unpacked = fetch::unpack(&pin, &debs, &cache)?;
+    let config = std::fs::read_to_string(&unpacked.config)
+        .with_context(|| format!("read {}", unpacked.config.display()))?;
+    let missing = kernel::check_config(&config, &pin.config.required);
+    if !missing.is_empty() {
+        bail!(
+            "kernel {} config ({}): {}",
+            pin.release,
+            unpacked.config.display(),
+            missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    progress(
+        start,
+        &format!(
+            "kernel {} ({} packages, {} config lines checked)",
+            pin.release,
+            debs.len(),
+            pin.config.required.len()
+        ),
+    );
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("mkdir {}", args.out.display()))?;
     let init = read_static(&bin_dir.join("cocoon-init"), &args.out)?;
@@ -140,13 +171,23 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         module_bytes.insert(rel.clone(), bytes);
     }
     kernel::check_order(&modules, |rel| {
-        Ok(kernel::module_depends(&kernel::decompress_module(
-            &unpacked.modules_dir.join(rel),
-        )?))
+        let info = kernel::decompress_module(&unpacked.modules_dir.join(rel))?;
+        match kernel::module_release(&info) {
+            Some(r) if r == pin.release => {}
+            other => bail!(
+                "module {rel} is built for kernel {}, not {}",
+                other.as_deref().unwrap_or("(no vermagic)"),
+                pin.release
+            ),
+        }
+        Ok(kernel::module_depends(&info))
     })?;
     progress(
         start,
-        &format!("{} modules, dependency order checked", modules.len()),
+        &format!(
+            "{} modules, dependency order and vermagic checked",
+            modules.len()
+        ),
     );
 
     let mut archive = Archive::new();
@@ -237,9 +278,9 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         role: args.role.clone(),
         artifacts,
         kernel: ManifestKernel {
-            package: pin.package.clone(),
-            version: pin.version.clone(),
-            deb_sha256: pin.deb_sha256.clone(),
+            package: pin.boot_package().name.clone(),
+            version: pin.boot_package().version.clone(),
+            deb_sha256: pin.boot_package().sha256.clone(),
         },
         cmdline,
         platform: args.platform.name().into(),
