@@ -173,32 +173,14 @@ impl Money {
         let wallet_pub = ed25519_dalek::SigningKey::from_bytes(&wallet)
             .verifying_key()
             .to_bytes();
-        let worker_key_path = dir.join(WORKER_WALLET_KEY);
-        let worker_seed = match ratls::key_file::read_seed(&worker_key_path) {
-            Ok(s) => s,
-            Err(ratls::key_file::KeyFileError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                ratls::key_file::create_seed(&worker_key_path).map_err(|e| e.to_string())?
-            }
-            Err(e) => return Err(e.to_string()),
+        let worker_seed = seed_file(&dir.join(WORKER_WALLET_KEY))?;
+        let client_seed = seed_file(&dir.join(CLIENT_WALLET_KEY))?;
+        let public = |seed: &[u8; 32]| {
+            ed25519_dalek::SigningKey::from_bytes(seed)
+                .verifying_key()
+                .to_bytes()
         };
-        let worker_pub = ed25519_dalek::SigningKey::from_bytes(&worker_seed)
-            .verifying_key()
-            .to_bytes();
-        let client_key_path = dir.join(CLIENT_WALLET_KEY);
-        let client_seed = match ratls::key_file::read_seed(&client_key_path) {
-            Ok(s) => s,
-            Err(ratls::key_file::KeyFileError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                ratls::key_file::create_seed(&client_key_path).map_err(|e| e.to_string())?
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        let client_pub = ed25519_dalek::SigningKey::from_bytes(&client_seed)
-            .verifying_key()
-            .to_bytes();
+        let (worker_pub, client_pub) = (public(&worker_seed), public(&client_seed));
 
         let params = ParamsV3::reference();
         let address = |init: Result<StateInit, ton::cell::CellError>| {
@@ -461,6 +443,19 @@ impl Money {
             .map_err(|e| e.to_string())?
             .balance
             .nano())
+    }
+}
+
+/// The wallet seed in `path`, created (mode 0600) if the file does not exist.
+fn seed_file(path: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+    match ratls::key_file::read_seed(path) {
+        Ok(s) => Ok(s),
+        Err(ratls::key_file::KeyFileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            ratls::key_file::create_seed(path).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
