@@ -37,6 +37,8 @@ impl Downloader for Curl {
         let out = Command::new("curl")
             .args(["--fail", "--silent", "--show-error", "--location"])
             .args(["--retry", "2", "--connect-timeout", "30"])
+            // A transfer stalled below 1 KiB/s for a minute is abandoned (then the next source).
+            .args(["--speed-limit", "1024", "--speed-time", "60"])
             .arg("--output")
             .arg(dest)
             .arg(url)
