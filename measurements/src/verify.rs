@@ -172,22 +172,7 @@ pub fn verify_evidence(
 ) -> Result<Evidence, Rejection> {
     let parsed = ParsedQuote::parse(quote)?;
     let root = select_root(quote, roots)?;
-    for w in &collateral.windows {
-        if now < w.issued_at {
-            return Err(Rejection::CollateralNotYetValid {
-                item: w.item,
-                issued_at: w.issued_at,
-                now,
-            });
-        }
-        if now > w.last_valid_second() {
-            return Err(Rejection::CollateralExpired {
-                item: w.item,
-                next_update: w.next_update,
-                now,
-            });
-        }
-    }
+    check_windows(collateral, now)?;
     // Debug is decided by our policy (with a typed reason), so dcap-qvl is told to allow it.
     let verifier = dcap_qvl::verify::QuoteVerifier::new(root.der.clone()).allow_debug(true);
     let claims = verifier
@@ -208,6 +193,28 @@ pub fn verify_evidence(
         valid_until: claims.earliest_expiration_date.min(collateral.expires_at()),
         collateral_issued_at: collateral.issued_at(),
     })
+}
+
+/// The first validity window of `collateral` that `now` is outside of, as its rejection
+/// (`CollateralNotYetValid` or `CollateralExpired`).
+pub fn check_windows(collateral: &Collateral, now: u64) -> Result<(), Rejection> {
+    for w in &collateral.windows {
+        if now < w.issued_at {
+            return Err(Rejection::CollateralNotYetValid {
+                item: w.item,
+                issued_at: w.issued_at,
+                now,
+            });
+        }
+        if now > w.last_valid_second() {
+            return Err(Rejection::CollateralExpired {
+                item: w.item,
+                next_update: w.next_update,
+                now,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Verifies a quote and applies `policy`.

@@ -200,7 +200,7 @@ impl PccsSource {
         let valid = cached
             .as_ref()
             .and_then(|e| e.collateral.clone())
-            .filter(|c| window_error(c, now).is_none());
+            .filter(|c| measurements::verify::check_windows(c, now).is_ok());
         if let (Some(c), Some(e)) = (&valid, &cached) {
             let fresh = now < e.fetched_at.saturating_add(self.refresh_secs)
                 && now.saturating_add(self.refresh_secs) <= c.expires_at();
@@ -234,18 +234,15 @@ impl PccsSource {
         }
     }
 
-    /// `collateral` if it is within its validity windows at `now` and `quote` verifies
-    /// against it.
+    /// `collateral` if `quote` verifies against it at `now` (validity windows included).
     fn check(
         &self,
         quote: &[u8],
         collateral: Collateral,
         now: u64,
     ) -> Result<Collateral, PccsError> {
-        if let Some(e) = window_error(&collateral, now) {
-            return Err(e);
-        }
-        verify_evidence(quote, &collateral, now, &self.roots).map_err(PccsError::Rejected)?;
+        // verify_evidence checks the validity windows first; those are named as such.
+        verify_evidence(quote, &collateral, now, &self.roots).map_err(window_rejection)?;
         Ok(collateral)
     }
 
@@ -370,25 +367,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The first validity problem of `c` at `now`, if any.
-fn window_error(c: &Collateral, now: u64) -> Option<PccsError> {
-    c.windows.iter().find_map(|w| {
-        if now < w.issued_at {
-            Some(PccsError::NotYetValid {
-                item: w.item,
-                issued_at: w.issued_at,
-                now,
-            })
-        } else if now > w.last_valid_second() {
-            Some(PccsError::Stale {
-                item: w.item,
-                next_update: w.next_update,
-                now,
-            })
-        } else {
-            None
-        }
-    })
+/// A window rejection as [`PccsError::Stale`] / [`PccsError::NotYetValid`]; any other
+/// rejection as [`PccsError::Rejected`].
+fn window_rejection(r: Rejection) -> PccsError {
+    match r {
+        Rejection::CollateralExpired {
+            item,
+            next_update,
+            now,
+        } => PccsError::Stale {
+            item,
+            next_update,
+            now,
+        },
+        Rejection::CollateralNotYetValid {
+            item,
+            issued_at,
+            now,
+        } => PccsError::NotYetValid {
+            item,
+            issued_at,
+            now,
+        },
+        other => PccsError::Rejected(other),
+    }
 }
 
 fn tls_config(ca_file: Option<PathBuf>) -> Result<Arc<rustls::ClientConfig>, PccsError> {
