@@ -136,6 +136,9 @@ pub struct OpenedTee {
     /// For a real TD: where the collateral embedded in its certificates comes from (set by
     /// the service from `[tee.pccs]`, see `ratls::pccs::attach`).
     pub collateral_source: Option<Arc<dyn CollateralSource>>,
+    /// The GPUs whose evidence goes into each certificate (set by a worker from `[gpu]`);
+    /// `None`: certificates carry no GPU evidence.
+    pub gpu: Option<Arc<dyn crate::gpu::GpuSource>>,
 }
 
 impl OpenedTee {
@@ -209,6 +212,7 @@ impl TeeConfig {
                     device: Arc::new(dev),
                     sim_platform: None,
                     collateral_source: None,
+                    gpu: None,
                 })
             }
             Self::Sim {
@@ -240,6 +244,7 @@ impl TeeConfig {
                     device: Arc::new(SimTdx::new(platform.clone(), regs)),
                     sim_platform: Some(platform),
                     collateral_source: None,
+                    gpu: None,
                 })
             }
         }

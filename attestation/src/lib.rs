@@ -13,10 +13,12 @@
 //! (that is `cocoon-measurements`).
 
 pub mod config;
+pub mod gpu;
 pub mod linux_tdx;
 pub mod sim;
 
 pub use config::{CollateralSource, PccsConfig, StaticCollateral};
+pub use gpu::{GpuSource, GpuSourceError, SimGpuSource};
 
 use measurements::{Sha384, TdRegisters};
 

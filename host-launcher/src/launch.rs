@@ -51,6 +51,8 @@ pub struct LocalOptions {
     pub worker_capacity: u32,
     /// Run with money ([`crate::money`]).
     pub payments: bool,
+    /// Simulated GPUs in the worker (0: none, and no GPU evidence required).
+    pub sim_gpus: u32,
 }
 
 /// A launch failure and its exit code.
@@ -160,6 +162,17 @@ fn model_plan(opts: &LocalOptions) -> Result<(ModelPlan, Option<model::ModelFile
     }
 }
 
+/// `count` simulated GPUs under a fresh simulated NVIDIA root (none for 0).
+fn sim_gpus(count: u32) -> Result<Option<local::SimGpuPlan>, Failure> {
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| fail(Exit::Usage, format!("simulated gpu seed: {e}")))?;
+    Ok(Some(local::SimGpuPlan { seed, count }))
+}
+
 fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, Failure> {
     let port = |what: &str| {
         free_port().map_err(|e| fail(Exit::Usage, format!("no free port for {what}: {e}")))
@@ -194,6 +207,7 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         max_completion_tokens: local::LOCAL_MAX_COMPLETION_TOKENS,
         worker_capacity: opts.worker_capacity,
         payments: None,
+        gpu: sim_gpus(opts.sim_gpus)?,
     })
 }
 

@@ -4,6 +4,9 @@
 //! DIR/
 //!   sim-platform.json       simulated TDX platform (SimPlatformSeed JSON), fresh each launch
 //!   sim-root.der            its root CA: the only root the generated policies trust
+//!   sim-nvidia-root.der     the simulated NVIDIA root the worker's simulated GPUs chain to
+//!   sim-gpu-refs.json       their reference values (cocoon-gpu-refs/v1); proxy and client
+//!                           require GPU evidence under that root with these values
 //!   proxy-registers.json    TdRegisters of the proxy "TD"  (derived from cocoon-proxy)
 //!   worker-registers.json   TdRegisters of the worker "TD" (derived from cocoon-worker)
 //!   worker.toml             pins the proxy image hash
@@ -43,6 +46,8 @@ use crate::registers::RoleMeasurement;
 
 pub const PLATFORM_FILE: &str = "sim-platform.json";
 pub const ROOT_FILE: &str = "sim-root.der";
+pub const GPU_ROOT_FILE: &str = "sim-nvidia-root.der";
+pub const GPU_REFS_FILE: &str = "sim-gpu-refs.json";
 pub const PROXY_REGISTERS_FILE: &str = "proxy-registers.json";
 pub const WORKER_REGISTERS_FILE: &str = "worker-registers.json";
 pub const PROXY_CONFIG: &str = "proxy.toml";
@@ -119,6 +124,55 @@ pub struct Plan {
     /// With `--payments`: the proxy's `[payments]` and the worker's `[payout]`
     /// ([`crate::money`]).
     pub payments: Option<PaymentsPlan>,
+    /// Simulated GPUs in the worker (`--sim-gpus`, default 1); `None`: no GPU evidence.
+    pub gpu: Option<SimGpuPlan>,
+}
+
+/// The worker's simulated GPUs: their evidence goes into its certificates, and the proxy
+/// and the client require it (the whole GPU attestation path, without a GPU).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimGpuPlan {
+    /// Seed of the simulated NVIDIA root and device keys (fresh each launch).
+    pub seed: [u8; 32],
+    pub count: u32,
+}
+
+impl SimGpuPlan {
+    /// The worker's `[gpu]`.
+    pub fn worker_file(&self) -> worker::config::GpuFile {
+        worker::config::GpuFile::sim(self.seed, self.count)
+    }
+
+    /// `[policy.gpu]` of the worker's verifiers: the simulated root, the reference values,
+    /// exactly `count` GPUs.
+    pub fn policy(&self) -> ratls::config::GpuPolicyConfig {
+        ratls::config::GpuPolicyConfig {
+            roots: vec![GPU_ROOT_FILE.into()],
+            refs: Some(GPU_REFS_FILE.into()),
+            min_driver: None,
+            count: Some(self.count as usize),
+        }
+    }
+
+    /// The simulated NVIDIA root (DER) and the reference values (JSON) of these GPUs.
+    pub fn files(&self) -> Result<(Vec<u8>, String), String> {
+        let root = measurements::gpu::sim::SimNvidiaRoot::from_seed(self.seed)
+            .map_err(|e| e.to_string())?;
+        let der = root.root_der().map_err(|e| e.to_string())?;
+        let spec = self
+            .worker_file()
+            .into_spec(Path::new("."), false)
+            .map_err(|e| e.to_string())?;
+        let worker::config::GpuSpec::Sim { gpus, .. } = spec else {
+            return Err("not a simulated gpu section".into());
+        };
+        let refs = gpus
+            .first()
+            .map(|g| g.reference_values())
+            .ok_or("no gpus")?;
+        let json = serde_json::to_string_pretty(&refs).map_err(|e| e.to_string())?;
+        Ok((der, json))
+    }
 }
 
 /// The money sections of a local network with payments on.
@@ -170,6 +224,9 @@ pub fn proxy_config(plan: &Plan, worker_rtmr3: &str) -> proxy::config::ConfigFil
             },
         },
     );
+    if let Some(gpu) = &plan.gpu {
+        file.policy.gpu = Some(gpu.policy());
+    }
     if let Some(p) = &plan.payments {
         file.ledger = Some(proxy::config::LedgerFile {
             path: crate::money::LEDGER_FILE.into(),
@@ -214,6 +271,7 @@ pub fn worker_config(plan: &Plan) -> worker::config::WorkerConfigFile {
         },
     );
     file.payout = plan.payments.as_ref().map(|p| p.worker.clone());
+    file.gpu = plan.gpu.as_ref().map(SimGpuPlan::worker_file);
     file
 }
 
@@ -246,6 +304,9 @@ pub fn client_config(
             }),
         },
     );
+    if let (Some(gpu), Some(w)) = (&plan.gpu, file.worker_policy.as_mut()) {
+        w.gpu = Some(gpu.policy());
+    }
     // The client's own record of what it was served and what that costs (client::receipts).
     file.receipts_file = Some(CLIENT_RECEIPTS.into());
     // With payments: the client checks the chain's charges against those receipts (and sends
@@ -350,6 +411,11 @@ pub fn write(dir: &Path, plan: &Plan, platform: &SimPlatform) -> Result<(), Layo
         .map_err(|e| LayoutError::Platform(e.to_string()))?;
     write_file(&dir.join(PLATFORM_FILE), seed.as_bytes())?;
     write_file(&dir.join(ROOT_FILE), platform.root_ca_der())?;
+    if let Some(gpu) = &plan.gpu {
+        let (root, refs) = gpu.files().map_err(LayoutError::Platform)?;
+        write_file(&dir.join(GPU_ROOT_FILE), &root)?;
+        write_file(&dir.join(GPU_REFS_FILE), refs.as_bytes())?;
+    }
     for f in render(plan)? {
         write_file(&dir.join(f.name), f.text.as_bytes())?;
     }

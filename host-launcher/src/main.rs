@@ -120,6 +120,11 @@ struct LaunchArgs {
     /// contract; `DIR/payments.json` shows the money once it settles (docs/payments.md).
     #[arg(long)]
     payments: bool,
+    /// Simulated NVIDIA GPUs in the local worker: their evidence (under a simulated NVIDIA
+    /// root) goes into the worker's certificates, and the proxy and the client require it.
+    /// 0: no GPU evidence anywhere.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=8))]
+    sim_gpus: u32,
     /// Copy the services' logs to stderr (they always go to DIR/logs/).
     #[arg(long)]
     verbose: bool,
@@ -307,6 +312,7 @@ fn launch_cmd(args: LaunchArgs) -> ExitCode {
         python: args.python,
         worker_capacity: args.worker_capacity,
         payments: args.payments,
+        sim_gpus: args.sim_gpus,
     };
     let rt = match runtime() {
         Ok(r) => r,

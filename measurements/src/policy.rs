@@ -115,6 +115,9 @@ pub struct Policy {
     /// any model (checked by [`Policy::check_model`] on what a worker registers, not on the
     /// quote).
     pub allowed_models: Option<BTreeMap<String, BTreeSet<[u8; 32]>>>,
+    /// GPU evidence the peer's certificate must carry and pass ([`crate::gpu::bundle`]);
+    /// `None`: GPU evidence is not required (and not checked).
+    pub gpu: Option<crate::gpu::GpuPolicy>,
 }
 
 /// Orderable wrapper for [`TcbStatus`] (which is not `Ord`).
@@ -150,6 +153,7 @@ impl Policy {
             required_report_data: None,
             max_collateral_age_secs: None,
             allowed_models: None,
+            gpu: None,
         }
     }
 

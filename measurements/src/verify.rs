@@ -96,6 +96,10 @@ pub enum Rejection {
     ReportDataMismatch { expected: String, got: String },
     #[error("quote verification failed: {0}")]
     Verification(String),
+    /// The peer's GPU evidence (carried in its RA-TLS certificate) failed; the inner reason
+    /// names why ([`crate::gpu::GpuRejection::code`]).
+    #[error("gpu evidence: {0}")]
+    Gpu(crate::gpu::GpuRejection),
 }
 
 impl Rejection {
@@ -128,6 +132,7 @@ impl Rejection {
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::ReportDataMismatch { .. } => "report_data_mismatch",
             Self::Verification(_) => "verification",
+            Self::Gpu(_) => "gpu_evidence",
         }
     }
 

@@ -103,6 +103,7 @@ impl AccountKey {
             key_pkcs8_der: pkcs8,
             spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
             report_data: [0; 64],
+            claims: None,
             not_before,
             not_after,
         })

@@ -9,7 +9,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use attestation::TeeDevice;
+use attestation::{GpuSource, TeeDevice};
+use measurements::gpu::bundle;
 use measurements::Collateral;
 use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair, PublicKeyData};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -17,7 +18,8 @@ use rustls::sign::CertifiedKey;
 
 use crate::claims::{report_data, Claims};
 use crate::evidence::{
-    der_octet_string, MAX_CERT_LEN, MAX_CLAIMS_EXT_LEN, MAX_COLLATERAL_LEN, MAX_QUOTE_LEN,
+    der_octet_string, MAX_CERT_LEN, MAX_CLAIMS_EXT_LEN, MAX_COLLATERAL_LEN, MAX_GPU_EVIDENCE_LEN,
+    MAX_QUOTE_LEN,
 };
 use crate::{oids, RatlsError};
 
@@ -40,6 +42,10 @@ pub struct IssuedCert {
     pub spki_der: Vec<u8>,
     /// The report_data the quote carries.
     pub report_data: [u8; 64],
+    /// The claims the certificate carries (with the GPU evidence hash, if any); `None` for a
+    /// certificate without claims (an account certificate) or [`assemble`]d from bytes that
+    /// are not canonical claims (tests).
+    pub claims: Option<Claims>,
     /// Validity, Unix seconds.
     pub not_before: u64,
     pub not_after: u64,
@@ -107,7 +113,38 @@ pub fn issue(
     now: u64,
     lifetime: Duration,
 ) -> Result<IssuedCert, RatlsError> {
+    issue_with_gpu(tee, claims, collateral, None, now, lifetime)
+}
+
+/// [`issue`], with the evidence of `gpu`'s GPUs bound to the certificate (crate docs):
+/// after the key is generated, `gpu` answers the nonce derived from its SPKI; the bundle's
+/// SHA-256 goes into the claims ([`crate::claims::GPU_EVIDENCE_CLAIM`], replacing any entry of
+/// that name) before the quote is taken, and the bundle into its own extension.
+pub fn issue_with_gpu(
+    tee: &dyn TeeDevice,
+    claims: &Claims,
+    collateral: Option<&Collateral>,
+    gpu: Option<&dyn GpuSource>,
+    now: u64,
+    lifetime: Duration,
+) -> Result<IssuedCert, RatlsError> {
     let key = CertKey::generate()?;
+    let mut claims = claims.clone();
+    claims.extra.remove(crate::claims::GPU_EVIDENCE_CLAIM);
+    let bundle = match gpu {
+        Some(source) => {
+            let evidence = source.evidence(&bundle::evidence_nonce(&key.spki_der()))?;
+            let bytes = bundle::GpuBundle::from_evidence(&evidence)
+                .and_then(|b| b.encode())
+                .map_err(|e| RatlsError::Issue(format!("gpu evidence bundle: {e}")))?;
+            claims.extra.insert(
+                crate::claims::GPU_EVIDENCE_CLAIM.into(),
+                bundle::digest_hex(&bytes),
+            );
+            Some(bytes)
+        }
+        None => None,
+    };
     let claims_bytes = claims
         .to_canonical_json()
         .map_err(|e| RatlsError::Issue(e.to_string()))?;
@@ -122,11 +159,12 @@ pub fn issue(
         }
         None => None,
     };
-    assemble(
+    assemble_with_gpu(
         &key,
         &quote,
         &claims_bytes,
         collateral_json.as_deref(),
+        bundle.as_deref(),
         now,
         lifetime,
     )
@@ -141,6 +179,28 @@ pub fn assemble(
     quote: &[u8],
     claims_bytes: &[u8],
     collateral_json: Option<&[u8]>,
+    now: u64,
+    lifetime: Duration,
+) -> Result<IssuedCert, RatlsError> {
+    assemble_with_gpu(
+        key,
+        quote,
+        claims_bytes,
+        collateral_json,
+        None,
+        now,
+        lifetime,
+    )
+}
+
+/// [`assemble`] with a GPU evidence bundle in its extension (taken as given: the claims must
+/// already name its hash, see [`issue_with_gpu`]).
+pub fn assemble_with_gpu(
+    key: &CertKey,
+    quote: &[u8],
+    claims_bytes: &[u8],
+    collateral_json: Option<&[u8]>,
+    gpu_bundle: Option<&[u8]>,
     now: u64,
     lifetime: Duration,
 ) -> Result<IssuedCert, RatlsError> {
@@ -185,6 +245,12 @@ pub fn assemble(
         }
         ext(oids::COLLATERAL, json);
     }
+    if let Some(b) = gpu_bundle {
+        if b.len() > MAX_GPU_EVIDENCE_LEN {
+            return Err(too_large("gpu evidence", b.len(), MAX_GPU_EVIDENCE_LEN));
+        }
+        ext(oids::GPU_EVIDENCE, b);
+    }
     let cert = params
         .self_signed(&key.key)
         .map_err(|e| RatlsError::Issue(e.to_string()))?;
@@ -197,6 +263,7 @@ pub fn assemble(
         cert_der,
         key_pkcs8_der: zeroize::Zeroizing::new(key.key.serialize_der()),
         report_data: report_data(&spki_der, claims_bytes),
+        claims: Claims::from_canonical_json(claims_bytes).ok(),
         spki_der,
         not_before,
         not_after,

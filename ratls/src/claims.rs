@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256, Sha512};
 
 use crate::REPORT_DATA_TAG;
 
+/// The `extra` entry naming the SHA-256 (hex) of the certificate's GPU evidence bundle.
+pub const GPU_EVIDENCE_CLAIM: &str = "gpu_evidence";
+
 /// Largest accepted claims encoding, in bytes.
 pub const MAX_CLAIMS_LEN: usize = 8 * 1024;
 

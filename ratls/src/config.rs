@@ -14,6 +14,13 @@
 //! allow_debug = false               # default; development only
 //! allow_any_config = false          # default; development only: no RTMR3 / model pin
 //! max_collateral_age_secs = 604800  # default 7 days
+//!
+//! [policy.gpu]                      # the peer must present GPU evidence (workers)
+//! roots = ["nvidia"]                # default; or a path to a DER root (the simulated root)
+//! refs = "gpu-refs.json"            # reference values (`cocoon-measure gpu refs`), and/or
+//!                                   # those of the pinned manifest's role
+//! min_driver = "550.127.05"         # optional
+//! count = 1                         # optional: exactly this many GPUs
 //! ```
 //! Relative paths are resolved against the config file's directory.
 //!
@@ -38,6 +45,14 @@
 //!
 //! A service running on real TDX ([`PolicyConfig::check_production`]) also refuses what only
 //! development may say: a root other than Intel's, `allow_debug`, `allow_any_config`.
+//!
+//! # GPU evidence
+//! `[policy.gpu]` requires the peer's certificate to carry GPU evidence bound to its key and
+//! claims, each GPU's report signed under a pinned NVIDIA root with measurements equal to the
+//! reference values ([`measurements::gpu::bundle`]). A pinned manifest whose role carries GPU
+//! reference values requires GPU evidence too, with the defaults above, even without a
+//! `[policy.gpu]` section: the publisher said the role runs on confidential GPUs. Reference
+//! values are required; a GPU policy without any is refused at load.
 //!
 //! A pinned manifest is accepted only if a pinned publisher key signed it *and* the local
 //! append-only record of accepted manifests agrees ([`crate::manifest_record`]): a manifest with
@@ -189,6 +204,107 @@ pub struct PolicyConfig {
         skip_serializing_if = "is_default_max_age"
     )]
     pub max_collateral_age_secs: Option<u64>,
+    /// GPU evidence the peer must present (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuPolicyConfig>,
+}
+
+fn default_gpu_roots() -> Vec<String> {
+    vec!["nvidia".into()]
+}
+
+fn is_default_gpu_roots(v: &[String]) -> bool {
+    *v == default_gpu_roots()
+}
+
+/// The `[policy.gpu]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuPolicyConfig {
+    /// "nvidia" (NVIDIA Device Identity CA), or a path to a DER root.
+    #[serde(
+        default = "default_gpu_roots",
+        skip_serializing_if = "is_default_gpu_roots"
+    )]
+    pub roots: Vec<String>,
+    /// A `cocoon-gpu-refs/v1` file of reference values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<PathBuf>,
+    /// Reject drivers below this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_driver: Option<String>,
+    /// Exactly this many GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+}
+
+impl Default for GpuPolicyConfig {
+    fn default() -> Self {
+        Self {
+            roots: default_gpu_roots(),
+            refs: None,
+            min_driver: None,
+            count: None,
+        }
+    }
+}
+
+impl GpuPolicyConfig {
+    /// The GPU policy, with the reference values of `refs` and of `manifest_refs` (the
+    /// pinned manifest role's).
+    fn load(
+        &self,
+        base: &Path,
+        manifest_refs: Option<&measurements::gpu::GpuReferenceValues>,
+    ) -> Result<measurements::gpu::GpuPolicy, ConfigError> {
+        use measurements::gpu::{DriverVersion, GpuPolicy, GpuReferenceValues};
+        let roots = self
+            .roots
+            .iter()
+            .map(|r| {
+                if r == "nvidia" {
+                    Ok(measurements::gpu::nvidia_root())
+                } else {
+                    let path = base.join(r);
+                    Ok(TrustRoot::new(path.display().to_string(), read(&path)?))
+                }
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        if roots.is_empty() {
+            return Err(field("gpu.roots", "empty"));
+        }
+        let mut refs = GpuReferenceValues {
+            format: measurements::gpu::refs::GPU_REFS_FORMAT_V1.into(),
+            sets: Vec::new(),
+        };
+        if let Some(file) = &self.refs {
+            let path = base.join(file);
+            let from_file = GpuReferenceValues::from_json(&read(&path)?)
+                .map_err(|e| field("gpu.refs", format!("{}: {e}", path.display())))?;
+            refs.sets.extend(from_file.sets);
+        }
+        if let Some(m) = manifest_refs {
+            refs.sets.extend(m.sets.iter().cloned());
+        }
+        if refs.sets.is_empty() {
+            return Err(field(
+                "gpu.refs",
+                "no reference values: set refs = \"<file>\" (`cocoon-measure gpu refs`) or pin a \
+                 manifest whose role carries gpu reference values",
+            ));
+        }
+        refs.validate().map_err(|e| field("gpu.refs", e))?;
+        let mut policy = GpuPolicy::new(roots, refs);
+        if let Some(v) = &self.min_driver {
+            policy.min_driver =
+                Some(DriverVersion::parse(v).map_err(|e| field("gpu.min_driver", e))?);
+        }
+        if self.count == Some(0) {
+            return Err(field("gpu.count", "must be at least 1"));
+        }
+        policy.gpu_count = self.count;
+        Ok(policy)
+    }
 }
 
 impl Default for PolicyConfig {
@@ -204,6 +320,7 @@ impl Default for PolicyConfig {
             models: BTreeMap::new(),
             allow_any_config: false,
             max_collateral_age_secs: default_max_age(),
+            gpu: None,
         }
     }
 }
@@ -297,8 +414,10 @@ impl PolicyConfig {
                 .map_err(|e| field("models", format!("{name}: {e}")))?;
             models.entry(name.clone()).or_default().insert(d);
         }
+        let mut manifest_gpu = None;
         if let Some(pin) = &self.manifest {
             let role = self.manifest_role(pin, base, now)?;
+            manifest_gpu = role.gpu.clone();
             images.insert(role.image_hash);
             rtmr3.extend(role.rtmr3.iter().copied());
             for (name, digest) in &role.models {
@@ -321,6 +440,11 @@ impl PolicyConfig {
         } else if required.models && !self.allow_any_config {
             return Err(ConfigError::NoModelPin);
         }
+        policy.gpu = match (&self.gpu, &manifest_gpu) {
+            (Some(g), m) => Some(g.load(base, m.as_ref())?),
+            (None, Some(m)) => Some(GpuPolicyConfig::default().load(base, Some(m))?),
+            (None, None) => None,
+        };
         Ok(policy)
     }
 
@@ -345,6 +469,17 @@ impl PolicyConfig {
             return Err(ConfigError::Production {
                 field: "allow_any_config",
                 detail: "peers' configurations must be pinned".into(),
+            });
+        }
+        if let Some(root) = self
+            .gpu
+            .iter()
+            .flat_map(|g| &g.roots)
+            .find(|r| *r != "nvidia")
+        {
+            return Err(ConfigError::Production {
+                field: "gpu.roots",
+                detail: format!("only NVIDIA's device identity root is trusted, not {root:?}"),
             });
         }
         Ok(())

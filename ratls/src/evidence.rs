@@ -23,6 +23,8 @@ pub const MAX_QUOTE_LEN: usize = 32 * 1024;
 pub const MAX_CLAIMS_EXT_LEN: usize = MAX_CLAIMS_LEN;
 /// Largest accepted collateral JSON.
 pub const MAX_COLLATERAL_LEN: usize = 60 * 1024;
+/// Largest accepted GPU evidence bundle.
+pub const MAX_GPU_EVIDENCE_LEN: usize = measurements::gpu::bundle::MAX_BUNDLE_LEN;
 
 /// DER of the Ed25519 algorithm OID 1.3.101.112 (RFC 8410).
 const ED25519_OID: &[u64] = &[1, 3, 101, 112];
@@ -94,6 +96,9 @@ pub struct PeerEvidence {
     pub claims: crate::Claims,
     /// Collateral embedded by the peer: its JSON bytes and the parsed value.
     pub collateral: Option<(Vec<u8>, Collateral)>,
+    /// The GPU evidence bundle, if the certificate carries one (parsed and verified only by
+    /// a policy that requires GPU evidence: [`measurements::gpu::bundle`]).
+    pub gpu_evidence: Option<Vec<u8>>,
     /// Validity, Unix seconds.
     pub not_before: u64,
     pub not_after: u64,
@@ -190,6 +195,7 @@ pub fn parse_cert(der: &[u8]) -> Result<PeerEvidence, CertError> {
     let mut quote = None;
     let mut claims = None;
     let mut collateral = None;
+    let mut gpu_evidence = None;
     let mut seen: Vec<String> = Vec::new();
     for ext in cert.extensions() {
         let oid = ext.oid.to_id_string();
@@ -203,6 +209,8 @@ pub fn parse_cert(der: &[u8]) -> Result<PeerEvidence, CertError> {
             ("claims", &mut claims, MAX_CLAIMS_EXT_LEN)
         } else if oid_is(&ext.oid, oids::COLLATERAL) {
             ("collateral", &mut collateral, MAX_COLLATERAL_LEN)
+        } else if oid_is(&ext.oid, oids::GPU_EVIDENCE) {
+            ("gpu evidence", &mut gpu_evidence, MAX_GPU_EVIDENCE_LEN)
         } else {
             if ext.critical && !KNOWN_CRITICAL.iter().any(|k| oid_is(&ext.oid, k)) {
                 return Err(CertError::UnknownCriticalExtension { oid });
@@ -244,6 +252,7 @@ pub fn parse_cert(der: &[u8]) -> Result<PeerEvidence, CertError> {
         claims_bytes,
         claims,
         collateral,
+        gpu_evidence,
         not_before,
         not_after,
     })

@@ -88,6 +88,7 @@ impl Identity {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RatlsError> {
         let issued = issue_at(&tee, &claims, lifetime, clock.now())?;
+        let claims = issued.claims.clone().unwrap_or(claims);
         let resolver = Arc::new(CertResolver::new(&issued)?);
         let (current, _) = watch::channel(CertInfo::of(&issued, 0));
         Ok(Self {
@@ -120,7 +121,8 @@ impl Identity {
         self
     }
 
-    /// The claims of the certificate currently served.
+    /// The claims of the certificate currently served (as it carries them: with the GPU
+    /// evidence hash when the TEE has a GPU source).
     pub fn claims(&self) -> Claims {
         self.claims
             .lock()
@@ -162,6 +164,7 @@ impl Identity {
             None => self.claims(),
         };
         let issued = issue_at(&self.tee, &claims, self.lifetime, now)?;
+        let claims = issued.claims.clone().unwrap_or(claims);
         self.resolver.renew(&issued)?;
         if let Some(r) = &self.rotation {
             r.installed(&claims);
@@ -223,5 +226,12 @@ fn issue_at(
     now: u64,
 ) -> Result<IssuedCert, RatlsError> {
     let collateral = tee.collateral(now)?;
-    crate::issue(&*tee.device, claims, collateral.as_ref(), now, lifetime)
+    crate::cert::issue_with_gpu(
+        &*tee.device,
+        claims,
+        collateral.as_ref(),
+        tee.gpu.as_deref(),
+        now,
+        lifetime,
+    )
 }

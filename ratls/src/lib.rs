@@ -23,6 +23,12 @@
 //! | `1.3.6.1.4.1.59999.7.1.1` | the TDX quote (v4/v5) | yes |
 //! | `1.3.6.1.4.1.59999.7.1.2` | the claims, canonical JSON ([`claims`]) | yes |
 //! | `1.3.6.1.4.1.59999.7.1.3` | quote collateral JSON ([`measurements::Collateral::to_json`]) | no |
+//! | `1.3.6.1.4.1.59999.7.1.4` | GPU evidence bundle ([`measurements::gpu::bundle`]) | no |
+//!
+//! A certificate with GPU evidence names the bundle's SHA-256 (hex) in its claims under
+//! [`claims::GPU_EVIDENCE_CLAIM`], and the evidence answers a nonce derived from the
+//! certificate's key ([`measurements::gpu::bundle::evidence_nonce`]); a policy with a `gpu`
+//! requirement checks both and verifies the bundle ([`verify`]).
 //!
 //! The arc is a placeholder: PEN 59999 is not registered to this project and must be replaced
 //! by a registered IANA Private Enterprise Number before production.
@@ -101,6 +107,8 @@ pub mod oids {
     pub const CLAIMS: &[u64] = &[1, 3, 6, 1, 4, 1, 59999, 7, 1, 2];
     /// Quote collateral JSON (optional).
     pub const COLLATERAL: &[u64] = &[1, 3, 6, 1, 4, 1, 59999, 7, 1, 3];
+    /// GPU evidence bundle (optional; [`measurements::gpu::bundle`]).
+    pub const GPU_EVIDENCE: &[u64] = &[1, 3, 6, 1, 4, 1, 59999, 7, 1, 4];
 }
 
 /// Domain tag of the report_data binding, version 1.
@@ -124,6 +132,9 @@ pub enum RatlsError {
     /// The TEE could not produce a quote.
     #[error("quote generation: {0}")]
     Tee(#[from] attestation::TeeError),
+    /// The GPU evidence for a certificate could not be collected.
+    #[error("gpu evidence: {0}")]
+    Gpu(#[from] attestation::GpuSourceError),
     /// Certificate construction failed.
     #[error("certificate issuance: {0}")]
     Issue(String),
@@ -163,6 +174,7 @@ impl RatlsError {
             Self::CollateralUnavailable(_) => "collateral_unavailable",
             Self::RoleNotAllowed { .. } => "role_not_allowed",
             Self::Tee(_) => "tee",
+            Self::Gpu(_) => "gpu",
             Self::Issue(_) => "certificate_issuance",
             Self::Key(_) => "tls_key",
             Self::Config(_) => "tls_config",

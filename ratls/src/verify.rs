@@ -14,6 +14,11 @@
 //!    signatures) — skipped on an [`AttestationCache`] hit — then
 //!    [`measurements::Policy::check`] on every use.
 //!
+//! 5. When the policy requires GPU evidence (`policy.gpu`): the certificate's GPU bundle,
+//!    named by its quoted claims and answering the nonce of its key, verified under that
+//!    policy ([`measurements::gpu::bundle`]); a failure is [`measurements::Rejection::Gpu`]
+//!    naming the GPU reason.
+//!
 //! Every rejection of the evidence is a [`RatlsError::Attestation`] carrying the named
 //! [`measurements::Rejection`].
 
@@ -40,6 +45,8 @@ pub struct VerifiedPeer {
     pub attestation: Evidence,
     /// Whether the evidence came from the attestation cache.
     pub cache_hit: bool,
+    /// The peer's GPUs, verified when the policy requires GPU evidence (else empty).
+    pub gpus: Vec<measurements::gpu::VerifiedGpu>,
 }
 
 impl VerifiedPeer {
@@ -134,10 +141,15 @@ fn verify_with_digests(
     };
     check_binding(&attestation.report.report_data, expected)?;
     apply_policy(policy, &attestation, expected, now)?;
+    let gpus = match &policy.gpu {
+        Some(gpu_policy) => check_gpu(&peer, now, gpu_policy)?,
+        None => Vec::new(),
+    };
     Ok(VerifiedPeer {
         evidence: peer,
         attestation,
         cache_hit,
+        gpus,
     })
 }
 
@@ -174,6 +186,27 @@ fn choose_collateral<'a>(
             "certificate embeds none and no collateral source is configured".into(),
         )),
     }
+}
+
+/// The GPU evidence the certificate carries, bound to its key and claims, verified under
+/// `policy` at `now` ([`measurements::gpu::bundle::verify_certificate_bundle`]). Not cached:
+/// a few P-384 verifications per GPU on each verification.
+fn check_gpu(
+    peer: &PeerEvidence,
+    now: u64,
+    policy: &measurements::gpu::GpuPolicy,
+) -> Result<Vec<measurements::gpu::VerifiedGpu>, Rejection> {
+    measurements::gpu::bundle::verify_certificate_bundle(
+        peer.gpu_evidence.as_deref(),
+        peer.claims
+            .extra
+            .get(crate::claims::GPU_EVIDENCE_CLAIM)
+            .map(String::as_str),
+        &peer.spki_der,
+        now,
+        policy,
+    )
+    .map_err(Rejection::Gpu)
 }
 
 fn check_binding(got: &[u8; 64], expected: &[u8; 64]) -> Result<(), Rejection> {

@@ -71,6 +71,7 @@ fn identity(device: Arc<Flaky>, clock: Arc<dyn Clock>) -> Arc<Identity> {
         device,
         sim_platform: Some(fixture().platform.clone()),
         collateral_source: None,
+        gpu: None,
     };
     let claims = Claims::new(Role::Proxy, 1).with_extra("name", "id-test");
     Arc::new(Identity::issue(tee, claims, LIFETIME, clock).expect("issue"))

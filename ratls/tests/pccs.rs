@@ -659,6 +659,7 @@ fn a_td_embeds_collateral_from_its_tee_pccs_section() {
         device: Arc::new(RecordedTd(v.quote())),
         sim_platform: None,
         collateral_source: None,
+        gpu: None,
     };
     assert_eq!(
         tee.collateral(v.at).unwrap(),

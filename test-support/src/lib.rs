@@ -114,6 +114,7 @@ pub fn sim_tee(regs: TdRegisters) -> OpenedTee {
         device: Arc::new(SimTdx::new(platform(), regs)),
         sim_platform: Some(platform()),
         collateral_source: None,
+        gpu: None,
     }
 }
 

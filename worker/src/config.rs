@@ -19,6 +19,12 @@
 //! roots = ["sim-root.der"]
 //! images = ["<proxy image hash hex>"]
 //!
+//! [gpu]                            # optional: GPU evidence in every certificate (GpuFile)
+//! kind = "nvml"                    # real GPUs through the NVIDIA driver (crate::gpu)
+//! refs = "gpu-refs.json"           # optional: the worker's own check compares measurements too
+//! # kind = "sim": seed = "<64 hex>", count = 1, driver = "550.127.05",
+//! #               vbios = "96.00.9F.00.01", label = "cocoon-sim-gpu" (development, CI)
+//!
 //! [[models]]
 //! name = "smollm2-135m"
 //! engine = "mistralrs"             # "mistralrs" | "upstream" | "stub" ([`ModelFile`])
@@ -91,6 +97,148 @@ pub struct WorkerConfigFile {
     /// absent: the worker serves unpaid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payout: Option<PayoutFile>,
+    /// GPU evidence in the worker's certificates; absent: none (a proxy whose policy requires
+    /// GPU evidence refuses the worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuFile>,
+}
+
+fn default_sim_gpu_count() -> u32 {
+    1
+}
+
+fn default_sim_driver() -> String {
+    "550.127.05".into()
+}
+
+fn default_sim_vbios() -> String {
+    "96.00.9F.00.01".into()
+}
+
+fn default_sim_label() -> String {
+    "cocoon-sim-gpu".into()
+}
+
+/// `[gpu]`: where the evidence of the worker's GPUs comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum GpuFile {
+    /// The NVIDIA driver's NVML library ([`crate::gpu`]).
+    Nvml {
+        /// Reference values (`cocoon-gpu-refs/v1`) for the worker's own check; without them
+        /// it checks chain, signature and nonce only (verifiers hold the references).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refs: Option<PathBuf>,
+        /// Refuse to start on a driver below this version.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_driver: Option<String>,
+    },
+    /// Simulated GPUs under the simulated NVIDIA root derived from `seed` (development, CI;
+    /// refused on real TDX).
+    Sim {
+        /// 32 bytes, hex: the simulated root and device keys derive from it.
+        seed: String,
+        #[serde(default = "default_sim_gpu_count")]
+        count: u32,
+        #[serde(default = "default_sim_driver")]
+        driver: String,
+        #[serde(default = "default_sim_vbios")]
+        vbios: String,
+        /// The simulated measurements derive from it.
+        #[serde(default = "default_sim_label")]
+        label: String,
+    },
+}
+
+/// A validated `[gpu]`.
+#[derive(Clone, Debug)]
+pub enum GpuSpec {
+    /// NVML, with the policy of the worker's own check.
+    Nvml {
+        policy: measurements::gpu::GpuPolicy,
+    },
+    /// Simulated GPUs ([`GpuFile::Sim`]).
+    Sim {
+        seed: [u8; 32],
+        gpus: Vec<measurements::gpu::sim::SimGpu>,
+    },
+}
+
+impl GpuFile {
+    /// `count` simulated GPUs with the default versions under the root of `seed`.
+    pub fn sim(seed: [u8; 32], count: u32) -> Self {
+        Self::Sim {
+            seed: hex::encode(seed),
+            count,
+            driver: default_sim_driver(),
+            vbios: default_sim_vbios(),
+            label: default_sim_label(),
+        }
+    }
+
+    /// Validates the section (`production`: the worker runs on real TDX, which refuses
+    /// simulated GPUs).
+    pub fn into_spec(self, base: &Path, production: bool) -> Result<GpuSpec, ConfigError> {
+        use measurements::gpu::{DriverVersion, GpuPolicy, GpuReferenceValues};
+        match self {
+            Self::Nvml { refs, min_driver } => {
+                let mut policy = match refs {
+                    Some(file) => {
+                        let path = base.join(file);
+                        let bytes = std::fs::read(&path).map_err(|e| {
+                            field("gpu.refs", format!("cannot read {}: {e}", path.display()))
+                        })?;
+                        let refs = GpuReferenceValues::from_json(&bytes)
+                            .and_then(|r| r.validate().map(|()| r))
+                            .map_err(|e| field("gpu.refs", format!("{}: {e}", path.display())))?;
+                        GpuPolicy::production(refs)
+                    }
+                    None => GpuPolicy::inspect(),
+                };
+                if let Some(v) = min_driver {
+                    policy.min_driver =
+                        Some(DriverVersion::parse(&v).map_err(|e| field("gpu.min_driver", e))?);
+                }
+                Ok(GpuSpec::Nvml { policy })
+            }
+            Self::Sim {
+                seed,
+                count,
+                driver,
+                vbios,
+                label,
+            } => {
+                if production {
+                    return Err(field(
+                        "gpu.kind",
+                        "refused on real TDX: simulated GPUs prove nothing",
+                    ));
+                }
+                let seed = measurements::parse_hex_array::<32>(&seed, "seed")
+                    .map_err(|e| field("gpu.seed", e.to_string()))?;
+                if !(1..=measurements::gpu::bundle::MAX_GPUS as u32).contains(&count) {
+                    return Err(field(
+                        "gpu.count",
+                        format!("{count} (1..={})", measurements::gpu::bundle::MAX_GPUS),
+                    ));
+                }
+                DriverVersion::parse(&driver).map_err(|e| field("gpu.driver", e))?;
+                if measurements::gpu::report::encode_vbios_version(&vbios).is_none() {
+                    return Err(field(
+                        "gpu.vbios",
+                        format!("{vbios:?}: expected five hex pairs (96.00.9F.00.01)"),
+                    ));
+                }
+                let gpus = (1..=count)
+                    .map(|id| measurements::gpu::sim::SimGpu {
+                        device_id: id,
+                        ..measurements::gpu::sim::SimGpu::new(&driver, &vbios, &label)
+                    })
+                    .collect();
+                Ok(GpuSpec::Sim { seed, gpus })
+            }
+        }
+    }
 }
 
 /// `[payout]`: where the worker is paid and how it submits vouchers.
@@ -207,6 +355,7 @@ impl WorkerConfigFile {
             policy,
             models,
             payout: None,
+            gpu: None,
         }
     }
 }
@@ -246,6 +395,8 @@ pub struct WorkerConfig {
     pub models: Vec<ModelSpec>,
     /// Earnings ([`crate::payout`]); `None`: unpaid.
     pub payout: Option<PayoutSpec>,
+    /// GPU evidence ([`GpuSpec`]); `None`: certificates carry none.
+    pub gpu: Option<GpuSpec>,
     /// The config file's directory (relative paths are resolved against it).
     pub base_dir: PathBuf,
     /// SHA-256 of the config text: what a simulated process measures into RTMR3
@@ -509,6 +660,10 @@ impl WorkerConfigFile {
             models.push(spec);
         }
         let payout = self.payout.map(|p| p.validate(base)).transpose()?;
+        let gpu = self
+            .gpu
+            .map(|g| g.into_spec(base, production))
+            .transpose()?;
         Ok(WorkerConfig {
             name: self.name,
             proxies,
@@ -525,6 +680,7 @@ impl WorkerConfigFile {
             policy,
             models,
             payout,
+            gpu,
             base_dir: base.to_path_buf(),
             config_sha256: [0; 32],
         })

@@ -200,8 +200,14 @@ impl E2eKeys {
     /// Records the hash of the canonical claims the current keys were published in (once:
     /// later calls change nothing).
     pub fn with_claims_hash(self, claims: &ratls::Claims) -> Self {
-        self.current().set_claims_hash(claims);
+        self.published_in(claims);
         self
+    }
+
+    /// [`Self::with_claims_hash`] by reference: records the claims of the first certificate
+    /// (as issued, which may add entries such as the GPU evidence hash).
+    pub fn published_in(&self, claims: &ratls::Claims) {
+        self.current().set_claims_hash(claims);
     }
 
     /// Opens an envelope received at `now` (Unix seconds) with the set it was sealed to (the

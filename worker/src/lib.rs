@@ -10,6 +10,7 @@
 //! * [`service`]: the HTTP/2 service the proxy talks to (registration, ping, completions).
 //! * [`dial`]: the outbound RA-TLS connection loop per proxy, with certificate renewal.
 //! * [`engine`]: the inference engines.
+//! * [`gpu`]: GPU evidence from NVML ([`gpu::NvmlGpuSource`]), self-checked before it is offered.
 //! * [`status`]: the optional status port (`/healthz`, `/readyz`).
 //! * [`run`]: [`Worker`] assembles all of it and [`Worker::start`] runs it until shutdown
 //!   ([`RunningWorker`]); `main` only loads the config, opens the TEE and maps errors to exit
@@ -19,6 +20,7 @@ pub mod config;
 pub mod dial;
 pub mod e2e;
 pub mod engine;
+pub mod gpu;
 pub mod payout;
 pub mod run;
 pub mod service;

@@ -24,6 +24,7 @@
 //! | 1 | other fatal error (a model failed to load, the runtime failed) |
 //! | 2 | bad command line or configuration |
 //! | 3 | the TEE is unavailable (device missing, quote generation failed) |
+//! | 4 | `[gpu]`: no GPU evidence (driver library missing, CC mode off, devtools mode on, or the evidence failed the worker's own check) |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,7 +43,8 @@ use worker::{StartError, Worker};
 
 /// Serves LLM inference inside a TDX guest to attested cocoon proxies.
 ///
-/// Exit codes: 0 clean shutdown, 1 fatal error, 2 bad usage or config, 3 TEE unavailable.
+/// Exit codes: 0 clean shutdown, 1 fatal error, 2 bad usage or config, 3 TEE unavailable,
+/// 4 GPU evidence unavailable or rejected.
 #[derive(Debug, Parser)]
 #[command(name = "cocoon-worker", version)]
 struct Args {
@@ -61,6 +63,8 @@ enum Exit {
     Config = 2,
     /// The TEE is unavailable (device missing, quote generation failed).
     Tee = 3,
+    /// `[gpu]`: no GPU evidence, or evidence that failed the worker's own check.
+    Gpu = 4,
 }
 
 impl From<Exit> for ExitCode {
@@ -157,12 +161,22 @@ async fn run(args: Args) -> Result<(), Fatal> {
     ratls::pccs::attach(&config.tee, &mut tee, &config.base_dir, clock.clone())
         .context("tee.pccs")
         .or_exit(Exit::Config)?;
+    if let Some(spec) = &config.gpu {
+        let source = worker::gpu::open_source(spec, clock.clone())
+            .context("gpu")
+            .or_exit(Exit::Gpu)?;
+        tracing::info!(
+            kind = source.kind(),
+            "gpu evidence goes into every certificate"
+        );
+        tee.gpu = Some(source);
+    }
     let lifetime = config.cert_lifetime;
     // End-to-end keys: generated here, held only in memory, published in the claims and
     // rotated with each certificate renewal.
     let e2e = worker::e2e::E2eKeys::generate();
     let claims = e2e.claims(dial::worker_claims());
-    let e2e = Arc::new(e2e.with_claims_hash(&claims));
+    let e2e = Arc::new(e2e);
     let identity = tokio::task::spawn_blocking({
         let clock = clock.clone();
         let rotation: Arc<dyn ratls::ClaimsRotation> = e2e.clone();
@@ -171,16 +185,19 @@ async fn run(args: Args) -> Result<(), Fatal> {
     .await
     .or_exit(Exit::Fatal)?
     .map_err(|e| {
-        let code = if matches!(e, ratls::RatlsError::Tee(_)) {
-            Exit::Tee
-        } else {
-            Exit::Fatal
+        let code = match e {
+            ratls::RatlsError::Tee(_) => Exit::Tee,
+            ratls::RatlsError::Gpu(_) => Exit::Gpu,
+            _ => Exit::Fatal,
         };
         Fatal {
             code,
             error: anyhow::Error::new(e).context("issuing the ra-tls certificate"),
         }
     })?;
+
+    // The claims as the certificate carries them (the issuer may add the GPU evidence hash).
+    e2e.published_in(&identity.claims());
 
     let models = build_models(&config).await.map_err(|e| {
         let code = match e {

@@ -19,6 +19,7 @@ fn plan(model: ModelPlan) -> Plan {
         max_completion_tokens: 512,
         worker_capacity: 4,
         payments: None,
+        gpu: None,
     }
 }
 
@@ -279,7 +280,13 @@ fn written_configs_load_with_the_services_loaders() {
             name: "cocoon-stub".into(),
         },
     ] {
-        let p = plan(model);
+        let mut p = plan(model);
+        // The stub network with two simulated GPUs; the gguf one without.
+        let gpus = matches!(p.model, ModelPlan::Stub { .. }).then_some(2);
+        p.gpu = gpus.map(|count| SimGpuPlan {
+            seed: [5; 32],
+            count,
+        });
         let dir = std::env::temp_dir().join(format!(
             "cocoon-host-load-{}-{}",
             p.model.name(),
@@ -317,6 +324,40 @@ fn written_configs_load_with_the_services_loaders() {
             client_config(&p, &proxy_rtmr3, &worker_rtmr3)
         );
         assert!(client.config.client.worker_policy.is_some());
+
+        // Simulated GPUs: the worker collects evidence under the simulated NVIDIA root, and
+        // both of its verifiers require exactly that many GPUs under that root.
+        let proxy_gpu = proxy.config.worker_policy.gpu.clone();
+        let client_gpu = client
+            .config
+            .client
+            .worker_policy
+            .as_ref()
+            .and_then(|w| w.gpu.clone());
+        match gpus {
+            Some(count) => {
+                let Some(worker::config::GpuSpec::Sim { gpus, .. }) = &worker.config.gpu else {
+                    panic!("worker [gpu]: {:?}", worker.config.gpu);
+                };
+                assert_eq!(gpus.len(), count as usize);
+                for g in [proxy_gpu.unwrap(), client_gpu.unwrap()] {
+                    assert_eq!(g.gpu_count, Some(count as usize));
+                    assert_eq!(
+                        g.roots[0].der,
+                        std::fs::read(dir.join(GPU_ROOT_FILE)).unwrap()
+                    );
+                    assert_eq!(
+                        g.references.unwrap().sets[0],
+                        gpus[0].reference_values().sets[0]
+                    );
+                }
+            }
+            None => {
+                assert!(worker.config.gpu.is_none());
+                assert!(proxy_gpu.is_none() && client_gpu.is_none());
+                assert!(!dir.join(GPU_ROOT_FILE).exists());
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -27,6 +27,7 @@
 //! them). Trust comes from the pinned root, the nonce the verifier chose, and the reference
 //! values a signed manifest carries. Pure: no files, sockets or clock; times are parameters.
 
+pub mod bundle;
 pub mod chain;
 pub mod ocsp;
 pub mod refs;
@@ -150,6 +151,14 @@ pub enum GpuRejection {
     GpuCount { expected: usize, got: usize },
     #[error("gpu {index} repeats the device certificate serial {serial} of an earlier gpu")]
     DuplicateGpu { index: usize, serial: String },
+    #[error("malformed gpu evidence bundle: {0}")]
+    MalformedBundle(String),
+    #[error("the policy requires gpu evidence; the certificate carries none")]
+    EvidenceMissing,
+    #[error("the certificate carries gpu evidence its quoted claims do not name")]
+    EvidenceUnclaimed,
+    #[error("gpu evidence hash mismatch: the quoted claims name {claimed}, the certificate carries {got}")]
+    EvidenceHashMismatch { claimed: String, got: String },
 }
 
 impl GpuRejection {
@@ -182,6 +191,10 @@ impl GpuRejection {
             Self::MeasurementMismatch { .. } => "measurement_mismatch",
             Self::GpuCount { .. } => "gpu_count",
             Self::DuplicateGpu { .. } => "duplicate_gpu",
+            Self::MalformedBundle(_) => "malformed_bundle",
+            Self::EvidenceMissing => "gpu_evidence_missing",
+            Self::EvidenceUnclaimed => "gpu_evidence_unclaimed",
+            Self::EvidenceHashMismatch { .. } => "gpu_evidence_hash_mismatch",
         }
     }
 
@@ -189,7 +202,10 @@ impl GpuRejection {
     pub fn is_malformed_input(&self) -> bool {
         matches!(
             self,
-            Self::MalformedReport(_) | Self::MalformedChain(_) | Self::MalformedOcsp { .. }
+            Self::MalformedReport(_)
+                | Self::MalformedChain(_)
+                | Self::MalformedOcsp { .. }
+                | Self::MalformedBundle(_)
         )
     }
 }
@@ -232,6 +248,20 @@ pub struct GpuPolicy {
 }
 
 impl GpuPolicy {
+    /// A 5-certificate Hopper chain to one of `roots`, these reference values, nothing else
+    /// required (no minimum driver, any GPU count, no OCSP).
+    pub fn new(roots: Vec<TrustRoot>, references: GpuReferenceValues) -> Self {
+        Self {
+            roots,
+            chain_len: HOPPER_CHAIN_LEN,
+            references: Some(references),
+            min_driver: None,
+            gpu_count: None,
+            require_ocsp: false,
+            ocsp_max_age_secs: None,
+        }
+    }
+
     /// NVIDIA's root, a 5-certificate Hopper chain, these reference values; nothing else.
     pub fn production(references: GpuReferenceValues) -> Self {
         Self {
@@ -315,10 +345,29 @@ pub fn verify_gpu(
     at: u64,
     policy: &GpuPolicy,
 ) -> Result<VerifiedGpu, GpuRejection> {
-    let report = GpuReport::parse(&evidence.report)?;
     let certs = chain::parse_pem_chain(&evidence.chain_pem)?;
+    verify_gpu_certs(
+        &evidence.report,
+        &certs,
+        evidence.ocsp.as_ref(),
+        expected_nonce,
+        at,
+        policy,
+    )
+}
+
+/// [`verify_gpu`] with the chain already decoded (leaf first).
+pub fn verify_gpu_certs(
+    report_bytes: &[u8],
+    certs: &[Certificate],
+    ocsp: Option<&OcspEvidence>,
+    expected_nonce: &[u8; 32],
+    at: u64,
+    policy: &GpuPolicy,
+) -> Result<VerifiedGpu, GpuRejection> {
+    let report = GpuReport::parse(report_bytes)?;
     let root_ders: Vec<Vec<u8>> = policy.roots.iter().map(|r| r.der.clone()).collect();
-    let root_index = chain::verify_chain(&certs, policy.chain_len, &root_ders, at)?;
+    let root_index = chain::verify_chain(certs, policy.chain_len, &root_ders, at)?;
     let leaf = &certs[0];
     let cert_fwid = chain::leaf_fwid(leaf)?;
     if cert_fwid != report.fwid {
@@ -327,7 +376,7 @@ pub fn verify_gpu(
             report: hex::encode(&report.fwid),
         });
     }
-    verify_report_signature(&evidence.report, &report, leaf)?;
+    verify_report_signature(report_bytes, &report, leaf)?;
     if report.request_nonce != *expected_nonce {
         return Err(GpuRejection::NonceMismatch {
             expected: hex::encode(expected_nonce),
@@ -339,8 +388,8 @@ pub fn verify_gpu(
             report.measurement_operation,
         ));
     }
-    let ocsp = match &evidence.ocsp {
-        Some(o) => ocsp::check_chain_ocsp(&certs, o, policy.ocsp_max_age_secs)?,
+    let ocsp = match ocsp {
+        Some(o) => ocsp::check_chain_ocsp(certs, o, policy.ocsp_max_age_secs)?,
         None if policy.require_ocsp => return Err(GpuRejection::OcspRequired),
         None => Vec::new(),
     };
@@ -425,18 +474,42 @@ pub fn verify_gpus(
     at: u64,
     policy: &GpuPolicy,
 ) -> Result<Vec<VerifiedGpu>, GpuRejection> {
+    let chains = evidence
+        .iter()
+        .map(|ev| chain::parse_pem_chain(&ev.chain_pem))
+        .collect::<Result<Vec<_>, _>>()?;
+    verify_machine(
+        evidence
+            .iter()
+            .zip(&chains)
+            .map(|(ev, certs)| (ev.report.as_slice(), certs.as_slice(), ev.ocsp.as_ref())),
+        evidence.len(),
+        expected_nonce,
+        at,
+        policy,
+    )
+}
+
+/// The machine-level rules of [`verify_gpus`] over decoded evidence: (report, chain, OCSP).
+pub(crate) fn verify_machine<'a>(
+    gpus: impl Iterator<Item = (&'a [u8], &'a [Certificate], Option<&'a OcspEvidence>)>,
+    count: usize,
+    expected_nonce: &[u8; 32],
+    at: u64,
+    policy: &GpuPolicy,
+) -> Result<Vec<VerifiedGpu>, GpuRejection> {
     if let Some(expected) = policy.gpu_count {
-        if evidence.len() != expected {
+        if count != expected {
             return Err(GpuRejection::GpuCount {
                 expected,
-                got: evidence.len(),
+                got: count,
             });
         }
     }
     let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(evidence.len());
-    for (index, ev) in evidence.iter().enumerate() {
-        let v = verify_gpu(ev, expected_nonce, at, policy)?;
+    let mut out = Vec::with_capacity(count);
+    for (index, (report, certs, ocsp)) in gpus.enumerate() {
+        let v = verify_gpu_certs(report, certs, ocsp, expected_nonce, at, policy)?;
         if !seen.insert(v.device_serial.clone()) {
             return Err(GpuRejection::DuplicateGpu {
                 index,
