@@ -16,6 +16,10 @@ W  rogue worker: a copy of the worker's config with `engine = "upstream"` pointi
    URL (a server outside any TEE that would see every prompt in plaintext). The genuine proxy
    must refuse it with `rtmr3_mismatch` (counted in /jsonstats `worker_rejections`) and keep
    routing to the genuine worker only.
+G  GPU evidence: the local network's worker runs one simulated GPU and the genuine proxy lists
+   it verified in /jsonstats. A proxy that pins no worker configuration (allow_any_config) but
+   keeps the GPU requirement refuses a copy of the worker without `[gpu]` with
+   `gpu_evidence` (the certificate carries none) and registers the copy with its GPU.
 M  RTMR3 computed here independently (Python, from the file bytes) equals what the launcher
    pinned: the pin is a function of the config text alone.
 
@@ -39,6 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_faults import Failure, Net, config_rtmr3, expect  # noqa: E402
 
 READY_SECS = 60
+# The simulated NVIDIA root and reference values the proxy's and client's worker policies name.
+GPU_FILES = ["sim-nvidia-root.der", "sim-gpu-refs.json"]
 
 
 def log(msg):
@@ -163,7 +169,11 @@ def scenario_m(net_dir):
 
 def scenario_p(bin_dir, net_dir, work, model):
     d = os.path.join(work, "rogue-proxy")
-    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"])
+    copy(
+        net_dir,
+        d,
+        ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES,
+    )
     ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
     edit(
         bin_dir,
@@ -182,7 +192,7 @@ def scenario_p(bin_dir, net_dir, work, model):
     )
     try:
         c = os.path.join(work, "rogue-client")
-        copy(net_dir, c, ["sim-root.der", "client.key"])
+        copy(net_dir, c, ["sim-root.der", "client.key"] + GPU_FILES)
         edit(
             bin_dir,
             "client",
@@ -270,6 +280,92 @@ def scenario_w(bin_dir, net_dir, work, urls):
         p.wait(5)
 
 
+def wait_rejection(admin, code, before, proc, what):
+    deadline = time.monotonic() + 20
+    while True:
+        s = jsonstats(admin)
+        n = s.get("worker_rejections", {}).get(code, 0)
+        if n > before:
+            return s
+        expect(proc.poll() is None or time.monotonic() < deadline, f"{what} exited")
+        expect(time.monotonic() < deadline, f"the proxy did not refuse {what}: {s}")
+        time.sleep(0.1)
+
+
+def scenario_g(bin_dir, net_dir, work, urls):
+    genuine = jsonstats(urls["admin"])["workers"]
+    gpus = genuine[0].get("gpus", [])
+    expect(len(gpus) == 1, f"the genuine proxy lists no verified gpu: {genuine}")
+    expect(gpus[0]["measurements_checked"] == 64, f"gpu not compared in full: {gpus}")
+    expect("sim-nvidia-root" in gpus[0]["root"], f"gpu root: {gpus}")
+    d = os.path.join(work, "gpu-proxy")
+    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES)
+    ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
+    edit(
+        bin_dir,
+        "proxy",
+        os.path.join(net_dir, "proxy.toml"),
+        os.path.join(d, "proxy.toml"),
+        sets=[(k, toml_str(f"127.0.0.1:{port}")) for k, port in ports.items()]
+        + [("policy.allow_any_config", "true")],
+        unsets=["policy.rtmr3"],
+    )
+    expect("gpu" in load_toml(os.path.join(d, "proxy.toml"))["policy"], "gpu requirement lost")
+    proxy = Net(bin_dir, d)
+    proxy.start(
+        "proxy",
+        [os.path.join(bin_dir, "cocoon-proxy"), "--config", "proxy.toml"],
+        "cocoon-proxy: ready",
+    )
+    admin = f"http://127.0.0.1:{ports['admin_listen']}"
+    try:
+        for name, unsets in (("gpu-less-worker", ["gpu"]), ("gpu-worker", [])):
+            wd = os.path.join(work, name)
+            copy(net_dir, wd, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
+            edit(
+                bin_dir,
+                "worker",
+                os.path.join(net_dir, "worker.toml"),
+                os.path.join(wd, "worker.toml"),
+                sets=[
+                    ("name", toml_str(name)),
+                    ("proxies", f'["127.0.0.1:{ports["worker_listen"]}"]'),
+                ],
+                unsets=unsets,
+            )
+            os.makedirs(os.path.join(wd, "logs"), exist_ok=True)
+            with open(os.path.join(wd, "logs", "worker.log"), "wb") as err:
+                p = subprocess.Popen(
+                    [os.path.join(bin_dir, "cocoon-worker"), "--config", "worker.toml"],
+                    cwd=wd,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                )
+            try:
+                if unsets:
+                    s = wait_rejection(admin, "gpu_evidence", 0, p, name)
+                    names = [w["name"] for w in s["workers"]]
+                    expect(name not in names, f"the gpu-less worker registered: {names}")
+                    log(f"G: proxy refused the worker without gpu evidence: {s['worker_rejections']}")
+                else:
+                    deadline = time.monotonic() + 20
+                    while True:
+                        ws = [w for w in jsonstats(admin)["workers"] if w["name"] == name]
+                        if ws:
+                            break
+                        expect(p.poll() is None, f"{name} exited ({p.returncode})")
+                        expect(time.monotonic() < deadline, f"{name} did not register")
+                        time.sleep(0.1)
+                    expect(len(ws[0].get("gpus", [])) == 1, f"no verified gpu: {ws}")
+                    log("G: the same proxy registered the worker with its simulated gpu")
+            finally:
+                p.terminate()
+                p.wait(5)
+    finally:
+        proxy.stop_all()
+
+
 def main():
     bin_dir, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     net_dir = os.path.join(work, "net")
@@ -283,6 +379,7 @@ def main():
         scenario_m(net_dir)
         scenario_p(bin_dir, net_dir, work, urls["model"])
         scenario_w(bin_dir, net_dir, work, urls)
+        scenario_g(bin_dir, net_dir, work, urls)
         status, body = post_chat(client_addr(urls["client"]), urls["model"])
         expect(status == 200, f"the genuine network stopped answering: {status} {body[:300]}")
         log("all attacks refused; the genuine network still answers")

@@ -10,7 +10,9 @@
 //!                "models": ["m"], "capacity": 64, "in_flight": 0,
 //!                "token_budget": 524288, "tokens_in_flight": 0,
 //!                "price_coefficient_milli": 1000, "version": 1,
-//!                "latency_ema_ms": 1.5, "success_rate": 1.0, "requests": 3, "failures": 0}],
+//!                "latency_ema_ms": 1.5, "success_rate": 1.0, "requests": 3, "failures": 0,
+//!                "gpus": [{"driver": "550.127.05", "vbios": "96.00.9F.00.01", "serial": "…",
+//!                          "root": "…", "measurements_checked": 64}]}],   // gpus: when required
 //!   "clients": {"<account>": {"requests": 1, "prompt_tokens": 3, "cached_tokens": 0,
 //!               "completion_tokens": 32, "reasoning_tokens": 0, "cost_nano": 1310}},
 //!   "receipts_stored": {"<account>": 1},
@@ -93,6 +95,9 @@ pub struct WorkerStats {
     pub success_rate: f64,
     pub requests: u64,
     pub failures: u64,
+    /// Its verified GPUs (absent when the worker policy requires none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::registry::GpuSummary>,
 }
 
 /// Request counters in `/jsonstats`.
@@ -186,6 +191,7 @@ pub fn json_stats(state: &State) -> JsonStats {
                 success_rate: h.success_rate,
                 requests: h.requests,
                 failures: h.failures,
+                gpus: i.gpus.clone(),
             }
         })
         .collect();

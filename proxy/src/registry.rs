@@ -57,6 +57,34 @@ pub struct WorkerInfo {
     pub registered_at: u64,
     /// Its end-to-end keys, when its attested claims publish them.
     pub e2e: Option<WorkerE2e>,
+    /// Its GPUs, verified from the evidence in its certificate (empty when the worker policy
+    /// requires none).
+    pub gpus: Vec<GpuSummary>,
+}
+
+/// A worker GPU whose evidence passed the worker policy (`/jsonstats`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GpuSummary {
+    pub driver: String,
+    pub vbios: String,
+    /// Serial of the per-device identity certificate (hex).
+    pub serial: String,
+    /// The pinned root its chain ends at.
+    pub root: String,
+    pub measurements_checked: usize,
+}
+
+impl GpuSummary {
+    /// The summary of a verified GPU.
+    pub fn of(g: &measurements::gpu::VerifiedGpu) -> Self {
+        Self {
+            driver: g.driver_version.clone(),
+            vbios: g.vbios_version.clone(),
+            serial: g.device_serial.clone(),
+            root: g.root_name.clone(),
+            measurements_checked: g.measurements_checked,
+        }
+    }
 }
 
 /// A worker's end-to-end encryption keys, from its attested claims ([`protocol::e2e`]).

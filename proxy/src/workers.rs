@@ -279,6 +279,11 @@ async fn serve(
         version: registration.version,
         registered_at: unix_now(),
         e2e,
+        gpus: peer
+            .gpus
+            .iter()
+            .map(crate::registry::GpuSummary::of)
+            .collect(),
     };
     tracing::info!(
         worker = id,
@@ -288,6 +293,7 @@ async fn serve(
         models = ?info.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
         capacity = info.capacity,
         token_budget = info.token_budget,
+        gpus = info.gpus.len(),
         "worker registered"
     );
     let models: Vec<String> = info.models.iter().map(|m| m.name.clone()).collect();
