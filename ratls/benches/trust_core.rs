@@ -188,6 +188,80 @@ fn main() {
     let stats = verifier.cache().map(|c| c.stats());
     println!("  cache stats: {stats:?}");
 
+    // GPU evidence: the same cached verification of a worker certificate carrying 1 and 8
+    // simulated GPUs, under a policy that requires them (the GPU part is not cached).
+    for count in [1u32, 8] {
+        let sim_gpus = attestation::SimGpuSource::new(
+            measurements::gpu::sim::SimNvidiaRoot::from_seed([6; 32]).expect("sim gpu root"),
+            (1..=count)
+                .map(|id| measurements::gpu::sim::SimGpu {
+                    device_id: id,
+                    ..measurements::gpu::sim::SimGpu::new("550.127.05", "96.00.9F.00.01", "bench")
+                })
+                .collect(),
+        );
+        let gpu_cert = ratls::cert::issue_with_gpu(
+            &tee,
+            &Claims::new(Role::Worker, 1),
+            None,
+            Some(&sim_gpus as &dyn attestation::GpuSource),
+            NOW,
+            Duration::from_secs(6 * 3600),
+        )
+        .expect("issue with gpus");
+        let mut gpu_policy = sim_policy.clone();
+        gpu_policy.gpu = Some(measurements::gpu::GpuPolicy::new(
+            vec![measurements::gpu::sim::SimNvidiaRoot::from_seed([6; 32])
+                .expect("sim gpu root")
+                .trust_root()
+                .expect("root")],
+            sim_gpus.gpus()[0].reference_values(),
+        ));
+        let gpu_verifier = PeerVerifier::new(gpu_policy, clock.clone())
+            .with_collateral_source(Arc::new(ratls::StaticCollateral(sim_collateral.clone())));
+        gpu_verifier
+            .verify(&gpu_cert.cert_der)
+            .expect("gpu cert verifies");
+        let gpu_cached = measure(n(200), || {
+            let peer = gpu_verifier
+                .verify(black_box(&gpu_cert.cert_der))
+                .expect("gpu");
+            assert_eq!(peer.gpus.len(), count as usize);
+        });
+        report(
+            &format!("cached verify: RA-TLS cert + {count} GPU(s)"),
+            &gpu_cached,
+            &cached,
+            "cached, no GPU",
+        );
+        let parsed = ratls::parse_cert(&gpu_cert.cert_der).expect("parse");
+        let gpu_only = gpu_verifier.policy().gpu.clone().expect("gpu policy");
+        let cold_gpu = measure(n(30), || {
+            measurements::gpu::bundle::verify_certificate_bundle(
+                parsed.gpu_evidence.as_deref(),
+                parsed
+                    .claims
+                    .extra
+                    .get(ratls::claims::GPU_EVIDENCE_CLAIM)
+                    .map(String::as_str),
+                &parsed.spki_der,
+                NOW,
+                &gpu_only,
+            )
+            .expect("gpu evidence verifies");
+        });
+        report(
+            &format!("cold GPU check: {count} GPU(s) (P-384 chain+report)"),
+            &cold_gpu,
+            &ecdsa,
+            "P-256 verify",
+        );
+        println!(
+            "  certificate with {count} GPU(s), no collateral: {} bytes",
+            gpu_cert.cert_der.len()
+        );
+    }
+
     // Handshakes: mutual RA-TLS vs the same TLS 1.3 handshake without attestation.
     let server_cert = issue_cert(&tee, Role::Proxy, &sim_collateral);
     let client_cert = issue_cert(&tee, Role::Worker, &sim_collateral);

@@ -81,7 +81,7 @@ pub fn verify_parsed(
     collateral_source: Option<&dyn CollateralSource>,
     cache: Option<&AttestationCache>,
 ) -> Result<VerifiedPeer, RatlsError> {
-    let digests = CertDigests::of(&peer)?;
+    let digests = CertDigests::of(&peer, [0; 32])?;
     verify_with_digests(
         Arc::new(peer),
         &digests,
@@ -89,6 +89,7 @@ pub fn verify_parsed(
         policy,
         collateral_source,
         cache,
+        None,
     )
 }
 
@@ -101,10 +102,12 @@ struct CertDigests {
     quote: [u8; 32],
     /// SHA-256 of the embedded collateral JSON, if any.
     collateral: Option<[u8; 32]>,
+    /// SHA-256 of the certificate's bytes (the GPU memo key).
+    cert: [u8; 32],
 }
 
 impl CertDigests {
-    fn of(peer: &PeerEvidence) -> Result<Self, RatlsError> {
+    fn of(peer: &PeerEvidence, cert: [u8; 32]) -> Result<Self, RatlsError> {
         let expected_report_data = peer.expected_report_data();
         // Cheap rejection before signature work; the unverified value is only used to reject.
         let parsed = ParsedQuote::parse(&peer.quote).map_err(Rejection::from)?;
@@ -113,6 +116,7 @@ impl CertDigests {
             expected_report_data,
             quote: sha256(&peer.quote),
             collateral: peer.collateral.as_ref().map(|(json, _)| sha256(json)),
+            cert,
         })
     }
 }
@@ -124,6 +128,7 @@ fn verify_with_digests(
     policy: &Policy,
     collateral_source: Option<&dyn CollateralSource>,
     cache: Option<&AttestationCache>,
+    gpu_memo: Option<(&GpuMemo, &Arc<Policy>)>,
 ) -> Result<VerifiedPeer, RatlsError> {
     let expected = &digests.expected_report_data;
     let (attestation, cache_hit) = {
@@ -141,9 +146,10 @@ fn verify_with_digests(
     };
     check_binding(&attestation.report.report_data, expected)?;
     apply_policy(policy, &attestation, expected, now)?;
-    let gpus = match &policy.gpu {
-        Some(gpu_policy) => check_gpu(&peer, now, gpu_policy)?,
-        None => Vec::new(),
+    let gpus = match (&policy.gpu, gpu_memo) {
+        (Some(_), Some((memo, arc))) => memo.check(&peer, digests.cert, now, arc)?,
+        (Some(gpu_policy), None) => check_gpu(&peer, now, gpu_policy)?,
+        (None, _) => Vec::new(),
     };
     Ok(VerifiedPeer {
         evidence: peer,
@@ -189,8 +195,8 @@ fn choose_collateral<'a>(
 }
 
 /// The GPU evidence the certificate carries, bound to its key and claims, verified under
-/// `policy` at `now` ([`measurements::gpu::bundle::verify_certificate_bundle`]). Not cached:
-/// a few P-384 verifications per GPU on each verification.
+/// `policy` at `now` ([`measurements::gpu::bundle::verify_certificate_bundle`]); a
+/// [`PeerVerifier`] with a cache memoizes the verdict ([`GpuMemo`]).
 fn check_gpu(
     peer: &PeerEvidence,
     now: u64,
@@ -251,6 +257,66 @@ pub struct PeerVerifier {
     /// bytes always parse to the same result, so a repeat only rechecks what depends on time
     /// (validity window, collateral expiry, policy). Cleared when it reaches its capacity.
     parsed: Mutex<HashMap<[u8; 32], ParsedCert>>,
+    /// GPU verdicts by certificate, kept while a cache is in use ([`GpuMemo`]).
+    gpu_memo: GpuMemo,
+}
+
+/// GPU verdicts of certificates (SHA-256 of the DER), each with the policy it was reached
+/// under and the window in which every chain certificate is valid. A repeat under the same
+/// policy inside that window reuses the verdict: the GPU check costs several P-384
+/// verifications per GPU (about 8.5 ms per GPU here), and a proxy re-verifies its peer after
+/// every handshake. Cleared when it reaches its capacity.
+#[derive(Debug, Default)]
+struct GpuMemo {
+    entries: Mutex<HashMap<[u8; 32], GpuVerdict>>,
+}
+
+#[derive(Debug)]
+struct GpuVerdict {
+    policy: Arc<Policy>,
+    gpus: Vec<measurements::gpu::VerifiedGpu>,
+    valid: (u64, u64),
+}
+
+impl GpuMemo {
+    fn check(
+        &self,
+        peer: &PeerEvidence,
+        cert: [u8; 32],
+        now: u64,
+        policy: &Arc<Policy>,
+    ) -> Result<Vec<measurements::gpu::VerifiedGpu>, Rejection> {
+        let hit = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cert)
+            .filter(|v| Arc::ptr_eq(&v.policy, policy) && (v.valid.0..=v.valid.1).contains(&now))
+            .map(|v| v.gpus.clone());
+        if let Some(gpus) = hit {
+            return Ok(gpus);
+        }
+        let Some(gpu_policy) = &policy.gpu else {
+            return Ok(Vec::new());
+        };
+        let gpus = check_gpu(peer, now, gpu_policy)?;
+        let valid = gpus.iter().fold((0u64, u64::MAX), |(from, until), g| {
+            (from.max(g.chain_valid.0), until.min(g.chain_valid.1))
+        });
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= PARSED_CERTS_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(
+            cert,
+            GpuVerdict {
+                policy: policy.clone(),
+                gpus: gpus.clone(),
+                valid,
+            },
+        );
+        Ok(gpus)
+    }
 }
 
 /// Capacity of the parsed-certificate memo.
@@ -269,6 +335,7 @@ impl PeerVerifier {
             cache: Some(Arc::new(AttestationCache::default())),
             allowed_roles: None,
             parsed: Mutex::new(HashMap::new()),
+            gpu_memo: GpuMemo::default(),
         }
     }
 
@@ -347,6 +414,7 @@ impl PeerVerifier {
             &policy,
             self.source.as_deref(),
             self.cache.as_deref(),
+            self.cache.is_some().then_some((&self.gpu_memo, &policy)),
         );
         if let Err(e) = &result {
             tracing::debug!(reason = %e, "ra-tls peer rejected");
@@ -357,12 +425,12 @@ impl PeerVerifier {
     /// Parses `cert_der` (valid at `now`), reusing an earlier parse of the same bytes when a
     /// cache is in use.
     fn parse_memoized(&self, cert_der: &[u8], now: u64) -> Result<ParsedCert, RatlsError> {
+        let key = sha256(cert_der);
         if self.cache.is_none() {
             let peer = parse_cert_at(cert_der, now)?;
-            let digests = CertDigests::of(&peer)?;
+            let digests = CertDigests::of(&peer, key)?;
             return Ok((Arc::new(peer), Arc::new(digests)));
         }
-        let key = sha256(cert_der);
         let memo = self
             .parsed
             .lock()
@@ -374,7 +442,7 @@ impl PeerVerifier {
             return Ok((peer, digests));
         }
         let peer = parse_cert_at(cert_der, now)?;
-        let digests = CertDigests::of(&peer)?;
+        let digests = CertDigests::of(&peer, key)?;
         let entry = (Arc::new(peer), Arc::new(digests));
         let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
         if parsed.len() >= PARSED_CERTS_CAPACITY {

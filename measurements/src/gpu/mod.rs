@@ -334,6 +334,9 @@ pub struct VerifiedGpu {
     pub measurements_checked: usize,
     pub skipped: Vec<(u16, SkipReason)>,
     pub ocsp: Vec<OcspStatus>,
+    /// The times at which every certificate of the chain is valid (latest notBefore, earliest
+    /// notAfter): the verdict holds for any time in this window (OCSP aside).
+    pub chain_valid: (u64, u64),
 }
 
 /// Verifies one GPU's evidence: report signed by a chain to a pinned root, the expected
@@ -393,7 +396,14 @@ pub fn verify_gpu_certs(
         None if policy.require_ocsp => return Err(GpuRejection::OcspRequired),
         None => Vec::new(),
     };
+    let chain_valid = certs
+        .iter()
+        .map(chain::validity)
+        .fold((0u64, u64::MAX), |(from, until), (nb, na)| {
+            (from.max(nb), until.min(na))
+        });
     check_versions_and_measurements(&report, policy).map(|cmp| VerifiedGpu {
+        chain_valid,
         driver_version: report.driver_version.clone(),
         vbios_version: report.vbios_version.clone(),
         fwid: report.fwid.clone(),
