@@ -131,6 +131,33 @@ fn missing_tee_exits_3() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `[gpu] kind = "nvml"` on a machine without NVIDIA's driver (this one): exit 4, naming the
+/// library; a simulated GPU section that real TDX would refuse is a config error (exit 2).
+#[test]
+fn gpu_evidence_unavailable_exits_4() {
+    let dir = temp_dir("nogpu");
+    let mut cfg = config("127.0.0.1:9", sim_tee());
+    cfg.gpu = Some(worker::config::GpuFile::Nvml {
+        refs: None,
+        min_driver: None,
+    });
+    let path = write_config(&dir, &cfg);
+    let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("libnvidia-ml"), "{err}");
+
+    let mut bad = worker::config::GpuFile::sim([1; 32], 1);
+    if let worker::config::GpuFile::Sim { count, .. } = &mut bad {
+        *count = 9;
+    }
+    cfg.gpu = Some(bad);
+    let path = write_config(&dir, &cfg);
+    let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("gpu.count"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prints_ready_after_registration_and_exits_0_on_sigterm() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -310,3 +310,65 @@ fn serialization_round_trips() {
     assert!(text.contains("engine = \"upstream\""), "{text}");
     assert!(!text.contains("api_key"), "unset keys are left out: {text}");
 }
+
+#[test]
+fn gpu_section_kinds_defaults_and_refusals() {
+    let with = |section: &str| format!("{}\n[gpu]\n{section}\n", base_toml());
+    let seed = "11".repeat(32);
+    let c = parse(&with(&format!(
+        "kind = \"sim\"\nseed = \"{seed}\"\ncount = 2"
+    )))
+    .unwrap();
+    let Some(GpuSpec::Sim { seed: s, gpus }) = c.gpu else {
+        panic!("{:?}", c.gpu)
+    };
+    assert_eq!(s, [0x11; 32]);
+    assert_eq!(gpus.len(), 2);
+    assert_eq!(gpus[0].driver_version, "550.127.05");
+    assert_ne!(gpus[0].device_id, gpus[1].device_id);
+
+    let c = parse(&with("kind = \"nvml\"\nmin_driver = \"550.127.05\"")).unwrap();
+    let Some(GpuSpec::Nvml { policy }) = c.gpu else {
+        panic!("{:?}", c.gpu)
+    };
+    assert!(
+        policy.references.is_none(),
+        "no refs: chain, signature and nonce only"
+    );
+    assert_eq!(policy.roots, vec![measurements::gpu::nvidia_root()]);
+    assert!(policy.min_driver.is_some());
+
+    for (section, field) in [
+        ("kind = \"sim\"\nseed = \"zz\"", "gpu.seed"),
+        (
+            &*format!("kind = \"sim\"\nseed = \"{seed}\"\ncount = 0"),
+            "gpu.count",
+        ),
+        (
+            &*format!("kind = \"sim\"\nseed = \"{seed}\"\nvbios = \"1.2\""),
+            "gpu.vbios",
+        ),
+        ("kind = \"nvml\"\nmin_driver = \"new\"", "gpu.min_driver"),
+        ("kind = \"nvml\"\nrefs = \"missing.json\"", "gpu.refs"),
+    ] {
+        let e = err(&with(section));
+        assert!(e.starts_with(field), "{section}: {e}");
+    }
+    assert!(err(&with("kind = \"cuda\"")).contains("cuda"));
+    assert!(err(&with("kind = \"nvml\"\nsurprise = 1")).contains("surprise"));
+
+    // Real TDX refuses simulated GPUs.
+    let no_stub = base_toml().replace(
+        "\n[[models]]\nname = \"stub\"\nengine = \"stub\"\ntokens = 5\ntokens_per_second = 0.0\n",
+        "",
+    );
+    let tdx = no_stub.replace(
+        "kind = \"sim\"\nplatform_file = \"sim-platform.json\"\nregisters_file = \"regs.json\"",
+        "kind = \"tdx\"",
+    );
+    let e = err(&format!(
+        "{tdx}\n[gpu]\nkind = \"sim\"\nseed = \"{seed}\"\n"
+    ));
+    assert!(e.starts_with("gpu.kind: refused on real TDX"), "{e}");
+    assert!(parse(&format!("{tdx}\n[gpu]\nkind = \"nvml\"\n")).is_ok());
+}
