@@ -236,6 +236,20 @@ def jsonstats(admin):
         c.close()
 
 
+def spawn_worker(bin_dir, d):
+    """Starts `cocoon-worker --config worker.toml` in `d` (stderr to d/logs/worker.log). A
+    worker prints its ready line only once a proxy accepted it, so nothing waits for it."""
+    os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+    with open(os.path.join(d, "logs", "worker.log"), "wb") as err:
+        return subprocess.Popen(
+            [os.path.join(bin_dir, "cocoon-worker"), "--config", "worker.toml"],
+            cwd=d,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+
+
 def scenario_w(bin_dir, net_dir, work, urls):
     d = os.path.join(work, "rogue-worker")
     copy(net_dir, d, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
@@ -252,26 +266,10 @@ def scenario_w(bin_dir, net_dir, work, urls):
         sets=[("name", toml_str("rogue-worker")), ("models", upstream)],
     )
     before = jsonstats(urls["admin"]).get("worker_rejections", {}).get("rtmr3_mismatch", 0)
-    rogue = Net(bin_dir, d)
-    # The worker prints its ready line only once a proxy accepted it: start it without waiting.
-    with open(os.path.join(rogue.logs, "worker.log"), "wb") as err:
-        p = subprocess.Popen(
-            [os.path.join(bin_dir, "cocoon-worker"), "--config", "worker.toml"],
-            cwd=d,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
+    p = spawn_worker(bin_dir, d)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            s = jsonstats(urls["admin"])
-            n = s.get("worker_rejections", {}).get("rtmr3_mismatch", 0)
-            if n > before:
-                break
-            expect(p.poll() is None or time.monotonic() < deadline, "rogue worker exited")
-            expect(time.monotonic() < deadline, f"the proxy did not refuse the worker: {s}")
-            time.sleep(0.1)
+        s = wait_rejection(urls["admin"], "rtmr3_mismatch", before, p, "the rogue worker")
+        n = s["worker_rejections"]["rtmr3_mismatch"]
         names = [w["name"] for w in s["workers"]]
         expect("rogue-worker" not in names, f"the rogue worker registered: {names}")
         log(f"W: proxy refused the upstream-configured worker (rtmr3_mismatch {n}); workers {names}")
@@ -333,15 +331,7 @@ def scenario_g(bin_dir, net_dir, work, urls):
                 ],
                 unsets=unsets,
             )
-            os.makedirs(os.path.join(wd, "logs"), exist_ok=True)
-            with open(os.path.join(wd, "logs", "worker.log"), "wb") as err:
-                p = subprocess.Popen(
-                    [os.path.join(bin_dir, "cocoon-worker"), "--config", "worker.toml"],
-                    cwd=wd,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    stdin=subprocess.DEVNULL,
-                )
+            p = spawn_worker(bin_dir, wd)
             try:
                 if unsets:
                     s = wait_rejection(admin, "gpu_evidence", 0, p, name)

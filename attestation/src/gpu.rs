@@ -73,19 +73,8 @@ impl GpuSource for SimGpuSource {
     }
 
     fn evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, GpuSourceError> {
-        self.gpus
-            .iter()
-            .map(|gpu| {
-                let (report, chain_pem) = self
-                    .root
-                    .evidence(gpu, nonce)
-                    .map_err(|e| GpuSourceError::Sim(e.to_string()))?;
-                Ok(GpuEvidence {
-                    report,
-                    chain_pem: chain_pem.into_bytes(),
-                    ocsp: None,
-                })
-            })
-            .collect()
+        self.root
+            .machine_evidence(&self.gpus, nonce)
+            .map_err(|e| GpuSourceError::Sim(e.to_string()))
     }
 }

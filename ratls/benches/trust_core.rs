@@ -193,12 +193,7 @@ fn main() {
     for count in [1u32, 8] {
         let sim_gpus = attestation::SimGpuSource::new(
             measurements::gpu::sim::SimNvidiaRoot::from_seed([6; 32]).expect("sim gpu root"),
-            (1..=count)
-                .map(|id| measurements::gpu::sim::SimGpu {
-                    device_id: id,
-                    ..measurements::gpu::sim::SimGpu::new("550.127.05", "96.00.9F.00.01", "bench")
-                })
-                .collect(),
+            measurements::gpu::sim::SimGpu::machine(count, "550.127.05", "96.00.9F.00.01", "bench"),
         );
         let gpu_cert = ratls::cert::issue_with_gpu(
             &tee,

@@ -19,12 +19,7 @@ use ratls::{verify_peer, Claims, RatlsError, Role};
 const LIFETIME: Duration = Duration::from_secs(3600);
 
 fn gpus(n: u32) -> Vec<SimGpu> {
-    (1..=n)
-        .map(|id| SimGpu {
-            device_id: id,
-            ..SimGpu::new("550.127.05", "96.00.9F.00.01", "ratls-gpu-test")
-        })
-        .collect()
+    SimGpu::machine(n, "550.127.05", "96.00.9F.00.01", "ratls-gpu-test")
 }
 
 fn source(n: u32) -> SimGpuSource {

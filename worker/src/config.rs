@@ -229,12 +229,7 @@ impl GpuFile {
                         format!("{vbios:?}: expected five hex pairs (96.00.9F.00.01)"),
                     ));
                 }
-                let gpus = (1..=count)
-                    .map(|id| measurements::gpu::sim::SimGpu {
-                        device_id: id,
-                        ..measurements::gpu::sim::SimGpu::new(&driver, &vbios, &label)
-                    })
-                    .collect();
+                let gpus = measurements::gpu::sim::SimGpu::machine(count, &driver, &vbios, &label);
                 Ok(GpuSpec::Sim { seed, gpus })
             }
         }

@@ -314,12 +314,7 @@ mod tests {
     const AT: u64 = SIM_GPU_CERT_NOT_BEFORE + 86_400;
 
     fn gpus() -> Vec<SimGpu> {
-        (1..=2u32)
-            .map(|id| SimGpu {
-                device_id: id,
-                ..SimGpu::new("550.127.05", "96.00.9F.00.01", "bundle-test")
-            })
-            .collect()
+        SimGpu::machine(2, "550.127.05", "96.00.9F.00.01", "bundle-test")
     }
 
     fn setup() -> (SimNvidiaRoot, GpuPolicy) {
@@ -330,18 +325,9 @@ mod tests {
     }
 
     fn bundle_for(root: &SimNvidiaRoot, spki: &[u8]) -> Vec<u8> {
-        let nonce = evidence_nonce(spki);
-        let evidence: Vec<GpuEvidence> = gpus()
-            .iter()
-            .map(|g| {
-                let (report, pem) = root.evidence(g, &nonce).unwrap();
-                GpuEvidence {
-                    report,
-                    chain_pem: pem.into_bytes(),
-                    ocsp: None,
-                }
-            })
-            .collect();
+        let evidence = root
+            .machine_evidence(&gpus(), &evidence_nonce(spki))
+            .unwrap();
         GpuBundle::from_evidence(&evidence)
             .unwrap()
             .encode()
@@ -484,21 +470,10 @@ mod tests {
     #[test]
     fn a_bundle_of_eight_gpus_fits_the_limit() {
         let root = SimNvidiaRoot::from_seed([9; 32]).unwrap();
-        let nonce = evidence_nonce(b"k");
-        let evidence: Vec<GpuEvidence> = (1..=8u32)
-            .map(|id| {
-                let g = SimGpu {
-                    device_id: id,
-                    ..SimGpu::new("550.127.05", "96.00.9F.00.01", "eight")
-                };
-                let (report, pem) = root.evidence(&g, &nonce).unwrap();
-                GpuEvidence {
-                    report,
-                    chain_pem: pem.into_bytes(),
-                    ocsp: None,
-                }
-            })
-            .collect();
+        let eight = SimGpu::machine(8, "550.127.05", "96.00.9F.00.01", "eight");
+        let evidence = root
+            .machine_evidence(&eight, &evidence_nonce(b"k"))
+            .unwrap();
         let bytes = GpuBundle::from_evidence(&evidence)
             .unwrap()
             .encode()
@@ -519,21 +494,10 @@ mod fuzz_seed {
     #[test]
     fn the_committed_fuzz_seed_is_current_and_verifies() {
         let sim = SimNvidiaRoot::from_seed([9; 32]).unwrap();
-        let nonce = evidence_nonce(b"fuzz spki");
-        let evidence: Vec<GpuEvidence> = (1..=2u32)
-            .map(|id| {
-                let g = SimGpu {
-                    device_id: id,
-                    ..SimGpu::new("550.127.05", "96.00.9F.00.01", "fuzz-bundle")
-                };
-                let (report, pem) = sim.evidence(&g, &nonce).unwrap();
-                GpuEvidence {
-                    report,
-                    chain_pem: pem.into_bytes(),
-                    ocsp: None,
-                }
-            })
-            .collect();
+        let two = SimGpu::machine(2, "550.127.05", "96.00.9F.00.01", "fuzz-bundle");
+        let evidence = sim
+            .machine_evidence(&two, &evidence_nonce(b"fuzz spki"))
+            .unwrap();
         let bytes = GpuBundle::from_evidence(&evidence)
             .unwrap()
             .encode()

@@ -264,15 +264,7 @@ impl GpuPolicy {
 
     /// NVIDIA's root, a 5-certificate Hopper chain, these reference values; nothing else.
     pub fn production(references: GpuReferenceValues) -> Self {
-        Self {
-            roots: vec![nvidia_root()],
-            chain_len: HOPPER_CHAIN_LEN,
-            references: Some(references),
-            min_driver: None,
-            gpu_count: None,
-            require_ocsp: false,
-            ocsp_max_age_secs: None,
-        }
+        Self::new(vec![nvidia_root()], references)
     }
 
     /// Like [`GpuPolicy::production`] but without reference values (inspection only).

@@ -106,6 +106,21 @@ impl SimGpu {
         }
     }
 
+    /// The `count` GPUs of one machine: device ids 1 to `count`, otherwise as [`SimGpu::new`].
+    pub fn machine(
+        count: u32,
+        driver_version: &str,
+        vbios_version: &str,
+        label: &str,
+    ) -> Vec<Self> {
+        (1..=count)
+            .map(|device_id| Self {
+                device_id,
+                ..Self::new(driver_version, vbios_version, label)
+            })
+            .collect()
+    }
+
     /// FWID of the simulated firmware (derived from the versions).
     pub fn fwid(&self) -> [u8; 48] {
         let mut h = Sha384::new();
@@ -351,6 +366,24 @@ impl SimNvidiaRoot {
             );
         }
         Ok((pem, leaf_key))
+    }
+
+    /// [`SimNvidiaRoot::evidence`] of each GPU, as the verifier takes it (no OCSP).
+    pub fn machine_evidence(
+        &self,
+        gpus: &[SimGpu],
+        nonce: &[u8; 32],
+    ) -> Result<Vec<super::GpuEvidence>, SimGpuError> {
+        gpus.iter()
+            .map(|gpu| {
+                let (report, pem) = self.evidence(gpu, nonce)?;
+                Ok(super::GpuEvidence {
+                    report,
+                    chain_pem: pem.into_bytes(),
+                    ocsp: None,
+                })
+            })
+            .collect()
     }
 
     /// A signed Hopper-format report answering `nonce`, and its PEM chain (leaf first).
