@@ -147,7 +147,9 @@ fn verify_with_digests(
     check_binding(&attestation.report.report_data, expected)?;
     apply_policy(policy, &attestation, expected, now)?;
     let gpus = match (&policy.gpu, gpu_memo) {
-        (Some(_), Some((memo, arc))) => memo.check(&peer, digests.cert, now, arc)?,
+        (Some(gpu_policy), Some((memo, arc))) => {
+            memo.check(&peer, digests.cert, now, arc, gpu_policy)?
+        }
         (Some(gpu_policy), None) => check_gpu(&peer, now, gpu_policy)?,
         (None, _) => Vec::new(),
     };
@@ -264,7 +266,7 @@ pub struct PeerVerifier {
 /// GPU verdicts of certificates (SHA-256 of the DER), each with the policy it was reached
 /// under and the window in which every chain certificate is valid. A repeat under the same
 /// policy inside that window reuses the verdict: the GPU check costs several P-384
-/// verifications per GPU (about 8.5 ms per GPU here), and a proxy re-verifies its peer after
+/// verifications per GPU (9–11 ms per GPU here, docs/performance.md), and a proxy re-verifies its peer after
 /// every handshake. Cleared when it reaches its capacity.
 #[derive(Debug, Default)]
 struct GpuMemo {
@@ -285,6 +287,7 @@ impl GpuMemo {
         cert: [u8; 32],
         now: u64,
         policy: &Arc<Policy>,
+        gpu_policy: &measurements::gpu::GpuPolicy,
     ) -> Result<Vec<measurements::gpu::VerifiedGpu>, Rejection> {
         let hit = self
             .entries
@@ -296,9 +299,6 @@ impl GpuMemo {
         if let Some(gpus) = hit {
             return Ok(gpus);
         }
-        let Some(gpu_policy) = &policy.gpu else {
-            return Ok(Vec::new());
-        };
         let gpus = check_gpu(peer, now, gpu_policy)?;
         let valid = gpus.iter().fold((0u64, u64::MAX), |(from, until), g| {
             (from.max(g.chain_valid.0), until.min(g.chain_valid.1))
