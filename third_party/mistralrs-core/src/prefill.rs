@@ -16,8 +16,12 @@ use std::time::{Duration, Instant};
 /// Smallest chunk (prompts of at most this many tokens always run in one pass). Small: on a
 /// slow CPU 16 tokens of a long prompt already take a good fraction of a second.
 pub const MIN_CHUNK: usize = 16;
-/// Chunk size before the first measurement.
-pub const FIRST_CHUNK: usize = 256;
+/// Chunk size before the first measurement: small, because until then nothing bounds how long
+/// it takes (256 tokens took 5.9 s on a 2-core VM, and every request arriving meanwhile
+/// waited for it).
+pub const FIRST_CHUNK: usize = 64;
+/// Prompt steps of fewer tokens are not measured (fixed costs dominate them).
+pub const MIN_MEASURED: usize = 8;
 /// Largest chunk.
 pub const MAX_CHUNK: usize = 8192;
 
@@ -61,8 +65,12 @@ pub fn chunk_len() -> usize {
     }
 }
 
-/// Records that a chunk of `tokens` took `took`.
+/// Records that a prompt step of `tokens` (all its sequences) took `took`: the measured
+/// speed sizes the next chunks, and the time the next chunk waits next to decoding sequences.
 pub fn record(tokens: usize, took: Duration) {
+    if tokens < MIN_MEASURED {
+        return;
+    }
     let rate = tokens as f64 / took.as_secs_f64().max(1e-6);
     RATE_MILLI.store((rate * 1000.0) as u64, Ordering::Relaxed);
     LAST_TOOK_MICROS.store(

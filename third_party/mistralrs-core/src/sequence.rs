@@ -943,6 +943,16 @@ impl Sequence {
         self.partial_prefill
     }
 
+    /// cocoon patch: which of several partial prefills runs its next chunk first: the one with
+    /// the fewest prompt tokens left (a short prompt that arrived during a long one reaches its
+    /// first token after a few chunks, not after the rest of the long prompt), aged by the
+    /// passes it has waited (+1 each) so a long prompt still gets a chunk while short ones
+    /// keep arriving.
+    pub(crate) fn prefill_priority(&self) -> f64 {
+        #![allow(clippy::cast_precision_loss)]
+        (self.scheduling_urgency as f64) - (self.get_toks().len().max(1) as f64).log2()
+    }
+
     /// cocoon patch: see [`Sequence::is_partial_prefill`].
     pub(crate) fn set_partial_prefill(&mut self, partial: bool) {
         self.partial_prefill = partial;

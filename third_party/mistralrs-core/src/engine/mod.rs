@@ -366,6 +366,18 @@ impl Engine {
                 SchedulerOutput::DefaultScheduler {
                     output: mut scheduled,
                 } => {
+                    // cocoon patch: (id, tokens to process, offset) of each prompt before the
+                    // step, for the step trace below.
+                    let trace_prompt: Vec<(usize, usize, usize)> =
+                        if tracing::enabled!(target: "cocoon::sched", tracing::Level::DEBUG) {
+                            scheduled
+                                .prompt
+                                .iter()
+                                .map(|s| (*s.id(), s.get_toks().len(), s.token_offset()))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        };
                     if !scheduled.completion.is_empty() {
                         let current_completion_ids: Vec<usize> =
                             scheduled.completion.iter().map(|seq| *seq.id()).collect();
@@ -515,6 +527,16 @@ impl Engine {
                         last_completion_ids = vec![];
                     }
 
+                    // cocoon patch: one line per engine step (`RUST_LOG=cocoon::sched=debug`):
+                    // what ran and for how long, to see how prompts and decoding share the
+                    // engine. Ids, lengths and offsets only, never tokens.
+                    tracing::debug!(
+                        target: "cocoon::sched",
+                        prompt = ?trace_prompt,
+                        completion = ?scheduled.completion.iter().map(|s| *s.id()).collect::<Vec<_>>(),
+                        step_ms = run_start.elapsed().as_secs_f64() * 1000.0,
+                        "engine step"
+                    );
                     if self.is_debug {
                         let ms_from_last_run = run_start.elapsed().as_secs_f64();
                         let total_len = scheduled.prompt.len() + scheduled.completion.len();

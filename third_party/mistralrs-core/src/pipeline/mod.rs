@@ -475,8 +475,13 @@ pub trait Pipeline:
                     && input_seqs.iter().all(|s| !s.has_images())
                 {
                     let total = input_seqs.first().map_or(0, |s| s.get_toks().len());
-                    let chunk = crate::prefill::chunk_len();
-                    (total > chunk && input_seqs.iter().all(|s| s.get_toks().len() == total))
+                    // The step's token budget is shared by the group's sequences.
+                    let chunk = (crate::prefill::chunk_len() / input_seqs.len().max(1))
+                        .max(crate::prefill::MIN_CHUNK);
+                    // A rest shorter than the smallest chunk goes with this one (no step of
+                    // a few tokens at the end).
+                    (total >= chunk + crate::prefill::MIN_CHUNK
+                        && input_seqs.iter().all(|s| s.get_toks().len() == total))
                         .then_some((chunk, total))
                 } else {
                     None
@@ -573,10 +578,18 @@ pub trait Pipeline:
                     _ => unreachable!("Unreachable POST cache op."),
                 }
 
+                // cocoon patch: every prompt step measures the prefill speed (one-pass prompts
+                // too, so the first long prompt is cut to the right size from its first chunk).
+                if is_prompt {
+                    let processed = match chunk {
+                        Some((chunk, _)) => chunk * input_seqs.len(),
+                        None => input_seqs.iter().map(|s| s.get_toks().len()).sum(),
+                    };
+                    crate::prefill::record(processed, exec_duration);
+                }
                 // cocoon patch: after a chunk that is not the prompt's last, the rest waits
                 // for a later step; nothing is sampled yet.
-                if let Some((chunk, _)) = chunk {
-                    crate::prefill::record(chunk, exec_duration);
+                if chunk.is_some() {
                     for (seq, (toks, offset)) in input_seqs.iter_mut().zip(rest) {
                         seq.set_prefill_toks(toks);
                         seq.set_token_offset(offset);

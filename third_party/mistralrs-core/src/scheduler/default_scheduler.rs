@@ -175,13 +175,16 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         // cocoon patch: add one group of same-length, same-offset partial prefills when the
         // chosen bucket has no prompt of its own (a prompt step needs one length and offset)
         // and, next to decoding sequences, only when a chunk is due (time sharing, see
-        // `crate::prefill::chunk_due`); the rest wait with more urgency.
+        // `crate::prefill::chunk_due`); the rest wait with more urgency. The group is the one
+        // with the fewest prompt tokens left, aged by waiting (`Sequence::prefill_priority`;
+        // upstream's priority favours the longest sequence, which kept a short prompt behind
+        // every chunk of a long one).
         let mut running: Vec<Sequence> = running;
         let mut partial = partial;
         if !partial.is_empty() {
             partial.sort_by(|a, b| {
-                b.compute_priority()
-                    .partial_cmp(&a.compute_priority())
+                b.prefill_priority()
+                    .partial_cmp(&a.prefill_priority())
                     .unwrap_or(std::cmp::Ordering::Equal)
             });
             let key = (partial[0].len(), partial[0].token_offset());
