@@ -30,7 +30,10 @@
 pub mod nvml;
 
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::Duration;
 
 use attestation::gpu::{GpuSource, GpuSourceError, SimGpuSource};
 use der::Reader;
@@ -51,11 +54,93 @@ pub fn open_source(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn GpuSource>, GpuSourceError> {
     match spec {
-        GpuSpec::Nvml { policy } => Ok(Arc::new(NvmlGpuSource::open(policy.clone(), clock)?)),
+        GpuSpec::Nvml { policy } => Ok(Arc::new(TimedGpuSource::new(
+            Arc::new(NvmlGpuSource::open(policy.clone(), clock)?),
+            EVIDENCE_TIME_LIMIT,
+        ))),
         GpuSpec::Sim { seed, gpus } => {
             let root =
                 SimNvidiaRoot::from_seed(*seed).map_err(|e| GpuSourceError::Sim(e.to_string()))?;
             Ok(Arc::new(SimGpuSource::new(root, gpus.clone())))
+        }
+    }
+}
+
+/// The longest the NVML source may take for the evidence of all GPUs. A report takes well under
+/// a second per GPU on a healthy driver; a driver that does not answer would otherwise hang the
+/// worker's start (it then exits 4) or its certificate renewal (which then fails and retries).
+pub const EVIDENCE_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Bounds each [`GpuSource::evidence`] call of an inner source in time. The call runs on its
+/// own thread; past the limit the caller gets [`GpuSourceError::Driver`] and the thread is left
+/// behind (a call blocked in the driver cannot be cancelled). While it is still blocked, later
+/// calls are refused at once instead of piling up more blocked threads.
+pub struct TimedGpuSource {
+    inner: Arc<dyn GpuSource>,
+    limit: Duration,
+    busy: Arc<AtomicBool>,
+}
+
+impl Debug for TimedGpuSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimedGpuSource")
+            .field("inner", &self.inner)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TimedGpuSource {
+    /// `inner`, with each call bounded by `limit`.
+    pub fn new(inner: Arc<dyn GpuSource>, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Clears the busy flag when the evidence thread ends, however it ends.
+struct Idle(Arc<AtomicBool>);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl GpuSource for TimedGpuSource {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, GpuSourceError> {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return Err(GpuSourceError::Driver(
+                "an earlier evidence call has not returned (driver not answering)".into(),
+            ));
+        }
+        let idle = Idle(self.busy.clone());
+        let (tx, rx) = mpsc::sync_channel(1);
+        let inner = self.inner.clone();
+        let nonce = *nonce;
+        std::thread::Builder::new()
+            .name("gpu-evidence".into())
+            .spawn(move || {
+                let _idle = idle;
+                let _ = tx.send(inner.evidence(&nonce));
+            })
+            .map_err(|e| GpuSourceError::Driver(format!("starting the evidence thread: {e}")))?;
+        match rx.recv_timeout(self.limit) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(GpuSourceError::Driver(format!(
+                "no evidence from the driver within {} s",
+                self.limit.as_secs_f64()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => Err(GpuSourceError::Driver(
+                "the evidence thread ended without an answer".into(),
+            )),
         }
     }
 }
@@ -499,6 +584,93 @@ mod tests {
             other => panic!("expected Driver, got {other:?}"),
         }
         assert!(!fake.calls().contains(&Call::Ready(true)));
+    }
+
+    /// A source that blocks in `evidence` until released, like a driver that does not answer.
+    #[derive(Debug)]
+    struct Stalling {
+        inner: SimGpuSource,
+        gate: Mutex<mpsc::Receiver<()>>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl GpuSource for Stalling {
+        fn kind(&self) -> &'static str {
+            "stalling"
+        }
+        fn evidence(&self, nonce: &[u8; 32]) -> Result<Vec<GpuEvidence>, GpuSourceError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let _ = self.gate.lock().unwrap().recv();
+            self.inner.evidence(nonce)
+        }
+    }
+
+    #[test]
+    fn timed_source_bounds_a_driver_that_does_not_answer() {
+        let (release, gate) = mpsc::channel();
+        let stalling = Arc::new(Stalling {
+            inner: SimGpuSource::new(sim_root(), vec![sim_gpu(1)]),
+            gate: Mutex::new(gate),
+            calls: Default::default(),
+        });
+        let timed = TimedGpuSource::new(stalling.clone(), Duration::from_millis(200));
+        assert_eq!(timed.kind(), "stalling");
+
+        // A call that hangs ends at the limit with a named reason.
+        let t = std::time::Instant::now();
+        match timed.evidence(&NONCE) {
+            Err(GpuSourceError::Driver(m)) => assert!(m.contains("within 0.2 s"), "{m}"),
+            other => panic!("expected a time-out, got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // While it is still blocked, another call is refused at once, without a new thread.
+        let t = std::time::Instant::now();
+        match timed.evidence(&NONCE) {
+            Err(GpuSourceError::Driver(m)) => assert!(m.contains("has not returned"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_millis(100));
+        assert_eq!(stalling.calls.load(Ordering::SeqCst), 1);
+
+        // Once the driver answers, calls work again and return the inner evidence.
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while timed.busy.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "thread never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        release.send(()).unwrap();
+        let evidence = timed.evidence(&NONCE).expect("evidence after recovery");
+        assert_eq!(evidence.len(), 1);
+        assert_eq!(stalling.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn timed_source_passes_errors_through_and_survives_a_panic() {
+        #[derive(Debug)]
+        struct Panics;
+        impl GpuSource for Panics {
+            fn kind(&self) -> &'static str {
+                "panics"
+            }
+            fn evidence(&self, _: &[u8; 32]) -> Result<Vec<GpuEvidence>, GpuSourceError> {
+                panic!("driver bug")
+            }
+        }
+        let timed = TimedGpuSource::new(Arc::new(Panics), Duration::from_secs(5));
+        for _ in 0..2 {
+            match timed.evidence(&NONCE) {
+                Err(GpuSourceError::Driver(m)) => assert!(m.contains("without an answer"), "{m}"),
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+        let mut fake = FakeNvml::new(1);
+        fake.state.devtools = 1;
+        let nvml = Arc::new(source(&Arc::new(fake)));
+        match TimedGpuSource::new(nvml, Duration::from_secs(5)).evidence(&NONCE) {
+            Err(GpuSourceError::NotConfidential(m)) => assert!(m.contains("devtools"), "{m}"),
+            other => panic!("expected NotConfidential, got {other:?}"),
+        }
     }
 
     #[test]
