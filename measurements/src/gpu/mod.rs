@@ -415,18 +415,15 @@ fn verify_report_signature(
     report: &GpuReport,
     leaf: &Certificate,
 ) -> Result<(), GpuRejection> {
-    use p384::ecdsa::signature::Verifier;
     let key = chain::p384_key(leaf).map_err(|detail| GpuRejection::ChainSignature {
         index: 0,
         subject: chain::subject(leaf),
         detail,
     })?;
-    let sig = p384::ecdsa::Signature::from_slice(&report.signature)
-        .map_err(|_| GpuRejection::ReportSignature)?;
     let signed = bytes
         .get(..report.signed_len)
         .ok_or(GpuRejection::ReportSignature)?;
-    key.verify(signed, &sig)
+    key.verify_fixed(signed, &report.signature)
         .map_err(|_| GpuRejection::ReportSignature)
 }
 

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use p384::ecdsa::signature::Verifier;
 use sha2::{Digest, Sha384};
 
 use super::chain;
@@ -182,12 +181,10 @@ pub fn verify_rim_signature(
         .map_err(|e| XmlDsigError::Chain(e.to_string()))?;
 
     let value = b64(ds_one(sig, "SignatureValue")?, "signature value")?;
-    let signature =
-        p384::ecdsa::Signature::from_slice(&value).map_err(|_| XmlDsigError::Signature)?;
     let key = chain::p384_key(leaf).map_err(XmlDsigError::Chain)?;
     let mut signed_info_c14n = String::new();
     c14n(signed_info, &BTreeMap::new(), None, &mut signed_info_c14n);
-    key.verify(signed_info_c14n.as_bytes(), &signature)
+    key.verify_fixed(signed_info_c14n.as_bytes(), &value)
         .map_err(|_| XmlDsigError::Signature)?;
     Ok(RimSigner {
         subject: chain::subject(leaf),
