@@ -265,9 +265,9 @@ pub struct PeerVerifier {
 
 /// GPU verdicts of certificates (SHA-256 of the DER), each with the policy it was reached
 /// under and the window in which every chain certificate is valid. A repeat under the same
-/// policy inside that window reuses the verdict: the GPU check costs several P-384
-/// verifications per GPU (9–11 ms per GPU here, docs/performance.md), and a proxy re-verifies its peer after
-/// every handshake. Cleared when it reaches its capacity.
+/// policy inside that window reuses the verdict: the GPU check costs five P-384 verifications
+/// and five certificate decodings per GPU (about 6 ms per GPU here, docs/performance.md), and a
+/// proxy re-verifies its peer after every handshake. Cleared when it reaches its capacity.
 #[derive(Debug, Default)]
 struct GpuMemo {
     entries: Mutex<HashMap<[u8; 32], GpuVerdict>>,
