@@ -416,6 +416,29 @@ impl E2eBody {
     }
 }
 
+impl E2eBody {
+    /// Seals what the generation has already queued, while the frame being gathered is below
+    /// [`crate::frames::FRAME_TARGET`] (never waits).
+    fn pull_ready(&mut self) {
+        let mut queued: usize = self.queue.iter().map(Bytes::len).sum();
+        while !self.done && queued < crate::frames::FRAME_TARGET {
+            let Some(rx) = self.rx.as_mut() else {
+                return;
+            };
+            match rx.try_recv() {
+                Ok(out) => {
+                    if let Some(b) = self.take(out) {
+                        queued += b.len();
+                        self.queue.push_back(b);
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.finish(),
+            }
+        }
+    }
+}
+
 impl Body for E2eBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -426,8 +449,12 @@ impl Body for E2eBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         loop {
-            if let Some(b) = this.queue.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(b))));
+            if let Some(first) = this.queue.pop_front() {
+                // Everything ready goes out in one frame ([`crate::frames`]).
+                this.pull_ready();
+                let queue = &mut this.queue;
+                let data = crate::frames::gather(first, || queue.pop_front());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             if this.done {
                 return Poll::Ready(None);

@@ -497,10 +497,7 @@ impl Service {
         let (first, rx) = self.start(&meta, validated, started).await?;
         match first {
             Out::Data(first) => {
-                let body = SseBody {
-                    first: Some(first),
-                    rx,
-                };
+                let body = SseBody::new(first, rx);
                 let mut resp = Response::new(BodyExt::boxed(body));
                 response::event_stream_headers(resp.headers_mut(), Some(&meta.request_id));
                 Ok(resp)
@@ -728,11 +725,24 @@ pub(crate) enum Out {
     Summary(Usage, String),
 }
 
-/// The response body of a stream: the first bytes, then whatever the generation task sends.
-/// Dropping it closes the channel, which stops the generation.
+/// The response body of a stream: the first bytes, then whatever the generation task sends,
+/// what is already queued gathered into one frame ([`crate::frames`]). Dropping it closes the
+/// channel, which stops the generation.
 struct SseBody {
     first: Option<Bytes>,
     rx: mpsc::Receiver<Out>,
+    /// The channel ended (closed or failed) while a frame was being gathered.
+    done: bool,
+}
+
+impl SseBody {
+    fn new(first: Bytes, rx: mpsc::Receiver<Out>) -> Self {
+        Self {
+            first: Some(first),
+            rx,
+            done: false,
+        }
+    }
 }
 
 impl Body for SseBody {
@@ -743,17 +753,35 @@ impl Body for SseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(b) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
-        }
-        loop {
-            return match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Out::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                Poll::Ready(Some(Out::Summary(..))) => continue,
-                Poll::Ready(Some(Out::Fail(_)) | None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
-        }
+        let this = &mut *self;
+        let first = match this.first.take() {
+            Some(b) => b,
+            None if this.done => return Poll::Ready(None),
+            None => loop {
+                match this.rx.poll_recv(cx) {
+                    Poll::Ready(Some(Out::Data(b))) => break b,
+                    Poll::Ready(Some(Out::Summary(..))) => continue,
+                    Poll::Ready(Some(Out::Fail(_)) | None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
+        };
+        let (rx, done) = (&mut this.rx, &mut this.done);
+        let data = crate::frames::gather(first, || loop {
+            if *done {
+                return None;
+            }
+            match rx.try_recv() {
+                Ok(Out::Data(b)) => return Some(b),
+                Ok(Out::Summary(..)) => continue,
+                Ok(Out::Fail(_)) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                    *done = true;
+                    return None;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+            }
+        });
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 

@@ -80,7 +80,11 @@ fn request(b: &Binding, envelope: Vec<u8>) -> Request<Full<Bytes>> {
 }
 
 async fn harness() -> (Harness, Arc<E2eKeys>) {
-    let h = Harness::start(Options::default()).await;
+    harness_with(Options::default()).await
+}
+
+async fn harness_with(opts: Options) -> (Harness, Arc<E2eKeys>) {
+    let h = Harness::start(opts).await;
     let keys = Arc::new(E2eKeys::from_seed(7));
     h.service.attach_e2e(keys.clone());
     (h, keys)
@@ -88,13 +92,51 @@ async fn harness() -> (Harness, Arc<E2eKeys>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_request_gets_sealed_chunks_and_a_verifying_receipt() {
-    let (mut h, keys) = harness().await;
+    sealed_round_trip(Options::default(), false).await;
+}
+
+/// A reader that falls behind gets the sealed chunks already queued gathered into few frames
+/// (`worker::frames`); they still open in order and the receipt still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_sealed_chunks_are_gathered_and_still_open_in_order() {
+    let frames = sealed_round_trip(
+        Options {
+            tokens: 40,
+            ..Options::default()
+        },
+        true,
+    )
+    .await;
+    // 40 text chunks, finish, usage, [DONE], the receipt and the final chunk: 45 events.
+    assert!(
+        frames < 20,
+        "{frames} frames: queued chunks were not gathered"
+    );
+}
+
+/// One sealed request answered and checked end to end; returns the number of non-empty DATA
+/// frames the response came in. `slow`: wait before reading, so that the output queues up.
+async fn sealed_round_trip(opts: Options, slow: bool) -> usize {
+    use http_body_util::BodyExt;
+    let (mut h, keys) = harness_with(opts).await;
     let mut conn = h.next_conn().await;
     let b = binding(&keys, "req-e2e-1", NOW);
     let sealed = seal(&keys, &b, 1);
     let resp = send(&mut conn, request(&b, sealed.envelope.clone())).await;
     assert_eq!(resp.status(), 200);
-    let outer = events(resp).await;
+    if slow {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    let mut frames = 0;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.expect("frame").into_data() {
+            frames += usize::from(!d.is_empty());
+            bytes.extend_from_slice(&d);
+        }
+    }
+    let outer = Decoder::default().feed(&bytes).expect("sse");
     // Only sealed chunks and the proxy's receipt copy are in the clear.
     let mut opener = sealed.response.opener();
     let mut inner = Vec::new();
@@ -135,6 +177,7 @@ async fn sealed_request_gets_sealed_chunks_and_a_verifying_receipt() {
     assert_eq!(r.finish_reason, "stop");
     assert_eq!(u64::from(r.chunks) + 1, opener.count());
     assert_eq!(h.service.stats().snapshot().completed, 1);
+    frames
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,57 @@ async fn chat_streams_chunks_then_usage_then_done() {
     h.shutdown();
 }
 
+/// Events that are already queued when the body is read go out in one DATA frame
+/// (`worker::frames`); the event sequence is the same as one frame per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_events_are_gathered_into_frames_without_changing_the_stream() {
+    use http_body_util::BodyExt;
+    let mut h = Harness::start(Options {
+        tokens: 40,
+        ..Options::default()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let req = completion_request("/v1/chat/completions", MODEL, 100, chat_body(json!({})));
+    let resp = send(&mut conn, req).await;
+    assert_eq!(resp.status(), 200);
+    // A reader that falls behind: the generation fills the stream's channel meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut body = resp.into_body();
+    let mut frames = Vec::new();
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.expect("frame").into_data() {
+            frames.push(d);
+        }
+    }
+    let bytes: Vec<u8> = frames.concat();
+    let evs = protocol::sse::Decoder::default().feed(&bytes).expect("sse");
+    // 40 text chunks, the finish chunk, cocoon-usage, [DONE].
+    assert_eq!(evs.len(), 43);
+    let text: String = evs[..40]
+        .iter()
+        .map(|e| {
+            data(e)["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let want: String = (0..40).map(|i| format!("tok{i} ")).collect();
+    assert_eq!(text, want);
+    assert!(evs[42].is_done());
+    assert!(
+        frames.len() < 20,
+        "{} frames for 43 events: queued events were not gathered",
+        frames.len()
+    );
+    // Frames still end on event boundaries (the end of the stream may be an empty frame).
+    for f in frames.iter().filter(|f| !f.is_empty()) {
+        assert!(f.ends_with(b"\n\n"), "a frame ends mid-event");
+    }
+    h.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn include_usage_adds_the_openai_usage_chunk_and_completions_stream() {
     let mut h = Harness::start(Options::default()).await;

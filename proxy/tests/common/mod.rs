@@ -331,7 +331,36 @@ impl Body for ChannelBody {
     }
 }
 
-type WorkerBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
+/// A token stream as the worker sends it: what is already queued goes out in one DATA frame
+/// (`worker::frames`), so that benchmarks at max rate see the worker's framing.
+pub struct GatheringBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for GatheringBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let Some(first) = std::task::ready!(self.0.poll_recv(cx)) else {
+            return Poll::Ready(None);
+        };
+        let Ok(second) = self.0.try_recv() else {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        };
+        let mut buf = [first, second].concat();
+        while buf.len() < 16 << 10 {
+            match self.0.try_recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+    }
+}
+
+type WorkerBody =
+    http_body_util::Either<Full<Bytes>, http_body_util::Either<ChannelBody, GatheringBody>>;
 
 fn full(status: StatusCode, body: Vec<u8>) -> Response<WorkerBody> {
     let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
@@ -501,7 +530,9 @@ async fn handle(
             obs.completed.fetch_add(1, Ordering::SeqCst);
         }
     });
-    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    let mut r = Response::new(http_body_util::Either::Right(
+        http_body_util::Either::Right(GatheringBody(rx)),
+    ));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/event-stream"),
@@ -567,7 +598,9 @@ fn sealed_answer(
     for f in frames {
         tx.try_send(f).unwrap();
     }
-    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    let mut r = Response::new(http_body_util::Either::Right(http_body_util::Either::Left(
+        ChannelBody(rx),
+    )));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/event-stream"),
@@ -592,7 +625,9 @@ fn replay(body: &[u8], kill: Arc<Notify>) -> Response<WorkerBody> {
     } else {
         drop(tx);
     }
-    let mut r = Response::new(http_body_util::Either::Right(ChannelBody(rx)));
+    let mut r = Response::new(http_body_util::Either::Right(http_body_util::Either::Left(
+        ChannelBody(rx),
+    )));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/event-stream"),
