@@ -20,6 +20,10 @@ G  GPU evidence: the local network's worker runs one simulated GPU and the genui
    it verified in /jsonstats. A proxy that pins no worker configuration (allow_any_config) but
    keeps the GPU requirement refuses a copy of the worker without `[gpu]` with
    `gpu_evidence` (the certificate carries none) and registers the copy with its GPU.
+C  the client's own GPU check: a proxy that requires no GPU registers a copy of the worker
+   without `[gpu]`; a client that pins both configurations (so nothing else refuses them) but
+   whose worker policy requires GPU evidence fetches the proxy's worker directory, refuses
+   the worker naming `gpu evidence`, and sends no prompt (the worker serves no request).
 M  RTMR3 computed here independently (Python, from the file bytes) equals what the launcher
    pinned: the pin is a function of the config text alone.
 
@@ -339,20 +343,122 @@ def scenario_g(bin_dir, net_dir, work, urls):
                     expect(name not in names, f"the gpu-less worker registered: {names}")
                     log(f"G: proxy refused the worker without gpu evidence: {s['worker_rejections']}")
                 else:
-                    deadline = time.monotonic() + 20
-                    while True:
-                        ws = [w for w in jsonstats(admin)["workers"] if w["name"] == name]
-                        if ws:
-                            break
-                        expect(p.poll() is None, f"{name} exited ({p.returncode})")
-                        expect(time.monotonic() < deadline, f"{name} did not register")
-                        time.sleep(0.1)
-                    expect(len(ws[0].get("gpus", [])) == 1, f"no verified gpu: {ws}")
+                    w = wait_registered(admin, name, p)
+                    expect(len(w.get("gpus", [])) == 1, f"no verified gpu: {w}")
                     log("G: the same proxy registered the worker with its simulated gpu")
             finally:
                 p.terminate()
                 p.wait(5)
     finally:
+        proxy.stop_all()
+
+
+def wait_registered(admin, name, proc):
+    deadline = time.monotonic() + 20
+    while True:
+        ws = [w for w in jsonstats(admin)["workers"] if w["name"] == name]
+        if ws:
+            return ws[0]
+        expect(proc.poll() is None, f"{name} exited ({proc.returncode})")
+        expect(time.monotonic() < deadline, f"{name} did not register")
+        time.sleep(0.1)
+
+
+def scenario_c(bin_dir, net_dir, work, model):
+    d = os.path.join(work, "gpu-free-proxy")
+    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES)
+    ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
+    edit(
+        bin_dir,
+        "proxy",
+        os.path.join(net_dir, "proxy.toml"),
+        os.path.join(d, "proxy.toml"),
+        sets=[(k, toml_str(f"127.0.0.1:{port}")) for k, port in ports.items()]
+        + [("policy.allow_any_config", "true")],
+        unsets=["policy.rtmr3", "policy.gpu"],
+    )
+    expect("gpu" not in load_toml(os.path.join(d, "proxy.toml"))["policy"], "gpu still required")
+    proxy = Net(bin_dir, d)
+    proxy.start(
+        "proxy",
+        [os.path.join(bin_dir, "cocoon-proxy"), "--config", "proxy.toml"],
+        "cocoon-proxy: ready",
+    )
+    admin = f"http://127.0.0.1:{ports['admin_listen']}"
+    wd = os.path.join(work, "gpu-free-worker")
+    copy(net_dir, wd, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
+    edit(
+        bin_dir,
+        "worker",
+        os.path.join(net_dir, "worker.toml"),
+        os.path.join(wd, "worker.toml"),
+        sets=[
+            ("name", toml_str("gpu-free-worker")),
+            ("proxies", f'["127.0.0.1:{ports["worker_listen"]}"]'),
+        ],
+        unsets=["gpu"],
+    )
+    worker = spawn_worker(bin_dir, wd)
+    try:
+        w = wait_registered(admin, "gpu-free-worker", worker)
+        expect(not w.get("gpus"), f"the gpu-free worker lists gpus: {w}")
+        log("C: a proxy that requires no gpu registered the worker without gpu evidence")
+        # A client that trusts this proxy's and this worker's configurations (their RTMR3s
+        # pinned, so that nothing else refuses them) and keeps the genuine client's GPU
+        # requirement for workers.
+        with open(os.path.join(d, "proxy.toml")) as f:
+            proxy_rtmr3 = config_rtmr3(f.read())
+        with open(os.path.join(wd, "worker.toml")) as f:
+            worker_rtmr3 = config_rtmr3(f.read())
+        c = os.path.join(work, "gpu-client")
+        copy(net_dir, c, ["sim-root.der", "client.key"] + GPU_FILES)
+        edit(
+            bin_dir,
+            "client",
+            os.path.join(net_dir, "client.toml"),
+            os.path.join(c, "client.toml"),
+            sets=[
+                ("proxy", toml_str(f"127.0.0.1:{ports['client_listen']}")),
+                ("listen", toml_str("127.0.0.1:0")),
+                ("policy.rtmr3", f"[{toml_str(proxy_rtmr3)}]"),
+                ("worker_policy.rtmr3", f"[{toml_str(worker_rtmr3)}]"),
+            ],
+        )
+        cfg = load_toml(os.path.join(c, "client.toml"))
+        expect("gpu" in cfg.get("worker_policy", {}), f"client requires no gpu: {cfg}")
+        client = Net(bin_dir, c)
+        line = client.start(
+            "client",
+            [os.path.join(bin_dir, "cocoon-client"), "serve", "--config", "client.toml"],
+            "cocoon-client: ready ",
+        )
+        try:
+            m = re.search(r"http://([^/\s]+)/v1", line)
+            host, port = m.group(1).rsplit(":", 1)
+            status, body = post_chat((host, int(port)), model)
+            expect(status != 200, f"the client sealed a prompt to a gpu-less worker: {body[:300]}")
+            logs = "".join(client.log_lines("client"))
+            expect(
+                "rtmr3 mismatch" not in body + logs,
+                f"the client refused the proxy instead (HTTP {status}): {body[:300]}",
+            )
+            expect(
+                "gpu evidence" in body or "gpu evidence" in logs,
+                f"refusal does not name gpu evidence (HTTP {status}): {body[:300]}",
+            )
+            stats = jsonstats(admin)
+            served = [x for x in stats["workers"] if x["name"] == "gpu-free-worker"]
+            expect(served, "the gpu-free worker left the proxy")
+            expect(
+                served[0].get("requests") == 0,
+                f"a request reached the gpu-less worker: {served[0]}",
+            )
+            log(f"C: client refused the gpu-less worker, no prompt sent (HTTP {status}): {body[:200]}")
+        finally:
+            client.stop_all()
+    finally:
+        worker.terminate()
+        worker.wait(5)
         proxy.stop_all()
 
 
@@ -370,6 +476,7 @@ def main():
         scenario_p(bin_dir, net_dir, work, urls["model"])
         scenario_w(bin_dir, net_dir, work, urls)
         scenario_g(bin_dir, net_dir, work, urls)
+        scenario_c(bin_dir, net_dir, work, urls["model"])
         status, body = post_chat(client_addr(urls["client"]), urls["model"])
         expect(status == 200, f"the genuine network stopped answering: {status} {body[:300]}")
         log("all attacks refused; the genuine network still answers")
