@@ -11,7 +11,8 @@ use image::cpio::{Archive, Entry};
 use image::elf;
 use image::kernel::{self, fetch, KernelPin};
 use image::manifest::{
-    Artifact, ImageManifest, KernelPin as ManifestKernel, IMAGE_MANIFEST_FORMAT,
+    Artifact, ImageManifest, KernelPackage as ManifestPackage, KernelPin as ManifestKernel,
+    IMAGE_MANIFEST_FORMAT,
 };
 use image::registers::{self, Platform, VmShape};
 
@@ -281,6 +282,15 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
             package: pin.boot_package().name.clone(),
             version: pin.boot_package().version.clone(),
             deb_sha256: pin.boot_package().sha256.clone(),
+            packages: pin
+                .packages
+                .iter()
+                .map(|p| ManifestPackage {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    deb_sha256: p.sha256.clone(),
+                })
+                .collect(),
         },
         cmdline,
         platform: args.platform.name().into(),

@@ -9,6 +9,6 @@
 //! same record); these are its names on the builder's side.
 
 pub use measurements::manifest_diff::{
-    BuildArtifact as Artifact, BuildKernel as KernelPin, BuildRecord as ImageManifest,
-    BUILD_RECORD_FORMAT as IMAGE_MANIFEST_FORMAT,
+    BuildArtifact as Artifact, BuildKernel as KernelPin, BuildPackage as KernelPackage,
+    BuildRecord as ImageManifest, BUILD_RECORD_FORMAT as IMAGE_MANIFEST_FORMAT,
 };

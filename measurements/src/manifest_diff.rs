@@ -65,11 +65,29 @@ pub struct BuildArtifact {
     pub size: u64,
 }
 
-/// The pinned kernel package a build record names.
+/// The pinned kernel a build record names: the package that holds vmlinuz, and every package
+/// of the pin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildKernel {
+    /// The package that holds vmlinuz (the pin's first).
     pub package: String,
+    pub version: String,
+    /// SHA-256 of the .deb, hex.
+    pub deb_sha256: String,
+    /// Every package of the pin, unpacked into one tree, in the pin's order: the first is the
+    /// one above; the others hold the modules the initramfs carries (a multi-package pin such
+    /// as the 7.x cloud kernels: image, modules). Empty in records written before the field
+    /// existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<BuildPackage>,
+}
+
+/// One Debian package of the kernel pin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildPackage {
+    pub name: String,
     pub version: String,
     /// SHA-256 of the .deb, hex.
     pub deb_sha256: String,
@@ -395,7 +413,7 @@ pub fn register_inputs(register: &str) -> (&'static str, &'static [&'static str]
         ),
         "rtmr2" => (
             "the kernel command line and the initrd",
-            &["cmdline", "initramfs.cpio.gz", "cmdline_text", "register_sources.rtmr2"],
+            &["cmdline", "initramfs.cpio.gz", "cmdline_text", "kernel.packages", "register_sources.rtmr2"],
             "nothing else",
         ),
         "rtmr3" => (
@@ -496,6 +514,13 @@ fn build_inputs(b: &BuildRecord) -> BTreeMap<String, String> {
     out.insert("kernel.package".into(), b.kernel.package.clone());
     out.insert("kernel.version".into(), b.kernel.version.clone());
     out.insert("kernel.deb_sha256".into(), b.kernel.deb_sha256.clone());
+    let packages: Vec<String> = b
+        .kernel
+        .packages
+        .iter()
+        .map(|p| format!("{} {} {}", p.name, p.version, p.deb_sha256))
+        .collect();
+    out.insert("kernel.packages".into(), packages.join(", "));
     out.insert("cmdline_text".into(), b.cmdline.clone());
     out.insert("platform".into(), b.platform.clone());
     out.insert("memory".into(), b.memory.to_string());

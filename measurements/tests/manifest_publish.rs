@@ -76,6 +76,7 @@ fn write_record(
             package: "linux-image-6.12-cloud-amd64".into(),
             version: "6.12.1".into(),
             deb_sha256: hex::encode([0xdd; 32]),
+            packages: Vec::new(),
         },
         cmdline: format!("console=ttyS0 cocoon.role={role}"),
         platform: "sim".into(),

@@ -74,6 +74,7 @@ pub fn image(dir: &Path, role: &str) -> ImageManifest {
             package: "linux-image-6.12.95+deb12-cloud-amd64".into(),
             version: "6.12.95-1~bpo12+1".into(),
             deb_sha256: "00".repeat(32),
+            packages: Vec::new(),
         },
         cmdline: CMDLINE.to_string(),
         platform: "tdx".into(),

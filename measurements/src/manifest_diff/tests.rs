@@ -25,6 +25,18 @@ fn record(role: &str, initramfs: &str, rtmr2: u8) -> BuildRecord {
             package: "linux-image".into(),
             version: "6.12".into(),
             deb_sha256: "dd".repeat(32),
+            packages: vec![
+                BuildPackage {
+                    name: "linux-image".into(),
+                    version: "6.12".into(),
+                    deb_sha256: "dd".repeat(32),
+                },
+                BuildPackage {
+                    name: "linux-modules".into(),
+                    version: "6.12".into(),
+                    deb_sha256: "ee".repeat(32),
+                },
+            ],
         },
         cmdline: "console=ttyS0".into(),
         platform: "sim".into(),
@@ -86,6 +98,36 @@ fn initramfs_change_is_named_as_the_rtmr2_cause() {
             && text.contains("cmdline, "),
         "{text}"
     );
+}
+
+/// A changed modules package (the initramfs carries its modules) is named among rtmr2's
+/// causes; the boot package alone would not show it.
+#[test]
+fn a_modules_package_change_is_named_as_an_rtmr2_cause() {
+    let old = record("proxy", "11", 3);
+    let mut new = record("proxy", "22", 4);
+    new.kernel.packages[1].deb_sha256 = "ff".repeat(32);
+    let d = diff(&Document::from_build(old), &Document::from_build(new));
+    let r = &d.roles[0].registers[0];
+    assert_eq!(r.register, "rtmr2");
+    let inputs: Vec<&str> = r.causes.iter().map(|c| c.input.as_str()).collect();
+    assert_eq!(inputs, ["initramfs.cpio.gz", "kernel.packages"]);
+    let new_value = r.causes[1].new.as_deref().unwrap();
+    assert!(
+        new_value.contains(&format!("linux-modules 6.12 {}", "ff".repeat(32))),
+        "{new_value}"
+    );
+    // The boot package is unchanged, so rtmr1 has no cause to name.
+    assert!(d.roles[0].registers.iter().all(|r| r.register != "rtmr1"));
+}
+
+/// A record written before `kernel.packages` existed still parses (the list is empty).
+#[test]
+fn records_without_a_package_list_still_parse() {
+    let mut v = serde_json::to_value(record("worker", "11", 3)).unwrap();
+    v["kernel"].as_object_mut().unwrap().remove("packages");
+    let r: BuildRecord = serde_json::from_value(v).unwrap();
+    assert!(r.kernel.packages.is_empty());
 }
 
 #[test]
