@@ -171,13 +171,10 @@ def scenario_m(net_dir):
     log("M: pins equal an independent RTMR3 computation of each config file")
 
 
-def scenario_p(bin_dir, net_dir, work, model):
-    d = os.path.join(work, "rogue-proxy")
-    copy(
-        net_dir,
-        d,
-        ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES,
-    )
+def start_proxy_copy(bin_dir, net_dir, d, unsets):
+    """A copy of the genuine proxy in `d` on free ports that pins no worker configuration
+    (`allow_any_config`) and drops `unsets` from its config; returns (its Net, its ports)."""
+    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES)
     ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
     edit(
         bin_dir,
@@ -186,37 +183,67 @@ def scenario_p(bin_dir, net_dir, work, model):
         os.path.join(d, "proxy.toml"),
         sets=[(k, toml_str(f"127.0.0.1:{port}")) for k, port in ports.items()]
         + [("policy.allow_any_config", "true")],
-        unsets=["policy.rtmr3", "policy.models"],
+        unsets=unsets,
     )
-    rogue = Net(bin_dir, d)
-    rogue.start(
+    proxy = Net(bin_dir, d)
+    proxy.start(
         "proxy",
         [os.path.join(bin_dir, "cocoon-proxy"), "--config", "proxy.toml"],
         "cocoon-proxy: ready",
     )
+    return proxy, ports
+
+
+def start_client_copy(bin_dir, net_dir, c, proxy_port, sets=()):
+    """A copy of the genuine client in `c` that uses the proxy on `proxy_port`, with `sets`
+    changed; returns (its Net, the (host, port) of its OpenAI endpoint)."""
+    copy(net_dir, c, ["sim-root.der", "client.key"] + GPU_FILES)
+    edit(
+        bin_dir,
+        "client",
+        os.path.join(net_dir, "client.toml"),
+        os.path.join(c, "client.toml"),
+        sets=[
+            ("proxy", toml_str(f"127.0.0.1:{proxy_port}")),
+            ("listen", toml_str("127.0.0.1:0")),
+        ]
+        + list(sets),
+    )
+    client = Net(bin_dir, c)
+    line = client.start(
+        "client",
+        [os.path.join(bin_dir, "cocoon-client"), "serve", "--config", "client.toml"],
+        "cocoon-client: ready ",
+    )
+    m = re.search(r"http://([^/\s]+)/v1", line)
+    host, port = m.group(1).rsplit(":", 1)
+    return client, (host, int(port))
+
+
+def spawn_worker_copy(bin_dir, net_dir, wd, name, proxy_port, unsets):
+    """A copy of the genuine worker named `name` in `wd`, dialing the proxy on `proxy_port`,
+    with `unsets` dropped from its config (see `spawn_worker`)."""
+    copy(net_dir, wd, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
+    edit(
+        bin_dir,
+        "worker",
+        os.path.join(net_dir, "worker.toml"),
+        os.path.join(wd, "worker.toml"),
+        sets=[("name", toml_str(name)), ("proxies", f'["127.0.0.1:{proxy_port}"]')],
+        unsets=unsets,
+    )
+    return spawn_worker(bin_dir, wd)
+
+
+def scenario_p(bin_dir, net_dir, work, model):
+    rogue, ports = start_proxy_copy(
+        bin_dir, net_dir, os.path.join(work, "rogue-proxy"), ["policy.rtmr3", "policy.models"]
+    )
     try:
         c = os.path.join(work, "rogue-client")
-        copy(net_dir, c, ["sim-root.der", "client.key"] + GPU_FILES)
-        edit(
-            bin_dir,
-            "client",
-            os.path.join(net_dir, "client.toml"),
-            os.path.join(c, "client.toml"),
-            sets=[
-                ("proxy", toml_str(f"127.0.0.1:{ports['client_listen']}")),
-                ("listen", toml_str("127.0.0.1:0")),
-            ],
-        )
-        client = Net(bin_dir, c)
-        line = client.start(
-            "client",
-            [os.path.join(bin_dir, "cocoon-client"), "serve", "--config", "client.toml"],
-            "cocoon-client: ready ",
-        )
+        client, addr = start_client_copy(bin_dir, net_dir, c, ports["client_listen"])
         try:
-            m = re.search(r"http://([^/\s]+)/v1", line)
-            host, port = m.group(1).rsplit(":", 1)
-            status, body = post_chat((host, int(port)), model)
+            status, body = post_chat(addr, model)
             expect(status != 200, f"the client used a proxy with another config: {body[:300]}")
             logs = "".join(client.log_lines("client"))
             expect(
@@ -301,41 +328,14 @@ def scenario_g(bin_dir, net_dir, work, urls):
     expect(gpus[0]["measurements_checked"] == 64, f"gpu not compared in full: {gpus}")
     expect("sim-nvidia-root" in gpus[0]["root"], f"gpu root: {gpus}")
     d = os.path.join(work, "gpu-proxy")
-    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES)
-    ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
-    edit(
-        bin_dir,
-        "proxy",
-        os.path.join(net_dir, "proxy.toml"),
-        os.path.join(d, "proxy.toml"),
-        sets=[(k, toml_str(f"127.0.0.1:{port}")) for k, port in ports.items()]
-        + [("policy.allow_any_config", "true")],
-        unsets=["policy.rtmr3"],
-    )
-    expect("gpu" in load_toml(os.path.join(d, "proxy.toml"))["policy"], "gpu requirement lost")
-    proxy = Net(bin_dir, d)
-    proxy.start(
-        "proxy",
-        [os.path.join(bin_dir, "cocoon-proxy"), "--config", "proxy.toml"],
-        "cocoon-proxy: ready",
-    )
+    proxy, ports = start_proxy_copy(bin_dir, net_dir, d, ["policy.rtmr3"])
     admin = f"http://127.0.0.1:{ports['admin_listen']}"
     try:
+        cfg = load_toml(os.path.join(d, "proxy.toml"))
+        expect("gpu" in cfg["policy"], "gpu requirement lost")
         for name, unsets in (("gpu-less-worker", ["gpu"]), ("gpu-worker", [])):
             wd = os.path.join(work, name)
-            copy(net_dir, wd, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
-            edit(
-                bin_dir,
-                "worker",
-                os.path.join(net_dir, "worker.toml"),
-                os.path.join(wd, "worker.toml"),
-                sets=[
-                    ("name", toml_str(name)),
-                    ("proxies", f'["127.0.0.1:{ports["worker_listen"]}"]'),
-                ],
-                unsets=unsets,
-            )
-            p = spawn_worker(bin_dir, wd)
+            p = spawn_worker_copy(bin_dir, net_dir, wd, name, ports["worker_listen"], unsets)
             try:
                 if unsets:
                     s = wait_rejection(admin, "gpu_evidence", 0, p, name)
@@ -366,40 +366,16 @@ def wait_registered(admin, name, proc):
 
 def scenario_c(bin_dir, net_dir, work, model):
     d = os.path.join(work, "gpu-free-proxy")
-    copy(net_dir, d, ["sim-platform.json", "sim-root.der", "proxy-registers.json"] + GPU_FILES)
-    ports = {k: free_port() for k in ("worker_listen", "client_listen", "admin_listen")}
-    edit(
-        bin_dir,
-        "proxy",
-        os.path.join(net_dir, "proxy.toml"),
-        os.path.join(d, "proxy.toml"),
-        sets=[(k, toml_str(f"127.0.0.1:{port}")) for k, port in ports.items()]
-        + [("policy.allow_any_config", "true")],
-        unsets=["policy.rtmr3", "policy.gpu"],
-    )
-    expect("gpu" not in load_toml(os.path.join(d, "proxy.toml"))["policy"], "gpu still required")
-    proxy = Net(bin_dir, d)
-    proxy.start(
-        "proxy",
-        [os.path.join(bin_dir, "cocoon-proxy"), "--config", "proxy.toml"],
-        "cocoon-proxy: ready",
-    )
+    proxy, ports = start_proxy_copy(bin_dir, net_dir, d, ["policy.rtmr3", "policy.gpu"])
     admin = f"http://127.0.0.1:{ports['admin_listen']}"
     wd = os.path.join(work, "gpu-free-worker")
-    copy(net_dir, wd, ["sim-platform.json", "sim-root.der", "worker-registers.json"])
-    edit(
-        bin_dir,
-        "worker",
-        os.path.join(net_dir, "worker.toml"),
-        os.path.join(wd, "worker.toml"),
-        sets=[
-            ("name", toml_str("gpu-free-worker")),
-            ("proxies", f'["127.0.0.1:{ports["worker_listen"]}"]'),
-        ],
-        unsets=["gpu"],
-    )
-    worker = spawn_worker(bin_dir, wd)
+    worker = None
     try:
+        cfg = load_toml(os.path.join(d, "proxy.toml"))
+        expect("gpu" not in cfg["policy"], "gpu still required")
+        worker = spawn_worker_copy(
+            bin_dir, net_dir, wd, "gpu-free-worker", ports["worker_listen"], ["gpu"]
+        )
         w = wait_registered(admin, "gpu-free-worker", worker)
         expect(not w.get("gpus"), f"the gpu-free worker lists gpus: {w}")
         log("C: a proxy that requires no gpu registered the worker without gpu evidence")
@@ -410,32 +386,20 @@ def scenario_c(bin_dir, net_dir, work, model):
             proxy_rtmr3 = config_rtmr3(f.read())
         with open(os.path.join(wd, "worker.toml")) as f:
             worker_rtmr3 = config_rtmr3(f.read())
-        c = os.path.join(work, "gpu-client")
-        copy(net_dir, c, ["sim-root.der", "client.key"] + GPU_FILES)
-        edit(
+        client, addr = start_client_copy(
             bin_dir,
-            "client",
-            os.path.join(net_dir, "client.toml"),
-            os.path.join(c, "client.toml"),
-            sets=[
-                ("proxy", toml_str(f"127.0.0.1:{ports['client_listen']}")),
-                ("listen", toml_str("127.0.0.1:0")),
+            net_dir,
+            os.path.join(work, "gpu-client"),
+            ports["client_listen"],
+            [
                 ("policy.rtmr3", f"[{toml_str(proxy_rtmr3)}]"),
                 ("worker_policy.rtmr3", f"[{toml_str(worker_rtmr3)}]"),
             ],
         )
-        cfg = load_toml(os.path.join(c, "client.toml"))
-        expect("gpu" in cfg.get("worker_policy", {}), f"client requires no gpu: {cfg}")
-        client = Net(bin_dir, c)
-        line = client.start(
-            "client",
-            [os.path.join(bin_dir, "cocoon-client"), "serve", "--config", "client.toml"],
-            "cocoon-client: ready ",
-        )
         try:
-            m = re.search(r"http://([^/\s]+)/v1", line)
-            host, port = m.group(1).rsplit(":", 1)
-            status, body = post_chat((host, int(port)), model)
+            cfg = load_toml(os.path.join(work, "gpu-client", "client.toml"))
+            expect("gpu" in cfg.get("worker_policy", {}), f"client requires no gpu: {cfg}")
+            status, body = post_chat(addr, model)
             expect(status != 200, f"the client sealed a prompt to a gpu-less worker: {body[:300]}")
             logs = "".join(client.log_lines("client"))
             expect(
@@ -453,12 +417,13 @@ def scenario_c(bin_dir, net_dir, work, model):
                 served[0].get("requests") == 0,
                 f"a request reached the gpu-less worker: {served[0]}",
             )
-            log(f"C: client refused the gpu-less worker, no prompt sent (HTTP {status}): {body[:200]}")
+            log(f"C: client refused the gpu-less worker, no prompt (HTTP {status}): {body[:200]}")
         finally:
             client.stop_all()
     finally:
-        worker.terminate()
-        worker.wait(5)
+        if worker is not None:
+            worker.terminate()
+            worker.wait(5)
         proxy.stop_all()
 
 
