@@ -17,6 +17,18 @@ fn data(e: &protocol::sse::Event) -> Value {
     serde_json::from_str(&e.data).expect("json chunk")
 }
 
+/// The text of chat chunks `evs`, concatenated.
+fn delta_text(evs: &[protocol::sse::Event]) -> String {
+    evs.iter()
+        .map(|e| {
+            data(e)["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_registers_and_ping_answers() {
     let mut h = Harness::start(Options::default()).await;
@@ -99,15 +111,7 @@ async fn chat_streams_chunks_then_usage_then_done() {
     assert_eq!(first["created"], NOW);
     assert_eq!(first["model"], MODEL);
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let text: String = evs[..5]
-        .iter()
-        .map(|e| {
-            data(e)["choices"][0]["delta"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let text = delta_text(&evs[..5]);
     assert_eq!(text, "tok0 tok1 tok2 tok3 tok4 ");
     assert_eq!(data(&evs[5])["choices"][0]["finish_reason"], "stop");
     assert_eq!(evs[6].name.as_deref(), Some(EVENT_USAGE));
@@ -163,15 +167,7 @@ async fn ready_events_are_gathered_into_frames_without_changing_the_stream() {
     let evs = protocol::sse::Decoder::default().feed(&bytes).expect("sse");
     // 40 text chunks, the finish chunk, cocoon-usage, [DONE].
     assert_eq!(evs.len(), 43);
-    let text: String = evs[..40]
-        .iter()
-        .map(|e| {
-            data(e)["choices"][0]["delta"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let text = delta_text(&evs[..40]);
     let want: String = (0..40).map(|i| format!("tok{i} ")).collect();
     assert_eq!(text, want);
     assert!(evs[42].is_done());
