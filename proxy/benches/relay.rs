@@ -6,7 +6,8 @@
 //!    RA-TLS + HTTP/2; the client hop is TLS 1.3 + HTTP/2 with an account certificate. nginx:
 //!    TLS 1.3 + HTTP/2 from the same client code (nginx presents the proxy's certificate),
 //!    TLS 1.3 + HTTP/1.1 keep-alive, unbuffered, to an SSE server streaming the same events
-//!    ([`nginx`]); its direct row is HTTP/2 to that server.
+//!    ([`nginx`]); its direct row is HTTP/2 to that server. Also printed: the proxy's CPU time
+//!    per proxied request (the steadiest latency figure on a shared machine).
 //! 2. Relay throughput: 64 concurrent streams of 4000 tokens from an upstream at max rate;
 //!    tokens relayed per second of proxy CPU time. The cocoon proxy runs on its own tokio
 //!    runtime with one worker thread, named `proxy-rt`; their CPU time is read from
@@ -229,13 +230,6 @@ struct Latency {
     proxied: Target,
 }
 
-impl Latency {
-    async fn round(&mut self, n: usize, record: bool) {
-        self.direct.run(n, record).await;
-        self.proxied.run(n, record).await;
-    }
-}
-
 /// What a proxy used: CPU time (and its system part) and write system calls.
 #[derive(Clone, Copy, Debug, Default)]
 struct Used {
@@ -340,6 +334,9 @@ struct System {
     /// Connections for the stream rounds.
     clients: Vec<Client>,
     used: Box<dyn Fn() -> Used>,
+    /// What the proxy used during the recorded proxied latency requests, and how many.
+    latency_used: Used,
+    latency_requests: usize,
     throughput: Tally,
     paced: Tally,
 }
@@ -400,6 +397,26 @@ fn t0() -> Instant {
 }
 
 impl System {
+    /// One latency round: `n` direct then `n` proxied requests; the proxy's CPU is counted
+    /// over the proxied ones.
+    async fn latency_round(&mut self, n: usize, record: bool) {
+        self.latency.direct.run(n, record).await;
+        let used0 = (self.used)();
+        self.latency.proxied.run(n, record).await;
+        if record {
+            self.latency_used += (self.used)() - used0;
+            self.latency_requests += n;
+        }
+    }
+
+    /// Proxy CPU time per proxied latency request.
+    fn cpu_per_request(&self) -> Duration {
+        self.latency_used
+            .cpu
+            .checked_div(self.latency_requests.max(1) as u32)
+            .unwrap_or_default()
+    }
+
     /// One round of `n` streams of `tokens` tokens of `model`, one token per `interval`.
     async fn round(&mut self, paced: bool) {
         let (model, n, tokens, interval) = if paced {
@@ -453,6 +470,12 @@ impl System {
             ms(a50),
             ms(a99),
         );
+        println!(
+            "          proxy cpu per request {:.1} us ({:.0}% in the kernel)",
+            self.cpu_per_request().as_secs_f64() * 1e6,
+            100.0 * self.latency_used.sys.as_secs_f64()
+                / self.latency_used.cpu.as_secs_f64().max(1e-9),
+        );
     }
 }
 
@@ -495,6 +518,8 @@ async fn cocoon(proxy: &TestProxy) -> (System, Vec<FakeWorker>) {
         },
         clients,
         used: Box::new(|| threads_used("proxy-rt")),
+        latency_used: Used::default(),
+        latency_requests: 0,
         throughput: Tally::default(),
         paced: Tally::default(),
     };
@@ -546,6 +571,8 @@ async fn nginx() -> Result<(System, nginx::Nginx), String> {
         },
         clients,
         used: Box::new(move || process_used(pid)),
+        latency_used: Used::default(),
+        latency_requests: 0,
         throughput: Tally::default(),
         paced: Tally::default(),
     };
@@ -583,7 +610,7 @@ fn main() {
     };
     rt.block_on(async {
         for s in systems.iter_mut() {
-            s.latency.round(LATENCY_WARMUP, false).await;
+            s.latency_round(LATENCY_WARMUP, false).await;
         }
         let rounds = LATENCY_ROUNDS.max(THROUGHPUT_ROUNDS).max(PACED_ROUNDS);
         for round in 0..rounds {
@@ -594,7 +621,7 @@ fn main() {
             }
             for &i in &order {
                 if round < LATENCY_ROUNDS {
-                    systems[i].latency.round(LATENCY_PER_ROUND, true).await;
+                    systems[i].latency_round(LATENCY_PER_ROUND, true).await;
                 }
                 if round < THROUGHPUT_ROUNDS {
                     systems[i].round(false).await;
@@ -633,11 +660,15 @@ fn main() {
         let (c50, c99) = c.added();
         let (n50, n99) = n.added();
         println!(
-            "cocoon / nginx: tokens per proxy core {} (paced {}); added latency p50 {}, p99 {}",
+            "cocoon / nginx: tokens per proxy core {} (paced {}); added latency p50 {}, p99 {}; proxy cpu per request {}",
             ratio(c.throughput.per_core(), n.throughput.per_core()),
             ratio(c.paced.per_core(), n.paced.per_core()),
             ratio(c50.as_secs_f64(), n50.as_secs_f64()),
             ratio(c99.as_secs_f64(), n99.as_secs_f64()),
+            ratio(
+                c.cpu_per_request().as_secs_f64(),
+                n.cpu_per_request().as_secs_f64()
+            ),
         );
     }
     drop(proxy);
