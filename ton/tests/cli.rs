@@ -11,11 +11,23 @@ fn inputs() -> Value {
     serde_json::from_str(include_str!("fixtures/flow_inputs.json")).unwrap()
 }
 
+/// The `cocoon-ton` binary: the path cargo baked in, or, when this test executable was built
+/// for a checkout at another path and reused from a shared target directory (so the baked
+/// path is gone), the binary of the same target directory.
+fn bin() -> std::path::PathBuf {
+    let baked = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cocoon-ton"));
+    if baked.exists() {
+        return baked;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("cocoon-ton")))
+        .filter(|p| p.exists())
+        .unwrap_or(baked)
+}
+
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cocoon-ton"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(bin()).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
