@@ -332,8 +332,13 @@ impl Body for ChannelBody {
 }
 
 /// A token stream as the worker sends it: what is already queued goes out in one DATA frame
-/// (`worker::frames`), so that benchmarks at max rate see the worker's framing.
-pub struct GatheringBody(pub mpsc::Receiver<Bytes>);
+/// (`worker::frames`), so that benchmarks at max rate see the worker's framing. `first`: the
+/// event the worker already holds when it answers (the real worker answers with its first
+/// output in hand, so its response head and first event leave together).
+pub struct GatheringBody {
+    pub first: Option<Bytes>,
+    pub rx: mpsc::Receiver<Bytes>,
+}
 
 impl Body for GatheringBody {
     type Data = Bytes;
@@ -342,15 +347,19 @@ impl Body for GatheringBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let Some(first) = std::task::ready!(self.0.poll_recv(cx)) else {
-            return Poll::Ready(None);
+        let first = match self.first.take() {
+            Some(b) => b,
+            None => match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(b) => b,
+                None => return Poll::Ready(None),
+            },
         };
-        let Ok(second) = self.0.try_recv() else {
+        let Ok(second) = self.rx.try_recv() else {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         };
         let mut buf = [first, second].concat();
         while buf.len() < 16 << 10 {
-            match self.0.try_recv() {
+            match self.rx.try_recv() {
                 Ok(b) => buf.extend_from_slice(&b),
                 Err(_) => break,
             }
@@ -493,6 +502,7 @@ async fn handle(
         .and_then(|v| v.parse().ok())
         .unwrap_or(u32::MAX);
     let n = spec.tokens.min(max_tokens);
+    let plain = matches!(spec.behavior, Behavior::Normal);
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut tick = (!spec.interval.is_zero()).then(|| tokio::time::interval(spec.interval));
@@ -530,8 +540,11 @@ async fn handle(
             obs.completed.fetch_add(1, Ordering::SeqCst);
         }
     });
+    // Like the real worker, a plain stream is answered once its first event is ready.
+    let mut rx = rx;
+    let first = if plain { rx.recv().await } else { None };
     let mut r = Response::new(http_body_util::Either::Right(
-        http_body_util::Either::Right(GatheringBody(rx)),
+        http_body_util::Either::Right(GatheringBody { first, rx }),
     ));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
