@@ -3,7 +3,9 @@
 
 use crate::{ApiError, Usage};
 
+pub mod gather;
 pub mod split;
+pub use gather::{gather, FRAME_TARGET};
 pub use split::Splitter;
 
 /// Event name of the final usage record.

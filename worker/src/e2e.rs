@@ -414,14 +414,12 @@ impl E2eBody {
             }
         }
     }
-}
 
-impl E2eBody {
-    /// Seals what the generation has already queued, while the frame being gathered is below
-    /// [`crate::frames::FRAME_TARGET`] (never waits).
-    fn pull_ready(&mut self) {
-        let mut queued: usize = self.queue.iter().map(Bytes::len).sum();
-        while !self.done && queued < crate::frames::FRAME_TARGET {
+    /// Seals what the generation has already queued, while the frame being gathered (`taken`
+    /// bytes so far, then the queue) is below [`protocol::sse::FRAME_TARGET`] (never waits).
+    fn pull_ready(&mut self, taken: usize) {
+        let mut queued = taken + self.queue.iter().map(Bytes::len).sum::<usize>();
+        while !self.done && queued < protocol::sse::FRAME_TARGET {
             let Some(rx) = self.rx.as_mut() else {
                 return;
             };
@@ -450,10 +448,10 @@ impl Body for E2eBody {
         let this = &mut *self;
         loop {
             if let Some(first) = this.queue.pop_front() {
-                // Everything ready goes out in one frame ([`crate::frames`]).
-                this.pull_ready();
+                // Everything ready goes out in one frame ([`protocol::sse::gather`]).
+                this.pull_ready(first.len());
                 let queue = &mut this.queue;
-                let data = crate::frames::gather(first, || queue.pop_front());
+                let data = protocol::sse::gather(first, || queue.pop_front());
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             if this.done {

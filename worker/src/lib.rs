@@ -20,7 +20,6 @@ pub mod config;
 pub mod dial;
 pub mod e2e;
 pub mod engine;
-mod frames;
 pub mod gpu;
 pub mod payout;
 pub mod run;

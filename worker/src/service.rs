@@ -726,7 +726,7 @@ pub(crate) enum Out {
 }
 
 /// The response body of a stream: the first bytes, then whatever the generation task sends,
-/// what is already queued gathered into one frame ([`crate::frames`]). Dropping it closes the
+/// what is already queued gathered into one frame ([`protocol::sse::gather`]). Dropping it closes the
 /// channel, which stops the generation.
 struct SseBody {
     first: Option<Bytes>,
@@ -767,7 +767,7 @@ impl Body for SseBody {
             },
         };
         let (rx, done) = (&mut this.rx, &mut this.done);
-        let data = crate::frames::gather(first, || loop {
+        let data = protocol::sse::gather(first, || loop {
             if *done {
                 return None;
             }

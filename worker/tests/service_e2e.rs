@@ -96,7 +96,7 @@ async fn sealed_request_gets_sealed_chunks_and_a_verifying_receipt() {
 }
 
 /// A reader that falls behind gets the sealed chunks already queued gathered into few frames
-/// (`worker::frames`); they still open in order and the receipt still verifies.
+/// (`protocol::sse::gather`); they still open in order and the receipt still verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_sealed_chunks_are_gathered_and_still_open_in_order() {
     let frames = sealed_round_trip(

@@ -141,7 +141,7 @@ async fn chat_streams_chunks_then_usage_then_done() {
 }
 
 /// Events that are already queued when the body is read go out in one DATA frame
-/// (`worker::frames`); the event sequence is the same as one frame per event.
+/// (`protocol::sse::gather`); the event sequence is the same as one frame per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_events_are_gathered_into_frames_without_changing_the_stream() {
     use http_body_util::BodyExt;

@@ -332,7 +332,7 @@ impl Body for ChannelBody {
 }
 
 /// A token stream as the worker sends it: what is already queued goes out in one DATA frame
-/// (`worker::frames`), so that benchmarks at max rate see the worker's framing. `first`: the
+/// (`protocol::sse::gather`), so that benchmarks at max rate see the worker's framing. `first`: the
 /// event the worker already holds when it answers (the real worker answers with its first
 /// output in hand, so its response head and first event leave together).
 pub struct GatheringBody {
@@ -354,17 +354,9 @@ impl Body for GatheringBody {
                 None => return Poll::Ready(None),
             },
         };
-        let Ok(second) = self.rx.try_recv() else {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        };
-        let mut buf = [first, second].concat();
-        while buf.len() < 16 << 10 {
-            match self.rx.try_recv() {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(_) => break,
-            }
-        }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))))
+        let rx = &mut self.rx;
+        let data = protocol::sse::gather(first, || rx.try_recv().ok());
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -503,7 +495,7 @@ async fn handle(
         .unwrap_or(u32::MAX);
     let n = spec.tokens.min(max_tokens);
     let plain = matches!(spec.behavior, Behavior::Normal);
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut tick = (!spec.interval.is_zero()).then(|| tokio::time::interval(spec.interval));
         for i in 0..n {
@@ -541,7 +533,6 @@ async fn handle(
         }
     });
     // Like the real worker, a plain stream is answered once its first event is ready.
-    let mut rx = rx;
     let first = if plain { rx.recv().await } else { None };
     let mut r = Response::new(http_body_util::Either::Right(
         http_body_util::Either::Right(GatheringBody { first, rx }),

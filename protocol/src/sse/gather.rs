@@ -1,6 +1,6 @@
 //! One HTTP/2 DATA frame for whatever output of a stream is ready.
 //!
-//! A generation hands its output to the response body one event at a time. When the model
+//! A worker's generation hands its output to the response body one event at a time. When the model
 //! runs at its usual speed each event is alone and goes out as it comes. When several are
 //! already waiting (a fast model, a batch of completions, a reader that fell behind), a body
 //! sends them in one frame instead of one frame each: the proxy's HTTP/2 bookkeeping per
@@ -11,11 +11,11 @@ use bytes::{Bytes, BytesMut};
 
 /// Bytes gathered into one frame at most (before the event that crosses it): HTTP/2's
 /// default maximum frame size, so a gathered frame is still one frame on the wire.
-pub(crate) const FRAME_TARGET: usize = 16 << 10;
+pub const FRAME_TARGET: usize = 16 << 10;
 
 /// `first`, followed by what `ready` yields (without waiting: it returns `None` when nothing
 /// more is queued) while the frame is below [`FRAME_TARGET`].
-pub(crate) fn gather(first: Bytes, mut ready: impl FnMut() -> Option<Bytes>) -> Bytes {
+pub fn gather(first: Bytes, mut ready: impl FnMut() -> Option<Bytes>) -> Bytes {
     if first.len() >= FRAME_TARGET {
         return first;
     }
