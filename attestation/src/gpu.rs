@@ -31,6 +31,10 @@ pub enum GpuSourceError {
     /// The simulated source failed.
     #[error("simulated gpu: {0}")]
     Sim(String),
+    /// No usable OCSP answer for a certificate of a GPU's chain (responder unreachable,
+    /// an HTTP error or a malformed answer, and no earlier answer still fresh).
+    #[error("gpu ocsp: {0}")]
+    Ocsp(String),
 }
 
 /// A source of GPU evidence (see the module docs).

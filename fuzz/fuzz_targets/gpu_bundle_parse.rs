@@ -1,7 +1,7 @@
 //! The GPU evidence bundle of an RA-TLS certificate on arbitrary bytes (untrusted: any peer
 //! writes it): the canonical binary parser, then the certificate-level check (claims hash,
 //! nonce of the key, every GPU's chain, signature and measurements) against a fixed simulated
-//! root. Never panics.
+//! root (OCSP responses in a version 2 bundle judged at the same time). Never panics.
 #![no_main]
 
 use std::sync::OnceLock;

@@ -163,14 +163,44 @@ fn model_plan(opts: &LocalOptions) -> Result<(ModelPlan, Option<model::ModelFile
 }
 
 /// `count` simulated GPUs under a fresh simulated NVIDIA root (none for 0).
-fn sim_gpus(count: u32) -> Result<Option<local::SimGpuPlan>, Failure> {
+fn sim_gpus(
+    count: u32,
+    ocsp_listen: Option<SocketAddr>,
+) -> Result<Option<local::SimGpuPlan>, Failure> {
     if count == 0 {
         return Ok(None);
     }
     let mut seed = [0u8; 32];
     getrandom::getrandom(&mut seed)
         .map_err(|e| fail(Exit::Usage, format!("simulated gpu seed: {e}")))?;
-    Ok(Some(local::SimGpuPlan { seed, count }))
+    Ok(Some(local::SimGpuPlan {
+        seed,
+        count,
+        ocsp_listen,
+    }))
+}
+
+/// Serves the simulated OCSP responder of `gpu` (if it has one) on a task of the launcher's
+/// runtime, for as long as the launcher runs.
+async fn start_sim_ocsp(gpu: &local::SimGpuPlan) -> Result<(), Failure> {
+    let Some(addr) = gpu.ocsp_listen else {
+        return Ok(());
+    };
+    let root = measurements::gpu::sim::SimNvidiaRoot::from_seed(gpu.seed)
+        .map_err(|e| fail(Exit::Usage, format!("simulated gpu root: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        fail(
+            Exit::Usage,
+            format!("simulated gpu ocsp responder on {addr}: {e}"),
+        )
+    })?;
+    let responder = std::sync::Arc::new(ratls::gpu_ocsp::SimOcspResponder::new(
+        root,
+        std::sync::Arc::new(ratls::clock::SystemClock),
+    ));
+    tokio::spawn(responder.serve(listener));
+    println!("cocoon-host: simulated gpu ocsp responder at http://{addr}/ocsp");
+    Ok(())
 }
 
 fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, Failure> {
@@ -196,6 +226,16 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
     while proxy_admin_listen == proxy_worker_listen || proxy_admin_listen == proxy_client_listen {
         proxy_admin_listen = port("the proxy's admin port")?;
     }
+    // The launcher answers OCSP for the simulated GPUs only while it runs the network.
+    let ocsp_listen = if opts.sim_gpus > 0 && !opts.print_config && !opts.write_config {
+        let mut p = port("the simulated gpu ocsp responder")?;
+        while [proxy_worker_listen, proxy_client_listen, proxy_admin_listen].contains(&p) {
+            p = port("the simulated gpu ocsp responder")?;
+        }
+        Some(p)
+    } else {
+        None
+    };
     Ok(Plan {
         proxy_worker_listen,
         proxy_client_listen,
@@ -207,7 +247,7 @@ fn plan(opts: &LocalOptions, bins: &Binaries, model: ModelPlan) -> Result<Plan, 
         max_completion_tokens: local::LOCAL_MAX_COMPLETION_TOKENS,
         worker_capacity: opts.worker_capacity,
         payments: None,
-        gpu: sim_gpus(opts.sim_gpus)?,
+        gpu: sim_gpus(opts.sim_gpus, ocsp_listen)?,
     })
 }
 
@@ -340,6 +380,10 @@ pub async fn run_local(opts: LocalOptions) -> Result<(), Failure> {
             m.path.display(),
             m.sha256
         );
+    }
+
+    if let Some(gpu) = &plan.gpu {
+        start_sim_ocsp(gpu).await?;
     }
 
     // From here on SIGINT/SIGTERM stop the children instead of killing only the launcher.

@@ -135,22 +135,38 @@ pub struct SimGpuPlan {
     /// Seed of the simulated NVIDIA root and device keys (fresh each launch).
     pub seed: [u8; 32],
     pub count: u32,
+    /// Where the launcher serves the simulated OCSP responder
+    /// (`ratls::gpu_ocsp::SimOcspResponder`) while the network runs: the worker fetches its
+    /// chains' answers there and the proxy and the client require them. `None` when the
+    /// launcher only writes or prints configs (it would not be there to answer).
+    pub ocsp_listen: Option<SocketAddr>,
 }
 
 impl SimGpuPlan {
     /// The worker's `[gpu]`.
     pub fn worker_file(&self) -> worker::config::GpuFile {
-        worker::config::GpuFile::sim(self.seed, self.count)
+        let mut file = worker::config::GpuFile::sim(self.seed, self.count);
+        if let worker::config::GpuFile::Sim { ocsp_url, .. } = &mut file {
+            *ocsp_url = self.ocsp_url();
+        }
+        file
+    }
+
+    /// The responder's URL, if the launcher runs one.
+    pub fn ocsp_url(&self) -> Option<String> {
+        self.ocsp_listen.map(|a| format!("http://{a}/ocsp"))
     }
 
     /// `[policy.gpu]` of the worker's verifiers: the simulated root, the reference values,
-    /// exactly `count` GPUs.
+    /// exactly `count` GPUs, and OCSP answers when the launcher runs the responder.
     pub fn policy(&self) -> ratls::config::GpuPolicyConfig {
         ratls::config::GpuPolicyConfig {
             roots: vec![GPU_ROOT_FILE.into()],
             refs: Some(GPU_REFS_FILE.into()),
             min_driver: None,
             count: Some(self.count as usize),
+            require_ocsp: self.ocsp_listen.is_some(),
+            ocsp_max_age_secs: None,
         }
     }
 

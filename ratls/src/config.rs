@@ -21,6 +21,8 @@
 //!                                   # those of the pinned manifest's role
 //! min_driver = "550.127.05"         # optional
 //! count = 1                         # optional: exactly this many GPUs
+//! require_ocsp = false              # default; true: every GPU chain needs OCSP answers
+//! ocsp_max_age_secs = 43200         # optional: refuse answers older than this
 //! ```
 //! Relative paths are resolved against the config file's directory.
 //!
@@ -236,6 +238,14 @@ pub struct GpuPolicyConfig {
     /// Exactly this many GPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
+    /// Require OCSP answers for every GPU chain (workers with `[gpu] ocsp_url`). Answers a
+    /// certificate carries are checked whether or not this is set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_ocsp: bool,
+    /// Refuse OCSP answers whose thisUpdate is older than this (seconds); their nextUpdate
+    /// always applies. Must exceed the workers' certificate renewal interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_max_age_secs: Option<u64>,
 }
 
 impl Default for GpuPolicyConfig {
@@ -245,6 +255,8 @@ impl Default for GpuPolicyConfig {
             refs: None,
             min_driver: None,
             count: None,
+            require_ocsp: false,
+            ocsp_max_age_secs: None,
         }
     }
 }
@@ -303,6 +315,11 @@ impl GpuPolicyConfig {
             return Err(field("gpu.count", "must be at least 1"));
         }
         policy.gpu_count = self.count;
+        if self.ocsp_max_age_secs == Some(0) {
+            return Err(field("gpu.ocsp_max_age_secs", "must be at least 1"));
+        }
+        policy.require_ocsp = self.require_ocsp;
+        policy.ocsp_max_age_secs = self.ocsp_max_age_secs;
         Ok(policy)
     }
 }

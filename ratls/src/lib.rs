@@ -75,6 +75,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod evidence;
+pub mod gpu_ocsp;
 pub mod identity;
 pub mod key_file;
 pub mod logging;

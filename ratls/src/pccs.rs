@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use attestation::{CollateralSource, PccsConfig};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{HeaderMap, Request, Uri};
 use hyper_util::rt::TokioIo;
 use measurements::collateral::QuoteCollateralV3;
@@ -393,7 +393,7 @@ fn window_rejection(r: Rejection) -> PccsError {
     }
 }
 
-fn tls_config(ca_file: Option<PathBuf>) -> Result<Arc<rustls::ClientConfig>, PccsError> {
+pub(crate) fn tls_config(ca_file: Option<PathBuf>) -> Result<Arc<rustls::ClientConfig>, PccsError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -559,53 +559,15 @@ impl Fetcher {
             url: url.to_string(),
             detail,
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| unreachable("not a valid URL".into()))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| unreachable("no host".into()))?
-            .to_string();
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(unreachable("scheme must be http or https".into())),
+        // Another host than the PCCS (Intel's CRL distribution point) uses Mozilla's roots.
+        let tls = |uri: &Uri| match (&self.tls, uri.host() == base_host(&self.base).as_deref()) {
+            (Some(t), true) => Ok(t.clone()),
+            _ => tls_config(None).map_err(|e| e.to_string()),
         };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::net::TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|e| unreachable(format!("connect: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let path = uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let req = Request::get(path)
-            .header(
-                hyper::header::HOST,
-                uri.authority().map_or(host.as_str(), |a| a.as_str()),
-            )
-            .header(hyper::header::ACCEPT, "*/*")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| unreachable(format!("request: {e}")))?;
-        let result = if https {
-            // Another host than the PCCS (Intel's CRL distribution point) uses Mozilla's roots.
-            let tls = match (&self.tls, uri.host() == base_host(&self.base).as_deref()) {
-                (Some(t), true) => t.clone(),
-                _ => tls_config(None)?,
-            };
-            let name = rustls::pki_types::ServerName::try_from(bare_host.to_string())
-                .map_err(|e| unreachable(format!("server name: {e}")))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
+        let (status, headers, body) =
+            http_request(url, hyper::Method::GET, None, Bytes::new(), MAX_BODY, tls)
                 .await
-                .map_err(|e| unreachable(format!("tls: {e}")))?;
-            exchange(stream, req).await
-        } else {
-            exchange(tcp, req).await
-        };
-        let (status, headers, body) = result.map_err(unreachable)?;
+                .map_err(unreachable)?;
         Ok(Answer {
             url: url.to_string(),
             status,
@@ -615,12 +577,72 @@ impl Fetcher {
     }
 }
 
+/// One HTTP/1.1 request to `url` (`http` or `https`; an IP literal or a name), with
+/// `content_type` and `body` if given, the answer's body read up to `max_body` bytes. `tls`
+/// gives the client configuration for an `https` URL. Errors are one line of text.
+pub(crate) async fn http_request(
+    url: &str,
+    method: hyper::Method,
+    content_type: Option<&str>,
+    body: Bytes,
+    max_body: usize,
+    tls: impl FnOnce(&Uri) -> Result<Arc<rustls::ClientConfig>, String>,
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    let uri: Uri = url.parse().map_err(|_| "not a valid URL".to_string())?;
+    let host = uri.host().ok_or("no host")?.to_string();
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err("scheme must be http or https".into()),
+    };
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::net::TcpStream::connect((bare_host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(
+            hyper::header::HOST,
+            uri.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(hyper::header::ACCEPT, "*/*");
+    if let Some(ct) = content_type {
+        req = req.header(hyper::header::CONTENT_TYPE, ct);
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|e| format!("request: {e}"))?;
+    if https {
+        let tls = tls(&uri)?;
+        let name = rustls::pki_types::ServerName::try_from(bare_host.to_string())
+            .map_err(|e| format!("server name: {e}"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        exchange(stream, req, max_body).await
+    } else {
+        exchange(tcp, req, max_body).await
+    }
+}
+
 fn base_host(base: &str) -> Option<String> {
     base.parse::<Uri>().ok()?.host().map(str::to_string)
 }
 
 /// One HTTP/1.1 exchange over `io`.
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<(u16, HeaderMap, Bytes), String>
+async fn exchange<IO>(
+    io: IO,
+    req: Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<(u16, HeaderMap, Bytes), String>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -635,7 +657,7 @@ where
             .map_err(|e| format!("http: {e}"))?;
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
-        let body = Limited::new(body, MAX_BODY)
+        let body = Limited::new(body, max_body)
             .collect()
             .await
             .map_err(|e| format!("body: {e}"))?

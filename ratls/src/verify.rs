@@ -301,7 +301,10 @@ impl GpuMemo {
         }
         let gpus = check_gpu(peer, now, gpu_policy)?;
         let valid = gpus.iter().fold((0u64, u64::MAX), |(from, until), g| {
-            (from.max(g.chain_valid.0), until.min(g.chain_valid.1))
+            (
+                from.max(g.chain_valid.0).max(g.ocsp_valid.0),
+                until.min(g.chain_valid.1).min(g.ocsp_valid.1),
+            )
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= PARSED_CERTS_CAPACITY {

@@ -334,6 +334,32 @@ fn the_policy_gpu_section_loads_and_a_gpu_manifest_requires_evidence() {
     assert_eq!(g.gpu_count, Some(2));
     assert_eq!(g.min_driver.unwrap().to_string(), "550.127.05");
     assert_eq!(g.references.unwrap(), refs);
+    assert!(!g.require_ocsp && g.ocsp_max_age_secs.is_none());
+    let with_ocsp = load(&format!(
+        "images = [\"{image}\"]\n[gpu]\nroots = [\"gpu-root.der\"]\nrefs = \"gpu-refs.json\"\nrequire_ocsp = true\nocsp_max_age_secs = 43200\n"
+    ))
+    .unwrap()
+    .gpu
+    .unwrap();
+    assert!(with_ocsp.require_ocsp);
+    assert_eq!(with_ocsp.ocsp_max_age_secs, Some(43200));
+    // The two-GPU certificate below carries no OCSP: that policy refuses it by name.
+    let mut strict = policy_with_gpu();
+    strict.gpu = Some(with_ocsp);
+    assert_eq!(
+        gpu_reason(verify_peer(&issue_gpu(2).cert_der, NOW, &strict, None, None).unwrap_err()),
+        "ocsp_required"
+    );
+    assert!(matches!(
+        load(&format!(
+            "images = [\"{image}\"]\n[gpu]\nrefs = \"gpu-refs.json\"\nocsp_max_age_secs = 0\n"
+        ))
+        .unwrap_err(),
+        ConfigError::Field {
+            field: "gpu.ocsp_max_age_secs",
+            ..
+        }
+    ));
     // That policy accepts a two-GPU certificate from the simulated root.
     let mut full = policy_with_gpu();
     full.gpu = p.gpu;

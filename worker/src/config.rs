@@ -22,6 +22,7 @@
 //! [gpu]                            # optional: GPU evidence in every certificate (GpuFile)
 //! kind = "nvml"                    # real GPUs through the NVIDIA driver (crate::gpu)
 //! refs = "gpu-refs.json"           # optional: the worker's own check compares measurements too
+//! ocsp_url = "http://10.0.2.2:8082" # optional: OCSP for the GPU chains in every certificate
 //! # kind = "sim": seed = "<64 hex>", count = 1, driver = "550.127.05",
 //! #               vbios = "96.00.9F.00.01", label = "cocoon-sim-gpu" (development, CI)
 //!
@@ -132,6 +133,11 @@ pub enum GpuFile {
         /// Refuse to start on a driver below this version.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min_driver: Option<String>,
+        /// OCSP responder for the GPU chains (`ratls::gpu_ocsp`): NVIDIA's service through a
+        /// forwarder on the host, e.g. `http://10.0.2.2:8082`. Without it the certificates
+        /// carry no OCSP, and verifiers that require it refuse the worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ocsp_url: Option<String>,
     },
     /// Simulated GPUs under the simulated NVIDIA root derived from `seed` (development, CI;
     /// refused on real TDX).
@@ -147,6 +153,10 @@ pub enum GpuFile {
         /// The simulated measurements derive from it.
         #[serde(default = "default_sim_label")]
         label: String,
+        /// OCSP responder for the simulated chains (one that answers for the simulated root,
+        /// as `cocoon-host launch --local` runs); as for `nvml`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ocsp_url: Option<String>,
     },
 }
 
@@ -156,12 +166,40 @@ pub enum GpuSpec {
     /// NVML, with the policy of the worker's own check.
     Nvml {
         policy: measurements::gpu::GpuPolicy,
+        ocsp_url: Option<String>,
     },
     /// Simulated GPUs ([`GpuFile::Sim`]).
     Sim {
         seed: [u8; 32],
         gpus: Vec<measurements::gpu::sim::SimGpu>,
+        ocsp_url: Option<String>,
     },
+}
+
+impl GpuSpec {
+    /// The OCSP responder of the section, if any.
+    pub fn ocsp_url(&self) -> Option<&str> {
+        match self {
+            Self::Nvml { ocsp_url, .. } | Self::Sim { ocsp_url, .. } => ocsp_url.as_deref(),
+        }
+    }
+}
+
+/// Checks an `ocsp_url`: http or https, a host, and (in the static guest, which resolves no
+/// names) an IP literal is the operator's business, as for `[tee.pccs] url`.
+fn check_ocsp_url(url: &Option<String>) -> Result<(), ConfigError> {
+    if let Some(u) = url {
+        let uri: http::Uri = u
+            .parse()
+            .map_err(|_| field("gpu.ocsp_url", format!("{u:?} is not a URL")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(field(
+                "gpu.ocsp_url",
+                format!("{u:?}: expected http:// or https:// and a host"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl GpuFile {
@@ -173,6 +211,7 @@ impl GpuFile {
             driver: default_sim_driver(),
             vbios: default_sim_vbios(),
             label: default_sim_label(),
+            ocsp_url: None,
         }
     }
 
@@ -181,7 +220,12 @@ impl GpuFile {
     pub fn into_spec(self, base: &Path, production: bool) -> Result<GpuSpec, ConfigError> {
         use measurements::gpu::{DriverVersion, GpuPolicy, GpuReferenceValues};
         match self {
-            Self::Nvml { refs, min_driver } => {
+            Self::Nvml {
+                refs,
+                min_driver,
+                ocsp_url,
+            } => {
+                check_ocsp_url(&ocsp_url)?;
                 let mut policy = match refs {
                     Some(file) => {
                         let path = base.join(file);
@@ -199,7 +243,7 @@ impl GpuFile {
                     policy.min_driver =
                         Some(DriverVersion::parse(&v).map_err(|e| field("gpu.min_driver", e))?);
                 }
-                Ok(GpuSpec::Nvml { policy })
+                Ok(GpuSpec::Nvml { policy, ocsp_url })
             }
             Self::Sim {
                 seed,
@@ -207,7 +251,9 @@ impl GpuFile {
                 driver,
                 vbios,
                 label,
+                ocsp_url,
             } => {
+                check_ocsp_url(&ocsp_url)?;
                 if production {
                     return Err(field(
                         "gpu.kind",
@@ -230,7 +276,11 @@ impl GpuFile {
                     ));
                 }
                 let gpus = measurements::gpu::sim::SimGpu::machine(count, &driver, &vbios, &label);
-                Ok(GpuSpec::Sim { seed, gpus })
+                Ok(GpuSpec::Sim {
+                    seed,
+                    gpus,
+                    ocsp_url,
+                })
             }
         }
     }

@@ -43,26 +43,37 @@ use nvml_wrapper_sys::bindings::{
     NVML_CC_SYSTEM_DEVTOOLS_MODE_OFF, NVML_CC_SYSTEM_ENVIRONMENT_PROD,
     NVML_CC_SYSTEM_FEATURE_ENABLED,
 };
+use ratls::gpu_ocsp::OcspGpuSource;
 use ratls::Clock;
 
 use crate::config::GpuSpec;
 
 /// The source a validated `[gpu]` section names: NVML ([`NvmlGpuSource::open`], self-checked
-/// at `clock`'s time) or simulated GPUs ([`SimGpuSource`]).
+/// at `clock`'s time) or simulated GPUs ([`SimGpuSource`]); with `ocsp_url`, wrapped in an
+/// [`OcspGpuSource`] that attaches the chains' OCSP answers.
 pub fn open_source(
     spec: &GpuSpec,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn GpuSource>, GpuSourceError> {
-    match spec {
-        GpuSpec::Nvml { policy } => Ok(Arc::new(TimedGpuSource::new(
-            Arc::new(NvmlGpuSource::open(policy.clone(), clock)?),
+    let source: Arc<dyn GpuSource> = match spec {
+        GpuSpec::Nvml { policy, .. } => Arc::new(TimedGpuSource::new(
+            Arc::new(NvmlGpuSource::open(policy.clone(), clock.clone())?),
             EVIDENCE_TIME_LIMIT,
-        ))),
-        GpuSpec::Sim { seed, gpus } => {
+        )),
+        GpuSpec::Sim { seed, gpus, .. } => {
             let root =
                 SimNvidiaRoot::from_seed(*seed).map_err(|e| GpuSourceError::Sim(e.to_string()))?;
-            Ok(Arc::new(SimGpuSource::new(root, gpus.clone())))
+            Arc::new(SimGpuSource::new(root, gpus.clone()))
         }
+    };
+    match spec.ocsp_url() {
+        Some(url) => Ok(Arc::new(OcspGpuSource::new(
+            source,
+            url,
+            ratls::gpu_ocsp::DEFAULT_TIMEOUT,
+            clock,
+        )?)),
+        None => Ok(source),
     }
 }
 
@@ -678,6 +689,7 @@ mod tests {
         let spec = GpuSpec::Sim {
             seed: [7; 32],
             gpus: vec![sim_gpu(1), sim_gpu(2)],
+            ocsp_url: None,
         };
         let src = open_source(&spec, Arc::new(FixedClock::new(NOW))).unwrap();
         assert_eq!(src.kind(), "sim");

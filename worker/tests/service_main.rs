@@ -140,6 +140,7 @@ fn gpu_evidence_unavailable_exits_4() {
     cfg.gpu = Some(worker::config::GpuFile::Nvml {
         refs: None,
         min_driver: None,
+        ocsp_url: None,
     });
     let path = write_config(&dir, &cfg);
     let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
@@ -155,6 +156,22 @@ fn gpu_evidence_unavailable_exits_4() {
     let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("gpu.count"), "{err}");
+
+    // Simulated GPUs whose OCSP responder is down: no certificate without OCSP, exit 4 naming
+    // the responder.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut no_ocsp = worker::config::GpuFile::sim([1; 32], 1);
+    if let worker::config::GpuFile::Sim { ocsp_url, .. } = &mut no_ocsp {
+        *ocsp_url = Some(down.clone());
+    }
+    cfg.gpu = Some(no_ocsp);
+    let path = write_config(&dir, &cfg);
+    let (code, err) = exit_code(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("gpu ocsp") && err.contains(&down), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

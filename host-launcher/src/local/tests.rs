@@ -286,6 +286,7 @@ fn written_configs_load_with_the_services_loaders() {
         p.gpu = gpus.map(|count| SimGpuPlan {
             seed: [5; 32],
             count,
+            ocsp_listen: Some("127.0.0.1:9199".parse().unwrap()),
         });
         let dir = std::env::temp_dir().join(format!(
             "cocoon-host-load-{}-{}",
@@ -336,12 +337,18 @@ fn written_configs_load_with_the_services_loaders() {
             .and_then(|w| w.gpu.clone());
         match gpus {
             Some(count) => {
-                let Some(worker::config::GpuSpec::Sim { gpus, .. }) = &worker.config.gpu else {
+                let Some(worker::config::GpuSpec::Sim { gpus, ocsp_url, .. }) = &worker.config.gpu
+                else {
                     panic!("worker [gpu]: {:?}", worker.config.gpu);
                 };
                 assert_eq!(gpus.len(), count as usize);
+                assert_eq!(ocsp_url.as_deref(), Some("http://127.0.0.1:9199/ocsp"));
                 for g in [proxy_gpu.unwrap(), client_gpu.unwrap()] {
                     assert_eq!(g.gpu_count, Some(count as usize));
+                    assert!(
+                        g.require_ocsp,
+                        "the launcher's responder answers for the chains"
+                    );
                     assert_eq!(
                         g.roots[0].der,
                         std::fs::read(dir.join(GPU_ROOT_FILE)).unwrap()

@@ -8,9 +8,9 @@
 //! certificate and put in another fails on the nonce; a bundle edited in place fails on the
 //! claims hash, which the TDX quote covers.
 //!
-//! # Encoding, version 1
+//! # Encoding
 //!
-//! Binary, big-endian lengths, every byte accounted for:
+//! Binary, big-endian lengths, every byte accounted for. Version 1 (no OCSP):
 //!
 //! ```text
 //! magic       "cocoon-gpu/v1\0"                       (14 bytes)
@@ -19,19 +19,41 @@
 //!                                             u8 k, k × u16 index into certs)   chain, leaf first
 //! ```
 //!
-//! GPUs of one machine share the three CA certificates of their chains, so each certificate is
-//! stored once and chains refer to it by index. The encoding is canonical: certificates appear
-//! in the order chains first refer to them, none twice, none unreferenced; [`GpuBundle::parse`]
-//! accepts only bytes that re-encode to themselves, so one bundle has one digest.
+//! Version 2 (magic `"cocoon-gpu/v2\0"`) is version 1 followed by the chains' OCSP responses:
+//!
+//! ```text
+//! ocsp        u16 r (1..), then r × (u16 len, DER OCSPResponse)
+//!             then m × (u8 j, j × u16 index into ocsp)       per GPU, in GPU order
+//! ```
+//!
+//! GPUs of one machine share the three CA certificates of their chains (and the OCSP answers
+//! for the two shared CAs), so each certificate and response is stored once and GPUs refer to
+//! it by index. The encoding is canonical: certificates and responses appear in the order GPUs
+//! first refer to them, none twice, none unreferenced, and version 2 only when some GPU has a
+//! response; [`GpuBundle::parse`] accepts only bytes that re-encode to themselves, so one
+//! bundle has one digest.
+//!
+//! # OCSP at the RA-TLS hop
+//!
+//! The responses are what the worker fetched from NVIDIA's OCSP service (through its host)
+//! at issuance. A verifier judges them at its own time, like the chain: each must be good and
+//! inside its thisUpdate..nextUpdate window, and not older than the policy's maximum age.
+//! NVIDIA's answers live a day, so a worker's certificate must be renewed within that window
+//! (the default certificate lifetime is 6 h).
 
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 
-use super::{chain, GpuEvidence, GpuPolicy, GpuRejection, VerifiedGpu};
+use super::{chain, GpuEvidence, GpuPolicy, GpuRejection, OcspEvidence, VerifiedGpu};
 
-/// The bundle's leading bytes (format version 1).
+/// The bundle's leading bytes (format version 1, no OCSP).
 pub const MAGIC: &[u8] = b"cocoon-gpu/v1\0";
+/// The leading bytes of a bundle with OCSP responses (format version 2).
+pub const MAGIC_V2: &[u8] = b"cocoon-gpu/v2\0";
+/// Largest OCSP response (NVIDIA's are about 1 KB; one with an embedded responder certificate
+/// twice that).
+pub const MAX_OCSP_LEN: usize = 4096;
 /// Domain tag of the nonce derivation.
 pub const NONCE_TAG: &[u8] = b"cocoon gpu evidence v1\0";
 /// Most GPUs in one bundle.
@@ -59,11 +81,13 @@ pub fn digest_hex(bundle: &[u8]) -> String {
     hex::encode(Sha256::digest(bundle))
 }
 
-/// One GPU's evidence in a bundle: the report and its chain (DER, leaf first).
+/// One GPU's evidence in a bundle: the report, its chain (DER, leaf first) and the chain's
+/// OCSP responses (DER, empty if none were collected).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundledGpu {
     pub report: Vec<u8>,
     pub chain: Vec<Vec<u8>>,
+    pub ocsp: Vec<Vec<u8>>,
 }
 
 /// The evidence of every GPU of a machine (see the module docs).
@@ -103,8 +127,21 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The index of `item` in `table`, appending it if new.
+fn intern<'a>(table: &mut Vec<&'a [u8]>, item: &'a [u8], what: &str) -> Result<u16, GpuRejection> {
+    let index = match table.iter().position(|c| *c == item) {
+        Some(p) => p,
+        None => {
+            table.push(item);
+            table.len() - 1
+        }
+    };
+    u16::try_from(index).map_err(|_| malformed(format!("too many {what}")))
+}
+
 impl GpuBundle {
-    /// The bundle of `evidence` (PEM chains decoded to DER). OCSP responses are not carried.
+    /// The bundle of `evidence` (PEM chains decoded to DER, OCSP responses carried; their
+    /// check time is not: verifiers judge them at their own time).
     pub fn from_evidence(evidence: &[GpuEvidence]) -> Result<Self, GpuRejection> {
         let gpus = evidence
             .iter()
@@ -119,6 +156,11 @@ impl GpuBundle {
                 Ok(BundledGpu {
                     report: ev.report.clone(),
                     chain,
+                    ocsp: ev
+                        .ocsp
+                        .as_ref()
+                        .map(|o| o.responses.clone())
+                        .unwrap_or_default(),
                 })
             })
             .collect::<Result<Vec<_>, GpuRejection>>()?;
@@ -135,6 +177,8 @@ impl GpuBundle {
         }
         let mut certs: Vec<&[u8]> = Vec::new();
         let mut chains: Vec<Vec<u16>> = Vec::new();
+        let mut responses: Vec<&[u8]> = Vec::new();
+        let mut ocsp_refs: Vec<Vec<u16>> = Vec::new();
         for (i, gpu) in self.gpus.iter().enumerate() {
             if gpu.report.is_empty() || gpu.report.len() > MAX_REPORT_LEN {
                 return Err(malformed(format!(
@@ -156,18 +200,32 @@ impl GpuBundle {
                         cert.len()
                     )));
                 }
-                let index = match certs.iter().position(|c| *c == cert.as_slice()) {
-                    Some(p) => p,
-                    None => {
-                        certs.push(cert);
-                        certs.len() - 1
-                    }
-                };
-                indices.push(u16::try_from(index).map_err(|_| malformed("too many certificates"))?);
+                indices.push(intern(&mut certs, cert, "certificates")?);
             }
             chains.push(indices);
+            if gpu.ocsp.len() > MAX_CHAIN_LEN {
+                return Err(malformed(format!(
+                    "gpu {i}: {} ocsp responses (at most {MAX_CHAIN_LEN})",
+                    gpu.ocsp.len()
+                )));
+            }
+            let mut refs = Vec::with_capacity(gpu.ocsp.len());
+            for r in &gpu.ocsp {
+                if r.is_empty() || r.len() > MAX_OCSP_LEN {
+                    return Err(malformed(format!(
+                        "gpu {i}: ocsp response of {} bytes (1 to {MAX_OCSP_LEN} allowed)",
+                        r.len()
+                    )));
+                }
+                refs.push(intern(&mut responses, r, "ocsp responses")?);
+            }
+            ocsp_refs.push(refs);
         }
-        let mut out = MAGIC.to_vec();
+        let mut out = if responses.is_empty() {
+            MAGIC.to_vec()
+        } else {
+            MAGIC_V2.to_vec()
+        };
         out.extend_from_slice(
             &u16::try_from(certs.len())
                 .map_err(|_| malformed("too many certificates"))?
@@ -184,6 +242,19 @@ impl GpuBundle {
             out.push(indices.len() as u8);
             for i in indices {
                 out.extend_from_slice(&i.to_be_bytes());
+            }
+        }
+        if !responses.is_empty() {
+            out.extend_from_slice(&(responses.len() as u16).to_be_bytes());
+            for r in &responses {
+                out.extend_from_slice(&(r.len() as u16).to_be_bytes());
+                out.extend_from_slice(r);
+            }
+            for refs in &ocsp_refs {
+                out.push(refs.len() as u8);
+                for i in refs {
+                    out.extend_from_slice(&i.to_be_bytes());
+                }
             }
         }
         if out.len() > MAX_BUNDLE_LEN {
@@ -204,9 +275,11 @@ impl GpuBundle {
             )));
         }
         let mut r = Reader { bytes, pos: 0 };
-        if r.take(MAGIC.len(), "magic")? != MAGIC {
-            return Err(malformed("not a cocoon gpu evidence bundle (bad magic)"));
-        }
+        let v2 = match r.take(MAGIC.len(), "magic")? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V2 => true,
+            _ => return Err(malformed("not a cocoon gpu evidence bundle (bad magic)")),
+        };
         let n = usize::from(r.u16("certificate count")?);
         let mut certs = Vec::with_capacity(n.min(64));
         for i in 0..n {
@@ -229,7 +302,31 @@ impl GpuBundle {
                 })?;
                 chain.push(cert.clone());
             }
-            gpus.push(BundledGpu { report, chain });
+            gpus.push(BundledGpu {
+                report,
+                chain,
+                ocsp: Vec::new(),
+            });
+        }
+        if v2 {
+            let count = usize::from(r.u16("ocsp response count")?);
+            let mut responses = Vec::with_capacity(count.min(64));
+            for i in 0..count {
+                let len = usize::from(r.u16("ocsp response length")?);
+                responses.push(r.take(len, &format!("ocsp response {i}"))?.to_vec());
+            }
+            for (g, gpu) in gpus.iter_mut().enumerate() {
+                let j = usize::from(r.u8("ocsp reference count")?);
+                for _ in 0..j {
+                    let index = usize::from(r.u16("ocsp index")?);
+                    let response = responses.get(index).ok_or_else(|| {
+                        malformed(format!(
+                            "gpu {g}: ocsp index {index} out of range ({count} responses)"
+                        ))
+                    })?;
+                    gpu.ocsp.push(response.clone());
+                }
+            }
         }
         if r.pos != bytes.len() {
             return Err(malformed(format!("{} trailing bytes", bytes.len() - r.pos)));
@@ -237,7 +334,8 @@ impl GpuBundle {
         let bundle = Self { gpus };
         if bundle.encode()? != bytes {
             return Err(malformed(
-                "not in canonical form (certificates repeated, unreferenced or out of order)",
+                "not in canonical form (certificates or ocsp responses repeated, unreferenced or \
+                 out of order, or version 2 without responses)",
             ));
         }
         Ok(bundle)
@@ -245,7 +343,7 @@ impl GpuBundle {
 
     /// Verifies every GPU's evidence against `nonce` at `at` under `policy`
     /// ([`super::verify_gpus`] rules: each GPU as [`super::verify_gpu`], no device twice, the
-    /// policy's GPU count).
+    /// policy's GPU count). OCSP responses are judged at `at` too.
     pub fn verify(
         &self,
         nonce: &[u8; 32],
@@ -264,11 +362,17 @@ impl GpuBundle {
                             .map_err(|e| GpuRejection::MalformedChain(e.to_string()))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                Ok((g.report.as_slice(), certs))
+                let ocsp = (!g.ocsp.is_empty()).then(|| OcspEvidence {
+                    responses: g.ocsp.clone(),
+                    at,
+                });
+                Ok((g.report.as_slice(), certs, ocsp))
             })
             .collect::<Result<Vec<_>, GpuRejection>>()?;
         super::verify_machine(
-            evidence.iter().map(|(r, c)| (*r, c.as_slice(), None)),
+            evidence
+                .iter()
+                .map(|(r, c, o)| (*r, c.as_slice(), o.as_ref())),
             evidence.len(),
             nonce,
             at,
@@ -467,6 +571,168 @@ mod tests {
         assert!(GpuBundle { gpus: vec![huge] }.encode().is_err());
     }
 
+    const DAY: u64 = 86_400;
+
+    /// A bundle for `spki` whose GPUs carry OCSP valid from `AT - 3600` for a day.
+    fn bundle_with_ocsp(root: &SimNvidiaRoot, spki: &[u8]) -> Vec<u8> {
+        let mut evidence = root
+            .machine_evidence(&gpus(), &evidence_nonce(spki))
+            .unwrap();
+        for ev in &mut evidence {
+            ev.ocsp = Some(
+                root.ocsp_evidence(&ev.chain_pem, AT - 3600, AT - 3600 + DAY)
+                    .unwrap(),
+            );
+        }
+        GpuBundle::from_evidence(&evidence)
+            .unwrap()
+            .encode()
+            .unwrap()
+    }
+
+    #[test]
+    fn ocsp_rides_in_a_version_2_bundle_and_is_judged_at_the_verifiers_time() {
+        let (root, mut policy) = setup();
+        let bytes = bundle_with_ocsp(&root, b"spki-a");
+        assert_eq!(&bytes[..MAGIC_V2.len()], MAGIC_V2);
+        let parsed = GpuBundle::parse(&bytes).unwrap();
+        assert_eq!(parsed.gpus[0].ocsp.len(), 3);
+        assert_eq!(parsed.gpus[1].ocsp.len(), 3);
+        // The two shared CAs' answers are stored once: 2 + 2 device answers.
+        assert_eq!(parsed.gpus[0].ocsp[1..], parsed.gpus[1].ocsp[1..]);
+        let tail = &bytes[bytes.len() - 2 * (1 + 3 * 2)..];
+        assert_eq!(tail, [3, 0, 0, 0, 1, 0, 2, 3, 0, 3, 0, 1, 0, 2]);
+        let hash = digest_hex(&bytes);
+        let verify = |at: u64, policy: &GpuPolicy| {
+            verify_certificate_bundle(Some(&bytes), Some(&hash), b"spki-a", at, policy)
+        };
+        policy.require_ocsp = true;
+        let v = verify(AT, &policy).unwrap();
+        assert_eq!(v[0].ocsp.len(), 3);
+        assert_eq!(v[0].ocsp_valid, (AT - 3600, AT - 3600 + DAY));
+        // A maximum age shortens the window the verdict holds for.
+        policy.ocsp_max_age_secs = Some(7200);
+        let v = verify(AT, &policy).unwrap();
+        assert_eq!(v[0].ocsp_valid, (AT - 3600, AT + 3600));
+        assert_eq!(verify(AT + 3601, &policy).unwrap_err().code(), "ocsp_stale");
+        policy.ocsp_max_age_secs = None;
+        // Past nextUpdate (a week later), and before thisUpdate.
+        assert_eq!(
+            verify(AT + 7 * DAY, &policy).unwrap_err().code(),
+            "ocsp_stale"
+        );
+        assert_eq!(
+            verify(AT - 7200, &policy).unwrap_err().code(),
+            "ocsp_not_yet_valid"
+        );
+        // A policy that requires OCSP refuses a bundle without it.
+        let plain = bundle_for(&root, b"spki-a");
+        assert_eq!(
+            verify_certificate_bundle(
+                Some(&plain),
+                Some(&digest_hex(&plain)),
+                b"spki-a",
+                AT,
+                &policy
+            )
+            .unwrap_err()
+            .code(),
+            "ocsp_required"
+        );
+    }
+
+    #[test]
+    fn bundled_ocsp_that_lies_is_refused_by_name() {
+        let (root, mut policy) = setup();
+        policy.require_ocsp = true;
+        let nonce = evidence_nonce(b"spki-a");
+        let check = |evidence: &[GpuEvidence]| {
+            let bytes = GpuBundle::from_evidence(evidence)
+                .unwrap()
+                .encode()
+                .unwrap();
+            verify_certificate_bundle(
+                Some(&bytes),
+                Some(&digest_hex(&bytes)),
+                b"spki-a",
+                AT,
+                &policy,
+            )
+            .map(|_| ())
+            .map_err(|e| e.code())
+        };
+        let good = || {
+            let mut ev = root.machine_evidence(&gpus(), &nonce).unwrap();
+            for e in &mut ev {
+                e.ocsp = Some(root.ocsp_evidence(&e.chain_pem, AT - 60, AT + DAY).unwrap());
+            }
+            ev
+        };
+        assert_eq!(check(&good()), Ok(()));
+
+        // A signature bit flipped (the last byte of the DER is in the signature).
+        let mut ev = good();
+        let r = &mut ev[0].ocsp.as_mut().unwrap().responses[0];
+        let n = r.len();
+        r[n - 1] ^= 1;
+        assert!(matches!(
+            check(&ev),
+            Err("ocsp_signature" | "malformed_ocsp")
+        ));
+
+        // One answer missing (the device certificate's).
+        let mut ev = good();
+        ev[1].ocsp.as_mut().unwrap().responses.remove(0);
+        assert_eq!(check(&ev), Err("ocsp_missing"));
+
+        // Another GPU's device answer in its place.
+        let mut ev = good();
+        let other = ev[0].ocsp.as_ref().unwrap().responses[0].clone();
+        ev[1].ocsp.as_mut().unwrap().responses[0] = other;
+        assert!(matches!(check(&ev), Err("ocsp_missing" | "ocsp_unmatched")));
+
+        // Answers from a look-alike hierarchy (same names, other keys): its responder does not
+        // know these issuers and says so; a signed answer from it would fail the signature.
+        let other_root = SimNvidiaRoot::from_seed([1; 32]).unwrap();
+        let mut ev = good();
+        let certs = chain::parse_pem_chain(&ev[0].chain_pem).unwrap();
+        let (_, cert, issuer) = crate::gpu::ocsp::covered(&certs).next().unwrap();
+        let req = crate::gpu::ocsp::request_der(cert, issuer).unwrap();
+        ev[0].ocsp.as_mut().unwrap().responses[0] = other_root
+            .ocsp_response(&req, AT - 60, AT + DAY, &[])
+            .unwrap();
+        assert_eq!(check(&ev), Err("malformed_ocsp"));
+
+        // Revoked device certificate.
+        let mut ev = good();
+        let serial = cert.tbs_certificate.serial_number.as_bytes().to_vec();
+        ev[0].ocsp.as_mut().unwrap().responses[0] = root
+            .ocsp_response(&req, AT - 60, AT + DAY, &[serial])
+            .unwrap();
+        assert_eq!(check(&ev), Err("ocsp_revoked"));
+    }
+
+    #[test]
+    fn a_version_2_bundle_without_responses_is_not_canonical() {
+        let (root, _) = setup();
+        let plain = bundle_for(&root, b"spki-a");
+        let mut v2 = MAGIC_V2.to_vec();
+        v2.extend_from_slice(&plain[MAGIC.len()..]);
+        v2.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(
+            GpuBundle::parse(&v2).unwrap_err().code(),
+            "malformed_bundle"
+        );
+        // And a response index beyond the table.
+        let mut bad = bundle_with_ocsp(&root, b"spki-a");
+        let n = bad.len();
+        bad[n - 1] = 9;
+        assert_eq!(
+            GpuBundle::parse(&bad).unwrap_err().code(),
+            "malformed_bundle"
+        );
+    }
+
     #[test]
     fn a_bundle_of_eight_gpus_fits_the_limit() {
         let root = SimNvidiaRoot::from_seed([9; 32]).unwrap();
@@ -479,48 +745,80 @@ mod tests {
             .encode()
             .unwrap();
         assert!(bytes.len() < MAX_BUNDLE_LEN, "{}", bytes.len());
+        // With OCSP: 8 device answers and the 2 shared CA answers, each stored once.
+        let mut with_ocsp = evidence.clone();
+        for ev in &mut with_ocsp {
+            ev.ocsp = Some(root.ocsp_evidence(&ev.chain_pem, AT, AT + 86_400).unwrap());
+        }
+        let b = GpuBundle::from_evidence(&with_ocsp).unwrap();
+        let stored: usize = b.gpus.iter().flat_map(|g| &g.ocsp).map(Vec::len).sum();
+        let bytes2 = b.encode().unwrap();
+        eprintln!(
+            "8 gpus: {} bytes, with ocsp {} bytes ({} of responses referenced)",
+            bytes.len(),
+            bytes2.len(),
+            stored
+        );
+        assert!(bytes2.len() < bytes.len() + stored / 2);
     }
 }
 
-/// The committed fuzz seed (`fuzz/seeds/gpu_bundle_parse/two_gpus.bin`): two simulated GPUs
-/// answering the nonce of the key `b"fuzz spki"` under the fuzz target's root. Written with
-/// `COCOON_WRITE_FUZZ_SEEDS=1`; otherwise the test checks the committed file is current and
-/// passes the fuzz target's policy.
+/// The committed fuzz seeds (`fuzz/seeds/gpu_bundle_parse/`): two simulated GPUs answering
+/// the nonce of the key `b"fuzz spki"` under the fuzz target's root, without OCSP
+/// (`two_gpus.bin`, version 1) and with OCSP fresh at the target's time (`two_gpus_ocsp.bin`,
+/// version 2). Written with `COCOON_WRITE_FUZZ_SEEDS=1`; otherwise the test checks the
+/// committed files are current and pass the fuzz target's policy.
 #[cfg(test)]
 mod fuzz_seed {
     use super::*;
     use crate::gpu::sim::{SimGpu, SimNvidiaRoot};
 
+    const FUZZ_AT: u64 = 1_800_000_000;
+
     #[test]
-    fn the_committed_fuzz_seed_is_current_and_verifies() {
+    fn the_committed_fuzz_seeds_are_current_and_verify() {
         let sim = SimNvidiaRoot::from_seed([9; 32]).unwrap();
         let two = SimGpu::machine(2, "550.127.05", "96.00.9F.00.01", "fuzz-bundle");
-        let evidence = sim
+        let plain = sim
             .machine_evidence(&two, &evidence_nonce(b"fuzz spki"))
             .unwrap();
-        let bytes = GpuBundle::from_evidence(&evidence)
-            .unwrap()
-            .encode()
-            .unwrap();
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/seeds/gpu_bundle_parse/two_gpus.bin");
-        if std::env::var_os("COCOON_WRITE_FUZZ_SEEDS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &bytes).unwrap();
+        let mut with_ocsp = plain.clone();
+        for ev in &mut with_ocsp {
+            ev.ocsp = Some(
+                sim.ocsp_evidence(&ev.chain_pem, FUZZ_AT - 3600, FUZZ_AT + 86_400)
+                    .unwrap(),
+            );
         }
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "regenerate the seed");
         let policy = GpuPolicy::new(
             vec![sim.trust_root().unwrap()],
             SimGpu::new("550.127.05", "96.00.9F.00.01", "fuzz-bundle").reference_values(),
         );
-        let v = verify_certificate_bundle(
-            Some(&bytes),
-            Some(&digest_hex(&bytes)),
-            b"fuzz spki",
-            1_800_000_000,
-            &policy,
-        )
-        .unwrap();
-        assert_eq!(v.len(), 2);
+        for (file, evidence, ocsp) in [
+            ("two_gpus.bin", plain, 0),
+            ("two_gpus_ocsp.bin", with_ocsp, 3),
+        ] {
+            let bytes = GpuBundle::from_evidence(&evidence)
+                .unwrap()
+                .encode()
+                .unwrap();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/seeds/gpu_bundle_parse")
+                .join(file);
+            if std::env::var_os("COCOON_WRITE_FUZZ_SEEDS").is_some() {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "regenerate {file}");
+            let v = verify_certificate_bundle(
+                Some(&bytes),
+                Some(&digest_hex(&bytes)),
+                b"fuzz spki",
+                FUZZ_AT,
+                &policy,
+            )
+            .unwrap();
+            assert_eq!(v.len(), 2);
+            assert_eq!(v[0].ocsp.len(), ocsp, "{file}");
+        }
     }
 }

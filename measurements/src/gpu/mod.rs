@@ -329,6 +329,10 @@ pub struct VerifiedGpu {
     /// The times at which every certificate of the chain is valid (latest notBefore, earliest
     /// notAfter): the verdict holds for any time in this window (OCSP aside).
     pub chain_valid: (u64, u64),
+    /// The times at which every accepted OCSP response is fresh under the policy
+    /// ([`ocsp::window`]); `(0, u64::MAX)` without OCSP. With OCSP judged at the chain's time
+    /// (the RA-TLS hop), the verdict holds in the intersection of both windows.
+    pub ocsp_valid: (u64, u64),
 }
 
 /// Verifies one GPU's evidence: report signed by a chain to a pinned root, the expected
@@ -394,8 +398,10 @@ pub fn verify_gpu_certs(
         .fold((0u64, u64::MAX), |(from, until), (nb, na)| {
             (from.max(nb), until.min(na))
         });
+    let ocsp_valid = ocsp::window(&ocsp, policy.ocsp_max_age_secs);
     check_versions_and_measurements(&report, policy).map(|cmp| VerifiedGpu {
         chain_valid,
+        ocsp_valid,
         driver_version: report.driver_version.clone(),
         vbios_version: report.vbios_version.clone(),
         fwid: report.fwid.clone(),

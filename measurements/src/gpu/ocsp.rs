@@ -22,12 +22,16 @@
 //! Trust boundary: responses are untrusted bytes; they chain to the same pinned root as the
 //! report because the issuer is taken from the already verified chain.
 
-use der::asn1::ObjectIdentifier;
+use der::asn1::{ObjectIdentifier, OctetString};
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256, Sha384};
+use spki::AlgorithmIdentifierOwned;
 use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_cert::Certificate;
-use x509_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus};
+use x509_ocsp::{
+    BasicOcspResponse, CertId, CertStatus, OcspRequest, OcspResponse, OcspResponseStatus, Request,
+    TbsRequest,
+};
 
 use super::chain::{self, subject};
 use super::GpuRejection;
@@ -162,6 +166,71 @@ fn check_signer(
         }
     }
     Err(sig_err(last))
+}
+
+/// The CertID (SHA-384, as NVIDIA's verifier asks) naming `cert` as issued by `issuer`.
+pub fn cert_id(cert: &Certificate, issuer: &Certificate) -> Result<CertId, GpuRejection> {
+    let issuer_name = issuer
+        .tbs_certificate
+        .subject
+        .to_der()
+        .map_err(|e| GpuRejection::MalformedChain(format!("issuer name: {e}")))?;
+    let issuer_key = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let octets = |bytes: Vec<u8>| {
+        OctetString::new(bytes).map_err(|e| GpuRejection::MalformedChain(e.to_string()))
+    };
+    Ok(CertId {
+        hash_algorithm: AlgorithmIdentifierOwned {
+            oid: chain::ID_SHA384,
+            parameters: None,
+        },
+        issuer_name_hash: octets(Sha384::digest(&issuer_name).to_vec())?,
+        issuer_key_hash: octets(Sha384::digest(issuer_key).to_vec())?,
+        serial_number: cert.tbs_certificate.serial_number.clone(),
+    })
+}
+
+/// A DER OCSPRequest (RFC 6960 section 4.1, unsigned, no nonce) asking about `cert`, issued by
+/// `issuer`: the body a client POSTs to the responder as `application/ocsp-request`. No nonce:
+/// NVIDIA's responder and the CDN in front of it serve pre-signed responses, so freshness comes
+/// from thisUpdate and the verifier's maximum age.
+pub fn request_der(cert: &Certificate, issuer: &Certificate) -> Result<Vec<u8>, GpuRejection> {
+    OcspRequest {
+        tbs_request: TbsRequest {
+            version: x509_ocsp::Version::V1,
+            requestor_name: None,
+            request_list: vec![Request {
+                req_cert: cert_id(cert, issuer)?,
+                single_request_extensions: None,
+            }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    }
+    .to_der()
+    .map_err(|e| GpuRejection::MalformedChain(format!("ocsp request: {e}")))
+}
+
+/// The certificates of a chain (leaf first) OCSP covers: all but the leaf and the root, each
+/// with its issuer (see the module docs).
+pub fn covered(chain: &[Certificate]) -> impl Iterator<Item = (usize, &Certificate, &Certificate)> {
+    let last = chain.len().saturating_sub(1);
+    (1..last).map(move |i| (i, &chain[i], &chain[i + 1]))
+}
+
+/// The validity window of a GPU's accepted responses under a maximum age: from the latest
+/// thisUpdate to the earliest of nextUpdate and thisUpdate + max age. `(0, u64::MAX)` if none.
+pub fn window(statuses: &[OcspStatus], max_age_secs: Option<u64>) -> (u64, u64) {
+    statuses.iter().fold((0, u64::MAX), |(from, until), s| {
+        let end = max_age_secs.map_or(s.next_update, |m| {
+            s.next_update.min(s.this_update.saturating_add(m))
+        });
+        (from.max(s.this_update), until.min(end))
+    })
 }
 
 /// Checks OCSP for `chain` (already verified, leaf first) at `ocsp.at`. Every certificate

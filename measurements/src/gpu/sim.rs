@@ -368,6 +368,132 @@ impl SimNvidiaRoot {
         Ok((pem, leaf_key))
     }
 
+    /// The simulated OCSP responder's answer to `request` (a DER OCSPRequest, as
+    /// [`super::ocsp::request_der`] builds): one BasicOCSPResponse over every certificate the
+    /// request names, signed directly by their issuer (which must be the root, the identity CA
+    /// or the provisioner ICA of this hierarchy, and the same for all), valid from
+    /// `this_update` to `next_update`, `revoked` for serials in `revoked` (revoked at
+    /// `this_update`), good otherwise. A request this responder cannot answer gets an
+    /// unsigned `malformedRequest` or `unauthorized` response, as a real responder's.
+    pub fn ocsp_response(
+        &self,
+        request: &[u8],
+        this_update: u64,
+        next_update: u64,
+        revoked: &[Vec<u8>],
+    ) -> Result<Vec<u8>, SimGpuError> {
+        use der::Decode;
+        use x509_ocsp::{
+            BasicOcspResponse, CertStatus, OcspGeneralizedTime, OcspRequest, OcspResponse,
+            OcspResponseStatus, ResponderId, ResponseBytes, ResponseData, RevokedInfo,
+            SingleResponse,
+        };
+        let refuse = |status| {
+            OcspResponse {
+                response_status: status,
+                response_bytes: None,
+            }
+            .to_der()
+            .map_err(enc)
+        };
+        let Ok(req) = OcspRequest::from_der(request) else {
+            return refuse(OcspResponseStatus::MalformedRequest);
+        };
+        let list = &req.tbs_request.request_list;
+        // The issuer of every requested certificate: one of the three CA keys.
+        let issuer_of = |id: &x509_ocsp::CertId| {
+            self.keys.iter().position(|k| {
+                spki(k).ok().is_some_and(|s| {
+                    let raw = s.subject_public_key.raw_bytes();
+                    id.hash_algorithm.oid == chain::ID_SHA384
+                        && Sha384::digest(raw).as_slice() == id.issuer_key_hash.as_bytes()
+                })
+            })
+        };
+        let issuers: Vec<Option<usize>> = list.iter().map(|r| issuer_of(&r.req_cert)).collect();
+        let issuer = match issuers.first() {
+            Some(Some(i)) if issuers.iter().all(|j| *j == Some(*i)) => *i,
+            Some(_) => return refuse(OcspResponseStatus::Unauthorized),
+            None => return refuse(OcspResponseStatus::MalformedRequest),
+        };
+        let gtime = |t: u64| -> Result<OcspGeneralizedTime, SimGpuError> {
+            Ok(OcspGeneralizedTime(
+                der::asn1::GeneralizedTime::from_unix_duration(Duration::from_secs(t))
+                    .map_err(enc)?,
+            ))
+        };
+        let responses = list
+            .iter()
+            .map(|r| {
+                let serial = r.req_cert.serial_number.as_bytes().to_vec();
+                let cert_status = if revoked.contains(&serial) {
+                    CertStatus::Revoked(RevokedInfo {
+                        revocation_time: gtime(this_update)?,
+                        revocation_reason: None,
+                    })
+                } else {
+                    CertStatus::Good(der::asn1::Null)
+                };
+                Ok(SingleResponse {
+                    cert_id: r.req_cert.clone(),
+                    cert_status,
+                    this_update: gtime(this_update)?,
+                    next_update: Some(gtime(next_update)?),
+                    single_extensions: None,
+                })
+            })
+            .collect::<Result<Vec<_>, SimGpuError>>()?;
+        // keys[i] is the key of NAMES[4 - i] (root, identity, provisioner).
+        let tbs = ResponseData {
+            version: x509_ocsp::Version::V1,
+            responder_id: ResponderId::ByName(name(NAMES[4 - issuer])?),
+            produced_at: gtime(this_update)?,
+            responses,
+            response_extensions: None,
+        };
+        let sig: Signature = self.keys[issuer].sign(&tbs.to_der().map_err(enc)?);
+        let basic = BasicOcspResponse {
+            tbs_response_data: tbs,
+            signature_algorithm: AlgorithmIdentifierOwned {
+                oid: ECDSA_WITH_SHA384,
+                parameters: None,
+            },
+            signature: BitString::from_bytes(sig.to_der().as_bytes()).map_err(enc)?,
+            certs: None,
+        };
+        OcspResponse {
+            response_status: OcspResponseStatus::Successful,
+            response_bytes: Some(ResponseBytes {
+                response_type: der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1"),
+                response: OctetString::new(basic.to_der().map_err(enc)?).map_err(enc)?,
+            }),
+        }
+        .to_der()
+        .map_err(enc)
+    }
+
+    /// OCSP evidence for a chain (PEM, leaf first) of this hierarchy: one request per covered
+    /// certificate ([`super::ocsp::request_der`]) answered by [`SimNvidiaRoot::ocsp_response`],
+    /// judged at `this_update`.
+    pub fn ocsp_evidence(
+        &self,
+        chain_pem: &[u8],
+        this_update: u64,
+        next_update: u64,
+    ) -> Result<super::OcspEvidence, SimGpuError> {
+        let certs = chain::parse_pem_chain(chain_pem).map_err(enc)?;
+        let responses = super::ocsp::covered(&certs)
+            .map(|(_, cert, issuer)| {
+                let req = super::ocsp::request_der(cert, issuer).map_err(enc)?;
+                self.ocsp_response(&req, this_update, next_update, &[])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::OcspEvidence {
+            responses,
+            at: this_update,
+        })
+    }
+
     /// [`SimNvidiaRoot::evidence`] of each GPU, as the verifier takes it (no OCSP).
     pub fn machine_evidence(
         &self,

@@ -319,7 +319,12 @@ fn gpu_section_kinds_defaults_and_refusals() {
         "kind = \"sim\"\nseed = \"{seed}\"\ncount = 2"
     )))
     .unwrap();
-    let Some(GpuSpec::Sim { seed: s, gpus }) = c.gpu else {
+    let Some(GpuSpec::Sim {
+        seed: s,
+        gpus,
+        ocsp_url: None,
+    }) = c.gpu
+    else {
         panic!("{:?}", c.gpu)
     };
     assert_eq!(s, [0x11; 32]);
@@ -327,8 +332,11 @@ fn gpu_section_kinds_defaults_and_refusals() {
     assert_eq!(gpus[0].driver_version, "550.127.05");
     assert_ne!(gpus[0].device_id, gpus[1].device_id);
 
-    let c = parse(&with("kind = \"nvml\"\nmin_driver = \"550.127.05\"")).unwrap();
-    let Some(GpuSpec::Nvml { policy }) = c.gpu else {
+    let c = parse(&with(
+        "kind = \"nvml\"\nmin_driver = \"550.127.05\"\nocsp_url = \"http://10.0.2.2:8082\"",
+    ))
+    .unwrap();
+    let Some(GpuSpec::Nvml { policy, ocsp_url }) = c.gpu else {
         panic!("{:?}", c.gpu)
     };
     assert!(
@@ -337,6 +345,7 @@ fn gpu_section_kinds_defaults_and_refusals() {
     );
     assert_eq!(policy.roots, vec![measurements::gpu::nvidia_root()]);
     assert!(policy.min_driver.is_some());
+    assert_eq!(ocsp_url.as_deref(), Some("http://10.0.2.2:8082"));
 
     for (section, field) in [
         ("kind = \"sim\"\nseed = \"zz\"", "gpu.seed"),
@@ -350,6 +359,8 @@ fn gpu_section_kinds_defaults_and_refusals() {
         ),
         ("kind = \"nvml\"\nmin_driver = \"new\"", "gpu.min_driver"),
         ("kind = \"nvml\"\nrefs = \"missing.json\"", "gpu.refs"),
+        ("kind = \"nvml\"\nocsp_url = \"ftp://x\"", "gpu.ocsp_url"),
+        ("kind = \"nvml\"\nocsp_url = \"not a url\"", "gpu.ocsp_url"),
     ] {
         let e = err(&with(section));
         assert!(e.starts_with(field), "{section}: {e}");
