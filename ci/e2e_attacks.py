@@ -17,9 +17,11 @@ W  rogue worker: a copy of the worker's config with `engine = "upstream"` pointi
    must refuse it with `rtmr3_mismatch` (counted in /jsonstats `worker_rejections`) and keep
    routing to the genuine worker only.
 G  GPU evidence: the local network's worker runs one simulated GPU and the genuine proxy lists
-   it verified in /jsonstats. A proxy that pins no worker configuration (allow_any_config) but
-   keeps the GPU requirement refuses a copy of the worker without `[gpu]` with
-   `gpu_evidence` (the certificate carries none) and registers the copy with its GPU.
+   it verified in /jsonstats, with the 3 OCSP answers of its chain (from the launcher's
+   simulated responder) fresh. A proxy that pins no worker configuration (allow_any_config)
+   but keeps the GPU requirement refuses a copy of the worker without `[gpu]` with
+   `gpu_evidence` (the certificate carries none), a copy without `ocsp_url` with
+   `gpu_evidence` naming OCSP, and registers the copy with its GPU and OCSP.
 C  the client's own GPU check: a proxy that requires no GPU registers a copy of the worker
    without `[gpu]`; a client that pins both configurations (so nothing else refuses them) but
    whose worker policy requires GPU evidence fetches the proxy's worker directory, refuses
@@ -327,21 +329,34 @@ def scenario_g(bin_dir, net_dir, work, urls):
     expect(len(gpus) == 1, f"the genuine proxy lists no verified gpu: {genuine}")
     expect(gpus[0]["measurements_checked"] == 64, f"gpu not compared in full: {gpus}")
     expect("sim-nvidia-root" in gpus[0]["root"], f"gpu root: {gpus}")
+    expect(gpus[0].get("ocsp_checked") == 3, f"gpu chain without ocsp: {gpus}")
+    expect(gpus[0].get("ocsp_valid_until", 0) > time.time(), f"ocsp not fresh: {gpus}")
     d = os.path.join(work, "gpu-proxy")
     proxy, ports = start_proxy_copy(bin_dir, net_dir, d, ["policy.rtmr3"])
     admin = f"http://127.0.0.1:{ports['admin_listen']}"
     try:
         cfg = load_toml(os.path.join(d, "proxy.toml"))
         expect("gpu" in cfg["policy"], "gpu requirement lost")
-        for name, unsets in (("gpu-less-worker", ["gpu"]), ("gpu-worker", [])):
+        expect(cfg["policy"]["gpu"].get("require_ocsp") is True, "ocsp requirement lost")
+        # The OCSP-less copy first: the proxy rate-limits its refusal log per reason, and the
+        # first refusal is the one logged.
+        for name, unsets in (
+            ("ocsp-less-worker", ["gpu.ocsp_url"]),
+            ("gpu-less-worker", ["gpu"]),
+            ("gpu-worker", []),
+        ):
             wd = os.path.join(work, name)
+            before = jsonstats(admin).get("worker_rejections", {}).get("gpu_evidence", 0)
             p = spawn_worker_copy(bin_dir, net_dir, wd, name, ports["worker_listen"], unsets)
             try:
                 if unsets:
-                    s = wait_rejection(admin, "gpu_evidence", 0, p, name)
+                    s = wait_rejection(admin, "gpu_evidence", before, p, name)
                     names = [w["name"] for w in s["workers"]]
-                    expect(name not in names, f"the gpu-less worker registered: {names}")
-                    log(f"G: proxy refused the worker without gpu evidence: {s['worker_rejections']}")
+                    expect(name not in names, f"the {name} registered: {names}")
+                    if name == "ocsp-less-worker":
+                        logs = "".join(proxy.log_lines("proxy"))
+                        expect("ocsp responses required" in logs, "refusal does not name ocsp")
+                    log(f"G: proxy refused the {name}: {s['worker_rejections']}")
                 else:
                     w = wait_registered(admin, name, p)
                     expect(len(w.get("gpus", [])) == 1, f"no verified gpu: {w}")

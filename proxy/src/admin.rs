@@ -12,7 +12,8 @@
 //!                "price_coefficient_milli": 1000, "version": 1,
 //!                "latency_ema_ms": 1.5, "success_rate": 1.0, "requests": 3, "failures": 0,
 //!                "gpus": [{"driver": "550.127.05", "vbios": "96.00.9F.00.01", "serial": "…",
-//!                          "root": "…", "measurements_checked": 64}]}],   // gpus: when required
+//!                          "root": "…", "measurements_checked": 64, "ocsp_checked": 3,
+//!                          "ocsp_valid_until": 1796462183}]}],   // gpus: when required
 //!   "clients": {"<account>": {"requests": 1, "prompt_tokens": 3, "cached_tokens": 0,
 //!               "completion_tokens": 32, "reasoning_tokens": 0, "cost_nano": 1310}},
 //!   "receipts_stored": {"<account>": 1},

@@ -72,6 +72,12 @@ pub struct GpuSummary {
     /// The pinned root its chain ends at.
     pub root: String,
     pub measurements_checked: usize,
+    /// OCSP answers checked for its chain (0 when its certificate carries none).
+    pub ocsp_checked: usize,
+    /// When the earliest of those answers stops being acceptable (Unix seconds; absent
+    /// without OCSP): the worker must present a renewed certificate before then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_valid_until: Option<u64>,
 }
 
 impl GpuSummary {
@@ -83,6 +89,8 @@ impl GpuSummary {
             serial: g.device_serial.clone(),
             root: g.root_name.clone(),
             measurements_checked: g.measurements_checked,
+            ocsp_checked: g.ocsp.len(),
+            ocsp_valid_until: (!g.ocsp.is_empty()).then_some(g.ocsp_valid.1),
         }
     }
 }
