@@ -255,6 +255,47 @@ fn main() {
             "  certificate with {count} GPU(s), no collateral: {} bytes",
             gpu_cert.cert_der.len()
         );
+
+        // The same GPUs with their chains' OCSP answers in the bundle (version 2), required.
+        let root = measurements::gpu::sim::SimNvidiaRoot::from_seed([6; 32]).expect("root");
+        let nonce = measurements::gpu::bundle::evidence_nonce(&parsed.spki_der);
+        let mut evidence = root
+            .machine_evidence(sim_gpus.gpus(), &nonce)
+            .expect("evidence");
+        for ev in &mut evidence {
+            ev.ocsp = Some(
+                root.ocsp_evidence(&ev.chain_pem, NOW - 3600, NOW + 20 * 3600)
+                    .expect("ocsp"),
+            );
+        }
+        let bundle = measurements::gpu::bundle::GpuBundle::from_evidence(&evidence)
+            .and_then(|b| b.encode())
+            .expect("bundle");
+        let hash = measurements::gpu::bundle::digest_hex(&bundle);
+        let mut with_ocsp = gpu_only.clone();
+        with_ocsp.require_ocsp = true;
+        let cold_ocsp = measure(n(30), || {
+            let v = measurements::gpu::bundle::verify_certificate_bundle(
+                Some(black_box(&bundle)),
+                Some(&hash),
+                &parsed.spki_der,
+                NOW,
+                &with_ocsp,
+            )
+            .expect("gpu evidence with ocsp verifies");
+            assert_eq!(v[0].ocsp.len(), 3);
+        });
+        report(
+            &format!("cold GPU check + OCSP: {count} GPU(s)"),
+            &cold_ocsp,
+            &cold_gpu,
+            "without OCSP",
+        );
+        println!(
+            "  bundle of {count} GPU(s): {} bytes, with OCSP {} bytes",
+            parsed.gpu_evidence.as_ref().map_or(0, Vec::len),
+            bundle.len()
+        );
     }
 
     // Handshakes: mutual RA-TLS vs the same TLS 1.3 handshake without attestation.
