@@ -397,6 +397,42 @@ fn ocsp_with_bad_signature_or_missing_is_rejected() {
     assert_eq!(reject(&ev, &nonce(), AT, &p).code(), "ocsp_missing");
 }
 
+/// A response may embed at most two certificates (NVIDIA's embed one responder): each
+/// candidate costs a verifier two P-384 verifications, and the bytes are the worker's host's.
+#[test]
+fn ocsp_with_too_many_embedded_certificates_is_malformed() {
+    use der::{Decode, Encode};
+    use x509_ocsp::{BasicOcspResponse, OcspResponse};
+    let with_copies = |der: &[u8], total: usize| {
+        let mut resp = OcspResponse::from_der(der).unwrap();
+        let bytes = resp.response_bytes.as_mut().unwrap();
+        let mut basic = BasicOcspResponse::from_der(bytes.response.as_bytes()).unwrap();
+        let certs = basic.certs.as_mut().unwrap();
+        assert_eq!(certs.len(), 1, "NVIDIA's answers embed one responder");
+        let one = certs[0].clone();
+        certs.resize(total, one);
+        bytes.response = der::asn1::OctetString::new(basic.to_der().unwrap()).unwrap();
+        resp.to_der().unwrap()
+    };
+    let p = policy();
+    for (total, ok) in [(2, true), (3, false)] {
+        let mut o = gpu_ocsp(AT);
+        o.responses[0] = with_copies(&o.responses[0], total);
+        let ev = GpuEvidence {
+            ocsp: Some(o),
+            ..evidence()
+        };
+        match verify_gpu(&ev, &nonce(), AT, &p) {
+            Ok(v) => assert!(ok, "{total} embedded accepted: {v:?}"),
+            Err(e) => {
+                assert!(!ok, "{total} embedded refused: {e}");
+                assert_eq!(e.code(), "malformed_ocsp");
+                assert!(e.to_string().contains("3 embedded certificates"), "{e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn simulated_root_passes_only_under_the_policy_that_names_it() {
     let sim = SimNvidiaRoot::from_seed([3; 32]).unwrap();

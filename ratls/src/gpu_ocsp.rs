@@ -362,11 +362,16 @@ impl SimOcspResponder {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = self.clock.now();
         let mode = lock(&self.mode).clone();
+        let hour_ago = now.saturating_sub(3600);
         let (from, until, revoked) = match &mode {
-            SimOcspMode::Stale => (now - 2 * 86_400, now - 86_400, Vec::new()),
-            SimOcspMode::Revoked(serials) => (now - 3600, now + 86_400 - 3600, serials.clone()),
+            SimOcspMode::Stale => (
+                now.saturating_sub(2 * 86_400),
+                now.saturating_sub(86_400),
+                Vec::new(),
+            ),
+            SimOcspMode::Revoked(serials) => (hour_ago, hour_ago + 86_400, serials.clone()),
             SimOcspMode::ServerError => return (500, Vec::new()),
-            _ => (now - 3600, now + 86_400 - 3600, Vec::new()),
+            _ => (hour_ago, hour_ago + 86_400, Vec::new()),
         };
         match self.root.ocsp_response(body, from, until, &revoked) {
             Ok(mut der) => {

@@ -41,6 +41,11 @@ const ID_KP_OCSP_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6
 const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 
+/// Most certificates a response may embed. NVIDIA's embed one (the delegated responder); each
+/// candidate costs up to two P-384 verifications, so a worker's bundle could otherwise make
+/// every verifier do dozens per answer.
+pub const MAX_EMBEDDED_CERTS: usize = 2;
+
 /// OCSP evidence for one GPU: DER responses and the time at which to judge them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OcspEvidence {
@@ -82,6 +87,12 @@ fn decode(der: &[u8], item: usize) -> Result<Decoded, GpuRejection> {
     }
     let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
         .map_err(|e| bad(format!("basic ocsp response: {e}")))?;
+    let embedded = basic.certs.as_ref().map_or(0, Vec::len);
+    if embedded > MAX_EMBEDDED_CERTS {
+        return Err(bad(format!(
+            "{embedded} embedded certificates (at most {MAX_EMBEDDED_CERTS})"
+        )));
+    }
     let tbs_der = basic
         .tbs_response_data
         .to_der()
