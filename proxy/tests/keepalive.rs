@@ -33,6 +33,7 @@ async fn keepalives_keep_a_long_prefill_alive() {
         engine,
         ServiceOptions {
             stream_keepalive: Some(Duration::from_millis(300)),
+            ..ServiceOptions::default()
         },
     );
     p.wait_workers(1).await;
@@ -81,6 +82,7 @@ async fn a_silent_prefill_is_timed_out() {
         engine,
         ServiceOptions {
             stream_keepalive: None,
+            ..ServiceOptions::default()
         },
     );
     p.wait_workers(1).await;

@@ -8,6 +8,7 @@
 //! cert_lifetime_secs = 21600       # RA-TLS certificate lifetime, default 6 h (300..=604800)
 //! status_listen = "127.0.0.1:9104" # optional: /healthz and /readyz (plain HTTP, crate::status)
 //! stream_keepalive_secs = 5        # SSE keepalive comment after this long silent, 0 = off (..=3600)
+//! stream_stall_secs = 300          # end a stream whose consumer takes nothing this long, 0 = off (..=3600)
 //! shutdown_drain_secs = 30         # SIGTERM: streams may finish for this long, then end with an error (..=3600)
 //!
 //! [tee]                            # attestation::config::TeeConfig
@@ -89,6 +90,10 @@ pub struct WorkerConfigFile {
     pub status_listen: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_keepalive_secs: Option<u64>,
+    /// A stream whose consumer takes nothing for this long is ended and its slot freed
+    /// ([`crate::service`], "Stalled consumers"); 0 = never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_stall_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_drain_secs: Option<u64>,
     pub tee: TeeConfig,
@@ -395,6 +400,7 @@ impl WorkerConfigFile {
             cert_lifetime_secs: None,
             status_listen: None,
             stream_keepalive_secs: None,
+            stream_stall_secs: None,
             shutdown_drain_secs: None,
             tee,
             policy,
@@ -409,9 +415,11 @@ impl WorkerConfigFile {
 pub const DEFAULT_PRICE_COEFFICIENT_MILLI: u32 = 1000;
 /// Default `stream_keepalive_secs` ([`crate::service::DEFAULT_STREAM_KEEPALIVE`]).
 pub const DEFAULT_STREAM_KEEPALIVE_SECS: u64 = crate::service::DEFAULT_STREAM_KEEPALIVE.as_secs();
+/// Default `stream_stall_secs` ([`crate::service::DEFAULT_STREAM_STALL`]).
+pub const DEFAULT_STREAM_STALL_SECS: u64 = crate::service::DEFAULT_STREAM_STALL.as_secs();
 /// Default `shutdown_drain_secs`.
 pub const DEFAULT_SHUTDOWN_DRAIN_SECS: u64 = 30;
-/// Largest `stream_keepalive_secs` and `shutdown_drain_secs`.
+/// Largest `stream_keepalive_secs`, `stream_stall_secs` and `shutdown_drain_secs`.
 pub const MAX_WAIT_SECS: u64 = 3600;
 
 fn default_price() -> u32 {
@@ -430,6 +438,8 @@ pub struct WorkerConfig {
     pub status_listen: Option<SocketAddr>,
     /// SSE keepalive interval of streams (`None`: off); see [`crate::service`].
     pub stream_keepalive: Option<Duration>,
+    /// Stall limit of streams (`None`: off); see [`crate::service`].
+    pub stream_stall: Option<Duration>,
     /// After SIGTERM/SIGINT: how long streams may finish before each is ended with a
     /// `service_unavailable` error event.
     pub shutdown_drain: Duration,
@@ -664,6 +674,7 @@ impl WorkerConfigFile {
         };
         for (name, v) in [
             ("stream_keepalive_secs", self.stream_keepalive_secs),
+            ("stream_stall_secs", self.stream_stall_secs),
             ("shutdown_drain_secs", self.shutdown_drain_secs),
         ] {
             if v.is_some_and(|v| v > MAX_WAIT_SECS) {
@@ -676,6 +687,7 @@ impl WorkerConfigFile {
         let keepalive = self
             .stream_keepalive_secs
             .unwrap_or(DEFAULT_STREAM_KEEPALIVE_SECS);
+        let stall = self.stream_stall_secs.unwrap_or(DEFAULT_STREAM_STALL_SECS);
         let production = matches!(self.tee, TeeConfig::Tdx { .. });
         if production {
             self.policy.check_production()?;
@@ -717,6 +729,7 @@ impl WorkerConfigFile {
             cert_lifetime: Duration::from_secs(lifetime),
             status_listen,
             stream_keepalive: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
+            stream_stall: (stall > 0).then(|| Duration::from_secs(stall)),
             shutdown_drain: Duration::from_secs(
                 self.shutdown_drain_secs
                     .unwrap_or(DEFAULT_SHUTDOWN_DRAIN_SECS),

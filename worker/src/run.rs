@@ -79,6 +79,7 @@ impl Worker {
             links: LinkOptions::default(),
             options: ServiceOptions {
                 stream_keepalive: config.stream_keepalive,
+                stream_stall: config.stream_stall,
             },
             payouts: None,
             e2e: None,

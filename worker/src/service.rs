@@ -45,6 +45,21 @@
 //! (the worker's drain deadline passed) ends every running stream with an
 //! `event: cocoon-error` of kind `service_unavailable` (or, before its first byte, that
 //! error as the HTTP answer), so that nobody sees a silent cut.
+//!
+//! # Stalled consumers
+//!
+//! A client that stops reading its stream (or opens its HTTP/2 window and never moves it)
+//! stalls the proxy's relay, which stops taking data from the worker; the response channel
+//! fills and the generation would wait on it, holding its capacity slot, for as long as the
+//! client keeps the connection. A send that waits longer than
+//! [`ServiceOptions::stream_stall`] (default [`DEFAULT_STREAM_STALL`]) ends the generation
+//! instead: the engine is dropped, the slot is free, the stream is abandoned (counted in
+//! [`StatsSnapshot::stalled`]). Only a full channel starts that clock, and the worker sees
+//! progress in steps: one gathered frame (at most [`protocol::sse::FRAME_TARGET`], 16 KiB)
+//! leaves its HTTP/2 stream when the proxy opens its window, and the proxy buffers up to its
+//! 256 KiB receive window per stream before that (so, through a proxy, its client must take
+//! about half of that, the window-update step, within the limit: ~440 B/s at the default).
+//! The stream then ends without usage or `[DONE]`; its consumer was not reading it.
 
 mod chunks;
 
@@ -78,18 +93,24 @@ pub const MAX_HELLO_BYTES: usize = 64 * 1024;
 const CHANNEL_DEPTH: usize = 16;
 /// Default [`ServiceOptions::stream_keepalive`].
 pub const DEFAULT_STREAM_KEEPALIVE: Duration = Duration::from_secs(5);
+/// Default [`ServiceOptions::stream_stall`].
+pub const DEFAULT_STREAM_STALL: Duration = Duration::from_secs(300);
 
 /// How the service streams (from the worker config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceOptions {
     /// A keepalive comment goes out after this long without other bytes (`None`: never).
     pub stream_keepalive: Option<Duration>,
+    /// A generation whose consumer takes nothing for this long is ended and its capacity
+    /// slot freed (module docs, "Stalled consumers"; `None`: wait forever).
+    pub stream_stall: Option<Duration>,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
         Self {
             stream_keepalive: Some(DEFAULT_STREAM_KEEPALIVE),
+            stream_stall: Some(DEFAULT_STREAM_STALL),
         }
     }
 }
@@ -158,6 +179,7 @@ pub struct Stats {
     requests: AtomicU64,
     completed: AtomicU64,
     cancelled: AtomicU64,
+    stalled: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
     no_capacity: AtomicU64,
@@ -175,6 +197,8 @@ pub struct StatsSnapshot {
     pub completed: u64,
     /// Streams the proxy dropped before the end.
     pub cancelled: u64,
+    /// Streams ended because their consumer took nothing for the stall limit.
+    pub stalled: u64,
     /// Streams that ended with an engine error.
     pub failed: u64,
     /// Requests refused by validation (before any generation).
@@ -193,6 +217,7 @@ impl Stats {
             requests: r(&self.requests),
             completed: r(&self.completed),
             cancelled: r(&self.cancelled),
+            stalled: r(&self.stalled),
             failed: r(&self.failed),
             rejected: r(&self.rejected),
             no_capacity: r(&self.no_capacity),
@@ -618,6 +643,10 @@ impl Service {
                 )
             })?;
         let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+        let tx = Sink {
+            tx,
+            stall: self.inner.options.stream_stall,
+        };
         let generation = Generation {
             engine: model.engine.clone(),
             stats: stats.clone(),
@@ -805,6 +834,8 @@ impl Drop for ActiveGuard {
 enum Outcome {
     Completed(protocol::Usage),
     Cancelled,
+    /// The consumer took nothing for the stall limit.
+    Stalled,
     Failed(EngineError),
     /// [`Service::end_streams`].
     Ended,
@@ -875,7 +906,7 @@ impl Keepalive {
 }
 
 impl Generation {
-    async fn run(self, out: mpsc::Sender<Out>) {
+    async fn run(self, out: Sink) {
         let _active = ActiveGuard::new(self.stats.clone());
         let ValidatedRequest {
             endpoint,
@@ -919,14 +950,18 @@ impl Generation {
                     total.add(&usage);
                     reasons.push(reason.as_str());
                     let end = encoder.end_choice(index, reason);
-                    if out.send(Out::Data(end)).await.is_err() {
-                        outcome = Outcome::Cancelled;
+                    if let Err(gone) = out.send(Out::Data(end)).await {
+                        outcome = gone.outcome();
                         break;
                     }
                     progress.sent_any = true;
                 }
                 Step::Cancelled => {
                     outcome = Outcome::Cancelled;
+                    break;
+                }
+                Step::Stalled => {
+                    outcome = Outcome::Stalled;
                     break;
                 }
                 Step::Failed(e) => {
@@ -941,15 +976,13 @@ impl Generation {
         }
         if let Outcome::Completed(_) = outcome {
             let summary = Out::Summary(total, reasons.join(","));
-            outcome = if out.send(summary).await.is_err()
-                || out
-                    .send(Out::Data(encoder.tail(&total, include_usage)))
-                    .await
-                    .is_err()
-            {
-                Outcome::Cancelled
-            } else {
-                Outcome::Completed(total)
+            let tail = Out::Data(encoder.tail(&total, include_usage));
+            outcome = match out.send(summary).await {
+                Ok(()) => match out.send(tail).await {
+                    Ok(()) => Outcome::Completed(total),
+                    Err(gone) => gone.outcome(),
+                },
+                Err(gone) => gone.outcome(),
             };
         }
         let Progress {
@@ -976,6 +1009,16 @@ impl Generation {
             Outcome::Cancelled => {
                 Stats::bump(&self.stats.cancelled);
                 tracing::info!(request_id = %rid, model = %model, duration_ms, "completion cancelled by the proxy");
+            }
+            Outcome::Stalled => {
+                Stats::bump(&self.stats.stalled);
+                tracing::warn!(
+                    request_id = %rid,
+                    model = %model,
+                    duration_ms,
+                    stall_ms = out.stall.map_or(0, |d| d.as_millis()),
+                    "completion ended: its consumer took nothing for the stall limit (slot freed)"
+                );
             }
             Outcome::Ended => {
                 Stats::bump(&self.stats.failed);
@@ -1021,9 +1064,63 @@ struct Progress {
 enum Step {
     Done(Usage, FinishReason),
     Cancelled,
+    Stalled,
     Failed(EngineError),
     /// [`Service::end_streams`].
     Ended,
+}
+
+/// The generation's end of its response channel: a send that waits longer than `stall` for
+/// room (the consumer took nothing) fails as [`Gone::Stalled`] (module docs).
+struct Sink {
+    tx: mpsc::Sender<Out>,
+    stall: Option<Duration>,
+}
+
+/// Why a [`Sink::send`] failed.
+enum Gone {
+    /// The response body was dropped (the proxy reset the stream).
+    Closed,
+    Stalled,
+}
+
+impl Gone {
+    fn outcome(self) -> Outcome {
+        match self {
+            Self::Closed => Outcome::Cancelled,
+            Self::Stalled => Outcome::Stalled,
+        }
+    }
+
+    fn step(self) -> Step {
+        match self {
+            Self::Closed => Step::Cancelled,
+            Self::Stalled => Step::Stalled,
+        }
+    }
+}
+
+impl Sink {
+    /// Sends `out`; the stall clock runs only while the channel is full.
+    async fn send(&self, out: Out) -> Result<(), Gone> {
+        let out = match self.tx.try_send(out) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Gone::Closed),
+            Err(mpsc::error::TrySendError::Full(out)) => out,
+        };
+        match self.stall {
+            None => self.tx.send(out).await.map_err(|_| Gone::Closed),
+            Some(limit) => match tokio::time::timeout(limit, self.tx.send(out)).await {
+                Ok(r) => r.map_err(|_| Gone::Closed),
+                Err(_) => Err(Gone::Stalled),
+            },
+        }
+    }
+
+    /// Resolves when the response body was dropped.
+    async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 /// Runs `req` on `engine` as choice `index`, sending its encoded chunks to `out`. The
@@ -1033,7 +1130,7 @@ async fn drive(
     req: GenerationRequest,
     index: usize,
     encoder: &mut ChunkEncoder,
-    out: &mpsc::Sender<Out>,
+    out: &Sink,
     progress: &mut Progress,
 ) -> Step {
     let chat = matches!(req.input, Input::Chat(_));
@@ -1052,8 +1149,8 @@ async fn drive(
             }
             item = erx.recv() => item,
             () = Keepalive::due(&mut progress.keepalive) => {
-                if out.send(Out::Data(Bytes::from_static(KEEPALIVE))).await.is_err() {
-                    return Step::Cancelled;
+                if let Err(gone) = out.send(Out::Data(Bytes::from_static(KEEPALIVE))).await {
+                    return gone.step();
                 }
                 progress.sent_any = true;
                 continue;
@@ -1107,8 +1204,8 @@ async fn drive(
                     }));
                 }
             };
-        if out.send(Out::Data(bytes)).await.is_err() {
-            return Step::Cancelled;
+        if let Err(gone) = out.send(Out::Data(bytes)).await {
+            return gone.step();
         }
         if let Some(k) = progress.keepalive.as_mut() {
             k.sent();

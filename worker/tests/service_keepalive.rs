@@ -1,5 +1,6 @@
 //! The worker's stream keepalive (SSE comments while the engine is silent, e.g. during a long
-//! prompt) and the end of streams at shutdown (an error event, never a silent cut).
+//! prompt), the end of streams at shutdown (an error event, never a silent cut), and the stall
+//! limit (a consumer that stops reading does not hold a capacity slot).
 
 mod service_support;
 
@@ -40,6 +41,7 @@ async fn a_long_prefill_sends_keepalives_then_the_stream() {
         prefill_delay: Duration::from_millis(1300),
         service: ServiceOptions {
             stream_keepalive: Some(Duration::from_millis(300)),
+            ..ServiceOptions::default()
         },
         ..Options::default()
     })
@@ -79,6 +81,7 @@ async fn without_keepalives_the_answer_waits_for_the_first_token() {
         prefill_delay: Duration::from_millis(800),
         service: ServiceOptions {
             stream_keepalive: None,
+            ..ServiceOptions::default()
         },
         ..Options::default()
     })
@@ -100,6 +103,7 @@ async fn an_error_after_a_keepalive_is_an_error_event() {
         prefill_delay: Duration::from_secs(5),
         service: ServiceOptions {
             stream_keepalive: Some(Duration::from_millis(200)),
+            ..ServiceOptions::default()
         },
         ..Options::default()
     })
@@ -199,4 +203,90 @@ async fn shutdown_drains_short_streams_and_ends_long_ones_with_an_error() {
         ApiError::from_json(502, last.data.as_bytes()).kind,
         ErrorKind::Unavailable
     );
+}
+
+/// A consumer that stops reading (here: the proxy's receive window, 16 KiB, never moved, as
+/// when its client stops reading) ends the generation after the stall limit and frees the
+/// capacity slot; the next request on the same worker is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_frees_the_slot_after_the_stall_limit() {
+    let stall = Duration::from_millis(500);
+    let mut h = Harness::start(Options {
+        tokens: 4000,
+        capacity: 1,
+        proxy_stream_window: Some(16 * 1024),
+        service: ServiceOptions {
+            stream_stall: Some(stall),
+            ..ServiceOptions::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let started = Instant::now();
+    let stalled = send(&mut conn, chat(4000)).await;
+    assert_eq!(stalled.status(), 200);
+    // The body is never read.
+    let freed_after = loop {
+        let s = h.service.stats().snapshot();
+        if s.stalled == 1 && s.active_generations == 0 {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(freed_after >= stall, "{freed_after:?}");
+    assert!(
+        freed_after < stall + Duration::from_secs(2),
+        "{freed_after:?}"
+    );
+    let s = h.service.stats().snapshot();
+    assert_eq!((s.completed, s.cancelled), (0, 0), "{s:?}");
+    // The one slot serves the next request.
+    let events = events(send(&mut conn, chat(4)).await).await;
+    assert!(events.last().unwrap().is_done());
+    assert_eq!(h.service.stats().snapshot().completed, 1);
+    drop(stalled);
+    h.shutdown();
+}
+
+/// A consumer that reads slowly but keeps reading is not cut, although the whole stream takes
+/// longer than the stall limit: the clock runs only while it takes nothing. (The worker sees
+/// progress one gathered frame, at most 16 KiB, at a time: a consumer must take one such
+/// frame within the limit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_that_keeps_reading_is_not_cut() {
+    let mut h = Harness::start(Options {
+        tokens: 500,
+        capacity: 1,
+        proxy_stream_window: Some(4 * 1024),
+        service: ServiceOptions {
+            stream_stall: Some(Duration::from_secs(3)),
+            ..ServiceOptions::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let started = Instant::now();
+    let mut body = send(&mut conn, chat(500)).await.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes.extend_from_slice(&data);
+        }
+        // One chunk (about 0.6 KB with this window) per 50 ms: far slower than the worker; a
+        // 16 KiB frame drains in about 1.5 s.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    let events = Decoder::default().feed(&bytes).unwrap();
+    assert!(events.last().unwrap().is_done(), "{took:?}");
+    let s = h.service.stats().snapshot();
+    assert_eq!((s.completed, s.stalled), (1, 0), "{s:?} after {took:?}");
+    assert!(
+        took > Duration::from_secs(3),
+        "the stream took less than the stall limit: {took:?}"
+    );
+    h.shutdown();
 }

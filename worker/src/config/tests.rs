@@ -69,6 +69,7 @@ fn full_config_parses_and_resolves_paths() {
     assert_eq!(c.cert_lifetime, ratls::cert::DEFAULT_LIFETIME);
     assert_eq!(c.status_listen, None);
     assert_eq!(c.stream_keepalive, Some(Duration::from_secs(5)));
+    assert_eq!(c.stream_stall, Some(Duration::from_secs(300)));
     assert_eq!(c.shutdown_drain, Duration::from_secs(30));
     assert_eq!(c.base_dir, Path::new("/etc/w"));
     assert!(matches!(c.tee, TeeConfig::Sim { .. }));
@@ -115,6 +116,14 @@ fn keepalive_and_drain_are_configurable() {
     let c = parse(&base_toml().replace("capacity = 8", "capacity = 8\nstream_keepalive_secs = 9"))
         .unwrap();
     assert_eq!(c.stream_keepalive, Some(Duration::from_secs(9)));
+    let c =
+        parse(&base_toml().replace("capacity = 8", "capacity = 8\nstream_stall_secs = 0")).unwrap();
+    assert_eq!(c.stream_stall, None, "0 turns the stall limit off");
+    let c = parse(&base_toml().replace("capacity = 8", "capacity = 8\nstream_stall_secs = 15"))
+        .unwrap();
+    assert_eq!(c.stream_stall, Some(Duration::from_secs(15)));
+    let e = err(&base_toml().replace("capacity = 8", "capacity = 8\nstream_stall_secs = 3601"));
+    assert!(e.starts_with("stream_stall_secs"), "{e}");
 }
 
 #[test]

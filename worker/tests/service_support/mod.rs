@@ -48,6 +48,8 @@ pub struct Options {
     pub prefill_delay: Duration,
     /// The service's options (keepalives).
     pub service: ServiceOptions,
+    /// The test proxy's HTTP/2 receive window per stream (default: hyper's).
+    pub proxy_stream_window: Option<u32>,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             worker_trusts: policy_for(&proxy_regs()),
             prefill_delay: Duration::ZERO,
             service: ServiceOptions::default(),
+            proxy_stream_window: None,
         }
     }
 }
@@ -73,6 +76,12 @@ pub struct TestProxy {
 impl TestProxy {
     /// A proxy whose certificate is issued at `now`, verifying workers with `clock`.
     pub async fn start(now: u64, clock: Arc<dyn Clock>) -> Self {
+        Self::start_with_window(now, clock, None).await
+    }
+
+    /// [`TestProxy::start`], its HTTP/2 receive window per stream `window` bytes if given (a
+    /// small one plays a proxy whose client stopped reading).
+    pub async fn start_with_window(now: u64, clock: Arc<dyn Clock>, window: Option<u32>) -> Self {
         // The proxy: a TLS server that verifies the worker, then an HTTP/2 client.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -98,12 +107,15 @@ impl TestProxy {
                     let worker = proxy_verifier
                         .peer_of(tls.get_ref().1)
                         .map_err(|e| e.to_string())?;
-                    let (send, conn) = hyper::client::conn::http2::handshake(
-                        TokioExecutor::new(),
-                        TokioIo::new(tls),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    let mut builder =
+                        hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+                    if let Some(w) = window {
+                        builder.initial_stream_window_size(w);
+                    }
+                    let (send, conn) = builder
+                        .handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let task = tokio::spawn(async move {
                         let _ = conn.await;
                     });
@@ -152,7 +164,8 @@ impl Harness {
             StubEngine::new(MODEL, opts.tokens, opts.tokens_per_second)
                 .with_prefill_delay(opts.prefill_delay),
         );
-        let proxy = TestProxy::start(NOW, clock.clone()).await;
+        let proxy =
+            TestProxy::start_with_window(NOW, clock.clone(), opts.proxy_stream_window).await;
         let (addr, conns) = (proxy.addr, proxy.conns);
 
         // The worker: its certificate from its (simulated) TEE, dialing the proxy.
