@@ -127,6 +127,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `n` within `min..=max`, else a malformed-bundle error naming `what` (`"gpu 0: report
+/// bytes"`).
+fn within(n: usize, min: usize, max: usize, what: impl Fn() -> String) -> Result<(), GpuRejection> {
+    if (min..=max).contains(&n) {
+        Ok(())
+    } else {
+        Err(malformed(format!(
+            "{}: {n} ({min} to {max} allowed)",
+            what()
+        )))
+    }
+}
+
 /// The index of `item` in `table`, appending it if new.
 fn intern<'a>(table: &mut Vec<&'a [u8]>, item: &'a [u8], what: &str) -> Result<u16, GpuRejection> {
     let index = match table.iter().position(|c| *c == item) {
@@ -180,43 +193,21 @@ impl GpuBundle {
         let mut responses: Vec<&[u8]> = Vec::new();
         let mut ocsp_refs: Vec<Vec<u16>> = Vec::new();
         for (i, gpu) in self.gpus.iter().enumerate() {
-            if gpu.report.is_empty() || gpu.report.len() > MAX_REPORT_LEN {
-                return Err(malformed(format!(
-                    "gpu {i}: report of {} bytes (1 to {MAX_REPORT_LEN} allowed)",
-                    gpu.report.len()
-                )));
-            }
-            if gpu.chain.is_empty() || gpu.chain.len() > MAX_CHAIN_LEN {
-                return Err(malformed(format!(
-                    "gpu {i}: chain of {} certificates (1 to {MAX_CHAIN_LEN} allowed)",
-                    gpu.chain.len()
-                )));
-            }
+            let at = |what: &str| format!("gpu {i}: {what}");
+            within(gpu.report.len(), 1, MAX_REPORT_LEN, || at("report bytes"))?;
+            within(gpu.chain.len(), 1, MAX_CHAIN_LEN, || {
+                at("chain certificates")
+            })?;
+            within(gpu.ocsp.len(), 0, MAX_CHAIN_LEN, || at("ocsp responses"))?;
             let mut indices = Vec::with_capacity(gpu.chain.len());
             for cert in &gpu.chain {
-                if cert.is_empty() || cert.len() > MAX_CERT_LEN {
-                    return Err(malformed(format!(
-                        "gpu {i}: certificate of {} bytes (1 to {MAX_CERT_LEN} allowed)",
-                        cert.len()
-                    )));
-                }
+                within(cert.len(), 1, MAX_CERT_LEN, || at("certificate bytes"))?;
                 indices.push(intern(&mut certs, cert, "certificates")?);
             }
             chains.push(indices);
-            if gpu.ocsp.len() > MAX_CHAIN_LEN {
-                return Err(malformed(format!(
-                    "gpu {i}: {} ocsp responses (at most {MAX_CHAIN_LEN})",
-                    gpu.ocsp.len()
-                )));
-            }
             let mut refs = Vec::with_capacity(gpu.ocsp.len());
             for r in &gpu.ocsp {
-                if r.is_empty() || r.len() > MAX_OCSP_LEN {
-                    return Err(malformed(format!(
-                        "gpu {i}: ocsp response of {} bytes (1 to {MAX_OCSP_LEN} allowed)",
-                        r.len()
-                    )));
-                }
+                within(r.len(), 1, MAX_OCSP_LEN, || at("ocsp response bytes"))?;
                 refs.push(intern(&mut responses, r, "ocsp responses")?);
             }
             ocsp_refs.push(refs);

@@ -179,18 +179,24 @@ fn check_signer(
     Err(sig_err(last))
 }
 
-/// The CertID (SHA-384, as NVIDIA's verifier asks) naming `cert` as issued by `issuer`.
-pub fn cert_id(cert: &Certificate, issuer: &Certificate) -> Result<CertId, GpuRejection> {
-    let issuer_name = issuer
+/// What a CertID hashes of an issuer: its subject name (DER) and public key bits.
+fn issuer_id(issuer: &Certificate) -> Result<(Vec<u8>, &[u8]), GpuRejection> {
+    let name = issuer
         .tbs_certificate
         .subject
         .to_der()
         .map_err(|e| GpuRejection::MalformedChain(format!("issuer name: {e}")))?;
-    let issuer_key = issuer
+    let key = issuer
         .tbs_certificate
         .subject_public_key_info
         .subject_public_key
         .raw_bytes();
+    Ok((name, key))
+}
+
+/// The CertID (SHA-384, as NVIDIA's verifier asks) naming `cert` as issued by `issuer`.
+pub fn cert_id(cert: &Certificate, issuer: &Certificate) -> Result<CertId, GpuRejection> {
+    let (issuer_name, issuer_key) = issuer_id(issuer)?;
     let octets = |bytes: Vec<u8>| {
         OctetString::new(bytes).map_err(|e| GpuRejection::MalformedChain(e.to_string()))
     };
@@ -285,16 +291,7 @@ fn check(
     let last = chain.len().saturating_sub(1);
     for index in first..last {
         let (cert, issuer) = (&chain[index], &chain[index + 1]);
-        let issuer_name = issuer
-            .tbs_certificate
-            .subject
-            .to_der()
-            .map_err(|e| GpuRejection::MalformedChain(format!("issuer name: {e}")))?;
-        let issuer_key = issuer
-            .tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes();
+        let (issuer_name, issuer_key) = issuer_id(issuer)?;
         let serial = cert.tbs_certificate.serial_number.as_bytes();
         let mut found = None;
         'outer: for (item, d) in decoded.iter().enumerate() {
