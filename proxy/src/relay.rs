@@ -462,6 +462,8 @@ fn stream_response(
             receipt,
         }),
         active: Some(active),
+        handed: None,
+        client_stalled: false,
     };
     let mut out = Response::new(ResponseBody::Relay(Box::pin(body)));
     let h = out.headers_mut();
@@ -716,7 +718,18 @@ pub struct RelayBody {
     cut: Option<CutSignal>,
     billing: Option<Billing>,
     active: Option<ActiveGuard>,
+    /// When the last frame was handed to the client connection (`None` once it asked for the
+    /// next): hyper asks again at once while the client's window is open.
+    handed: Option<Instant>,
+    /// The client took nothing for [`CLIENT_STALL_MARK`] at least once: it stopped reading.
+    client_stalled: bool,
 }
+
+/// A client that asks for no frame this long after the last one was handed over (its HTTP/2
+/// window or TCP buffer stayed full) is marked stalled. A worker stream that then ends without
+/// usage was ended by the worker's stall limit (`stream_stall_secs`), not by a worker fault:
+/// the worker is not blamed for it.
+pub const CLIENT_STALL_MARK: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for RelayBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -913,6 +926,14 @@ impl RelayBody {
             // billed; the client reads why from the stream.
             self.done = true;
             self.finish(true);
+        } else if self.client_stalled {
+            self.fail_with(
+                ErrorKind::Upstream,
+                "the worker ended the stream while this client was not reading it (the \
+                 worker's stall limit)"
+                    .into(),
+                true,
+            );
         } else {
             self.fail("worker ended the stream without usage".into());
         }
@@ -931,6 +952,11 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if let Some(at) = this.handed.take() {
+            if at.elapsed() >= CLIENT_STALL_MARK {
+                this.client_stalled = true;
+            }
+        }
         loop {
             if this.poll_gate(cx).is_pending() {
                 // Nothing more is read from the worker until the charge is on disk.
@@ -980,7 +1006,11 @@ impl Body for RelayBody {
                 Poll::Ready(None) => this.on_end(),
             }
         }
-        Poll::Ready(this.out.take().map(|b| Ok(Frame::data(b))))
+        let frame = this.out.take();
+        if frame.is_some() {
+            this.handed = Some(Instant::now());
+        }
+        Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {

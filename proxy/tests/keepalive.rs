@@ -146,3 +146,53 @@ async fn a_stream_silent_after_its_first_tokens_is_timed_out() {
     assert_eq!(s["requests"]["stream_errors"], 1);
     assert_eq!(s["workers"][0]["in_flight"], 0);
 }
+
+/// A client that stops reading a long stream (its HTTP/2 window, 4 KiB, never moves): the
+/// worker's stall limit (here 1 s) ends the generation and frees its slot; when the client
+/// reads again it gets an error event saying why, nothing is billed, and the worker is not
+/// blamed (the proxy saw its client take nothing for longer than `CLIENT_STALL_MARK`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_frees_the_worker_without_blaming_it() {
+    let p = start_proxy(|_| {}).await;
+    let engine = StubEngine::new("stub", 4000, 0.0);
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        engine,
+        ServiceOptions {
+            stream_stall: Some(Duration::from_secs(1)),
+            ..ServiceOptions::default()
+        },
+    );
+    p.wait_workers(1).await;
+    let mut c = client_with_window(p.running.client_addr, 1, 4 << 10).await;
+    let resp = c.send(chat("stub", 4000, None, BODY_STUB)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Not reading: the worker stalls, then gives up after its limit.
+    let started = Instant::now();
+    loop {
+        let s = worker.service().stats().snapshot();
+        if s.stalled == 1 && s.active_generations == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still not reading past the proxy's stall mark, then reading everything.
+    tokio::time::sleep(proxy::relay::CLIENT_STALL_MARK + Duration::from_secs(1)).await;
+    let bytes = raw_body(resp.into_body()).await;
+    let evs = Decoder::default().feed(&bytes).unwrap();
+    let last = evs.last().unwrap();
+    assert_eq!(last.name.as_deref(), Some("cocoon-error"), "{last:?}");
+    assert!(last.data.contains("not reading"), "{}", last.data);
+    let s = p.stats();
+    let w = &s["workers"][0];
+    assert_eq!(w["failures"], 0, "the worker was blamed: {w}");
+    assert!(
+        s["clients"][&c.account]["completion_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+            == 0,
+        "an abandoned stream is not billed: {s}"
+    );
+    let _ = worker.shutdown(Duration::from_secs(5)).await;
+}

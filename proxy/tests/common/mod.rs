@@ -710,6 +710,24 @@ pub async fn client_tls(
 
 /// A [`Client`] over `tcp` (an error if the proxy refuses the connection).
 pub async fn client_on(tcp: TcpStream, seed: u8, http1: bool) -> io::Result<Client> {
+    client_on_with_window(tcp, seed, http1, 256 << 10).await
+}
+
+/// An HTTP/2 [`Client`] whose receive window per stream is `window` bytes (a small one plays a
+/// client that stops reading: the proxy can send it no more than that).
+pub async fn client_with_window(proxy: SocketAddr, seed: u8, window: u32) -> Client {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    client_on_with_window(tcp, seed, false, window)
+        .await
+        .expect("client handshake")
+}
+
+async fn client_on_with_window(
+    tcp: TcpStream,
+    seed: u8,
+    http1: bool,
+    stream_window: u32,
+) -> io::Result<Client> {
     let key = AccountKey::from_seed([seed; 32]);
     let tls = client_tls(tcp, seed, http1).await?;
     let io = TokioIo::new(tls);
@@ -723,7 +741,7 @@ pub async fn client_on(tcp: TcpStream, seed: u8, http1: bool) -> io::Result<Clie
         // Like a sane client library: modest stream windows, a large connection window (so
         // that HTTP/2's small-frame protection does not trip while the caller reads slowly).
         let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(256 << 10)
+            .initial_stream_window_size(stream_window)
             .initial_connection_window_size(1 << 30)
             .handshake(io)
             .await
