@@ -41,6 +41,7 @@ use attestation::{GpuSource, GpuSourceError};
 use bytes::Bytes;
 use measurements::gpu::{chain, ocsp, GpuEvidence, OcspEvidence};
 
+use crate::pccs::lock;
 use crate::Clock;
 
 /// Largest OCSP answer read (NVIDIA's are about 1 KB).
@@ -48,10 +49,22 @@ pub const MAX_OCSP_BODY: usize = 64 * 1024;
 /// Default bound of one fetch.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Checks a responder URL: `http://` or `https://` and a host (names are the operator's
+/// business: the static guest resolves none). `Err` says what is wrong.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!("{url:?}: expected http:// or https:// and a host"));
+    }
+    Ok(())
+}
+
 /// A [`GpuSource`] whose evidence carries OCSP for each GPU's chain (see the module docs).
 pub struct OcspGpuSource {
     inner: Arc<dyn GpuSource>,
     url: String,
+    /// Mozilla's roots, for an `https://` responder (built once).
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     clock: Arc<dyn Clock>,
     /// Checked answers by request (DER OCSPRequest).
@@ -91,17 +104,19 @@ impl OcspGpuSource {
         timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, GpuSourceError> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|_| GpuSourceError::Ocsp(format!("{url:?} is not a URL")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(GpuSourceError::Ocsp(format!(
-                "{url:?}: expected http:// or https:// and a host"
-            )));
-        }
+        check_url(url).map_err(GpuSourceError::Ocsp)?;
+        let tls = if url.starts_with("https://") {
+            Some(
+                crate::pccs::tls_config(None)
+                    .map_err(|e| GpuSourceError::Ocsp(format!("{url}: {e}")))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             inner,
             url: url.to_string(),
+            tls,
             timeout,
             clock,
             kept: Mutex::new(HashMap::new()),
@@ -110,51 +125,40 @@ impl OcspGpuSource {
 
     /// Fetches the answers to `requests` (deduplicated by the caller) on a thread of its own.
     fn fetch_all(&self, requests: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, String>> {
-        let (url, timeout) = (self.url.clone(), self.timeout);
+        let (url, tls, timeout) = (self.url.clone(), self.tls.clone(), self.timeout);
         let n = requests.len();
-        let worker = std::thread::Builder::new()
-            .name("gpu-ocsp-fetch".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => return vec![Err(format!("runtime: {e}")); requests.len()],
-                };
-                rt.block_on(async {
-                    // Concurrently: a machine of 8 GPUs asks 10 questions.
-                    let tasks: Vec<_> = requests
-                        .into_iter()
-                        .map(|req| {
-                            let url = url.clone();
-                            tokio::spawn(async move {
-                                tokio::time::timeout(timeout, fetch(&url, req))
-                                    .await
-                                    .unwrap_or_else(|_| {
-                                        Err(format!("no answer within {} s", timeout.as_secs()))
-                                    })
+        crate::pccs::block_on_own_thread("gpu-ocsp-fetch", async move {
+            // Concurrently: a machine of 8 GPUs asks 10 questions.
+            let tasks: Vec<_> = requests
+                .into_iter()
+                .map(|req| {
+                    let (url, tls) = (url.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        tokio::time::timeout(timeout, fetch(&url, tls, req))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(format!("no answer within {} s", timeout.as_secs()))
                             })
-                        })
-                        .collect();
-                    let mut out = Vec::with_capacity(tasks.len());
-                    for t in tasks {
-                        out.push(t.await.unwrap_or_else(|e| Err(format!("fetch task: {e}"))));
-                    }
-                    out
+                    })
                 })
-            });
-        match worker.map(|w| w.join()) {
-            Ok(Ok(out)) => out,
-            Ok(Err(_)) => vec![Err("fetch thread panicked".into()); n],
-            Err(e) => vec![Err(format!("thread: {e}")); n],
-        }
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(format!("fetch task: {e}"))));
+            }
+            out
+        })
+        .unwrap_or_else(|e| vec![Err(e); n])
     }
 }
 
 /// One POST of `request` to the responder.
-async fn fetch(url: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
-    let tls = |_: &hyper::Uri| crate::pccs::tls_config(None).map_err(|e| e.to_string());
+async fn fetch(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    request: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let tls = |_: &hyper::Uri| tls.ok_or_else(|| "no tls configuration".to_string());
     let (status, _, body) = crate::pccs::http_request(
         url,
         hyper::Method::POST,
@@ -168,10 +172,6 @@ async fn fetch(url: &str, request: Vec<u8>) -> Result<Vec<u8>, String> {
         return Err(format!("HTTP {status}"));
     }
     Ok(body.to_vec())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GpuSource for OcspGpuSource {

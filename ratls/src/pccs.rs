@@ -307,33 +307,18 @@ impl PccsSource {
             tls: self.tls.clone(),
         };
         let (id, timeout, base) = (*id, self.timeout, self.base.clone());
-        let worker = std::thread::Builder::new()
-            .name("pccs-fetch".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| PccsError::Unreachable {
-                        url: base.clone(),
-                        detail: format!("runtime: {e}"),
-                    })?;
-                rt.block_on(async {
-                    tokio::time::timeout(timeout, fetcher.fetch(&id))
-                        .await
-                        .unwrap_or(Err(PccsError::Timeout {
-                            url: base,
-                            secs: timeout.as_secs(),
-                        }))
-                })
-            })
-            .map_err(|e| PccsError::Unreachable {
-                url: self.base.clone(),
-                detail: format!("thread: {e}"),
-            })?;
-        worker.join().unwrap_or_else(|_| {
+        block_on_own_thread("pccs-fetch", async move {
+            tokio::time::timeout(timeout, fetcher.fetch(&id))
+                .await
+                .unwrap_or(Err(PccsError::Timeout {
+                    url: base,
+                    secs: timeout.as_secs(),
+                }))
+        })
+        .unwrap_or_else(|detail| {
             Err(PccsError::Unreachable {
                 url: self.base.clone(),
-                detail: "fetch thread panicked".into(),
+                detail,
             })
         })
     }
@@ -363,8 +348,29 @@ pub fn attach(
     Ok(())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `fut` to completion on a thread of its own with a current-thread runtime, for
+/// synchronous callers that may themselves be inside a tokio runtime (certificate issuance,
+/// rustls verifiers). `Err` says why it could not run (thread, runtime, panic).
+pub(crate) fn block_on_own_thread<T: Send + 'static>(
+    name: &str,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(fut))
+                .map_err(|e| format!("runtime: {e}"))
+        })
+        .map_err(|e| format!("thread: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err(format!("{name} thread panicked")))
 }
 
 /// A window rejection as [`PccsError::Stale`] / [`PccsError::NotYetValid`]; any other

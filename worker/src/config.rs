@@ -190,21 +190,13 @@ impl GpuSpec {
     }
 }
 
-/// Checks an `ocsp_url`: http or https, a host, and (in the static guest, which resolves no
-/// names) an IP literal is the operator's business, as for `[tee.pccs] url`.
+/// Checks an `ocsp_url` ([`ratls::gpu_ocsp::check_url`], the check the source repeats when
+/// it opens) at load, so a bad one is a config error naming the field.
 fn check_ocsp_url(url: &Option<String>) -> Result<(), ConfigError> {
-    if let Some(u) = url {
-        let uri: http::Uri = u
-            .parse()
-            .map_err(|_| field("gpu.ocsp_url", format!("{u:?} is not a URL")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(field(
-                "gpu.ocsp_url",
-                format!("{u:?}: expected http:// or https:// and a host"),
-            ));
-        }
+    match url {
+        Some(u) => ratls::gpu_ocsp::check_url(u).map_err(|e| field("gpu.ocsp_url", e)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl GpuFile {
