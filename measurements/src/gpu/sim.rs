@@ -403,11 +403,9 @@ impl SimNvidiaRoot {
         // The issuer of every requested certificate: one of the three CA keys.
         let issuer_of = |id: &x509_ocsp::CertId| {
             self.keys.iter().position(|k| {
-                spki(k).ok().is_some_and(|s| {
-                    let raw = s.subject_public_key.raw_bytes();
-                    id.hash_algorithm.oid == chain::ID_SHA384
-                        && Sha384::digest(raw).as_slice() == id.issuer_key_hash.as_bytes()
-                })
+                let point = k.verifying_key().to_encoded_point(false);
+                id.hash_algorithm.oid == chain::ID_SHA384
+                    && Sha384::digest(point.as_bytes()).as_slice() == id.issuer_key_hash.as_bytes()
             })
         };
         let issuers: Vec<Option<usize>> = list.iter().map(|r| issuer_of(&r.req_cert)).collect();
@@ -464,7 +462,7 @@ impl SimNvidiaRoot {
         OcspResponse {
             response_status: OcspResponseStatus::Successful,
             response_bytes: Some(ResponseBytes {
-                response_type: der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1"),
+                response_type: super::ocsp::ID_PKIX_OCSP_BASIC,
                 response: OctetString::new(basic.to_der().map_err(enc)?).map_err(enc)?,
             }),
         }
