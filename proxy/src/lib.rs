@@ -61,6 +61,7 @@ pub mod health;
 pub mod keystore;
 pub mod ledger;
 pub mod limits;
+pub mod link;
 pub mod listen;
 pub mod payments;
 pub mod queue;

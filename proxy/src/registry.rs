@@ -18,13 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::client::conn::http2::SendRequest;
 use protocol::ModelAdvert;
 
 /// The proxy's side of a worker connection (the proxy is the HTTP/2 client).
-pub type WorkerSender = SendRequest<Full<Bytes>>;
+pub type WorkerSender = crate::link::Link;
 
 /// Weight of a new latency sample in the latency EMA.
 const LATENCY_ALPHA: f64 = 0.2;

@@ -41,7 +41,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use protocol::meta::H_MAX_PROMPT_TOKENS;
 use protocol::sse::split::Kind;
@@ -53,6 +53,7 @@ use crate::admission;
 use crate::funds::{ledger_refusal, reservation_at, Held};
 use crate::ledger::LedgerError;
 use crate::limits::Rejection;
+use crate::link::UpBody;
 use crate::queue::{Demand, Grant};
 use crate::registry::Worker;
 use crate::response::ResponseBody;
@@ -145,7 +146,7 @@ async fn pick(
 /// How one attempt at a worker ended.
 enum Attempt {
     /// 2xx: relay the stream.
-    Stream(Response<Incoming>),
+    Stream(Response<UpBody>),
     /// A failure before the first response byte that another worker may not have.
     Retryable(ApiError),
     /// A final answer to pass to the client (a 4xx the worker decided).
@@ -195,19 +196,15 @@ async fn attempt(
         rec.record_head("to-worker head", &format!("POST {}", endpoint.path()), h);
         rec.record("to-worker body", &body);
     }
-    let req = match req.body(Full::new(body)) {
+    let req = match req.body(body) {
         Ok(r) => r,
         Err(e) => return Attempt::Final(api(ErrorKind::Internal, format!("request: {e}"))),
     };
     let id = worker.info.id;
     let upstream = |what: String| api(ErrorKind::Upstream, format!("worker {id}: {what}"));
-    let mut sender = worker.sender();
+    let sender = worker.sender();
     let idle = state.config.worker_idle_timeout;
-    let sent = tokio::time::timeout(idle, async move {
-        sender.ready().await?;
-        sender.send_request(req).await
-    })
-    .await;
+    let sent = tokio::time::timeout(idle, sender.send(req)).await;
     let resp = match sent {
         Err(_) => {
             return Attempt::Retryable(api(
@@ -218,7 +215,7 @@ async fn attempt(
                 ),
             ))
         }
-        Ok(Err(e)) => return Attempt::Retryable(upstream(connection_error(&e))),
+        Ok(Err(e)) => return Attempt::Retryable(upstream(crate::link::describe(&e))),
         Ok(Ok(r)) => r,
     };
     let status = resp.status();
@@ -250,17 +247,6 @@ async fn attempt(
         )))
     } else {
         Attempt::Final(err)
-    }
-}
-
-/// A short description of a hyper client error (never includes payload bytes).
-fn connection_error(e: &hyper::Error) -> String {
-    if e.is_canceled() {
-        "request cancelled (connection closing)".into()
-    } else if e.is_closed() {
-        "connection closed".into()
-    } else {
-        format!("connection error: {e}")
     }
 }
 
@@ -438,7 +424,7 @@ fn stream_response(
     state: &Arc<State>,
     pick: Pick,
     meta: &RequestMeta,
-    resp: Response<Incoming>,
+    resp: Response<UpBody>,
     started: Instant,
     active: ActiveGuard,
     receipt: Option<ReceiptCheck>,
@@ -703,7 +689,7 @@ type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The relayed event stream (see the module docs). Dropping it (client gone) drops the
 /// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
 pub struct RelayBody {
-    upstream: Option<Incoming>,
+    upstream: Option<UpBody>,
     splitter: Splitter,
     /// Complete events not yet handed to the client connection.
     out: Chunks,

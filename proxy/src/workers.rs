@@ -16,9 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body_util::{BodyExt, Limited};
 use protocol::meta::H_VERSION;
 use protocol::register::negotiate;
 use protocol::{ApiError, Hello, Registration, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
@@ -179,22 +177,18 @@ async fn serve(
             cert_der: Arc::from(cert_der.as_slice()),
         });
 
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive_interval(cfg.worker_keepalive_interval)
-        .keep_alive_timeout(cfg.worker_keepalive_timeout)
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(WORKER_STREAM_WINDOW)
-        .initial_connection_window_size(WORKER_CONNECTION_WINDOW);
-    let (sender, conn) = tokio::time::timeout(
-        cfg.handshake_timeout,
-        builder.handshake::<_, Full<Bytes>>(TokioIo::new(tls)),
-    )
-    .await
-    .map_err(|_| Refusal::HandshakeTimeout)?
-    .map_err(|e| Refusal::Http2(e.to_string()))?;
-    let mut conn = pin!(conn);
+    let settings = crate::link::Settings {
+        stream_window: WORKER_STREAM_WINDOW,
+        connection_window: WORKER_CONNECTION_WINDOW,
+        keepalive_interval: cfg.worker_keepalive_interval,
+        keepalive_timeout: cfg.worker_keepalive_timeout,
+    };
+    let (sender, conn) =
+        tokio::time::timeout(cfg.handshake_timeout, crate::link::handshake(tls, settings))
+            .await
+            .map_err(|_| Refusal::HandshakeTimeout)?
+            .map_err(|e| Refusal::Http2(crate::link::describe(&e)))?;
+    let mut conn = pin!(crate::link::drive(conn, settings));
     let registration = tokio::select! {
         _ = &mut conn => return Err(Refusal::Closed),
         r = tokio::time::timeout(cfg.handshake_timeout, hello(state, sender.clone())) => {
@@ -398,7 +392,7 @@ impl PayoutPusher {
             tokens,
             voucher: ton::boc::encode_hex(voucher),
         };
-        let (status, bytes) = post_json(&mut self.sender, protocol::paths::PAYOUT, &body)
+        let (status, bytes) = post_json(&self.sender, protocol::paths::PAYOUT, &body)
             .await
             .map_err(PushError::Failed)?;
         if status == http::StatusCode::UNAUTHORIZED {
@@ -423,12 +417,12 @@ impl PayoutPusher {
 }
 
 /// The registration exchange.
-async fn hello(state: &State, mut sender: WorkerSender) -> Result<Registration, Refusal> {
+async fn hello(state: &State, sender: WorkerSender) -> Result<Registration, Refusal> {
     let hello = Hello {
         versions: SUPPORTED_VERSIONS.to_vec(),
         proxy: state.config.name.clone(),
     };
-    let (status, bytes) = post_json(&mut sender, protocol::paths::HELLO, &hello)
+    let (status, bytes) = post_json(&sender, protocol::paths::HELLO, &hello)
         .await
         .map_err(Refusal::Hello)?;
     if !status.is_success() {
@@ -449,7 +443,7 @@ async fn hello(state: &State, mut sender: WorkerSender) -> Result<Registration, 
 /// One JSON exchange on a worker's connection: POSTs `body` to `path` and returns the status
 /// and the answer (at most [`MAX_REGISTRATION_BYTES`]); an error for a failed transport.
 async fn post_json(
-    sender: &mut WorkerSender,
+    sender: &WorkerSender,
     path: &str,
     body: &impl serde::Serialize,
 ) -> Result<(http::StatusCode, Bytes), String> {
@@ -457,10 +451,12 @@ async fn post_json(
     let req = Request::post(format!("https://{WORKER_AUTHORITY}{path}"))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header(H_VERSION, HeaderValue::from(PROTOCOL_VERSION))
-        .body(Full::new(Bytes::from(body)))
+        .body(Bytes::from(body))
         .map_err(|e| e.to_string())?;
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender
+        .send(req)
+        .await
+        .map_err(|e| crate::link::describe(&e))?;
     let status = resp.status();
     let bytes = Limited::new(resp.into_body(), MAX_REGISTRATION_BYTES)
         .collect()
