@@ -23,7 +23,9 @@
 //! cocoon only.
 //!
 //! Run: `cargo bench -p cocoon-proxy --bench relay` (release profile; Debian:
-//! `apt-get install nginx-light`).
+//! `apt-get install nginx-light`). `COCOON_BENCH_ROWS=latency` (a comma list of `latency`,
+//! `throughput`, `paced`) runs only those rows, e.g. to profile one shape;
+//! `COCOON_BENCH_LATENCY_REQUESTS=N` sets the requests per latency round (default 100).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -471,10 +473,11 @@ impl System {
             ms(a99),
         );
         println!(
-            "          proxy cpu per request {:.1} us ({:.0}% in the kernel)",
+            "          proxy cpu per request {:.1} us ({:.0}% in the kernel), {:.1} write calls",
             self.cpu_per_request().as_secs_f64() * 1e6,
             100.0 * self.latency_used.sys.as_secs_f64()
                 / self.latency_used.cpu.as_secs_f64().max(1e-9),
+            self.latency_used.writes as f64 / self.latency_requests.max(1) as f64,
         );
     }
 }
@@ -608,6 +611,13 @@ fn main() {
         }
         Err(e) => format!("nginx not available ({e}); cocoon only"),
     };
+    let rows = std::env::var("COCOON_BENCH_ROWS").unwrap_or_default();
+    let row = |name: &str| rows.is_empty() || rows.split(',').any(|r| r.trim() == name);
+    let (latency, throughput, paced) = (row("latency"), row("throughput"), row("paced"));
+    let per_round = std::env::var("COCOON_BENCH_LATENCY_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(LATENCY_PER_ROUND);
     rt.block_on(async {
         for s in systems.iter_mut() {
             s.latency_round(LATENCY_WARMUP, false).await;
@@ -620,13 +630,13 @@ fn main() {
                 order.reverse();
             }
             for &i in &order {
-                if round < LATENCY_ROUNDS {
-                    systems[i].latency_round(LATENCY_PER_ROUND, true).await;
+                if latency && round < LATENCY_ROUNDS {
+                    systems[i].latency_round(per_round, true).await;
                 }
-                if round < THROUGHPUT_ROUNDS {
+                if throughput && round < THROUGHPUT_ROUNDS {
                     systems[i].round(false).await;
                 }
-                if round < PACED_ROUNDS {
+                if paced && round < PACED_ROUNDS {
                     systems[i].round(true).await;
                 }
             }
@@ -639,7 +649,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "latency, {LATENCY_ROUNDS} alternating rounds of {LATENCY_PER_ROUND} sequential {STREAM_TOKENS}-token streams per row (request sent -> stream end):"
+        "latency, {LATENCY_ROUNDS} alternating rounds of {per_round} sequential {STREAM_TOKENS}-token streams per row (request sent -> stream end):"
     );
     for s in &systems {
         s.print();
