@@ -19,7 +19,8 @@
 //!   "receipts_stored": {"<account>": 1},
 //!   "worker_usage": {"1": {"name": "w", "image_hash": "…", "requests": 1, …, "cost_nano": 1310}},
 //!   "requests": {"active": 0, "by_status": {"200": 1}, "retries": 0, "stream_errors": 0,
-//!                "over_reservation": 0, "receipts_valid": 0, "receipts_invalid": 0},
+//!                "client_stalls": 0, "over_reservation": 0, "receipts_valid": 0,
+//!                "receipts_invalid": 0},
 //!   "tokens": {"prompt": 3, "cached": 0, "completion": 32, "reasoning": 0},
 //!   "cost_nano": 1310,
 //!   "worker_rejections": {"debug_td": 1},
@@ -108,6 +109,8 @@ pub struct RequestStats {
     pub by_status: BTreeMap<String, u64>,
     pub retries: u64,
     pub stream_errors: u64,
+    /// Streams ended because their client took nothing for `client_stall_secs`.
+    pub client_stalls: u64,
     pub over_reservation: u64,
     /// Encrypted requests billed on a verified receipt.
     pub receipts_valid: u64,
@@ -220,6 +223,7 @@ pub fn json_stats(state: &State) -> JsonStats {
                 .collect(),
             retries: load(&s.retries),
             stream_errors: load(&s.stream_errors),
+            client_stalls: load(&s.client_stalls),
             over_reservation: load(&s.over_reservation),
             receipts_valid: load(&s.receipts_valid),
             receipts_invalid: load(&s.receipts_invalid),
@@ -342,6 +346,12 @@ pub fn prometheus(state: &State) -> String {
         "counter",
         "Streams ended by the proxy with a cocoon-error event.",
         &one(j.requests.stream_errors),
+    );
+    family(
+        "cocoon_proxy_client_stalls_total",
+        "counter",
+        "Streams ended because their client took nothing for client_stall_secs (worker freed).",
+        &one(j.requests.client_stalls),
     );
     family(
         "cocoon_proxy_client_connections",
@@ -541,8 +551,11 @@ pub fn text_stats(state: &State) -> String {
     }
     let _ = writeln!(
         out,
-        "requests by status {:?}  retries {}  stream errors {}",
-        j.requests.by_status, j.requests.retries, j.requests.stream_errors
+        "requests by status {:?}  retries {}  stream errors {}  client stalls {}",
+        j.requests.by_status,
+        j.requests.retries,
+        j.requests.stream_errors,
+        j.requests.client_stalls
     );
     let _ = writeln!(
         out,

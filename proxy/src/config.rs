@@ -24,6 +24,7 @@
 //! client_header_timeout_secs = 10    # HTTP/1.1: a request head must arrive within this
 //! client_idle_timeout_secs = 60      # a connection with no request in progress is closed
 //! client_body_timeout_secs = 30      # the whole request body must arrive within this (408)
+//! client_stall_secs = 60             # a client that takes nothing of its stream this long: cut (crate::relay)
 //! client_h2_max_streams = 32         # HTTP/2 concurrent streams per client connection
 //! client_h2_stream_window_bytes = 262144      # HTTP/2 receive window per stream
 //! client_h2_connection_window_bytes = 1048576 # HTTP/2 receive window per connection
@@ -131,6 +132,8 @@ pub const DEFAULT_CLIENT_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Default `client_body_timeout_secs`.
 pub const DEFAULT_CLIENT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Default `client_stall_secs` (nginx's `send_timeout` default, the same idea).
+pub const DEFAULT_CLIENT_STALL_SECS: u64 = 60;
 /// Default `client_h2_max_streams`.
 pub const DEFAULT_CLIENT_H2_MAX_STREAMS: u32 = 32;
 /// Default `client_h2_stream_window_bytes`.
@@ -281,6 +284,8 @@ pub struct ConfigFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_body_timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_stall_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_h2_max_streams: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_h2_stream_window_bytes: Option<u32>,
@@ -384,6 +389,10 @@ pub struct ClientLimits {
     pub idle_timeout: Duration,
     /// The whole request body must arrive within this (else 408).
     pub body_timeout: Duration,
+    /// A client that takes nothing of a response stream for this long (its HTTP/2 window or
+    /// TCP buffer stays full) has the stream ended and its worker slot freed
+    /// ([`crate::relay`]).
+    pub stall_timeout: Duration,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per client connection.
     pub h2_max_streams: u32,
     /// HTTP/2 receive window per stream.
@@ -404,6 +413,7 @@ impl Default for ClientLimits {
             header_timeout: Duration::from_secs(DEFAULT_CLIENT_HEADER_TIMEOUT_SECS),
             idle_timeout: Duration::from_secs(DEFAULT_CLIENT_IDLE_TIMEOUT_SECS),
             body_timeout: Duration::from_secs(DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
+            stall_timeout: Duration::from_secs(DEFAULT_CLIENT_STALL_SECS),
             h2_max_streams: DEFAULT_CLIENT_H2_MAX_STREAMS,
             h2_stream_window_bytes: DEFAULT_CLIENT_H2_STREAM_WINDOW_BYTES,
             h2_connection_window_bytes: DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES,
@@ -419,10 +429,20 @@ impl ClientLimits {
             ("client_header_timeout_secs", self.header_timeout),
             ("client_idle_timeout_secs", self.idle_timeout),
             ("client_body_timeout_secs", self.body_timeout),
+            ("client_stall_secs", self.stall_timeout),
         ] {
             if d.is_zero() {
                 return Err(field(name, "must be positive"));
             }
+        }
+        if self.stall_timeout > Duration::from_secs(MAX_WAIT_SECS) {
+            return Err(field(
+                "client_stall_secs",
+                format!(
+                    "{}s is more than {MAX_WAIT_SECS}s",
+                    self.stall_timeout.as_secs()
+                ),
+            ));
         }
         for (name, v) in [
             ("client_max_connections", self.max_connections),
@@ -645,6 +665,7 @@ impl ConfigFile {
             client_header_timeout_secs: None,
             client_idle_timeout_secs: None,
             client_body_timeout_secs: None,
+            client_stall_secs: None,
             client_h2_max_streams: None,
             client_h2_stream_window_bytes: None,
             client_h2_connection_window_bytes: None,
@@ -712,6 +733,7 @@ impl ConfigFile {
                 header_timeout: secs(self.client_header_timeout_secs, d.client.header_timeout),
                 idle_timeout: secs(self.client_idle_timeout_secs, d.client.idle_timeout),
                 body_timeout: secs(self.client_body_timeout_secs, d.client.body_timeout),
+                stall_timeout: secs(self.client_stall_secs, d.client.stall_timeout),
                 h2_max_streams: self
                     .client_h2_max_streams
                     .unwrap_or(d.client.h2_max_streams),

@@ -70,6 +70,7 @@ pub mod registry;
 pub mod relay;
 pub mod response;
 pub mod server;
+pub mod stall;
 pub mod state;
 pub mod stats;
 pub mod workers;

@@ -11,7 +11,9 @@
 //! - [`UpBody`] is the response body: each DATA frame polled out gives its bytes back to the
 //!   stream's receive window at once (what hyper does), so the worker's flow control sees the
 //!   proxy's consumer exactly as before. Dropping it (client gone) resets the stream
-//!   (`CANCEL`), which stops the worker's generation.
+//!   (`CANCEL`), which stops the worker's generation. [`UpBody::canceller`] hands out a
+//!   handle that resets the stream from elsewhere (the relay's stall sweeper), while the body
+//!   itself waits in a task that is not being polled.
 //! - [`drive`] runs the connection and its keepalive: a PING every interval, and the link is
 //!   closed when one goes unanswered for the keepalive timeout.
 //!
@@ -183,15 +185,46 @@ impl Link {
             // opens (the stream lives on in h2 until then).
             send.send_data(body, true)?;
         }
-        drop(send);
         let resp = response.await?;
-        Ok(resp.map(|recv| UpBody { recv }))
+        Ok(resp.map(|recv| UpBody {
+            recv,
+            send: Some(send),
+        }))
     }
 }
 
 /// A worker's response body.
 pub struct UpBody {
     recv: h2::RecvStream,
+    /// The stream's sending half, kept until [`UpBody::canceller`] takes it (dropping both
+    /// halves of an open stream resets it).
+    send: Option<h2::SendStream<Bytes>>,
+}
+
+impl UpBody {
+    /// A handle that resets the stream (`CANCEL`) when told to. While it lives, dropping the
+    /// body alone no longer resets an open stream: its holder cancels or drops it.
+    pub fn canceller(&mut self) -> Option<Canceller> {
+        self.send.take().map(Canceller)
+    }
+}
+
+/// Resets a worker stream on demand ([`UpBody::canceller`]).
+pub struct Canceller(h2::SendStream<Bytes>);
+
+impl Canceller {
+    /// Resets the stream with `CANCEL` (nothing if it has already ended).
+    pub fn cancel(mut self) {
+        self.0.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Canceller")
+            .field(&self.0.stream_id().as_u32())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for UpBody {

@@ -98,15 +98,43 @@ pub trait Release: Send + Sync {
 /// A worker slot granted to a request. Dropping it frees the slot and serves the queues of
 /// the worker's models.
 pub struct Grant {
+    freer: Freer,
+}
+
+/// A handle that frees a [`Grant`]'s slot early (once; the grant's drop then does nothing):
+/// the relay's stall sweeper frees the slot of a stream whose client stopped reading while
+/// the stream itself lives on until the client reads or leaves.
+#[derive(Clone)]
+pub struct Freer {
     worker: Arc<Worker>,
-    slot: Option<Slot>,
+    slot: Arc<std::sync::Mutex<Option<Slot>>>,
     release: Arc<dyn Release>,
+}
+
+impl std::fmt::Debug for Freer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freer")
+            .field("worker", &self.worker.info.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Freer {
+    /// Frees the slot and serves the queues of the worker's models (the first call only).
+    pub fn free(&self) {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if slot.is_some() {
+            // Free the slot first, then let the queues use it.
+            drop(slot);
+            self.release.clone().released(&self.worker);
+        }
+    }
 }
 
 impl std::fmt::Debug for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grant")
-            .field("worker", &self.worker.info.id)
+            .field("worker", &self.freer.worker.info.id)
             .field("tokens", &self.tokens())
             .finish()
     }
@@ -115,27 +143,37 @@ impl std::fmt::Debug for Grant {
 impl Grant {
     pub fn new(slot: Slot, release: Arc<dyn Release>) -> Self {
         Self {
-            worker: slot.worker().clone(),
-            slot: Some(slot),
-            release,
+            freer: Freer {
+                worker: slot.worker().clone(),
+                slot: Arc::new(std::sync::Mutex::new(Some(slot))),
+                release,
+            },
         }
     }
 
     pub fn worker(&self) -> &Arc<Worker> {
-        &self.worker
+        &self.freer.worker
     }
 
-    /// Tokens of the worker's budget this grant holds.
+    /// Tokens of the worker's budget this grant holds (0 once freed).
     pub fn tokens(&self) -> u64 {
-        self.slot.as_ref().map_or(0, Slot::tokens)
+        self.freer
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, Slot::tokens)
+    }
+
+    /// A handle that frees the slot before the grant is dropped.
+    pub fn freer(&self) -> Freer {
+        self.freer.clone()
     }
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        // Free the slot first, then let the queues use it.
-        drop(self.slot.take());
-        self.release.clone().released(&self.worker);
+        self.freer.free();
     }
 }
 

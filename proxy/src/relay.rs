@@ -430,8 +430,11 @@ fn stream_response(
     receipt: Option<ReceiptCheck>,
 ) -> Response<ResponseBody> {
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
+    let mut upstream = resp.into_body();
+    let watch = state.stalls.watch(upstream.canceller(), pick.grant.freer());
     let body = RelayBody {
-        upstream: Some(resp.into_body()),
+        upstream: Some(upstream),
+        watch,
         splitter: Splitter::default(),
         out: Chunks::default(),
         held: Chunks::default(),
@@ -690,6 +693,8 @@ type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
 pub struct RelayBody {
     upstream: Option<UpBody>,
+    /// Shared with the stall sweeper ([`crate::stall`]).
+    watch: Arc<crate::stall::Watch>,
     splitter: Splitter,
     /// Complete events not yet handed to the client connection.
     out: Chunks,
@@ -744,7 +749,7 @@ impl RelayBody {
     /// Ends the stream with an error event of `kind` after whatever is queued; `worker_ok`:
     /// the worker is not to blame (shutdown).
     fn fail_with(&mut self, kind: ErrorKind, message: String, worker_ok: bool) {
-        self.upstream = None;
+        self.drop_upstream();
         self.done = true;
         if let Some(b) = &self.billing {
             b.state.stats.stream_errors.fetch_add(1, Ordering::Relaxed);
@@ -752,6 +757,31 @@ impl RelayBody {
         let error = Event::error(&api(kind, message)).encode();
         self.sink().push(Bytes::from(error));
         self.finish(worker_ok);
+    }
+
+    /// Stops reading the worker's stream and resets it (the worker stops generating).
+    fn drop_upstream(&mut self) {
+        if self.upstream.take().is_some() {
+            self.watch.cancel_upstream();
+        }
+    }
+
+    /// Ends the stream because the stall sweeper found its client taking nothing for
+    /// `client_stall_secs` (it already reset the worker's stream and freed the slot).
+    fn stalled_out(&mut self) {
+        let limit = self
+            .billing
+            .as_ref()
+            .map_or(Duration::ZERO, |b| b.state.stalls.limit());
+        self.fail_with(
+            ErrorKind::Timeout,
+            format!(
+                "this client took nothing of the stream for {}s (client_stall_secs): the \
+                 stream was ended and its worker freed",
+                limit.as_secs_f64()
+            ),
+            true,
+        );
     }
 
     /// Ends the stream because the proxy's drain deadline passed.
@@ -818,7 +848,7 @@ impl RelayBody {
                         // The client must not get a result the ledger could forget.
                         self.held.clear();
                         tracing::error!(error = %e, "ledger write failed; response withheld");
-                        self.upstream = None;
+                        self.drop_upstream();
                         self.done = true;
                         let error = Event::error(&api(
                             ErrorKind::Upstream,
@@ -892,6 +922,7 @@ impl RelayBody {
 
     fn on_end(&mut self) {
         self.upstream = None;
+        self.watch.finished();
         let (billed, worker_error, encrypted) =
             self.billing.as_ref().map_or((true, false, false), |b| {
                 (
@@ -939,9 +970,13 @@ impl Body for RelayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if let Some(at) = this.handed.take() {
+            this.watch.taken();
             if at.elapsed() >= CLIENT_STALL_MARK {
                 this.client_stalled = true;
             }
+        }
+        if !this.done && this.watch.is_cut() {
+            this.stalled_out();
         }
         loop {
             if this.poll_gate(cx).is_pending() {
@@ -994,7 +1029,9 @@ impl Body for RelayBody {
         }
         let frame = this.out.take();
         if frame.is_some() {
-            this.handed = Some(Instant::now());
+            let now = Instant::now();
+            this.handed = Some(now);
+            this.watch.handed(now);
         }
         Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
     }

@@ -125,6 +125,7 @@ impl Proxy {
         let state = Arc::new(State {
             recorder,
             limits: Limits::new(&self.config.client),
+            stalls: crate::stall::Stalls::new(self.config.client.stall_timeout),
             config: self.config,
             registry: Registry::default(),
             ledger: self.ledger,
@@ -151,6 +152,10 @@ impl Proxy {
                 rx.clone(),
             )),
             tokio::spawn(crate::admin::accept_loop(state.clone(), admin, rx)),
+            tokio::spawn({
+                let state = state.clone();
+                async move { crate::stall::sweep(&state.stalls, &state.stats).await }
+            }),
         ];
         tracing::info!(%worker_addr, %client_addr, %admin_addr, "proxy listening");
         Ok(RunningProxy {

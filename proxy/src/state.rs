@@ -91,4 +91,6 @@ pub struct State {
     pub shutdown: Shutdown,
     /// The development recording hook (`record_forwarded`; [`crate::record`]).
     pub recorder: Option<crate::record::Recorder>,
+    /// Live streams watched for clients that stopped reading ([`crate::stall`]).
+    pub stalls: crate::stall::Stalls,
 }

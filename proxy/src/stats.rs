@@ -39,6 +39,8 @@ pub struct Stats {
     pub active_requests: AtomicU64,
     pub retries: AtomicU64,
     pub stream_errors: AtomicU64,
+    /// Streams ended because their client took nothing for `client_stall_secs`.
+    pub client_stalls: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
     /// Receipts of encrypted requests that verified and were billed.
@@ -65,6 +67,7 @@ impl Default for Stats {
             active_requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             stream_errors: AtomicU64::new(0),
+            client_stalls: AtomicU64::new(0),
             over_reservation: AtomicU64::new(0),
             receipts_valid: AtomicU64::new(0),
             receipts_invalid: AtomicU64::new(0),

@@ -196,3 +196,108 @@ async fn a_client_that_stops_reading_frees_the_worker_without_blaming_it() {
     );
     let _ = worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A crowd of clients that stop reading, over HTTP/2 (a 4 KiB window that never moves) and
+/// HTTP/1.1 (a small TCP receive buffer never drained), takes every slot of a worker. The
+/// proxy's `client_stall_secs` (here 2 s) ends their streams: the worker sees each stream
+/// reset and frees its generation, the proxy frees the slots (a client that reads is then
+/// served in full), the stalled clients get an error event naming the limit when they read
+/// again, nothing is billed to them, and the worker is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_stalled_clients_over_both_protocols_does_not_lock_the_worker() {
+    const H2_STALLED: u8 = 5;
+    const H1_STALLED: u8 = 3;
+    const STALLED: u64 = (H2_STALLED + H1_STALLED) as u64;
+    let p = start_proxy(|c| c.client.stall_timeout = Duration::from_secs(2)).await;
+    // Long streams: an HTTP/1.1 client's kernel buffers and the proxy's socket send buffer
+    // (which grows to megabytes) absorb a few thousand tokens before anything stalls.
+    let engine = StubEngine::new("stub", 100_000, 0.0).with_max_context(200_000);
+    // The worker's own stall limit stays at its default (300 s): here the proxy acts.
+    let worker = start_real_worker(p.running.worker_addr, engine, ServiceOptions::default());
+    p.wait_workers(1).await;
+    assert_eq!(
+        p.stats()["workers"][0]["capacity"],
+        STALLED,
+        "one slot each"
+    );
+    let mut stalled = Vec::new();
+    for seed in 0..H2_STALLED {
+        let mut c = client_with_window(p.running.client_addr, 40 + seed, 4 << 10).await;
+        let resp = c.send(chat("stub", 100_000, None, BODY_STUB)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        stalled.push((c, resp));
+    }
+    for seed in 0..H1_STALLED {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4 << 10).unwrap();
+        let tcp = socket.connect(p.running.client_addr).await.unwrap();
+        let mut c = client_on(tcp, 50 + seed, true).await.unwrap();
+        let resp = c.send(chat("stub", 100_000, None, BODY_STUB)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        stalled.push((c, resp));
+    }
+    assert_eq!(p.stats()["workers"][0]["in_flight"], STALLED);
+    // The proxy cuts all of them: the worker sees its streams reset, the slots come back.
+    let started = Instant::now();
+    loop {
+        let s = worker.service().stats().snapshot();
+        let ps = p.stats();
+        if s.cancelled == STALLED
+            && s.active_generations == 0
+            && ps["workers"][0]["in_flight"] == 0
+            && ps["requests"]["client_stalls"] == STALLED
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{s:?} {}",
+            ps["requests"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(worker.service().stats().snapshot().stalled, 0);
+    // A client that reads is served in full.
+    let mut reader = client(p.running.client_addr, 60).await;
+    let resp = reader.send(chat("stub", 200, None, BODY_STUB)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let evs = Decoder::default()
+        .feed(&raw_body(resp.into_body()).await)
+        .unwrap();
+    assert!(
+        evs.iter()
+            .any(|e| e.name.as_deref() == Some("cocoon-usage")),
+        "the reading client's stream completes"
+    );
+    // The stalled clients read again: each stream ends with an error event, not a hang.
+    for (i, (c, resp)) in stalled.into_iter().enumerate() {
+        let bytes = tokio::time::timeout(Duration::from_secs(20), raw_body(resp.into_body()))
+            .await
+            .unwrap_or_else(|_| panic!("stalled client {i} hangs"));
+        let evs = Decoder::default().feed(&bytes).unwrap();
+        let last = evs.last().unwrap();
+        assert_eq!(
+            last.name.as_deref(),
+            Some("cocoon-error"),
+            "client {i}: {last:?}"
+        );
+        assert!(
+            last.data.contains("client_stall_secs"),
+            "client {i}: {}",
+            last.data
+        );
+        let s = p.stats();
+        assert_eq!(
+            s["clients"][&c.account]["completion_tokens"]
+                .as_u64()
+                .unwrap_or(0),
+            0,
+            "client {i}: an abandoned stream is not billed"
+        );
+    }
+    let s = p.stats();
+    let w = &s["workers"][0];
+    assert_eq!(w["failures"], 0, "the worker was blamed: {w}");
+    assert_eq!(w["in_flight"], 0);
+    let _ = worker.shutdown(Duration::from_secs(5)).await;
+}

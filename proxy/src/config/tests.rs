@@ -113,6 +113,10 @@ fn errors_name_the_field() {
             .contains("client_max_connections_per_ip: 9 exceeds client_max_connections 8")
     );
     assert!(limit("client_body_timeout_secs = 0").contains("client_body_timeout_secs"));
+    assert!(limit("client_stall_secs = 0").contains("client_stall_secs: must be positive"));
+    assert!(
+        limit("client_stall_secs = 3601").contains("client_stall_secs: 3601s is more than 3600s")
+    );
     assert!(limit("client_h2_max_streams = 0").contains("client_h2_max_streams"));
     assert!(limit("client_h2_stream_window_bytes = 100")
         .contains("client_h2_stream_window_bytes: 100 outside"));
@@ -197,7 +201,7 @@ fn documented_defaults_match_the_constants() {
         let v = table.get(key).and_then(|v| v.as_integer());
         u64::try_from(v.unwrap_or_else(|| panic!("{key} is not documented"))).unwrap()
     };
-    let expected: [(&str, u64); 18] = [
+    let expected: [(&str, u64); 19] = [
         (
             "worker_keepalive_interval_ms",
             DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
@@ -229,6 +233,7 @@ fn documented_defaults_match_the_constants() {
         ),
         ("client_idle_timeout_secs", DEFAULT_CLIENT_IDLE_TIMEOUT_SECS),
         ("client_body_timeout_secs", DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
+        ("client_stall_secs", DEFAULT_CLIENT_STALL_SECS),
         (
             "client_h2_max_streams",
             DEFAULT_CLIENT_H2_MAX_STREAMS.into(),

@@ -31,6 +31,8 @@ pub struct StubEngine {
     pub tokens: u32,
     pub interval: Duration,
     pub prefill_delay: Duration,
+    /// The context (and completion ceiling) it advertises; 4096 by default.
+    pub max_context: u32,
 }
 
 impl StubEngine {
@@ -45,7 +47,14 @@ impl StubEngine {
             tokens,
             interval,
             prefill_delay: Duration::ZERO,
+            max_context: 4096,
         }
+    }
+
+    /// The same engine, advertising a context (and completion ceiling) of `tokens`.
+    pub fn with_max_context(mut self, tokens: u32) -> Self {
+        self.max_context = tokens;
+        self
     }
 
     /// The same engine, waiting `delay` before the first token.
@@ -111,8 +120,8 @@ impl Engine for StubEngine {
         vec![ModelAdvert {
             name: self.model.clone(),
             model_hash: "00".repeat(32),
-            max_context: 4096,
-            max_completion_tokens: 4096,
+            max_context: self.max_context,
+            max_completion_tokens: self.max_context,
         }]
     }
 
