@@ -125,6 +125,105 @@ impl<'a> Reader<'a> {
         let b = self.take(2, what)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
+
+    /// A table: `u16 count, count × (u16 len, bytes)` ([`put_table`]).
+    fn table(&mut self, kind: &Kind) -> Result<Vec<&'a [u8]>, GpuRejection> {
+        let n = usize::from(self.u16(&format!("{} count", kind.item))?);
+        let mut items = Vec::with_capacity(n.min(64));
+        for i in 0..n {
+            let len = usize::from(self.u16(&format!("{} length", kind.item))?);
+            items.push(self.take(len, &format!("{} {i}", kind.item))?);
+        }
+        Ok(items)
+    }
+
+    /// GPU `gpu`'s references into `table`: `u8 count, count × u16 index` ([`put_refs`]).
+    fn refs(
+        &mut self,
+        table: &[&[u8]],
+        gpu: usize,
+        kind: &Kind,
+    ) -> Result<Vec<Vec<u8>>, GpuRejection> {
+        let k = usize::from(self.u8(kind.refs)?);
+        let index_of = format!("{} index", kind.index);
+        (0..k)
+            .map(|_| {
+                let index = usize::from(self.u16(&index_of)?);
+                table.get(index).map(|item| item.to_vec()).ok_or_else(|| {
+                    malformed(format!(
+                        "gpu {gpu}: {index_of} {index} out of range ({} {})",
+                        table.len(),
+                        kind.plural
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// The names of one of the bundle's tables, for its errors.
+struct Kind {
+    /// One entry ("certificate").
+    item: &'static str,
+    /// Its plural.
+    plural: &'static str,
+    /// A GPU's reference count.
+    refs: &'static str,
+    /// A reference.
+    index: &'static str,
+}
+
+const CERTS: Kind = Kind {
+    item: "certificate",
+    plural: "certificates",
+    refs: "chain length",
+    index: "certificate",
+};
+
+const OCSP: Kind = Kind {
+    item: "ocsp response",
+    plural: "ocsp responses",
+    refs: "ocsp reference count",
+    index: "ocsp",
+};
+
+/// Appends a table: `u16 count, count × (u16 len, bytes)` (entries' lengths checked by the
+/// caller).
+fn put_table(out: &mut Vec<u8>, items: &[&[u8]], kind: &Kind) -> Result<(), GpuRejection> {
+    let n =
+        u16::try_from(items.len()).map_err(|_| malformed(format!("too many {}", kind.plural)))?;
+    out.extend_from_slice(&n.to_be_bytes());
+    for item in items {
+        out.extend_from_slice(&(item.len() as u16).to_be_bytes());
+        out.extend_from_slice(item);
+    }
+    Ok(())
+}
+
+/// Appends references into a table: `u8 count, count × u16 index` (count checked by the
+/// caller).
+fn put_refs(out: &mut Vec<u8>, refs: &[u16]) {
+    out.push(refs.len() as u8);
+    for i in refs {
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+}
+
+/// Interns each of `items` (each `1..=max` bytes) in `table`: their indices.
+fn intern_all<'a>(
+    table: &mut Vec<&'a [u8]>,
+    items: &'a [Vec<u8>],
+    max: usize,
+    kind: &Kind,
+    at: impl Fn(&str) -> String,
+) -> Result<Vec<u16>, GpuRejection> {
+    items
+        .iter()
+        .map(|item| {
+            within(item.len(), 1, max, || at(&format!("{} bytes", kind.item)))?;
+            intern(table, item, kind.plural)
+        })
+        .collect()
 }
 
 /// `n` within `min..=max`, else a malformed-bundle error naming `what` (`"gpu 0: report
@@ -199,53 +298,37 @@ impl GpuBundle {
                 at("chain certificates")
             })?;
             within(gpu.ocsp.len(), 0, MAX_CHAIN_LEN, || at("ocsp responses"))?;
-            let mut indices = Vec::with_capacity(gpu.chain.len());
-            for cert in &gpu.chain {
-                within(cert.len(), 1, MAX_CERT_LEN, || at("certificate bytes"))?;
-                indices.push(intern(&mut certs, cert, "certificates")?);
-            }
-            chains.push(indices);
-            let mut refs = Vec::with_capacity(gpu.ocsp.len());
-            for r in &gpu.ocsp {
-                within(r.len(), 1, MAX_OCSP_LEN, || at("ocsp response bytes"))?;
-                refs.push(intern(&mut responses, r, "ocsp responses")?);
-            }
-            ocsp_refs.push(refs);
+            chains.push(intern_all(
+                &mut certs,
+                &gpu.chain,
+                MAX_CERT_LEN,
+                &CERTS,
+                at,
+            )?);
+            ocsp_refs.push(intern_all(
+                &mut responses,
+                &gpu.ocsp,
+                MAX_OCSP_LEN,
+                &OCSP,
+                at,
+            )?);
         }
         let mut out = if responses.is_empty() {
             MAGIC.to_vec()
         } else {
             MAGIC_V2.to_vec()
         };
-        out.extend_from_slice(
-            &u16::try_from(certs.len())
-                .map_err(|_| malformed("too many certificates"))?
-                .to_be_bytes(),
-        );
-        for c in &certs {
-            out.extend_from_slice(&(c.len() as u16).to_be_bytes());
-            out.extend_from_slice(c);
-        }
+        put_table(&mut out, &certs, &CERTS)?;
         out.push(self.gpus.len() as u8);
         for (gpu, indices) in self.gpus.iter().zip(&chains) {
             out.extend_from_slice(&(gpu.report.len() as u16).to_be_bytes());
             out.extend_from_slice(&gpu.report);
-            out.push(indices.len() as u8);
-            for i in indices {
-                out.extend_from_slice(&i.to_be_bytes());
-            }
+            put_refs(&mut out, indices);
         }
         if !responses.is_empty() {
-            out.extend_from_slice(&(responses.len() as u16).to_be_bytes());
-            for r in &responses {
-                out.extend_from_slice(&(r.len() as u16).to_be_bytes());
-                out.extend_from_slice(r);
-            }
+            put_table(&mut out, &responses, &OCSP)?;
             for refs in &ocsp_refs {
-                out.push(refs.len() as u8);
-                for i in refs {
-                    out.extend_from_slice(&i.to_be_bytes());
-                }
+                put_refs(&mut out, refs);
             }
         }
         if out.len() > MAX_BUNDLE_LEN {
@@ -271,52 +354,22 @@ impl GpuBundle {
             m if m == MAGIC_V2 => true,
             _ => return Err(malformed("not a cocoon gpu evidence bundle (bad magic)")),
         };
-        let n = usize::from(r.u16("certificate count")?);
-        let mut certs = Vec::with_capacity(n.min(64));
-        for i in 0..n {
-            let len = usize::from(r.u16("certificate length")?);
-            certs.push(r.take(len, &format!("certificate {i}"))?.to_vec());
-        }
+        let certs = r.table(&CERTS)?;
         let m = usize::from(r.u8("gpu count")?);
         let mut gpus = Vec::with_capacity(m.min(MAX_GPUS));
         for g in 0..m {
             let len = usize::from(r.u16("report length")?);
             let report = r.take(len, &format!("gpu {g} report"))?.to_vec();
-            let k = usize::from(r.u8("chain length")?);
-            let mut chain = Vec::with_capacity(k.min(MAX_CHAIN_LEN));
-            for _ in 0..k {
-                let index = usize::from(r.u16("certificate index")?);
-                let cert = certs.get(index).ok_or_else(|| {
-                    malformed(format!(
-                        "gpu {g}: certificate index {index} out of range ({n} certificates)"
-                    ))
-                })?;
-                chain.push(cert.clone());
-            }
             gpus.push(BundledGpu {
                 report,
-                chain,
+                chain: r.refs(&certs, g, &CERTS)?,
                 ocsp: Vec::new(),
             });
         }
         if v2 {
-            let count = usize::from(r.u16("ocsp response count")?);
-            let mut responses = Vec::with_capacity(count.min(64));
-            for i in 0..count {
-                let len = usize::from(r.u16("ocsp response length")?);
-                responses.push(r.take(len, &format!("ocsp response {i}"))?.to_vec());
-            }
+            let responses = r.table(&OCSP)?;
             for (g, gpu) in gpus.iter_mut().enumerate() {
-                let j = usize::from(r.u8("ocsp reference count")?);
-                for _ in 0..j {
-                    let index = usize::from(r.u16("ocsp index")?);
-                    let response = responses.get(index).ok_or_else(|| {
-                        malformed(format!(
-                            "gpu {g}: ocsp index {index} out of range ({count} responses)"
-                        ))
-                    })?;
-                    gpu.ocsp.push(response.clone());
-                }
+                gpu.ocsp = r.refs(&responses, g, &OCSP)?;
             }
         }
         if r.pos != bytes.len() {
