@@ -123,11 +123,21 @@ impl P384Key {
         Ok(Self(key.to_encoded_point(false).as_bytes().to_vec()))
     }
 
-    /// Verifies an ECDSA-SHA384 signature in DER (as X.509 and OCSP carry it).
+    /// Verifies an ECDSA-SHA384 signature in DER (as X.509 and OCSP carry it). Inside
+    /// [`with_signature_memo`], a signature this key already verified over the same bytes is
+    /// not verified again.
     pub fn verify_der(&self, msg: &[u8], sig_der: &[u8]) -> Result<(), BadSignature> {
+        let seen = memo::key(&self.0, sig_der, msg);
+        if seen.as_ref().is_some_and(memo::contains) {
+            return Ok(());
+        }
         UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, &self.0)
             .verify(msg, sig_der)
-            .map_err(|_| BadSignature)
+            .map_err(|_| BadSignature)?;
+        if let Some(k) = seen {
+            memo::insert(k);
+        }
+        Ok(())
     }
 
     /// Verifies an ECDSA-SHA384 signature as r ‖ s, 48 bytes each (SPDM, XML-DSig).
@@ -135,6 +145,80 @@ impl P384Key {
         UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &self.0)
             .verify(msg, sig)
             .map_err(|_| BadSignature)
+    }
+}
+
+/// Runs `f` with a memo of the DER signatures verified in it: the GPUs of one machine share
+/// their CA certificates and those CAs' OCSP answers, so verifying eight GPUs checked the same
+/// signatures eight times. A hit needs the same key, signature and signed bytes (SHA-256 of
+/// the three, length-prefixed), so it stands for a verification that succeeded on exactly
+/// these bytes; failures are never remembered. The memo lives only for the call (nested calls
+/// share it) and holds nothing time-dependent: validity windows are checked every time.
+pub fn with_signature_memo<T>(f: impl FnOnce() -> T) -> T {
+    let _scope = memo::Scope::enter();
+    f()
+}
+
+mod memo {
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+
+    use sha2::{Digest, Sha256};
+
+    thread_local! {
+        static MEMO: RefCell<Option<HashSet<[u8; 32]>>> = const { RefCell::new(None) };
+    }
+
+    /// The memo is on while a scope lives (the outermost one clears it on drop).
+    pub(super) struct Scope {
+        outermost: bool,
+    }
+
+    impl Scope {
+        pub(super) fn enter() -> Self {
+            let outermost = MEMO.with(|m| {
+                let mut m = m.borrow_mut();
+                let fresh = m.is_none();
+                if fresh {
+                    *m = Some(HashSet::new());
+                }
+                fresh
+            });
+            Self { outermost }
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if self.outermost {
+                MEMO.with(|m| *m.borrow_mut() = None);
+            }
+        }
+    }
+
+    /// The memo key of a verification, when a memo is on.
+    pub(super) fn key(point: &[u8], sig: &[u8], msg: &[u8]) -> Option<[u8; 32]> {
+        if MEMO.with(|m| m.borrow().is_none()) {
+            return None;
+        }
+        let mut h = Sha256::new();
+        for part in [point, sig, msg] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        Some(h.finalize().into())
+    }
+
+    pub(super) fn contains(k: &[u8; 32]) -> bool {
+        MEMO.with(|m| m.borrow().as_ref().is_some_and(|s| s.contains(k)))
+    }
+
+    pub(super) fn insert(k: [u8; 32]) {
+        MEMO.with(|m| {
+            if let Some(s) = m.borrow_mut().as_mut() {
+                s.insert(k);
+            }
+        });
     }
 }
 
@@ -335,4 +419,53 @@ pub fn encode_fwid_extension(
         },
     }
     .to_der()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::sim::{SimGpu, SimNvidiaRoot};
+
+    /// A simulated GPU's chain (leaf first) and, for its leaf, the signed bytes, signature and
+    /// issuer key.
+    fn leaf_link() -> (Vec<u8>, Vec<u8>, P384Key) {
+        let root = SimNvidiaRoot::from_seed([7; 32]).unwrap();
+        let gpu = SimGpu::new("550.127.05", "96.00.9F.00.04", "memo");
+        let (_, pem) = root.evidence(&gpu, &[1; 32]).unwrap();
+        let certs = parse_pem_chain(pem.as_bytes()).unwrap();
+        let tbs = certs[0].tbs_certificate.to_der().unwrap();
+        let sig = certs[0].signature.as_bytes().unwrap().to_vec();
+        (tbs, sig, p384_key(&certs[1]).unwrap())
+    }
+
+    #[test]
+    fn the_signature_memo_skips_only_exact_repeats_and_lives_for_its_call() {
+        let (tbs, sig, key) = leaf_link();
+        let other_key = {
+            let root = SimNvidiaRoot::from_seed([8; 32]).unwrap();
+            let gpu = SimGpu::new("550.127.05", "96.00.9F.00.04", "other");
+            let (_, pem) = root.evidence(&gpu, &[1; 32]).unwrap();
+            p384_key(&parse_pem_chain(pem.as_bytes()).unwrap()[1]).unwrap()
+        };
+        let mut edited = tbs.clone();
+        let last = edited.len() - 1;
+        edited[last] ^= 1;
+        with_signature_memo(|| {
+            assert_eq!(key.verify_der(&tbs, &sig), Ok(()));
+            assert!(memo::contains(&memo::key(&key.0, &sig, &tbs).unwrap()));
+            // Same signature, other bytes or other key: verified for real, and refused.
+            assert_eq!(key.verify_der(&edited, &sig), Err(BadSignature));
+            assert_eq!(other_key.verify_der(&tbs, &sig), Err(BadSignature));
+            // Failures are not remembered.
+            assert!(!memo::contains(&memo::key(&key.0, &sig, &edited).unwrap()));
+            // A nested call shares the memo and does not end it.
+            with_signature_memo(|| assert!(memo::key(&key.0, &sig, &tbs).is_some()));
+            assert!(memo::contains(&memo::key(&key.0, &sig, &tbs).unwrap()));
+            assert_eq!(key.verify_der(&tbs, &sig), Ok(()));
+        });
+        // Outside a call there is no memo.
+        assert!(memo::key(&key.0, &sig, &tbs).is_none());
+        assert_eq!(key.verify_der(&edited, &sig), Err(BadSignature));
+        assert_eq!(key.verify_der(&tbs, &sig), Ok(()));
+    }
 }

@@ -511,17 +511,21 @@ pub(crate) fn verify_machine<'a>(
             });
         }
     }
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(count);
-    for (index, (report, certs, ocsp)) in gpus.enumerate() {
-        let v = verify_gpu_certs(report, certs, ocsp, expected_nonce, at, policy)?;
-        if !seen.insert(v.device_serial.clone()) {
-            return Err(GpuRejection::DuplicateGpu {
-                index,
-                serial: v.device_serial,
-            });
+    // The GPUs share their CA certificates and the CAs' OCSP answers: each shared signature
+    // is verified once per call.
+    chain::with_signature_memo(|| {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(count);
+        for (index, (report, certs, ocsp)) in gpus.enumerate() {
+            let v = verify_gpu_certs(report, certs, ocsp, expected_nonce, at, policy)?;
+            if !seen.insert(v.device_serial.clone()) {
+                return Err(GpuRejection::DuplicateGpu {
+                    index,
+                    serial: v.device_serial,
+                });
+            }
+            out.push(v);
         }
-        out.push(v);
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
