@@ -375,6 +375,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_body_larger_than_the_workers_window_is_sent_whole() {
+        // 3 MiB against the server's default 64 KiB stream window: h2 sends it as the window
+        // opens.
+        const LEN: usize = 3 << 20;
+        let (link, _driver) = pair(|mut conn| async move {
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    let mut n = 0;
+                    while let Some(d) = body.data().await {
+                        let d = d.unwrap();
+                        body.flow_control().release_capacity(d.len()).unwrap();
+                        assert!(d.iter().all(|b| *b == 5));
+                        n += d.len();
+                    }
+                    let mut send = respond.send_response(Response::new(()), false).unwrap();
+                    send.send_data(Bytes::from(n.to_string()), true).unwrap();
+                });
+            }
+        })
+        .await;
+        let req = Request::post("https://worker/v1/x")
+            .body(Bytes::from(vec![5u8; LEN]))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), link.send(req))
+            .await
+            .expect("answered")
+            .unwrap();
+        let mut body = resp.into_body();
+        let got = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(got, LEN.to_string());
+    }
+
+    #[tokio::test]
     async fn dropping_the_body_resets_the_stream() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (link, _driver) = pair(|mut conn| async move {
