@@ -153,14 +153,6 @@ impl Stalls {
         stalled.iter().filter(|w| w.cut()).count()
     }
 
-    /// Watches held (live streams, and gone ones until the next sweep).
-    pub fn len(&self) -> usize {
-        self.watches.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Sweeps `stalls` every quarter of its limit (between 100 ms and 1 s), for as long as the
