@@ -451,7 +451,6 @@ fn stream_response(
             receipt,
         }),
         active: Some(active),
-        handed: None,
         client_stalled: false,
     };
     let mut out = Response::new(ResponseBody::Relay(Box::pin(body)));
@@ -709,9 +708,6 @@ pub struct RelayBody {
     cut: Option<CutSignal>,
     billing: Option<Billing>,
     active: Option<ActiveGuard>,
-    /// When the last frame was handed to the client connection (`None` once it asked for the
-    /// next): hyper asks again at once while the client's window is open.
-    handed: Option<Instant>,
     /// The client took nothing for [`CLIENT_STALL_MARK`] at least once: it stopped reading.
     client_stalled: bool,
 }
@@ -969,11 +965,13 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(at) = this.handed.take() {
-            this.watch.taken();
-            if at.elapsed() >= CLIENT_STALL_MARK {
-                this.client_stalled = true;
-            }
+        // hyper asks for the next frame at once while the client's window is open.
+        if this
+            .watch
+            .taken()
+            .is_some_and(|waited| waited >= CLIENT_STALL_MARK)
+        {
+            this.client_stalled = true;
         }
         if !this.done && this.watch.is_cut() {
             this.stalled_out();
@@ -1029,9 +1027,7 @@ impl Body for RelayBody {
         }
         let frame = this.out.take();
         if frame.is_some() {
-            let now = Instant::now();
-            this.handed = Some(now);
-            this.watch.handed(now);
+            this.watch.handed(Instant::now());
         }
         Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
     }

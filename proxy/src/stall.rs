@@ -49,9 +49,11 @@ impl Watch {
         self.handed.store(stamp(at), Ordering::Relaxed);
     }
 
-    /// The client asked for the next frame.
-    pub fn taken(&self) {
-        self.handed.store(0, Ordering::Relaxed);
+    /// The client asked for the next frame: how long after the last one was handed over
+    /// (`None` when none was waiting).
+    pub fn taken(&self) -> Option<Duration> {
+        let at = self.handed.swap(0, Ordering::Relaxed);
+        (at != 0).then(|| Duration::from_millis(stamp(Instant::now()).saturating_sub(at)))
     }
 
     /// Whether the sweeper ended the stream.
@@ -152,7 +154,6 @@ impl Stalls {
         };
         stalled.iter().filter(|w| w.cut()).count()
     }
-
 }
 
 /// Sweeps `stalls` every quarter of its limit (between 100 ms and 1 s), for as long as the
