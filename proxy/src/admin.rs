@@ -19,7 +19,7 @@
 //!   "receipts_stored": {"<account>": 1},
 //!   "worker_usage": {"1": {"name": "w", "image_hash": "…", "requests": 1, …, "cost_nano": 1310}},
 //!   "requests": {"active": 0, "by_status": {"200": 1}, "retries": 0, "stream_errors": 0,
-//!                "client_stalls": 0, "over_reservation": 0, "receipts_valid": 0,
+//!                "client_stalls": 0, "worker_busy": 0, "over_reservation": 0, "receipts_valid": 0,
 //!                "receipts_invalid": 0},
 //!   "tokens": {"prompt": 3, "cached": 0, "completion": 32, "reasoning": 0},
 //!   "cost_nano": 1310,
@@ -111,6 +111,8 @@ pub struct RequestStats {
     pub stream_errors: u64,
     /// Streams ended because their client took nothing for `client_stall_secs`.
     pub client_stalls: u64,
+    /// Requests a worker answered with 429 (not counted against the worker).
+    pub worker_busy: u64,
     pub over_reservation: u64,
     /// Encrypted requests billed on a verified receipt.
     pub receipts_valid: u64,
@@ -224,6 +226,7 @@ pub fn json_stats(state: &State) -> JsonStats {
             retries: load(&s.retries),
             stream_errors: load(&s.stream_errors),
             client_stalls: load(&s.client_stalls),
+            worker_busy: load(&s.worker_busy),
             over_reservation: load(&s.over_reservation),
             receipts_valid: load(&s.receipts_valid),
             receipts_invalid: load(&s.receipts_invalid),
@@ -352,6 +355,12 @@ pub fn prometheus(state: &State) -> String {
         "counter",
         "Streams ended because their client took nothing for client_stall_secs (worker freed).",
         &one(j.requests.client_stalls),
+    );
+    family(
+        "cocoon_proxy_worker_busy_total",
+        "counter",
+        "Requests a worker answered with 429 no_capacity (not counted against the worker).",
+        &one(j.requests.worker_busy),
     );
     family(
         "cocoon_proxy_client_connections",

@@ -149,6 +149,10 @@ enum Attempt {
     Stream(Response<UpBody>),
     /// A failure before the first response byte that another worker may not have.
     Retryable(ApiError),
+    /// 429: the worker had no free slot (it serves other proxies too, or a slot this proxy
+    /// freed was not free there yet after the worker's own wait). Not a fault of the worker;
+    /// another worker may have room.
+    Busy(ApiError),
     /// A final answer to pass to the client (a 4xx the worker decided).
     Final(ApiError),
 }
@@ -239,7 +243,12 @@ async fn attempt(
         rec.record("from-worker body", &bytes);
     }
     let err = ApiError::from_json(status.as_u16(), &bytes);
-    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        Attempt::Busy(api(
+            ErrorKind::NoCapacity,
+            format!("worker {id} is at capacity: {}", err.message),
+        ))
+    } else if status.is_server_error() {
         Attempt::Retryable(upstream(format!(
             "status {}: {}",
             status.as_u16(),
@@ -300,18 +309,13 @@ async fn forward(
     };
     let mut upload = Some(admission);
     let mut tried: Vec<u64> = Vec::with_capacity(2);
-    let mut last: Option<ApiError> = None;
+    let mut last: Option<Rejection> = None;
     for n in 0..2 {
         // The first attempt may wait in the queue; a retry takes another worker with room
         // at once or reports the first failure.
         let pick = match pick(state, account, &demand, &tried, n == 0, upload.take()).await {
             Ok(p) => p,
-            Err(e) => {
-                return Err(match last {
-                    Some(l) => l.into(),
-                    None => e,
-                })
-            }
+            Err(e) => return Err(last.unwrap_or(e)),
         };
         if n > 0 {
             state.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -334,7 +338,22 @@ async fn forward(
                     Some(worker.info.id),
                     &e.message,
                 );
-                last = Some(e);
+                last = Some(e.into());
+            }
+            Attempt::Busy(e) => {
+                drop(pick);
+                state.stats.worker_busy.fetch_add(1, Ordering::Relaxed);
+                warn_limited(
+                    &state.stats,
+                    "worker at capacity",
+                    Some(worker.info.id),
+                    &e.message,
+                );
+                last = Some(Rejection {
+                    error: e,
+                    status: None,
+                    retry_after_secs: Some(1),
+                });
             }
             Attempt::Final(e) => {
                 drop(pick);
@@ -343,9 +362,7 @@ async fn forward(
             }
         }
     }
-    Err(last
-        .unwrap_or_else(|| api(ErrorKind::Upstream, "no worker answered"))
-        .into())
+    Err(last.unwrap_or_else(|| api(ErrorKind::Upstream, "no worker answered").into()))
 }
 
 /// Checks an encrypted request against its envelope and the connected workers: the envelope's

@@ -41,6 +41,8 @@ pub struct Stats {
     pub stream_errors: AtomicU64,
     /// Streams ended because their client took nothing for `client_stall_secs`.
     pub client_stalls: AtomicU64,
+    /// Requests a worker answered with 429 (no free slot there; not counted against it).
+    pub worker_busy: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
     /// Receipts of encrypted requests that verified and were billed.
@@ -68,6 +70,7 @@ impl Default for Stats {
             retries: AtomicU64::new(0),
             stream_errors: AtomicU64::new(0),
             client_stalls: AtomicU64::new(0),
+            worker_busy: AtomicU64::new(0),
             over_reservation: AtomicU64::new(0),
             receipts_valid: AtomicU64::new(0),
             receipts_invalid: AtomicU64::new(0),

@@ -85,6 +85,62 @@ async fn worker_validation_errors_are_not_retried() {
     // When both workers fail with 5xx the client gets one 502 naming the failure.
 }
 
+/// A worker's 429 (no free slot: it serves other proxies too) is not a fault: the request
+/// goes to another worker with room, or, with none, the client gets 429 `no_capacity` with
+/// `Retry-After` (not 502), and the busy worker's success rate and failures are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_is_not_blamed() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("busy");
+    spec.behavior = Behavior::Status(429);
+    let busy = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    for _ in 0..3 {
+        let r = c.send(chat(MODEL, 16, None, BODY)).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let j = json_body(r).await;
+        assert_eq!(error_kind(&j), "no_capacity", "{j}");
+        assert!(
+            j["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at capacity"),
+            "{j}"
+        );
+    }
+    assert_eq!(busy.obs.requests.load(Ordering::SeqCst), 3);
+    let s = p.stats();
+    let w = &s["workers"][0];
+    assert_eq!(
+        (w["failures"].as_u64(), w["success_rate"].as_f64()),
+        (Some(0), Some(1.0)),
+        "{w}"
+    );
+    assert_eq!(s["requests"]["worker_busy"], 3);
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+
+    // With a second worker that has room, the request is served there.
+    let good = FakeWorker::connect(p.running.worker_addr, WorkerSpec::new("good")).await;
+    p.wait_workers(2).await;
+    for _ in 0..6 {
+        let r = c.send(chat(MODEL, 16, None, BODY)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(usage_of(&events(r.into_body()).await).is_some());
+    }
+    assert_eq!(good.obs.completed.load(Ordering::SeqCst), 6);
+    let s = p.stats();
+    let w = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "busy")
+        .unwrap()
+        .clone();
+    assert_eq!(w["failures"], 0, "{w}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_failing_workers_give_one_upstream_error() {
     let p = start_proxy(|_| {}).await;

@@ -321,3 +321,65 @@ async fn a_big_request_does_not_block_small_ones_nor_starve() {
     assert_eq!(s["workers"][0]["tokens_in_flight"], 0);
     assert_eq!(s["queue_outcomes"]["admitted"], 2);
 }
+
+/// A client cancels one of the 8 streams that fill a real worker while another request waits
+/// in the proxy's queue: the proxy frees its slot at the reset and sends the queued request at
+/// once, before the worker's cancelled generation has given back its slot. The worker waits
+/// for that slot (`worker::service::CAPACITY_WAIT`) instead of answering 429, so every queued
+/// request is served and the worker is not blamed. Before, nearly every round ended in a 502
+/// "worker at capacity" for the client that had waited its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_behind_a_cancelled_stream_is_served() {
+    use common::real::start_real_worker;
+    use worker::engine::stub::StubEngine;
+    use worker::service::ServiceOptions;
+    const BODY_STUB: &[u8] =
+        br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
+
+    let p = start_proxy(|_| {}).await;
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 4000, 200.0),
+        ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let c = client(p.running.client_addr, 1).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let resp = c
+            .stream_handle()
+            .unwrap()
+            .send(chat("stub", 4000, None, BODY_STUB))
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        held.push(resp);
+    }
+    for round in 0..20 {
+        let mut h = c.stream_handle().unwrap();
+        let waiting =
+            tokio::spawn(async move { h.send(chat("stub", 4000, None, BODY_STUB)).await });
+        let started = Instant::now();
+        while p.stats()["queues"]["stub"]["queued"].as_u64().unwrap_or(0) == 0 {
+            assert!(started.elapsed() < PROMPT, "round {round}: never queued");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(held.remove(0));
+        let resp = tokio::time::timeout(PROMPT, waiting)
+            .await
+            .expect("answered in time")
+            .unwrap();
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let body = raw_body(resp.into_body()).await;
+            panic!("round {round}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        held.push(resp);
+    }
+    let w = worker.service().stats().snapshot();
+    assert_eq!((w.no_capacity, w.cancelled), (0, 20), "{w:?}");
+    let s = p.stats();
+    assert_eq!(s["workers"][0]["failures"], 0, "{}", s["workers"][0]);
+    assert_eq!(s["requests"]["worker_busy"], 0);
+    drop(held);
+    let _ = worker.shutdown(Duration::from_secs(1)).await;
+}

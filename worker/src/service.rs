@@ -14,7 +14,8 @@
 //! Requests come from a proxy whose attestation passed the worker's policy, but bodies are the
 //! client's bytes passed through: headers are checked by [`protocol::RequestMeta::from_headers`],
 //! bodies by [`crate::validate`], both here inside the TEE. The number of concurrent
-//! generations is bounded by `capacity` (a request beyond it gets 429 `no_capacity` at once).
+//! generations is bounded by `capacity`: a request beyond it waits up to [`CAPACITY_WAIT`] for a
+//! slot, then gets 429 `no_capacity`.
 //! Prompts and completions are never logged: only request id, model, token counts, durations.
 //!
 //! # Responses
@@ -95,6 +96,14 @@ const CHANNEL_DEPTH: usize = 16;
 pub const DEFAULT_STREAM_KEEPALIVE: Duration = Duration::from_secs(5);
 /// Default [`ServiceOptions::stream_stall`].
 pub const DEFAULT_STREAM_STALL: Duration = Duration::from_secs(300);
+/// How long a request that finds every capacity slot taken waits for one before 429.
+///
+/// A proxy frees its own record of a slot the moment it resets a stream (its client left) and
+/// may send the next queued request at once, in the same read as the reset; the cancelled
+/// generation frees the worker's slot only when its task next runs. Without the wait that
+/// request got 429 — which the proxy turned into a 502 for a client that had waited its turn.
+/// A worker shared by several proxies is really full when the wait runs out.
+pub const CAPACITY_WAIT: Duration = Duration::from_secs(1);
 
 /// How the service streams (from the worker config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -626,22 +635,28 @@ impl Service {
             .iter()
             .find(|m| m.advert.name == validated.request.model)
             .ok_or_else(|| ApiError::new(ErrorKind::ModelNotFound, "model not served"))?;
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Stats::bump(&stats.no_capacity);
-                tracing::info!(request_id = %meta.request_id, model = %meta.model, "no capacity");
-                ApiError::new(
-                    ErrorKind::NoCapacity,
-                    format!(
-                        "worker at capacity ({} concurrent requests)",
-                        self.inner.info.capacity
-                    ),
-                )
-            })?;
+        let permits = &self.inner.permits;
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                match tokio::time::timeout(CAPACITY_WAIT, permits.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Ok(p),
+                    _ => Err(()),
+                }
+            }
+        };
+        let permit = permit.map_err(|()| {
+            Stats::bump(&stats.no_capacity);
+            tracing::info!(request_id = %meta.request_id, model = %meta.model, "no capacity");
+            ApiError::new(
+                ErrorKind::NoCapacity,
+                format!(
+                    "worker at capacity ({} concurrent requests, none freed within {} ms)",
+                    self.inner.info.capacity,
+                    CAPACITY_WAIT.as_millis()
+                ),
+            )
+        })?;
         let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
         let tx = Sink {
             tx,

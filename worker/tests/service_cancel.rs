@@ -1,9 +1,11 @@
-//! Capacity and cancellation: a full worker answers 429 at once; a proxy that drops a stream
-//! stops the generation and frees its permit.
+//! Capacity and cancellation: a full worker answers 429 once no slot frees within
+//! `CAPACITY_WAIT` (the race that wait closes is tested through a proxy, in
+//! `proxy/tests/queue.rs`); a proxy that drops a stream stops the generation and frees its
+//! permit.
 
 mod service_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use protocol::ErrorKind;
@@ -32,6 +34,7 @@ async fn capacity_exhausted_is_429_and_freed_after_cancel() {
     assert_eq!(first.status(), 200);
     assert_eq!(h.service.stats().snapshot().active_generations, 1);
 
+    let asked = Instant::now();
     let (status, e) = error_of(
         send(
             &mut conn,
@@ -41,6 +44,11 @@ async fn capacity_exhausted_is_429_and_freed_after_cancel() {
     )
     .await;
     assert_eq!((status, e.kind), (429, ErrorKind::NoCapacity));
+    assert!(
+        asked.elapsed() >= worker::service::CAPACITY_WAIT,
+        "429 only after waiting for a slot: {:?}",
+        asked.elapsed()
+    );
     assert_eq!(h.service.stats().snapshot().no_capacity, 1);
 
     drop(first);
