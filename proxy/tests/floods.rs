@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::process::rss_kib;
 use common::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,12 +32,6 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
     f.extend_from_slice(payload);
     f
-}
-
-fn rss_kib_self() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Writes `FRAMES` frames of `kind` on a fresh connection (reading the proxy's answers or
@@ -89,7 +84,7 @@ async fn control_frame_floods_are_held_back_and_others_served() {
     let p = start_proxy(|_| {}).await;
     let _w = FakeWorker::connect(p.running.worker_addr, WorkerSpec::new("w")).await;
     p.wait_workers(1).await;
-    let before = rss_kib_self();
+    let before = rss_kib(std::process::id());
 
     // Not reading the PONGs / SETTINGS acks: the proxy stops reading the connection.
     assert!(
@@ -104,6 +99,6 @@ async fn control_frame_floods_are_held_back_and_others_served() {
     flood(&p, PING, &[0; 8], true).await;
     flood(&p, WINDOW_UPDATE, &[0, 0, 0, 1], false).await;
 
-    let grown = rss_kib_self().saturating_sub(before);
+    let grown = rss_kib(std::process::id()).saturating_sub(before);
     assert!(grown < 64 << 10, "memory grew by {grown} KiB");
 }

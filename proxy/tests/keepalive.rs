@@ -7,16 +7,13 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::real::start_real_worker;
+use common::real::{start_real_worker, BODY_STUB};
 use common::*;
 use http::StatusCode;
 use protocol::sse::{Decoder, KEEPALIVE};
 use protocol::ErrorKind;
 use worker::engine::stub::StubEngine;
 use worker::service::ServiceOptions;
-
-const BODY_STUB: &[u8] =
-    br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
 
 fn idle_1s(c: &mut proxy::ProxyConfig) {
     c.worker_idle_timeout = Duration::from_secs(1);

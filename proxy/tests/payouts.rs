@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::chain::*;
-use common::real::start_paid_worker;
+use common::real::{start_paid_worker, BODY_STUB};
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use proxy::payments::{PaidLedger, PaymentsConfig};
@@ -101,8 +101,7 @@ async fn the_worker_is_paid_through_its_connection_and_refuses_a_proxy_that_went
     let mut c = common::client(running.client_addr, 7).await;
     let mut completion = 0;
     for _ in 0..5 {
-        let body = br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
-        let resp = c.send(common::chat("stub", 16, None, body)).await;
+        let resp = c.send(common::chat("stub", 16, None, BODY_STUB)).await;
         assert_eq!(resp.status(), StatusCode::OK);
         let evs = common::events(resp.into_body()).await;
         assert!(

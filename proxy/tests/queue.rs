@@ -330,11 +330,9 @@ async fn a_big_request_does_not_block_small_ones_nor_starve() {
 /// "worker at capacity" for the client that had waited its turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_behind_a_cancelled_stream_is_served() {
-    use common::real::start_real_worker;
+    use common::real::{start_real_worker, BODY_STUB};
     use worker::engine::stub::StubEngine;
     use worker::service::ServiceOptions;
-    const BODY_STUB: &[u8] =
-        br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
 
     let p = start_proxy(|_| {}).await;
     let worker = start_real_worker(

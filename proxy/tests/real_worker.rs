@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::real::start_real_worker;
+use common::real::{start_real_worker, BODY_STUB};
 use common::*;
 use http::StatusCode;
 use protocol::usage::Prices;
@@ -35,9 +35,7 @@ async fn real_worker_registers_streams_and_is_billed() {
     );
 
     let mut c = client(p.running.client_addr, 1).await;
-    let body =
-        br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
-    let resp = c.send(chat("stub", 16, None, body)).await;
+    let resp = c.send(chat("stub", 16, None, BODY_STUB)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let evs = events(resp.into_body()).await;
     assert!(error_of(&evs).is_none(), "{:?}", error_of(&evs));

@@ -635,28 +635,27 @@ impl Service {
             .iter()
             .find(|m| m.advert.name == validated.request.model)
             .ok_or_else(|| ApiError::new(ErrorKind::ModelNotFound, "model not served"))?;
+        // A free permit is taken at once (no timer on the common path).
         let permits = &self.inner.permits;
         let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => Ok(p),
-            Err(_) => {
-                match tokio::time::timeout(CAPACITY_WAIT, permits.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Ok(p),
-                    _ => Err(()),
-                }
-            }
+            Ok(p) => Some(p),
+            Err(_) => tokio::time::timeout(CAPACITY_WAIT, permits.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok),
         };
-        let permit = permit.map_err(|()| {
+        let Some(permit) = permit else {
             Stats::bump(&stats.no_capacity);
             tracing::info!(request_id = %meta.request_id, model = %meta.model, "no capacity");
-            ApiError::new(
+            return Err(ApiError::new(
                 ErrorKind::NoCapacity,
                 format!(
                     "worker at capacity ({} concurrent requests, none freed within {} ms)",
                     self.inner.info.capacity,
                     CAPACITY_WAIT.as_millis()
                 ),
-            )
-        })?;
+            ));
+        };
         let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
         let tx = Sink {
             tx,

@@ -12,6 +12,10 @@ use worker::{RunningWorker, Worker};
 
 use super::{proxy_policy, sim_tee, worker_regs};
 
+/// A streaming chat request for the stub engine's model `stub`.
+pub const BODY_STUB: &[u8] =
+    br#"{"model":"stub","messages":[{"role":"user","content":"one two three"}],"stream":true}"#;
+
 /// Starts the real worker service serving `engine` (capacity 8) dialing the proxy's worker
 /// port `proxy`, with `options`.
 pub fn start_real_worker(
