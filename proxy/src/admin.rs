@@ -28,7 +28,7 @@
 //!   "client_connections": 3, "request_body_bytes": 0,
 //!   "client_refusals": {"connections_per_ip": 2, "insufficient_funds": 1},
 //!   "queues": {"m": {"queued": 0, "wait_ema_ms": 12.5}},
-//!   "queue_outcomes": {"admitted": 3, "full": 0, "expired": 0, "abandoned": 1},
+//!   "queue_outcomes": {"admitted": 3, "full": 0, "expired": 0, "abandoned": 1, "displaced": 0},
 //!   "shutting_down": false,
 //!   "payments": {"health": "healthy", "proxy_contract": "0:…", "wallet": "0:…",
 //!                "chain_lag_s": 0, "last_anchor_seqno": 3, "last_anchor_age_s": 12, …,
@@ -48,7 +48,8 @@
 //! `queues` has every served model (and any that had a queue): requests waiting for a worker
 //! slot now and the mean wait of those admitted from the queue ([`crate::queue`]);
 //! `queue_outcomes` counts requests admitted after waiting, refused because the queue was
-//! full (429), expired in the queue (503), and abandoned by their client while queued. Per
+//! full (429), expired in the queue (503), abandoned by their client while queued, and
+//! displaced from a full queue by a less loaded account's request (429). Per
 //! worker, `in_flight`/`capacity` are requests and `tokens_in_flight`/`token_budget` tokens
 //! ([`crate::registry`]).
 //!
@@ -397,6 +398,7 @@ pub fn prometheus(state: &State) -> String {
         ("full", o.full),
         ("expired", o.expired),
         ("abandoned", o.abandoned),
+        ("displaced", o.displaced),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -404,7 +406,7 @@ pub fn prometheus(state: &State) -> String {
     family(
         "cocoon_proxy_queue_outcomes_total",
         "counter",
-        "Queued requests by outcome (admitted, refused because full, expired, abandoned).",
+        "Queued requests by outcome (admitted, refused because full, expired, abandoned, displaced).",
         &labelled("outcome", &outcomes),
     );
     let per_worker = |f: fn(&WorkerStats) -> u64| -> Vec<(String, u64)> {

@@ -185,7 +185,8 @@ fn place(state: &Arc<State>, demand: &Demand, exclude: &[u64]) -> Result<Placed,
         match w.try_acquire(tokens_at(cfg, demand, &w)) {
             Ok(slot) => {
                 let release: Arc<dyn Release> = state.clone();
-                return Ok(Placed::Granted(Grant::new(slot, release)));
+                let account = state.queues.in_flight.hold(&demand.account);
+                return Ok(Placed::Granted(Grant::new(slot, account, release)));
             }
             Err(Saturated::Tokens) => outcome = Placed::NoRoom,
             Err(Saturated::Requests) => {}
@@ -209,10 +210,11 @@ pub(crate) fn dispatch(state: &Arc<State>, model: &str) {
     {
         let mut models = state.queues.lock();
         if let Some(q) = models.get_mut(model) {
-            if !q.waiters.is_empty() {
+            if !q.is_empty() {
                 serve(
                     q,
                     &state.queues.outcomes,
+                    &state.queues.in_flight,
                     |d| place(state, d, &[]),
                     |d| any_free_slot(state, d),
                     &mut dropped,
@@ -273,7 +275,7 @@ pub(crate) async fn acquire(
         let mut dropped = Vec::new();
         let mut models = state.queues.lock();
         let q = models.entry(model.clone()).or_default();
-        if q.waiters.is_empty() || !wait {
+        if q.is_empty() || !wait {
             match place(state, &demand, exclude)? {
                 Placed::Granted(g) => return Ok(g),
                 Placed::NoSlot | Placed::NoRoom => {}
@@ -293,7 +295,7 @@ pub(crate) async fn acquire(
         }
         let id = state.queues.next_id();
         let (tx, rx) = oneshot::channel();
-        q.waiters.push_back(Waiter {
+        q.push(Waiter {
             id,
             demand: demand.clone(),
             tx,
@@ -304,11 +306,12 @@ pub(crate) async fn acquire(
         serve(
             q,
             &state.queues.outcomes,
+            &state.queues.in_flight,
             |d| place(state, d, &[]),
             |d| any_free_slot(state, d),
             &mut dropped,
         );
-        let waiting = q.waiters.iter().any(|w| w.id == id);
+        let waiting = q.contains(id);
         if !waiting {
             // Served at once: it did not wait.
             drop(models);
@@ -316,19 +319,37 @@ pub(crate) async fn acquire(
             let mut rx = rx;
             return match rx.try_recv() {
                 Ok(Ok(grant)) => Ok(grant),
-                Ok(Err(e)) => Err(e.into()),
+                Ok(Err(e)) => Err(e),
                 Err(_) => {
                     Err(ApiError::new(ErrorKind::Internal, "request dropped from the queue").into())
                 }
             };
         }
-        if q.waiters.len() > limits.max_per_model as usize {
-            let ahead = q.waiters.len() - 1;
-            q.remove(id);
-            drop(models);
-            drop(dropped);
-            Outcomes::bump(&state.queues.outcomes.full);
-            return Err(no_capacity(state, &model, Some(ahead), retry_after));
+        if q.len() > limits.max_per_model as usize {
+            let ahead = q.len() - 1;
+            // A less loaded account's request takes the place of the most loaded one's
+            // newest (crate::queue, "Order").
+            match q.displace_for(id, &state.queues.in_flight) {
+                Some(victim) => {
+                    Outcomes::bump(&state.queues.outcomes.displaced);
+                    let message = format!(
+                        "all workers serving {model} are at capacity and its queue is full ({ahead} waiting, queue_max_per_model); this request gave its place to one of an account with fewer requests in flight"
+                    );
+                    count(&state.stats, ClientRefusal::QueueFull, None, &message);
+                    let _ = victim.tx.send(Err(Rejection {
+                        error: ApiError::new(ErrorKind::NoCapacity, message),
+                        status: None,
+                        retry_after_secs: Some(retry_after),
+                    }));
+                }
+                None => {
+                    q.remove(id);
+                    drop(models);
+                    drop(dropped);
+                    Outcomes::bump(&state.queues.outcomes.full);
+                    return Err(no_capacity(state, &model, Some(ahead), retry_after));
+                }
+            }
         }
         drop(models);
         drop(dropped);
@@ -346,7 +367,7 @@ pub(crate) async fn acquire(
             Outcomes::bump(&state.queues.outcomes.admitted);
             Ok(grant)
         }
-        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(_)) => {
             Err(ApiError::new(ErrorKind::Internal, "request dropped from the queue").into())
         }
@@ -358,7 +379,7 @@ pub(crate) async fn acquire(
                 .queues
                 .lock()
                 .get(&model)
-                .map_or((0, 1), |q| (q.waiters.len(), q.retry_after_secs()));
+                .map_or((0, 1), |q| (q.len(), q.retry_after_secs()));
             let message = format!(
                 "no worker serving {model} had room within queue_timeout_secs ({}s); {queued} requests still queued",
                 limits.timeout.as_secs()

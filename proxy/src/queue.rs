@@ -21,15 +21,27 @@
 //! A request that finds no worker with room waits in its model's queue for at most
 //! `queue_timeout_secs` (then 503 `service_unavailable`); at most `queue_max_per_model`
 //! requests wait per model (one more gets 429 `no_capacity`). Both answers carry
-//! `Retry-After`: the recent mean wait in that queue, 1 to 60 s. Whenever room appears (a
-//! request ends, a worker registers) the queue is served in arrival order (`serve`), with
-//! one rule for token budgets:
+//! `Retry-After`: the recent mean wait in that queue, 1 to 60 s.
+//!
+//! # Order: fair between accounts
+//!
+//! Whenever room appears (a request ends, a worker registers) the queue is served (`serve`)
+//! account by account: the next waiter tried is the oldest one of the account with the fewest
+//! requests in flight now (granted worker slots, all models), so an account that fills every
+//! slot and the queue cannot keep another account waiting behind all of its requests; with
+//! one account, or accounts equally loaded, this is arrival order. One rule for token budgets:
 //!
 //! * a waiter that does not fit (its tokens exceed what any worker has left) does not block
-//!   the waiters behind it: a later request that fits is admitted ahead of it, so one huge
-//!   prompt does not stall short ones while slots remain;
-//! * a waiter overtaken [`MAX_OVERTAKES`] times becomes a barrier: nobody behind it is
-//!   admitted until it is, so short requests cannot starve a long one either.
+//!   the waiters tried after it: one that fits is admitted ahead of it, so one huge prompt
+//!   does not stall short ones while slots remain;
+//! * a waiter overtaken [`MAX_OVERTAKES`] times that way becomes a barrier: nobody tried after
+//!   it is admitted until it is, so short requests cannot starve a long one either.
+//!
+//! A full queue refuses a newcomer only if its account is the most loaded one (requests in
+//! flight plus queued). Otherwise the newest waiter of the most loaded account gives up its
+//! place: it gets the 429 (with `Retry-After`) and the newcomer waits. One account alone can
+//! still use the whole queue; against others it keeps only a fair share of it. (Counted as
+//! `displaced` in the queue outcomes.)
 //!
 //! A waiter whose client goes away (its request future is dropped) leaves the queue at once;
 //! the funds held for it are released by the same drop. A grant that finds its waiter gone
@@ -39,7 +51,7 @@
 //! Queue depth per model, waits and outcomes are in `/jsonstats` (`queues`,
 //! `queue_outcomes`) and `/metrics` (`cocoon_proxy_queue_*`); docs/routing.md.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +61,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::ProxyConfig;
+use crate::limits::Rejection;
 use crate::registry::{Slot, Worker};
 
 /// Overtakes after which a waiter blocks everyone behind it (see the module docs).
@@ -61,6 +74,8 @@ const WAIT_ALPHA: f64 = 0.2;
 /// What a request asks of a worker (from its metadata and body length).
 #[derive(Clone, Debug)]
 pub struct Demand {
+    /// The paying account (queue order is fair between accounts).
+    pub account: Arc<str>,
     pub meta: RequestMeta,
     /// Prompt tokens assumed for routing (see the module docs).
     pub prompt_tokens: u64,
@@ -69,10 +84,11 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// The demand of `meta` with a body of `body_len` bytes.
-    pub fn new(cfg: &ProxyConfig, meta: &RequestMeta, body_len: usize) -> Self {
+    /// The demand of `account`'s request `meta` with a body of `body_len` bytes.
+    pub fn new(cfg: &ProxyConfig, account: &str, meta: &RequestMeta, body_len: usize) -> Self {
         let body = u64::try_from(body_len).unwrap_or(u64::MAX);
         Self {
+            account: account.into(),
             meta: meta.clone(),
             prompt_tokens: body.min(u64::from(cfg.max_prompt_tokens)).max(1),
             recipients: None,
@@ -85,6 +101,54 @@ impl Demand {
         match &self.recipients {
             None => true,
             Some(r) => w.info.e2e.as_ref().is_some_and(|k| r.contains(&k.key_hash)),
+        }
+    }
+}
+
+/// Worker slots granted per account, over all models: the key of the queue's fair order.
+#[derive(Debug, Default)]
+pub struct InFlight(Mutex<HashMap<Arc<str>, u32>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more slot for `account` until the returned guard is dropped.
+    pub fn hold(self: &Arc<Self>, account: &Arc<str>) -> AccountSlot {
+        *self.lock().entry(account.clone()).or_default() += 1;
+        AccountSlot {
+            counts: self.clone(),
+            account: account.clone(),
+        }
+    }
+
+    /// Slots `account` holds now.
+    pub fn of(&self, account: &str) -> u32 {
+        self.lock().get(account).copied().unwrap_or(0)
+    }
+
+    /// Runs `f` on the counts (one lock for many reads).
+    fn with<R>(&self, f: impl FnOnce(&HashMap<Arc<str>, u32>) -> R) -> R {
+        f(&self.lock())
+    }
+}
+
+/// One granted slot counted for its account ([`InFlight::hold`]).
+#[derive(Debug)]
+pub struct AccountSlot {
+    counts: Arc<InFlight>,
+    account: Arc<str>,
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.account);
+            }
         }
     }
 }
@@ -107,7 +171,7 @@ pub struct Grant {
 #[derive(Clone)]
 pub struct Freer {
     worker: Arc<Worker>,
-    slot: Arc<std::sync::Mutex<Option<Slot>>>,
+    slot: Arc<std::sync::Mutex<Option<(Slot, AccountSlot)>>>,
     release: Arc<dyn Release>,
 }
 
@@ -141,11 +205,12 @@ impl std::fmt::Debug for Grant {
 }
 
 impl Grant {
-    pub fn new(slot: Slot, release: Arc<dyn Release>) -> Self {
+    /// `slot`, counted for its account by `account`.
+    pub fn new(slot: Slot, account: AccountSlot, release: Arc<dyn Release>) -> Self {
         Self {
             freer: Freer {
                 worker: slot.worker().clone(),
-                slot: Arc::new(std::sync::Mutex::new(Some(slot))),
+                slot: Arc::new(std::sync::Mutex::new(Some((slot, account)))),
                 release,
             },
         }
@@ -162,7 +227,7 @@ impl Grant {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map_or(0, Slot::tokens)
+            .map_or(0, |(slot, _)| slot.tokens())
     }
 
     /// A handle that frees the slot before the grant is dropped.
@@ -181,7 +246,7 @@ impl Drop for Grant {
 pub(crate) struct Waiter {
     pub(crate) id: u64,
     pub(crate) demand: Arc<Demand>,
-    pub(crate) tx: oneshot::Sender<Result<Grant, ApiError>>,
+    pub(crate) tx: oneshot::Sender<Result<Grant, Rejection>>,
     pub(crate) overtaken: u32,
     pub(crate) since: Instant,
 }
@@ -189,7 +254,10 @@ pub(crate) struct Waiter {
 /// The queue of one model.
 #[derive(Default)]
 pub(crate) struct ModelQueue {
-    pub(crate) waiters: VecDeque<Waiter>,
+    /// In arrival order.
+    waiters: VecDeque<Waiter>,
+    /// Waiters per account.
+    queued: HashMap<Arc<str>, u32>,
     /// Mean wait of the requests admitted from the queue, milliseconds.
     wait_ema_ms: Option<f64>,
 }
@@ -210,11 +278,119 @@ impl ModelQueue {
         u32::try_from(secs.clamp(lo, hi)).unwrap_or(1)
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    /// Whether waiter `id` is still waiting.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.waiters.iter().any(|w| w.id == id)
+    }
+
+    pub(crate) fn push(&mut self, waiter: Waiter) {
+        *self
+            .queued
+            .entry(waiter.demand.account.clone())
+            .or_default() += 1;
+        self.waiters.push_back(waiter);
+    }
+
+    /// Takes the waiter at `index` out of the queue.
+    fn take(&mut self, index: usize) -> Option<Waiter> {
+        let w = self.waiters.remove(index)?;
+        if let Some(n) = self.queued.get_mut(&w.demand.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.queued.remove(&w.demand.account);
+            }
+        }
+        Some(w)
+    }
+
     /// Removes waiter `id`; whether it was there.
     pub(crate) fn remove(&mut self, id: u64) -> bool {
-        let before = self.waiters.len();
-        self.waiters.retain(|w| w.id != id);
-        self.waiters.len() != before
+        match self.waiters.iter().position(|w| w.id == id) {
+            Some(i) => self.take(i).is_some(),
+            None => false,
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Waiter> + '_ {
+        self.queued.clear();
+        self.waiters.drain(..)
+    }
+
+    /// Drops the waiters whose client went away; how many.
+    fn drop_abandoned(&mut self) -> u64 {
+        let mut gone = 0;
+        let mut i = 0;
+        while i < self.waiters.len() {
+            if self.waiters[i].tx.is_closed() {
+                self.take(i);
+                gone += 1;
+            } else {
+                i += 1;
+            }
+        }
+        gone
+    }
+
+    /// The index of the next waiter to try: the oldest of the account with the fewest slots
+    /// in flight, among the waiters not in `skip`.
+    fn next(&self, in_flight: &InFlight, skip: &HashSet<u64>) -> Option<usize> {
+        let candidates = self
+            .waiters
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !skip.contains(&w.id));
+        if self.queued.len() <= 1 {
+            // One account: arrival order.
+            return candidates.map(|(i, _)| i).next();
+        }
+        let loads: HashMap<&str, u32> = in_flight.with(|counts| {
+            self.queued
+                .keys()
+                .map(|a| (&**a, counts.get(a).copied().unwrap_or(0)))
+                .collect()
+        });
+        candidates
+            .min_by_key(|(i, w)| (loads.get(&*w.demand.account).copied(), *i))
+            .map(|(i, _)| i)
+    }
+
+    /// Room for waiter `newcomer` in a queue over its limit: the waiter that gives up its
+    /// place — the newest of the most loaded account (slots in flight plus waiters), unless
+    /// the newcomer's account is that loaded itself (then `None`: the newcomer is refused).
+    pub(crate) fn displace_for(&mut self, newcomer: u64, in_flight: &InFlight) -> Option<Waiter> {
+        let account = self
+            .waiters
+            .iter()
+            .find(|w| w.id == newcomer)?
+            .demand
+            .account
+            .clone();
+        let loads: HashMap<Arc<str>, u64> = in_flight.with(|counts| {
+            self.queued
+                .iter()
+                .map(|(a, q)| {
+                    let flying = counts.get(a).copied().unwrap_or(0);
+                    (a.clone(), u64::from(*q) + u64::from(flying))
+                })
+                .collect()
+        });
+        let heaviest = loads.values().copied().max()?;
+        if loads.get(&account).copied().unwrap_or(0) >= heaviest {
+            return None;
+        }
+        let victim = self
+            .waiters
+            .iter()
+            .rposition(|w| loads.get(&w.demand.account) == Some(&heaviest))?;
+        self.take(victim)
     }
 }
 
@@ -238,6 +414,8 @@ pub(crate) struct Outcomes {
     pub(crate) expired: AtomicU64,
     /// The client went away while waiting.
     pub(crate) abandoned: AtomicU64,
+    /// Gave its place in a full queue to a less loaded account's request (429).
+    pub(crate) displaced: AtomicU64,
 }
 
 impl Outcomes {
@@ -262,6 +440,7 @@ pub struct QueueOutcomes {
     pub full: u64,
     pub expired: u64,
     pub abandoned: u64,
+    pub displaced: u64,
 }
 
 /// The per-model queues.
@@ -270,6 +449,8 @@ pub struct Queues {
     models: Mutex<HashMap<String, ModelQueue>>,
     next_id: AtomicU64,
     pub(crate) outcomes: Outcomes,
+    /// Worker slots held per account (the fair order's key).
+    pub in_flight: Arc<InFlight>,
 }
 
 impl std::fmt::Debug for Queues {
@@ -298,7 +479,7 @@ impl Queues {
                 (
                     m.clone(),
                     QueueStats {
-                        queued: q.waiters.len() as u64,
+                        queued: q.len() as u64,
                         wait_ema_ms: q.wait_ema_ms,
                     },
                 )
@@ -308,7 +489,7 @@ impl Queues {
 
     /// Requests waiting for `model` now.
     pub fn depth(&self, model: &str) -> usize {
-        self.lock().get(model).map_or(0, |q| q.waiters.len())
+        self.lock().get(model).map_or(0, ModelQueue::len)
     }
 
     pub fn outcomes(&self) -> QueueOutcomes {
@@ -319,6 +500,7 @@ impl Queues {
             full: load(&o.full),
             expired: load(&o.expired),
             abandoned: load(&o.abandoned),
+            displaced: load(&o.displaced),
         }
     }
 
@@ -327,45 +509,51 @@ impl Queues {
         let waiters: Vec<Waiter> = self
             .lock()
             .values_mut()
-            .flat_map(|q| q.waiters.drain(..))
+            .flat_map(ModelQueue::drain)
             .collect();
         for w in waiters {
-            let _ = w.tx.send(Err(err.clone()));
+            let _ = w.tx.send(Err(err.clone().into()));
         }
     }
 }
 
-/// Admits waiters of `q` in order while `place` finds room (see the module docs); `any_free`
-/// says whether any worker of the model has a free request slot. Grants that could not be
-/// delivered (the waiter left) go to `dropped`, to be freed once the caller has released
-/// the queue lock.
+/// Admits waiters of `q` in fair order while `place` finds room (see the module docs);
+/// `any_free` says whether any worker of the model has a free request slot. Grants that
+/// could not be delivered (the waiter left) go to `dropped`, to be freed once the caller has
+/// released the queue lock.
 pub(crate) fn serve(
     q: &mut ModelQueue,
     outcomes: &Outcomes,
+    in_flight: &InFlight,
     mut place: impl FnMut(&Demand) -> Result<Placed, ApiError>,
     any_free: impl Fn(&Demand) -> bool,
     dropped: &mut Vec<Grant>,
 ) {
-    let mut i = 0;
-    while i < q.waiters.len() {
-        if q.waiters[i].tx.is_closed() {
-            q.waiters.remove(i);
-            Outcomes::bump(&outcomes.abandoned);
-            continue;
+    // Waiters tried in this pass that found no room: each grant after them overtakes them.
+    let mut no_room: HashSet<u64> = HashSet::new();
+    loop {
+        let gone = q.drop_abandoned();
+        if gone > 0 {
+            outcomes.abandoned.fetch_add(gone, Ordering::Relaxed);
         }
+        let Some(i) = q.next(in_flight, &no_room) else {
+            return;
+        };
         match place(&q.waiters[i].demand) {
             Err(e) => {
-                if let Some(w) = q.waiters.remove(i) {
-                    let _ = w.tx.send(Err(e));
+                if let Some(w) = q.take(i) {
+                    let _ = w.tx.send(Err(e.into()));
                 }
             }
             Ok(Placed::Granted(grant)) => {
-                let Some(w) = q.waiters.remove(i) else {
+                let Some(w) = q.take(i) else {
                     dropped.push(grant);
-                    break;
+                    return;
                 };
-                for earlier in q.waiters.iter_mut().take(i) {
-                    earlier.overtaken += 1;
+                for other in q.waiters.iter_mut() {
+                    if no_room.contains(&other.id) {
+                        other.overtaken += 1;
+                    }
                 }
                 q.record_wait(w.since.elapsed());
                 if let Err(Ok(grant)) = w.tx.send(Ok(grant)) {
@@ -373,12 +561,13 @@ pub(crate) fn serve(
                     dropped.push(grant);
                 }
             }
-            Ok(Placed::NoSlot) if !any_free(&q.waiters[i].demand) => break,
+            Ok(Placed::NoSlot) if !any_free(&q.waiters[i].demand) => return,
             Ok(Placed::NoSlot | Placed::NoRoom) => {
-                if q.waiters[i].overtaken >= MAX_OVERTAKES {
-                    break;
+                let w = &q.waiters[i];
+                if w.overtaken >= MAX_OVERTAKES {
+                    return;
                 }
-                i += 1;
+                no_room.insert(w.id);
             }
         }
     }

@@ -302,7 +302,7 @@ async fn forward(
         None => state.config.max_body_bytes,
     };
     let (body, _charge) = admission::read_body(state, req, limit).await?;
-    let mut demand = Demand::new(&state.config, &meta, body.len());
+    let mut demand = Demand::new(&state.config, account, &meta, body.len());
     let receipt = match &e2e {
         Some(binding) => Some(encrypted_demand(state, &mut demand, binding, &body)?),
         None => None,

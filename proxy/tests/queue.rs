@@ -1,5 +1,5 @@
-//! Admission: the per-model queue (FIFO, bounded, with a deadline) and the token budget of
-//! workers (proxy::queue).
+//! Admission: the per-model queue (fair between accounts, bounded, with a deadline) and the
+//! token budget of workers (proxy::queue).
 
 mod common;
 
@@ -91,8 +91,9 @@ async fn thirty_two_streams_on_capacity_four_all_complete() {
     assert!(metrics.contains("cocoon_proxy_queue_outcomes_total{outcome=\"admitted\"} 28"));
 }
 
-/// With 4 running and 32 queued (queue_max_per_model = 32), the 37th gets 429 with
-/// Retry-After; the queue and the worker are untouched by it.
+/// With 4 running and 32 queued (queue_max_per_model = 32), one more request of one of the
+/// two (equally loaded) accounts gets 429 with Retry-After; the queue and the worker are
+/// untouched by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_with_retry_after() {
     let p = start_proxy(|c| c.queue.max_per_model = 32).await;
@@ -101,6 +102,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     spec.behavior = Behavior::Hang;
     let w = with_worker(&p, spec).await;
     let mut waiting = Vec::new();
+    let mut clients = Vec::new();
     for seed in 1..=2u8 {
         let c = client(p.running.client_addr, seed).await;
         for _ in 0..18 {
@@ -109,12 +111,13 @@ async fn a_full_queue_answers_429_with_retry_after() {
                 c.send(chat(MODEL, 16, None, BODY)).await
             }));
         }
+        clients.push(c);
     }
     wait_until("4 running, 32 queued", PROMPT, || {
         w.obs.requests.load(Ordering::SeqCst) == 4 && queued(&p) == 32
     })
     .await;
-    let mut c = client(p.running.client_addr, 3).await;
+    let c = &mut clients[0];
     let started = Instant::now();
     let resp = c.send(chat(MODEL, 16, None, BODY)).await;
     assert!(
@@ -130,12 +133,157 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert!(message.contains("queue is full (32 waiting"), "{message}");
     assert_eq!(queued(&p), 32);
     assert_eq!(outcome(&p, "full"), 1);
+    assert_eq!(outcome(&p, "displaced"), 0);
     assert_eq!(p.stats()["client_refusals"]["queue_full"], 1);
     assert_eq!(w.obs.requests.load(Ordering::SeqCst), 4);
     for t in waiting {
         t.abort();
     }
     wait_until("queue emptied by the clients leaving", PROMPT, || {
+        queued(&p) == 0 && p.stats()["workers"][0]["in_flight"] == 0
+    })
+    .await;
+}
+
+/// Fair order between accounts: account A fills both slots of a worker and queues 6 more;
+/// account B's one request, queued last, gets the first slot that frees (A still has one in
+/// flight, B none) instead of waiting behind A's whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_account_does_not_wait_behind_the_first_accounts_backlog() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("two");
+    spec.capacity = 2;
+    spec.behavior = Behavior::Hang;
+    let w = with_worker(&p, spec).await;
+    let in_flight = p.running.state().queues.in_flight.clone();
+    let a = client(p.running.client_addr, 1).await;
+    let a_account = a.account.clone();
+    let mut a_tasks = Vec::new();
+    for i in 0..8 {
+        let mut c = a.stream_handle().unwrap();
+        a_tasks.push(tokio::spawn(async move {
+            c.send(chat(MODEL, 16, None, BODY)).await
+        }));
+        // In order: the first two take the slots, the rest queue in arrival order.
+        wait_until("A's request placed", PROMPT, || {
+            w.obs.requests.load(Ordering::SeqCst) + queued(&p) == i + 1
+        })
+        .await;
+    }
+    assert_eq!(in_flight.of(&a_account), 2);
+    assert_eq!(queued(&p), 6);
+    let mut b = client(p.running.client_addr, 2).await;
+    let b_account = b.account.clone();
+    let b_task = tokio::spawn(async move { b.send(chat(MODEL, 16, None, BODY)).await });
+    wait_until("B queued", PROMPT, || queued(&p) == 7).await;
+
+    // One of A's running requests ends: its slot goes to B.
+    a_tasks.remove(0).abort();
+    wait_until("the freed slot taken", PROMPT, || {
+        w.obs.requests.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert_eq!(in_flight.of(&b_account), 1, "B got the slot");
+    assert_eq!(in_flight.of(&a_account), 1);
+    assert_eq!(queued(&p), 6, "A's 6 still wait");
+
+    // A's other running request ends: A holds no slot now, B one, so the slot goes to A's
+    // oldest waiter.
+    a_tasks.remove(0).abort();
+    wait_until("the second freed slot taken", PROMPT, || {
+        w.obs.requests.load(Ordering::SeqCst) == 4
+    })
+    .await;
+    assert_eq!(in_flight.of(&a_account), 1);
+    assert_eq!(in_flight.of(&b_account), 1);
+    assert_eq!(queued(&p), 5);
+    b_task.abort();
+    for t in a_tasks {
+        t.abort();
+    }
+    wait_until("all gone", PROMPT, || {
+        queued(&p) == 0 && p.stats()["workers"][0]["in_flight"] == 0
+    })
+    .await;
+    assert_eq!(in_flight.of(&a_account), 0);
+    assert_eq!(in_flight.of(&b_account), 0);
+}
+
+/// A full queue against two accounts: account A holds the worker's slot and fills the queue
+/// (4 places); A's next request is refused, but B's takes the place of A's newest waiter,
+/// which gets 429 naming why. B can take places until both accounts are equally loaded (in
+/// flight plus queued); then B is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_keeps_a_fair_share_for_a_second_account() {
+    let p = start_proxy(|c| c.queue.max_per_model = 4).await;
+    let mut spec = WorkerSpec::new("one");
+    spec.capacity = 1;
+    spec.behavior = Behavior::Hang;
+    let w = with_worker(&p, spec).await;
+    let a = client(p.running.client_addr, 1).await;
+    let mut a_tasks = Vec::new();
+    for i in 0..5 {
+        let mut c = a.stream_handle().unwrap();
+        a_tasks.push(tokio::spawn(async move {
+            c.send(chat(MODEL, 16, None, BODY)).await
+        }));
+        wait_until("A's request placed", PROMPT, || {
+            w.obs.requests.load(Ordering::SeqCst) + queued(&p) == i + 1
+        })
+        .await;
+    }
+    assert_eq!(queued(&p), 4);
+    // A alone: refused, as before.
+    let mut a_more = a.stream_handle().unwrap();
+    let resp = a_more.send(chat(MODEL, 16, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(outcome(&p, "full"), 1);
+
+    // B's first request: A's newest waiter gives up its place.
+    let b = client(p.running.client_addr, 2).await;
+    let mut b_tasks = Vec::new();
+    let mut b0 = b.stream_handle().unwrap();
+    b_tasks.push(tokio::spawn(async move {
+        b0.send(chat(MODEL, 16, None, BODY)).await
+    }));
+    let displaced = a_tasks.pop().unwrap().await.unwrap();
+    assert_eq!(displaced.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(displaced.headers()["retry-after"], "1");
+    let body = json_body(displaced).await;
+    assert_eq!(error_kind(&body), "no_capacity");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("gave its place"), "{message}");
+    assert_eq!(outcome(&p, "displaced"), 1);
+    assert_eq!(queued(&p), 4);
+
+    // B's second: A (1 running + 3 queued = 4) is still heavier than B would be (2).
+    let mut b1 = b.stream_handle().unwrap();
+    b_tasks.push(tokio::spawn(async move {
+        b1.send(chat(MODEL, 16, None, BODY)).await
+    }));
+    let displaced = a_tasks.pop().unwrap().await.unwrap();
+    assert_eq!(displaced.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(outcome(&p, "displaced"), 2);
+    assert_eq!(queued(&p), 4);
+
+    // B's third would make B (3) as loaded as A (1 + 2): refused.
+    let mut b2 = b.stream_handle().unwrap();
+    let resp = b2.send(chat(MODEL, 16, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let message = json_body(resp).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!message.contains("gave its place"), "{message}");
+    assert_eq!(outcome(&p, "full"), 2);
+    assert_eq!(outcome(&p, "displaced"), 2);
+    assert_eq!(p.stats()["client_refusals"]["queue_full"], 4);
+    assert_eq!(queued(&p), 4);
+    assert_eq!(w.obs.requests.load(Ordering::SeqCst), 1);
+    for t in a_tasks.into_iter().chain(b_tasks) {
+        t.abort();
+    }
+    wait_until("all gone", PROMPT, || {
         queued(&p) == 0 && p.stats()["workers"][0]["in_flight"] == 0
     })
     .await;
