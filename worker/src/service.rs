@@ -42,7 +42,10 @@
 //!
 //! When the proxy resets the stream (its client went away) hyper drops the response body; the
 //! task feeding it notices at once, drops the engine's future and its channel, and releases
-//! the capacity permit. [`Stats::active_generations`] observes this. [`Service::end_streams`]
+//! the capacity permit. [`Stats::active_generations`] observes this. The work such a stream
+//! cost (the engine's [`Meter`]: prompt tokens counted, completion tokens sampled) is added to
+//! [`StatsSnapshot::unbilled_prompt_tokens`] / [`StatsSnapshot::unbilled_completion_tokens`],
+//! as for every stream that ends without its usage report: nobody was billed for it. [`Service::end_streams`]
 //! (the worker's drain deadline passed) ends every running stream with an
 //! `event: cocoon-error` of kind `service_unavailable` (or, before its first byte, that
 //! error as the HTTP answer), so that nobody sees a silent cut.
@@ -84,7 +87,7 @@ use protocol::{
 use ratls::Clock;
 use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input};
+use crate::engine::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Meter};
 use crate::validate::{validate, ValidatedRequest, MAX_BODY_BYTES};
 use chunks::ChunkEncoder;
 
@@ -193,10 +196,12 @@ pub struct Stats {
     rejected: AtomicU64,
     no_capacity: AtomicU64,
     registrations: AtomicU64,
+    unbilled_prompt_tokens: AtomicU64,
+    unbilled_completion_tokens: AtomicU64,
 }
 
-/// A copy of [`Stats`] at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A copy of [`Stats`] at one moment (the status port's `GET /stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
     /// Generations running now (each holds a capacity permit).
     pub active_generations: u64,
@@ -216,6 +221,11 @@ pub struct StatsSnapshot {
     pub no_capacity: u64,
     /// Successful hello exchanges.
     pub registrations: u64,
+    /// Prompt tokens processed for streams that ended without a usage report (cancelled,
+    /// stalled, failed, ended by shutdown): work no proxy was told of, so nobody paid for it.
+    pub unbilled_prompt_tokens: u64,
+    /// Completion tokens sampled for such streams.
+    pub unbilled_completion_tokens: u64,
 }
 
 impl Stats {
@@ -231,11 +241,20 @@ impl Stats {
             rejected: r(&self.rejected),
             no_capacity: r(&self.no_capacity),
             registrations: r(&self.registrations),
+            unbilled_prompt_tokens: r(&self.unbilled_prompt_tokens),
+            unbilled_completion_tokens: r(&self.unbilled_completion_tokens),
         }
     }
 
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn unbilled(&self, work: &Usage) {
+        self.unbilled_prompt_tokens
+            .fetch_add(work.prompt_tokens, Ordering::SeqCst);
+        self.unbilled_completion_tokens
+            .fetch_add(work.completion_tokens, Ordering::SeqCst);
     }
 }
 
@@ -944,6 +963,7 @@ impl Generation {
                 tool_choice: request.tool_choice.clone(),
                 response_format: request.response_format.clone(),
                 max_prompt_tokens: None,
+                meter: Default::default(),
             })
             .collect();
         let mut progress = Progress {
@@ -956,11 +976,15 @@ impl Generation {
         let mut total = Usage::default();
         let mut reasons: Vec<&'static str> = Vec::new();
         let mut outcome = Outcome::Completed(total);
+        // The meter of the choice being generated (its work is not in `total` yet).
+        let mut running: Option<Meter> = None;
         for (index, mut req) in std::iter::once(request).chain(batch).enumerate() {
             req.max_prompt_tokens = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
+            running = Some(req.meter.clone());
             let step = drive(&self.engine, req, index, &mut encoder, &out, &mut progress).await;
             match step {
                 Step::Done(usage, reason) => {
+                    running = None;
                     total.add(&usage);
                     reasons.push(reason.as_str());
                     let end = encoder.end_choice(index, reason);
@@ -1006,6 +1030,14 @@ impl Generation {
         } = progress;
         let duration_ms = self.started.elapsed().as_millis();
         let rid = &self.request_id;
+        // The work of a generation that ends without its usage report (nobody is billed).
+        let mut done = total;
+        if let Some(m) = &running {
+            done.add(&m.usage());
+        }
+        if !matches!(outcome, Outcome::Completed(_)) {
+            self.stats.unbilled(&done);
+        }
         match outcome {
             Outcome::Completed(usage) => {
                 Stats::bump(&self.stats.completed);
@@ -1022,7 +1054,14 @@ impl Generation {
             }
             Outcome::Cancelled => {
                 Stats::bump(&self.stats.cancelled);
-                tracing::info!(request_id = %rid, model = %model, duration_ms, "completion cancelled by the proxy");
+                tracing::info!(
+                    request_id = %rid,
+                    model = %model,
+                    duration_ms,
+                    prompt_tokens = done.prompt_tokens,
+                    completion_tokens = done.completion_tokens,
+                    "completion cancelled by the proxy"
+                );
             }
             Outcome::Stalled => {
                 Stats::bump(&self.stats.stalled);

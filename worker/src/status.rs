@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /healthz` | 200 `{"status":"ok"}` once the process runs (also while models load) |
 //! | `GET /readyz` | 200 when the models are loaded and at least one proxy registration is open; else 503 naming [`MODELS_LOADING`] and/or [`NO_PROXY`] |
+//! | `GET /stats` | the service's counters ([`crate::service::StatsSnapshot`]: generations running, requests, how streams ended, refusals, and the tokens of work done for streams that ended without a usage report, `unbilled_*`); 404 while the models load |
 //! | `GET /earnings` | with `[payout]`: the worker's earnings ([`crate::payout::Earnings`]: owner, wallet, per proxy contract the worker contract, voucher / paid / pending tokens and nanoton, last error); else 404 |
 //! | anything else | 404 |
 //!
@@ -12,7 +13,8 @@
 //!
 //! The port is the worker's only listener; everything else is dialed out. Whoever reaches it
 //! (the host, for a port outside the guest's loopback) learns whether the worker is loaded and
-//! registered, and its earnings (the same figures the chain shows publicly: contract addresses
+//! registered, its request and token counts (which the host could estimate from traffic
+//! anyway) and its earnings (the same figures the chain shows publicly: contract addresses
 //! and token counts), nothing more: no prompts, keys or proxy network addresses. Answers come from
 //! state the worker holds (no attestation or engine call per probe). Connections are capped
 //! ([`MAX_CONNECTIONS`]) and must send their request head within [`HEADER_TIMEOUT`].
@@ -77,6 +79,9 @@ impl Status {
         if req.uri().path() == EARNINGS {
             return self.earnings(req).await;
         }
+        if req.uri().path() == STATS {
+            return self.stats(req);
+        }
         let resp = match Probe::from_path(req.uri().path()) {
             Some(_) if !Probe::allows(req.method()) => health::method_not_allowed(),
             Some(Probe::Liveness) => health::liveness(),
@@ -110,6 +115,28 @@ impl Status {
 
 /// The earnings route.
 pub const EARNINGS: &str = "/earnings";
+/// The counters route.
+pub const STATS: &str = "/stats";
+
+impl Status {
+    fn stats<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let json =
+            |status, body: Vec<u8>| protocol::response::json(status, Full::new(Bytes::from(body)));
+        if req.method() != http::Method::GET {
+            return health::method_not_allowed().map(|b| Full::new(Bytes::from(b)));
+        }
+        match self.service.get() {
+            Some(s) => {
+                let body = serde_json::to_vec_pretty(&s.stats().snapshot()).unwrap_or_default();
+                json(StatusCode::OK, body)
+            }
+            None => json(
+                StatusCode::NOT_FOUND,
+                br#"{"status":"not_found","reason":"models loading"}"#.to_vec(),
+            ),
+        }
+    }
+}
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // A dropped sender also means stop.
@@ -179,6 +206,8 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         let req = Request::get(EARNINGS).body(()).unwrap();
+        assert_eq!(s.respond(&req).await.status(), StatusCode::NOT_FOUND);
+        let req = Request::get(STATS).body(()).unwrap();
         assert_eq!(s.respond(&req).await.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -351,6 +351,7 @@ pub fn validate(
         input,
         sampling,
         max_prompt_tokens: None,
+        meter: Default::default(),
         tools,
         tool_choice,
         response_format,

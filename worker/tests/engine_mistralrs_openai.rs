@@ -42,6 +42,7 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
             ..Sampling::default()
         },
         max_prompt_tokens: None,
+        meter: Default::default(),
         tools: vec![],
         tool_choice: ToolChoice::default(),
         response_format: ResponseFormat::default(),

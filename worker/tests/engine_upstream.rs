@@ -187,6 +187,7 @@ fn request(input: Input, max_tokens: u32) -> GenerationRequest {
             top_logprobs: None,
         },
         max_prompt_tokens: None,
+        meter: Default::default(),
         tools: vec![],
         tool_choice: Default::default(),
         response_format: Default::default(),
@@ -266,9 +267,14 @@ async fn chat_streams_text_usage_and_finish_reason() {
     ]))
     .await;
     let e = engine(addr);
-    let (text, last, result) = run(&e, chat(64)).await;
+    let req = chat(64);
+    let meter = req.meter.clone();
+    let (text, last, result) = run(&e, req).await;
     assert_eq!(result, Ok(()));
     assert_eq!(text, "Hello");
+    // One token per text event until the upstream's usage report replaces the count.
+    let counted = meter.usage();
+    assert_eq!((counted.prompt_tokens, counted.completion_tokens), (12, 3));
     assert_eq!(
         last,
         Some(Ok(Chunk::Done {
@@ -460,7 +466,9 @@ async fn dropping_the_receiver_aborts_the_upstream_request() {
     let (addr, state) = server(Behavior::Endless).await;
     let e = engine(addr);
     let (tx, mut rx) = mpsc::channel(1);
-    let gen = e.generate(chat(1000), tx);
+    let req = chat(1000);
+    let meter = req.meter.clone();
+    let gen = e.generate(req, tx);
     let cancel = async {
         let first = rx.recv().await;
         assert!(matches!(first, Some(Ok(Chunk::Text(_)))), "{first:?}");
@@ -470,6 +478,11 @@ async fn dropping_the_receiver_aborts_the_upstream_request() {
     let (result, dropped) = tokio::join!(gen, cancel);
     assert_eq!(result, Ok(()));
     assert!(dropped.elapsed() < Duration::from_secs(1));
+    // The work until then: at least the token received (the prompt is the upstream's to
+    // count; it reported none).
+    let counted = meter.usage();
+    assert_eq!(counted.prompt_tokens, 0);
+    assert!(counted.completion_tokens >= 1, "{counted:?}");
     // The server sees the connection go away (its next write fails).
     let t = Instant::now();
     while !state.client_gone.load(Ordering::SeqCst) {

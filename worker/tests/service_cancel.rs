@@ -110,3 +110,96 @@ async fn dropping_the_stream_stops_the_engine() {
     assert_eq!(ok.status(), 200);
     h.shutdown();
 }
+
+/// The work of streams that end without a usage report is counted (`unbilled_*`): a stream
+/// dropped mid-generation counts its prompt and the tokens sampled so far, one dropped during
+/// prompt processing its prompt only, a completed one nothing (it is billed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_work_is_counted_as_unbilled() {
+    // "hello there": 3 prompt tokens as the stub counts them.
+    const PROMPT_TOKENS: u64 = 3;
+    let mut h = Harness::start(Options {
+        prefill_delay: Duration::from_millis(300),
+        ..slow()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let stats = h.service.stats();
+    let chat = "/v1/chat/completions";
+
+    // Dropped during prompt processing (no response yet).
+    let early = tokio::time::timeout(
+        Duration::from_millis(100),
+        send(
+            &mut conn,
+            completion_request(chat, MODEL, 1000, chat_body(json!({}))),
+        ),
+    )
+    .await;
+    assert!(early.is_err(), "no answer during the prefill delay");
+    wait_until(
+        "the first generation to stop",
+        Duration::from_secs(2),
+        || stats.snapshot().cancelled == 1 && stats.snapshot().active_generations == 0,
+    )
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(
+        (s.unbilled_prompt_tokens, s.unbilled_completion_tokens),
+        (PROMPT_TOKENS, 0)
+    );
+
+    // Dropped after some tokens.
+    let resp = send(
+        &mut conn,
+        completion_request(chat, MODEL, 1000, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut received = 0u64;
+    while received < 5 {
+        let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("frame in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = f.into_data() {
+            received += data
+                .windows(b"\"content\"".len())
+                .filter(|w| *w == b"\"content\"")
+                .count() as u64;
+        }
+    }
+    drop(body);
+    wait_until(
+        "the second generation to stop",
+        Duration::from_secs(2),
+        || stats.snapshot().cancelled == 2 && stats.snapshot().active_generations == 0,
+    )
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(s.unbilled_prompt_tokens, 2 * PROMPT_TOKENS);
+    let sampled = s.unbilled_completion_tokens;
+    assert!(
+        (received..1000).contains(&sampled),
+        "{sampled} tokens counted, {received} received"
+    );
+
+    // Completed: billed, so nothing is added.
+    let done = send(
+        &mut conn,
+        completion_request(chat, MODEL, 3, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    let evs = events(done).await;
+    assert!(evs.last().unwrap().is_done());
+    let s = stats.snapshot();
+    assert_eq!(s.completed, 1);
+    assert_eq!(
+        (s.unbilled_prompt_tokens, s.unbilled_completion_tokens),
+        (2 * PROMPT_TOKENS, sampled)
+    );
+    h.shutdown();
+}

@@ -53,6 +53,13 @@ async fn readyz_follows_loading_and_registration() {
     assert_eq!(hello(&mut conn).await, 200);
     let ready = json!({"status": "ready", "reasons": []});
     assert_eq!(status_get(addr, "/readyz").await, (200, ready.clone()));
+    // The counters: one registration, nothing served or unbilled yet.
+    let (code, stats) = status_get(addr, "/stats").await;
+    assert_eq!(code, 200);
+    assert_eq!(stats["registrations"], 1);
+    assert_eq!(stats["requests"], 0);
+    assert_eq!(stats["unbilled_prompt_tokens"], 0);
+    assert_eq!(stats["unbilled_completion_tokens"], 0);
     assert_eq!(h.service.open_registrations(), 1);
     // A second hello on the same connection does not count twice.
     assert_eq!(hello(&mut conn).await, 200);

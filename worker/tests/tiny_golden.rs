@@ -105,6 +105,7 @@ fn chat(text: &str, max_tokens: u32) -> GenerationRequest {
             top_logprobs: None,
         },
         max_prompt_tokens: None,
+        meter: Default::default(),
         tools: vec![],
         tool_choice: Default::default(),
         response_format: Default::default(),
@@ -138,9 +139,17 @@ async fn run(engine: &MistralRsEngine, req: GenerationRequest) -> Run {
         }
         (text, done)
     };
+    let meter = req.meter.clone();
     let (result, (text, done)) = tokio::join!(engine.generate(req, tx), read);
     result.expect("generate");
     let (usage, finish) = done.expect("no done chunk");
+    // The meter counted the same work as the final report, as it went.
+    let counted = meter.usage();
+    assert_eq!(
+        (counted.prompt_tokens, counted.completion_tokens),
+        (usage.prompt_tokens, usage.completion_tokens),
+        "meter vs usage"
+    );
     Run {
         text,
         prompt_tokens: usage.prompt_tokens,
@@ -265,6 +274,32 @@ async fn tiny_llama_greedy_output_matches_golden() {
     assert_eq!(
         (&again.text, again.prompt_tokens, again.completion_tokens),
         (&first.text, first.prompt_tokens, first.completion_tokens)
+    );
+
+    // Cancelled after 3 text chunks: the meter holds the prompt and at least the tokens sent
+    // (what the worker records as unbilled work of a cancelled stream).
+    let req = chat(PROMPT, MAX_TOKENS);
+    let meter = req.meter.clone();
+    let (tx, mut rx) = mpsc::channel::<Result<Chunk, EngineError>>(8);
+    let read = async move {
+        let mut texts = 0u64;
+        while texts < 3 {
+            match rx.recv().await {
+                Some(Ok(Chunk::Text(_))) => texts += 1,
+                Some(Ok(Chunk::Done { .. })) | None => panic!("ended before 3 text chunks"),
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        texts
+    };
+    let (result, texts) = tokio::join!(engine.generate(req, tx), read);
+    result.expect("a cancelled generation returns Ok");
+    let counted = meter.usage();
+    assert_eq!(counted.prompt_tokens, first.prompt_tokens);
+    assert!(
+        (texts..=u64::from(MAX_TOKENS)).contains(&counted.completion_tokens),
+        "{} counted after {texts} chunks",
+        counted.completion_tokens
     );
 
     // Token ids: the prompt as the engine tokenizes it, the completion from top-1 logprobs.

@@ -8,6 +8,11 @@
 //! An engine receives a validated [`GenerationRequest`] and streams [`Chunk`]s into a channel.
 //! When the receiver is dropped (client gone, proxy cancelled) the engine must stop generating
 //! promptly: a failed `send` is the cancellation signal.
+//!
+//! As it works, an engine counts on the request's [`Meter`]: the prompt's tokens once it has
+//! counted them (before prompt processing), the completion tokens as it samples them (also
+//! those a stage holds back). When a generation ends without [`Chunk::Done`] (cancelled,
+//! stalled, failed) the meter is the work it cost.
 
 #[cfg(feature = "mistralrs")]
 pub mod mistralrs;
@@ -151,6 +156,60 @@ pub struct GenerationRequest {
     /// `cocoon-max-prompt-tokens`): an engine that counts prompt tokens before generating
     /// refuses more with [`EngineError::PromptOverBudget`]. `None`: only the context bounds it.
     pub max_prompt_tokens: Option<u64>,
+    /// Where the engine counts the work done so far (see the module docs).
+    pub meter: Meter,
+}
+
+/// The work done on one generation so far, counted by the engine while it runs and read by
+/// the service at any time (shared: clones count on the same figures).
+#[derive(Clone, Debug, Default)]
+pub struct Meter(std::sync::Arc<MeterCounts>);
+
+#[derive(Debug, Default)]
+struct MeterCounts {
+    prompt_tokens: std::sync::atomic::AtomicU64,
+    completion_tokens: std::sync::atomic::AtomicU64,
+}
+
+impl Meter {
+    /// The prompt was counted: `tokens`.
+    pub fn prompt(&self, tokens: u64) {
+        self.0
+            .prompt_tokens
+            .store(tokens, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `tokens` completion tokens were sampled so far (the count never goes down).
+    pub fn completion(&self, tokens: u64) {
+        self.0
+            .completion_tokens
+            .fetch_max(tokens, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One more completion token was sampled.
+    pub fn completion_token(&self) {
+        self.0
+            .completion_tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The work counted so far.
+    pub fn usage(&self) -> Usage {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Usage {
+            prompt_tokens: load(&self.0.prompt_tokens),
+            completion_tokens: load(&self.0.completion_tokens),
+            ..Usage::default()
+        }
+    }
+}
+
+/// Meters compare by their counts (a request's equality does not depend on which meter it
+/// carries while nothing was counted).
+impl PartialEq for Meter {
+    fn eq(&self, other: &Self) -> bool {
+        self.usage() == other.usage()
+    }
 }
 
 /// Checks a prompt's token count against a request's budget

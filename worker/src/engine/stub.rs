@@ -134,6 +134,7 @@ impl Engine for StubEngine {
             return Err(EngineError::UnknownModel(req.model));
         }
         super::check_prompt_budget(req.max_prompt_tokens, prompt_tokens(&req.input))?;
+        req.meter.prompt(prompt_tokens(&req.input));
         let forced = match &req.tool_choice {
             ToolChoice::Function(name) => Some(name.clone()),
             ToolChoice::Required => Some(
@@ -153,6 +154,7 @@ impl Engine for StubEngine {
                 name,
                 arguments: "{}".into(),
             };
+            req.meter.completion_token();
             if tx.send(Ok(Chunk::ToolCalls(vec![call]))).await.is_err() {
                 return Ok(());
             }
@@ -184,6 +186,7 @@ impl Engine for StubEngine {
                 Some(words) => format!("{} ", words[i as usize % words.len()]),
                 None => format!("tok{i} "),
             };
+            req.meter.completion_token();
             let chunk = match req.sampling.top_logprobs {
                 None => Chunk::Text(text),
                 Some(top) => Chunk::Tokens {
@@ -241,6 +244,7 @@ mod tests {
                 top_logprobs: None,
             },
             max_prompt_tokens: None,
+            meter: Default::default(),
             tools: vec![],
             tool_choice: Default::default(),
             response_format: Default::default(),

@@ -57,8 +57,8 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
 
 use super::{
-    Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Message, ResponseFormat,
-    ToolChoice,
+    Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Message, Meter,
+    ResponseFormat, ToolChoice,
 };
 
 /// Longest upstream error body quoted in an [`EngineError::Upstream`] (characters).
@@ -573,6 +573,7 @@ impl UpstreamEngine {
         kind: Kind,
         max_tokens: u32,
         tx: &mpsc::Sender<Result<Chunk, EngineError>>,
+        meter: &Meter,
     ) -> Result<Outcome, EngineError> {
         let mut deadline = Instant::now() + self.first_byte_timeout;
         let response = tokio::select! {
@@ -647,7 +648,18 @@ impl UpstreamEngine {
                     tokio::spawn(drain(body, self.idle_timeout));
                     return state.finish(max_tokens).map(Outcome::Done);
                 }
-                if let Some(text) = state.on_event(&ev)? {
+                let text = state.on_event(&ev)?;
+                // The upstream's own count when it reports usage as it goes (vLLM's
+                // `continuous_usage_stats`), else one token per text event, a lower bound.
+                match state.usage {
+                    Some(u) => {
+                        meter.prompt(u.prompt_tokens);
+                        meter.completion(u.completion_tokens);
+                    }
+                    None if text.is_some() => meter.completion_token(),
+                    None => {}
+                }
+                if let Some(text) = text {
                     if tx.send(Ok(Chunk::Text(text))).await.is_err() {
                         return Ok(Outcome::Cancelled);
                     }
@@ -714,7 +726,10 @@ impl Engine for UpstreamEngine {
         let max_tokens = req.sampling.max_tokens;
         let result = match serde_json::to_vec(&request_body(&req, &model.upstream_name)) {
             Ok(body) => match self.http_request(kind, body) {
-                Ok(request) => self.exchange(request, kind, max_tokens, &tx).await,
+                Ok(request) => {
+                    self.exchange(request, kind, max_tokens, &tx, &req.meter)
+                        .await
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(upstream(format!("encoding request: {e}"))),
@@ -759,6 +774,7 @@ mod tests {
             input: Input::Prompt("once upon".into()),
             sampling: sampling(),
             max_prompt_tokens: None,
+            meter: Default::default(),
             tools: vec![],
             tool_choice: Default::default(),
             response_format: Default::default(),
@@ -798,6 +814,7 @@ mod tests {
             ]),
             sampling: s,
             max_prompt_tokens: None,
+            meter: Default::default(),
             tools: vec![crate::engine::ToolSpec {
                 name: "f".into(),
                 description: Some("d".into()),

@@ -436,6 +436,7 @@ impl MistralRsEngine {
             });
         }
         super::check_prompt_budget(budget, prompt_tokens)?;
+        req.meter.prompt(prompt_tokens);
         let room = limit - prompt_tokens;
         let max_len = u64::from(req.sampling.max_tokens).min(room);
         if max_len == 0 {
@@ -464,6 +465,7 @@ impl MistralRsEngine {
             calls,
             tools: &req.tools,
             logprobs: req.sampling.top_logprobs.map(|_| &*self.vocab),
+            meter: &req.meter,
         }
         .run(mrx)
         .await

@@ -30,7 +30,7 @@ use super::sampler::{StepRecord, Steps};
 use super::tools::{could_be_call, parse_calls};
 use super::vocab::Vocab;
 use crate::engine::{
-    Chunk, EngineError, FinishReason, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
+    Chunk, EngineError, FinishReason, Meter, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
 };
 
 /// Holds back text that may be the start of a stop string, and cuts at the first stop string.
@@ -252,6 +252,8 @@ pub(crate) struct Forward<'a> {
     pub tools: &'a [ToolSpec],
     /// Token texts, when the request asked for logprobs.
     pub logprobs: Option<&'a Vocab>,
+    /// Counts the sampled tokens as they come (held-back text included).
+    pub meter: &'a Meter,
 }
 
 fn failed(msg: impl Into<String>) -> EngineError {
@@ -438,6 +440,7 @@ impl Forward<'_> {
                 }
                 return Ok(self.end(&mut stages, usage, FinishReason::Length).await);
             };
+            self.meter.completion(self.steps.count());
             let step = step_of(response)?;
             let mut logprobs = match self.logprobs {
                 Some(vocab) => take_records(self.steps, &mut cursor, step.token)
