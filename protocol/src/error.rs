@@ -25,6 +25,9 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Every worker for the model is at capacity (429).
     NoCapacity,
+    /// The account exceeded a per-account rate (429; OpenAI's `rate_limit_exceeded`): the
+    /// proxy's limit on streams abandoned before they could be billed.
+    RateLimited,
     /// A worker or the proxy failed (502).
     Upstream,
     /// The peer's attestation was rejected (502; the message names the reason).
@@ -52,7 +55,7 @@ impl ErrorKind {
             Self::InsufficientFunds => 402,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::PayloadTooLarge => 413,
-            Self::NoCapacity => 429,
+            Self::NoCapacity | Self::RateLimited => 429,
             Self::Upstream | Self::Attestation => 502,
             Self::Timeout => 504,
             Self::Unavailable => 503,
@@ -72,7 +75,7 @@ impl ErrorKind {
             Self::Unauthorized => "authentication_error",
             Self::InsufficientFunds => "insufficient_quota",
             Self::ModelNotFound | Self::NotFound => "not_found_error",
-            Self::NoCapacity => "rate_limit_error",
+            Self::NoCapacity | Self::RateLimited => "rate_limit_error",
             Self::Upstream
             | Self::Attestation
             | Self::Timeout
@@ -92,6 +95,7 @@ impl ErrorKind {
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
             Self::NoCapacity => "no_capacity",
+            Self::RateLimited => "rate_limit_exceeded",
             Self::Upstream => "upstream_error",
             Self::Attestation => "attestation_rejected",
             Self::Timeout => "timeout",
@@ -113,6 +117,7 @@ impl ErrorKind {
             NotFound,
             PayloadTooLarge,
             NoCapacity,
+            RateLimited,
             Upstream,
             Attestation,
             Timeout,

@@ -30,6 +30,8 @@
 //! client_h2_connection_window_bytes = 1048576 # HTTP/2 receive window per connection
 //! client_max_header_bytes = 16384    # HTTP/2 header list / HTTP/1.1 read buffer (>= 8192)
 //! client_body_budget_bytes = 67108864 # request bodies buffered at once, all requests (503)
+//! client_abandon_burst = 32          # streams an account may abandon before billing (0 = no limit) (429)
+//! client_abandon_interval_secs = 2   # and one more per this many seconds (crate::limits::Abandons)
 //!
 //! record_forwarded = "forwarded.log" # optional development test hook (crate::record); sim only
 //!
@@ -144,6 +146,13 @@ pub const DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
 pub const DEFAULT_CLIENT_MAX_HEADER_BYTES: u32 = 16 << 10;
 /// Default `client_body_budget_bytes`: sixteen bodies of the largest size.
 pub const DEFAULT_CLIENT_BODY_BUDGET_BYTES: u64 = 64 << 20;
+/// Default `client_abandon_burst`: an app that gives up on a burst of streams at once (a page
+/// closed with many requests in flight) stays within it.
+pub const DEFAULT_CLIENT_ABANDON_BURST: u32 = 32;
+/// Default `client_abandon_interval_secs`: 30 more abandoned streams a minute.
+pub const DEFAULT_CLIENT_ABANDON_INTERVAL_SECS: u64 = 2;
+/// Largest `client_abandon_burst`.
+pub const MAX_CLIENT_ABANDON_BURST: u32 = 100_000;
 
 /// Smallest `client_max_header_bytes` (hyper's HTTP/1.1 read buffer cannot be smaller).
 pub const MIN_CLIENT_MAX_HEADER_BYTES: u32 = 8192;
@@ -295,6 +304,10 @@ pub struct ConfigFile {
     pub client_max_header_bytes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_body_budget_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_abandon_burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_abandon_interval_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "PricesFile::is_empty")]
     pub prices: PricesFile,
     #[serde(default, skip_serializing_if = "AccountsFile::is_empty")]
@@ -403,6 +416,11 @@ pub struct ClientLimits {
     pub max_header_bytes: u32,
     /// Request-body bytes buffered at once across all requests (else 503 + Retry-After).
     pub body_budget_bytes: u64,
+    /// Streams an account may abandon before they were billed, in a burst (0: no limit;
+    /// [`crate::limits::Abandons`]).
+    pub abandon_burst: u32,
+    /// One more abandoned stream is allowed per this interval.
+    pub abandon_interval: Duration,
 }
 
 impl Default for ClientLimits {
@@ -419,6 +437,8 @@ impl Default for ClientLimits {
             h2_connection_window_bytes: DEFAULT_CLIENT_H2_CONNECTION_WINDOW_BYTES,
             max_header_bytes: DEFAULT_CLIENT_MAX_HEADER_BYTES,
             body_budget_bytes: DEFAULT_CLIENT_BODY_BUDGET_BYTES,
+            abandon_burst: DEFAULT_CLIENT_ABANDON_BURST,
+            abandon_interval: Duration::from_secs(DEFAULT_CLIENT_ABANDON_INTERVAL_SECS),
         }
     }
 }
@@ -430,17 +450,29 @@ impl ClientLimits {
             ("client_idle_timeout_secs", self.idle_timeout),
             ("client_body_timeout_secs", self.body_timeout),
             ("client_stall_secs", self.stall_timeout),
+            ("client_abandon_interval_secs", self.abandon_interval),
         ] {
             if d.is_zero() {
                 return Err(field(name, "must be positive"));
             }
         }
-        if self.stall_timeout > Duration::from_secs(MAX_WAIT_SECS) {
+        for (name, d) in [
+            ("client_stall_secs", self.stall_timeout),
+            ("client_abandon_interval_secs", self.abandon_interval),
+        ] {
+            if d > Duration::from_secs(MAX_WAIT_SECS) {
+                return Err(field(
+                    name,
+                    format!("{}s is more than {MAX_WAIT_SECS}s", d.as_secs()),
+                ));
+            }
+        }
+        if self.abandon_burst > MAX_CLIENT_ABANDON_BURST {
             return Err(field(
-                "client_stall_secs",
+                "client_abandon_burst",
                 format!(
-                    "{}s is more than {MAX_WAIT_SECS}s",
-                    self.stall_timeout.as_secs()
+                    "{} is more than {MAX_CLIENT_ABANDON_BURST}",
+                    self.abandon_burst
                 ),
             ));
         }
@@ -671,6 +703,8 @@ impl ConfigFile {
             client_h2_connection_window_bytes: None,
             client_max_header_bytes: None,
             client_body_budget_bytes: None,
+            client_abandon_burst: None,
+            client_abandon_interval_secs: None,
             prices: PricesFile::default(),
             accounts: AccountsFile::default(),
             ledger: None,
@@ -749,6 +783,11 @@ impl ConfigFile {
                 body_budget_bytes: self
                     .client_body_budget_bytes
                     .unwrap_or(d.client.body_budget_bytes),
+                abandon_burst: self.client_abandon_burst.unwrap_or(d.client.abandon_burst),
+                abandon_interval: secs(
+                    self.client_abandon_interval_secs,
+                    d.client.abandon_interval,
+                ),
             },
             record_forwarded: self.record_forwarded.map(|p| base_dir.join(p)),
         };

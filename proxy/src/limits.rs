@@ -15,6 +15,7 @@
 //! | worker slot | `queue_max_per_model` requests waiting per model ([`crate::queue`]) | 429 + `Retry-After` |
 //! | worker slot | `queue_timeout_secs` in that queue | 503 + `Retry-After` |
 //! | shutdown | new requests while draining | 503 |
+//! | before the funds check | streams the account abandoned before they were billed ([`Abandons`]: `client_abandon_burst`, one more per `client_abandon_interval_secs`) | 429 `rate_limit_exceeded` + `Retry-After` |
 //!
 //! Each refusal is counted by [`ClientRefusal::code`] (`/metrics`
 //! `cocoon_proxy_client_refusals_total`, `/jsonstats` `client_refusals`) and logged at most
@@ -73,6 +74,8 @@ pub enum ClientRefusal {
     QueueTimeout,
     /// The proxy is shutting down (503).
     ShuttingDown,
+    /// The account abandoned too many streams before they were billed (429, [`Abandons`]).
+    AbandonLimit,
 }
 
 impl ClientRefusal {
@@ -91,6 +94,7 @@ impl ClientRefusal {
             Self::QueueFull => "queue_full",
             Self::QueueTimeout => "queue_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::AbandonLimit => "abandon_limit",
         }
     }
 
@@ -109,6 +113,7 @@ impl ClientRefusal {
             Self::QueueFull => "client refused: queue_full",
             Self::QueueTimeout => "client refused: queue_timeout",
             Self::ShuttingDown => "client refused: shutting_down",
+            Self::AbandonLimit => "client refused: abandon_limit",
         }
     }
 }
@@ -132,6 +137,7 @@ pub(crate) fn count(stats: &Stats, refusal: ClientRefusal, peer: Option<SocketAd
 pub struct Limits {
     pub connections: Arc<ConnLimiter>,
     pub body_budget: Arc<BodyBudget>,
+    pub abandons: Abandons,
 }
 
 impl Limits {
@@ -142,7 +148,104 @@ impl Limits {
                 cfg.max_connections_per_ip,
             )),
             body_budget: Arc::new(BodyBudget::new(cfg.body_budget_bytes)),
+            abandons: Abandons::new(cfg.abandon_burst, cfg.abandon_interval),
         }
+    }
+}
+
+/// Most an account can owe [`Abandons`]: this long without requests.
+pub const MAX_ABANDON_LOCKOUT: Duration = Duration::from_secs(3600);
+/// Accounts tracked before the ones back at a full allowance are forgotten.
+const ABANDON_PRUNE_AT: usize = 4096;
+
+/// Streams each account abandoned before they were billed: its client reset the stream (or
+/// left during prompt processing, or stopped reading until `client_stall_secs`) before the
+/// worker's usage report reached the proxy, so the work it got was not charged (the abort
+/// free-ride, docs/threat-model.md). A token bucket per account: `burst` such streams, one
+/// more per `interval`; past that, the account's new requests get 429 `rate_limit_exceeded`
+/// until the allowance is back to one. Streams abandoned while more of them were in flight
+/// at once go into debt (an account can hold only as many streams as its funds reserve),
+/// repaid one per interval, at most [`MAX_ABANDON_LOCKOUT`]. Honest clients that cancel now
+/// and then (a stop button, a closed page) stay far below the defaults (32, one per 2 s).
+/// `burst` 0 turns the limit off. Time is a parameter.
+#[derive(Debug)]
+pub struct Abandons {
+    burst: u32,
+    interval: Duration,
+    accounts: Mutex<HashMap<String, Bucket>>,
+}
+
+/// One account's allowance.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    /// Abandons allowed as of `at` (negative: owed).
+    left: f64,
+    at: Instant,
+}
+
+impl Abandons {
+    pub fn new(burst: u32, interval: Duration) -> Self {
+        Self {
+            burst,
+            interval,
+            accounts: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+        self.accounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `b` refilled up to `now`.
+    fn refill(&self, b: &mut Bucket, now: Instant) {
+        let earned =
+            now.saturating_duration_since(b.at).as_secs_f64() / self.interval.as_secs_f64();
+        b.left = (b.left + earned).min(f64::from(self.burst));
+        b.at = now;
+    }
+
+    /// Whether `account` may start a request at `now`; `Err(secs)`: not before `secs` seconds.
+    pub fn check(&self, account: &str, now: Instant) -> Result<(), u64> {
+        if self.burst == 0 {
+            return Ok(());
+        }
+        let mut accounts = self.lock();
+        let Some(b) = accounts.get_mut(account) else {
+            return Ok(());
+        };
+        self.refill(b, now);
+        if b.left >= 1.0 {
+            return Ok(());
+        }
+        let wait = (1.0 - b.left) * self.interval.as_secs_f64();
+        Err((wait.ceil() as u64).max(1))
+    }
+
+    /// Counts one stream `account` abandoned before it was billed, at `now`.
+    pub fn record(&self, account: &str, now: Instant) {
+        if self.burst == 0 {
+            return;
+        }
+        let mut accounts = self.lock();
+        if accounts.len() >= ABANDON_PRUNE_AT && !accounts.contains_key(account) {
+            let full = f64::from(self.burst);
+            accounts.retain(|_, b| {
+                self.refill(b, now);
+                b.left < full
+            });
+        }
+        let b = accounts.entry(account.to_string()).or_insert(Bucket {
+            left: f64::from(self.burst),
+            at: now,
+        });
+        self.refill(b, now);
+        let most_owed = MAX_ABANDON_LOCKOUT.as_secs_f64() / self.interval.as_secs_f64();
+        b.left = (b.left - 1.0).max(-most_owed);
+    }
+
+    /// Accounts with a reduced allowance now (tracked).
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -458,5 +561,76 @@ mod tests {
         let started = Instant::now();
         a.idle(t).await;
         assert!(started.elapsed() >= t);
+    }
+}
+
+#[cfg(test)]
+mod abandon_tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_burst_then_one_per_interval() {
+        let a = Abandons::new(3, 2 * SEC);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(a.check("x", t0), Ok(()));
+            a.record("x", t0);
+        }
+        assert_eq!(
+            a.check("x", t0),
+            Err(2),
+            "allowance spent: wait one interval"
+        );
+        assert_eq!(a.check("y", t0), Ok(()), "other accounts are not affected");
+        assert_eq!(a.check("x", t0 + SEC), Err(1));
+        assert_eq!(a.check("x", t0 + 2 * SEC), Ok(()));
+        a.record("x", t0 + 2 * SEC);
+        assert_eq!(a.check("x", t0 + 2 * SEC), Err(2));
+        // Back to the full burst after 3 intervals, not more.
+        let later = t0 + 100 * SEC;
+        for _ in 0..3 {
+            assert_eq!(a.check("x", later), Ok(()));
+            a.record("x", later);
+        }
+        assert!(a.check("x", later).is_err());
+    }
+
+    #[test]
+    fn concurrent_abandons_go_into_debt_up_to_the_lockout() {
+        let a = Abandons::new(2, SEC);
+        let t0 = Instant::now();
+        for _ in 0..12 {
+            a.record("x", t0);
+        }
+        // 2 allowed, 10 owed: 11 s until one is allowed again.
+        assert_eq!(a.check("x", t0), Err(11));
+        assert_eq!(a.check("x", t0 + 11 * SEC), Ok(()));
+        for _ in 0..100_000 {
+            a.record("z", t0);
+        }
+        assert_eq!(a.check("z", t0), Err(MAX_ABANDON_LOCKOUT.as_secs() + 1));
+    }
+
+    #[test]
+    fn zero_burst_is_off_and_full_buckets_are_forgotten() {
+        let off = Abandons::new(0, SEC);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            off.record("x", t0);
+        }
+        assert_eq!(off.check("x", t0), Ok(()));
+        assert_eq!(off.tracked(), 0);
+
+        let a = Abandons::new(1, SEC);
+        for i in 0..ABANDON_PRUNE_AT {
+            a.record(&format!("acct{i}"), t0);
+        }
+        assert_eq!(a.tracked(), ABANDON_PRUNE_AT);
+        // A second later they are all back to a full allowance: the next new account prunes.
+        a.record("new", t0 + SEC);
+        assert_eq!(a.tracked(), 1);
+        assert!(a.check("new", t0 + SEC).is_err());
     }
 }

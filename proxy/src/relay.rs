@@ -288,6 +288,11 @@ async fn forward(
         )
         .into());
     }
+    // An account that abandoned too many streams before they were billed waits (the abort
+    // free-ride, crate::limits::Abandons).
+    if let Err(secs) = state.limits.abandons.check(account, Instant::now()) {
+        return Err(abandon_limit(state, secs));
+    }
     // Funds first: an account that cannot pay is refused before its body is read. The
     // amount stays reserved during the upload (no worker slot is held).
     let admission = admission::admit(state, account, &meta)?;
@@ -323,10 +328,15 @@ async fn forward(
         let worker = pick.worker().clone();
         tried.push(worker.info.id);
         let started = Instant::now();
-        match attempt(state, &pick, &meta, endpoint, e2e.as_ref(), body.clone()).await {
+        // Dropped while the worker works on the request (its client left during prompt
+        // processing): an abandoned stream.
+        let sent = Abandoning::new(state, account);
+        let attempted = attempt(state, &pick, &meta, endpoint, e2e.as_ref(), body.clone()).await;
+        sent.disarm();
+        match attempted {
             Attempt::Stream(resp) => {
                 return Ok(stream_response(
-                    state, pick, &meta, resp, started, active, receipt,
+                    state, pick, account, &meta, resp, started, active, receipt,
                 ));
             }
             Attempt::Retryable(e) => {
@@ -437,9 +447,69 @@ fn shutting_down(state: &State) -> Rejection {
     }
 }
 
+/// The 429 for an account past its allowance of abandoned streams.
+fn abandon_limit(state: &State, retry_after_secs: u64) -> Rejection {
+    let c = &state.config.client;
+    let message = format!(
+        "this account abandoned more streams before they were billed than client_abandon_burst \
+         ({}, one more every {}s) allows; retry in {retry_after_secs}s",
+        c.abandon_burst,
+        c.abandon_interval.as_secs()
+    );
+    crate::limits::count(
+        &state.stats,
+        crate::limits::ClientRefusal::AbandonLimit,
+        None,
+        &message,
+    );
+    Rejection {
+        error: api(ErrorKind::RateLimited, message),
+        status: None,
+        retry_after_secs: Some(u32::try_from(retry_after_secs).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Counts a stream its client abandoned before it was billed ([`crate::limits::Abandons`]).
+fn abandoned(state: &State, account: &str) {
+    state.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+    state.limits.abandons.record(account, Instant::now());
+}
+
+/// Armed while a request is at a worker before its response: dropped armed (the client's
+/// request future was dropped), it counts an abandoned stream.
+struct Abandoning<'a> {
+    state: &'a State,
+    account: &'a str,
+    armed: bool,
+}
+
+impl<'a> Abandoning<'a> {
+    fn new(state: &'a State, account: &'a str) -> Self {
+        Self {
+            state,
+            account,
+            armed: true,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoning<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            abandoned(self.state, self.account);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn stream_response(
     state: &Arc<State>,
     pick: Pick,
+    account: &str,
     meta: &RequestMeta,
     resp: Response<UpBody>,
     started: Instant,
@@ -461,6 +531,7 @@ fn stream_response(
         cut: Some(Box::pin(state.shutdown.when_cut())),
         billing: Some(Billing {
             state: state.clone(),
+            account: Arc::from(account),
             pick,
             started,
             first_byte: false,
@@ -484,6 +555,8 @@ fn stream_response(
 /// (client gone, worker gone) releases the reservation and frees the capacity slot.
 struct Billing {
     state: Arc<State>,
+    /// The paying account.
+    account: Arc<str>,
     pick: Pick,
     started: Instant,
     first_byte: bool,
@@ -782,6 +855,13 @@ impl RelayBody {
     /// Ends the stream because the stall sweeper found its client taking nothing for
     /// `client_stall_secs` (it already reset the worker's stream and freed the slot).
     fn stalled_out(&mut self) {
+        if let Some(b) = self
+            .billing
+            .as_ref()
+            .filter(|b| !b.pick.held.is_committed())
+        {
+            abandoned(&b.state, &b.account);
+        }
         let limit = self
             .billing
             .as_ref()
@@ -966,6 +1046,22 @@ impl RelayBody {
             );
         } else {
             self.fail("worker ended the stream without usage".into());
+        }
+    }
+}
+
+impl Drop for RelayBody {
+    /// The client went away before the end: a stream not billed yet was abandoned.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(b) = self
+            .billing
+            .as_ref()
+            .filter(|b| !b.pick.held.is_committed() && !b.worker_error)
+        {
+            abandoned(&b.state, &b.account);
         }
     }
 }

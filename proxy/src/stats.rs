@@ -43,6 +43,9 @@ pub struct Stats {
     pub client_stalls: AtomicU64,
     /// Requests a worker answered with 429 (no free slot there; not counted against it).
     pub worker_busy: AtomicU64,
+    /// Streams their client abandoned after the worker had started on them and before
+    /// they were billed ([`crate::limits::Abandons`]).
+    pub abandoned: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
     /// Receipts of encrypted requests that verified and were billed.
@@ -71,6 +74,7 @@ impl Default for Stats {
             stream_errors: AtomicU64::new(0),
             client_stalls: AtomicU64::new(0),
             worker_busy: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             over_reservation: AtomicU64::new(0),
             receipts_valid: AtomicU64::new(0),
             receipts_invalid: AtomicU64::new(0),

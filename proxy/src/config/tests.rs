@@ -114,6 +114,12 @@ fn errors_name_the_field() {
     );
     assert!(limit("client_body_timeout_secs = 0").contains("client_body_timeout_secs"));
     assert!(limit("client_stall_secs = 0").contains("client_stall_secs: must be positive"));
+    assert!(limit("client_abandon_interval_secs = 0")
+        .contains("client_abandon_interval_secs: must be positive"));
+    assert!(limit("client_abandon_interval_secs = 3601")
+        .contains("client_abandon_interval_secs: 3601s is more than 3600s"));
+    assert!(limit("client_abandon_burst = 100001")
+        .contains("client_abandon_burst: 100001 is more than 100000"));
     assert!(
         limit("client_stall_secs = 3601").contains("client_stall_secs: 3601s is more than 3600s")
     );
@@ -201,7 +207,7 @@ fn documented_defaults_match_the_constants() {
         let v = table.get(key).and_then(|v| v.as_integer());
         u64::try_from(v.unwrap_or_else(|| panic!("{key} is not documented"))).unwrap()
     };
-    let expected: [(&str, u64); 19] = [
+    let expected: [(&str, u64); 21] = [
         (
             "worker_keepalive_interval_ms",
             DEFAULT_WORKER_KEEPALIVE_INTERVAL_MS,
@@ -251,6 +257,11 @@ fn documented_defaults_match_the_constants() {
             DEFAULT_CLIENT_MAX_HEADER_BYTES.into(),
         ),
         ("client_body_budget_bytes", DEFAULT_CLIENT_BODY_BUDGET_BYTES),
+        ("client_abandon_burst", DEFAULT_CLIENT_ABANDON_BURST.into()),
+        (
+            "client_abandon_interval_secs",
+            DEFAULT_CLIENT_ABANDON_INTERVAL_SECS,
+        ),
     ];
     for (key, value) in expected {
         assert_eq!(documented(key), value, "{key}");
