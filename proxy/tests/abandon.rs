@@ -152,3 +152,67 @@ async fn leaving_during_prompt_processing_counts_leaving_the_queue_does_not() {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(error_kind(&json_body(resp).await), "rate_limit_exceeded");
 }
+
+/// One connection's worth of the abort free-ride against the real worker service (stub
+/// engine, 200 ms prompt processing): 16 streams at a time, each reset 20 ms after it was
+/// sent, for 3 s. Without the limit (burst 0) every one of them starts a generation at the
+/// worker; with the defaults the account gets its 32, one more per 2 s, and 429 for the rest.
+/// Prints both figures (same run) and the worker's unbilled work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_abort_free_ride_is_bounded_by_the_limit() {
+    use common::real::{start_real_worker, BODY_STUB};
+    use worker::engine::stub::StubEngine;
+    use worker::service::ServiceOptions;
+
+    const RUN: Duration = Duration::from_secs(3);
+    async fn attack(burst: u32) -> (u64, u64, u64, u64) {
+        let p = start_proxy(|c| c.client.abandon_burst = burst).await;
+        let worker = start_real_worker(
+            p.running.worker_addr,
+            StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(200)),
+            ServiceOptions::default(),
+        );
+        p.wait_workers(1).await;
+        let c = client(p.running.client_addr, 1).await;
+        let end = std::time::Instant::now() + RUN;
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let mut h = c.stream_handle().unwrap();
+            tasks.push(tokio::spawn(async move {
+                while std::time::Instant::now() < end {
+                    let send = h.send(chat("stub", 64, None, BODY_STUB));
+                    if let Ok(resp) = tokio::time::timeout(Duration::from_millis(20), send).await {
+                        drop(resp);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let stats = worker.service().stats();
+        wait_until("the worker idle", PROMPT, || {
+            stats.snapshot().active_generations == 0
+        })
+        .await;
+        let s = stats.snapshot();
+        let refused = p.stats()["client_refusals"]["abandon_limit"]
+            .as_u64()
+            .unwrap_or(0);
+        (s.requests, s.unbilled_prompt_tokens, abandoned(&p), refused)
+    }
+
+    let (open, open_prompt, open_abandoned, _) = attack(0).await;
+    let (limited, limited_prompt, limited_abandoned, refused) =
+        attack(proxy::config::DEFAULT_CLIENT_ABANDON_BURST).await;
+    println!(
+        "generations started in {RUN:?}: {open} without the limit, {limited} with it \
+         ({refused} requests refused); unbilled prompt tokens {open_prompt} vs {limited_prompt}; \
+         abandoned {open_abandoned} vs {limited_abandoned}"
+    );
+    // 32, plus one per 2 s of the run, plus the streams in flight when the allowance ran out.
+    assert!(limited <= 32 + 2 + 16, "{limited} generations started");
+    assert!(refused > 0);
+    assert!(open > 2 * limited, "without the limit: {open}");
+}
