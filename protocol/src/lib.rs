@@ -63,6 +63,11 @@ pub mod paths {
     pub const WORKERS: &str = "/cocoon/v1/workers";
     /// Payout vouchers (proxy → worker, [`crate::payout`]).
     pub const PAYOUT: &str = "/cocoon/v1/payout";
+    /// Stops a running generation (proxy → worker, POST, header `cocoon-request-id`; only
+    /// the requests of the same connection): its stream ends at once with the usage of the
+    /// work done so far — and, encrypted, a receipt over it — instead of a reset that leaves
+    /// that work unbilled. 200 `{"stopped": n}`, 404 when nothing runs under that id.
+    pub const CANCEL: &str = "/cocoon/v1/cancel";
     /// The client's charge voucher (client → proxy, GET; [`crate::payout::ChargeVoucher`]):
     /// what a client submits itself once its unpaid usage passes half its stake.
     pub const CHARGE: &str = "/cocoon/v1/charge";

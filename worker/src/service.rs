@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `POST /cocoon/v1/hello` | [`protocol::Hello`] → version negotiation → [`protocol::Registration`] |
 //! | `GET /cocoon/v1/ping` | liveness: `{"active": n, "capacity": c}` |
+//! | `POST /cocoon/v1/cancel` | header `cocoon-request-id`: the running generations of that id on this connection stop and end their streams with the usage so far ("Stopping" below) → `{"stopped": n}`; 404 if none |
 //! | `POST /cocoon/v1/payout` | a payout voucher ([`protocol::payout`], [`crate::payout`]) → [`protocol::payout::PayoutAck`]; a proxy that went backwards gets 401 and the connection answers nothing else afterwards |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | inference, always streamed as SSE |
 //!
@@ -49,6 +50,17 @@
 //! (the worker's drain deadline passed) ends every running stream with an
 //! `event: cocoon-error` of kind `service_unavailable` (or, before its first byte, that
 //! error as the HTTP answer), so that nobody sees a silent cut.
+//!
+//! # Stopping
+//!
+//! A reset leaves the work done so far unbilled (docs/threat-model.md, the abort free-ride).
+//! A proxy that wants it billed asks instead: `POST /cocoon/v1/cancel` with the request's id
+//! stops the generation as a reset would (the engine's future is dropped), and the stream
+//! then ends like a completed one, with the usage the engine's [`Meter`] counted — prompt
+//! tokens, and the completion tokens sampled — in `event: cocoon-usage` (and, for an
+//! encrypted request, a receipt over it) and `data: [DONE]`; the finish reason in the
+//! summary is `cancelled`. Counted in [`StatsSnapshot::stopped`], not as unbilled work. Only
+//! the connection that sent a request can stop it.
 //!
 //! # Stalled consumers
 //!
@@ -191,6 +203,7 @@ pub struct Stats {
     requests: AtomicU64,
     completed: AtomicU64,
     cancelled: AtomicU64,
+    stopped: AtomicU64,
     stalled: AtomicU64,
     failed: AtomicU64,
     rejected: AtomicU64,
@@ -211,6 +224,9 @@ pub struct StatsSnapshot {
     pub completed: u64,
     /// Streams the proxy dropped before the end.
     pub cancelled: u64,
+    /// Streams the proxy stopped ([`protocol::paths::CANCEL`]): ended with their usage so
+    /// far (billed).
+    pub stopped: u64,
     /// Streams ended because their consumer took nothing for the stall limit.
     pub stalled: u64,
     /// Streams that ended with an engine error.
@@ -236,6 +252,7 @@ impl Stats {
             requests: r(&self.requests),
             completed: r(&self.completed),
             cancelled: r(&self.cancelled),
+            stopped: r(&self.stopped),
             stalled: r(&self.stalled),
             failed: r(&self.failed),
             rejected: r(&self.rejected),
@@ -410,6 +427,7 @@ impl Service {
         ConnService {
             service: self.clone(),
             proxy: Arc::from(proxy.into()),
+            stoppers: Arc::default(),
             registration: Arc::new(ConnRegistration {
                 open: self.inner.open_registrations.clone(),
                 registered: AtomicBool::new(false),
@@ -455,8 +473,24 @@ impl Service {
         }
     }
 
-    /// Handles one request from the proxy labelled `proxy`.
+    /// Handles one request from the proxy labelled `proxy` (outside a connection: its
+    /// generations cannot be stopped with [`protocol::paths::CANCEL`]).
     pub async fn handle<B>(&self, proxy: &str, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.handle_on(proxy, req, None).await
+    }
+
+    /// [`Self::handle`] on a connection whose generations register in `stoppers`.
+    async fn handle_on<B>(
+        &self,
+        proxy: &str,
+        req: Request<B>,
+        stoppers: Option<&Arc<Stoppers>>,
+    ) -> Response<ResponseBody>
     where
         B: Body + Send + 'static,
         B::Data: Send,
@@ -467,7 +501,7 @@ impl Service {
         let result = match (req.method().clone(), path.as_str(), endpoint) {
             (Method::POST, protocol::paths::HELLO, _) => self.hello(proxy, req).await,
             (Method::GET, protocol::paths::PING, _) => Ok(self.ping()),
-            (Method::POST, _, Some(endpoint)) => self.completion(endpoint, req).await,
+            (Method::POST, _, Some(endpoint)) => self.completion(endpoint, req, stoppers).await,
             (m, p, endpoint) => {
                 let known = [protocol::paths::HELLO, protocol::paths::PING].contains(&p)
                     || endpoint.is_some();
@@ -523,6 +557,7 @@ impl Service {
         &self,
         endpoint: Endpoint,
         req: Request<B>,
+        stoppers: Option<&Arc<Stoppers>>,
     ) -> Result<Response<ResponseBody>, ApiError>
     where
         B: Body,
@@ -532,7 +567,7 @@ impl Service {
         Stats::bump(&stats.requests);
         let started = Instant::now();
         if protocol::e2e::is_encrypted(req.headers()) {
-            return self.encrypted(endpoint, req, started).await;
+            return self.encrypted(endpoint, req, started, stoppers).await;
         }
         let checked = async {
             let meta = RequestMeta::from_headers(req.headers())?;
@@ -547,7 +582,17 @@ impl Service {
             Stats::bump(&stats.rejected);
             tracing::debug!(code = e.kind.code(), param = ?e.param, "request rejected");
         })?;
-        let (first, rx) = self.start(&meta, validated, started).await?;
+        let (mut first, mut rx) = self.start(&meta, validated, started, stoppers).await?;
+        // A generation stopped before its first byte starts with its summary (used only by
+        // encrypted responses).
+        while let Out::Summary(..) = first {
+            first = rx.recv().await.unwrap_or_else(|| {
+                Out::Fail(ApiError::new(
+                    ErrorKind::Internal,
+                    "generation ended without output",
+                ))
+            });
+        }
         match first {
             Out::Data(first) => {
                 let body = SseBody::new(first, rx);
@@ -570,6 +615,7 @@ impl Service {
         endpoint: Endpoint,
         req: Request<B>,
         started: Instant,
+        stoppers: Option<&Arc<Stoppers>>,
     ) -> Result<Response<ResponseBody>, ApiError>
     where
         B: Body,
@@ -621,7 +667,7 @@ impl Service {
         let started = match validate(endpoint, &meta, &opened.body, &self.inner.adverts) {
             Ok(mut validated) => {
                 validated.request.max_prompt_tokens = prompt_budget.map(u64::from);
-                match self.start(&meta, validated, started).await {
+                match self.start(&meta, validated, started, stoppers).await {
                     Ok((first, rx)) => (first, Some(rx)),
                     // Capacity says nothing about the body: a plain 429 the proxy may retry.
                     Err(e) => return Err(e),
@@ -646,6 +692,7 @@ impl Service {
         meta: &RequestMeta,
         validated: ValidatedRequest,
         started: Instant,
+        stoppers: Option<&Arc<Stoppers>>,
     ) -> Result<(Out, mpsc::Receiver<Out>), ApiError> {
         let stats = &self.inner.stats;
         let model = self
@@ -689,6 +736,7 @@ impl Service {
             validated,
             keepalive: self.inner.options.stream_keepalive,
             end: self.inner.end.subscribe(),
+            stop: stoppers.map(|s| s.register(meta.request_id.as_str())),
             _permit: permit,
         };
         tokio::spawn(generation.run(tx));
@@ -703,11 +751,90 @@ impl Service {
     }
 }
 
+/// The running generations of one proxy connection by request id ([`protocol::paths::CANCEL`]).
+#[derive(Debug, Default)]
+struct Stoppers {
+    next: AtomicU64,
+    running: std::sync::Mutex<Running>,
+}
+
+/// Stop signals by request id (several generations may share an id), each with its own id.
+type Running = std::collections::HashMap<String, Vec<(u64, watch::Sender<bool>)>>;
+
+impl Stoppers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a generation of `request_id` until the returned handle is dropped.
+    fn register(self: &Arc<Self>, request_id: &str) -> Stopper {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        self.lock()
+            .entry(request_id.to_string())
+            .or_default()
+            .push((id, tx));
+        Stopper {
+            stoppers: self.clone(),
+            id,
+            request_id: request_id.to_string(),
+            rx,
+        }
+    }
+
+    /// Tells the generations of `request_id` to stop; how many there were.
+    fn stop(&self, request_id: &str) -> usize {
+        self.lock().get(request_id).map_or(0, |gens| {
+            for (_, tx) in gens {
+                tx.send_replace(true);
+            }
+            gens.len()
+        })
+    }
+}
+
+/// A generation's registration in [`Stoppers`]: its stop signal; removed on drop.
+#[derive(Debug)]
+struct Stopper {
+    stoppers: Arc<Stoppers>,
+    id: u64,
+    request_id: String,
+    rx: watch::Receiver<bool>,
+}
+
+impl Stopper {
+    /// Resolves once the generation was asked to stop.
+    async fn requested(this: &mut Option<Self>) {
+        match this {
+            Some(s) => {
+                if s.rx.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        let mut running = self.stoppers.lock();
+        if let Some(gens) = running.get_mut(&self.request_id) {
+            gens.retain(|(id, _)| *id != self.id);
+            if gens.is_empty() {
+                running.remove(&self.request_id);
+            }
+        }
+    }
+}
+
 /// The per-connection hyper service (see [`Service::for_connection`]).
 #[derive(Clone, Debug)]
 pub struct ConnService {
     service: Service,
     proxy: Arc<str>,
+    /// This connection's running generations ([`protocol::paths::CANCEL`]).
+    stoppers: Arc<Stoppers>,
     registration: Arc<ConnRegistration>,
     /// The proxy on this connection signed a lower payout count than seen before: every
     /// further request is refused.
@@ -766,12 +893,63 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnService {
                     .unwrap_or_else(|e| error_response(&e));
                 return Ok(resp);
             }
-            let resp = this.service.handle(&this.proxy, req).await;
+            if req.uri().path() == protocol::paths::CANCEL {
+                return Ok(cancel(&this.stoppers, &req));
+            }
+            let resp = this
+                .service
+                .handle_on(&this.proxy, req, Some(&this.stoppers))
+                .await;
             if hello && resp.status() == StatusCode::OK {
                 this.registration.registered();
             }
             Ok(resp)
         })
+    }
+}
+
+/// `POST /cocoon/v1/cancel` on a connection with `stoppers`.
+fn cancel<B>(stoppers: &Stoppers, req: &Request<B>) -> Response<ResponseBody> {
+    if req.method() != Method::POST {
+        return error_response(&ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "method {} not allowed on {}",
+                req.method(),
+                protocol::paths::CANCEL
+            ),
+        ));
+    }
+    let id = match req
+        .headers()
+        .get(protocol::meta::H_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(protocol::RequestId::parse)
+    {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => return error_response(&e),
+        None => {
+            return error_response(
+                &ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("{} is required", protocol::meta::H_REQUEST_ID),
+                )
+                .with_param(protocol::meta::H_REQUEST_ID),
+            )
+        }
+    };
+    match stoppers.stop(id.as_str()) {
+        0 => error_response(&ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "no generation of request {} runs on this connection",
+                id.as_str()
+            ),
+        )),
+        n => json_response(
+            StatusCode::OK,
+            serde_json::json!({ "stopped": n }).to_string().into_bytes(),
+        ),
     }
 }
 
@@ -886,6 +1064,8 @@ struct Generation {
     keepalive: Option<Duration>,
     /// [`Service::end_streams`] was called.
     end: watch::Receiver<bool>,
+    /// The proxy may stop it ([`protocol::paths::CANCEL`]).
+    stop: Option<Stopper>,
     /// Held until the generation ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -972,7 +1152,9 @@ impl Generation {
             first_token_ms: None,
             keepalive: Keepalive::new(self.keepalive),
             end: self.end,
+            stop: self.stop,
         };
+        let mut stopped = false;
         let mut total = Usage::default();
         let mut reasons: Vec<&'static str> = Vec::new();
         let mut outcome = Outcome::Completed(total);
@@ -996,6 +1178,15 @@ impl Generation {
                 }
                 Step::Cancelled => {
                     outcome = Outcome::Cancelled;
+                    break;
+                }
+                Step::Stopped => {
+                    // Billed like a completion: the work done so far.
+                    if let Some(m) = running.take() {
+                        total.add(&m.usage());
+                    }
+                    reasons.push("cancelled");
+                    stopped = true;
                     break;
                 }
                 Step::Stalled => {
@@ -1039,6 +1230,17 @@ impl Generation {
             self.stats.unbilled(&done);
         }
         match outcome {
+            Outcome::Completed(usage) if stopped => {
+                Stats::bump(&self.stats.stopped);
+                tracing::info!(
+                    request_id = %rid,
+                    model = %model,
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    duration_ms,
+                    "completion stopped by the proxy; its usage so far reported"
+                );
+            }
             Outcome::Completed(usage) => {
                 Stats::bump(&self.stats.completed);
                 tracing::info!(
@@ -1111,12 +1313,16 @@ struct Progress {
     keepalive: Option<Keepalive>,
     /// [`Service::end_streams`] was called.
     end: watch::Receiver<bool>,
+    /// The proxy may stop the generation ([`protocol::paths::CANCEL`]).
+    stop: Option<Stopper>,
 }
 
 /// How one engine run (one choice) ended.
 enum Step {
     Done(Usage, FinishReason),
     Cancelled,
+    /// The proxy asked to stop it ([`protocol::paths::CANCEL`]).
+    Stopped,
     Stalled,
     Failed(EngineError),
     /// [`Service::end_streams`].
@@ -1196,6 +1402,7 @@ async fn drive(
             biased;
             _ = out.closed() => return Step::Cancelled,
             true = ended(&mut progress.end) => return Step::Ended,
+            () = Stopper::requested(&mut progress.stop) => return Step::Stopped,
             r = &mut generate, if engine_result.is_none() => {
                 engine_result = Some(r);
                 continue;

@@ -203,3 +203,129 @@ async fn cancelled_work_is_counted_as_unbilled() {
     );
     h.shutdown();
 }
+
+fn cancel_request(id: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::post(format!("http://worker{}", protocol::paths::CANCEL));
+    if let Some(id) = id {
+        b = b.header(protocol::meta::H_REQUEST_ID, id);
+    }
+    b.body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+fn usage_event(evs: &[protocol::sse::Event]) -> protocol::Usage {
+    let ev = evs
+        .iter()
+        .find(|e| e.name.as_deref() == Some(protocol::sse::EVENT_USAGE))
+        .expect("a usage event");
+    serde_json::from_str(&ev.data).unwrap()
+}
+
+/// `POST /cocoon/v1/cancel` stops a generation mid-stream: the stream ends like a completed
+/// one, with the usage of the work done so far (prompt, tokens sampled) and `[DONE]`, and
+/// nothing is left unbilled. Stopping it again, an unknown id or no id are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_generation_ends_with_its_usage_so_far() {
+    let mut h = Harness::start(slow()).await;
+    let mut conn = h.next_conn().await;
+    let stats = h.service.stats();
+    let resp = send(
+        &mut conn,
+        completion_request("/v1/chat/completions", MODEL, 1000, chat_body(json!({}))),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    while seen.windows(9).filter(|w| w == b"\"content\"").count() < 5 {
+        let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("frame in time")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = f.into_data() {
+            seen.extend_from_slice(&data);
+        }
+    }
+    let stopped = send(&mut conn, cancel_request(Some("req-42"))).await;
+    assert_eq!(stopped.status(), 200);
+    assert_eq!(body_bytes(stopped).await, br#"{"stopped":1}"#.to_vec());
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("the stream ends at once")
+        .expect("body")
+        .to_bytes();
+    seen.extend_from_slice(&rest);
+    let evs = protocol::sse::Decoder::default().feed(&seen).unwrap();
+    assert!(evs.last().unwrap().is_done(), "ends with [DONE]");
+    let received = evs
+        .iter()
+        .filter(|e| e.data.contains("\"content\""))
+        .count() as u64;
+    let usage = usage_event(&evs);
+    assert_eq!(usage.prompt_tokens, 3);
+    assert!(
+        (received..1000).contains(&usage.completion_tokens),
+        "{} billed, {received} received",
+        usage.completion_tokens
+    );
+    let s = stats.snapshot();
+    assert_eq!((s.stopped, s.cancelled, s.completed), (1, 0, 0));
+    assert_eq!(
+        (s.unbilled_prompt_tokens, s.unbilled_completion_tokens),
+        (0, 0)
+    );
+    assert_eq!(s.active_generations, 0);
+
+    // Nothing runs under that id any more; an id is required.
+    let again = send(&mut conn, cancel_request(Some("req-42"))).await;
+    assert_eq!(error_of(again).await.0, 404);
+    let (status, e) = error_of(send(&mut conn, cancel_request(None)).await).await;
+    assert_eq!((status, e.kind), (400, ErrorKind::InvalidRequest));
+    let (status, _) = error_of(send(&mut conn, cancel_request(Some("has space"))).await).await;
+    assert_eq!(status, 400);
+    h.shutdown();
+}
+
+/// Stopped during prompt processing (no byte sent yet): the answer is a stream holding only
+/// the usage (the prompt) and `[DONE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_stopped_before_its_first_byte_reports_its_prompt() {
+    let mut h = Harness::start(Options {
+        prefill_delay: Duration::from_millis(500),
+        ..slow()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let mut sender = conn.send.clone();
+    let pending = tokio::spawn(async move {
+        sender.ready().await.unwrap();
+        sender
+            .send_request(completion_request(
+                "/v1/chat/completions",
+                MODEL,
+                1000,
+                chat_body(json!({})),
+            ))
+            .await
+            .unwrap()
+    });
+    let stats = h.service.stats();
+    wait_until("the generation to start", Duration::from_secs(2), || {
+        stats.snapshot().active_generations == 1
+    })
+    .await;
+    let stopped = send(&mut conn, cancel_request(Some("req-42"))).await;
+    assert_eq!(stopped.status(), 200);
+    let resp = tokio::time::timeout(Duration::from_millis(400), pending)
+        .await
+        .expect("answered before the prefill would have ended")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let evs = events(resp).await;
+    assert!(evs.last().unwrap().is_done());
+    let usage = usage_event(&evs);
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 0));
+    assert_eq!(stats.snapshot().stopped, 1);
+    h.shutdown();
+}

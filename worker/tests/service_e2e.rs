@@ -136,8 +136,23 @@ async fn sealed_round_trip(opts: Options, slow: bool) -> usize {
             bytes.extend_from_slice(&d);
         }
     }
-    let outer = Decoder::default().feed(&bytes).expect("sse");
-    // Only sealed chunks and the proxy's receipt copy are in the clear.
+    let (usage, r, count) = open_response(&bytes, &sealed, &keys);
+    assert_eq!(r.request_hash, sealed.request_hash);
+    assert_eq!(r.request_id, "req-e2e-1");
+    assert_eq!(r.model, MODEL);
+    assert_eq!(r.usage, usage);
+    assert_eq!(r.finish_reason, "stop");
+    assert_eq!(u64::from(r.chunks) + 1, count);
+    assert_eq!(h.service.stats().snapshot().completed, 1);
+    frames
+}
+
+/// Opens a sealed response's bytes: checks that only sealed chunks and the receipt copy are in
+/// the clear, the chunks open in order to a final one holding `[DONE]`, the usage and the
+/// receipt (the same as the copy), and the receipt verifies. Returns the usage inside, the
+/// receipt and the number of chunks.
+fn open_response(bytes: &[u8], sealed: &SealedRequest, keys: &E2eKeys) -> (Usage, Receipt, u64) {
+    let outer = Decoder::default().feed(bytes).expect("sse");
     let mut opener = sealed.response.opener();
     let mut inner = Vec::new();
     let mut plain_receipt = None;
@@ -166,18 +181,59 @@ async fn sealed_round_trip(opts: Options, slow: bool) -> usize {
         .find(|e| e.name.as_deref() == Some(EVENT_RECEIPT))
         .expect("receipt inside the final chunk");
     assert_eq!(Some(&inside.data), plain_receipt.as_ref());
-    let bytes = base64::engine::general_purpose::STANDARD
+    let receipt = base64::engine::general_purpose::STANDARD
         .decode(&inside.data)
         .unwrap();
-    let r = Receipt::verify(&bytes, &keys.public().receipt_key).expect("receipt verifies");
-    assert_eq!(r.request_hash, sealed.request_hash);
-    assert_eq!(r.request_id, "req-e2e-1");
-    assert_eq!(r.model, MODEL);
+    let r = Receipt::verify(&receipt, &keys.public().receipt_key).expect("receipt verifies");
+    (usage, r, opener.count())
+}
+
+/// A sealed request stopped mid-stream (`POST /cocoon/v1/cancel`) ends with a final chunk and
+/// a receipt over the work done so far, finish reason `cancelled`: what a proxy can bill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sealed_request_gets_a_receipt_for_its_work_so_far() {
+    use http_body_util::BodyExt;
+    let (mut h, keys) = harness_with(Options {
+        tokens: 1000,
+        tokens_per_second: 50.0,
+        ..Options::default()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let b = binding(&keys, "req-e2e-stop", NOW);
+    let sealed = seal(&keys, &b, 3);
+    let resp = send(&mut conn, request(&b, sealed.envelope.clone())).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while bytes
+        .windows(EVENT_E2E.len())
+        .filter(|w| *w == EVENT_E2E.as_bytes())
+        .count()
+        < 3
+    {
+        let f = body.frame().await.expect("stream open").expect("frame");
+        if let Ok(d) = f.into_data() {
+            bytes.extend_from_slice(&d);
+        }
+    }
+    let stop = http::Request::post(format!("http://worker{}", protocol::paths::CANCEL))
+        .header(protocol::meta::H_REQUEST_ID, "req-e2e-stop")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&mut conn, stop).await.status(), 200);
+    let rest = body.collect().await.expect("body").to_bytes();
+    bytes.extend_from_slice(&rest);
+    let (usage, r, count) = open_response(&bytes, &sealed, &keys);
     assert_eq!(r.usage, usage);
-    assert_eq!(r.finish_reason, "stop");
-    assert_eq!(u64::from(r.chunks) + 1, opener.count());
-    assert_eq!(h.service.stats().snapshot().completed, 1);
-    frames
+    assert_eq!(r.finish_reason, "cancelled");
+    assert_eq!(r.request_id, "req-e2e-stop");
+    assert_eq!(r.request_hash, sealed.request_hash);
+    assert_eq!(usage.prompt_tokens, 3);
+    assert!((1..64).contains(&usage.completion_tokens), "{usage:?}");
+    assert_eq!(u64::from(r.chunks) + 1, count);
+    let s = h.service.stats().snapshot();
+    assert_eq!((s.stopped, s.unbilled_completion_tokens), (1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
