@@ -145,6 +145,27 @@ async fn a_full_queue_answers_429_with_retry_after() {
     .await;
 }
 
+/// Sends `n` requests of client `c` one after another, each placed (at the worker or in the
+/// queue) before the next is sent; returns their tasks.
+async fn send_in_order(
+    p: &TestProxy,
+    w: &FakeWorker,
+    c: &Client,
+    n: u64,
+) -> Vec<tokio::task::JoinHandle<http::Response<hyper::body::Incoming>>> {
+    let placed = || w.obs.requests.load(Ordering::SeqCst) + queued(p);
+    let before = placed();
+    let mut tasks = Vec::new();
+    for i in 1..=n {
+        let mut c = c.stream_handle().unwrap();
+        tasks.push(tokio::spawn(async move {
+            c.send(chat(MODEL, 16, None, BODY)).await
+        }));
+        wait_until("the request placed", PROMPT, || placed() == before + i).await;
+    }
+    tasks
+}
+
 /// Fair order between accounts: account A fills both slots of a worker and queues 6 more;
 /// account B's one request, queued last, gets the first slot that frees (A still has one in
 /// flight, B none) instead of waiting behind A's whole backlog.
@@ -158,18 +179,8 @@ async fn a_second_account_does_not_wait_behind_the_first_accounts_backlog() {
     let in_flight = p.running.state().queues.in_flight.clone();
     let a = client(p.running.client_addr, 1).await;
     let a_account = a.account.clone();
-    let mut a_tasks = Vec::new();
-    for i in 0..8 {
-        let mut c = a.stream_handle().unwrap();
-        a_tasks.push(tokio::spawn(async move {
-            c.send(chat(MODEL, 16, None, BODY)).await
-        }));
-        // In order: the first two take the slots, the rest queue in arrival order.
-        wait_until("A's request placed", PROMPT, || {
-            w.obs.requests.load(Ordering::SeqCst) + queued(&p) == i + 1
-        })
-        .await;
-    }
+    // In order: the first two take the slots, the rest queue in arrival order.
+    let mut a_tasks = send_in_order(&p, &w, &a, 8).await;
     assert_eq!(in_flight.of(&a_account), 2);
     assert_eq!(queued(&p), 6);
     let mut b = client(p.running.client_addr, 2).await;
@@ -221,17 +232,7 @@ async fn a_full_queue_keeps_a_fair_share_for_a_second_account() {
     spec.behavior = Behavior::Hang;
     let w = with_worker(&p, spec).await;
     let a = client(p.running.client_addr, 1).await;
-    let mut a_tasks = Vec::new();
-    for i in 0..5 {
-        let mut c = a.stream_handle().unwrap();
-        a_tasks.push(tokio::spawn(async move {
-            c.send(chat(MODEL, 16, None, BODY)).await
-        }));
-        wait_until("A's request placed", PROMPT, || {
-            w.obs.requests.load(Ordering::SeqCst) + queued(&p) == i + 1
-        })
-        .await;
-    }
+    let mut a_tasks = send_in_order(&p, &w, &a, 5).await;
     assert_eq!(queued(&p), 4);
     // A alone: refused, as before.
     let mut a_more = a.stream_handle().unwrap();

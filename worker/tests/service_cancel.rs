@@ -12,6 +12,24 @@ use protocol::ErrorKind;
 use serde_json::json;
 use service_support::*;
 
+/// Sends a chat completion of `max_tokens` on `conn` and checks that it completes.
+async fn complete(conn: &mut ProxyConn, max_tokens: u32) -> Vec<protocol::sse::Event> {
+    let resp = send(
+        conn,
+        completion_request(
+            "/v1/chat/completions",
+            MODEL,
+            max_tokens,
+            chat_body(json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let evs = events(resp).await;
+    assert!(evs.last().unwrap().is_done());
+    evs
+}
+
 fn slow() -> Options {
     Options {
         tokens: 1000,
@@ -57,14 +75,7 @@ async fn capacity_exhausted_is_429_and_freed_after_cancel() {
         stats.snapshot().active_generations == 0
     })
     .await;
-    let again = send(
-        &mut conn,
-        completion_request(chat, MODEL, 2, chat_body(json!({}))),
-    )
-    .await;
-    assert_eq!(again.status(), 200);
-    let evs = events(again).await;
-    assert!(evs.last().unwrap().is_done());
+    complete(&mut conn, 2).await;
     h.shutdown();
 }
 
@@ -187,14 +198,7 @@ async fn cancelled_work_is_counted_as_unbilled() {
     );
 
     // Completed: billed, so nothing is added.
-    let done = send(
-        &mut conn,
-        completion_request(chat, MODEL, 3, chat_body(json!({}))),
-    )
-    .await;
-    assert_eq!(done.status(), 200);
-    let evs = events(done).await;
-    assert!(evs.last().unwrap().is_done());
+    complete(&mut conn, 3).await;
     let s = stats.snapshot();
     assert_eq!(s.completed, 1);
     assert_eq!(
