@@ -37,6 +37,9 @@
 //! * a waiter overtaken [`MAX_OVERTAKES`] times that way becomes a barrier: nobody tried after
 //!   it is admitted until it is, so short requests cannot starve a long one either.
 //!
+//! An encrypted request can go only to its recipients: while none of them has a free slot it
+//! is passed over (not overtaken), and the waiters after it may take slots at other workers.
+//!
 //! A full queue refuses a newcomer only if its account is the most loaded one (requests in
 //! flight plus queued). Otherwise the newest waiter of the most loaded account gives up its
 //! place: it gets the 429 (with `Retry-After`) and the newcomer waits. One account alone can
@@ -340,13 +343,9 @@ impl ModelQueue {
     }
 
     /// The index of the next waiter to try: the oldest of the account with the fewest slots
-    /// in flight, among the waiters not in `skip`.
-    fn next(&self, in_flight: &InFlight, skip: &HashSet<u64>) -> Option<usize> {
-        let candidates = self
-            .waiters
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| !skip.contains(&w.id));
+    /// in flight, among the waiters `skip` does not name.
+    fn next(&self, in_flight: &InFlight, skip: impl Fn(u64) -> bool) -> Option<usize> {
+        let candidates = self.waiters.iter().enumerate().filter(|(_, w)| !skip(w.id));
         if self.queued.len() <= 1 {
             // One account: arrival order.
             return candidates.map(|(i, _)| i).next();
@@ -531,12 +530,17 @@ pub(crate) fn serve(
 ) {
     // Waiters tried in this pass that found no room: each grant after them overtakes them.
     let mut no_room: HashSet<u64> = HashSet::new();
+    // Waiters tried in this pass whose own workers (the recipients of an encrypted request)
+    // have no free slot: skipped, not overtaken.
+    let mut skipped: HashSet<u64> = HashSet::new();
     loop {
         let gone = q.drop_abandoned();
         if gone > 0 {
             outcomes.abandoned.fetch_add(gone, Ordering::Relaxed);
         }
-        let Some(i) = q.next(in_flight, &no_room) else {
+        let Some(i) = q.next(in_flight, |id| {
+            no_room.contains(&id) || skipped.contains(&id)
+        }) else {
             return;
         };
         match place(&q.waiters[i].demand) {
@@ -561,7 +565,14 @@ pub(crate) fn serve(
                     dropped.push(grant);
                 }
             }
-            Ok(Placed::NoSlot) if !any_free(&q.waiters[i].demand) => return,
+            Ok(Placed::NoSlot) if !any_free(&q.waiters[i].demand) => {
+                if q.waiters[i].demand.recipients.is_none() {
+                    // No worker of the model has a free slot: nobody else fits either.
+                    return;
+                }
+                // Only its recipients are full; others may go to other workers.
+                skipped.insert(q.waiters[i].id);
+            }
             Ok(Placed::NoSlot | Placed::NoRoom) => {
                 let w = &q.waiters[i];
                 if w.overtaken >= MAX_OVERTAKES {

@@ -530,3 +530,71 @@ async fn a_request_queued_behind_a_cancelled_stream_is_served() {
     drop(held);
     let _ = worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An encrypted request waiting for its only recipient (full) does not hold up the waiters
+/// behind it that another worker can take: when a slot frees at the other worker, the plain
+/// request queued behind the sealed one gets it. Before, serving the queue stopped at the
+/// first waiter with no free slot among its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_request_waiting_for_its_recipient_does_not_block_others() {
+    let p = start_proxy(|_| {}).await;
+    let e2e = std::sync::Arc::new(FakeE2e::new(5, ReceiptMode::Valid));
+    // S: the sealed request's only recipient; plain requests hang there.
+    let s = FakeWorker::connect(
+        p.running.worker_addr,
+        WorkerSpec {
+            e2e: Some(e2e.clone()),
+            behavior: Behavior::Hang,
+            capacity: 1,
+            ..WorkerSpec::new("sealed")
+        },
+    )
+    .await;
+    // P: no end-to-end keys; streams for ~1 s.
+    let mut spec = WorkerSpec::new("plain");
+    spec.capacity = 1;
+    spec.tokens = 40;
+    spec.interval = Duration::from_millis(25);
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(2).await;
+    let c = client(p.running.client_addr, 1).await;
+    // Two plain requests fill both slots: one hangs at S, one streams at P.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut h = c.stream_handle().unwrap();
+        busy.push(tokio::spawn(async move {
+            h.send(chat(MODEL, 64, None, BODY)).await
+        }));
+    }
+    wait_until("both workers busy", PROMPT, || {
+        s.obs.requests.load(Ordering::SeqCst) == 1 && w.obs.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The sealed request waits for S; a plain one waits behind it.
+    let mut h = c.stream_handle().unwrap();
+    let sealed = tokio::spawn(async move {
+        h.send(sealed_to(MODEL, &[e2e.key.config().clone()], 1))
+            .await
+    });
+    wait_until("sealed queued", PROMPT, || queued(&p) == 1).await;
+    let mut h = c.stream_handle().unwrap();
+    let plain = tokio::spawn(async move {
+        let resp = h.send(chat(MODEL, 4, None, BODY)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        events(resp.into_body()).await
+    });
+    wait_until("plain queued", PROMPT, || queued(&p) == 2).await;
+    // P's stream ends: its slot goes to the plain request.
+    let evs = tokio::time::timeout(PROMPT, plain)
+        .await
+        .expect("the plain request is served when P frees")
+        .unwrap();
+    assert!(usage_of(&evs).is_some());
+    assert_eq!(w.obs.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(queued(&p), 1, "the sealed one still waits for S");
+    assert!(!sealed.is_finished());
+    sealed.abort();
+    for t in busy {
+        t.abort();
+    }
+}

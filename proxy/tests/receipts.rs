@@ -12,52 +12,13 @@ use bytes::Bytes;
 use common::*;
 use http::StatusCode;
 use http_body_util::Full;
-use protocol::e2e::{Binding, H_BUDGET_TOKENS};
+use protocol::e2e::H_BUDGET_TOKENS;
 use protocol::sse::{EVENT_E2E, EVENT_RECEIPT};
 use protocol::usage::Prices;
-use protocol::{Endpoint, RequestMeta};
 
 /// A chat request sealed to `e2e`'s key, with its binding headers.
 fn sealed(e2e: &FakeE2e, n: u64) -> http::Request<Full<Bytes>> {
     sealed_to(MODEL, &[e2e.key.config().clone()], n)
-}
-
-/// A chat request for `model` sealed to `keys`, with its binding headers.
-fn sealed_to(model: &str, keys: &[protocol::e2e::KeyConfig], n: u64) -> http::Request<Full<Bytes>> {
-    let meta = RequestMeta {
-        version: 1,
-        request_id: protocol::RequestId::parse(&format!("sealed-{n}")).unwrap(),
-        model: model.into(),
-        max_tokens: 16,
-        price_cap: None,
-    };
-    let binding = Binding {
-        path: Endpoint::ChatCompletions.path().into(),
-        request_id: meta.request_id.as_str().into(),
-        model: model.into(),
-        max_tokens: 16,
-        price_cap: None,
-        time: now(),
-        recipients: keys.iter().map(|k| k.key_hash()).collect(),
-    };
-    let body = serde_json::json!({
-        "model": model, "messages": [{"role": "user", "content": "one two three"}],
-    });
-    let s = protocol::e2e::seal_request(
-        &binding,
-        keys,
-        body.to_string().as_bytes(),
-        &mut rand_core::UnwrapErr(rand_core::OsRng),
-    )
-    .unwrap();
-    let mut req = http::Request::post("https://proxy.invalid/v1/chat/completions")
-        .header(http::header::CONTENT_TYPE, protocol::e2e::CONTENT_TYPE)
-        .header("host", "proxy.invalid")
-        .body(Full::new(Bytes::from(s.envelope)))
-        .unwrap();
-    meta.write_headers(req.headers_mut());
-    protocol::e2e::write_headers(&binding, req.headers_mut());
-    req
 }
 
 /// A proxy with one fake worker holding end-to-end keys from `seed` (answering sealed

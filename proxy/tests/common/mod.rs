@@ -896,3 +896,41 @@ impl TestProxy {
         self.ledger.balance(account).map(|b| b.balance_nano)
     }
 }
+
+/// A chat request for `model` sealed to `keys`, with its binding headers.
+pub fn sealed_to(model: &str, keys: &[protocol::e2e::KeyConfig], n: u64) -> Request<Full<Bytes>> {
+    let meta = RequestMeta {
+        version: 1,
+        request_id: protocol::RequestId::parse(&format!("sealed-{n}")).unwrap(),
+        model: model.into(),
+        max_tokens: 16,
+        price_cap: None,
+    };
+    let binding = protocol::e2e::Binding {
+        path: protocol::Endpoint::ChatCompletions.path().into(),
+        request_id: meta.request_id.as_str().into(),
+        model: model.into(),
+        max_tokens: 16,
+        price_cap: None,
+        time: now(),
+        recipients: keys.iter().map(|k| k.key_hash()).collect(),
+    };
+    let body = serde_json::json!({
+        "model": model, "messages": [{"role": "user", "content": "one two three"}],
+    });
+    let s = protocol::e2e::seal_request(
+        &binding,
+        keys,
+        body.to_string().as_bytes(),
+        &mut rand_core::UnwrapErr(rand_core::OsRng),
+    )
+    .unwrap();
+    let mut req = http::Request::post("https://proxy.invalid/v1/chat/completions")
+        .header(http::header::CONTENT_TYPE, protocol::e2e::CONTENT_TYPE)
+        .header("host", "proxy.invalid")
+        .body(Full::new(Bytes::from(s.envelope)))
+        .unwrap();
+    meta.write_headers(req.headers_mut());
+    protocol::e2e::write_headers(&binding, req.headers_mut());
+    req
+}
