@@ -14,10 +14,11 @@ slow enough to act mid-stream.
 
 Scenarios, in this order (one proxy and one client throughout):
 
-C  client disconnect cancels generation: worker-1 alone; an app streams a chat completion
-   through cocoon-client, reads a few chunks and closes its socket. worker-1 must log
-   `completion cancelled by the proxy` for that request id within 1 s, and the proxy must show
-   no request active and nothing in flight.
+C  client disconnect stops the generation: worker-1 alone; an app streams a chat completion
+   through cocoon-client, reads a few chunks and closes its socket. cocoon-client cancels the
+   request at the proxy, which stops it at the worker: worker-1 must log `completion stopped
+   by the proxy` for that request id within 1 s, the proxy must show no request active,
+   nothing in flight and nothing abandoned, and it billed the work done.
 B  worker killed before the first byte, a second worker available: worker-1 holds one slow
    stream, worker-2 joins and is SIGSTOPped, the request reaches it (the proxy's /jsonstats
    shows it in flight on worker-2), then worker-2 is SIGKILLed. The request must succeed
@@ -379,7 +380,7 @@ def log_time(line):
 
 
 def scenario_c(net):
-    log("C: client disconnect cancels generation (worker-1 alone)")
+    log("C: client disconnect stops the generation (worker-1 alone)")
     s = Stream(net, max_tokens=TOKENS)
     expect(s.status == 200, f"status {s.status}")
     expect(s.request_id, "no x-request-id header")
@@ -395,12 +396,12 @@ def scenario_c(net):
             (
                 l
                 for l in net.log_lines("worker-1")
-                if marker in l and "completion cancelled by the proxy" in l
+                if marker in l and "completion stopped by the proxy" in l
             ),
             None,
         )
 
-    wait_for("worker-1 logs the cancellation", lambda: cancel_line() is not None, 5)
+    wait_for("worker-1 logs the stop", lambda: cancel_line() is not None, 5)
     line = cancel_line()
     # The worker's own timestamp: exact, not bounded by this script's polling.
     secs = log_time(line) - wall_close
@@ -415,8 +416,12 @@ def scenario_c(net):
         5,
     )
     idle = time.monotonic() - t_close
+    st = net.jsonstats()
+    expect(st["requests"]["abandoned"] == 0, f"abandoned {st['requests']['abandoned']}")
+    billed = sum(c["completion_tokens"] for c in st["clients"].values())
+    expect(billed > 0, "the stopped request's work was not billed")
     d = re.search(r"duration_ms=(\d+)", line)
-    figure(f"app disconnect -> worker cancels generation (worker log) {secs * 1000:.1f} ms")
+    figure(f"app disconnect -> worker stops the generation (worker log) {secs * 1000:.1f} ms")
     figure(f"app disconnect -> proxy idle (/jsonstats, 5 ms polling) {idle * 1000:.0f} ms")
     log(
         f"C: the generation ran {d.group(1) if d else '?'} ms of a "

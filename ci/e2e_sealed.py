@@ -22,6 +22,12 @@ mixed    24 requests from both clients, four at a time: chat and completions, st
 rotate   worker-1 stops and worker-2 (new keys) joins: each client's cached keys name only
          worker-1, the proxy answers 421 e2e_recipient_unavailable, the client fetches the keys
          again and reseals once; the request succeeds and is charged once.
+leave    worker-2 (alone, slow: 100 tokens/s) streams to an app through client A; the app
+         reads 3 chunks and closes its socket. Client A cancels the request at the proxy and
+         reads the rest: worker-2 logs `completion stopped by the proxy` for that request id,
+         and client A's receipt log gains that request's receipt (finish reason `cancelled`,
+         the tokens generated so far) within 5 s — the charge the proxy makes for it is one
+         the client can account for.
 ledger   Per client: every answered request has one verified receipt in the client's log; the
          proxy's debit for the account equals the sum of the log's costs (what the client
          computed from the receipts); the proxy verified every receipt (none invalid) and its
@@ -36,6 +42,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -287,6 +294,48 @@ def scenario_rotate(s):
     log("rotate: each client got one 421, refreshed the keys, resealed and was answered")
 
 
+def scenario_leave(s):
+    log("leave: an app closes its socket mid-stream (worker-2, 100 tokens/s)")
+    conn = http.client.HTTPConnection(*s.clients["a"], timeout=30)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "count slowly"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    expect(r.status == 200, f"status {r.status}")
+    rid = r.getheader("x-request-id")
+    chunks = 0
+    while chunks < 3:
+        line = r.readline()
+        expect(line, "stream ended early")
+        if line.startswith(b"data:") and b'"content"' in line:
+            chunks += 1
+    t_close = time.monotonic()
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = t_close + 5
+    receipt = None
+    while receipt is None:
+        receipt = next((x for x in s.receipts("a") if x["request_id"] == rid), None)
+        if receipt is None:
+            expect(time.monotonic() < deadline, f"no receipt for {rid} in client a's log within 5 s")
+            time.sleep(0.02)
+    took = time.monotonic() - t_close
+    expect(receipt["finish_reason"] == "cancelled", f"finish reason {receipt['finish_reason']}")
+    done = receipt["usage"]["completion_tokens"]
+    expect(3 <= done < 400, f"receipt for {done} completion tokens")
+    marker = f"request_id={rid}"
+    lines = s.net.log_lines("worker-2")
+    expect(
+        any(marker in l and "completion stopped by the proxy" in l for l in lines),
+        "worker-2 did not log `completion stopped by the proxy`",
+    )
+    log(f"leave: stopped after {done} of 400 tokens; the receipt reached client a's log {took * 1000:.0f} ms after the app left")
+
+
 def scenario_ledger(s):
     st = s.net.jsonstats()
     total = 0
@@ -319,7 +368,8 @@ def main():
         net.prepare()
         s.start_proxy()
         s.config_worker("worker-1")
-        s.config_worker("worker-2")
+        # Slow enough for an app to leave mid-stream (scenario leave).
+        s.config_worker("worker-2", tokens=400, tokens_per_second=100)
         s.start_worker("worker-1")
         for c in CLIENTS:
             s.start_client(c)
@@ -327,6 +377,7 @@ def main():
         scenario_canary(s)
         scenario_mixed(s)
         scenario_rotate(s)
+        scenario_leave(s)
         scenario_ledger(s)
         net.assert_alive()
     except Failure as e:

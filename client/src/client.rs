@@ -153,6 +153,38 @@ impl Client {
         Ok(v)
     }
 
+    /// Asks the proxy to stop this account's request `request_id` ([`protocol::paths::CANCEL`]):
+    /// its stream then ends with the usage of the work done — and, encrypted, the worker's
+    /// receipt over it, which the [`EventStream`] verifies and logs as usual — so a request
+    /// given up on is still accounted for. `Ok(n)`: the workers that stopped it.
+    pub async fn cancel(&self, request_id: &str) -> Result<u64, ApiError> {
+        let uri = self.uri(protocol::paths::CANCEL);
+        let resp = self
+            .send(|| {
+                Request::builder()
+                    .method(Method::POST)
+                    .uri(&uri)
+                    .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string())
+                    .header(protocol::meta::H_REQUEST_ID, request_id)
+                    .body(Full::new(Bytes::new()))
+            })
+            .await?;
+        let status = resp.status().as_u16();
+        let body = read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
+        if status != 200 {
+            return Err(ApiError::from_json(status, &body));
+        }
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["stopped"].as_u64())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Upstream,
+                    "proxy cancel answer is not {\"stopped\": n}",
+                )
+            })
+    }
+
     /// GETs `path` on the proxy; a 200 answer must be a JSON object (`what` names it in
     /// errors), any other status becomes its [`ApiError`].
     async fn get_json(&self, path: &str, what: &str) -> Result<serde_json::Value, ApiError> {

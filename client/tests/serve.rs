@@ -388,3 +388,75 @@ async fn shutdown_ends_requests_with_an_error_not_a_cut() {
         "{took:?}"
     );
 }
+
+/// An app that closes its socket mid-stream: the local client asks the proxy to stop that
+/// request (`POST /cocoon/v1/cancel` naming its id) instead of just resetting it, so the
+/// stream's end — usage, and an encrypted request's receipt — still reaches it. A request
+/// answered in full sends no cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let cancels = |proxy: &FakeProxy| -> Vec<Recorded> {
+        proxy
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == protocol::paths::CANCEL)
+            .cloned()
+            .collect()
+    };
+    let (status, _, _) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"ok","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let body = br#"{"model":"endless","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {local}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("Hel") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("the first chunk in time")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    let id = text
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-id")
+                .then(|| value.trim().to_string())
+        })
+        .expect("x-request-id");
+    drop(tcp);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cancels(&proxy).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no cancel sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let sent = cancels(&proxy);
+    assert_eq!(sent.len(), 1, "only the request the app left");
+    assert_eq!(sent[0].method, "POST");
+    assert_eq!(
+        sent[0].headers[protocol::meta::H_REQUEST_ID]
+            .to_str()
+            .unwrap(),
+        id
+    );
+}

@@ -63,10 +63,13 @@ pub mod paths {
     pub const WORKERS: &str = "/cocoon/v1/workers";
     /// Payout vouchers (proxy → worker, [`crate::payout`]).
     pub const PAYOUT: &str = "/cocoon/v1/payout";
-    /// Stops a running generation (proxy → worker, POST, header `cocoon-request-id`; only
-    /// the requests of the same connection): its stream ends at once with the usage of the
-    /// work done so far — and, encrypted, a receipt over it — instead of a reset that leaves
-    /// that work unbilled. 200 `{"stopped": n}`, 404 when nothing runs under that id.
+    /// Stops a running generation (POST, header `cocoon-request-id`, and from a proxy to a
+    /// worker `cocoon-stream-tag` naming the one generation of that request with the tag it
+    /// was sent with, [`crate::meta::H_STREAM_TAG`]): its stream ends at once with the usage
+    /// of the work done so far — and, encrypted, a receipt over it — instead of a reset that
+    /// leaves that work unbilled. Only the requests of the same connection (worker) or of the
+    /// same account (proxy, from a client). 200 `{"stopped": n}`, 404 when nothing runs
+    /// under that id.
     pub const CANCEL: &str = "/cocoon/v1/cancel";
     /// The client's charge voucher (client → proxy, GET; [`crate::payout::ChargeVoucher`]):
     /// what a client submits itself once its unpaid usage passes half its stake.

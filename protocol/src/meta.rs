@@ -9,6 +9,7 @@
 //! | `cocoon-max-tokens` | completion tokens the client pays for at most (1..=1_000_000) | client library; the proxy rewrites it to its reservation |
 //! | `cocoon-max-prompt-tokens` | prompt tokens the proxy reserved for (proxy → worker) | proxy |
 //! | `cocoon-price-cap` | most the client will pay for this request, nano-TON (optional) | client library |
+//! | `cocoon-stream-tag` | the proxy's number for the request, unique on its connection to the worker; names it in a cancel (proxy → worker, optional) | proxy |
 
 use http::{HeaderMap, HeaderValue};
 
@@ -20,6 +21,7 @@ pub const H_MODEL: &str = "cocoon-model";
 pub const H_MAX_TOKENS: &str = "cocoon-max-tokens";
 pub const H_MAX_PROMPT_TOKENS: &str = "cocoon-max-prompt-tokens";
 pub const H_PRICE_CAP: &str = "cocoon-price-cap";
+pub const H_STREAM_TAG: &str = "cocoon-stream-tag";
 
 /// Upper bound for `cocoon-max-tokens`.
 pub const MAX_TOKENS_LIMIT: u32 = 1_000_000;
@@ -173,6 +175,16 @@ pub fn max_prompt_tokens(h: &HeaderMap) -> Result<Option<u32>, ApiError> {
         ));
     }
     Ok(Some(n))
+}
+
+/// The proxy's tag of a request ([`H_STREAM_TAG`]), if it sent one. Request ids are the
+/// clients' and one connection carries many clients, so a cancel names the generation to stop
+/// by this tag, which the proxy makes unique per connection ([`crate::paths::CANCEL`]).
+pub fn stream_tag(h: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match header(h, H_STREAM_TAG)? {
+        Some(v) => number(H_STREAM_TAG, v).map(Some),
+        None => Ok(None),
+    }
 }
 
 impl RequestMeta {

@@ -19,7 +19,7 @@
 //!   "receipts_stored": {"<account>": 1},
 //!   "worker_usage": {"1": {"name": "w", "image_hash": "…", "requests": 1, …, "cost_nano": 1310}},
 //!   "requests": {"active": 0, "by_status": {"200": 1}, "retries": 0, "stream_errors": 0,
-//!                "client_stalls": 0, "worker_busy": 0, "abandoned": 0, "over_reservation": 0, "receipts_valid": 0,
+//!                "client_stalls": 0, "worker_busy": 0, "abandoned": 0, "stopped": 0, "over_reservation": 0, "receipts_valid": 0,
 //!                "receipts_invalid": 0},
 //!   "tokens": {"prompt": 3, "cached": 0, "completion": 32, "reasoning": 0},
 //!   "cost_nano": 1310,
@@ -116,6 +116,8 @@ pub struct RequestStats {
     pub worker_busy: u64,
     /// Streams abandoned by their client before they were billed.
     pub abandoned: u64,
+    /// Streams their client left, stopped at the worker and billed for the work done.
+    pub stopped: u64,
     pub over_reservation: u64,
     /// Encrypted requests billed on a verified receipt.
     pub receipts_valid: u64,
@@ -231,6 +233,7 @@ pub fn json_stats(state: &State) -> JsonStats {
             client_stalls: load(&s.client_stalls),
             worker_busy: load(&s.worker_busy),
             abandoned: load(&s.abandoned),
+            stopped: load(&s.stopped),
             over_reservation: load(&s.over_reservation),
             receipts_valid: load(&s.receipts_valid),
             receipts_invalid: load(&s.receipts_invalid),
@@ -365,6 +368,12 @@ pub fn prometheus(state: &State) -> String {
         "counter",
         "Streams their client abandoned before they were billed (client_abandon_burst).",
         &one(j.requests.abandoned),
+    );
+    family(
+        "cocoon_proxy_stopped_streams_total",
+        "counter",
+        "Streams their client left that the worker stopped on the proxy's cancel, billed for the work done.",
+        &one(j.requests.stopped),
     );
     family(
         "cocoon_proxy_worker_busy_total",

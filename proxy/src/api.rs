@@ -220,6 +220,13 @@ async fn dispatch(
             not_allowed(req.method(), protocol::paths::WORKERS)
         };
     }
+    if path == protocol::paths::CANCEL {
+        return if req.method() == Method::POST {
+            crate::relay::cancel(state, account, req.headers()).await
+        } else {
+            not_allowed(req.method(), protocol::paths::CANCEL)
+        };
+    }
     if path == protocol::paths::CHARGE {
         return if req.method() == Method::GET {
             charge_voucher(state, account).await

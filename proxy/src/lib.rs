@@ -45,8 +45,9 @@
 //!   never logs bodies or completions; it scans the response stream only to find the
 //!   `cocoon-usage` event (and event boundaries). End-to-end encryption from the client to the worker's attested key
 //!   is future work; until then the proxy TEE sees plaintext in memory.
-//! * Known gaps: a request cancelled by its client, or cut by a worker failure, is not billed
-//!   (the usage report never arrives); the ledger is in memory only.
+//! * A request whose client leaves is stopped at its worker on the proxy's cancel and billed
+//!   for the work done ([`relay`], docs/threat-model.md); one cut by a worker failure is not
+//!   billed (no usage report arrives).
 //!
 //! Spec references: the wire protocol is [`protocol`] (DESIGN.md "Wire"); RA-TLS is
 //! [`ratls`].
@@ -69,6 +70,7 @@ pub mod record;
 pub mod registry;
 pub mod relay;
 pub mod response;
+pub mod running;
 pub mod server;
 pub mod stall;
 pub mod state;

@@ -21,7 +21,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,6 +56,8 @@ pub struct Settings {
 pub struct Link {
     tx: h2::client::SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    /// The last stream tag handed out ([`Link::next_tag`]).
+    tags: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Link {
@@ -99,6 +101,7 @@ where
         Link {
             tx,
             closed: closed.clone(),
+            tags: Arc::default(),
         },
         Connection {
             conn,
@@ -160,6 +163,12 @@ where
 }
 
 impl Link {
+    /// A tag for the next request on this connection, unique on it: it names the request in
+    /// a cancel ([`protocol::meta::H_STREAM_TAG`]), where request ids (the clients') need not be.
+    pub fn next_tag(&self) -> u64 {
+        self.tags.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Whether the connection has closed ([`drive`] returned or was dropped).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

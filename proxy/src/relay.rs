@@ -11,6 +11,13 @@
 //! lines included); partial events are held back, so an error event the proxy appends always
 //! starts on an event boundary.
 //!
+//! # Clients that leave
+//!
+//! A client that leaves after the worker started on its request is billed for the work done:
+//! the attempt and, once the relay is dropped, the worker's stream outlive the client's
+//! request; the proxy stops the generation with a cancel and bills the usage it ends with
+//! ([`settle`]). A client may also cancel its own request ([`cancel`]) and read it to its end.
+//!
 //! # Time limits
 //!
 //! A worker may be silent for at most `worker_idle_timeout_secs` ([`ProxyConfig::worker_idle_timeout`]):
@@ -43,7 +50,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use protocol::meta::H_MAX_PROMPT_TOKENS;
+use protocol::meta::{H_MAX_PROMPT_TOKENS, H_REQUEST_ID, H_STREAM_TAG};
 use protocol::sse::split::Kind;
 use protocol::sse::{Decoder, Event, Splitter, EVENT_RECEIPT, EVENT_USAGE};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
@@ -57,11 +64,15 @@ use crate::link::UpBody;
 use crate::queue::{Demand, Grant};
 use crate::registry::Worker;
 use crate::response::ResponseBody;
+use crate::running::Registered;
 use crate::state::State;
 use crate::stats::{ActiveGuard, Stats};
 
 mod chunks;
+mod settle;
 use chunks::Chunks;
+pub use settle::{cancel, SETTLE_LIMIT};
+use settle::{Detached, Leftover};
 
 /// A relayed frame is at most about this large (events already received are coalesced).
 const COALESCE_LIMIT: usize = 16 << 10;
@@ -164,6 +175,7 @@ async fn attempt(
     endpoint: Endpoint,
     e2e: Option<&protocol::e2e::Binding>,
     body: Bytes,
+    tag: u64,
 ) -> Attempt {
     let worker = pick.worker();
     let mut m = meta.clone();
@@ -179,6 +191,7 @@ async fn attempt(
             H_MAX_PROMPT_TOKENS,
             HeaderValue::from(state.config.max_prompt_tokens),
         );
+        h.insert(H_STREAM_TAG, HeaderValue::from(tag));
         match e2e {
             // The client's bound max tokens stay; the proxy's budget goes beside it.
             Some(binding) => {
@@ -328,16 +341,41 @@ async fn forward(
         let worker = pick.worker().clone();
         tried.push(worker.info.id);
         let started = Instant::now();
-        // Dropped while the worker works on the request (its client left during prompt
-        // processing): an abandoned stream.
-        let sent = Abandoning::new(state, account);
-        let attempted = attempt(state, &pick, &meta, endpoint, e2e.as_ref(), body.clone()).await;
-        sent.disarm();
+        let tag = worker.sender().next_tag();
+        let account_arc: Arc<str> = Arc::from(account);
+        let detached = Detached {
+            registered: Some(Registered::new(
+                &state.running,
+                &account_arc,
+                meta.request_id.as_str(),
+                &worker,
+                tag,
+            )),
+            state: state.clone(),
+            account: account_arc,
+            meta: meta.clone(),
+            endpoint,
+            e2e: e2e.clone(),
+            receipt: receipt.clone(),
+            tag,
+            started,
+        };
+        let (pick, attempted, registered) = detached.attempt(pick, body.clone()).await?;
         match attempted {
             Attempt::Stream(resp) => {
-                return Ok(stream_response(
-                    state, pick, account, &meta, resp, started, active, receipt,
-                ));
+                let billing = Billing {
+                    state: state.clone(),
+                    account: Arc::from(account),
+                    pick,
+                    started,
+                    first_byte: false,
+                    worker_error: false,
+                    receipt,
+                    request_id: meta.request_id.clone(),
+                    tag,
+                    _registered: registered,
+                };
+                return Ok(stream_response(state, billing, &meta, resp, active));
             }
             Attempt::Retryable(e) => {
                 drop(pick);
@@ -425,6 +463,7 @@ fn encrypted_demand(
 }
 
 /// What the receipt of an encrypted request must say.
+#[derive(Clone)]
 struct ReceiptCheck {
     request_id: String,
     model: String,
@@ -475,50 +514,18 @@ fn abandoned(state: &State, account: &str) {
     state.limits.abandons.record(account, Instant::now());
 }
 
-/// Armed while a request is at a worker before its response: dropped armed (the client's
-/// request future was dropped), it counts an abandoned stream.
-struct Abandoning<'a> {
-    state: &'a State,
-    account: &'a str,
-    armed: bool,
-}
-
-impl<'a> Abandoning<'a> {
-    fn new(state: &'a State, account: &'a str) -> Self {
-        Self {
-            state,
-            account,
-            armed: true,
-        }
-    }
-
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Abandoning<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            abandoned(self.state, self.account);
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
 fn stream_response(
     state: &Arc<State>,
-    pick: Pick,
-    account: &str,
+    billing: Billing,
     meta: &RequestMeta,
     resp: Response<UpBody>,
-    started: Instant,
     active: ActiveGuard,
-    receipt: Option<ReceiptCheck>,
 ) -> Response<ResponseBody> {
     let content_type = resp.headers().get(CONTENT_TYPE).cloned();
     let mut upstream = resp.into_body();
-    let watch = state.stalls.watch(upstream.canceller(), pick.grant.freer());
+    let watch = state
+        .stalls
+        .watch(upstream.canceller(), billing.pick.grant.freer());
     let body = RelayBody {
         upstream: Some(upstream),
         watch,
@@ -529,15 +536,7 @@ fn stream_response(
         done: false,
         idle: Idle::new(state.config.worker_idle_timeout),
         cut: Some(Box::pin(state.shutdown.when_cut())),
-        billing: Some(Billing {
-            state: state.clone(),
-            account: Arc::from(account),
-            pick,
-            started,
-            first_byte: false,
-            worker_error: false,
-            receipt,
-        }),
+        billing: Some(billing),
         active: Some(active),
         client_stalled: false,
     };
@@ -565,9 +564,34 @@ struct Billing {
     /// An encrypted request: billed only on a valid receipt naming it (its plaintext usage
     /// events, if a worker sent any, are ignored).
     receipt: Option<ReceiptCheck>,
+    /// The request's id and the tag it went to the worker with: they name it in a cancel.
+    request_id: protocol::RequestId,
+    tag: u64,
+    /// Its entry among the account's running requests (a client's cancel finds it there).
+    _registered: Option<Registered>,
 }
 
 impl Billing {
+    /// Handles one whole event of the worker's stream (of `kind`, its bytes `raw`): bills a
+    /// usage report or receipt, notes an error event. Returns the durability ticket of a
+    /// charge.
+    fn on_event(&mut self, kind: Kind, raw: &[u8]) -> Option<crate::ledger::durable::Ticket> {
+        match kind {
+            Kind::Usage => self.on_usage(&event_data(raw, EVENT_USAGE)),
+            Kind::Receipt => self.on_receipt(&event_data(raw, EVENT_RECEIPT)),
+            Kind::Error => {
+                self.worker_error = true;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the request is billed, or is not to be (the worker reported an error).
+    fn is_settled(&self) -> bool {
+        self.pick.held.is_committed() || self.worker_error
+    }
+
     fn on_data(&mut self) {
         if !self.first_byte {
             self.first_byte = true;
@@ -778,8 +802,8 @@ impl Idle {
 /// Resolves when the proxy's drain deadline has passed ([`crate::state::Shutdown::when_cut`]).
 type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The relayed event stream (see the module docs). Dropping it (client gone) drops the
-/// worker's response stream, which resets the HTTP/2 stream so the worker stops generating.
+/// The relayed event stream (see the module docs). Dropped before the end (client gone), it
+/// hands the worker's stream to [`Leftover::settle`], which stops the generation and bills it.
 pub struct RelayBody {
     upstream: Option<UpBody>,
     /// Shared with the stall sweeper ([`crate::stall`]).
@@ -855,11 +879,7 @@ impl RelayBody {
     /// Ends the stream because the stall sweeper found its client taking nothing for
     /// `client_stall_secs` (it already reset the worker's stream and freed the slot).
     fn stalled_out(&mut self) {
-        if let Some(b) = self
-            .billing
-            .as_ref()
-            .filter(|b| !b.pick.held.is_committed())
-        {
+        if let Some(b) = self.billing.as_ref().filter(|b| !b.is_settled()) {
             abandoned(&b.state, &b.account);
         }
         let limit = self
@@ -982,23 +1002,10 @@ impl RelayBody {
             ..
         } = self;
         let split = splitter.feed(&data, |kind, bytes| {
-            match (kind, billing.as_mut()) {
-                (Kind::Usage, Some(b)) => {
-                    if let Some(ticket) = b.on_usage(&event_data(bytes, EVENT_USAGE)) {
-                        if !ticket.is_durable() {
-                            *gate = Some(Box::pin(ticket.wait()));
-                        }
-                    }
+            if let Some(ticket) = billing.as_mut().and_then(|b| b.on_event(kind, bytes)) {
+                if !ticket.is_durable() {
+                    *gate = Some(Box::pin(ticket.wait()));
                 }
-                (Kind::Receipt, Some(b)) => {
-                    if let Some(ticket) = b.on_receipt(&event_data(bytes, EVENT_RECEIPT)) {
-                        if !ticket.is_durable() {
-                            *gate = Some(Box::pin(ticket.wait()));
-                        }
-                    }
-                }
-                (Kind::Error, Some(b)) => b.worker_error = true,
-                _ => {}
             }
             let sink = if gate.is_some() {
                 &mut *held
@@ -1051,17 +1058,28 @@ impl RelayBody {
 }
 
 impl Drop for RelayBody {
-    /// The client went away before the end: a stream not billed yet was abandoned.
+    /// The client went away before the end: a stream not billed yet is stopped at the worker
+    /// and billed for the work done ([`Leftover::settle`]), in a task of its own.
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        if let Some(b) = self
-            .billing
-            .as_ref()
-            .filter(|b| !b.pick.held.is_committed() && !b.worker_error)
-        {
-            abandoned(&b.state, &b.account);
+        let Some(billing) = self.billing.take().filter(|b| !b.is_settled()) else {
+            return;
+        };
+        // Cut by the stall sweeper: the worker's stream is already reset.
+        let upstream = self.upstream.take().filter(|_| !self.watch.is_cut());
+        match (upstream, tokio::runtime::Handle::try_current()) {
+            (Some(upstream), Ok(rt)) => {
+                let leftover = Leftover {
+                    upstream,
+                    watch: Some(self.watch.clone()),
+                    splitter: std::mem::take(&mut self.splitter),
+                    billing,
+                };
+                rt.spawn(leftover.settle(false));
+            }
+            _ => abandoned(&billing.state, &billing.account),
         }
     }
 }

@@ -126,6 +126,7 @@ impl Proxy {
             recorder,
             limits: Limits::new(&self.config.client),
             stalls: crate::stall::Stalls::new(self.config.client.stall_timeout),
+            running: Default::default(),
             config: self.config,
             registry: Registry::default(),
             ledger: self.ledger,

@@ -15,7 +15,7 @@
 //! slot (queued requests may use it). The stream itself stays with its client: when the
 //! client reads again it gets what was already queued and then an error event saying why;
 //! nothing is billed and the worker is not blamed. A client that disconnects needs none of
-//! this (dropping the relay resets the worker's stream).
+//! this (dropping the relay stops the worker's generation, [`crate::relay`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};

@@ -93,4 +93,7 @@ pub struct State {
     pub recorder: Option<crate::record::Recorder>,
     /// Live streams watched for clients that stopped reading ([`crate::stall`]).
     pub stalls: crate::stall::Stalls,
+    /// The requests of each account at workers, for clients' cancels
+    /// ([`crate::running`]).
+    pub running: Arc<crate::running::Running>,
 }

@@ -46,6 +46,9 @@ pub struct Stats {
     /// Streams their client abandoned after the worker had started on them and before
     /// they were billed ([`crate::limits::Abandons`]).
     pub abandoned: AtomicU64,
+    /// Streams their client left that the worker stopped on the proxy's cancel and that
+    /// were billed for the work done ([`protocol::paths::CANCEL`]).
+    pub stopped: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
     /// Receipts of encrypted requests that verified and were billed.
@@ -75,6 +78,7 @@ impl Default for Stats {
             client_stalls: AtomicU64::new(0),
             worker_busy: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            stopped: AtomicU64::new(0),
             over_reservation: AtomicU64::new(0),
             receipts_valid: AtomicU64::new(0),
             receipts_invalid: AtomicU64::new(0),

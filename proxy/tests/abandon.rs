@@ -1,7 +1,10 @@
 //! The limit on streams abandoned before they were billed (`client_abandon_burst`,
 //! `client_abandon_interval_secs`; proxy::limits::Abandons): a client that resets its streams
-//! before the worker's usage report gets the work for free (docs/threat-model.md, the abort
-//! free-ride), so each account may do that only a few times in a row.
+//! before the worker's usage report would get the work for free (docs/threat-model.md, the
+//! abort free-ride). The proxy stops such a stream at the worker and bills the work done
+//! (`stop.rs`); only a stream that yields no usage that way — its worker stops nothing —
+//! is abandoned, and each account may abandon only a few in a row. The fake workers here
+//! stop nothing (`honors_cancel = false`), like a worker without the cancel route.
 
 mod common;
 
@@ -15,7 +18,8 @@ use proxy::Ledger as _;
 
 const PROMPT: Duration = Duration::from_secs(10);
 
-async fn with_worker(p: &TestProxy, spec: WorkerSpec) -> FakeWorker {
+async fn with_worker(p: &TestProxy, mut spec: WorkerSpec) -> FakeWorker {
+    spec.honors_cancel = false;
     let w = FakeWorker::connect(p.running.worker_addr, spec).await;
     p.wait_workers(1).await;
     w
@@ -155,64 +159,71 @@ async fn leaving_during_prompt_processing_counts_leaving_the_queue_does_not() {
 
 /// One connection's worth of the abort free-ride against the real worker service (stub
 /// engine, 200 ms prompt processing): 16 streams at a time, each reset 20 ms after it was
-/// sent, for 3 s. Without the limit (burst 0) every one of them starts a generation at the
-/// worker; with the defaults the account gets its 32, one more per 2 s, and 429 for the rest.
-/// Prints both figures (same run) and the worker's unbilled work.
+/// sent (during prompt processing), for 3 s. Every generation the worker started is stopped
+/// on the proxy's cancel and its prompt billed: nothing is left unbilled at the worker,
+/// nothing is abandoned, so the account is not refused either — it pays for what it asked.
+/// Prints the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_abort_free_ride_is_bounded_by_the_limit() {
+async fn the_abort_free_ride_is_billed() {
     use common::real::{start_real_worker, BODY_STUB};
     use worker::engine::stub::StubEngine;
     use worker::service::ServiceOptions;
 
     const RUN: Duration = Duration::from_secs(3);
-    async fn attack(burst: u32) -> (u64, u64, u64, u64) {
-        let p = start_proxy(|c| c.client.abandon_burst = burst).await;
-        let worker = start_real_worker(
-            p.running.worker_addr,
-            StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(200)),
-            ServiceOptions::default(),
-        );
-        p.wait_workers(1).await;
-        let c = client(p.running.client_addr, 1).await;
-        let end = std::time::Instant::now() + RUN;
-        let mut tasks = Vec::new();
-        for _ in 0..16 {
-            let mut h = c.stream_handle().unwrap();
-            tasks.push(tokio::spawn(async move {
-                while std::time::Instant::now() < end {
-                    let send = h.send(chat("stub", 64, None, BODY_STUB));
-                    if let Ok(resp) = tokio::time::timeout(Duration::from_millis(20), send).await {
-                        drop(resp);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let stats = worker.service().stats();
-        wait_until("the worker idle", PROMPT, || {
-            stats.snapshot().active_generations == 0
-        })
-        .await;
-        let s = stats.snapshot();
-        let refused = p.stats()["client_refusals"]["abandon_limit"]
-            .as_u64()
-            .unwrap_or(0);
-        (s.requests, s.unbilled_prompt_tokens, abandoned(&p), refused)
-    }
-
-    let (open, open_prompt, open_abandoned, _) = attack(0).await;
-    let (limited, limited_prompt, limited_abandoned, refused) =
-        attack(proxy::config::DEFAULT_CLIENT_ABANDON_BURST).await;
-    println!(
-        "generations started in {RUN:?}: {open} without the limit, {limited} with it \
-         ({refused} requests refused); unbilled prompt tokens {open_prompt} vs {limited_prompt}; \
-         abandoned {open_abandoned} vs {limited_abandoned}"
+    let p = start_proxy(|_| {}).await;
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(200)),
+        ServiceOptions::default(),
     );
-    // 32, plus one per 2 s of the run, plus the streams in flight when the allowance ran out.
-    assert!(limited <= 32 + 2 + 16, "{limited} generations started");
-    assert!(refused > 0);
-    assert!(open > 2 * limited, "without the limit: {open}");
+    p.wait_workers(1).await;
+    let c = client(p.running.client_addr, 1).await;
+    let end = std::time::Instant::now() + RUN;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut h = c.stream_handle().unwrap();
+        tasks.push(tokio::spawn(async move {
+            while std::time::Instant::now() < end {
+                let send = h.send(chat("stub", 64, None, BODY_STUB));
+                if let Ok(resp) = tokio::time::timeout(Duration::from_millis(20), send).await {
+                    drop(resp);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = worker.service().stats();
+    wait_until("the worker idle", PROMPT, || {
+        stats.snapshot().active_generations == 0
+    })
+    .await;
+    let s = stats.snapshot();
+    wait_until("every stream settled", PROMPT, || {
+        p.stats()["requests"]["stopped"].as_u64().unwrap() + abandoned(&p) >= s.stopped
+    })
+    .await;
+    let j = p.stats();
+    let billed = j["requests"]["stopped"].as_u64().unwrap();
+    let prompt = j["clients"][&c.account]["prompt_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "in {RUN:?}: {} generations started, {} stopped on the proxy's cancel, {billed} billed \
+         ({prompt} prompt tokens), {} abandoned; unbilled at the worker: {} prompt tokens",
+        s.requests,
+        s.stopped,
+        abandoned(&p),
+        s.unbilled_prompt_tokens
+    );
+    assert!(s.requests > 16, "{} generations", s.requests);
+    assert_eq!(s.unbilled_prompt_tokens, 0, "work left unbilled");
+    assert_eq!(abandoned(&p), 0);
+    assert_eq!(billed, s.stopped + s.completed);
+    assert_eq!(
+        j["client_refusals"]["abandon_limit"].as_u64().unwrap_or(0),
+        0
+    );
 }

@@ -240,8 +240,10 @@ async fn silently_dead_worker_is_detected_by_keepalive() {
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
+/// A client that goes away mid-stream (HTTP/2 reset or HTTP/1.1 close) gets its generation
+/// stopped at once — on the proxy's cancel, not a reset — and pays for the work done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_disconnect_cancels_the_worker_stream() {
+async fn client_disconnect_stops_the_worker_stream_and_bills_the_work_done() {
     let p = start_proxy(|_| {}).await;
     let mut spec = WorkerSpec::new("long");
     spec.tokens = 100_000;
@@ -249,7 +251,7 @@ async fn client_disconnect_cancels_the_worker_stream() {
     let w = FakeWorker::connect(p.running.worker_addr, spec).await;
     p.wait_workers(1).await;
     for http1 in [false, true] {
-        let before = w.obs.cancelled.load(Ordering::SeqCst);
+        let before = w.obs.stopped.load(Ordering::SeqCst);
         let mut c = client_with(p.running.client_addr, 1, http1).await;
         let resp = c.send(chat(MODEL, 100_000, None, BODY)).await;
         assert_eq!(resp.status(), StatusCode::OK);
@@ -261,26 +263,39 @@ async fn client_disconnect_cancels_the_worker_stream() {
         let left = Instant::now();
         drop(body);
         drop(c);
-        wait_until("worker cancellation", Duration::from_secs(5), || {
-            w.obs.cancelled.load(Ordering::SeqCst) == before + 1
+        wait_until("worker stop", Duration::from_secs(5), || {
+            w.obs.stopped.load(Ordering::SeqCst) == before + 1
         })
         .await;
-        let at = w.obs.cancelled_at.lock().unwrap().unwrap();
+        let at = w.obs.stopped_at.lock().unwrap().unwrap();
         println!(
             "client gone (http1={http1}): worker stopped after {:?}",
             at.saturating_duration_since(left)
         );
         wait_until("request released", Duration::from_secs(5), || {
-            p.stats()["requests"]["active"] == 0
+            let s = p.stats();
+            s["requests"]["active"] == 0 && s["workers"][0]["in_flight"] == 0
         })
         .await;
     }
-    let s = p.stats();
-    assert_eq!(s["workers"][0]["in_flight"], 0);
     assert_eq!(w.obs.completed.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        w.obs.cancelled.load(Ordering::SeqCst),
+        0,
+        "no stream was reset"
+    );
     let acct = ratls::account::AccountKey::from_seed([1; 32]).account_id();
+    wait_until("both billed", Duration::from_secs(5), || {
+        p.stats()["requests"]["stopped"] == 2
+    })
+    .await;
     let b = p.ledger.balance(&acct).unwrap();
-    assert_eq!((b.reserved_nano, b.balance_nano), (0, 1_000_000_000_000));
+    assert_eq!(b.reserved_nano, 0);
+    assert!(
+        b.balance_nano < 1_000_000_000_000,
+        "the work done was billed"
+    );
+    assert_eq!(p.stats()["clients"][&acct]["prompt_tokens"], 14);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -523,7 +523,8 @@ async fn a_request_queued_behind_a_cancelled_stream_is_served() {
         held.push(resp);
     }
     let w = worker.service().stats().snapshot();
-    assert_eq!((w.no_capacity, w.cancelled), (0, 20), "{w:?}");
+    // Each dropped stream was stopped on the proxy's cancel (and billed), not reset.
+    assert_eq!((w.no_capacity, w.stopped, w.cancelled), (0, 20, 0), "{w:?}");
     let s = p.stats();
     assert_eq!(s["workers"][0]["failures"], 0, "{}", s["workers"][0]);
     assert_eq!(s["requests"]["worker_busy"], 0);

@@ -572,17 +572,20 @@ impl Service {
         let checked = async {
             let meta = RequestMeta::from_headers(req.headers())?;
             let prompt_budget = protocol::meta::max_prompt_tokens(req.headers())?;
+            let tag = protocol::meta::stream_tag(req.headers())?;
             let body = read_body(req.into_body(), MAX_BODY_BYTES).await?;
             let mut validated = validate(endpoint, &meta, &body, &self.inner.adverts)?;
             validated.request.max_prompt_tokens = prompt_budget.map(u64::from);
-            Ok::<_, ApiError>((meta, validated))
+            Ok::<_, ApiError>((meta, tag, validated))
         }
         .await;
-        let (meta, validated) = checked.inspect_err(|e| {
+        let (meta, tag, validated) = checked.inspect_err(|e| {
             Stats::bump(&stats.rejected);
             tracing::debug!(code = e.kind.code(), param = ?e.param, "request rejected");
         })?;
-        let (mut first, mut rx) = self.start(&meta, validated, started, stoppers).await?;
+        let (mut first, mut rx) = self
+            .start(&meta, validated, started, stoppers.map(|s| (s, tag)))
+            .await?;
         // A generation stopped before its first byte starts with its summary (used only by
         // encrypted responses).
         while let Out::Summary(..) = first {
@@ -632,6 +635,7 @@ impl Service {
             let mut meta = RequestMeta::from_headers(req.headers())?;
             let prompt_budget = protocol::meta::max_prompt_tokens(req.headers())?;
             let budget = protocol::e2e::budget_tokens(req.headers())?;
+            let tag = protocol::meta::stream_tag(req.headers())?;
             let binding = protocol::e2e::binding_from_headers(endpoint, &meta, req.headers())?;
             let advert = self
                 .inner
@@ -647,10 +651,10 @@ impl Service {
             if let Some(b) = budget {
                 meta.max_tokens = meta.max_tokens.min(b.max(1));
             }
-            Ok::<_, ApiError>((keys, meta, prompt_budget, advert, opened))
+            Ok::<_, ApiError>((keys, meta, prompt_budget, tag, advert, opened))
         }
         .await;
-        let (keys, meta, prompt_budget, advert, opened) = opened.inspect_err(|e| {
+        let (keys, meta, prompt_budget, tag, advert, opened) = opened.inspect_err(|e| {
             Stats::bump(&stats.rejected);
             tracing::debug!(code = e.kind.code(), "encrypted request refused");
         })?;
@@ -667,7 +671,10 @@ impl Service {
         let started = match validate(endpoint, &meta, &opened.body, &self.inner.adverts) {
             Ok(mut validated) => {
                 validated.request.max_prompt_tokens = prompt_budget.map(u64::from);
-                match self.start(&meta, validated, started, stoppers).await {
+                match self
+                    .start(&meta, validated, started, stoppers.map(|s| (s, tag)))
+                    .await
+                {
                     Ok((first, rx)) => (first, Some(rx)),
                     // Capacity says nothing about the body: a plain 429 the proxy may retry.
                     Err(e) => return Err(e),
@@ -692,7 +699,7 @@ impl Service {
         meta: &RequestMeta,
         validated: ValidatedRequest,
         started: Instant,
-        stoppers: Option<&Arc<Stoppers>>,
+        stoppers: Option<(&Arc<Stoppers>, Option<u64>)>,
     ) -> Result<(Out, mpsc::Receiver<Out>), ApiError> {
         let stats = &self.inner.stats;
         let model = self
@@ -736,7 +743,7 @@ impl Service {
             validated,
             keepalive: self.inner.options.stream_keepalive,
             end: self.inner.end.subscribe(),
-            stop: stoppers.map(|s| s.register(meta.request_id.as_str())),
+            stop: stoppers.map(|(s, tag)| s.register(meta.request_id.as_str(), tag)),
             _permit: permit,
         };
         tokio::spawn(generation.run(tx));
@@ -758,22 +765,24 @@ struct Stoppers {
     running: std::sync::Mutex<Running>,
 }
 
-/// Stop signals by request id (several generations may share an id), each with its own id.
-type Running = std::collections::HashMap<String, Vec<(u64, watch::Sender<bool>)>>;
+/// Stop signals by request id (several generations may share an id), each with its own id
+/// and the proxy's stream tag, if it sent one ([`protocol::meta::H_STREAM_TAG`]).
+type Running = std::collections::HashMap<String, Vec<(u64, Option<u64>, watch::Sender<bool>)>>;
 
 impl Stoppers {
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a generation of `request_id` until the returned handle is dropped.
-    fn register(self: &Arc<Self>, request_id: &str) -> Stopper {
+    /// Registers a generation of `request_id` (sent with `tag`) until the returned handle is
+    /// dropped.
+    fn register(self: &Arc<Self>, request_id: &str, tag: Option<u64>) -> Stopper {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(false);
         self.lock()
             .entry(request_id.to_string())
             .or_default()
-            .push((id, tx));
+            .push((id, tag, tx));
         Stopper {
             stoppers: self.clone(),
             id,
@@ -782,13 +791,18 @@ impl Stoppers {
         }
     }
 
-    /// Tells the generations of `request_id` to stop; how many there were.
-    fn stop(&self, request_id: &str) -> usize {
+    /// Tells the generations of `request_id` to stop — with `tag`, only the one sent with
+    /// that tag; how many there were.
+    fn stop(&self, request_id: &str, tag: Option<u64>) -> usize {
         self.lock().get(request_id).map_or(0, |gens| {
-            for (_, tx) in gens {
-                tx.send_replace(true);
+            let mut n = 0;
+            for (_, t, tx) in gens {
+                if tag.is_none() || *t == tag {
+                    tx.send_replace(true);
+                    n += 1;
+                }
             }
-            gens.len()
+            n
         })
     }
 }
@@ -820,7 +834,7 @@ impl Drop for Stopper {
     fn drop(&mut self) {
         let mut running = self.stoppers.lock();
         if let Some(gens) = running.get_mut(&self.request_id) {
-            gens.retain(|(id, _)| *id != self.id);
+            gens.retain(|(id, _, _)| *id != self.id);
             if gens.is_empty() {
                 running.remove(&self.request_id);
             }
@@ -938,7 +952,11 @@ fn cancel<B>(stoppers: &Stoppers, req: &Request<B>) -> Response<ResponseBody> {
             )
         }
     };
-    match stoppers.stop(id.as_str()) {
+    let tag = match protocol::meta::stream_tag(req.headers()) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    match stoppers.stop(id.as_str(), tag) {
         0 => error_response(&ApiError::new(
             ErrorKind::NotFound,
             format!(

@@ -333,3 +333,56 @@ async fn a_generation_stopped_before_its_first_byte_reports_its_prompt() {
     assert_eq!(stats.snapshot().stopped, 1);
     h.shutdown();
 }
+
+/// Request ids are the clients' and a proxy's connection carries many clients, so two running
+/// generations may share one: a cancel naming the proxy's stream tag stops only the one sent
+/// with that tag; a malformed tag is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_tag_names_one_of_two_generations_with_the_same_id() {
+    let mut h = Harness::start(Options {
+        capacity: 2,
+        ..slow()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let stats = h.service.stats();
+    let mut bodies = Vec::new();
+    for tag in [7u64, 8] {
+        let mut req = completion_request("/v1/chat/completions", MODEL, 1000, chat_body(json!({})));
+        req.headers_mut()
+            .insert(protocol::meta::H_STREAM_TAG, tag.into());
+        let resp = send(&mut conn, req).await;
+        assert_eq!(resp.status(), 200);
+        bodies.push(resp.into_body());
+    }
+    let tagged = |tag: &str| {
+        let mut req = cancel_request(Some("req-42"));
+        req.headers_mut()
+            .insert(protocol::meta::H_STREAM_TAG, tag.parse().unwrap());
+        req
+    };
+    let (status, e) = error_of(send(&mut conn, tagged("x")).await).await;
+    assert_eq!((status, e.kind), (400, ErrorKind::InvalidRequest));
+    let (status, _) = error_of(send(&mut conn, tagged("9")).await).await;
+    assert_eq!(status, 404, "no generation was sent with tag 9");
+    let stopped = send(&mut conn, tagged("8")).await;
+    assert_eq!(body_bytes(stopped).await, br#"{"stopped":1}"#.to_vec());
+    let second = bodies.pop().unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(5), second.collect())
+        .await
+        .expect("the stopped stream ends at once")
+        .expect("body")
+        .to_bytes();
+    let evs = protocol::sse::Decoder::default().feed(&rest).unwrap();
+    assert!(evs.last().unwrap().is_done());
+    let s = stats.snapshot();
+    assert_eq!(
+        (s.stopped, s.active_generations),
+        (1, 1),
+        "tag 7 still runs"
+    );
+    // Without a tag, every generation of the id stops (here the one left).
+    let stopped = send(&mut conn, cancel_request(Some("req-42"))).await;
+    assert_eq!(body_bytes(stopped).await, br#"{"stopped":1}"#.to_vec());
+    h.shutdown();
+}

@@ -10,6 +10,7 @@ pub mod slow;
 
 pub use test_support::*;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -158,6 +159,10 @@ pub struct WorkerSpec {
     pub role: Role,
     /// End-to-end keys in the worker's claims: encrypted requests are answered sealed.
     pub e2e: Option<Arc<FakeE2e>>,
+    /// Whether it stops a generation on the proxy's cancel (`POST /cocoon/v1/cancel`),
+    /// ending its stream with the usage so far, as the real worker does; `false`: it answers
+    /// 404 to every cancel, like a worker without the route.
+    pub honors_cancel: bool,
 }
 
 /// What a fake worker's receipt says ([`FakeE2e`]).
@@ -234,6 +239,7 @@ impl WorkerSpec {
             regs: worker_regs(),
             role: Role::Worker,
             e2e: None,
+            honors_cancel: true,
         }
     }
 }
@@ -250,6 +256,69 @@ pub struct WorkerObs {
     pub failed_at: Mutex<Option<Instant>>,
     /// Set once the proxy's handshake failed (refused).
     pub refused: AtomicBool,
+    /// Cancels received (`POST /cocoon/v1/cancel`), answered or not.
+    pub cancels: AtomicU64,
+    /// Generations stopped by a cancel (their streams ended with the usage so far).
+    pub stopped: AtomicU64,
+    /// When the last one was stopped.
+    pub stopped_at: Mutex<Option<Instant>>,
+}
+
+/// The running generations of one fake worker connection by (request id, stream tag).
+type FakeStops = Arc<Mutex<HashMap<(String, u64), Arc<Notify>>>>;
+
+/// A generation's entry in [`FakeStops`], removed on drop.
+struct FakeStop {
+    stops: FakeStops,
+    key: Option<(String, u64)>,
+    signal: Arc<Notify>,
+}
+
+impl FakeStop {
+    fn register(stops: &FakeStops, headers: &HeaderMap) -> Self {
+        let key = stop_key(headers);
+        let signal = Arc::new(Notify::new());
+        if let Some(k) = &key {
+            stops.lock().unwrap().insert(k.clone(), signal.clone());
+        }
+        Self {
+            stops: stops.clone(),
+            key,
+            signal,
+        }
+    }
+
+    /// Resolves once a cancel names this generation.
+    async fn requested(&self) {
+        self.signal.notified().await
+    }
+}
+
+impl Drop for FakeStop {
+    fn drop(&mut self) {
+        if let Some(k) = &self.key {
+            self.stops.lock().unwrap().remove(k);
+        }
+    }
+}
+
+fn stop_key(headers: &HeaderMap) -> Option<(String, u64)> {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let id = text(protocol::meta::H_REQUEST_ID)?;
+    let tag = text(protocol::meta::H_STREAM_TAG)?.parse().ok()?;
+    Some((id.to_string(), tag))
+}
+
+/// The usage event and `[DONE]` of a generation stopped after `completion_tokens`.
+fn stopped_tail(prompt_tokens: u64, completion_tokens: u32) -> Bytes {
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens: u64::from(completion_tokens),
+        ..Usage::default()
+    };
+    let mut tail = Event::usage(&usage).encode();
+    tail.extend(Event::done().encode());
+    Bytes::from(tail)
 }
 
 pub struct FakeWorker {
@@ -403,12 +472,18 @@ async fn run_worker(proxy: SocketAddr, spec: WorkerSpec, obs: Arc<WorkerObs>) {
     };
     let kill = Arc::new(Notify::new());
     let spec = Arc::new(spec);
+    let stops = FakeStops::default();
     let svc = {
         let (obs, kill, frozen) = (obs.clone(), kill.clone(), frozen.clone());
         service_fn(move |req: Request<Incoming>| {
-            let (spec, obs, kill, frozen) =
-                (spec.clone(), obs.clone(), kill.clone(), frozen.clone());
-            async move { handle(req, spec, obs, kill, frozen).await }
+            let (spec, obs, kill, frozen, stops) = (
+                spec.clone(),
+                obs.clone(),
+                kill.clone(),
+                frozen.clone(),
+                stops.clone(),
+            );
+            async move { handle(req, spec, obs, kill, frozen, stops).await }
         })
     };
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -430,9 +505,26 @@ async fn handle(
     obs: Arc<WorkerObs>,
     kill: Arc<Notify>,
     frozen: Arc<AtomicBool>,
+    stops: FakeStops,
 ) -> Result<Response<WorkerBody>, io::Error> {
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
+    if path == protocol::paths::CANCEL {
+        obs.cancels.fetch_add(1, Ordering::SeqCst);
+        let running = stop_key(&headers)
+            .filter(|_| spec.honors_cancel)
+            .and_then(|k| stops.lock().unwrap().get(&k).cloned());
+        return Ok(match running {
+            Some(signal) => {
+                signal.notify_one();
+                full(StatusCode::OK, br#"{"stopped":1}"#.to_vec())
+            }
+            None => full(
+                StatusCode::NOT_FOUND,
+                ApiError::new(protocol::ErrorKind::NotFound, "nothing runs").to_json(),
+            ),
+        });
+    }
     let body = req
         .into_body()
         .collect()
@@ -484,7 +576,21 @@ async fn handle(
         }
         Behavior::Reset => return Err(io::Error::other("reset")),
         Behavior::Hang => {
-            std::future::pending::<()>().await;
+            // Never answers, unless stopped: then just the usage of the prompt.
+            let stop = FakeStop::register(&stops, &headers);
+            stop.requested().await;
+            obs.stopped.fetch_add(1, Ordering::SeqCst);
+            *obs.stopped_at.lock().unwrap() = Some(Instant::now());
+            let (tx, rx) = mpsc::channel::<Bytes>(1);
+            tx.try_send(stopped_tail(spec.prompt_tokens, 0)).unwrap();
+            let mut r = Response::new(http_body_util::Either::Right(http_body_util::Either::Left(
+                ChannelBody(rx),
+            )));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            return Ok(r);
         }
         _ => {}
     }
@@ -496,9 +602,21 @@ async fn handle(
     let n = spec.tokens.min(max_tokens);
     let plain = matches!(spec.behavior, Behavior::Normal);
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+    let stop = FakeStop::register(&stops, &headers);
     tokio::spawn(async move {
         let mut tick = (!spec.interval.is_zero()).then(|| tokio::time::interval(spec.interval));
         for i in 0..n {
+            let stopped = tokio::select! {
+                biased;
+                () = stop.requested() => true,
+                () = std::future::ready(()) => false,
+            };
+            if stopped {
+                obs.stopped.fetch_add(1, Ordering::SeqCst);
+                *obs.stopped_at.lock().unwrap() = Some(Instant::now());
+                let _ = tx.send(stopped_tail(spec.prompt_tokens, i)).await;
+                return;
+            }
             match spec.behavior {
                 Behavior::DieAfter(k) if i == k => {
                     *obs.failed_at.lock().unwrap() = Some(Instant::now());
@@ -520,7 +638,15 @@ async fn handle(
                 _ => {}
             }
             if let Some(t) = tick.as_mut() {
-                t.tick().await;
+                tokio::select! {
+                    _ = t.tick() => {}
+                    () = stop.requested() => {
+                        obs.stopped.fetch_add(1, Ordering::SeqCst);
+                        *obs.stopped_at.lock().unwrap() = Some(Instant::now());
+                        let _ = tx.send(stopped_tail(spec.prompt_tokens, i)).await;
+                        return;
+                    }
+                }
             }
             if tx.send(token_event(&spec.model, i)).await.is_err() {
                 obs.cancelled.fetch_add(1, Ordering::SeqCst);

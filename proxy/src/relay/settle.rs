@@ -1,0 +1,359 @@
+//! Streams whose client left before their usage was billed.
+//!
+//! Resetting the worker's stream when the client goes (what HTTP/2 does when the relay is
+//! dropped) stops the generation but leaves the work it did unbilled: a client that resets
+//! every stream just before its end gets the work for free (docs/threat-model.md, the abort
+//! free-ride). Instead, the exchange with the worker outlives the client's request:
+//!
+//! - during prompt processing (no response head yet) the attempt runs in a task of its own
+//!   ([`Detached`]), which the client's request only waits for;
+//! - once it streams, the relay hands the worker's stream to a task when it is dropped
+//!   ([`Leftover`]).
+//!
+//! Either way the proxy then asks the worker to stop that generation
+//! ([`protocol::paths::CANCEL`], naming it by the tag it was sent with, since request ids are
+//! the clients' and need not be unique on one worker connection) and reads the stream's end
+//! for at most [`SETTLE_LIMIT`]: a worker that stops it sends the usage of the work done (and,
+//! encrypted, a receipt over it), which is billed like a completed request. Only a stream
+//! that yields no usage in that time is reset and counted as abandoned
+//! ([`crate::limits::Abandons`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
+use protocol::sse::Splitter;
+use protocol::{Endpoint, RequestMeta};
+use tokio::sync::oneshot;
+
+use super::{
+    abandoned, api, attempt, Attempt, Billing, Pick, ReceiptCheck, Registered, H_REQUEST_ID,
+    H_STREAM_TAG, WORKER_AUTHORITY,
+};
+use crate::limits::Rejection;
+use crate::link::UpBody;
+use crate::registry::Worker;
+use crate::stall::Watch;
+use crate::state::State;
+use protocol::ErrorKind;
+
+/// How long the proxy keeps a worker stream whose client left: time for the worker to stop
+/// the generation and send the usage of the work done.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long it reads such a stream when the worker stopped nothing (the generation had just
+/// ended, or the worker does not know the cancel route): the bytes already on their way.
+const SETTLE_GRACE: Duration = Duration::from_millis(250);
+
+/// The longest pause between two cancels of a generation the worker has not started yet.
+const MAX_STOP_PAUSE: Duration = Duration::from_millis(500);
+
+/// What a worker answered to a cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// It stopped the generation: its stream ends with the usage so far.
+    Stopped,
+    /// Nothing runs under that tag there (not yet, or no more; or no cancel route).
+    NotRunning,
+    /// No answer in time, or the link failed.
+    Failed,
+}
+
+/// Asks `worker` to stop the generation of `request_id` it was sent with `tag`, waiting for
+/// the answer until `deadline`.
+async fn stop_at_worker(worker: &Worker, request_id: &str, tag: u64, deadline: Instant) -> Stop {
+    let req = Request::post(format!(
+        "https://{WORKER_AUTHORITY}{}",
+        protocol::paths::CANCEL
+    ))
+    .header(H_STREAM_TAG, HeaderValue::from(tag))
+    .header(H_REQUEST_ID, request_id)
+    .body(Bytes::new());
+    let Ok(req) = req else {
+        return Stop::Failed;
+    };
+    match tokio::time::timeout_at(deadline.into(), worker.sender().send(req)).await {
+        Ok(Ok(resp)) if resp.status() == StatusCode::OK => Stop::Stopped,
+        Ok(Ok(resp)) if resp.status() == StatusCode::NOT_FOUND => Stop::NotRunning,
+        _ => Stop::Failed,
+    }
+}
+
+/// One attempt at a worker, run in a task of its own ([`Detached::attempt`]).
+pub(super) struct Detached {
+    /// Its entry among the account's running requests, handed on with the outcome.
+    pub registered: Option<Registered>,
+    pub state: Arc<State>,
+    pub account: Arc<str>,
+    pub meta: RequestMeta,
+    pub endpoint: Endpoint,
+    pub e2e: Option<protocol::e2e::Binding>,
+    pub receipt: Option<ReceiptCheck>,
+    /// The tag the request goes to the worker with ([`crate::link::Link::next_tag`]).
+    pub tag: u64,
+    pub started: Instant,
+}
+
+impl Detached {
+    /// Sends the request to `pick`'s worker and waits for the outcome. Dropping this future
+    /// (the client left) leaves the attempt running: its task then stops the generation and
+    /// bills the work done ([`Detached::left`]).
+    pub async fn attempt(
+        self,
+        pick: Pick,
+        body: Bytes,
+    ) -> Result<(Pick, Attempt, Option<Registered>), Rejection> {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(self.run(pick, body, tx));
+        rx.await
+            .map_err(|_| api(ErrorKind::Internal, "the attempt at the worker ended").into())
+    }
+
+    async fn run(
+        mut self,
+        pick: Pick,
+        body: Bytes,
+        mut tx: oneshot::Sender<(Pick, Attempt, Option<Registered>)>,
+    ) {
+        let (attempted, stopped) = {
+            let run = attempt(
+                &self.state,
+                &pick,
+                &self.meta,
+                self.endpoint,
+                self.e2e.as_ref(),
+                body,
+                self.tag,
+            );
+            tokio::pin!(run);
+            let done = tokio::select! {
+                biased;
+                a = &mut run => Some(a),
+                () = tx.closed() => None,
+            };
+            match done {
+                Some(a) => (a, false),
+                None => match self.wait_out(pick.worker(), run).await {
+                    Some(a) => a,
+                    None => {
+                        // No answer in time: the attempt is dropped, which resets the stream.
+                        abandoned(&self.state, &self.account);
+                        return;
+                    }
+                },
+            }
+        };
+        if stopped {
+            self.left(pick, attempted, true).await;
+            return;
+        }
+        let registered = self.registered.take();
+        if let Err((pick, attempted, registered)) = tx.send((pick, attempted, registered)) {
+            // The client left just as the answer came.
+            self.registered = registered;
+            self.left(pick, attempted, false).await;
+        }
+    }
+
+    /// The client left while `run` (the attempt) waits for the worker's response head: asks
+    /// the worker to stop the generation — again after a growing pause while the worker has
+    /// not started it yet — and waits for the head, for at most [`SETTLE_LIMIT`]. Returns the
+    /// attempt's outcome and whether the worker said it stopped the generation; `None` if
+    /// there was none in time.
+    async fn wait_out(
+        &self,
+        worker: &Worker,
+        mut run: Pin<&mut impl Future<Output = Attempt>>,
+    ) -> Option<(Attempt, bool)> {
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let asked = tokio::select! {
+                a = &mut run => return Some((a, false)),
+                s = stop_at_worker(worker, self.meta.request_id.as_str(), self.tag, deadline) => s,
+            };
+            match asked {
+                Stop::Stopped => break,
+                Stop::NotRunning => {}
+                Stop::Failed => return None,
+            }
+            let until = (Instant::now() + pause).min(deadline);
+            tokio::select! {
+                a = &mut run => return Some((a, false)),
+                () = tokio::time::sleep_until(until.into()) => {}
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            pause = (pause * 2).min(MAX_STOP_PAUSE);
+        }
+        tokio::time::timeout_at(deadline.into(), run)
+            .await
+            .ok()
+            .map(|a| (a, true))
+    }
+
+    /// Settles an attempt whose client left: a stream is stopped (unless `stopped` already)
+    /// and billed; any other outcome bills nothing.
+    async fn left(self, pick: Pick, attempted: Attempt, stopped: bool) {
+        let worker = pick.worker().clone();
+        match attempted {
+            Attempt::Stream(resp) => {
+                let billing = Billing {
+                    state: self.state,
+                    account: self.account,
+                    pick,
+                    started: self.started,
+                    first_byte: false,
+                    worker_error: false,
+                    receipt: self.receipt,
+                    request_id: self.meta.request_id,
+                    tag: self.tag,
+                    _registered: self.registered,
+                };
+                let leftover = Leftover {
+                    upstream: resp.into_body(),
+                    watch: None,
+                    splitter: Splitter::default(),
+                    billing,
+                };
+                leftover.settle(stopped).await;
+            }
+            Attempt::Retryable(_) => worker.record_outcome(false),
+            Attempt::Final(_) => worker.record_outcome(true),
+            Attempt::Busy(_) => {}
+        }
+    }
+}
+
+/// A worker stream whose client left before it was billed, with what the relay had of it.
+pub(super) struct Leftover {
+    pub upstream: UpBody,
+    /// The relay's stall watch (holding the stream's reset handle), if it had one.
+    pub watch: Option<Arc<Watch>>,
+    /// Holds the part of an event the relay had already read.
+    pub splitter: Splitter,
+    pub billing: Billing,
+}
+
+impl Leftover {
+    /// Stops the generation at the worker (unless it is `stopped` already), reads the rest
+    /// of its stream and bills its usage; a stream that yields none in time is reset and
+    /// counted as abandoned.
+    pub async fn settle(mut self, stopped: bool) {
+        let begun = Instant::now();
+        if let Some(w) = &self.watch {
+            // Its client is gone, not stalled: the sweeper leaves it alone.
+            let _ = w.taken();
+        }
+        let worker = self.billing.pick.worker().clone();
+        let stopped = stopped
+            || stop_at_worker(
+                &worker,
+                self.billing.request_id.as_str(),
+                self.billing.tag,
+                begun + SETTLE_LIMIT,
+            )
+            .await
+                == Stop::Stopped;
+        let deadline = if stopped {
+            begun + SETTLE_LIMIT
+        } else {
+            Instant::now() + SETTLE_GRACE
+        };
+        let ended = self.read_rest(deadline).await;
+        let b = &mut self.billing;
+        if b.pick.held.is_committed() {
+            b.state.stats.stopped.fetch_add(1, Ordering::Relaxed);
+            b.finish(true);
+        } else if !b.worker_error {
+            abandoned(&b.state, &b.account);
+        }
+        if let Some(w) = &self.watch {
+            if ended {
+                w.finished();
+            } else {
+                w.cancel_upstream();
+            }
+        }
+        // Dropping the stream resets it, if it is still open.
+    }
+
+    /// Reads the worker's stream until it ends (`true`), fails or `deadline` passes, billing
+    /// what it reports.
+    async fn read_rest(&mut self, deadline: Instant) -> bool {
+        loop {
+            let frame = match tokio::time::timeout_at(deadline.into(), self.upstream.frame()).await
+            {
+                Ok(Some(Ok(f))) => f,
+                Ok(None) => return true,
+                Ok(Some(Err(_))) | Err(_) => return false,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let billing = &mut self.billing;
+            let fed = self.splitter.feed(&data, |kind, raw| {
+                // The charge is written by the ledger's next group commit; nobody waits.
+                let _ = billing.on_event(kind, raw);
+            });
+            if fed.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Handles a client's `POST /cocoon/v1/cancel` for `account` ([`super::Running`]): passes it
+/// on to each worker running the account's request of that id; 200 `{"stopped": n}` once
+/// they answered, 404 if none stopped anything.
+pub async fn cancel(
+    state: &Arc<State>,
+    account: &str,
+    headers: &http::HeaderMap,
+) -> http::Response<crate::response::ResponseBody> {
+    use crate::response::{error_response, json_response};
+    let id = match headers
+        .get(H_REQUEST_ID)
+        .map(|v| v.to_str().map_err(|_| ()).map(protocol::RequestId::parse))
+    {
+        Some(Ok(Ok(id))) => id,
+        Some(Ok(Err(e))) => return error_response(&e),
+        Some(Err(())) | None => {
+            return error_response(
+                &protocol::ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("{H_REQUEST_ID} is required (the id of the request to stop)"),
+                )
+                .with_param(H_REQUEST_ID),
+            )
+        }
+    };
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut stopped = 0u32;
+    for (worker, tag) in state.running.of(account, id.as_str()) {
+        if stop_at_worker(&worker, id.as_str(), tag, deadline).await == Stop::Stopped {
+            stopped += 1;
+        }
+    }
+    if stopped == 0 {
+        return error_response(&protocol::ApiError::new(
+            ErrorKind::NotFound,
+            format!(
+                "no request {} of this account is running at a worker",
+                id.as_str()
+            ),
+        ));
+    }
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "stopped": stopped })
+            .to_string()
+            .into_bytes(),
+    )
+}
