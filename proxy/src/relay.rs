@@ -333,7 +333,23 @@ async fn forward(
         // at once or reports the first failure.
         let pick = match pick(state, account, &demand, &tried, n == 0, upload.take()).await {
             Ok(p) => p,
-            Err(e) => return Err(last.unwrap_or(e)),
+            Err(e) => {
+                // A recipient that failed (not one that was busy) and no other to retry on.
+                let failed = last
+                    .as_ref()
+                    .filter(|l| l.error.kind != ErrorKind::NoCapacity);
+                if let (Some(failed), Some(binding)) = (failed, &e2e) {
+                    if !state
+                        .registry
+                        .candidates(&meta.model, &tried)
+                        .iter()
+                        .any(|w| demand.accepts(w))
+                    {
+                        return Err(recipients_failed(binding, &failed.error));
+                    }
+                }
+                return Err(last.unwrap_or(e));
+            }
         };
         if n > 0 {
             state.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -460,6 +476,24 @@ fn encrypted_demand(
         model: binding.model.clone(),
         request_hash: protocol::e2e::request_hash(&bound, envelope),
     })
+}
+
+/// The 421 for an encrypted request whose recipient failed before answering when none of its
+/// other recipients is connected: no retry here can serve it, but the client can seal it again
+/// to the workers connected now (a worker that failed this way is often one moving to renewed
+/// keys). Nothing was billed.
+fn recipients_failed(binding: &protocol::e2e::Binding, failure: &ApiError) -> Rejection {
+    api(
+        ErrorKind::RecipientUnavailable,
+        format!(
+            "the worker this request was sealed to failed before answering ({}), and none of \
+             its other {} recipients is connected to this proxy; fetch the worker keys again ({})",
+            failure.message,
+            binding.recipients.len().saturating_sub(1),
+            protocol::paths::WORKERS
+        ),
+    )
+    .into()
 }
 
 /// What the receipt of an encrypted request must say.

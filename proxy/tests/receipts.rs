@@ -159,9 +159,10 @@ async fn directory(c: &mut Client, model: &str) -> Vec<protocol::e2e::KeyConfig>
 }
 
 /// Sends `req`; whether it was answered (200 with a receipt in the stream) or not: refused
-/// with 421 (its recipients are not connected), or 502 when the connection of its only
-/// recipient closed while the request was on it (the worker moving to its renewed
-/// certificate; no receipt, nothing charged — the final counts check that).
+/// with 421 (its recipients are not connected, or the connection of its only recipient
+/// closed while the request was on it: the worker moving to its renewed certificate), or 502
+/// when every recipient it was tried on failed; no receipt, nothing charged — the final
+/// counts check that.
 async fn answered(c: &mut Client, req: http::Request<Full<Bytes>>) -> bool {
     let resp = c.send(req).await;
     match resp.status() {
@@ -250,4 +251,25 @@ async fn key_rotation_mid_run_charges_every_answered_request_once() {
         s["clients"][&c.account]["cost_nano"],
         ok * Prices::default().cost(&usage, 1000)
     );
+}
+
+/// The one recipient of a sealed request fails before answering (5xx): no other recipient is
+/// connected, so no retry here can serve it. The proxy answers 421 e2e_recipient_unavailable
+/// (the client fetches the keys again and reseals) rather than the worker's 502; nothing is
+/// billed. A recipient that is only busy (429) stays a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_only_recipient_is_answered_421_so_the_client_reseals() {
+    let (p, e2e, w, mut c) = sealed_network(9, ReceiptMode::Valid, Behavior::Status(503)).await;
+    let resp = c.send(sealed(&e2e, 5)).await;
+    assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
+    let body = json_body(resp).await;
+    assert_eq!(error_kind(&body), "e2e_recipient_unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("failed before answering"), "{message}");
+    assert_eq!(w.obs.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(p.stats()["cost_nano"], 0);
+
+    let (_p, e2e, _w, mut c) = sealed_network(10, ReceiptMode::Valid, Behavior::Status(429)).await;
+    let resp = c.send(sealed(&e2e, 6)).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }
