@@ -368,7 +368,7 @@ async fn forward(
                 tag,
             )),
             state: state.clone(),
-            account: account_arc,
+            account: account_arc.clone(),
             meta: meta.clone(),
             endpoint,
             e2e: e2e.clone(),
@@ -376,12 +376,12 @@ async fn forward(
             tag,
             started,
         };
-        let (pick, attempted, registered) = detached.attempt(pick, body.clone()).await?;
+        let (pick, attempted, registered) = detached.attempt(pick, body.clone()).await;
         match attempted {
             Attempt::Stream(resp) => {
                 let billing = Billing {
                     state: state.clone(),
-                    account: Arc::from(account),
+                    account: account_arc,
                     pick,
                     started,
                     first_byte: false,

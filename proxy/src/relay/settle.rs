@@ -5,8 +5,8 @@
 //! every stream just before its end gets the work for free (docs/threat-model.md, the abort
 //! free-ride). Instead, the exchange with the worker outlives the client's request:
 //!
-//! - during prompt processing (no response head yet) the attempt runs in a task of its own
-//!   ([`Detached`]), which the client's request only waits for;
+//! - during prompt processing (no response head yet) the attempt is handed to a task of its
+//!   own when the client's request is dropped ([`Detached`]);
 //! - once it streams, the relay hands the worker's stream to a task when it is dropped
 //!   ([`Leftover`]).
 //!
@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,13 +30,11 @@ use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use protocol::sse::Splitter;
 use protocol::{Endpoint, RequestMeta};
-use tokio::sync::oneshot;
 
 use super::{
-    abandoned, api, attempt, Attempt, Billing, Pick, ReceiptCheck, Registered, H_REQUEST_ID,
+    abandoned, attempt, Attempt, Billing, Pick, ReceiptCheck, Registered, H_REQUEST_ID,
     H_STREAM_TAG, WORKER_AUTHORITY,
 };
-use crate::limits::Rejection;
 use crate::link::UpBody;
 use crate::registry::Worker;
 use crate::stall::Watch;
@@ -99,64 +98,75 @@ pub(super) struct Detached {
     pub started: Instant,
 }
 
+/// An attempt in flight: the worker's slot and reservation (in the [`Pick`]) and the outcome.
+type InFlight = Pin<Box<dyn Future<Output = (Pick, Attempt)> + Send>>;
+
+/// Polls an attempt for the client's request; dropped before the attempt ended (the client
+/// left), it hands the attempt to a task that stops and settles it ([`Detached::after_left`]).
+/// The happy path costs one allocation, not a task.
+struct Guard {
+    run: Option<InFlight>,
+    detached: Option<Detached>,
+    worker: Arc<Worker>,
+}
+
+impl Future for Guard {
+    type Output = (Pick, Attempt, Option<Registered>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(run) = this.run.as_mut() else {
+            return Poll::Pending;
+        };
+        let (pick, attempted) = ready!(run.as_mut().poll(cx));
+        this.run = None;
+        let registered = this.detached.take().and_then(|mut d| d.registered.take());
+        Poll::Ready((pick, attempted, registered))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let (Some(run), Some(detached)) = (self.run.take(), self.detached.take()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(detached.after_left(self.worker.clone(), run));
+            }
+            // Without a runtime the attempt is dropped, which resets the worker's stream.
+        }
+    }
+}
+
 impl Detached {
     /// Sends the request to `pick`'s worker and waits for the outcome. Dropping this future
-    /// (the client left) leaves the attempt running: its task then stops the generation and
-    /// bills the work done ([`Detached::left`]).
-    pub async fn attempt(
-        self,
-        pick: Pick,
-        body: Bytes,
-    ) -> Result<(Pick, Attempt, Option<Registered>), Rejection> {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(self.run(pick, body, tx));
-        rx.await
-            .map_err(|_| api(ErrorKind::Internal, "the attempt at the worker ended").into())
+    /// (the client left) leaves the attempt running in a task of its own, which stops the
+    /// generation and bills the work done ([`Detached::after_left`]).
+    pub async fn attempt(self, pick: Pick, body: Bytes) -> (Pick, Attempt, Option<Registered>) {
+        let worker = pick.worker().clone();
+        let (state, meta, e2e) = (self.state.clone(), self.meta.clone(), self.e2e.clone());
+        let (endpoint, tag) = (self.endpoint, self.tag);
+        let run: InFlight = Box::pin(async move {
+            let a = attempt(&state, &pick, &meta, endpoint, e2e.as_ref(), body, tag).await;
+            (pick, a)
+        });
+        Guard {
+            run: Some(run),
+            detached: Some(self),
+            worker,
+        }
+        .await
     }
 
-    async fn run(
-        mut self,
-        pick: Pick,
-        body: Bytes,
-        mut tx: oneshot::Sender<(Pick, Attempt, Option<Registered>)>,
-    ) {
-        let (attempted, stopped) = {
-            let run = attempt(
-                &self.state,
-                &pick,
-                &self.meta,
-                self.endpoint,
-                self.e2e.as_ref(),
-                body,
-                self.tag,
-            );
-            tokio::pin!(run);
-            let done = tokio::select! {
-                biased;
-                a = &mut run => Some(a),
-                () = tx.closed() => None,
-            };
-            match done {
-                Some(a) => (a, false),
-                None => match self.wait_out(pick.worker(), run).await {
-                    Some(a) => a,
-                    None => {
-                        // No answer in time: the attempt is dropped, which resets the stream.
-                        abandoned(&self.state, &self.account);
-                        return;
-                    }
-                },
+    /// The client left while `run` waited for the worker's answer: stops the generation and
+    /// settles the attempt.
+    async fn after_left(self, worker: Arc<Worker>, run: InFlight) {
+        let mut run = run;
+        match self.wait_out(&worker, run.as_mut()).await {
+            Some(((pick, attempted), stopped)) => self.left(pick, attempted, stopped).await,
+            None => {
+                // No answer in time: the attempt is dropped, which resets the stream.
+                drop(run);
+                abandoned(&self.state, &self.account);
             }
-        };
-        if stopped {
-            self.left(pick, attempted, true).await;
-            return;
-        }
-        let registered = self.registered.take();
-        if let Err((pick, attempted, registered)) = tx.send((pick, attempted, registered)) {
-            // The client left just as the answer came.
-            self.registered = registered;
-            self.left(pick, attempted, false).await;
         }
     }
 
@@ -168,8 +178,8 @@ impl Detached {
     async fn wait_out(
         &self,
         worker: &Worker,
-        mut run: Pin<&mut impl Future<Output = Attempt>>,
-    ) -> Option<(Attempt, bool)> {
+        mut run: Pin<&mut (dyn Future<Output = (Pick, Attempt)> + Send)>,
+    ) -> Option<((Pick, Attempt), bool)> {
         let deadline = Instant::now() + SETTLE_LIMIT;
         let mut pause = Duration::from_millis(10);
         loop {
