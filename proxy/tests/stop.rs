@@ -295,3 +295,41 @@ async fn a_client_cancel_ends_the_stream_with_the_usage_so_far() {
     assert_eq!(s["requests"]["abandoned"], 0);
     assert_eq!(s["requests"]["stopped"], 0, "not a client that left");
 }
+
+/// A worker that says it stopped the generation but never ends the stream (it lies, or hangs):
+/// the proxy gives up after the settle limit, resets the stream, frees the slot and counts the
+/// stream as abandoned; nothing is billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_claims_a_stop_but_never_ends_is_reset_after_the_limit() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = slow("liar");
+    spec.behavior = Behavior::StallAfter(3);
+    let w = with_worker(&p, spec).await;
+    let mut c = client(p.running.client_addr, 1).await;
+    read_and_leave(c.send(chat(MODEL, 50, None, BODY)).await, 3).await;
+    let left = Instant::now();
+    wait_until("the stream reset", WAIT, || {
+        w.obs.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let took = w.obs.cancelled_at.lock().unwrap().unwrap() - left;
+    println!("a worker that never ends a stopped stream is reset after {took:?}");
+    assert!(
+        took >= proxy::relay::SETTLE_LIMIT - Duration::from_millis(100)
+            && took < proxy::relay::SETTLE_LIMIT + Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(w.obs.cancels.load(Ordering::SeqCst), 1);
+    wait_until("counted and freed", WAIT, || {
+        let s = p.stats();
+        s["requests"]["abandoned"] == 1 && s["workers"][0]["in_flight"] == 0
+    })
+    .await;
+    assert_eq!(requests(&p, "stopped"), 0);
+    assert_eq!(
+        p.stats()["clients"][&c.account]["cost_nano"]
+            .as_u64()
+            .unwrap_or(0),
+        0
+    );
+}
