@@ -310,8 +310,8 @@ impl Client {
             return self.stream_encrypted(e2e, endpoint, body, meta).await;
         }
         let uri = self.uri(endpoint.path());
-        let resp = self
-            .send(|| {
+        let (resp, sender) = self
+            .send_keeping(|| {
                 let mut req = Request::builder()
                     .method(Method::POST)
                     .uri(&uri)
@@ -327,7 +327,8 @@ impl Client {
             let body = read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
             return Err(ApiError::from_json(status, &body));
         }
-        Ok(EventStream::new(resp.into_body(), self.idle_timeout))
+        Ok(EventStream::new(resp.into_body(), self.idle_timeout)
+            .cancelled_on_drop(self.give_up(sender, meta)))
     }
 
     /// The verified workers of `model` (from the cache, or the proxy's directory).
@@ -390,8 +391,8 @@ impl Client {
             )
             .map_err(|e| ApiError::new(ErrorKind::Internal, format!("sealing: {e}")))?;
             let envelope = Bytes::from(std::mem::take(&mut sealed.envelope));
-            let resp = self
-                .send(|| {
+            let (resp, sender) = self
+                .send_keeping(|| {
                     let mut req = Request::builder()
                         .method(Method::POST)
                         .uri(&uri)
@@ -421,7 +422,9 @@ impl Client {
                 workers,
                 self.receipts.clone(),
             );
-            return Ok(EventStream::new(resp.into_body(), self.idle_timeout).encrypted(decryption));
+            return Ok(EventStream::new(resp.into_body(), self.idle_timeout)
+                .encrypted(decryption)
+                .cancelled_on_drop(self.give_up(sender, meta)));
         }
         Err(ApiError::new(
             ErrorKind::RecipientUnavailable,
@@ -447,6 +450,15 @@ impl Client {
         agg.finish()
     }
 
+    /// How a stream of request `meta` sent on `sender` is given up when dropped early.
+    fn give_up(&self, sender: Sender, meta: &RequestMeta) -> GiveUp {
+        GiveUp {
+            sender,
+            uri: self.uri(protocol::paths::CANCEL),
+            request_id: meta.request_id.clone(),
+        }
+    }
+
     fn uri(&self, path: &str) -> String {
         format!("https://{}{path}", self.pool.addr())
     }
@@ -458,6 +470,14 @@ impl Client {
         &self,
         build: impl Fn() -> Result<Request<Full<Bytes>>, http::Error>,
     ) -> Result<Response<Incoming>, ApiError> {
+        self.send_keeping(build).await.map(|(resp, _)| resp)
+    }
+
+    /// [`Client::send`], also returning the connection the answer came on.
+    async fn send_keeping(
+        &self,
+        build: impl Fn() -> Result<Request<Full<Bytes>>, http::Error>,
+    ) -> Result<(Response<Incoming>, Sender), ApiError> {
         let mut last = None;
         for _attempt in 0..2 {
             let req = build().map_err(|e| {
@@ -465,7 +485,7 @@ impl Client {
             })?;
             let mut sender = self.pool.sender().await?;
             match self.send_on(&mut sender, req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok((resp, sender)),
                 Err(SendError::Retryable(e)) => {
                     tracing::debug!(proxy = %self.pool.addr(), error = %e, "proxy connection closed; redialing");
                     last = Some(e);
@@ -567,27 +587,120 @@ fn shuffle<T>(v: &mut [T]) -> Result<(), ApiError> {
 
 /// The events of one response, decoded incrementally from the proxy's `text/event-stream`
 /// body (event size bounded by [`protocol::sse::DEFAULT_MAX_EVENT`]).
+///
+/// Dropped before its end (the caller gave up on the request), it asks the proxy to stop the
+/// request ([`Client::cancel`]) and reads the rest in the background for up to
+/// [`GIVE_UP_DRAIN`]: the worker stops generating at once, the usage of the work done is
+/// billed, and an encrypted stream's receipt for it is verified and logged like any other
+/// ([`crate::receipts`]), so the receipt log keeps accounting for every charge. (Resetting the
+/// stream instead would leave the proxy billing a receipt the client never saw.)
 #[derive(Debug)]
 pub struct EventStream {
-    body: Incoming,
+    body: Option<Incoming>,
     decoder: Decoder,
     pending: VecDeque<Event>,
     finished: bool,
+    /// `[DONE]` or an error event was handed out: the request is over.
+    over: bool,
     idle_timeout: Duration,
     /// An encrypted response ([`crate::e2e`]).
     decryption: Option<crate::e2e::Decryption>,
+    /// How to give the request up when dropped early.
+    give_up: Option<GiveUp>,
+}
+
+/// How long the rest of a stream given up on is read after the proxy was asked to stop it
+/// ([`EventStream`]): the worker stops at once; its usage and receipt follow.
+pub const GIVE_UP_DRAIN: Duration = Duration::from_secs(10);
+
+/// A request to stop at the proxy when its [`EventStream`] is dropped early.
+#[derive(Debug)]
+struct GiveUp {
+    /// The connection the request went on.
+    sender: Sender,
+    uri: String,
+    request_id: RequestId,
+}
+
+impl GiveUp {
+    /// Asks the proxy to stop the request, then reads `rest` to its end.
+    async fn run(mut self, mut rest: EventStream) {
+        let id = self.request_id.clone();
+        let asked = async {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(&self.uri)
+                .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string())
+                .header(protocol::meta::H_REQUEST_ID, id.as_str())
+                .body(Full::new(Bytes::new()))
+                .ok()?;
+            self.sender.ready().await.ok()?;
+            let resp = self.sender.send_request(req).await.ok()?;
+            Some(resp.status() == http::StatusCode::OK)
+        };
+        match tokio::time::timeout(GIVE_UP_DRAIN, asked).await {
+            Ok(Some(true)) => {
+                let drained = tokio::time::timeout(GIVE_UP_DRAIN, async {
+                    while let Some(Ok(_)) = rest.next_event().await {}
+                })
+                .await;
+                tracing::info!(
+                    request_id = %id,
+                    receipt = rest.receipt().is_some(),
+                    drained = drained.is_ok(),
+                    "request given up: stopped at the proxy, its end read"
+                );
+            }
+            _ => tracing::debug!(
+                request_id = %id,
+                "request given up: the proxy stopped nothing"
+            ),
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if self.finished || self.over {
+            return;
+        }
+        let (Some(give_up), Some(body)) = (self.give_up.take(), self.body.take()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let rest = EventStream {
+            body: Some(body),
+            decoder: std::mem::take(&mut self.decoder),
+            pending: std::mem::take(&mut self.pending),
+            finished: false,
+            over: false,
+            idle_timeout: self.idle_timeout,
+            decryption: self.decryption.take(),
+            give_up: None,
+        };
+        rt.spawn(give_up.run(rest));
+    }
 }
 
 impl EventStream {
     fn new(body: Incoming, idle_timeout: Duration) -> Self {
         Self {
-            body,
+            body: Some(body),
             decoder: Decoder::default(),
             pending: VecDeque::new(),
             finished: false,
+            over: false,
             idle_timeout,
             decryption: None,
+            give_up: None,
         }
+    }
+
+    fn cancelled_on_drop(mut self, give_up: GiveUp) -> Self {
+        self.give_up = Some(give_up);
+        self
     }
 
     fn encrypted(mut self, decryption: crate::e2e::Decryption) -> Self {
@@ -609,12 +722,16 @@ impl EventStream {
     pub async fn next_event(&mut self) -> Option<Result<Event, ApiError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
+                if ev.is_done() || ev.name.as_deref() == Some(protocol::sse::EVENT_ERROR) {
+                    self.over = true;
+                }
                 return Some(Ok(ev));
             }
             if self.finished {
                 return None;
             }
-            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
+            let body = self.body.as_mut()?;
+            let frame = match tokio::time::timeout(self.idle_timeout, body.frame()).await {
                 Err(_) => {
                     return Some(Err(self.fail(ApiError::new(
                         ErrorKind::Timeout,

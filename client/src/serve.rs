@@ -82,10 +82,6 @@ pub const DEFAULT_SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 /// After the drain: how long the error events ending the remaining requests may take.
 const END_FLUSH: Duration = Duration::from_secs(2);
 
-/// How long the rest of a request whose app went away is read after the proxy was asked to
-/// stop it ([`Live`]): the worker stops at once; its usage and receipt follow.
-const GIVE_UP_DRAIN: Duration = Duration::from_secs(10);
-
 /// Local server settings.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -462,12 +458,6 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
             return error_response(&e);
         }
     };
-    let events = Live {
-        client: state.client.clone(),
-        request_id: meta.request_id.clone(),
-        events: Some(events),
-        done: false,
-    };
     let mut resp = if fields.stream {
         stream_response(events, Relay::new(endpoint, fields.include_usage), log, end).await
     } else {
@@ -522,10 +512,9 @@ impl LogCtx {
 
 /// The next event of `events`, or the shutdown error once `end` fires.
 async fn next_or_end(
-    events: &mut Live,
+    events: &mut EventStream,
     end: &mut watch::Receiver<bool>,
 ) -> Option<Result<Event, ApiError>> {
-    let events = events.events.as_mut()?;
     tokio::select! {
         biased;
         true = ended(end) => Some(Err(shutting_down())),
@@ -533,56 +522,8 @@ async fn next_or_end(
     }
 }
 
-/// The proxy's stream of one app request. Dropped before the request was done with (the app
-/// went away), it asks the proxy to stop the request ([`Client::cancel`]) and reads the rest
-/// of the stream in the background for up to [`GIVE_UP_DRAIN`]: the worker stops generating
-/// at once, the usage of the work done is billed, and an encrypted stream's receipt is
-/// verified and logged like any other ([`crate::receipts`]), so the receipt log still
-/// accounts for every charge. Resetting the stream instead would leave the proxy billing a
-/// receipt the client never saw.
-struct Live {
-    client: Arc<Client>,
-    request_id: RequestId,
-    events: Option<EventStream>,
-    /// The request was answered in full or failed: nothing to stop.
-    done: bool,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let Some(mut events) = self.events.take().filter(|_| !self.done) else {
-            return;
-        };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (client, id) = (self.client.clone(), self.request_id.clone());
-        rt.spawn(async move {
-            match client.cancel(id.as_str()).await {
-                Ok(_) => {
-                    let drained = tokio::time::timeout(GIVE_UP_DRAIN, async {
-                        while let Some(Ok(_)) = events.next_event().await {}
-                    })
-                    .await;
-                    tracing::info!(
-                        request_id = %id,
-                        receipt = events.receipt().is_some(),
-                        drained = drained.is_ok(),
-                        "request stopped at the proxy after the app went away"
-                    );
-                }
-                Err(e) => tracing::debug!(
-                    request_id = %id,
-                    error = %e.message,
-                    "the proxy stopped nothing for the request the app left"
-                ),
-            }
-        });
-    }
-}
-
 async fn aggregate_response(
-    mut events: Live,
+    mut events: EventStream,
     log: LogCtx,
     mut end: watch::Receiver<bool>,
 ) -> Response<Body> {
@@ -597,7 +538,6 @@ async fn aggregate_response(
         agg.finish().map(|v| (v, usage))
     }
     .await;
-    events.done = true;
     match result {
         Ok((v, usage)) => {
             log.done(usage, None);
@@ -613,7 +553,7 @@ async fn aggregate_response(
 /// Relays a stream. Events are pulled until the first one the app sees: an error before that
 /// point is answered with its own HTTP status.
 async fn stream_response(
-    mut events: Live,
+    mut events: EventStream,
     mut relay: Relay,
     log: LogCtx,
     mut end: watch::Receiver<bool>,
@@ -622,25 +562,21 @@ async fn stream_response(
         let ev = match next_or_end(&mut events, &mut end).await {
             Some(Ok(ev)) => ev,
             Some(Err(e)) => {
-                events.done = true;
                 log.done(None, Some(&e));
                 return error_response(&e);
             }
             None => {
-                events.done = true;
                 let e = ApiError::new(ErrorKind::Upstream, "proxy stream ended before any event");
                 log.done(None, Some(&e));
                 return error_response(&e);
             }
         };
         if let Some(e) = event_error(&ev) {
-            events.done = true;
             log.done(None, Some(&e));
             return error_response(&e);
         }
         let out = relay.on_event(&ev);
         if let Some(e) = relay.error() {
-            events.done = true;
             log.done(None, Some(e));
             return error_response(e);
         }
@@ -668,7 +604,7 @@ async fn stream_response(
 
 /// State of a relayed stream; logs once when it ends or the app goes away.
 struct Pump {
-    events: Live,
+    events: EventStream,
     relay: Relay,
     prefix: Option<Vec<u8>>,
     log: LogCtx,
@@ -699,7 +635,6 @@ impl Pump {
     }
 
     fn finish(&mut self) {
-        self.events.done = true;
         if !self.logged {
             self.logged = true;
             self.log.done(self.relay.usage(), self.relay.error());

@@ -126,3 +126,66 @@ async fn concurrent_requests_share_the_pool() {
     }
     assert_eq!(proxy.requests.lock().unwrap().len(), 16);
 }
+
+/// A stream dropped before its end asks the proxy to stop the request (`POST
+/// /cocoon/v1/cancel` with its id, on the connection it went on) so the end — usage, and with
+/// encryption the receipt — is still read and logged; streams read to `[DONE]` or to an error
+/// event send none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_early_is_cancelled_at_the_proxy() {
+    let proxy = spawn_proxy().await;
+    let client = Client::new(client_config(&proxy, proxy.image)).unwrap();
+    let cancels = || {
+        proxy
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == protocol::paths::CANCEL)
+            .map(|r| {
+                r.headers[protocol::meta::H_REQUEST_ID]
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let meta_of = |model: &str| {
+        let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+        let fields = RequestFields::parse(body.as_bytes()).unwrap();
+        (Bytes::from(body), client.request_meta(&fields).unwrap())
+    };
+    // Read to [DONE], to an error event, or aggregated: no cancel.
+    let (body, meta) = meta_of("ok");
+    let mut events = client.chat_stream(body.clone(), &meta).await.unwrap();
+    while let Some(ev) = events.next_event().await {
+        if ev.unwrap().is_done() {
+            break;
+        }
+    }
+    drop(events);
+    client
+        .complete(Endpoint::ChatCompletions, body, &meta)
+        .await
+        .unwrap();
+    let (body, meta) = meta_of("midfail");
+    let mut events = client.chat_stream(body, &meta).await.unwrap();
+    while let Some(Ok(ev)) = events.next_event().await {
+        if ev.name.as_deref() == Some(protocol::sse::EVENT_ERROR) {
+            break;
+        }
+    }
+    drop(events);
+    // Given up after the first event.
+    let (body, meta) = meta_of("endless");
+    let mut events = client.chat_stream(body, &meta).await.unwrap();
+    events.next_event().await.unwrap().unwrap();
+    drop(events);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cancels().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no cancel sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(cancels(), vec![meta.request_id.to_string()]);
+}
