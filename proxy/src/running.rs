@@ -26,6 +26,20 @@ struct Entry {
     id: u64,
     worker: Arc<Worker>,
     tag: u64,
+    /// Its worker already stopped it on a client's cancel: a repeated cancel is answered
+    /// without asking the worker again.
+    stopped: bool,
+}
+
+/// One of the requests [`Running::of`] found.
+#[derive(Debug)]
+pub struct Found {
+    /// Its entry (for [`Running::mark_stopped`]).
+    pub id: u64,
+    pub worker: Arc<Worker>,
+    pub tag: u64,
+    /// Already stopped on an earlier cancel.
+    pub stopped: bool,
 }
 
 impl Running {
@@ -33,22 +47,32 @@ impl Running {
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The workers (and tags) running `account`'s requests with id `request_id`.
-    pub fn of(&self, account: &str, request_id: &str) -> Vec<(Arc<Worker>, u64)> {
+    /// The requests of `account` with id `request_id` running at workers.
+    pub fn of(&self, account: &str, request_id: &str) -> Vec<Found> {
         let key: Key = (Arc::from(account), request_id.to_string());
         self.lock().get(&key).map_or_else(Vec::new, |entries| {
-            entries.iter().map(|e| (e.worker.clone(), e.tag)).collect()
+            entries
+                .iter()
+                .map(|e| Found {
+                    id: e.id,
+                    worker: e.worker.clone(),
+                    tag: e.tag,
+                    stopped: e.stopped,
+                })
+                .collect()
         })
     }
 
-    /// How many requests are registered (all accounts).
-    pub fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Notes that the worker of entry `id` stopped it.
+    pub fn mark_stopped(&self, account: &str, request_id: &str, id: u64) {
+        let key: Key = (Arc::from(account), request_id.to_string());
+        if let Some(e) = self
+            .lock()
+            .get_mut(&key)
+            .and_then(|entries| entries.iter_mut().find(|e| e.id == id))
+        {
+            e.stopped = true;
+        }
     }
 }
 
@@ -75,6 +99,7 @@ impl Registered {
             id,
             worker: worker.clone(),
             tag,
+            stopped: false,
         });
         Self {
             running: running.clone(),

@@ -270,6 +270,17 @@ async fn a_client_cancel_ends_the_stream_with_the_usage_so_far() {
         (status, j.to_string()),
         (200, r#"{"stopped":1}"#.to_string())
     );
+    // Cancelling again while the stream ends is answered without asking the worker again.
+    for _ in 0..3 {
+        let (status, _) =
+            status_json(a.stream_handle().unwrap().send(cancel(Some(&id))).await).await;
+        assert!(status == 200 || status == 404, "{status}");
+    }
+    assert_eq!(
+        w.obs.cancels.load(Ordering::SeqCst),
+        1,
+        "one cancel reached the worker"
+    );
     let rest = tokio::time::timeout(WAIT, body.collect())
         .await
         .expect("the stream ends at once")

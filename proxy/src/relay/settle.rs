@@ -346,8 +346,14 @@ pub async fn cancel(
     };
     let deadline = Instant::now() + SETTLE_LIMIT;
     let mut stopped = 0u32;
-    for (worker, tag) in state.running.of(account, id.as_str()) {
-        if stop_at_worker(&worker, id.as_str(), tag, deadline).await == Stop::Stopped {
+    for found in state.running.of(account, id.as_str()) {
+        if found.stopped {
+            // Stopped on an earlier cancel; its stream is ending.
+            stopped += 1;
+        } else if stop_at_worker(&found.worker, id.as_str(), found.tag, deadline).await
+            == Stop::Stopped
+        {
+            state.running.mark_stopped(account, id.as_str(), found.id);
             stopped += 1;
         }
     }
