@@ -159,21 +159,9 @@ impl Client {
     /// given up on is still accounted for. `Ok(n)`: the workers that stopped it.
     pub async fn cancel(&self, request_id: &str) -> Result<u64, ApiError> {
         let uri = self.uri(protocol::paths::CANCEL);
-        let resp = self
-            .send(|| {
-                Request::builder()
-                    .method(Method::POST)
-                    .uri(&uri)
-                    .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string())
-                    .header(protocol::meta::H_REQUEST_ID, request_id)
-                    .body(Full::new(Bytes::new()))
-            })
+        let body = self
+            .call(|| bare_request(Method::POST, &uri, Some(request_id)))
             .await?;
-        let status = resp.status().as_u16();
-        let body = read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
-        if status != 200 {
-            return Err(ApiError::from_json(status, &body));
-        }
         serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["stopped"].as_u64())
@@ -185,24 +173,26 @@ impl Client {
             })
     }
 
-    /// GETs `path` on the proxy; a 200 answer must be a JSON object (`what` names it in
-    /// errors), any other status becomes its [`ApiError`].
-    async fn get_json(&self, path: &str, what: &str) -> Result<serde_json::Value, ApiError> {
-        let uri = self.uri(path);
-        let resp = self
-            .send(|| {
-                Request::builder()
-                    .method(Method::GET)
-                    .uri(&uri)
-                    .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string())
-                    .body(Full::new(Bytes::new()))
-            })
-            .await?;
+    /// Sends a request built by `build` and reads its (small) answer: the body of a 200, any
+    /// other status as its [`ApiError`].
+    async fn call(
+        &self,
+        build: impl Fn() -> Result<Request<Full<Bytes>>, http::Error>,
+    ) -> Result<Vec<u8>, ApiError> {
+        let resp = self.send(build).await?;
         let status = resp.status().as_u16();
         let body = read_limited(resp.into_body(), MAX_JSON_RESPONSE, self.idle_timeout).await?;
         if status != 200 {
             return Err(ApiError::from_json(status, &body));
         }
+        Ok(body)
+    }
+
+    /// GETs `path` on the proxy; a 200 answer must be a JSON object (`what` names it in
+    /// errors), any other status becomes its [`ApiError`].
+    async fn get_json(&self, path: &str, what: &str) -> Result<serde_json::Value, ApiError> {
+        let uri = self.uri(path);
+        let body = self.call(|| bare_request(Method::GET, &uri, None)).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
                 ErrorKind::Upstream,
@@ -573,6 +563,23 @@ async fn read_limited(
     }
 }
 
+/// A request without a body to one of the proxy's own routes; `request_id` names a request
+/// (a cancel).
+fn bare_request(
+    method: Method,
+    uri: &str,
+    request_id: Option<&str>,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string());
+    if let Some(id) = request_id {
+        b = b.header(protocol::meta::H_REQUEST_ID, id);
+    }
+    b.body(Full::new(Bytes::new()))
+}
+
 /// Shuffles `v` with system randomness.
 fn shuffle<T>(v: &mut [T]) -> Result<(), ApiError> {
     for i in (1..v.len()).rev() {
@@ -627,13 +634,7 @@ impl GiveUp {
     async fn run(mut self, mut rest: EventStream) {
         let id = self.request_id.clone();
         let asked = async {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(&self.uri)
-                .header(protocol::meta::H_VERSION, PROTOCOL_VERSION.to_string())
-                .header(protocol::meta::H_REQUEST_ID, id.as_str())
-                .body(Full::new(Bytes::new()))
-                .ok()?;
+            let req = bare_request(Method::POST, &self.uri, Some(id.as_str())).ok()?;
             self.sender.ready().await.ok()?;
             let resp = self.sender.send_request(req).await.ok()?;
             Some(resp.status() == http::StatusCode::OK)

@@ -136,12 +136,8 @@ async fn a_stream_dropped_early_is_cancelled_at_the_proxy() {
     let proxy = spawn_proxy().await;
     let client = Client::new(client_config(&proxy, proxy.image)).unwrap();
     let cancels = || {
-        proxy
-            .requests
-            .lock()
-            .unwrap()
+        cancels(&proxy)
             .iter()
-            .filter(|r| r.path == protocol::paths::CANCEL)
             .map(|r| {
                 r.headers[protocol::meta::H_REQUEST_ID]
                     .to_str()

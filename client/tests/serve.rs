@@ -398,16 +398,6 @@ async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy()
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let proxy = spawn_proxy().await;
     let local = spawn_local(client_config(&proxy, proxy.image)).await;
-    let cancels = |proxy: &FakeProxy| -> Vec<Recorded> {
-        proxy
-            .requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.path == protocol::paths::CANCEL)
-            .cloned()
-            .collect()
-    };
     let (status, _, _) = request(
         local,
         "POST",

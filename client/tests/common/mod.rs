@@ -405,6 +405,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The cancels (`POST /cocoon/v1/cancel`) the fake proxy received so far.
+pub fn cancels(proxy: &FakeProxy) -> Vec<Recorded> {
+    proxy
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == protocol::paths::CANCEL)
+        .cloned()
+        .collect()
+}
+
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not json ({e}): {}", String::from_utf8_lossy(body)))
