@@ -344,3 +344,113 @@ async fn a_worker_that_claims_a_stop_but_never_ends_is_reset_after_the_limit() {
         0
     );
 }
+
+/// Twelve accounts at once against the real worker service (stub engine, 30 ms prompt
+/// processing, 40 tokens at 400/s, 8 slots), each sending 8 requests and, by a fixed
+/// pseudo-random choice per request, leaving during prompt processing, leaving after 1–3
+/// frames, or reading to the end: every generation the worker ran is billed exactly once —
+/// the proxy billed one prompt per generation the worker completed or stopped — nothing is
+/// left unbilled at the worker, no stream was reset or abandoned, and no slot or reservation
+/// is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_generation_is_billed_once_whether_its_client_stays_or_leaves() {
+    use common::real::{start_real_worker, BODY_STUB};
+    use worker::engine::stub::StubEngine;
+    use worker::service::ServiceOptions;
+
+    let p = start_proxy(|_| {}).await;
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 40, 400.0).with_prefill_delay(Duration::from_millis(30)),
+        ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    // What one request's prompt comes to (the stub's count of BODY_STUB's prompt).
+    let mut first = client(p.running.client_addr, 99).await;
+    let resp = first.send(chat("stub", 40, None, BODY_STUB)).await;
+    let prompt = usage_of(&events(resp.into_body()).await)
+        .expect("usage")
+        .prompt_tokens;
+    let mut accounts = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..12u8 {
+        let mut c = client(p.running.client_addr, i + 1).await;
+        accounts.push(c.account.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(i);
+            let mut stayed = 0;
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let send = c.send(chat("stub", 40, None, BODY_STUB));
+                match x % 5 {
+                    // Gone during prompt processing (or while queued).
+                    0 => {
+                        let _ = tokio::time::timeout(Duration::from_millis(10), send).await;
+                    }
+                    // Gone after 1-3 frames.
+                    n @ 1..=3 => {
+                        let resp = send.await;
+                        assert_eq!(resp.status(), StatusCode::OK);
+                        let mut body = resp.into_body();
+                        for _ in 0..n {
+                            match body.frame().await {
+                                Some(Ok(_)) => {}
+                                _ => break,
+                            }
+                        }
+                    }
+                    _ => {
+                        let resp = send.await;
+                        assert_eq!(resp.status(), StatusCode::OK);
+                        let evs = events(resp.into_body()).await;
+                        assert_eq!(usage_of(&evs).expect("usage").completion_tokens, 40);
+                        stayed += 1;
+                    }
+                }
+            }
+            stayed
+        }));
+    }
+    let mut stayed = 0;
+    for t in tasks {
+        stayed += t.await.unwrap();
+    }
+    let stats = worker.service().stats();
+    wait_until("everything settled", WAIT, || {
+        let s = p.stats();
+        stats.snapshot().active_generations == 0
+            && s["requests"]["active"] == 0
+            && s["workers"][0]["in_flight"] == 0
+    })
+    .await;
+    // The last settles may still be writing their charges.
+    let w = stats.snapshot();
+    wait_until("every prompt billed", WAIT, || {
+        p.stats()["tokens"]["prompt"].as_u64() == Some(prompt * (w.completed + w.stopped))
+    })
+    .await;
+    let s = p.stats();
+    println!(
+        "96 requests (and one before): {stayed} read to the end; worker: {} completed, {} stopped, {} reset; \
+         proxy: {} prompts billed, {} stopped, {} abandoned",
+        w.completed,
+        w.stopped,
+        w.cancelled,
+        s["tokens"]["prompt"].as_u64().unwrap() / prompt,
+        s["requests"]["stopped"],
+        s["requests"]["abandoned"]
+    );
+    assert!(w.completed > stayed && w.stopped > 0, "{w:?}");
+    assert_eq!(w.cancelled, 0, "no stream was reset");
+    assert_eq!(
+        (w.unbilled_prompt_tokens, w.unbilled_completion_tokens),
+        (0, 0)
+    );
+    assert_eq!(s["requests"]["abandoned"], 0);
+    for a in &accounts {
+        let b = p.ledger.balance(a).expect("account used");
+        assert_eq!(b.reserved_nano, 0, "a reservation left behind");
+    }
+}
