@@ -177,6 +177,13 @@ pub fn max_prompt_tokens(h: &HeaderMap) -> Result<Option<u32>, ApiError> {
     Ok(Some(n))
 }
 
+/// The request id a cancel names ([`H_REQUEST_ID`], [`crate::paths::CANCEL`]): required, one
+/// value, in the request id syntax.
+pub fn request_id(h: &HeaderMap) -> Result<RequestId, ApiError> {
+    let v = required(h, H_REQUEST_ID).map_err(|e| e.with_param(H_REQUEST_ID))?;
+    RequestId::parse(v)
+}
+
 /// The proxy's tag of a request ([`H_STREAM_TAG`]), if it sent one. Request ids are the
 /// clients' and one connection carries many clients, so a cancel names the generation to stop
 /// by this tag, which the proxy makes unique per connection ([`crate::paths::CANCEL`]).

@@ -339,12 +339,7 @@ async fn forward(
                     .as_ref()
                     .filter(|l| l.error.kind != ErrorKind::NoCapacity);
                 if let (Some(failed), Some(binding)) = (failed, &e2e) {
-                    if !state
-                        .registry
-                        .candidates(&meta.model, &tried)
-                        .iter()
-                        .any(|w| demand.accepts(w))
-                    {
+                    if !recipient_connected(state, &demand, &tried) {
                         return Err(recipients_failed(binding, &failed.error));
                     }
                 }
@@ -357,40 +352,20 @@ async fn forward(
         let worker = pick.worker().clone();
         tried.push(worker.info.id);
         let started = Instant::now();
-        let tag = worker.sender().next_tag();
-        let account_arc: Arc<str> = Arc::from(account);
-        let detached = Detached {
-            registered: Some(Registered::new(
-                &state.running,
-                &account_arc,
-                meta.request_id.as_str(),
-                &worker,
-                tag,
-            )),
-            state: state.clone(),
-            account: account_arc.clone(),
-            meta: meta.clone(),
+        let detached = Detached::new(
+            state,
+            account,
+            &meta,
             endpoint,
-            e2e: e2e.clone(),
-            receipt: receipt.clone(),
-            tag,
+            e2e.as_ref(),
+            receipt.as_ref(),
+            &worker,
             started,
-        };
-        let (pick, attempted, registered) = detached.attempt(pick, body.clone()).await;
+        );
+        let (pick, attempted, detached) = detached.attempt(pick, body.clone()).await;
         match attempted {
             Attempt::Stream(resp) => {
-                let billing = Billing {
-                    state: state.clone(),
-                    account: account_arc,
-                    pick,
-                    started,
-                    first_byte: false,
-                    worker_error: false,
-                    receipt,
-                    request_id: meta.request_id.clone(),
-                    tag,
-                    _registered: registered,
-                };
+                let billing = detached.billing(pick);
                 return Ok(stream_response(state, billing, &meta, resp, active));
             }
             Attempt::Retryable(e) => {
@@ -452,12 +427,7 @@ fn encrypted_demand(
         .into());
     }
     demand.recipients = Some(listed.into());
-    let connected = state
-        .registry
-        .candidates(&demand.meta.model, &[])
-        .iter()
-        .any(|w| demand.accepts(w));
-    if !connected {
+    if !recipient_connected(state, demand, &[]) {
         return Err(api(
             ErrorKind::RecipientUnavailable,
             format!(
@@ -494,6 +464,16 @@ fn recipients_failed(binding: &protocol::e2e::Binding, failure: &ApiError) -> Re
         ),
     )
     .into()
+}
+
+/// Whether a worker `demand` may go to (one of an encrypted request's recipients) is
+/// connected, `exclude` aside.
+fn recipient_connected(state: &State, demand: &Demand, exclude: &[u64]) -> bool {
+    state
+        .registry
+        .candidates(&demand.meta.model, exclude)
+        .iter()
+        .any(|w| demand.accepts(w))
 }
 
 /// What the receipt of an encrypted request must say.
@@ -602,7 +582,7 @@ struct Billing {
     request_id: protocol::RequestId,
     tag: u64,
     /// Its entry among the account's running requests (a client's cancel finds it there).
-    _registered: Option<Registered>,
+    _registered: Registered,
 }
 
 impl Billing {

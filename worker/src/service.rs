@@ -934,23 +934,9 @@ fn cancel<B>(stoppers: &Stoppers, req: &Request<B>) -> Response<ResponseBody> {
             ),
         ));
     }
-    let id = match req
-        .headers()
-        .get(protocol::meta::H_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(protocol::RequestId::parse)
-    {
-        Some(Ok(id)) => id,
-        Some(Err(e)) => return error_response(&e),
-        None => {
-            return error_response(
-                &ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("{} is required", protocol::meta::H_REQUEST_ID),
-                )
-                .with_param(protocol::meta::H_REQUEST_ID),
-            )
-        }
+    let id = match protocol::meta::request_id(req.headers()) {
+        Ok(id) => id,
+        Err(e) => return error_response(&e),
     };
     let tag = match protocol::meta::stream_tag(req.headers()) {
         Ok(t) => t,

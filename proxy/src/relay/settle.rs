@@ -83,19 +83,20 @@ async fn stop_at_worker(worker: &Worker, request_id: &str, tag: u64, deadline: I
     }
 }
 
-/// One attempt at a worker, run in a task of its own ([`Detached::attempt`]).
+/// One attempt at a worker, which outlives its client's request ([`Detached::attempt`]),
+/// and what billing its stream needs ([`Detached::billing`]).
 pub(super) struct Detached {
-    /// Its entry among the account's running requests, handed on with the outcome.
-    pub registered: Option<Registered>,
-    pub state: Arc<State>,
-    pub account: Arc<str>,
-    pub meta: RequestMeta,
-    pub endpoint: Endpoint,
-    pub e2e: Option<protocol::e2e::Binding>,
-    pub receipt: Option<ReceiptCheck>,
+    /// Its entry among the account's running requests.
+    registered: Registered,
+    state: Arc<State>,
+    account: Arc<str>,
+    meta: RequestMeta,
+    endpoint: Endpoint,
+    e2e: Option<protocol::e2e::Binding>,
+    receipt: Option<ReceiptCheck>,
     /// The tag the request goes to the worker with ([`crate::link::Link::next_tag`]).
-    pub tag: u64,
-    pub started: Instant,
+    tag: u64,
+    started: Instant,
 }
 
 /// An attempt in flight: the worker's slot and reservation (in the [`Pick`]) and the outcome.
@@ -111,17 +112,20 @@ struct Guard {
 }
 
 impl Future for Guard {
-    type Output = (Pick, Attempt, Option<Registered>);
+    type Output = (Pick, Attempt, Detached);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let Some(run) = this.run.as_mut() else {
+        let (Some(run), true) = (this.run.as_mut(), this.detached.is_some()) else {
+            // Already answered.
             return Poll::Pending;
         };
         let (pick, attempted) = ready!(run.as_mut().poll(cx));
         this.run = None;
-        let registered = this.detached.take().and_then(|mut d| d.registered.take());
-        Poll::Ready((pick, attempted, registered))
+        match this.detached.take() {
+            Some(detached) => Poll::Ready((pick, attempted, detached)),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -137,10 +141,60 @@ impl Drop for Guard {
 }
 
 impl Detached {
+    /// An attempt of `account`'s request at `worker`: takes the request's tag on the worker's
+    /// link and registers it for clients' cancels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state: &Arc<State>,
+        account: &str,
+        meta: &RequestMeta,
+        endpoint: Endpoint,
+        e2e: Option<&protocol::e2e::Binding>,
+        receipt: Option<&ReceiptCheck>,
+        worker: &Arc<Worker>,
+        started: Instant,
+    ) -> Self {
+        let tag = worker.sender().next_tag();
+        let account: Arc<str> = Arc::from(account);
+        Self {
+            registered: Registered::new(
+                &state.running,
+                &account,
+                meta.request_id.as_str(),
+                worker,
+                tag,
+            ),
+            state: state.clone(),
+            account,
+            meta: meta.clone(),
+            endpoint,
+            e2e: e2e.cloned(),
+            receipt: receipt.cloned(),
+            tag,
+            started,
+        }
+    }
+
+    /// The billing of the attempt's stream, holding `pick`'s slot and reservation.
+    pub fn billing(self, pick: Pick) -> Billing {
+        Billing {
+            state: self.state,
+            account: self.account,
+            pick,
+            started: self.started,
+            first_byte: false,
+            worker_error: false,
+            receipt: self.receipt,
+            request_id: self.meta.request_id,
+            tag: self.tag,
+            _registered: self.registered,
+        }
+    }
+
     /// Sends the request to `pick`'s worker and waits for the outcome. Dropping this future
     /// (the client left) leaves the attempt running in a task of its own, which stops the
     /// generation and bills the work done ([`Detached::after_left`]).
-    pub async fn attempt(self, pick: Pick, body: Bytes) -> (Pick, Attempt, Option<Registered>) {
+    pub async fn attempt(self, pick: Pick, body: Bytes) -> (Pick, Attempt, Detached) {
         let worker = pick.worker().clone();
         let (state, meta, e2e) = (self.state.clone(), self.meta.clone(), self.e2e.clone());
         let (endpoint, tag) = (self.endpoint, self.tag);
@@ -214,23 +268,11 @@ impl Detached {
         let worker = pick.worker().clone();
         match attempted {
             Attempt::Stream(resp) => {
-                let billing = Billing {
-                    state: self.state,
-                    account: self.account,
-                    pick,
-                    started: self.started,
-                    first_byte: false,
-                    worker_error: false,
-                    receipt: self.receipt,
-                    request_id: self.meta.request_id,
-                    tag: self.tag,
-                    _registered: self.registered,
-                };
                 let leftover = Leftover {
                     upstream: resp.into_body(),
                     watch: None,
                     splitter: Splitter::default(),
-                    billing,
+                    billing: self.billing(pick),
                 };
                 leftover.settle(stopped).await;
             }
@@ -328,21 +370,9 @@ pub async fn cancel(
     headers: &http::HeaderMap,
 ) -> http::Response<crate::response::ResponseBody> {
     use crate::response::{error_response, json_response};
-    let id = match headers
-        .get(H_REQUEST_ID)
-        .map(|v| v.to_str().map_err(|_| ()).map(protocol::RequestId::parse))
-    {
-        Some(Ok(Ok(id))) => id,
-        Some(Ok(Err(e))) => return error_response(&e),
-        Some(Err(())) | None => {
-            return error_response(
-                &protocol::ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("{H_REQUEST_ID} is required (the id of the request to stop)"),
-                )
-                .with_param(H_REQUEST_ID),
-            )
-        }
+    let id = match protocol::meta::request_id(headers) {
+        Ok(id) => id,
+        Err(e) => return error_response(&e),
     };
     let deadline = Instant::now() + SETTLE_LIMIT;
     let mut stopped = 0u32;
