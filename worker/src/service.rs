@@ -47,9 +47,12 @@
 //! cost (the engine's [`Meter`]: prompt tokens counted, completion tokens sampled) is added to
 //! [`StatsSnapshot::unbilled_prompt_tokens`] / [`StatsSnapshot::unbilled_completion_tokens`],
 //! as for every stream that ends without its usage report: nobody was billed for it. [`Service::end_streams`]
-//! (the worker's drain deadline passed) ends every running stream with an
-//! `event: cocoon-error` of kind `service_unavailable` (or, before its first byte, that
-//! error as the HTTP answer), so that nobody sees a silent cut.
+//! (the worker's drain deadline passed) stops every running generation: a stream that has
+//! started reports the work done so far (`event: cocoon-usage`, and for an encrypted request a
+//! receipt with finish reason `shutdown`), which its proxy bills, then ends with an
+//! `event: cocoon-error` of kind `service_unavailable` and no `[DONE]`, so that nobody sees a
+//! silent cut; one that has not started gets that error as the HTTP answer (the proxy retries
+//! it elsewhere) and its prompt processing stays unbilled.
 //!
 //! # Stopping
 //!
@@ -1218,6 +1221,18 @@ impl Generation {
                 Err(gone) => gone.outcome(),
             };
         }
+        // At the drain deadline a stream that has started reports the work done so far, which
+        // its proxy bills, before the error event that ends it.
+        let mut reported_at_end = false;
+        if matches!(outcome, Outcome::Ended) && progress.sent_any {
+            if let Some(m) = running.take() {
+                total.add(&m.usage());
+            }
+            reasons.push("shutdown");
+            let summary = Out::Summary(total, reasons.join(","));
+            let usage = Out::Data(Bytes::from(encoder.usage_report(&total, include_usage)));
+            reported_at_end = out.send(summary).await.is_ok() && out.send(usage).await.is_ok();
+        }
         let Progress {
             sent_any,
             first_token_ms,
@@ -1230,7 +1245,7 @@ impl Generation {
         if let Some(m) = &running {
             done.add(&m.usage());
         }
-        if !matches!(outcome, Outcome::Completed(_)) {
+        if !matches!(outcome, Outcome::Completed(_)) && !reported_at_end {
             self.stats.unbilled(&done);
         }
         match outcome {
@@ -1281,7 +1296,18 @@ impl Generation {
             }
             Outcome::Ended => {
                 Stats::bump(&self.stats.failed);
-                tracing::info!(request_id = %rid, model = %model, duration_ms, "completion ended by shutdown");
+                if reported_at_end {
+                    tracing::info!(
+                        request_id = %rid,
+                        model = %model,
+                        prompt_tokens = done.prompt_tokens,
+                        completion_tokens = done.completion_tokens,
+                        duration_ms,
+                        "completion ended by shutdown; its usage so far reported"
+                    );
+                } else {
+                    tracing::info!(request_id = %rid, model = %model, duration_ms, "completion ended by shutdown");
+                }
                 let api = ApiError::new(
                     ErrorKind::Unavailable,
                     "the worker is shutting down: the stream was ended at its drain deadline",

@@ -152,6 +152,22 @@ async fn sealed_round_trip(opts: Options, slow: bool) -> usize {
 /// receipt (the same as the copy), and the receipt verifies. Returns the usage inside, the
 /// receipt and the number of chunks.
 fn open_response(bytes: &[u8], sealed: &SealedRequest, keys: &E2eKeys) -> (Usage, Receipt, u64) {
+    let (inner, r, count) = open_events(bytes, sealed, keys);
+    assert!(inner.iter().any(Event::is_done));
+    (usage_inside(&inner), r, count)
+}
+
+fn usage_inside(inner: &[Event]) -> Usage {
+    inner
+        .iter()
+        .find(|e| e.name.as_deref() == Some(EVENT_USAGE))
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .expect("usage inside")
+}
+
+/// [`open_response`] without expecting `[DONE]`: the events inside, the receipt, the number
+/// of chunks.
+fn open_events(bytes: &[u8], sealed: &SealedRequest, keys: &E2eKeys) -> (Vec<Event>, Receipt, u64) {
     let outer = Decoder::default().feed(bytes).expect("sse");
     let mut opener = sealed.response.opener();
     let mut inner = Vec::new();
@@ -170,12 +186,6 @@ fn open_response(bytes: &[u8], sealed: &SealedRequest, keys: &E2eKeys) -> (Usage
         }
     }
     opener.finish().expect("final chunk received");
-    let usage: Usage = inner
-        .iter()
-        .find(|e| e.name.as_deref() == Some(EVENT_USAGE))
-        .map(|e| serde_json::from_str(&e.data).unwrap())
-        .expect("usage inside");
-    assert!(inner.iter().any(Event::is_done));
     let inside = inner
         .iter()
         .find(|e| e.name.as_deref() == Some(EVENT_RECEIPT))
@@ -185,7 +195,8 @@ fn open_response(bytes: &[u8], sealed: &SealedRequest, keys: &E2eKeys) -> (Usage
         .decode(&inside.data)
         .unwrap();
     let r = Receipt::verify(&receipt, &keys.public().receipt_key).expect("receipt verifies");
-    (usage, r, opener.count())
+    let count = opener.count();
+    (inner, r, count)
 }
 
 /// A sealed request stopped mid-stream (`POST /cocoon/v1/cancel`) ends with a final chunk and
@@ -234,6 +245,52 @@ async fn a_stopped_sealed_request_gets_a_receipt_for_its_work_so_far() {
     assert_eq!(u64::from(r.chunks) + 1, count);
     let s = h.service.stats().snapshot();
     assert_eq!((s.stopped, s.unbilled_completion_tokens), (1, 0));
+}
+
+/// A sealed stream still running at the worker's drain deadline ends with the work done so
+/// far inside (usage, then the error event, no `[DONE]`) and a receipt over it, finish reason
+/// `shutdown`: its proxy bills it, its client sees why it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_stream_ended_at_the_drain_deadline_gets_a_receipt_for_its_work() {
+    use http_body_util::BodyExt;
+    let (mut h, keys) = harness_with(Options {
+        tokens: 1000,
+        tokens_per_second: 50.0,
+        ..Options::default()
+    })
+    .await;
+    let mut conn = h.next_conn().await;
+    let b = binding(&keys, "req-e2e-end", NOW);
+    let sealed = seal(&keys, &b, 3);
+    let resp = send(&mut conn, request(&b, sealed.envelope.clone())).await;
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(async move { resp.into_body().collect().await.unwrap().to_bytes() });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    h.service.end_streams();
+    let bytes = reader.await.unwrap();
+    let (inner, r, count) = open_events(&bytes, &sealed, &keys);
+    assert!(!inner.iter().any(Event::is_done));
+    let usage = usage_inside(&inner);
+    let error = inner
+        .iter()
+        .position(|e| e.name.as_deref() == Some(protocol::sse::EVENT_ERROR))
+        .expect("error event inside");
+    let usage_at = inner
+        .iter()
+        .position(|e| e.name.as_deref() == Some(EVENT_USAGE))
+        .unwrap();
+    assert!(usage_at < error);
+    assert_eq!(r.usage, usage);
+    assert_eq!(r.finish_reason, "shutdown");
+    assert_eq!(r.request_id, "req-e2e-end");
+    assert_eq!(usage.prompt_tokens, 3);
+    assert!((1..64).contains(&usage.completion_tokens), "{usage:?}");
+    assert_eq!(u64::from(r.chunks) + 1, count);
+    let s = h.service.stats().snapshot();
+    assert_eq!(
+        (s.unbilled_prompt_tokens, s.unbilled_completion_tokens),
+        (0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,11 +117,18 @@ async fn an_error_after_a_keepalive_is_an_error_event() {
     let bytes = reader.await.unwrap();
     let (n, first_event) = keepalives_before_first_event(&bytes);
     assert!(n >= 1, "{n}");
+    // The prompt work done is reported (the proxy bills it), then the error event.
     let events = Decoder::default().feed(&bytes[first_event..]).unwrap();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].name.as_deref(), Some(EVENT_ERROR));
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].name.as_deref(), Some(EVENT_USAGE));
+    let usage: protocol::Usage = serde_json::from_str(&events[0].data).unwrap();
     assert_eq!(
-        ApiError::from_json(502, events[0].data.as_bytes()).kind,
+        (usage.completion_tokens, usage.prompt_tokens > 0),
+        (0, true)
+    );
+    assert_eq!(events[1].name.as_deref(), Some(EVENT_ERROR));
+    assert_eq!(
+        ApiError::from_json(502, events[1].data.as_bytes()).kind,
         ErrorKind::Unavailable
     );
 }
@@ -164,9 +171,8 @@ async fn end_streams_ends_each_stream_with_an_error_event() {
     assert!(e.message.contains("shutting down"), "{}", e.message);
     assert!(events.len() > 2 && events.len() < 900, "{}", events.len());
     assert!(!events.iter().any(|e| e.is_done()));
-    assert!(!events
-        .iter()
-        .any(|e| e.name.as_deref() == Some(EVENT_USAGE)));
+    // The work done so far is reported just before the error event.
+    assert_eq!(events[events.len() - 2].name.as_deref(), Some(EVENT_USAGE));
     // A request after that is answered 503 at once.
     let (status, e) = error_of(send(&mut conn, chat(16)).await).await;
     assert_eq!((status, e.kind), (503, ErrorKind::Unavailable));
@@ -195,13 +201,31 @@ async fn shutdown_drains_short_streams_and_ends_long_ones_with_an_error() {
     let short = short.await.unwrap();
     assert!(short.last().unwrap().is_done());
     assert!(short.iter().any(|e| e.name.as_deref() == Some(EVENT_USAGE)));
-    // 1000 tokens do not: the stream ends with the error event, then the body ends.
+    // 1000 tokens do not: the stream reports the work done so far (its proxy bills it), then
+    // ends with the error event and no [DONE].
     let long = long.await.unwrap();
     let last = long.last().unwrap();
     assert_eq!(last.name.as_deref(), Some(EVENT_ERROR));
     assert_eq!(
         ApiError::from_json(502, last.data.as_bytes()).kind,
         ErrorKind::Unavailable
+    );
+    assert!(!long.iter().any(|e| e.is_done()));
+    let usage = &long[long.len() - 2];
+    assert_eq!(usage.name.as_deref(), Some(EVENT_USAGE));
+    let usage: protocol::Usage = serde_json::from_str(&usage.data).unwrap();
+    let deltas = long.iter().filter(|e| e.name.is_none()).count() as u64;
+    assert!(
+        usage.completion_tokens > 0 && usage.completion_tokens < 1000,
+        "{usage:?}"
+    );
+    // Every token sent is in the usage (an event per token, and the role chunk).
+    assert!(usage.completion_tokens + 2 >= deltas, "{usage:?} {deltas}");
+    let s = h.service.stats().snapshot();
+    assert_eq!(
+        (s.unbilled_prompt_tokens, s.unbilled_completion_tokens),
+        (0, 0),
+        "{s:?}"
     );
 }
 

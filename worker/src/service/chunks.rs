@@ -235,13 +235,20 @@ impl ChunkEncoder {
     /// The end of a successful stream, after every choice ended: the OpenAI usage chunk if
     /// asked for, cocoon's usage event and `[DONE]`.
     pub(crate) fn tail(&self, usage: &Usage, include_usage: bool) -> Bytes {
+        let mut out = self.usage_report(usage, include_usage);
+        out.extend_from_slice(&Event::done().encode());
+        Bytes::from(out)
+    }
+
+    /// The usage of the stream: the OpenAI usage chunk if asked for and cocoon's usage event
+    /// (the end of a successful stream without its `[DONE]`).
+    pub(crate) fn usage_report(&self, usage: &Usage, include_usage: bool) -> Vec<u8> {
         let mut out = Vec::new();
         if include_usage {
             out.extend_from_slice(&self.chunk(json!([]), Some(usage.to_openai())));
         }
         out.extend_from_slice(&Event::usage(usage).encode());
-        out.extend_from_slice(&Event::done().encode());
-        Bytes::from(out)
+        out
     }
 }
 
