@@ -32,6 +32,12 @@ ledger   Per client: every answered request has one verified receipt in the clie
          proxy's debit for the account equals the sum of the log's costs (what the client
          computed from the receipts); the proxy verified every receipt (none invalid) and its
          durable ledger stored one per charge.
+shutdown worker-2 streams to an app through client A; after 3 chunks the proxy gets SIGTERM
+         (shutdown_drain_secs = 1). At the drain deadline the proxy stops the generation at
+         worker-2 and bills its receipt: the app gets an OpenAI error event
+         (`service_unavailable`) and no `[DONE]`, client A's receipt log gains the receipt
+         (finish reason `cancelled`) and worker-2 logs `completion stopped by the proxy`; the
+         proxy exits 0 within the drain and its 2 s flush.
 
 PIDs of started processes are appended to WORK_DIR/pids.
 """
@@ -90,6 +96,8 @@ class Sealed:
             "--out", "proxy.toml",
         )  # fmt: skip
         path = os.path.join(n.dir, "proxy.toml")
+        # Short, for scenario shutdown.
+        insert_top(path, ["shutdown_drain_secs = 1"])
         if self.record:
             insert_top(path, ['record_forwarded = "forwarded.log"'])
         if self.ledger:
@@ -336,6 +344,65 @@ def scenario_leave(s):
     log(f"leave: stopped after {done} of 400 tokens; the receipt reached client a's log {took * 1000:.0f} ms after the app left")
 
 
+def scenario_shutdown(s):
+    log("shutdown: SIGTERM to the proxy while worker-2 streams to an app (drain 1 s)")
+    conn = http.client.HTTPConnection(*s.clients["a"], timeout=30)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "count slowly"}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    expect(r.status == 200, f"status {r.status}")
+    rid = r.getheader("x-request-id")
+    chunks = 0
+    while chunks < 3:
+        line = r.readline()
+        expect(line, "stream ended early")
+        if line.startswith(b"data:") and b'"content"' in line:
+            chunks += 1
+    t_term = time.monotonic()
+    s.net.killed.add("proxy")
+    s.net.kill("proxy", signal.SIGTERM)
+    error = None
+    done = False
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line.startswith(b"data: [DONE]"):
+            done = True
+        elif line.startswith(b"data:") and b'"error"' in line:
+            error = json.loads(line[5:])["error"]
+    t_end = time.monotonic()
+    conn.close()
+    expect(error is not None, "the app's stream ended without an error event")
+    expect(error.get("code") == "service_unavailable", f"error {error}")
+    expect(not done, "[DONE] after a stream stopped at the drain deadline")
+    took = t_end - t_term
+    expect(1.0 <= took < 3.0, f"the stream ended {took:.2f} s after SIGTERM")
+    code = s.net.procs["proxy"].wait(10)
+    expect(code == 0, f"proxy exit {code}")
+    deadline = time.monotonic() + 5
+    receipt = None
+    while receipt is None:
+        receipt = next((x for x in s.receipts("a") if x["request_id"] == rid), None)
+        if receipt is None:
+            expect(time.monotonic() < deadline, f"no receipt for {rid} in client a's log within 5 s")
+            time.sleep(0.02)
+    expect(receipt["finish_reason"] == "cancelled", f"finish reason {receipt['finish_reason']}")
+    tokens = receipt["usage"]["completion_tokens"]
+    expect(3 <= tokens < 400, f"receipt for {tokens} completion tokens")
+    marker = f"request_id={rid}"
+    expect(
+        any(marker in l and "completion stopped by the proxy" in l for l in s.net.log_lines("worker-2")),
+        "worker-2 did not log `completion stopped by the proxy`",
+    )
+    log(f"shutdown: stopped at the deadline after {tokens} of 400 tokens, the app got the error {took:.2f} s after SIGTERM; receipt in client a's log; proxy exit 0")
+
+
 def scenario_ledger(s):
     st = s.net.jsonstats()
     total = 0
@@ -380,6 +447,7 @@ def main():
         scenario_leave(s)
         scenario_ledger(s)
         net.assert_alive()
+        scenario_shutdown(s)
     except Failure as e:
         log(f"FAILED: {e} (logs in {net.logs})")
         return 1

@@ -662,17 +662,41 @@ impl GiveUp {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
-        if self.finished || self.over {
+        if self.finished {
             return;
         }
-        let (Some(give_up), Some(body)) = (self.give_up.take(), self.body.take()) else {
-            return;
-        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let rest = EventStream {
-            body: Some(body),
+        if self.over {
+            // An encrypted stream the proxy ended with its error event before the final
+            // chunk (it stopped the generation at its drain deadline): the receipt it billed
+            // follows; read it so the receipt log keeps accounting for every charge.
+            if self
+                .decryption
+                .as_ref()
+                .is_some_and(|d| d.receipt().is_none())
+            {
+                if let Some(rest) = self.rest() {
+                    rt.spawn(rest.read_receipt());
+                }
+            }
+            return;
+        }
+        let Some(give_up) = self.give_up.take() else {
+            return;
+        };
+        if let Some(rest) = self.rest() {
+            rt.spawn(give_up.run(rest));
+        }
+    }
+}
+
+impl EventStream {
+    /// What is left of the stream, to read after it was dropped.
+    fn rest(&mut self) -> Option<EventStream> {
+        Some(EventStream {
+            body: Some(self.body.take()?),
             decoder: std::mem::take(&mut self.decoder),
             pending: std::mem::take(&mut self.pending),
             finished: false,
@@ -680,12 +704,21 @@ impl Drop for EventStream {
             idle_timeout: self.idle_timeout,
             decryption: self.decryption.take(),
             give_up: None,
-        };
-        rt.spawn(give_up.run(rest));
+        })
     }
-}
 
-impl EventStream {
+    /// Reads the stream to its end (for at most [`GIVE_UP_DRAIN`]) for the receipt that may
+    /// follow an error event.
+    async fn read_receipt(mut self) {
+        let _ = tokio::time::timeout(GIVE_UP_DRAIN, async {
+            while let Some(Ok(_)) = self.next_event().await {}
+        })
+        .await;
+        if self.receipt().is_some() {
+            tracing::info!("receipt read after the proxy's error event");
+        }
+    }
+
     fn new(body: Incoming, idle_timeout: Duration) -> Self {
         Self {
             body: Some(body),

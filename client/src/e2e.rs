@@ -550,6 +550,28 @@ mod tests {
         assert!(end.unwrap_err().message.contains("truncated"));
     }
 
+    /// A proxy stopping a stream at its drain deadline sends its error event between the
+    /// receipt and the final chunk: the caller reads the error before `[DONE]`, and the
+    /// receipt still verifies (what the proxy billed).
+    #[test]
+    fn a_proxy_error_before_the_final_chunk_comes_before_done_and_keeps_the_receipt() {
+        let x = exchange();
+        let mut evs = x.events.clone();
+        let n = evs.len();
+        evs.insert(
+            n - 1,
+            Event::error(&ApiError::new(ErrorKind::Unavailable, "shutting down")),
+        );
+        let (out, end) = run(&x, &evs);
+        end.expect("complete: the final chunk arrived");
+        let names: Vec<_> = out.iter().map(|e| e.name.as_deref()).collect();
+        assert_eq!(
+            names[names.len() - 3..],
+            [Some(EVENT_USAGE), Some(EVENT_ERROR), None]
+        );
+        assert!(out.last().unwrap().is_done());
+    }
+
     #[test]
     fn a_receipt_that_is_not_this_requests_fails_the_stream() {
         type Edit = fn(&mut protocol::e2e::Receipt);

@@ -31,8 +31,11 @@
 //! # Shutdown
 //!
 //! While the proxy drains ([`crate::state::Shutdown`]) streams continue; at the end of
-//! `shutdown_drain_secs` every stream still running ends with a `service_unavailable`
-//! error event, then the end of the body — never a silent cut.
+//! `shutdown_drain_secs` the proxy asks the worker of every stream still running to stop its
+//! generation and relays the end of the stream for at most [`STOP_AT_CUT`] — the usage of the
+//! work done, which is billed (sealed: the receipt) — then a `service_unavailable` error
+//! event in place of `[DONE]`, then the end of the body: never a silent cut, and no work given
+//! away. A stream whose worker does not stop in time ends with the error event unbilled.
 //!
 //! [`ProxyConfig::worker_idle_timeout`]: crate::config::ProxyConfig::worker_idle_timeout
 
@@ -553,6 +556,7 @@ fn stream_response(
         billing: Some(billing),
         active: Some(active),
         client_stalled: false,
+        stopping: None,
     };
     let mut out = Response::new(ResponseBody::Relay(Box::pin(body)));
     let h = out.headers_mut();
@@ -838,7 +842,18 @@ pub struct RelayBody {
     active: Option<ActiveGuard>,
     /// The client took nothing for [`CLIENT_STALL_MARK`] at least once: it stopped reading.
     client_stalled: bool,
+    /// The drain deadline passed and the generation is being stopped at the worker: the end
+    /// of its stream is relayed until this fires ([`STOP_AT_CUT`]).
+    stopping: Option<Pin<Box<Sleep>>>,
 }
+
+/// At the proxy's drain deadline: how long a stream whose generation is being stopped at its
+/// worker may take to end with the usage of the work done (within [`crate::server::CUT_FLUSH`],
+/// which also covers the delivery of what follows).
+pub const STOP_AT_CUT: Duration = Duration::from_secs(1);
+
+const CUT_MESSAGE: &str =
+    "the proxy is shutting down: the stream was ended at the drain deadline (shutdown_drain_secs)";
 
 /// A client that asks for no frame this long after the last one was handed over (its HTTP/2
 /// window or TCP buffer stayed full) is marked stalled. A worker stream that then ends without
@@ -911,16 +926,38 @@ impl RelayBody {
         );
     }
 
-    /// Ends the stream because the proxy's drain deadline passed.
+    /// The proxy's drain deadline passed: asks the worker to stop the generation and relays
+    /// the end of its stream (the usage of the work done, which is billed, and for an
+    /// encrypted request the receipt) for at most [`STOP_AT_CUT`]; the stream then ends with
+    /// the `service_unavailable` error event instead of `[DONE]` ([`Self::on_end`]).
     fn cut(&mut self) {
         self.cut = None;
-        self.fail_with(
-            ErrorKind::Unavailable,
-            "the proxy is shutting down: the stream was ended at the drain deadline \
-             (shutdown_drain_secs)"
-                .into(),
-            true,
-        );
+        let live = self.upstream.is_some() && !self.watch.is_cut();
+        match self.billing.as_ref().filter(|_| live) {
+            Some(b) => {
+                if !b.is_settled() {
+                    settle::stop_in_background(b, STOP_AT_CUT);
+                }
+                self.stopping = Some(Box::pin(tokio::time::sleep(STOP_AT_CUT)));
+            }
+            None => self.end_at_cut(),
+        }
+    }
+
+    /// Ends the stream at the drain deadline without waiting for the worker (its stream is
+    /// reset; what it did is not billed).
+    fn end_at_cut(&mut self) {
+        self.stopping = None;
+        self.fail_with(ErrorKind::Unavailable, CUT_MESSAGE.into(), true);
+    }
+
+    /// Whether the time for stopping the generation at the drain deadline ran out (registers
+    /// the task to be woken when it does).
+    fn poll_stop_limit(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.stopping.as_mut() {
+            Some(t) => t.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
     }
 
     /// Ends the stream because the worker was silent for the idle limit.
@@ -1007,6 +1044,7 @@ impl RelayBody {
                 rec.record("from-worker data", &data);
             }
         }
+        let stopping = self.stopping.is_some();
         let Self {
             splitter,
             billing,
@@ -1026,7 +1064,24 @@ impl RelayBody {
             } else {
                 &mut *out
             };
-            sink.push_from(&data, bytes);
+            if !stopping {
+                return sink.push_from(&data, bytes);
+            }
+            match kind {
+                // Stopped at the drain deadline: the stream ends with the error event, not
+                // `[DONE]` ([`Self::on_end`]).
+                Kind::Plain => sink.push_from(&data, without_done(bytes)),
+                // An encrypted stream's `[DONE]` is inside its final chunk, which follows the
+                // receipt: the error event goes before it, so the client reads the error
+                // first and still gets the receipt (both come in one frame).
+                Kind::Receipt => {
+                    sink.push_from(&data, bytes);
+                    sink.push(Bytes::from(
+                        Event::error(&api(ErrorKind::Unavailable, STOPPED_AT_CUT)).encode(),
+                    ));
+                }
+                _ => sink.push_from(&data, bytes),
+            }
         });
         if let Err(e) = split {
             self.warn("worker sent a malformed event stream", &e);
@@ -1037,6 +1092,9 @@ impl RelayBody {
     fn on_end(&mut self) {
         self.upstream = None;
         self.watch.finished();
+        if self.stopping.take().is_some() {
+            return self.end_stopped();
+        }
         let (billed, worker_error, encrypted) =
             self.billing.as_ref().map_or((true, false, false), |b| {
                 (
@@ -1071,6 +1129,44 @@ impl RelayBody {
     }
 }
 
+/// The error event that ends a stream stopped at the drain deadline.
+const STOPPED_AT_CUT: &str = "the proxy is shutting down: the generation was stopped at the \
+     drain deadline (shutdown_drain_secs); the work done so far is billed";
+
+/// `run` (whole plain events) without a trailing `data: [DONE]` event.
+fn without_done(run: &[u8]) -> &[u8] {
+    const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+    run.strip_suffix(DONE_EVENT).unwrap_or(run)
+}
+
+impl RelayBody {
+    /// The stream of a generation stopped at the drain deadline ended: a billed one ends with
+    /// the error event (an encrypted one has it already, before its final chunk; one whose
+    /// worker sent its own error needs none), an unbilled one like any stream cut then.
+    fn end_stopped(&mut self) {
+        let (billed, worker_error, encrypted) =
+            self.billing.as_ref().map_or((false, false, false), |b| {
+                (
+                    b.pick.held.is_committed(),
+                    b.worker_error,
+                    b.receipt.is_some(),
+                )
+            });
+        if !billed {
+            return self.end_at_cut();
+        }
+        if let Some(b) = &self.billing {
+            b.state.stats.stopped.fetch_add(1, Ordering::Relaxed);
+        }
+        if worker_error || encrypted {
+            self.done = true;
+            self.finish(true);
+        } else {
+            self.fail_with(ErrorKind::Unavailable, STOPPED_AT_CUT.into(), true);
+        }
+    }
+}
+
 impl Drop for RelayBody {
     /// The client went away before the end: a stream not billed yet is stopped at the worker
     /// and billed for the work done ([`Leftover::settle`]), in a task of its own.
@@ -1090,6 +1186,7 @@ impl Drop for RelayBody {
                     watch: Some(self.watch.clone()),
                     splitter: std::mem::take(&mut self.splitter),
                     billing,
+                    _active: self.active.take(),
                 };
                 rt.spawn(leftover.settle(false));
             }
@@ -1149,6 +1246,8 @@ impl Body for RelayBody {
                 Poll::Pending if this.out.is_empty() => {
                     if this.poll_cut(cx) {
                         this.cut();
+                    } else if this.poll_stop_limit(cx) {
+                        this.end_at_cut();
                     } else if this.idle.expired(cx) {
                         this.idle_timeout();
                     } else {

@@ -208,8 +208,10 @@ impl RunningProxy {
 
     /// Shuts down gracefully: stops accepting connections and requests (new requests get 503,
     /// queued ones too; open connections get HTTP/2 GOAWAY or lose keep-alive), lets streams
-    /// in progress finish for up to `drain`, then ends each remaining stream with a
-    /// `service_unavailable` error event, waits up to [`CUT_FLUSH`] for those to reach their
+    /// in progress finish for up to `drain` (and streams whose clients left be settled), then
+    /// stops each remaining generation at its worker and ends its stream with the usage of
+    /// the work done and a `service_unavailable` error event
+    /// ([`crate::relay::STOP_AT_CUT`]), waits up to [`CUT_FLUSH`] for those to reach their
     /// clients, and closes everything.
     pub async fn shutdown(mut self, drain: Duration) {
         let state = &self.state;
@@ -227,7 +229,7 @@ impl RunningProxy {
         if active() > 0 {
             tracing::info!(
                 streams = active(),
-                "drain deadline passed; ending the remaining streams with an error event"
+                "drain deadline passed; stopping the remaining generations at their workers (their usage is billed) and ending their streams with an error event"
             );
             state.shutdown.cut();
             let flush = Instant::now() + CUT_FLUSH;

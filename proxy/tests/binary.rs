@@ -37,9 +37,9 @@ async fn binary_serves_and_exits_cleanly_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// SIGTERM during two streams (drain 2 s): the short one completes, the long one ends with a
-/// `service_unavailable` error event at the drain deadline (not a cut), and the process exits
-/// 0 soon after.
+/// SIGTERM during two streams (drain 2 s): the short one completes, the long one is stopped at
+/// its worker at the drain deadline and ends with the usage of the work done and a
+/// `service_unavailable` error event (not a cut), and the process exits 0 soon after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_ends_streams_with_an_error_event() {
     let dir = scratch("drain");
@@ -88,7 +88,13 @@ async fn sigterm_drains_then_ends_streams_with_an_error_event() {
         "{after:?}"
     );
     assert_eq!(err.kind, protocol::ErrorKind::Unavailable);
-    assert!(usage_of(&long).is_none());
+    // Stopped at its worker: the usage of the work done (billed) precedes the error event,
+    // and no [DONE] follows.
+    let done = usage_of(&long)
+        .expect("usage of the work done")
+        .completion_tokens;
+    assert!((50..1000).contains(&done), "{done}");
+    assert!(!long.iter().any(|(_, e)| e.is_done()));
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
     assert!(signalled.elapsed() < Duration::from_secs(8));
     let _ = std::fs::remove_dir_all(&dir);

@@ -273,3 +273,63 @@ async fn a_failed_only_recipient_is_answered_421_so_the_client_reseals() {
     let resp = c.send(sealed(&e2e, 6)).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// A sealed stream still running at the proxy's drain deadline: the proxy stops it at the
+/// real worker, bills the receipt over the work done, and puts its error event after the
+/// receipt and before the final chunk (which holds the `[DONE]` the client releases last), so
+/// the client reads the error first and still verifies the receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_stream_stopped_at_the_drain_deadline_is_billed_on_its_receipt() {
+    use protocol::sse::EVENT_ERROR;
+    use worker::engine::stub::StubEngine;
+    let p = start_proxy(|_| {}).await;
+    let _worker = common::real::start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 16, 10.0),
+        worker::service::ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let mut c = client(p.running.client_addr, 1).await;
+    let keys = directory(&mut c, "stub").await;
+    let resp = c.send(sealed_to("stub", &keys, 1)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let reading = tokio::spawn(events(resp.into_body()));
+    let started = std::time::Instant::now();
+    let drain = std::time::Duration::from_millis(400);
+    p.running.shutdown(drain).await;
+    let evs: Vec<_> = reading.await.unwrap().into_iter().map(|(_, e)| e).collect();
+    let names: Vec<&str> = evs
+        .iter()
+        .map(|e| e.name.as_deref().unwrap_or(""))
+        .collect();
+    let n = names.len();
+    assert!(n >= 4, "{names:?}");
+    assert_eq!(
+        &names[n - 3..],
+        [EVENT_RECEIPT, EVENT_ERROR, EVENT_E2E],
+        "{names:?}"
+    );
+    let err = protocol::ApiError::from_json(502, evs[n - 2].data.as_bytes());
+    assert_eq!(err.kind, protocol::ErrorKind::Unavailable);
+    assert!(err.message.contains("billed"), "{}", err.message);
+    assert!(started.elapsed() < drain + proxy::server::CUT_FLUSH);
+    // Billed on the receipt: the prompt and the tokens generated before the deadline.
+    use base64::Engine as _;
+    let signed = base64::engine::general_purpose::STANDARD
+        .decode(&evs[n - 3].data)
+        .unwrap();
+    let (receipt, _) = protocol::e2e::Receipt::parse_unverified(&signed).unwrap();
+    assert_eq!(receipt.finish_reason, "cancelled");
+    assert!(
+        (1..16).contains(&receipt.usage.completion_tokens),
+        "{:?}",
+        receipt.usage
+    );
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!((s.requests.receipts_valid, s.requests.stopped), (1, 1));
+    let b = proxy::Ledger::balance(&*p.ledger, &c.account).unwrap();
+    assert_eq!(b.reserved_nano, 0);
+    let spent = s.clients[&c.account].cost_nano;
+    assert_eq!(spent, Prices::default().cost(&receipt.usage, 1000));
+}

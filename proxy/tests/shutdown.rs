@@ -18,7 +18,7 @@ async fn shutdown_drains_then_ends_streams_with_an_error_event() {
     spec.capacity = 2;
     spec.tokens = 400;
     spec.interval = Duration::from_millis(10); // long stream: 4 s; short (20 tokens): 0.2 s
-    let _w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
     p.wait_workers(1).await;
     let state = p.running.state().clone();
     let mut c = client(p.running.client_addr, 1).await;
@@ -53,20 +53,110 @@ async fn shutdown_drains_then_ends_streams_with_an_error_event() {
     let short = short.await.unwrap();
     assert!(error_of(&short).is_none());
     assert_eq!(usage_of(&short).unwrap().completion_tokens, 20);
-    // The long one ends with the error event at the deadline, then the body ends.
+    // The long one is stopped at its worker at the deadline: its stream ends with the usage
+    // of the work done (billed), then the error event instead of [DONE], then the body ends.
     let long = long.await.unwrap();
     let (at, err) = error_of(&long).expect("error event");
     let after = at.duration_since(started);
     assert!(
-        after >= drain && after < drain + Duration::from_secs(2),
+        after >= drain && after < drain + Duration::from_millis(500),
         "{after:?}"
     );
     assert_eq!(err.kind, ErrorKind::Unavailable);
     assert!(err.message.contains("shutting down"), "{}", err.message);
-    assert!(usage_of(&long).is_none());
+    assert!(err.message.contains("billed"), "{}", err.message);
+    let usage = usage_of(&long).expect("the usage of the work done");
+    assert!(
+        (50..300).contains(&usage.completion_tokens),
+        "{usage:?} after {drain:?} at 100 tokens/s"
+    );
     assert_eq!(long.last().unwrap().1.name.as_deref(), Some("cocoon-error"));
+    assert!(!long.iter().any(|(_, e)| e.is_done()));
+    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 1);
     stopping.await.unwrap();
     assert!(started.elapsed() < drain + proxy::server::CUT_FLUSH + Duration::from_secs(1));
-    // Nothing stays reserved: the cut stream is not billed, the queued one never was.
+    // Both streams are billed, nothing stays reserved (the queued one never was).
+    let b = p.ledger.balance(&c.account).unwrap();
+    assert_eq!(b.reserved_nano, 0);
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!(s.requests.stopped, 1);
+    assert_eq!(s.requests.abandoned, 0);
+}
+
+/// A worker that does not stop the generation at the drain deadline (it ignores the cancel):
+/// after [`proxy::relay::STOP_AT_CUT`] the stream ends with the error event all the same and
+/// its worker stream is reset; nothing is billed, nothing stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_ignores_the_stop_at_the_deadline_is_cut_in_time() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("deaf");
+    spec.tokens = 400;
+    spec.interval = Duration::from_millis(10);
+    spec.honors_cancel = false;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let mut c = client(p.running.client_addr, 1).await;
+    let long = c.send(chat(MODEL, 400, None, BODY)).await;
+    assert_eq!(long.status(), StatusCode::OK);
+    let long = tokio::spawn(events(long.into_body()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let drain = Duration::from_millis(300);
+    p.running.shutdown(drain).await;
+    let long = long.await.unwrap();
+    let (at, err) = error_of(&long).expect("error event");
+    let after = at.duration_since(started);
+    let limit = drain + proxy::relay::STOP_AT_CUT;
+    assert!(
+        after >= limit && after < limit + Duration::from_millis(500),
+        "{after:?}"
+    );
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert!(!err.message.contains("billed"), "{}", err.message);
+    assert!(usage_of(&long).is_none());
+    assert!(!long.iter().any(|(_, e)| e.is_done()));
+    assert!(started.elapsed() < drain + proxy::server::CUT_FLUSH + Duration::from_secs(1));
+    wait_until("the worker's stream reset", Duration::from_secs(5), || {
+        w.obs.cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+    assert_eq!(proxy::admin::json_stats(&state).requests.stopped, 0);
+}
+
+/// A client that left just before the shutdown: its stream is still being settled (the worker
+/// takes 300 ms to end it with the usage so far). The shutdown waits for that, so the charge
+/// is made before the process would exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_the_streams_of_clients_that_left_to_be_billed() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("slow-stop");
+    spec.tokens = 400;
+    spec.interval = Duration::from_millis(10);
+    spec.stop_delay = Duration::from_millis(300);
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(chat(MODEL, 400, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt as _;
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    wait_until("the stop asked", Duration::from_secs(5), || {
+        w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(proxy::admin::json_stats(&state).requests.stopped, 0);
+    let started = Instant::now();
+    p.running.shutdown(Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Billed before the shutdown returned.
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!((s.requests.stopped, s.requests.abandoned), (1, 0));
+    assert!(s.clients[&c.account].cost_nano > 0);
     assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
 }

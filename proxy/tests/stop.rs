@@ -454,3 +454,44 @@ async fn every_generation_is_billed_once_whether_its_client_stays_or_leaves() {
         assert_eq!(b.reserved_nano, 0, "a reservation left behind");
     }
 }
+
+/// The worker breaks while the proxy settles a stream whose client left: it crashes (its
+/// connection closes) or answers the stop with bytes that are no event stream. Nothing is
+/// billed, nothing stays reserved, the stream counts as abandoned and as the worker's
+/// failure, and the proxy goes on serving with the next worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_breaks_while_its_stream_is_settled_costs_nothing() {
+    for on_stop in [OnStop::Die, OnStop::Garbage] {
+        let p = start_proxy(|_| {}).await;
+        let mut spec = slow("breaks");
+        spec.on_stop = on_stop;
+        let w = with_worker(&p, spec).await;
+        let mut c = client(p.running.client_addr, 1).await;
+        read_and_leave(c.send(chat(MODEL, 50, None, BODY)).await, 2).await;
+        wait_until("stopped at the worker", WAIT, || {
+            w.obs.stopped.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        wait_until("settled", WAIT, || requests(&p, "abandoned") == 1).await;
+        wait_until("the reservation released", WAIT, || {
+            p.ledger.balance(&c.account).unwrap().reserved_nano == 0
+        })
+        .await;
+        let s = p.stats();
+        assert_eq!(requests(&p, "stopped"), 0, "{on_stop:?}");
+        assert_eq!(
+            p.ledger.balance(&c.account).unwrap().balance_nano,
+            DEFAULT_BALANCE,
+            "{on_stop:?}: nothing billed"
+        );
+        if on_stop == OnStop::Garbage {
+            // Still connected: the failure is on its record.
+            assert_eq!(s["workers"][0]["failures"], 1, "{s}");
+            assert_eq!(s["workers"][0]["in_flight"], 0, "{s}");
+        }
+        // The proxy serves on, with a healthy worker.
+        let _next = with_worker(&p, WorkerSpec::new("next")).await;
+        let evs = events(c.send(chat(MODEL, 4, None, BODY)).await.into_body()).await;
+        assert_eq!(usage_of(&evs).unwrap().completion_tokens, 4, "{on_stop:?}");
+    }
+}

@@ -39,6 +39,7 @@ use crate::link::UpBody;
 use crate::registry::Worker;
 use crate::stall::Watch;
 use crate::state::State;
+use crate::stats::ActiveGuard;
 use protocol::ErrorKind;
 
 /// How long the proxy keeps a worker stream whose client left: time for the worker to stop
@@ -80,6 +81,19 @@ async fn stop_at_worker(worker: &Worker, request_id: &str, tag: u64, deadline: I
         Ok(Ok(resp)) if resp.status() == StatusCode::OK => Stop::Stopped,
         Ok(Ok(resp)) if resp.status() == StatusCode::NOT_FOUND => Stop::NotRunning,
         _ => Stop::Failed,
+    }
+}
+
+/// Asks the worker of `billing`'s stream to stop its generation, in a task of its own, for at
+/// most `within` (the relay reads the stream's end meanwhile: the proxy's drain deadline).
+pub(super) fn stop_in_background(billing: &Billing, within: Duration) {
+    let worker = billing.pick.worker().clone();
+    let request_id = billing.request_id.clone();
+    let tag = billing.tag;
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            stop_at_worker(&worker, request_id.as_str(), tag, Instant::now() + within).await
+        });
     }
 }
 
@@ -133,7 +147,13 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if let (Some(run), Some(detached)) = (self.run.take(), self.detached.take()) {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(detached.after_left(self.worker.clone(), run));
+                // Still a request in progress: a shutdown waits for it to be settled.
+                let active = detached.state.stats.active();
+                let worker = self.worker.clone();
+                rt.spawn(async move {
+                    detached.after_left(worker, run).await;
+                    drop(active);
+                });
             }
             // Without a runtime the attempt is dropped, which resets the worker's stream.
         }
@@ -271,6 +291,7 @@ impl Detached {
                 let leftover = Leftover {
                     upstream: resp.into_body(),
                     watch: None,
+                    _active: None,
                     splitter: Splitter::default(),
                     billing: self.billing(pick),
                 };
@@ -291,6 +312,8 @@ pub(super) struct Leftover {
     /// Holds the part of an event the relay had already read.
     pub splitter: Splitter,
     pub billing: Billing,
+    /// Counts the stream as a request in progress until it is settled (a shutdown waits).
+    pub _active: Option<ActiveGuard>,
 }
 
 impl Leftover {
@@ -318,16 +341,22 @@ impl Leftover {
         } else {
             Instant::now() + SETTLE_GRACE
         };
-        let ended = self.read_rest(deadline).await;
+        let rest = self.read_rest(deadline).await;
         let b = &mut self.billing;
         if b.pick.held.is_committed() {
             b.state.stats.stopped.fetch_add(1, Ordering::Relaxed);
             b.finish(true);
         } else if !b.worker_error {
+            if rest == Rest::Broken {
+                // The worker's connection failed or it sent bytes that are no event stream:
+                // its fault (counted against it as on any relayed stream that breaks).
+                b.finish(false);
+            }
+            // Unbilled work all the same: bounded per account ([`crate::limits::Abandons`]).
             abandoned(&b.state, &b.account);
         }
         if let Some(w) = &self.watch {
-            if ended {
+            if rest == Rest::Ended {
                 w.finished();
             } else {
                 w.cancel_upstream();
@@ -336,15 +365,16 @@ impl Leftover {
         // Dropping the stream resets it, if it is still open.
     }
 
-    /// Reads the worker's stream until it ends (`true`), fails or `deadline` passes, billing
-    /// what it reports.
-    async fn read_rest(&mut self, deadline: Instant) -> bool {
+    /// Reads the worker's stream until it ends, breaks or `deadline` passes, billing what it
+    /// reports.
+    async fn read_rest(&mut self, deadline: Instant) -> Rest {
         loop {
             let frame = match tokio::time::timeout_at(deadline.into(), self.upstream.frame()).await
             {
                 Ok(Some(Ok(f))) => f,
-                Ok(None) => return true,
-                Ok(Some(Err(_))) | Err(_) => return false,
+                Ok(None) => return Rest::Ended,
+                Ok(Some(Err(_))) => return Rest::Broken,
+                Err(_) => return Rest::TimedOut,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -355,10 +385,21 @@ impl Leftover {
                 let _ = billing.on_event(kind, raw);
             });
             if fed.is_err() {
-                return false;
+                return Rest::Broken;
             }
         }
     }
+}
+
+/// How the rest of a left stream went ([`Leftover::read_rest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rest {
+    /// The stream ended.
+    Ended,
+    /// The worker's stream failed, or it sent bytes that are no event stream.
+    Broken,
+    /// Still open at the deadline.
+    TimedOut,
 }
 
 /// Handles a client's `POST /cocoon/v1/cancel` for `account` ([`super::Running`]): passes it

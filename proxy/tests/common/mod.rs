@@ -163,6 +163,21 @@ pub struct WorkerSpec {
     /// ending its stream with the usage so far, as the real worker does; `false`: it answers
     /// 404 to every cancel, like a worker without the route.
     pub honors_cancel: bool,
+    /// How long it takes, once stopped, to end the stream with the usage so far.
+    pub stop_delay: Duration,
+    /// What it does once stopped (after `stop_delay`).
+    pub on_stop: OnStop,
+}
+
+/// What a fake worker does when the proxy stops a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStop {
+    /// Ends the stream with the usage so far and `[DONE]`, as the real worker does.
+    Usage,
+    /// Closes the whole connection (a crash).
+    Die,
+    /// Sends bytes that are no event stream (not UTF-8).
+    Garbage,
 }
 
 /// What a fake worker's receipt says ([`FakeE2e`]).
@@ -240,6 +255,8 @@ impl WorkerSpec {
             role: Role::Worker,
             e2e: None,
             honors_cancel: true,
+            stop_delay: Duration::ZERO,
+            on_stop: OnStop::Usage,
         }
     }
 }
@@ -307,6 +324,20 @@ fn stop_key(headers: &HeaderMap) -> Option<(String, u64)> {
     let id = text(protocol::meta::H_REQUEST_ID)?;
     let tag = text(protocol::meta::H_STREAM_TAG)?.parse().ok()?;
     Some((id.to_string(), tag))
+}
+
+/// Ends the stream of a generation stopped after `tokens` as `spec.on_stop` says.
+async fn end_stopped(spec: &WorkerSpec, tx: &mpsc::Sender<Bytes>, kill: &Notify, tokens: u32) {
+    tokio::time::sleep(spec.stop_delay).await;
+    match spec.on_stop {
+        OnStop::Usage => {
+            let _ = tx.send(stopped_tail(spec.prompt_tokens, tokens)).await;
+        }
+        OnStop::Die => kill.notify_one(),
+        OnStop::Garbage => {
+            let _ = tx.send(Bytes::from_static(b"data: \xff\xfe\n\n")).await;
+        }
+    }
 }
 
 /// The usage event and `[DONE]` of a generation stopped after `completion_tokens`.
@@ -614,7 +645,7 @@ async fn handle(
             if stopped {
                 obs.stopped.fetch_add(1, Ordering::SeqCst);
                 *obs.stopped_at.lock().unwrap() = Some(Instant::now());
-                let _ = tx.send(stopped_tail(spec.prompt_tokens, i)).await;
+                end_stopped(&spec, &tx, &kill, i).await;
                 return;
             }
             match spec.behavior {
@@ -643,7 +674,7 @@ async fn handle(
                     () = stop.requested() => {
                         obs.stopped.fetch_add(1, Ordering::SeqCst);
                         *obs.stopped_at.lock().unwrap() = Some(Instant::now());
-                        let _ = tx.send(stopped_tail(spec.prompt_tokens, i)).await;
+                        end_stopped(&spec, &tx, &kill, i).await;
                         return;
                     }
                 }

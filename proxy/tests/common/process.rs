@@ -119,6 +119,15 @@ pub async fn read_ready(child: &mut Child) -> [SocketAddr; 3] {
     })
     .await
     .unwrap();
+    if line.is_empty() {
+        // It exited before its readiness line: say why.
+        let _ = child.wait();
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        panic!("cocoon-proxy exited before its readiness line; stderr:\n{stderr}");
+    }
     parse_ready(&line)
 }
 
