@@ -35,7 +35,10 @@
 //! generation and relays the end of the stream for at most [`STOP_AT_CUT`] — the usage of the
 //! work done, which is billed (sealed: the receipt) — then a `service_unavailable` error
 //! event in place of `[DONE]`, then the end of the body: never a silent cut, and no work given
-//! away. A stream whose worker does not stop in time ends with the error event unbilled.
+//! away. A stream whose worker does not stop in time ends with the error event unbilled. A
+//! request still waiting for its worker's response head is stopped the same way (its stream
+//! then starts with the usage of the prompt); if no head comes within [`STOP_AT_CUT`], its
+//! client gets 503 ([`settle`]).
 //!
 //! [`ProxyConfig::worker_idle_timeout`]: crate::config::ProxyConfig::worker_idle_timeout
 
@@ -365,7 +368,7 @@ async fn forward(
             &worker,
             started,
         );
-        let (pick, attempted, detached) = detached.attempt(pick, body.clone()).await;
+        let (pick, attempted, detached) = detached.attempt(pick, body.clone()).await?;
         match attempted {
             Attempt::Stream(resp) => {
                 let billing = detached.billing(pick);
@@ -818,7 +821,7 @@ impl Idle {
 }
 
 /// Resolves when the proxy's drain deadline has passed ([`crate::state::Shutdown::when_cut`]).
-type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The relayed event stream (see the module docs). Dropped before the end (client gone), it
 /// hands the worker's stream to [`Leftover::settle`], which stops the generation and bills it.

@@ -160,3 +160,94 @@ async fn shutdown_waits_for_the_streams_of_clients_that_left_to_be_billed() {
     assert!(s.clients[&c.account].cost_nano > 0);
     assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
 }
+
+/// A request whose worker is still processing the prompt at the drain deadline (no response
+/// head yet): the proxy stops it at the worker, bills the prompt the worker reports, and the
+/// client gets an answer that says why — never a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_in_prompt_processing_at_the_deadline_gets_an_error() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("prefill");
+    spec.behavior = Behavior::Hang;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let c = client(p.running.client_addr, 1).await;
+    let mut h = c.stream_handle().unwrap();
+    let sent = tokio::spawn(async move {
+        let resp = h.send(chat(MODEL, 50, None, BODY)).await;
+        let status = resp.status();
+        (status, events(resp.into_body()).await)
+    });
+    wait_until("at the worker", Duration::from_secs(5), || {
+        w.obs.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let started = Instant::now();
+    let drain = Duration::from_millis(300);
+    p.running.shutdown(drain).await;
+    let (status, evs) = tokio::time::timeout(Duration::from_secs(5), sent)
+        .await
+        .expect("answered")
+        .unwrap();
+    println!(
+        "status {status}, {} events, {:?}",
+        evs.len(),
+        started.elapsed()
+    );
+    assert_eq!(status, StatusCode::OK);
+    let (_, err) = error_of(&evs).expect("error event");
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    assert_eq!(usage_of(&evs).unwrap().prompt_tokens, 7);
+    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!((s.requests.stopped, s.requests.abandoned), (1, 0));
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+}
+
+/// The same with a worker that does not answer the stop: the client gets 503
+/// `service_unavailable` once [`proxy::relay::STOP_AT_CUT`] has passed after the deadline;
+/// nothing is billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_worker_ignores_the_stop_at_the_deadline_gets_503() {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("deaf-prefill");
+    spec.behavior = Behavior::Hang;
+    spec.honors_cancel = false;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let c = client(p.running.client_addr, 1).await;
+    let mut h = c.stream_handle().unwrap();
+    let sent = tokio::spawn(async move {
+        let resp = h.send(chat(MODEL, 50, None, BODY)).await;
+        (Instant::now(), resp.status(), json_body(resp).await)
+    });
+    wait_until("at the worker", Duration::from_secs(5), || {
+        w.obs.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let started = Instant::now();
+    let drain = Duration::from_millis(300);
+    p.running.shutdown(drain).await;
+    let (at, status, body) = sent.await.unwrap();
+    let after = at.duration_since(started);
+    let limit = drain + proxy::relay::STOP_AT_CUT;
+    assert!(
+        after >= limit && after < limit + Duration::from_millis(500),
+        "{after:?}"
+    );
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_kind(&body), "service_unavailable");
+    assert!(w.obs.cancels.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(proxy::admin::json_stats(&state).requests.stopped, 0);
+    wait_until("the reservation released", Duration::from_secs(10), || {
+        p.ledger.balance(&c.account).unwrap().reserved_nano == 0
+    })
+    .await;
+    assert_eq!(
+        p.ledger.balance(&c.account).unwrap().balance_nano,
+        1_000_000_000_000,
+        "nothing billed"
+    );
+}

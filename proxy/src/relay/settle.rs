@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,7 +33,7 @@ use protocol::{Endpoint, RequestMeta};
 
 use super::{
     abandoned, attempt, Attempt, Billing, Pick, ReceiptCheck, Registered, H_REQUEST_ID,
-    H_STREAM_TAG, WORKER_AUTHORITY,
+    H_STREAM_TAG, STOP_AT_CUT, WORKER_AUTHORITY,
 };
 use crate::link::UpBody;
 use crate::registry::Worker;
@@ -87,9 +87,17 @@ async fn stop_at_worker(worker: &Worker, request_id: &str, tag: u64, deadline: I
 /// Asks the worker of `billing`'s stream to stop its generation, in a task of its own, for at
 /// most `within` (the relay reads the stream's end meanwhile: the proxy's drain deadline).
 pub(super) fn stop_in_background(billing: &Billing, within: Duration) {
-    let worker = billing.pick.worker().clone();
-    let request_id = billing.request_id.clone();
-    let tag = billing.tag;
+    stop_later(
+        billing.pick.worker().clone(),
+        billing.request_id.clone(),
+        billing.tag,
+        within,
+    );
+}
+
+/// Asks `worker` to stop the generation of `request_id` sent with `tag`, in a task of its own,
+/// for at most `within`.
+fn stop_later(worker: Arc<Worker>, request_id: protocol::RequestId, tag: u64, within: Duration) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
             stop_at_worker(&worker, request_id.as_str(), tag, Instant::now() + within).await
@@ -119,27 +127,57 @@ type InFlight = Pin<Box<dyn Future<Output = (Pick, Attempt)> + Send>>;
 /// Polls an attempt for the client's request; dropped before the attempt ended (the client
 /// left), it hands the attempt to a task that stops and settles it ([`Detached::after_left`]).
 /// The happy path costs one allocation, not a task.
+///
+/// At the proxy's drain deadline an attempt still waiting for the worker's response head (the
+/// prompt is being processed) is stopped at the worker: its stream, which then starts with the
+/// usage of the prompt, is relayed and billed like any stream stopped then
+/// ([`super::RelayBody`]); if no head comes within [`STOP_AT_CUT`], the client is answered 503
+/// and the attempt is settled in the background.
 struct Guard {
     run: Option<InFlight>,
     detached: Option<Detached>,
     worker: Arc<Worker>,
+    /// The proxy's drain deadline (`None` once it passed).
+    cut: Option<super::CutSignal>,
+    /// Once it passed: the time the worker has to answer the stop.
+    stopping: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Future for Guard {
-    type Output = (Pick, Attempt, Detached);
+    type Output = Result<(Pick, Attempt, Detached), super::Rejection>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let (Some(run), true) = (this.run.as_mut(), this.detached.is_some()) else {
+        let (Some(run), Some(detached)) = (this.run.as_mut(), this.detached.as_ref()) else {
             // Already answered.
             return Poll::Pending;
         };
-        let (pick, attempted) = ready!(run.as_mut().poll(cx));
-        this.run = None;
-        match this.detached.take() {
-            Some(detached) => Poll::Ready((pick, attempted, detached)),
-            None => Poll::Pending,
+        if let Poll::Ready((pick, attempted)) = run.as_mut().poll(cx) {
+            this.run = None;
+            return match this.detached.take() {
+                Some(detached) => Poll::Ready(Ok((pick, attempted, detached))),
+                None => Poll::Pending,
+            };
         }
+        if this
+            .cut
+            .as_mut()
+            .is_some_and(|c| c.as_mut().poll(cx).is_ready())
+        {
+            this.cut = None;
+            let (id, tag) = (detached.meta.request_id.clone(), detached.tag);
+            stop_later(this.worker.clone(), id, tag, STOP_AT_CUT);
+            this.stopping = Some(Box::pin(tokio::time::sleep(STOP_AT_CUT)));
+        }
+        if this
+            .stopping
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
+            // Dropping the guard leaves the attempt to a task that settles it.
+            return Poll::Ready(Err(super::shutting_down(&detached.state)));
+        }
+        Poll::Pending
     }
 }
 
@@ -213,8 +251,13 @@ impl Detached {
 
     /// Sends the request to `pick`'s worker and waits for the outcome. Dropping this future
     /// (the client left) leaves the attempt running in a task of its own, which stops the
-    /// generation and bills the work done ([`Detached::after_left`]).
-    pub async fn attempt(self, pick: Pick, body: Bytes) -> (Pick, Attempt, Detached) {
+    /// generation and bills the work done ([`Detached::after_left`]). `Err`: the proxy's drain
+    /// deadline passed and the worker did not answer its stop in time ([`Guard`]).
+    pub async fn attempt(
+        self,
+        pick: Pick,
+        body: Bytes,
+    ) -> Result<(Pick, Attempt, Detached), super::Rejection> {
         let worker = pick.worker().clone();
         let (state, meta, e2e) = (self.state.clone(), self.meta.clone(), self.e2e.clone());
         let (endpoint, tag) = (self.endpoint, self.tag);
@@ -222,10 +265,13 @@ impl Detached {
             let a = attempt(&state, &pick, &meta, endpoint, e2e.as_ref(), body, tag).await;
             (pick, a)
         });
+        let cut: super::CutSignal = Box::pin(self.state.shutdown.when_cut());
         Guard {
             run: Some(run),
             detached: Some(self),
             worker,
+            cut: Some(cut),
+            stopping: None,
         }
         .await
     }
