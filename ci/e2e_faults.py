@@ -33,6 +33,12 @@ A  worker killed mid-stream: worker-1 alone streams; after 5 chunks it is SIGKIL
 D  worker hung mid-stream: worker-3 alone streams; after 5 chunks it is SIGSTOPped (its socket
    stays open). The proxy's keepalive must end the app's stream with an error event within
    keepalive interval + timeout + 1 s (2.5 s with the defaults); then worker-3 is SIGKILLed.
+E  worker shut down mid-stream: worker-4 alone (`shutdown_drain_secs = 1`) streams; after 5
+   chunks it gets SIGTERM. At its drain deadline it stops the generation and reports the work
+   done: the app's stream ends with an OpenAI error event (`service_unavailable`), no [DONE],
+   between 1 and 2 s after the signal; the proxy billed the tokens generated (its /jsonstats
+   completion tokens grow by at least the chunks the app saw); worker-4 logs `completion ended
+   by shutdown; its usage so far reported` and exits 0.
 
 Measured times are printed as `figure:` lines. PIDs of started processes are appended to
 WORK_DIR/pids, so the calling script can kill them even if this script dies.
@@ -195,7 +201,8 @@ class Net:
         expect(m, f"unexpected proxy ready line: {line}")
         self.worker_port, self.client_port, self.admin = m.groups()
 
-    def start_worker(self, name):
+    def start_worker(self, name, top=()):
+        """Renders NAME.toml (with the top-level lines `top` added) and starts the worker."""
         self.host(
             "config", "worker", "--mode", "local", "--name", name,
             "--proxy", self.worker_port, "--capacity", "4", "--image", self.proxy_image,
@@ -203,6 +210,12 @@ class Net:
             "--stub-tokens", str(TOKENS), "--stub-tokens-per-second", str(TOKENS_PER_SECOND),
             "--out", f"{name}.toml",
         )  # fmt: skip
+        if top:
+            path = os.path.join(self.dir, f"{name}.toml")
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write("".join(l + "\n" for l in top) + text)
         self.launch_worker(name)
 
     def launch_worker(self, name):
@@ -592,6 +605,41 @@ def scenario_d(net):
     net.assert_alive()
 
 
+def scenario_e(net):
+    log("E: worker shut down mid-stream (SIGTERM; worker-4 alone, drain 1 s)")
+    net.start_worker("worker-4", top=["shutdown_drain_secs = 1"])
+    before = sum(c["completion_tokens"] for c in net.jsonstats()["clients"].values())
+    s = Stream(net, max_tokens=TOKENS)
+    expect(s.status == 200, f"status {s.status}")
+    s.read(5)
+    expect(s.chunks == 5 and s.error is None, "expected 5 chunks of a running stream")
+    t_sig = time.monotonic()
+    net.killed.add("worker-4")
+    net.kill("worker-4", signal.SIGTERM)
+    s.read()
+    secs = time.monotonic() - t_sig
+    s.close()
+    expect(not s.done, "[DONE] after the worker's drain deadline")
+    expect(s.error is not None, "the stream ended without an error event")
+    expect(s.error.get("code") == "service_unavailable", f"error {s.error}")
+    expect(1.0 <= secs < 2.0, f"the stream ended {secs:.2f} s after SIGTERM")
+    billed = sum(c["completion_tokens"] for c in net.jsonstats()["clients"].values()) - before
+    expect(billed >= s.chunks - 1, f"billed {billed} completion tokens for {s.chunks} chunks")
+    code = net.procs["worker-4"].wait(10)
+    expect(code == 0, f"worker-4 exit {code}")
+    marker = f"request_id={s.request_id}"
+    expect(
+        any(
+            marker in l and "completion ended by shutdown; its usage so far reported" in l
+            for l in net.log_lines("worker-4")
+        ),
+        "worker-4 did not log that it reported the usage at its deadline",
+    )
+    figure(f"worker SIGTERM mid-stream (drain 1 s) -> app gets the error event {secs * 1000:.0f} ms")
+    log(f"E: {billed} completion tokens billed for the {s.chunks} chunks the app saw")
+    net.assert_alive()
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
@@ -606,7 +654,7 @@ def main():
         net.start_client()
         net.start_worker("worker-1")
         log(f"network up in {time.monotonic() - t0:.1f} s (proxy admin {net.admin})")
-        for scenario in (scenario_c, scenario_b, scenario_a, scenario_d):
+        for scenario in (scenario_c, scenario_b, scenario_a, scenario_d, scenario_e):
             scenario(net)
     except Failure as e:
         log(f"FAILED: {e}")

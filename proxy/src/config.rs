@@ -16,7 +16,7 @@
 //! worker_token_budget_percent = 100  # tokens in flight per worker, % of capacity x max_context
 //! queue_max_per_model = 64           # requests waiting for a worker slot, per model (429 beyond)
 //! queue_timeout_secs = 60            # longest wait in that queue (then 503)
-//! shutdown_drain_secs = 30           # SIGTERM: streams may finish for this long, then end with an error
+//! shutdown_drain_secs = 30           # SIGTERM: streams may finish for this long, then stop (work done billed) and end with an error
 //!
 //! # client-port limits (optional, all below are defaults; see crate::limits)
 //! client_max_connections = 1024      # open client connections (TCP accepted) in total

@@ -9,7 +9,7 @@
 //! status_listen = "127.0.0.1:9104" # optional: /healthz and /readyz (plain HTTP, crate::status)
 //! stream_keepalive_secs = 5        # SSE keepalive comment after this long silent, 0 = off (..=3600)
 //! stream_stall_secs = 300          # end a stream whose consumer takes nothing this long, 0 = off (..=3600)
-//! shutdown_drain_secs = 30         # SIGTERM: streams may finish for this long, then end with an error (..=3600)
+//! shutdown_drain_secs = 30         # SIGTERM: streams may finish for this long, then stop (usage so far reported) and end with an error (..=3600)
 //!
 //! [tee]                            # attestation::config::TeeConfig
 //! kind = "sim"
