@@ -845,9 +845,19 @@ pub struct RelayBody {
     active: Option<ActiveGuard>,
     /// The client took nothing for [`CLIENT_STALL_MARK`] at least once: it stopped reading.
     client_stalled: bool,
-    /// The drain deadline passed and the generation is being stopped at the worker: the end
-    /// of its stream is relayed until this fires ([`STOP_AT_CUT`]).
-    stopping: Option<Pin<Box<Sleep>>>,
+    /// The drain deadline passed: the end of the worker's stream is relayed until this
+    /// fires ([`STOP_AT_CUT`]).
+    stopping: Option<Stopping>,
+}
+
+/// A stream at the proxy's drain deadline ([`RelayBody::cut`]).
+struct Stopping {
+    /// When the relay gives up on the end.
+    until: Pin<Box<Sleep>>,
+    /// The generation was asked to stop (it was not billed yet): its stream ends with the
+    /// error event instead of `[DONE]`. Otherwise it had ended already and only its last
+    /// bytes are awaited.
+    asked: bool,
 }
 
 /// At the proxy's drain deadline: how long a stream whose generation is being stopped at its
@@ -938,10 +948,14 @@ impl RelayBody {
         let live = self.upstream.is_some() && !self.watch.is_cut();
         match self.billing.as_ref().filter(|_| live) {
             Some(b) => {
-                if !b.is_settled() {
+                let asked = !b.is_settled();
+                if asked {
                     settle::stop_in_background(b, STOP_AT_CUT);
                 }
-                self.stopping = Some(Box::pin(tokio::time::sleep(STOP_AT_CUT)));
+                self.stopping = Some(Stopping {
+                    until: Box::pin(tokio::time::sleep(STOP_AT_CUT)),
+                    asked,
+                });
             }
             None => self.end_at_cut(),
         }
@@ -958,7 +972,7 @@ impl RelayBody {
     /// the task to be woken when it does).
     fn poll_stop_limit(&mut self, cx: &mut Context<'_>) -> bool {
         match self.stopping.as_mut() {
-            Some(t) => t.as_mut().poll(cx).is_ready(),
+            Some(s) => s.until.as_mut().poll(cx).is_ready(),
             None => false,
         }
     }
@@ -1047,7 +1061,7 @@ impl RelayBody {
                 rec.record("from-worker data", &data);
             }
         }
-        let stopping = self.stopping.is_some();
+        let stopping = self.stopping.as_ref().is_some_and(|s| s.asked);
         let Self {
             splitter,
             billing,
@@ -1095,7 +1109,7 @@ impl RelayBody {
     fn on_end(&mut self) {
         self.upstream = None;
         self.watch.finished();
-        if self.stopping.take().is_some() {
+        if self.stopping.take().is_some_and(|s| s.asked) {
             return self.end_stopped();
         }
         let (billed, worker_error, encrypted) =
