@@ -20,13 +20,21 @@ the shape the request constrains (tool calls, JSON mode, JSON schema). The check
 * roles `developer` and `tool`, assistant `content: null`, content parts with `cache_control`;
 * completions with `prompt` as a list;
 * a prompt over the context is refused with `context_length_exceeded`;
-* 32 concurrent streams on one worker all complete (queued, not refused).
+* 32 concurrent streams on one worker all complete (queued, not refused);
+* an app that gives up during the prefill of a long prompt (closes its socket before any
+  byte): the proxy stops the generation at the worker, which is free again at once (a short
+  request right after starts about as fast as alone), and the prompt is billed to the account
+  (`requests.stopped`, the account's prompt tokens in the proxy's /jsonstats).
 """
 
 import concurrent.futures
+import http.client
 import json
+import socket
 import sys
 import time
+import urllib.parse
+import urllib.request
 
 import openai
 from openai import OpenAI
@@ -296,6 +304,67 @@ def main():
             assert e.code == "context_length_exceeded", (e.code, e.message)
             return e.message[:100]
         raise AssertionError("accepted")
+
+    def get_json(url):
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return json.loads(r.read())
+
+    def ttft(messages):
+        t = time.monotonic()
+        stream = sdk.chat.completions.create(
+            model=model, messages=messages, max_tokens=4, stream=True
+        )
+        first = None
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.monotonic() - t
+        return first if first is not None else time.monotonic() - t
+
+    @check("an app that gives up mid-prefill frees the worker; the prompt is billed", engine=True)
+    def give_up_mid_prefill():
+        short = [{"role": "user", "content": "Say hi."}]
+        alone = ttft(short)
+
+        def billed():
+            st = get_json(urls["jsonstats"])
+            rec = st.get("clients", {}).get(urls["account"]) or {}
+            return st["requests"]["stopped"], rec.get("prompt_tokens", 0)
+
+        stopped0, prompt0 = billed()
+        # ~1,000 tokens: tens of seconds of prefill on a CPU.
+        long_text = " ".join(["apple banana cherry"] * 330)
+        u = urllib.parse.urlsplit(base)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": long_text}],
+            "max_tokens": 8,
+            "stream": True,
+        }
+        conn.request(
+            "POST", u.path.rstrip("/") + "/chat/completions", json.dumps(body),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        time.sleep(3)  # the prefill is under way; nothing has been answered yet
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        t_left = time.monotonic()
+        deadline = t_left + 10
+        while billed()[0] == stopped0:
+            assert time.monotonic() < deadline, "the proxy did not stop the request"
+            time.sleep(0.05)
+        stop_secs = time.monotonic() - t_left
+        after = ttft(short)
+        stopped, prompt = billed()
+        assert stopped == stopped0 + 1, (stopped0, stopped)
+        assert prompt - prompt0 >= 900, f"billed {prompt - prompt0} prompt tokens"
+        assert stop_secs < 1.0, f"stopped {stop_secs:.2f} s after the app left"
+        assert after <= 3 * alone + 3, f"short request ttft {after:.2f} s after, {alone:.2f} s alone"
+        return (
+            f"stopped and billed {stop_secs * 1000:.0f} ms after the app left "
+            f"({prompt - prompt0} prompt tokens); short request ttft {alone:.2f} s alone, "
+            f"{after:.2f} s right after"
+        )
 
     @check("32 concurrent streams on one worker all complete")
     def many_streams():
