@@ -546,6 +546,7 @@ fn stream_response(
     let watch = state
         .stalls
         .watch(upstream.canceller(), billing.pick.grant.freer());
+    let stall_limit = state.stalls.limit();
     let body = RelayBody {
         upstream: Some(upstream),
         watch,
@@ -560,8 +561,13 @@ fn stream_response(
         active: Some(active),
         client_stalled: false,
         stopping: None,
+        stall_limit,
     };
-    let mut out = Response::new(ResponseBody::Relay(Box::pin(body)));
+    let watch = body.watch.clone();
+    let shared = Arc::new(std::sync::Mutex::new(body));
+    let weak: std::sync::Weak<dyn crate::stall::Stalled> = Arc::downgrade(&shared) as _;
+    watch.set_relay(weak);
+    let mut out = Response::new(ResponseBody::Relay(Box::pin(SharedRelay(shared))));
     let h = out.headers_mut();
     response::event_stream_headers(h, Some(&meta.request_id));
     // The worker's own content type, if it named one.
@@ -848,6 +854,56 @@ pub struct RelayBody {
     /// The drain deadline passed: the end of the worker's stream is relayed until this
     /// fires ([`STOP_AT_CUT`]).
     stopping: Option<Stopping>,
+    /// `client_stall_secs`, for the error event of a stream its client stalled.
+    stall_limit: Duration,
+}
+
+/// The relay as hyper polls it: shared with the stall sweeper, which takes its worker side
+/// over when its client stops reading ([`crate::stall::Stalled`]). hyper holds the only
+/// strong reference; the lock is uncontended but for that rare hand-over.
+struct SharedRelay(Arc<std::sync::Mutex<RelayBody>>);
+
+impl SharedRelay {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RelayBody> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Body for SharedRelay {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut relay = self.lock();
+        Pin::new(&mut *relay).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.lock().is_end_stream()
+    }
+}
+
+impl crate::stall::Stalled for std::sync::Mutex<RelayBody> {
+    fn hand_over(&self) -> bool {
+        // Locked: the relay is being polled, so its client is reading after all.
+        let Ok(mut relay) = self.try_lock() else {
+            return false;
+        };
+        let Some(leftover) = relay.hand_over() else {
+            return false;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(leftover.settle(false));
+                true
+            }
+            // Dropped here: the worker's stream is reset.
+            Err(_) => false,
+        }
+    }
 }
 
 /// A stream at the proxy's drain deadline ([`RelayBody::cut`]).
@@ -919,24 +975,42 @@ impl RelayBody {
     }
 
     /// Ends the stream because the stall sweeper found its client taking nothing for
-    /// `client_stall_secs` (it already reset the worker's stream and freed the slot).
+    /// `client_stall_secs` (it freed the slot and took the worker's stream over to stop and
+    /// bill it, or reset it).
     fn stalled_out(&mut self) {
-        if let Some(b) = self.billing.as_ref().filter(|b| !b.is_settled()) {
-            abandoned(&b.state, &b.account);
-        }
-        let limit = self
-            .billing
-            .as_ref()
-            .map_or(Duration::ZERO, |b| b.state.stalls.limit());
+        let what = match self.billing.as_ref().filter(|b| !b.is_settled()) {
+            Some(b) => {
+                // Reset unbilled (not handed over).
+                abandoned(&b.state, &b.account);
+                "the stream was ended and its worker freed"
+            }
+            None => "the generation was stopped at its worker and the work done billed",
+        };
         self.fail_with(
             ErrorKind::Timeout,
             format!(
-                "this client took nothing of the stream for {}s (client_stall_secs): the \
-                 stream was ended and its worker freed",
-                limit.as_secs_f64()
+                "this client took nothing of the stream for {}s (client_stall_secs): {what}",
+                self.stall_limit.as_secs_f64()
             ),
             true,
         );
+    }
+
+    /// The stall sweeper takes the worker's stream over ([`crate::stall`]): what a task needs
+    /// to stop the generation and bill it; `None` if the stream is over or already billed.
+    fn hand_over(&mut self) -> Option<Leftover> {
+        if self.done || self.billing.as_ref().is_none_or(Billing::is_settled) {
+            return None;
+        }
+        let upstream = self.upstream.take()?;
+        let billing = self.billing.take()?;
+        Some(Leftover {
+            upstream,
+            watch: Some(self.watch.clone()),
+            splitter: std::mem::take(&mut self.splitter),
+            billing,
+            _active: None,
+        })
     }
 
     /// The proxy's drain deadline passed: asks the worker to stop the generation and relays

@@ -10,12 +10,15 @@
 //!
 //! So each relay shares a [`Watch`] with a sweeper task ([`sweep`]): the relay stamps when it
 //! handed its client a frame and clears the stamp when the client asks for the next. A stamp
-//! older than the limit means the client took nothing for that long: the sweeper resets the
-//! worker's stream (`CANCEL`: the worker frees its generation at once) and frees the worker
-//! slot (queued requests may use it). The stream itself stays with its client: when the
-//! client reads again it gets what was already queued and then an error event saying why;
-//! nothing is billed and the worker is not blamed. A client that disconnects needs none of
-//! this (dropping the relay stops the worker's generation, [`crate::relay`]).
+//! older than the limit means the client took nothing for that long: the sweeper frees the
+//! worker slot (queued requests may use it) and has the relay hand its worker stream over to
+//! a task ([`Stalled::hand_over`]) that stops the generation at the worker and bills the work
+//! done, as for a client that left ([`crate::relay`]'s settle); a stream it cannot hand over
+//! (already billed, or being relayed at that instant) is reset instead (`CANCEL`: the worker
+//! frees its generation at once). The stream itself stays with its client: when the client
+//! reads again it gets what was already queued and then an error event saying why; the
+//! worker is not blamed. A client that disconnects needs none of this (dropping the relay
+//! stops the worker's generation and bills it).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -25,8 +28,16 @@ use crate::link::Canceller;
 use crate::queue::Freer;
 use crate::stats::Stats;
 
+/// The relay of a stream, as the sweeper reaches it.
+pub trait Stalled: Send + Sync {
+    /// Hands the stream's worker side (stream, billing) over to a task that stops the
+    /// generation and bills the work done. `false` if there is nothing to hand over, or the
+    /// relay is busy at this instant: the sweeper then resets the worker's stream.
+    fn hand_over(&self) -> bool;
+}
+
 /// What the sweeper may do to one relayed stream.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Watch {
     /// When the last frame was handed to the client and not yet taken ([`stamp`]); 0 while
     /// the relay is not waiting on its client.
@@ -35,6 +46,18 @@ pub struct Watch {
     cut: AtomicBool,
     /// The worker stream's reset handle and the worker slot, while the stream is live.
     parts: Mutex<Option<Parts>>,
+    /// The relay, to hand its worker stream over when its client stalls ([`Stalled`]).
+    relay: OnceLock<Weak<dyn Stalled>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("handed", &self.handed)
+            .field("cut", &self.cut)
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -56,9 +79,14 @@ impl Watch {
         (at != 0).then(|| Duration::from_millis(stamp(Instant::now()).saturating_sub(at)))
     }
 
+    /// Names the stream's relay ([`Stalled`]); a second call is ignored.
+    pub fn set_relay(&self, relay: Weak<dyn Stalled>) {
+        let _ = self.relay.set(relay);
+    }
+
     /// Whether the sweeper ended the stream.
     pub fn is_cut(&self) -> bool {
-        self.cut.load(Ordering::Relaxed)
+        self.cut.load(Ordering::Acquire)
     }
 
     /// The relay no longer reads the worker's stream (it failed, timed out, or the proxy
@@ -84,15 +112,23 @@ impl Watch {
         at != 0 && now.saturating_sub(at) >= limit.as_millis() as u64
     }
 
-    /// Ends the stream for its stalled client: resets the worker's stream, frees the slot.
-    /// `false` if there was nothing left to end.
+    /// Ends the stream for its stalled client: hands the worker stream over to be stopped
+    /// and billed, or resets it; frees the slot. `false` if there was nothing left to end.
     fn cut(&self) -> bool {
         let Some(parts) = self.lock().take() else {
             return false;
         };
-        self.cut.store(true, Ordering::Relaxed);
-        if let Some(cancel) = parts.cancel {
-            cancel.cancel();
+        // Before the hand-over: the relay, when its client reads again, sees the cut.
+        self.cut.store(true, Ordering::Release);
+        let handed = self
+            .relay
+            .get()
+            .and_then(Weak::upgrade)
+            .is_some_and(|r| r.hand_over());
+        if !handed {
+            if let Some(cancel) = parts.cancel {
+                cancel.cancel();
+            }
         }
         parts.slot.free();
         true
