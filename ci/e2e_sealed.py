@@ -302,8 +302,9 @@ def scenario_rotate(s):
     log("rotate: each client got one 421, refreshed the keys, resealed and was answered")
 
 
-def scenario_leave(s):
-    log("leave: an app closes its socket mid-stream (worker-2, 100 tokens/s)")
+def slow_stream(s):
+    """A 400-token streaming chat through client A, read up to its third content chunk;
+    returns the connection, the response and its request id."""
     conn = http.client.HTTPConnection(*s.clients["a"], timeout=30)
     body = {
         "model": MODEL,
@@ -321,6 +322,12 @@ def scenario_leave(s):
         expect(line, "stream ended early")
         if line.startswith(b"data:") and b'"content"' in line:
             chunks += 1
+    return conn, r, rid
+
+
+def scenario_leave(s):
+    log("leave: an app closes its socket mid-stream (worker-2, 100 tokens/s)")
+    conn, r, rid = slow_stream(s)
     t_close = time.monotonic()
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
@@ -346,23 +353,7 @@ def scenario_leave(s):
 
 def scenario_shutdown(s):
     log("shutdown: SIGTERM to the proxy while worker-2 streams to an app (drain 1 s)")
-    conn = http.client.HTTPConnection(*s.clients["a"], timeout=30)
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "count slowly"}],
-        "max_tokens": 400,
-        "stream": True,
-    }
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    expect(r.status == 200, f"status {r.status}")
-    rid = r.getheader("x-request-id")
-    chunks = 0
-    while chunks < 3:
-        line = r.readline()
-        expect(line, "stream ended early")
-        if line.startswith(b"data:") and b'"content"' in line:
-            chunks += 1
+    conn, r, rid = slow_stream(s)
     t_term = time.monotonic()
     s.net.killed.add("proxy")
     s.net.kill("proxy", signal.SIGTERM)

@@ -161,28 +161,43 @@ async fn shutdown_waits_for_the_streams_of_clients_that_left_to_be_billed() {
     assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
 }
 
+/// A proxy with one worker whose prompt processing never ends unless it is stopped (it
+/// honours stops when `honors_cancel`), and a client.
+async fn with_prefilling_worker(
+    honors_cancel: bool,
+) -> (TestProxy, FakeWorker, std::sync::Arc<proxy::State>, Client) {
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("prefill");
+    spec.behavior = Behavior::Hang;
+    spec.honors_cancel = honors_cancel;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let c = client(p.running.client_addr, 1).await;
+    (p, w, state, c)
+}
+
+/// Waits until `w` received its first request.
+async fn wait_at_worker(w: &FakeWorker) {
+    wait_until("at the worker", Duration::from_secs(5), || {
+        w.obs.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
 /// A request whose worker is still processing the prompt at the drain deadline (no response
 /// head yet): the proxy stops it at the worker, bills the prompt the worker reports, and the
 /// client gets an answer that says why — never a dropped connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_still_in_prompt_processing_at_the_deadline_gets_an_error() {
-    let p = start_proxy(|_| {}).await;
-    let mut spec = WorkerSpec::new("prefill");
-    spec.behavior = Behavior::Hang;
-    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
-    p.wait_workers(1).await;
-    let state = p.running.state().clone();
-    let c = client(p.running.client_addr, 1).await;
+    let (p, w, state, c) = with_prefilling_worker(true).await;
     let mut h = c.stream_handle().unwrap();
     let sent = tokio::spawn(async move {
         let resp = h.send(chat(MODEL, 50, None, BODY)).await;
         let status = resp.status();
         (status, events(resp.into_body()).await)
     });
-    wait_until("at the worker", Duration::from_secs(5), || {
-        w.obs.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
+    wait_at_worker(&w).await;
     let started = Instant::now();
     let drain = Duration::from_millis(300);
     p.running.shutdown(drain).await;
@@ -210,23 +225,13 @@ async fn a_request_still_in_prompt_processing_at_the_deadline_gets_an_error() {
 /// nothing is billed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_worker_ignores_the_stop_at_the_deadline_gets_503() {
-    let p = start_proxy(|_| {}).await;
-    let mut spec = WorkerSpec::new("deaf-prefill");
-    spec.behavior = Behavior::Hang;
-    spec.honors_cancel = false;
-    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
-    p.wait_workers(1).await;
-    let state = p.running.state().clone();
-    let c = client(p.running.client_addr, 1).await;
+    let (p, w, state, c) = with_prefilling_worker(false).await;
     let mut h = c.stream_handle().unwrap();
     let sent = tokio::spawn(async move {
         let resp = h.send(chat(MODEL, 50, None, BODY)).await;
         (Instant::now(), resp.status(), json_body(resp).await)
     });
-    wait_until("at the worker", Duration::from_secs(5), || {
-        w.obs.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
+    wait_at_worker(&w).await;
     let started = Instant::now();
     let drain = Duration::from_millis(300);
     p.running.shutdown(drain).await;

@@ -83,6 +83,16 @@ async fn harness() -> (Harness, Arc<E2eKeys>) {
     harness_with(Options::default()).await
 }
 
+/// A worker streaming 1000 tokens at 50 per second: time to act mid-stream.
+async fn slow_harness() -> (Harness, Arc<E2eKeys>) {
+    harness_with(Options {
+        tokens: 1000,
+        tokens_per_second: 50.0,
+        ..Options::default()
+    })
+    .await
+}
+
 async fn harness_with(opts: Options) -> (Harness, Arc<E2eKeys>) {
     let h = Harness::start(opts).await;
     let keys = Arc::new(E2eKeys::from_seed(7));
@@ -204,12 +214,7 @@ fn open_events(bytes: &[u8], sealed: &SealedRequest, keys: &E2eKeys) -> (Vec<Eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_sealed_request_gets_a_receipt_for_its_work_so_far() {
     use http_body_util::BodyExt;
-    let (mut h, keys) = harness_with(Options {
-        tokens: 1000,
-        tokens_per_second: 50.0,
-        ..Options::default()
-    })
-    .await;
+    let (mut h, keys) = slow_harness().await;
     let mut conn = h.next_conn().await;
     let b = binding(&keys, "req-e2e-stop", NOW);
     let sealed = seal(&keys, &b, 3);
@@ -253,12 +258,7 @@ async fn a_stopped_sealed_request_gets_a_receipt_for_its_work_so_far() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_stream_ended_at_the_drain_deadline_gets_a_receipt_for_its_work() {
     use http_body_util::BodyExt;
-    let (mut h, keys) = harness_with(Options {
-        tokens: 1000,
-        tokens_per_second: 50.0,
-        ..Options::default()
-    })
-    .await;
+    let (mut h, keys) = slow_harness().await;
     let mut conn = h.next_conn().await;
     let b = binding(&keys, "req-e2e-end", NOW);
     let sealed = seal(&keys, &b, 3);
