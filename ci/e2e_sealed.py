@@ -325,23 +325,30 @@ def slow_stream(s):
     return conn, r, rid
 
 
-def scenario_leave(s):
-    log("leave: an app closes its socket mid-stream (worker-2, 100 tokens/s)")
-    conn, r, rid = slow_stream(s)
-    t_close = time.monotonic()
-    conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
-    deadline = t_close + 5
+def stopped_receipt(s, rid):
+    """Waits (5 s at most) for request `rid`'s receipt in client A's log; checks it is for a
+    stopped generation and returns its completion tokens."""
+    deadline = time.monotonic() + 5
     receipt = None
     while receipt is None:
         receipt = next((x for x in s.receipts("a") if x["request_id"] == rid), None)
         if receipt is None:
             expect(time.monotonic() < deadline, f"no receipt for {rid} in client a's log within 5 s")
             time.sleep(0.02)
-    took = time.monotonic() - t_close
     expect(receipt["finish_reason"] == "cancelled", f"finish reason {receipt['finish_reason']}")
-    done = receipt["usage"]["completion_tokens"]
-    expect(3 <= done < 400, f"receipt for {done} completion tokens")
+    tokens = receipt["usage"]["completion_tokens"]
+    expect(3 <= tokens < 400, f"receipt for {tokens} completion tokens")
+    return tokens
+
+
+def scenario_leave(s):
+    log("leave: an app closes its socket mid-stream (worker-2, 100 tokens/s)")
+    conn, r, rid = slow_stream(s)
+    t_close = time.monotonic()
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    done = stopped_receipt(s, rid)
+    took = time.monotonic() - t_close
     marker = f"request_id={rid}"
     lines = s.net.log_lines("worker-2")
     expect(
@@ -376,16 +383,7 @@ def scenario_shutdown(s):
     expect(1.0 <= took < 3.0, f"the stream ended {took:.2f} s after SIGTERM")
     code = s.net.procs["proxy"].wait(10)
     expect(code == 0, f"proxy exit {code}")
-    deadline = time.monotonic() + 5
-    receipt = None
-    while receipt is None:
-        receipt = next((x for x in s.receipts("a") if x["request_id"] == rid), None)
-        if receipt is None:
-            expect(time.monotonic() < deadline, f"no receipt for {rid} in client a's log within 5 s")
-            time.sleep(0.02)
-    expect(receipt["finish_reason"] == "cancelled", f"finish reason {receipt['finish_reason']}")
-    tokens = receipt["usage"]["completion_tokens"]
-    expect(3 <= tokens < 400, f"receipt for {tokens} completion tokens")
+    tokens = stopped_receipt(s, rid)
     marker = f"request_id={rid}"
     expect(
         any(marker in l and "completion stopped by the proxy" in l for l in s.net.log_lines("worker-2")),
