@@ -116,7 +116,8 @@ pub struct RequestStats {
     pub worker_busy: u64,
     /// Streams abandoned by their client before they were billed.
     pub abandoned: u64,
-    /// Streams their client left, stopped at the worker and billed for the work done.
+    /// Streams stopped at the worker and billed for the work done: their client left, stopped
+    /// reading, or was still streaming at the drain deadline.
     pub stopped: u64,
     pub over_reservation: u64,
     /// Encrypted requests billed on a verified receipt.
@@ -372,7 +373,7 @@ pub fn prometheus(state: &State) -> String {
     family(
         "cocoon_proxy_stopped_streams_total",
         "counter",
-        "Streams their client left that the worker stopped on the proxy's cancel, billed for the work done.",
+        "Streams the worker stopped on the proxy's cancel (client left, client stopped reading, drain deadline), billed for the work done.",
         &one(j.requests.stopped),
     );
     family(

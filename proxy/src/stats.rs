@@ -46,8 +46,9 @@ pub struct Stats {
     /// Streams their client abandoned after the worker had started on them and before
     /// they were billed ([`crate::limits::Abandons`]).
     pub abandoned: AtomicU64,
-    /// Streams their client left that the worker stopped on the proxy's cancel and that
-    /// were billed for the work done ([`protocol::paths::CANCEL`]).
+    /// Streams the proxy had the worker stop ([`protocol::paths::CANCEL`]) and billed for the
+    /// work done: their client left, stopped reading (`client_stall_secs`) or was still
+    /// streaming at the drain deadline.
     pub stopped: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
