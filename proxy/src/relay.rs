@@ -614,6 +614,16 @@ impl Billing {
         }
     }
 
+    /// At the stream's end: whether it is billed, whether the worker reported an error, and
+    /// whether it is encrypted.
+    fn end_state(&self) -> (bool, bool, bool) {
+        (
+            self.pick.held.is_committed(),
+            self.worker_error,
+            self.receipt.is_some(),
+        )
+    }
+
     /// Whether the request is billed, or is not to be (the worker reported an error).
     fn is_settled(&self) -> bool {
         self.pick.held.is_committed() || self.worker_error
@@ -1186,14 +1196,10 @@ impl RelayBody {
         if self.stopping.take().is_some_and(|s| s.asked) {
             return self.end_stopped();
         }
-        let (billed, worker_error, encrypted) =
-            self.billing.as_ref().map_or((true, false, false), |b| {
-                (
-                    b.pick.held.is_committed(),
-                    b.worker_error,
-                    b.receipt.is_some(),
-                )
-            });
+        let (billed, worker_error, encrypted) = self
+            .billing
+            .as_ref()
+            .map_or((true, false, false), Billing::end_state);
         if billed {
             self.done = true;
             self.finish(true);
@@ -1235,14 +1241,10 @@ impl RelayBody {
     /// the error event (an encrypted one has it already, before its final chunk; one whose
     /// worker sent its own error needs none), an unbilled one like any stream cut then.
     fn end_stopped(&mut self) {
-        let (billed, worker_error, encrypted) =
-            self.billing.as_ref().map_or((false, false, false), |b| {
-                (
-                    b.pick.held.is_committed(),
-                    b.worker_error,
-                    b.receipt.is_some(),
-                )
-            });
+        let (billed, worker_error, encrypted) = self
+            .billing
+            .as_ref()
+            .map_or((false, false, false), Billing::end_state);
         if !billed {
             return self.end_at_cut();
         }

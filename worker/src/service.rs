@@ -1211,13 +1211,9 @@ impl Generation {
             }
         }
         if let Outcome::Completed(_) = outcome {
-            let summary = Out::Summary(total, reasons.join(","));
-            let tail = Out::Data(encoder.tail(&total, include_usage));
-            outcome = match out.send(summary).await {
-                Ok(()) => match out.send(tail).await {
-                    Ok(()) => Outcome::Completed(total),
-                    Err(gone) => gone.outcome(),
-                },
+            let tail = encoder.tail(&total, include_usage);
+            outcome = match out.report(total, &reasons, tail).await {
+                Ok(()) => Outcome::Completed(total),
                 Err(gone) => gone.outcome(),
             };
         }
@@ -1229,9 +1225,8 @@ impl Generation {
                 total.add(&m.usage());
             }
             reasons.push("shutdown");
-            let summary = Out::Summary(total, reasons.join(","));
-            let usage = Out::Data(Bytes::from(encoder.usage_report(&total, include_usage)));
-            reported_at_end = out.send(summary).await.is_ok() && out.send(usage).await.is_ok();
+            let usage = Bytes::from(encoder.usage_report(&total, include_usage));
+            reported_at_end = out.report(total, &reasons, usage).await.is_ok();
         }
         let Progress {
             sent_any,
@@ -1296,18 +1291,19 @@ impl Generation {
             }
             Outcome::Ended => {
                 Stats::bump(&self.stats.failed);
-                if reported_at_end {
-                    tracing::info!(
-                        request_id = %rid,
-                        model = %model,
-                        prompt_tokens = done.prompt_tokens,
-                        completion_tokens = done.completion_tokens,
-                        duration_ms,
-                        "completion ended by shutdown; its usage so far reported"
-                    );
+                let what = if reported_at_end {
+                    "completion ended by shutdown; its usage so far reported"
                 } else {
-                    tracing::info!(request_id = %rid, model = %model, duration_ms, "completion ended by shutdown");
-                }
+                    "completion ended by shutdown"
+                };
+                tracing::info!(
+                    request_id = %rid,
+                    model = %model,
+                    prompt_tokens = done.prompt_tokens,
+                    completion_tokens = done.completion_tokens,
+                    duration_ms,
+                    "{what}"
+                );
                 let api = ApiError::new(
                     ErrorKind::Unavailable,
                     "the worker is shutting down: the stream was ended at its drain deadline",
@@ -1390,6 +1386,13 @@ impl Gone {
 }
 
 impl Sink {
+    /// Sends the stream's summary (`usage`, the finish `reasons`: an encrypted stream's
+    /// receipt) and then `data`, the usage report of its end.
+    async fn report(&self, usage: Usage, reasons: &[&str], data: Bytes) -> Result<(), Gone> {
+        self.send(Out::Summary(usage, reasons.join(","))).await?;
+        self.send(Out::Data(data)).await
+    }
+
     /// Sends `out`; the stall clock runs only while the channel is full.
     async fn send(&self, out: Out) -> Result<(), Gone> {
         let out = match self.tx.try_send(out) {
