@@ -897,22 +897,26 @@ impl Body for SharedRelay {
 }
 
 impl crate::stall::Stalled for std::sync::Mutex<RelayBody> {
-    fn hand_over(&self) -> bool {
-        // Locked: the relay is being polled, so its client is reading after all.
-        let Ok(mut relay) = self.try_lock() else {
-            return false;
+    fn hand_over(&self, cause: crate::stall::Cause) -> crate::stall::HandOver {
+        use crate::stall::HandOver;
+        let mut relay = match self.try_lock() {
+            Ok(relay) => relay,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            // Locked: the relay is being polled, so its client is reading after all.
+            Err(std::sync::TryLockError::WouldBlock) => return HandOver::Busy,
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return HandOver::Nothing;
         };
         let Some(leftover) = relay.hand_over() else {
-            return false;
+            return HandOver::Nothing;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(leftover.settle(false));
-                true
-            }
-            // Dropped here: the worker's stream is reset.
-            Err(_) => false,
-        }
+        // Still held: the relay's next poll sees why it lost its worker stream, and waits
+        // for the settle's end to give its client.
+        relay.watch.begin_settle();
+        relay.watch.mark_cut(cause);
+        rt.spawn(leftover.settle(false));
+        HandOver::Taken
     }
 }
 
@@ -996,20 +1000,33 @@ impl RelayBody {
             }
             None => "the generation was stopped at its worker and the work done billed",
         };
-        self.fail_with(
-            ErrorKind::Timeout,
-            format!(
-                "this client took nothing of the stream for {}s (client_stall_secs): {what}",
-                self.stall_limit.as_secs_f64()
+        let (kind, message) = match self.watch.cause() {
+            Some(crate::stall::Cause::Shutdown) => (
+                ErrorKind::Unavailable,
+                format!(
+                    "the proxy is shutting down and this client was taking nothing of the \
+                     stream at the drain deadline (shutdown_drain_secs): {what}"
+                ),
             ),
-            true,
-        );
+            _ => (
+                ErrorKind::Timeout,
+                format!(
+                    "this client took nothing of the stream for {}s (client_stall_secs): {what}",
+                    self.stall_limit.as_secs_f64()
+                ),
+            ),
+        };
+        self.fail_with(kind, message, true);
     }
 
     /// The stall sweeper takes the worker's stream over ([`crate::stall`]): what a task needs
     /// to stop the generation and bill it; `None` if the stream is over or already billed.
     fn hand_over(&mut self) -> Option<Leftover> {
-        if self.done || self.billing.as_ref().is_none_or(Billing::is_settled) {
+        // At the drain deadline the relay reads the end of its stream itself.
+        if self.done
+            || self.stopping.is_some()
+            || self.billing.as_ref().is_none_or(Billing::is_settled)
+        {
             return None;
         }
         let upstream = self.upstream.take()?;
@@ -1019,7 +1036,9 @@ impl RelayBody {
             watch: Some(self.watch.clone()),
             splitter: std::mem::take(&mut self.splitter),
             billing,
-            _active: None,
+            // The task is the request's work now: shutdown waits for it, not for a client
+            // that takes nothing.
+            _active: self.active.take(),
         })
     }
 
@@ -1309,7 +1328,17 @@ impl Body for RelayBody {
             this.client_stalled = true;
         }
         if !this.done && this.watch.is_cut() {
-            this.stalled_out();
+            // Taken over: the stream's billed end, once settled, goes before the error.
+            match this.watch.poll_ending(cx) {
+                Poll::Pending if this.out.is_empty() => return Poll::Pending,
+                Poll::Pending => {}
+                Poll::Ready(ending) => {
+                    if let Some(end) = ending {
+                        this.sink().push(end);
+                    }
+                    this.stalled_out();
+                }
+            }
         }
         loop {
             if this.poll_gate(cx).is_pending() {

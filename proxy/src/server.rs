@@ -174,6 +174,11 @@ impl Proxy {
 /// take to reach their clients before the connections are closed.
 pub const CUT_FLUSH: Duration = Duration::from_secs(2);
 
+/// After the drain deadline: a stream whose client has taken nothing for this long is
+/// stopped and billed from outside its relay ([`crate::stall::Stalls::take_at_shutdown`]); a
+/// client that reads takes a frame within milliseconds.
+pub const SHUTDOWN_STALL_MARK: Duration = Duration::from_millis(200);
+
 /// A started proxy. Dropping it stops every listener and connection.
 #[derive(Debug)]
 pub struct RunningProxy {
@@ -233,8 +238,20 @@ impl RunningProxy {
             );
             state.shutdown.cut();
             let flush = Instant::now() + CUT_FLUSH;
+            let mut taken = 0;
             while active() > 0 && Instant::now() < flush {
+                // Relays whose clients take nothing are not polled and cannot see the
+                // deadline: their worker streams are stopped and billed from outside.
+                taken += state
+                    .stalls
+                    .take_at_shutdown(Instant::now(), SHUTDOWN_STALL_MARK);
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if taken > 0 {
+                tracing::info!(
+                    streams = taken,
+                    "streams of clients taking nothing at the drain deadline: stopped at their workers and billed"
+                );
             }
         }
         for t in self.tasks.drain(..) {

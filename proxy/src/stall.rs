@@ -20,9 +20,12 @@
 //! worker is not blamed. A client that disconnects needs none of this (dropping the relay
 //! stops the worker's generation and bills it).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use crate::link::Canceller;
 use crate::queue::Freer;
@@ -31,9 +34,31 @@ use crate::stats::Stats;
 /// The relay of a stream, as the sweeper reaches it.
 pub trait Stalled: Send + Sync {
     /// Hands the stream's worker side (stream, billing) over to a task that stops the
-    /// generation and bills the work done. `false` if there is nothing to hand over, or the
-    /// relay is busy at this instant: the sweeper then resets the worker's stream.
-    fn hand_over(&self) -> bool;
+    /// generation and bills the work done, and records `cause` on the stream's [`Watch`]
+    /// before the relay can be polled again.
+    fn hand_over(&self, cause: Cause) -> HandOver;
+}
+
+/// What [`Stalled::hand_over`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// A task stops the generation and bills it.
+    Taken,
+    /// The relay is being polled at this instant: its client asked for more after all.
+    Busy,
+    /// Nothing to hand over: the stream is over or already billed, or the relay is gone.
+    Nothing,
+}
+
+/// Why a stream was ended from outside its relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cause {
+    /// Its client took nothing for `client_stall_secs`.
+    Stalled = 1,
+    /// Its client took nothing when the proxy's drain deadline passed
+    /// ([`Stalls::take_at_shutdown`]).
+    Shutdown = 2,
 }
 
 /// What the sweeper may do to one relayed stream.
@@ -42,12 +67,26 @@ pub struct Watch {
     /// When the last frame was handed to the client and not yet taken ([`stamp`]); 0 while
     /// the relay is not waiting on its client.
     handed: AtomicU64,
-    /// The sweeper ended the stream.
-    cut: AtomicBool,
+    /// Why the stream was ended from outside ([`Cause`]); 0 while it was not.
+    cut: AtomicU8,
     /// The worker stream's reset handle and the worker slot, while the stream is live.
     parts: Mutex<Option<Parts>>,
     /// The relay, to hand its worker stream over when its client stalls ([`Stalled`]).
     relay: OnceLock<Weak<dyn Stalled>>,
+    /// The end of a stream taken over from its relay, for its client if it reads again.
+    ending: Mutex<Ending>,
+}
+
+/// The end of a stream taken over from its relay ([`Watch::begin_settle`]).
+#[derive(Debug, Default)]
+enum Ending {
+    /// Not taken over.
+    #[default]
+    None,
+    /// Being settled: the relay, polled meanwhile, waits.
+    Settling(Option<Waker>),
+    /// Settled: the usage (and, encrypted, the receipt) events that were billed, if any.
+    Settled(Option<Bytes>),
 }
 
 impl std::fmt::Debug for Watch {
@@ -84,9 +123,69 @@ impl Watch {
         let _ = self.relay.set(relay);
     }
 
-    /// Whether the sweeper ended the stream.
+    /// Whether the stream was ended from outside its relay.
     pub fn is_cut(&self) -> bool {
-        self.cut.load(Ordering::Acquire)
+        self.cause().is_some()
+    }
+
+    /// Why the stream was ended from outside its relay, if it was.
+    pub fn cause(&self) -> Option<Cause> {
+        match self.cut.load(Ordering::Acquire) {
+            1 => Some(Cause::Stalled),
+            2 => Some(Cause::Shutdown),
+            _ => None,
+        }
+    }
+
+    /// Records why the stream was ended (by [`Stalled::hand_over`], with the relay held).
+    pub fn mark_cut(&self, cause: Cause) {
+        self.cut.store(cause as u8, Ordering::Release);
+    }
+
+    /// The stream's worker side was handed to a task that settles it ([`Self::settled`]).
+    pub fn begin_settle(&self) {
+        *self.ending() = Ending::Settling(None);
+    }
+
+    /// The task settling a stream taken over is done: `billed` holds the usage (and receipt)
+    /// events it billed, which the client gets if it reads again.
+    pub fn settled(&self, billed: Option<Bytes>) {
+        let was = std::mem::replace(&mut *self.ending(), Ending::Settled(billed));
+        if let Ending::Settling(Some(waker)) = was {
+            waker.wake();
+        }
+    }
+
+    /// The task settling a stream taken over is gone: a relay still waiting for its end
+    /// ends its stream without it.
+    pub fn settle_dropped(&self) {
+        let mut ending = self.ending();
+        if let Ending::Settling(waker) = &mut *ending {
+            let waker = waker.take();
+            *ending = Ending::Settled(None);
+            drop(ending);
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    /// For the relay of a stream taken over: `Pending` while it is being settled, then the
+    /// events billed (once).
+    pub fn poll_ending(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut ending = self.ending();
+        match &mut *ending {
+            Ending::None => Poll::Ready(None),
+            Ending::Settling(waker) => {
+                *waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Ending::Settled(billed) => Poll::Ready(billed.take()),
+        }
+    }
+
+    fn ending(&self) -> std::sync::MutexGuard<'_, Ending> {
+        self.ending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The relay no longer reads the worker's stream (it failed, timed out, or the proxy
@@ -114,23 +213,55 @@ impl Watch {
 
     /// Ends the stream for its stalled client: hands the worker stream over to be stopped
     /// and billed, or resets it; frees the slot. `false` if there was nothing left to end.
+    ///
+    /// A client that resumes reading at that very instant (its relay is being polled) is
+    /// left alone: it is served on.
     fn cut(&self) -> bool {
-        let Some(parts) = self.lock().take() else {
+        // Held across the hand-over, which only try-locks the relay: a relay being polled
+        // may wait here briefly, never the other way round.
+        let mut parts = self.lock();
+        if parts.is_none() {
             return false;
-        };
-        // Before the hand-over: the relay, when its client reads again, sees the cut.
-        self.cut.store(true, Ordering::Release);
-        let handed = self
-            .relay
-            .get()
-            .and_then(Weak::upgrade)
-            .is_some_and(|r| r.hand_over());
-        if !handed {
-            if let Some(cancel) = parts.cancel {
-                cancel.cancel();
+        }
+        match self.hand_over(Cause::Stalled) {
+            HandOver::Busy => return false,
+            HandOver::Taken => {}
+            HandOver::Nothing => {
+                // The relay, when its client reads again, sees the cut and ends the stream.
+                self.mark_cut(Cause::Stalled);
+                if let Some(cancel) = parts.as_mut().and_then(|p| p.cancel.take()) {
+                    cancel.cancel();
+                }
             }
         }
-        parts.slot.free();
+        if let Some(p) = parts.take() {
+            p.slot.free();
+        }
+        true
+    }
+
+    fn hand_over(&self, cause: Cause) -> HandOver {
+        match self.relay.get().and_then(Weak::upgrade) {
+            Some(r) => r.hand_over(cause),
+            None => HandOver::Nothing,
+        }
+    }
+
+    /// At the drain deadline: hands the worker stream over to be stopped and billed if the
+    /// client has taken nothing since a frame handed over at least `mark` ago, and frees the
+    /// slot. A stream that cannot be handed over is left to its relay (which ends it at the
+    /// deadline itself when polled). `false` if nothing was taken.
+    fn take_at_shutdown(&self, now: u64, mark: Duration) -> bool {
+        if !self.stalled(now, mark) {
+            return false;
+        }
+        let mut parts = self.lock();
+        if parts.is_none() || self.hand_over(Cause::Shutdown) != HandOver::Taken {
+            return false;
+        }
+        if let Some(p) = parts.take() {
+            p.slot.free();
+        }
         true
     }
 }
@@ -189,6 +320,22 @@ impl Stalls {
                 .collect()
         };
         stalled.iter().filter(|w| w.cut()).count()
+    }
+
+    /// At the proxy's drain deadline: takes over the worker streams of clients that have taken
+    /// nothing for `mark` (their relays are not polled, so they cannot see the deadline): each
+    /// generation is stopped at its worker and the work done billed by a task that shutdown
+    /// waits for. Returns how many.
+    pub fn take_at_shutdown(&self, now: Instant, mark: Duration) -> usize {
+        let now = stamp(now);
+        let watches: Vec<Arc<Watch>> = {
+            let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+            watches.iter().filter_map(Weak::upgrade).collect()
+        };
+        watches
+            .iter()
+            .filter(|w| w.take_at_shutdown(now, mark))
+            .count()
     }
 }
 

@@ -304,6 +304,15 @@ async fn a_crowd_of_stalled_clients_over_both_protocols_does_not_lock_the_worker
             billed + 1 >= received && billed > 0,
             "client {i}: billed {billed}, received {received} events"
         );
+        // The usage it was billed on comes right before the error.
+        let usage = &evs[evs.len() - 2];
+        assert_eq!(
+            usage.name.as_deref(),
+            Some(protocol::sse::EVENT_USAGE),
+            "client {i}: {usage:?}"
+        );
+        let usage: protocol::usage::Usage = serde_json::from_str(&usage.data).unwrap();
+        assert_eq!(usage.completion_tokens, billed, "client {i}");
     }
     let s = p.stats();
     let w = &s["workers"][0];

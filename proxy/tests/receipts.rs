@@ -333,3 +333,82 @@ async fn a_sealed_stream_stopped_at_the_drain_deadline_is_billed_on_its_receipt(
     let spent = s.clients[&c.account].cost_nano;
     assert_eq!(spent, Prices::default().cost(&receipt.usage, 1000));
 }
+
+/// A client of an encrypted stream that stops reading (a 4 KiB HTTP/2 window that never
+/// moves): at `client_stall_secs` the proxy stops the generation at the worker and bills it
+/// on the worker's receipt, like a plaintext one on its usage; the worker keeps nothing
+/// unbilled and is not blamed. When the client reads again its stream ends with the error
+/// event naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sealed_stream_is_billed_on_its_receipt() {
+    use worker::engine::stub::StubEngine;
+    let p = start_proxy(|c| c.client.stall_timeout = std::time::Duration::from_secs(2)).await;
+    let worker = common::real::start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 100_000, 0.0).with_max_context(200_000),
+        worker::service::ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let keys = directory(&mut client(p.running.client_addr, 1).await, "stub").await;
+    let mut c = client_with_window(p.running.client_addr, 2, 4 << 10).await;
+    let resp = c.send(sealed_to_max("stub", &keys, 1, 100_000)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    loop {
+        let s = proxy::admin::json_stats(&state);
+        let r = &s.requests;
+        if (r.client_stalls, r.stopped, r.receipts_valid) == (1, 1, 1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            s.requests
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ws = worker.service().stats().snapshot();
+    assert_eq!(ws.stopped, 1, "{ws:?}");
+    assert_eq!(
+        (ws.unbilled_prompt_tokens, ws.unbilled_completion_tokens),
+        (0, 0),
+        "{ws:?}"
+    );
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!(s.requests.abandoned, 0);
+    assert_eq!(s.requests.receipts_invalid, 0);
+    assert!(
+        s.clients[&c.account].completion_tokens > 0,
+        "{:?}",
+        s.clients[&c.account]
+    );
+    let b = proxy::Ledger::balance(&*p.ledger, &c.account).unwrap();
+    assert_eq!(b.reserved_nano, 0);
+    // Reading again: what was queued, the receipt it was billed on, then the error event.
+    let evs = tokio::time::timeout(std::time::Duration::from_secs(20), events(resp.into_body()))
+        .await
+        .expect("the stalled client's stream ends");
+    let n = evs.len();
+    let last = &evs[n - 1].1;
+    assert_eq!(
+        last.name.as_deref(),
+        Some(protocol::sse::EVENT_ERROR),
+        "{last:?}"
+    );
+    assert!(last.data.contains("client_stall_secs"), "{}", last.data);
+    assert!(last.data.contains("billed"), "{}", last.data);
+    let receipt = &evs[n - 2].1;
+    assert_eq!(receipt.name.as_deref(), Some(EVENT_RECEIPT), "{receipt:?}");
+    use base64::Engine as _;
+    let signed = base64::engine::general_purpose::STANDARD
+        .decode(&receipt.data)
+        .unwrap();
+    let (receipt, _) = protocol::e2e::Receipt::parse_unverified(&signed).unwrap();
+    assert_eq!(receipt.finish_reason, "cancelled");
+    assert_eq!(
+        proxy::admin::json_stats(&state).clients[&c.account].cost_nano,
+        Prices::default().cost(&receipt.usage, 1000)
+    );
+    assert_eq!(proxy::admin::json_stats(&state).workers[0].failures, 0);
+}

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::real::BODY_STUB;
 use common::*;
 use http::StatusCode;
 use protocol::ErrorKind;
@@ -255,4 +256,89 @@ async fn a_request_whose_worker_ignores_the_stop_at_the_deadline_gets_503() {
         1_000_000_000_000,
         "nothing billed"
     );
+}
+
+/// A client that stopped reading (its 4 KiB HTTP/2 window full) when the drain deadline
+/// passes: its relay is not polled, so it cannot see the deadline itself; the proxy takes its
+/// worker stream over, stops the generation and bills it before `shutdown` returns, without
+/// waiting [`proxy::server::CUT_FLUSH`] for a client that takes nothing. The worker keeps
+/// nothing unbilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_at_the_deadline_is_stopped_and_billed_before_exit() {
+    use worker::engine::stub::StubEngine;
+    let p = start_proxy(|_| {}).await;
+    let worker = common::real::start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 100_000, 0.0).with_max_context(200_000),
+        worker::service::ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let mut c = client_with_window(p.running.client_addr, 1, 4 << 10).await;
+    let resp = c.send(chat("stub", 100_000, None, BODY_STUB)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The window fills at once; the worker generates into its buffers until they are full.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let drain = Duration::from_millis(300);
+    p.running.shutdown(drain).await;
+    let took = started.elapsed();
+    println!("shutdown took {took:?}");
+    assert!(took < drain + Duration::from_secs(1), "{took:?}");
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!((s.requests.stopped, s.requests.abandoned), (1, 0));
+    assert!(
+        s.clients[&c.account].completion_tokens > 0,
+        "{:?}",
+        s.clients[&c.account]
+    );
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+    let ws = worker.service().stats().snapshot();
+    assert_eq!(ws.stopped, 1, "{ws:?}");
+    assert_eq!(
+        (ws.unbilled_prompt_tokens, ws.unbilled_completion_tokens),
+        (0, 0),
+        "{ws:?}"
+    );
+    drop(resp);
+}
+
+/// The proxy and its worker shut down at the same moment (a host going down), a client
+/// reading a stream: the client gets an error event, not a hang or a silent cut, the work
+/// done is billed once, and nothing stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_and_worker_shutting_down_together_end_the_stream_with_an_error() {
+    use worker::engine::stub::StubEngine;
+    let p = start_proxy(|_| {}).await;
+    let worker = common::real::start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 400, 100.0),
+        worker::service::ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(chat("stub", 400, None, BODY_STUB)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let reading = tokio::spawn(events(resp.into_body()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let drain = Duration::from_millis(500);
+    let (_, _) = tokio::join!(p.running.shutdown(drain), worker.shutdown(drain));
+    let evs = tokio::time::timeout(Duration::from_secs(5), reading)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    println!("both down in {:?}", started.elapsed());
+    let (_, err) = error_of(&evs).expect("an error event");
+    assert_eq!(err.kind, ErrorKind::Unavailable, "{}", err.message);
+    assert!(!evs.iter().any(|(_, e)| e.is_done()));
+    let usage = usage_of(&evs).expect("the usage of the work done");
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!(s.requests.abandoned, 0);
+    assert_eq!(
+        s.clients[&c.account].completion_tokens,
+        usage.completion_tokens
+    );
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
 }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
+use protocol::sse::split::Kind;
 use protocol::sse::Splitter;
 use protocol::{Endpoint, RequestMeta};
 
@@ -362,6 +363,16 @@ pub(super) struct Leftover {
     pub _active: Option<ActiveGuard>,
 }
 
+impl Drop for Leftover {
+    /// A settle that did not finish (its task was dropped): a relay waiting for the end
+    /// stops waiting.
+    fn drop(&mut self) {
+        if let Some(w) = &self.watch {
+            w.settle_dropped();
+        }
+    }
+}
+
 impl Leftover {
     /// Stops the generation at the worker (unless it is `stopped` already), reads the rest
     /// of its stream and bills its usage; a stream that yields none in time is reset and
@@ -387,9 +398,15 @@ impl Leftover {
         } else {
             Instant::now() + SETTLE_GRACE
         };
-        let rest = self.read_rest(deadline).await;
+        let (rest, ending) = self.read_rest(deadline).await;
         let b = &mut self.billing;
-        if b.pick.held.is_committed() {
+        let billed = b.pick.held.is_committed();
+        if let Some(w) = &self.watch {
+            // Taken over from a client that stopped reading: the end it was billed, should
+            // it read again.
+            w.settled(ending.filter(|_| billed));
+        }
+        if billed {
             b.state.stats.stopped.fetch_add(1, Ordering::Relaxed);
             b.finish(true);
         } else if !b.worker_error {
@@ -412,15 +429,16 @@ impl Leftover {
     }
 
     /// Reads the worker's stream until it ends, breaks or `deadline` passes, billing what it
-    /// reports.
-    async fn read_rest(&mut self, deadline: Instant) -> Rest {
-        loop {
+    /// reports; returns how it went and the usage and receipt events read, as sent.
+    async fn read_rest(&mut self, deadline: Instant) -> (Rest, Option<Bytes>) {
+        let mut ending: Vec<u8> = Vec::new();
+        let rest = loop {
             let frame = match tokio::time::timeout_at(deadline.into(), self.upstream.frame()).await
             {
                 Ok(Some(Ok(f))) => f,
-                Ok(None) => return Rest::Ended,
-                Ok(Some(Err(_))) => return Rest::Broken,
-                Err(_) => return Rest::TimedOut,
+                Ok(None) => break Rest::Ended,
+                Ok(Some(Err(_))) => break Rest::Broken,
+                Err(_) => break Rest::TimedOut,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -429,11 +447,15 @@ impl Leftover {
             let fed = self.splitter.feed(&data, |kind, raw| {
                 // The charge is written by the ledger's next group commit; nobody waits.
                 let _ = billing.on_event(kind, raw);
+                if matches!(kind, Kind::Usage | Kind::Receipt) {
+                    ending.extend_from_slice(raw);
+                }
             });
             if fed.is_err() {
-                return Rest::Broken;
+                break Rest::Broken;
             }
-        }
+        };
+        (rest, (!ending.is_empty()).then(|| Bytes::from(ending)))
     }
 }
 

@@ -1056,18 +1056,28 @@ impl TestProxy {
 
 /// A chat request for `model` sealed to `keys`, with its binding headers.
 pub fn sealed_to(model: &str, keys: &[protocol::e2e::KeyConfig], n: u64) -> Request<Full<Bytes>> {
+    sealed_to_max(model, keys, n, 16)
+}
+
+/// [`sealed_to`] asking for up to `max_tokens`.
+pub fn sealed_to_max(
+    model: &str,
+    keys: &[protocol::e2e::KeyConfig],
+    n: u64,
+    max_tokens: u32,
+) -> Request<Full<Bytes>> {
     let meta = RequestMeta {
         version: 1,
         request_id: protocol::RequestId::parse(&format!("sealed-{n}")).unwrap(),
         model: model.into(),
-        max_tokens: 16,
+        max_tokens,
         price_cap: None,
     };
     let binding = protocol::e2e::Binding {
         path: protocol::Endpoint::ChatCompletions.path().into(),
         request_id: meta.request_id.as_str().into(),
         model: model.into(),
-        max_tokens: 16,
+        max_tokens,
         price_cap: None,
         time: now(),
         recipients: keys.iter().map(|k| k.key_hash()).collect(),
