@@ -773,6 +773,9 @@ impl EventStream {
                     ))))
                 }
                 Ok(None) => {
+                    if let Some(d) = self.decryption.as_mut() {
+                        d.end();
+                    }
                     if let Some(Err(e)) = self.decryption.as_ref().map(|d| d.finish()) {
                         return Some(Err(self.fail(e)));
                     }

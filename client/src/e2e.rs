@@ -172,9 +172,16 @@ pub struct Decryption {
     done: Option<Event>,
     usage: Option<Usage>,
     /// The verified receipt, its signed bytes and the key it verified with.
-    receipt: Option<(Receipt, Vec<u8>, ed25519_dalek::VerifyingKey)>,
+    receipt: Option<Verified>,
+    /// The proxy's plaintext copy of the receipt, verified the same way: logged only if the
+    /// stream ends without the final chunk (the proxy stopped a stream its client had stopped
+    /// reading, and billed it on this receipt).
+    copy: Option<Verified>,
     log: Option<std::sync::Arc<crate::receipts::ReceiptLog>>,
 }
+
+/// A receipt verified with its worker's key: the receipt, its signed bytes and the key.
+type Verified = (Receipt, Vec<u8>, ed25519_dalek::VerifyingKey);
 
 impl Decryption {
     pub fn new(
@@ -194,6 +201,7 @@ impl Decryption {
             done: None,
             usage: None,
             receipt: None,
+            copy: None,
             log,
         }
     }
@@ -207,8 +215,15 @@ impl Decryption {
     pub fn absorb(&mut self, ev: Event, out: &mut VecDeque<Event>) -> Result<(), ApiError> {
         match ev.name.as_deref() {
             Some(EVENT_E2E) => self.chunk(&ev.data, out),
-            // The proxy's copy; the client checks the one inside the final chunk.
-            Some(EVENT_RECEIPT) => Ok(()),
+            // The proxy's copy; the client checks the one inside the final chunk, and keeps
+            // this one in case none comes ([`Self::end`]). A copy that does not verify is
+            // no receipt: ignored.
+            Some(EVENT_RECEIPT) => {
+                if let Ok(v) = self.verify_receipt(&ev.data) {
+                    self.copy = Some(v);
+                }
+                Ok(())
+            }
             // The proxy's own errors (worker gone, timeout) are plaintext by design.
             Some(EVENT_ERROR) => {
                 out.push_back(ev);
@@ -266,6 +281,32 @@ impl Decryption {
     }
 
     fn receipt_event(&mut self, data: &str) -> Result<(), ApiError> {
+        self.receipt = Some(self.verify_receipt(data)?);
+        Ok(())
+    }
+
+    /// The stream's body ended. Without the final chunk, a verified copy of the receipt from
+    /// the proxy (a stream stopped and billed while its client was not reading) is what the
+    /// worker signed for the charge: it becomes the receipt and is logged.
+    pub fn end(&mut self) {
+        if self.receipt.is_some() {
+            return;
+        }
+        if let Some((receipt, signed, key)) = self.copy.take() {
+            tracing::info!(
+                request_id = %receipt.request_id,
+                "encrypted stream ended without its final chunk: the receipt it was billed on is the proxy's copy, verified with the worker's key"
+            );
+            if let Some(log) = &self.log {
+                log.append(&receipt, &signed, &key);
+            }
+            self.receipt = Some((receipt, signed, key));
+        }
+    }
+
+    /// Checks a receipt event's data: signed by one of the request's recipients, for this
+    /// request.
+    fn verify_receipt(&self, data: &str) -> Result<Verified, ApiError> {
         let bad = |m: String| ApiError::new(ErrorKind::Upstream, format!("receipt: {m}"));
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim())
@@ -284,8 +325,7 @@ impl Decryption {
         if r.request_id != self.request_id || r.model != self.model {
             return Err(bad("it names another request id or model".into()));
         }
-        self.receipt = Some((r, bytes, worker.keys.receipt_key));
-        Ok(())
+        Ok((r, bytes, worker.keys.receipt_key))
     }
 
     /// The stream ended: Ok only after the final chunk.
@@ -570,6 +610,63 @@ mod tests {
             [Some(EVENT_USAGE), Some(EVENT_ERROR), None]
         );
         assert!(out.last().unwrap().is_done());
+    }
+
+    /// A stream the proxy stopped while its client was not reading: what was queued, the
+    /// proxy's copy of the receipt it billed, its error event, and no final chunk. The copy,
+    /// verified with the worker's key, becomes the receipt and is logged once; a copy signed
+    /// by another key is ignored.
+    #[test]
+    fn without_the_final_chunk_the_proxys_verified_copy_is_the_receipt() {
+        let x = exchange();
+        let n = x.events.len();
+        let stall = |copy: Event| {
+            vec![
+                x.events[0].clone(),
+                x.events[1].clone(),
+                copy,
+                Event::error(&ApiError::new(ErrorKind::Timeout, "not reading")),
+            ]
+        };
+        let dir = std::env::temp_dir().join(format!("cocoon-e2e-copy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("receipts.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let log = std::sync::Arc::new(
+            crate::receipts::ReceiptLog::open(&path, protocol::usage::Prices::default()).unwrap(),
+        );
+        let mut d = Decryption::new(&x.sealed, ID, MODEL, x.client.clone(), Some(log));
+        let mut out = VecDeque::new();
+        for ev in stall(x.events[n - 2].clone()) {
+            d.absorb(ev, &mut out).unwrap();
+        }
+        assert!(d.receipt().is_none(), "not before the body ends");
+        d.end();
+        d.end();
+        assert_eq!(d.receipt().unwrap().usage, usage());
+        assert!(d.finish().is_err(), "still a truncated stream");
+        let logged = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(logged.lines().count(), 1, "{logged}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Signed by a key that is not the worker's: no receipt.
+        let mut other = exchange();
+        other.client[0].keys.receipt_key = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        let mut d = Decryption::new(&other.sealed, ID, MODEL, other.client.clone(), None);
+        let mut out = VecDeque::new();
+        for ev in stall(other.events[n - 2].clone()) {
+            let _ = d.absorb(ev, &mut out);
+        }
+        d.end();
+        assert!(d.receipt().is_none());
+
+        // A whole stream: the receipt inside the final chunk, the copy never used.
+        let mut d = Decryption::new(&x.sealed, ID, MODEL, x.client.clone(), None);
+        for ev in x.events.clone() {
+            d.absorb(ev, &mut out).unwrap();
+        }
+        d.end();
+        assert!(d.copy.is_some() && d.receipt().is_some());
     }
 
     #[test]
