@@ -234,3 +234,58 @@ async fn durable_ledger_survives_kill_9_and_refuses_a_tampered_file() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(90)), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while a client takes nothing of its stream (a 4 KiB HTTP/2 window that never
+/// moves): at the drain deadline the process stops the generation at the worker and writes
+/// the charge to its durable ledger before it exits, without waiting for a client that does
+/// not read. Restarted on the same ledger, the stream is there, billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_bills_a_stalled_client_before_exit() {
+    let dir = scratch("stalled-term");
+    let config_path = write_config(
+        &dir,
+        &proxy::config::ConfigFile {
+            shutdown_drain_secs: Some(1),
+            ..ledger_config(&dir)
+        },
+    );
+    let mut child = spawn(&config_path);
+    let [workers, clients, admin] = read_ready(&mut child).await;
+    let mut spec = WorkerSpec::new("w");
+    spec.tokens = 100_000;
+    spec.interval = Duration::from_micros(100);
+    let w = FakeWorker::connect(workers, spec).await;
+    let mut c = client_with_window(clients, 1, 4 << 10).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json_body(c.get("/v1/models").await).await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "worker never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = c.send(chat(MODEL, 100_000, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(billed_requests(admin).await, 0);
+    let signalled = Instant::now();
+    terminate(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), 0);
+    let took = signalled.elapsed();
+    println!("exit {took:?} after SIGTERM (drain 1 s)");
+    // Before: the process waited CUT_FLUSH (2 s) past the deadline and exited unbilled.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(resp);
+    let mut child = spawn(&config_path);
+    let [_, _, admin] = read_ready(&mut child).await;
+    assert_eq!(
+        billed_requests(admin).await,
+        1,
+        "the stalled stream was billed"
+    );
+    terminate(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30)), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
