@@ -1330,8 +1330,13 @@ impl Body for RelayBody {
         if !this.done && this.watch.is_cut() {
             // Taken over: the stream's billed end, once settled, goes before the error.
             match this.watch.poll_ending(cx) {
-                Poll::Pending if this.out.is_empty() => return Poll::Pending,
-                Poll::Pending => {}
+                Poll::Pending => {
+                    // Woken when the settle ends; nothing is read here meanwhile.
+                    return match this.out.take() {
+                        Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                        None => Poll::Pending,
+                    };
+                }
                 Poll::Ready(ending) => {
                     if let Some(end) = ending {
                         this.sink().push(end);

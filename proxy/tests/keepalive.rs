@@ -320,3 +320,52 @@ async fn a_crowd_of_stalled_clients_over_both_protocols_does_not_lock_the_worker
     assert_eq!(w["in_flight"], 0);
     let _ = worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A stalled client that reads again while its stream is still being settled (the worker
+/// takes 2 s to end a stopped generation): it gets what was queued, waits for the settle,
+/// then the usage it was billed on and the error event; never a stream that just ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_reading_during_the_settle_gets_the_billed_end() {
+    let p = start_proxy(|c| c.client.stall_timeout = Duration::from_secs(1)).await;
+    let mut spec = WorkerSpec::new("slow-stop");
+    spec.tokens = 100_000;
+    spec.interval = Duration::from_micros(100);
+    spec.stop_delay = Duration::from_secs(2);
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let mut c = client_with_window(p.running.client_addr, 1, 4 << 10).await;
+    let resp = c.send(chat(MODEL, 100_000, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let started = Instant::now();
+    while p.stats()["requests"]["client_stalls"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cut = Instant::now();
+    assert_eq!(p.stats()["requests"]["stopped"], 0, "still settling");
+    let evs = tokio::time::timeout(Duration::from_secs(10), events(resp.into_body()))
+        .await
+        .expect("the stream ends");
+    let (at, err) = error_of(&evs).expect("an error event");
+    let waited = at.duration_since(cut);
+    println!("error {waited:?} after the cut, {} events", evs.len());
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(err.message.contains("billed"), "{}", err.message);
+    let n = evs.len();
+    assert_eq!(
+        evs[n - 2].1.name.as_deref(),
+        Some(protocol::sse::EVENT_USAGE),
+        "the usage right before the error"
+    );
+    let usage = usage_of(&evs).unwrap();
+    assert!(usage.completion_tokens > 0);
+    let s = p.stats();
+    assert_eq!(s["requests"]["stopped"], 1);
+    assert_eq!(s["requests"]["abandoned"], 0);
+    assert_eq!(
+        s["clients"][&c.account]["completion_tokens"],
+        usage.completion_tokens
+    );
+    assert_eq!(w.obs.stopped.load(Ordering::SeqCst), 1);
+}
