@@ -73,8 +73,10 @@ use crate::response::ResponseBody;
 use crate::running::Registered;
 use crate::state::State;
 use crate::stats::{ActiveGuard, Stats};
+use deadline::{AtDeadline, Deadline};
 
 mod chunks;
+mod deadline;
 mod settle;
 use chunks::Chunks;
 pub use settle::{cancel, SETTLE_LIMIT};
@@ -556,7 +558,7 @@ fn stream_response(
         gate: None,
         done: false,
         idle: Idle::new(state.config.worker_idle_timeout),
-        cut: Some(Box::pin(state.shutdown.when_cut())),
+        deadline: Deadline::new(&state.shutdown),
         billing: Some(billing),
         active: Some(active),
         client_stalled: false,
@@ -836,9 +838,6 @@ impl Idle {
     }
 }
 
-/// Resolves when the proxy's drain deadline has passed ([`crate::state::Shutdown::when_cut`]).
-pub(crate) type CutSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// The relayed event stream (see the module docs). Dropped before the end (client gone), it
 /// hands the worker's stream to [`Leftover::settle`], which stops the generation and bills it.
 pub struct RelayBody {
@@ -855,15 +854,17 @@ pub struct RelayBody {
     done: bool,
     /// The worker's idle limit.
     idle: Idle,
-    /// The proxy's drain deadline (`None` once it fired).
-    cut: Option<CutSignal>,
+    /// The proxy's drain deadline.
+    deadline: Deadline,
     billing: Option<Billing>,
     active: Option<ActiveGuard>,
     /// The client took nothing for [`CLIENT_STALL_MARK`] at least once: it stopped reading.
     client_stalled: bool,
-    /// The drain deadline passed: the end of the worker's stream is relayed until this
-    /// fires ([`STOP_AT_CUT`]).
-    stopping: Option<Stopping>,
+    /// The drain deadline passed: the end of the worker's stream is relayed until
+    /// [`STOP_AT_CUT`] has passed ([`Deadline`]). `true`: the generation was asked to stop (it
+    /// was not billed yet), so its stream ends with the error event instead of `[DONE]`;
+    /// `false`: it had ended already and only its last bytes are awaited.
+    stopping: Option<bool>,
     /// `client_stall_secs`, for the error event of a stream its client stalled.
     stall_limit: Duration,
 }
@@ -918,16 +919,6 @@ impl crate::stall::Stalled for std::sync::Mutex<RelayBody> {
         rt.spawn(leftover.settle(false));
         HandOver::Taken
     }
-}
-
-/// A stream at the proxy's drain deadline ([`RelayBody::cut`]).
-struct Stopping {
-    /// When the relay gives up on the end.
-    until: Pin<Box<Sleep>>,
-    /// The generation was asked to stop (it was not billed yet): its stream ends with the
-    /// error event instead of `[DONE]`. Otherwise it had ended already and only its last
-    /// bytes are awaited.
-    asked: bool,
 }
 
 /// At the proxy's drain deadline: how long a stream whose generation is being stopped at its
@@ -1047,7 +1038,6 @@ impl RelayBody {
     /// encrypted request the receipt) for at most [`STOP_AT_CUT`]; the stream then ends with
     /// the `service_unavailable` error event instead of `[DONE]` ([`Self::on_end`]).
     fn cut(&mut self) {
-        self.cut = None;
         let live = self.upstream.is_some() && !self.watch.is_cut();
         match self.billing.as_ref().filter(|_| live) {
             Some(b) => {
@@ -1055,10 +1045,7 @@ impl RelayBody {
                 if asked {
                     settle::stop_in_background(b, STOP_AT_CUT);
                 }
-                self.stopping = Some(Stopping {
-                    until: Box::pin(tokio::time::sleep(STOP_AT_CUT)),
-                    asked,
-                });
+                self.stopping = Some(asked);
             }
             None => self.end_at_cut(),
         }
@@ -1068,16 +1055,8 @@ impl RelayBody {
     /// reset; what it did is not billed).
     fn end_at_cut(&mut self) {
         self.stopping = None;
+        self.deadline.ended();
         self.fail_with(ErrorKind::Unavailable, CUT_MESSAGE.into(), true);
-    }
-
-    /// Whether the time for stopping the generation at the drain deadline ran out (registers
-    /// the task to be woken when it does).
-    fn poll_stop_limit(&mut self, cx: &mut Context<'_>) -> bool {
-        match self.stopping.as_mut() {
-            Some(s) => s.until.as_mut().poll(cx).is_ready(),
-            None => false,
-        }
     }
 
     /// Ends the stream because the worker was silent for the idle limit.
@@ -1095,14 +1074,6 @@ impl RelayBody {
             ),
             false,
         );
-    }
-
-    /// Whether the drain deadline has passed (registers the task to be woken when it does).
-    fn poll_cut(&mut self, cx: &mut Context<'_>) -> bool {
-        match self.cut.as_mut() {
-            Some(c) => c.as_mut().poll(cx).is_ready(),
-            None => false,
-        }
     }
 
     /// Where the next event goes: held back while a charge is being written.
@@ -1164,7 +1135,7 @@ impl RelayBody {
                 rec.record("from-worker data", &data);
             }
         }
-        let stopping = self.stopping.as_ref().is_some_and(|s| s.asked);
+        let stopping = self.stopping == Some(true);
         let Self {
             splitter,
             billing,
@@ -1212,7 +1183,8 @@ impl RelayBody {
     fn on_end(&mut self) {
         self.upstream = None;
         self.watch.finished();
-        if self.stopping.take().is_some_and(|s| s.asked) {
+        self.deadline.ended();
+        if self.stopping.take() == Some(true) {
             return self.end_stopped();
         }
         let (billed, worker_error, encrypted) = self
@@ -1356,12 +1328,12 @@ impl Body for RelayBody {
             if this.done || this.out.len() >= COALESCE_LIMIT {
                 break;
             }
-            if this.cut.is_some()
-                && this
-                    .billing
-                    .as_ref()
-                    .is_some_and(|b| b.state.shutdown.is_cut())
+            if this
+                .billing
+                .as_ref()
+                .is_some_and(|b| this.deadline.passed_unreported(&b.state.shutdown))
             {
+                this.deadline.pass();
                 this.cut();
                 continue;
             }
@@ -1370,17 +1342,12 @@ impl Body for RelayBody {
                 continue;
             };
             match Pin::new(up).poll_frame(cx) {
-                Poll::Pending if this.out.is_empty() => {
-                    if this.poll_cut(cx) {
-                        this.cut();
-                    } else if this.poll_stop_limit(cx) {
-                        this.end_at_cut();
-                    } else if this.idle.expired(cx) {
-                        this.idle_timeout();
-                    } else {
-                        return Poll::Pending;
-                    }
-                }
+                Poll::Pending if this.out.is_empty() => match this.deadline.poll(cx) {
+                    AtDeadline::Passed => this.cut(),
+                    AtDeadline::Expired => this.end_at_cut(),
+                    AtDeadline::Running if this.idle.expired(cx) => this.idle_timeout(),
+                    AtDeadline::Running => return Poll::Pending,
+                },
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {

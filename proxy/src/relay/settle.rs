@@ -32,6 +32,7 @@ use protocol::sse::split::Kind;
 use protocol::sse::Splitter;
 use protocol::{Endpoint, RequestMeta};
 
+use super::deadline::{AtDeadline, Deadline};
 use super::{
     abandoned, attempt, Attempt, Billing, Pick, ReceiptCheck, Registered, H_REQUEST_ID,
     H_STREAM_TAG, STOP_AT_CUT, WORKER_AUTHORITY,
@@ -138,10 +139,8 @@ struct Guard {
     run: Option<InFlight>,
     detached: Option<Detached>,
     worker: Arc<Worker>,
-    /// The proxy's drain deadline (`None` once it passed).
-    cut: Option<super::CutSignal>,
-    /// Once it passed: the time the worker has to answer the stop.
-    stopping: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The proxy's drain deadline.
+    deadline: Deadline,
 }
 
 impl Future for Guard {
@@ -160,25 +159,16 @@ impl Future for Guard {
                 None => Poll::Pending,
             };
         }
-        if this
-            .cut
-            .as_mut()
-            .is_some_and(|c| c.as_mut().poll(cx).is_ready())
-        {
-            this.cut = None;
-            let (id, tag) = (detached.meta.request_id.clone(), detached.tag);
-            stop_later(this.worker.clone(), id, tag, STOP_AT_CUT);
-            this.stopping = Some(Box::pin(tokio::time::sleep(STOP_AT_CUT)));
-        }
-        if this
-            .stopping
-            .as_mut()
-            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-        {
+        match this.deadline.poll(cx) {
+            AtDeadline::Running => Poll::Pending,
+            AtDeadline::Passed => {
+                let (id, tag) = (detached.meta.request_id.clone(), detached.tag);
+                stop_later(this.worker.clone(), id, tag, STOP_AT_CUT);
+                Poll::Pending
+            }
             // Dropping the guard leaves the attempt to a task that settles it.
-            return Poll::Ready(Err(super::shutting_down(&detached.state)));
+            AtDeadline::Expired => Poll::Ready(Err(super::shutting_down(&detached.state))),
         }
-        Poll::Pending
     }
 }
 
@@ -266,13 +256,12 @@ impl Detached {
             let a = attempt(&state, &pick, &meta, endpoint, e2e.as_ref(), body, tag).await;
             (pick, a)
         });
-        let cut: super::CutSignal = Box::pin(self.state.shutdown.when_cut());
+        let deadline = Deadline::new(&self.state.shutdown);
         Guard {
             run: Some(run),
             detached: Some(self),
             worker,
-            cut: Some(cut),
-            stopping: None,
+            deadline,
         }
         .await
     }
