@@ -28,6 +28,14 @@ leave    worker-2 (alone, slow: 100 tokens/s) streams to an app through client A
          and client A's receipt log gains that request's receipt (finish reason `cancelled`,
          the tokens generated so far) within 5 s — the charge the proxy makes for it is one
          the client can account for.
+stall    An app stops reading a long stream (worker-3 streams up to 60,000 tokens of model
+         `cocoon-long` at full speed; the app's socket has a 4 KiB receive buffer). Once client
+         A's windows fill, the proxy sees its client take nothing for `client_stall_secs` (1 s
+         here), stops the generation at worker-3 and bills it on its receipt. When the app
+         reads again it gets what was queued and then an OpenAI error naming the limit, no
+         `[DONE]`; client A's log gains the receipt (finish reason `cancelled`, at least the
+         tokens the app received) from the proxy's copy, verified with worker-3's key — so the
+         ledger scenario's sums still match.
 ledger   Per client: every answered request has one verified receipt in the client's log; the
          proxy's debit for the account equals the sum of the log's costs (what the client
          computed from the receipts); the proxy verified every receipt (none invalid) and its
@@ -58,6 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_faults import Failure, Net, config_rtmr3, expect  # noqa: E402
 
 MODEL = "cocoon-stub"
+MODEL_LONG = "cocoon-long"
 CLIENTS = ("a", "b")
 
 
@@ -96,8 +105,8 @@ class Sealed:
             "--out", "proxy.toml",
         )  # fmt: skip
         path = os.path.join(n.dir, "proxy.toml")
-        # Short, for scenario shutdown.
-        insert_top(path, ["shutdown_drain_secs = 1"])
+        # Short, for scenarios shutdown and stall.
+        insert_top(path, ["shutdown_drain_secs = 1", "client_stall_secs = 1"])
         if self.record:
             insert_top(path, ['record_forwarded = "forwarded.log"'])
         if self.ledger:
@@ -109,14 +118,24 @@ class Sealed:
         os.chmod(pass_path, 0o600)
         n.launch_proxy()
 
-    def config_worker(self, name, tokens=24, tokens_per_second=2000):
+    def config_worker(self, name, tokens=24, tokens_per_second=2000, model=MODEL, context=None):
+        max_completion = context - 100 if context else 512
         self.net.host(
             "config", "worker", "--mode", "local", "--name", name,
             "--proxy", self.net.worker_port, "--capacity", "4", "--image", self.net.proxy_image,
-            "--model", MODEL, "--engine", "stub", "--max-completion-tokens", "512",
+            "--model", model, "--engine", "stub", "--max-completion-tokens", str(max_completion),
             "--stub-tokens", str(tokens), "--stub-tokens-per-second", str(tokens_per_second),
             "--out", f"{name}.toml",
         )  # fmt: skip
+        if context:
+            # The stub advertises a 4096-token context unless its model entry says otherwise.
+            path = os.path.join(self.net.dir, f"{name}.toml")
+            with open(path) as f:
+                text = f.read()
+            key = f"max_completion_tokens = {max_completion}"
+            expect(text.count(key) == 1, f"{name}.toml: no single `{key}`")
+            with open(path, "w") as f:
+                f.write(text.replace(key, f"{key}\nmax_context = {context}"))
         self.rtmr3[name] = config_rtmr3(self.net.read(f"{name}.toml"))
 
     def start_worker(self, name):
@@ -392,6 +411,66 @@ def scenario_shutdown(s):
     log(f"shutdown: stopped at the deadline after {tokens} of 400 tokens, the app got the error {took:.2f} s after SIGTERM; receipt in client a's log; proxy exit 0")
 
 
+def scenario_stall(s):
+    log("stall: an app stops reading a 60,000-token stream (worker-3 at full speed, client_stall_secs = 1)")
+    s.start_worker("worker-3")
+    stalls0 = s.net.jsonstats()["requests"]["client_stalls"]
+    conn = http.client.HTTPConnection(*s.clients["a"], timeout=60)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(60)
+    sock.connect(s.clients["a"])
+    conn.sock = sock
+    body = {
+        "model": MODEL_LONG,
+        "messages": [{"role": "user", "content": "count for a long time"}],
+        "max_tokens": 60000,
+        "stream": True,
+    }
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    if r.status != 200:
+        expect(False, f"status {r.status}: {r.read()[:300]!r}")
+    rid = r.getheader("x-request-id")
+    # Not reading: the client's windows fill, then the proxy's stall limit acts.
+    deadline = time.monotonic() + 30
+    while s.net.jsonstats()["requests"]["client_stalls"] == stalls0:
+        expect(time.monotonic() < deadline, "the proxy never saw the app's client stall")
+        time.sleep(0.05)
+    t_cut = time.monotonic()
+    chunks, error, done = 0, None, False
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line.startswith(b"data: [DONE]"):
+            done = True
+        elif line.startswith(b"data:") and b'"error"' in line:
+            error = json.loads(line[5:])["error"]
+        elif line.startswith(b"data:") and b'"content"' in line:
+            chunks += 1
+    conn.close()
+    expect(error is not None, "the app's stream ended without an error event")
+    expect("client_stall_secs" in error.get("message", ""), f"error {error}")
+    expect(not done, "[DONE] after a stream cut for not reading")
+    deadline = time.monotonic() + 5
+    receipt = None
+    while receipt is None:
+        receipt = next((x for x in s.receipts("a") if x["request_id"] == rid), None)
+        if receipt is None:
+            expect(time.monotonic() < deadline, f"no receipt for {rid} in client a's log within 5 s")
+            time.sleep(0.02)
+    expect(receipt["finish_reason"] == "cancelled", f"finish reason {receipt['finish_reason']}")
+    tokens = receipt["usage"]["completion_tokens"]
+    expect(chunks <= tokens < 60000, f"receipt for {tokens} tokens, the app received {chunks} chunks")
+    marker = f"request_id={rid}"
+    expect(
+        any(marker in l and "completion stopped by the proxy" in l for l in s.net.log_lines("worker-3")),
+        "worker-3 did not log `completion stopped by the proxy`",
+    )
+    log(f"stall: stopped after {tokens} of 60000 tokens ({chunks} reached the app), read {time.monotonic() - t_cut:.2f} s after the cut; error names client_stall_secs; receipt (the proxy's copy) in client a's log")
+
+
 def scenario_ledger(s):
     st = s.net.jsonstats()
     total = 0
@@ -426,6 +505,8 @@ def main():
         s.config_worker("worker-1")
         # Slow enough for an app to leave mid-stream (scenario leave).
         s.config_worker("worker-2", tokens=400, tokens_per_second=100)
+        # Fast and long enough to fill an app's and its client's windows (scenario stall).
+        s.config_worker("worker-3", tokens=60000, tokens_per_second=0, model=MODEL_LONG, context=100000)
         s.start_worker("worker-1")
         for c in CLIENTS:
             s.start_client(c)
@@ -434,6 +515,7 @@ def main():
         scenario_mixed(s)
         scenario_rotate(s)
         scenario_leave(s)
+        scenario_stall(s)
         scenario_ledger(s)
         net.assert_alive()
         scenario_shutdown(s)

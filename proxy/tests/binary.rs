@@ -9,6 +9,19 @@ use common::process::*;
 use common::*;
 use http::StatusCode;
 
+/// Waits (20 s at most) until the proxy lists a model: its worker registered.
+async fn wait_listed(c: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json_body(c.get("/v1/models").await).await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "worker never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_and_exits_cleanly_on_sigterm() {
     let dir = scratch("serve");
@@ -18,15 +31,7 @@ async fn binary_serves_and_exits_cleanly_on_sigterm() {
 
     let _w = FakeWorker::connect(workers, WorkerSpec::new("w")).await;
     let mut c = client(clients, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let j = json_body(c.get("/v1/models").await).await;
-        if !j["data"].as_array().unwrap().is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "worker never registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listed(&mut c).await;
     let resp = c.send(chat(MODEL, 16, None, BODY)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let evs = events(resp.into_body()).await;
@@ -57,15 +62,7 @@ async fn sigterm_drains_then_ends_streams_with_an_error_event() {
     spec.interval = Duration::from_millis(10); // long: 10 s; short (50 tokens): 0.5 s
     let _w = FakeWorker::connect(workers, spec).await;
     let mut c = client(clients, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while json_body(c.get("/v1/models").await).await["data"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "worker never registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listed(&mut c).await;
     let long = c.send(chat(MODEL, 1000, None, BODY)).await;
     let short = c.send(chat(MODEL, 50, None, BODY)).await;
     assert_eq!(
@@ -175,15 +172,7 @@ async fn durable_ledger_survives_kill_9_and_refuses_a_tampered_file() {
         assert_eq!(billed_requests(admin).await, completed, "round {round}");
         let _w = FakeWorker::connect(workers, WorkerSpec::new("w")).await;
         let mut c = client(clients, 1).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while json_body(c.get("/v1/models").await).await["data"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-        {
-            assert!(Instant::now() < deadline, "worker never registered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_listed(&mut c).await;
         for _ in 0..3 {
             let resp = c.send(chat(MODEL, 4, None, BODY)).await;
             assert_eq!(resp.status(), StatusCode::OK);
@@ -256,15 +245,7 @@ async fn sigterm_bills_a_stalled_client_before_exit() {
     spec.interval = Duration::from_micros(100);
     let w = FakeWorker::connect(workers, spec).await;
     let mut c = client_with_window(clients, 1, 4 << 10).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while json_body(c.get("/v1/models").await).await["data"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "worker never registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listed(&mut c).await;
     let resp = c.send(chat(MODEL, 100_000, None, BODY)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -341,13 +341,8 @@ async fn a_sealed_stream_stopped_at_the_drain_deadline_is_billed_on_its_receipt(
 /// event naming the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_sealed_stream_is_billed_on_its_receipt() {
-    use worker::engine::stub::StubEngine;
     let p = start_proxy(|c| c.client.stall_timeout = std::time::Duration::from_secs(2)).await;
-    let worker = common::real::start_real_worker(
-        p.running.worker_addr,
-        StubEngine::new("stub", 100_000, 0.0).with_max_context(200_000),
-        worker::service::ServiceOptions::default(),
-    );
+    let worker = common::real::start_long_stub_worker(p.running.worker_addr);
     p.wait_workers(1).await;
     let state = p.running.state().clone();
     let keys = directory(&mut client(p.running.client_addr, 1).await, "stub").await;

@@ -265,13 +265,8 @@ async fn a_request_whose_worker_ignores_the_stop_at_the_deadline_gets_503() {
 /// nothing unbilled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_at_the_deadline_is_stopped_and_billed_before_exit() {
-    use worker::engine::stub::StubEngine;
     let p = start_proxy(|_| {}).await;
-    let worker = common::real::start_real_worker(
-        p.running.worker_addr,
-        StubEngine::new("stub", 100_000, 0.0).with_max_context(200_000),
-        worker::service::ServiceOptions::default(),
-    );
+    let worker = common::real::start_long_stub_worker(p.running.worker_addr);
     p.wait_workers(1).await;
     let state = p.running.state().clone();
     let mut c = client_with_window(p.running.client_addr, 1, 4 << 10).await;

@@ -35,7 +35,8 @@
 //! max_context = 2048               # optional for mistralrs and stub, required for upstream
 //! # upstream: url = "http://127.0.0.1:8000", upstream_model = "...",
 //! #           model_hash = "<sha256 hex>", api_key = "..." (optional)
-//! # stub: tokens = 32, tokens_per_second = 1000.0 (both optional)
+//! # stub: tokens = 32, tokens_per_second = 1000.0 (both optional); its context is
+//! #       max_context (4096 when unset), for mistralrs the model's own is an upper bound
 //! ```
 //!
 //! Relative paths (in `[tee]`, `[policy]` and `gguf`) are resolved against the directory of
@@ -863,7 +864,12 @@ impl ModelSpec {
             EngineSpec::Stub {
                 tokens,
                 tokens_per_second,
-            } => Arc::new(StubEngine::new(&self.name, *tokens, *tokens_per_second)),
+            } => {
+                // The stub has the context it is configured with (4096 unless set).
+                let stub = StubEngine::new(&self.name, *tokens, *tokens_per_second);
+                let context = self.max_context.unwrap_or(stub.max_context);
+                Arc::new(stub.with_max_context(context))
+            }
             EngineSpec::Upstream {
                 url,
                 upstream_model,

@@ -26,6 +26,16 @@ pub fn start_real_worker(
     start_paid_worker(proxy, engine, options, None)
 }
 
+/// The real worker service streaming up to 100,000 tokens of model `stub` as fast as it can
+/// (capacity 8): long enough to fill any window a stalled client leaves.
+pub fn start_long_stub_worker(proxy: SocketAddr) -> RunningWorker {
+    start_real_worker(
+        proxy,
+        StubEngine::new("stub", 100_000, 0.0).with_max_context(200_000),
+        ServiceOptions::default(),
+    )
+}
+
 /// [`start_real_worker`] with payouts on (`Some`).
 pub fn start_paid_worker(
     proxy: SocketAddr,

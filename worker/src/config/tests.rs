@@ -238,6 +238,15 @@ async fn build_applies_limits_and_reports_missing_features() {
     let stub = c.models[2].build(4).await.unwrap();
     assert_eq!(stub.advert.name, "stub");
     assert_eq!(stub.advert.max_completion_tokens, 100);
+    assert_eq!(stub.advert.max_context, 4096, "the stub's default context");
+    // The stub's context is what it is configured with, larger than its default too.
+    let long =
+        parse(&base_toml().replace("\ntokens = 5", "\ntokens = 5\nmax_context = 100000")).unwrap();
+    let stub = long.models[2].build(4).await.unwrap();
+    assert_eq!(
+        (stub.advert.max_context, stub.advert.max_completion_tokens),
+        (100_000, 100_000)
+    );
     let up = c.models[1].build(4).await.unwrap();
     assert_eq!(up.advert.max_completion_tokens, 1024);
     assert_eq!(up.advert.model_hash, "cd".repeat(32));
