@@ -13,12 +13,15 @@
 //! older than the limit means the client took nothing for that long: the sweeper frees the
 //! worker slot (queued requests may use it) and has the relay hand its worker stream over to
 //! a task ([`Stalled::hand_over`]) that stops the generation at the worker and bills the work
-//! done, as for a client that left ([`crate::relay`]'s settle); a stream it cannot hand over
-//! (already billed, or being relayed at that instant) is reset instead (`CANCEL`: the worker
-//! frees its generation at once). The stream itself stays with its client: when the client
-//! reads again it gets what was already queued and then an error event saying why; the
-//! worker is not blamed. A client that disconnects needs none of this (dropping the relay
-//! stops the worker's generation and bills it).
+//! done, as for a client that left ([`crate::relay`]'s settle); a stream with nothing to hand
+//! over (already billed) is reset instead (`CANCEL`: the worker frees its generation at once),
+//! and one whose relay is being polled at that instant is left alone (its client is reading
+//! after all). The stream itself stays with its client: when the client reads again it gets
+//! what was already queued, then the usage (encrypted: the receipt) it was billed on, then an
+//! error event saying why; the worker is not blamed. A client that disconnects needs none of
+//! this (dropping the relay stops the worker's generation and bills it). At the proxy's drain
+//! deadline the same take-over ends the streams of clients taking nothing then
+//! ([`Stalls::take_at_shutdown`]): their relays, not polled, cannot see the deadline.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
