@@ -363,13 +363,7 @@ async fn a_stalled_sealed_stream_is_billed_on_its_receipt() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let ws = worker.service().stats().snapshot();
-    assert_eq!(ws.stopped, 1, "{ws:?}");
-    assert_eq!(
-        (ws.unbilled_prompt_tokens, ws.unbilled_completion_tokens),
-        (0, 0),
-        "{ws:?}"
-    );
+    common::real::assert_stopped_and_billed(&worker, 1);
     let s = proxy::admin::json_stats(&state);
     assert_eq!(s.requests.abandoned, 0);
     assert_eq!(s.requests.receipts_invalid, 0);

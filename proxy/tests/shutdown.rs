@@ -288,13 +288,7 @@ async fn a_stalled_client_at_the_deadline_is_stopped_and_billed_before_exit() {
         s.clients[&c.account]
     );
     assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
-    let ws = worker.service().stats().snapshot();
-    assert_eq!(ws.stopped, 1, "{ws:?}");
-    assert_eq!(
-        (ws.unbilled_prompt_tokens, ws.unbilled_completion_tokens),
-        (0, 0),
-        "{ws:?}"
-    );
+    common::real::assert_stopped_and_billed(&worker, 1);
     drop(resp);
 }
 

@@ -36,6 +36,18 @@ pub fn start_long_stub_worker(proxy: SocketAddr) -> RunningWorker {
     )
 }
 
+/// Asserts that `worker` stopped `stopped` generations on the proxy's cancel and left no work
+/// unbilled.
+pub fn assert_stopped_and_billed(worker: &RunningWorker, stopped: u64) {
+    let ws = worker.service().stats().snapshot();
+    assert_eq!(ws.stopped, stopped, "{ws:?}");
+    assert_eq!(
+        (ws.unbilled_prompt_tokens, ws.unbilled_completion_tokens),
+        (0, 0),
+        "{ws:?}"
+    );
+}
+
 /// [`start_real_worker`] with payouts on (`Some`).
 pub fn start_paid_worker(
     proxy: SocketAddr,
