@@ -321,20 +321,52 @@ def scenario_rotate(s):
     log("rotate: each client got one 421, refreshed the keys, resealed and was answered")
 
 
-def slow_stream(s):
-    """A 400-token streaming chat through client A, read up to its third content chunk;
-    returns the connection, the response and its request id."""
-    conn = http.client.HTTPConnection(*s.clients["a"], timeout=30)
+def open_chat_stream(s, model, max_tokens, prompt, timeout=30, rcvbuf=None):
+    """Sends a streaming chat through client A and reads its response head (200 expected), on a
+    socket with receive buffer `rcvbuf` if given; returns the connection, the response and its
+    request id."""
+    conn = http.client.HTTPConnection(*s.clients["a"], timeout=timeout)
+    if rcvbuf is not None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(s.clients["a"])
+        conn.sock = sock
     body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "count slowly"}],
-        "max_tokens": 400,
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
         "stream": True,
     }
     conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
     r = conn.getresponse()
-    expect(r.status == 200, f"status {r.status}")
-    rid = r.getheader("x-request-id")
+    if r.status != 200:
+        # (Read only on failure: reading the body is what the stall scenario must not do.)
+        expect(False, f"status {r.status}: {r.read()[:300]!r}")
+    return conn, r, r.getheader("x-request-id")
+
+
+def read_to_end(r):
+    """Reads a streaming response to its end; returns its content chunks, its error (or None)
+    and whether `[DONE]` came."""
+    chunks, error, done = 0, None, False
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line.startswith(b"data: [DONE]"):
+            done = True
+        elif line.startswith(b"data:") and b'"error"' in line:
+            error = json.loads(line[5:])["error"]
+        elif line.startswith(b"data:") and b'"content"' in line:
+            chunks += 1
+    return chunks, error, done
+
+
+def slow_stream(s):
+    """A 400-token streaming chat through client A, read up to its third content chunk;
+    returns the connection, the response and its request id."""
+    conn, r, rid = open_chat_stream(s, MODEL, 400, "count slowly")
     chunks = 0
     while chunks < 3:
         line = r.readline()
@@ -387,16 +419,7 @@ def scenario_shutdown(s):
     t_term = time.monotonic()
     s.net.killed.add("proxy")
     s.net.kill("proxy", signal.SIGTERM)
-    error = None
-    done = False
-    while True:
-        line = r.readline()
-        if not line:
-            break
-        if line.startswith(b"data: [DONE]"):
-            done = True
-        elif line.startswith(b"data:") and b'"error"' in line:
-            error = json.loads(line[5:])["error"]
+    _, error, done = read_to_end(r)
     t_end = time.monotonic()
     conn.close()
     expect(error is not None, "the app's stream ended without an error event")
@@ -415,40 +438,14 @@ def scenario_stall(s):
     log("stall: an app stops reading a 60,000-token stream (worker-3 at full speed, client_stall_secs = 1)")
     s.start_worker("worker-3")
     stalls0 = s.net.jsonstats()["requests"]["client_stalls"]
-    conn = http.client.HTTPConnection(*s.clients["a"], timeout=60)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(60)
-    sock.connect(s.clients["a"])
-    conn.sock = sock
-    body = {
-        "model": MODEL_LONG,
-        "messages": [{"role": "user", "content": "count for a long time"}],
-        "max_tokens": 60000,
-        "stream": True,
-    }
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    if r.status != 200:
-        expect(False, f"status {r.status}: {r.read()[:300]!r}")
-    rid = r.getheader("x-request-id")
+    conn, r, rid = open_chat_stream(s, MODEL_LONG, 60000, "count for a long time", timeout=60, rcvbuf=4096)
     # Not reading: the client's windows fill, then the proxy's stall limit acts.
     deadline = time.monotonic() + 30
     while s.net.jsonstats()["requests"]["client_stalls"] == stalls0:
         expect(time.monotonic() < deadline, "the proxy never saw the app's client stall")
         time.sleep(0.05)
     t_cut = time.monotonic()
-    chunks, error, done = 0, None, False
-    while True:
-        line = r.readline()
-        if not line:
-            break
-        if line.startswith(b"data: [DONE]"):
-            done = True
-        elif line.startswith(b"data:") and b'"error"' in line:
-            error = json.loads(line[5:])["error"]
-        elif line.startswith(b"data:") and b'"content"' in line:
-            chunks += 1
+    chunks, error, done = read_to_end(r)
     conn.close()
     expect(error is not None, "the app's stream ended without an error event")
     expect("client_stall_secs" in error.get("message", ""), f"error {error}")
