@@ -11,7 +11,12 @@
 #  5. one changed byte in the worker's config changes RTMR3 and the proxy refuses that worker;
 #  6. one flipped byte in the model disk: the worker VM stops with exit 20 before serving;
 #  7. a service that keeps failing is restarted with backoff, then init gives up (exit 31);
-#  8. SIGTERM to the launcher powers the proxy VM off cleanly (exit 0).
+#  8. SIGTERM to the launcher powers the proxy VM off cleanly (exit 0);
+#  9. the worker that serves in 3. is built with a root disk (`--root-disk`: the service and an
+#     extra tree on EROFS under dm-verity, the root hash on the measured command line; fsck.erofs
+#     from erofs-utils extracts it and must find the same files), and a module listed on the root
+#     disk is loaded after the switch; one flipped byte in the root disk: exit 22 before serving.
+#     The crash and tampered-model checks boot the initramfs-only worker image.
 #
 # Figures (boot-to-ready, initramfs sizes, image build time) are printed as `figure:` lines.
 # Environment: COCOON_BIN_DIR (default target/x86_64-unknown-linux-gnu/release), QEMU from PATH.
@@ -49,26 +54,68 @@ wait_for() {
 }
 
 # ---- 1. images, twice, compared ------------------------------------------------------------
-for role in proxy worker; do
+# The root disk's extra tree: a library-like file, a symlink, and a module list naming one
+# module of the pinned kernel that nothing else loads (cocoon-init loads it after switching to
+# the root disk, the way a GPU image variant is to load the NVIDIA modules).
+KREL=$(sed -n 's/^release = "\(.*\)"/\1/p' image-builder/kernel.toml)
+EXTRA_MODULE=kernel/drivers/char/hw_random/virtio-rng.ko.xz
+mkdir -p "$W/extra/usr/lib/cocoon-extra" "$W/extra/etc/cocoon"
+printf 'not a real library\n' >"$W/extra/usr/lib/cocoon-extra/libextra.so.1.2"
+chmod 0644 "$W/extra/usr/lib/cocoon-extra/libextra.so.1.2"
+ln -s libextra.so.1.2 "$W/extra/usr/lib/cocoon-extra/libextra.so.1"
+printf '%s/%s\n' "$KREL" "$EXTRA_MODULE" >"$W/extra/etc/cocoon/modules"
+build_image() { # ROLE OUT [ARGS...]
+    local role=$1 out=$2
+    shift 2
+    "$BIN/cocoon-image" build --role "$role" --out "$out" --source-commit e2e "$@"
+}
+for kind in proxy worker worker-root; do
+    role=${kind%-root}
+    args=()
+    if [ "$kind" = worker-root ]; then
+        args=(--root-disk --root-extra "$W/extra")
+        # The module itself comes from the kernel tree the earlier builds unpacked.
+        src=$(find "${HOME}/.cache/cocoon/kernel" -path "*/$KREL/$EXTRA_MODULE" | head -1)
+        [ -n "$src" ] || fail "no $EXTRA_MODULE in the unpacked kernel under ~/.cache/cocoon/kernel"
+        mkdir -p "$W/extra/lib/modules/$KREL/$(dirname "$EXTRA_MODULE")"
+        cp "$src" "$W/extra/lib/modules/$KREL/$EXTRA_MODULE"
+    fi
     t=$(now)
-    "$BIN/cocoon-image" build --role $role --out "$W/a/$role" --source-commit e2e >"$W/build-$role.log" 2>&1 ||
-        { cat "$W/build-$role.log"; fail "cocoon-image build --role $role"; }
-    say "figure: image build ($role, after binaries) $(elapsed "$t") s"
+    build_image $role "$W/a/$kind" "${args[@]}" >"$W/build-$kind.log" 2>&1 ||
+        { cat "$W/build-$kind.log"; fail "cocoon-image build --role $role ${args[*]}"; }
+    say "figure: image build ($kind, after binaries) $(elapsed "$t") s"
     mkdir -p "$W/b/elsewhere"
-    (cd "$W/b/elsewhere" && "$BIN/cocoon-image" build --role $role --out "../../b2/$role" --source-commit e2e >/dev/null 2>&1) ||
-        fail "second build of $role"
-    for f in vmlinuz initramfs.cpio.gz cmdline manifest.json; do
-        a=$(sha256sum "$W/a/$role/$f" | cut -d' ' -f1)
-        b=$(sha256sum "$W/b2/$role/$f" | cut -d' ' -f1)
-        echo "  $a  $role/$f"
-        [ "$a" = "$b" ] || fail "$role/$f differs between builds ($a vs $b)"
+    (cd "$W/b/elsewhere" && build_image $role "../../b2/$kind" "${args[@]}" >/dev/null 2>&1) ||
+        fail "second build of $kind"
+    files="vmlinuz initramfs.cpio.gz cmdline manifest.json"
+    [ "$kind" = worker-root ] && files="$files root.img"
+    for f in $files; do
+        a=$(sha256sum "$W/a/$kind/$f" | cut -d' ' -f1)
+        b=$(sha256sum "$W/b2/$kind/$f" | cut -d' ' -f1)
+        echo "  $a  $kind/$f"
+        [ "$a" = "$b" ] || fail "$kind/$f differs between builds ($a vs $b)"
     done
-    say "figure: initramfs ($role) $(stat -c %s "$W/a/$role/initramfs.cpio.gz") bytes"
+    say "figure: initramfs ($kind) $(stat -c %s "$W/a/$kind/initramfs.cpio.gz") bytes"
 done
+say "figure: root disk (worker-root: EROFS + hash tree) $(stat -c %s "$W/a/worker-root/root.img") bytes"
+grep -q "cocoon.root=" "$W/a/worker-root/cmdline" || fail "the root-disk image's command line names no root disk"
+# An independent reader: fsck.erofs (erofs-utils) checks the filesystem and extracts it; the
+# files must be the ones the build put there (the extra tree as is, the stripped service).
+fsck.erofs --extract="$W/fsck" "$W/a/worker-root/root.img" >"$W/fsck.log" 2>&1 ||
+    { cat "$W/fsck.log"; fail "fsck.erofs on the root disk"; }
+for p in usr/lib/cocoon-extra/libextra.so.1.2 etc/cocoon/modules "lib/modules/$KREL/$EXTRA_MODULE"; do
+    cmp "$W/extra/$p" "$W/fsck/$p" || fail "fsck.erofs extracted a different $p"
+done
+[ "$(readlink "$W/fsck/usr/lib/cocoon-extra/libextra.so.1")" = libextra.so.1.2 ] || fail "symlink on the root disk"
+strip --strip-all -o "$W/worker.stripped" "$BIN/cocoon-worker"
+cmp "$W/worker.stripped" "$W/fsck/bin/cocoon-worker" || fail "the root disk's service binary differs from the stripped build"
+[ -x "$W/fsck/bin/cocoon-worker" ] || fail "service binary not executable on the root disk"
+for d in dev proc sys run tmp; do [ -d "$W/fsck/$d" ] || fail "no /$d mount point on the root disk"; done
+say "root disk: fsck.erofs extracts the same files ($(find "$W/fsck" | wc -l) entries)"
 say "reproducible: both builds identical"
 # An auditor's recomputation from the artifacts alone gives the manifest's RTMR1/RTMR2 (the
 # guests below are then accepted under exactly the manifest's image hash, which covers them).
-for role in proxy worker; do
+for role in proxy worker worker-root; do
     d=$W/a/$role
     got=$("$BIN/cocoon-measure" compute --kernel "$d/vmlinuz" --initrd "$d/initramfs.cpio.gz" \
         --cmdline "$(cat "$d/cmdline")" --qemu-header unpatched --memory 2G --json |
@@ -98,7 +145,8 @@ set -e
 [ $rc = 1 ] && grep -q "rtmr2 differs" "$W/diff.txt" && grep -q "initramfs.cpio.gz changed" "$W/diff.txt" || fail "manifest diff between roles (exit $rc): $(cat "$W/diff.txt")"
 say "signed release manifest verifies; diff names the register and the artifact: $(grep -m1 -A1 "rtmr2 differs" "$W/diff.txt" | tr '\n' ' ' | head -c 200)"
 PIMG=$(json "$W/a/proxy/manifest.json" "['image_hash']")
-WIMG=$(json "$W/a/worker/manifest.json" "['image_hash']")
+# The worker that serves is the root-disk build; the initramfs-only build boots in 6 and 7.
+WIMG=$(json "$W/a/worker-root/manifest.json" "['image_hash']")
 
 # ---- 2. model disk ------------------------------------------------------------------------
 "$BIN/cocoon-image" tiny-gguf --out "$W/tiny.gguf" --seed 7 >/dev/null
@@ -136,11 +184,11 @@ EOF
         --capacity 4 --image "$PIMG" --model tiny --gguf /run/cocoon/models/tiny.gguf \
         --max-completion-tokens 64 --out "$1/service.toml" || fail "cocoon-host config worker"
 }
-vm_toml() { # FILE NAME ROLE FILES_DIR MODEL_IMG
+vm_toml() { # FILE NAME ROLE FILES_DIR MODEL_IMG [IMAGE_DIR]
     cat >"$1" <<EOF
 name = "$2"
 role = "$3"
-image = "$W/a/$3"
+image = "${6:-$W/a/$3}"
 tee = "sim"
 cpus = 2
 memory = "2G"
@@ -186,7 +234,7 @@ config_rtmr3() { # VM_TOML INSTANCE
 }
 
 worker_files "$W/cfg/worker" 5 ""
-vm_toml "$W/worker.toml" worker worker "$W/cfg/worker" "$W/model/model.img"
+vm_toml "$W/worker.toml" worker worker "$W/cfg/worker" "$W/model/model.img" "$W/a/worker-root"
 WRTMR3=$(config_rtmr3 "$W/worker.toml" 1)
 mkdir -p "$W/cfg/proxy"
 cat >"$W/cfg/proxy/init.toml" <<EOF
@@ -219,7 +267,11 @@ t=$(now)
 WORKER=$!
 PIDS+=("$WORKER")
 wait_for "$W/worker.out" "cocoon-host: ready" 300 || fail "worker VM not ready"
-say "figure: worker VM boot-to-ready incl. model load (TCG) $(elapsed "$t") s"
+say "figure: worker VM (root disk) boot-to-ready incl. model load (TCG) $(elapsed "$t") s"
+grep -q '"stage":"root"' "$W/worker.out" || fail "the worker did not switch to its root disk"
+grep '"from":"root disk"' "$W/worker.out" | grep -q '"loaded":1' ||
+    fail "the module listed on the root disk was not loaded: $(grep -o '"stage":"modules[^}]*' "$W/worker.out" | tr '\n' ' ')"
+say "figure: root disk checked at boot: $(grep -o '"verified_bytes":[0-9]*' "$W/worker.out") bytes in $(grep -o '"verify_ms":[0-9]*' "$W/worker.out") ms (TCG)"
 
 # ---- client on the host -------------------------------------------------------------------
 client_toml() { # DIR IMAGE RTMR3 PORT
@@ -304,7 +356,7 @@ wait "$WORKER" || true
 worker_files "$W/cfg/worker-changed" 5 ""
 "$BIN/cocoon-host" config edit --role worker "$W/cfg/worker-changed/service.toml" --set capacity=5 \
     --out "$W/cfg/worker-changed/service.toml" || fail "cocoon-host config edit"
-vm_toml "$W/worker-changed.toml" worker-changed worker "$W/cfg/worker-changed" "$W/model/model.img"
+vm_toml "$W/worker-changed.toml" worker-changed worker "$W/cfg/worker-changed" "$W/model/model.img" "$W/a/worker-root"
 CHANGED=$(config_rtmr3 "$W/worker-changed.toml" 2)
 [ "$CHANGED" != "$WRTMR3" ] || fail "a changed config did not change RTMR3"
 "$BIN/cocoon-host" launch "$W/worker-changed.toml" --instance 2 >"$W/worker-changed.out" 2>&1 &
@@ -332,6 +384,33 @@ set -e
 [ $rc = 1 ] || fail "tampered model: launcher exit $rc, expected 1"
 grep -q '"code":20' "$W/worker-tampered.out" || fail "tampered model: no exit 20 on the console"
 say "tampered model refused: $(grep -m1 -o 'model disk does not match[^"]*' "$W/worker-tampered.out" | head -c 160)"
+
+# ---- 6b. tampered root disk ---------------------------------------------------------------
+# The host flips one byte of the filesystem and rewrites manifest.json to match (the launcher's
+# check is a convenience, not a defence); the measured command line still names the original
+# root hash, so dm-verity refuses the disk before anything runs from it.
+cp -r "$W/a/worker-root" "$W/root-tampered"
+python3 - "$W/root-tampered" <<'EOF'
+import hashlib, json, os, sys
+d = sys.argv[1]
+blocks = int(open(os.path.join(d, "cmdline")).read().split("cocoon.root=")[1].split(":")[0])
+p = os.path.join(d, "root.img")
+b = bytearray(open(p, "rb").read())
+b[blocks * 4096 // 2] ^= 0x01
+open(p, "wb").write(b)
+m = json.load(open(os.path.join(d, "manifest.json")))
+m["artifacts"]["root.img"] = {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+EOF
+vm_toml "$W/root-tampered.toml" root-tampered worker "$W/cfg/worker" "$W/model/model.img" "$W/root-tampered"
+set +e
+"$BIN/cocoon-host" launch "$W/root-tampered.toml" --instance 5 >"$W/root-tampered.out" 2>&1
+rc=$?
+set -e
+[ $rc = 1 ] || fail "tampered root disk: launcher exit $rc, expected 1"
+grep -q '"code":22' "$W/root-tampered.out" || fail "tampered root disk: no exit 22 on the console"
+if grep -q '"stage":"service' "$W/root-tampered.out"; then fail "tampered root disk: a service started"; fi
+say "tampered root disk refused: $(grep -m1 -o 'root disk does not match[^"]*' "$W/root-tampered.out" | head -c 200)"
 
 # ---- 7. restart with backoff, then give up ------------------------------------------------
 worker_files "$W/cfg/worker-crash" 2 ', "--no-such-flag"'

@@ -269,16 +269,13 @@ impl ModelDisk {
 
     /// The dm-verity target parameters for `data` and `hash` devices (`major:minor`).
     pub fn verity_params(&self, data: &str, hash: &str) -> String {
-        let salt = if self.salt.is_empty() {
-            "-".to_string()
-        } else {
-            hex::encode(&self.salt)
-        };
-        format!(
-            "1 {data} {hash} 4096 4096 {} {} sha256 {} {salt}",
+        protocol::guest::verity_params(
+            data,
+            hash,
             self.data_blocks,
             self.hash_start_block,
-            hex::encode(self.root_hash)
+            &self.root_hash,
+            &self.salt,
         )
     }
 }

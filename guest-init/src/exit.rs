@@ -30,6 +30,11 @@ pub enum InitExit {
     ModelDisk = 19,
     /// The model disk does not match its measured root hash (verity read error).
     ModelTampered = 20,
+    /// The root disk named on the command line (`cocoon.root=`) is missing or malformed, or
+    /// mapping it through dm-verity, mounting it or switching to it failed.
+    RootDisk = 21,
+    /// The root disk does not match the root hash on the measured command line.
+    RootTampered = 22,
     /// The service binary could not be started.
     ServiceSpawn = 30,
     /// The service kept failing: restart limit reached.

@@ -5,7 +5,9 @@
 //! 1. mount /proc, /sys, devtmpfs on /dev, tmpfs on /run, configfs;
 //! 2. load the kernel modules the image lists (`/etc/cocoon/modules`, `finit_module`, compressed
 //!    modules decompressed by the kernel);
-//! 3. read the role from the measured kernel command line (`cocoon.role=`);
+//! 3. read the role from the measured kernel command line (`cocoon.role=`); if it names a root
+//!    disk (`cocoon.root=`), map that disk through dm-verity under the named root hash, check it
+//!    whole, mount it (EROFS, read-only), switch to it and load the modules it lists;
 //! 4. open the TEE: TDX (configfs-tsm) or the simulated platform the launcher passes via fw_cfg,
 //!    both behind `attestation::TeeDevice`;
 //! 5. read the config disk (serial `cocoon-config`), extend SHA-256 of its bytes into RTMR3 and

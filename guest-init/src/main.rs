@@ -24,7 +24,22 @@ fn run() -> Result<(), Failure> {
     steps::mount_filesystems()?;
     let loaded = steps::load_modules()?;
     Status::new("modules").with("loaded", loaded).emit();
-    let role = steps::read_role()?;
+    let cmdline = steps::read_cmdline()?;
+    let role = steps::read_role(&cmdline)?;
+    if let Some(root) = steps::root_disk(&cmdline)? {
+        let switched = steps::switch_root(&root)?;
+        Status::new("root")
+            .with("verified_bytes", switched.verified_bytes)
+            .with("verify_ms", switched.verify_ms)
+            .emit();
+        // Modules the root disk lists (its /etc/cocoon/modules), e.g. drivers too large for
+        // the initramfs.
+        let more = steps::load_modules()?;
+        Status::new("modules")
+            .with("loaded", more)
+            .with("from", "root disk")
+            .emit();
+    }
     let (kind, tee) = steps::open_tee()?;
     Status::new("tee")
         .with("kind", kind.name())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use attestation::config::{OpenedTee, TeeConfig};
 use measurements::runtime_log::{RuntimeEvent, RuntimeLog};
 use nix::mount::{mount, MsFlags};
+use protocol::guest::RootDisk;
 use sha2::{Digest, Sha256};
 
 use crate::config::{InitConfig, ModelDisk, Network, Role};
@@ -168,10 +169,14 @@ pub fn load_modules() -> Result<usize, Failure> {
     Ok(loaded)
 }
 
-/// Step 3: the role, from the measured kernel command line.
-pub fn read_role() -> Result<Role, Failure> {
-    let cmdline = fs::read_to_string("/proc/cmdline").step(InitExit::Cmdline, "/proc/cmdline")?;
-    crate::config::role_from_cmdline(&cmdline).step(InitExit::Cmdline, "role")
+/// Step 3: the measured kernel command line.
+pub fn read_cmdline() -> Result<String, Failure> {
+    fs::read_to_string("/proc/cmdline").step(InitExit::Cmdline, "/proc/cmdline")
+}
+
+/// Step 3a: the role, from the command line.
+pub fn read_role(cmdline: &str) -> Result<Role, Failure> {
+    crate::config::role_from_cmdline(cmdline).step(InitExit::Cmdline, "role")
 }
 
 /// Which TEE the guest runs on.
@@ -326,28 +331,13 @@ pub fn configure_network(net: Option<&Network>) -> Result<(), Failure> {
 pub fn setup_model(model: &ModelDisk) -> Result<PathBuf, Failure> {
     let data = find_disk(disks::MODEL_SERIAL, InitExit::ModelDisk)?;
     let hash = find_disk(disks::VERITY_SERIAL, InitExit::ModelDisk)?;
-    let control = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/mapper/control")
-        .step(InitExit::ModelDisk, "/dev/mapper/control")?;
-    let name = "cocoon-model";
-    let mut buf = dm::dev_create(name).step(InitExit::ModelDisk, "dm create")?;
-    sys::dm_ioctl(&control, dm::DM_DEV_CREATE, &mut buf).step(InitExit::ModelDisk, "dm create")?;
-    let (_, minor) = dm::reply_dev(&buf)
-        .ok_or_else(|| Failure::new(InitExit::ModelDisk, "dm create: no device number"))?;
     let params = model.verity_params(&data.dev, &hash.dev);
-    let mut buf = dm::table_load(name, model.sectors(), "verity", &params)
-        .step(InitExit::ModelDisk, "dm table")?;
-    sys::dm_ioctl(&control, dm::DM_TABLE_LOAD, &mut buf)
-        .step(InitExit::ModelDisk, "dm table load")?;
-    let mut buf = dm::dev_resume(name).step(InitExit::ModelDisk, "dm resume")?;
-    sys::dm_ioctl(&control, dm::DM_DEV_SUSPEND, &mut buf).step(InitExit::ModelDisk, "dm resume")?;
-    let node = PathBuf::from(format!("/dev/dm-{minor}"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !node.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let node = map_verity(
+        "cocoon-model",
+        model.sectors(),
+        &params,
+        InitExit::ModelDisk,
+    )?;
     if model.verify_on_boot {
         let started = Instant::now();
         let bytes = read_all(&node).map_err(|(offset, e)| {
@@ -369,6 +359,114 @@ pub fn setup_model(model: &ModelDisk) -> Result<PathBuf, Failure> {
     std::os::unix::fs::symlink(&node, &link)
         .step(InitExit::ModelDisk, &link.display().to_string())?;
     Ok(link)
+}
+
+/// Maps a dm-verity target named `name` over `sectors` with the `verity` table `params` and
+/// returns its node (`/dev/dm-N`).
+fn map_verity(name: &str, sectors: u64, params: &str, exit: InitExit) -> Result<PathBuf, Failure> {
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+        .step(exit, "/dev/mapper/control")?;
+    let mut buf = dm::dev_create(name).step(exit, "dm create")?;
+    sys::dm_ioctl(&control, dm::DM_DEV_CREATE, &mut buf).step(exit, "dm create")?;
+    let (_, minor) =
+        dm::reply_dev(&buf).ok_or_else(|| Failure::new(exit, "dm create: no device number"))?;
+    let mut buf = dm::table_load(name, sectors, "verity", params).step(exit, "dm table")?;
+    sys::dm_ioctl(&control, dm::DM_TABLE_LOAD, &mut buf).step(exit, "dm table load")?;
+    let mut buf = dm::dev_resume(name).step(exit, "dm resume")?;
+    sys::dm_ioctl(&control, dm::DM_DEV_SUSPEND, &mut buf).step(exit, "dm resume")?;
+    let node = PathBuf::from(format!("/dev/dm-{minor}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(node)
+}
+
+/// Where the root disk is mounted before cocoon-init switches to it.
+pub const SYSROOT: &str = "/sysroot";
+
+/// Step 3b: the root disk the measured command line names (`cocoon.root=`), if any.
+pub fn root_disk(cmdline: &str) -> Result<Option<RootDisk>, Failure> {
+    RootDisk::from_cmdline(cmdline).step(InitExit::RootDisk, "command line")
+}
+
+/// What [`switch_root`] did, for the status line.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchedRoot {
+    /// Bytes of filesystem read (and so checked against the root hash) before mounting it.
+    pub verified_bytes: u64,
+    pub verify_ms: u64,
+}
+
+/// Step 3c: map the root disk through dm-verity under the command line's root hash, read all
+/// of it once (a block that does not match fails here, with its offset, rather than as an I/O
+/// error in a running service), mount it read-only, move /dev, /proc, /sys and /run onto it,
+/// give it a fresh /tmp and make it `/`. cocoon-init keeps running from memory; the service
+/// binary, and the modules listed on the root disk, then come from it.
+pub fn switch_root(root: &RootDisk) -> Result<SwitchedRoot, Failure> {
+    let exit = InitExit::RootDisk;
+    let disk = find_disk(protocol::guest::ROOT_DISK_SERIAL, exit)?;
+    let node = map_verity(
+        "cocoon-root",
+        root.sectors(),
+        &root.verity_params(&disk.dev),
+        exit,
+    )?;
+    let started = Instant::now();
+    let verified_bytes = read_all(&node).map_err(|(offset, e)| {
+        Failure::new(
+            InitExit::RootTampered,
+            format!(
+                "root disk does not match the command line's root hash {}: read error at offset {offset}: {e}",
+                hex::encode(root.root_hash)
+            ),
+        )
+    })?;
+    let verify_ms = started.elapsed().as_millis() as u64;
+    fs::create_dir_all(SYSROOT).step(exit, SYSROOT)?;
+    mount(
+        Some(&node),
+        SYSROOT,
+        Some("erofs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .step(
+        exit,
+        &format!("mount {} (erofs) on {SYSROOT}", node.display()),
+    )?;
+    for dir in ["/dev", "/proc", "/sys", "/run"] {
+        let target = format!("{SYSROOT}{dir}");
+        mount(
+            Some(dir),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .step(exit, &format!("move {dir} to {target}"))?;
+    }
+    let tmp = format!("{SYSROOT}/tmp");
+    mount(
+        Some("tmpfs"),
+        tmp.as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .step(exit, &format!("mount tmpfs on {tmp}"))?;
+    nix::unistd::chdir(SYSROOT).step(exit, &format!("chdir {SYSROOT}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .step(exit, &format!("move {SYSROOT} to /"))?;
+    nix::unistd::chroot(".").step(exit, "chroot")?;
+    nix::unistd::chdir("/").step(exit, "chdir /")?;
+    Ok(SwitchedRoot {
+        verified_bytes,
+        verify_ms,
+    })
 }
 
 fn read_all(path: &Path) -> Result<u64, (u64, std::io::Error)> {

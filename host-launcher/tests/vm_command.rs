@@ -58,6 +58,7 @@ fn boot() -> Boot {
         kernel: "/srv/cocoon/images/worker/vmlinuz".into(),
         initrd: "/srv/cocoon/images/worker/initramfs.cpio.gz".into(),
         cmdline: "console=ttyS0 panic=-1 cocoon.role=worker".into(),
+        root_disk: None,
     }
 }
 
@@ -484,4 +485,35 @@ fn unknown_fields_and_bad_toml_are_rejected_with_their_location() {
         assert!(matches!(e, ConfigError::Toml { .. }), "{e}");
         assert!(e.to_string().contains(needle), "{needle}: {e}");
     }
+}
+
+#[test]
+fn a_root_disk_is_attached_read_only_after_the_config_disk() {
+    let c = config(
+        &format!("{BASE}[network]\nhost_address = \"0.0.0.0\"\n{TDX}{REST}"),
+        Some(Tee::Sim),
+    );
+    let with_root = Boot {
+        root_disk: Some("/srv/cocoon/images/worker,gpu/root.img".into()),
+        ..boot()
+    };
+    let a = qemu::command(&c, &c.instance(0).unwrap(), &with_root).args;
+    let config_at = a
+        .iter()
+        .position(|x| x == "virtio-blk-pci,drive=config,serial=cocoon-config")
+        .unwrap();
+    assert_eq!(
+        a[config_at + 1..config_at + 5],
+        strings(vec![
+            "-drive",
+            "if=none,id=root,file=/srv/cocoon/images/worker,,gpu/root.img,format=raw,readonly=on",
+            "-device",
+            "virtio-blk-pci,drive=root,serial=cocoon-root",
+        ])[..]
+    );
+    // Without one, nothing else changes.
+    let without = argv(&c, 0);
+    let mut stripped = a.clone();
+    stripped.drain(config_at + 1..config_at + 5);
+    assert_eq!(stripped, without);
 }

@@ -324,6 +324,53 @@ fn print_shows_the_command_and_writes_nothing() {
 }
 
 #[test]
+fn a_listed_root_disk_is_checked_and_attached() {
+    let d = temp("root-disk");
+    let (config, _) = sim_setup(&d, "exit 0");
+    let root = b"erofs + hash tree".to_vec();
+    write(&d.join("image/root.img"), &root);
+    let manifest_path = d.join("image/manifest.json");
+    let mut m: image::manifest::ImageManifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    m.artifacts
+        .insert("root.img".into(), common::artifact(&root));
+    write(&manifest_path, serde_json::to_string_pretty(&m).unwrap());
+    let out = run(&config, &["--print"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "-drive if=none,id=root,file={},format=raw,readonly=on",
+            d.join("image/root.img").display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-device virtio-blk-pci,drive=root,serial=cocoon-root"),
+        "{stdout}"
+    );
+    // Another disk than the listed one, or none, is refused before QEMU starts.
+    write(&d.join("image/root.img"), b"erofs + hash trex");
+    let out = run(&config, &["--print"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stderr).contains("image/root.img: sha256 "),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(d.join("image/root.img")).unwrap();
+    let out = run(&config, &["--print"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(text(&out.stderr).contains("image/root.img"));
+    // An image without one attaches none.
+    common::image(&d.join("image"), "worker");
+    let out = run(&config, &["--print"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("cocoon-root"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn image_mismatches_exit_4_naming_the_file() {
     let d = temp("image");
     let (config, _) = sim_setup(&d, "exit 0");

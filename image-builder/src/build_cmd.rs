@@ -15,6 +15,7 @@ use image::manifest::{
     IMAGE_MANIFEST_FORMAT,
 };
 use image::registers::{self, Platform, VmShape};
+use image::root_disk;
 
 /// Arguments of `cocoon-image build`.
 #[derive(clap::Args, Debug)]
@@ -56,6 +57,16 @@ pub struct BuildArgs {
     /// Publisher named in `measurement.json` (the release manifest content for this role).
     #[arg(long, default_value = "cocoon-image")]
     pub publisher: String,
+    /// Put the service binary (and `--root-extra`) on a read-only root disk (`root.img`: EROFS
+    /// plus its dm-verity hash tree, the root hash on the measured command line) instead of the
+    /// initramfs, which then holds only cocoon-init and the modules that mount it.
+    #[arg(long)]
+    pub root_disk: bool,
+    /// A directory copied onto the root disk as is (files, directories, symlinks; permission
+    /// bits kept, owners and times not), e.g. a GPU driver's user-space libraries. Needs
+    /// `--root-disk`.
+    #[arg(long, requires = "root_disk")]
+    pub root_extra: Option<PathBuf>,
     /// `issued_at` of `measurement.json`, Unix seconds (default: $SOURCE_DATE_EPOCH, else 0, so
     /// that builds stay reproducible; publishers set the real time when they assemble releases).
     #[arg(long)]
@@ -164,7 +175,11 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let service_name = format!("cocoon-{}", args.role);
     let service = read_static(&bin_dir.join(&service_name), &args.out)?;
 
-    let modules = pin.modules_for(&args.role);
+    let modules = if args.root_disk {
+        pin.modules_for_root_disk(&args.role)
+    } else {
+        pin.modules_for(&args.role)
+    };
     let mut module_bytes = BTreeMap::new();
     for rel in &modules {
         let path = unpacked.modules_dir.join(rel);
@@ -203,13 +218,48 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
             data: init,
         },
     )?;
-    archive.insert(
-        &format!("bin/{service_name}"),
-        Entry::File {
-            mode: 0o755,
-            data: service,
-        },
-    )?;
+    let service_entry = Entry::File {
+        mode: 0o755,
+        data: service,
+    };
+    let root = if args.root_disk {
+        archive.insert("sysroot", Entry::Dir)?;
+        let mut root = Archive::new();
+        if let Some(extra) = &args.root_extra {
+            root_disk::add_tree(&mut root, extra, "")?;
+        }
+        for dir in ["dev", "proc", "sys", "run", "tmp"] {
+            if root.entries().contains_key(dir) {
+                bail!(
+                    "--root-extra {}: {dir} is a mount point on the root disk",
+                    extra_name(args)
+                );
+            }
+            root.insert(dir, Entry::Dir)?;
+        }
+        let bin = format!("bin/{service_name}");
+        if root.entries().contains_key(&bin) {
+            bail!(
+                "--root-extra {}: {bin} is the service binary",
+                extra_name(args)
+            );
+        }
+        root.insert(&bin, service_entry)?;
+        let disk = root_disk::build(&root)?;
+        progress(
+            start,
+            &format!(
+                "root disk: {} entries, {} blocks of EROFS, {} bytes with its hash tree",
+                root.len(),
+                disk.1.data_blocks,
+                disk.0.len()
+            ),
+        );
+        Some(disk)
+    } else {
+        archive.insert(&format!("bin/{service_name}"), service_entry)?;
+        None
+    };
     let mut list = String::new();
     for (rel, bytes) in module_bytes {
         let in_image = format!("{}/{rel}", pin.release);
@@ -244,7 +294,11 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
 
     let vmlinuz = std::fs::read(&unpacked.vmlinuz)
         .with_context(|| format!("read {}", unpacked.vmlinuz.display()))?;
-    let cmdline = cmdline(&args.role);
+    let mut cmdline = cmdline(&args.role);
+    if let Some((_, params)) = &root {
+        cmdline.push(' ');
+        cmdline.push_str(&params.cmdline_word());
+    }
 
     let firmware = match &args.firmware {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("read {}", p.display()))?),
@@ -273,6 +327,14 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         let path = args.out.join(name);
         std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
         artifacts.insert(name.to_string(), artifact(bytes));
+    }
+    if let Some((disk, _)) = &root {
+        let path = args.out.join(ROOT_DISK);
+        std::fs::write(&path, disk).with_context(|| format!("write {}", path.display()))?;
+        artifacts.insert(ROOT_DISK.to_string(), artifact(disk));
+    } else {
+        // A stale root disk from an earlier build must not sit next to this image.
+        let _ = std::fs::remove_file(args.out.join(ROOT_DISK));
     }
     let manifest = ImageManifest {
         format: IMAGE_MANIFEST_FORMAT.into(),
@@ -333,6 +395,16 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The root disk's file in an image directory.
+pub const ROOT_DISK: &str = protocol::guest::ROOT_DISK_FILE;
+
+fn extra_name(args: &BuildArgs) -> String {
+    args.root_extra
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 fn git_head() -> Option<String> {

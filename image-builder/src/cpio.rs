@@ -80,6 +80,11 @@ impl Archive {
         self.entries.is_empty()
     }
 
+    /// The entries by path, in byte order (parents before their children).
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
     /// The uncompressed newc archive.
     pub fn to_cpio(&self) -> Result<Vec<u8>, CpioError> {
         let mut out = Vec::new();

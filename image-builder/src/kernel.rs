@@ -227,6 +227,20 @@ impl KernelPin {
         out.extend(self.modules.get(role).cloned().unwrap_or_default());
         out
     }
+
+    /// Modules for `role` in an image with a root disk: [`modules_for`], then those of the
+    /// `root_disk` list it does not have yet (what mounting the root disk takes).
+    ///
+    /// [`modules_for`]: KernelPin::modules_for
+    pub fn modules_for_root_disk(&self, role: &str) -> Vec<String> {
+        let mut out = self.modules_for(role);
+        for m in self.modules.get("root_disk").into_iter().flatten() {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
 }
 
 /// A required config line the kernel config does not have.
@@ -414,7 +428,7 @@ mod tests {
     fn pin_file_is_the_reviewed_one() {
         let got = hex::encode(Sha256::digest(KERNEL_TOML.as_bytes()));
         assert_eq!(
-            got, "7a9076c2275b8eb43121219070c85299d18e34d3d4a8fdbe35d6ad5def50afb0",
+            got, "84bfed7488eb001f1de997bc857a79ce16d814db1e3d0406bc6f0656545cd015",
             "image-builder/kernel.toml changed: review it, then update this digest"
         );
         let pin = KernelPin::pinned().unwrap();
@@ -433,6 +447,13 @@ mod tests {
     fn pin_is_parsed() {
         let pin = KernelPin::pinned().unwrap();
         assert!(pin.modules_for("worker").len() > pin.modules_for("proxy").len());
+        // A root disk adds dm-verity and EROFS, once: the worker has dm-verity already.
+        let worker = pin.modules_for_root_disk("worker");
+        assert_eq!(worker[..worker.len() - 1], pin.modules_for("worker")[..]);
+        assert_eq!(worker.last().unwrap(), "kernel/fs/erofs/erofs.ko.xz");
+        let proxy = pin.modules_for_root_disk("proxy");
+        assert!(proxy.contains(&"kernel/drivers/md/dm-verity.ko.xz".to_string()));
+        assert!(proxy.ends_with(&["kernel/fs/erofs/erofs.ko.xz".to_string()]));
         assert!(pin.boot_package().name.starts_with("linux-binary-"));
         assert!(pin
             .config

@@ -6,8 +6,10 @@
 
 pub mod cpio;
 pub mod elf;
+pub mod erofs;
 pub mod gguf;
 pub mod kernel;
 pub mod manifest;
 pub mod registers;
+pub mod root_disk;
 pub mod verity;

@@ -412,8 +412,8 @@ pub fn register_inputs(register: &str) -> (&'static str, &'static [&'static str]
             "the firmware's boot events (TDVF version)",
         ),
         "rtmr2" => (
-            "the kernel command line and the initrd",
-            &["cmdline", "initramfs.cpio.gz", "cmdline_text", "kernel.packages", "register_sources.rtmr2"],
+            "the kernel command line (with a root disk's dm-verity root hash) and the initrd",
+            &["cmdline", "initramfs.cpio.gz", "root.img", "cmdline_text", "kernel.packages", "register_sources.rtmr2"],
             "nothing else",
         ),
         "rtmr3" => (

@@ -212,7 +212,7 @@ fn from_images_sign_verify_diff() {
     assert!(text.contains("role worker: image"), "{text}");
     assert!(text.contains("rtmr2 differs"), "{text}");
     assert!(
-        text.contains("kernel command line and the initrd"),
+        text.contains("measures: the kernel command line (with a root disk's dm-verity root hash) and the initrd"),
         "{text}"
     );
     assert!(text.contains("role proxy: unchanged"), "{text}");

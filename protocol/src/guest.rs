@@ -13,6 +13,11 @@ pub const CONFIG_DISK_SERIAL: &str = "cocoon-config";
 pub const MODEL_DISK_SERIAL: &str = "cocoon-model";
 /// Serial of the model's dm-verity hash tree disk.
 pub const VERITY_DISK_SERIAL: &str = "cocoon-verity";
+/// Serial of the root disk of an image built with `cocoon-image build --root-disk`: an EROFS
+/// filesystem, then (from the block after it) its dm-verity hash device.
+pub const ROOT_DISK_SERIAL: &str = "cocoon-root";
+/// The root disk's file in an image directory (next to `vmlinuz`, listed in `manifest.json`).
+pub const ROOT_DISK_FILE: &str = "root.img";
 /// fw_cfg name of the simulated platform seed (`SimPlatformSeed` JSON).
 pub const FW_CFG_SIM_PLATFORM: &str = "opt/cocoon/sim-platform";
 /// fw_cfg name of the simulated registers (`TdRegisters` JSON).
@@ -54,6 +59,199 @@ pub const WORKER_READY: &str = "cocoon-worker: ready";
 pub const CLIENT_READY: &str = "cocoon-client: ready ";
 /// What `cocoon-host` prints once everything it started is ready.
 pub const HOST_READY: &str = "cocoon-host: ready";
+
+/// The kernel command-line word that names the root disk: `cocoon.root=<data blocks>:<root
+/// hash>:<salt>` (hex, `-` for no salt). The command line is measured (RTMR2), so the root
+/// hash is part of the image's measurement like the initramfs.
+pub const ROOT_CMDLINE_KEY: &str = "cocoon.root=";
+
+/// The dm-verity parameters of a root disk: `data_blocks` blocks of 4 KiB filesystem, then the
+/// hash device (a veritysetup superblock block, then the tree), SHA-256, one salt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDisk {
+    pub data_blocks: u64,
+    pub root_hash: [u8; 32],
+    pub salt: Vec<u8>,
+}
+
+/// Why a `cocoon.root=` word is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootDiskError {
+    #[error("the command line names the root disk {0} times")]
+    Repeated(usize),
+    #[error("cocoon.root={value:?}: {why}")]
+    Malformed { value: String, why: &'static str },
+}
+
+/// Largest salt (dm-verity's limit).
+pub const ROOT_MAX_SALT: usize = 256;
+
+impl RootDisk {
+    /// Block where the hash tree starts (after the data and the hash device's superblock).
+    pub fn hash_start_block(&self) -> u64 {
+        self.data_blocks + 1
+    }
+
+    /// Size of the mapped filesystem in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.data_blocks * 8
+    }
+
+    /// The command-line word.
+    pub fn cmdline_word(&self) -> String {
+        let salt = if self.salt.is_empty() {
+            "-".to_string()
+        } else {
+            hex::encode(&self.salt)
+        };
+        format!(
+            "{ROOT_CMDLINE_KEY}{}:{}:{salt}",
+            self.data_blocks,
+            hex::encode(self.root_hash)
+        )
+    }
+
+    /// The root disk a command line names, if any. At most one `cocoon.root=` word.
+    pub fn from_cmdline(cmdline: &str) -> Result<Option<Self>, RootDiskError> {
+        let words: Vec<&str> = cmdline
+            .split_ascii_whitespace()
+            .filter_map(|w| w.strip_prefix(ROOT_CMDLINE_KEY))
+            .collect();
+        match words[..] {
+            [] => Ok(None),
+            [value] => Self::parse(value).map(Some),
+            _ => Err(RootDiskError::Repeated(words.len())),
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, RootDiskError> {
+        let bad = |why| RootDiskError::Malformed {
+            value: value.chars().take(200).collect(),
+            why,
+        };
+        let mut parts = value.split(':');
+        let (Some(blocks), Some(root), Some(salt), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected <data blocks>:<root hash>:<salt>"));
+        };
+        let data_blocks: u64 = blocks
+            .parse()
+            .ok()
+            .filter(|&b| b > 0 && b < (1 << 40))
+            .ok_or_else(|| bad("data blocks: a number from 1 to 2^40"))?;
+        let mut root_hash = [0u8; 32];
+        hex::decode_to_slice(root, &mut root_hash).map_err(|_| bad("root hash: 64 hex digits"))?;
+        let salt = if salt == "-" {
+            Vec::new()
+        } else {
+            hex::decode(salt)
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= ROOT_MAX_SALT)
+                .ok_or_else(|| bad("salt: `-` or 1 to 256 bytes of hex"))?
+        };
+        Ok(Self {
+            data_blocks,
+            root_hash,
+            salt,
+        })
+    }
+
+    /// The device-mapper `verity` table parameters with the disk `dev` (`major:minor`) as
+    /// both data and hash device.
+    pub fn verity_params(&self, dev: &str) -> String {
+        verity_params(
+            dev,
+            dev,
+            self.data_blocks,
+            self.hash_start_block(),
+            &self.root_hash,
+            &self.salt,
+        )
+    }
+}
+
+/// Device-mapper `verity` target parameters (format version 1, 4 KiB blocks, SHA-256).
+pub fn verity_params(
+    data: &str,
+    hash: &str,
+    data_blocks: u64,
+    hash_start_block: u64,
+    root_hash: &[u8; 32],
+    salt: &[u8],
+) -> String {
+    let salt = if salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex::encode(salt)
+    };
+    format!(
+        "1 {data} {hash} 4096 4096 {data_blocks} {hash_start_block} sha256 {} {salt}",
+        hex::encode(root_hash)
+    )
+}
+
+#[cfg(test)]
+mod root_disk_tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_command_line() {
+        let r = RootDisk {
+            data_blocks: 1234,
+            root_hash: [0xab; 32],
+            salt: vec![1, 2, 3],
+        };
+        let line = format!(
+            "console=ttyS0 quiet {} cocoon.role=worker",
+            r.cmdline_word()
+        );
+        assert_eq!(RootDisk::from_cmdline(&line), Ok(Some(r.clone())));
+        assert_eq!(
+            r.verity_params("253:0"),
+            format!(
+                "1 253:0 253:0 4096 4096 1234 1235 sha256 {} 010203",
+                "ab".repeat(32)
+            )
+        );
+        let unsalted = RootDisk { salt: vec![], ..r };
+        assert!(unsalted.cmdline_word().ends_with(":-"));
+        assert_eq!(
+            RootDisk::from_cmdline(&unsalted.cmdline_word()),
+            Ok(Some(unsalted))
+        );
+        assert_eq!(RootDisk::from_cmdline("cocoon.role=worker"), Ok(None));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        let h = "ab".repeat(32);
+        for v in [
+            String::new(),
+            format!("0:{h}:-"),
+            format!("x:{h}:-"),
+            format!("5:{}:-", "ab".repeat(31)),
+            format!("5:{h}"),
+            format!("5:{h}:-:7"),
+            format!("5:{h}:zz"),
+            format!("5:{h}:"),
+            format!("5:{h}:{}", "00".repeat(257)),
+        ] {
+            assert!(
+                matches!(
+                    RootDisk::from_cmdline(&format!("cocoon.root={v}")),
+                    Err(RootDiskError::Malformed { .. })
+                ),
+                "{v}"
+            );
+        }
+        let w = format!("cocoon.root=5:{h}:-");
+        assert_eq!(
+            RootDisk::from_cmdline(&format!("{w} {w}")),
+            Err(RootDiskError::Repeated(2))
+        );
+    }
+}
 
 #[cfg(test)]
 mod guest_path_tests {

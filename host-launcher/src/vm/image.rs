@@ -23,6 +23,8 @@ pub const KERNEL: &str = "vmlinuz";
 pub const INITRD: &str = "initramfs.cpio.gz";
 /// The kernel command line artifact.
 pub const CMDLINE: &str = "cmdline";
+/// The root disk artifact of an image built with `--root-disk`.
+pub const ROOT_DISK: &str = protocol::guest::ROOT_DISK_FILE;
 
 /// Image check failures.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,8 @@ pub struct BootImage {
     pub initrd: PathBuf,
     /// The kernel command line (`-append`).
     pub cmdline: String,
+    /// The root disk, when the manifest lists one (`cocoon-image build --root-disk`).
+    pub root_disk: Option<PathBuf>,
 }
 
 /// SHA-256 and length of everything `r` yields.
@@ -188,12 +192,20 @@ pub fn load(dir: &Path, role: Role) -> Result<BootImage, ImageError> {
             got: cmdline,
         });
     }
+    // A root disk is part of the image when the manifest lists it; its root hash is on the
+    // (checked) command line, so a disk that is not the listed one fails here or in the guest.
+    let root_disk = if manifest.artifacts.contains_key(ROOT_DISK) {
+        Some(verify_file(dir, &manifest_path, &manifest, ROOT_DISK)?)
+    } else {
+        None
+    };
     Ok(BootImage {
         dir: dir.to_path_buf(),
         manifest,
         kernel,
         initrd,
         cmdline,
+        root_disk,
     })
 }
 

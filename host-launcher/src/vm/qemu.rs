@@ -29,6 +29,8 @@ pub const SERIAL_CONFIG: &str = protocol::guest::CONFIG_DISK_SERIAL;
 pub const SERIAL_MODEL: &str = protocol::guest::MODEL_DISK_SERIAL;
 /// Serial of the model's dm-verity hash tree.
 pub const SERIAL_VERITY: &str = protocol::guest::VERITY_DISK_SERIAL;
+/// Serial of the image's root disk.
+pub const SERIAL_ROOT: &str = protocol::guest::ROOT_DISK_SERIAL;
 /// fw_cfg name of the simulated platform seed (`SimPlatformSeed` JSON).
 pub const FW_CFG_SIM_PLATFORM: &str = protocol::guest::FW_CFG_SIM_PLATFORM;
 /// fw_cfg name of the simulated registers (`TdRegisters` JSON).
@@ -48,6 +50,8 @@ pub struct Boot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
+    /// The image's root disk (`cocoon-image build --root-disk`), attached read-only.
+    pub root_disk: Option<PathBuf>,
 }
 
 impl From<&BootImage> for Boot {
@@ -55,6 +59,7 @@ impl From<&BootImage> for Boot {
         Self {
             kernel: i.kernel.clone(),
             initrd: i.initrd.clone(),
+            root_disk: i.root_disk.clone(),
             cmdline: i.cmdline.clone(),
         }
     }
@@ -213,6 +218,9 @@ pub fn command(config: &VmConfig, instance: &Instance, boot: &Boot) -> QemuComma
         &state::config_disk_path(&instance.dir),
         SERIAL_CONFIG,
     );
+    if let Some(root) = &boot.root_disk {
+        disk(&mut a, "root", root, SERIAL_ROOT);
+    }
     if let Some(m) = &config.model {
         disk(&mut a, "model", &m.model, SERIAL_MODEL);
         disk(&mut a, "verity", &m.verity, SERIAL_VERITY);

@@ -34,7 +34,7 @@ pub fn executable(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn artifact(bytes: &[u8]) -> Artifact {
+pub fn artifact(bytes: &[u8]) -> Artifact {
     Artifact {
         sha256: hex::encode(Sha256::digest(bytes)),
         size: bytes.len() as u64,

@@ -1,0 +1,229 @@
+//! Root disks (`cocoon-image build --root-disk`) against independent tools: `fsck.erofs`
+//! (erofs-utils) checks the filesystem and extracts the same tree we put in, `veritysetup
+//! verify` (cryptsetup-bin) accepts the hash tree at the offset the command line implies, and
+//! both refuse a flipped byte. The kernel mounting it is ci/e2e-vm.sh's part.
+//!
+//! Without the tools the cross-checks fail with a message naming the package, unless
+//! `COCOON_SKIP_EROFS_UTILS=1` / `COCOON_SKIP_VERITYSETUP=1` is set (then they say they skipped).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use image::cpio::{Archive, Entry};
+use image::root_disk;
+use image::verity::{verify_image, BLOCK_SIZE};
+use protocol::guest::RootDisk;
+
+fn tool(name: &str, package: &str, skip_var: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    if let Some(p) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+        return Some(p);
+    }
+    if std::env::var(skip_var).as_deref() == Ok("1") {
+        eprintln!("skipped: {name} not found and {skip_var}=1");
+        return None;
+    }
+    panic!("{name} not found: install {package} (apt-get install -y {package}), or set {skip_var}=1 to skip");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("root-disk-tests")
+        .join(name);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run tool");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A tree on disk like a GPU variant's extra files: nested directories, a big file spanning
+/// many blocks, an empty file, an executable, symlinks, a directory spanning several blocks.
+fn extra_tree(dir: &Path) {
+    let lib = dir.join("usr/lib/x86_64-linux-gnu");
+    fs::create_dir_all(&lib).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(lib.join("libnvidia-ml.so.550.163.01"), &big).unwrap();
+    std::os::unix::fs::symlink("libnvidia-ml.so.550.163.01", lib.join("libnvidia-ml.so.1"))
+        .unwrap();
+    fs::write(lib.join("empty"), b"").unwrap();
+    let bin = dir.join("usr/bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::write(bin.join("nvidia-persistenced"), b"\x7fELF not really").unwrap();
+    fs::set_permissions(
+        bin.join("nvidia-persistenced"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../lib/x86_64-linux-gnu", dir.join("usr/bin/lib")).unwrap();
+    let fw = dir.join("lib/firmware/nvidia/550.163.01");
+    fs::create_dir_all(&fw).unwrap();
+    for i in 0..400 {
+        fs::write(
+            fw.join(format!("gsp_part_{i:04}_with_a_long_enough_name.bin")),
+            [i as u8; 17],
+        )
+        .unwrap();
+    }
+}
+
+fn build(dir: &Path) -> (Archive, Vec<u8>, RootDisk) {
+    let mut root = Archive::new();
+    root_disk::add_tree(&mut root, dir, "").unwrap();
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        root.insert(d, Entry::Dir).unwrap();
+    }
+    let (disk, params) = root_disk::build(&root).unwrap();
+    (root, disk, params)
+}
+
+/// Compares an extracted tree with the archive, entry by entry.
+fn same_tree(root: &Archive, extracted: &Path) {
+    let mut seen = 0;
+    for (path, entry) in root.entries() {
+        let p = extracted.join(path);
+        let meta = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{path}: {e}"));
+        match entry {
+            Entry::Dir => assert!(meta.is_dir(), "{path}"),
+            Entry::File { mode, data } => {
+                assert!(meta.is_file(), "{path}");
+                assert_eq!(&fs::read(&p).unwrap(), data, "{path}");
+                assert_eq!(meta.permissions().mode() & 0o777, *mode, "{path}");
+            }
+            Entry::Symlink(t) => {
+                assert_eq!(fs::read_link(&p).unwrap().to_str().unwrap(), t, "{path}")
+            }
+            Entry::CharDev { .. } => unreachable!(),
+        }
+        seen += 1;
+    }
+    let on_disk = walk(extracted);
+    assert_eq!(
+        on_disk, seen,
+        "fsck.erofs extracted entries we did not write"
+    );
+}
+
+fn walk(d: &Path) -> usize {
+    fs::read_dir(d)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            1 + if e.file_type().unwrap().is_dir() {
+                walk(&e.path())
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn fsck_erofs_extracts_what_we_wrote() {
+    let d = scratch("fsck");
+    extra_tree(&d.join("in"));
+    let (root, disk, params) = build(&d.join("in"));
+    assert!(root.len() > 400);
+    let Some(fsck) = tool("fsck.erofs", "erofs-utils", "COCOON_SKIP_EROFS_UTILS") else {
+        return;
+    };
+    let img = d.join("root.img");
+    fs::write(&img, &disk).unwrap();
+    let (ok, text) = run(Command::new(&fsck)
+        .arg(format!("--extract={}", d.join("out").display()))
+        .arg(&img));
+    assert!(ok, "fsck.erofs: {text}");
+    same_tree(&root, &d.join("out"));
+    // The filesystem alone (without the hash tree after it) is the same filesystem.
+    let fs_only = d.join("fs.img");
+    fs::write(&fs_only, &disk[..params.data_blocks as usize * BLOCK_SIZE]).unwrap();
+    let (ok, text) = run(Command::new(&fsck).arg(&fs_only));
+    assert!(ok, "fsck.erofs (filesystem only): {text}");
+    // A damaged superblock magic is refused.
+    let mut bad = disk.clone();
+    bad[1024] ^= 0xff;
+    fs::write(&img, &bad).unwrap();
+    let (ok, text) = run(Command::new(&fsck).arg(&img));
+    assert!(!ok, "fsck.erofs accepted a bad magic: {text}");
+}
+
+#[test]
+fn the_hash_tree_verifies_where_the_command_line_says() {
+    let d = scratch("verity");
+    extra_tree(&d.join("in"));
+    let (_, disk, params) = build(&d.join("in"));
+    let fs_len = params.data_blocks as usize * BLOCK_SIZE;
+    assert_eq!(disk.len() % BLOCK_SIZE, 0);
+    // Our own verifier over data and hash device.
+    let sb = verify_image(&disk[..fs_len], &disk[fs_len..], &params.root_hash).unwrap();
+    assert_eq!(sb.salt.as_bytes(), &params.salt[..]);
+    assert_eq!(params.hash_start_block(), params.data_blocks + 1);
+    // The command-line word round-trips.
+    let word = params.cmdline_word();
+    assert_eq!(RootDisk::from_cmdline(&word).unwrap(), Some(params.clone()));
+    // Same inputs, same disk.
+    let (_, again, _) = build(&d.join("in"));
+    assert_eq!(again, disk);
+
+    let mut flipped = disk.clone();
+    flipped[fs_len / 2] ^= 1;
+    assert!(verify_image(&flipped[..fs_len], &flipped[fs_len..], &params.root_hash).is_err());
+
+    let Some(vs) = tool("veritysetup", "cryptsetup-bin", "COCOON_SKIP_VERITYSETUP") else {
+        return;
+    };
+    let img = d.join("root.img");
+    let check = |bytes: &[u8]| {
+        fs::write(&img, bytes).unwrap();
+        run(Command::new(&vs)
+            .arg("verify")
+            .arg(&img)
+            .arg(&img)
+            .arg(hex::encode(params.root_hash))
+            .arg(format!("--hash-offset={fs_len}")))
+    };
+    let (ok, text) = check(&disk);
+    assert!(ok, "veritysetup verify: {text}");
+    let (ok, text) = check(&flipped);
+    assert!(!ok, "veritysetup accepted a flipped byte: {text}");
+}
+
+#[test]
+fn what_cannot_go_on_a_root_disk_is_named() {
+    let d = scratch("refused");
+    let dir = d.join("in");
+    fs::create_dir_all(&dir).unwrap();
+    nix_mkfifo(&dir.join("pipe"));
+    let mut root = Archive::new();
+    let err = root_disk::add_tree(&mut root, &dir, "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pipe") && err.contains("only files, directories and symlinks"),
+        "{err}"
+    );
+    let err = root_disk::add_tree(&mut root, &d.join("missing"), "")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing"), "{err}");
+}
+
+fn nix_mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
+    assert!(ok, "mkfifo");
+}
