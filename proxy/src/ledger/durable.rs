@@ -243,6 +243,35 @@ impl Ticket {
     pub fn is_durable(&self) -> bool {
         matches!(&*self.rx.borrow(), Progress::Durable { seq, .. } if *seq >= self.seq)
     }
+
+    /// A ticket for mutation 1 of a writer that has written nothing, and the writer's side:
+    /// [`TicketControl::written`] makes it durable, [`TicketControl::failed`] fails it.
+    #[cfg(test)]
+    pub(crate) fn pending() -> (Self, TicketControl) {
+        let (tx, rx) = watch::channel(Progress::Durable {
+            seq: 0,
+            sent: Vec::new(),
+        });
+        (Self { seq: 1, rx }, TicketControl(tx))
+    }
+}
+
+/// The writer's side of [`Ticket::pending`] (tests).
+#[cfg(test)]
+pub(crate) struct TicketControl(watch::Sender<Progress>);
+
+#[cfg(test)]
+impl TicketControl {
+    pub fn written(&self) {
+        let _ = self.0.send(Progress::Durable {
+            seq: 1,
+            sent: Vec::new(),
+        });
+    }
+
+    pub fn failed(&self) {
+        let _ = self.0.send(Progress::Failed("disk full".into()));
+    }
 }
 
 enum Op {

@@ -37,6 +37,7 @@ use super::{
     abandoned, attempt, Attempt, Billing, Pick, ReceiptCheck, Registered, H_REQUEST_ID,
     H_STREAM_TAG, STOP_AT_CUT, WORKER_AUTHORITY,
 };
+use crate::ledger::durable::Ticket;
 use crate::link::UpBody;
 use crate::registry::Worker;
 use crate::stall::Watch;
@@ -387,14 +388,14 @@ impl Leftover {
         } else {
             Instant::now() + SETTLE_GRACE
         };
-        let (rest, ending) = self.read_rest(deadline).await;
-        let b = &mut self.billing;
-        let billed = b.pick.held.is_committed();
+        let (rest, ending, charge) = self.read_rest(deadline).await;
+        let billed = self.billing.pick.held.is_committed();
         if let Some(w) = &self.watch {
             // Taken over from a client that stopped reading: the end it was billed, should
-            // it read again.
-            w.settled(ending.filter(|_| billed));
+            // it read again, once the charge is on disk (as on a relayed stream).
+            w.settled(billed_end(ending.filter(|_| billed), charge).await);
         }
+        let b = &mut self.billing;
         if billed {
             b.state.stats.stopped.fetch_add(1, Ordering::Relaxed);
             b.finish(true);
@@ -418,9 +419,11 @@ impl Leftover {
     }
 
     /// Reads the worker's stream until it ends, breaks or `deadline` passes, billing what it
-    /// reports; returns how it went and the usage and receipt events read, as sent.
-    async fn read_rest(&mut self, deadline: Instant) -> (Rest, Option<Bytes>) {
+    /// reports; returns how it went, the usage and receipt events read (as sent) and the
+    /// durability ticket of the last charge.
+    async fn read_rest(&mut self, deadline: Instant) -> (Rest, Option<Bytes>, Option<Ticket>) {
         let mut ending: Vec<u8> = Vec::new();
+        let mut charge = None;
         let rest = loop {
             let frame = match tokio::time::timeout_at(deadline.into(), self.upstream.frame()).await
             {
@@ -434,8 +437,11 @@ impl Leftover {
             };
             let billing = &mut self.billing;
             let fed = self.splitter.feed(&data, |kind, raw| {
-                // The charge is written by the ledger's next group commit; nobody waits.
-                let _ = billing.on_event(kind, raw);
+                // The charge is written by the ledger's next group commit; only a client that
+                // reads again waits for it ([`billed_end`]).
+                if let Some(ticket) = billing.on_event(kind, raw) {
+                    charge = Some(ticket);
+                }
                 if matches!(kind, Kind::Usage | Kind::Receipt) {
                     ending.extend_from_slice(raw);
                 }
@@ -444,7 +450,28 @@ impl Leftover {
                 break Rest::Broken;
             }
         };
-        (rest, (!ending.is_empty()).then(|| Bytes::from(ending)))
+        (
+            rest,
+            (!ending.is_empty()).then(|| Bytes::from(ending)),
+            charge,
+        )
+    }
+}
+
+/// The billed end of a stream taken over, released to its client only once its charge is on
+/// disk: a client must not see a charge the ledger could forget. A failed write withholds it
+/// (the client then gets only the error event).
+async fn billed_end(ending: Option<Bytes>, charge: Option<Ticket>) -> Option<Bytes> {
+    let ending = ending?;
+    match charge {
+        Some(ticket) if !ticket.is_durable() => match ticket.wait().await {
+            Ok(()) => Some(ending),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger write failed; billed end withheld");
+                None
+            }
+        },
+        _ => Some(ending),
     }
 }
 
@@ -500,4 +527,46 @@ pub async fn cancel(
             .to_string()
             .into_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end() -> Bytes {
+        Bytes::from_static(b"event: cocoon.usage\ndata: {\"prompt_tokens\":3}\n\n")
+    }
+
+    #[tokio::test]
+    async fn a_billed_end_waits_for_its_charge_on_disk() {
+        let (ticket, writer) = Ticket::pending();
+        let mut release = Box::pin(billed_end(Some(end()), Some(ticket)));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut release)
+                .await
+                .is_err(),
+            "released before the charge was written"
+        );
+        writer.written();
+        assert_eq!(release.await, Some(end()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_withholds_the_billed_end() {
+        let (ticket, writer) = Ticket::pending();
+        let release = tokio::spawn(billed_end(Some(end()), Some(ticket)));
+        writer.failed();
+        assert_eq!(release.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_end_without_a_pending_charge_goes_at_once() {
+        assert_eq!(billed_end(Some(end()), None).await, Some(end()));
+        let (ticket, writer) = Ticket::pending();
+        writer.written();
+        assert_eq!(billed_end(Some(end()), Some(ticket)).await, Some(end()));
+        // Nothing billed: nothing to hand over, whatever the ticket.
+        let (ticket, _writer) = Ticket::pending();
+        assert_eq!(billed_end(None, Some(ticket)).await, None);
+    }
 }
