@@ -12,8 +12,9 @@
 #  6. one flipped byte in the model disk: the worker VM stops with exit 20 before serving;
 #  7. a service that keeps failing is restarted with backoff, then init gives up (exit 31);
 #  8. SIGTERM to the launcher powers the proxy VM off cleanly (exit 0);
-#  9. the worker that serves in 3. is built with a root disk (`--root-disk`: the service and an
-#     extra tree on EROFS under dm-verity, the root hash on the measured command line; fsck.erofs
+#  9. the worker that serves in 3. is built with a root disk (`--root-disk`: the service, the GPU
+#     variant's pinned NVIDIA user space (image-builder/gpu-root.toml) and an extra tree on
+#     EROFS under dm-verity, the root hash on the measured command line; fsck.erofs
 #     from erofs-utils extracts it and must find the same files), and a module listed on the root
 #     disk is loaded after the switch; one flipped byte in the root disk: exit 22 before serving.
 #     The crash and tampered-model checks boot the initramfs-only worker image.
@@ -73,7 +74,9 @@ for kind in proxy worker worker-root; do
     role=${kind%-root}
     args=()
     if [ "$kind" = worker-root ]; then
-        args=(--root-disk --root-extra "$W/extra")
+        # The GPU variant's pinned user space (NVML, GSP firmware) too: downloaded once into
+        # ~/.cache/cocoon/kernel and checked against image-builder/gpu-root.toml.
+        args=(--root-disk --root-packages "$ROOT/image-builder/gpu-root.toml" --root-extra "$W/extra")
         # The module itself comes from the kernel tree the earlier builds unpacked.
         src=$(find "${HOME}/.cache/cocoon/kernel" -path "*/$KREL/$EXTRA_MODULE" | head -1)
         [ -n "$src" ] || fail "no $EXTRA_MODULE in the unpacked kernel under ~/.cache/cocoon/kernel"
@@ -110,6 +113,15 @@ done
 strip --strip-all -o "$W/worker.stripped" "$BIN/cocoon-worker"
 cmp "$W/worker.stripped" "$W/fsck/bin/cocoon-worker" || fail "the root disk's service binary differs from the stripped build"
 [ -x "$W/fsck/bin/cocoon-worker" ] || fail "service binary not executable on the root disk"
+# The pinned packages' files, against the .debs unpacked here by dpkg-deb (not by cocoon-image).
+for deb in "$HOME"/.cache/cocoon/kernel/libnvidia-ml1_550.163.01-2_amd64.deb "$HOME"/.cache/cocoon/kernel/firmware-nvidia-gsp_550.163.01-2_amd64.deb; do
+    dpkg-deb -x "$deb" "$W/debs"
+done
+cmp "$W/debs/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.550.163.01" "$W/fsck/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.163.01" ||
+    fail "NVML on the root disk differs from the pinned package's"
+[ "$(readlink "$W/fsck/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1")" = libnvidia-ml.so.550.163.01 ] || fail "libnvidia-ml.so.1 link"
+diff -r "$W/debs/usr/lib/firmware/nvidia/550.163.01" "$W/fsck/lib/firmware/nvidia/550.163.01" >/dev/null ||
+    fail "GSP firmware on the root disk differs from the pinned package's"
 for d in dev proc sys run tmp; do [ -d "$W/fsck/$d" ] || fail "no /$d mount point on the root disk"; done
 say "root disk: fsck.erofs extracts the same files ($(find "$W/fsck" | wc -l) entries)"
 say "reproducible: both builds identical"

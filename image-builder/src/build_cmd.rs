@@ -35,7 +35,8 @@ pub struct BuildArgs {
     /// handed in come from the cache or are downloaded.
     #[arg(long = "kernel-deb", value_name = "DEB_OR_DIR")]
     pub kernel_deb: Vec<PathBuf>,
-    /// Cache for the kernel packages and their unpacked tree (default: ~/.cache/cocoon/kernel).
+    /// Cache for the pinned packages (kernel, `--root-packages`) and their unpacked trees
+    /// (default: ~/.cache/cocoon/kernel).
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Which platform the manifest's registers are for.
@@ -67,6 +68,19 @@ pub struct BuildArgs {
     /// `--root-disk`.
     #[arg(long, requires = "root_disk")]
     pub root_extra: Option<PathBuf>,
+    /// A pin file of Debian packages whose files go on the root disk (e.g.
+    /// `image-builder/gpu-root.toml`): fetched and checked like the kernel's, cached with them.
+    /// Needs `--root-disk`.
+    #[arg(long, requires = "root_disk", value_name = "TOML")]
+    pub root_packages: Option<PathBuf>,
+    /// A `--root-packages` .deb to use instead of fetching it (matched by its sha256), or a
+    /// directory of them under their archive names. Repeatable.
+    #[arg(
+        long = "root-deb",
+        value_name = "DEB_OR_DIR",
+        requires = "root_packages"
+    )]
+    pub root_deb: Vec<PathBuf>,
     /// `issued_at` of `measurement.json`, Unix seconds (default: $SOURCE_DATE_EPOCH, else 0, so
     /// that builds stay reproducible; publishers set the real time when they assemble releases).
     #[arg(long)]
@@ -138,7 +152,7 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let cache = args.cache.clone().unwrap_or_else(default_cache);
 
     let debs = fetch::fetch(
-        &pin,
+        &pin.packages,
         &cache,
         &args.kernel_deb,
         &fetch::Sources::default(),
@@ -225,6 +239,29 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     let root = if args.root_disk {
         archive.insert("sysroot", Entry::Dir)?;
         let mut root = Archive::new();
+        if let Some(file) = &args.root_packages {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let pin = root_disk::RootPackages::parse(&text, &file.display().to_string())?;
+            let debs = fetch::fetch(
+                &pin.packages,
+                &cache,
+                &args.root_deb,
+                &fetch::Sources::default(),
+                &fetch::Curl,
+            )?;
+            let tree = fetch::unpack_tree(&pin.packages, &debs, &cache)?;
+            pin.add_to(&mut root, &tree)?;
+            progress(
+                start,
+                &format!(
+                    "root packages: {} from {}, {} paths taken",
+                    pin.packages.len(),
+                    file.display(),
+                    pin.take.len()
+                ),
+            );
+        }
         if let Some(extra) = &args.root_extra {
             root_disk::add_tree(&mut root, extra, "")?;
         }

@@ -97,7 +97,7 @@ impl PinnedPackage {
         format!("{}/file/{}", snapshot.trim_end_matches('/'), self.sha1)
     }
 
-    fn validate(&self) -> Result<(), PinError> {
+    pub fn validate(&self) -> Result<(), PinError> {
         let bad = |field: &'static str, value: &str, expected: &'static str| PinError::BadField {
             name: self.name.clone(),
             field,

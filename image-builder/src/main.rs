@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Kernel + initramfs + cmdline + manifest.json for a role, reproducibly.
-    Build(build_cmd::BuildArgs),
+    Build(Box<build_cmd::BuildArgs>),
     /// Model disk + dm-verity hash tree + model.json from a GGUF file.
     Model(model_cmd::ModelArgs),
     /// Write a tiny random-weight llama GGUF (for exact-output and boot tests).

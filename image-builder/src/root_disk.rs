@@ -36,7 +36,6 @@ pub fn build(root: &Archive) -> anyhow::Result<(Vec<u8>, RootDisk)> {
 /// Adds the tree under `dir` to `archive` at `prefix` (files, directories and symlinks, in
 /// name order; anything else is refused by name).
 pub fn add_tree(archive: &mut Archive, dir: &Path, prefix: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("read {}", dir.display()))?
         .map(|e| e.map(|e| e.file_name()))
@@ -58,32 +57,169 @@ pub fn add_tree(archive: &mut Archive, dir: &Path, prefix: &str) -> anyhow::Resu
         };
         let meta =
             std::fs::symlink_metadata(&path).with_context(|| format!("stat {}", path.display()))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            archive.insert(&rel, Entry::Dir)?;
+        if meta.is_dir() {
+            add_dir(archive, &rel)?;
             add_tree(archive, &path, &rel)?;
-        } else if ft.is_file() {
-            let data = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-            archive.insert(
-                &rel,
-                Entry::File {
-                    mode: meta.permissions().mode() & 0o777,
-                    data,
-                },
-            )?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path)
-                .with_context(|| format!("readlink {}", path.display()))?;
-            let Some(target) = target.to_str() else {
-                bail!("{}: symlink target is not UTF-8", path.display());
-            };
-            archive.insert(&rel, Entry::Symlink(target.to_string()))?;
         } else {
-            bail!(
-                "{}: only files, directories and symlinks go on the root disk",
-                path.display()
-            );
+            add_entry(archive, &path, &rel)?;
         }
     }
     Ok(())
+}
+
+/// A directory at `rel`: merged with one already there, refused over anything else.
+fn add_dir(archive: &mut Archive, rel: &str) -> anyhow::Result<()> {
+    match archive.entries().get(rel) {
+        None => Ok(archive.insert(rel, Entry::Dir)?),
+        Some(Entry::Dir) => Ok(()),
+        Some(_) => bail!("{rel} is on the root disk twice (a directory and a file)"),
+    }
+}
+
+/// Adds the file or symlink at `path` to `archive` as `rel` (its permission bits kept);
+/// anything else is refused by name.
+fn add_entry(archive: &mut Archive, path: &Path, rel: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    if archive.entries().contains_key(rel) {
+        bail!("{rel} is on the root disk twice");
+    }
+    let ft = meta.file_type();
+    if ft.is_file() {
+        let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        archive.insert(
+            rel,
+            Entry::File {
+                mode: meta.permissions().mode() & 0o777,
+                data,
+            },
+        )?;
+    } else if ft.is_symlink() {
+        let target =
+            std::fs::read_link(path).with_context(|| format!("readlink {}", path.display()))?;
+        let Some(target) = target.to_str() else {
+            bail!("{}: symlink target is not UTF-8", path.display());
+        };
+        archive.insert(rel, Entry::Symlink(target.to_string()))?;
+    } else {
+        bail!(
+            "{}: only files, directories and symlinks go on the root disk",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A pin file for Debian packages whose files go on a root disk (`cocoon-image build
+/// --root-packages FILE`, e.g. `image-builder/gpu-root.toml`): the packages, pinned like the
+/// kernel's (`kernel.toml`), the paths taken from their unpacked tree, and symlinks that the
+/// packages' maintainer scripts would have made (they are never run).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootPackages {
+    #[serde(rename = "package", default)]
+    pub packages: Vec<crate::kernel::PinnedPackage>,
+    #[serde(default)]
+    pub take: Vec<Take>,
+    #[serde(rename = "link", default)]
+    pub links: Vec<Link>,
+}
+
+/// A path of the unpacked packages put on the root disk; a directory takes everything under
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Take {
+    /// Relative path in the unpacked packages, e.g. `usr/lib/firmware/nvidia/550.163.01`.
+    pub from: String,
+    /// Where it goes on the root disk (default: the same path).
+    pub to: Option<String>,
+}
+
+impl Take {
+    pub fn destination(&self) -> &str {
+        self.to.as_deref().unwrap_or(&self.from)
+    }
+}
+
+/// A symlink made on the root disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub path: String,
+    pub target: String,
+}
+
+fn relative_path(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+impl RootPackages {
+    /// Parses and checks a pin file's text; errors name `file`.
+    pub fn parse(text: &str, file: &str) -> anyhow::Result<Self> {
+        let pin: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        if pin.packages.is_empty() {
+            bail!("{file}: no [[package]]");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &pin.packages {
+            p.validate().map_err(|e| {
+                anyhow::anyhow!(
+                    "{file}: {}",
+                    e.to_string().trim_start_matches("kernel.toml: ")
+                )
+            })?;
+            if !names.insert(p.name.as_str()) {
+                bail!("{file}: package {:?} is listed twice", p.name);
+            }
+        }
+        if pin.take.is_empty() {
+            bail!("{file}: no [[take]]");
+        }
+        for t in &pin.take {
+            for p in [Some(&t.from), t.to.as_ref()].into_iter().flatten() {
+                if !relative_path(p) {
+                    bail!("{file}: take {p:?} is not a relative path without `.`/`..`");
+                }
+            }
+        }
+        for l in &pin.links {
+            if !relative_path(&l.path) || l.target.is_empty() || l.target.len() >= 4096 {
+                bail!(
+                    "{file}: link {:?} -> {:?}: a relative path and a target of 1 to 4095 bytes",
+                    l.path,
+                    l.target
+                );
+            }
+        }
+        Ok(pin)
+    }
+
+    /// Adds the taken paths of the unpacked packages in `tree`, and the links, to `archive`.
+    /// A path the packages do not have, or anything put on the disk twice, is an error
+    /// naming it.
+    pub fn add_to(&self, archive: &mut Archive, tree: &Path) -> anyhow::Result<()> {
+        for t in &self.take {
+            let path = tree.join(&t.from);
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("take {:?}: not in the pinned packages", t.from))?;
+            let to = t.destination();
+            if meta.is_dir() {
+                add_dir(archive, to)?;
+                add_tree(archive, &path, to)?;
+            } else {
+                add_entry(archive, &path, to)?;
+            }
+        }
+        for l in &self.links {
+            if archive.entries().contains_key(&l.path) {
+                bail!("{} is on the root disk twice", l.path);
+            }
+            archive.insert(&l.path, Entry::Symlink(l.target.clone()))?;
+        }
+        Ok(())
+    }
 }

@@ -6,13 +6,16 @@
 //! Without the tools the cross-checks fail with a message naming the package, unless
 //! `COCOON_SKIP_EROFS_UTILS=1` / `COCOON_SKIP_VERITYSETUP=1` is set (then they say they skipped).
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::cpio::{Archive, Entry};
-use image::root_disk;
+use image::kernel::fetch::{self, Downloader, Sources};
+use image::root_disk::{self, RootPackages};
 use image::verity::{verify_image, BLOCK_SIZE};
 use protocol::guest::RootDisk;
 
@@ -226,4 +229,186 @@ fn what_cannot_go_on_a_root_disk_is_named() {
 fn nix_mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
     assert!(ok, "mkfifo");
+}
+
+/// A downloader that must not be used: every package is handed in.
+struct NoNetwork;
+
+impl Downloader for NoNetwork {
+    fn download(&self, url: &str, _dest: &Path) -> anyhow::Result<()> {
+        panic!("no download expected, got {url}")
+    }
+}
+
+fn pin_text(packages: &[(&str, &[u8])], take: &[(&str, Option<&str>)]) -> String {
+    let mut t = String::new();
+    for (from, to) in take {
+        t.push_str(&format!("[[take]]\nfrom = \"{from}\"\n"));
+        if let Some(to) = to {
+            t.push_str(&format!("to = \"{to}\"\n"));
+        }
+    }
+    for (name, deb) in packages {
+        t.push_str(&format!(
+            "[[package]]\nname = \"{name}\"\nversion = \"7.0.0-1~bpo13+1\"\npool = \"pool/non-free/n/{name}\"\n\
+             sha256 = \"{}\"\nsha1 = \"{}\"\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(deb)),
+            "0".repeat(40)
+        ));
+    }
+    t
+}
+
+#[test]
+fn pinned_packages_put_the_taken_paths_on_the_root_disk() {
+    let d = scratch("packages");
+    let ml = common::build_deb_with_links(
+        &d,
+        "libnvidia-ml1",
+        &[
+            (
+                "usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.550.163.01",
+                b"ml" as &[u8],
+            ),
+            ("usr/share/doc/libnvidia-ml1/copyright", b"not taken"),
+        ],
+        &[(
+            "usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1",
+            "libnvidia-ml.so.550.163.01",
+        )],
+    );
+    let fw = common::build_deb(
+        &d,
+        "firmware-nvidia-gsp",
+        &[
+            (
+                "usr/lib/firmware/nvidia/550.163.01/gsp_ga10x.bin",
+                &[7u8; 9000] as &[u8],
+            ),
+            (
+                "usr/lib/firmware/nvidia/550.163.01/gsp_tu10x.bin",
+                &[8u8; 5000],
+            ),
+        ],
+    );
+    let text = pin_text(
+        &[("libnvidia-ml1", &ml), ("firmware-nvidia-gsp", &fw)],
+        &[
+            (
+                "usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.550.163.01",
+                Some("usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.163.01"),
+            ),
+            ("usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1", None),
+            ("usr/lib/firmware/nvidia", Some("lib/firmware/nvidia")),
+        ],
+    ) + "[[link]]\npath = \"usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1\"\ntarget = \"libnvidia-ml.so.550.163.01\"\n";
+    let pin = RootPackages::parse(&text, "gpu-root.toml").unwrap();
+    fs::write(d.join("libnvidia-ml1.deb"), &ml).unwrap();
+    fs::write(d.join("firmware-nvidia-gsp.deb"), &fw).unwrap();
+    let cache = d.join("cache");
+    let debs = fetch::fetch(
+        &pin.packages,
+        &cache,
+        &[
+            d.join("libnvidia-ml1.deb"),
+            d.join("firmware-nvidia-gsp.deb"),
+        ],
+        &Sources::default(),
+        &NoNetwork,
+    )
+    .unwrap();
+    let tree = fetch::unpack_tree(&pin.packages, &debs, &cache).unwrap();
+    let mut root = Archive::new();
+    pin.add_to(&mut root, &tree).unwrap();
+    let e = root.entries();
+    assert_eq!(
+        e["usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1"],
+        Entry::Symlink("libnvidia-ml.so.550.163.01".into())
+    );
+    assert!(
+        matches!(&e["lib/firmware/nvidia/550.163.01/gsp_ga10x.bin"], Entry::File { data, .. } if data.len() == 9000)
+    );
+    assert_eq!(
+        e["usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"],
+        Entry::Symlink("libnvidia-ml.so.550.163.01".into())
+    );
+    assert!(
+        matches!(&e["usr/lib/x86_64-linux-gnu/libnvidia-ml.so.550.163.01"], Entry::File { data, .. } if data == b"ml")
+    );
+    assert!(
+        !e.keys()
+            .any(|k| k.contains("doc") || k.starts_with("usr/lib/firmware")),
+        "only the taken paths, where they go"
+    );
+
+    // On the disk, as fsck.erofs reads it.
+    let (disk, _) = root_disk::build(&root).unwrap();
+    if let Some(fsck) = tool("fsck.erofs", "erofs-utils", "COCOON_SKIP_EROFS_UTILS") {
+        let img = d.join("root.img");
+        fs::write(&img, &disk).unwrap();
+        let out = d.join("out");
+        let (ok, text) = run(Command::new(&fsck)
+            .arg(format!("--extract={}", out.display()))
+            .arg(&img));
+        assert!(ok, "fsck.erofs: {text}");
+        same_tree(&root, &out);
+    }
+
+    // A taken path the packages lack, and a path taken twice, are named.
+    let mut bad = pin.clone();
+    bad.take.push(image::root_disk::Take {
+        from: "usr/lib/libcuda.so.1".into(),
+        to: None,
+    });
+    let err = format!("{:#}", bad.add_to(&mut Archive::new(), &tree).unwrap_err());
+    assert!(
+        err.contains("usr/lib/libcuda.so.1") && err.contains("not in the pinned packages"),
+        "{err}"
+    );
+    let err = format!("{:#}", pin.add_to(&mut root, &tree).unwrap_err());
+    assert!(err.contains("on the root disk twice"), "{err}");
+}
+
+#[test]
+fn root_package_pins_are_checked() {
+    let good = pin_text(&[("libnvidia-ml1", b"x")], &[("usr/lib", None)]);
+    assert!(RootPackages::parse(&good, "p.toml").is_ok());
+    for (text, want) in [
+        ("[[take]]\nfrom = \"usr\"\n".to_string(), "no [[package]]"),
+        (
+            good.replace("[[take]]\nfrom = \"usr/lib\"\n", ""),
+            "no [[take]]",
+        ),
+        (
+            good.replace("\"usr/lib\"", "\"../etc\""),
+            "not a relative path",
+        ),
+        (
+            good.replace("\"usr/lib\"", "\"/usr\""),
+            "not a relative path",
+        ),
+        (good.replace("pool/non-free", "pool/../x"), "pool"),
+        (
+            format!(
+                "{good}{}",
+                good.replace("[[take]]\nfrom = \"usr/lib\"\n", "")
+            ),
+            "listed twice",
+        ),
+        (format!("extra = 1\n{good}"), "unknown field"),
+        (
+            format!("{good}[[link]]\npath = \"/abs\"\ntarget = \"x\"\n"),
+            "link",
+        ),
+        (
+            good.replace("from = \"usr/lib\"", "from = \"usr/lib\"\nto = \"a//b\""),
+            "not a relative path",
+        ),
+    ] {
+        let err = format!("{:#}", RootPackages::parse(&text, "p.toml").unwrap_err());
+        assert!(
+            err.contains(want) && err.starts_with("p.toml"),
+            "{want:?} not in {err:?}"
+        );
+    }
 }

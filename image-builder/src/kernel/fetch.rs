@@ -119,11 +119,14 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 
 /// Matches the handed-in paths to pinned packages: a directory offers the pinned file names
 /// it holds; a file must be one of the pinned packages (matched by SHA-256, whatever its name).
-fn handed_in(pin: &KernelPin, paths: &[PathBuf]) -> anyhow::Result<Vec<Option<PathBuf>>> {
-    let mut found: Vec<Option<PathBuf>> = vec![None; pin.packages.len()];
+fn handed_in(
+    packages: &[PinnedPackage],
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<Option<PathBuf>>> {
+    let mut found: Vec<Option<PathBuf>> = vec![None; packages.len()];
     for path in paths {
         if path.is_dir() {
-            for (slot, p) in found.iter_mut().zip(&pin.packages) {
+            for (slot, p) in found.iter_mut().zip(packages) {
                 let candidate = path.join(p.file_name());
                 if slot.is_none() && candidate.is_file() {
                     let got = sha256_file(&candidate)?;
@@ -140,11 +143,11 @@ fn handed_in(pin: &KernelPin, paths: &[PathBuf]) -> anyhow::Result<Vec<Option<Pa
             }
         } else {
             let got = sha256_file(path)?;
-            let Some(i) = pin.packages.iter().position(|p| p.sha256 == got) else {
+            let Some(i) = packages.iter().position(|p| p.sha256 == got) else {
                 bail!(
-                    "{}: sha256 {got} is not one of the packages pinned in kernel.toml ({})",
+                    "{}: sha256 {got} is not one of the pinned packages ({})",
                     path.display(),
-                    pin.packages
+                    packages
                         .iter()
                         .map(|p| p.name.as_str())
                         .collect::<Vec<_>>()
@@ -192,7 +195,7 @@ fn download(
         });
     }
     bail!(
-        "no source served {} {} with the pinned sha256 (hand the .deb in with --kernel-deb):\n  {}",
+        "no source served {} {} with the pinned sha256 (hand the .deb in with --kernel-deb or --root-deb):\n  {}",
         package.name,
         package.version,
         failures.join("\n  ")
@@ -203,15 +206,15 @@ fn download(
 /// files or directories holding them under their archive file names), else cached in `cache`,
 /// else downloaded into `cache` from `sources`.
 pub fn fetch(
-    pin: &KernelPin,
+    packages: &[PinnedPackage],
     cache: &Path,
     handed: &[PathBuf],
     sources: &Sources,
     downloader: &dyn Downloader,
 ) -> anyhow::Result<Vec<Fetched>> {
-    let handed = handed_in(pin, handed)?;
-    let mut out = Vec::with_capacity(pin.packages.len());
-    for (package, handed) in pin.packages.iter().zip(handed) {
+    let handed = handed_in(packages, handed)?;
+    let mut out = Vec::with_capacity(packages.len());
+    for (package, handed) in packages.iter().zip(handed) {
         if let Some(path) = handed {
             out.push(Fetched {
                 name: package.name.clone(),
@@ -258,20 +261,48 @@ pub struct UnpackedKernel {
 }
 
 /// The directory name of an unpacked package set: a digest of the packages' names and hashes.
-pub fn tree_name(pin: &KernelPin) -> String {
+pub fn tree_name(packages: &[PinnedPackage]) -> String {
     let mut hasher = Sha256::new();
-    for p in &pin.packages {
+    for p in packages {
         hasher.update(format!("{} {}\n", p.name, p.sha256));
     }
     format!("tree-{}", hex::encode(hasher.finalize()))
 }
 
-/// Unpacks the checked packages (from [`fetch`]) with `dpkg-deb -x` into one tree under
-/// `cache`, once: a finished tree is renamed into place, so a half-unpacked one is never used.
+/// Unpacks the kernel's checked packages (from [`fetch`]) into one tree ([`unpack_tree`]) and
+/// finds vmlinuz, the modules and the config in it.
 pub fn unpack(pin: &KernelPin, debs: &[Fetched], cache: &Path) -> anyhow::Result<UnpackedKernel> {
-    let dir = cache.join(tree_name(pin));
+    let dir = unpack_tree(&pin.packages, debs, cache)?;
+    let release = dir.join(release_dir(&pin.release));
+    let out = UnpackedKernel {
+        vmlinuz: release.join("vmlinuz"),
+        config: release.join("config"),
+        modules_dir: release,
+        root: dir,
+    };
+    for (what, path) in [("vmlinuz", &out.vmlinuz), ("config", &out.config)] {
+        if !path.is_file() {
+            bail!(
+                "{}: no {what} for release {} in the pinned packages",
+                path.display(),
+                pin.release
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Unpacks checked packages (from [`fetch`]) with `dpkg-deb -x` into one tree under `cache`,
+/// once: a finished tree is renamed into place, so a half-unpacked one is never used.
+pub fn unpack_tree(
+    packages: &[PinnedPackage],
+    debs: &[Fetched],
+    cache: &Path,
+) -> anyhow::Result<PathBuf> {
+    let name = tree_name(packages);
+    let dir = cache.join(&name);
     if !dir.is_dir() {
-        let tmp = cache.join(format!("{}.tmp-{}", tree_name(pin), std::process::id()));
+        let tmp = cache.join(format!("{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).with_context(|| format!("mkdir {}", tmp.display()))?;
         for deb in debs {
@@ -295,21 +326,5 @@ pub fn unpack(pin: &KernelPin, debs: &[Fetched], cache: &Path) -> anyhow::Result
             }
         }
     }
-    let release = dir.join(release_dir(&pin.release));
-    let out = UnpackedKernel {
-        vmlinuz: release.join("vmlinuz"),
-        config: release.join("config"),
-        modules_dir: release,
-        root: dir,
-    };
-    for (what, path) in [("vmlinuz", &out.vmlinuz), ("config", &out.config)] {
-        if !path.is_file() {
-            bail!(
-                "{}: no {what} for release {} in the pinned packages",
-                path.display(),
-                pin.release
-            );
-        }
-    }
-    Ok(out)
+    Ok(dir)
 }
