@@ -233,6 +233,17 @@ guest = 9102
 EOF
     fi
 }
+# launch_refused VM_TOML INSTANCE OUT CODE WHAT: the guest stops by itself with cocoon-init exit
+# CODE, so the launcher exits 1.
+launch_refused() {
+    local rc
+    set +e
+    "$BIN/cocoon-host" launch "$1" --instance "$2" >"$3" 2>&1
+    rc=$?
+    set -e
+    [ $rc = 1 ] || fail "$5: launcher exit $rc, expected 1"
+    grep -q "\"code\":$4" "$3" || fail "$5: no exit $4 on the console"
+}
 config_sha() { # VM_TOML INSTANCE
     local sha
     sha=$("$BIN/cocoon-host" launch "$1" --instance "$2" --print 2>&1 | sed -n 's/.*config disk  sha256 \([0-9a-f]*\).*/\1/p')
@@ -389,12 +400,7 @@ b[len(b) // 2] ^= 0x01
 open(p, "wb").write(b)
 EOF
 vm_toml "$W/worker-tampered.toml" worker-tampered worker "$W/cfg/worker" "$W/tampered.img"
-set +e
-"$BIN/cocoon-host" launch "$W/worker-tampered.toml" --instance 3 >"$W/worker-tampered.out" 2>&1
-rc=$?
-set -e
-[ $rc = 1 ] || fail "tampered model: launcher exit $rc, expected 1"
-grep -q '"code":20' "$W/worker-tampered.out" || fail "tampered model: no exit 20 on the console"
+launch_refused "$W/worker-tampered.toml" 3 "$W/worker-tampered.out" 20 "tampered model"
 say "tampered model refused: $(grep -m1 -o 'model disk does not match[^"]*' "$W/worker-tampered.out" | head -c 160)"
 
 # ---- 6b. tampered root disk ---------------------------------------------------------------
@@ -415,27 +421,17 @@ m["artifacts"]["root.img"] = {"sha256": hashlib.sha256(b).hexdigest(), "size": l
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 EOF
 vm_toml "$W/root-tampered.toml" root-tampered worker "$W/cfg/worker" "$W/model/model.img" "$W/root-tampered"
-set +e
-"$BIN/cocoon-host" launch "$W/root-tampered.toml" --instance 5 >"$W/root-tampered.out" 2>&1
-rc=$?
-set -e
-[ $rc = 1 ] || fail "tampered root disk: launcher exit $rc, expected 1"
-grep -q '"code":22' "$W/root-tampered.out" || fail "tampered root disk: no exit 22 on the console"
+launch_refused "$W/root-tampered.toml" 5 "$W/root-tampered.out" 22 "tampered root disk"
 if grep -q '"stage":"service' "$W/root-tampered.out"; then fail "tampered root disk: a service started"; fi
 say "tampered root disk refused: $(grep -m1 -o 'root disk does not match[^"]*' "$W/root-tampered.out" | head -c 200)"
 
 # ---- 7. restart with backoff, then give up ------------------------------------------------
 worker_files "$W/cfg/worker-crash" 2 ', "--no-such-flag"'
 vm_toml "$W/worker-crash.toml" worker-crash worker "$W/cfg/worker-crash" "$W/model/model.img"
-set +e
-"$BIN/cocoon-host" launch "$W/worker-crash.toml" --instance 4 >"$W/worker-crash.out" 2>&1
-rc=$?
-set -e
-[ $rc = 1 ] || fail "crashing service: launcher exit $rc, expected 1"
+launch_refused "$W/worker-crash.toml" 4 "$W/worker-crash.out" 31 "crashing service"
 [ "$(grep -c '"stage":"restart"' "$W/worker-crash.out")" = 2 ] || fail "expected 2 restarts"
 grep -q '"in_ms":1000' "$W/worker-crash.out" && grep -q '"in_ms":2000' "$W/worker-crash.out" ||
     fail "expected backoff 1 s then 2 s"
-grep -q '"code":31' "$W/worker-crash.out" || fail "expected exit 31 after the restart limit"
 say "crashing service restarted after 1 s and 2 s, then init gave up (exit 31)"
 
 # ---- 8. SIGTERM: clean power-off ----------------------------------------------------------

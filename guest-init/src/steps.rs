@@ -339,19 +339,15 @@ pub fn setup_model(model: &ModelDisk) -> Result<PathBuf, Failure> {
         InitExit::ModelDisk,
     )?;
     if model.verify_on_boot {
-        let started = Instant::now();
-        let bytes = read_all(&node).map_err(|(offset, e)| {
-            Failure::new(
-                InitExit::ModelTampered,
-                format!(
-                    "model disk does not match its measured root hash {}: read error at offset {offset}: {e}",
-                    hex::encode(model.root_hash)
-                ),
-            )
-        })?;
+        let (bytes, ms) = check_whole(
+            &node,
+            InitExit::ModelTampered,
+            "model disk does not match its measured root hash",
+            &model.root_hash,
+        )?;
         Status::new("verity")
             .with("bytes", bytes)
-            .with("ms", started.elapsed().as_millis() as u64)
+            .with("ms", ms)
             .emit();
     }
     fs::create_dir_all(MODELS_DIR).step(InitExit::ModelDisk, MODELS_DIR)?;
@@ -415,17 +411,12 @@ pub fn switch_root(root: &RootDisk) -> Result<SwitchedRoot, Failure> {
         &root.verity_params(&disk.dev),
         exit,
     )?;
-    let started = Instant::now();
-    let verified_bytes = read_all(&node).map_err(|(offset, e)| {
-        Failure::new(
-            InitExit::RootTampered,
-            format!(
-                "root disk does not match the command line's root hash {}: read error at offset {offset}: {e}",
-                hex::encode(root.root_hash)
-            ),
-        )
-    })?;
-    let verify_ms = started.elapsed().as_millis() as u64;
+    let (verified_bytes, verify_ms) = check_whole(
+        &node,
+        InitExit::RootTampered,
+        "root disk does not match the command line's root hash",
+        &root.root_hash,
+    )?;
     fs::create_dir_all(SYSROOT).step(exit, SYSROOT)?;
     mount(
         Some(&node),
@@ -467,6 +458,28 @@ pub fn switch_root(root: &RootDisk) -> Result<SwitchedRoot, Failure> {
         verified_bytes,
         verify_ms,
     })
+}
+
+/// Reads the whole dm-verity device `node` once (every block checked against `root_hash` by
+/// the kernel): the bytes read and the milliseconds it took, or `exit` naming `mismatch`, the
+/// root hash and the offset of the first block that failed.
+fn check_whole(
+    node: &Path,
+    exit: InitExit,
+    mismatch: &str,
+    root_hash: &[u8; 32],
+) -> Result<(u64, u64), Failure> {
+    let started = Instant::now();
+    let bytes = read_all(node).map_err(|(offset, e)| {
+        Failure::new(
+            exit,
+            format!(
+                "{mismatch} {}: read error at offset {offset}: {e}",
+                hex::encode(root_hash)
+            ),
+        )
+    })?;
+    Ok((bytes, started.elapsed().as_millis() as u64))
 }
 
 fn read_all(path: &Path) -> Result<u64, (u64, std::io::Error)> {
