@@ -124,6 +124,7 @@ diff -r "$W/debs/usr/lib/firmware/nvidia/550.163.01" "$W/fsck/lib/firmware/nvidi
     fail "GSP firmware on the root disk differs from the pinned package's"
 for d in dev proc sys run tmp; do [ -d "$W/fsck/$d" ] || fail "no /$d mount point on the root disk"; done
 say "root disk: fsck.erofs extracts the same files ($(find "$W/fsck" | wc -l) entries)"
+"$BIN/cocoon-image" verify-root --image "$W/a/worker-root" >/dev/null || fail "cocoon-image verify-root on the built image"
 say "reproducible: both builds identical"
 # An auditor's recomputation from the artifacts alone gives the manifest's RTMR1/RTMR2 (the
 # guests below are then accepted under exactly the manifest's image hash, which covers them).
@@ -420,6 +421,10 @@ m = json.load(open(os.path.join(d, "manifest.json")))
 m["artifacts"]["root.img"] = {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 EOF
+if "$BIN/cocoon-image" verify-root --image "$W/root-tampered" >"$W/verify-root.out" 2>&1; then
+    fail "cocoon-image verify-root accepted the tampered root disk"
+fi
+grep -q "does not match the command line's root hash" "$W/verify-root.out" || fail "verify-root: $(cat "$W/verify-root.out")"
 vm_toml "$W/root-tampered.toml" root-tampered worker "$W/cfg/worker" "$W/model/model.img" "$W/root-tampered"
 launch_refused "$W/root-tampered.toml" 5 "$W/root-tampered.out" 22 "tampered root disk"
 if grep -q '"stage":"service' "$W/root-tampered.out"; then fail "tampered root disk: a service started"; fi

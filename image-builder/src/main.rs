@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod build_cmd;
 mod model_cmd;
 mod tiny_cmd;
+mod verify_root_cmd;
 
 /// Build cocoon guest images and model disks reproducibly.
 #[derive(Parser, Debug)]
@@ -26,6 +27,8 @@ enum Cmd {
     Model(model_cmd::ModelArgs),
     /// Write a tiny random-weight llama GGUF (for exact-output and boot tests).
     TinyGguf(tiny_cmd::TinyArgs),
+    /// Check that an image's root.img is the disk its command line names, without booting.
+    VerifyRoot(verify_root_cmd::VerifyRootArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Build(args) => build_cmd::run(&args),
         Cmd::Model(args) => model_cmd::run(&args),
         Cmd::TinyGguf(args) => tiny_cmd::run(&args),
+        Cmd::VerifyRoot(args) => verify_root_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

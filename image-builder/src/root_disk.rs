@@ -223,3 +223,44 @@ impl RootPackages {
         Ok(())
     }
 }
+
+/// Checks that `disk` (a `root.img`) is exactly the disk `params` (from the measured command
+/// line) names: the filesystem's blocks, then a hash device whose superblock (salt, size),
+/// tree and root hash all match — what cocoon-init's boot check and the kernel enforce, done
+/// without booting (`cocoon-image verify-root`). Errors name what differs.
+pub fn verify(disk: &[u8], params: &RootDisk) -> anyhow::Result<()> {
+    let fs_len = params
+        .data_blocks
+        .checked_mul(crate::verity::BLOCK_SIZE as u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= disk.len())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "root.img is {} bytes, shorter than the {} blocks of filesystem the command line names",
+                disk.len(),
+                params.data_blocks
+            )
+        })?;
+    let sb = crate::verity::verify_image(&disk[..fs_len], &disk[fs_len..], &params.root_hash)
+        .with_context(|| {
+            format!(
+                "root.img does not match the command line's root hash {}",
+                hex::encode(params.root_hash)
+            )
+        })?;
+    if sb.data_blocks != params.data_blocks {
+        bail!(
+            "root.img's hash device covers {} blocks, the command line names {}",
+            sb.data_blocks,
+            params.data_blocks
+        );
+    }
+    if sb.salt.as_bytes() != &params.salt[..] {
+        bail!(
+            "root.img's hash device has salt {}, the command line names {}",
+            sb.salt.to_hex(),
+            hex::encode(&params.salt)
+        );
+    }
+    Ok(())
+}

@@ -187,6 +187,33 @@ fn the_hash_tree_verifies_where_the_command_line_says() {
     flipped[fs_len / 2] ^= 1;
     assert!(verify_image(&flipped[..fs_len], &flipped[fs_len..], &params.root_hash).is_err());
 
+    // What `cocoon-image verify-root` runs: the disk the command line names, and nothing else.
+    root_disk::verify(&disk, &params).unwrap();
+    let err = |d: &[u8], p: &RootDisk| format!("{:#}", root_disk::verify(d, p).unwrap_err());
+    let e = err(&flipped, &params);
+    assert!(
+        e.contains("does not match the command line's root hash"),
+        "{e}"
+    );
+    let e = err(&disk[..fs_len - BLOCK_SIZE], &params);
+    assert!(e.contains("shorter than"), "{e}");
+    let mut longer = disk.clone();
+    longer.extend_from_slice(&[0; BLOCK_SIZE]);
+    let e = err(&longer, &params);
+    assert!(e.contains("does not match"), "{e}");
+    let other_salt = RootDisk {
+        salt: vec![9; 32],
+        ..params.clone()
+    };
+    let e = err(&disk, &other_salt);
+    assert!(e.contains("salt"), "{e}");
+    let other_root = RootDisk {
+        root_hash: [7; 32],
+        ..params.clone()
+    };
+    let e = err(&disk, &other_root);
+    assert!(e.contains(&hex::encode([7u8; 32])), "{e}");
+
     let Some(vs) = tool("veritysetup", "cryptsetup-bin", "COCOON_SKIP_VERITYSETUP") else {
         return;
     };
