@@ -267,19 +267,13 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
         }
         for dir in ["dev", "proc", "sys", "run", "tmp"] {
             if root.entries().contains_key(dir) {
-                bail!(
-                    "--root-extra {}: {dir} is a mount point on the root disk",
-                    extra_name(args)
-                );
+                bail!("{dir} is a mount point on the root disk: --root-extra and --root-packages may not put anything there");
             }
             root.insert(dir, Entry::Dir)?;
         }
         let bin = format!("bin/{service_name}");
         if root.entries().contains_key(&bin) {
-            bail!(
-                "--root-extra {}: {bin} is the service binary",
-                extra_name(args)
-            );
+            bail!("{bin} is the service binary: --root-extra and --root-packages may not put anything there");
         }
         root.insert(&bin, service_entry)?;
         let disk = root_disk::build(&root)?;
@@ -436,13 +430,6 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
 
 /// The root disk's file in an image directory.
 pub const ROOT_DISK: &str = protocol::guest::ROOT_DISK_FILE;
-
-fn extra_name(args: &BuildArgs) -> String {
-    args.root_extra
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
-}
 
 fn git_head() -> Option<String> {
     let out = std::process::Command::new("git")
