@@ -18,13 +18,19 @@
 #     from erofs-utils extracts it and must find the same files), and a module listed on the root
 #     disk is loaded after the switch; one flipped byte in the root disk: exit 22 before serving.
 #     The crash and tampered-model checks boot the initramfs-only worker image.
+# 10. that serving worker is the GPU variant's dynamically linked build (ci/build-gpu-worker.sh,
+#     `--service`), with glibc from the pinned packages on its root disk; booted with
+#     `[gpu] kind = "nvml"` it loads NVML, which finds no NVIDIA driver (no GPU under TCG): the
+#     worker exits 4 naming that, the way it would on a host whose GPU is not set up.
 #
 # Figures (boot-to-ready, initramfs sizes, image build time) are printed as `figure:` lines.
-# Environment: COCOON_BIN_DIR (default target/x86_64-unknown-linux-gnu/release), QEMU from PATH.
+# Environment: COCOON_BIN_DIR (default target/x86_64-unknown-linux-gnu/release), COCOON_GPU_WORKER
+# (default: built by ci/build-gpu-worker.sh), QEMU from PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/${COCOON_BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
+GPU_WORKER=${COCOON_GPU_WORKER:-$(ci/build-gpu-worker.sh)}
 W=$(mktemp -d /tmp/cocoon-e2e-vm.XXXXXX)
 PIDS=()
 cleanup() {
@@ -76,7 +82,8 @@ for kind in proxy worker worker-root; do
     if [ "$kind" = worker-root ]; then
         # The GPU variant's pinned user space (NVML, GSP firmware) too: downloaded once into
         # ~/.cache/cocoon/kernel and checked against image-builder/gpu-root.toml.
-        args=(--root-disk --root-packages "$ROOT/image-builder/gpu-root.toml" --root-extra "$W/extra")
+        args=(--root-disk --root-packages "$ROOT/image-builder/gpu-root.toml" --root-extra "$W/extra"
+            --service "$GPU_WORKER")
         # The module itself comes from the kernel tree the earlier builds unpacked.
         src=$(find "${HOME}/.cache/cocoon/kernel" -path "*/$KREL/$EXTRA_MODULE" | head -1)
         [ -n "$src" ] || fail "no $EXTRA_MODULE in the unpacked kernel under ~/.cache/cocoon/kernel"
@@ -110,9 +117,23 @@ for p in usr/lib/cocoon-extra/libextra.so.1.2 etc/cocoon/modules "lib/modules/$K
     cmp "$W/extra/$p" "$W/fsck/$p" || fail "fsck.erofs extracted a different $p"
 done
 [ "$(readlink "$W/fsck/usr/lib/cocoon-extra/libextra.so.1")" = libextra.so.1.2 ] || fail "symlink on the root disk"
-strip --strip-all -o "$W/worker.stripped" "$BIN/cocoon-worker"
-cmp "$W/worker.stripped" "$W/fsck/bin/cocoon-worker" || fail "the root disk's service binary differs from the stripped build"
+strip --strip-all -o "$W/worker.stripped" "$GPU_WORKER"
+cmp "$W/worker.stripped" "$W/fsck/bin/cocoon-worker" || fail "the root disk's service binary differs from the stripped GPU worker build"
 [ -x "$W/fsck/bin/cocoon-worker" ] || fail "service binary not executable on the root disk"
+readelf -l "$W/fsck/bin/cocoon-worker" | grep -q "interpreter: /lib64/ld-linux-x86-64.so.2" ||
+    fail "the root disk's worker is not the dynamically linked GPU build"
+grep -q "dynamically linked objects find their loader and libraries" "$W/build-worker-root.log" ||
+    fail "cocoon-image did not check the root disk's libraries"
+# The same build refuses a dynamically linked service without its libraries (no
+# --root-packages), naming the first one missing, and outside a root disk altogether.
+if build_image worker "$W/nolibs" --root-disk --service "$GPU_WORKER" >"$W/nolibs.log" 2>&1; then
+    fail "a dynamically linked worker without its libraries was built"
+fi
+grep -q "needs the dynamic loader /lib64/ld-linux-x86-64.so.2" "$W/nolibs.log" || fail "no-libraries build: $(tail -3 "$W/nolibs.log")"
+if build_image worker "$W/noroot" --service "$GPU_WORKER" >"$W/noroot.log" 2>&1; then
+    fail "a dynamically linked worker was put in an initramfs"
+fi
+grep -q "dynamically linked; build it with crt-static, or put it on a root disk" "$W/noroot.log" || fail "initramfs build: $(tail -3 "$W/noroot.log")"
 # The pinned packages' files, against the .debs unpacked here by dpkg-deb (not by cocoon-image).
 for deb in "$HOME"/.cache/cocoon/kernel/libnvidia-ml1_550.163.01-2_amd64.deb "$HOME"/.cache/cocoon/kernel/firmware-nvidia-gsp_550.163.01-2_amd64.deb; do
     dpkg-deb -x "$deb" "$W/debs"
@@ -429,6 +450,19 @@ vm_toml "$W/root-tampered.toml" root-tampered worker "$W/cfg/worker" "$W/model/m
 launch_refused "$W/root-tampered.toml" 5 "$W/root-tampered.out" 22 "tampered root disk"
 if grep -q '"stage":"service' "$W/root-tampered.out"; then fail "tampered root disk: a service started"; fi
 say "tampered root disk refused: $(grep -m1 -o 'root disk does not match[^"]*' "$W/root-tampered.out" | head -c 200)"
+
+# ---- 6c. NVML on the GPU variant, without a GPU ---------------------------------------------
+# The same root-disk image: the dynamically linked worker loads libnvidia-ml from the disk, and
+# NVML's initialisation finds no NVIDIA driver (nvidia.ko is not built yet, and TCG has no GPU):
+# the worker exits 4 naming that before it listens, and init gives up (no restarts configured).
+worker_files "$W/cfg/worker-nvml" 0 ""
+printf '\n[gpu]\nkind = "nvml"\n' >>"$W/cfg/worker-nvml/service.toml"
+vm_toml "$W/worker-nvml.toml" worker-nvml worker "$W/cfg/worker-nvml" "$W/model/model.img" "$W/a/worker-root"
+launch_refused "$W/worker-nvml.toml" 6 "$W/worker-nvml.out" 31 "NVML without a driver"
+grep -q '"stage":"service-exit","status":"exit 4"' "$W/worker-nvml.out" || fail "NVML without a driver: the worker did not exit 4"
+grep -q 'cannot initialise nvml (libnvidia-ml.so.1): NVIDIA driver is not loaded' "$W/worker-nvml.out" ||
+    fail "NVML without a driver: $(grep -m3 -i 'nvml\|gpu' "$W/worker-nvml.out" | head -c 400)"
+say "GPU variant: the dynamically linked worker loaded NVML from its root disk and stopped (exit 4): $(grep -m1 -o 'cannot initialise nvml[^"]*' "$W/worker-nvml.out" | head -c 160)"
 
 # ---- 7. restart with backoff, then give up ------------------------------------------------
 worker_files "$W/cfg/worker-crash" 2 ', "--no-such-flag"'

@@ -57,6 +57,10 @@ python3 ci/e2e_sealed.py target/x86_64-unknown-linux-gnu/release "$(mktemp -d)"
 step "trust attacks: reconfigured proxy and worker images refused (ci/e2e_attacks.py)"
 python3 ci/e2e_attacks.py target/x86_64-unknown-linux-gnu/release "$(mktemp -d)"
 
+step "GPU worker: dynamically linked build that can load NVML (ci/build-gpu-worker.sh)"
+COCOON_GPU_WORKER=$(ci/build-gpu-worker.sh)
+export COCOON_GPU_WORKER
+
 step "guest appliance: reproducible images, TCG boots of proxy and worker VMs (ci/e2e-vm.sh)"
 ci/e2e-vm.sh
 

@@ -98,6 +98,30 @@ struct RawModel {
     verify_on_boot: bool,
 }
 
+/// Variables the C library's dynamic loader or runtime read to load code or data from paths
+/// they name: glibc ignores them in privileged programs (its "unsecure" list, plus every
+/// `LD_*`). A dynamically linked service (the GPU worker on a root disk) would honour them, so
+/// a host-written config could run a library it ships on the config disk inside the TD; the
+/// RTMR3 pin would catch that config, and this refuses it in the guest as well.
+fn loader_variable(key: &str) -> bool {
+    const GLIBC: [&str; 13] = [
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+    ];
+    key.starts_with("LD_") || GLIBC.contains(&key)
+}
+
 fn one() -> u64 {
     1
 }
@@ -180,6 +204,15 @@ impl InitConfig {
             let ok_key = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok_key || v.contains('\0') {
                 return Err(invalid("service.env", format!("bad variable {k:?}")));
+            }
+            if loader_variable(k) {
+                return Err(invalid(
+                    "service.env",
+                    format!(
+                        "{k} is refused: it steers the dynamic loader or the C library \
+                         (code or data from outside the measured image)"
+                    ),
+                ));
             }
         }
         Ok(Self {
@@ -349,5 +382,28 @@ env = { RUST_LOG = "info" }
         }
         let err = InitConfig::parse(&format!("{FULL}\nshell = true\n"), Role::Worker).unwrap_err();
         assert!(err.to_string().contains("shell"), "{err}");
+    }
+
+    #[test]
+    fn loader_variables_are_refused() {
+        for key in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "GLIBC_TUNABLES",
+            "GCONV_PATH",
+        ] {
+            let text = FULL.replace("RUST_LOG", key);
+            let err = InitConfig::parse(&text, Role::Worker)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("service.env") && err.contains(key), "{err}");
+            assert!(err.contains("dynamic loader"), "{err}");
+        }
+        // Look-alikes that steer nothing are fine.
+        for key in ["LDX", "OLD_PRELOAD", "RUST_BACKTRACE"] {
+            let text = FULL.replace("RUST_LOG", key);
+            assert!(InitConfig::parse(&text, Role::Worker).is_ok(), "{key}");
+        }
     }
 }

@@ -30,6 +30,12 @@ pub struct BuildArgs {
     /// (default: the directory of cocoon-image itself).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// The service binary, instead of `cocoon-<role>` in the bin dir. With `--root-disk` it may
+    /// be dynamically linked (e.g. the GPU worker, which loads NVML): the build then checks
+    /// that the root disk holds its loader and every library it and the disk's other
+    /// libraries need (see docs/guest-appliance.md, "Dynamically linked services").
+    #[arg(long, value_name = "FILE")]
+    pub service: Option<PathBuf>,
     /// A pinned kernel .deb to use instead of fetching it (matched by its sha256), or a
     /// directory holding pinned .deb files under their archive names. Repeatable; packages not
     /// handed in come from the cache or are downloaded.
@@ -106,11 +112,23 @@ fn default_cache() -> PathBuf {
         .join(".cache/cocoon/kernel")
 }
 
-/// Reads a static binary without its symbol table (`strip --strip-all`, binutils; the guest
-/// never needs symbols and they are a fifth of the worker's size).
-fn read_static(path: &Path, scratch: &Path) -> anyhow::Result<Vec<u8>> {
+/// Reads a binary without its symbol table (`strip --strip-all`, binutils; the guest never
+/// needs symbols and they are a fifth of the worker's size). Unless `dynamic_ok`, it must be
+/// statically linked: the initramfs has no shared libraries.
+fn read_binary(path: &Path, scratch: &Path, dynamic_ok: bool) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    elf::check_static(&bytes).with_context(|| path.display().to_string())?;
+    match elf::check_static(&bytes) {
+        Ok(()) => {}
+        Err(elf::ElfError::Dynamic) if dynamic_ok => {}
+        Err(elf::ElfError::Dynamic) => {
+            bail!(
+                "{}: dynamically linked; build it with crt-static, or put it on a root disk \
+                 (--root-disk, its libraries through --root-packages)",
+                path.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    }
     let tmp = scratch.join(format!(
         ".strip-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("bin")
@@ -185,9 +203,13 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
     );
 
     std::fs::create_dir_all(&args.out).with_context(|| format!("mkdir {}", args.out.display()))?;
-    let init = read_static(&bin_dir.join("cocoon-init"), &args.out)?;
+    let init = read_binary(&bin_dir.join("cocoon-init"), &args.out, false)?;
     let service_name = format!("cocoon-{}", args.role);
-    let service = read_static(&bin_dir.join(&service_name), &args.out)?;
+    let service_path = args
+        .service
+        .clone()
+        .unwrap_or_else(|| bin_dir.join(&service_name));
+    let service = read_binary(&service_path, &args.out, args.root_disk)?;
 
     let modules = if args.root_disk {
         pin.modules_for_root_disk(&args.role)
@@ -276,6 +298,13 @@ pub fn run(args: &BuildArgs) -> anyhow::Result<()> {
             bail!("{bin} is the service binary: --root-extra and --root-packages may not put anything there");
         }
         root.insert(&bin, service_entry)?;
+        let linked = root_disk::check_libraries(&root)?;
+        if linked > 0 {
+            progress(
+                start,
+                &format!("root disk: {linked} dynamically linked objects find their loader and libraries on it"),
+            );
+        }
         let disk = root_disk::build(&root)?;
         progress(
             start,
