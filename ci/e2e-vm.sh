@@ -16,7 +16,8 @@
 #     variant's pinned NVIDIA user space (image-builder/gpu-root.toml) and an extra tree on
 #     EROFS under dm-verity, the root hash on the measured command line; fsck.erofs
 #     from erofs-utils extracts it and must find the same files), and a module listed on the root
-#     disk is loaded after the switch; one flipped byte in the root disk: exit 22 before serving.
+#     disk is loaded after the switch; one flipped byte in the root disk: exit 22 before serving;
+#     a root disk cut short: exit 21.
 #     The crash and tampered-model checks boot the initramfs-only worker image.
 # 10. that serving worker is the GPU variant's dynamically linked build (ci/build-gpu-worker.sh,
 #     `--service`), with glibc from the pinned packages on its root disk; booted with
@@ -450,6 +451,23 @@ vm_toml "$W/root-tampered.toml" root-tampered worker "$W/cfg/worker" "$W/model/m
 launch_refused "$W/root-tampered.toml" 5 "$W/root-tampered.out" 22 "tampered root disk"
 if grep -q '"stage":"service' "$W/root-tampered.out"; then fail "tampered root disk: a service started"; fi
 say "tampered root disk refused: $(grep -m1 -o 'root disk does not match[^"]*' "$W/root-tampered.out" | head -c 200)"
+# A host that cuts the disk short (the last hash-tree block gone, manifest rewritten to match):
+# dm-verity refuses to map a hash device smaller than the tree the command line implies.
+cp -r "$W/a/worker-root" "$W/root-short"
+python3 - "$W/root-short" <<'EOF'
+import hashlib, json, os, sys
+d = sys.argv[1]
+p = os.path.join(d, "root.img")
+b = open(p, "rb").read()[:-4096]
+open(p, "wb").write(b)
+m = json.load(open(os.path.join(d, "manifest.json")))
+m["artifacts"]["root.img"] = {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
+json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+EOF
+vm_toml "$W/root-short.toml" root-short worker "$W/cfg/worker" "$W/model/model.img" "$W/root-short"
+launch_refused "$W/root-short.toml" 7 "$W/root-short.out" 21 "root disk cut short"
+if grep -q '"stage":"service' "$W/root-short.out"; then fail "short root disk: a service started"; fi
+say "root disk cut short refused (exit 21): $(grep -m1 -o '"code":21,"reason":"[^"]*' "$W/root-short.out" | head -c 160)"
 
 # ---- 6c. NVML on the GPU variant, without a GPU ---------------------------------------------
 # The same root-disk image: the dynamically linked worker loads libnvidia-ml from the disk, and
