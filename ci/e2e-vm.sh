@@ -466,6 +466,7 @@ json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 EOF
 vm_toml "$W/root-short.toml" root-short worker "$W/cfg/worker" "$W/model/model.img" "$W/root-short"
 launch_refused "$W/root-short.toml" 7 "$W/root-short.out" 21 "root disk cut short"
+grep -q "the disk is shorter than the data and hash tree" "$W/root-short.out" || fail "short root disk: the reason does not say the disk is short"
 if grep -q '"stage":"service' "$W/root-short.out"; then fail "short root disk: a service started"; fi
 say "root disk cut short refused (exit 21): $(grep -m1 -o '"code":21,"reason":"[^"]*' "$W/root-short.out" | head -c 160)"
 

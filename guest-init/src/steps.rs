@@ -370,7 +370,16 @@ fn map_verity(name: &str, sectors: u64, params: &str, exit: InitExit) -> Result<
     let (_, minor) =
         dm::reply_dev(&buf).ok_or_else(|| Failure::new(exit, "dm create: no device number"))?;
     let mut buf = dm::table_load(name, sectors, "verity", params).step(exit, "dm table")?;
-    sys::dm_ioctl(&control, dm::DM_TABLE_LOAD, &mut buf).step(exit, "dm table load")?;
+    if let Err(e) = sys::dm_ioctl(&control, dm::DM_TABLE_LOAD, &mut buf) {
+        // dm-verity's constructor answers E2BIG when the hash device cannot hold the tree the
+        // parameters imply: a disk cut short.
+        let why = if e.raw_os_error() == Some(nix::libc::E2BIG) {
+            ": the disk is shorter than the data and hash tree its measured parameters name"
+        } else {
+            ""
+        };
+        return Err(Failure::new(exit, format!("dm table load: {e}{why}")));
+    }
     let mut buf = dm::dev_resume(name).step(exit, "dm resume")?;
     sys::dm_ioctl(&control, dm::DM_DEV_SUSPEND, &mut buf).step(exit, "dm resume")?;
     let node = PathBuf::from(format!("/dev/dm-{minor}"));

@@ -169,7 +169,11 @@ pub fn dynamic(bytes: &[u8]) -> Result<Option<Dynamic>, ElfError> {
                 .ok_or(ElfError::Malformed(
                     "DT_STRTAB (not inside a loadable segment)",
                 ))?;
-            file_range(bytes, load.offset + (addr - load.vaddr), size, "DT_STRTAB")?
+            let offset = load
+                .offset
+                .checked_add(addr - load.vaddr)
+                .ok_or(ElfError::Malformed("DT_STRTAB"))?;
+            file_range(bytes, offset, size, "DT_STRTAB")?
         }
         _ => {
             return Err(ElfError::Malformed(
@@ -341,6 +345,11 @@ pub(crate) mod tests {
         let filesz = 64 + 56 + 32;
         e[filesz..filesz + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(dynamic(&e), Err(ElfError::Malformed("PT_INTERP")));
+        // A loadable segment whose file offset is near 2^64 (found by the elf_parse fuzz
+        // target: the string table's offset overflowed).
+        let mut e = good.clone();
+        e[64 + 8..64 + 16].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        assert_eq!(dynamic(&e), Err(ElfError::Malformed("DT_STRTAB")));
         // Every truncation of a good object is an error or a clean answer, never a panic.
         for n in 0..good.len() {
             let _ = dynamic(&good[..n]);
