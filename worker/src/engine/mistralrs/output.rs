@@ -295,6 +295,14 @@ fn take_records(steps: &Steps, cursor: &mut usize, token: Option<u32>) -> Vec<St
     records
 }
 
+/// The logprobs of the records no chunk claimed (from `cursor` on), for the end of a stream
+/// whose last tokens never completed a UTF-8 sequence.
+fn leftover(steps: &Steps, cursor: &mut usize, vocab: &Vocab) -> Vec<TokenLogprob> {
+    let records = steps.since(*cursor);
+    *cursor += records.len();
+    records.iter().map(|r| token_logprob(vocab, r)).collect()
+}
+
 /// The error for a request mistral.rs refused before generating.
 fn refused(e: &str) -> EngineError {
     if e.starts_with("Invalid grammar") {
@@ -437,6 +445,20 @@ impl Forward<'_> {
                     return Err(failed(
                         "mistral.rs ended the stream without a finish reason",
                     ));
+                }
+                // Its tokens were sampled and are billed: they get their logprobs entries
+                // (with their bytes; the text they would have completed never came).
+                if let Some(vocab) = self.logprobs {
+                    let rest = leftover(self.steps, &mut cursor, vocab);
+                    if !rest.is_empty() {
+                        let (out, _) = stages.push(Piece {
+                            text: String::new(),
+                            logprobs: rest,
+                        });
+                        if !self.send(out).await {
+                            return Ok(Outcome::Cancelled);
+                        }
+                    }
                 }
                 return Ok(self.end(&mut stages, usage, FinishReason::Length).await);
             };
@@ -662,6 +684,44 @@ mod tests {
         );
         assert_eq!(ids(take_records(&steps, &mut cursor, Some(5))), vec![5]);
         assert_eq!(cursor, 4);
+    }
+
+    /// A stream cut at the length limit inside a UTF-8 sequence (mistral.rs sends no chunk for
+    /// its last tokens): those tokens are billed, so they get their logprobs entries, with
+    /// their bytes. Before, they were dropped and a client saw one entry fewer than the
+    /// completion tokens (seen in CI with SmolLM2 sampling a byte token last).
+    #[test]
+    fn unclaimed_records_get_entries_at_the_end() {
+        let vocab = Vocab::new(&super::super::vocab::TokenizerMetadata {
+            model: "gpt2".into(),
+            tokens: ["a", "b", "\u{e2}", "\u{124}"]
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            token_types: vec![1, 1, 1, 1],
+            specials: vec![],
+            chat_template: None,
+        });
+        let steps = Steps::default();
+        for (i, t) in [0, 1, 2, 3].into_iter().enumerate() {
+            steps.record(
+                i,
+                StepRecord {
+                    token: t,
+                    logprobs: None,
+                },
+            );
+        }
+        let mut cursor = 0;
+        assert_eq!(take_records(&steps, &mut cursor, Some(0)).len(), 1);
+        assert_eq!(take_records(&steps, &mut cursor, Some(1)).len(), 1);
+        let rest = leftover(&steps, &mut cursor, &vocab);
+        assert_eq!(rest.len(), 2);
+        assert_eq!(cursor, 4);
+        assert!(rest
+            .iter()
+            .all(|t| t.bytes.as_ref().is_some_and(|b| b.len() == 1)));
+        assert!(leftover(&steps, &mut cursor, &vocab).is_empty());
     }
 
     #[test]
