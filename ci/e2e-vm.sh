@@ -427,22 +427,33 @@ launch_refused "$W/worker-tampered.toml" 3 "$W/worker-tampered.out" 20 "tampered
 say "tampered model refused: $(grep -m1 -o 'model disk does not match[^"]*' "$W/worker-tampered.out" | head -c 160)"
 
 # ---- 6b. tampered root disk ---------------------------------------------------------------
-# The host flips one byte of the filesystem and rewrites manifest.json to match (the launcher's
-# check is a convenience, not a defence); the measured command line still names the original
-# root hash, so dm-verity refuses the disk before anything runs from it.
-cp -r "$W/a/worker-root" "$W/root-tampered"
-python3 - "$W/root-tampered" <<'EOF'
+# The host flips one byte of the filesystem; the measured command line still names the
+# original root hash, so dm-verity refuses the disk before anything runs from it.
+# root_copy NAME HOW: a copy of the root-disk image in $W/NAME whose root.img the host changed
+# (HOW = flip: one byte in the middle of the filesystem; cut: the last hash-tree block gone)
+# and whose manifest.json it rewrote to match (the launcher's check is a convenience, not a
+# defence).
+root_copy() {
+    cp -r "$W/a/worker-root" "$W/$1"
+    python3 - "$W/$1" "$2" <<'EOF'
 import hashlib, json, os, sys
-d = sys.argv[1]
+d, how = sys.argv[1], sys.argv[2]
 blocks = int(open(os.path.join(d, "cmdline")).read().split("cocoon.root=")[1].split(":")[0])
 p = os.path.join(d, "root.img")
 b = bytearray(open(p, "rb").read())
-b[blocks * 4096 // 2] ^= 0x01
+if how == "flip":
+    b[blocks * 4096 // 2] ^= 0x01
+elif how == "cut":
+    b = b[:-4096]
+else:
+    sys.exit(f"root_copy: unknown change {how!r}")
 open(p, "wb").write(b)
 m = json.load(open(os.path.join(d, "manifest.json")))
 m["artifacts"]["root.img"] = {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 EOF
+}
+root_copy root-tampered flip
 if "$BIN/cocoon-image" verify-root --image "$W/root-tampered" >"$W/verify-root.out" 2>&1; then
     fail "cocoon-image verify-root accepted the tampered root disk"
 fi
@@ -451,19 +462,9 @@ vm_toml "$W/root-tampered.toml" root-tampered worker "$W/cfg/worker" "$W/model/m
 launch_refused "$W/root-tampered.toml" 5 "$W/root-tampered.out" 22 "tampered root disk"
 if grep -q '"stage":"service' "$W/root-tampered.out"; then fail "tampered root disk: a service started"; fi
 say "tampered root disk refused: $(grep -m1 -o 'root disk does not match[^"]*' "$W/root-tampered.out" | head -c 200)"
-# A host that cuts the disk short (the last hash-tree block gone, manifest rewritten to match):
-# dm-verity refuses to map a hash device smaller than the tree the command line implies.
-cp -r "$W/a/worker-root" "$W/root-short"
-python3 - "$W/root-short" <<'EOF'
-import hashlib, json, os, sys
-d = sys.argv[1]
-p = os.path.join(d, "root.img")
-b = open(p, "rb").read()[:-4096]
-open(p, "wb").write(b)
-m = json.load(open(os.path.join(d, "manifest.json")))
-m["artifacts"]["root.img"] = {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
-json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
-EOF
+# A host that cuts the disk short: dm-verity refuses to map a hash device smaller than the
+# tree the command line implies.
+root_copy root-short cut
 vm_toml "$W/root-short.toml" root-short worker "$W/cfg/worker" "$W/model/model.img" "$W/root-short"
 launch_refused "$W/root-short.toml" 7 "$W/root-short.out" 21 "root disk cut short"
 grep -q "the disk is shorter than the data and hash tree" "$W/root-short.out" || fail "short root disk: the reason does not say the disk is short"

@@ -17,6 +17,8 @@ pub enum ElfError {
     Malformed(&'static str),
 }
 
+use measurements::le::{u16_at, u32_at, u64_at};
+
 /// `p_type` values read here.
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -36,24 +38,6 @@ struct Segment {
     offset: u64,
     vaddr: u64,
     filesz: u64,
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(o..o.checked_add(8)?)?.try_into().ok()?,
-    ))
 }
 
 /// True if `bytes` starts like a 64-bit little-endian ELF file (what [`dynamic`] reads).
@@ -129,9 +113,7 @@ fn file_range<'a>(
 pub fn dynamic(bytes: &[u8]) -> Result<Option<Dynamic>, ElfError> {
     let segs = segments(bytes)?;
     let mut out = Dynamic::default();
-    let mut any = false;
     if let Some(interp) = segs.iter().find(|s| s.kind == PT_INTERP) {
-        any = true;
         let raw = file_range(bytes, interp.offset, interp.filesz, "PT_INTERP")?;
         let path = raw.split(|&b| b == 0).next().unwrap_or_default();
         let path = std::str::from_utf8(path).map_err(|_| ElfError::Malformed("PT_INTERP"))?;
@@ -141,7 +123,7 @@ pub fn dynamic(bytes: &[u8]) -> Result<Option<Dynamic>, ElfError> {
         out.interpreter = Some(path.to_string());
     }
     let Some(dynseg) = segs.iter().find(|s| s.kind == PT_DYNAMIC) else {
-        return Ok(any.then_some(out));
+        return Ok(out.interpreter.is_some().then_some(out));
     };
     let table = file_range(bytes, dynseg.offset, dynseg.filesz, "PT_DYNAMIC")?;
     let mut entries = Vec::new();

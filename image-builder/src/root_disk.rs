@@ -285,15 +285,14 @@ pub fn resolve<'a>(root: &'a Archive, path: &str) -> Option<(String, &'a Entry)>
     let entries = root.entries();
     let mut rest: std::collections::VecDeque<String> =
         path.split('/').map(str::to_string).collect();
+    // The resolved directories so far; empty is the disk's root.
     let mut at: Vec<String> = Vec::new();
     let mut links = 0;
-    let mut last = None;
     while let Some(part) = rest.pop_front() {
         match part.as_str() {
             "" | "." => continue,
             ".." => {
                 at.pop();
-                last = None;
                 continue;
             }
             _ => {}
@@ -313,9 +312,8 @@ pub fn resolve<'a>(root: &'a Archive, path: &str) -> Option<(String, &'a Entry)>
                 for p in target.split('/').rev() {
                     rest.push_front(p.to_string());
                 }
-                last = None;
             }
-            Entry::Dir => last = Some(key),
+            Entry::Dir => {}
             entry => {
                 if rest.iter().any(|p| !p.is_empty() && p != ".") {
                     return None;
@@ -324,8 +322,9 @@ pub fn resolve<'a>(root: &'a Archive, path: &str) -> Option<(String, &'a Entry)>
             }
         }
     }
-    let key = last?;
-    Some((key.clone(), entries.get(&key)?))
+    // Ended on a directory (the root itself is not an entry).
+    let key = at.join("/");
+    entries.get(&key).map(|entry| (key, entry))
 }
 
 /// Where the loader finds `soname` on the disk (the first of [`LOADER_DIRS`] holding a regular
@@ -604,6 +603,9 @@ mod tests {
             p
         );
         assert!(matches!(resolve(&root, "lib64"), Some((d, Entry::Dir)) if d == "usr/lib64"));
+        assert!(
+            matches!(resolve(&root, "lib64/../lib64"), Some((d, Entry::Dir)) if d == "usr/lib64")
+        );
         // Through a file, missing, and a loop.
         assert!(resolve(&root, "bin/cocoon-worker/x").is_none());
         assert!(resolve(&root, "lib64/nothing").is_none());

@@ -21,6 +21,7 @@ pub mod boot;
 pub mod collateral;
 pub mod eventlog;
 pub mod gpu;
+pub mod le;
 pub mod manifest;
 pub mod manifest_diff;
 pub mod memory;

@@ -37,6 +37,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha384 as Sha384Hasher};
 
+use crate::le::{u16_at, u32_at, u64_at};
 use crate::registers::Sha384;
 
 /// The footer GUID of the OVMF GUIDed table, `96b582de-1fb2-45f7-baea-a366c55a082d`, as stored
@@ -387,24 +388,6 @@ pub enum TdvfError {
     UnknownPageAddOrder(String),
 }
 
-fn read_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-
-fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
-}
-
 /// Finds the data of the OVMF table entry with `guid`, walking backwards from the footer.
 fn find_table_entry<'a>(
     firmware: &'a [u8],
@@ -422,7 +405,7 @@ fn find_table_entry<'a>(
             offset: footer_start + 2,
         });
     }
-    let declared = read_u16(firmware, footer_start).unwrap_or(0);
+    let declared = u16_at(firmware, footer_start).unwrap_or(0);
     let total = usize::from(declared);
     if total < ENTRY_HEADER || total > footer_end {
         return Err(TdvfError::TableLength {
@@ -441,7 +424,7 @@ fn find_table_entry<'a>(
             });
         }
         let len_at = pos - ENTRY_HEADER;
-        let declared = read_u16(firmware, len_at).unwrap_or(0);
+        let declared = u16_at(firmware, len_at).unwrap_or(0);
         let len = usize::from(declared);
         if len < ENTRY_HEADER || len > remaining {
             return Err(TdvfError::EntryLength {
@@ -480,9 +463,9 @@ pub fn parse_metadata(firmware: &[u8]) -> Result<TdvfMetadata, TdvfError> {
     if signature != TDVF_SIGNATURE {
         return Err(TdvfError::Signature { got: signature });
     }
-    let length = read_u32(header, 4).unwrap_or(0);
-    let version = read_u32(header, 8).unwrap_or(0);
-    let count = read_u32(header, 12).unwrap_or(0);
+    let length = u32_at(header, 4).unwrap_or(0);
+    let version = u32_at(header, 8).unwrap_or(0);
+    let count = u32_at(header, 12).unwrap_or(0);
     if version != 1 {
         return Err(TdvfError::Version { got: version });
     }
@@ -537,12 +520,12 @@ fn page_aligned(value: u64) -> bool {
 }
 
 fn parse_section(index: usize, raw: &[u8], image_len: usize) -> Result<TdvfSection, TdvfError> {
-    let data_offset = read_u32(raw, 0).unwrap_or(0);
-    let raw_data_size = read_u32(raw, 4).unwrap_or(0);
-    let memory_address = read_u64(raw, 8).unwrap_or(0);
-    let memory_data_size = read_u64(raw, 16).unwrap_or(0);
-    let type_value = read_u32(raw, 24).unwrap_or(0);
-    let attributes = read_u32(raw, 28).unwrap_or(0);
+    let data_offset = u32_at(raw, 0).unwrap_or(0);
+    let raw_data_size = u32_at(raw, 4).unwrap_or(0);
+    let memory_address = u64_at(raw, 8).unwrap_or(0);
+    let memory_data_size = u64_at(raw, 16).unwrap_or(0);
+    let type_value = u32_at(raw, 24).unwrap_or(0);
+    let attributes = u32_at(raw, 28).unwrap_or(0);
 
     let section_type = SectionType::from_u32(type_value).ok_or(TdvfError::UnknownSectionType {
         index,
