@@ -909,14 +909,14 @@ impl crate::stall::Stalled for std::sync::Mutex<RelayBody> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return HandOver::Nothing;
         };
-        let Some(leftover) = relay.hand_over() else {
+        let Some((leftover, asked)) = relay.hand_over() else {
             return HandOver::Nothing;
         };
         // Still held: the relay's next poll sees why it lost its worker stream, and waits
         // for the settle's end to give its client.
         relay.watch.begin_settle();
         relay.watch.mark_cut(cause);
-        rt.spawn(leftover.settle(false));
+        rt.spawn(leftover.settle(asked));
         HandOver::Taken
     }
 }
@@ -1012,17 +1012,19 @@ impl RelayBody {
 
     /// The stall sweeper takes the worker's stream over ([`crate::stall`]): what a task needs
     /// to stop the generation and bill it; `None` if the stream is over or already billed.
-    fn hand_over(&mut self) -> Option<Leftover> {
-        // At the drain deadline the relay reads the end of its stream itself.
-        if self.done
-            || self.stopping.is_some()
-            || self.billing.as_ref().is_none_or(Billing::is_settled)
-        {
+    /// A relay that saw the drain deadline and awaits the end of its stream (`stopping`) is
+    /// taken over too: once its client takes nothing it is not polled, so it would never read
+    /// that end. The `bool`: the generation was asked to stop already (the take-over only
+    /// reads the end).
+    fn hand_over(&mut self) -> Option<(Leftover, bool)> {
+        if self.done || self.billing.as_ref().is_none_or(Billing::is_settled) {
             return None;
         }
         let upstream = self.upstream.take()?;
         let billing = self.billing.take()?;
-        Some(Leftover {
+        let asked = self.stopping.take() == Some(true);
+        self.deadline.ended();
+        let leftover = Leftover {
             upstream,
             watch: Some(self.watch.clone()),
             splitter: std::mem::take(&mut self.splitter),
@@ -1030,7 +1032,8 @@ impl RelayBody {
             // The task is the request's work now: shutdown waits for it, not for a client
             // that takes nothing.
             _active: self.active.take(),
-        })
+        };
+        Some((leftover, asked))
     }
 
     /// The proxy's drain deadline passed: asks the worker to stop the generation and relays
@@ -1272,7 +1275,8 @@ impl Drop for RelayBody {
                     billing,
                     _active: self.active.take(),
                 };
-                rt.spawn(leftover.settle(false));
+                // Gone after the drain deadline: the generation was asked to stop already.
+                rt.spawn(leftover.settle(self.stopping == Some(true)));
             }
             _ => abandoned(&billing.state, &billing.account),
         }

@@ -292,6 +292,66 @@ async fn a_stalled_client_at_the_deadline_is_stopped_and_billed_before_exit() {
     drop(resp);
 }
 
+/// A client reading when the drain deadline passes stops reading right after, while its
+/// worker takes 600 ms to end the stopped generation (generating all the while, as an engine
+/// finishing its batch): its relay saw the deadline and awaits that end, but with the
+/// client's window full it is not polled, so it cannot read it. The take-over at shutdown
+/// reads the end and bills it before exit (before 2026-12-05 session 18 this stream was left
+/// unbilled: a relay awaiting its end was never taken over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_just_after_the_deadline_is_billed_before_exit() {
+    use http_body_util::BodyExt as _;
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("slow-stop");
+    spec.tokens = 20_000;
+    spec.interval = Duration::from_millis(1);
+    spec.stop_delay = Duration::from_millis(600);
+    spec.streams_while_stopping = true;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    let mut c = client_with_window(p.running.client_addr, 1, 4 << 10).await;
+    let resp = c.send(chat(MODEL, 20_000, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let drain = Duration::from_millis(300);
+    let started = Instant::now();
+    let running = p.running;
+    let shutdown = tokio::spawn(running.shutdown(drain));
+    // Reads until 100 ms past the deadline, then takes nothing more.
+    let (mut seen, mut last) = (0usize, started);
+    let stop_reading = started + drain + Duration::from_millis(100);
+    while Instant::now() < stop_reading {
+        let left = stop_reading.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                seen += f.into_data().map_or(0, |d| d.len());
+                last = Instant::now();
+            }
+            Ok(_) => panic!("the stream ended while the client was reading"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        last > started + drain,
+        "the client was reading when the deadline passed ({:?} after the start, {seen} bytes)",
+        last - started
+    );
+    shutdown.await.unwrap();
+    let took = started.elapsed();
+    assert!(took < drain + proxy::server::CUT_FLUSH, "{took:?}");
+    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!((s.requests.stopped, s.requests.abandoned), (1, 0));
+    assert!(
+        s.clients[&c.account].completion_tokens > 0,
+        "{:?}",
+        s.clients[&c.account]
+    );
+    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+    drop(body);
+}
+
 /// The proxy and its worker shut down at the same moment (a host going down), a client
 /// reading a stream: the client gets an error event, not a hang or a silent cut, the work
 /// done is billed once, and nothing stays reserved.

@@ -167,6 +167,9 @@ pub struct WorkerSpec {
     pub stop_delay: Duration,
     /// What it does once stopped (after `stop_delay`).
     pub on_stop: OnStop,
+    /// Whether it keeps generating (one token per `interval`) during `stop_delay`, as an
+    /// engine that finishes its batch before it sees the stop.
+    pub streams_while_stopping: bool,
 }
 
 /// What a fake worker does when the proxy stops a generation.
@@ -257,6 +260,7 @@ impl WorkerSpec {
             honors_cancel: true,
             stop_delay: Duration::ZERO,
             on_stop: OnStop::Usage,
+            streams_while_stopping: false,
         }
     }
 }
@@ -328,7 +332,17 @@ fn stop_key(headers: &HeaderMap) -> Option<(String, u64)> {
 
 /// Ends the stream of a generation stopped after `tokens` as `spec.on_stop` says.
 async fn end_stopped(spec: &WorkerSpec, tx: &mpsc::Sender<Bytes>, kill: &Notify, tokens: u32) {
-    tokio::time::sleep(spec.stop_delay).await;
+    let until = tokio::time::Instant::now() + spec.stop_delay;
+    let mut tokens = tokens;
+    while spec.streams_while_stopping && tokio::time::Instant::now() < until {
+        match tokio::time::timeout_at(until, tx.send(token_event(&spec.model, tokens))).await {
+            Ok(Ok(())) => tokens += 1,
+            Ok(Err(_)) => return,
+            Err(_) => break,
+        }
+        tokio::time::sleep(spec.interval.max(Duration::from_millis(1))).await;
+    }
+    tokio::time::sleep_until(until).await;
     match spec.on_stop {
         OnStop::Usage => {
             let _ = tx.send(stopped_tail(spec.prompt_tokens, tokens)).await;
