@@ -313,7 +313,7 @@ impl Tally {
     fn print(&self, name: &str) {
         let k = self.tokens as f64 / 1000.0;
         println!(
-            "  {name:<7} {} tokens in {:.3} s wall = {:.0} tok/s; proxy cpu {:.3} s = {:.0} tok/s per proxy core",
+            "  {name:<8} {} tokens in {:.3} s wall = {:.0} tok/s; proxy cpu {:.3} s = {:.0} tok/s per proxy core",
             self.tokens,
             self.wall.as_secs_f64(),
             self.tokens as f64 / self.wall.as_secs_f64().max(1e-9),
@@ -321,7 +321,7 @@ impl Tally {
             self.per_core(),
         );
         println!(
-            "          {:.0}% of it in the kernel; per 1000 tokens: {:.1} frames to the client, {:.1} write calls",
+            "           {:.0}% of it in the kernel; per 1000 tokens: {:.1} frames to the client, {:.1} write calls",
             100.0 * self.used.sys.as_secs_f64() / self.used.cpu.as_secs_f64().max(1e-9),
             self.frames as f64 / k.max(1e-9),
             self.used.writes as f64 / k.max(1e-9),
@@ -463,7 +463,7 @@ impl System {
         let (d, p) = (self.latency.direct.sorted(), self.latency.proxied.sorted());
         let (a50, a99) = self.added();
         println!(
-            "  {:<7} direct p50 {:7.3} p99 {:7.3} | proxied p50 {:7.3} p99 {:7.3} | added p50 {:6.3} p99 {:6.3} ms",
+            "  {:<8} direct p50 {:7.3} p99 {:7.3} | proxied p50 {:7.3} p99 {:7.3} | added p50 {:6.3} p99 {:6.3} ms",
             self.name,
             ms(percentile(&d, 0.5)),
             ms(percentile(&d, 0.99)),
@@ -473,7 +473,7 @@ impl System {
             ms(a99),
         );
         println!(
-            "          proxy cpu per request {:.1} us ({:.0}% in the kernel), {:.1} write calls",
+            "           proxy cpu per request {:.1} us ({:.0}% in the kernel), {:.1} write calls",
             self.cpu_per_request().as_secs_f64() * 1e6,
             100.0 * self.latency_used.sys.as_secs_f64()
                 / self.latency_used.cpu.as_secs_f64().max(1e-9),
@@ -530,10 +530,10 @@ async fn cocoon(proxy: &TestProxy) -> (System, Vec<FakeWorker>) {
 }
 
 /// nginx in front of the SSE upstream, or why not.
-async fn nginx() -> Result<(System, nginx::Nginx), String> {
+async fn nginx(to: nginx::Upstream) -> Result<(System, nginx::Nginx), String> {
     let bin = nginx::binary().ok_or("no nginx binary found")?;
     let upstream = nginx::sse_upstream().await;
-    let server = nginx::Nginx::start(&bin, upstream).await?;
+    let server = nginx::Nginx::start(&bin, upstream, to).await?;
     let connect = |seed: u8| {
         let addr = server.addr;
         async move {
@@ -564,7 +564,10 @@ async fn nginx() -> Result<(System, nginx::Nginx), String> {
     }
     let pid = server.pid();
     let system = System {
-        name: "nginx",
+        name: match to {
+            nginx::Upstream::Http1 => "nginx",
+            nginx::Upstream::Http2 => "nginx-h2",
+        },
         latency: Latency {
             direct: Target::new(
                 Conn::Raw(nginx::upstream_client(upstream).await),
@@ -601,16 +604,24 @@ fn main() {
         .unwrap();
     let (cocoon, _workers) = rt.block_on(cocoon(&proxy));
     let mut systems = vec![cocoon];
-    let mut nginx_server = None;
-    let nginx_note = match rt.block_on(nginx()) {
-        Ok((system, server)) => {
-            let note = format!("{} (pid {})", server.version, server.pid());
-            systems.push(system);
-            nginx_server = Some(server);
-            note
+    let mut nginx_servers = Vec::new();
+    let mut notes = Vec::new();
+    for to in [nginx::Upstream::Http1, nginx::Upstream::Http2] {
+        match rt.block_on(nginx(to)) {
+            Ok((system, server)) => {
+                notes.push(format!(
+                    "{} {} (pid {})",
+                    system.name,
+                    server.version,
+                    server.pid()
+                ));
+                systems.push(system);
+                nginx_servers.push(server);
+            }
+            Err(e) => notes.push(format!("nginx ({to:?} upstream) not available: {e}")),
         }
-        Err(e) => format!("nginx not available ({e}); cocoon only"),
-    };
+    }
+    let nginx_note = notes.join("; ");
     let rows = std::env::var("COCOON_BENCH_ROWS").unwrap_or_default();
     let row = |name: &str| rows.is_empty() || rows.split(',').any(|r| r.trim() == name);
     let (latency, throughput, paced) = (row("latency"), row("throughput"), row("paced"));
@@ -642,7 +653,7 @@ fn main() {
             }
         }
     });
-    drop(nginx_server);
+    drop(nginx_servers);
 
     println!(
         "relay benchmark ({} cpus); baseline: {nginx_note}",
@@ -666,11 +677,13 @@ fn main() {
     for s in &systems {
         s.paced.print(s.name);
     }
-    if let [c, n] = &systems[..] {
+    let (c, others) = systems.split_first().expect("cocoon is measured");
+    for n in others {
         let (c50, c99) = c.added();
         let (n50, n99) = n.added();
         println!(
-            "cocoon / nginx: tokens per proxy core {} (paced {}); added latency p50 {}, p99 {}; proxy cpu per request {}",
+            "cocoon / {}: tokens per proxy core {} (paced {}); added latency p50 {}, p99 {}; proxy cpu per request {}",
+            n.name,
             ratio(c.throughput.per_core(), n.throughput.per_core()),
             ratio(c.paced.per_core(), n.paced.per_core()),
             ratio(c50.as_secs_f64(), n50.as_secs_f64()),

@@ -3,7 +3,10 @@
 //! read) with a generated config in a temporary prefix. It terminates TLS 1.3 + HTTP/2 from the
 //! bench client (presenting the proxy's RA-TLS certificate, so the client is the very one the
 //! cocoon rows use) and proxies over TLS, HTTP/1.1 keep-alive, unbuffered, to [`sse_upstream`]:
-//! a fast SSE server streaming exactly the fake worker's events.
+//! a fast SSE server streaming exactly the fake worker's events. [`Upstream::Http2`] is the
+//! same with HTTP/2 to the upstream (nginx's `grpc_pass`, which relays any HTTP/2 exchange,
+//! unbuffered, one upstream connection per request in flight from a keep-alive pool): the
+//! shape cocoon's worker hop has.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -99,8 +102,32 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn config(dir: &Path, port: u16, upstream: SocketAddr) -> String {
+/// How nginx speaks to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// `proxy_pass https://`, HTTP/1.1 keep-alive (nginx's usual reverse proxy).
+    Http1,
+    /// `grpc_pass grpcs://`: HTTP/2 over TLS.
+    Http2,
+}
+
+fn config(dir: &Path, port: u16, upstream: SocketAddr, to: Upstream) -> String {
     let d = dir.display();
+    let location = match to {
+        Upstream::Http1 => {
+            "proxy_pass https://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_session_reuse on;"
+        }
+        Upstream::Http2 => {
+            "grpc_pass grpcs://sse;
+            grpc_ssl_protocols TLSv1.3;
+            grpc_ssl_session_reuse on;"
+        }
+    };
     format!(
         r#"daemon off;
 master_process off;
@@ -127,12 +154,7 @@ http {{
         ssl_certificate {d}/cert.pem;
         ssl_certificate_key {d}/key.pem;
         location / {{
-            proxy_pass https://sse;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_ssl_protocols TLSv1.3;
-            proxy_ssl_session_reuse on;
+            {location}
         }}
     }}
 }}
@@ -142,7 +164,7 @@ http {{
 
 impl Nginx {
     /// Starts `bin` in front of `upstream`; waits until it accepts connections.
-    pub async fn start(bin: &Path, upstream: SocketAddr) -> Result<Nginx, String> {
+    pub async fn start(bin: &Path, upstream: SocketAddr, to: Upstream) -> Result<Nginx, String> {
         let version = Command::new(bin)
             .arg("-v")
             .output()
@@ -151,7 +173,8 @@ impl Nginx {
             .trim()
             .trim_start_matches("nginx version: ")
             .to_string();
-        let dir = std::env::temp_dir().join(format!("cocoon-relay-nginx-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("cocoon-relay-nginx-{}-{to:?}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // The proxy's own RA-TLS certificate (Ed25519): the bench client verifies nginx
@@ -167,7 +190,7 @@ impl Nginx {
             pem("PRIVATE KEY", &pkcs8_v1(&issued.key_pkcs8_der)?),
         )?;
         let port = free_port().map_err(|e| e.to_string())?;
-        write("nginx.conf", config(&dir, port, upstream))?;
+        write("nginx.conf", config(&dir, port, upstream, to))?;
         let child = Command::new(bin)
             .arg("-p")
             .arg(&dir)
