@@ -17,8 +17,16 @@
 //!    client received and the proxy's write calls (`syscw`), per 1000 tokens.
 //! 3. Paced: 200 streams at 1000 tokens/s each, one token per upstream write; same figures.
 //!
-//! All rounds alternate between cocoon and nginx (which goes first alternates too), so both
-//! see the same minute of a shared machine. Without an nginx binary
+//! nginx runs twice: `nginx` speaks HTTP/1.1 to the upstream, `nginx-h2` HTTP/2 (`grpc_pass`),
+//! the shape of cocoon's worker hop. With `COCOON_BENCH_BARE=1` a diagnostic row `bare` relays
+//! on cocoon's own stacks (hyper's HTTP/2 server, `proxy::link`, rustls) with none of the
+//! proxy's logic ([`bare`]): cocoon minus bare is what the proxy's code costs. Each latency row
+//! also prints the CPU of the bench's own threads (client and upstream) per request, direct and
+//! proxied: an upstream that costs more when reached through a relay adds to that relay's
+//! latency.
+//!
+//! All rounds alternate between the systems (which goes first alternates too), so all see the
+//! same minute of a shared machine. Without an nginx binary
 //! (`COCOON_BENCH_NGINX`, `/usr/sbin/nginx`, or `nginx` on `PATH`) the bench says so and runs
 //! cocoon only.
 //!
@@ -27,6 +35,8 @@
 //! `throughput`, `paced`) runs only those rows, e.g. to profile one shape;
 //! `COCOON_BENCH_LATENCY_REQUESTS=N` sets the requests per latency round (default 100).
 
+#[path = "support/bare.rs"]
+mod bare;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support/nginx.rs"]
@@ -339,6 +349,9 @@ struct System {
     /// What the proxy used during the recorded proxied latency requests, and how many.
     latency_used: Used,
     latency_requests: usize,
+    /// What the bench's own threads (client and upstream) used in the recorded latency rows.
+    bench_direct: Used,
+    bench_proxied: Used,
     throughput: Tally,
     paced: Tally,
 }
@@ -402,12 +415,16 @@ impl System {
     /// One latency round: `n` direct then `n` proxied requests; the proxy's CPU is counted
     /// over the proxied ones.
     async fn latency_round(&mut self, n: usize, record: bool) {
+        let bench0 = threads_used("bench-rt");
         self.latency.direct.run(n, record).await;
+        let bench1 = threads_used("bench-rt");
         let used0 = (self.used)();
         self.latency.proxied.run(n, record).await;
         if record {
             self.latency_used += (self.used)() - used0;
             self.latency_requests += n;
+            self.bench_direct += bench1 - bench0;
+            self.bench_proxied += threads_used("bench-rt") - bench1;
         }
     }
 
@@ -479,6 +496,12 @@ impl System {
                 / self.latency_used.cpu.as_secs_f64().max(1e-9),
             self.latency_used.writes as f64 / self.latency_requests.max(1) as f64,
         );
+        let per = |u: Used| u.cpu.as_secs_f64() * 1e6 / self.latency_requests.max(1) as f64;
+        println!(
+            "           client + upstream cpu per request: direct {:.1} us, proxied {:.1} us",
+            per(self.bench_direct),
+            per(self.bench_proxied),
+        );
     }
 }
 
@@ -523,6 +546,8 @@ async fn cocoon(proxy: &TestProxy) -> (System, Vec<FakeWorker>) {
         used: Box::new(|| threads_used("proxy-rt")),
         latency_used: Used::default(),
         latency_requests: 0,
+        bench_direct: Used::default(),
+        bench_proxied: Used::default(),
         throughput: Tally::default(),
         paced: Tally::default(),
     };
@@ -579,10 +604,42 @@ async fn nginx(to: nginx::Upstream) -> Result<(System, nginx::Nginx), String> {
         used: Box::new(move || process_used(pid)),
         latency_used: Used::default(),
         latency_requests: 0,
+        bench_direct: Used::default(),
+        bench_proxied: Used::default(),
         throughput: Tally::default(),
         paced: Tally::default(),
     };
     Ok((system, server))
+}
+
+/// The bare relay ([`bare`]) in front of an SSE upstream of its own.
+async fn bare_system(relay: &bare::Bare, upstream: std::net::SocketAddr) -> System {
+    let connect = |seed: u8| async move {
+        let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+        client_on(tcp, seed, false).await.expect("client handshake")
+    };
+    let mut clients = Vec::new();
+    for seed in 0..8u8 {
+        clients.push(connect(10 + seed).await);
+    }
+    System {
+        name: "bare",
+        latency: Latency {
+            direct: Target::new(
+                Conn::Raw(nginx::upstream_client(upstream).await),
+                upstream_request,
+            ),
+            proxied: Target::new(Conn::Client(connect(1).await), upstream_request),
+        },
+        clients,
+        used: Box::new(|| threads_used(bare::THREAD)),
+        latency_used: Used::default(),
+        latency_requests: 0,
+        bench_direct: Used::default(),
+        bench_proxied: Used::default(),
+        throughput: Tally::default(),
+        paced: Tally::default(),
+    }
 }
 
 fn main() {
@@ -621,6 +678,18 @@ fn main() {
             Err(e) => notes.push(format!("nginx ({to:?} upstream) not available: {e}")),
         }
     }
+    let mut bare_relay = None;
+    if std::env::var("COCOON_BENCH_BARE").is_ok_and(|v| v == "1") {
+        let upstream = rt.block_on(nginx::sse_upstream());
+        match bare::start(upstream) {
+            Ok(relay) => {
+                systems.push(rt.block_on(bare_system(&relay, upstream)));
+                notes.push("bare (cocoon's stacks without the proxy's logic)".into());
+                bare_relay = Some(relay);
+            }
+            Err(e) => notes.push(format!("bare relay not available: {e}")),
+        }
+    }
     let nginx_note = notes.join("; ");
     let rows = std::env::var("COCOON_BENCH_ROWS").unwrap_or_default();
     let row = |name: &str| rows.is_empty() || rows.split(',').any(|r| r.trim() == name);
@@ -654,6 +723,7 @@ fn main() {
         }
     });
     drop(nginx_servers);
+    drop(bare_relay);
 
     println!(
         "relay benchmark ({} cpus); baseline: {nginx_note}",
