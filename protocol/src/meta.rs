@@ -11,7 +11,7 @@
 //! | `cocoon-price-cap` | most the client will pay for this request, nano-TON (optional) | client library |
 //! | `cocoon-stream-tag` | the proxy's number for the request, unique on its connection to the worker; names it in a cancel (proxy → worker, optional) | proxy |
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::{ApiError, ErrorKind};
 
@@ -22,6 +22,30 @@ pub const H_MAX_TOKENS: &str = "cocoon-max-tokens";
 pub const H_MAX_PROMPT_TOKENS: &str = "cocoon-max-prompt-tokens";
 pub const H_PRICE_CAP: &str = "cocoon-price-cap";
 pub const H_STREAM_TAG: &str = "cocoon-stream-tag";
+
+/// The metadata header names as [`HeaderName`]s, made at compile time: a lookup or insert by
+/// `&str` parses and validates the name on every call, a visible share of the relay's work per
+/// request.
+pub mod names {
+    use super::*;
+    pub static VERSION: HeaderName = HeaderName::from_static(H_VERSION);
+    pub static REQUEST_ID: HeaderName = HeaderName::from_static(H_REQUEST_ID);
+    pub static MODEL: HeaderName = HeaderName::from_static(H_MODEL);
+    pub static MAX_TOKENS: HeaderName = HeaderName::from_static(H_MAX_TOKENS);
+    pub static MAX_PROMPT_TOKENS: HeaderName = HeaderName::from_static(H_MAX_PROMPT_TOKENS);
+    pub static PRICE_CAP: HeaderName = HeaderName::from_static(H_PRICE_CAP);
+    pub static STREAM_TAG: HeaderName = HeaderName::from_static(H_STREAM_TAG);
+}
+
+/// A header value unique to one request (its id, the proxy's stream tag), marked so that
+/// HTTP/2 sends it as a never-indexed literal: indexed, every request's value would take a
+/// slot of the connection's HPACK table, evict a reusable header, and lengthen the table's
+/// search for the next one.
+pub fn unique_value(v: HeaderValue) -> HeaderValue {
+    let mut v = v;
+    v.set_sensitive(true);
+    v
+}
 
 /// Upper bound for `cocoon-max-tokens`.
 pub const MAX_TOKENS_LIMIT: u32 = 1_000_000;
@@ -95,7 +119,7 @@ pub struct RequestMeta {
     pub price_cap: Option<u64>,
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     let mut values = h.get_all(name).iter();
     let Some(v) = values.next() else {
         return Ok(None);
@@ -114,7 +138,7 @@ fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, A
     })
 }
 
-fn required<'a>(h: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
+fn required<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, ApiError> {
     header(h, name)?
         .ok_or_else(|| ApiError::new(ErrorKind::InvalidRequest, format!("missing header {name}")))
 }
@@ -130,7 +154,7 @@ fn number<T: std::str::FromStr>(name: &'static str, s: &str) -> Result<T, ApiErr
 
 /// Checks the `cocoon-protocol-version` header (absent means the current version).
 pub fn check_version(h: &HeaderMap) -> Result<u32, ApiError> {
-    let Some(v) = header(h, H_VERSION)? else {
+    let Some(v) = header(h, &names::VERSION)? else {
         return Ok(crate::PROTOCOL_VERSION);
     };
     let v: u32 = number(H_VERSION, v)?;
@@ -164,7 +188,7 @@ pub fn check_model(model: &str) -> Result<(), ApiError> {
 /// one: the worker refuses a prompt of more tokens before generating, so that no request uses
 /// more than was reserved for it.
 pub fn max_prompt_tokens(h: &HeaderMap) -> Result<Option<u32>, ApiError> {
-    let Some(v) = header(h, H_MAX_PROMPT_TOKENS)? else {
+    let Some(v) = header(h, &names::MAX_PROMPT_TOKENS)? else {
         return Ok(None);
     };
     let n: u32 = number(H_MAX_PROMPT_TOKENS, v)?;
@@ -180,7 +204,7 @@ pub fn max_prompt_tokens(h: &HeaderMap) -> Result<Option<u32>, ApiError> {
 /// The request id a cancel names ([`H_REQUEST_ID`], [`crate::paths::CANCEL`]): required, one
 /// value, in the request id syntax.
 pub fn request_id(h: &HeaderMap) -> Result<RequestId, ApiError> {
-    let v = required(h, H_REQUEST_ID).map_err(|e| e.with_param(H_REQUEST_ID))?;
+    let v = required(h, &names::REQUEST_ID).map_err(|e| e.with_param(H_REQUEST_ID))?;
     RequestId::parse(v)
 }
 
@@ -188,7 +212,7 @@ pub fn request_id(h: &HeaderMap) -> Result<RequestId, ApiError> {
 /// clients' and one connection carries many clients, so a cancel names the generation to stop
 /// by this tag, which the proxy makes unique per connection ([`crate::paths::CANCEL`]).
 pub fn stream_tag(h: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    match header(h, H_STREAM_TAG)? {
+    match header(h, &names::STREAM_TAG)? {
         Some(v) => number(H_STREAM_TAG, v).map(Some),
         None => Ok(None),
     }
@@ -198,17 +222,17 @@ impl RequestMeta {
     /// Reads and validates the metadata headers.
     pub fn from_headers(h: &HeaderMap) -> Result<Self, ApiError> {
         let version = check_version(h)?;
-        let request_id = RequestId::parse(required(h, H_REQUEST_ID)?)?;
-        let model = required(h, H_MODEL)?.to_string();
+        let request_id = RequestId::parse(required(h, &names::REQUEST_ID)?)?;
+        let model = required(h, &names::MODEL)?.to_string();
         check_model(&model)?;
-        let max_tokens: u32 = number(H_MAX_TOKENS, required(h, H_MAX_TOKENS)?)?;
+        let max_tokens: u32 = number(H_MAX_TOKENS, required(h, &names::MAX_TOKENS)?)?;
         if !(1..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!("header {H_MAX_TOKENS}: {max_tokens} outside 1..={MAX_TOKENS_LIMIT}"),
             ));
         }
-        let price_cap = header(h, H_PRICE_CAP)?
+        let price_cap = header(h, &names::PRICE_CAP)?
             .map(|v| number::<u64>(H_PRICE_CAP, v))
             .transpose()?;
         Ok(Self {
@@ -222,17 +246,21 @@ impl RequestMeta {
 
     /// Writes the metadata headers (replacing existing ones).
     pub fn write_headers(&self, h: &mut HeaderMap) {
-        let mut set = |name: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(name, v);
-            }
-        };
-        set(H_VERSION, self.version.to_string());
-        set(H_REQUEST_ID, self.request_id.0.clone());
-        set(H_MODEL, self.model.clone());
-        set(H_MAX_TOKENS, self.max_tokens.to_string());
+        h.insert(names::VERSION.clone(), HeaderValue::from(self.version));
+        // Both were validated (a request id's and a model's characters are all valid in a
+        // header value).
+        if let Ok(v) = HeaderValue::from_str(self.request_id.as_str()) {
+            h.insert(names::REQUEST_ID.clone(), unique_value(v));
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.model) {
+            h.insert(names::MODEL.clone(), v);
+        }
+        h.insert(
+            names::MAX_TOKENS.clone(),
+            HeaderValue::from(self.max_tokens),
+        );
         if let Some(cap) = self.price_cap {
-            set(H_PRICE_CAP, cap.to_string());
+            h.insert(names::PRICE_CAP.clone(), HeaderValue::from(cap));
         }
     }
 }
@@ -256,6 +284,14 @@ mod tests {
         let mut h = HeaderMap::new();
         meta().write_headers(&mut h);
         assert_eq!(RequestMeta::from_headers(&h).unwrap(), meta());
+        // The id is unique per request: never indexed by HPACK; the rest is.
+        assert!(h[H_REQUEST_ID].is_sensitive());
+        for name in [H_VERSION, H_MODEL, H_MAX_TOKENS, H_PRICE_CAP] {
+            assert!(!h[name].is_sensitive(), "{name}");
+        }
+        // The compile-time names are the string constants.
+        assert_eq!(names::STREAM_TAG.as_str(), H_STREAM_TAG);
+        assert_eq!(names::MAX_PROMPT_TOKENS.as_str(), H_MAX_PROMPT_TOKENS);
     }
 
     #[test]

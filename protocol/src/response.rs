@@ -8,7 +8,6 @@
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::meta::H_REQUEST_ID;
 use crate::{ApiError, RequestId};
 
 /// `Content-Type` of JSON bodies.
@@ -42,7 +41,10 @@ pub fn event_stream_headers(headers: &mut HeaderMap, request_id: Option<&Request
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Some(id) = request_id {
         if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-            headers.insert(H_REQUEST_ID, v);
+            headers.insert(
+                crate::meta::names::REQUEST_ID.clone(),
+                crate::meta::unique_value(v),
+            );
         }
     }
 }
@@ -50,6 +52,7 @@ pub fn event_stream_headers(headers: &mut HeaderMap, request_id: Option<&Request
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::H_REQUEST_ID;
     use crate::ErrorKind;
 
     #[test]

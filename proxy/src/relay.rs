@@ -56,7 +56,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use protocol::meta::{H_MAX_PROMPT_TOKENS, H_REQUEST_ID, H_STREAM_TAG};
+use protocol::meta::{names, H_REQUEST_ID, H_STREAM_TAG};
 use protocol::sse::split::Kind;
 use protocol::sse::{Decoder, Event, Splitter, EVENT_RECEIPT, EVENT_USAGE};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
@@ -196,10 +196,13 @@ async fn attempt(
     if let Some(h) = req.headers_mut() {
         m.write_headers(h);
         h.insert(
-            H_MAX_PROMPT_TOKENS,
+            names::MAX_PROMPT_TOKENS.clone(),
             HeaderValue::from(state.config.max_prompt_tokens),
         );
-        h.insert(H_STREAM_TAG, HeaderValue::from(tag));
+        h.insert(
+            names::STREAM_TAG.clone(),
+            protocol::meta::unique_value(HeaderValue::from(tag)),
+        );
         match e2e {
             // The client's bound max tokens stay; the proxy's budget goes beside it.
             Some(binding) => {

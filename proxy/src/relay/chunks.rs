@@ -37,21 +37,30 @@ impl Chunks {
         }
     }
 
-    /// Queues `part`: a slice of `chunk` without a copy when it is the first piece, else
-    /// copied after the others.
+    /// Queues `part`: a slice of `chunk` without a copy when it is the first piece or
+    /// continues the first piece within `chunk` (the usage event right after the events
+    /// before it), else copied after the others.
     pub(super) fn push_from(&mut self, chunk: &Bytes, part: &[u8]) {
         if part.is_empty() {
             return;
         }
-        if !self.is_empty() {
+        let start = chunk.as_ptr() as usize;
+        let within = |at: usize, len: usize| at >= start && at + len <= start + chunk.len();
+        let at = part.as_ptr() as usize;
+        if !within(at, part.len()) {
             return self.extend(part);
         }
-        let start = chunk.as_ptr() as usize;
-        let at = part.as_ptr() as usize;
-        if at >= start && at + part.len() <= start + chunk.len() {
-            self.first = Some(chunk.slice_ref(part));
-        } else {
-            self.joined.extend_from_slice(part);
+        match &self.first {
+            None if self.joined.is_empty() => self.first = Some(chunk.slice_ref(part)),
+            Some(first) if within(first.as_ptr() as usize, first.len()) => {
+                let from = first.as_ptr() as usize - start;
+                if from + first.len() == at - start {
+                    self.first = Some(chunk.slice(from..at - start + part.len()));
+                } else {
+                    self.extend(part);
+                }
+            }
+            _ => self.extend(part),
         }
     }
 
@@ -122,5 +131,39 @@ mod tests {
         assert_ne!(copied.as_ptr(), elsewhere.as_ptr());
         assert_eq!(&copied[..], b"data: c\n\n");
         assert_eq!(q.take(), None);
+    }
+
+    #[test]
+    fn adjacent_pieces_of_one_chunk_stay_one_slice() {
+        let chunk = Bytes::from_static(b"data: a\n\nevent: u\ndata: 1\n\ndata: b\n\n");
+        let mut q = Chunks::default();
+        q.push_from(&chunk, &chunk[..9]);
+        q.push_from(&chunk, &chunk[9..27]);
+        let joined = q.take().unwrap();
+        assert_eq!(joined.as_ptr(), chunk.as_ptr(), "not copied");
+        assert_eq!(&joined[..], &chunk[..27]);
+
+        // Not adjacent (a piece skipped): copied, in order.
+        q.push_from(&chunk, &chunk[..9]);
+        q.push_from(&chunk, &chunk[27..]);
+        assert_eq!(&q.take().unwrap()[..], b"data: a\n\ndata: b\n\n");
+
+        // The same bytes in another chunk are not adjacent to the first piece.
+        let other = chunk.clone().slice(9..);
+        let copy = Bytes::copy_from_slice(&other);
+        q.push_from(&chunk, &chunk[..9]);
+        q.push_from(&copy, &copy[..18]);
+        let joined = q.take().unwrap();
+        assert_ne!(joined.as_ptr(), chunk.as_ptr());
+        assert_eq!(&joined[..], &chunk[..27]);
+
+        // After a copy, later adjacent pieces are appended to the copy.
+        q.push_from(&chunk, &chunk[..9]);
+        q.push_from(&copy, &copy[..18]);
+        q.push_from(&chunk, &chunk[27..]);
+        assert_eq!(
+            &q.take().unwrap()[..],
+            &[&chunk[..27], &chunk[27..]].concat()[..]
+        );
     }
 }
