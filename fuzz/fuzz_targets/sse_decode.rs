@@ -1,11 +1,13 @@
 //! SSE decoding of untrusted streams (worker → proxy, proxy → client, upstream → worker),
 //! fed in arbitrary chunkings: never panics, never exceeds its event-size bound. The proxy's
 //! relay splitter, fed the same chunks, passes on a prefix of the input that decodes to the
-//! same events.
+//! same events; each whole event it hands over for billing reads, by `sse::event_data`, as
+//! the decoder reads it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use protocol::sse::{Decoder, Splitter};
+use protocol::sse::split::Kind;
+use protocol::sse::{event_data, Decoder, Splitter};
 
 fuzz_target!(|data: &[u8]| {
     let split = data.first().map(|b| *b as usize % 17 + 1).unwrap_or(1);
@@ -31,7 +33,19 @@ fuzz_target!(|data: &[u8]| {
     let mut relayed = Vec::new();
     let mut split_ok = true;
     for chunk in data.chunks(split) {
-        if s.feed(chunk, |_, b| relayed.extend_from_slice(b)).is_err() {
+        let fed = s.feed(chunk, |kind, b| {
+            relayed.extend_from_slice(b);
+            if kind != Kind::Plain {
+                // A whole event handed over for billing: its data as the decoder reads it.
+                let want = Decoder::new(1 << 20)
+                    .feed(b)
+                    .ok()
+                    .and_then(|evs| evs.into_iter().next())
+                    .map(|e| e.data);
+                assert_eq!(event_data(b).map(|d| d.into_owned()), want);
+            }
+        });
+        if fed.is_err() {
             split_ok = false;
             break;
         }

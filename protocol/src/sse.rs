@@ -217,9 +217,83 @@ impl Decoder {
     }
 }
 
+/// The data of the event that `block` begins with (its `data` lines joined by `\n`, by the
+/// [`Decoder`]'s line rules), without decoding the whole stream: for the one event
+/// [`split::Splitter`] hands over whole (usage, receipt), read on every relayed request.
+/// Borrowed from `block` when the event has one data line. `None` if the first event ends
+/// before any data line, or `block` ends before that event does, or is not UTF-8 up to there.
+pub fn event_data(block: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let mut data: Option<Cow<'_, str>> = None;
+    let mut rest = block;
+    loop {
+        let end = memchr::memchr2(b'\n', b'\r', rest)?;
+        let line = std::str::from_utf8(&rest[..end]).ok()?;
+        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
+        let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
+        rest = &rest[end + 1 + usize::from(crlf)..];
+        if line.is_empty() {
+            return data;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            data = Some(match data {
+                None => Cow::Borrowed(value),
+                Some(d) => {
+                    let mut d = d.into_owned();
+                    d.push('\n');
+                    d.push_str(value);
+                    Cow::Owned(d)
+                }
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_data_reads_the_first_event_as_the_decoder_does() {
+        let cases: [&[u8]; 9] = [
+            b"event: cocoon-usage\ndata: {\"a\":1}\n\n",
+            b"event: cocoon-usage\r\ndata:{\"a\":1}\r\n\r\n",
+            b"event: x\rdata: one\rdata: two\r\r",
+            b": comment\nevent: x\ndata\ndata:  two spaces\n\ndata: next\n\n",
+            b"\xef\xbb\xbfdata: bom\n\n",
+            b"event: x\nid: 1\n\n",
+            b"data: unterminated\n",
+            b"data: a\n\xff\n\n",
+            b"",
+        ];
+        for raw in cases {
+            let want = Decoder::new(1 << 20)
+                .feed(raw)
+                .ok()
+                .and_then(|evs| evs.into_iter().next())
+                .map(|e| e.data);
+            let got = event_data(raw).map(|d| d.into_owned());
+            if raw == b"data: a\n\xff\n\n" {
+                // The decoder refuses the stream; so does this (no charge from such bytes).
+                assert_eq!((want, got), (None, None));
+                continue;
+            }
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // One data line: borrowed, not copied.
+        let raw = b"event: cocoon-usage\ndata: {}\n\n";
+        assert!(matches!(
+            event_data(raw),
+            Some(std::borrow::Cow::Borrowed("{}"))
+        ));
+    }
 
     #[test]
     fn encode_decode_round_trip_any_chunking() {

@@ -58,7 +58,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use protocol::meta::{names, H_REQUEST_ID, H_STREAM_TAG};
 use protocol::sse::split::Kind;
-use protocol::sse::{Decoder, Event, Splitter, EVENT_RECEIPT, EVENT_USAGE};
+use protocol::sse::{Event, Splitter};
 use protocol::{response, ApiError, Endpoint, ErrorKind, RequestMeta, Usage};
 use tokio::time::Sleep;
 
@@ -91,6 +91,15 @@ const MAX_WORKER_ERROR_BODY: usize = 64 << 10;
 /// Authority used in requests to workers (the connection is already attested; the worker
 /// ignores the name).
 pub const WORKER_AUTHORITY: &str = "cocoon-worker";
+
+/// The URI of `endpoint` at a worker: `https://{WORKER_AUTHORITY}{path}`, spelled out so that
+/// no request formats and allocates it (a test checks the spelling).
+fn worker_uri(endpoint: Endpoint) -> http::Uri {
+    http::Uri::from_static(match endpoint {
+        Endpoint::ChatCompletions => "https://cocoon-worker/v1/chat/completions",
+        Endpoint::Completions => "https://cocoon-worker/v1/completions",
+    })
+}
 
 fn api(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     ApiError::new(kind, message)
@@ -191,9 +200,11 @@ async fn attempt(
     if e2e.is_none() {
         m.max_tokens = pick.completion_budget;
     }
-    let uri = format!("https://{WORKER_AUTHORITY}{}", endpoint.path());
-    let mut req = Request::post(uri);
+    let mut req = Request::post(worker_uri(endpoint));
     if let Some(h) = req.headers_mut() {
+        // Metadata, prompt budget, stream tag, content type and length (and the e2e binding):
+        // room for all at once instead of growing the map.
+        h.reserve(16);
         m.write_headers(h);
         h.insert(
             names::MAX_PROMPT_TOKENS.clone(),
@@ -609,8 +620,8 @@ impl Billing {
     /// charge.
     fn on_event(&mut self, kind: Kind, raw: &[u8]) -> Option<crate::ledger::durable::Ticket> {
         match kind {
-            Kind::Usage => self.on_usage(&event_data(raw, EVENT_USAGE)),
-            Kind::Receipt => self.on_receipt(&event_data(raw, EVENT_RECEIPT)),
+            Kind::Usage => self.on_usage(&event_data(raw)),
+            Kind::Receipt => self.on_receipt(&event_data(raw)),
             Kind::Error => {
                 self.worker_error = true;
                 None
@@ -781,13 +792,9 @@ impl Billing {
 
 /// The data of the event named `name` in `raw` (one whole event, as [`Splitter`] delimited
 /// it).
-fn event_data(raw: &[u8], name: &str) -> String {
-    Decoder::default()
-        .feed(raw)
-        .ok()
-        .and_then(|evs| evs.into_iter().find(|e| e.name.as_deref() == Some(name)))
-        .map(|e| e.data)
-        .unwrap_or_default()
+/// The data of one whole event the splitter handed over (usage, receipt); empty if it has none.
+fn event_data(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    protocol::sse::event_data(raw).unwrap_or_default()
 }
 
 /// A charge being written by the durable ledger.
@@ -1379,5 +1386,18 @@ impl Body for RelayBody {
 
     fn is_end_stream(&self) -> bool {
         self.done && self.out.is_empty() && self.gate.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_uris_are_the_authority_and_the_endpoint_paths() {
+        for e in [Endpoint::ChatCompletions, Endpoint::Completions] {
+            let want = format!("https://{WORKER_AUTHORITY}{}", e.path());
+            assert_eq!(worker_uri(e).to_string(), want);
+        }
     }
 }
