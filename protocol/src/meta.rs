@@ -76,7 +76,7 @@ impl Endpoint {
 
 /// A validated request id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestId(String);
+pub struct RequestId(std::sync::Arc<str>);
 
 impl RequestId {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
@@ -84,7 +84,7 @@ impl RequestId {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
-            Ok(Self(s.to_string()))
+            Ok(Self(s.into()))
         } else {
             Err(ApiError::new(
                 ErrorKind::InvalidRequest,
@@ -95,7 +95,7 @@ impl RequestId {
 
     /// A request id from 16 random bytes (hex).
     pub fn from_random(bytes: [u8; 16]) -> Self {
-        Self(hex::encode(bytes))
+        Self(hex::encode(bytes).into())
     }
 
     pub fn as_str(&self) -> &str {

@@ -88,10 +88,10 @@ pub struct Demand {
 
 impl Demand {
     /// The demand of `account`'s request `meta` with a body of `body_len` bytes.
-    pub fn new(cfg: &ProxyConfig, account: &str, meta: &RequestMeta, body_len: usize) -> Self {
+    pub fn new(cfg: &ProxyConfig, account: &Arc<str>, meta: &RequestMeta, body_len: usize) -> Self {
         let body = u64::try_from(body_len).unwrap_or(u64::MAX);
         Self {
-            account: account.into(),
+            account: account.clone(),
             meta: meta.clone(),
             prompt_tokens: body.min(u64::from(cfg.max_prompt_tokens)).max(1),
             recipients: None,

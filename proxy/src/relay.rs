@@ -121,7 +121,7 @@ fn warn_limited(
 /// Handles `POST /v1/chat/completions` and `POST /v1/completions` for `account`.
 pub async fn completions(
     state: &Arc<State>,
-    account: &str,
+    account: &Arc<str>,
     endpoint: Endpoint,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
@@ -296,7 +296,7 @@ async fn attempt(
 
 async fn forward(
     state: &Arc<State>,
-    account: &str,
+    account: &Arc<str>,
     endpoint: Endpoint,
     req: Request<Incoming>,
     active: ActiveGuard,

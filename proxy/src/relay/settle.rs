@@ -196,7 +196,7 @@ impl Detached {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: &Arc<State>,
-        account: &str,
+        account: &Arc<str>,
         meta: &RequestMeta,
         endpoint: Endpoint,
         e2e: Option<&protocol::e2e::Binding>,
@@ -205,7 +205,7 @@ impl Detached {
         started: Instant,
     ) -> Self {
         let tag = worker.sender().next_tag();
-        let account: Arc<str> = Arc::from(account);
+        let account = account.clone();
         Self {
             registered: Registered::new(
                 &state.running,
