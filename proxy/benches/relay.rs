@@ -356,6 +356,28 @@ struct System {
     paced: Tally,
 }
 
+impl System {
+    fn new(
+        name: &'static str,
+        latency: Latency,
+        clients: Vec<Client>,
+        used: Box<dyn Fn() -> Used>,
+    ) -> Self {
+        Self {
+            name,
+            latency,
+            clients,
+            used,
+            latency_used: Used::default(),
+            latency_requests: 0,
+            bench_direct: Used::default(),
+            bench_proxied: Used::default(),
+            throughput: Tally::default(),
+            paced: Tally::default(),
+        }
+    }
+}
+
 /// `streams` concurrent streams of `tokens` tokens of `model` over `clients`, one token per
 /// `interval` (zero: max rate). Returns the tokens the usage events report and the DATA frames
 /// received.
@@ -533,9 +555,9 @@ async fn cocoon(proxy: &TestProxy) -> (System, Vec<FakeWorker>) {
     for seed in 0..8u8 {
         clients.push(client(proxy.running.client_addr, 10 + seed).await);
     }
-    let system = System {
-        name: "cocoon",
-        latency: Latency {
+    let system = System::new(
+        "cocoon",
+        Latency {
             direct: Target::new(Conn::Raw(direct), worker_request),
             proxied: Target::new(
                 Conn::Client(client(proxy.running.client_addr, 1).await),
@@ -543,14 +565,8 @@ async fn cocoon(proxy: &TestProxy) -> (System, Vec<FakeWorker>) {
             ),
         },
         clients,
-        used: Box::new(|| threads_used("proxy-rt")),
-        latency_used: Used::default(),
-        latency_requests: 0,
-        bench_direct: Used::default(),
-        bench_proxied: Used::default(),
-        throughput: Tally::default(),
-        paced: Tally::default(),
-    };
+        Box::new(|| threads_used("proxy-rt")),
+    );
     (system, workers)
 }
 
@@ -588,12 +604,12 @@ async fn nginx(to: nginx::Upstream) -> Result<(System, nginx::Nginx), String> {
         clients.push(connect(10 + seed).await?);
     }
     let pid = server.pid();
-    let system = System {
-        name: match to {
+    let system = System::new(
+        match to {
             nginx::Upstream::Http1 => "nginx",
             nginx::Upstream::Http2 => "nginx-h2",
         },
-        latency: Latency {
+        Latency {
             direct: Target::new(
                 Conn::Raw(nginx::upstream_client(upstream).await),
                 upstream_request,
@@ -601,14 +617,8 @@ async fn nginx(to: nginx::Upstream) -> Result<(System, nginx::Nginx), String> {
             proxied: Target::new(Conn::Client(probe), upstream_request),
         },
         clients,
-        used: Box::new(move || process_used(pid)),
-        latency_used: Used::default(),
-        latency_requests: 0,
-        bench_direct: Used::default(),
-        bench_proxied: Used::default(),
-        throughput: Tally::default(),
-        paced: Tally::default(),
-    };
+        Box::new(move || process_used(pid)),
+    );
     Ok((system, server))
 }
 
@@ -622,9 +632,9 @@ async fn bare_system(relay: &bare::Bare, upstream: std::net::SocketAddr) -> Syst
     for seed in 0..8u8 {
         clients.push(connect(10 + seed).await);
     }
-    System {
-        name: "bare",
-        latency: Latency {
+    System::new(
+        "bare",
+        Latency {
             direct: Target::new(
                 Conn::Raw(nginx::upstream_client(upstream).await),
                 upstream_request,
@@ -632,14 +642,8 @@ async fn bare_system(relay: &bare::Bare, upstream: std::net::SocketAddr) -> Syst
             proxied: Target::new(Conn::Client(connect(1).await), upstream_request),
         },
         clients,
-        used: Box::new(|| threads_used(bare::THREAD)),
-        latency_used: Used::default(),
-        latency_requests: 0,
-        bench_direct: Used::default(),
-        bench_proxied: Used::default(),
-        throughput: Tally::default(),
-        paced: Tally::default(),
-    }
+        Box::new(|| threads_used(bare::THREAD)),
+    )
 }
 
 fn main() {

@@ -89,25 +89,15 @@ async fn serve(upstream: SocketAddr) -> Result<SocketAddr, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let cfg = server_config(resolver(proxy_regs(), Role::Proxy, now()), None, &[b"h2"])
         .map_err(|e| e.to_string())?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, link) = (acceptor.clone(), link.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |req| relay(link.clone(), req));
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
+    tokio::spawn(crate::nginx::serve_tls(listener, cfg, move |tls| {
+        let link = link.clone();
+        async move {
+            let service = service_fn(move |req| relay(link.clone(), req));
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
         }
-    });
+    }));
     Ok(addr)
 }
 

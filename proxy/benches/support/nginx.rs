@@ -276,25 +276,35 @@ pub async fn sse_upstream() -> SocketAddr {
         &[b"h2", b"http/1.1"],
     )
     .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service_fn(serve_sse))
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_tls(listener, cfg, |tls| async move {
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), service_fn(serve_sse))
+            .await;
+    }));
     addr
+}
+
+/// Accepts TCP connections on `listener` (no Nagle), completes TLS with `cfg`, and runs
+/// `serve` on each connection in a task of its own.
+pub async fn serve_tls<F, Fut>(listener: TcpListener, cfg: rustls::ServerConfig, serve: F)
+where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let serve = Arc::new(serve);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, serve) = (acceptor.clone(), serve.clone());
+        tokio::spawn(async move {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                serve(tls).await;
+            }
+        });
+    }
 }
 
 /// An HTTP/2 client straight to the upstream (the "direct" row of nginx's latency).
