@@ -102,6 +102,10 @@ pub(crate) fn affordable(
             format!("model {model} is not served by any worker"),
         ));
     }
+    if meta.price_cap.is_none() {
+        // No cap: every candidate is affordable (no copy of the list).
+        return Ok(candidates);
+    }
     let reservation = |w: &Worker| reservation_at(cfg, meta, w).1;
     let affordable: Vec<Arc<Worker>> = candidates
         .iter()

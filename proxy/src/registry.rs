@@ -368,6 +368,10 @@ impl Registry {
 /// Orders `workers` best first by score; workers within [`TIE_FACTOR`] of the best are
 /// shuffled with `random` bytes so that equal workers share the load.
 pub fn rank(workers: Vec<Arc<Worker>>, random: &[u8]) -> Vec<Arc<Worker>> {
+    if workers.len() < 2 {
+        // Nothing to order (and no vectors to build, on every request to a lone worker).
+        return workers;
+    }
     let scores: Vec<f64> = workers.iter().map(|w| w.score()).collect();
     let mut slots: Vec<Option<Arc<Worker>>> = workers.into_iter().map(Some).collect();
     order(&scores, random)
