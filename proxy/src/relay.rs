@@ -790,8 +790,6 @@ impl Billing {
     }
 }
 
-/// The data of the event named `name` in `raw` (one whole event, as [`Splitter`] delimited
-/// it).
 /// The data of one whole event the splitter handed over (usage, receipt); empty if it has none.
 fn event_data(raw: &[u8]) -> std::borrow::Cow<'_, str> {
     protocol::sse::event_data(raw).unwrap_or_default()
@@ -1271,24 +1269,19 @@ impl Drop for RelayBody {
         if self.done {
             return;
         }
-        let Some(billing) = self.billing.take().filter(|b| !b.is_settled()) else {
-            return;
-        };
-        // Cut by the stall sweeper: the worker's stream is already reset.
-        let upstream = self.upstream.take().filter(|_| !self.watch.is_cut());
-        match (upstream, tokio::runtime::Handle::try_current()) {
-            (Some(upstream), Ok(rt)) => {
-                let leftover = Leftover {
-                    upstream,
-                    watch: Some(self.watch.clone()),
-                    splitter: std::mem::take(&mut self.splitter),
-                    billing,
-                    _active: self.active.take(),
-                };
-                // Gone after the drain deadline: the generation was asked to stop already.
-                rt.spawn(leftover.settle(self.stopping == Some(true)));
-            }
-            _ => abandoned(&billing.state, &billing.account),
+        // Cut by the stall sweeper (the worker's stream is already reset), or no runtime to
+        // settle on: nothing to hand over, so an unbilled stream is abandoned.
+        let rt = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|_| !self.watch.is_cut());
+        if rt.is_none() {
+            self.upstream = None;
+        }
+        if let (Some(rt), Some((leftover, asked))) = (rt, self.hand_over()) {
+            // Gone after the drain deadline (`asked`): the generation was asked to stop already.
+            rt.spawn(leftover.settle(asked));
+        } else if let Some(b) = self.billing.take().filter(|b| !b.is_settled()) {
+            abandoned(&b.state, &b.account);
         }
     }
 }

@@ -6,7 +6,6 @@
 //! own code costs, and the gap between it and nginx what the stacks cost.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -15,12 +14,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::link::{Link, Settings, UpBody};
-use ratls::{client_config, server_config, PeerVerifier, RaTlsServerVerifier, Role, SystemClock};
-use rustls::pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use ratls::{server_config, Role};
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
-use crate::common::{now, proxy_regs, resolver, worker_policy};
+use crate::common::{now, proxy_regs, resolver};
 
 /// Thread name of the bare relay's runtime (its CPU time is read by that name).
 pub const THREAD: &str = "bare-rt";
@@ -64,18 +62,7 @@ pub fn start(upstream: SocketAddr) -> Result<Bare, String> {
 }
 
 async fn serve(upstream: SocketAddr) -> Result<SocketAddr, String> {
-    let verifier = Arc::new(
-        PeerVerifier::new(worker_policy(), Arc::new(SystemClock)).with_roles([Role::Worker]),
-    );
-    let cfg = client_config(None, Arc::new(RaTlsServerVerifier::new(verifier)), &[b"h2"])
-        .map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(upstream)
-        .await
-        .map_err(|e| e.to_string())?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("upstream.invalid").map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
+    let tls = crate::nginx::upstream_tls(upstream)
         .await
         .map_err(|e| e.to_string())?;
     let (link, conn) = proxy::link::handshake(tls, SETTINGS)

@@ -307,18 +307,26 @@ where
     }
 }
 
-/// An HTTP/2 client straight to the upstream (the "direct" row of nginx's latency).
-pub async fn upstream_client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+/// TLS 1.3 to the upstream (no Nagle), verifying its worker RA-TLS certificate; ALPN `h2`.
+pub async fn upstream_tls(
+    addr: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let verifier = Arc::new(
         PeerVerifier::new(worker_policy(), Arc::new(SystemClock)).with_roles([Role::Worker]),
     );
-    let cfg = client_config(None, Arc::new(RaTlsServerVerifier::new(verifier)), &[b"h2"]).unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("upstream.invalid").unwrap(), tcp)
+    let cfg = client_config(None, Arc::new(RaTlsServerVerifier::new(verifier)), &[b"h2"])
+        .map_err(std::io::Error::other)?;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("upstream.invalid").map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
         .await
-        .unwrap();
+}
+
+/// An HTTP/2 client straight to the upstream (the "direct" row of nginx's latency).
+pub async fn upstream_client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+    let tls = upstream_tls(addr).await.unwrap();
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(256 << 10)
         .initial_connection_window_size(1 << 30)

@@ -52,13 +52,13 @@ impl Chunks {
         }
         match &self.first {
             None if self.joined.is_empty() => self.first = Some(chunk.slice_ref(part)),
-            Some(first) if within(first.as_ptr() as usize, first.len()) => {
+            // The first piece lies in `chunk` and ends where `part` begins: one longer slice.
+            Some(first)
+                if within(first.as_ptr() as usize, first.len())
+                    && first.as_ptr() as usize + first.len() == at =>
+            {
                 let from = first.as_ptr() as usize - start;
-                if from + first.len() == at - start {
-                    self.first = Some(chunk.slice(from..at - start + part.len()));
-                } else {
-                    self.extend(part);
-                }
+                self.first = Some(chunk.slice(from..at - start + part.len()));
             }
             _ => self.extend(part),
         }
