@@ -92,13 +92,19 @@ const MAX_WORKER_ERROR_BODY: usize = 64 << 10;
 /// ignores the name).
 pub const WORKER_AUTHORITY: &str = "cocoon-worker";
 
-/// The URI of `endpoint` at a worker: `https://{WORKER_AUTHORITY}{path}`, spelled out so that
-/// no request formats and allocates it (a test checks the spelling).
+/// The URI of `endpoint` at a worker: `https://{WORKER_AUTHORITY}{path}`, parsed once (a
+/// clone shares the static bytes; a test checks the spelling).
 fn worker_uri(endpoint: Endpoint) -> http::Uri {
-    http::Uri::from_static(match endpoint {
-        Endpoint::ChatCompletions => "https://cocoon-worker/v1/chat/completions",
-        Endpoint::Completions => "https://cocoon-worker/v1/completions",
-    })
+    static URIS: std::sync::LazyLock<[http::Uri; 2]> = std::sync::LazyLock::new(|| {
+        [
+            http::Uri::from_static("https://cocoon-worker/v1/chat/completions"),
+            http::Uri::from_static("https://cocoon-worker/v1/completions"),
+        ]
+    });
+    match endpoint {
+        Endpoint::ChatCompletions => URIS[0].clone(),
+        Endpoint::Completions => URIS[1].clone(),
+    }
 }
 
 fn api(kind: ErrorKind, message: impl Into<String>) -> ApiError {
@@ -195,17 +201,27 @@ async fn attempt(
     tag: u64,
 ) -> Attempt {
     let worker = pick.worker();
-    let mut m = meta.clone();
-    m.version = worker.info.version;
-    if e2e.is_none() {
-        m.max_tokens = pick.completion_budget;
-    }
-    let mut req = Request::post(worker_uri(endpoint));
-    if let Some(h) = req.headers_mut() {
+    let mut req = Request::new(body);
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = worker_uri(endpoint);
+    {
+        let h = req.headers_mut();
         // Metadata, prompt budget, stream tag, content type and length (and the e2e binding):
         // room for all at once instead of growing the map.
         h.reserve(16);
-        m.write_headers(h);
+        // The client's metadata at the worker's protocol version; a plaintext request's max
+        // tokens are the budget reserved (replacing the values written, no copy of `meta`).
+        meta.write_headers(h);
+        h.insert(
+            names::VERSION.clone(),
+            HeaderValue::from(worker.info.version),
+        );
+        if e2e.is_none() {
+            h.insert(
+                names::MAX_TOKENS.clone(),
+                HeaderValue::from(pick.completion_budget),
+            );
+        }
         h.insert(
             names::MAX_PROMPT_TOKENS.clone(),
             HeaderValue::from(state.config.max_prompt_tokens),
@@ -231,14 +247,14 @@ async fn attempt(
             }
         }
     }
-    if let (Some(rec), Some(h)) = (&state.recorder, req.headers_ref()) {
-        rec.record_head("to-worker head", &format!("POST {}", endpoint.path()), h);
-        rec.record("to-worker body", &body);
+    if let Some(rec) = &state.recorder {
+        rec.record_head(
+            "to-worker head",
+            &format!("POST {}", endpoint.path()),
+            req.headers(),
+        );
+        rec.record("to-worker body", req.body());
     }
-    let req = match req.body(body) {
-        Ok(r) => r,
-        Err(e) => return Attempt::Final(api(ErrorKind::Internal, format!("request: {e}"))),
-    };
     let id = worker.info.id;
     let upstream = |what: String| api(ErrorKind::Upstream, format!("worker {id}: {what}"));
     let sender = worker.sender();

@@ -182,7 +182,7 @@ impl Splitter {
                 }
             } else {
                 self.block.started = true;
-                let (field, value) = match line.iter().position(|b| *b == b':') {
+                let (field, value) = match memchr::memchr(b':', line) {
                     Some(c) => {
                         let v = &line[c + 1..];
                         (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
