@@ -161,6 +161,7 @@ fn bench_spec(tokens: u32) -> WorkerSpec {
     s.tokens = tokens;
     s.interval = Duration::ZERO;
     s.capacity = 1024;
+    s.record = false;
     s
 }
 

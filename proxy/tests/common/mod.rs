@@ -170,6 +170,9 @@ pub struct WorkerSpec {
     /// Whether it keeps generating (one token per `interval`) during `stop_delay`, as an
     /// engine that finishes its batch before it sees the stop.
     pub streams_while_stopping: bool,
+    /// Whether it keeps each request's headers and body in [`WorkerObs`] (tests read them;
+    /// the relay benchmark turns it off: a store that grows per request is no worker's work).
+    pub record: bool,
 }
 
 /// What a fake worker does when the proxy stops a generation.
@@ -261,6 +264,7 @@ impl WorkerSpec {
             stop_delay: Duration::ZERO,
             on_stop: OnStop::Usage,
             streams_while_stopping: false,
+            record: true,
         }
     }
 }
@@ -552,8 +556,9 @@ async fn handle(
     frozen: Arc<AtomicBool>,
     stops: FakeStops,
 ) -> Result<Response<WorkerBody>, io::Error> {
-    let path = req.uri().path().to_string();
-    let headers = req.headers().clone();
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let headers = parts.headers;
     if path == protocol::paths::CANCEL {
         obs.cancels.fetch_add(1, Ordering::SeqCst);
         let running = stop_key(&headers)
@@ -570,12 +575,7 @@ async fn handle(
             ),
         });
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map_err(io::Error::other)?
-        .to_bytes();
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
     if path == protocol::paths::HELLO {
         let hello: Hello = serde_json::from_slice(&body).map_err(io::Error::other)?;
         assert_eq!(hello.proxy, "test-proxy");
@@ -595,8 +595,10 @@ async fn handle(
         return Ok(full(StatusCode::OK, serde_json::to_vec(&reg).unwrap()));
     }
     obs.requests.fetch_add(1, Ordering::SeqCst);
-    obs.headers.lock().unwrap().push(headers.clone());
-    obs.bodies.lock().unwrap().push(body.clone());
+    if spec.record {
+        obs.headers.lock().unwrap().push(headers.clone());
+        obs.bodies.lock().unwrap().push(body.clone());
+    }
     if let (Some(e2e), true, false) = (
         &spec.e2e,
         protocol::e2e::is_encrypted(&headers),
