@@ -101,6 +101,11 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id as a shared string (a clone is a reference count, not a copy).
+    pub fn shared(&self) -> &std::sync::Arc<str> {
+        &self.0
+    }
 }
 
 impl std::fmt::Display for RequestId {

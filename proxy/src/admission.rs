@@ -264,19 +264,24 @@ impl Drop for Ticket<'_> {
 /// otherwise, with `wait`, through the model's queue ([`crate::queue`]); without, 429.
 pub(crate) async fn acquire(
     state: &Arc<State>,
-    demand: Demand,
+    demand: &Arc<Demand>,
     exclude: &[u64],
     wait: bool,
 ) -> Result<Grant, Rejection> {
-    let model = demand.meta.model.clone();
+    let model = demand.meta.model.as_str();
     let limits = &state.config.queue;
-    let demand = Arc::new(demand);
     let (rx, id) = {
         let mut dropped = Vec::new();
         let mut models = state.queues.lock();
-        let q = models.entry(model.clone()).or_default();
+        // The model's queue, made on its first request (a lookup, not a key copy, after).
+        if !models.contains_key(model) {
+            models.insert(model.to_owned(), Default::default());
+        }
+        let Some(q) = models.get_mut(model) else {
+            return Err(ApiError::new(ErrorKind::Internal, "model queue missing").into());
+        };
         if q.is_empty() || !wait {
-            match place(state, &demand, exclude)? {
+            match place(state, demand, exclude)? {
                 Placed::Granted(g) => return Ok(g),
                 Placed::NoSlot | Placed::NoRoom => {}
             }
@@ -291,7 +296,7 @@ pub(crate) async fn acquire(
         }
         if limits.max_per_model == 0 {
             drop(models);
-            return Err(no_capacity(state, &model, None, retry_after));
+            return Err(no_capacity(state, model, None, retry_after));
         }
         let id = state.queues.next_id();
         let (tx, rx) = oneshot::channel();
@@ -347,7 +352,7 @@ pub(crate) async fn acquire(
                     drop(models);
                     drop(dropped);
                     Outcomes::bump(&state.queues.outcomes.full);
-                    return Err(no_capacity(state, &model, Some(ahead), retry_after));
+                    return Err(no_capacity(state, model, Some(ahead), retry_after));
                 }
             }
         }
@@ -358,7 +363,7 @@ pub(crate) async fn acquire(
     // A dropped future (client gone) drops the ticket and, with it, the place in the queue.
     let mut ticket = Ticket {
         state,
-        model: &model,
+        model,
         id,
         expired: false,
     };
@@ -378,7 +383,7 @@ pub(crate) async fn acquire(
             let (queued, retry_after) = state
                 .queues
                 .lock()
-                .get(&model)
+                .get(model)
                 .map_or((0, 1), |q| (q.len(), q.retry_after_secs()));
             let message = format!(
                 "no worker serving {model} had room within queue_timeout_secs ({}s); {queued} requests still queued",

@@ -79,7 +79,8 @@ const WAIT_ALPHA: f64 = 0.2;
 pub struct Demand {
     /// The paying account (queue order is fair between accounts).
     pub account: Arc<str>,
-    pub meta: RequestMeta,
+    /// Shared with the request's other parts (the attempt, its billing).
+    pub meta: Arc<RequestMeta>,
     /// Prompt tokens assumed for routing (see the module docs).
     pub prompt_tokens: u64,
     /// An encrypted request can go only to these workers (key hashes of its recipients).
@@ -88,7 +89,12 @@ pub struct Demand {
 
 impl Demand {
     /// The demand of `account`'s request `meta` with a body of `body_len` bytes.
-    pub fn new(cfg: &ProxyConfig, account: &Arc<str>, meta: &RequestMeta, body_len: usize) -> Self {
+    pub fn new(
+        cfg: &ProxyConfig,
+        account: &Arc<str>,
+        meta: &Arc<RequestMeta>,
+        body_len: usize,
+    ) -> Self {
         let body = u64::try_from(body_len).unwrap_or(u64::MAX);
         Self {
             account: account.clone(),

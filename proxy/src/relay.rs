@@ -159,12 +159,12 @@ impl Pick {
 async fn pick(
     state: &Arc<State>,
     account: &str,
-    demand: &Demand,
+    demand: &Arc<Demand>,
     exclude: &[u64],
     wait: bool,
     upload: Option<Held>,
 ) -> Result<Pick, Rejection> {
-    let grant = admission::acquire(state, demand.clone(), exclude, wait).await?;
+    let grant = admission::acquire(state, demand, exclude, wait).await?;
     drop(upload);
     let (completion_budget, amount) = reservation_at(&state.config, &demand.meta, grant.worker());
     match state.ledger.reserve(account, amount) {
@@ -317,7 +317,8 @@ async fn forward(
     req: Request<Incoming>,
     active: ActiveGuard,
 ) -> Result<Response<ResponseBody>, Rejection> {
-    let meta = RequestMeta::from_headers(req.headers())?;
+    // Shared by the request's parts (its demand, the attempt, the billing): one copy.
+    let meta = Arc::new(RequestMeta::from_headers(req.headers())?);
     // An encrypted request: the routing metadata is bound into the ciphertext (the worker
     // checks it); only the named recipients can take it.
     let e2e = if protocol::e2e::is_encrypted(req.headers()) {
@@ -363,6 +364,7 @@ async fn forward(
         Some(binding) => Some(encrypted_demand(state, &mut demand, binding, &body)?),
         None => None,
     };
+    let demand = Arc::new(demand);
     let mut upload = Some(admission);
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last: Option<Rejection> = None;

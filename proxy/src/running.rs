@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::registry::Worker;
 
-type Key = (Arc<str>, String);
+/// Account and request id (both shared with the request's other parts: no copies).
+type Key = (Arc<str>, Arc<str>);
 
 /// The requests running at workers, by account and request id.
 #[derive(Debug, Default)]
@@ -49,7 +50,7 @@ impl Running {
 
     /// The requests of `account` with id `request_id` running at workers.
     pub fn of(&self, account: &str, request_id: &str) -> Vec<Found> {
-        let key: Key = (Arc::from(account), request_id.to_string());
+        let key: Key = (Arc::from(account), Arc::from(request_id));
         self.lock().get(&key).map_or_else(Vec::new, |entries| {
             entries
                 .iter()
@@ -65,7 +66,7 @@ impl Running {
 
     /// Notes that the worker of entry `id` stopped it.
     pub fn mark_stopped(&self, account: &str, request_id: &str, id: u64) {
-        let key: Key = (Arc::from(account), request_id.to_string());
+        let key: Key = (Arc::from(account), Arc::from(request_id));
         if let Some(e) = self
             .lock()
             .get_mut(&key)
@@ -89,12 +90,12 @@ impl Registered {
     pub fn new(
         running: &Arc<Running>,
         account: &Arc<str>,
-        request_id: &str,
+        request_id: &protocol::RequestId,
         worker: &Arc<Worker>,
         tag: u64,
     ) -> Self {
         let id = running.next.fetch_add(1, Ordering::Relaxed);
-        let key: Key = (account.clone(), request_id.to_string());
+        let key: Key = (account.clone(), request_id.shared().clone());
         running.lock().entry(key.clone()).or_default().push(Entry {
             id,
             worker: worker.clone(),

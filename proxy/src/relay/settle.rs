@@ -115,7 +115,7 @@ pub(super) struct Detached {
     registered: Registered,
     state: Arc<State>,
     account: Arc<str>,
-    meta: RequestMeta,
+    meta: Arc<RequestMeta>,
     endpoint: Endpoint,
     e2e: Option<protocol::e2e::Binding>,
     receipt: Option<ReceiptCheck>,
@@ -197,7 +197,7 @@ impl Detached {
     pub fn new(
         state: &Arc<State>,
         account: &Arc<str>,
-        meta: &RequestMeta,
+        meta: &Arc<RequestMeta>,
         endpoint: Endpoint,
         e2e: Option<&protocol::e2e::Binding>,
         receipt: Option<&ReceiptCheck>,
@@ -207,13 +207,7 @@ impl Detached {
         let tag = worker.sender().next_tag();
         let account = account.clone();
         Self {
-            registered: Registered::new(
-                &state.running,
-                &account,
-                meta.request_id.as_str(),
-                worker,
-                tag,
-            ),
+            registered: Registered::new(&state.running, &account, &meta.request_id, worker, tag),
             state: state.clone(),
             account,
             meta: meta.clone(),
@@ -235,7 +229,7 @@ impl Detached {
             first_byte: false,
             worker_error: false,
             receipt: self.receipt,
-            request_id: self.meta.request_id,
+            request_id: self.meta.request_id.clone(),
             tag: self.tag,
             _registered: self.registered,
         }
