@@ -528,6 +528,30 @@ impl System {
     }
 }
 
+/// How this machine's idle CPUs wait (it decides the latency rows: an idle vCPU that halts
+/// costs a VM exit to wake, on the request's path; see docs/performance.md, session 19).
+fn idle_note() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver");
+    let poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
+    match (driver, poll) {
+        (Some(d), Some(ns)) => format!(
+            "cpuidle: {d}, guest halt polling {ns} ns{}",
+            if ns == "0" {
+                " (an idle vCPU halts at once: every cross-CPU wake-up is a VM exit)"
+            } else {
+                ""
+            }
+        ),
+        (Some(d), None) => format!("cpuidle: {d}"),
+        _ => "cpuidle: unknown".into(),
+    }
+}
+
 /// Waits until the proxy's registry serves `model`.
 async fn serves(proxy: &TestProxy, model: &str) {
     while !proxy.running.state().registry.serves(model) {
@@ -734,6 +758,7 @@ fn main() {
         "relay benchmark ({} cpus); baseline: {nginx_note}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    println!("{}", idle_note());
     println!(
         "latency, {LATENCY_ROUNDS} alternating rounds of {per_round} sequential {STREAM_TOKENS}-token streams per row (request sent -> stream end):"
     );

@@ -3,10 +3,10 @@
 //! read) with a generated config in a temporary prefix. It terminates TLS 1.3 + HTTP/2 from the
 //! bench client (presenting the proxy's RA-TLS certificate, so the client is the very one the
 //! cocoon rows use) and proxies over TLS, HTTP/1.1 keep-alive, unbuffered, to [`sse_upstream`]:
-//! a fast SSE server streaming exactly the fake worker's events. [`Upstream::Http2`] is the
-//! same with HTTP/2 to the upstream (nginx's `grpc_pass`, which relays any HTTP/2 exchange,
-//! unbuffered, one upstream connection per request in flight from a keep-alive pool): the
-//! shape cocoon's worker hop has.
+//! a fast SSE server streaming exactly the fake worker's events, framed as it frames them.
+//! [`Upstream::Http2`] is the same with HTTP/2 to the upstream (nginx's `grpc_pass`, which
+//! relays any HTTP/2 exchange, unbuffered, one upstream connection per request in flight from
+//! a keep-alive pool): the shape cocoon's worker hop has.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::common::{
     cert, now, proxy_regs, resolver, token_event, usage_tail, worker_policy, worker_regs,
-    ChannelBody,
+    GatheringBody,
 };
 
 /// Request header: microseconds between two tokens of the upstream's stream (0: max rate).
@@ -232,9 +232,12 @@ impl Nginx {
 }
 
 /// Streams the fake worker's events for a request: `max_tokens` token events, then the usage
-/// event and `[DONE]`, each token its own write, one per [`H_INTERVAL_US`] (as fast as the
-/// reader takes them without it), paced like the fake worker.
-async fn serve_sse(req: Request<Incoming>) -> Result<Response<ChannelBody>, Infallible> {
+/// event and `[DONE]`, one token per [`H_INTERVAL_US`] (as fast as the reader takes them
+/// without it). Framed exactly as the fake worker frames cocoon's rows: answered once the
+/// first event is ready (the response head and that event leave together), then each DATA
+/// frame carries every event ready by then ([`GatheringBody`]), so that every row relays the
+/// same bytes in the same frames.
+async fn serve_sse(req: Request<Incoming>) -> Result<Response<GatheringBody>, Infallible> {
     // The same metadata headers the proxy forwards to a worker.
     let (model, n) = RequestMeta::from_headers(req.headers())
         .map_or((String::new(), 0), |m| (m.model, m.max_tokens));
@@ -244,7 +247,7 @@ async fn serve_sse(req: Request<Incoming>) -> Result<Response<ChannelBody>, Infa
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .map_or(Duration::ZERO, Duration::from_micros);
     let _ = req.into_body().collect().await;
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut tick = (!interval.is_zero()).then(|| tokio::time::interval(interval));
         for i in 0..n {
@@ -257,7 +260,8 @@ async fn serve_sse(req: Request<Incoming>) -> Result<Response<ChannelBody>, Infa
         }
         let _ = tx.send(usage_tail(7, n)).await;
     });
-    let mut r = Response::new(ChannelBody(rx));
+    let first = rx.recv().await;
+    let mut r = Response::new(GatheringBody { first, rx });
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/event-stream"),
