@@ -352,6 +352,107 @@ async fn a_client_that_stalls_just_after_the_deadline_is_billed_before_exit() {
     drop(body);
 }
 
+/// Six streams of two accounts when the drain deadline passes, their worker taking 600 ms to
+/// end each stopped generation (generating all the while): two clients keep reading, two
+/// stop reading 100 ms after the deadline (their windows fill), two hang up then. Each of
+/// the six is stopped at the worker and billed for the work done before the process exits;
+/// none is abandoned, nothing stays reserved, and the shutdown keeps its time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_stallers_and_leavers_at_the_deadline_are_all_billed_before_exit() {
+    use http_body_util::BodyExt as _;
+    let p = start_proxy(|_| {}).await;
+    let mut spec = WorkerSpec::new("slow-stop");
+    spec.tokens = 20_000;
+    spec.interval = Duration::from_millis(1);
+    spec.stop_delay = Duration::from_millis(600);
+    spec.streams_while_stopping = true;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    let state = p.running.state().clone();
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Kind {
+        Reads,
+        Stalls,
+        Leaves,
+    }
+    let mut streams = Vec::new();
+    for (i, kind) in [Kind::Reads, Kind::Stalls, Kind::Leaves]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        let seed = 1 + (i % 2) as u8;
+        let mut c = client_with_window(p.running.client_addr, seed, 4 << 10).await;
+        let resp = c.send(chat(MODEL, 20_000, None, BODY)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        streams.push((kind, c, resp.into_body()));
+    }
+    let accounts = [account_of(1), account_of(2)];
+    let drain = Duration::from_millis(300);
+    let started = Instant::now();
+    let running = p.running;
+    let shutdown = tokio::spawn(running.shutdown(drain));
+    let stop_reading = started + drain + Duration::from_millis(100);
+    let mut readers = Vec::new();
+    for (kind, c, mut body) in streams {
+        readers.push(tokio::spawn(async move {
+            // Everyone reads until 100 ms past the deadline; then the stallers keep the
+            // stream but take nothing more, the leavers hang up, the readers read to the end.
+            let mut ended = false;
+            while kind == Kind::Reads || Instant::now() < stop_reading {
+                let left = stop_reading.saturating_duration_since(Instant::now());
+                let wait = if kind == Kind::Reads {
+                    Duration::from_secs(10)
+                } else {
+                    left
+                };
+                match tokio::time::timeout(wait, body.frame()).await {
+                    Ok(Some(Ok(_))) => {}
+                    Ok(_) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            match kind {
+                Kind::Reads => assert!(ended, "a reader's stream ends"),
+                _ => assert!(
+                    !ended,
+                    "{kind:?}: the stream ended before the client let go"
+                ),
+            }
+            if kind == Kind::Leaves {
+                drop(body);
+                drop(c);
+                None
+            } else {
+                Some((c, body))
+            }
+        }));
+    }
+    let mut kept = Vec::new();
+    for r in readers {
+        kept.push(r.await.unwrap());
+    }
+    shutdown.await.unwrap();
+    let took = started.elapsed();
+    assert!(took < drain + proxy::server::CUT_FLUSH, "{took:?}");
+    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 6);
+    let s = proxy::admin::json_stats(&state);
+    assert_eq!((s.requests.stopped, s.requests.abandoned), (6, 0));
+    for account in &accounts {
+        assert!(
+            s.clients[account].completion_tokens > 0,
+            "{account}: {:?}",
+            s.clients[account]
+        );
+        assert_eq!(p.ledger.balance(account).unwrap().reserved_nano, 0);
+    }
+    drop(kept);
+}
+
 /// The proxy and its worker shut down at the same moment (a host going down), a client
 /// reading a stream: the client gets an error event, not a hang or a silent cut, the work
 /// done is billed once, and nothing stays reserved.
