@@ -292,6 +292,19 @@ async fn a_stalled_client_at_the_deadline_is_stopped_and_billed_before_exit() {
     drop(resp);
 }
 
+/// A worker streaming 1,000 tokens/s that takes 600 ms to end a stopped generation,
+/// generating all the while (an engine finishing its batch), connected and serving.
+async fn slow_stop_worker(p: &TestProxy) -> FakeWorker {
+    let mut spec = WorkerSpec::new("slow-stop");
+    spec.tokens = 20_000;
+    spec.interval = Duration::from_millis(1);
+    spec.stop_delay = Duration::from_millis(600);
+    spec.streams_while_stopping = true;
+    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
+    p.wait_workers(1).await;
+    w
+}
+
 /// A client reading when the drain deadline passes stops reading right after, while its
 /// worker takes 600 ms to end the stopped generation (generating all the while, as an engine
 /// finishing its batch): its relay saw the deadline and awaits that end, but with the
@@ -302,13 +315,7 @@ async fn a_stalled_client_at_the_deadline_is_stopped_and_billed_before_exit() {
 async fn a_client_that_stalls_just_after_the_deadline_is_billed_before_exit() {
     use http_body_util::BodyExt as _;
     let p = start_proxy(|_| {}).await;
-    let mut spec = WorkerSpec::new("slow-stop");
-    spec.tokens = 20_000;
-    spec.interval = Duration::from_millis(1);
-    spec.stop_delay = Duration::from_millis(600);
-    spec.streams_while_stopping = true;
-    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
-    p.wait_workers(1).await;
+    let w = slow_stop_worker(&p).await;
     let state = p.running.state().clone();
     let mut c = client_with_window(p.running.client_addr, 1, 4 << 10).await;
     let resp = c.send(chat(MODEL, 20_000, None, BODY)).await;
@@ -361,13 +368,7 @@ async fn a_client_that_stalls_just_after_the_deadline_is_billed_before_exit() {
 async fn readers_stallers_and_leavers_at_the_deadline_are_all_billed_before_exit() {
     use http_body_util::BodyExt as _;
     let p = start_proxy(|_| {}).await;
-    let mut spec = WorkerSpec::new("slow-stop");
-    spec.tokens = 20_000;
-    spec.interval = Duration::from_millis(1);
-    spec.stop_delay = Duration::from_millis(600);
-    spec.streams_while_stopping = true;
-    let w = FakeWorker::connect(p.running.worker_addr, spec).await;
-    p.wait_workers(1).await;
+    let w = slow_stop_worker(&p).await;
     let state = p.running.state().clone();
     #[derive(Clone, Copy, Debug, PartialEq)]
     enum Kind {
