@@ -155,7 +155,10 @@ impl Pick {
 
 /// A worker slot for `demand` (excluding `exclude`; waiting in the queue with `wait`), and
 /// the reservation of the request's worst case at that worker. `upload` (the funds held
-/// while the body was read and the request waited) is released just before.
+/// while the body was read and the request waited) becomes that reservation when it is the
+/// same amount (the usual case: the worker picked is the cheapest, whose price the upload
+/// hold was taken at) — one ledger change fewer each way; otherwise it is released just
+/// before the new reservation is taken.
 async fn pick(
     state: &Arc<State>,
     account: &str,
@@ -165,8 +168,14 @@ async fn pick(
     upload: Option<Held>,
 ) -> Result<Pick, Rejection> {
     let grant = admission::acquire(state, demand, exclude, wait).await?;
-    drop(upload);
     let (completion_budget, amount) = reservation_at(&state.config, &demand.meta, grant.worker());
+    if let Some(held) = upload.filter(|h| !h.is_committed() && h.amount() == amount) {
+        return Ok(Pick {
+            completion_budget,
+            grant,
+            held,
+        });
+    }
     match state.ledger.reserve(account, amount) {
         Ok(reservation) => Ok(Pick {
             completion_budget,

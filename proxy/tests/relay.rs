@@ -304,3 +304,119 @@ async fn a_worker_lost_mid_event_gets_the_error_event_on_the_boundary() {
     assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
     assert_eq!(p.stats()["requests"]["stream_errors"], 3);
 }
+
+/// A ledger that counts the reservations taken and released (the in-memory ledger inside).
+#[derive(Debug)]
+struct Counting {
+    inner: proxy::MemoryLedger,
+    reserves: std::sync::atomic::AtomicU64,
+    releases: std::sync::atomic::AtomicU64,
+}
+
+impl Ledger for Counting {
+    fn reserve(
+        &self,
+        account: &str,
+        amount: u64,
+    ) -> Result<proxy::ledger::Reservation, proxy::ledger::LedgerError> {
+        self.reserves
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.reserve(account, amount)
+    }
+    fn commit(
+        &self,
+        reservation: &proxy::ledger::Reservation,
+        cost: u64,
+        usage: &protocol::Usage,
+        worker: Option<&str>,
+    ) -> Result<proxy::ledger::Committed, proxy::ledger::LedgerError> {
+        self.inner.commit(reservation, cost, usage, worker)
+    }
+    fn release(
+        &self,
+        reservation: &proxy::ledger::Reservation,
+    ) -> Result<(), proxy::ledger::LedgerError> {
+        self.releases
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.release(reservation)
+    }
+    fn balance(&self, account: &str) -> Option<proxy::ledger::Balance> {
+        self.inner.balance(account)
+    }
+    fn records(&self) -> std::collections::BTreeMap<String, proxy::ledger::UsageRecord> {
+        self.inner.records()
+    }
+}
+
+/// The funds held while a request's body uploads become its reservation at the worker when
+/// the amounts agree (the worker picked is the cheapest): one reservation per request, none
+/// released. At a dearer worker (the cheap one is full) the upload hold is released and the
+/// dearer reservation taken. Either way nothing stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_hold_becomes_the_reservation_at_the_cheapest_worker() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut config = proxy::ProxyConfig::local("test-proxy");
+    config.accounts.default_balance_nano = Some(1_000_000_000_000);
+    let ledger = std::sync::Arc::new(Counting {
+        inner: proxy::MemoryLedger::new(&config.accounts),
+        reserves: 0.into(),
+        releases: 0.into(),
+    });
+    let running = proxy::Proxy {
+        config,
+        resolver: resolver(proxy_regs(), ratls::Role::Proxy, now()),
+        worker_policy: worker_policy(),
+        clock: std::sync::Arc::new(ratls::SystemClock),
+        ledger: ledger.clone(),
+        payments: None,
+        collateral_source: None,
+    }
+    .start()
+    .await
+    .expect("proxy starts");
+    let workers = |n| {
+        let state = running.state().clone();
+        async move {
+            while state.registry.len() != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let mut cheap = WorkerSpec::new("cheap");
+    cheap.capacity = 1;
+    cheap.tokens = 1000;
+    cheap.interval = Duration::from_millis(1);
+    let _cheap = FakeWorker::connect(running.worker_addr, cheap).await;
+    workers(1).await;
+    let mut c = client(running.client_addr, 1).await;
+    let counts = || (ledger.reserves.load(SeqCst), ledger.releases.load(SeqCst));
+    for _ in 0..3 {
+        let evs = events(c.send(chat(MODEL, 8, None, BODY)).await.into_body()).await;
+        assert_eq!(usage_of(&evs).unwrap().completion_tokens, 8);
+    }
+    assert_eq!(
+        counts(),
+        (3, 0),
+        "one reservation per request, none released"
+    );
+
+    // The cheap worker busy with a long stream; a dearer one joins.
+    let long = c.send(chat(MODEL, 1000, None, BODY)).await;
+    assert_eq!(long.status(), StatusCode::OK);
+    let long = tokio::spawn(events(long.into_body()));
+    let mut dear = WorkerSpec::new("dear");
+    dear.coefficient_milli = 2000;
+    dear.tokens = 8;
+    dear.interval = Duration::from_millis(1);
+    let _dear = FakeWorker::connect(running.worker_addr, dear).await;
+    workers(2).await;
+    let mut c2 = client(running.client_addr, 1).await;
+    let evs = events(c2.send(chat(MODEL, 8, None, BODY)).await.into_body()).await;
+    assert_eq!(usage_of(&evs).unwrap().completion_tokens, 8);
+    let long = long.await.unwrap();
+    assert_eq!(usage_of(&long).unwrap().completion_tokens, 1000);
+    // The long one: one more; the one at the dearer worker: the hold released, one taken.
+    assert_eq!(counts(), (6, 1));
+    let b = ledger.balance(&c.account).unwrap();
+    assert_eq!(b.reserved_nano, 0);
+}
