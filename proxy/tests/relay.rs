@@ -362,18 +362,13 @@ async fn the_upload_hold_becomes_the_reservation_at_the_cheapest_worker() {
         reserves: 0.into(),
         releases: 0.into(),
     });
-    let running = proxy::Proxy {
+    let running = start_proxy_on(
         config,
-        resolver: resolver(proxy_regs(), ratls::Role::Proxy, now()),
-        worker_policy: worker_policy(),
-        clock: std::sync::Arc::new(ratls::SystemClock),
-        ledger: ledger.clone(),
-        payments: None,
-        collateral_source: None,
-    }
-    .start()
-    .await
-    .expect("proxy starts");
+        worker_policy(),
+        std::sync::Arc::new(ratls::SystemClock),
+        ledger.clone(),
+    )
+    .await;
     let workers = |n| {
         let state = running.state().clone();
         async move {

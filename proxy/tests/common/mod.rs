@@ -99,20 +99,30 @@ pub async fn start_proxy_with(
     config.accounts.default_balance_nano = Some(1_000_000_000_000);
     tweak(&mut config);
     let ledger = Arc::new(MemoryLedger::new(&config.accounts));
-    let resolver = resolver(proxy_regs(), Role::Proxy, now());
-    let running = Proxy {
+    let running = start_proxy_on(config, policy, clock, ledger.clone()).await;
+    TestProxy { running, ledger }
+}
+
+/// A proxy with `config`, `policy` and `clock` keeping its accounts in `ledger` (the test
+/// proxy's identity, no payments).
+pub async fn start_proxy_on(
+    config: ProxyConfig,
+    policy: Policy,
+    clock: Arc<dyn ratls::Clock>,
+    ledger: Arc<dyn proxy::Ledger>,
+) -> RunningProxy {
+    Proxy {
         config,
-        resolver,
+        resolver: resolver(proxy_regs(), Role::Proxy, now()),
         worker_policy: policy,
         clock,
-        ledger: ledger.clone(),
+        ledger,
         payments: None,
         collateral_source: None,
     }
     .start()
     .await
-    .expect("proxy starts");
-    TestProxy { running, ledger }
+    .expect("proxy starts")
 }
 
 /// How a fake worker answers completion requests.
