@@ -305,6 +305,48 @@ async fn slow_stop_worker(p: &TestProxy) -> FakeWorker {
     w
 }
 
+/// What a shutdown with streams stopped at its deadline must leave behind.
+struct Billed {
+    /// How long the shutdown took, and its drain deadline.
+    took: Duration,
+    drain: Duration,
+    /// Generations the worker stopped.
+    stopped: u64,
+}
+
+impl Billed {
+    /// The shutdown kept its time limit; `w` stopped `stopped` generations and the proxy
+    /// counted as many stopped and none abandoned; each of `accounts` was billed and has
+    /// nothing left reserved.
+    fn check(
+        &self,
+        w: &FakeWorker,
+        state: &proxy::State,
+        ledger: &proxy::MemoryLedger,
+        accounts: &[String],
+    ) {
+        let took = self.took;
+        assert!(took < self.drain + proxy::server::CUT_FLUSH, "{took:?}");
+        assert_eq!(
+            w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst),
+            self.stopped
+        );
+        let s = proxy::admin::json_stats(state);
+        assert_eq!(
+            (s.requests.stopped, s.requests.abandoned),
+            (self.stopped, 0)
+        );
+        for account in accounts {
+            assert!(
+                s.clients[account].completion_tokens > 0,
+                "{account}: {:?}",
+                s.clients[account]
+            );
+            assert_eq!(ledger.balance(account).unwrap().reserved_nano, 0);
+        }
+    }
+}
+
 /// A client reading when the drain deadline passes stops reading right after, while its
 /// worker takes 600 ms to end the stopped generation (generating all the while, as an engine
 /// finishing its batch): its relay saw the deadline and awaits that end, but with the
@@ -345,17 +387,12 @@ async fn a_client_that_stalls_just_after_the_deadline_is_billed_before_exit() {
         last - started
     );
     shutdown.await.unwrap();
-    let took = started.elapsed();
-    assert!(took < drain + proxy::server::CUT_FLUSH, "{took:?}");
-    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let s = proxy::admin::json_stats(&state);
-    assert_eq!((s.requests.stopped, s.requests.abandoned), (1, 0));
-    assert!(
-        s.clients[&c.account].completion_tokens > 0,
-        "{:?}",
-        s.clients[&c.account]
-    );
-    assert_eq!(p.ledger.balance(&c.account).unwrap().reserved_nano, 0);
+    let billed = Billed {
+        took: started.elapsed(),
+        drain,
+        stopped: 1,
+    };
+    billed.check(&w, &state, &p.ledger, std::slice::from_ref(&c.account));
     drop(body);
 }
 
@@ -438,19 +475,12 @@ async fn readers_stallers_and_leavers_at_the_deadline_are_all_billed_before_exit
         kept.push(r.await.unwrap());
     }
     shutdown.await.unwrap();
-    let took = started.elapsed();
-    assert!(took < drain + proxy::server::CUT_FLUSH, "{took:?}");
-    assert_eq!(w.obs.stopped.load(std::sync::atomic::Ordering::SeqCst), 6);
-    let s = proxy::admin::json_stats(&state);
-    assert_eq!((s.requests.stopped, s.requests.abandoned), (6, 0));
-    for account in &accounts {
-        assert!(
-            s.clients[account].completion_tokens > 0,
-            "{account}: {:?}",
-            s.clients[account]
-        );
-        assert_eq!(p.ledger.balance(account).unwrap().reserved_nano, 0);
-    }
+    let billed = Billed {
+        took: started.elapsed(),
+        drain,
+        stopped: 6,
+    };
+    billed.check(&w, &state, &p.ledger, &accounts);
     drop(kept);
 }
 
