@@ -20,7 +20,11 @@
 //! nginx runs twice: `nginx` speaks HTTP/1.1 to the upstream, `nginx-h2` HTTP/2 (`grpc_pass`),
 //! the shape of cocoon's worker hop. With `COCOON_BENCH_BARE=1` a diagnostic row `bare` relays
 //! on cocoon's own stacks (hyper's HTTP/2 server, `proxy::link`, rustls) with none of the
-//! proxy's logic ([`bare`]): cocoon minus bare is what the proxy's code costs. Each latency row
+//! proxy's logic ([`bare`]): cocoon minus bare is what the proxy's code costs. With
+//! `COCOON_BENCH_BARE_SPIN_US=3,6` also rows `bare+3us`, `bare+6us`: the bare relay busy for
+//! that long per request before it forwards — a stand-in for request logic, showing what each
+//! microsecond of it costs in added latency on the machine (more than one where idle vCPUs
+//! halt at once: see docs/performance.md). Each latency row
 //! also prints the CPU of the bench's own threads (client and upstream) per request, direct and
 //! proxied: an upstream that costs more when reached through a relay adds to that relay's
 //! latency.
@@ -648,7 +652,11 @@ async fn nginx(to: nginx::Upstream) -> Result<(System, nginx::Nginx), String> {
 }
 
 /// The bare relay ([`bare`]) in front of an SSE upstream of its own.
-async fn bare_system(relay: &bare::Bare, upstream: std::net::SocketAddr) -> System {
+async fn bare_system(
+    name: &'static str,
+    relay: &bare::Bare,
+    upstream: std::net::SocketAddr,
+) -> System {
     let connect = |seed: u8| async move {
         let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
         client_on(tcp, seed, false).await.expect("client handshake")
@@ -657,8 +665,9 @@ async fn bare_system(relay: &bare::Bare, upstream: std::net::SocketAddr) -> Syst
     for seed in 0..8u8 {
         clients.push(connect(10 + seed).await);
     }
+    let thread = relay.thread.clone();
     System::new(
-        "bare",
+        name,
         Latency {
             direct: Target::new(
                 Conn::Raw(nginx::upstream_client(upstream).await),
@@ -667,7 +676,7 @@ async fn bare_system(relay: &bare::Bare, upstream: std::net::SocketAddr) -> Syst
             proxied: Target::new(Conn::Client(connect(1).await), upstream_request),
         },
         clients,
-        Box::new(|| threads_used(bare::THREAD)),
+        Box::new(move || threads_used(&thread)),
     )
 }
 
@@ -707,16 +716,32 @@ fn main() {
             Err(e) => notes.push(format!("nginx ({to:?} upstream) not available: {e}")),
         }
     }
-    let mut bare_relay = None;
+    let mut bare_relays = Vec::new();
     if std::env::var("COCOON_BENCH_BARE").is_ok_and(|v| v == "1") {
+        // The bare relay, then one per CPU stand-in asked for.
+        let spins = std::env::var("COCOON_BENCH_BARE_SPIN_US").unwrap_or_default();
+        let spins = std::iter::once(0).chain(
+            spins
+                .split(',')
+                .filter_map(|us| us.trim().parse::<u64>().ok())
+                .filter(|&us| us > 0),
+        );
         let upstream = rt.block_on(nginx::sse_upstream());
-        match bare::start(upstream) {
-            Ok(relay) => {
-                systems.push(rt.block_on(bare_system(&relay, upstream)));
-                notes.push("bare (cocoon's stacks without the proxy's logic)".into());
-                bare_relay = Some(relay);
+        for us in spins {
+            match bare::start(upstream, Duration::from_micros(us)) {
+                Ok(relay) => {
+                    let name: &'static str = if us == 0 {
+                        notes.push("bare (cocoon's stacks without the proxy's logic)".into());
+                        "bare"
+                    } else {
+                        // A few rows of a bench process: leaking their names is fine.
+                        Box::leak(format!("bare+{us}us").into_boxed_str())
+                    };
+                    systems.push(rt.block_on(bare_system(name, &relay, upstream)));
+                    bare_relays.push(relay);
+                }
+                Err(e) => notes.push(format!("bare relay not available: {e}")),
             }
-            Err(e) => notes.push(format!("bare relay not available: {e}")),
         }
     }
     let nginx_note = notes.join("; ");
@@ -752,7 +777,7 @@ fn main() {
         }
     });
     drop(nginx_servers);
-    drop(bare_relay);
+    drop(bare_relays);
 
     println!(
         "relay benchmark ({} cpus); baseline: {nginx_note}",

@@ -6,7 +6,7 @@
 //! own code costs, and the gap between it and nginx what the stacks cost.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -26,6 +26,8 @@ pub const THREAD: &str = "bare-rt";
 /// A running bare relay on a runtime of its own (one worker thread, like the proxy's).
 pub struct Bare {
     pub addr: SocketAddr,
+    /// The name of its runtime's thread (its CPU time is read by that name).
+    pub thread: String,
     rt: Option<Runtime>,
 }
 
@@ -45,23 +47,34 @@ const SETTINGS: Settings = Settings {
 };
 
 /// Starts the relay in front of `upstream` (the bench's SSE server, HTTP/2 over TLS). Call it
-/// outside any runtime.
-pub fn start(upstream: SocketAddr) -> Result<Bare, String> {
+/// outside any runtime. With a nonzero `spin` it busy-waits that long per request between
+/// reading the body and forwarding it: CPU standing in for a proxy's request logic, to show
+/// what each microsecond of it costs in added latency on the machine (`COCOON_BENCH_BARE_SPIN_US`).
+pub fn start(upstream: SocketAddr, spin: Duration) -> Result<Bare, String> {
+    let thread = if spin.is_zero() {
+        THREAD.to_string()
+    } else {
+        format!("{THREAD}+{}", spin.as_micros())
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name(THREAD)
+        .thread_name(&thread)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let addr = rt.block_on(async move {
-        tokio::spawn(serve(upstream))
+        tokio::spawn(serve(upstream, spin))
             .await
             .map_err(|e| e.to_string())?
     })?;
-    Ok(Bare { addr, rt: Some(rt) })
+    Ok(Bare {
+        addr,
+        thread,
+        rt: Some(rt),
+    })
 }
 
-async fn serve(upstream: SocketAddr) -> Result<SocketAddr, String> {
+async fn serve(upstream: SocketAddr, spin: Duration) -> Result<SocketAddr, String> {
     let tls = crate::nginx::upstream_tls(upstream)
         .await
         .map_err(|e| e.to_string())?;
@@ -79,7 +92,7 @@ async fn serve(upstream: SocketAddr) -> Result<SocketAddr, String> {
     tokio::spawn(crate::nginx::serve_tls(listener, cfg, move |tls| {
         let link = link.clone();
         async move {
-            let service = service_fn(move |req| relay(link.clone(), req));
+            let service = service_fn(move |req| relay(link.clone(), req, spin));
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
@@ -93,9 +106,14 @@ async fn serve(upstream: SocketAddr) -> Result<SocketAddr, String> {
 async fn relay(
     link: Link,
     req: Request<Incoming>,
+    spin: Duration,
 ) -> Result<Response<UpBody>, Box<dyn std::error::Error + Send + Sync>> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
+    let start = Instant::now();
+    while start.elapsed() < spin {
+        std::hint::spin_loop();
+    }
     let mut up = Request::post("https://upstream.invalid/v1/chat/completions").body(body)?;
     *up.headers_mut() = parts.headers;
     Ok(link.send(up).await?)
