@@ -369,20 +369,12 @@ async fn the_upload_hold_becomes_the_reservation_at_the_cheapest_worker() {
         ledger.clone(),
     )
     .await;
-    let workers = |n| {
-        let state = running.state().clone();
-        async move {
-            while state.registry.len() != n {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
     let mut cheap = WorkerSpec::new("cheap");
     cheap.capacity = 1;
     cheap.tokens = 1000;
     cheap.interval = Duration::from_millis(1);
     let _cheap = FakeWorker::connect(running.worker_addr, cheap).await;
-    workers(1).await;
+    wait_workers(&running, 1).await;
     let mut c = client(running.client_addr, 1).await;
     let counts = || (ledger.reserves.load(SeqCst), ledger.releases.load(SeqCst));
     for _ in 0..3 {
@@ -404,7 +396,7 @@ async fn the_upload_hold_becomes_the_reservation_at_the_cheapest_worker() {
     dear.tokens = 8;
     dear.interval = Duration::from_millis(1);
     let _dear = FakeWorker::connect(running.worker_addr, dear).await;
-    workers(2).await;
+    wait_workers(&running, 2).await;
     let mut c2 = client(running.client_addr, 1).await;
     let evs = events(c2.send(chat(MODEL, 8, None, BODY)).await.into_body()).await;
     assert_eq!(usage_of(&evs).unwrap().completion_tokens, 8);

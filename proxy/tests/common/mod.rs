@@ -54,16 +54,21 @@ impl TestProxy {
 
     /// Waits until `n` workers are registered.
     pub async fn wait_workers(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.running.state().registry.len() != n {
-            assert!(Instant::now() < deadline, "expected {n} workers");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_workers(&self.running, n).await;
     }
 
     /// GETs `path` on the admin port.
     pub async fn admin(&self, path: &str) -> (StatusCode, String) {
         admin_get(self.running.admin_addr, path).await
+    }
+}
+
+/// Waits until `n` workers are registered at `running` (at most 20 s).
+pub async fn wait_workers(running: &RunningProxy, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running.state().registry.len() != n {
+        assert!(Instant::now() < deadline, "expected {n} workers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
