@@ -10,7 +10,8 @@
 //! client's request took ~10 ms during each.
 //!
 //! And the HTTP/2 rapid reset (CVE-2023-44487), as raw frames (streams reset before the proxy
-//! took them) and through a client library (streams reset once answered).
+//! took them) and through a client library (streams reset once answered), and the
+//! CONTINUATION flood (a header block that never ends).
 
 mod common;
 
@@ -166,33 +167,21 @@ fn header_block(req: &http::Request<http_body_util::Full<bytes::Bytes>>) -> Vec<
     block
 }
 
-/// The HTTP/2 rapid-reset attack (CVE-2023-44487) by a funded client: 20,000 complete
-/// streaming requests, each cancelled (RST_STREAM) in the same write that sent it, as fast as
-/// TLS carries them. The proxy's HTTP/2 server closes the connection once more than a few
-/// streams were reset before it took them, so the flood does almost no work: few
-/// generations reach the worker, every one of them is stopped or completed and billed (none
-/// left unbilled at the worker), the account has nothing left reserved, and a funded client
-/// on another connection is served meanwhile. Prints the figures.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
-    use common::real::{start_real_worker, BODY_STUB};
-    use worker::engine::stub::StubEngine;
-    use worker::service::ServiceOptions;
+/// What a raw HTTP/2 flood came to.
+struct Flooded {
+    /// Units written (all of them unless the proxy closed the connection first).
+    written: usize,
+    /// The error code of a GOAWAY the proxy sent.
+    goaway: Option<u32>,
+}
 
-    const STREAMS: u32 = 20_000;
-    let p = start_proxy(|_| {}).await;
-    let worker = start_real_worker(
-        p.running.worker_addr,
-        StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(50)),
-        ServiceOptions::default(),
-    );
-    p.wait_workers(1).await;
-    let before = rss_kib(std::process::id());
-
+/// Opens an HTTP/2 connection with the account key of `seed` and writes the preface, an empty
+/// SETTINGS and then `units` (each some frames) as fast as TLS carries them, reading what the
+/// proxy sends; stops at the first failed write or after 20 s.
+async fn raw_flood(p: &TestProxy, seed: u8, units: impl Iterator<Item = Vec<u8>>) -> Flooded {
     let tcp = TcpStream::connect(p.running.client_addr).await.unwrap();
-    let tls = client_tls(tcp, 3, false).await.unwrap();
+    let tls = client_tls(tcp, seed, false).await.unwrap();
     let (mut r, mut w) = tokio::io::split(tls);
-    // Reads what the proxy sends; returns whether a GOAWAY came.
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut buf = vec![0u8; 64 << 10];
@@ -220,28 +209,61 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
         }
         goaway
     });
-    let mut written = 0u32;
-    let flood = tokio::time::timeout(Duration::from_secs(20), async {
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
         w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
         w.write_all(&frame(SETTINGS, &[])).await?;
-        let mut chunk = Vec::new();
-        for i in 0..STREAMS {
-            let id = 1 + 2 * i;
-            let req = chat("stub", 64, None, BODY_STUB);
-            chunk.extend(frame_on(HEADERS, END_HEADERS, id, &header_block(&req)));
-            chunk.extend(frame_on(DATA, END_STREAM, id, BODY_STUB));
-            chunk.extend(frame_on(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        let (mut chunk, mut in_chunk) = (Vec::new(), 0);
+        for unit in units {
+            chunk.extend(unit);
+            in_chunk += 1;
             if chunk.len() > 32 << 10 {
                 w.write_all(&chunk).await?;
                 chunk.clear();
-                written = i + 1;
+                written += std::mem::take(&mut in_chunk);
             }
         }
         w.write_all(&chunk).await?;
-        written = STREAMS;
+        written += in_chunk;
         w.flush().await
     })
     .await;
+    let goaway = reader.await.unwrap();
+    Flooded { written, goaway }
+}
+
+/// The HTTP/2 rapid-reset attack (CVE-2023-44487) by a funded client: 20,000 complete
+/// streaming requests, each cancelled (RST_STREAM) in the same write that sent it, as fast as
+/// TLS carries them. The proxy's HTTP/2 server closes the connection once more than a few
+/// streams were reset before it took them, so the flood does almost no work: few
+/// generations reach the worker, every one of them is stopped or completed and billed (none
+/// left unbilled at the worker), the account has nothing left reserved, and a funded client
+/// on another connection is served meanwhile. Prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
+    use common::real::{start_real_worker, BODY_STUB};
+    use worker::engine::stub::StubEngine;
+    use worker::service::ServiceOptions;
+
+    const STREAMS: u32 = 20_000;
+    let p = start_proxy(|_| {}).await;
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(50)),
+        ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    let before = rss_kib(std::process::id());
+
+    let streams = (0..STREAMS).map(|i| {
+        let id = 1 + 2 * i;
+        let req = chat("stub", 64, None, BODY_STUB);
+        let mut frames = frame_on(HEADERS, END_HEADERS, id, &header_block(&req));
+        frames.extend(frame_on(DATA, END_STREAM, id, BODY_STUB));
+        frames.extend(frame_on(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        frames
+    });
+    let flood = raw_flood(&p, 3, streams).await;
 
     // A funded client meanwhile.
     let asked = Instant::now();
@@ -250,8 +272,6 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(usage_of(&events(resp.into_body()).await).is_some());
     let served_in = asked.elapsed();
-    let goaway = reader.await.unwrap();
-    drop(w);
 
     let stats = worker.service().stats();
     wait_until("the worker idle", Duration::from_secs(20), || {
@@ -272,17 +292,22 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
     let s = stats.snapshot();
     let j = p.stats();
     println!(
-        "rapid reset: {written} of {STREAMS} streams written ({flood:?}), GOAWAY code {goaway:?}; \
+        "rapid reset: {} of {STREAMS} streams written, GOAWAY code {:?}; \
          worker: {} generations, {} stopped, {} completed; proxy: {} abandoned; \
          another client served in {served_in:?}; rss +{} KiB",
+        flood.written,
+        flood.goaway,
         s.requests,
         s.stopped,
         s.completed,
         j["requests"]["abandoned"],
         rss_kib(std::process::id()).saturating_sub(before),
     );
-    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM));
-    assert!(written < STREAMS, "all {STREAMS} streams were taken");
+    assert_eq!(flood.goaway, Some(ENHANCE_YOUR_CALM));
+    assert!(
+        flood.written < STREAMS as usize,
+        "all {STREAMS} streams were taken"
+    );
     // The funded client's one, and at most the few the proxy took before it closed.
     assert!(s.requests <= 1 + 20, "{s:?}");
     assert_eq!(s.requests, s.completed + s.stopped, "{s:?}");
@@ -406,4 +431,44 @@ async fn a_reset_storm_after_admission_is_billed_and_starves_no_one() {
         waits[waits.len() - 1] < Duration::from_secs(2),
         "the other account waited {waits:?}"
     );
+}
+
+/// The CONTINUATION flood (the 2024 family of HTTP/2 header-continuation attacks): a request's
+/// HEADERS without END_HEADERS, then 1,000,000 empty CONTINUATION frames. The proxy's HTTP/2
+/// server gives up on the header block after a handful of them (h2 allows ~1.25 × what the
+/// header list limit needs) with GOAWAY `ENHANCE_YOUR_CALM`; memory stays flat and a funded
+/// client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_short() {
+    const CONTINUATION: u8 = 9;
+    const FRAMES: usize = 1_000_000;
+    let p = start_proxy(|_| {}).await;
+    let _w = FakeWorker::connect(p.running.worker_addr, WorkerSpec::new("w")).await;
+    p.wait_workers(1).await;
+    let before = rss_kib(std::process::id());
+
+    let block = header_block(&chat(MODEL, 8, None, BODY));
+    let head = frame_on(HEADERS, 0, 1, &block[..block.len() / 2]);
+    let units = std::iter::once(head)
+        .chain(std::iter::repeat_with(|| frame_on(CONTINUATION, 0, 1, &[])).take(FRAMES));
+    let flood = raw_flood(&p, 3, units).await;
+
+    let asked = Instant::now();
+    let mut c = client(p.running.client_addr, 1).await;
+    let resp = c.send(chat(MODEL, 8, None, BODY)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(usage_of(&events(resp.into_body()).await).is_some());
+    let served_in = asked.elapsed();
+    let grown = rss_kib(std::process::id()).saturating_sub(before);
+    println!(
+        "continuation flood: {} of {} frames written, GOAWAY code {:?}; another client served \
+         in {served_in:?}; rss +{grown} KiB",
+        flood.written,
+        FRAMES + 1,
+        flood.goaway
+    );
+    assert_eq!(flood.goaway, Some(ENHANCE_YOUR_CALM));
+    assert!(flood.written < FRAMES, "all {FRAMES} frames were taken");
+    assert!(served_in < Duration::from_secs(5), "{served_in:?}");
+    assert!(grown < 64 << 10, "memory grew by {grown} KiB");
 }
