@@ -146,7 +146,7 @@ fn pump(
                 let _ = writeln!(f, "{line}");
             }
             if echo {
-                eprintln!("[{role}] {line}");
+                eprintln!("[{role}] {}", crate::vm::status::terminal_safe(line));
             }
             if let Some(t) = &tail {
                 push_tail(t, line);

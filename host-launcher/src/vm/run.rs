@@ -1,5 +1,6 @@
 //! Running QEMU: start it in its own process group, copy the guest console (QEMU's stdout)
-//! and QEMU's stderr to our stderr (prefixed `[guest]` / `[qemu]`) and to the console log,
+//! and QEMU's stderr to our stderr (prefixed `[guest]` / `[qemu]`, control characters written
+//! out as escapes: [`super::status::terminal_safe`]) and as they came to the console log,
 //! follow `cocoon-init` status lines ([`super::status`]), pass on SIGINT/SIGTERM, enforce the
 //! ready timeout, and classify how it ended ([`Ended`]).
 //!
@@ -211,7 +212,7 @@ pub async fn run(
         let log = log.clone();
         tokio::spawn(lines(out, move |line| {
             let _ = writeln!(lock(&log), "{line}");
-            eprintln!("[guest] {line}");
+            eprintln!("[guest] {}", status::terminal_safe(line));
             if let Some(s) = status::parse_line(line) {
                 let _ = tx.send(s);
             }
@@ -222,12 +223,13 @@ pub async fn run(
         let (log, tail) = (log.clone(), tail.clone());
         tokio::spawn(lines(err, move |line| {
             let _ = writeln!(lock(&log), "[qemu] {line}");
-            eprintln!("[qemu] {line}");
+            let shown = status::terminal_safe(line);
+            eprintln!("[qemu] {shown}");
             let mut t = lock(&tail);
             if t.len() == TAIL_LINES {
                 t.pop_front();
             }
-            t.push_back(line.to_string());
+            t.push_back(shown.into_owned());
         }))
     });
 

@@ -42,7 +42,7 @@ impl Stage {
             "service" => Self::Service,
             "ready" => Self::Ready,
             "exit" => Self::Exit,
-            other => Self::Other(other.chars().take(64).collect()),
+            other => Self::Other(terminal_safe(other).chars().take(64).collect()),
         }
     }
 
@@ -86,6 +86,26 @@ pub enum StatusError {
     BadCode,
 }
 
+/// `s` with every control character but tab written as its escape (`\u{1b}` for ESC), so
+/// that guest or QEMU output echoed to the operator's terminal, or quoted in an error,
+/// cannot move the cursor, retitle the window or write the clipboard (terminal escape
+/// sequences); other text is unchanged.
+pub fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `None` if `line` has no status marker; otherwise the parsed status or why it is malformed.
 pub fn parse_line(line: &str) -> Option<Result<Status, StatusError>> {
     let at = line.find(MARKER)?;
@@ -98,9 +118,7 @@ fn parse_payload(payload: &str) -> Result<Status, StatusError> {
     }
     let payload = payload.trim_end_matches(['\r', '\n', ' ']);
     let value: Value = serde_json::from_str(payload).map_err(|e| {
-        let mut m = e.to_string();
-        m.truncate(120);
-        StatusError::Json(m)
+        StatusError::Json(terminal_safe(&e.to_string()).chars().take(120).collect())
     })?;
     let Value::Object(fields) = value else {
         return Err(StatusError::Json("not an object".into()));
@@ -114,9 +132,14 @@ fn parse_payload(payload: &str) -> Result<Status, StatusError> {
         Some(v) => Some(v.as_i64().ok_or(StatusError::BadCode)?),
     };
     let reason = match fields.get("reason") {
-        Some(Value::String(s)) => Some(s.chars().take(1024).collect()),
+        Some(Value::String(s)) => Some(terminal_safe(s).chars().take(1024).collect()),
         Some(Value::Null) | None => None,
-        Some(other) => Some(other.to_string().chars().take(1024).collect()),
+        Some(other) => Some(
+            terminal_safe(&other.to_string())
+                .chars()
+                .take(1024)
+                .collect(),
+        ),
     };
     Ok(Status {
         stage,
@@ -129,6 +152,25 @@ fn parse_payload(payload: &str) -> Result<Status, StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_escapes_are_written_out() {
+        assert!(matches!(
+            terminal_safe("plain\ttext é"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            terminal_safe("a\u{1b}]52;c;aGk=\u{7}b\u{9b}2Jc\r"),
+            "a\\u{1b}]52;c;aGk=\\u{7}b\\u{9b}2Jc\\u{d}"
+        );
+        let s = parse_line(
+            "COCOON-INIT {\"stage\":\"\\u001b[2J\",\"code\":1,\"reason\":\"x\\u001b]0;pwned\\u0007\"}",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.stage.as_str(), "\\u{1b}[2J");
+        assert_eq!(s.reason.as_deref(), Some("x\\u{1b}]0;pwned\\u{7}"));
+    }
 
     #[test]
     fn good_lines() {
