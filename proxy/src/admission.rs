@@ -274,11 +274,9 @@ pub(crate) async fn acquire(
         let mut dropped = Vec::new();
         let mut models = state.queues.lock();
         // The model's queue, made on its first request (a lookup, not a key copy, after).
-        if !models.contains_key(model) {
-            models.insert(model.to_owned(), Default::default());
-        }
-        let Some(q) = models.get_mut(model) else {
-            return Err(ApiError::new(ErrorKind::Internal, "model queue missing").into());
+        let q = match models.get_mut(model) {
+            Some(q) => q,
+            None => models.entry(model.to_owned()).or_default(),
         };
         if q.is_empty() || !wait {
             match place(state, demand, exclude)? {
