@@ -32,8 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::common::{
-    cert, now, proxy_regs, resolver, token_event, usage_tail, worker_policy, worker_regs,
-    GatheringBody,
+    cert, event_stream, now, proxy_regs, resolver, token_event, usage_tail, worker_policy,
+    worker_regs, GatheringBody,
 };
 
 /// Request header: microseconds between two tokens of the upstream's stream (0: max rate).
@@ -261,12 +261,7 @@ async fn serve_sse(req: Request<Incoming>) -> Result<Response<GatheringBody>, In
         let _ = tx.send(usage_tail(7, n)).await;
     });
     let first = rx.recv().await;
-    let mut r = Response::new(GatheringBody { first, rx });
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    Ok(r)
+    Ok(event_stream(GatheringBody { first, rx }))
 }
 
 /// Starts the SSE upstream on the current runtime: TLS 1.3 (a worker RA-TLS certificate),

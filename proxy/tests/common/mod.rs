@@ -493,6 +493,16 @@ impl Body for GatheringBody {
     }
 }
 
+/// A 200 response carrying `body` as `text/event-stream` (how a worker answers a stream).
+pub fn event_stream<B>(body: B) -> Response<B> {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
 type WorkerBody =
     http_body_util::Either<Full<Bytes>, http_body_util::Either<ChannelBody, GatheringBody>>;
 
@@ -722,14 +732,9 @@ async fn handle(
     });
     // Like the real worker, a plain stream is answered once its first event is ready.
     let first = if plain { rx.recv().await } else { None };
-    let mut r = Response::new(http_body_util::Either::Right(
+    Ok(event_stream(http_body_util::Either::Right(
         http_body_util::Either::Right(GatheringBody { first, rx }),
-    ));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    Ok(r)
+    )))
 }
 
 /// A sealed answer to a sealed request: one content chunk, usage and `[DONE]` chunks, the
