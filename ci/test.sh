@@ -37,6 +37,10 @@ cargo fmt --all --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "licences of every crate in the shipped binaries (ci/licenses.py, docs/licenses.md)"
+python3 ci/licenses.py --self-test
+python3 ci/licenses.py
+
 # Binaries, tests and examples in one invocation: one feature resolution (dev-dependencies
 # included), so `cargo test` below and the scripts reuse every artifact instead of building
 # tokio's dependents (mistral.rs among them) a second time with other features.
