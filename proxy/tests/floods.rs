@@ -32,6 +32,50 @@ const FRAMES: usize = 2_000_000;
 /// How long a flood may write before it counts as held back by the proxy.
 const WRITE_FOR: Duration = Duration::from_secs(3);
 
+/// One streaming request of account 1 for `model` on `c` (a connection of its own when
+/// `None`), read to its usage event; how long it took.
+async fn served(p: &TestProxy, c: Option<&mut Client>, model: &str, body: &[u8]) -> Duration {
+    let asked = Instant::now();
+    let mut own;
+    let c = match c {
+        Some(c) => c,
+        None => {
+            own = client(p.running.client_addr, 1).await;
+            &mut own
+        }
+    };
+    let resp = c.send(chat(model, 8, None, body)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(usage_of(&events(resp.into_body()).await).is_some());
+    asked.elapsed()
+}
+
+/// Waits until `worker` runs no generation and the account of `seed` has nothing reserved;
+/// then the worker's counters.
+async fn settled(
+    p: &TestProxy,
+    worker: &worker::RunningWorker,
+    seed: u8,
+) -> worker::service::StatsSnapshot {
+    let stats = worker.service().stats();
+    wait_until("the worker idle", Duration::from_secs(20), || {
+        stats.snapshot().active_generations == 0
+    })
+    .await;
+    let account = account_of(seed);
+    wait_until(
+        "the account's reservations released",
+        Duration::from_secs(20),
+        || {
+            p.ledger
+                .balance(&account)
+                .is_none_or(|b| b.reserved_nano == 0)
+        },
+    )
+    .await;
+    stats.snapshot()
+}
+
 fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(9 + payload.len());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
@@ -71,15 +115,10 @@ async fn flood(p: &TestProxy, kind: u8, payload: &[u8], read: bool) -> bool {
     })
     .await;
     // A funded client meanwhile, the flooding connection still open.
-    let asked = Instant::now();
-    let mut c = client(p.running.client_addr, 1).await;
-    let resp = c.send(chat(MODEL, 8, None, BODY)).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(usage_of(&events(resp.into_body()).await).is_some());
+    let waited = served(p, None, MODEL, BODY).await;
     assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "kind {kind}: a funded client waited {:?}",
-        asked.elapsed()
+        waited < Duration::from_secs(5),
+        "kind {kind}: a funded client waited {waited:?}"
     );
     reader.abort();
     matches!(written, Ok(Ok(())))
@@ -266,30 +305,8 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
     let flood = raw_flood(&p, 3, streams).await;
 
     // A funded client meanwhile.
-    let asked = Instant::now();
-    let mut c = client(p.running.client_addr, 1).await;
-    let resp = c.send(chat("stub", 8, None, BODY_STUB)).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(usage_of(&events(resp.into_body()).await).is_some());
-    let served_in = asked.elapsed();
-
-    let stats = worker.service().stats();
-    wait_until("the worker idle", Duration::from_secs(20), || {
-        stats.snapshot().active_generations == 0
-    })
-    .await;
-    let account = account_of(3);
-    wait_until(
-        "the account's reservations released",
-        Duration::from_secs(20),
-        || {
-            p.ledger
-                .balance(&account)
-                .is_none_or(|b| b.reserved_nano == 0)
-        },
-    )
-    .await;
-    let s = stats.snapshot();
+    let served_in = served(&p, None, "stub", BODY_STUB).await;
+    let s = settled(&p, &worker, 3).await;
     let j = p.stats();
     println!(
         "rapid reset: {} of {STREAMS} streams written, GOAWAY code {:?}; \
@@ -373,34 +390,14 @@ async fn a_reset_storm_after_admission_is_billed_and_starves_no_one() {
     let mut victim = client(p.running.client_addr, 1).await;
     let mut waits = Vec::new();
     while Instant::now() < end {
-        let asked = Instant::now();
-        let resp = victim.send(chat("stub", 8, None, BODY_STUB)).await;
-        assert_eq!(resp.status(), StatusCode::OK);
-        assert!(usage_of(&events(resp.into_body()).await).is_some());
-        waits.push(asked.elapsed());
+        waits.push(served(&p, Some(&mut victim), "stub", BODY_STUB).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for t in storm {
         t.await.unwrap();
     }
 
-    let stats = worker.service().stats();
-    wait_until("the worker idle", Duration::from_secs(20), || {
-        stats.snapshot().active_generations == 0
-    })
-    .await;
-    let account = account_of(3);
-    wait_until(
-        "the storm's reservations released",
-        Duration::from_secs(20),
-        || {
-            p.ledger
-                .balance(&account)
-                .is_none_or(|b| b.reserved_nano == 0)
-        },
-    )
-    .await;
-    let s = stats.snapshot();
+    let s = settled(&p, &worker, 3).await;
     let j = p.stats();
     let abandoned = j["requests"]["abandoned"].as_u64().unwrap();
     waits.sort();
@@ -453,12 +450,7 @@ async fn a_continuation_flood_is_cut_short() {
         .chain(std::iter::repeat_with(|| frame_on(CONTINUATION, 0, 1, &[])).take(FRAMES));
     let flood = raw_flood(&p, 3, units).await;
 
-    let asked = Instant::now();
-    let mut c = client(p.running.client_addr, 1).await;
-    let resp = c.send(chat(MODEL, 8, None, BODY)).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(usage_of(&events(resp.into_body()).await).is_some());
-    let served_in = asked.elapsed();
+    let served_in = served(&p, None, MODEL, BODY).await;
     let grown = rss_kib(std::process::id()).saturating_sub(before);
     println!(
         "continuation flood: {} of {} frames written, GOAWAY code {:?}; another client served \
