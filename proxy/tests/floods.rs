@@ -19,11 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use common::process::rss_kib;
+use common::real::{start_real_worker, BODY_STUB};
 use common::*;
 use http::StatusCode;
 use proxy::Ledger as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use worker::engine::stub::StubEngine;
+use worker::service::ServiceOptions;
 
 const PING: u8 = 6;
 const SETTINGS: u8 = 4;
@@ -48,6 +51,19 @@ async fn served(p: &TestProxy, c: Option<&mut Client>, model: &str, body: &[u8])
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(usage_of(&events(resp.into_body()).await).is_some());
     asked.elapsed()
+}
+
+/// A proxy and the real worker service registered with it (stub engine: 64 tokens at 200 per
+/// second after 50 ms of prompt processing; capacity 8).
+async fn with_stub_worker() -> (TestProxy, worker::RunningWorker) {
+    let p = start_proxy(|_| {}).await;
+    let worker = start_real_worker(
+        p.running.worker_addr,
+        StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(50)),
+        ServiceOptions::default(),
+    );
+    p.wait_workers(1).await;
+    (p, worker)
 }
 
 /// Waits until `worker` runs no generation and the account of `seed` has nothing reserved;
@@ -280,18 +296,8 @@ async fn raw_flood(p: &TestProxy, seed: u8, units: impl Iterator<Item = Vec<u8>>
 /// on another connection is served meanwhile. Prints the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
-    use common::real::{start_real_worker, BODY_STUB};
-    use worker::engine::stub::StubEngine;
-    use worker::service::ServiceOptions;
-
     const STREAMS: u32 = 20_000;
-    let p = start_proxy(|_| {}).await;
-    let worker = start_real_worker(
-        p.running.worker_addr,
-        StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(50)),
-        ServiceOptions::default(),
-    );
-    p.wait_workers(1).await;
+    let (p, worker) = with_stub_worker().await;
     let before = rss_kib(std::process::id());
 
     let streams = (0..STREAMS).map(|i| {
@@ -347,18 +353,8 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
 /// has nothing left reserved. Prints the figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_storm_after_admission_is_billed_and_starves_no_one() {
-    use common::real::{start_real_worker, BODY_STUB};
-    use worker::engine::stub::StubEngine;
-    use worker::service::ServiceOptions;
-
     const RUN: Duration = Duration::from_secs(3);
-    let p = start_proxy(|_| {}).await;
-    let worker = start_real_worker(
-        p.running.worker_addr,
-        StubEngine::new("stub", 64, 200.0).with_prefill_delay(Duration::from_millis(50)),
-        ServiceOptions::default(),
-    );
-    p.wait_workers(1).await;
+    let (p, worker) = with_stub_worker().await;
     let end = Instant::now() + RUN;
     // Streams reset after a 200, requests answered otherwise.
     let resets = std::sync::Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
