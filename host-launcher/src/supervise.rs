@@ -14,12 +14,15 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 /// Stderr lines kept for error messages.
 pub const TAIL_LINES: usize = 20;
+/// Longest line kept from a child's output; the rest of a longer line is dropped (a child
+/// that writes without newlines cannot grow the launcher's memory).
+const MAX_LINE: usize = 64 * 1024;
 
 /// How to run one child.
 #[derive(Clone, Debug)]
@@ -134,10 +137,9 @@ fn pump(
         let mut reader = BufReader::new(reader);
         let mut buf = Vec::new();
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            match crate::vm::run::next_line(&mut reader, &mut buf, MAX_LINE).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
             }
             let line = String::from_utf8_lossy(&buf);
             let line = line.trim_end_matches(['\n', '\r']);

@@ -109,7 +109,7 @@ const MAX_CONSOLE_LINE: usize = status::MAX_LINE + 1024;
 
 /// The next line of `reader` into `buf` (at most `max` bytes kept, the newline included);
 /// `false` at the end of the stream.
-async fn next_line(
+pub(crate) async fn next_line(
     reader: &mut (impl AsyncBufRead + Unpin),
     buf: &mut Vec<u8>,
     max: usize,
