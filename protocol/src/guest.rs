@@ -5,7 +5,9 @@
 //! * Under `--tee sim` the launcher hands the simulated platform to the guest through QEMU
 //!   fw_cfg; the guest reads `/sys/firmware/qemu_fw_cfg/by_name/<name>/raw`.
 //! * PID 1 reports boot stages on the serial console as `COCOON-INIT {json}` lines with a
-//!   `"stage"` field.
+//!   `"stage"` field ([`status`] parses them).
+
+pub mod status;
 
 /// Serial of the config disk (a flat ustar archive, measured into RTMR3 before use).
 pub const CONFIG_DISK_SERIAL: &str = "cocoon-config";
