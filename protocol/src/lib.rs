@@ -51,6 +51,20 @@ pub const MAX_REQUEST_BODY: usize = 4 << 20;
 /// Versions this build accepts from peers.
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 
+/// Reset limits of cocoon's HTTP/2 servers (the proxy's client port, the worker's link to its
+/// proxy), set explicitly so that the protection does not hang on a library default (h2's and
+/// hyper's defaults today; `proxy/tests/floods.rs`).
+pub mod http2_limits {
+    /// Streams a peer may have reset before the server took them, at once, before the
+    /// connection is closed with GOAWAY `ENHANCE_YOUR_CALM`: the rapid-reset flood
+    /// (CVE-2023-44487). Ordinary cancellations reset streams the server has almost always
+    /// taken already, which do not count.
+    pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+    /// Streams the server may reset for a peer's protocol errors before it closes the
+    /// connection (RUSTSEC-2024-0003).
+    pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+}
+
 /// Paths on the worker's HTTP/2 service (requested by the proxy).
 pub mod paths {
     /// Registration: the proxy POSTs a [`crate::Hello`], the worker answers a

@@ -70,15 +70,6 @@ pub(crate) async fn accept_loop(
     .await;
 }
 
-/// Streams a client may have reset before the server took them, at once, before its
-/// connection is closed with GOAWAY `ENHANCE_YOUR_CALM`: the HTTP/2 rapid-reset flood
-/// (CVE-2023-44487). h2's own default, set here so that the protection does not hang on a
-/// library default (`tests/floods.rs`).
-const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
-/// Streams the proxy may reset for a client's protocol errors before it closes the
-/// connection (RUSTSEC-2024-0003); hyper's default, set here for the same reason.
-const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
-
 /// The HTTP/1.1 and HTTP/2 settings of client connections (see [`crate::config::ClientLimits`]).
 fn builder(state: &State) -> auto::Builder<TokioExecutor> {
     let c = &state.config.client;
@@ -95,8 +86,8 @@ fn builder(state: &State) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(c.h2_stream_window_bytes)
         .initial_connection_window_size(c.h2_connection_window_bytes)
         .max_header_list_size(c.max_header_bytes)
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+        .max_pending_accept_reset_streams(protocol::http2_limits::MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(protocol::http2_limits::MAX_LOCAL_ERROR_RESETS);
     builder
 }
 

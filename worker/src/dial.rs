@@ -300,13 +300,6 @@ async fn renewal(renewed: &mut Option<watch::Receiver<CertInfo>>) {
 /// Longest a connection keeps serving after a certificate renewal while the connection on the
 /// renewed certificate registers.
 const HANDOVER: Duration = Duration::from_secs(10);
-/// Streams a proxy may have reset before the worker took them, at once, before the link is
-/// closed with GOAWAY `ENHANCE_YOUR_CALM` (HTTP/2 rapid reset, CVE-2023-44487), and resets
-/// for a proxy's protocol errors (RUSTSEC-2024-0003): h2's and hyper's defaults, set here so
-/// that the protection does not hang on a library default. A proxy's cancellations reset
-/// streams the worker has almost always taken already, which do not count.
-const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
-const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Serves HTTP/2 on an established connection until the proxy closes it, shutdown, or a
 /// certificate renewal.
@@ -327,8 +320,8 @@ pub async fn serve(
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .max_concurrent_streams(capacity.saturating_mul(2).saturating_add(16))
-            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
-            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .max_pending_accept_reset_streams(protocol::http2_limits::MAX_PENDING_ACCEPT_RESETS)
+            .max_local_error_reset_streams(protocol::http2_limits::MAX_LOCAL_ERROR_RESETS)
             .serve_connection(
                 TokioIo::new(tls),
                 link.service.for_connection(addr.to_string()),
