@@ -69,8 +69,9 @@ mod tests {
             .with("reason", "model disk: \"x\"");
         let line = s.line();
         assert!(line.starts_with("COCOON-INIT {"));
-        // The host parses these lines (`cocoon-host`'s `vm::status::parse_line`, tested there
-        // against garbage too); here: the prefix, then one JSON object.
+        // The host parses these lines (`protocol::guest::status::parse_line`, tested there
+        // against garbage too, and fuzzed with these lines: `guest_status`); here: the prefix,
+        // then one JSON object.
         let json = line.strip_prefix(PREFIX).unwrap();
         let m: Map<String, Value> = serde_json::from_str(json).unwrap();
         assert_eq!(m["stage"], "exit");

@@ -148,7 +148,7 @@ fn pump(
                 let _ = writeln!(f, "{line}");
             }
             if echo {
-                eprintln!("[{role}] {}", crate::vm::status::terminal_safe(line));
+                eprintln!("[{role}] {}", protocol::guest::status::terminal_safe(line));
             }
             if let Some(t) = &tail {
                 push_tail(t, line);

@@ -8,7 +8,7 @@
 //! with `--print` show it and stop. Otherwise write the state directory ([`state`]): config
 //! disk, and under `--tee sim` the kept simulated platform, its root CA and the registers;
 //! check that GPUs are on vfio-pci and host ports are free; then run QEMU ([`run`]) and follow
-//! the guest's status lines ([`status`]) until it powers off.
+//! the guest's status lines ([`protocol::guest::status`]) until it powers off.
 //!
 //! # Trust boundary
 //!
@@ -24,7 +24,6 @@ pub mod qemu;
 pub mod qmp;
 pub mod run;
 pub mod state;
-pub mod status;
 
 /// Writes to stdout, ignoring errors: a reader that went away (closed pipe) must not turn a
 /// clean VM stop into a panic.
@@ -231,7 +230,7 @@ fn write_state(p: &Prepared) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_ready(p: &Prepared, status: &status::Status, pid: Option<u32>) {
+fn print_ready(p: &Prepared, status: &protocol::guest::status::Status, pid: Option<u32>) {
     let c = &p.config;
     outln!(
         "{}: {} instance {} (tee {})",

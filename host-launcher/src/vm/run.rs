@@ -1,7 +1,7 @@
 //! Running QEMU: start it in its own process group, copy the guest console (QEMU's stdout)
 //! and QEMU's stderr to our stderr (prefixed `[guest]` / `[qemu]`, control characters written
-//! out as escapes: [`super::status::terminal_safe`]) and as they came to the console log,
-//! follow `cocoon-init` status lines ([`super::status`]), pass on SIGINT/SIGTERM, enforce the
+//! out as escapes: [`status::terminal_safe`]) and as they came to the console log,
+//! follow `cocoon-init` status lines ([`protocol::guest::status`]), pass on SIGINT/SIGTERM, enforce the
 //! ready timeout, and classify how it ended ([`Ended`]).
 //!
 //! Stopping escalates, one step per signal received or per grace period elapsed:
@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::qemu::QemuCommand;
-use super::status::{self, Stage, Status, StatusError};
+use protocol::guest::status::{self, Stage, Status, StatusError};
 
 /// QEMU stderr lines kept for error messages.
 pub const TAIL_LINES: usize = 20;
