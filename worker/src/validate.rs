@@ -72,13 +72,12 @@
 //!   (`finish_reason: "length"`): up to the context left, as OpenAI does.
 
 mod chat;
-mod strict;
 
+use protocol::json::parse_strict;
 use protocol::{ApiError, Endpoint, ErrorKind, ModelAdvert, RequestMeta};
 use serde_json::{Map, Value};
 
 use crate::engine::{GenerationRequest, Input, Sampling, ToolChoice};
-pub use strict::parse_strict;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = protocol::MAX_REQUEST_BODY;

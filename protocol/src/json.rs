@@ -1,16 +1,16 @@
 //! The strict JSON parser: serde_json's [`Value`] keeps the last of two equal keys silently, so
 //! two parsers could disagree about what a request says; this one refuses duplicates at any
-//! depth and names where they are.
+//! depth and names where they are. The worker parses every request body with it, and the
+//! local client every body it translates (OpenAI's Responses API) before anything is sent.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use protocol::{ApiError, ErrorKind};
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::truncate;
+use crate::{ApiError, ErrorKind};
 
 /// Parses JSON into a [`Value`], rejecting duplicate object keys at any depth.
 pub fn parse_strict(body: &[u8]) -> Result<Value, ApiError> {
@@ -145,5 +145,46 @@ impl<'de> Visitor<'de> for StrictSeed<'_, '_> {
             out.insert(key, v);
         }
         Ok(Value::Object(out.into_iter().collect()))
+    }
+}
+
+/// The first `max` bytes of `s`, cut back to a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_refused_at_any_depth_and_named() {
+        let e = parse_strict(br#"{"a": 1, "a": 2}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        assert_eq!(e.message, "duplicate key `a` in the request body");
+        assert_eq!(e.param.as_deref(), Some("a"));
+        let e = parse_strict(br#"{"input": [{"x": 1}, {"role": "user", "role": "system"}]}"#)
+            .unwrap_err();
+        assert_eq!(e.message, "duplicate key `role` in input[1]");
+        let long = format!(r#"{{"{k}": 1, "{k}": 2}}"#, k = "é".repeat(40));
+        let e = parse_strict(long.as_bytes()).unwrap_err();
+        // The key is shown cut to 64 bytes, on a character boundary.
+        assert_eq!(e.message.matches('é').count(), 32, "{}", e.message);
+    }
+
+    #[test]
+    fn values_parse_as_serde_json_does() {
+        let body = br#"{"a": [1, -2, 2.5, "s", null, true, {"b": {}}], "c": {"d": []}}"#;
+        let v = parse_strict(body).unwrap();
+        assert_eq!(v, serde_json::from_slice::<Value>(body).unwrap());
+        assert!(parse_strict(b"{} x").is_err());
+        assert!(parse_strict(b"[").is_err());
     }
 }
