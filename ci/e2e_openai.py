@@ -27,26 +27,10 @@ import urllib.parse
 import urllib.request
 
 import openai
+from checks import Checks
 from openai import OpenAI
 
-RESULTS = []  # (name, ok, detail)
-
-
-def check(name):
-    """Decorator that runs the check at once, records and prints its result."""
-
-    def run(fn):
-        t = time.monotonic()
-        try:
-            detail = fn() or ""
-            RESULTS.append((name, True, detail))
-            print(f"ok    {name} ({time.monotonic() - t:.1f} s) {detail}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every failure and go on
-            RESULTS.append((name, False, repr(e)))
-            print(f"FAIL  {name}: {e!r}", flush=True)
-        return fn
-
-    return run
+check = Checks("e2e_openai")
 
 
 class Seen:
@@ -291,9 +275,7 @@ def main():
             assert pid is not None, role
             os.kill(pid, 0)  # raises if gone
 
-    failed = [r for r in RESULTS if not r[1]]
-    print(f"e2e_openai: {len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
-    return 1 if failed else 0
+    return check.summary()
 
 
 if __name__ == "__main__":

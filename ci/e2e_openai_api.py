@@ -37,30 +37,10 @@ import urllib.parse
 import urllib.request
 
 import openai
+from checks import Checks
 from openai import OpenAI
 
-RESULTS = []
-
-
-ENGINE_SURFACE = "--engine-surface" in sys.argv[2:]
-
-
-def check(name, engine=False):
-    def run(fn):
-        if engine and not ENGINE_SURFACE:
-            print(f"skip  {name} (needs --engine-surface)", flush=True)
-            return fn
-        t = time.monotonic()
-        try:
-            detail = fn() or ""
-            RESULTS.append((name, True))
-            print(f"ok    {name} ({time.monotonic() - t:.1f} s) {detail}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every failure and go on
-            RESULTS.append((name, False))
-            print(f"FAIL  {name}: {e!r}", flush=True)
-        return fn
-
-    return run
+check = Checks("e2e_openai_api", engine_surface="--engine-surface" in sys.argv[2:])
 
 
 WEATHER = {
@@ -388,9 +368,7 @@ def main():
         total = max(r[1] for r in results)
         return f"ttft p50 {ttft[15]:.2f} s, p99 {ttft[-1]:.2f} s, all done in {total:.1f} s"
 
-    failed = [r for r in RESULTS if not r[1]]
-    print(f"e2e_openai_api: {len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
-    return 1 if failed else 0
+    return check.summary()
 
 
 if __name__ == "__main__":

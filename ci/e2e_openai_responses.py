@@ -26,33 +26,14 @@ need tools, JSON schemas and logprobs honoured by the engine run too. The checks
 
 import json
 import sys
-import time
 from typing import Literal
 
 import openai
 import pydantic
+from checks import Checks
 from openai import OpenAI
 
-RESULTS = []
-ENGINE_SURFACE = "--engine-surface" in sys.argv[2:]
-
-
-def check(name, engine=False):
-    def run(fn):
-        if engine and not ENGINE_SURFACE:
-            print(f"skip  {name} (needs --engine-surface)", flush=True)
-            return fn
-        t = time.monotonic()
-        try:
-            detail = fn() or ""
-            RESULTS.append((name, True))
-            print(f"ok    {name} ({time.monotonic() - t:.1f} s) {detail}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every failure and go on
-            RESULTS.append((name, False))
-            print(f"FAIL  {name}: {e!r}", flush=True)
-        return fn
-
-    return run
+check = Checks("e2e_openai_responses", engine_surface="--engine-surface" in sys.argv[2:])
 
 
 WEATHER = {
@@ -337,12 +318,7 @@ def main():
             pass
         return "previous_response_id, web_search_preview, input_image refused; retrieve 404"
 
-    failed = [r for r in RESULTS if not r[1]]
-    print(
-        f"e2e_openai_responses: {len(RESULTS) - len(failed)} passed, {len(failed)} failed",
-        flush=True,
-    )
-    return 1 if failed else 0
+    return check.summary()
 
 
 if __name__ == "__main__":

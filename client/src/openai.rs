@@ -278,6 +278,11 @@ pub trait StreamOut {
     fn usage(&self) -> Option<Usage>;
     /// The error that ended the stream, if any.
     fn error(&self) -> Option<&ApiError>;
+    /// An error of this request as the app's API names it (answered before the stream
+    /// starts).
+    fn api_error(&self, err: ApiError) -> ApiError {
+        err
+    }
 }
 
 /// Relays a proxy stream to an app that asked for `stream: true` (see the module docs).

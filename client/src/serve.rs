@@ -492,6 +492,10 @@ async fn infer(req: Request<Incoming>, state: &State, api: Api) -> Response<Body
     let events = match started {
         Ok(s) => s,
         Err(e) => {
+            let e = match &echo {
+                Some(echo) => echo.rename(e),
+                None => e,
+            };
             log.done(None, Some(&e));
             return error_response(&e);
         }
@@ -651,6 +655,7 @@ async fn stream_response<S: StreamOut + Send + 'static>(
             }
         };
         if let Some(e) = event_error(&ev) {
+            let e = relay.api_error(e);
             log.done(None, Some(&e));
             return error_response(&e);
         }

@@ -349,14 +349,10 @@ async fn shutdown_ends_requests_with_an_error_not_a_cut() {
         "/v1/chat/completions",
         br#"{"model":"endless","messages":[{"role":"user","content":"hi"}]}"#,
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while proxy.requests.lock().unwrap().len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "requests at the proxy"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until("requests at the proxy", || {
+        proxy.requests.lock().unwrap().len() >= 2
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
     stop.send(()).unwrap();
@@ -435,11 +431,7 @@ async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy()
         })
         .expect("x-request-id");
     drop(tcp);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while cancels(&proxy).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no cancel sent");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until("a cancel sent", || !cancels(&proxy).is_empty()).await;
     let sent = cancels(&proxy);
     assert_eq!(sent.len(), 1, "only the request the app left");
     assert_eq!(sent[0].method, "POST");

@@ -208,11 +208,10 @@ async fn shutdown_ends_a_streamed_response_with_response_failed() {
         "/v1/responses",
         br#"{"model":"endless","input":"hi","stream":true}"#,
     ));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while proxy.requests.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "request at the proxy");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until("the request at the proxy", || {
+        !proxy.requests.lock().unwrap().is_empty()
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     stop.send(()).unwrap();
     let (status, _, body) = streamed.await.unwrap();

@@ -148,8 +148,9 @@ impl<'de> Visitor<'de> for StrictSeed<'_, '_> {
     }
 }
 
-/// The first `max` bytes of `s`, cut back to a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+/// The first `max` bytes of `s`, cut back to a character boundary (names and values quoted in
+/// error messages).
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -73,7 +73,7 @@
 
 mod chat;
 
-use protocol::json::parse_strict;
+use protocol::json::{parse_strict, truncate};
 use protocol::{ApiError, Endpoint, ErrorKind, ModelAdvert, RequestMeta};
 use serde_json::{Map, Value};
 
@@ -364,17 +364,6 @@ pub fn validate(
         stream,
         include_usage,
     })
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Checks the shape of an accepted-and-ignored field (see the module docs).

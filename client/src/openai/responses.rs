@@ -55,7 +55,7 @@
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use protocol::json::parse_strict;
+use protocol::json::{parse_strict, truncate};
 use protocol::meta::MAX_TOKENS_LIMIT;
 use protocol::sse::{Event, EVENT_USAGE};
 use protocol::{ApiError, ErrorKind, Usage};
@@ -115,11 +115,89 @@ pub struct Translated {
     pub echo: Echo,
 }
 
-/// The request parameters a response object repeats, as OpenAI's does.
+/// The request parameters a response object repeats, as OpenAI's does, and where each chat
+/// message came from (to name Responses fields in the worker's errors).
 #[derive(Clone, Debug)]
 pub struct Echo {
     model: String,
     fields: Map<String, Value>,
+    origins: Vec<Origin>,
+}
+
+/// Where a chat message of the translation came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Instructions,
+    /// `input` as a string.
+    Input,
+    /// A message item, `input[i]`.
+    Message(usize),
+    /// A `function_call` item that began an assistant message.
+    Call(usize),
+    /// A `function_call_output` item.
+    Output(usize),
+}
+
+impl Echo {
+    /// `e` with its `param` (and the message's leading copy of it) named as the Responses
+    /// request names it: the worker checks the chat translation and names chat fields
+    /// (`messages[3].content`, `response_format.json_schema.schema`, …). A message the
+    /// worker names is named by the item it came from.
+    pub fn rename(&self, mut e: ApiError) -> ApiError {
+        let Some(param) = e.param.take() else {
+            return e;
+        };
+        let renamed = self.responses_param(&param);
+        if let Some(rest) = e.message.strip_prefix(param.as_str()) {
+            e.message = format!("{renamed}{rest}");
+        }
+        e.param = Some(renamed);
+        e
+    }
+
+    fn responses_param(&self, p: &str) -> String {
+        if let Some(rest) = p.strip_prefix("messages[") {
+            let Some((k, tail)) = rest.split_once(']') else {
+                return p.to_string();
+            };
+            let Some(origin) = k.parse::<usize>().ok().and_then(|k| self.origins.get(k)) else {
+                return p.to_string();
+            };
+            return match *origin {
+                Origin::Instructions => "instructions".into(),
+                Origin::Input => "input".into(),
+                Origin::Message(i) if tail.is_empty() || tail.starts_with(".content") => {
+                    format!("input[{i}]{tail}")
+                }
+                Origin::Message(i) | Origin::Call(i) => format!("input[{i}]"),
+                Origin::Output(i) => match tail.strip_prefix(".content") {
+                    Some(rest) => format!("input[{i}].output{rest}"),
+                    None if tail == ".tool_call_id" => format!("input[{i}].call_id"),
+                    None => format!("input[{i}]"),
+                },
+            };
+        }
+        for (chat, responses) in [
+            ("response_format.json_schema", "text.format"),
+            ("response_format", "text.format"),
+            ("tool_choice.function", "tool_choice"),
+            ("max_completion_tokens", "max_output_tokens"),
+            ("reasoning_effort", "reasoning.effort"),
+            ("messages", "input"),
+        ] {
+            if let Some(rest) = p.strip_prefix(chat) {
+                if rest.is_empty() || rest.starts_with('.') {
+                    return format!("{responses}{rest}");
+                }
+            }
+        }
+        if let Some(rest) = p.strip_prefix("tools[") {
+            if let Some((i, tail)) = rest.split_once("].function") {
+                return format!("tools[{i}]{tail}");
+            }
+        }
+        p.to_string()
+    }
 }
 
 fn invalid(param: &str, msg: impl Into<String>) -> ApiError {
@@ -128,11 +206,6 @@ fn invalid(param: &str, msg: impl Into<String>) -> ApiError {
 
 fn upstream(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Upstream, msg)
-}
-
-/// At most `n` characters of `s` (for names quoted in errors).
-fn shown(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }
 
 /// The value of `k`, unless it is absent or `null`.
@@ -165,7 +238,7 @@ fn only_keys(o: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), A
     match o.keys().find(|k| !allowed.contains(&k.as_str())) {
         None => Ok(()),
         Some(k) => {
-            let param = format!("{at}{}", shown(k, 64));
+            let param = format!("{at}{}", truncate(k, 64));
             Err(invalid(&param, format!("unknown field `{param}`")))
         }
     }
@@ -185,8 +258,8 @@ pub fn translate(body: &[u8]) -> Result<Translated, ApiError> {
         .keys()
         .find(|k| !known.iter().any(|l| l.contains(&k.as_str())))
     {
-        let k = shown(k, 64);
-        return Err(invalid(&k, format!("unknown field `{k}`")));
+        let k = truncate(k, 64);
+        return Err(invalid(k, format!("unknown field `{k}`")));
     }
     for k in REFUSED {
         if given(&req, k).is_some() {
@@ -210,7 +283,8 @@ pub fn translate(body: &[u8]) -> Result<Translated, ApiError> {
     };
     let mut chat = Map::new();
     chat.insert("model".into(), json!(model));
-    chat.insert("messages".into(), Value::Array(messages(&req)?));
+    let (messages, origins) = messages(&req)?;
+    chat.insert("messages".into(), Value::Array(messages));
     if let Some(v) = given(&req, "max_output_tokens") {
         let n = v
             .as_u64()
@@ -268,6 +342,7 @@ pub fn translate(body: &[u8]) -> Result<Translated, ApiError> {
     let echo = Echo {
         model,
         fields: echo_fields(&req),
+        origins,
     };
     Ok(Translated {
         chat: Value::Object(chat).to_string().into_bytes(),
@@ -316,17 +391,28 @@ fn check_ignored(req: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The chat messages for `instructions` and `input`.
-fn messages(req: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+/// The chat messages for `instructions` and `input`, and where each came from.
+fn messages(req: &Map<String, Value>) -> Result<(Vec<Value>, Vec<Origin>), ApiError> {
     let mut out = Vec::new();
+    let mut origins = Vec::new();
     if let Some(i) = given(req, "instructions") {
         out.push(json!({"role": "system", "content": string(i, "instructions")?}));
+        origins.push(Origin::Instructions);
     }
     match required(req, "input", "")? {
-        Value::String(s) => out.push(json!({"role": "user", "content": s})),
+        Value::String(s) => {
+            out.push(json!({"role": "user", "content": s}));
+            origins.push(Origin::Input);
+        }
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 input_item(&mut out, item, &format!("input[{i}]"))?;
+                let origin = match item.get("type").and_then(Value::as_str) {
+                    Some("function_call") => Origin::Call(i),
+                    Some("function_call_output") => Origin::Output(i),
+                    _ => Origin::Message(i),
+                };
+                origins.resize(out.len(), origin);
             }
         }
         _ => {
@@ -339,7 +425,7 @@ fn messages(req: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
     if out.iter().all(|m| m["role"] == "system") {
         return Err(invalid("input", "input: no message to answer"));
     }
-    Ok(out)
+    Ok((out, origins))
 }
 
 /// Appends the chat message(s) of one input item (`p` is its path, `input[i]`).
@@ -359,7 +445,7 @@ fn input_item(out: &mut Vec<Value>, v: &Value, p: &str) -> Result<(), ApiError> 
                     &format!("{at}role"),
                     format!(
                         "{at}role: {:?} is not one of user, system, developer, assistant",
-                        shown(role, 32)
+                        truncate(role, 32)
                     ),
                 ));
             }
@@ -457,7 +543,7 @@ fn input_item(out: &mut Vec<Value>, v: &Value, p: &str) -> Result<(), ApiError> 
                 format!(
                     "{at}type: {:?} items are not supported (message, function_call, \
                      function_call_output and reasoning are)",
-                    shown(other, 64)
+                    truncate(other, 64)
                 ),
             ))
         }
@@ -503,7 +589,7 @@ fn content_parts(
                     &format!("{at}type"),
                     format!(
                         "{at}type: {:?} parts are not supported here",
-                        shown(other, 64)
+                        truncate(other, 64)
                     ),
                 ))
             }
@@ -526,7 +612,7 @@ fn tools(v: &Value) -> Result<Value, ApiError> {
                 format!(
                     "{at}type: {:?} tools are not supported: only function tools (hosted tools \
                      such as web_search run at OpenAI)",
-                    shown(kind, 64)
+                    truncate(kind, 64)
                 ),
             ));
         }
@@ -558,7 +644,7 @@ fn tool_choice(v: &Value) -> Result<Value, ApiError> {
                     "tool_choice.type",
                     format!(
                         "tool_choice.type: {:?} is not supported (function is)",
-                        shown(kind, 64)
+                        truncate(kind, 64)
                     ),
                 ));
             }
@@ -614,7 +700,7 @@ fn text_format(v: &Value) -> Result<Option<Value>, ApiError> {
             "text.format.type",
             format!(
                 "text.format.type: {:?} is not one of text, json_object, json_schema",
-                shown(other, 64)
+                truncate(other, 64)
             ),
         )),
     }
@@ -1286,6 +1372,7 @@ impl StreamOut for ResponseStream {
         if self.finished {
             return Vec::new();
         }
+        let err = self.echo.rename(err);
         let mut out = Vec::new();
         self.start(&mut out);
         let mut output = self.output.clone();
@@ -1306,6 +1393,10 @@ impl StreamOut for ResponseStream {
 
     fn on_end(&mut self) -> Vec<u8> {
         self.on_error(upstream("proxy stream ended before [DONE]"))
+    }
+
+    fn api_error(&self, err: ApiError) -> ApiError {
+        self.echo.rename(err)
     }
 
     fn is_finished(&self) -> bool {

@@ -405,6 +405,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Polls `cond` every 10 ms until it holds; panics naming `what` after 10 s.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The cancels (`POST /cocoon/v1/cancel`) the fake proxy received so far.
 pub fn cancels(proxy: &FakeProxy) -> Vec<Recorded> {
     proxy

@@ -688,3 +688,67 @@ fn the_compatibility_page_lists_every_field() {
         assert_eq!(verdict(f), "refused", "`{f}`");
     }
 }
+
+/// What the worker refuses in the translation is named as the app's request names it.
+#[test]
+fn worker_errors_name_the_responses_fields() {
+    let t = translate(
+        json!({"model": "m", "instructions": "I", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "a"}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "x"},
+            {"type": "reasoning", "summary": []},
+            {"role": "assistant", "content": "ok"},
+            {"type": "function_call", "call_id": "d", "name": "g", "arguments": "{}"},
+        ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let renamed = |param: &str| {
+        let e = ApiError::new(ErrorKind::InvalidRequest, format!("{param}: bad")).with_param(param);
+        let e = t.echo.rename(e);
+        let p = e.param.unwrap();
+        assert_eq!(e.message, format!("{p}: bad"));
+        p
+    };
+    for (chat, responses) in [
+        ("messages[0].content", "instructions"),
+        ("messages[1].content[0].text", "input[0].content[0].text"),
+        ("messages[1]", "input[0]"),
+        ("messages[2].tool_calls[0].function.arguments", "input[1]"),
+        ("messages[3].content", "input[2].output"),
+        ("messages[3].tool_call_id", "input[2].call_id"),
+        ("messages[4].content", "input[4].content"),
+        // The call joined to that message: named by the message's item.
+        ("messages[4].tool_calls[1].id", "input[4]"),
+        ("messages[9]", "messages[9]"),
+        ("messages", "input"),
+        ("response_format.json_schema.schema", "text.format.schema"),
+        ("response_format", "text.format"),
+        ("tools[2].function.parameters", "tools[2].parameters"),
+        ("tool_choice.function.name", "tool_choice.name"),
+        ("max_completion_tokens", "max_output_tokens"),
+        ("reasoning_effort", "reasoning.effort"),
+        ("temperature", "temperature"),
+        ("messages_x", "messages_x"),
+    ] {
+        assert_eq!(renamed(chat), responses, "{chat}");
+    }
+    let t = translate(br#"{"model":"m","input":"x"}"#).unwrap();
+    let e = ApiError::new(ErrorKind::ContextLengthExceeded, "too long").with_param("messages");
+    assert_eq!(t.echo.rename(e).param.as_deref(), Some("input"));
+    let e = t.echo.rename(ApiError::new(ErrorKind::Timeout, "slow"));
+    assert_eq!((e.param, e.message.as_str()), (None, "slow"));
+
+    // Through the stream: an error event with a chat param fails the response with the
+    // Responses name.
+    let mut s = ResponseStream::new(t.echo.clone(), "r", false);
+    s.on_event(&Event::error(
+        &ApiError::new(ErrorKind::InvalidRequest, "messages[0].content: empty")
+            .with_param("messages[0].content"),
+    ));
+    let e = s.error().unwrap();
+    assert_eq!(e.param.as_deref(), Some("input"));
+    assert_eq!(e.message, "input: empty");
+}
