@@ -448,6 +448,20 @@ async fn infer(req: Request<Incoming>, state: &State, api: Api) -> Response<Body
     };
     let (body, echo) = if api == Api::Responses {
         match responses::translate(&body) {
+            // The translation is what the proxy and the worker read, under the same limit; it
+            // can be a few bytes longer than the app's body (a string `input` becomes a
+            // message), so refuse it here rather than let a hop refuse it in chat terms.
+            Ok(t) if t.chat.len() > max => {
+                tracing::info!(api = api.name(), limit = max, "request body too large");
+                return error_response(&ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "request body larger than {max} bytes once translated to chat \
+                         messages ({} bytes)",
+                        t.chat.len()
+                    ),
+                ));
+            }
             Ok(t) => (Bytes::from(t.chat), Some(t.echo)),
             Err(e) => {
                 tracing::info!(api = api.name(), error = %e, "request refused");

@@ -191,6 +191,44 @@ async fn nothing_is_stored_so_nothing_is_retrieved() {
     assert!(proxy.requests.lock().unwrap().is_empty());
 }
 
+/// The chat translation is what the proxy reads, under the same body limit: a Responses body
+/// just under the limit whose translation is over it is refused here with 413, in the app's
+/// terms, and nothing reaches the proxy.
+#[tokio::test]
+async fn a_body_whose_translation_is_over_the_limit_gets_413_locally() {
+    let proxy = spawn_proxy().await;
+    let max = 256;
+    let opts = client::serve::ServeOptions {
+        max_body: max,
+        ..client::serve::ServeOptions::default()
+    };
+    let local = spawn_local_with(client_config(&proxy, proxy.image), opts).await;
+    let sized = |len: usize| {
+        let empty = json!({"model": "ok", "input": ""}).to_string().len();
+        json!({"model": "ok", "input": "x".repeat(len - empty)}).to_string()
+    };
+    // At the limit: the body is read, its translation is longer, refused.
+    let body = sized(max);
+    assert_eq!(body.len(), max);
+    let (status, _, resp) = request(local, "POST", "/v1/responses", body.as_bytes()).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&resp));
+    let e = json(&resp);
+    assert_eq!(e["error"]["code"], "payload_too_large", "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("once translated to chat messages"));
+    // Over the limit: refused as read.
+    let (status, _, _) = request(local, "POST", "/v1/responses", sized(max + 1).as_bytes()).await;
+    assert_eq!(status, 413);
+    assert!(proxy.requests.lock().unwrap().is_empty());
+    // Well under: its translation fits and goes.
+    let (status, _, resp) =
+        request(local, "POST", "/v1/responses", sized(max - 64).as_bytes()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(proxy.requests.lock().unwrap().len(), 1);
+}
+
 /// Shutdown mid-stream: `response.failed` with `service_unavailable`, not a silent cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_a_streamed_response_with_response_failed() {

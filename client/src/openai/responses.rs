@@ -109,8 +109,6 @@ pub const REFUSED: &[&str] = &[
 pub struct Translated {
     /// The chat completions request body.
     pub chat: Vec<u8>,
-    /// Whether the app asked for an event stream.
-    pub stream: bool,
     /// What the response object repeats of the request.
     pub echo: Echo,
 }
@@ -346,7 +344,6 @@ pub fn translate(body: &[u8]) -> Result<Translated, ApiError> {
     };
     Ok(Translated {
         chat: Value::Object(chat).to_string().into_bytes(),
-        stream,
         echo,
     })
 }
