@@ -5,9 +5,35 @@ is printed (`ok`, with the time it took and what it returned, or `FAIL` with the
 and kept, and a failure does not stop the checks after it. `engine=True` marks a check that
 needs a real engine; it is skipped, and listed as skipped, unless the runner was made with
 `engine_surface=True`. `summary()` prints the count and gives the script's exit code.
+
+Also the function tool and JSON schema the scripts send (ci/e2e_tools.json, shared with the
+JavaScript SDK's checks in ci/e2e-js) and their validators.
 """
 
+import json
+import pathlib
 import time
+
+_TOOLS = json.loads((pathlib.Path(__file__).parent / "e2e_tools.json").read_text())
+
+# The weather tool in the chat completions form and in the Responses form.
+WEATHER_CHAT = {"type": "function", "function": _TOOLS["weather"]}
+WEATHER_RESPONSES = {"type": "function", **_TOOLS["weather"], "strict": True}
+TRIP_SCHEMA = _TOOLS["trip_schema"]
+
+
+def valid_weather_args(args):
+    assert set(args) == {"city", "unit"}, args
+    assert args["city"] in ("Paris", "Rome", "Oslo"), args
+    assert args["unit"] in ("celsius", "fahrenheit"), args
+
+
+def valid_trip(obj):
+    assert isinstance(obj, dict), obj
+    assert set(obj) == {"city", "days", "by_train"}, obj
+    assert obj["city"] in ("Paris", "Rome", "Oslo"), obj
+    assert isinstance(obj["days"], int) and 1 <= obj["days"] <= 9, obj
+    assert isinstance(obj["by_train"], bool), obj
 
 
 class Checks:

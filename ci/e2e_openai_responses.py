@@ -30,27 +30,11 @@ from typing import Literal
 
 import openai
 import pydantic
-from checks import Checks
+from checks import Checks, valid_weather_args
+from checks import WEATHER_RESPONSES as WEATHER
 from openai import OpenAI
 
 check = Checks("e2e_openai_responses", engine_surface="--engine-surface" in sys.argv[2:])
-
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The current weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
 
 
 class Trip(pydantic.BaseModel):
@@ -58,12 +42,6 @@ class Trip(pydantic.BaseModel):
     city: Literal["Paris", "Rome", "Oslo"]
     days: int = pydantic.Field(ge=1, le=9)
     by_train: bool
-
-
-def valid_weather_args(args):
-    assert set(args) == {"city", "unit"}, args
-    assert args["city"] in ("Paris", "Rome", "Oslo"), args
-    assert args["unit"] in ("celsius", "fahrenheit"), args
 
 
 def refused(fn, param):

@@ -616,6 +616,14 @@ pub struct EventStream {
     give_up: Option<GiveUp>,
 }
 
+/// What an [`EventStream`] hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    Event(Event),
+    /// The proxy sent only keepalive comments: the request is alive, nothing to show yet.
+    KeepAlive,
+}
+
 /// How long the rest of a stream given up on is read after the proxy was asked to stop it
 /// ([`EventStream`]): the worker stops at once; its usage and receipt follow.
 pub const GIVE_UP_DRAIN: Duration = Duration::from_secs(10);
@@ -753,13 +761,27 @@ impl EventStream {
     }
 
     /// The next event; `None` when the proxy ended the body. After an error the stream ends.
+    /// Keepalives are skipped ([`EventStream::next_item`] hands them out).
     pub async fn next_event(&mut self) -> Option<Result<Event, ApiError>> {
+        loop {
+            match self.next_item().await? {
+                Ok(StreamItem::Event(ev)) => return Some(Ok(ev)),
+                Ok(StreamItem::KeepAlive) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next event, or [`StreamItem::KeepAlive`] for a read from the proxy that carried
+    /// only SSE comments (the worker's keepalives while it processes the prompt, passed on
+    /// by the proxy): a sign of life a relay passes on to its own reader.
+    pub async fn next_item(&mut self) -> Option<Result<StreamItem, ApiError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 if ev.is_done() || ev.name.as_deref() == Some(protocol::sse::EVENT_ERROR) {
                     self.over = true;
                 }
-                return Some(Ok(ev));
+                return Some(Ok(StreamItem::Event(ev)));
             }
             if self.finished {
                 return None;
@@ -810,6 +832,10 @@ impl EventStream {
                         format!("proxy stream: {e}"),
                     ))))
                 }
+            }
+            // Comments alongside events say nothing more than the events do.
+            if self.decoder.take_comments() > 0 && self.pending.is_empty() {
+                return Some(Ok(StreamItem::KeepAlive));
             }
         }
     }

@@ -53,7 +53,7 @@ pub mod openai;
 pub mod receipts;
 pub mod serve;
 
-pub use client::{Client, EventStream, ProxyInfo};
+pub use client::{Client, EventStream, ProxyInfo, StreamItem};
 pub use config::{ClientConfig, ConfigError};
 pub use openai::RequestFields;
 pub use protocol::{ApiError, ErrorKind};

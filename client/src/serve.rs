@@ -28,7 +28,12 @@
 //! unchanged (a Responses request: its chat translation is). Failures are OpenAI error objects with the status of their kind (400, 404, 413,
 //! 429, 502, 504, …; 401, 403 and 415 for the refusals above). An error the proxy reports
 //! before the first chunk gets its own status even for streaming requests; after the first
-//! chunk it becomes an OpenAI error event.
+//! chunk it becomes an OpenAI error event. While the worker processes a long prompt it sends
+//! SSE keepalive comments, which the proxy passes on ([`StreamItem::KeepAlive`]): a streamed
+//! response starts with the first of them, `: keepalive` comments keep it alive until the
+//! first chunk (SSE readers, the OpenAI SDKs' included, ignore them), and an error after the
+//! first comment is an error event too. A non-streamed response cannot say anything before
+//! its object.
 //!
 //! Logs name request ids, models, statuses and token counts, never prompt or completion text,
 //! and never the api key. Refusals are logged at debug level only (any web page can cause them).
@@ -60,7 +65,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::client::{Client, EventStream};
+use crate::client::{Client, EventStream, StreamItem};
 use crate::openai::responses::{self, ResponseStream};
 use crate::openai::{event_error, Aggregator, Relay, RequestFields, StreamOut};
 
@@ -587,6 +592,18 @@ async fn next_or_end(
     }
 }
 
+/// The next event or keepalive of `events`, or the shutdown error once `end` fires.
+async fn next_item_or_end(
+    events: &mut EventStream,
+    end: &mut watch::Receiver<bool>,
+) -> Option<Result<StreamItem, ApiError>> {
+    tokio::select! {
+        biased;
+        true = ended(end) => Some(Err(shutting_down())),
+        item = events.next_item() => item,
+    }
+}
+
 async fn aggregate_response(
     mut events: EventStream,
     log: LogCtx,
@@ -656,8 +673,13 @@ async fn stream_response<S: StreamOut + Send + 'static>(
     mut end: watch::Receiver<bool>,
 ) -> Response<Body> {
     let prefix = loop {
-        let ev = match next_or_end(&mut events, &mut end).await {
-            Some(Ok(ev)) => ev,
+        let ev = match next_item_or_end(&mut events, &mut end).await {
+            Some(Ok(StreamItem::Event(ev))) => ev,
+            // The worker is processing the prompt (it sends a keepalive after
+            // `stream_keepalive_secs` of silence): start the response with the comment, so
+            // that the app and anything between it and us see a live stream. An error after
+            // this is an error event in the stream, as from the proxy and the worker.
+            Some(Ok(StreamItem::KeepAlive)) => break protocol::sse::KEEPALIVE.to_vec(),
             Some(Err(e)) => {
                 log.done(None, Some(&e));
                 return error_response(&e);
@@ -721,8 +743,9 @@ impl<S: StreamOut> Pump<S> {
                 self.finish();
                 return None;
             }
-            let out = match next_or_end(&mut self.events, &mut self.end).await {
-                Some(Ok(ev)) => self.relay.on_event(&ev),
+            let out = match next_item_or_end(&mut self.events, &mut self.end).await {
+                Some(Ok(StreamItem::Event(ev))) => self.relay.on_event(&ev),
+                Some(Ok(StreamItem::KeepAlive)) => protocol::sse::KEEPALIVE.to_vec(),
                 Some(Err(e)) => self.relay.on_error(e),
                 None => self.relay.on_end(),
             };

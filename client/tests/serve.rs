@@ -442,3 +442,91 @@ async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy()
         id
     );
 }
+
+/// A long prompt: the worker's keepalive comments, passed on by the proxy, start a streamed
+/// response and reach the app before the first chunk (nothing else can show a live request
+/// to the app, or to a reverse proxy between it and us, during a prefill of minutes); an
+/// error after them is an error event; a non-streamed request waits for its object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_reach_the_app_while_the_prompt_is_processed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+
+    // The head and the first comment come when the proxy's first comment does (~100 ms),
+    // well before the answer (~300 ms).
+    let body =
+        br#"{"model":"slowprefill","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {local}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let t = std::time::Instant::now();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    let mut got = Vec::new();
+    let mut first_comment = None;
+    loop {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if first_comment.is_none() && text.contains(": keepalive") {
+            assert!(!text.contains("Hello"), "a comment before the answer");
+            first_comment = Some(t.elapsed());
+        }
+    }
+    let done = t.elapsed();
+    let first_comment = first_comment.expect("a keepalive comment");
+    assert!(
+        done - first_comment >= std::time::Duration::from_millis(150),
+        "comment at {first_comment:?}, end at {done:?}"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches(": keepalive").count(), 2, "{text}");
+    assert!(
+        text.contains("Hello") && text.contains("data: [DONE]"),
+        "{text}"
+    );
+
+    // An error after the first comment: an OpenAI error event, status 200.
+    let (status, _, resp) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"prefillfail","messages":[],"stream":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let data = sse_data(&resp);
+    let last: serde_json::Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{last}");
+    assert!(String::from_utf8_lossy(&resp).starts_with(": keepalive"));
+
+    // Not streamed: no comment can go into a JSON body; the object, or the error's status.
+    let (status, _, resp) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"slowprefill","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(json(&resp)["choices"][0]["message"]["content"], "Hello");
+    let (status, _, _) = request(
+        local,
+        "POST",
+        "/v1/chat/completions",
+        br#"{"model":"prefillfail","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 502);
+}

@@ -229,6 +229,35 @@ async fn a_body_whose_translation_is_over_the_limit_gets_413_locally() {
     assert_eq!(proxy.requests.lock().unwrap().len(), 1);
 }
 
+/// A long prompt: keepalive comments start the Responses stream too (SSE readers ignore them);
+/// the events follow, or `response.failed` for an error after them.
+#[tokio::test]
+async fn keepalives_start_a_responses_stream() {
+    let proxy = spawn_proxy().await;
+    let local = spawn_local(client_config(&proxy, proxy.image)).await;
+    let post = |model: &str| {
+        let body = json!({"model": model, "input": "hi", "stream": true}).to_string();
+        async move { request(local, "POST", "/v1/responses", body.as_bytes()).await }
+    };
+    let (status, _, resp) = post("slowprefill").await;
+    assert_eq!(status, 200);
+    assert!(resp.starts_with(b": keepalive\n\n: keepalive\n\n"));
+    let ev = events(&resp);
+    assert_eq!(ev[0]["type"], "response.created");
+    assert_eq!(ev.last().unwrap()["type"], "response.completed");
+    assert_eq!(
+        ev.last().unwrap()["response"]["output"][0]["content"][0]["text"],
+        "Hello"
+    );
+    let (status, _, resp) = post("prefillfail").await;
+    assert_eq!(status, 200);
+    let ev = events(&resp);
+    assert_eq!(kinds(&ev)[0], "response.created");
+    let last = ev.last().unwrap();
+    assert_eq!(last["type"], "response.failed");
+    assert_eq!(last["response"]["error"]["code"], "upstream_error");
+}
+
 /// Shutdown mid-stream: `response.failed` with `service_unavailable`, not a silent cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_a_streamed_response_with_response_failed() {

@@ -119,6 +119,8 @@ pub struct RequestStats {
     /// Streams stopped at the worker and billed for the work done: their client left, stopped
     /// reading, or was still streaming at the drain deadline.
     pub stopped: u64,
+    /// Generations stopped at a worker on their own client's cancel (billed as usual).
+    pub cancelled: u64,
     pub over_reservation: u64,
     /// Encrypted requests billed on a verified receipt.
     pub receipts_valid: u64,
@@ -235,6 +237,7 @@ pub fn json_stats(state: &State) -> JsonStats {
             worker_busy: load(&s.worker_busy),
             abandoned: load(&s.abandoned),
             stopped: load(&s.stopped),
+            cancelled: load(&s.cancelled),
             over_reservation: load(&s.over_reservation),
             receipts_valid: load(&s.receipts_valid),
             receipts_invalid: load(&s.receipts_invalid),
@@ -375,6 +378,12 @@ pub fn prometheus(state: &State) -> String {
         "counter",
         "Streams the worker stopped on the proxy's cancel (client left, client stopped reading, drain deadline), billed for the work done.",
         &one(j.requests.stopped),
+    );
+    family(
+        "cocoon_proxy_cancelled_requests_total",
+        "counter",
+        "Generations a worker stopped on their own client's cancel (POST /cocoon/v1/cancel), billed for the work done.",
+        &one(j.requests.cancelled),
     );
     family(
         "cocoon_proxy_worker_busy_total",

@@ -50,6 +50,9 @@ pub struct Stats {
     /// work done: their client left, stopped reading (`client_stall_secs`) or was still
     /// streaming at the drain deadline.
     pub stopped: AtomicU64,
+    /// Generations a worker stopped on their own client's cancel (`POST /cocoon/v1/cancel` on
+    /// the client port); their streams end with the usage of the work done, billed as usual.
+    pub cancelled: AtomicU64,
     /// Usage reports whose cost exceeded the reservation (charged at the reservation).
     pub over_reservation: AtomicU64,
     /// Receipts of encrypted requests that verified and were billed.
@@ -80,6 +83,7 @@ impl Default for Stats {
             worker_busy: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
             stopped: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             over_reservation: AtomicU64::new(0),
             receipts_valid: AtomicU64::new(0),
             receipts_invalid: AtomicU64::new(0),

@@ -281,6 +281,9 @@ async fn a_client_cancel_ends_the_stream_with_the_usage_so_far() {
         1,
         "one cancel reached the worker"
     );
+    // Counted as the client's cancel, not as a stream the proxy stopped.
+    assert_eq!(requests(&p, "cancelled"), 1);
+    assert_eq!(requests(&p, "stopped"), 0);
     let rest = tokio::time::timeout(WAIT, body.collect())
         .await
         .expect("the stream ends at once")

@@ -144,6 +144,20 @@ fn endless(first: Event) -> Response<ProxyBody> {
         .expect("response")
 }
 
+/// A stream of `frames`, each sent `gap` after the one before (as a worker's keepalives come
+/// while it processes a prompt).
+fn paced(gap: Duration, frames: Vec<Vec<u8>>) -> Response<ProxyBody> {
+    let frames = futures::stream::iter(frames).then(move |f| async move {
+        tokio::time::sleep(gap).await;
+        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(f)))
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+        .expect("response")
+}
+
 /// The canned answer for a request.
 fn answer(path: &str, model: &str, control: &Control) -> Response<ProxyBody> {
     if path == "/v1/models" {
@@ -190,6 +204,33 @@ fn answer(path: &str, model: &str, control: &Control) -> Response<ProxyBody> {
             "worker connection lost",
         ))]),
         (_, "truncated") => sse(&[chat_chunk(json!({"content": "Hel"}), None)]),
+        // A long prompt: keepalive comments, then the answer (or an error).
+        (_, "slowprefill") | (_, "prefillfail") => {
+            let keepalive = protocol::sse::KEEPALIVE.to_vec();
+            let mut frames = vec![keepalive.clone(), keepalive];
+            if model == "slowprefill" {
+                frames.push(
+                    [
+                        chat_chunk(json!({"role": "assistant", "content": "Hello"}), None),
+                        chat_chunk(json!({}), Some("stop")),
+                        done[0].clone(),
+                        done[1].clone(),
+                    ]
+                    .iter()
+                    .flat_map(|e| e.encode())
+                    .collect(),
+                );
+            } else {
+                frames.push(
+                    Event::error(&ApiError::new(
+                        ErrorKind::Upstream,
+                        "worker connection lost",
+                    ))
+                    .encode(),
+                );
+            }
+            paced(Duration::from_millis(100), frames)
+        }
         (_, "endless") => endless(chat_chunk(json!({"content": "Hel"}), None)),
         (_, "busy") => error(&ApiError::new(ErrorKind::NoCapacity, "all workers busy")),
         (_, "unknownfield") => error(

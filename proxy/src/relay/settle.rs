@@ -503,6 +503,7 @@ pub async fn cancel(
             == Stop::Stopped
         {
             state.running.mark_stopped(account, id.as_str(), found.id);
+            state.stats.cancelled.fetch_add(1, Ordering::Relaxed);
             stopped += 1;
         }
     }
