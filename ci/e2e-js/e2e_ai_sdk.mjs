@@ -184,6 +184,6 @@ await check('an abortSignal mid-stream cancels the request at the worker', async
   const left = performance.now();
   await waitFor('the cancel at the proxy', async () => (await stats(urls)).requests.cancelled > before);
   return `aborted after ${parts} deltas; cancelled ${(performance.now() - left).toFixed(0)} ms later`;
-});
+}, { engine: true });
 
 process.exit(runner.summary());
