@@ -265,16 +265,12 @@ def main():
         rec = st.get("clients", {}).get(urls["account"]) or {}
         return st["requests"]["stopped"], rec.get("prompt_tokens", 0)
 
-    @check("an app that gives up mid-prefill frees the worker; the prompt is billed", engine=True)
-    def give_up_mid_prefill():
-        short = [{"role": "user", "content": "Say hi."}]
-        alone = ttft(short)
-
-        stopped0, prompt0 = billed()
-        # ~1,000 tokens: tens of seconds of prefill on a CPU.
+    def send_long_prompt():
+        """Sends a streamed request of ~1,000 prompt tokens (tens of seconds of prefill on a
+        CPU) on a connection of its own; returns the connection, nothing read yet."""
         long_text = " ".join(["apple banana cherry"] * 330)
         u = urllib.parse.urlsplit(base)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
         body = {
             "model": model,
             "messages": [{"role": "user", "content": long_text}],
@@ -285,6 +281,15 @@ def main():
             "POST", u.path.rstrip("/") + "/chat/completions", json.dumps(body),
             {"Content-Type": "application/json"},
         )  # fmt: skip
+        return conn
+
+    @check("an app that gives up mid-prefill frees the worker; the prompt is billed", engine=True)
+    def give_up_mid_prefill():
+        short = [{"role": "user", "content": "Say hi."}]
+        alone = ttft(short)
+
+        stopped0, prompt0 = billed()
+        conn = send_long_prompt()
         time.sleep(3)  # the prefill is under way; nothing has been answered yet
         conn.sock.shutdown(socket.SHUT_RDWR)
         conn.close()
@@ -312,20 +317,8 @@ def main():
     @check("a long prefill streams keepalive comments to the app before the first token", engine=True)
     def keepalive_during_prefill():
         cancelled0, prompt0 = cancelled(), billed()[1]
-        long_text = " ".join(["apple banana cherry"] * 330)
-        u = urllib.parse.urlsplit(base)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": long_text}],
-            "max_tokens": 8,
-            "stream": True,
-        }
         t = time.monotonic()
-        conn.request(
-            "POST", u.path.rstrip("/") + "/chat/completions", json.dumps(body),
-            {"Content-Type": "application/json"},
-        )  # fmt: skip
+        conn = send_long_prompt()
         resp = conn.getresponse()  # the head comes with the worker's first keepalive
         head_secs = time.monotonic() - t
         assert resp.status == 200, resp.status
