@@ -580,15 +580,18 @@ impl LogCtx {
     }
 }
 
-/// The next event of `events`, or the shutdown error once `end` fires.
+/// The next event of `events` (keepalives skipped: a JSON body has no way to show them), or
+/// the shutdown error once `end` fires.
 async fn next_or_end(
     events: &mut EventStream,
     end: &mut watch::Receiver<bool>,
 ) -> Option<Result<Event, ApiError>> {
-    tokio::select! {
-        biased;
-        true = ended(end) => Some(Err(shutting_down())),
-        ev = events.next_event() => ev,
+    loop {
+        match next_item_or_end(events, end).await? {
+            Ok(StreamItem::Event(ev)) => return Some(Ok(ev)),
+            Ok(StreamItem::KeepAlive) => continue,
+            Err(e) => return Some(Err(e)),
+        }
     }
 }
 
