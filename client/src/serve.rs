@@ -425,6 +425,15 @@ impl Api {
     }
 }
 
+/// 413 for a body over `max` bytes (`what` says more, or is empty).
+fn too_large(api: Api, max: usize, what: &str) -> Response<Body> {
+    tracing::info!(api = api.name(), limit = max, "request body too large");
+    error_response(&ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("request body larger than {max} bytes{what}"),
+    ))
+}
+
 async fn infer(req: Request<Incoming>, state: &State, api: Api) -> Response<Body> {
     let started = Instant::now();
     let endpoint = api.endpoint();
@@ -438,11 +447,7 @@ async fn infer(req: Request<Incoming>, state: &State, api: Api) -> Response<Body
             if d {
                 drain(body);
             }
-            tracing::info!(api = api.name(), limit = max, "request body too large");
-            return error_response(&ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("request body larger than {max} bytes"),
-            ));
+            return too_large(api, max, "");
         }
         Err(BodyError::Read(e)) => {
             return error_response(&ApiError::new(
@@ -457,15 +462,8 @@ async fn infer(req: Request<Incoming>, state: &State, api: Api) -> Response<Body
             // can be a few bytes longer than the app's body (a string `input` becomes a
             // message), so refuse it here rather than let a hop refuse it in chat terms.
             Ok(t) if t.chat.len() > max => {
-                tracing::info!(api = api.name(), limit = max, "request body too large");
-                return error_response(&ApiError::new(
-                    ErrorKind::PayloadTooLarge,
-                    format!(
-                        "request body larger than {max} bytes once translated to chat \
-                         messages ({} bytes)",
-                        t.chat.len()
-                    ),
-                ));
+                let what = format!(" once translated to chat messages ({} bytes)", t.chat.len());
+                return too_large(api, max, &what);
             }
             Ok(t) => (Bytes::from(t.chat), Some(t.echo)),
             Err(e) => {

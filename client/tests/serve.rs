@@ -391,7 +391,7 @@ async fn shutdown_ends_requests_with_an_error_not_a_cut() {
 /// answered in full sends no cancel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let proxy = spawn_proxy().await;
     let local = spawn_local(client_config(&proxy, proxy.image)).await;
     let (status, _, _) = request(
@@ -404,13 +404,7 @@ async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy()
     assert_eq!(status, 200);
 
     let body = br#"{"model":"endless","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {local}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body).await.unwrap();
+    let mut tcp = send_chat_raw(local, body, false).await;
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).contains("Hel") {
         let mut buf = [0u8; 4096];
@@ -449,7 +443,7 @@ async fn an_app_that_leaves_mid_stream_gets_its_request_cancelled_at_the_proxy()
 /// error after them is an error event; a non-streamed request waits for its object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalives_reach_the_app_while_the_prompt_is_processed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let proxy = spawn_proxy().await;
     let local = spawn_local(client_config(&proxy, proxy.image)).await;
 
@@ -457,14 +451,8 @@ async fn keepalives_reach_the_app_while_the_prompt_is_processed() {
     // well before the answer (~300 ms).
     let body =
         br#"{"model":"slowprefill","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-    let mut tcp = tokio::net::TcpStream::connect(local).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: {local}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
     let t = std::time::Instant::now();
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body).await.unwrap();
+    let mut tcp = send_chat_raw(local, body, true).await;
     let mut got = Vec::new();
     let mut first_comment = None;
     loop {

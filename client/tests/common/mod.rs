@@ -391,6 +391,20 @@ pub async fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String
 
 /// One request with `Connection: close` and a Content-Length body; the response body is
 /// de-chunked if needed.
+/// Sends a chat completions `body` on a raw connection of its own (keep-alive unless
+/// `close`), to read its answer byte by byte; returns the connection.
+pub async fn send_chat_raw(addr: SocketAddr, body: &[u8], close: bool) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tcp
+}
+
 pub async fn request(
     addr: SocketAddr,
     method: &str,
