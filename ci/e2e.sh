@@ -42,21 +42,9 @@ fi
 
 # The JavaScript clients, from the committed lockfile (exact versions and integrity hashes),
 # into a cache outside the repo; node from Debian if the machine has none.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "e2e: installing nodejs and npm (apt)"
-  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
-fi
 JS=ci/e2e-js
 JS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cocoon/e2e-js"
-mkdir -p "$JS_CACHE"
-if ! cmp -s "$JS/package.json" "$JS_CACHE/package.json" \
-  || ! cmp -s "$JS/package-lock.json" "$JS_CACHE/.committed-lock.json" \
-  || [ ! -f "$JS_CACHE/node_modules/openai/package.json" ]; then
-  echo "e2e: installing the JavaScript clients into $JS_CACHE (npm ci)"
-  cp "$JS/package.json" "$JS/package-lock.json" "$JS_CACHE/"
-  (cd "$JS_CACHE" && npm ci --no-audit --no-fund --loglevel=error)
-  cp "$JS/package-lock.json" "$JS_CACHE/.committed-lock.json"
-fi
+ci/npm-cached.sh "$JS" "$JS_CACHE" openai/package.json
 ln -sfn "$JS_CACHE/node_modules" "$JS/node_modules"
 
 TMP=$(mktemp -d)

@@ -13,26 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# node is on the project's machines; install Debian's if a machine lacks it.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "ton-differential: installing nodejs and npm (apt)"
-  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
-fi
+REF=tonsim/fixtures/reference
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cocoon/ton-reference"
+ci/npm-cached.sh "$REF" "$CACHE" @ton/sandbox
 for tool in node npm python3 cargo; do
   command -v "$tool" >/dev/null || { echo "ton-differential: $tool not found" >&2; exit 3; }
 done
-
-REF=tonsim/fixtures/reference
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cocoon/ton-reference"
-mkdir -p "$CACHE"
-# (Re)install when the committed manifest or lockfile changed or the install is incomplete.
-if ! cmp -s "$REF/package.json" "$CACHE/package.json" \
-  || ! cmp -s "$REF/package-lock.json" "$CACHE/.committed-lock.json" \
-  || [ ! -d "$CACHE/node_modules/@ton/sandbox" ]; then
-  cp "$REF/package.json" "$REF/package-lock.json" "$CACHE/"
-  (cd "$CACHE" && npm ci --no-audit --no-fund --loglevel=error)
-  cp "$REF/package-lock.json" "$CACHE/.committed-lock.json"
-fi
 
 # Both sides use the repo's committed contract code (the Rust side embeds the same files).
 export COCOON_TON_CONTRACTS="$PWD/ton/contracts"
