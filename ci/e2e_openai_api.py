@@ -3,9 +3,10 @@
 
 Usage: e2e_openai_api.py DIR/urls.json [--engine-surface]
 
-Without --engine-surface the checks that need the engine to honour tools, response_format,
-logprobs and seeds (the mistral.rs side of issue 11, not landed yet) are skipped and listed as
-such; ci/e2e.sh runs without it until that lands.
+Without --engine-surface the checks that need the real engine (tools, response_format,
+logprobs, seeds, the model's context, long prefills) are skipped and listed as such; ci/e2e.sh
+passes it when it runs the real model and leaves it out with COCOON_E2E_ENGINE=stub (the stub
+engine has no context length: its reservation refuses an oversized prompt with 413 first).
 
 Runs against the local network that `cocoon-host launch --local` started (ci/e2e.sh): the real
 SmolLM2-135M model, so text is never compared to fixed strings, only to itself (seeds) or to
@@ -233,7 +234,7 @@ def main():
         assert sorted(c.index for c in r.choices) == [0, 1], r.choices
         return f"{len(r.choices)} choices, usage {r.usage.prompt_tokens}+{r.usage.completion_tokens}"
 
-    @check("a prompt over the context -> 400 context_length_exceeded")
+    @check("a prompt over the context -> 400 context_length_exceeded", engine=True)
     def too_long():
         words = "hello " * 40000
         try:

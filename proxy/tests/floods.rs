@@ -18,19 +18,16 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use common::process::rss_kib;
 use common::real::{start_real_worker, BODY_STUB};
 use common::*;
 use http::StatusCode;
 use proxy::Ledger as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use test_support::h2raw::{self, RawConn};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use worker::engine::stub::StubEngine;
 use worker::service::ServiceOptions;
 
-const PING: u8 = 6;
-const SETTINGS: u8 = 4;
-const WINDOW_UPDATE: u8 = 8;
 const FRAMES: usize = 2_000_000;
 /// How long a flood may write before it counts as held back by the proxy.
 const WRITE_FOR: Duration = Duration::from_secs(3);
@@ -92,52 +89,33 @@ async fn settled(
     stats.snapshot()
 }
 
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(9 + payload.len());
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    f.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
-    f.extend_from_slice(payload);
-    f
+/// A raw HTTP/2 connection with the account key of `seed`, reading what the proxy sends if
+/// `read`.
+async fn raw(
+    p: &TestProxy,
+    seed: u8,
+    read: bool,
+) -> RawConn<impl AsyncRead + AsyncWrite + Send + 'static> {
+    let tcp = TcpStream::connect(p.running.client_addr).await.unwrap();
+    let tls = client_tls(tcp, seed, false).await.unwrap();
+    RawConn::open(tls, read).await.unwrap()
 }
 
 /// Writes `FRAMES` frames of `kind` on a fresh connection (reading the proxy's answers or
 /// not); returns whether all of them were written within [`WRITE_FOR`].
 async fn flood(p: &TestProxy, kind: u8, payload: &[u8], read: bool) -> bool {
-    let tcp = TcpStream::connect(p.running.client_addr).await.unwrap();
-    let tls = client_tls(tcp, 3, false).await.unwrap();
-    let (mut r, mut w) = tokio::io::split(tls);
-    let reader = tokio::spawn(async move {
-        if !read {
-            return std::future::pending().await;
-        }
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = r.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    });
-    let mut chunk = Vec::new();
-    for _ in 0..1000 {
-        chunk.extend(frame(kind, payload));
-    }
-    let written = tokio::time::timeout(WRITE_FOR, async {
-        w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        w.write_all(&frame(SETTINGS, &[])).await?;
-        for _ in 0..FRAMES / 1000 {
-            w.write_all(&chunk).await?;
-        }
-        w.flush().await
-    })
-    .await;
+    let mut conn = raw(p, 3, read).await;
+    let one = h2raw::frame(kind, payload);
+    let written = conn
+        .write_units(std::iter::repeat_n(one, FRAMES), WRITE_FOR)
+        .await;
     // A funded client meanwhile, the flooding connection still open.
     let waited = served(p, None, MODEL, BODY).await;
     assert!(
         waited < Duration::from_secs(5),
         "kind {kind}: a funded client waited {waited:?}"
     );
-    reader.abort();
-    matches!(written, Ok(Ok(())))
+    written == FRAMES
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,77 +127,19 @@ async fn control_frame_floods_are_held_back_and_others_served() {
 
     // Not reading the PONGs / SETTINGS acks: the proxy stops reading the connection.
     assert!(
-        !flood(&p, PING, &[0; 8], false).await,
+        !flood(&p, h2raw::PING, &[0; 8], false).await,
         "2 M PINGs were all taken from a client that reads no PONG"
     );
     assert!(
-        !flood(&p, SETTINGS, &[], false).await,
+        !flood(&p, h2raw::SETTINGS, &[], false).await,
         "2 M SETTINGS were all taken from a client that reads no ack"
     );
     // Reading, or frames that need no answer: taken as fast as they come.
-    flood(&p, PING, &[0; 8], true).await;
-    flood(&p, WINDOW_UPDATE, &[0, 0, 0, 1], false).await;
+    flood(&p, h2raw::PING, &[0; 8], true).await;
+    flood(&p, h2raw::WINDOW_UPDATE, &[0, 0, 0, 1], false).await;
 
     let grown = rss_kib(std::process::id()).saturating_sub(before);
     assert!(grown < 64 << 10, "memory grew by {grown} KiB");
-}
-
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const GOAWAY: u8 = 7;
-/// GOAWAY's ENHANCE_YOUR_CALM code.
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-/// RST_STREAM's CANCEL code.
-const CANCEL: u32 = 0x8;
-
-/// A frame of `kind` with `flags` on `stream`.
-fn frame_on(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = frame(kind, payload);
-    f[4] = flags;
-    f[5..9].copy_from_slice(&stream.to_be_bytes());
-    f
-}
-
-/// An HPACK integer with an `n`-bit prefix (RFC 7541, 5.1) after `first`'s high bits.
-fn hpack_int(out: &mut Vec<u8>, n: u32, first: u8, v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    let mut v = v - max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// `req`'s header block as HPACK literals without indexing (no table, no Huffman).
-fn header_block(req: &http::Request<http_body_util::Full<bytes::Bytes>>) -> Vec<u8> {
-    let mut block = Vec::new();
-    let path = req.uri().path();
-    let mut field = |name: &[u8], value: &[u8]| {
-        block.push(0);
-        hpack_int(&mut block, 7, 0, name.len());
-        block.extend_from_slice(name);
-        hpack_int(&mut block, 7, 0, value.len());
-        block.extend_from_slice(value);
-    };
-    field(b":method", req.method().as_str().as_bytes());
-    field(b":scheme", b"https");
-    field(b":authority", b"proxy.invalid");
-    field(b":path", path.as_bytes());
-    for (name, value) in req.headers() {
-        if name != http::header::HOST {
-            field(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    block
 }
 
 /// What a raw HTTP/2 flood came to.
@@ -230,60 +150,13 @@ struct Flooded {
     goaway: Option<u32>,
 }
 
-/// Opens an HTTP/2 connection with the account key of `seed` and writes the preface, an empty
-/// SETTINGS and then `units` (each some frames) as fast as TLS carries them, reading what the
-/// proxy sends; stops at the first failed write or after 20 s.
+/// Writes `units` (each some frames) on a raw connection with the account key of `seed`, as
+/// fast as TLS carries them, reading what the proxy sends; stops at the first failed write or
+/// after 20 s.
 async fn raw_flood(p: &TestProxy, seed: u8, units: impl Iterator<Item = Vec<u8>>) -> Flooded {
-    let tcp = TcpStream::connect(p.running.client_addr).await.unwrap();
-    let tls = client_tls(tcp, seed, false).await.unwrap();
-    let (mut r, mut w) = tokio::io::split(tls);
-    let reader = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut goaway = None;
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(20), r.read(&mut buf)).await
-        {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            // Walk whole frames; keep a partial one.
-            let mut at = 0;
-            while seen.len() - at >= 9 {
-                let len = u32::from_be_bytes([0, seen[at], seen[at + 1], seen[at + 2]]) as usize;
-                if seen.len() - at < 9 + len {
-                    break;
-                }
-                if seen[at + 3] == GOAWAY && len >= 8 {
-                    let p = &seen[at + 9..at + 17];
-                    goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
-                }
-                at += 9 + len;
-            }
-            seen.drain(..at);
-        }
-        goaway
-    });
-    let mut written = 0;
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        w.write_all(&frame(SETTINGS, &[])).await?;
-        let (mut chunk, mut in_chunk) = (Vec::new(), 0);
-        for unit in units {
-            chunk.extend(unit);
-            in_chunk += 1;
-            if chunk.len() > 32 << 10 {
-                w.write_all(&chunk).await?;
-                chunk.clear();
-                written += std::mem::take(&mut in_chunk);
-            }
-        }
-        w.write_all(&chunk).await?;
-        written += in_chunk;
-        w.flush().await
-    })
-    .await;
-    let goaway = reader.await.unwrap();
+    let mut conn = raw(p, seed, true).await;
+    let written = conn.write_units(units, Duration::from_secs(20)).await;
+    let goaway = conn.goaway().await;
     Flooded { written, goaway }
 }
 
@@ -302,10 +175,13 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
 
     let streams = (0..STREAMS).map(|i| {
         let id = 1 + 2 * i;
-        let req = chat("stub", 64, None, BODY_STUB);
-        let mut frames = frame_on(HEADERS, END_HEADERS, id, &header_block(&req));
-        frames.extend(frame_on(DATA, END_STREAM, id, BODY_STUB));
-        frames.extend(frame_on(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        let mut frames = h2raw::request_frames(&chat("stub", 64, None, BODY_STUB), BODY_STUB, id);
+        frames.extend(h2raw::frame_on(
+            h2raw::RST_STREAM,
+            0,
+            id,
+            &h2raw::CANCEL.to_be_bytes(),
+        ));
         frames
     });
     let flood = raw_flood(&p, 3, streams).await;
@@ -326,7 +202,7 @@ async fn rapid_reset_is_cut_short_and_what_ran_is_billed() {
         j["requests"]["abandoned"],
         rss_kib(std::process::id()).saturating_sub(before),
     );
-    assert_eq!(flood.goaway, Some(ENHANCE_YOUR_CALM));
+    assert_eq!(flood.goaway, Some(h2raw::ENHANCE_YOUR_CALM));
     assert!(
         flood.written < STREAMS as usize,
         "all {STREAMS} streams were taken"
@@ -433,17 +309,18 @@ async fn a_reset_storm_after_admission_is_billed_and_starves_no_one() {
 /// client is served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_flood_is_cut_short() {
-    const CONTINUATION: u8 = 9;
     const FRAMES: usize = 1_000_000;
     let p = start_proxy(|_| {}).await;
     let _w = FakeWorker::connect(p.running.worker_addr, WorkerSpec::new("w")).await;
     p.wait_workers(1).await;
     let before = rss_kib(std::process::id());
 
-    let block = header_block(&chat(MODEL, 8, None, BODY));
-    let head = frame_on(HEADERS, 0, 1, &block[..block.len() / 2]);
-    let units = std::iter::once(head)
-        .chain(std::iter::repeat_with(|| frame_on(CONTINUATION, 0, 1, &[])).take(FRAMES));
+    let block = h2raw::header_block(&chat(MODEL, 8, None, BODY), "proxy.invalid");
+    let head = h2raw::frame_on(h2raw::HEADERS, 0, 1, &block[..block.len() / 2]);
+    let units = std::iter::once(head).chain(std::iter::repeat_n(
+        h2raw::frame_on(h2raw::CONTINUATION, 0, 1, &[]),
+        FRAMES,
+    ));
     let flood = raw_flood(&p, 3, units).await;
 
     let served_in = served(&p, None, MODEL, BODY).await;
@@ -455,7 +332,7 @@ async fn a_continuation_flood_is_cut_short() {
         FRAMES + 1,
         flood.goaway
     );
-    assert_eq!(flood.goaway, Some(ENHANCE_YOUR_CALM));
+    assert_eq!(flood.goaway, Some(h2raw::ENHANCE_YOUR_CALM));
     assert!(flood.written < FRAMES, "all {FRAMES} frames were taken");
     assert!(served_in < Duration::from_secs(5), "{served_in:?}");
     assert!(grown < 64 << 10, "memory grew by {grown} KiB");

@@ -9,11 +9,15 @@
 //! * Their evidence: RA-TLS certificates ([`cert`], [`resolver`]), an opened simulated TEE
 //!   ([`sim_tee`]) and a renewing [`ratls::Identity`] ([`identity`]).
 //! * Files for service processes on the simulated TEE ([`write_sim_files`]).
+//! * Raw HTTP/2 frames for attack tests that play a hostile peer ([`h2raw`]).
+//! * The resident memory of a process ([`rss_kib`]), for tests that bound it.
 //! * Time: [`NOW`] for tests on a fixed clock ([`fixed_clock`]), [`now`] for tests on the
 //!   system clock, and [`wait_until`] for polling a condition.
 //!
 //! Everything here is accepted only under policies that name the simulated root; production
 //! policy rejects it (`untrusted root`).
+
+pub mod h2raw;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -181,4 +185,14 @@ pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> boo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
 }

@@ -139,13 +139,3 @@ pub fn terminate(child: &Child) {
         .unwrap();
     assert!(kill.success());
 }
-
-/// Resident memory of process `pid` in KiB (`VmRSS` of /proc/<pid>/status).
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
-}

@@ -50,6 +50,8 @@ pub struct Options {
     pub service: ServiceOptions,
     /// The test proxy's HTTP/2 receive window per stream (default: hyper's).
     pub proxy_stream_window: Option<u32>,
+    /// Whether the worker also dials a [`RawProxy`] (its connections in [`Harness::hostile`]).
+    pub hostile_proxy: bool,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             prefill_delay: Duration::ZERO,
             service: ServiceOptions::default(),
             proxy_stream_window: None,
+            hostile_proxy: false,
         }
     }
 }
@@ -82,54 +85,96 @@ impl TestProxy {
     /// [`TestProxy::start`], its HTTP/2 receive window per stream `window` bytes if given (a
     /// small one plays a proxy whose client stopped reading).
     pub async fn start_with_window(now: u64, clock: Arc<dyn Clock>, window: Option<u32>) -> Self {
-        // The proxy: a TLS server that verifies the worker, then an HTTP/2 client.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let proxy_verifier = Arc::new(
-            PeerVerifier::new(policy_for(&worker_regs()), clock).with_roles([Role::Worker]),
-        );
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
-            server_config(
-                resolver(proxy_regs(), Role::Proxy, now),
-                Some(Arc::new(RaTlsClientVerifier::new(proxy_verifier.clone()))),
-                &[b"h2"],
-            )
-            .expect("server config"),
-        ));
-        let (conn_tx, conns) = mpsc::channel(8);
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let accepted = async {
-                    let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
-                    let worker = proxy_verifier
-                        .peer_of(tls.get_ref().1)
-                        .map_err(|e| e.to_string())?;
-                    let mut builder =
-                        hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-                    if let Some(w) = window {
-                        builder.initial_stream_window_size(w);
-                    }
-                    let (send, conn) = builder
-                        .handshake(TokioIo::new(tls))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let task = tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    Ok(ProxyConn { send, worker, task })
-                }
-                .await;
-                if conn_tx.send(accepted).await.is_err() {
-                    return;
-                }
+        let (addr, conns) = accept_workers(now, clock, move |tls, worker| async move {
+            let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+            if let Some(w) = window {
+                builder.initial_stream_window_size(w);
             }
-        });
-
+            let (send, conn) = builder
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(ProxyConn { send, worker, task })
+        })
+        .await;
         Self { addr, conns }
     }
+}
+
+/// The proxy's side of a worker's connection after the RA-TLS handshake.
+pub type ProxyTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A hostile proxy: attested like [`TestProxy`] (the worker's policy accepts it), it hands
+/// out each worker connection as the bare TLS stream, for tests that write raw HTTP/2 frames
+/// ([`test_support::h2raw`]) as a compromised proxy could.
+pub struct RawProxy {
+    pub addr: SocketAddr,
+    pub conns: mpsc::Receiver<Result<ProxyTls, String>>,
+}
+
+impl RawProxy {
+    pub async fn start(now: u64, clock: Arc<dyn Clock>) -> Self {
+        let (addr, conns) = accept_workers(now, clock, |tls, _| async move { Ok(tls) }).await;
+        Self { addr, conns }
+    }
+
+    /// The next connection the worker makes to this proxy.
+    pub async fn next_conn(&mut self) -> ProxyTls {
+        tokio::time::timeout(Duration::from_secs(20), self.conns.recv())
+            .await
+            .expect("worker connected in time")
+            .expect("proxy alive")
+            .expect("connection accepted")
+    }
+}
+
+/// A proxy's listener: accepts RA-TLS connections from workers (image [`worker_regs`], its
+/// certificate issued at `now`, workers verified with `clock`) and hands each to `then`.
+async fn accept_workers<T, F, Fut>(
+    now: u64,
+    clock: Arc<dyn Clock>,
+    then: F,
+) -> (SocketAddr, mpsc::Receiver<Result<T, String>>)
+where
+    T: Send + 'static,
+    F: Fn(ProxyTls, VerifiedPeer) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, String>> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let proxy_verifier =
+        Arc::new(PeerVerifier::new(policy_for(&worker_regs()), clock).with_roles([Role::Worker]));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        server_config(
+            resolver(proxy_regs(), Role::Proxy, now),
+            Some(Arc::new(RaTlsClientVerifier::new(proxy_verifier.clone()))),
+            &[b"h2"],
+        )
+        .expect("server config"),
+    ));
+    let (conn_tx, conns) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let accepted = async {
+                let tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+                let worker = proxy_verifier
+                    .peer_of(tls.get_ref().1)
+                    .map_err(|e| e.to_string())?;
+                then(tls, worker).await
+            }
+            .await;
+            if conn_tx.send(accepted).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, conns)
 }
 
 /// One accepted connection, seen from the proxy.
@@ -155,6 +200,8 @@ pub struct Harness {
     pub link: Link,
     pub clock: Arc<FixedClock>,
     pub worker: RunningWorker,
+    /// The hostile proxy the worker dials too, with [`Options::hostile_proxy`].
+    pub hostile: Option<RawProxy>,
 }
 
 impl Harness {
@@ -167,6 +214,10 @@ impl Harness {
         let proxy =
             TestProxy::start_with_window(NOW, clock.clone(), opts.proxy_stream_window).await;
         let (addr, conns) = (proxy.addr, proxy.conns);
+        let hostile = match opts.hostile_proxy {
+            true => Some(RawProxy::start(NOW, clock.clone()).await),
+            false => None,
+        };
 
         // The worker: its certificate from its (simulated) TEE, dialing the proxy.
         let certs = identity(
@@ -182,7 +233,9 @@ impl Harness {
                 price_coefficient_milli: 1500,
             },
             models: ServedModel::all_of(engine),
-            proxies: vec![addr],
+            proxies: std::iter::once(addr)
+                .chain(hostile.as_ref().map(|h| h.addr))
+                .collect(),
             identity: certs.clone(),
             proxy_policy: opts.worker_trusts.clone(),
             clock: clock.clone(),
@@ -209,6 +262,7 @@ impl Harness {
             link: worker.links()[0].clone(),
             clock,
             worker,
+            hostile,
         }
     }
 
