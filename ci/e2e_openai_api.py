@@ -13,7 +13,8 @@ SmolLM2-135M model, so text is never compared to fixed strings, only to itself (
 the shape the request constrains (tool calls, JSON mode, JSON schema). The checks:
 
 * a tool-calling round trip (the model is made to call a tool, the app answers with a `tool`
-  message, the model answers), streamed and not;
+  message, the model answers), streamed and not; a call cut short by `max_tokens` comes back
+  as a call with `finish_reason: "length"`, not as text;
 * JSON mode and json_schema outputs that parse and validate;
 * logprobs (natural log, top alternatives), streamed and not;
 * the same seed at temperature 1 gives the same text, other seeds give other text;
@@ -106,6 +107,30 @@ def main():
         assert len(ids) == 1, ids
         valid_weather_args(json.loads(arguments))
         return arguments
+
+    @check("a tool call cut short by max_tokens: the call so far, finish length", engine=True)
+    def tool_cut_short():
+        # OpenAI returns a call cut short as a call (its arguments incomplete), not as text.
+        r = sdk.chat.completions.create(
+            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=12
+        )
+        choice = r.choices[0]
+        assert choice.finish_reason == "length", choice.finish_reason
+        assert not choice.message.content, choice.message.content
+        calls = choice.message.tool_calls
+        assert calls and calls[0].function.name == "get_weather", calls
+        stream = sdk.chat.completions.create(
+            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=12,
+            stream=True,
+        )  # fmt: skip
+        names, text, finish = [], "", None
+        for chunk in stream:
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                names += [tc.function.name for tc in c.delta.tool_calls or [] if tc.function]
+                finish = c.finish_reason or finish
+        assert (finish, text, names) == ("length", "", ["get_weather"]), (finish, text, names)
+        return f"arguments so far {calls[0].function.arguments!r}"
 
     @check("JSON mode output parses as a JSON object", engine=True)
     def json_mode():

@@ -179,6 +179,22 @@ def main():
         assert r2.status in ("completed", "incomplete"), r2.status
         return f"called get_weather({args}); then {r2.output[0].type}"
 
+    @check("a function call cut short by max_output_tokens: an incomplete call item", engine=True)
+    def tool_cut_short():
+        r = sdk.responses.create(
+            model=model,
+            input="What is the weather in Paris?",
+            tools=[WEATHER],
+            tool_choice={"type": "function", "name": "get_weather"},
+            max_output_tokens=12,
+        )
+        assert r.status == "incomplete", r.status
+        assert r.incomplete_details.reason == "max_output_tokens", r.incomplete_details
+        kinds = [(o.type, o.status) for o in r.output]
+        assert kinds == [("function_call", "incomplete")], kinds
+        assert r.output[0].name == "get_weather" and not r.output_text, r.output
+        return f"arguments so far {r.output[0].arguments!r}"
+
     @check("tool call streamed: arguments deltas assemble into a valid call", engine=True)
     def tools_streamed():
         stream = sdk.responses.create(

@@ -376,6 +376,27 @@ async fn openai_surface_on_smollm2() {
     let args: Value = serde_json::from_str(&t.calls[0].arguments).expect("arguments are JSON");
     assert!(args["city"].is_string(), "{args}");
     assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().expect("unit")));
+    // Cut short by max_tokens: the call so far with finish_reason length, as OpenAI returns
+    // it — not the call form's JSON as text.
+    let mut req = chat("What is the weather in Paris?", 12);
+    req.tools = vec![weather_tool(), time_tool()];
+    req.tool_choice = ToolChoice::Function("get_weather".into());
+    let t = run(&engine, req).await;
+    let (usage, reason) = done(&t, "forced call cut short");
+    println!("forced call cut short: {:?} text {:?}", t.calls, t.text);
+    assert_eq!(
+        (reason, usage.completion_tokens),
+        (FinishReason::Length, 12)
+    );
+    assert!(t.text.is_empty(), "{:?}", t.text);
+    assert_eq!(t.calls.len(), 1);
+    assert_eq!(t.calls[0].name, "get_weather");
+    assert!(
+        t.calls[0].arguments.starts_with('{') || t.calls[0].arguments.is_empty(),
+        "{:?}",
+        t.calls[0].arguments
+    );
+    assert!(serde_json::from_str::<Value>(&t.calls[0].arguments).is_err());
     // Required: one of the tools.
     let mut req = chat("What time is it in Tokyo?", 120);
     req.tools = vec![weather_tool(), time_tool()];

@@ -27,7 +27,7 @@ use protocol::Usage;
 use tokio::sync::mpsc;
 
 use super::sampler::{StepRecord, Steps};
-use super::tools::{could_be_call, parse_calls};
+use super::tools::{could_be_call, cut_call, parse_calls};
 use super::vocab::Vocab;
 use crate::engine::{
     Chunk, EngineError, FinishReason, Meter, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
@@ -172,6 +172,8 @@ pub(crate) enum Calls {
 enum Ending {
     Text(Piece),
     Calls(Vec<ToolCall>),
+    /// A call cut short by `max_tokens` (its arguments so far).
+    CutCall(ToolCall),
 }
 
 /// Both stages.
@@ -217,19 +219,32 @@ impl<'a> Stages<'a> {
         }
     }
 
-    /// The end of the output.
-    fn finish(&mut self) -> Ending {
+    /// The end of the output; `cut` when `max_tokens` ended it.
+    ///
+    /// Held text that is not (only) whole calls is a call cut short when `cut` ends it inside
+    /// the call form ([`cut_call`]), as OpenAI returns one. Otherwise it is text — except the
+    /// output of a forced call, which is never text: when even its name was cut off
+    /// ambiguously, the output is empty rather than the call form's JSON.
+    fn finish(&mut self, cut: bool) -> Ending {
         let rest = self.stop.flush();
-        match self.held.take() {
-            None => Ending::Text(rest),
-            Some(mut held) => {
-                held.append(rest);
-                match parse_calls(&held.text, self.tools) {
-                    Some(calls) => Ending::Calls(calls),
-                    None => Ending::Text(held),
-                }
-            }
+        let Some(mut held) = self.held.take() else {
+            return Ending::Text(rest);
+        };
+        held.append(rest);
+        if let Some(calls) = parse_calls(&held.text, self.tools) {
+            return Ending::Calls(calls);
         }
+        let forced = self.calls == Calls::Forced;
+        if let Some(call) = cut
+            .then(|| cut_call(&held.text, self.tools, forced))
+            .flatten()
+        {
+            return Ending::CutCall(call);
+        }
+        if forced {
+            return Ending::Text(Piece::default());
+        }
+        Ending::Text(held)
     }
 }
 
@@ -401,27 +416,26 @@ impl Forward<'_> {
 
     /// Sends the end of the output and returns the final chunk.
     async fn end(&self, stages: &mut Stages<'_>, usage: Usage, reason: FinishReason) -> Outcome {
-        let chunk = match stages.finish() {
-            Ending::Calls(calls) => {
-                if self.tx.send(Ok(Chunk::ToolCalls(calls))).await.is_err() {
-                    return Outcome::Cancelled;
-                }
-                Chunk::Done {
-                    usage,
-                    finish_reason: FinishReason::ToolCalls,
-                }
-            }
+        let (calls, finish_reason) = match stages.finish(reason == FinishReason::Length) {
+            Ending::Calls(calls) => (calls, FinishReason::ToolCalls),
+            Ending::CutCall(call) => (vec![call], reason),
             Ending::Text(piece) => {
                 if !self.send(piece).await {
                     return Outcome::Cancelled;
                 }
-                Chunk::Done {
+                return Outcome::Done(Chunk::Done {
                     usage,
                     finish_reason: reason,
-                }
+                });
             }
         };
-        Outcome::Done(chunk)
+        if self.tx.send(Ok(Chunk::ToolCalls(calls))).await.is_err() {
+            return Outcome::Cancelled;
+        }
+        Outcome::Done(Chunk::Done {
+            usage,
+            finish_reason,
+        })
     }
 
     /// Forwards mistral.rs responses from `mrx` until the sequence ends or `tx` closes.
@@ -621,7 +635,7 @@ mod tests {
             st.push(piece("\"get_weather\", \"arguments\": {}}")).0,
             Piece::default()
         );
-        match st.finish() {
+        match st.finish(false) {
             Ending::Calls(c) => assert_eq!(
                 (c[0].name.as_str(), c[0].arguments.as_str()),
                 ("get_weather", "{}")
@@ -634,12 +648,26 @@ mod tests {
         let (out, _) = st.push(piece("Hi"));
         assert_eq!((out.text.as_str(), tokens(&out)), (" Hi", vec![" ", "Hi"]));
         assert_eq!(st.push(piece("!")).0.text, "!");
-        assert_eq!(st.finish(), Ending::Text(Piece::default()));
+        assert_eq!(st.finish(false), Ending::Text(Piece::default()));
+        // A call cut short by max_tokens is a call; the same text ended otherwise is text.
+        for (cut, call) in [(true, true), (false, false)] {
+            let mut st = Stages::new(&[], Calls::Auto, &tools);
+            st.push(piece("{\"name\": \"get_weather\", \"arguments\": {\"ci"));
+            match st.finish(cut) {
+                Ending::CutCall(c) => assert!(call && c.arguments == "{\"ci", "{c:?}"),
+                Ending::Text(p) => assert!(!call && p.text.starts_with("{\"name"), "{p:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Text cut short that is not the call form stays text.
+        let mut st = Stages::new(&[], Calls::Auto, &tools);
+        st.push(piece("{\"a\": "));
+        assert!(matches!(st.finish(true), Ending::Text(p) if p.text == "{\"a\": "));
         // JSON that is not a call of a known tool is text at the end.
         let mut st = Stages::new(&[], Calls::Auto, &tools);
         st.push(piece("{\"a\": 1}"));
         assert_eq!(
-            st.finish(),
+            st.finish(false),
             Ending::Text(Piece {
                 text: "{\"a\": 1}".into(),
                 logprobs: vec![lp("{\"a\": 1}")]
@@ -654,11 +682,29 @@ mod tests {
         let mut st = Stages::new(&stops, Calls::Forced, &tools);
         let (out, stopped) = st.push(piece("{\"name\": \"get_weather\", \"arguments\": {}}"));
         assert_eq!((out, stopped), (Piece::default(), false));
-        assert!(matches!(st.finish(), Ending::Calls(c) if c.len() == 1));
-        // Cut short (max_tokens): the text as it is.
+        assert!(matches!(st.finish(false), Ending::Calls(c) if c.len() == 1));
+        // Cut short (max_tokens): the call so far, never the call form's JSON as text.
         let mut st = Stages::new(&stops, Calls::Forced, &tools);
         st.push(piece("{\"name\": \"get_"));
-        assert!(matches!(st.finish(), Ending::Text(p) if p.text == "{\"name\": \"get_"));
+        assert!(
+            matches!(st.finish(true), Ending::CutCall(c) if c.name == "get_weather" && c.arguments.is_empty())
+        );
+        let mut st = Stages::new(&stops, Calls::Forced, &tools);
+        st.push(piece(
+            "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa",
+        ));
+        assert!(matches!(st.finish(true), Ending::CutCall(c) if c.arguments == "{\"city\": \"Pa"));
+        // Cut inside the name of one of two tools: nothing, rather than the JSON so far.
+        let two = [
+            tools[0].clone(),
+            ToolSpec {
+                name: "get_time".into(),
+                ..tools[0].clone()
+            },
+        ];
+        let mut st = Stages::new(&stops, Calls::Forced, &two);
+        st.push(piece("{\"na"));
+        assert_eq!(st.finish(true), Ending::Text(Piece::default()));
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //!   one or more calls of known tools (a JSON object or array of `{"name", "arguments" |
 //!   "parameters"}`, optionally inside `<tool_call>…</tool_call>` or after `[TOOL_CALLS]`,
 //!   the formats models are trained on) it becomes tool calls, otherwise it is sent as text.
+//! * **Cut short** by `max_tokens` inside the call form (forced, or `auto` once the name of a
+//!   tool is complete): the call with its arguments so far and `finish_reason: "length"`, as
+//!   OpenAI returns it ([`cut_call`]) — never the form's JSON as text.
 //! * **`none`**: the tools are shown, nothing is parsed.
 //!
 //! Every JSON schema given to llguidance carries `x-guidance` options: no free whitespace
@@ -333,6 +336,67 @@ pub(crate) fn parse_calls(output: &str, tools: &[ToolSpec]) -> Option<Vec<ToolCa
     (!calls.is_empty()).then_some(calls)
 }
 
+/// A call cut short by `max_tokens`: a prefix of the form the model is told (and, for forced
+/// calls, constrained) to write, `{"name": "<tool>", "arguments": <JSON>}`, that ends before
+/// the form does. The name must be complete and a tool's, or — for a `forced` call, whose
+/// name the grammar restricts to the tools — a prefix of exactly one tool's name; the
+/// arguments are their text as far as it got (`""` when it did not reach them), as OpenAI
+/// returns a call cut short. `None` when `output` is not such a prefix.
+pub(crate) fn cut_call(output: &str, tools: &[ToolSpec], forced: bool) -> Option<ToolCall> {
+    let (name, complete, arguments) = cut_call_parts(output)?;
+    let tool = if complete {
+        tools.iter().find(|t| t.name == name)?
+    } else if forced {
+        let mut candidates = tools.iter().filter(|t| t.name.starts_with(name));
+        match (candidates.next(), candidates.next()) {
+            (Some(one), None) => one,
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(ToolCall {
+        id: new_call_id(),
+        name: tool.name.clone(),
+        arguments: arguments.trim_end().to_string(),
+    })
+}
+
+/// The parts of a prefix of `{"name": "<name>", "arguments": <arguments>`: the name as far as
+/// it got, whether it is complete, and the arguments' text.
+fn cut_call_parts(s: &str) -> Option<(&str, bool, &str)> {
+    /// Steps over blanks and `lit`; `Err(true)` when `rest` ends inside `lit` (or before it),
+    /// `Err(false)` when it goes on with something else.
+    fn eat<'a>(rest: &'a str, lit: &str) -> Result<&'a str, bool> {
+        let rest = rest.trim_start();
+        match rest.strip_prefix(lit) {
+            Some(after) => Ok(after),
+            None => Err(lit.starts_with(rest)),
+        }
+    }
+    let mut rest = s;
+    for lit in ["{", "\"name\"", ":", "\""] {
+        match eat(rest, lit) {
+            Ok(after) => rest = after,
+            Err(true) => return Some(("", false, "")),
+            Err(false) => return None,
+        }
+    }
+    // Tool names have no escapes (validated: letters, digits, `_` and `-`).
+    let Some((name, after)) = rest.split_once('"') else {
+        return Some((rest, false, ""));
+    };
+    let mut rest = after;
+    for lit in [",", "\"arguments\"", ":"] {
+        match eat(rest, lit) {
+            Ok(after) => rest = after,
+            Err(true) => return Some((name, true, "")),
+            Err(false) => return None,
+        }
+    }
+    Some((name, true, rest.trim_start()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +590,47 @@ mod tests {
         ] {
             assert_eq!(parse_calls(s, &tools), None, "{s}");
         }
+    }
+
+    #[test]
+    fn calls_cut_short_keep_their_name_and_arguments_so_far() {
+        let tools = [weather(), tool("get_time", json!({"type": "object"}))];
+        let cut =
+            |s: &str, forced: bool| cut_call(s, &tools, forced).map(|c| (c.name, c.arguments));
+        let call = |n: &str, a: &str| Some((n.to_string(), a.to_string()));
+        assert_eq!(
+            cut(
+                "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par",
+                false
+            ),
+            call("get_weather", "{\"city\": \"Par")
+        );
+        assert_eq!(
+            cut(" {\"name\":\"get_time\",\"arguments\":", false),
+            call("get_time", "")
+        );
+        assert_eq!(
+            cut("{\"name\": \"get_weather\"", false),
+            call("get_weather", "")
+        );
+        assert_eq!(
+            cut("{\"name\": \"get_weather\", \"argu", false),
+            call("get_weather", "")
+        );
+        // A name cut short: only a forced call, and only when one tool has it as a prefix.
+        assert_eq!(cut("{\"name\": \"get_w", true), call("get_weather", ""));
+        assert_eq!(cut("{\"name\": \"get_w", false), None);
+        assert_eq!(cut("{\"name\": \"get_", true), None);
+        assert_eq!(cut("{\"na", true), None);
+        assert_eq!(
+            cut_call("{\"na", &tools[..1], true).map(|c| c.name),
+            Some("get_weather".to_string())
+        );
+        // Not the form, or not a tool.
+        assert_eq!(cut("{\"city\": \"Paris", false), None);
+        assert_eq!(cut("{\"name\": \"get_weather\"; \"x", false), None);
+        assert_eq!(cut("{\"name\": \"nope\", \"arguments\": {", true), None);
+        assert_eq!(cut("Sure! {\"name\"", false), None);
     }
 
     #[test]
