@@ -16,7 +16,8 @@
 //! client's bytes passed through: headers are checked by [`protocol::RequestMeta::from_headers`],
 //! bodies by [`crate::validate`], both here inside the TEE. The number of concurrent
 //! generations is bounded by `capacity`: a request beyond it waits up to [`CAPACITY_WAIT`] for a
-//! slot, then gets 429 `no_capacity`.
+//! slot, then gets 429 `no_capacity`. A slot given back goes to the waiting proxy connection
+//! that holds the fewest (`slots`), so one proxy's burst waits behind its own generations.
 //! Prompts and completions are never logged: only request id, model, token counts, durations.
 //!
 //! # Responses
@@ -81,6 +82,7 @@
 //! The stream then ends without usage or `[DONE]`; its consumer was not reading it.
 
 mod chunks;
+mod slots;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -100,7 +102,7 @@ use protocol::{
     response, ApiError, Endpoint, ErrorKind, Hello, ModelAdvert, Registration, RequestMeta, Usage,
 };
 use ratls::Clock;
-use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::engine::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Meter};
 use crate::validate::{validate, ValidatedRequest, MAX_BODY_BYTES};
@@ -283,7 +285,10 @@ struct Inner {
     info: WorkerInfo,
     models: Vec<ServedModel>,
     adverts: Vec<ModelAdvert>,
-    permits: Arc<Semaphore>,
+    /// Generation slots, fair between proxy connections ([`slots`]).
+    slots: slots::Slots,
+    /// The number the next proxy connection's slots are counted under.
+    next_conn: AtomicU64,
     stats: Arc<Stats>,
     clock: Arc<dyn Clock>,
     registered: broadcast::Sender<Registered>,
@@ -345,7 +350,8 @@ impl Service {
         let (registered, _) = broadcast::channel(16);
         Ok(Self {
             inner: Arc::new(Inner {
-                permits: Arc::new(Semaphore::new(info.capacity as usize)),
+                slots: slots::Slots::new(info.capacity as usize),
+                next_conn: AtomicU64::new(1),
                 info,
                 models,
                 adverts,
@@ -430,7 +436,10 @@ impl Service {
         ConnService {
             service: self.clone(),
             proxy: Arc::from(proxy.into()),
-            stoppers: Arc::default(),
+            stoppers: Arc::new(Stoppers {
+                conn: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
+                ..Stoppers::default()
+            }),
             registration: Arc::new(ConnRegistration {
                 open: self.inner.open_registrations.clone(),
                 registered: AtomicBool::new(false),
@@ -711,14 +720,13 @@ impl Service {
             .iter()
             .find(|m| m.advert.name == validated.request.model)
             .ok_or_else(|| ApiError::new(ErrorKind::ModelNotFound, "model not served"))?;
-        // A free permit is taken at once (no timer on the common path).
-        let permits = &self.inner.permits;
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => tokio::time::timeout(CAPACITY_WAIT, permits.clone().acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok),
+        // A free slot is taken at once (no timer on the common path); a slot given back goes
+        // to the connection holding the fewest.
+        let owner = stoppers.map_or(0, |(s, _)| s.conn);
+        let slots = &self.inner.slots;
+        let permit = match slots.try_take(owner) {
+            Some(p) => Some(p),
+            None => slots.take(owner, CAPACITY_WAIT).await,
         };
         let Some(permit) = permit else {
             Stats::bump(&stats.no_capacity);
@@ -764,6 +772,8 @@ impl Service {
 /// The running generations of one proxy connection by request id ([`protocol::paths::CANCEL`]).
 #[derive(Debug, Default)]
 struct Stoppers {
+    /// The connection's number, under which its generations hold slots.
+    conn: slots::Owner,
     next: AtomicU64,
     running: std::sync::Mutex<Running>,
 }
@@ -1074,7 +1084,7 @@ struct Generation {
     /// The proxy may stop it ([`protocol::paths::CANCEL`]).
     stop: Option<Stopper>,
     /// Held until the generation ends.
-    _permit: OwnedSemaphorePermit,
+    _permit: slots::Slot,
 }
 
 /// The keepalive timer of a stream: it fires `interval` after the last bytes sent. Armed
