@@ -55,11 +55,16 @@ def main():
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     forced = {"type": "function", "function": {"name": "get_weather"}}
 
+    def ask_weather(max_tokens, **kw):
+        """The weather question with get_weather's call forced."""
+        return sdk.chat.completions.create(
+            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=max_tokens,
+            **kw,
+        )  # fmt: skip
+
     @check("tool call round trip (non-streamed)", engine=True)
     def tool_round_trip():
-        r = sdk.chat.completions.create(
-            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=64
-        )
+        r = ask_weather(64)
         choice = r.choices[0]
         assert choice.finish_reason == "tool_calls", choice.finish_reason
         calls = choice.message.tool_calls
@@ -111,18 +116,13 @@ def main():
     @check("a tool call cut short by max_tokens: the call so far, finish length", engine=True)
     def tool_cut_short():
         # OpenAI returns a call cut short as a call (its arguments incomplete), not as text.
-        r = sdk.chat.completions.create(
-            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=12
-        )
+        r = ask_weather(12)
         choice = r.choices[0]
         assert choice.finish_reason == "length", choice.finish_reason
         assert not choice.message.content, choice.message.content
         calls = choice.message.tool_calls
         assert calls and calls[0].function.name == "get_weather", calls
-        stream = sdk.chat.completions.create(
-            model=model, messages=ask, tools=[WEATHER], tool_choice=forced, max_tokens=12,
-            stream=True,
-        )  # fmt: skip
+        stream = ask_weather(12, stream=True)
         names, text, finish = [], "", None
         for chunk in stream:
             for c in chunk.choices:

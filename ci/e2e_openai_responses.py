@@ -182,12 +182,9 @@ def main():
     @check("a function call cut short by max_output_tokens: an incomplete call item", engine=True)
     def tool_cut_short():
         r = sdk.responses.create(
-            model=model,
-            input="What is the weather in Paris?",
-            tools=[WEATHER],
-            tool_choice={"type": "function", "name": "get_weather"},
-            max_output_tokens=12,
-        )
+            model=model, input="What is the weather in Paris?", tools=[WEATHER],
+            tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=12,
+        )  # fmt: skip
         assert r.status == "incomplete", r.status
         assert r.incomplete_details.reason == "max_output_tokens", r.incomplete_details
         kinds = [(o.type, o.status) for o in r.output]

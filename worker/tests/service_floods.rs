@@ -70,6 +70,18 @@ fn grown_kib(before: u64) -> u64 {
     rss_kib(std::process::id()).saturating_sub(before)
 }
 
+/// Asserts that this process's memory grew by less than 64 MiB since `before` KiB.
+fn assert_memory_flat(before: u64) {
+    let grown = grown_kib(before);
+    assert!(grown < 64 << 10, "memory grew by {grown} KiB");
+}
+
+/// A streamed chat request's header block (no body sent with it).
+fn chat_header_block() -> Vec<u8> {
+    let req = completion_request(CHAT, MODEL, 8, chat_body(json!({})));
+    h2raw::header_block(&req, "worker")
+}
+
 /// The HTTP/2 rapid reset (CVE-2023-44487) from a proxy: 20,000 complete generation requests,
 /// each reset in the same write that opened it. The worker's HTTP/2 server closes the
 /// connection with `ENHANCE_YOUR_CALM` once more than a few streams were reset before it took
@@ -122,11 +134,7 @@ async fn rapid_reset_by_a_proxy_is_cut_short_and_the_other_proxy_served() {
     assert!(s.requests <= 2 + 32, "{s:?}");
     assert_eq!(s.active_generations, 0);
     assert!(during < Duration::from_secs(5) && after < Duration::from_secs(5));
-    assert!(
-        grown_kib(before) < 64 << 10,
-        "memory grew by {} KiB",
-        grown_kib(before)
-    );
+    assert_memory_flat(before);
     // Still attested, so the worker dials it again.
     h.hostile.as_mut().unwrap().next_conn().await;
     h.shutdown();
@@ -141,8 +149,7 @@ async fn a_continuation_flood_by_a_proxy_is_cut_short() {
     let (h, mut honest, hostile) = two_proxies().await;
     let before = rss_kib(std::process::id());
 
-    let req = completion_request(CHAT, MODEL, 8, chat_body(json!({})));
-    let block = h2raw::header_block(&req, "worker");
+    let block = chat_header_block();
     let head = h2raw::frame_on(h2raw::HEADERS, 0, 1, &block[..block.len() / 2]);
     let units = std::iter::once(head).chain(std::iter::repeat_n(
         h2raw::frame_on(h2raw::CONTINUATION, 0, 1, &[]),
@@ -161,11 +168,7 @@ async fn a_continuation_flood_by_a_proxy_is_cut_short() {
     assert_eq!(goaway, Some(h2raw::ENHANCE_YOUR_CALM));
     assert!(written < FRAMES, "all {FRAMES} frames were taken");
     assert!(served_in < Duration::from_secs(5), "{served_in:?}");
-    assert!(
-        grown_kib(before) < 64 << 10,
-        "memory grew by {} KiB",
-        grown_kib(before)
-    );
+    assert_memory_flat(before);
     assert_eq!(settled(&h).await.requests, 1);
     h.shutdown();
 }
@@ -216,11 +219,7 @@ async fn control_frame_floods_by_a_proxy_are_held_back() {
         }
         drop(conn);
     }
-    assert!(
-        grown_kib(before) < 64 << 10,
-        "memory grew by {} KiB",
-        grown_kib(before)
-    );
+    assert_memory_flat(before);
     h.shutdown();
 }
 
@@ -235,8 +234,7 @@ async fn streams_without_bodies_past_the_limit_are_refused() {
     let (h, mut honest, hostile) = two_proxies().await;
     let before = rss_kib(std::process::id());
 
-    let req = completion_request(CHAT, MODEL, 8, chat_body(json!({})));
-    let block = h2raw::header_block(&req, "worker");
+    let block = chat_header_block();
     let streams = (0..STREAMS)
         .map(|i| h2raw::frame_on(h2raw::HEADERS, h2raw::END_HEADERS, 1 + 2 * i, &block));
     let mut conn = RawConn::open(hostile, true).await.unwrap();
@@ -263,11 +261,7 @@ async fn streams_without_bodies_past_the_limit_are_refused() {
     );
     assert_eq!(s.requests, s.completed + s.rejected, "{s:?}");
     assert!(served_in < Duration::from_secs(5), "{served_in:?}");
-    assert!(
-        grown_kib(before) < 64 << 10,
-        "memory grew by {} KiB",
-        grown_kib(before)
-    );
+    assert_memory_flat(before);
     h.shutdown();
 }
 
