@@ -723,12 +723,7 @@ impl Service {
         // A free slot is taken at once (no timer on the common path); a slot given back goes
         // to the connection holding the fewest.
         let owner = stoppers.map_or(0, |(s, _)| s.conn);
-        let slots = &self.inner.slots;
-        let permit = match slots.try_take(owner) {
-            Some(p) => Some(p),
-            None => slots.take(owner, CAPACITY_WAIT).await,
-        };
-        let Some(permit) = permit else {
+        let Some(permit) = self.inner.slots.take(owner, CAPACITY_WAIT).await else {
             Stats::bump(&stats.no_capacity);
             tracing::info!(request_id = %meta.request_id, model = %meta.model, "no capacity");
             return Err(ApiError::new(

@@ -42,6 +42,27 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl State {
+    /// Counts a slot of `state` (this state's lock) as `owner`'s.
+    fn grant(&mut self, state: &Arc<Mutex<State>>, owner: Owner) -> Slot {
+        *self.held.entry(owner).or_default() += 1;
+        Slot {
+            state: state.clone(),
+            owner: Some(owner),
+        }
+    }
+
+    /// Stops counting one slot as `owner`'s.
+    fn ungrant(&mut self, owner: Owner) {
+        if let Some(n) = self.held.get_mut(&owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&owner);
+            }
+        }
+    }
+}
+
 impl Slots {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
@@ -53,31 +74,25 @@ impl Slots {
         }
     }
 
-    fn grant(&self, st: &mut State, owner: Owner) -> Slot {
-        *st.held.entry(owner).or_default() += 1;
-        Slot {
-            state: self.state.clone(),
-            owner: Some(owner),
-        }
-    }
-
-    /// A free slot for `owner`, if there is one now.
-    pub(crate) fn try_take(&self, owner: Owner) -> Option<Slot> {
+    /// A free slot for `owner`, if there is one now (tests).
+    #[cfg(test)]
+    fn try_take(&self, owner: Owner) -> Option<Slot> {
         let mut st = lock(&self.state);
         if st.free == 0 {
             return None;
         }
         st.free -= 1;
-        Some(self.grant(&mut st, owner))
+        Some(st.grant(&self.state, owner))
     }
 
-    /// A slot for `owner`, waiting at most `wait` for one to be given back.
+    /// A slot for `owner`: a free one at once (no timer), or else waiting at most `wait` for
+    /// one to be given back.
     pub(crate) async fn take(&self, owner: Owner, wait: Duration) -> Option<Slot> {
         let rx = {
             let mut st = lock(&self.state);
             if st.free > 0 {
                 st.free -= 1;
-                return Some(self.grant(&mut st, owner));
+                return Some(st.grant(&self.state, owner));
             }
             let (tx, rx) = oneshot::channel();
             st.waiting.push_back((owner, tx));
@@ -99,16 +114,8 @@ impl Drop for Slot {
         let Some(owner) = self.owner.take() else {
             return;
         };
-        let slots = Slots {
-            state: self.state.clone(),
-        };
         let mut st = lock(&self.state);
-        if let Some(n) = st.held.get_mut(&owner) {
-            *n -= 1;
-            if *n == 0 {
-                st.held.remove(&owner);
-            }
-        }
+        st.ungrant(owner);
         loop {
             st.waiting.retain(|(_, tx)| !tx.is_closed());
             // The waiter whose owner holds the fewest slots; the first (oldest) among equals.
@@ -122,18 +129,13 @@ impl Drop for Slot {
                 st.free += 1;
                 return;
             };
-            let slot = slots.grant(&mut st, to);
+            let slot = st.grant(&self.state, to);
             match tx.send(slot) {
                 Ok(()) => return,
                 // The waiter gave up in between: undo, without re-entering this lock.
                 Err(mut slot) => {
                     slot.owner = None;
-                    if let Some(n) = st.held.get_mut(&to) {
-                        *n -= 1;
-                        if *n == 0 {
-                            st.held.remove(&to);
-                        }
-                    }
+                    st.ungrant(to);
                 }
             }
         }
