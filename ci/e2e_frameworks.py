@@ -5,7 +5,8 @@ user would, with real OpenAI clients and frameworks").
 Usage: e2e_frameworks.py DIR/urls.json [--engine-surface]
 
 * LangChain (`langchain-openai`'s ChatOpenAI and OpenAI classes, the most used Python
-  framework): invoke, stream with the usage it reports equal to the proxy's bill, batch, tool
+  framework): invoke, stream with the usage it reports equal to the proxy's bill, batch,
+  several candidates of one prompt (`n`), tool
   binding with a round trip through a `ToolMessage`, a tool call cut short by `max_tokens`
   (an invalid tool call in LangChain's terms, never text), `with_structured_output` by JSON
   schema and by function calling, the Responses API (`use_responses_api=True`) with a tool
@@ -93,6 +94,13 @@ def main():
         out = chat().batch(["Say one", "Say two"])
         assert len(out) == 2 and all(isinstance(m.content, str) for m in out), out
         return f"{len(out)} answers"
+
+    @check("langchain: n candidates of one prompt")
+    def lc_candidates():
+        result = chat(n=3, max_tokens=8).generate([[HumanMessage("Name a fruit.")]])
+        texts = [g.text for g in result.generations[0]]
+        assert len(texts) == 3 and all(isinstance(t, str) for t in texts), result
+        return f"{len(texts)} candidates, {len(set(texts))} distinct"
 
     @check("langchain: bind_tools round trip through a ToolMessage", engine=True)
     def lc_tools():

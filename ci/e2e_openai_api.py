@@ -18,6 +18,8 @@ the shape the request constrains (tool calls, JSON mode, JSON schema). The check
 * JSON mode and json_schema outputs that parse and validate;
 * logprobs (natural log, top alternatives), streamed and not;
 * the same seed at temperature 1 gives the same text, other seeds give other text;
+* `n` choices, streamed and not (chat and completions with a batch); with a seed, choice `j`
+  is the answer that seed + `j` gives alone;
 * every field OpenAI apps send by default that cannot affect generation is accepted;
 * roles `developer` and `tool`, assistant `content: null`, content parts with `cache_control`;
 * completions with `prompt` as a list;
@@ -222,6 +224,49 @@ def main():
         others = {gen(s) for s in (43, 44, 45)}
         assert others - {a}, "every seed gave the same text"
         return repr(a[:60])
+
+    @check("n choices: one per index, each with its role, streamed and not")
+    def n_choices():
+        msgs = [{"role": "user", "content": "Name a colour."}]
+        r = sdk.chat.completions.create(model=model, messages=msgs, n=3, max_tokens=8)
+        assert [c.index for c in r.choices] == [0, 1, 2], r.choices
+        for c in r.choices:
+            assert c.message.role == "assistant" and c.finish_reason in ("stop", "length"), c
+        assert r.usage.completion_tokens >= 3, r.usage
+        stream = sdk.chat.completions.create(
+            model=model, messages=msgs, n=2, max_tokens=8, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        roles, finishes, usage = {}, {}, None
+        for chunk in stream:
+            usage = chunk.usage or usage
+            for c in chunk.choices:
+                if c.delta.role:
+                    roles[c.index] = c.delta.role
+                if c.finish_reason:
+                    finishes[c.index] = c.finish_reason
+        assert roles == {0: "assistant", 1: "assistant"}, roles
+        assert sorted(finishes) == [0, 1], finishes
+        assert usage and usage.completion_tokens >= 2, usage
+        # Completions: n for each prompt of a batch, choice p*n + j.
+        c = sdk.completions.create(model=model, prompt=["Once", "The sky"], n=2, max_tokens=4)
+        assert [x.index for x in c.choices] == [0, 1, 2, 3], c.choices
+        return f"chat 3 + 2 (streamed), completions 2 × 2; usage {r.usage.completion_tokens}"
+
+    @check("n choices with a seed: choice j is what seed + j gives alone", engine=True)
+    def n_choices_seeded():
+        msgs = [{"role": "user", "content": "Write a sentence about the sea."}]
+
+        def gen(seed, n=1):
+            r = sdk.chat.completions.create(
+                model=model, messages=msgs, max_tokens=16, temperature=1.0, seed=seed, n=n
+            )
+            return [c.message.content for c in r.choices]
+
+        both = gen(42, n=2)
+        alone = gen(42) + gen(43)
+        assert both == alone, (both, alone)
+        return repr(both[1][:60])
 
     @check("fields that cannot affect generation are accepted")
     def ignored_fields():

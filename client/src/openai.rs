@@ -41,8 +41,9 @@ pub struct RequestFields {
     /// `stream_options.include_usage`.
     pub include_usage: bool,
     /// The completion tokens the whole request may use, if the body says: the smaller of
-    /// `max_completion_tokens` and `max_tokens`, times the number of prompts of a completions
-    /// batch (`prompt` as a list), at most [`MAX_TOKENS_LIMIT`]. `None` when neither is given.
+    /// `max_completion_tokens` and `max_tokens`, times the number of choices: `n` (a positive
+    /// integer, else 1) for each prompt of a completions batch (`prompt` as a list), at most
+    /// [`MAX_TOKENS_LIMIT`]. `None` when neither is given.
     pub max_tokens: Option<u32>,
 }
 
@@ -59,58 +60,83 @@ struct Peek {
     #[serde(default)]
     max_completion_tokens: Option<u64>,
     #[serde(default)]
-    prompt: Option<PromptCount>,
+    prompt: Option<Shape>,
+    #[serde(default)]
+    n: Option<Shape>,
 }
 
-/// How many prompts a completions `prompt` holds: the length of a list, else 1. Its shape is
-/// the worker's to check; nothing of it is kept here.
-struct PromptCount(u64);
+/// The shape of a field the client counts with but does not check (its shape is the worker's
+/// to check; nothing of it is kept here): a list's length, a non-negative integer, or neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    List(u64),
+    Integer(u64),
+    Other,
+}
 
-impl<'de> Deserialize<'de> for PromptCount {
+impl Shape {
+    /// How many prompts a completions `prompt` of this shape holds: a list's length, else 1.
+    fn prompts(self) -> u64 {
+        match self {
+            Self::List(n) => n.max(1),
+            _ => 1,
+        }
+    }
+
+    /// The choices per prompt an `n` of this shape asks for: a positive integer, else 1.
+    fn choices(self) -> u64 {
+        match self {
+            Self::Integer(n) => n.max(1),
+            _ => 1,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shape {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Count;
-        impl<'de> serde::de::Visitor<'de> for Count {
-            type Value = PromptCount;
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Shape;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a prompt")
+                f.write_str("any json value")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<PromptCount, A::Error> {
+            ) -> Result<Shape, A::Error> {
                 let mut n = 0u64;
                 while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
                     n += 1;
                 }
-                Ok(PromptCount(n))
+                Ok(Shape::List(n))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<PromptCount, A::Error> {
+            ) -> Result<Shape, A::Error> {
                 while map
                     .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
                     .is_some()
                 {}
-                Ok(PromptCount(1))
+                Ok(Shape::Other)
             }
-            fn visit_str<E>(self, _: &str) -> Result<PromptCount, E> {
-                Ok(PromptCount(1))
+            fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Other)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<PromptCount, E> {
-                Ok(PromptCount(1))
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Other)
             }
-            fn visit_i64<E>(self, _: i64) -> Result<PromptCount, E> {
-                Ok(PromptCount(1))
+            fn visit_i64<E>(self, n: i64) -> Result<Shape, E> {
+                Ok(u64::try_from(n).map_or(Shape::Other, Shape::Integer))
             }
-            fn visit_u64<E>(self, _: u64) -> Result<PromptCount, E> {
-                Ok(PromptCount(1))
+            fn visit_u64<E>(self, n: u64) -> Result<Shape, E> {
+                Ok(Shape::Integer(n))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<PromptCount, E> {
-                Ok(PromptCount(1))
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Other)
             }
         }
-        d.deserialize_any(Count)
+        d.deserialize_any(Visit)
     }
 }
 
@@ -153,10 +179,13 @@ impl RequestFields {
                 })?;
             max_tokens = Some(max_tokens.map_or(n, |m| m.min(n)));
         }
-        // A batch generates up to max_tokens per prompt: reserve for all of them.
-        let prompts = peek.prompt.map_or(1, |p| p.0.max(1));
+        // Each choice (`n` per prompt of a batch) generates up to max_tokens: reserve for all.
+        let choices = peek
+            .prompt
+            .map_or(1, Shape::prompts)
+            .saturating_mul(peek.n.map_or(1, Shape::choices));
         let max_tokens = max_tokens.map(|n| {
-            u32::try_from(u64::from(n).saturating_mul(prompts))
+            u32::try_from(u64::from(n).saturating_mul(choices))
                 .unwrap_or(u32::MAX)
                 .min(MAX_TOKENS_LIMIT)
         });

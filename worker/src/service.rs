@@ -27,9 +27,12 @@
 //! OpenAI chunks (text, log probabilities, tool-call deltas: see `chunks`), the OpenAI usage
 //! chunk if the request asked for it (`stream_options.include_usage`), then always
 //! `event: cocoon-usage` and `data: [DONE]`. An engine failure after the first byte ends the
-//! stream with `event: cocoon-error`. A completions batch (`prompt` as a list) runs its prompts
-//! one after another on one capacity slot, choice `i` for prompt `i`, each within what is left
-//! of the request's prompt-token budget; the usage is their sum.
+//! stream with `event: cocoon-error`. The choices of a request (`n` per prompt; a completions
+//! batch, `prompt` as a list, has several prompts) run one after another on one capacity slot,
+//! choice `p·n + j` being run `j` of prompt `p` (with `seed + j`), each within what is left of
+//! the request's prompt-token budget (shared evenly by the runs of a prompt still to come, so
+//! a prompt that does not fit `n` times is refused before anything runs); the usage is their
+//! sum.
 //!
 //! # Keepalive
 //!
@@ -104,7 +107,9 @@ use protocol::{
 use ratls::Clock;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::engine::{Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Meter};
+use crate::engine::{
+    Chunk, Engine, EngineError, FinishReason, GenerationRequest, Input, Meter, Sampling,
+};
 use crate::validate::{validate, ValidatedRequest, MAX_BODY_BYTES};
 use chunks::ChunkEncoder;
 
@@ -1135,29 +1140,23 @@ impl Generation {
         let _active = ActiveGuard::new(self.stats.clone());
         let ValidatedRequest {
             endpoint,
-            request,
+            mut request,
             more_prompts,
+            n,
             include_usage,
             ..
         } = self.validated;
         let model = request.model.clone();
         let mut encoder = ChunkEncoder::new(endpoint, &self.request_id, self.created, &model);
-        // A completions batch runs its prompts one after another, as choices 0, 1, …, within
-        // the prompt-token budget of the whole request.
+        // The choices run one after another: each prompt of a completions batch `n` times, as
+        // choices 0, 1, …, within the prompt-token budget of the whole request.
         let prompt_budget = request.max_prompt_tokens;
-        let batch: Vec<GenerationRequest> = more_prompts
-            .into_iter()
-            .map(|p| GenerationRequest {
-                model: request.model.clone(),
-                input: Input::Prompt(p),
-                sampling: request.sampling.clone(),
-                tools: request.tools.clone(),
-                tool_choice: request.tool_choice.clone(),
-                response_format: request.response_format.clone(),
-                max_prompt_tokens: None,
-                meter: Default::default(),
-            })
+        let first = std::mem::replace(&mut request.input, Input::Prompt(String::new()));
+        let prompts: Vec<Input> = std::iter::once(first)
+            .chain(more_prompts.into_iter().map(Input::Prompt))
             .collect();
+        let n = u64::from(n.max(1));
+        let choices = prompts.len() * n as usize;
         let mut progress = Progress {
             started: self.started,
             sent_any: false,
@@ -1172,10 +1171,36 @@ impl Generation {
         let mut outcome = Outcome::Completed(total);
         // The meter of the choice being generated (its work is not in `total` yet).
         let mut running: Option<Meter> = None;
-        for (index, mut req) in std::iter::once(request).chain(batch).enumerate() {
-            req.max_prompt_tokens = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
+        for index in 0..choices {
+            // Run `j` of its prompt: the runs left, this one included, share what is left of
+            // the budget, so a prompt that cannot be processed `n` times is refused up front.
+            let j = index as u64 % n;
+            let runs_left = n - j;
+            let left = prompt_budget.map(|b| b.saturating_sub(total.prompt_tokens));
+            let req = GenerationRequest {
+                model: request.model.clone(),
+                input: prompts[index / n as usize].clone(),
+                sampling: Sampling {
+                    seed: request.sampling.seed.map(|s| s.wrapping_add(j)),
+                    ..request.sampling.clone()
+                },
+                tools: request.tools.clone(),
+                tool_choice: request.tool_choice.clone(),
+                response_format: request.response_format.clone(),
+                max_prompt_tokens: left.map(|l| l / runs_left),
+                meter: Default::default(),
+            };
             running = Some(req.meter.clone());
-            let step = drive(&self.engine, req, index, &mut encoder, &out, &mut progress).await;
+            let mut step = drive(&self.engine, req, index, &mut encoder, &out, &mut progress).await;
+            if let Step::Failed(EngineError::PromptOverBudget { tokens, .. }) = step {
+                if runs_left > 1 {
+                    step = Step::Failed(EngineError::ChoicesOverBudget {
+                        choices: runs_left,
+                        tokens,
+                        budget: left.unwrap_or(0),
+                    });
+                }
+            }
             match step {
                 Step::Done(usage, reason) => {
                     running = None;
@@ -1529,6 +1554,9 @@ fn engine_error(e: &EngineError, endpoint: Endpoint) -> ApiError {
                 Endpoint::Completions => "prompt",
             };
             ApiError::new(ErrorKind::PayloadTooLarge, e.to_string()).with_param(param)
+        }
+        EngineError::ChoicesOverBudget { .. } => {
+            ApiError::new(ErrorKind::PayloadTooLarge, e.to_string()).with_param("n")
         }
         EngineError::PromptTooLong { .. } => {
             let param = match endpoint {

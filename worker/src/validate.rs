@@ -60,14 +60,20 @@
 //!   form: `"7"`, not `"07"`), values in -100..=100.
 //! * `prompt` (completions): a string, or a list of 1..=[`MAX_PROMPTS`] strings (a batch: the
 //!   worker runs them one after another; choice `i` answers prompt `i`, usage is summed).
-//!   Token-id prompts are refused. `echo`: `false` only. `n` and `best_of`: 1 only.
+//!   Token-id prompts are refused. `echo`: `false` only.
+//! * `n` (both endpoints): 1..=[`MAX_CHOICES`] choices per prompt, at most [`MAX_CHOICES`]
+//!   in all (`n` × prompts). The worker runs them one after another: choice `p·n + j` is the
+//!   `j`-th run of prompt `p` (OpenAI's order), with `seed + j` when a seed is given, so
+//!   choice 0 is the answer `n: 1` gives. Each run processes its prompt (the usage counts it
+//!   per choice). Completions `best_of`: absent, or equal to `n` (no server-side selection).
 //! * `temperature` in 0..=2, absent = 1 (OpenAI's default: sampling, not greedy); `top_p` in
 //!   (0, 1], penalties in -2..=2, `seed` a non-negative integer, `stop` a non-empty string or an
 //!   array of at most 4 of them, `stream_options` `{"include_usage": bool}`.
 //! * `model` must equal the `cocoon-model` header and be served here (404 `model_not_found`).
 //! * Completion tokens: the request's budget is min(the proxy's `cocoon-max-tokens`, the
-//!   model's `max_completion_tokens`), split evenly over a batch's prompts; each prompt gets
-//!   min(`max_tokens` / `max_completion_tokens` (the smaller if both are given), its share).
+//!   model's `max_completion_tokens`), split evenly over the request's choices (prompts × `n`);
+//!   each choice gets min(`max_tokens` / `max_completion_tokens` (the smaller if both are
+//!   given), its share).
 //!   Absent = the whole share, and the engine also stops where the context ends
 //!   (`finish_reason: "length"`): up to the context left, as OpenAI does.
 
@@ -89,6 +95,8 @@ pub const MAX_STOP: usize = 4;
 pub const MAX_STOP_LEN: usize = 256;
 /// Most prompts in one completions batch.
 pub const MAX_PROMPTS: usize = 16;
+/// Most choices in one request: `n` × the prompts of a completions batch.
+pub const MAX_CHOICES: usize = 16;
 /// Most tools in one request.
 pub const MAX_TOOLS: usize = 128;
 /// Most bytes of tool definitions (names, descriptions and parameter schemas as JSON).
@@ -173,6 +181,8 @@ pub struct ValidatedRequest {
     /// The prompts of a completions batch after the first (choices 1, 2, …), each run as
     /// `request` with this prompt. Empty unless `prompt` was a list of several strings.
     pub more_prompts: Vec<String>,
+    /// Choices per prompt (`n`): each prompt runs this many times, as choices `p·n + j`.
+    pub n: u32,
     /// Whether the caller asked for a stream (the worker always streams; the client library
     /// assembles a single response when this is false).
     pub stream: bool,
@@ -273,11 +283,6 @@ pub fn validate(
                     return Err(invalid("echo", "echo: only false is supported"));
                 }
             }
-            if let Some(v) = obj.get("best_of") {
-                if v.as_u64() != Some(1) {
-                    return Err(invalid("best_of", "best_of: only 1 is supported"));
-                }
-            }
             prompts = prompt_list(obj.get("prompt"))?;
             let first = prompts.remove(0);
             Input::Prompt(first)
@@ -285,9 +290,28 @@ pub fn validate(
     };
     let batch = prompts.len() as u64 + 1;
 
-    if let Some(v) = obj.get("n") {
-        if v.as_u64() != Some(1) {
-            return Err(invalid("n", "n: only 1 is supported"));
+    let n = match obj.get("n") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=MAX_CHOICES as u64).contains(n))
+            .ok_or_else(|| invalid("n", format!("n: expected an integer in 1..={MAX_CHOICES}")))?,
+    };
+    if batch * n > MAX_CHOICES as u64 {
+        return Err(invalid(
+            "n",
+            format!(
+                "n: {n} choices for each of {batch} prompts are {} choices, at most {MAX_CHOICES}",
+                batch * n
+            ),
+        ));
+    }
+    if let Some(v) = obj.get("best_of") {
+        if v.as_u64() != Some(n) {
+            return Err(invalid(
+                "best_of",
+                format!("best_of: only equal to n ({n}) is supported: every choice is returned"),
+            ));
         }
     }
     let stream = match obj.get("stream") {
@@ -309,12 +333,18 @@ pub fn validate(
         }
     }
     let budget = u64::from(meta.max_tokens).min(u64::from(advert.max_completion_tokens));
-    let share = budget / batch;
+    let choices = batch * n;
+    let share = budget / choices;
     if share == 0 {
+        let (param, what) = if n > 1 {
+            ("n", format!("{choices} choices need"))
+        } else {
+            ("prompt", format!("a batch of {batch} prompts needs"))
+        };
         return Err(invalid(
-            "prompt",
+            param,
             format!(
-                "a batch of {batch} prompts needs at least {batch} completion tokens; \
+                "{what} at least {choices} completion tokens; \
                  {budget} are reserved for this request"
             ),
         ));
@@ -361,6 +391,7 @@ pub fn validate(
         endpoint,
         request,
         more_prompts: prompts,
+        n: n as u32,
         stream,
         include_usage,
     })

@@ -2,7 +2,7 @@
 //! HTTP/2, validation, engine, encoder) with the stub engine, which honours tools and logprobs
 //! deterministically: a forced tool call arrives as `delta.tool_calls` and `finish_reason:
 //! "tool_calls"` in the stream, and as `message.tool_calls` once the client's aggregator
-//! assembles it (`stream: false`); logprobs in both shapes; a completions batch.
+//! assembles it (`stream: false`); logprobs in both shapes; a completions batch; `n` choices.
 
 mod service_support;
 
@@ -228,5 +228,137 @@ async fn completions_batch_with_legacy_logprobs() {
     assert_eq!(v["choices"][0]["text"], "tok0 tok1 tok2 ");
     assert_eq!(v["choices"][1]["text"], "tok0 tok1 tok2 ");
     assert_eq!(v["usage"]["completion_tokens"], 6);
+    h.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_run_one_after_another_with_their_own_seeds() {
+    let mut h = Harness::start(Options::default()).await;
+    let mut conn = h.next_conn().await;
+    // The stub echoes `{seed}` as the seed its run got: choice j runs with seed + j.
+    let body = json!({"model": MODEL, "n": 3, "seed": 7, "max_tokens": 2, "stream": true,
+                      "messages": [{"role": "user", "content": "echo: w {seed}"}],
+                      "stream_options": {"include_usage": true}});
+    let resp = send(
+        &mut conn,
+        completion_request("/v1/chat/completions", MODEL, 6, body.to_string()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let evs = events(resp).await;
+    // Per choice 2 tokens + its finish chunk; the usage chunk, cocoon-usage, [DONE].
+    assert_eq!(evs.len(), 12, "{evs:?}");
+    let choice = |e: &Event| data(e)["choices"][0].clone();
+    let indexes: Vec<u64> = evs[..9]
+        .iter()
+        .map(|e| choice(e)["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    // Each choice's first delta carries the role.
+    for (i, e) in evs[..9].iter().enumerate() {
+        let role = choice(e)["delta"].get("role").cloned();
+        let want = (i % 3 == 0).then(|| json!("assistant"));
+        assert_eq!(role, want, "chunk {i}");
+    }
+    let usage: Usage = serde_json::from_str(&evs[10].data).unwrap();
+    // Each choice processed the prompt (4: 3 words + the message's 1), and generated 2.
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (12, 6));
+    let v = aggregate(Endpoint::ChatCompletions, &evs);
+    let got: Vec<(u64, &str, &str, &str)> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["index"].as_u64().unwrap(),
+                c["message"]["role"].as_str().unwrap(),
+                c["message"]["content"].as_str().unwrap(),
+                c["finish_reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "assistant", "w 7 ", "length"),
+            (1, "assistant", "w 8 ", "length"),
+            (2, "assistant", "w 9 ", "length"),
+        ]
+    );
+
+    // Completions: choice p·n + j is run j of prompt p; without a seed none is made up.
+    let body = json!({"model": MODEL, "prompt": ["echo: a {seed}", "echo: b {seed}"], "n": 2,
+                      "best_of": 2, "max_tokens": 2, "stream": true});
+    let evs = events(
+        send(
+            &mut conn,
+            completion_request("/v1/completions", MODEL, 8, body.to_string()),
+        )
+        .await,
+    )
+    .await;
+    let v = aggregate(Endpoint::Completions, &evs);
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["a none ", "a none ", "b none ", "b none "]);
+    assert_eq!(v["usage"]["prompt_tokens"], 12);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    let body = json!({"model": MODEL, "prompt": ["echo: a {seed}", "echo: b {seed}"], "n": 2,
+                      "seed": 0, "max_tokens": 2, "stream": true});
+    let evs = events(
+        send(
+            &mut conn,
+            completion_request("/v1/completions", MODEL, 8, body.to_string()),
+        )
+        .await,
+    )
+    .await;
+    let v = aggregate(Endpoint::Completions, &evs);
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["a 0 ", "a 1 ", "b 0 ", "b 1 "]);
+    h.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_that_does_not_fit_n_times_is_refused_before_anything_runs() {
+    let mut h = Harness::start(Options::default()).await;
+    let mut conn = h.next_conn().await;
+    let request = |n: u64, budget: u32| {
+        let body = json!({"model": MODEL, "prompt": "one two three four", "n": n,
+                          "max_tokens": 1, "stream": true});
+        let mut req = completion_request("/v1/completions", MODEL, 4, body.to_string());
+        req.headers_mut().insert(
+            protocol::meta::H_MAX_PROMPT_TOKENS,
+            budget.to_string().parse().unwrap(),
+        );
+        req
+    };
+    // 3 runs of a 4-token prompt need 12 of the 11 tokens reserved: refused up front, naming n.
+    let (status, e) = error_of(send(&mut conn, request(3, 11)).await).await;
+    assert_eq!((status, e.kind), (413, ErrorKind::PayloadTooLarge));
+    assert_eq!(e.param.as_deref(), Some("n"));
+    assert!(
+        e.message
+            .contains("3 choices each process the prompt of 4 tokens")
+            && e.message.contains("11 prompt tokens reserved"),
+        "{}",
+        e.message
+    );
+    // One run fits alone; 12 tokens fit three.
+    let (status, _) = error_of(send(&mut conn, request(1, 11)).await).await;
+    assert_eq!(status, 200);
+    let evs = events(send(&mut conn, request(3, 12)).await).await;
+    let v = aggregate(Endpoint::Completions, &evs);
+    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(v["usage"]["prompt_tokens"], 12);
     h.shutdown();
 }

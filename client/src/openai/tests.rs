@@ -250,6 +250,26 @@ fn request_fields_reserve_for_every_prompt_of_a_batch() {
     }
 }
 
+#[test]
+fn request_fields_reserve_for_every_choice() {
+    let f = RequestFields::parse(br#"{"model":"m","n":3,"max_tokens":5}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(15));
+    // n for each prompt of a batch.
+    let f =
+        RequestFields::parse(br#"{"model":"m","prompt":["a","b"],"n":4,"max_tokens":5}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(40));
+    let f = RequestFields::parse(br#"{"model":"m","n":3}"#).unwrap();
+    assert_eq!(f.max_tokens, None);
+    let f = RequestFields::parse(br#"{"model":"m","n":1000000,"max_tokens":5}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(MAX_TOKENS_LIMIT));
+    // Other shapes are the worker's to refuse: one choice here.
+    for n in ["0", "-2", "1.5", "\"2\"", "[2]", "{}", "true", "null"] {
+        let body = format!(r#"{{"model":"m","n":{n},"max_tokens":5}}"#);
+        let f = RequestFields::parse(body.as_bytes()).unwrap();
+        assert_eq!(f.max_tokens, Some(5), "{body}");
+    }
+}
+
 fn data(v: Value) -> Event {
     Event::data(v.to_string())
 }

@@ -279,6 +279,17 @@ pub enum EngineError {
         "prompt of {tokens} tokens exceeds the {budget} prompt tokens reserved for this request"
     )]
     PromptOverBudget { tokens: u64, budget: u64 },
+    /// The service's form of [`Self::PromptOverBudget`] for a request of several choices
+    /// (`n`): each choice processes the prompt, so it must fit `choices` times.
+    #[error(
+        "{choices} choices each process the prompt of {tokens} tokens, more than the {budget} \
+         prompt tokens reserved for this request"
+    )]
+    ChoicesOverBudget {
+        choices: u64,
+        tokens: u64,
+        budget: u64,
+    },
     #[error("engine failed: {0}")]
     Failed(String),
     #[error("upstream: {0}")]

@@ -11,7 +11,9 @@
 //!   alternatives (the token itself first, then `alt1 `, `alt2 `, …).
 //! * A prompt (or last chat message) that starts with `echo:`: the tokens are the words after
 //!   it, repeated in order (`"echo: a b"` → `a `, `b `, `a `, …) instead of `tok0 `, `tok1 `,
-//!   …, so that a test can put a known string into a completion.
+//!   …, so that a test can put a known string into a completion. The word `{seed}` stands for
+//!   the request's [`Sampling::seed`](super::Sampling) (`none` without one), so a test can see
+//!   which seed a generation ran with.
 
 use std::time::Duration;
 
@@ -177,7 +179,16 @@ impl Engine for StubEngine {
             tokio::time::sleep(self.prefill_delay).await;
         }
         let mut ticker = (!self.interval.is_zero()).then(|| tokio::time::interval(self.interval));
-        let echo = echo_words(&req.input);
+        let seed = req
+            .sampling
+            .seed
+            .map_or_else(|| "none".to_string(), |s| s.to_string());
+        let echo = echo_words(&req.input).map(|words| {
+            words
+                .into_iter()
+                .map(|w| if w == "{seed}" { seed.clone() } else { w })
+                .collect::<Vec<_>>()
+        });
         for i in 0..n {
             if let Some(t) = ticker.as_mut() {
                 t.tick().await;

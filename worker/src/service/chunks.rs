@@ -2,7 +2,7 @@
 //! `/v1/chat/completions`, `text_completion` for `/v1/completions`, the optional usage chunk
 //! (`stream_options.include_usage`), then cocoon's usage event and `data: [DONE]`.
 //!
-//! * Text: `delta.content` (chat, the first chunk also carries `delta.role`) or `text`.
+//! * Text: `delta.content` (chat, each choice's first chunk also carries `delta.role`) or `text`.
 //! * Log probabilities ([`Chunk::Tokens`](crate::engine::Chunk)): chat
 //!   `logprobs.content = [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]`;
 //!   completions (the legacy shape) `logprobs = {tokens, token_logprobs, top_logprobs: [{token:
@@ -11,8 +11,9 @@
 //! * Tool calls (chat): one chunk with `delta.tool_calls = [{index, id, type: "function",
 //!   function: {name, arguments}}]`, each call complete; the choice then ends with
 //!   `finish_reason: "tool_calls"`.
-//! * A completions batch has one choice per prompt (`index` i), ended one after another; the
-//!   usage at the end covers the whole request.
+//! * A request of several choices (`n`, a completions batch) sends them one after another,
+//!   each ended before the next starts (`index` p·n + j); the usage at the end covers the
+//!   whole request.
 
 use bytes::Bytes;
 use protocol::sse::Event;
@@ -28,8 +29,8 @@ pub(crate) struct ChunkEncoder {
     id: String,
     created: u64,
     model: String,
-    /// Whether the first chat chunk (which carries the role) was sent.
-    role_sent: bool,
+    /// The choice whose first delta carried the role (each choice's first delta does).
+    role_sent: Option<usize>,
     /// Completions: the choice whose text `offset` counts, and the characters it has so far.
     offset_choice: usize,
     offset: usize,
@@ -60,7 +61,7 @@ impl ChunkEncoder {
             id,
             created,
             model: model.to_string(),
-            role_sent: false,
+            role_sent: None,
             offset_choice: 0,
             offset: 0,
         }
@@ -87,12 +88,12 @@ impl ChunkEncoder {
         Bytes::from(Event::data(v.to_string()).encode())
     }
 
-    /// A chat delta: the role on the first one, then `fields`.
-    fn delta(&mut self, fields: Map<String, Value>) -> Map<String, Value> {
+    /// A chat delta of choice `index`: the role on its first one, then `fields`.
+    fn delta(&mut self, index: usize, fields: Map<String, Value>) -> Map<String, Value> {
         let mut delta = Map::new();
-        if !self.role_sent {
+        if self.role_sent != Some(index) {
             delta.insert("role".into(), "assistant".into());
-            self.role_sent = true;
+            self.role_sent = Some(index);
         }
         delta.extend(fields);
         delta
@@ -123,7 +124,7 @@ impl ChunkEncoder {
                 if let Some(t) = text {
                     fields.insert("content".into(), t.into());
                 }
-                let delta = self.delta(fields);
+                let delta = self.delta(index, fields);
                 json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
             }
             Endpoint::Completions => json!([{
@@ -220,7 +221,7 @@ impl ChunkEncoder {
             .collect();
         let mut fields = Map::new();
         fields.insert("tool_calls".into(), Value::Array(calls));
-        let delta = self.delta(fields);
+        let delta = self.delta(index, fields);
         let choices =
             json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]);
         self.chunk(choices, None)

@@ -171,3 +171,26 @@ fn tool_calls_as_chat_deltas_then_finish_reason() {
     assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(last["choices"][0]["delta"], json!({}));
 }
+
+#[test]
+fn each_chat_choice_starts_with_the_role() {
+    let mut e = ChunkEncoder::new(Endpoint::ChatCompletions, "r1", 7, "m");
+    let role = |b: &Bytes| one(b)["choices"][0]["delta"].get("role").cloned();
+    assert_eq!(role(&e.text(0, "a")), Some(json!("assistant")));
+    assert_eq!(role(&e.text(0, "b")), None);
+    assert_eq!(role(&e.end_choice(0, FinishReason::Stop)), None);
+    // The next choice's first delta carries the role again, whatever it holds.
+    let calls = [ToolCall {
+        id: "call_1".into(),
+        name: "f".into(),
+        arguments: "{}".into(),
+    }];
+    let first = one(&e.tool_calls(1, &calls));
+    assert_eq!(first["choices"][0]["index"], 1);
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(role(&e.end_choice(1, FinishReason::ToolCalls)), None);
+    assert_eq!(
+        role(&e.end_choice(2, FinishReason::Length)),
+        Some(json!("assistant"))
+    );
+}

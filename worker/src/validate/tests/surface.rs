@@ -560,6 +560,55 @@ fn completions_batch_splits_the_budget() {
 }
 
 #[test]
+fn n_choices_split_the_budget() {
+    let v = chat(&with(base_chat(), "n", json!(3))).unwrap();
+    assert_eq!(v.n, 3);
+    assert!(v.more_prompts.is_empty());
+    // Absent max_tokens: min(header 1000, model 512) / 3 choices.
+    assert_eq!(v.request.sampling.max_tokens, 170);
+    let v = chat(&with(
+        with(base_chat(), "n", json!(2)),
+        "max_tokens",
+        json!(9),
+    ))
+    .unwrap();
+    assert_eq!(v.request.sampling.max_tokens, 9);
+    assert_eq!(chat(&base_chat()).unwrap().n, 1);
+    // Completions: n per prompt, n × prompts choices in all; best_of only as n.
+    let v = completion(&json!({"model": "m", "prompt": ["a", "b"], "n": 4, "best_of": 4})).unwrap();
+    assert_eq!((v.n, v.more_prompts.len()), (4, 1));
+    assert_eq!(v.request.sampling.max_tokens, 64);
+    let v = chat(&with(base_chat(), "n", json!(MAX_CHOICES))).unwrap();
+    assert_eq!(v.n as usize, MAX_CHOICES);
+    let e = bad(completion(
+        &json!({"model": "m", "prompt": ["a", "b", "c"], "n": 6}),
+    ));
+    assert_eq!(param(&e), "n");
+    assert!(
+        e.message.contains("18 choices, at most 16"),
+        "{}",
+        e.message
+    );
+    let e = bad(completion(
+        &json!({"model": "m", "prompt": "p", "n": 2, "best_of": 1}),
+    ));
+    assert_eq!(param(&e), "best_of");
+    // A budget smaller than the choices: refused, naming `n`.
+    let e = bad(validate(
+        Endpoint::ChatCompletions,
+        &meta("m", 3),
+        with(base_chat(), "n", json!(4)).to_string().as_bytes(),
+        &models(),
+    ));
+    assert_eq!(param(&e), "n");
+    assert!(
+        e.message.contains("4 choices need at least 4"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn defaults_are_openais() {
     let v = chat(&base_chat()).unwrap();
     assert_eq!(v.request.sampling.temperature, Some(1.0));
