@@ -9,7 +9,11 @@ SmolLM2-135M on CPU, simulated TEE), then sends 1, 8 and 32 concurrent streaming
 (short prompts, 32 completion tokens, temperature 0) through the local client and prints:
 time to first token p50/p99, the slowest request, and completion tokens per second over the
 round. Requests beyond the capacity wait in the proxy's queue, so every request must complete.
-Run on an otherwise idle machine; figures go to docs/performance.md.
+Then, at capacity 8, `n` choices against the same work as separate requests: one request
+with `n: 4` (the worker runs its choices one after another on one slot) against 4 concurrent
+requests of one choice and against one request of one choice, alternated over 3 rounds; wall
+time and its ratio to the one choice's. Run on an otherwise idle machine; figures go to
+docs/performance.md.
 """
 
 import concurrent.futures
@@ -31,7 +35,7 @@ PROMPTS = [
 MAX_TOKENS = 32
 
 
-def stream_once(base, model, i):
+def stream_once(base, model, i, choices=1):
     u = urllib.parse.urlparse(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=900)
     body = json.dumps(
@@ -40,6 +44,7 @@ def stream_once(base, model, i):
             "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
             "max_tokens": MAX_TOKENS,
             "temperature": 0,
+            "n": choices,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -58,7 +63,7 @@ def stream_once(base, model, i):
         ev = json.loads(line[6:])
         if "error" in ev:
             raise RuntimeError(ev["error"])
-        if first is None and ev.get("choices") and ev["choices"][0]["delta"].get("content"):
+        if first is None and any(c["delta"].get("content") for c in ev.get("choices", [])):
             first = time.monotonic() - t0
         if ev.get("usage"):
             tokens = ev["usage"]["completion_tokens"]
@@ -88,6 +93,30 @@ def launch(bin_dir, capacity, workdir):
     return p, json.load(open(urls))
 
 
+def choices_rounds(urls):
+    """One request of `n: 4` against 4 concurrent requests and against one choice."""
+    base, model = urls["client"], urls["model"]
+
+    def four_requests():
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            res = list(pool.map(lambda i: stream_once(base, model, 0), range(4)))
+        return max(r[1] for r in res), sum(r[2] for r in res)
+
+    shapes = {
+        "one choice": lambda: stream_once(base, model, 0)[1:],
+        "n=4, one request": lambda: stream_once(base, model, 0, choices=4)[1:],
+        "4 concurrent requests": four_requests,
+    }
+    for rnd in range(3):
+        got = {name: run() for name, run in shapes.items()}
+        one = got["one choice"][0]
+        print(
+            f"choices round {rnd}: "
+            + "; ".join(f"{k} {w:.2f} s ({t} tok, {w / one:.2f}x)" for k, (w, t) in got.items()),
+            flush=True,
+        )
+
+
 def main():
     bin_dir = sys.argv[1] if len(sys.argv) > 1 else "target/x86_64-unknown-linux-gnu/release"
     rows = []
@@ -113,6 +142,8 @@ def main():
                         f"{row[5]:6.1f} completion tok/s",
                         flush=True,
                     )
+                if capacity == 8:
+                    choices_rounds(urls)
             finally:
                 p.terminate()
                 p.wait(timeout=120)

@@ -17,7 +17,10 @@ Usage: e2e_frameworks.py DIR/urls.json [--engine-surface]
   that ends `incomplete` (cut by `max_tokens`), so its answers here are short or typed.
 
 Model text is never compared to fixed strings (the real SmolLM2-135M); tool calls are forced
-where a check needs one. Checks that need the real engine are marked `engine=True`.
+where a check needs one. Checks that need the real engine are marked `engine=True`. Sampling
+is greedy (temperature 0) except where a check is about sampling (`n` candidates): what the
+small model says then is the same on every run, so a check passes or fails on every run,
+never now and then.
 """
 
 import asyncio
@@ -42,6 +45,7 @@ def main():
 
     def chat(**kw):
         kw.setdefault("max_tokens", 16)
+        kw.setdefault("temperature", 0)
         return ChatOpenAI(model=model, base_url=base, api_key="local", max_retries=0, **kw)
 
     def billed_tokens():
@@ -97,7 +101,7 @@ def main():
 
     @check("langchain: n candidates of one prompt")
     def lc_candidates():
-        result = chat(n=3, max_tokens=8).generate([[HumanMessage("Name a fruit.")]])
+        result = chat(n=3, max_tokens=8, temperature=1).generate([[HumanMessage("Name a fruit.")]])
         texts = [g.text for g in result.generations[0]]
         assert len(texts) == 3 and all(isinstance(t, str) for t in texts), result
         return f"{len(texts)} candidates, {len(set(texts))} distinct"
@@ -193,7 +197,9 @@ def main():
         temp: int = Field(ge=-60, le=60)
         unit: Unit
 
-    def agent(model_class, **kw):
+    def agent(model_class, settings=None, **kw):
+        # Greedy, as the LangChain checks.
+        settings = ModelSettings(temperature=0).resolve(settings)
         return Agent(
             name="assistant",
             instructions="You answer questions about the weather.",
@@ -201,6 +207,7 @@ def main():
             model=model_class(
                 model=model, openai_client=AsyncOpenAI(base_url=base, api_key="local", max_retries=0)
             ),
+            model_settings=settings,
             **kw,
         )
 
@@ -221,7 +228,7 @@ def main():
                 output_type=Report,
                 # Force the call on the first turn only (the SDK resets tool_choice after a
                 # tool ran, so the second turn answers).
-                model_settings=ModelSettings(tool_choice="weather", max_tokens=64),
+                settings=ModelSettings(tool_choice="weather", max_tokens=64),
             )
             r = Runner.run_sync(a, "What is the weather in Paris?", max_turns=4)
             assert len(calls) >= 1, calls
@@ -231,7 +238,7 @@ def main():
 
     @check("agents: a typed (Pydantic) final output", engine=True)
     def agent_typed():
-        a = agent(OpenAIResponsesModel, output_type=Trip, model_settings=ModelSettings(max_tokens=60))
+        a = agent(OpenAIResponsesModel, ModelSettings(max_tokens=60), output_type=Trip)
         r = Runner.run_sync(a, "Plan a 3 day trip to Rome by train.")
         assert isinstance(r.final_output, Trip), r.final_output
         valid_trip(r.final_output.model_dump())
@@ -242,7 +249,7 @@ def main():
         async def run():
             # The SDK raises on a stream that ends `response.incomplete` (as against OpenAI): room
             # for the whole answer.
-            a = agent(OpenAIResponsesModel, model_settings=ModelSettings(max_tokens=160))
+            a = agent(OpenAIResponsesModel, ModelSettings(max_tokens=160))
             r = Runner.run_streamed(a, "Say hello in three words.")
             kinds = set()
             async for ev in r.stream_events():
