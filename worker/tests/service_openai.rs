@@ -287,44 +287,37 @@ async fn n_choices_run_one_after_another_with_their_own_seeds() {
     );
 
     // Completions: choice p·n + j is run j of prompt p; without a seed none is made up.
-    let body = json!({"model": MODEL, "prompt": ["echo: a {seed}", "echo: b {seed}"], "n": 2,
-                      "best_of": 2, "max_tokens": 2, "stream": true});
-    let evs = events(
-        send(
-            &mut conn,
-            completion_request("/v1/completions", MODEL, 8, body.to_string()),
+    for (extra, want) in [
+        (
+            json!({"best_of": 2}),
+            ["a none ", "a none ", "b none ", "b none "],
+        ),
+        (json!({"seed": 0}), ["a 0 ", "a 1 ", "b 0 ", "b 1 "]),
+    ] {
+        let mut body = json!({"model": MODEL, "prompt": ["echo: a {seed}", "echo: b {seed}"],
+                              "n": 2, "max_tokens": 2, "stream": true});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let evs = events(
+            send(
+                &mut conn,
+                completion_request("/v1/completions", MODEL, 8, body.to_string()),
+            )
+            .await,
         )
-        .await,
-    )
-    .await;
-    let v = aggregate(Endpoint::Completions, &evs);
-    let texts: Vec<&str> = v["choices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["a none ", "a none ", "b none ", "b none "]);
-    assert_eq!(v["usage"]["prompt_tokens"], 12);
-    assert_eq!(v["usage"]["completion_tokens"], 8);
-    let body = json!({"model": MODEL, "prompt": ["echo: a {seed}", "echo: b {seed}"], "n": 2,
-                      "seed": 0, "max_tokens": 2, "stream": true});
-    let evs = events(
-        send(
-            &mut conn,
-            completion_request("/v1/completions", MODEL, 8, body.to_string()),
-        )
-        .await,
-    )
-    .await;
-    let v = aggregate(Endpoint::Completions, &evs);
-    let texts: Vec<&str> = v["choices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["a 0 ", "a 1 ", "b 0 ", "b 1 "]);
+        .await;
+        let v = aggregate(Endpoint::Completions, &evs);
+        let texts: Vec<&str> = v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, want, "{extra}");
+        assert_eq!(v["usage"]["prompt_tokens"], 12);
+        assert_eq!(v["usage"]["completion_tokens"], 8);
+    }
     h.shutdown();
 }
 
